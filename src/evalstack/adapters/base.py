@@ -1,0 +1,105 @@
+"""The ModelAdapter interface every framework implements.
+
+An adapter takes a batch of model-ready arrays (N, H, W, C) float32 in 0–255
+and returns logits (N, K). Its signature is the sha256 of the weight file plus
+the input/output contract, so a changed file or label list invalidates cached
+predictions while a renamed file does not.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from evalstack.keys import Key, sha256_file
+
+
+class ModelError(RuntimeError):
+    """A model file or its outputs cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model entry from params.yaml."""
+
+    name: str
+    file: Path
+    adapter: str
+    pipeline: str
+    labels: tuple[str, ...]
+    task: str = "classify"
+    layout: str = "NHWC"  # how the model wants its input; data is stored NHWC
+    sha256: str | None = None  # expected weights hash, checked when given
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelAdapter(ABC):
+    framework: ClassVar[str]
+
+    def __init__(self, spec: ModelSpec):
+        if not spec.file.exists():
+            raise ModelError(
+                f"model {spec.name}: file {spec.file} does not exist "
+                "(train it with `dvc repro`, `dvc pull` it, or add it with `dvc add`/`dvc import-url`)"
+            )
+        self.spec = spec
+        self.weights_sha256 = sha256_file(spec.file)
+        if spec.sha256 and spec.sha256.lower() != self.weights_sha256:
+            raise ModelError(
+                f"model {spec.name}: {spec.file} has sha256 {self.weights_sha256}, "
+                f"params.yaml expects {spec.sha256}"
+            )
+        self.forward_passes = 0  # items pushed through the network, for reuse accounting
+
+    @abstractmethod
+    def input_shape(self) -> tuple[int, ...]:
+        """Per-item input shape the model declares, in the model's own layout."""
+
+    @abstractmethod
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """Logits for a batch already in the model's layout."""
+
+    def contract(self) -> dict[str, Any]:
+        return {
+            "framework": self.framework,
+            "input_shape": list(self.input_shape()),
+            "input_dtype": "float32",
+            "layout": self.spec.layout,
+            "labels": list(self.spec.labels),
+            "task": self.spec.task,
+        }
+
+    def signature(self) -> Key:
+        return Key("model", {"weights_sha256": self.weights_sha256, **self.contract()})
+
+    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Logits (N, K) for model-ready arrays (N, H, W, C) in 0–255."""
+        batch = np.asarray(batch, dtype=np.float32)
+        if self.spec.layout == "NCHW":
+            batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+        expected = tuple(self.input_shape())
+        if tuple(batch.shape[1:]) != expected:
+            raise ModelError(
+                f"model {self.spec.name}: input shape {tuple(batch.shape[1:])} does not match the model's "
+                f"{expected}; check that its pipeline ({self.spec.pipeline}) produces that size"
+            )
+        logits = np.asarray(self._forward(batch), dtype=np.float32)
+        self.forward_passes += len(batch)
+        self._check_outputs(logits, len(batch))
+        return logits
+
+    def _check_outputs(self, logits: np.ndarray, n_items: int) -> None:
+        if self.spec.task == "classify":
+            if logits.ndim != 2 or logits.shape[0] != n_items:
+                raise ModelError(f"model {self.spec.name}: output shape {logits.shape}, expected ({n_items}, K)")
+            if logits.shape[1] != len(self.spec.labels):
+                raise ModelError(
+                    f"model {self.spec.name}: outputs {logits.shape[1]} classes but {len(self.spec.labels)} "
+                    "labels are declared; fix the labels list in params.yaml"
+                )
+        if not np.all(np.isfinite(logits)):
+            bad = int(np.sum(~np.all(np.isfinite(logits.reshape(len(logits), -1)), axis=1)))
+            raise ModelError(f"model {self.spec.name}: {bad} of {n_items} outputs contain NaN or inf")

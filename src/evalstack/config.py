@@ -1,0 +1,63 @@
+"""params.yaml → typed records. Stage scripts read their slice of params through here."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from evalstack.adapters.base import ModelSpec
+from evalstack.pipelines import PreprocessingPipeline, build_pipeline
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """params.yaml does not say what a stage needs."""
+
+
+def load_params(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    with open(path) as handle:
+        return yaml.safe_load(handle) or {}
+
+
+def _entry(params: Mapping[str, Any], section: str, name: str) -> Mapping[str, Any]:
+    entries = params.get(section) or {}
+    if name not in entries:
+        raise ConfigError(f"params.yaml has no {section}.{name}; declared: {sorted(entries)}")
+    return entries[name]
+
+
+def resolve_labels(params: Mapping[str, Any], labels: str | list[str]) -> tuple[str, ...]:
+    """A model's labels: an inline list, or the name of a list under `labels:`."""
+    if isinstance(labels, str):
+        sets = params.get("labels") or {}
+        if labels not in sets:
+            raise ConfigError(f"label set {labels!r} is not declared under labels: ({sorted(sets)})")
+        labels = sets[labels]
+    if len(set(labels)) != len(labels):
+        raise ConfigError("a label list has duplicates")
+    return tuple(str(label) for label in labels)
+
+
+def pipeline_spec(params: Mapping[str, Any], name: str) -> PreprocessingPipeline:
+    return build_pipeline(_entry(params.get("preprocess") or {}, "pipelines", name))
+
+
+def model_spec(params: Mapping[str, Any], name: str, root: Path = Path(".")) -> ModelSpec:
+    entry = dict(_entry(params, "models", name))
+    for required in ("file", "adapter", "pipeline", "labels"):
+        if required not in entry:
+            raise ConfigError(f"models.{name} lacks {required!r}")
+    known = {"file", "adapter", "pipeline", "labels", "task", "layout", "sha256"}
+    return ModelSpec(
+        name=name,
+        file=root / entry["file"],
+        adapter=entry["adapter"],
+        pipeline=entry["pipeline"],
+        labels=resolve_labels(params, entry["labels"]),
+        task=entry.get("task", "classify"),
+        layout=entry.get("layout", "NHWC"),
+        sha256=entry.get("sha256"),
+        options={k: v for k, v in entry.items() if k not in known},
+    )

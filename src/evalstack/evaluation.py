@@ -1,0 +1,80 @@
+"""The evaluate stage: predictions + ground truth from the raw layer → DVC metrics and plots."""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from evalstack.adapters.base import ModelError, ModelSpec
+from evalstack.fetch import RAW_KIND
+from evalstack.keys import Key
+from evalstack.metrics import ClassificationReport, classification_report
+from evalstack.inference import open_predictions
+from evalstack.store import Layer, atomic_write_bytes
+
+
+@dataclass(frozen=True)
+class EvaluationOutputs:
+    metrics: Path  # JSON for `dvc metrics`
+    confusion: Path  # CSV rows (actual, predicted) for DVC's confusion template
+    per_class: Path  # CSV rows (class, accuracy, support)
+
+
+def ground_truth(raw_dir: Path) -> dict[str, tuple[str, str]]:
+    """item key → (sample_name, split)."""
+    raw = Layer.open(raw_dir, kind=RAW_KIND)
+    return dict(zip(raw.item_keys(), zip(raw.column("sample_name"), raw.column("split"))))
+
+
+def label_indices(names: list[str], labels: tuple[str, ...], model: str) -> np.ndarray:
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = sorted(set(names) - index.keys())
+    if unknown:
+        raise ModelError(f"model {model}: true classes {unknown} are not in its label list")
+    return np.asarray([index[name] for name in names], dtype=np.int64)
+
+
+def evaluate_classifier(
+    raw_dir: Path,
+    predictions_dir: Path,
+    spec: ModelSpec,
+    model_signature: Key,
+    pipeline_key: Key,
+    split: str,
+) -> tuple[ClassificationReport, list[tuple[str, str]], int]:
+    truth = ground_truth(raw_dir)
+    layer = open_predictions(predictions_dir, model_signature, pipeline_key, spec.name)
+    keys = layer.item_keys()
+    predicted = layer.column("label")
+    chosen = [i for i, key in enumerate(keys) if truth[key][1] == split]
+    if not chosen:
+        raise ValueError(f"no items in split {split!r}; splits present: {sorted({s for _, s in truth.values()})}")
+    names = [truth[keys[i]][0] for i in chosen]
+    y_true = label_indices(names, spec.labels, spec.name)
+    y_pred = predicted[chosen]
+    pairs = [(spec.labels[t], spec.labels[p]) for t, p in zip(y_true, y_pred)]
+    forward_passes = int(layer.index.stats.get("forward_passes", 0))
+    return classification_report(y_true, y_pred, spec.labels), pairs, forward_passes
+
+
+def write_outputs(
+    report: ClassificationReport, pairs: list[tuple[str, str]], forward_passes: int, outputs: EvaluationOutputs
+) -> None:
+    for path in (outputs.metrics, outputs.confusion, outputs.per_class):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    metrics = {**report.summary(), "forward_passes": forward_passes}
+    atomic_write_bytes(outputs.metrics, (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(outputs.confusion, _csv([("actual", "predicted"), *pairs]))
+    rows = [(name, f"{report.per_class_accuracy[name]:.6f}", report.support[name]) for name in sorted(report.support)]
+    atomic_write_bytes(outputs.per_class, _csv([("class", "accuracy", "support"), *rows]))
+
+
+def _csv(rows: list[tuple]) -> bytes:
+    from io import StringIO
+
+    buffer = StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue().encode()

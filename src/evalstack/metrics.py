@@ -1,0 +1,45 @@
+"""Classification metrics over integer label arrays (pure functions, no I/O)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, f1_score
+
+
+@dataclass(frozen=True)
+class ClassificationReport:
+    accuracy: float
+    macro_f1: float
+    n_items: int
+    per_class_accuracy: dict[str, float]
+    support: dict[str, int]
+    confusion: np.ndarray  # rows: true class, columns: predicted, over `classes`
+    classes: tuple[str, ...]
+
+    def summary(self) -> dict[str, float | int]:
+        return {"accuracy": round(self.accuracy, 6), "macro_f1": round(self.macro_f1, 6), "n_items": self.n_items}
+
+
+def classification_report(y_true: np.ndarray, y_pred: np.ndarray, labels: tuple[str, ...]) -> ClassificationReport:
+    """Metrics over the classes that occur in truth or prediction (others would read as 0/0)."""
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"{len(y_true)} true labels but {len(y_pred)} predictions")
+    if len(y_true) == 0:
+        raise ValueError("no items to evaluate")
+    present = np.unique(np.concatenate([y_true, y_pred]))
+    matrix = confusion_matrix(y_true, y_pred, labels=present)
+    support = matrix.sum(axis=1)
+    classes = tuple(labels[i] for i in present)
+    per_class = {
+        name: float(matrix[row, row] / support[row]) for row, name in enumerate(classes) if support[row] > 0
+    }
+    return ClassificationReport(
+        accuracy=float(np.mean(y_true == y_pred)),
+        macro_f1=float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        n_items=int(len(y_true)),
+        per_class_accuracy=per_class,
+        support={name: int(support[row]) for row, name in enumerate(classes) if support[row] > 0},
+        confusion=matrix,
+        classes=classes,
+    )

@@ -1,0 +1,157 @@
+"""Preprocessing pipelines and the preprocess stage (raw layer → preprocessed layer).
+
+A pipeline turns one decoded card photo into one model-ready array. Its cache key
+is (kind, version, canonical params); settings that do not change results
+(batch size, workers, compression) stay out of it.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from evalstack.fetch import RAW_KIND, read_blobs
+from evalstack.keys import Key, sha256_bytes
+from evalstack.sources import DEFAULT_MAX_PIXELS, decode_image
+from evalstack.store import ITEM_KEY, Layer, LayerIndex, LayerWriter, read_column
+
+PREPROCESSED_KIND = "preprocessed"
+PAD_NN_CROP = (71, 359, 707, 849)
+RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+class PipelineError(ValueError):
+    """A pipeline was configured wrongly or cannot process an item."""
+
+
+class PreprocessingPipeline(ABC):
+    """One decoded image in, one model-ready array out (H, W, C)."""
+
+    kind: ClassVar[str]
+    version: ClassVar[str]
+
+    @abstractmethod
+    def parameters(self) -> dict[str, Any]:
+        """Every setting that changes the output, JSON-serialisable."""
+
+    @abstractmethod
+    def output_shape(self) -> tuple[int, int, int]: ...
+
+    @abstractmethod
+    def output_dtype(self) -> np.dtype: ...
+
+    @abstractmethod
+    def process_image(self, image: Image.Image) -> np.ndarray: ...
+
+    def cache_key(self) -> Key:
+        return Key("pipeline", {"kind": self.kind, "version": self.version, "params": self.parameters()})
+
+
+def _to_three_channels(array: np.ndarray) -> np.ndarray:
+    """Upstream's channel handling, applied after resizing: grey → 3 channels, alpha dropped."""
+    if array.ndim == 2:
+        return np.stack([array] * 3, axis=-1)
+    return array[..., :3]
+
+
+@dataclass(frozen=True)
+class CropResizePipeline(PreprocessingPipeline):
+    """Crop a box, resize, keep 0–255 values.
+
+    With the defaults this is PAD's `nn_predict` preprocessing exactly:
+    crop((71, 359, 707, 849)) → resize((454, 454), BICUBIC) → float32 0–255, no
+    normalisation. Pillow's resize of an 8-bit image yields integers, so the
+    output is stored as uint8 (exact) and read back as float32.
+    """
+
+    crop: tuple[int, int, int, int] = PAD_NN_CROP
+    size: int = 454
+    resample: str = "bicubic"
+    kind: ClassVar[str] = "crop_resize"
+    version: ClassVar[str] = "1"
+
+    def __post_init__(self) -> None:
+        left, top, right, bottom = self.crop
+        if not (right > left and bottom > top):
+            raise PipelineError(f"crop box {self.crop} is empty")
+        if self.resample not in RESAMPLING:
+            raise PipelineError(f"resample {self.resample!r} unknown; choose from {sorted(RESAMPLING)}")
+        if not 8 <= self.size <= 2048:
+            raise PipelineError(f"size {self.size} out of range 8–2048")
+
+    def parameters(self) -> dict[str, Any]:
+        return {"crop": list(self.crop), "size": self.size, "resample": self.resample}
+
+    def output_shape(self) -> tuple[int, int, int]:
+        return (self.size, self.size, 3)
+
+    def output_dtype(self) -> np.dtype:
+        return np.dtype(np.uint8)
+
+    def process_image(self, image: Image.Image) -> np.ndarray:
+        if image.mode == "P":  # palette indices are not colours
+            image = image.convert("RGBA")
+        if image.mode not in ("RGB", "RGBA", "L", "LA"):
+            image = image.convert("RGB")
+        resized = image.crop(self.crop).resize((self.size, self.size), RESAMPLING[self.resample])
+        return np.ascontiguousarray(_to_three_channels(np.asarray(resized, dtype=np.uint8)))
+
+
+PIPELINE_KINDS: dict[str, type[PreprocessingPipeline]] = {"crop_resize": CropResizePipeline}
+
+
+def build_pipeline(spec: Mapping[str, Any]) -> PreprocessingPipeline:
+    """A pipeline from its params.yaml entry, e.g. {kind: crop_resize, size: 454}."""
+    params = dict(spec)
+    kind = params.pop("kind", None)
+    if kind not in PIPELINE_KINDS:
+        raise PipelineError(f"pipeline kind {kind!r} unknown; registered: {sorted(PIPELINE_KINDS)}")
+    if "crop" in params:
+        params["crop"] = tuple(int(v) for v in params["crop"])
+    try:
+        return PIPELINE_KINDS[kind](**params)
+    except TypeError as error:
+        raise PipelineError(f"pipeline {kind}: {error}") from None
+
+
+def preprocess_layer(
+    raw_dir: Path,
+    out_dir: Path,
+    pipeline: PreprocessingPipeline,
+    compression: str = "lz4",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> LayerIndex:
+    """One preprocessed shard per raw shard, item order preserved."""
+    raw = Layer.open(raw_dir, kind=RAW_KIND)
+    writer = LayerWriter(out_dir, PREPROCESSED_KIND, pipeline.cache_key(), compression)
+    processed = 0
+    with tqdm(total=len(raw), desc=f"preprocess {pipeline.kind}", unit="card") as progress:
+        for shard in raw.shards:
+            with raw.open_shard(shard) as handle:
+                keys = read_column(handle, ITEM_KEY)
+                ids = read_column(handle, "id")
+                tensors = np.empty((shard.n_items, *pipeline.output_shape()), dtype=pipeline.output_dtype())
+                for row, data in enumerate(read_blobs(handle, slice(0, shard.n_items))):
+                    image = decode_image(data, max_pixels, what=f"item id {ids[row]} in {shard.name}")
+                    tensors[row] = pipeline.process_image(image)
+                    progress.update()
+            processed += shard.n_items
+            checksums = np.asarray([sha256_bytes(t.tobytes()) for t in tensors], dtype="S64")
+            writer.add_shard(
+                shard.name,
+                {ITEM_KEY: keys, "x": tensors, "checksum": checksums},
+                attrs={"pipeline_key": pipeline.cache_key().hex},
+                upstream=shard.sha256,
+            )
+    writer.stats = {"items_preprocessed": processed}
+    return writer.finish()

@@ -1,0 +1,346 @@
+"""HDF5 layers: a directory of immutable shards plus a small JSON index.
+
+A layer is what a stage writes (raw, preprocessed, predictions). DVC moves and
+caches whole files, so a layer is never one giant file: new items go into new
+shards and old shards keep their bytes. Every shard is written deterministically
+(no timestamps, fixed ordering) and atomically (temp file in the same directory,
+fsync, rename), so identical inputs give identical bytes and a crash never
+leaves something that looks like a result.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import h5py
+import hdf5plugin
+import numpy as np
+
+from evalstack.keys import Key, canonical_json, explain_change, sha256_file
+
+SCHEMA_VERSION = 1
+INDEX_NAME = "index.json"
+SHARD_SUFFIX = ".h5"
+ITEM_KEY = "item_key"
+COMPRESSIONS = ("none", "lzf", "lz4", "gzip")
+
+
+class StoreError(RuntimeError):
+    """A layer cannot be read or written as asked."""
+
+
+class CacheStaleError(StoreError):
+    """A layer was built from other inputs than the ones expected now."""
+
+
+class LayerCorruptError(StoreError):
+    """A shard's bytes do not match what the index recorded."""
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    name: str
+    sha256: str
+    n_items: int
+    upstream: str | None = None  # sha256 of the shard this one was derived from
+
+
+@dataclass
+class LayerIndex:
+    kind: str
+    key: Key
+    shards: list[ShardInfo] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_items(self) -> int:
+        return sum(shard.n_items for shard in self.shards)
+
+    def to_json(self) -> str:
+        data = {
+            "schema_version": self.schema_version,
+            "kind": self.kind,
+            "key": {"kind": self.key.kind, "hex": self.key.hex, "parts": self.key.parts},
+            "n_items": self.n_items,
+            "stats": self.stats,
+            "shards": [asdict(shard) for shard in self.shards],
+        }
+        return json.dumps(json.loads(canonical_json(data)), indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "LayerIndex":
+        data = json.loads(text)
+        return cls(
+            kind=data["kind"],
+            key=Key(kind=data["key"]["kind"], parts=data["key"]["parts"]),
+            shards=[ShardInfo(**shard) for shard in data["shards"]],
+            schema_version=data["schema_version"],
+            stats=data.get("stats", {}),
+        )
+
+
+def compression_options(name: str) -> dict[str, Any]:
+    """h5py dataset options for a compression param value."""
+    if name == "none":
+        return {}
+    if name == "lzf":
+        return {"compression": "lzf"}
+    if name == "lz4":
+        return dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE))
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": 4}
+    raise StoreError(f"unknown compression {name!r}; choose one of {', '.join(COMPRESSIONS)}")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = _temp_path(path)
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_text(array: np.ndarray) -> bool:
+    return array.dtype.kind in ("U", "O")
+
+
+def write_shard(
+    path: Path,
+    columns: Mapping[str, np.ndarray],
+    attrs: Mapping[str, Any],
+    compression: str = "none",
+    flat: Mapping[str, np.ndarray] | None = None,
+) -> str:
+    """Write one shard atomically; return the sha256 of its bytes.
+
+    `columns` have one row per item. `flat` arrays hold ragged per-item data
+    (encoded images, detections) addressed by offset columns, which is far faster
+    than a group per item. Columns with more than one dimension (tensors) get one
+    item per chunk, so any item can be read without touching its neighbours.
+    """
+    path = Path(path)
+    lengths = {name: len(array) for name, array in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise StoreError(f"{path.name}: columns differ in length: {lengths}")
+    options = compression_options(compression)
+    tmp = _temp_path(path)
+    try:
+        with h5py.File(tmp, "w", track_order=False) as handle:
+            for name in sorted(attrs):
+                handle.attrs[name] = _attr_value(attrs[name])
+            for name in sorted(columns):
+                _write_column(handle, name, np.asarray(columns[name]), options)
+            for name in sorted(flat or {}):
+                handle.create_dataset(name, data=np.asarray(flat[name]))
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return sha256_file(path)
+
+
+def _attr_value(value: Any) -> Any:
+    if isinstance(value, (dict, list, tuple)):
+        return canonical_json(value)
+    if isinstance(value, Key):
+        return value.to_json()
+    return value
+
+
+def _write_column(handle: h5py.File, name: str, array: np.ndarray, options: dict[str, Any]) -> None:
+    if _is_text(array):
+        handle.create_dataset(name, data=array.astype(object), dtype=h5py.string_dtype("utf-8"))
+    elif array.ndim > 1 and len(array) > 0:
+        handle.create_dataset(name, data=array, chunks=(1, *array.shape[1:]), **options)
+    else:
+        handle.create_dataset(name, data=array)
+
+
+def read_attrs(handle: h5py.File) -> dict[str, Any]:
+    return {name: _decode_attr(value) for name, value in handle.attrs.items()}
+
+
+def _decode_attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_column(handle: h5py.File, name: str, rows: slice | np.ndarray | None = None) -> np.ndarray:
+    dataset = handle[name]
+    data = dataset[()] if rows is None else dataset[rows]
+    if h5py.check_string_dtype(dataset.dtype) is not None:
+        return np.asarray([v.decode() if isinstance(v, bytes) else v for v in np.atleast_1d(data)], dtype=object)
+    return data
+
+
+class LayerWriter:
+    """Builds a layer directory shard by shard; `finish()` writes the index last.
+
+    Until the index is written the directory is not a layer, so a crashed stage
+    leaves nothing that a reader would accept.
+    """
+
+    def __init__(self, directory: Path, kind: str, key: Key, compression: str = "none"):
+        self.directory = Path(directory)
+        self.kind = kind
+        self.key = key
+        self.compression = compression
+        compression_options(compression)  # fail early on a bad param
+        self.directory.mkdir(parents=True, exist_ok=True)
+        index = self.directory / INDEX_NAME
+        if index.exists():
+            index.unlink()
+        for stale in self.directory.glob(".*.tmp"):
+            stale.unlink()
+        self.shards: list[ShardInfo] = []
+        self.stats: dict[str, Any] = {}
+
+    def add_shard(
+        self,
+        name: str,
+        columns: Mapping[str, np.ndarray],
+        attrs: Mapping[str, Any] | None = None,
+        upstream: str | None = None,
+        flat: Mapping[str, np.ndarray] | None = None,
+    ) -> ShardInfo:
+        shard_attrs = {
+            "schema_version": SCHEMA_VERSION,
+            "kind": self.kind,
+            "layer_key": self.key.to_json(),
+            "upstream_sha256": upstream or "",
+            **(attrs or {}),
+        }
+        n_items = len(next(iter(columns.values()))) if columns else 0
+        digest = write_shard(self.directory / name, columns, shard_attrs, self.compression, flat)
+        info = ShardInfo(name=name, sha256=digest, n_items=n_items, upstream=upstream)
+        self.shards.append(info)
+        return info
+
+    def finish(self) -> LayerIndex:
+        listed = {shard.name for shard in self.shards}
+        for leftover in self.directory.glob(f"*{SHARD_SUFFIX}"):
+            if leftover.name not in listed:
+                leftover.unlink()
+        index = LayerIndex(kind=self.kind, key=self.key, shards=list(self.shards), stats=self.stats)
+        atomic_write_bytes(self.directory / INDEX_NAME, index.to_json().encode())
+        return index
+
+
+def shard_name(number: int) -> str:
+    return f"{number:05d}{SHARD_SUFFIX}"
+
+
+class Layer:
+    """Read access to a finished layer directory."""
+
+    def __init__(self, directory: Path, index: LayerIndex):
+        self.directory = Path(directory)
+        self.index = index
+
+    @classmethod
+    def open(cls, directory: Path | str, kind: str | None = None) -> "Layer":
+        directory = Path(directory)
+        index_path = directory / INDEX_NAME
+        if not index_path.exists():
+            raise StoreError(
+                f"{directory} is not a finished layer (no {INDEX_NAME}); "
+                "run the stage that produces it (`dvc repro`) or `dvc pull` it"
+            )
+        index = LayerIndex.from_json(index_path.read_text())
+        if index.schema_version != SCHEMA_VERSION:
+            raise CacheStaleError(
+                f"{directory} has schema version {index.schema_version}, this evalstack reads "
+                f"{SCHEMA_VERSION}; rebuild it with `dvc repro -f` on the stage that writes it"
+            )
+        if kind is not None and index.kind != kind:
+            raise StoreError(f"{directory} is a {index.kind} layer, expected a {kind} layer")
+        return cls(directory, index)
+
+    @property
+    def key(self) -> Key:
+        return self.index.key
+
+    @property
+    def shards(self) -> list[ShardInfo]:
+        return self.index.shards
+
+    def __len__(self) -> int:
+        return self.index.n_items
+
+    def path(self, shard: ShardInfo) -> Path:
+        return self.directory / shard.name
+
+    def expect_key(self, expected: Key, rebuild_hint: str) -> None:
+        """Raise CacheStaleError naming what differs when the layer was built from other inputs."""
+        if self.key.hex == expected.hex:
+            return
+        changes = explain_change(self.key.parts, expected.parts) or ["key kind or hashing changed"]
+        raise CacheStaleError(
+            f"{self.directory} is stale: it was built with a different {expected.kind}:\n  "
+            + "\n  ".join(changes)
+            + f"\nRebuild it with `{rebuild_hint}`."
+        )
+
+    def open_shard(self, shard: ShardInfo) -> h5py.File:
+        path = self.path(shard)
+        if not path.exists():
+            raise StoreError(f"{path} is listed in the index but missing; `dvc pull` or `dvc repro` it")
+        return h5py.File(path, "r")
+
+    def column(self, name: str) -> np.ndarray:
+        """One column over every shard, concatenated (for small per-item columns)."""
+        parts = []
+        for shard in self.shards:
+            with self.open_shard(shard) as handle:
+                parts.append(read_column(handle, name))
+        if not parts:
+            return np.asarray([])
+        return np.concatenate(parts)
+
+    def item_keys(self) -> np.ndarray:
+        return self.column(ITEM_KEY).astype(str)
+
+    def iter_batches(self, names: Sequence[str], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        """Stream columns in batches, shard by shard, so memory stays flat."""
+        for shard in self.shards:
+            with self.open_shard(shard) as handle:
+                for start in range(0, shard.n_items, batch_size):
+                    rows = slice(start, min(start + batch_size, shard.n_items))
+                    yield {name: read_column(handle, name, rows) for name in names}
+
+    def verify(self) -> list[str]:
+        """Problems found when every shard is checked against the index (empty = intact)."""
+        problems = []
+        for shard in self.shards:
+            path = self.path(shard)
+            if not path.exists():
+                problems.append(f"{path}: missing")
+            elif sha256_file(path) != shard.sha256:
+                problems.append(f"{path}: checksum differs from the index (corrupt or modified)")
+        return problems

@@ -1,0 +1,32 @@
+"""Stage evaluate: predictions of one model on one split → DVC metrics and plots."""
+import argparse
+from pathlib import Path
+
+from evalstack.adapters import load_adapter
+from evalstack.config import load_params, model_spec, pipeline_spec
+from evalstack.evaluation import EvaluationOutputs, evaluate_classifier, write_outputs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", required=True, help="name under models:")
+    parser.add_argument("--raw", type=Path, required=True)
+    parser.add_argument("--predictions", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--confusion", type=Path, required=True)
+    parser.add_argument("--per-class", type=Path, required=True)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+    params = load_params(args.params)
+    spec = model_spec(params, args.model)
+    # The adapter recomputes the model signature, so predictions from another model file are refused.
+    signature = load_adapter(spec).signature()
+    pipeline_key = pipeline_spec(params, spec.pipeline).cache_key()
+    split = params["evaluate"]["split"]
+    report, pairs, passes = evaluate_classifier(args.raw, args.predictions, spec, signature, pipeline_key, split)
+    write_outputs(report, pairs, passes, EvaluationOutputs(args.metrics, args.confusion, args.per_class))
+    print(f"{args.model} on {split}: accuracy {report.accuracy:.4f}, macro F1 {report.macro_f1:.4f}")
+
+
+if __name__ == "__main__":
+    main()

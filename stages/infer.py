@@ -1,0 +1,25 @@
+"""Stage infer: preprocessed layer + one model → predictions layer."""
+import argparse
+from pathlib import Path
+
+from evalstack.adapters import load_adapter
+from evalstack.config import load_params, model_spec
+from evalstack.inference import infer_layer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", required=True, help="name under models:")
+    parser.add_argument("--preprocessed", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+    params = load_params(args.params)
+    adapter = load_adapter(model_spec(params, args.model))
+    batch_size = int(params.get("infer", {}).get("batch_size", 32))
+    index = infer_layer(args.preprocessed, args.out, adapter, batch_size)
+    print(f"predictions {args.model}: {index.n_items} items, {index.stats['forward_passes']} forward passes")
+
+
+if __name__ == "__main__":
+    main()

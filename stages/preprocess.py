@@ -1,0 +1,25 @@
+"""Stage preprocess: raw layer → preprocessed layer for one pipeline."""
+import argparse
+from pathlib import Path
+
+from evalstack.config import load_params, pipeline_spec
+from evalstack.pipelines import preprocess_layer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--pipeline", required=True, help="name under preprocess.pipelines")
+    parser.add_argument("--raw", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+    params = load_params(args.params)
+    pipeline = pipeline_spec(params, args.pipeline)
+    compression = params["preprocess"].get("compression", "lz4")
+    max_pixels = int(params["fetch"]["max_pixels"])
+    index = preprocess_layer(args.raw, args.out, pipeline, compression, max_pixels)
+    print(f"preprocessed {args.pipeline}: {index.n_items} items, key {index.key.hex[:12]}")
+
+
+if __name__ == "__main__":
+    main()

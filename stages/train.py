@@ -1,0 +1,26 @@
+"""Stage train: fit a demo model on the dev split (real users bring their own files)."""
+import argparse
+from pathlib import Path
+
+from evalstack.config import load_params, resolve_labels
+from evalstack.training import TrainConfig, train_demo_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", required=True, help="name under train:")
+    parser.add_argument("--raw", type=Path, required=True)
+    parser.add_argument("--preprocessed", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="model file to write")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+    params = load_params(args.params)
+    entry = dict(params["train"][args.model])
+    labels = resolve_labels(params, entry.pop("labels"))
+    for unused in ("file", "pipeline"):  # consumed by dvc.yaml, not by training
+        entry.pop(unused, None)
+    train_demo_model(args.preprocessed, args.raw, labels, TrainConfig(**entry), args.out, args.model)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evalstack.keys import Key
+from evalstack.store import (
+    INDEX_NAME,
+    CacheStaleError,
+    Layer,
+    LayerWriter,
+    StoreError,
+    read_column,
+    shard_name,
+    write_shard,
+)
+
+
+def _columns(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "item_key": np.asarray([hashlib.sha256(bytes([i])).hexdigest() for i in range(n)], dtype="S64"),
+        "x": rng.integers(0, 255, size=(n, 8, 8, 3), dtype=np.uint8),
+        "name": np.asarray([f"card {i}" for i in range(n)], dtype=object),
+    }
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("compression", ["none", "lzf", "lz4", "gzip"])
+def test_same_data_gives_byte_identical_shards(tmp_path: Path, compression: str):
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    write_shard(a, _columns(5), {"k": "v", "d": {"x": 1}}, compression)
+    write_shard(b, _columns(5), {"d": {"x": 1}, "k": "v"}, compression)
+    assert _md5(a) == _md5(b)
+
+
+def test_shard_round_trip_with_strings_tensors_and_flat_arrays(tmp_path: Path):
+    path = tmp_path / "s.h5"
+    columns = _columns(4)
+    blob = np.arange(10, dtype=np.uint8)
+    write_shard(path, columns, {"meta": {"a": [1, 2]}}, "lz4", flat={"blob": blob})
+    import h5py
+
+    with h5py.File(path) as handle:
+        assert np.array_equal(read_column(handle, "x"), columns["x"])
+        assert list(read_column(handle, "name")) == [f"card {i}" for i in range(4)]
+        assert np.array_equal(handle["blob"][()], blob)
+        assert handle["x"].chunks == (1, 8, 8, 3)
+
+
+def test_shard_rejects_columns_of_different_length(tmp_path: Path):
+    with pytest.raises(StoreError, match="differ in length"):
+        write_shard(tmp_path / "s.h5", {"a": np.zeros(2), "b": np.zeros(3)}, {})
+    assert list(tmp_path.iterdir()) == []  # nothing half-written is left
+
+
+def test_unknown_compression_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(StoreError, match="unknown compression 'zstd'"):
+        LayerWriter(tmp_path / "layer", "raw", Key("raw"), compression="zstd")
+
+
+def test_layer_is_not_readable_until_finished(tmp_path: Path):
+    writer = LayerWriter(tmp_path / "layer", "preprocessed", Key("pipeline", {"size": 8}))
+    writer.add_shard(shard_name(0), _columns(3))
+    with pytest.raises(StoreError, match="not a finished layer"):
+        Layer.open(tmp_path / "layer")
+    writer.finish()
+    layer = Layer.open(tmp_path / "layer", kind="preprocessed")
+    assert len(layer) == 3
+
+
+def test_layer_streams_batches_across_shards(tmp_path: Path):
+    writer = LayerWriter(tmp_path / "layer", "preprocessed", Key("pipeline"))
+    writer.add_shard(shard_name(0), _columns(5, seed=0))
+    writer.add_shard(shard_name(1), _columns(3, seed=1))
+    writer.finish()
+    layer = Layer.open(tmp_path / "layer")
+    sizes = [len(batch["x"]) for batch in layer.iter_batches(["x"], batch_size=2)]
+    assert sizes == [2, 2, 1, 2, 1]
+    assert len(layer.item_keys()) == 8
+
+
+def test_finish_removes_shards_not_in_the_index(tmp_path: Path):
+    directory = tmp_path / "layer"
+    directory.mkdir()
+    (directory / "00007.h5").write_bytes(b"old")
+    (directory / ".00000.h5.123.tmp").write_bytes(b"crashed")
+    writer = LayerWriter(directory, "raw", Key("raw"))
+    writer.add_shard(shard_name(0), _columns(1))
+    writer.finish()
+    assert sorted(p.name for p in directory.iterdir()) == ["00000.h5", INDEX_NAME]
+
+
+def test_verify_names_a_modified_shard(tmp_path: Path):
+    writer = LayerWriter(tmp_path / "layer", "raw", Key("raw"))
+    writer.add_shard(shard_name(0), _columns(2))
+    writer.finish()
+    layer = Layer.open(tmp_path / "layer")
+    assert layer.verify() == []
+    shard = tmp_path / "layer" / "00000.h5"
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert layer.verify() == [f"{shard}: checksum differs from the index (corrupt or modified)"]
+
+
+def test_expect_key_explains_what_changed(tmp_path: Path):
+    writer = LayerWriter(tmp_path / "layer", "predictions", Key("predictions", {"model": {"weights_sha256": "a" * 64}}))
+    writer.finish()
+    layer = Layer.open(tmp_path / "layer")
+    with pytest.raises(CacheStaleError) as error:
+        layer.expect_key(Key("predictions", {"model": {"weights_sha256": "b" * 64}}), "dvc repro infer@m")
+    assert "model.weights_sha256: aaaaaaaaaaaa → bbbbbbbbbbbb" in str(error.value)
+    assert "dvc repro infer@m" in str(error.value)
+
+
+def test_other_schema_version_is_stale(tmp_path: Path):
+    writer = LayerWriter(tmp_path / "layer", "raw", Key("raw"))
+    writer.finish()
+    index = tmp_path / "layer" / INDEX_NAME
+    data = json.loads(index.read_text())
+    data["schema_version"] = 0
+    index.write_text(json.dumps(data))
+    with pytest.raises(CacheStaleError, match="schema version 0"):
+        Layer.open(tmp_path / "layer")
+
+
+def test_wrong_kind_is_refused(tmp_path: Path):
+    LayerWriter(tmp_path / "layer", "raw", Key("raw")).finish()
+    with pytest.raises(StoreError, match="is a raw layer, expected a predictions layer"):
+        Layer.open(tmp_path / "layer", kind="predictions")

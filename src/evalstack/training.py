@@ -7,6 +7,7 @@ Real users replace these files with their own (see README).
 """
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,16 +127,17 @@ def train_torch_export(x: np.ndarray, y: np.ndarray, n_classes: int, config: Tra
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(index)
+            total += float(loss.detach()) * len(index)
             correct += int((logits.argmax(1) == targets[index]).sum())
         print(f"epoch {epoch + 1}/{config.epochs} loss {total / len(order):.4f} accuracy {correct / len(order):.4f}")
     model.eval()
     example = (torch.zeros((2, *x.shape[1:]), dtype=torch.float32),)
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.export.export(model, example, dynamic_shapes=({0: batch},))
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.export.save(program, str(tmp))
-    os.replace(tmp, out)
+    # Saved through a buffer: the archive's root folder would otherwise be named after the file.
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    atomic_write_bytes(out, buffer.getvalue())
 
 
 TRAINERS = {"keras_tflite": train_keras_tflite, "torch_export": train_torch_export}

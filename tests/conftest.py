@@ -1,0 +1,29 @@
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def png_bytes(width: int = 730, height: int = 1220, mode: str = "RGB", seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": None, "LA": 2}[mode]
+    shape = (height, width) if channels is None else (height, width, channels)
+    image = Image.fromarray(rng.integers(0, 256, size=shape, dtype=np.uint8), mode=mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def card_png(tmp_path: Path) -> Path:
+    path = tmp_path / "card.png"
+    path.write_bytes(png_bytes())
+    return path

@@ -1,0 +1,113 @@
+"""Helpers for end-to-end tests: a temp copy of the template driven by the real dvc CLI."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATE_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "Makefile", "pyproject.toml")
+TEMPLATE_DIRS = ("stages", "src")
+
+TINY_PARAMS: dict[str, Any] = {
+    "synth": {"n_cards": 60, "test_fraction": 0.3},
+    "fetch": {"shard_size": 16},
+    "train": {"tflite_cnn": {"epochs": 3}, "torch_cnn": {"epochs": 3}},
+}
+
+
+def env() -> dict[str, str]:
+    environment = dict(os.environ)
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
+    environment["DVC_NO_ANALYTICS"] = "1"
+    environment["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    environment.setdefault("GIT_AUTHOR_NAME", "evalstack-test")
+    environment.setdefault("GIT_AUTHOR_EMAIL", "test@example.invalid")
+    environment.setdefault("GIT_COMMITTER_NAME", "evalstack-test")
+    environment.setdefault("GIT_COMMITTER_EMAIL", "test@example.invalid")
+    return environment
+
+
+def run(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=env(), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def deep_update(target: dict, changes: dict) -> dict:
+    for name, value in changes.items():
+        if isinstance(value, dict) and isinstance(target.get(name), dict):
+            deep_update(target[name], value)
+        else:
+            target[name] = value
+    return target
+
+
+def make_project(root: Path, overrides: dict[str, Any] | None = None) -> Path:
+    """Copy the template into `root`, shrink its params, and make it a git + DVC repo."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in TEMPLATE_FILES:
+        shutil.copy2(REPO / name, root / name)
+    for name in TEMPLATE_DIRS:
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (root / "models").mkdir()
+    (root / "models/.gitkeep").touch()
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    deep_update(params, TINY_PARAMS)
+    deep_update(params, overrides or {})
+    write_params(root, params)
+    run(root, "git", "init", "-q", "-b", "main")
+    run(root, "dvc", "init", "-q")
+    run(root, "dvc", "config", "core.analytics", "false")
+    run(root, "git", "add", "-A")
+    run(root, "git", "commit", "-qm", "template")
+    return root
+
+
+def write_params(root: Path, params: dict) -> None:
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def set_param(root: Path, dotted: str, value: Any) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    *parents, leaf = dotted.split(".")
+    node = params
+    for name in parents:
+        node = node[name]
+    node[leaf] = value
+    write_params(root, params)
+
+
+def stages_run(output: str) -> set[str]:
+    """Stage names dvc actually executed, from `dvc repro` output."""
+    ran = set()
+    for line in output.splitlines():
+        if line.startswith("Running stage '"):
+            ran.add(line.split("'")[1])
+    return ran
+
+
+def output_digests(root: Path) -> dict[str, str]:
+    """md5 of every file the pipeline produced."""
+    digests = {}
+    for top in ("data", "models", "metrics", "plots"):
+        for path in sorted((root / top).rglob("*")):
+            if path.is_file() and path.name != ".gitkeep":
+                digests[str(path.relative_to(root))] = hashlib.md5(path.read_bytes()).hexdigest()
+    return digests
+
+
+def mtimes(root: Path) -> dict[str, int]:
+    stamps = {}
+    for top in ("data", "models", "metrics", "plots"):
+        for path in (root / top).rglob("*"):
+            stamps[str(path.relative_to(root))] = path.stat().st_mtime_ns
+    stamps["dvc.lock"] = (root / "dvc.lock").stat().st_mtime_ns
+    return stamps

@@ -1,0 +1,23 @@
+import numpy as np
+import pytest
+
+from evalstack.metrics import classification_report
+
+LABELS = ("a", "b", "c", "d")
+
+
+def test_report_on_a_hand_checked_example():
+    y_true = np.array([0, 0, 1, 1, 2])
+    y_pred = np.array([0, 1, 1, 1, 0])
+    report = classification_report(y_true, y_pred, LABELS)
+    assert report.accuracy == pytest.approx(3 / 5)
+    assert report.per_class_accuracy == {"a": 0.5, "b": 1.0, "c": 0.0}
+    # F1: a = 2·(1/2·1/2)/(1) = 0.5, b = 2·(2/3·1)/(5/3) = 0.8, c = 0 → mean 0.4333
+    assert report.macro_f1 == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    assert report.classes == ("a", "b", "c")  # 'd' never occurs, so it does not dilute macro F1
+    assert report.confusion.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+
+
+def test_empty_input_is_an_error():
+    with pytest.raises(ValueError, match="no items"):
+        classification_report(np.array([], int), np.array([], int), LABELS)

@@ -1,0 +1,59 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from evalstack.pipelines import CropResizePipeline, PipelineError, build_pipeline
+from evalstack.sources import decode_image
+from tests.conftest import png_bytes
+
+
+def upstream_nn_input(path: Path) -> np.ndarray:
+    """PAD nn_predict's preprocessing, written out with the upstream Pillow calls."""
+    img = Image.open(path)
+    img = img.crop((71, 359, 707, 849))
+    img = img.resize((454, 454), Image.BICUBIC)
+    array = np.asarray(img, dtype=np.float32)
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    return array[..., :3]
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
+def test_pad_nn_equals_upstream_reference(tmp_path: Path, mode: str):
+    path = tmp_path / f"card_{mode}.png"
+    path.write_bytes(png_bytes(mode=mode, seed=3))
+    pipeline = build_pipeline({"kind": "crop_resize", "crop": [71, 359, 707, 849], "size": 454, "resample": "bicubic"})
+    ours = pipeline.process_image(decode_image(path.read_bytes()))
+    assert ours.shape == (454, 454, 3) and ours.dtype == np.uint8
+    # Stored as uint8 because it is exact: read back as float32 it equals upstream bit for bit.
+    np.testing.assert_array_equal(ours.astype(np.float32), upstream_nn_input(path))
+
+
+def test_cache_key_depends_on_params_but_not_on_entry_order():
+    a = build_pipeline({"kind": "crop_resize", "size": 64, "resample": "bilinear"})
+    b = build_pipeline({"resample": "bilinear", "size": 64, "kind": "crop_resize"})
+    c = build_pipeline({"kind": "crop_resize", "size": 96, "resample": "bilinear"})
+    assert a.cache_key().hex == b.cache_key().hex != c.cache_key().hex
+    assert a.cache_key().parts["params"]["size"] == 64
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"kind": "nope"}, "pipeline kind 'nope' unknown"),
+        ({"kind": "crop_resize", "resample": "cubic"}, "resample 'cubic' unknown"),
+        ({"kind": "crop_resize", "crop": [10, 10, 5, 20]}, "is empty"),
+        ({"kind": "crop_resize", "sise": 3}, "unexpected keyword"),
+    ],
+)
+def test_bad_pipeline_params_are_clear_errors(spec, message):
+    with pytest.raises(PipelineError, match=message):
+        build_pipeline(spec)
+
+
+def test_small_pipeline_output_shape():
+    pipeline = CropResizePipeline(size=64, resample="bilinear")
+    out = pipeline.process_image(decode_image(png_bytes()))
+    assert out.shape == pipeline.output_shape() == (64, 64, 3)

@@ -164,8 +164,13 @@ class BuildLog:
         })
 
     def _reasons(self, info: ShardInfo, upstream: ShardInfo | None) -> list[str]:
-        if upstream is None:
-            return ["read from the source"]
+        if upstream is None:  # a source layer: say how the shard compares with the last build's
+            before = self.previous_shards.get(info.name)
+            if before is None:
+                return ["read from the source: a new shard"]
+            if before["sha256"] == info.sha256:
+                return ["read from the source: same bytes as the last build"]
+            return [f"read from the source: changed ({before['n_items']} → {_items(info.n_items)})"]
         if self.previous is None:
             return ["no earlier build of this layer is recorded in the store (first build here, or the store was cleared)"]
         reasons = ["key changed (see above)"] if self.key_changes else []

@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, Mapping
 import numpy as np
 from tqdm import tqdm
 
-from evalstack.incremental import BuildLog
+from evalstack.incremental import BuildLog, start_build
 from evalstack.keys import Key, md5_bytes, sha256_bytes
 from evalstack.shardstore import ShardStore, StoreEntry
 from evalstack.sources import (
@@ -102,7 +102,9 @@ def fetch_raw_layer(config: FetchConfig, out_dir: Path, store: ShardStore | None
     (a raw shard has no upstream to derive an address from)."""
     rows = read_registries(config)
     key = config.layer_key()
-    log = BuildLog(RAW_KIND, key, "fetch", {"": "fetch"}, "items_fetched", store.load_build(out_dir) if store else None)
+    previous, seeded = start_build(store, out_dir, RAW_KIND)
+    log = BuildLog(RAW_KIND, key, "fetch", {"": "fetch"}, "items_fetched", previous)
+    log.seeded = seeded
     writer = LayerWriter(out_dir, RAW_KIND, key)
     with tqdm(total=len(rows), desc="fetch", unit="card") as progress:
         for number, chunk in enumerate(_batched(rows, config.shard_size)):

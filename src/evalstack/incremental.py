@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 from tqdm import tqdm
@@ -69,9 +69,9 @@ def build_derived_layer(
 ) -> LayerBuild:
     """One shard per upstream shard, same names; each reused from the store or computed and put there."""
     out_dir = Path(out_dir)
-    log = BuildLog(spec.kind, spec.key, spec.label, spec.key_labels, spec.work, store.load_build(out_dir) if store else None)
-    if store is not None:
-        log.seeded = seed_from_previous_outputs(store, out_dir, spec.kind)
+    previous, seeded = start_build(store, out_dir, spec.kind)
+    log = BuildLog(spec.kind, spec.key, spec.label, spec.key_labels, spec.work, previous)
+    log.seeded = seeded
     writer = LayerWriter(out_dir, spec.kind, spec.key, spec.compression)
     with tqdm(total=len(upstream), desc=spec.label, unit="item") as progress:
         for shard in upstream.shards:
@@ -115,24 +115,47 @@ def _reuse(store: ShardStore | None, address: str, writer: LayerWriter, shard: S
         return None
 
 
-def seed_from_previous_outputs(store: ShardStore, out_dir: Path, kind: str) -> int:
-    """Put into the store the shards of this layer's previous version that it lacks.
+def start_build(store: ShardStore | None, out_dir: Path, kind: str) -> tuple[dict[str, Any] | None, int]:
+    """Before a layer is (re)built: the previous version to explain changes against, and how
+    many of its shards were put into the store.
 
-    Two places hold one: the output directory itself (when nothing removed it) and
-    DVC's cache, via the layer `dvc.lock` records for `out_dir` — so a fresh clone
-    that pulled its outputs reuses them as the machine that built them would.
+    The previous version is the store's record of the last build here or, failing that
+    (a fresh clone), the layer itself — still in `out_dir` when nothing removed it, else
+    the version `dvc.lock` records, read from DVC's cache. Seeding the store from those
+    shards is what lets a fresh clone that pulled its outputs reuse them.
     """
-    added = 0
+    previous = store.load_build(out_dir) if store else None
+    seeded = 0
+    for index, shards, immutable, source in _previous_versions(out_dir, kind):
+        if store is not None:
+            seeded += store.seed(shards, kind, immutable)
+        if previous is None:
+            previous = _record_from_index(index, source)
+    return previous, seeded
+
+
+def _previous_versions(out_dir: Path, kind: str) -> Iterator[tuple[LayerIndex, list[tuple[ShardInfo, Path]], bool, str]]:
     if (out_dir / INDEX_NAME).exists():
         try:
             layer = Layer.open(out_dir, kind=kind)
-            added += store.seed([(s, layer.path(s)) for s in layer.shards if layer.path(s).exists()], kind, False)
+            yield layer.index, [(s, layer.path(s)) for s in layer.shards if layer.path(s).exists()], False, "layer"
         except StoreError:
             pass
     locked = locked_layer_for(out_dir)
     if locked is not None and locked.index.kind == kind:
-        added += store.seed(shard_files(locked), kind, immutable=locked.from_cache)
-    return added
+        yield locked.index, shard_files(locked), locked.from_cache, "dvc.lock"
+
+
+def _record_from_index(index: LayerIndex, source: str) -> dict[str, Any]:
+    """A build record reconstructed from a layer index (derived shards have their upstream's item count)."""
+    return {
+        "source": source,
+        "key": _key_json(index.key) | {"hex": index.key.hex},
+        "shards": [
+            {"name": s.name, "sha256": s.sha256, "n_items": s.n_items, "upstream": s.upstream, "upstream_items": s.n_items}
+            for s in index.shards
+        ],
+    }
 
 
 class BuildLog:
@@ -172,7 +195,7 @@ class BuildLog:
                 return ["read from the source: same bytes as the last build"]
             return [f"read from the source: changed ({before['n_items']} → {_items(info.n_items)})"]
         if self.previous is None:
-            return ["no earlier build of this layer is recorded in the store (first build here, or the store was cleared)"]
+            return ["no earlier version of this layer was found (first build here)"]
         reasons = ["key changed (see above)"] if self.key_changes else []
         before = self.previous_shards.get(info.name)
         if before is None:
@@ -191,7 +214,9 @@ class BuildLog:
             "kind": self.kind,
             "key": _key_json(self.key) | {"hex": self.key.hex},
             "index_sha256": sha256_file(Path(out_dir) / INDEX_NAME),
-            "previous_build": self.previous is not None,
+            # what changes are explained against: the last build here ("store"), the layer that was
+            # in place ("layer"), the version dvc.lock records ("dvc.lock"), or nothing (None)
+            "previous_build": (self.previous.get("source", "store")) if self.previous else None,
             "key_changes": self.key_changes,
             "counts": {
                 "shards": len(self.shards),

@@ -36,17 +36,25 @@ def why_report(layer_dir: Path, store: ShardStore | None) -> list[str]:
         ]
     lines = [f"{layer_dir} — {record['label']}, built {record['finished_at']} ({_code_line(record['code'])})",
              f"  {_counts_line(record['counts'])}"]
-    if not record["previous_build"]:
-        lines.append("  no earlier build of this layer is recorded in the store")
+    since = _PREVIOUS.get(record["previous_build"])
+    if since is None:
+        lines.append("  no earlier version of this layer was found (first build here)")
     elif record["key_changes"]:
-        lines.append("  key changed since the previous build here:")
+        lines.append(f"  key changed since {since}:")
         lines.extend(f"    {change}" for change in record["key_changes"])
     else:
-        lines.append("  key unchanged since the previous build here")
+        lines.append(f"  key unchanged since {since}")
     for shard in record["shards"]:
         if shard["computed"]:
             lines.append(f"  computed {shard['name']}: {'; '.join(shard['reasons'])}")
     return lines
+
+
+_PREVIOUS = {
+    "store": "the previous build here",
+    "layer": "the version that was in place",
+    "dvc.lock": "the version dvc.lock records",
+}
 
 
 def _counts_line(counts: dict[str, int]) -> str:

@@ -10,7 +10,7 @@ Measures, on a temp copy of the template driven by the real dvc CLI:
 Generating the dataset (synth) is the "source" and is not timed; the demo models are
 fitted once on random data and added with `dvc add`, so growth changes no model.
 
-    PYTHONPATH=src python bench/incremental.py --cards 600 --shard-size 16
+    PYTHONPATH=src python bench/incremental.py --cards 600
 """
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import yaml  # noqa: E402
 
 from tests.e2e import build_record, env, make_project, run, set_param, tree_size, use_own_models  # noqa: E402
 
@@ -75,16 +77,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cards", type=int, default=600)
     parser.add_argument("--growth", type=float, default=0.05)
-    parser.add_argument("--shard-size", type=int, default=16)
+    parser.add_argument("--shard-size", type=int, default=None, help="fetch.shard_size (default: params.yaml's)")
     parser.add_argument("--out", type=Path, default=REPO / "bench/out/incremental")
     args = parser.parse_args()
     grown = round(args.cards * (1 + args.growth))
     shutil.rmtree(args.out, ignore_errors=True)
-    root = make_project(args.out / "project", {"synth": {"n_cards": args.cards}, "fetch": {"shard_size": args.shard_size}})
+    template = yaml.safe_load((REPO / "params.yaml").read_text())
+    shard_size = args.shard_size or template["fetch"]["shard_size"]
+    root = make_project(args.out / "project", {"synth": {"n_cards": args.cards}, "fetch": {"shard_size": shard_size}})
     remote = args.out / "remote"
     run(root, "dvc", "remote", "add", "-d", "local", str(remote))
     use_own_models(root)
-    print(f"dataset: {args.cards} → {grown} cards, fetch.shard_size {args.shard_size}; {root}", flush=True)
+    print(f"dataset: {args.cards} → {grown} cards, fetch.shard_size {shard_size}; {root}", flush=True)
 
     targets = [stage for stage in STAGES if stage.startswith("infer@")]
     run(root, "dvc", "repro", "synth")

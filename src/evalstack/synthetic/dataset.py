@@ -17,20 +17,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from evalstack.sources import REGISTRY_COLUMNS
+from evalstack.store import atomic_write_bytes
 from evalstack.synthetic.cards import CardSpec, plan_cards
 from evalstack.synthetic.png import encode_png
 from evalstack.synthetic.render import render_array, render_card
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _file_md5(path: Path) -> str:
@@ -56,7 +46,7 @@ def _materialise(job: _Job) -> str:
     if job.must_exist:
         raise FileNotFoundError(f"{job.path} is before start= but missing; rerun with a smaller start")
     data = encode_png(render_array(job.spec, job.seed))
-    _atomic_write(job.path, data)
+    atomic_write_bytes(job.path, data)
     return hashlib.md5(data).hexdigest()
 
 

@@ -43,27 +43,28 @@ def declared_plots(dvc_yaml: dict, root: Path) -> list[PlotGroup]:
     for entry in dvc_yaml.get("plots") or []:
         name, props = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
         props = props or {}
-        template = props.get("template", "linear")
-        title = props.get("title") or name
-        if isinstance(props.get("y"), dict):  # {file: field or [fields]}: one chart per file and field
-            x = props.get("x")
-            files = [
-                PlotFile(Path(path), PlotSpec(f"{title}: {path}", template, x.get(path) if isinstance(x, dict) else x, y))
-                for path, fields in props["y"].items()
-                for y in ([fields] if isinstance(fields, str) else fields)
-            ]
-        else:
-            ys = props.get("y") if isinstance(props.get("y"), list) else [props.get("y")]
-            paths = _expand(root, Path(name), PLOT_SUFFIXES)
-            files = [
-                PlotFile(path, PlotSpec(f"{title}: {path.stem}" if len(paths) > 1 else title, template, props.get("x"), y))
-                for path in paths
-                for y in ys
-            ]
+        files = _plot_files(root, name, props.get("title") or name, props)
         present = [plot for plot in files if (root / plot.path).is_file()]
         missing = sorted({plot.path for plot in files if not (root / plot.path).is_file()})
-        groups.append(PlotGroup(title, present, missing))
+        groups.append(PlotGroup(props.get("title") or name, present, missing))
     return groups
+
+
+def _plot_files(root: Path, name: str, title: str, props: dict) -> list[PlotFile]:
+    template, x, y = props.get("template", "linear"), props.get("x"), props.get("y")
+    if isinstance(y, dict):  # the id is a name; y maps file → field or [fields]: a chart per file and field
+        x_of = x.get if isinstance(x, dict) else lambda path: x
+        return [
+            PlotFile(Path(path), PlotSpec(f"{title}: {path}", template, x_of(path), column))
+            for path, columns in y.items()
+            for column in ([columns] if isinstance(columns, str) else columns)
+        ]
+    paths = _expand(root, Path(name), PLOT_SUFFIXES)  # the id is a file, or a directory of one file per model
+    return [
+        PlotFile(path, PlotSpec(f"{title}: {path.stem}" if len(paths) > 1 else title, template, x, column))
+        for path in paths
+        for column in (y if isinstance(y, list) else [y])
+    ]
 
 
 def declared_metrics(dvc_yaml: dict, root: Path) -> dict[str, dict[str, float]]:
@@ -87,7 +88,8 @@ def write_report(root: Path, out_dir: Path, compare: list[str]) -> Path:
     table = declared_metrics(dvc_yaml, root)
     columns = [name for name in compare if any(name in row for row in table.values())]
     columns += sorted({name for row in table.values() for name in row} - set(columns))
-    lines = ["# Evaluation report", "", "Every metric and plot declared in dvc.yaml; rebuilt by `dvc repro report`.", ""]
+    intro = "Every metric and plot declared in dvc.yaml (`dvc repro report` rebuilds it)."
+    lines = ["# Evaluation report", "", intro, ""]
     lines += ["## Metrics", "", *_markdown_table(table, columns), ""]
     atomic_write_bytes(out / "models.csv", _csv_table(table, columns))
     compared = [name for name in compare if name in columns]

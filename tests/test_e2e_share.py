@@ -23,11 +23,7 @@ from tests.servers import moto_s3, openssh_server, require_program
 
 pytestmark = pytest.mark.slow
 
-ALL_STAGES = {
-    "synth", "fetch", "preprocess@pad_nn", "preprocess@thumb64", "train@tflite_cnn", "train@torch_cnn",
-    "infer@tflite_cnn", "infer@torch_cnn", "evaluate@tflite_cnn", "evaluate@torch_cnn", "report",
-}
-MODELS = ("tflite_cnn", "torch_cnn")
+EVALUATE_STAGES = {"evaluate@tflite_cnn", "evaluate@torch_cnn"}
 UP_TO_DATE = "Data and pipelines are up to date."
 
 
@@ -53,7 +49,7 @@ def team(tmp_path_factory) -> Team:
     a = make_project(base / "a")
     run(a, "git", "remote", "add", "origin", str(origin))
     run(a, "dvc", "remote", "add", "-d", "storage", str(base / "storage"))  # the README's default
-    assert stages_run(run(a, "dvc", "repro").stdout) == ALL_STAGES
+    assert {"synth", "report", *EVALUATE_STAGES} <= stages_run(run(a, "dvc", "repro").stdout)
     commit_and_push(a, "first repro")
     return Team(base, origin, a)
 
@@ -80,7 +76,9 @@ def configure_credentials(root: Path, remote: Remote) -> None:
 
 
 def metrics_of(root: Path) -> dict[str, dict]:
-    return {model: json.loads((root / f"metrics/{model}.json").read_text()) for model in MODELS}
+    metrics = {path.stem: json.loads(path.read_text()) for path in sorted((root / "metrics").glob("*.json"))}
+    assert metrics, f"no metrics in {root}"
+    return metrics
 
 
 def files_pushed(output: str) -> int:
@@ -111,7 +109,8 @@ def test_a_fresh_clone_pulls_everything_and_recomputes_nothing(team: Team, remot
 def test_an_experiment_reaches_a_clone_with_its_run_cache_and_recomputes_nothing(team: Team):
     a = team.a
     ran = run(a, "dvc", "exp", "run", "-S", "evaluate.split=dev", "-n", "on-dev")
-    assert stages_run(ran.stdout) == {"evaluate@tflite_cnn", "evaluate@torch_cnn", "report"}
+    assert {*EVALUATE_STAGES, "report"} <= stages_run(ran.stdout)
+    assert all(stage.startswith("evaluate@") or stage == "report" for stage in stages_run(ran.stdout))
     on_dev = metrics_of(a)
     run(a, "dvc", "exp", "push", "--run-cache", "origin", "on-dev")
     # The run records' own outputs (metrics JSON lives in git, not in any pushed commit of main).
@@ -132,7 +131,7 @@ def test_an_experiment_reaches_a_clone_with_its_run_cache_and_recomputes_nothing
     set_param(c, "evaluate.split", "dev")
     restored = run(c, "dvc", "repro", "--pull", "--allow-missing").stdout
     assert stages_run(restored) == set(), restored
-    for stage in ("evaluate@tflite_cnn", "evaluate@torch_cnn", "report"):
+    for stage in (*EVALUATE_STAGES, "report"):
         assert f"Stage '{stage}' is cached - skipping run" in restored
     assert metrics_of(c) == on_dev
     assert not (c / "data/preprocessed").exists()  # bulky intermediates were not needed, so not fetched

@@ -195,7 +195,7 @@ def wait_for_queue(root: Path, timeout: float) -> None:
         if re.search(r"\b(Queued|Running)\b", status) is None:
             assert "Failed" not in status, status  # `dvc queue logs <name>` shows why
             return
-        time.sleep(2)
+        time.sleep(5)  # each poll is a dvc process competing with the workers for 2 cores
     raise AssertionError(f"queue still busy after {timeout:.0f} s:\n{status}")
 
 

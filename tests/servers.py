@@ -22,15 +22,18 @@ S3_KEY_ID = "evalstack-test"
 S3_SECRET = "evalstack-test-secret"
 
 
-def require_program(path: str | Path, package: str) -> Path:
-    """The program's path; a clear skip when it is missing, or a failure on CI (where `make test` installs it)."""
-    found = Path(path) if Path(path).is_absolute() and Path(path).exists() else shutil.which(str(path))
-    if found:
-        return Path(found)
-    reason = f"{path} not found: install Debian package {package} (`make system-deps` does)"
+def unavailable(reason: str) -> None:
+    """Skip with the reason; on CI fail instead, since `make test` installs what these tests need."""
     if os.environ.get("CI"):
         pytest.fail(reason)
     pytest.skip(reason)
+
+
+def require_program(path: str | Path, package: str) -> Path:
+    found = Path(path) if Path(path).is_absolute() and Path(path).exists() else shutil.which(str(path))
+    if not found:
+        unavailable(f"{path} not found: install Debian package {package} (`make system-deps` does)")
+    return Path(found)
 
 
 def free_port() -> int:
@@ -111,7 +114,7 @@ def openssh_server(workdir: Path) -> Iterator[SSHEndpoint]:
     sshd = require_program(SSHD, "openssh-server")
     keygen = require_program("ssh-keygen", "openssh-client")
     if os.geteuid() != 0:
-        pytest.skip("sshd with key login as the current user needs root here")
+        unavailable("starting sshd on its own port with root key login needs root")
     workdir.mkdir(parents=True, exist_ok=True)
     host_key, client_key = workdir / "host_ed25519", workdir / "client_ed25519"
     for key in (host_key, client_key):

@@ -14,6 +14,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "Makefile", "pyproject.toml")
 TEMPLATE_DIRS = ("stages", "src")
+OUTPUT_DIRS = ("data", "models", "metrics", "plots", "reports")  # everything `dvc repro` writes
 
 TINY_PARAMS: dict[str, Any] = {
     "synth": {"n_cards": 60, "test_fraction": 0.3},
@@ -97,7 +98,7 @@ def stages_run(output: str) -> set[str]:
 def output_digests(root: Path) -> dict[str, str]:
     """md5 of every file the pipeline produced."""
     digests = {}
-    for top in ("data", "models", "metrics", "plots"):
+    for top in OUTPUT_DIRS:
         for path in sorted((root / top).rglob("*")):
             if path.is_file() and path.name != ".gitkeep":
                 digests[str(path.relative_to(root))] = hashlib.md5(path.read_bytes()).hexdigest()
@@ -106,7 +107,7 @@ def output_digests(root: Path) -> dict[str, str]:
 
 def mtimes(root: Path) -> dict[str, int]:
     stamps = {}
-    for top in ("data", "models", "metrics", "plots"):
+    for top in OUTPUT_DIRS:
         for path in (root / top).rglob("*"):
             stamps[str(path.relative_to(root))] = path.stat().st_mtime_ns
     stamps["dvc.lock"] = (root / "dvc.lock").stat().st_mtime_ns
@@ -164,3 +165,13 @@ def tree_size(directory: Path) -> tuple[int, set[str]]:
     """Total bytes and relative file names under a directory (a local DVC remote)."""
     files = {str(p.relative_to(directory)): p.stat().st_size for p in directory.rglob("*") if p.is_file()}
     return sum(files.values()), set(files)
+def clone(origin: Path, destination: Path) -> Path:
+    """A colleague's fresh clone of the git remote `origin` (code, params, dvc.lock; no data)."""
+    run(destination.parent, "git", "clone", "-q", str(origin), str(destination))
+    return destination
+
+
+def commit_and_push(root: Path, message: str) -> None:
+    run(root, "git", "add", "-A")
+    run(root, "git", "commit", "-qm", message)
+    run(root, "git", "push", "-q", "origin", "HEAD")

@@ -16,6 +16,9 @@ from evalstack.inference import open_predictions
 from evalstack.store import Layer, atomic_write_bytes
 
 
+ALL_SPLITS = "all"  # evaluate.split value that takes every item, whatever its split
+
+
 @dataclass(frozen=True)
 class EvaluationOutputs:
     metrics: Path  # JSON for `dvc metrics`
@@ -49,7 +52,7 @@ def evaluate_classifier(
     layer = open_predictions(predictions_dir, model_signature, pipeline_key, spec.name)
     keys = layer.item_keys()
     predicted = layer.column("label")
-    chosen = [i for i, key in enumerate(keys) if truth[key][1] == split]
+    chosen = [i for i, key in enumerate(keys) if split == ALL_SPLITS or truth[key][1] == split]
     if not chosen:
         raise ValueError(f"no items in split {split!r}; splits present: {sorted({s for _, s in truth.values()})}")
     names = [truth[keys[i]][0] for i in chosen]

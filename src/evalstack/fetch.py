@@ -13,7 +13,9 @@ from typing import Iterable, Iterator, Mapping
 import numpy as np
 from tqdm import tqdm
 
+from evalstack.incremental import BuildLog, start_build
 from evalstack.keys import Key, md5_bytes, sha256_bytes
+from evalstack.shardstore import ShardStore, StoreEntry
 from evalstack.sources import (
     DEFAULT_MAX_PIXELS,
     RegistryRow,
@@ -95,9 +97,15 @@ def _batched(rows: Iterable[RegistryRow], size: int) -> Iterator[list[RegistryRo
         yield chunk
 
 
-def fetch_raw_layer(config: FetchConfig, out_dir: Path) -> LayerIndex:
+def fetch_raw_layer(config: FetchConfig, out_dir: Path, store: ShardStore | None = None) -> LayerIndex:
+    """Rows in id order, `shard_size` per shard. Shards go into the store by their own sha256
+    (a raw shard has no upstream to derive an address from)."""
     rows = read_registries(config)
-    writer = LayerWriter(out_dir, RAW_KIND, config.layer_key())
+    key = config.layer_key()
+    previous, seeded = start_build(store, out_dir, RAW_KIND)
+    log = BuildLog(RAW_KIND, key, "fetch", {"": "fetch"}, "items_fetched", previous)
+    log.seeded = seeded
+    writer = LayerWriter(out_dir, RAW_KIND, key)
     with tqdm(total=len(rows), desc="fetch", unit="card") as progress:
         for number, chunk in enumerate(_batched(rows, config.shard_size)):
             items = []
@@ -105,9 +113,18 @@ def fetch_raw_layer(config: FetchConfig, out_dir: Path) -> LayerIndex:
                 items.append(download_item(row, config))
                 progress.update()
             columns = raw_columns(items)
-            writer.add_shard(shard_name(number), columns, flat={"blob": columns.pop("blob")})
+            flat = {"blob": columns.pop("blob")}
+            # The item key is the sha256 of the image bytes, so it doubles as the per-item checksum.
+            info = writer.add_shard(shard_name(number), columns, flat=flat, checksum_of=("blob",), checksum_column=ITEM_KEY)
+            if store is not None:
+                path = writer.directory / info.name
+                store.put(StoreEntry(info.sha256, info.sha256, path.stat().st_size, info.n_items, RAW_KIND,
+                                     {"kind": key.kind, "parts": key.parts}), path)
+            log.add(info, None, computed=True)
     writer.stats = {"items": len(rows)}
-    return writer.finish()
+    index = writer.finish()
+    log.finish(out_dir, store)
+    return index
 
 
 def read_blobs(handle, rows: slice) -> list[bytes]:

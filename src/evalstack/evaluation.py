@@ -49,7 +49,8 @@ def evaluate_classifier(
     layer = open_predictions(predictions_dir, model_signature, pipeline_key, spec.name)
     keys = layer.item_keys()
     predicted = layer.column("label")
-    chosen = [i for i, key in enumerate(keys) if truth[key][1] == split]
+    # Items removed from the source leave the raw layer's index but may remain in derived shards.
+    chosen = [i for i, key in enumerate(keys) if key in truth and truth[key][1] == split]
     if not chosen:
         raise ValueError(f"no items in split {split!r}; splits present: {sorted({s for _, s in truth.values()})}")
     names = [truth[keys[i]][0] for i in chosen]

@@ -1,75 +1,216 @@
-"""The fetch stage: registry rows → the raw layer (encoded image bytes + metadata).
+"""The fetch stage: a source's items → the raw layer (encoded image bytes + metadata).
 
 The item key is the sha256 of the image bytes; the md5 the source states is
-checked, never trusted as a key.
+checked, never trusted as a key. Fetch is incremental (see `rawplan`): a re-fetch
+downloads only items the last raw layer lacks, appends new shards and leaves old
+shard files as they are. It never loses data: downloads wait in the fetch history
+until they are in a recorded shard, and whenever fetch stops short (failed items
+under `on_error: fail`, the source gone) the output directory gets back the last
+raw layer it had.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
+import h5py
 import numpy as np
-from tqdm import tqdm
 
-from evalstack.keys import Key, md5_bytes, sha256_bytes
-from evalstack.sources import (
-    DEFAULT_MAX_PIXELS,
-    RegistryRow,
-    SourceError,
-    check_image,
-    check_scheme,
-    check_unique_ids,
-    parse_registry,
-    read_local,
-    to_url,
-)
-from evalstack.store import ITEM_KEY, LayerIndex, LayerWriter, shard_name
+from evalstack.catalog import SourceConfig, list_items
+from evalstack.downloads import DownloadOutcome, Failure, download_items
+from evalstack.keys import Key, sha256_bytes
+from evalstack.rawhistory import PreviousLayer, RawHistory
+from evalstack.rawplan import RawPlan, plan_layer
+from evalstack.sources import DEFAULT_MAX_PIXELS, META_FIELDS, RegistryRow, SourceError
+from evalstack.store import ITEM_KEY, LayerIndex, LayerWriter, atomic_write_bytes, shard_name
+from evalstack.transport import SourceUnreachable, Transport, TransportConfig
 
 RAW_KIND = "raw"
-META_COLUMNS = ("id", "sample_id", "sample_name", "quantity", "camera_type_1", "url", "hashlib_md5", "image_name", "split")
+META_COLUMNS = META_FIELDS
+ON_ERROR = ("fail", "skip")
+
+
+class FetchFailed(SourceError):
+    """Fetch stopped short; the message says why and where the report is."""
 
 
 @dataclass(frozen=True)
 class FetchConfig:
-    registries: Mapping[str, str]  # split name → registry location (path or URL)
+    source: SourceConfig
+    store_dir: Path = Path(".evalstack/store")
     shard_size: int = 256
     max_pixels: int = DEFAULT_MAX_PIXELS
-    allowed_schemes: tuple[str, ...] = ("file",)
+    workers: int = 8
+    on_error: str = "fail"  # fail | skip; either way the report lists every failed id
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    report: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ON_ERROR:
+            raise SourceError(f"fetch.on_error {self.on_error!r} unknown; choose fail or skip")
+        if self.shard_size < 1:
+            raise SourceError(f"fetch.shard_size must be >= 1, got {self.shard_size}")
 
     def layer_key(self) -> Key:
-        # Shard size shapes the files, not the items, but DVC compares files, so it is recorded.
-        return Key("raw", {"registries": dict(self.registries), "shard_size": self.shard_size})
+        # Only what shapes the shard files: where the source lives does not, so moving a
+        # registry from disk to a server keeps every shard (the source goes in the report).
+        return Key(RAW_KIND, {"shard_size": self.shard_size})
 
 
-@dataclass
+@dataclass(frozen=True)
 class FetchedItem:
     row: RegistryRow
     data: bytes
 
 
-def read_registries(config: FetchConfig) -> list[RegistryRow]:
-    rows: list[RegistryRow] = []
-    for split in sorted(config.registries):
-        url = to_url(config.registries[split])
-        check_scheme(url, config.allowed_schemes)
-        text = read_local(url).decode("utf-8-sig")
-        rows.extend(parse_registry(text, split, url))
-    check_unique_ids(rows)
-    # Arrival order: PAD ids grow as cards are uploaded, so new cards land in new shards.
-    return sorted(rows, key=lambda row: row.id)
+@dataclass
+class FetchReport:
+    source: dict[str, Any]
+    on_error: str
+    offline: bool = False
+    message: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+    transfer: dict[str, int] = field(default_factory=dict)
+    failed: list[Failure] = field(default_factory=list)
+
+    def write(self, path: Path | None) -> None:
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(Path(path), (json.dumps(asdict(self), indent=1) + "\n").encode())
 
 
-def download_item(row: RegistryRow, config: FetchConfig) -> FetchedItem:
-    what = f"item id {row.id} ({row.image_name})"
-    check_scheme(row.resolved_url, config.allowed_schemes)
-    data = read_local(row.resolved_url)
-    actual = md5_bytes(data)
-    if actual != row.hashlib_md5:
-        raise SourceError(f"{what}: md5 {actual} differs from the registry's {row.hashlib_md5}")
-    check_image(data, config.max_pixels, what)
-    return FetchedItem(row=row, data=data)
+@dataclass
+class FetchResult:
+    index: LayerIndex
+    report: FetchReport
+
+
+def fetch_raw_layer(config: FetchConfig, out_dir: Path) -> FetchResult:
+    out_dir = Path(out_dir)
+    history = RawHistory(config.store_dir)
+    history.clear_stale_temp_files()
+    previous = history.previous(out_dir, RAW_KIND)
+    report = FetchReport(config.source.describe(), config.on_error)
+    with Transport(config.transport) as transport:
+        try:
+            rows = list_items(config.source, transport)
+        except SourceUnreachable as error:
+            return _keep_previous(previous, out_dir, report, str(error), history)
+        plan = plan_layer(previous, rows, config.layer_key())
+        missing = [row for row in plan.fresh if row.identity not in plan.old_bytes and not history.has_download(row)]
+        outcome = download_items(missing, transport, history, config.max_pixels, config.workers)
+        report.transfer = {"http_gets": transport.gets, "bytes_read": transport.bytes}
+    report.failed = outcome.failures
+    report.counts = _counts(rows, plan, missing, outcome)
+    if outcome.unreachable or (outcome.failures and config.on_error == "fail"):
+        return _stop(previous, out_dir, report, outcome, config, history)
+    failed_ids = {failure.id for failure in outcome.failures}
+    fresh = [row for row in plan.fresh if row.id not in failed_ids]
+    index = _write_layer(out_dir, config, plan, fresh, previous, history)
+    history.record(out_dir, index)
+    history.drop_downloads(fresh)
+    report.counts["in_layer"] = index.n_items
+    if outcome.failures:
+        report.message = f"skipped {len(outcome.failures)} items that failed (on_error: skip)"
+    report.write(config.report)
+    return FetchResult(index, report)
+
+
+def _counts(rows: list[RegistryRow], plan: RawPlan, missing: list[RegistryRow], outcome: DownloadOutcome) -> dict[str, int]:
+    from_old_shards = sum(1 for row in plan.fresh if row.identity in plan.old_bytes)
+    return {
+        "listed": len(rows),
+        "kept_in_place": plan.n_kept_items,
+        "new_shard_items": len(plan.fresh),
+        "bytes_from_old_shards": from_old_shards,
+        "from_download_area": len(plan.fresh) - len(missing) - from_old_shards,
+        "downloaded": outcome.downloaded,
+        "failed": len(outcome.failures or []),
+        "removed": plan.removed,
+        "without_md5": sum(1 for row in rows if not row.hashlib_md5),  # the source stated none: nothing checked
+    }
+
+
+def _write_layer(out_dir: Path, config: FetchConfig, plan: RawPlan, fresh: list[RegistryRow],
+                 previous: PreviousLayer | None, history: RawHistory) -> LayerIndex:
+    writer = LayerWriter(out_dir, RAW_KIND, config.layer_key())
+    for shard in plan.kept:
+        _place(plan.kept_paths[shard.sha256], shard.sha256, out_dir / shard.name, history)
+        writer.adopt_shard(shard)
+    for number, chunk in enumerate(_batched(fresh, config.shard_size), start=plan.next_shard):
+        items = [FetchedItem(row, _bytes_of(row, plan, history)) for row in chunk]
+        columns = raw_columns(items)
+        writer.add_shard(shard_name(number), columns, flat={"blob": columns.pop("blob")})
+    writer.stats = {"items": plan.n_kept_items + len(fresh)}
+    return writer.finish()
+
+
+def _place(source: Path, sha256: str, dest: Path, history: RawHistory) -> None:
+    if source.resolve() == dest.resolve():
+        return  # the previous layer is still in the output directory (fetch run outside dvc)
+    if not history.materialise(source, sha256, dest):
+        raise FetchFailed(f"{source}: its bytes differ from the recorded sha256 {sha256[:12]}; "
+                          f"delete it and fetch again (its items will be downloaded again)")
+
+
+def _bytes_of(row: RegistryRow, plan: RawPlan, history: RawHistory) -> bytes:
+    old = plan.old_bytes.get(row.identity)
+    if old is not None:
+        with h5py.File(old.path, "r") as handle:
+            return read_blobs(handle, slice(old.row, old.row + 1))[0]
+    data = history.load_download(row)
+    if data is None:
+        raise FetchFailed(f"{row.what}: its download vanished from {history.download_path(row)}; fetch again")
+    return data
+
+
+def _keep_previous(previous: PreviousLayer | None, out_dir: Path, report: FetchReport, reason: str,
+                   history: RawHistory) -> FetchResult:
+    """The source cannot be reached: keep the raw layer there is, and say so."""
+    report.offline = True
+    if previous is None:
+        report.message = f"{reason}. No earlier raw layer is recorded for {out_dir}, so there is nothing to keep."
+        raise FetchFailed(report.message)
+    index = _restore(previous, out_dir, history)
+    report.message = (f"OFFLINE: {reason}. Kept the raw layer from the last fetch ({index.n_items} items); "
+                      f"nothing was deleted. Fetch again when the source is reachable.")
+    report.counts = {"listed": 0, "kept_in_place": index.n_items, "in_layer": index.n_items}
+    print(f"WARNING {report.message}")
+    return FetchResult(index, report)
+
+
+def _stop(previous: PreviousLayer | None, out_dir: Path, report: FetchReport, outcome: DownloadOutcome,
+          config: FetchConfig, history: RawHistory) -> FetchResult:
+    """Fetch ends without a new layer; what was downloaded stays in the history, the old layer in place."""
+    kept = _restore(previous, out_dir, history) if previous is not None else None
+    lines = [f"  id {f.id} ({f.image_name}): {f.cause}" for f in outcome.failures[:20]]
+    more = len(outcome.failures) - len(lines)
+    why = f"the source became unreachable: {outcome.unreachable}" if outcome.unreachable else \
+        f"{len(outcome.failures)} items failed (on_error: fail; `skip` builds the layer without them)"
+    where = f" (full list in {config.report})" if config.report else ""
+    keeping = f"kept the previous raw layer ({kept.n_items} items) in {out_dir}" if kept else "no previous raw layer to keep"
+    report.offline = bool(outcome.unreachable)
+    report.message = (f"fetch stopped: {why}{where}; {report.counts['downloaded']} downloaded items are kept for "
+                      f"the next fetch; {keeping}.")
+    report.write(config.report)
+    raise FetchFailed(report.message + "\n" + "\n".join(lines) + (f"\n  … and {more} more" if more > 0 else ""))
+
+
+def _restore(previous: PreviousLayer, out_dir: Path, history: RawHistory) -> LayerIndex:
+    """Rebuild the previous layer in `out_dir` from wherever its shards are (byte-identical index)."""
+    writer = LayerWriter(out_dir, RAW_KIND, previous.index.key)
+    for shard in previous.index.shards:
+        source = previous.shard_paths.get(shard.sha256)
+        if source is None:
+            raise FetchFailed(f"shard {shard.name} of the last raw layer is gone from {history.directory}; "
+                              f"`dvc checkout {out_dir}` restores the layer DVC recorded")
+        _place(source, shard.sha256, out_dir / shard.name, history)
+        writer.adopt_shard(shard)
+    writer.stats = dict(previous.index.stats)
+    return writer.finish()
 
 
 def raw_columns(items: list[FetchedItem]) -> dict[str, np.ndarray]:
@@ -89,25 +230,10 @@ def raw_columns(items: list[FetchedItem]) -> dict[str, np.ndarray]:
     return columns
 
 
-def _batched(rows: Iterable[RegistryRow], size: int) -> Iterator[list[RegistryRow]]:
+def _batched(rows: list[RegistryRow], size: int) -> Iterator[list[RegistryRow]]:
     iterator = iter(rows)
     while chunk := list(islice(iterator, size)):
         yield chunk
-
-
-def fetch_raw_layer(config: FetchConfig, out_dir: Path) -> LayerIndex:
-    rows = read_registries(config)
-    writer = LayerWriter(out_dir, RAW_KIND, config.layer_key())
-    with tqdm(total=len(rows), desc="fetch", unit="card") as progress:
-        for number, chunk in enumerate(_batched(rows, config.shard_size)):
-            items = []
-            for row in chunk:
-                items.append(download_item(row, config))
-                progress.update()
-            columns = raw_columns(items)
-            writer.add_shard(shard_name(number), columns, flat={"blob": columns.pop("blob")})
-    writer.stats = {"items": len(rows)}
-    return writer.finish()
 
 
 def read_blobs(handle, rows: slice) -> list[bytes]:
@@ -119,3 +245,24 @@ def read_blobs(handle, rows: slice) -> list[bytes]:
     start, stop = int(offsets[0]), int(offsets[-1] + lengths[-1])
     span = handle["blob"][start:stop].tobytes()
     return [span[o - start : o - start + n] for o, n in zip(offsets.tolist(), lengths.tolist())]
+
+
+def config_from_params(params: Mapping[str, Any], report: Path | None = None, root: Path = Path(".")) -> FetchConfig:
+    """`fetch:` and `store:` blocks of params.yaml → FetchConfig (a relative store dir is under `root`)."""
+    fetch = params["fetch"]
+    http = dict(fetch.get("http") or {})
+    transport = TransportConfig(
+        schemes=tuple(fetch.get("schemes", TransportConfig.schemes)),
+        connect_timeout=float(http.get("connect_timeout", TransportConfig.connect_timeout)),
+        read_timeout=float(http.get("read_timeout", TransportConfig.read_timeout)),
+        retries=int(http.get("retries", TransportConfig.retries)),
+        backoff=float(http.get("backoff", TransportConfig.backoff)),
+        max_bytes=int(fetch.get("max_bytes", TransportConfig.max_bytes)),
+        pool_size=int(fetch.get("workers", 8)),
+    )
+    store_dir = root / Path((params.get("store") or {}).get("dir", ".evalstack/store")).expanduser()
+    return FetchConfig(
+        source=SourceConfig.from_params(fetch), store_dir=store_dir, shard_size=int(fetch["shard_size"]),
+        max_pixels=int(fetch["max_pixels"]), workers=int(fetch.get("workers", 8)),
+        on_error=str(fetch.get("on_error", "fail")), transport=transport, report=report,
+    )

@@ -44,8 +44,28 @@ class LayerCorruptError(StoreError):
 class ShardInfo:
     name: str
     sha256: str
-    n_items: int
+    n_items: int  # rows in the file
     upstream: str | None = None  # sha256 of the shard this one was derived from
+    # Rows that left the layer (a card removed from the source) while the file keeps its bytes,
+    # so DVC never re-uploads an old shard; readers of the layer skip them.
+    excluded: tuple[int, ...] = ()
+
+    @property
+    def n_live(self) -> int:
+        return self.n_items - len(self.excluded)
+
+    def live_rows(self) -> np.ndarray:
+        return np.setdiff1d(np.arange(self.n_items), np.asarray(self.excluded, dtype=np.int64))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if not self.excluded:
+            del data["excluded"]  # layers without removals keep the index layout they always had
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ShardInfo":
+        return cls(**{**data, "excluded": tuple(data.get("excluded", ()))})
 
 
 @dataclass
@@ -58,7 +78,7 @@ class LayerIndex:
 
     @property
     def n_items(self) -> int:
-        return sum(shard.n_items for shard in self.shards)
+        return sum(shard.n_live for shard in self.shards)
 
     def to_json(self) -> str:
         data = {
@@ -67,7 +87,7 @@ class LayerIndex:
             "key": {"kind": self.key.kind, "hex": self.key.hex, "parts": self.key.parts},
             "n_items": self.n_items,
             "stats": self.stats,
-            "shards": [asdict(shard) for shard in self.shards],
+            "shards": [shard.to_dict() for shard in self.shards],
         }
         return json.dumps(json.loads(canonical_json(data)), indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
@@ -77,7 +97,7 @@ class LayerIndex:
         return cls(
             kind=data["kind"],
             key=Key(kind=data["key"]["kind"], parts=data["key"]["parts"]),
-            shards=[ShardInfo(**shard) for shard in data["shards"]],
+            shards=[ShardInfo.from_dict(shard) for shard in data["shards"]],
             schema_version=data["schema_version"],
             stats=data.get("stats", {}),
         )
@@ -242,6 +262,17 @@ class LayerWriter:
         self.shards.append(info)
         return info
 
+    def adopt_shard(self, info: ShardInfo) -> ShardInfo:
+        """List a shard file already placed in the directory (kept from an earlier build).
+
+        The caller has checked its bytes against `info.sha256`; it is re-checked here only
+        for being present, so adopting never rewrites a byte of it.
+        """
+        if not (self.directory / info.name).is_file():
+            raise StoreError(f"{self.directory / info.name}: cannot adopt a shard that is not there")
+        self.shards.append(info)
+        return info
+
     def finish(self) -> LayerIndex:
         listed = {shard.name for shard in self.shards}
         for leftover in self.directory.glob(f"*{SHARD_SUFFIX}"):
@@ -318,7 +349,8 @@ class Layer:
         parts = []
         for shard in self.shards:
             with self.open_shard(shard) as handle:
-                parts.append(read_column(handle, name))
+                values = read_column(handle, name)
+                parts.append(values[shard.live_rows()] if shard.excluded else values)
         if not parts:
             return np.asarray([])
         return np.concatenate(parts)
@@ -330,6 +362,12 @@ class Layer:
         """Stream columns in batches, shard by shard, so memory stays flat."""
         for shard in self.shards:
             with self.open_shard(shard) as handle:
+                if shard.excluded:
+                    live = shard.live_rows()
+                    for start in range(0, len(live), batch_size):
+                        rows = live[start : start + batch_size]
+                        yield {name: read_column(handle, name, rows) for name in names}
+                    continue
                 for start in range(0, shard.n_items, batch_size):
                     rows = slice(start, min(start + batch_size, shard.n_items))
                     yield {name: read_column(handle, name, rows) for name in names}

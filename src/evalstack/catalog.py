@@ -85,7 +85,9 @@ def _registry_rows(config: SourceConfig, transport: Transport) -> list[RegistryR
         for row in parse_registry(text, split, url):
             # A remote registry never names files on this machine.
             if urlparse(url).scheme in REMOTE_SCHEMES and urlparse(row.resolved_url).scheme not in REMOTE_SCHEMES:
-                raise SourceError(f"{row.what}: the remote registry {url} points at {row.resolved_url}; refused")
+                scheme = urlparse(row.resolved_url).scheme
+                raise SourceError(f"{row.what}: URL scheme {scheme!r} refused: a remote registry ({url}) may only "
+                                  f"point at http(s) images, not {row.resolved_url}")
             rows.append(row)
     return rows
 

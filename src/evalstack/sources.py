@@ -155,6 +155,10 @@ def open_checked(data: bytes, max_pixels: int, what: str) -> Image.Image:
     (that is what stops a decompression bomb)."""
     try:
         image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:  # Pillow's own, looser guard fired first
+        pixels = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{pixels.group(1)} pixels" if pixels else "its size"
+        raise SourceError(f"{what}: {size} exceeds the cap of {max_pixels} (decompression bomb?)") from None
     except Exception as error:  # Pillow raises many types for bad data
         raise SourceError(f"{what}: not a decodable image ({type(error).__name__}: {error})") from None
     width, height = image.size

@@ -20,9 +20,8 @@ def main() -> int:
     except FetchFailed as error:
         print(f"fetch: {error}", file=sys.stderr)
         return 1
-    counts = result.report.counts
-    print(f"raw layer: {result.index.n_items} items in {len(result.index.shards)} shards "
-          f"({counts.get('downloaded', 0)} downloaded, {counts.get('kept_in_place', 0)} kept in place)")
+    activity = ", ".join(f"{name} {value}" for name, value in result.report.activity.items())
+    print(f"raw layer: {result.index.n_items} items in {len(result.index.shards)} shards ({activity})")
     return 0
 
 

@@ -97,7 +97,7 @@ def test_removed_items_leave_the_index_and_old_shards_keep_their_bytes(tmp_path:
     assert list(layer.column("id")) == [100, 101, 103, 104]
     assert len(layer) == 4 and layer.shards[1].excluded == (0,)
     assert {s.name: (tmp_path / "raw" / s.name).read_bytes() for s in layer.shards} == before
-    assert result.report.counts["removed"] == 1 and result.report.counts["downloaded"] == 0
+    assert result.report.activity["removed"] == 1 and result.report.activity["downloaded"] == 0
 
 
 def test_changed_labels_move_the_item_to_a_new_shard_without_downloading(tmp_path: Path):
@@ -108,7 +108,7 @@ def test_changed_labels_move_the_item_to_a_new_shard_without_downloading(tmp_pat
     layer = Layer.open(tmp_path / "raw")
     assert [s.name for s in layer.shards][-1] == "00003.h5"
     assert dict(zip(layer.column("id"), layer.column("sample_name")))[101] == "blank"
-    assert result.report.counts["bytes_from_old_shards"] == 1 and result.report.counts["downloaded"] == 0
+    assert result.report.activity["bytes_from_old_shards"] == 1 and result.report.activity["downloaded"] == 0
 
 
 def test_folder_source_with_labels_csv(tmp_path: Path):

@@ -89,11 +89,11 @@ def test_exhausted_retries_report_the_exact_ids_and_keep_what_arrived(pad_datase
         # Nothing that arrived is downloaded twice: the second run asked only for the doomed two.
         asked_again = {path for path, n in server.gets.items() if n != gets_after_failure.get(path)}
         assert {p for p in asked_again if p.startswith("/images/")} == set(faults.always)
-        assert skipped.report.counts["downloaded"] == 0
+        assert skipped.report.activity["downloaded"] == 0
         server.faults.always.clear()
         gets = server.image_gets()
         healed = fetch_raw_layer(http_config(server, tmp_path), tmp_path / "raw")
-        assert server.image_gets() - gets == 2 and healed.report.counts["kept_in_place"] == N_CARDS - 2
+        assert server.image_gets() - gets == 2 and healed.report.activity["kept_in_place"] == N_CARDS - 2
     assert len(Layer.open(tmp_path / "raw")) == N_CARDS
 
 
@@ -259,4 +259,4 @@ def test_re_fetch_after_the_server_adds_5_percent_downloads_only_those(pad_datas
     assert {name: new[name] for name in old} == old  # old shards byte-for-byte
     assert sorted(set(new) - set(old)) == ["00003.h5"] and second.index.n_items == N_CARDS + 1
     assert [s.sha256 for s in second.index.shards[:-1]] == [s.sha256 for s in first.shards]
-    assert second.report.counts["downloaded"] == 1 and second.report.counts["kept_in_place"] == N_CARDS
+    assert second.report.activity["downloaded"] == 1 and second.report.activity["kept_in_place"] == N_CARDS

@@ -72,14 +72,18 @@ class FetchReport:
     on_error: str
     offline: bool = False
     message: str = ""
-    counts: dict[str, int] = field(default_factory=dict)
-    transfer: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # what the layer is: same source, same counts
     failed: list[Failure] = field(default_factory=list)
+    # What this run did (downloads, GETs, items kept in place): printed, not written to the report
+    # file, because DVC tracks that file and a re-run that builds the same layer must not change it.
+    activity: dict[str, int] = field(default_factory=dict)
 
     def write(self, path: Path | None) -> None:
         if path is not None:
+            data = asdict(self)
+            del data["activity"]
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(Path(path), (json.dumps(asdict(self), indent=1) + "\n").encode())
+            atomic_write_bytes(Path(path), (json.dumps(data, indent=1) + "\n").encode())
 
 
 @dataclass
@@ -102,9 +106,11 @@ def fetch_raw_layer(config: FetchConfig, out_dir: Path) -> FetchResult:
         plan = plan_layer(previous, rows, config.layer_key())
         missing = [row for row in plan.fresh if row.identity not in plan.old_bytes and not history.has_download(row)]
         outcome = download_items(missing, transport, history, config.max_pixels, config.workers)
-        report.transfer = {"http_gets": transport.gets, "bytes_read": transport.bytes}
+        transfer = {"http_gets": transport.gets, "bytes_read": transport.bytes}
     report.failed = outcome.failures
-    report.counts = _counts(rows, plan, missing, outcome)
+    report.counts = {"listed": len(rows), "failed": len(outcome.failures),
+                     "without_md5": sum(1 for row in rows if not row.hashlib_md5)}  # none stated: nothing checked
+    report.activity = _activity(plan, missing, outcome) | transfer
     if outcome.unreachable or (outcome.failures and config.on_error == "fail"):
         return _stop(previous, out_dir, report, outcome, config, history)
     failed_ids = {failure.id for failure in outcome.failures}
@@ -119,18 +125,15 @@ def fetch_raw_layer(config: FetchConfig, out_dir: Path) -> FetchResult:
     return FetchResult(index, report)
 
 
-def _counts(rows: list[RegistryRow], plan: RawPlan, missing: list[RegistryRow], outcome: DownloadOutcome) -> dict[str, int]:
+def _activity(plan: RawPlan, missing: list[RegistryRow], outcome: DownloadOutcome) -> dict[str, int]:
     from_old_shards = sum(1 for row in plan.fresh if row.identity in plan.old_bytes)
     return {
-        "listed": len(rows),
         "kept_in_place": plan.n_kept_items,
         "new_shard_items": len(plan.fresh),
         "bytes_from_old_shards": from_old_shards,
         "from_download_area": len(plan.fresh) - len(missing) - from_old_shards,
         "downloaded": outcome.downloaded,
-        "failed": len(outcome.failures or []),
         "removed": plan.removed,
-        "without_md5": sum(1 for row in rows if not row.hashlib_md5),  # the source stated none: nothing checked
     }
 
 
@@ -177,7 +180,8 @@ def _keep_previous(previous: PreviousLayer | None, out_dir: Path, report: FetchR
     index = _restore(previous, out_dir, history)
     report.message = (f"OFFLINE: {reason}. Kept the raw layer from the last fetch ({index.n_items} items); "
                       f"nothing was deleted. Fetch again when the source is reachable.")
-    report.counts = {"listed": 0, "kept_in_place": index.n_items, "in_layer": index.n_items}
+    report.counts = {"in_layer": index.n_items}
+    report.activity = {"kept_in_place": index.n_items, "downloaded": 0}
     print(f"WARNING {report.message}")
     return FetchResult(index, report)
 
@@ -193,7 +197,7 @@ def _stop(previous: PreviousLayer | None, out_dir: Path, report: FetchReport, ou
     where = f" (full list in {config.report})" if config.report else ""
     keeping = f"kept the previous raw layer ({kept.n_items} items) in {out_dir}" if kept else "no previous raw layer to keep"
     report.offline = bool(outcome.unreachable)
-    report.message = (f"fetch stopped: {why}{where}; {report.counts['downloaded']} downloaded items are kept for "
+    report.message = (f"fetch stopped: {why}{where}; {report.activity['downloaded']} downloaded items are kept for "
                       f"the next fetch; {keeping}.")
     report.write(config.report)
     raise FetchFailed(report.message + "\n" + "\n".join(lines) + (f"\n  … and {more} more" if more > 0 else ""))

@@ -29,6 +29,7 @@ sys.path[:0] = [str(REPO / "src"), str(REPO)]
 
 from evalstack.catalog import SourceConfig  # noqa: E402
 from evalstack.fetch import FetchConfig, fetch_raw_layer  # noqa: E402
+from evalstack.shardstore import ShardStore, StoreConfig  # noqa: E402
 from evalstack.sources import check_image  # noqa: E402
 from evalstack.synthetic import write_dataset  # noqa: E402
 from tests.loopback import PadServer  # noqa: E402
@@ -82,14 +83,15 @@ def main() -> None:
         t_base = time.perf_counter() - start
 
         registries = {split: f"{server.url}metadata_{split}.csv" for split in ("dev", "test")}
-        config = FetchConfig(SourceConfig(registries=registries), store_dir=work / "store", shard_size=64,
+        store = ShardStore(StoreConfig(work / "store", max_bytes=1 << 40))
+        config = FetchConfig(SourceConfig(registries=registries), shard_size=64,
                              workers=args.workers)
         start = time.perf_counter()
-        result = fetch_raw_layer(config, work / "raw")
+        result = fetch_raw_layer(config, work / "raw", store)
         t_fetch = time.perf_counter() - start
         shutil.rmtree(work / "raw")
         start = time.perf_counter()
-        again = fetch_raw_layer(config, work / "raw")  # nothing new: rebuilt from the fetch history
+        again = fetch_raw_layer(config, work / "raw", store)  # nothing new: rebuilt from the fetch history
         t_again = time.perf_counter() - start
         assert result.index.n_items == again.index.n_items == args.cards
         verify_ms, full_ms = decode_costs(sorted((source / "images").glob("*.png")))

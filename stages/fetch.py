@@ -3,7 +3,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from evalstack.config import load_params
+from evalstack.config import load_params, open_store
 from evalstack.fetch import FetchFailed, config_from_params, fetch_raw_layer
 
 
@@ -14,9 +14,9 @@ def main() -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     params = load_params(args.params)
-    config = config_from_params(params, report=args.report, root=args.params.parent)
+    config = config_from_params(params, report=args.report)
     try:
-        result = fetch_raw_layer(config, args.out)
+        result = fetch_raw_layer(config, args.out, open_store(params, args.params.parent))
     except FetchFailed as error:
         print(f"fetch: {error}", file=sys.stderr)
         return 1

@@ -44,3 +44,10 @@ def pad_dataset(pad_dataset_master: Path, tmp_path: Path) -> Path:
     import shutil
 
     return Path(shutil.copytree(pad_dataset_master, tmp_path / "source"))
+
+
+def store_in(directory: Path):
+    """A shard store in `directory` with no size pressure (fetch keeps its history there)."""
+    from evalstack.shardstore import ShardStore, StoreConfig
+
+    return ShardStore(StoreConfig(Path(directory), max_bytes=1 << 40))

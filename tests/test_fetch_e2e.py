@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from evalstack.integrity import verify_layer
 from evalstack.store import Layer
 from tests.e2e import REPO, env, make_project, run, set_param, stages_run
 from tests.loopback import PadServer
@@ -47,7 +48,7 @@ def test_killed_fetch_resumes_and_the_layer_verifies(pad_dataset: Path, tmp_path
         assert rerun.returncode == 0, rerun.stderr
         assert server.image_gets() - gets == 20 - kept  # nothing that had arrived was downloaded again
     layer = Layer.open(tmp_path / "raw", kind="raw")
-    assert layer.verify() == [] and len(layer) == 20
+    assert verify_layer(tmp_path / "raw") == [] and len(layer) == 20
     assert not list(downloads.glob("*")), "downloads leave the download area once they are in a shard"
     result = run(tmp_path, sys.executable, "-m", "evalstack.cli", "verify", str(tmp_path / "raw"))
     assert result.stdout.strip().endswith("ok")
@@ -87,4 +88,4 @@ def test_growth_refetches_only_new_cards_and_pushes_only_new_shards(tmp_path: Pa
     assert uploaded_md5s == {md5_of(raw / "00005.h5"), md5_of(raw / "index.json")}
     assert sum(1 for name in uploaded if name.endswith(".dir")) == 1
     assert sum(uploaded.values()) < (raw / "00005.h5").stat().st_size + 20_000
-    assert Layer.open(raw).verify() == [] and len(Layer.open(raw)) == 42
+    assert verify_layer(raw) == [] and len(Layer.open(raw)) == 42

@@ -12,9 +12,11 @@ import pytest
 from evalstack.catalog import SourceConfig
 from evalstack.fetch import FetchConfig, FetchFailed, fetch_raw_layer
 from evalstack.sources import SourceError
+from evalstack.integrity import verify_layer
 from evalstack.store import Layer
 from evalstack.synthetic import write_dataset
 from evalstack.transport import TransportConfig
+from tests.conftest import store_in
 from tests.loopback import FAULT_KINDS, Faults, PadServer
 
 N_CARDS = 20  # the pad_dataset fixture
@@ -23,7 +25,7 @@ N_CARDS = 20  # the pad_dataset fixture
 def http_config(server: PadServer, tmp_path: Path, **changes) -> FetchConfig:
     source = SourceConfig(registries={split: f"{server.url}metadata_{split}.csv" for split in ("dev", "test")})
     transport = TransportConfig(connect_timeout=2, read_timeout=0.5, retries=5, backoff=0.01, pool_size=4)
-    config = FetchConfig(source, store_dir=tmp_path / "store", shard_size=8, workers=4, transport=transport,
+    config = FetchConfig(source, shard_size=8, workers=4, transport=transport,
                          report=tmp_path / "report.json")
     return replace(config, **changes)
 
@@ -55,22 +57,22 @@ def shard_bytes(layer_dir: Path) -> dict[str, bytes]:
 
 def test_http_registry_gives_the_same_shards_as_the_local_registry(pad_dataset: Path, tmp_path: Path):
     with PadServer(pad_dataset) as server:
-        fetch_raw_layer(http_config(server, tmp_path), tmp_path / "http")
+        fetch_raw_layer(http_config(server, tmp_path), tmp_path / "http", store_in(tmp_path / "store"))
         assert server.image_gets() == N_CARDS
     local = SourceConfig(registries={s: str(pad_dataset / f"metadata_{s}.csv") for s in ("dev", "test")})
-    fetch_raw_layer(replace(http_config(server, tmp_path), source=local, store_dir=tmp_path / "s2"), tmp_path / "local")
+    fetch_raw_layer(replace(http_config(server, tmp_path), source=local), tmp_path / "local", store_in(tmp_path / "s2"))
     assert shard_bytes(tmp_path / "http") == shard_bytes(tmp_path / "local")
-    assert Layer.open(tmp_path / "http").verify() == []
+    assert verify_layer(tmp_path / "http") == []
 
 
 def test_every_item_arrives_through_30_percent_faults(pad_dataset: Path, tmp_path: Path):
     faults = Faults(rate=0.3, seed=4)
     with PadServer(pad_dataset, faults) as server:
-        result = fetch_raw_layer(http_config(server, tmp_path), tmp_path / "raw")
+        result = fetch_raw_layer(http_config(server, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
     assert set(server.faults_served) == set(FAULT_KINDS)  # each kind was injected and survived
     assert sum(server.faults_served.values()) >= 0.2 * N_CARDS
     assert result.report.failed == [] and len(Layer.open(tmp_path / "raw")) == N_CARDS
-    assert Layer.open(tmp_path / "raw").verify() == []
+    assert verify_layer(tmp_path / "raw") == []
 
 
 def test_exhausted_retries_report_the_exact_ids_and_keep_what_arrived(pad_dataset: Path, tmp_path: Path):
@@ -79,11 +81,11 @@ def test_exhausted_retries_report_the_exact_ids_and_keep_what_arrived(pad_datase
     faults = Faults(rate=0.3, seed=1, always={"/" + row["url"]: "500" for row in rows if int(row["id"]) in doomed})
     with PadServer(pad_dataset, faults) as server:
         with pytest.raises(FetchFailed, match=rf"2 items failed.*\n  id {min(doomed)} .*HTTP 500"):
-            fetch_raw_layer(http_config(server, tmp_path), tmp_path / "raw")
+            fetch_raw_layer(http_config(server, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
         report = (tmp_path / "report.json").read_text()
         assert all(f'"id": {i}' in report for i in doomed)
         gets_after_failure = dict(server.gets)
-        skipped = fetch_raw_layer(http_config(server, tmp_path, on_error="skip"), tmp_path / "raw")
+        skipped = fetch_raw_layer(http_config(server, tmp_path, on_error="skip"), tmp_path / "raw", store_in(tmp_path / "store"))
         assert {f.id for f in skipped.report.failed} == doomed
         assert set(Layer.open(tmp_path / "raw").column("id")) == {int(r["id"]) for r in rows} - doomed
         # Nothing that arrived is downloaded twice: the second run asked only for the doomed two.
@@ -92,7 +94,7 @@ def test_exhausted_retries_report_the_exact_ids_and_keep_what_arrived(pad_datase
         assert skipped.report.activity["downloaded"] == 0
         server.faults.always.clear()
         gets = server.image_gets()
-        healed = fetch_raw_layer(http_config(server, tmp_path), tmp_path / "raw")
+        healed = fetch_raw_layer(http_config(server, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
         assert server.image_gets() - gets == 2 and healed.report.activity["kept_in_place"] == N_CARDS - 2
     assert len(Layer.open(tmp_path / "raw")) == N_CARDS
 
@@ -151,7 +153,7 @@ def test_a_bad_item_gives_a_clear_error_naming_it(case: str, pad_dataset: Path, 
             restate_md5(pad_dataset, row["url"], data)
     with PadServer(pad_dataset, faults) as server:
         with pytest.raises(FetchFailed, match=rf"id {row['id']} \({row['image_name']}\): .*{cause}"):
-            fetch_raw_layer(http_config(server, tmp_path), tmp_path / "raw")
+            fetch_raw_layer(http_config(server, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
     assert not (tmp_path / "raw/index.json").exists()  # no half layer is accepted
 
 
@@ -178,7 +180,7 @@ def test_a_bad_registry_row_gives_a_clear_error_naming_it(case: str, pad_dataset
     edit_registry(pad_dataset, apply)
     with PadServer(pad_dataset) as server:
         with pytest.raises(error, match=message.format(id=target["id"], prev=previous["id"])):
-            fetch_raw_layer(http_config(server, tmp_path), tmp_path / "raw")
+            fetch_raw_layer(http_config(server, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
         assert server.image_gets() <= N_CARDS - 1
 
 
@@ -190,7 +192,7 @@ def test_redirects_stay_on_the_source_host(pad_dataset: Path, tmp_path: Path):
         server.faults.redirects["/" + rows[1]["url"]] = f"http://127.0.0.2:{port}/{rows[1]['url']}"
         edit_registry(pad_dataset, lambda row: {**row, "url": "moved.png"} if row["id"] == rows[0]["id"] else row)
         with pytest.raises(FetchFailed, match=rf"id {rows[1]['id']} .*refused a redirect .* to another scheme or host") as info:
-            fetch_raw_layer(http_config(server, tmp_path), tmp_path / "raw")
+            fetch_raw_layer(http_config(server, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
         assert f"id {rows[0]['id']} " not in str(info.value)
         assert server.gets["/" + rows[0]["url"]] == 1
 
@@ -199,7 +201,7 @@ def test_the_size_cap_is_enforced_while_streaming(pad_dataset: Path, tmp_path: P
     with PadServer(pad_dataset) as server:
         config = http_config(server, tmp_path, on_error="skip")
         config = replace(config, transport=replace(config.transport, max_bytes=100_000))
-        result = fetch_raw_layer(config, tmp_path / "raw")
+        result = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
     assert len(result.report.failed) == N_CARDS
     assert all("exceeds the size cap of 100000" in f.cause for f in result.report.failed)
 
@@ -208,7 +210,7 @@ def test_pad_api_source_pages_through_cards(pad_dataset: Path, tmp_path: Path):
     with PadServer(pad_dataset) as server:
         for project in (1, None):
             source = SourceConfig(kind="pad_api", url=server.url + "api/v2", project=project, page_size=7)
-            result = fetch_raw_layer(http_config(server, tmp_path, source=source), tmp_path / f"raw{project}")
+            result = fetch_raw_layer(http_config(server, tmp_path, source=source), tmp_path / f"raw{project}", store_in(tmp_path / "store"))
             assert result.report.counts["without_md5"] == N_CARDS  # the API states no checksum: recorded
         pages = sorted(path for path in server.gets if path.startswith("/api/"))
     assert pages == sorted(f"/api/v2/{route}?skip={skip}&limit=7" for route in ("cards", "projects/1/cards")
@@ -226,20 +228,20 @@ def test_pad_api_refuses_a_card_outside_the_server(pad_dataset: Path, tmp_path: 
         server.faults.bodies["/api/v2/cards"] = __import__("json").dumps(cards).encode()
         source = SourceConfig(kind="pad_api", url=server.url + "api/v2", page_size=100)
         with pytest.raises(SourceError, match=rf"PAD API card {cards[2]['id']}: unsafe processed_file_location"):
-            fetch_raw_layer(http_config(server, tmp_path, source=source), tmp_path / "raw")
+            fetch_raw_layer(http_config(server, tmp_path, source=source), tmp_path / "raw", store_in(tmp_path / "store"))
 
 
 def test_offline_keeps_the_raw_layer_it_has(pad_dataset: Path, tmp_path: Path):
     with PadServer(pad_dataset) as server:
         config = http_config(server, tmp_path)
         with pytest.raises(FetchFailed, match="cannot reach 127.0.0.1:.*nothing to keep"):
-            fetch_raw_layer(replace(config, store_dir=tmp_path / "empty",
-                                    source=SourceConfig(registries={"dev": "http://127.0.0.1:9/r.csv"})), tmp_path / "x")
-        fetch_raw_layer(config, tmp_path / "raw")
+            fetch_raw_layer(replace(config, source=SourceConfig(registries={"dev": "http://127.0.0.1:9/r.csv"})),
+                            tmp_path / "x", store_in(tmp_path / "empty"))
+        fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
     before = shard_bytes(tmp_path / "raw") | {"index.json": (tmp_path / "raw/index.json").read_bytes()}
     for name in list((tmp_path / "raw").iterdir()):  # as `dvc repro` does before it runs the stage
         name.unlink()
-    result = fetch_raw_layer(config, tmp_path / "raw")  # the server is gone: connection refused
+    result = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))  # the server is gone: connection refused
     assert result.report.offline and "OFFLINE" in result.report.message and "cannot reach" in result.report.message
     assert shard_bytes(tmp_path / "raw") | {"index.json": (tmp_path / "raw/index.json").read_bytes()} == before
 
@@ -247,13 +249,13 @@ def test_offline_keeps_the_raw_layer_it_has(pad_dataset: Path, tmp_path: Path):
 def test_re_fetch_after_the_server_adds_5_percent_downloads_only_those(pad_dataset: Path, tmp_path: Path):
     with PadServer(pad_dataset) as server:
         config = http_config(server, tmp_path)
-        first = fetch_raw_layer(config, tmp_path / "raw").index
+        first = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store")).index
         old = shard_bytes(tmp_path / "raw")
         for path in (tmp_path / "raw").iterdir():
             path.unlink()
         write_dataset(pad_dataset, n_cards=N_CARDS + 1, seed=0, start=N_CARDS, workers=1)  # +5%
         gets = server.image_gets()
-        second = fetch_raw_layer(config, tmp_path / "raw")
+        second = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
         assert server.image_gets() - gets == 1
     new = shard_bytes(tmp_path / "raw")
     assert {name: new[name] for name in old} == old  # old shards byte-for-byte

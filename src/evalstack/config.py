@@ -8,8 +8,10 @@ import yaml
 
 from evalstack.adapters.base import ModelSpec
 from evalstack.pipelines import PreprocessingPipeline, build_pipeline
+from evalstack.shardstore import ShardStore, StoreConfig
 
 DEFAULT_PARAMS = Path("params.yaml")
+DEFAULT_STORE = {"dir": ".evalstack/store", "max_bytes": 20_000_000_000, "link": "copy"}
 
 
 class ConfigError(ValueError):
@@ -61,3 +63,17 @@ def model_spec(params: Mapping[str, Any], name: str, root: Path = Path(".")) -> 
         sha256=entry.get("sha256"),
         options={k: v for k, v in entry.items() if k not in known},
     )
+
+
+def store_config(params: Mapping[str, Any], root: Path = Path(".")) -> StoreConfig | None:
+    """The shard store from `store:` (a relative dir is relative to params.yaml); None when `dir` is empty."""
+    section = {**DEFAULT_STORE, **(params.get("store") or {})}
+    if not section["dir"]:
+        return None
+    directory = Path(str(section["dir"])).expanduser()
+    return StoreConfig(directory if directory.is_absolute() else root / directory, int(section["max_bytes"]), str(section["link"]))
+
+
+def open_store(params: Mapping[str, Any], root: Path = Path(".")) -> ShardStore | None:
+    config = store_config(params, root)
+    return ShardStore(config) if config else None

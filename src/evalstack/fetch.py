@@ -21,11 +21,13 @@ import numpy as np
 
 from evalstack.catalog import SourceConfig, list_items
 from evalstack.downloads import DownloadOutcome, Failure, download_items
+from evalstack.incremental import BuildLog, start_build
 from evalstack.keys import Key, sha256_bytes
 from evalstack.rawhistory import PreviousLayer, RawHistory
 from evalstack.rawplan import RawPlan, plan_layer
+from evalstack.shardstore import ShardStore
 from evalstack.sources import DEFAULT_MAX_PIXELS, META_FIELDS, RegistryRow, SourceError
-from evalstack.store import ITEM_KEY, LayerIndex, LayerWriter, atomic_write_bytes, shard_name
+from evalstack.store import ITEM_KEY, LayerIndex, LayerWriter, StoreError, atomic_write_bytes, shard_name
 from evalstack.transport import SourceUnreachable, Transport, TransportConfig
 
 RAW_KIND = "raw"
@@ -39,8 +41,7 @@ class FetchFailed(SourceError):
 
 @dataclass(frozen=True)
 class FetchConfig:
-    source: SourceConfig
-    store_dir: Path = Path(".evalstack/store")
+    source: SourceConfig  # (a mapping split → registry CSV is taken as a registry source)
     shard_size: int = 256
     max_pixels: int = DEFAULT_MAX_PIXELS
     workers: int = 8
@@ -49,6 +50,8 @@ class FetchConfig:
     report: Path | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.source, Mapping):  # split → registry CSV, the older way to name a source
+            object.__setattr__(self, "source", SourceConfig(kind="registry", registries=dict(self.source)))
         if self.on_error not in ON_ERROR:
             raise SourceError(f"fetch.on_error {self.on_error!r} unknown; choose fail or skip")
         if self.shard_size < 1:
@@ -92,32 +95,37 @@ class FetchResult:
     report: FetchReport
 
 
-def fetch_raw_layer(config: FetchConfig, out_dir: Path) -> FetchResult:
+def fetch_raw_layer(config: FetchConfig, out_dir: Path, store: ShardStore | None = None) -> FetchResult:
+    """Build the raw layer in `out_dir`; `store` (the shard store) keeps what the next fetch reuses."""
     out_dir = Path(out_dir)
-    history = RawHistory(config.store_dir)
-    history.clear_stale_temp_files()
-    previous = history.previous(out_dir, RAW_KIND)
-    report = FetchReport(config.source.describe(), config.on_error)
-    with Transport(config.transport) as transport:
-        try:
-            rows = list_items(config.source, transport)
-        except SourceUnreachable as error:
-            return _keep_previous(previous, out_dir, report, str(error), history)
-        plan = plan_layer(previous, rows, config.layer_key())
-        missing = [row for row in plan.fresh if row.identity not in plan.old_bytes and not history.has_download(row)]
-        outcome = download_items(missing, transport, history, config.max_pixels, config.workers)
-        transfer = {"http_gets": transport.gets, "bytes_read": transport.bytes}
-    report.failed = outcome.failures
-    report.counts = {"listed": len(rows), "failed": len(outcome.failures),
-                     "without_md5": sum(1 for row in rows if not row.hashlib_md5)}  # none stated: nothing checked
-    report.activity = _activity(plan, missing, outcome) | transfer
-    if outcome.unreachable or (outcome.failures and config.on_error == "fail"):
-        return _stop(previous, out_dir, report, outcome, config, history)
-    failed_ids = {failure.id for failure in outcome.failures}
-    fresh = [row for row in plan.fresh if row.id not in failed_ids]
-    index = _write_layer(out_dir, config, plan, fresh, previous, history)
-    history.record(out_dir, index)
-    history.drop_downloads(fresh)
+    build_record, seeded = start_build(store, out_dir, RAW_KIND)  # also seeds the store from dvc.lock's layer
+    with RawHistory(store) as history:
+        history.clear_stale_temp_files()
+        previous = history.previous(out_dir, RAW_KIND)
+        report = FetchReport(config.source.describe(), config.on_error)
+        with Transport(config.transport) as transport:
+            try:
+                rows = list_items(config.source, transport)
+            except SourceUnreachable as error:
+                return _keep_previous(previous, out_dir, report, str(error), history)
+            plan = plan_layer(previous, rows, config.layer_key())
+            missing = [r for r in plan.fresh if r.identity not in plan.old_bytes and not history.has_download(r)]
+            outcome = download_items(missing, transport, history, config.max_pixels, config.workers)
+            transfer = {"http_gets": transport.gets, "bytes_read": transport.bytes}
+        report.failed = outcome.failures
+        report.counts = {"listed": len(rows), "failed": len(outcome.failures),
+                         "without_md5": sum(1 for row in rows if not row.hashlib_md5)}  # none stated: nothing checked
+        report.activity = _activity(plan, missing, outcome) | transfer
+        if outcome.unreachable or (outcome.failures and config.on_error == "fail"):
+            return _stop(previous, out_dir, report, outcome, config, history)
+        failed_ids = {failure.id for failure in outcome.failures}
+        fresh = [row for row in plan.fresh if row.id not in failed_ids]
+        log = BuildLog(RAW_KIND, config.layer_key(), "fetch", {"": "fetch"}, "items_fetched", build_record)
+        log.seeded = seeded
+        index = _write_layer(out_dir, config, plan, fresh, history, log)
+        history.record(out_dir, index)
+        log.finish(out_dir, store)
+        history.drop_downloads(fresh)
     report.counts["in_layer"] = index.n_items
     if outcome.failures:
         report.message = f"skipped {len(outcome.failures)} items that failed (on_error: skip)"
@@ -138,25 +146,30 @@ def _activity(plan: RawPlan, missing: list[RegistryRow], outcome: DownloadOutcom
 
 
 def _write_layer(out_dir: Path, config: FetchConfig, plan: RawPlan, fresh: list[RegistryRow],
-                 previous: PreviousLayer | None, history: RawHistory) -> LayerIndex:
+                 history: RawHistory, log: BuildLog) -> LayerIndex:
     writer = LayerWriter(out_dir, RAW_KIND, config.layer_key())
     for shard in plan.kept:
-        _place(plan.kept_paths[shard.sha256], shard.sha256, out_dir / shard.name, history)
-        writer.adopt_shard(shard)
+        log.add(_place(writer, shard, plan.kept_paths.get(shard.sha256), history), None, computed=False)
     for number, chunk in enumerate(_batched(fresh, config.shard_size), start=plan.next_shard):
-        items = [FetchedItem(row, _bytes_of(row, plan, history)) for row in chunk]
-        columns = raw_columns(items)
-        writer.add_shard(shard_name(number), columns, flat={"blob": columns.pop("blob")})
+        columns = raw_columns([FetchedItem(row, _bytes_of(row, plan, history)) for row in chunk])
+        flat = {"blob": columns.pop("blob")}
+        # The item key is the sha256 of the image bytes, so it doubles as the per-item checksum.
+        info = writer.add_shard(shard_name(number), columns, flat=flat, checksum_of=("blob",), checksum_column=ITEM_KEY)
+        log.add(info, None, computed=True)
     writer.stats = {"items": plan.n_kept_items + len(fresh)}
     return writer.finish()
 
 
-def _place(source: Path, sha256: str, dest: Path, history: RawHistory) -> None:
-    if source.resolve() == dest.resolve():
-        return  # the previous layer is still in the output directory (fetch run outside dvc)
-    if not history.materialise(source, sha256, dest):
-        raise FetchFailed(f"{source}: its bytes differ from the recorded sha256 {sha256[:12]}; "
-                          f"delete it and fetch again (its items will be downloaded again)")
+def _place(writer: LayerWriter, shard, source: Path | None, history: RawHistory):
+    """List an old shard in the new layer, its bytes unchanged (checked against the recorded sha256)."""
+    dest = writer.directory / shard.name
+    if not history.place(shard, source, dest):
+        raise FetchFailed(f"shard {shard.name} of the last raw layer cannot be found with its recorded bytes "
+                          f"(sha256 {shard.sha256[:12]}); `dvc checkout` the layer, or delete it to fetch anew")
+    try:
+        return writer.add_existing(shard.name, shard.sha256, excluded=shard.excluded)
+    except (StoreError, KeyError) as error:
+        raise FetchFailed(f"{dest}: not a raw shard of this layout ({error}); delete the layer to fetch anew") from None
 
 
 def _bytes_of(row: RegistryRow, plan: RawPlan, history: RawHistory) -> bytes:
@@ -207,12 +220,7 @@ def _restore(previous: PreviousLayer, out_dir: Path, history: RawHistory) -> Lay
     """Rebuild the previous layer in `out_dir` from wherever its shards are (byte-identical index)."""
     writer = LayerWriter(out_dir, RAW_KIND, previous.index.key)
     for shard in previous.index.shards:
-        source = previous.shard_paths.get(shard.sha256)
-        if source is None:
-            raise FetchFailed(f"shard {shard.name} of the last raw layer is gone from {history.directory}; "
-                              f"`dvc checkout {out_dir}` restores the layer DVC recorded")
-        _place(source, shard.sha256, out_dir / shard.name, history)
-        writer.adopt_shard(shard)
+        _place(writer, shard, previous.shard_paths.get(shard.sha256), history)
     writer.stats = dict(previous.index.stats)
     return writer.finish()
 
@@ -251,8 +259,8 @@ def read_blobs(handle, rows: slice) -> list[bytes]:
     return [span[o - start : o - start + n] for o, n in zip(offsets.tolist(), lengths.tolist())]
 
 
-def config_from_params(params: Mapping[str, Any], report: Path | None = None, root: Path = Path(".")) -> FetchConfig:
-    """`fetch:` and `store:` blocks of params.yaml → FetchConfig (a relative store dir is under `root`)."""
+def config_from_params(params: Mapping[str, Any], report: Path | None = None) -> FetchConfig:
+    """The `fetch:` block of params.yaml → FetchConfig."""
     fetch = params["fetch"]
     http = dict(fetch.get("http") or {})
     transport = TransportConfig(
@@ -264,9 +272,8 @@ def config_from_params(params: Mapping[str, Any], report: Path | None = None, ro
         max_bytes=int(fetch.get("max_bytes", TransportConfig.max_bytes)),
         pool_size=int(fetch.get("workers", 8)),
     )
-    store_dir = root / Path((params.get("store") or {}).get("dir", ".evalstack/store")).expanduser()
     return FetchConfig(
-        source=SourceConfig.from_params(fetch), store_dir=store_dir, shard_size=int(fetch["shard_size"]),
+        source=SourceConfig.from_params(fetch), shard_size=int(fetch["shard_size"]),
         max_pixels=int(fetch["max_pixels"]), workers=int(fetch.get("workers", 8)),
         on_error=str(fetch.get("on_error", "fail")), transport=transport, report=report,
     )

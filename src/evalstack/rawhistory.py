@@ -1,105 +1,108 @@
 """What fetch has fetched before, kept outside DVC's outputs so incremental fetch survives DVC.
 
 DVC deletes a stage's outputs before it reruns the stage (and `persist: true` would
-switch off its run-cache), so the previous raw layer is not in `data/raw` when fetch
-starts. Fetch therefore keeps, under `<store.dir>/fetch/`:
+switch off its run-cache), so the previous raw layer is usually not in `data/raw`
+when fetch starts. It is found, in this order:
 
-- `shards/<sha256>.h5`: every raw shard it wrote, by content, read-only;
-- `layers/<digest of the output path>.json`: the index it last wrote for that path;
-- `downloads/`: images downloaded but not yet in a recorded shard (a killed or failed
-  fetch resumes from here instead of downloading them again).
+1. in the output directory itself (fetch called outside DVC);
+2. as `dvc.lock` records it, its files in DVC's cache (a fresh clone that pulled);
+3. as fetch last wrote it here: the index is kept under `<store>/fetch/layers/` and
+   the raw shards in the shard store, addressed by their own sha256.
 
-This is fetch's own minimal record; the shard store (`evalstack.shardstore`) is the
-general mechanism for derived layers and can absorb it.
+Images that arrived but are not yet in a recorded shard wait in `<store>/fetch/downloads/`,
+so a fetch that failed or was killed never downloads them again. Without a store
+(`store.dir: ""`) downloads wait in a temporary directory and only 1–2 apply.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from evalstack.keys import md5_bytes, sha256_bytes, sha256_file
+from evalstack.incremental import previous_versions
+from evalstack.keys import md5_bytes, sha256_bytes
+from evalstack.shardstore import ShardStore, StoreEntry
 from evalstack.sources import RegistryRow
-from evalstack.store import INDEX_NAME, Layer, LayerIndex, StoreError, atomic_write_bytes
+from evalstack.store import LayerIndex, ShardInfo, atomic_write_bytes
 
 _CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
 class PreviousLayer:
-    """The last raw layer written for an output path, and where each of its shards can be had."""
+    """The last raw layer written for an output path, and where each of its shards' bytes are."""
 
     index: LayerIndex
-    shard_paths: dict[str, Path]  # sha256 → a file with those bytes (output dir or history)
+    shard_paths: dict[str, Path]  # sha256 → a file that should hold those bytes (checked when copied)
+    source: str  # "layer" | "dvc.lock" | "fetch history"
 
 
 class RawHistory:
-    def __init__(self, store_dir: Path | str):
-        self.directory = Path(store_dir) / "fetch"
+    def __init__(self, store: ShardStore | None):
+        self.store = store
+        self._scratch = None if store else tempfile.TemporaryDirectory(prefix="evalstack-fetch-")
+        self.directory = store.directory / "fetch" if store else Path(self._scratch.name)
 
-    # -- shards by content ----------------------------------------------------------------
-    def shard_path(self, sha256: str) -> Path:
-        return self.directory / "shards" / f"{sha256}.h5"
+    def close(self) -> None:
+        shutil.rmtree(self.directory / "stash", ignore_errors=True)
+        if self._scratch is not None:
+            self._scratch.cleanup()
 
-    def put_shard(self, source: Path, sha256: str) -> None:
-        target = self.shard_path(sha256)
-        if target.exists():
-            return
+    def __enter__(self) -> "RawHistory":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the previous layer ---------------------------------------------------------------
+    def previous(self, out_dir: Path, kind: str) -> PreviousLayer | None:
+        for index, shards, _, source in previous_versions(Path(out_dir), kind):
+            if source == "layer":  # the new layer is written over it: keep its bytes readable elsewhere
+                shards = [(shard, self._stash(shard, path)) for shard, path in shards]
+            return PreviousLayer(index, {shard.sha256: path for shard, path in shards if path}, source)
+        if self.store is None:
+            return None
+        try:
+            index = LayerIndex.from_json(self._record_path(out_dir).read_text())
+        except (OSError, ValueError, KeyError):
+            return None
+        paths = {s.sha256: self.store.shard_path(s.sha256) for s in index.shards if self.store.get(s.sha256)}
+        return PreviousLayer(index, paths, "fetch history") if index.kind == kind else None
+
+    def _stash(self, shard: ShardInfo, path: Path) -> Path | None:
+        if self.store is not None and self.store.get(shard.sha256) is not None:
+            return self.store.shard_path(shard.sha256)
+        target = self.directory / "stash" / f"{shard.sha256}.h5"
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            if _copy_hashing(source, tmp) != sha256:
-                raise StoreError(f"{source}: bytes changed while they were recorded")
-            os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        return target if target.exists() or _copy_checked(path, shard.sha256, target) else None
 
-    def materialise(self, source: Path, sha256: str, dest: Path) -> bool:
-        """Copy a shard into place (atomically) if its bytes are the expected ones."""
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-        try:
-            if _copy_hashing(source, tmp) != sha256:
-                return False
-            os.chmod(tmp, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
-            os.replace(tmp, dest)
-            return True
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    # -- last layer per output path -------------------------------------------------------
-    def record_path(self, out_dir: Path) -> Path:
-        digest = sha256_bytes(str(Path(out_dir).resolve()).encode())[:32]
-        return self.directory / "layers" / f"{digest}.json"
+    def _record_path(self, out_dir: Path) -> Path:
+        return self.directory / "layers" / f"{sha256_bytes(str(Path(out_dir).resolve()).encode())[:32]}.json"
 
     def record(self, out_dir: Path, index: LayerIndex) -> None:
+        """Put the layer's shards into the store (raw shards are addressed by content) and note its index."""
+        if self.store is None:
+            return
+        key = {"kind": index.key.kind, "parts": index.key.parts}
         for shard in index.shards:
-            self.put_shard(Path(out_dir) / shard.name, shard.sha256)
-        path = self.record_path(out_dir)
+            path = Path(out_dir) / shard.name
+            self.store.put(StoreEntry(shard.sha256, shard.sha256, path.stat().st_size, shard.n_items, index.kind, key),
+                           path)
+        path = self._record_path(out_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, index.to_json().encode())
 
-    def previous(self, out_dir: Path, kind: str) -> PreviousLayer | None:
-        """The layer now in `out_dir` if it is a finished one (called outside DVC), else the last
-        one recorded for it; None when neither exists. Only shards whose bytes can be had count."""
-        out_dir = Path(out_dir)
-        if (out_dir / INDEX_NAME).exists():
-            try:
-                layer = Layer.open(out_dir, kind=kind)
-                paths = {s.sha256: layer.path(s) for s in layer.shards if _has_bytes(layer.path(s), s.sha256)}
-                return PreviousLayer(layer.index, paths)
-            except StoreError:
-                pass
-        try:
-            index = LayerIndex.from_json(self.record_path(out_dir).read_text())
-        except (OSError, ValueError, KeyError):
-            return None
-        if index.kind != kind:
-            return None
-        paths = {s.sha256: self.shard_path(s.sha256) for s in index.shards if self.shard_path(s.sha256).exists()}
-        return PreviousLayer(index, paths)
+    def place(self, shard: ShardInfo, source: Path | None, dest: Path) -> bool:
+        """Put an old shard's bytes at `dest` (atomically, checked against its sha256); False if they cannot be had."""
+        if source is not None and source.resolve() == dest.resolve():
+            return _sha256_file(dest) == shard.sha256  # still in place (fetch run outside DVC)
+        if self.store is not None and self.store.materialise(shard.sha256, dest) is not None:
+            return True
+        return source is not None and source.is_file() and _copy_checked(source, shard.sha256, dest)
 
     # -- downloads awaiting a shard -------------------------------------------------------
     def download_path(self, row: RegistryRow) -> Path:
@@ -130,26 +133,38 @@ class RawHistory:
             self.download_path(row).unlink(missing_ok=True)
 
     def clear_stale_temp_files(self) -> None:
-        """Temp files of a fetch that was killed (SIGKILL leaves them; a rename never happened)."""
-        for folder in ("downloads", "shards"):
+        """Temp files of a fetch that was killed (SIGKILL leaves them; the rename never happened)."""
+        for folder in ("downloads", "stash"):
             for tmp in (self.directory / folder).glob(".*.tmp"):
                 if not _pid_alive(tmp.name.rsplit(".", 2)[-2]):
                     tmp.unlink(missing_ok=True)
 
 
-def _has_bytes(path: Path, sha256: str) -> bool:
-    return path.is_file() and sha256_file(path) == sha256
-
-
-def _copy_hashing(source: Path, target: Path) -> str:
+def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(source, "rb") as reader, open(target, "wb") as writer:
-        for chunk in iter(lambda: reader.read(_CHUNK), b""):
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(chunk)
-            writer.write(chunk)
-        writer.flush()
-        os.fsync(writer.fileno())
     return digest.hexdigest()
+
+
+def _copy_checked(source: Path, sha256: str, dest: Path) -> bool:
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        digest = hashlib.sha256()
+        with open(source, "rb") as reader, open(tmp, "wb") as writer:
+            for chunk in iter(lambda: reader.read(_CHUNK), b""):
+                digest.update(chunk)
+                writer.write(chunk)
+            writer.flush()
+            os.fsync(writer.fileno())
+        if digest.hexdigest() != sha256:
+            return False
+        os.chmod(tmp, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)  # DVC cache files are read-only
+        os.replace(tmp, dest)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _pid_alive(text: str) -> bool:

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from evalstack.catalog import SourceConfig
-from evalstack.fetch import FetchConfig, FetchFailed, fetch_raw_layer, read_blobs
+from evalstack.fetch import FetchConfig, FetchFailed, fetch_raw_layer
+from evalstack.rawformat import read_blobs
 from evalstack.sources import REGISTRY_COLUMNS, SourceError
 from evalstack.store import Layer
 from tests.conftest import png_bytes, store_in
@@ -146,3 +147,11 @@ def test_an_ftp_image_url_in_a_local_registry_is_refused(tmp_path: Path):
     registry.write_text(registry.read_text().replace("images/102__901", "ftp://127.0.0.1/102__901"))
     with pytest.raises(FetchFailed, match=r"id 102 .*URL scheme 'ftp' is not allowed"):
         fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
+
+
+def test_without_a_store_the_layer_in_place_is_still_reused(tmp_path: Path):
+    registry = make_registry(tmp_path / "src")
+    fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store=None)
+    again = fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store=None)
+    assert (again.report.activity["kept_in_place"], again.report.activity["downloaded"]) == (5, 0)
+    assert len(Layer.open(tmp_path / "raw")) == 5

@@ -1,7 +1,6 @@
 """Fetch over HTTP against a loopback PAD server: faults, security, incremental, offline."""
 import csv
 import hashlib
-import io
 import struct
 import zlib
 from dataclasses import replace

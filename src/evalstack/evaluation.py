@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from evalstack.adapters.base import ModelError, ModelSpec
-from evalstack.fetch import RAW_KIND
+from evalstack.rawformat import RAW_KIND
 from evalstack.keys import Key
 from evalstack.metrics import ClassificationReport, classification_report
 from evalstack.inference import open_predictions

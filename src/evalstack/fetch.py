@@ -17,21 +17,19 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import h5py
-import numpy as np
 
 from evalstack.catalog import SourceConfig, list_items
 from evalstack.downloads import DownloadOutcome, Failure, download_items
 from evalstack.incremental import BuildLog, start_build
-from evalstack.keys import Key, sha256_bytes
+from evalstack.keys import Key
 from evalstack.rawhistory import PreviousLayer, RawHistory
 from evalstack.rawplan import RawPlan, plan_layer
 from evalstack.shardstore import ShardStore
-from evalstack.sources import DEFAULT_MAX_PIXELS, META_FIELDS, RegistryRow, SourceError
+from evalstack.sources import DEFAULT_MAX_PIXELS, RegistryRow, SourceError
+from evalstack.rawformat import RAW_KIND, FetchedItem, raw_columns, read_blobs
 from evalstack.store import ITEM_KEY, LayerIndex, LayerWriter, StoreError, atomic_write_bytes, shard_name
 from evalstack.transport import SourceUnreachable, Transport, TransportConfig
 
-RAW_KIND = "raw"
-META_COLUMNS = META_FIELDS
 ON_ERROR = ("fail", "skip")
 
 
@@ -61,12 +59,6 @@ class FetchConfig:
         # Only what shapes the shard files: where the source lives does not, so moving a
         # registry from disk to a server keeps every shard (the source goes in the report).
         return Key(RAW_KIND, {"shard_size": self.shard_size})
-
-
-@dataclass(frozen=True)
-class FetchedItem:
-    row: RegistryRow
-    data: bytes
 
 
 @dataclass
@@ -225,38 +217,10 @@ def _restore(previous: PreviousLayer, out_dir: Path, history: RawHistory) -> Lay
     return writer.finish()
 
 
-def raw_columns(items: list[FetchedItem]) -> dict[str, np.ndarray]:
-    """Metadata table + one flat byte array with offsets (no group per item)."""
-    lengths = np.asarray([len(item.data) for item in items], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if items else lengths
-    columns: dict[str, np.ndarray] = {
-        ITEM_KEY: np.asarray([sha256_bytes(item.data) for item in items], dtype="S64"),
-        "blob": np.frombuffer(b"".join(item.data for item in items), dtype=np.uint8),  # flat, see store
-        "offset": offsets,
-        "length": lengths,
-    }
-    for name in META_COLUMNS:
-        values = [getattr(item.row, name) for item in items]
-        is_int = name in ("id", "sample_id", "quantity")
-        columns[name] = np.asarray(values, dtype=np.int64 if is_int else object)
-    return columns
-
-
 def _batched(rows: list[RegistryRow], size: int) -> Iterator[list[RegistryRow]]:
     iterator = iter(rows)
     while chunk := list(islice(iterator, size)):
         yield chunk
-
-
-def read_blobs(handle, rows: slice) -> list[bytes]:
-    """Encoded image bytes of the given rows of an open raw shard."""
-    offsets = handle["offset"][rows]
-    lengths = handle["length"][rows]
-    if len(offsets) == 0:
-        return []
-    start, stop = int(offsets[0]), int(offsets[-1] + lengths[-1])
-    span = handle["blob"][start:stop].tobytes()
-    return [span[o - start : o - start + n] for o, n in zip(offsets.tolist(), lengths.tolist())]
 
 
 def config_from_params(params: Mapping[str, Any], report: Path | None = None) -> FetchConfig:

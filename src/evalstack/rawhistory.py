@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evalstack.incremental import previous_versions
-from evalstack.keys import md5_bytes, sha256_bytes
-from evalstack.shardstore import ShardStore, StoreEntry
+from evalstack.keys import md5_bytes, sha256_bytes, sha256_file
+from evalstack.shardstore import ShardStore, StoreEntry, copy_hashing, pid_alive, temp_pid
 from evalstack.sources import RegistryRow
 from evalstack.store import LayerIndex, ShardInfo, atomic_write_bytes
 
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -99,7 +98,7 @@ class RawHistory:
     def place(self, shard: ShardInfo, source: Path | None, dest: Path) -> bool:
         """Put an old shard's bytes at `dest` (atomically, checked against its sha256); False if they cannot be had."""
         if source is not None and source.resolve() == dest.resolve():
-            return _sha256_file(dest) == shard.sha256  # still in place (fetch run outside DVC)
+            return sha256_file(dest) == shard.sha256  # still in place (fetch run outside DVC)
         if self.store is not None and self.store.materialise(shard.sha256, dest) is not None:
             return True
         return source is not None and source.is_file() and _copy_checked(source, shard.sha256, dest)
@@ -136,42 +135,17 @@ class RawHistory:
         """Temp files of a fetch that was killed (SIGKILL leaves them; the rename never happened)."""
         for folder in ("downloads", "stash"):
             for tmp in (self.directory / folder).glob(".*.tmp"):
-                if not _pid_alive(tmp.name.rsplit(".", 2)[-2]):
+                if not pid_alive(temp_pid(tmp)):
                     tmp.unlink(missing_ok=True)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _copy_checked(source: Path, sha256: str, dest: Path) -> bool:
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
-        digest = hashlib.sha256()
-        with open(source, "rb") as reader, open(tmp, "wb") as writer:
-            for chunk in iter(lambda: reader.read(_CHUNK), b""):
-                digest.update(chunk)
-                writer.write(chunk)
-            writer.flush()
-            os.fsync(writer.fileno())
-        if digest.hexdigest() != sha256:
+        if copy_hashing(source, tmp) != sha256:
             return False
         os.chmod(tmp, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)  # DVC cache files are read-only
         os.replace(tmp, dest)
         return True
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _pid_alive(text: str) -> bool:
-    try:
-        os.kill(int(text), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        pass
-    return True

@@ -103,20 +103,31 @@ def safe_relative_url(url: str, what: str) -> str:
 
 def parse_registry(text: str, split: str, registry_url: str) -> list[RegistryRow]:
     """Rows of a registry CSV, validated; relative image URLs resolved against `registry_url`."""
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in REGISTRY_COLUMNS if c not in (reader.fieldnames or [])]
-    if missing:
-        raise SourceError(f"{registry_url}: registry lacks columns {missing}")
+    reader = _csv_reader(text, REGISTRY_COLUMNS, f"{registry_url}: registry")
     rows = []
     for line_number, record in enumerate(reader, start=2):
         rows.append(_parse_row(record, split, registry_url, line_number))
     return rows
 
 
+def _csv_reader(text: str, required: tuple[str, ...], what: str) -> csv.DictReader:
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in required if c not in (reader.fieldnames or [])]
+    if missing:
+        raise SourceError(f"{what} lacks columns {missing}")
+    return reader
+
+
+def _check_field_count(record: dict, where: str) -> None:
+    # DictReader files surplus fields under None and fills missing ones with None.
+    if None in record.values() or None in record:
+        raise SourceError(f"{where}: malformed row: it has {'fewer' if None in record.values() else 'more'} "
+                          "fields than the header")
+
+
 def _parse_row(record: dict[str, str], split: str, registry_url: str, line_number: int) -> RegistryRow:
     where = f"{registry_url} line {line_number} (id {record.get('id')!r})"
-    if None in record.values() or None in record:
-        raise SourceError(f"{where}: malformed row: it has {'fewer' if None in record.values() else 'more'} fields than the header")
+    _check_field_count(record, where)
     try:
         row = RegistryRow(
             id=int(record["id"]),
@@ -211,15 +222,11 @@ def split_for(sample_id: int, test_fraction: float) -> str:
 
 def parse_labels(text: str, folder_url: str, test_fraction: float) -> list[RegistryRow]:
     """Rows of a local folder's labels CSV; `image_name` is the file inside the folder."""
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in LABEL_COLUMNS if c not in (reader.fieldnames or [])]
-    if missing:
-        raise SourceError(f"{folder_url}: labels CSV lacks columns {missing}")
+    reader = _csv_reader(text, LABEL_COLUMNS, f"{folder_url}: labels CSV")
     rows = []
     for line_number, record in enumerate(reader, start=2):
         where = f"labels line {line_number} (id {record.get('id')!r})"
-        if None in record.values() or None in record:
-            raise SourceError(f"{where}: malformed row: field count differs from the header")
+        _check_field_count(record, where)
         try:
             name = safe_name(record["image_name"].strip(), "image_name")
             sample_id = int(record.get("sample_id") or record["id"])

@@ -55,7 +55,8 @@ class Transport:
         retry = Retry(
             total=config.retries, connect=config.retries, read=config.retries, status=config.retries,
             other=0, redirect=0, backoff_factor=config.backoff, status_forcelist=RETRY_STATUSES,
-            allowed_methods=frozenset({"GET"}), raise_on_status=False, respect_retry_after_header=True,
+            allowed_methods=frozenset({"GET"}), raise_on_status=False,
+            respect_retry_after_header=False,  # a server asking for an hour would stall the fetch; backoff is bounded
         )
         adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=max(config.pool_size, 4))
         self.session = requests.Session()

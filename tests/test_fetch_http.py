@@ -261,3 +261,19 @@ def test_re_fetch_after_the_server_adds_5_percent_downloads_only_those(pad_datas
     assert sorted(set(new) - set(old)) == ["00003.h5"] and second.index.n_items == N_CARDS + 1
     assert [s.sha256 for s in second.index.shards[:-1]] == [s.sha256 for s in first.shards]
     assert second.report.activity["downloaded"] == 1 and second.report.activity["kept_in_place"] == N_CARDS
+
+
+def test_a_source_that_goes_away_mid_fetch_stops_it_and_keeps_the_previous_layer(pad_dataset: Path, tmp_path: Path):
+    rows = registry_rows(pad_dataset)
+    with PadServer(pad_dataset) as server:
+        config = http_config(server, tmp_path, on_error="skip")
+        fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+        before = shard_bytes(tmp_path / "raw")
+        moved = {row["id"] for row in rows[-3:]}  # their host is down: connection refused
+        edit_registry(pad_dataset, lambda row: {**row, "url": "http://127.0.0.1:9/x.png", "hashlib_md5": "0" * 32}
+                      if row["id"] in moved else row)
+        for path in (tmp_path / "raw").iterdir():
+            path.unlink()
+        with pytest.raises(FetchFailed, match=r"the source became unreachable: .*cannot reach 127.0.0.1:9"):
+            fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+    assert shard_bytes(tmp_path / "raw") == before and len(Layer.open(tmp_path / "raw")) == N_CARDS

@@ -3,8 +3,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from evalstack.config import load_params, open_store
-from evalstack.fetch import FetchFailed, config_from_params, fetch_raw_layer
+from evalstack.config import fetch_config, load_params, open_store
+from evalstack.fetch import fetch_raw_layer
+from evalstack.sources import SourceError
 
 
 def main() -> int:
@@ -14,10 +15,10 @@ def main() -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     params = load_params(args.params)
-    config = config_from_params(params, report=args.report)
+    config = fetch_config(params, report=args.report)
     try:
         result = fetch_raw_layer(config, args.out, open_store(params, args.params.parent))
-    except FetchFailed as error:
+    except SourceError as error:  # a bad source or item: the message names it; the previous layer is kept
         print(f"fetch: {error}", file=sys.stderr)
         return 1
     activity = ", ".join(f"{name} {value}" for name, value in result.report.activity.items())

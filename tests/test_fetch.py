@@ -155,3 +155,29 @@ def test_without_a_store_the_layer_in_place_is_still_reused(tmp_path: Path):
     again = fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store=None)
     assert (again.report.activity["kept_in_place"], again.report.activity["downloaded"]) == (5, 0)
     assert len(Layer.open(tmp_path / "raw")) == 5
+
+
+def test_a_bad_registry_after_a_good_fetch_keeps_the_layer_in_place(tmp_path: Path):
+    registry = make_registry(tmp_path / "src")
+    fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "raw").iterdir()}
+    for path in (tmp_path / "raw").iterdir():  # as `dvc repro` does before it runs the stage
+        path.unlink()
+    registry.write_text(registry.read_text() + "105,902,lactose,50,Galaxy S9,images/x.png,zz,x.png\n")
+    with pytest.raises(SourceError, match="id '105'.*not an md5"):
+        fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "raw").iterdir()} == before
+
+
+def test_params_yaml_fetch_block_becomes_a_fetch_config():
+    import yaml
+
+    from evalstack.config import fetch_config
+
+    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    params["fetch"]["http"]["retries"] = 2
+    config = fetch_config(params, report=Path("data/fetch_report.json"))
+    assert config.source.kind == "registry" and set(config.source.registries) == {"dev", "test"}
+    assert (config.transport.retries, config.on_error, config.report) == (2, "fail", Path("data/fetch_report.json"))
+    legacy = fetch_config({"fetch": {"registries": {"dev": "a.csv"}, "shard_size": 4, "max_pixels": 100}})
+    assert legacy.source.kind == "registry" and legacy.transport.schemes == ("file", "http", "https")

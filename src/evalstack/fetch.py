@@ -22,12 +22,12 @@ from evalstack.catalog import SourceConfig, list_items
 from evalstack.downloads import DownloadOutcome, Failure, download_items
 from evalstack.incremental import BuildLog, start_build
 from evalstack.keys import Key
+from evalstack.rawformat import RAW_KIND, FetchedItem, raw_columns, read_blobs
 from evalstack.rawhistory import PreviousLayer, RawHistory
 from evalstack.rawplan import RawPlan, plan_layer
 from evalstack.shardstore import ShardStore
 from evalstack.sources import DEFAULT_MAX_PIXELS, RegistryRow, SourceError
-from evalstack.rawformat import RAW_KIND, FetchedItem, raw_columns, read_blobs
-from evalstack.store import ITEM_KEY, LayerIndex, LayerWriter, StoreError, atomic_write_bytes, shard_name
+from evalstack.store import INDEX_NAME, ITEM_KEY, LayerIndex, LayerWriter, StoreError, atomic_write_bytes, shard_name
 from evalstack.transport import SourceUnreachable, Transport, TransportConfig
 
 ON_ERROR = ("fail", "skip")
@@ -94,30 +94,39 @@ def fetch_raw_layer(config: FetchConfig, out_dir: Path, store: ShardStore | None
     with RawHistory(store) as history:
         history.clear_stale_temp_files()
         previous = history.previous(out_dir, RAW_KIND)
-        report = FetchReport(config.source.describe(), config.on_error)
-        with Transport(config.transport) as transport:
-            try:
-                rows = list_items(config.source, transport)
-            except SourceUnreachable as error:
-                return _keep_previous(previous, out_dir, report, str(error), history)
-            plan = plan_layer(previous, rows, config.layer_key())
-            missing = [r for r in plan.fresh if r.identity not in plan.old_bytes and not history.has_download(r)]
-            outcome = download_items(missing, transport, history, config.max_pixels, config.workers)
-            transfer = {"http_gets": transport.gets, "bytes_read": transport.bytes}
-        report.failed = outcome.failures
-        report.counts = {"listed": len(rows), "failed": len(outcome.failures),
-                         "without_md5": sum(1 for row in rows if not row.hashlib_md5)}  # none stated: nothing checked
-        report.activity = _activity(plan, missing, outcome) | transfer
-        if outcome.unreachable or (outcome.failures and config.on_error == "fail"):
-            return _stop(previous, out_dir, report, outcome, config, history)
-        failed_ids = {failure.id for failure in outcome.failures}
-        fresh = [row for row in plan.fresh if row.id not in failed_ids]
-        log = BuildLog(RAW_KIND, config.layer_key(), "fetch", {"": "fetch"}, "items_fetched", build_record)
-        log.seeded = seeded
-        index = _write_layer(out_dir, config, plan, fresh, history, log)
-        history.record(out_dir, index)
-        log.finish(out_dir, store)
-        history.drop_downloads(fresh)
+        try:
+            return _fetch(config, out_dir, store, history, previous, build_record, seeded)
+        except SourceError:
+            _restore_if_gone(previous, out_dir, history)  # a failure never leaves the workspace without its layer
+            raise
+
+
+def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history: RawHistory,
+           previous: PreviousLayer | None, build_record: dict[str, Any] | None, seeded: int) -> FetchResult:
+    report = FetchReport(config.source.describe(), config.on_error)
+    with Transport(config.transport) as transport:
+        try:
+            rows = list_items(config.source, transport)
+        except SourceUnreachable as error:
+            return _keep_previous(previous, out_dir, report, str(error), history, config)
+        plan = plan_layer(previous, rows, config.layer_key())
+        missing = [r for r in plan.fresh if r.identity not in plan.old_bytes and not history.has_download(r)]
+        outcome = download_items(missing, transport, history, config.max_pixels, config.workers)
+        transfer = {"http_gets": transport.gets, "bytes_read": transport.bytes}
+    report.failed = outcome.failures
+    report.counts = {"listed": len(rows), "failed": len(outcome.failures),
+                     "without_md5": sum(1 for row in rows if not row.hashlib_md5)}  # none stated: nothing checked
+    report.activity = _activity(plan, missing, outcome) | transfer
+    if outcome.unreachable or (outcome.failures and config.on_error == "fail"):
+        return _stop(previous, out_dir, report, outcome, config, history)
+    failed_ids = {failure.id for failure in outcome.failures}
+    fresh = [row for row in plan.fresh if row.id not in failed_ids]
+    log = BuildLog(RAW_KIND, config.layer_key(), "fetch", {"": "fetch"}, "items_fetched", build_record)
+    log.seeded = seeded
+    index = _write_layer(out_dir, config, plan, fresh, history, log)
+    history.record(out_dir, index)
+    log.finish(out_dir, store)
+    history.drop_downloads(fresh)
     report.counts["in_layer"] = index.n_items
     if outcome.failures:
         report.message = f"skipped {len(outcome.failures)} items that failed (on_error: skip)"
@@ -176,7 +185,7 @@ def _bytes_of(row: RegistryRow, plan: RawPlan, history: RawHistory) -> bytes:
 
 
 def _keep_previous(previous: PreviousLayer | None, out_dir: Path, report: FetchReport, reason: str,
-                   history: RawHistory) -> FetchResult:
+                   history: RawHistory, config: FetchConfig) -> FetchResult:
     """The source cannot be reached: keep the raw layer there is, and say so."""
     report.offline = True
     if previous is None:
@@ -187,6 +196,7 @@ def _keep_previous(previous: PreviousLayer | None, out_dir: Path, report: FetchR
                       f"nothing was deleted. Fetch again when the source is reachable.")
     report.counts = {"in_layer": index.n_items}
     report.activity = {"kept_in_place": index.n_items, "downloaded": 0}
+    report.write(config.report)
     print(f"WARNING {report.message}")
     return FetchResult(index, report)
 
@@ -217,27 +227,16 @@ def _restore(previous: PreviousLayer, out_dir: Path, history: RawHistory) -> Lay
     return writer.finish()
 
 
+def _restore_if_gone(previous: PreviousLayer | None, out_dir: Path, history: RawHistory) -> None:
+    if previous is None or (out_dir / INDEX_NAME).exists():
+        return
+    try:
+        _restore(previous, out_dir, history)
+    except SourceError:
+        pass  # the error being raised says more than this one
+
+
 def _batched(rows: list[RegistryRow], size: int) -> Iterator[list[RegistryRow]]:
     iterator = iter(rows)
     while chunk := list(islice(iterator, size)):
         yield chunk
-
-
-def config_from_params(params: Mapping[str, Any], report: Path | None = None) -> FetchConfig:
-    """The `fetch:` block of params.yaml → FetchConfig."""
-    fetch = params["fetch"]
-    http = dict(fetch.get("http") or {})
-    transport = TransportConfig(
-        schemes=tuple(fetch.get("schemes", TransportConfig.schemes)),
-        connect_timeout=float(http.get("connect_timeout", TransportConfig.connect_timeout)),
-        read_timeout=float(http.get("read_timeout", TransportConfig.read_timeout)),
-        retries=int(http.get("retries", TransportConfig.retries)),
-        backoff=float(http.get("backoff", TransportConfig.backoff)),
-        max_bytes=int(fetch.get("max_bytes", TransportConfig.max_bytes)),
-        pool_size=int(fetch.get("workers", 8)),
-    )
-    return FetchConfig(
-        source=SourceConfig.from_params(fetch), shard_size=int(fetch["shard_size"]),
-        max_pixels=int(fetch["max_pixels"]), workers=int(fetch.get("workers", 8)),
-        on_error=str(fetch.get("on_error", "fail")), transport=transport, report=report,
-    )

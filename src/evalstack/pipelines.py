@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from evalstack.fetch import RAW_KIND, read_blobs
+from evalstack.rawformat import RAW_KIND, read_blobs
 from evalstack.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
 from evalstack.keys import Key
 from evalstack.shardstore import ShardStore

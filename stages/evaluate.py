@@ -3,6 +3,7 @@ import argparse
 from pathlib import Path
 
 from evalstack.adapters import load_adapter
+from evalstack.concentration import evaluate_concentration, write_concentration_outputs
 from evalstack.config import load_params, model_spec, pipeline_spec
 from evalstack.evaluation import EvaluationOutputs, evaluate_classifier, write_outputs
 
@@ -13,7 +14,7 @@ def main() -> None:
     parser.add_argument("--raw", type=Path, required=True)
     parser.add_argument("--predictions", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
-    parser.add_argument("--confusion", type=Path, required=True)
+    parser.add_argument("--pairs", type=Path, required=True, help="CSV of (actual, predicted) per item")
     parser.add_argument("--per-class", type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
@@ -23,8 +24,14 @@ def main() -> None:
     signature = load_adapter(spec).signature()
     pipeline_key = pipeline_spec(params, spec.pipeline).cache_key()
     split = params["evaluate"]["split"]
+    outputs = EvaluationOutputs(args.metrics, args.pairs, args.per_class)
+    if spec.task == "concentration":
+        report, pairs, passes = evaluate_concentration(args.raw, args.predictions, spec, signature, pipeline_key, split)
+        write_concentration_outputs(report, pairs, passes, outputs)
+        print(f"{args.model} on {split}: RMSE {report.rmse:.2f}, MAE {report.mae:.2f} ({report.n_items} items)")
+        return
     report, pairs, passes = evaluate_classifier(args.raw, args.predictions, spec, signature, pipeline_key, split)
-    write_outputs(report, pairs, passes, EvaluationOutputs(args.metrics, args.confusion, args.per_class))
+    write_outputs(report, pairs, passes, outputs)
     print(f"{args.model} on {split}: accuracy {report.accuracy:.4f}, macro F1 {report.macro_f1:.4f}")
 
 

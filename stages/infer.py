@@ -1,10 +1,11 @@
-"""Stage infer: preprocessed layer + one model → predictions layer."""
+"""Stage infer: preprocessed layer + one model → predictions layer (+ the latency measured on the way)."""
 import argparse
 from pathlib import Path
 
 from evalstack.adapters import load_adapter
 from evalstack.config import load_params, model_spec
 from evalstack.inference import infer_layer
+from evalstack.latency import latency_record, write_latency
 
 
 def main() -> None:
@@ -12,12 +13,15 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="name under models:")
     parser.add_argument("--preprocessed", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--latency", type=Path, help="JSON file for the measured ms per item")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     params = load_params(args.params)
     adapter = load_adapter(model_spec(params, args.model))
     batch_size = int(params.get("infer", {}).get("batch_size", 32))
     index = infer_layer(args.preprocessed, args.out, adapter, batch_size)
+    if args.latency:
+        write_latency(args.latency, latency_record(adapter, batch_size))
     print(f"predictions {args.model}: {index.n_items} items, {index.stats['forward_passes']} forward passes")
 
 

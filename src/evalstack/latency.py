@@ -1,0 +1,32 @@
+"""Latency of a model as measured during `infer` (ms per item at the infer batch size).
+
+Kept next to, not inside, the predictions layer: a measurement differs on every
+run, and the layer must stay byte-identical for identical inputs.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from evalstack.adapters.base import ModelAdapter
+from evalstack.store import atomic_write_bytes
+
+
+def latency_record(adapter: ModelAdapter, batch_size: int) -> dict[str, Any]:
+    passes = adapter.forward_passes
+    return {
+        "ms_per_item": round(1000 * adapter.forward_seconds / passes, 4) if passes else None,
+        "forward_passes": passes,
+        "batch_size": batch_size,
+        "framework": adapter.framework,
+    }
+
+
+def write_latency(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_latency(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None

@@ -28,7 +28,7 @@ def main() -> None:
     if spec.task == "concentration":
         report, pairs, passes = evaluate_concentration(args.raw, args.predictions, spec, signature, pipeline_key, split)
         write_concentration_outputs(report, pairs, passes, outputs)
-        print(f"{args.model} on {split}: RMSE {report.rmse:.2f}, MAE {report.mae:.2f} ({report.n_items} items)")
+        print(f"{args.model} on {split}: {report.summary()}")
         return
     report, pairs, passes = evaluate_classifier(args.raw, args.predictions, spec, signature, pipeline_key, split)
     write_outputs(report, pairs, passes, outputs)

@@ -25,15 +25,16 @@ from evalstack.store import atomic_write_bytes
 
 @dataclass(frozen=True)
 class ConcentrationReport:
-    rmse: float
-    mae: float
+    rmse: float | None  # None when no item could be scored
+    mae: float | None
     n_items: int  # items with a prediction
     n_unscored: int  # items whose drug a per-drug model has no coefficients for
     per_class: dict[str, tuple[float, float, int]]  # drug → (rmse, mae, support)
 
-    def summary(self) -> dict[str, float | int]:
-        return {"rmse": round(self.rmse, 6), "mae": round(self.mae, 6), "n_items": self.n_items,
-                "n_unscored": self.n_unscored}
+    def summary(self) -> dict[str, float | int | None]:
+        rounded = {name: None if value is None else round(value, 6) for name, value in
+                   (("rmse", self.rmse), ("mae", self.mae))}
+        return {**rounded, "n_items": self.n_items, "n_unscored": self.n_unscored}
 
 
 def predicted_quantities(logits: np.ndarray, model_parts: Mapping[str, Any], drugs: Sequence[str]) -> np.ndarray:
@@ -64,9 +65,11 @@ def _errors(actual: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
 def concentration_report(actual: np.ndarray, predicted: np.ndarray, classes: Sequence[str]) -> ConcentrationReport:
     """RMSE and MAE overall and per class (drug), over the items that have a prediction."""
     actual, predicted, classes = np.asarray(actual, float), np.asarray(predicted, float), np.asarray(classes)
+    if not len(actual):
+        raise ValueError("no items to evaluate")
     scored = ~np.isnan(predicted)
-    if not scored.any():
-        raise ValueError("no item has a concentration prediction (is the drug in the coefficient file?)")
+    if not scored.any():  # e.g. a PLS file with no row for any drug in this split
+        return ConcentrationReport(None, None, 0, len(scored), {})
     actual, predicted, classes = actual[scored], predicted[scored], classes[scored]
     per_class = {}
     for name in sorted(set(classes.tolist())):

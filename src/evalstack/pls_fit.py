@@ -47,7 +47,9 @@ def fit_drug(features: np.ndarray, quantities: np.ndarray, n_components: int) ->
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # constant feature columns (untouched lanes)
         model = PLSRegression(n_components=components, scale=False).fit(features, quantities)
-    return float(np.ravel(model.intercept_)[0]), np.asarray(model.coef_, dtype=np.float64).reshape(-1)
+    weights = np.asarray(model.coef_, dtype=np.float64).reshape(-1)
+    # sklearn applies coef_ to centred features (scale=False: no scaling); fold the centring into the intercept.
+    return float(np.ravel(model.intercept_)[0] - features.mean(axis=0) @ weights), weights
 
 
 def fit_pls(features_dir: Path, raw_dir: Path, config: PLSFitConfig, out: Path) -> PLSCoefficients:

@@ -67,6 +67,7 @@ def fit_keras_cnn(x: np.ndarray, y: np.ndarray, n_classes: int, config: TrainCon
     import keras
     import tensorflow as tf
 
+    keras.backend.clear_session()  # layer names come from a per-process counter; they end up in the file
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     height = x.shape[1]

@@ -18,7 +18,7 @@ TEMPLATE_DIRS = ("stages", "src")
 TINY_PARAMS: dict[str, Any] = {
     "synth": {"n_cards": 60, "test_fraction": 0.3},
     "fetch": {"shard_size": 16},
-    "train": {"tflite_cnn": {"epochs": 3}, "torch_cnn": {"epochs": 3}},
+    "train": {"tflite_cnn": {"epochs": 3}, "torch_cnn": {"epochs": 3}, "conc_keras": {"epochs": 3}},
 }
 
 

@@ -41,6 +41,10 @@ class ModelSpec:
     sha256: str | None = None  # expected weights hash, checked when given
     options: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "file", Path(self.file))  # a str from a notebook works too
+        object.__setattr__(self, "labels", tuple(self.labels))
+
 
 class ModelAdapter(ABC):
     framework: ClassVar[str]

@@ -48,7 +48,9 @@ class Dataset:
 
         with Repo(str(self.root)) as repo:
             for target in targets:
-                self.stages_run += [stage.addressing for stage in repo.reproduce(target)]
+                # dvc resolves a bare stage name against the current directory; anchor it to this project.
+                stages = repo.reproduce(f"{self.root / 'dvc.yaml'}:{target}")
+                self.stages_run += [stage.name or stage.addressing for stage in stages]
 
     def download_and_cache(self, force_refresh: bool = False) -> pd.DataFrame:
         """Fetch the raw layer once (`dvc repro fetch`); returns one row per card."""
@@ -57,7 +59,8 @@ class Dataset:
             from dvc.repo import Repo
 
             with Repo(str(self.root)) as repo:
-                self.stages_run += [s.addressing for s in repo.reproduce("fetch", force=True, single_item=True)]
+                stages = repo.reproduce(f"{self.root / 'dvc.yaml'}:fetch", force=True, single_item=True)
+                self.stages_run += [stage.name or stage.addressing for stage in stages]
         else:
             self._reproduce("fetch")
         return self.items()

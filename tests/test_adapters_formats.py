@@ -84,7 +84,7 @@ def test_onnx_export_matches_torch_and_is_deterministic(pt2_file, onnx_file, tmp
 
 
 def test_torchscript_adapter_runs_real_inference(torchscript_file, pt2_file):
-    with pytest.raises(ModelError, match="TorchScript models need options.input_shape"):
+    with pytest.raises(ModelError, match="TorchScript models need input_shape"):
         load_adapter(_spec(torchscript_file, "torch"))
     model = load_adapter(_spec(torchscript_file, "torch", options={"input_shape": [32, 32, 3]}))
     batch = _batch(3)

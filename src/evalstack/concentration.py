@@ -8,7 +8,6 @@ A concentration model's outputs are read according to its contract:
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -17,10 +16,9 @@ import numpy as np
 
 from evalstack.adapters.base import ModelError, ModelSpec
 from evalstack.adapters.pls import drug_key
-from evalstack.evaluation import EvaluationOutputs, _csv, truth_frame
+from evalstack.evaluation import EvaluationOutputs, truth_frame, write_evaluation_files
 from evalstack.inference import open_predictions
 from evalstack.keys import Key
-from evalstack.store import atomic_write_bytes
 
 
 @dataclass(frozen=True)
@@ -100,10 +98,7 @@ def evaluate_concentration(
 def write_concentration_outputs(
     report: ConcentrationReport, pairs: list[tuple[float, float]], forward_passes: int, outputs: EvaluationOutputs
 ) -> None:
-    for path in (outputs.metrics, outputs.pairs, outputs.per_class):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    metrics = {**report.summary(), "forward_passes": forward_passes}
-    atomic_write_bytes(outputs.metrics, (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
-    atomic_write_bytes(outputs.pairs, _csv([("actual", "predicted"), *pairs]))
     rows = [(name, f"{rmse:.6f}", f"{mae:.6f}", n) for name, (rmse, mae, n) in sorted(report.per_class.items())]
-    atomic_write_bytes(outputs.per_class, _csv([("class", "rmse", "mae", "support"), *rows]))
+    write_evaluation_files(
+        outputs, {**report.summary(), "forward_passes": forward_passes}, pairs, [("class", "rmse", "mae", "support"), *rows]
+    )

@@ -64,13 +64,19 @@ def evaluate_classifier(
 def write_outputs(
     report: ClassificationReport, pairs: list[tuple[str, str]], forward_passes: int, outputs: EvaluationOutputs
 ) -> None:
+    rows = [(name, f"{report.per_class_accuracy[name]:.6f}", report.support[name]) for name in sorted(report.support)]
+    write_evaluation_files(
+        outputs, {**report.summary(), "forward_passes": forward_passes}, pairs, [("class", "accuracy", "support"), *rows]
+    )
+
+
+def write_evaluation_files(outputs: EvaluationOutputs, metrics: dict, pairs: list[tuple], per_class: list[tuple]) -> None:
+    """The three evaluate outputs; `per_class` rows include their header."""
     for path in (outputs.metrics, outputs.pairs, outputs.per_class):
         path.parent.mkdir(parents=True, exist_ok=True)
-    metrics = {**report.summary(), "forward_passes": forward_passes}
     atomic_write_bytes(outputs.metrics, (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
     atomic_write_bytes(outputs.pairs, _csv([("actual", "predicted"), *pairs]))
-    rows = [(name, f"{report.per_class_accuracy[name]:.6f}", report.support[name]) for name in sorted(report.support)]
-    atomic_write_bytes(outputs.per_class, _csv([("class", "accuracy", "support"), *rows]))
+    atomic_write_bytes(outputs.per_class, _csv(per_class))
 
 
 def _csv(rows: list[tuple]) -> bytes:

@@ -75,6 +75,16 @@ class ModelAdapter(ABC):
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         """Logits for a batch already in the model's layout."""
 
+    def _fixed_input_shape(self, declared: tuple | None, hint: str = "") -> tuple[int, ...]:
+        """`input_shape` from params.yaml if given, else what the file declares (must be fully known)."""
+        shape = self.spec.options.get("input_shape") or declared
+        if not shape or any(not isinstance(dim, int) for dim in shape):
+            raise ModelError(
+                f"model {self.spec.name}: input shape {declared} is not fixed; {hint or 'set'} input_shape "
+                "in params.yaml, e.g. [64, 64, 3]"
+            )
+        return tuple(int(v) for v in shape)
+
     def output_names(self) -> tuple[str, ...]:
         """What each output column means; the labels unless an adapter says otherwise."""
         return self.spec.labels

@@ -38,11 +38,7 @@ class KerasAdapter(ModelAdapter):
             raise ModelError(f"model {spec.name}: has {len(inputs)} inputs, evalstack feeds one")
         if str(inputs[0].dtype) != "float32":
             raise ModelError(f"model {spec.name}: input dtype {inputs[0].dtype}, evalstack feeds float32")
-        declared = tuple(inputs[0].shape[1:])
-        shape = spec.options.get("input_shape") or (declared if None not in declared else None)
-        if not shape:
-            raise ModelError(f"model {spec.name}: input shape {declared} is not fixed; set input_shape in params.yaml")
-        self._shape = tuple(int(v) for v in shape)
+        self._shape = self._fixed_input_shape(tuple(inputs[0].shape[1:]))
 
     def input_shape(self) -> tuple[int, ...]:
         return self._shape

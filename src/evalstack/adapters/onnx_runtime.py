@@ -34,11 +34,7 @@ class OnnxAdapter(ModelAdapter):
         self._input_name = first.name
         batch_dim, *item_dims = first.shape
         self._fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
-        declared = tuple(item_dims) if all(isinstance(d, int) for d in item_dims) else None
-        shape = spec.options.get("input_shape") or declared
-        if not shape:
-            raise ModelError(f"model {spec.name}: input shape {first.shape} is not fixed; set input_shape in params.yaml")
-        self._shape = tuple(int(v) for v in shape)
+        self._shape = self._fixed_input_shape(tuple(item_dims))
 
     def input_shape(self) -> tuple[int, ...]:
         return self._shape

@@ -2,10 +2,11 @@
 import argparse
 from pathlib import Path
 
-from evalstack.adapters import load_adapter
+from evalstack.comparison import expected_model_signature
 from evalstack.concentration import evaluate_concentration, write_concentration_outputs
 from evalstack.config import load_params, model_spec, pipeline_spec
 from evalstack.evaluation import EvaluationOutputs, evaluate_classifier, write_outputs
+from evalstack.store import Layer
 
 
 def main() -> None:
@@ -20,8 +21,9 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     spec = model_spec(params, args.model)
-    # The adapter recomputes the model signature, so predictions from another model file are refused.
-    signature = load_adapter(spec).signature()
+    # Checked against the weights file and params now, so predictions from another model file are refused;
+    # no framework is imported (TensorFlow alone takes seconds per stage).
+    signature = expected_model_signature(Layer.open(args.predictions), spec)
     pipeline_key = pipeline_spec(params, spec.pipeline).cache_key()
     split = params["evaluate"]["split"]
     outputs = EvaluationOutputs(args.metrics, args.pairs, args.per_class)

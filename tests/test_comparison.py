@@ -89,7 +89,7 @@ def test_concentration_rmse_per_class_with_a_per_drug_model(tmp_path):
 def test_stale_layer_is_refused_with_the_reason(tmp_path):
     weights = tmp_path / "m.bin"
     weights.write_bytes(b"weights")
-    parts = {"labels": DRUGS, "task": "classify", "weights_sha256": sha256_file(weights)}
+    parts = {"labels": DRUGS, "task": "classify", "layout": "NHWC", "weights_sha256": sha256_file(weights)}
     layer = write_layer(tmp_path / "m", KEYS, np.zeros((8, 2)), parts)
     run = ModelRun("m", "classify", "torch", "p", layer)
     spec = ModelSpec(name="m", file=weights, adapter="torch", pipeline="p", labels=tuple(DRUGS))

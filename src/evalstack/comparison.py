@@ -57,13 +57,22 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
 
 
+def expected_model_signature(layer: Layer, spec: ModelSpec) -> Key:
+    """The model signature a layer must carry for `spec`, without loading the framework.
+
+    Weights, labels, task and layout come from the file and params.yaml now; the
+    rest of the contract (input shape, framework) is a function of the weights.
+    """
+    parts = copy.deepcopy(dict(layer.key.parts.get("model", {})))
+    parts.update({"weights_sha256": sha256_file(spec.file), "labels": list(spec.labels), "task": spec.task,
+                  "layout": spec.layout})
+    return Key("model", parts)
+
+
 def open_fresh(run: ModelRun, spec: ModelSpec, pipeline_key: Key) -> Layer:
     """The layer, or CacheStaleError if its weights, labels, task or pipeline differ from params now."""
     layer = Layer.open(run.layer, kind=PREDICTIONS_KIND)
-    expected = copy.deepcopy(dict(layer.key.parts))
-    expected["model"] = {**expected.get("model", {}), "weights_sha256": sha256_file(spec.file),
-                         "labels": list(spec.labels), "task": spec.task}
-    expected["pipeline"] = dict(pipeline_key.parts)
+    expected = {"model": dict(expected_model_signature(layer, spec).parts), "pipeline": dict(pipeline_key.parts)}
     layer.expect_key(Key(layer.key.kind, expected), f"dvc repro infer@{run.name}")
     return layer
 
@@ -79,7 +88,6 @@ def _load(run: ModelRun) -> _Loaded:
     layer = Layer.open(run.layer, kind=PREDICTIONS_KIND)
     logits = layer.column("logits")
     frame = pd.DataFrame({"label": layer.column("label")}, index=pd.Index(layer.item_keys(), name="item_key"))
-    frame["row"] = np.arange(len(frame))
     return _Loaded(run, dict(layer.key.parts["model"]), frame.assign(logits=list(logits)))
 
 

@@ -46,4 +46,4 @@ test-fast: install ## unit tests only
 	$(PY) -m pytest -q -m "not slow"
 
 clean: ## remove pipeline outputs (the DVC cache stays)
-	rm -rf data metrics plots reports dvc_plots models/*.tflite models/*.pt2
+	rm -rf data metrics plots reports dvc_plots comparison models/*.tflite models/*.pt2 models/*.keras models/*.onnx models/pls.csv

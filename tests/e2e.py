@@ -19,7 +19,7 @@ OUTPUT_DIRS = ("data", "models", "metrics", "plots", "reports")  # everything `d
 TINY_PARAMS: dict[str, Any] = {
     "synth": {"n_cards": 60, "test_fraction": 0.3},
     "fetch": {"shard_size": 16},
-    "train": {"tflite_cnn": {"epochs": 3}, "torch_cnn": {"epochs": 3}},
+    "train": {"tflite_cnn": {"epochs": 3}, "torch_cnn": {"epochs": 3}, "conc_keras": {"epochs": 3}},
 }
 
 

@@ -18,8 +18,15 @@ def _torch(spec: ModelSpec) -> ModelAdapter:
     return TorchAdapter(spec)
 
 
+def _torch_detection(spec: ModelSpec) -> ModelAdapter:
+    from evalstack.adapters.detection import DetectionAdapter
+
+    return DetectionAdapter(spec)
+
+
 # Imports are deferred so a TFLite-only user never pays for importing torch, and back.
 ADAPTERS: dict[str, Callable[[ModelSpec], ModelAdapter]] = {"tflite": _tflite, "torch": _torch}
+ADAPTERS["torch_detection"] = _torch_detection  # the detection profile's detectors (adapters/detection.py)
 
 
 def load_adapter(spec: ModelSpec) -> ModelAdapter:

@@ -1,0 +1,314 @@
+"""The detection predictions layer, and the seed's Python names over it.
+
+Layout (layer kind "detections"), per shard: one row per image — `item_key`,
+`id`, `split`, `det_offset`, `det_count` — and flat arrays `bboxes` (M, 4)
+float32 (COCO xywh, original-image pixels), `labels` (M,) int64 (index into the
+model's label list) and `scores` (M,) float32. An image without detections is a
+row with count 0, so it is present and reads back as empty (0, 4)/(0,) arrays.
+`CacheWriter` may add a `tensor` column (C, H, W) float32, one item per chunk.
+
+The seed's names (PerceptionMetrics PR #568) work over this layer:
+`CacheWriter`, `CacheReader`, `is_cache_valid`, `compute_model_hash` and
+`CacheStaleError` (evalstack.store's, so one `except` catches every stale layer).
+Deliberate differences: a layer is a directory (shards + index.json), not one
+file; no timestamp is stored in the data, because it would make identical
+predictions differ byte-wise (`CacheWriter(..., record_time=True)` writes one to
+provenance.json beside the index instead); and `compute_model_hash(model=...)`
+hashes the weights' bytes, not the parameter count, which two trainings of one
+architecture share.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from evalstack.boxes import Detections
+from evalstack.keys import Key, sha256_bytes, sha256_file
+from evalstack.ragged import check_ranges, offsets_for, pack
+from evalstack.store import (
+    ITEM_KEY, CacheStaleError, Layer, LayerWriter, ShardInfo, StoreError, atomic_write_bytes, read_column, shard_name,
+)
+
+DETECTIONS_KIND = "detections"
+LAYOUT_VERSION = 1
+PROVENANCE_NAME = "provenance.json"
+ROW_COLUMNS = (ITEM_KEY, "id", "split", "det_offset", "det_count")
+
+__all__ = [
+    "CacheReader", "CacheStaleError", "CacheWriter", "DetectionTable", "compute_model_hash", "is_cache_valid",
+    "open_detections", "read_table", "write_detections_shard",
+]
+
+
+@dataclass(frozen=True)
+class DetectionTable:
+    """A whole detections layer in memory: per-image rows and the flat arrays they index."""
+
+    item_keys: np.ndarray
+    ids: np.ndarray  # int64 image ids, or text ids written by CacheWriter
+    splits: np.ndarray
+    offsets: np.ndarray
+    counts: np.ndarray
+    bboxes: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def detections(self, row: int) -> Detections:
+        start, stop = int(self.offsets[row]), int(self.offsets[row] + self.counts[row])
+        return Detections(self.bboxes[start:stop], self.labels[start:stop], self.scores[start:stop])
+
+
+def _id_column(ids: Sequence[int | str]) -> np.ndarray:
+    if all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
+        return np.asarray(ids, dtype=np.int64)
+    return np.asarray([str(i) for i in ids], dtype=object)
+
+
+def write_detections_shard(
+    writer: LayerWriter,
+    name: str,
+    item_keys: np.ndarray,
+    ids: Sequence[int | str],
+    splits: Sequence[str],
+    detections: Sequence[Detections],
+    attrs: dict[str, Any] | None = None,
+    upstream: str | None = None,
+    tensors: np.ndarray | None = None,
+) -> ShardInfo:
+    """One shard of per-image rows + flat detection arrays (through the store: atomic, deterministic)."""
+    bboxes, counts = pack([d.boxes for d in detections], np.float32, (4,))
+    columns = {
+        ITEM_KEY: np.asarray(item_keys, dtype="S64"),
+        "id": _id_column(ids),
+        "split": np.asarray(list(splits), dtype=object),
+        "det_offset": offsets_for(counts),
+        "det_count": counts,
+    }
+    if tensors is not None:
+        columns["tensor"] = np.asarray(tensors, dtype=np.float32)
+    flat = {
+        "bboxes": bboxes,
+        "labels": pack([d.labels for d in detections], np.int64)[0],
+        "scores": pack([d.scores for d in detections], np.float32)[0],
+    }
+    return writer.add_shard(name, columns, attrs=attrs, upstream=upstream, flat=flat)
+
+
+def open_detections(directory: Path | str, expected: Key | None = None, rebuild_hint: str = "dvc repro") -> Layer:
+    """A detections layer; CacheStaleError when its layout or (if given) its key differs."""
+    layer = Layer.open(directory, kind=DETECTIONS_KIND)
+    layout = layer.index.stats.get("layout")
+    if layout != LAYOUT_VERSION:
+        raise CacheStaleError(f"{directory} has detections layout {layout}, this evalstack reads {LAYOUT_VERSION}; "
+                              f"rebuild it with `{rebuild_hint}`")
+    if expected is not None:
+        layer.expect_key(expected, rebuild_hint)
+    return layer
+
+
+def read_table(layer: Layer) -> DetectionTable:
+    """Every shard's rows and flat arrays, concatenated (offsets shifted to the joined arrays)."""
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in (*ROW_COLUMNS, "bboxes", "labels", "scores")}
+    base = 0
+    for shard in layer.shards:
+        with layer.open_shard(shard) as handle:
+            for name in ROW_COLUMNS:
+                parts[name].append(read_column(handle, name))
+            for name in ("bboxes", "labels", "scores"):
+                parts[name].append(handle[name][()])
+        check_ranges(parts["det_offset"][-1], parts["det_count"][-1], len(parts["labels"][-1]), str(layer.path(shard)))
+        parts["det_offset"][-1] = parts["det_offset"][-1] + base
+        base += len(parts["labels"][-1])
+    empty = {"bboxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64), "scores": np.zeros(0, np.float32)}
+    joined = {name: np.concatenate(arrays) if arrays else empty.get(name, np.zeros(0, np.int64))
+              for name, arrays in parts.items()}
+    return DetectionTable(
+        item_keys=joined[ITEM_KEY], ids=joined["id"], splits=joined["split"], offsets=joined["det_offset"],
+        counts=joined["det_count"], bboxes=joined["bboxes"], labels=joined["labels"], scores=joined["scores"],
+    )
+
+
+def layer_stats(model_name: str, split: str, model_hash: str, num_images: int, num_detections: int) -> dict[str, Any]:
+    return {"layout": LAYOUT_VERSION, "model_name": model_name, "split": split, "model_hash": model_hash,
+            "num_images": num_images, "num_detections": num_detections}
+
+
+def compute_model_hash(model: Any = None, file_path: str | Path | None = None) -> str:
+    """sha256 of the weight file, or of a torch module's weights (names, dtypes, shapes, bytes)."""
+    if file_path is not None:
+        return sha256_file(file_path)
+    if model is None:
+        raise ValueError("give compute_model_hash a file_path or a model")
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def is_cache_valid(path: str | Path, expected_model_hash: str) -> bool:
+    """True iff `path` is a finished detections layer of this schema built by that model."""
+    try:
+        layer = open_detections(path)
+    except (StoreError, OSError, ValueError, KeyError):
+        return False
+    return layer.index.stats.get("model_hash") == expected_model_hash
+
+
+class CacheWriter:
+    """Seed-compatible writer: `with CacheWriter(path, name, split, hash) as w: w.write_image(...)`.
+
+    Images are buffered and written `shard_size` at a time; the layer becomes
+    readable only when the block exits without an exception.
+    """
+
+    def __init__(self, path: str | Path, model_name: str, split: str, model_hash: str, *,
+                 shard_size: int = 1024, compression: str = "lz4", record_time: bool = False):
+        self.path = Path(path)
+        self.model_name, self.split, self.model_hash = model_name, split, model_hash
+        self.shard_size = shard_size
+        self.record_time = record_time
+        key = Key("predictions", {"model_name": model_name, "split": split, "model_hash": model_hash})
+        self._writer = LayerWriter(self.path, DETECTIONS_KIND, key, compression)
+        self._rows: list[tuple[str, int | str, Detections, np.ndarray | None]] = []
+        self._n_written = 0
+        self._n_detections = 0
+        self._seen: set[str] = set()
+
+    def __enter__(self) -> "CacheWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        if exc_type is None:
+            self.close()
+        return False
+
+    def write_image(self, img_id: int | str, tensor: Any, bboxes: Any, labels: Any, scores: Any) -> None:
+        """One image: its model-input tensor (C, H, W) or None, and its detections (may be empty)."""
+        if str(img_id) in self._seen:
+            raise ValueError(f"image {img_id!r} was already written to {self.path}")
+        self._seen.add(str(img_id))
+        found = Detections(_numpy(bboxes, np.float32).reshape(-1, 4), _numpy(labels, np.int64).reshape(-1),
+                           _numpy(scores, np.float32).reshape(-1))
+        array = None if tensor is None else _numpy(tensor, np.float32)
+        if self._rows and (array is None) != (self._rows[0][3] is None):
+            raise ValueError(f"image {img_id!r}: give a tensor for every image or for none")
+        key = sha256_bytes(array.tobytes() if array is not None else f"id:{img_id}".encode())
+        self._rows.append((key, img_id, found, array))
+        if len(self._rows) == self.shard_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        keys, ids, found, tensors = zip(*self._rows)
+        stacked = None if tensors[0] is None else np.stack(tensors)
+        name = shard_name(len(self._writer.shards))
+        write_detections_shard(self._writer, name, np.asarray(keys, "S64"), ids, [self.split] * len(ids), found,
+                               tensors=stacked)
+        self._n_written += len(ids)
+        self._n_detections += sum(len(d) for d in found)
+        self._rows = []
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.stats = layer_stats(self.model_name, self.split, self.model_hash, self._n_written,
+                                         self._n_detections)
+        provenance = self.path / PROVENANCE_NAME
+        if self.record_time:
+            stamp = {"timestamp": datetime.now(timezone.utc).isoformat()}
+            atomic_write_bytes(provenance, (json.dumps(stamp) + "\n").encode())
+        elif provenance.exists():
+            provenance.unlink()
+        self._writer.finish()
+
+
+def _numpy(value: Any, dtype: type) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch here
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=dtype)
+
+
+class CacheReader:
+    """Seed-compatible reader: validates schema and model hash on open, then reads per image.
+
+    Tensors come from the layer's own `tensor` column (CacheWriter with tensors)
+    or, for a layer written by the infer stage, from the preprocessed layer it
+    was computed from (`tensors=`), after checking the shards are that layer's.
+    """
+
+    def __init__(self, path: str | Path, expected_model_hash: str, tensors: str | Path | None = None):
+        self.path = Path(path)
+        self.layer = open_detections(self.path)
+        stored = self.layer.index.stats.get("model_hash")
+        if stored != expected_model_hash:
+            raise CacheStaleError(f"{self.path}: model_hash mismatch: stored {stored!r}, expected "
+                                  f"{expected_model_hash!r}; rebuild it (rerun inference)")
+        self.table = read_table(self.layer)
+        self._rows = {str(image_id): row for row, image_id in enumerate(self.table.ids.tolist())}
+        self._starts = np.cumsum([0] + [s.n_items for s in self.layer.shards])
+        self._tensors = self._tensor_layer(tensors)
+
+    def _tensor_layer(self, tensors: str | Path | None) -> tuple[Layer, str] | None:
+        if tensors is None:
+            return None
+        source = Layer.open(tensors)
+        mine = [s.upstream for s in self.layer.shards]
+        if mine != [s.sha256 for s in source.shards]:
+            raise CacheStaleError(f"{tensors} is not the preprocessed layer {self.path} was computed from")
+        return source, "x"
+
+    def __enter__(self) -> "CacheReader":
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        return False
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def image_ids(self) -> list[str]:
+        return [str(i) for i in self.table.ids.tolist()]
+
+    def _row(self, img_id: int | str) -> int:
+        if str(img_id) not in self._rows:
+            raise KeyError(f"image {img_id!r} is not in {self.path}")
+        return self._rows[str(img_id)]
+
+    def read_preds(self, img_id: int | str) -> dict[str, np.ndarray]:
+        found = self.table.detections(self._row(img_id))
+        return {"bboxes": found.boxes, "labels": found.labels, "scores": found.scores}
+
+    def read_tensor(self, img_id: int | str) -> np.ndarray:
+        """(C, H, W) float32 with the pipeline's values (0–255 for evalstack pipelines)."""
+        row = self._row(img_id)
+        shard_index = int(np.searchsorted(self._starts, row, side="right")) - 1
+        row -= int(self._starts[shard_index])
+        layer, column = self._tensors or (self.layer, "tensor")
+        with layer.open_shard(layer.shards[shard_index]) as handle:
+            if column not in handle:
+                raise StoreError(f"{self.path} holds no tensors; pass tensors=<preprocessed layer>")
+            array = handle[column][row]
+        return array if column == "tensor" else np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
+
+    def metadata(self) -> dict[str, Any]:
+        stats = self.layer.index.stats
+        provenance = self.path / PROVENANCE_NAME
+        stamp = json.loads(provenance.read_text())["timestamp"] if provenance.exists() else None
+        return {
+            "model_name": stats.get("model_name"), "split": stats.get("split"), "coco_split": stats.get("split"),
+            "model_hash": stats.get("model_hash"), "schema_version": self.layer.index.schema_version,
+            "timestamp": stamp, "num_images": stats.get("num_images"),
+        }

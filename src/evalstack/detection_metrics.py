@@ -111,7 +111,7 @@ def per_image_counts(evaluator: COCOeval, count_threshold: float) -> list[ImageC
         row[1] += tp
         row[2] += int(np.sum(~matched & valid))
         row[3] += n_gt - tp
-    return [ImageCounts(image_id, n_gt, tp + fp, tp, fp, fn) for image_id, (n_gt, tp, fp, fn) in counts.items()]
+    return [ImageCounts(int(image_id), n_gt, tp + fp, tp, fp, fn) for image_id, (n_gt, tp, fp, fn) in counts.items()]
 
 
 def evaluate_detections(

@@ -186,6 +186,7 @@ class CacheWriter:
         self._n_written = 0
         self._n_detections = 0
         self._seen: set[str] = set()
+        self._tensor_shape: tuple[int, ...] | None = None
 
     def __enter__(self) -> "CacheWriter":
         return self
@@ -199,12 +200,15 @@ class CacheWriter:
         """One image: its model-input tensor (C, H, W) or None, and its detections (may be empty)."""
         if str(img_id) in self._seen:
             raise ValueError(f"image {img_id!r} was already written to {self.path}")
-        self._seen.add(str(img_id))
         found = Detections(_numpy(bboxes, np.float32).reshape(-1, 4), _numpy(labels, np.int64).reshape(-1),
                            _numpy(scores, np.float32).reshape(-1))
         array = None if tensor is None else _numpy(tensor, np.float32)
-        if self._rows and (array is None) != (self._rows[0][3] is None):
-            raise ValueError(f"image {img_id!r}: give a tensor for every image or for none")
+        shape = None if array is None else array.shape
+        if self._seen and shape != self._tensor_shape:
+            raise ValueError(f"image {img_id!r}: tensor shape {shape}, earlier images {self._tensor_shape} "
+                             "(every image needs a tensor of one shape, or none has one)")
+        self._tensor_shape = shape
+        self._seen.add(str(img_id))
         key = sha256_bytes(array.tobytes() if array is not None else f"id:{img_id}".encode())
         self._rows.append((key, img_id, found, array))
         if len(self._rows) == self.shard_size:

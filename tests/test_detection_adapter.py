@@ -11,7 +11,8 @@ from evalstack.adapters.detection import PostProcess, decode_centernet
 from evalstack.boxes import Detections
 from evalstack.coco import CocoFetchConfig, fetch_coco_layer
 from evalstack.detection_inference import detect_arrays, infer_detection_layer
-from evalstack.detection_store import CacheReader, open_detections, read_table
+from evalstack.detection_store import CacheReader
+from evalstack.detections_layer import open_detections, read_table
 from evalstack.detector import ShapesDetector, export_detector
 from evalstack.letterbox import LetterboxPipeline, letterbox_layer
 from tests.coco_fixture import write_coco

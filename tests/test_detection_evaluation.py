@@ -10,7 +10,7 @@ from evalstack.adapters import ModelError, ModelSpec
 from evalstack.boxes import Detections
 from evalstack.coco import CocoFetchConfig, fetch_coco_layer
 from evalstack.detection_evaluation import DetectionOutputs, evaluate_detector, write_detection_outputs
-from evalstack.detection_store import DETECTIONS_KIND, layer_stats, write_detections_shard
+from evalstack.detections_layer import DETECTIONS_KIND, DetectionTable, layer_stats, write_detections_shard
 from evalstack.inference import predictions_key
 from evalstack.keys import Key
 from evalstack.store import CacheStaleError, LayerWriter, Layer
@@ -31,7 +31,7 @@ def _layers(tmp_path: Path, per_image: list[Detections], ids: tuple[int, ...] = 
     fetch_coco_layer(CocoFetchConfig({"val": split}), tmp_path / "raw")
     writer = LayerWriter(tmp_path / "det", DETECTIONS_KIND, predictions_key(SIGNATURE, PIPELINE))
     keys = Layer.open(tmp_path / "raw").item_keys().astype("S64")[: len(ids)]
-    write_detections_shard(writer, "00000.h5", keys, list(ids), ["val"] * len(ids), per_image)
+    write_detections_shard(writer, "00000.h5", DetectionTable.from_detections(keys, list(ids), ["val"] * len(ids), per_image))
     writer.stats = {**layer_stats("m", "val", "ab" * 32, 3, 0), "forward_passes": 3}
     writer.finish()
     return tmp_path / "raw", tmp_path / "det"

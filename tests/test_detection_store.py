@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from evalstack.detection_store import (
-    CacheReader, CacheStaleError, CacheWriter, compute_model_hash, is_cache_valid, open_detections, read_table,
-)
+from evalstack.detection_store import CacheReader, CacheStaleError, CacheWriter, compute_model_hash, is_cache_valid
+from evalstack.detections_layer import open_detections, read_table
 from evalstack.store import INDEX_NAME, StoreError
 
 HASH_A = "deadbeef1234567890abcdef" * 2

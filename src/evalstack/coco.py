@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from evalstack.fetch import RAW_KIND, read_blobs
 from evalstack.keys import Key, sha256_bytes
-from evalstack.ragged import offsets_for, pack, unpack
+from evalstack.ragged import check_offsets, offsets_for, pack, unpack
 from evalstack.sources import DEFAULT_MAX_PIXELS, SourceError, check_image, check_scheme, read_local, safe_name, to_url
 from evalstack.store import ITEM_KEY, Layer, LayerIndex, LayerWriter, read_attrs, read_column, shard_name
 
@@ -212,7 +212,7 @@ def raw_shard(images: list[CocoImage], blobs: list[bytes]) -> tuple[dict[str, np
     """(per-image columns, flat arrays) of one raw shard."""
     lengths = np.asarray([len(b) for b in blobs], dtype=np.int64)
     truths = [image.truth for image in images]
-    gt_bbox, gt_count = pack([t.bbox for t in truths], np.float64, (4,))
+    gt_bbox, gt_offset = pack([t.bbox for t in truths], np.float64, (4,))
     columns = {
         ITEM_KEY: np.asarray([sha256_bytes(b) for b in blobs], dtype="S64"),
         "id": np.asarray([image.image_id for image in images], dtype=np.int64),
@@ -222,8 +222,7 @@ def raw_shard(images: list[CocoImage], blobs: list[bytes]) -> tuple[dict[str, np
         "height": np.asarray([image.height for image in images], dtype=np.int64),
         "offset": offsets_for(lengths),
         "length": lengths,
-        "gt_offset": offsets_for(gt_count),
-        "gt_count": gt_count,
+        "gt_offset": gt_offset,
     }
     flat = {
         "blob": np.frombuffer(b"".join(blobs), dtype=np.uint8),
@@ -265,8 +264,9 @@ def read_ground_truth(raw_dir: Path) -> CocoDataset:
             if dataset is None:
                 dataset = CocoDataset(categories=read_attrs(handle)["categories"])
             columns = {name: read_column(handle, name) for name in ("id", "split", "file_name", "width", "height")}
-            offsets, counts = handle["gt_offset"][()], handle["gt_count"][()]
-            per_image = {name: unpack(handle[name][()], offsets, counts) for name in GT_FLAT}
+            offsets = handle["gt_offset"][()]
+            check_offsets(offsets, len(handle["gt_category"]), str(layer.path(shard)))
+            per_image = {name: unpack(handle[name][()], offsets) for name in GT_FLAT}
             for row in range(shard.n_items):
                 truth = GroundTruth(*(per_image[name][row] for name in GT_FLAT))
                 dataset.images.append(CocoImage(

@@ -16,7 +16,7 @@ import numpy as np
 from evalstack.adapters.base import ModelError, ModelSpec
 from evalstack.coco import CocoDataset, coco_document, read_ground_truth
 from evalstack.detection_metrics import DetectionReport, evaluate_detections
-from evalstack.detection_store import DetectionTable, open_detections, read_table
+from evalstack.detections_layer import DetectionTable, open_detections, read_table
 from evalstack.evaluation import _csv
 from evalstack.inference import predictions_key
 from evalstack.keys import Key

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from evalstack.adapters.detection import DetectionAdapter
 from evalstack.boxes import Detections, xyxy_to_xywh
-from evalstack.detection_store import DETECTIONS_KIND, layer_stats, write_detections_shard
+from evalstack.detections_layer import DETECTIONS_KIND, DetectionTable, layer_stats, write_detections_shard
 from evalstack.inference import predictions_key
 from evalstack.letterbox import PLACEMENT_COLUMNS, Placement, placements
 from evalstack.pipelines import PREPROCESSED_KIND
@@ -51,11 +51,9 @@ def infer_detection_layer(
                     stop = min(start + batch_size, shard.n_items)
                     found.extend(detect_arrays(adapter, handle["x"][start:stop], placed[start:stop]))
                     progress.update(stop - start)
-            write_detections_shard(
-                writer, shard.name, columns[ITEM_KEY], columns["id"].tolist(), columns["split"].tolist(), found,
-                attrs={"model_signature": adapter.signature().hex, "forward_passes": shard.n_items},
-                upstream=shard.sha256,
-            )
+            table = DetectionTable.from_detections(columns[ITEM_KEY], columns["id"], columns["split"].tolist(), found)
+            attrs = {"model_signature": adapter.signature().hex, "forward_passes": shard.n_items}
+            write_detections_shard(writer, shard.name, table, attrs=attrs, upstream=shard.sha256)
             total += sum(len(d) for d in found)
             splits.update(columns["split"].tolist())
     writer.stats = {

@@ -1,145 +1,41 @@
-"""The detection predictions layer, and the seed's Python names over it.
+"""The seed's Python names over the detections layer (PerceptionMetrics PR #568).
 
-Layout (layer kind "detections"), per shard: one row per image — `item_key`,
-`id`, `split`, `det_offset`, `det_count` — and flat arrays `bboxes` (M, 4)
-float32 (COCO xywh, original-image pixels), `labels` (M,) int64 (index into the
-model's label list) and `scores` (M,) float32. An image without detections is a
-row with count 0, so it is present and reads back as empty (0, 4)/(0,) arrays.
-`CacheWriter` may add a `tensor` column (C, H, W) float32, one item per chunk.
-
-The seed's names (PerceptionMetrics PR #568) work over this layer:
 `CacheWriter`, `CacheReader`, `is_cache_valid`, `compute_model_hash` and
-`CacheStaleError` (evalstack.store's, so one `except` catches every stale layer).
-Deliberate differences: a layer is a directory (shards + index.json), not one
-file; no timestamp is stored in the data, because it would make identical
-predictions differ byte-wise (`CacheWriter(..., record_time=True)` writes one to
-provenance.json beside the index instead); and `compute_model_hash(model=...)`
-hashes the weights' bytes, not the parameter count, which two trainings of one
-architecture share.
+`CacheStaleError` (evalstack.store's, so one `except` catches every stale
+layer) keep the seed's signatures and behaviour; the data lives in a
+detections layer (see detections_layer.py), so a layer the infer stage wrote
+opens here too. Deliberate differences from the seed:
+
+- a layer is a directory (shards + index.json), not one file;
+- no timestamp is stored with the data, because it would make identical
+  predictions differ byte-wise; `CacheWriter(..., record_time=True)` writes one
+  to provenance.json beside the index, and `metadata()["timestamp"]` is None
+  otherwise;
+- `compute_model_hash(model=...)` hashes the weights' bytes, not the parameter
+  count, which two trainings of one architecture share;
+- tensors are optional (the infer stage keeps them in the preprocessed layer;
+  `CacheReader(..., tensors=<that layer>)` reads them from there).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from evalstack.boxes import Detections
-from evalstack.keys import Key, sha256_bytes, sha256_file
-from evalstack.ragged import check_ranges, offsets_for, pack
-from evalstack.store import (
-    ITEM_KEY, CacheStaleError, Layer, LayerWriter, ShardInfo, StoreError, atomic_write_bytes, read_column, shard_name,
+from evalstack.detections_layer import (
+    DETECTIONS_KIND, DetectionTable, layer_stats, open_detections, read_table, write_detections_shard,
 )
+from evalstack.keys import Key, sha256_bytes, sha256_file
+from evalstack.store import CacheStaleError, Layer, LayerWriter, StoreError, atomic_write_bytes, shard_name
 
-DETECTIONS_KIND = "detections"
-LAYOUT_VERSION = 1
 PROVENANCE_NAME = "provenance.json"
-ROW_COLUMNS = (ITEM_KEY, "id", "split", "det_offset", "det_count")
 
-__all__ = [
-    "CacheReader", "CacheStaleError", "CacheWriter", "DetectionTable", "compute_model_hash", "is_cache_valid",
-    "open_detections", "read_table", "write_detections_shard",
-]
-
-
-@dataclass(frozen=True)
-class DetectionTable:
-    """A whole detections layer in memory: per-image rows and the flat arrays they index."""
-
-    item_keys: np.ndarray
-    ids: np.ndarray  # int64 image ids, or text ids written by CacheWriter
-    splits: np.ndarray
-    offsets: np.ndarray
-    counts: np.ndarray
-    bboxes: np.ndarray
-    labels: np.ndarray
-    scores: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def detections(self, row: int) -> Detections:
-        start, stop = int(self.offsets[row]), int(self.offsets[row] + self.counts[row])
-        return Detections(self.bboxes[start:stop], self.labels[start:stop], self.scores[start:stop])
-
-
-def _id_column(ids: Sequence[int | str]) -> np.ndarray:
-    if all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
-        return np.asarray(ids, dtype=np.int64)
-    return np.asarray([str(i) for i in ids], dtype=object)
-
-
-def write_detections_shard(
-    writer: LayerWriter,
-    name: str,
-    item_keys: np.ndarray,
-    ids: Sequence[int | str],
-    splits: Sequence[str],
-    detections: Sequence[Detections],
-    attrs: dict[str, Any] | None = None,
-    upstream: str | None = None,
-    tensors: np.ndarray | None = None,
-) -> ShardInfo:
-    """One shard of per-image rows + flat detection arrays (through the store: atomic, deterministic)."""
-    bboxes, counts = pack([d.boxes for d in detections], np.float32, (4,))
-    columns = {
-        ITEM_KEY: np.asarray(item_keys, dtype="S64"),
-        "id": _id_column(ids),
-        "split": np.asarray(list(splits), dtype=object),
-        "det_offset": offsets_for(counts),
-        "det_count": counts,
-    }
-    if tensors is not None:
-        columns["tensor"] = np.asarray(tensors, dtype=np.float32)
-    flat = {
-        "bboxes": bboxes,
-        "labels": pack([d.labels for d in detections], np.int64)[0],
-        "scores": pack([d.scores for d in detections], np.float32)[0],
-    }
-    return writer.add_shard(name, columns, attrs=attrs, upstream=upstream, flat=flat)
-
-
-def open_detections(directory: Path | str, expected: Key | None = None, rebuild_hint: str = "dvc repro") -> Layer:
-    """A detections layer; CacheStaleError when its layout or (if given) its key differs."""
-    layer = Layer.open(directory, kind=DETECTIONS_KIND)
-    layout = layer.index.stats.get("layout")
-    if layout != LAYOUT_VERSION:
-        raise CacheStaleError(f"{directory} has detections layout {layout}, this evalstack reads {LAYOUT_VERSION}; "
-                              f"rebuild it with `{rebuild_hint}`")
-    if expected is not None:
-        layer.expect_key(expected, rebuild_hint)
-    return layer
-
-
-def read_table(layer: Layer) -> DetectionTable:
-    """Every shard's rows and flat arrays, concatenated (offsets shifted to the joined arrays)."""
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in (*ROW_COLUMNS, "bboxes", "labels", "scores")}
-    base = 0
-    for shard in layer.shards:
-        with layer.open_shard(shard) as handle:
-            for name in ROW_COLUMNS:
-                parts[name].append(read_column(handle, name))
-            for name in ("bboxes", "labels", "scores"):
-                parts[name].append(handle[name][()])
-        check_ranges(parts["det_offset"][-1], parts["det_count"][-1], len(parts["labels"][-1]), str(layer.path(shard)))
-        parts["det_offset"][-1] = parts["det_offset"][-1] + base
-        base += len(parts["labels"][-1])
-    empty = {"bboxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64), "scores": np.zeros(0, np.float32)}
-    joined = {name: np.concatenate(arrays) if arrays else empty.get(name, np.zeros(0, np.int64))
-              for name, arrays in parts.items()}
-    return DetectionTable(
-        item_keys=joined[ITEM_KEY], ids=joined["id"], splits=joined["split"], offsets=joined["det_offset"],
-        counts=joined["det_count"], bboxes=joined["bboxes"], labels=joined["labels"], scores=joined["scores"],
-    )
-
-
-def layer_stats(model_name: str, split: str, model_hash: str, num_images: int, num_detections: int) -> dict[str, Any]:
-    return {"layout": LAYOUT_VERSION, "model_name": model_name, "split": split, "model_hash": model_hash,
-            "num_images": num_images, "num_detections": num_detections}
+__all__ = ["CacheReader", "CacheStaleError", "CacheWriter", "compute_model_hash", "is_cache_valid"]
 
 
 def compute_model_hash(model: Any = None, file_path: str | Path | None = None) -> str:
@@ -170,15 +66,18 @@ def is_cache_valid(path: str | Path, expected_model_hash: str) -> bool:
 class CacheWriter:
     """Seed-compatible writer: `with CacheWriter(path, name, split, hash) as w: w.write_image(...)`.
 
-    Images are buffered and written `shard_size` at a time; the layer becomes
+    Images are buffered and written a shard at a time (`shard_size` images or
+    `shard_bytes` of buffered data, whichever comes first); the layer becomes
     readable only when the block exits without an exception.
     """
 
     def __init__(self, path: str | Path, model_name: str, split: str, model_hash: str, *,
-                 shard_size: int = 1024, compression: str = "lz4", record_time: bool = False):
+                 shard_size: int = 16384, shard_bytes: int = 64 << 20, compression: str = "lz4",
+                 record_time: bool = False):
         self.path = Path(path)
         self.model_name, self.split, self.model_hash = model_name, split, model_hash
-        self.shard_size = shard_size
+        self.shard_size, self.shard_bytes = shard_size, shard_bytes
+        self._buffered_bytes = 0
         self.record_time = record_time
         key = Key("predictions", {"model_name": model_name, "split": split, "model_hash": model_hash})
         self._writer = LayerWriter(self.path, DETECTIONS_KIND, key, compression)
@@ -211,7 +110,8 @@ class CacheWriter:
         self._seen.add(str(img_id))
         key = sha256_bytes(array.tobytes() if array is not None else f"id:{img_id}".encode())
         self._rows.append((key, img_id, found, array))
-        if len(self._rows) == self.shard_size:
+        self._buffered_bytes += found.boxes.nbytes + found.labels.nbytes + found.scores.nbytes + (array.nbytes if array is not None else 0)
+        if len(self._rows) >= self.shard_size or self._buffered_bytes >= self.shard_bytes:
             self._flush()
 
     def _flush(self) -> None:
@@ -219,12 +119,12 @@ class CacheWriter:
             return
         keys, ids, found, tensors = zip(*self._rows)
         stacked = None if tensors[0] is None else np.stack(tensors)
-        name = shard_name(len(self._writer.shards))
-        write_detections_shard(self._writer, name, np.asarray(keys, "S64"), ids, [self.split] * len(ids), found,
-                               tensors=stacked)
+        table = DetectionTable.from_detections(keys, ids, [self.split] * len(ids), found)
+        write_detections_shard(self._writer, shard_name(len(self._writer.shards)), table, tensors=stacked)
         self._n_written += len(ids)
         self._n_detections += sum(len(d) for d in found)
         self._rows = []
+        self._buffered_bytes = 0
 
     def close(self) -> None:
         self._flush()

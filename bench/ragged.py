@@ -27,7 +27,6 @@ from typing import Callable
 
 import numpy as np
 
-from evalstack.boxes import Detections
 from evalstack.detections_layer import (
     DETECTIONS_KIND, DetectionTable, LAYOUT_VERSION, open_detections, read_table, write_detections_shard,
 )

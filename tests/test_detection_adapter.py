@@ -63,6 +63,8 @@ def test_postprocess_params_are_checked_and_part_of_the_signature(model_file):
     assert base.signature().hex != stricter.signature().hex
     with pytest.raises(ModelError, match="nms_iou"):
         load_adapter(_spec(model_file, nms_iou=0))
+    with pytest.raises(ModelError, match="needs `task: detect`"):
+        load_adapter(replace(_spec(model_file), task="classify"))
 
 
 def test_adapter_detects_on_arrays_and_counts_forward_passes(model_file):

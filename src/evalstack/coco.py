@@ -22,7 +22,7 @@ from urllib.parse import quote, urljoin
 import numpy as np
 from tqdm import tqdm
 
-from evalstack.fetch import RAW_KIND, read_blobs
+from evalstack.fetch import RAW_KIND
 from evalstack.keys import Key, sha256_bytes
 from evalstack.ragged import check_offsets, offsets_for, pack, unpack
 from evalstack.sources import DEFAULT_MAX_PIXELS, SourceError, check_image, check_scheme, read_local, safe_name, to_url

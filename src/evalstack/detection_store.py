@@ -110,7 +110,7 @@ class CacheWriter:
         self._seen.add(str(img_id))
         key = sha256_bytes(array.tobytes() if array is not None else f"id:{img_id}".encode())
         self._rows.append((key, img_id, found, array))
-        self._buffered_bytes += found.boxes.nbytes + found.labels.nbytes + found.scores.nbytes + (array.nbytes if array is not None else 0)
+        self._buffered_bytes += sum(a.nbytes for a in (found.boxes, found.labels, found.scores, array) if a is not None)
         if len(self._rows) >= self.shard_size or self._buffered_bytes >= self.shard_bytes:
             self._flush()
 

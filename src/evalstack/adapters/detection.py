@@ -82,6 +82,8 @@ class DetectionAdapter(TorchAdapter):
     """A PyTorch detector whose output follows the centernet contract above."""
 
     def __init__(self, spec: ModelSpec):
+        if spec.task != "detect":
+            raise ModelError(f"model {spec.name}: adapter torch_detection needs `task: detect`, not {spec.task!r}")
         super().__init__(spec)
         self.postprocess = PostProcess.from_options(spec.options)
 

@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: help install repro test test-fast clean
+.PHONY: help install repro repro-detection test test-fast clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -24,6 +24,10 @@ repro: install ## install, then run the whole pipeline on the embedded dataset
 	dvc repro
 	dvc metrics show
 
+repro-detection: install ## install, then run the detection profile (detection/dvc.yaml) on its embedded data
+	dvc repro detection/dvc.yaml
+	dvc metrics show detection/metrics
+
 test: install ## install, then run the whole test suite (slow end-to-end tests included)
 	$(PY) -m pytest -q
 
@@ -32,3 +36,4 @@ test-fast: install ## unit tests only
 
 clean: ## remove pipeline outputs (the DVC cache stays)
 	rm -rf data metrics plots models/*.tflite models/*.pt2
+	rm -rf detection/data detection/metrics detection/plots detection/reports detection/models/*.pt2

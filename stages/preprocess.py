@@ -2,7 +2,7 @@
 import argparse
 from pathlib import Path
 
-from evalstack.config import load_params, pipeline_spec
+from evalstack.config import load_params, open_store, pipeline_spec
 from evalstack.pipelines import preprocess_layer
 
 
@@ -17,8 +17,9 @@ def main() -> None:
     pipeline = pipeline_spec(params, args.pipeline)
     compression = params["preprocess"].get("compression", "lz4")
     max_pixels = int(params["fetch"]["max_pixels"])
-    index = preprocess_layer(args.raw, args.out, pipeline, compression, max_pixels)
-    print(f"preprocessed {args.pipeline}: {index.n_items} items, key {index.key.hex[:12]}")
+    store = open_store(params, args.params.parent)  # not a dvc.yaml param: where results are kept does not change them
+    build = preprocess_layer(args.raw, args.out, pipeline, compression, max_pixels, store, name=args.pipeline)
+    print(build.summary())
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "Makefile", "pyproject.toml")
 TEMPLATE_DIRS = ("stages", "src")
+OUTPUT_DIRS = ("data", "models", "metrics", "plots", "reports")  # everything `dvc repro` writes
 
 TINY_PARAMS: dict[str, Any] = {
     "synth": {"n_cards": 60, "test_fraction": 0.3},
@@ -97,7 +98,7 @@ def stages_run(output: str) -> set[str]:
 def output_digests(root: Path) -> dict[str, str]:
     """md5 of every file the pipeline produced."""
     digests = {}
-    for top in ("data", "models", "metrics", "plots"):
+    for top in OUTPUT_DIRS:
         for path in sorted((root / top).rglob("*")):
             if path.is_file() and path.name != ".gitkeep":
                 digests[str(path.relative_to(root))] = hashlib.md5(path.read_bytes()).hexdigest()
@@ -106,8 +107,72 @@ def output_digests(root: Path) -> dict[str, str]:
 
 def mtimes(root: Path) -> dict[str, int]:
     stamps = {}
-    for top in ("data", "models", "metrics", "plots"):
+    for top in OUTPUT_DIRS:
         for path in (root / top).rglob("*"):
             stamps[str(path.relative_to(root))] = path.stat().st_mtime_ns
     stamps["dvc.lock"] = (root / "dvc.lock").stat().st_mtime_ns
     return stamps
+
+
+def clone(origin: Path, destination: Path) -> Path:
+    """A colleague's fresh clone of the git remote `origin` (code, params, dvc.lock; no data)."""
+    run(destination.parent, "git", "clone", "-q", str(origin), str(destination))
+    return destination
+
+
+def commit_and_push(root: Path, message: str) -> None:
+    run(root, "git", "add", "-A")
+    run(root, "git", "commit", "-qm", message)
+    run(root, "git", "push", "-q", "origin", "HEAD")
+
+_USER_MODELS = """
+import numpy as np, yaml
+from pathlib import Path
+from evalstack.training import TRAINERS, TrainConfig
+
+params = yaml.safe_load(open("params.yaml"))
+for name, entry in params["train"].items():
+    size = params["preprocess"]["pipelines"][entry["pipeline"]]["size"]
+    n_classes = len(params["labels"][entry["labels"]])
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(4, size, size, 3), dtype=np.uint8)
+    config = TrainConfig(entry["framework"], epochs=1, batch_size=4)
+    TRAINERS[entry["framework"]](x, rng.integers(0, n_classes, 4), n_classes, config, Path(entry["file"]))
+"""
+
+
+def use_own_models(root: Path, models: tuple[str, ...] = ("tflite_cnn", "torch_cnn")) -> None:
+    """Replace the train stage by model files added with `dvc add`, as a user with their own models has.
+
+    The models are fitted once on random data (fast); with no train stage, growing the
+    dataset changes no model, so infer's reuse can be measured. Models not named, and
+    pipelines no kept model reads, are removed from params.yaml.
+    """
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["models"] = {name: params["models"][name] for name in models}
+    params["train"] = {name: params["train"][name] for name in models}
+    used = {entry["pipeline"] for entry in params["models"].values()}
+    params["preprocess"]["pipelines"] = {k: v for k, v in params["preprocess"]["pipelines"].items() if k in used}
+    write_params(root, params)
+    run(root, sys.executable, "-c", _USER_MODELS)
+    pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
+    del pipeline["stages"]["train"]
+    (root / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    run(root, "dvc", "add", *(entry["file"] for entry in params["models"].values()))
+    run(root, "git", "add", "-A")
+    run(root, "git", "commit", "-qm", "own models instead of the train stage")
+
+
+def build_record(root: Path, layer: str) -> dict:
+    """The store's record of the last build of `layer` (what was computed, reused, seeded)."""
+    from evalstack.shardstore import ShardStore, StoreConfig
+
+    record = ShardStore(StoreConfig(root / ".evalstack/store", 0)).load_build(root / layer)
+    assert record is not None, f"no build of {layer} recorded"
+    return record
+
+
+def tree_size(directory: Path) -> tuple[int, set[str]]:
+    """Total bytes and relative file names under a directory (a local DVC remote)."""
+    files = {str(p.relative_to(directory)): p.stat().st_size for p in directory.rglob("*") if p.is_file()}
+    return sum(files.values()), set(files)

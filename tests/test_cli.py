@@ -1,3 +1,5 @@
+import hashlib
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -5,11 +7,13 @@ import numpy as np
 from evalstack.cli import main
 from evalstack.keys import Key
 from evalstack.store import LayerWriter, shard_name
+from tests.layers import Project, store_at
 
 
 def _layer(directory: Path) -> Path:
     writer = LayerWriter(directory, "preprocessed", Key("pipeline", {"size": 4}))
-    writer.add_shard(shard_name(0), {"item_key": np.asarray([b"a" * 64], dtype="S64"), "x": np.zeros((1, 4, 4, 3), np.uint8)})
+    columns = {"item_key": np.asarray([b"a" * 64], dtype="S64"), "x": np.zeros((1, 4, 4, 3), np.uint8)}
+    writer.add_shard(shard_name(0), columns, checksum_of=("x",))
     writer.stats = {"items_preprocessed": 1}
     writer.finish()
     return directory
@@ -35,3 +39,66 @@ def test_verify_exit_code_tells_intact_from_corrupt(tmp_path, capsys):
 def test_missing_layer_is_exit_1_with_message(tmp_path, capsys):
     assert main(["verify", str(tmp_path / "nope")]) == 1
     assert "not a finished layer" in capsys.readouterr().out
+
+
+def _cli_project(tmp_path: Path) -> tuple[Project, list[str]]:
+    (tmp_path / "params.yaml").write_text("store:\n  dir: store\n  max_bytes: 1000000000\n")
+    return Project(tmp_path), ["--params", str(tmp_path / "params.yaml")]
+
+
+def test_why_names_the_recomputed_shards_and_the_changed_key(tmp_path, capsys):
+    project, params = _cli_project(tmp_path)
+    store = store_at(tmp_path / "store")
+    project.build(10, store)
+    project.build(13, store)
+    assert main([*params, "why", str(project.pred)]) == 0
+    out = capsys.readouterr().out
+    # The raw layer is a log: the 3 new items fill a new shard, the partial 00002 keeps its bytes.
+    assert "4 shards: 1 computed (3 items), 3 reused from the store" in out
+    assert "key unchanged since the previous build here" in out
+    assert "computed 00003.h5: new upstream shard (3 items)" in out and "00002" not in out
+    project.preprocess(store, size=12)
+    assert main([*params, "why", str(project.pre)]) == 0
+    out = capsys.readouterr().out
+    assert "key changed since the previous build here:\n    pipeline tiny: params.size: 8 → 12" in out
+
+
+def test_why_tells_a_restored_layer_from_a_built_one(tmp_path, capsys):
+    project, params = _cli_project(tmp_path)
+    store = store_at(tmp_path / "store")
+    project.build(10, store)
+    shutil.copytree(project.pre, tmp_path / "saved")
+    project.preprocess(store, size=12)
+    shutil.rmtree(project.pre)
+    shutil.copytree(tmp_path / "saved", project.pre)  # what `dvc checkout` or the run-cache does
+    assert main([*params, "why", str(project.pre)]) == 0
+    assert "not the output of its last local build — DVC restored it" in capsys.readouterr().out
+
+
+def test_provenance_of_an_item_goes_from_source_to_code(tmp_path, capsys):
+    project, params = _cli_project(tmp_path)
+    project.build(10, store_at(tmp_path / "store"))
+    assert main([*params, "provenance", str(project.pred), "102"]) == 0
+    out = capsys.readouterr().out
+    source = (tmp_path / "source/images/102__901__lactose__50.png").read_bytes()
+    assert "item 102__901__lactose__50.png (id 102, split dev)" in out
+    assert f"md5 {hashlib.md5(source).hexdigest()}" in out and "images/102__901__lactose__50.png" in out
+    assert f"item key (sha256 of the image bytes) {hashlib.sha256(source).hexdigest()}" in out
+    assert "pipeline  " in out and "crop_resize v1" in out and "data/preprocessed/tiny/00000.h5 row 2" in out
+    assert "model     " in out and "numpy weights sha256" in out and "predicted " in out
+    assert "code      evalstack 0.1.0" in out
+    assert main([*params, "provenance", str(project.pre)]) == 0
+    assert "shard_size 4" in capsys.readouterr().out
+    assert main([*params, "provenance", str(project.pred), "999"]) == 2
+
+
+def test_gc_command_trims_to_the_limit(tmp_path, capsys):
+    project, params = _cli_project(tmp_path)
+    store = store_at(tmp_path / "store")
+    project.build(10, store)
+    project.preprocess(store, size=12)  # the size-8 shards are now only in the store
+    assert main([*params, "gc", "--max-bytes", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "removed 3 shards" in out  # size-8 preprocessed; predictions in the workspace stay and "the store stays above its limit" in out
+    assert project.preprocess(store, size=12).counts["shards_reused"] == 3  # the workspace's shards were kept
+    assert project.preprocess(store, size=8).counts["shards_computed"] == 3

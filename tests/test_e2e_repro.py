@@ -10,7 +10,7 @@ pytestmark = pytest.mark.slow
 
 ALL_STAGES = {
     "synth", "fetch", "preprocess@pad_nn", "preprocess@thumb64", "train@tflite_cnn", "train@torch_cnn",
-    "infer@tflite_cnn", "infer@torch_cnn", "evaluate@tflite_cnn", "evaluate@torch_cnn",
+    "infer@tflite_cnn", "infer@torch_cnn", "evaluate@tflite_cnn", "evaluate@torch_cnn", "report",
 }
 
 
@@ -55,15 +55,18 @@ def test_forced_repro_is_byte_identical(project: Path):
 def test_evaluate_param_reruns_only_evaluate(project: Path):
     set_param(project, "evaluate.split", "dev")
     result = run(project, "dvc", "repro")
-    assert stages_run(result.stdout) == {"evaluate@tflite_cnn", "evaluate@torch_cnn"}
+    assert stages_run(result.stdout) == {"evaluate@tflite_cnn", "evaluate@torch_cnn", "report"}
     run(project, "git", "checkout", "params.yaml")
-    run(project, "dvc", "repro")  # back to the committed state (restored from the run-cache)
+    restored = run(project, "dvc", "repro")  # back to the committed state
+    assert stages_run(restored.stdout) == set()  # evaluate and report come from the run-cache
+    assert "Stage 'evaluate@tflite_cnn' is cached" in restored.stdout
 
 
 def test_pipeline_param_reruns_only_that_pipelines_models(project: Path):
     set_param(project, "preprocess.pipelines.thumb64.resample", "bicubic")
     result = run(project, "dvc", "repro")
-    assert stages_run(result.stdout) == {
+    # report reruns only if torch_cnn's metrics or plots came out different
+    assert stages_run(result.stdout) - {"report"} == {
         "preprocess@thumb64", "train@torch_cnn", "infer@torch_cnn", "evaluate@torch_cnn",
     }
     run(project, "git", "checkout", "params.yaml")

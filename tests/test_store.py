@@ -10,6 +10,7 @@ from evalstack.store import (
     INDEX_NAME,
     CacheStaleError,
     Layer,
+    LayerCorruptError,
     LayerWriter,
     StoreError,
     read_column,
@@ -96,17 +97,37 @@ def test_finish_removes_shards_not_in_the_index(tmp_path: Path):
     assert sorted(p.name for p in directory.iterdir()) == ["00000.h5", INDEX_NAME]
 
 
-def test_verify_names_a_modified_shard(tmp_path: Path):
+def test_check_shard_refuses_a_modified_shard(tmp_path: Path):
     writer = LayerWriter(tmp_path / "layer", "raw", Key("raw"))
     writer.add_shard(shard_name(0), _columns(2))
     writer.finish()
     layer = Layer.open(tmp_path / "layer")
-    assert layer.verify() == []
     shard = tmp_path / "layer" / "00000.h5"
+    assert layer.check_shard(layer.shards[0]) == shard
     data = bytearray(shard.read_bytes())
     data[-10] ^= 0xFF
     shard.write_bytes(bytes(data))
-    assert layer.verify() == [f"{shard}: checksum differs from the index (corrupt or modified)"]
+    with pytest.raises(LayerCorruptError, match=r"00000.h5 does not match the sha256 recorded in .*index.json"):
+        layer.check_shard(layer.shards[0])
+
+
+def test_add_existing_refuses_a_shard_of_another_layer(tmp_path: Path):
+    other = LayerWriter(tmp_path / "other", "preprocessed", Key("pipeline", {"size": 8}))
+    other.add_shard(shard_name(0), _columns(2), upstream="a" * 64)
+    (tmp_path / "layer").mkdir()
+    (tmp_path / "other" / "00000.h5").rename(tmp_path / "layer" / "00000.h5")
+    writer = LayerWriter(tmp_path / "layer", "preprocessed", Key("pipeline", {"size": 9}))
+    with pytest.raises(StoreError, match="layer_key"):
+        writer.add_existing(shard_name(0), "0" * 64, upstream="a" * 64)
+
+
+def test_index_records_the_column_schema(tmp_path: Path):
+    writer = LayerWriter(tmp_path / "layer", "preprocessed", Key("pipeline"))
+    writer.add_shard(shard_name(0), _columns(2), checksum_of=("x",))
+    index = writer.finish()
+    assert index.schema["x"] == ["|u1", [8, 8, 3]]
+    assert set(index.schema) == {"item_key", "x", "name", "checksum"}
+    assert Layer.open(tmp_path / "layer").index.schema == index.schema
 
 
 def test_expect_key_explains_what_changed(tmp_path: Path):

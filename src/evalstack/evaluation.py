@@ -9,11 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from evalstack.adapters.base import ModelError, ModelSpec
-from evalstack.fetch import RAW_KIND
+from evalstack.rawformat import RAW_KIND
 from evalstack.keys import Key
 from evalstack.metrics import ClassificationReport, classification_report
 from evalstack.inference import open_predictions
 from evalstack.store import Layer, atomic_write_bytes
+
+
+ALL_SPLITS = "all"  # evaluate.split value that takes every item, whatever its split
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,8 @@ def evaluate_classifier(
     layer = open_predictions(predictions_dir, model_signature, pipeline_key, spec.name)
     keys = layer.item_keys()
     predicted = layer.column("label")
-    chosen = [i for i, key in enumerate(keys) if truth[key][1] == split]
+    # Items removed from the source leave the raw layer's index but may remain in derived shards.
+    chosen = [i for i, key in enumerate(keys) if key in truth and (split == ALL_SPLITS or truth[key][1] == split)]
     if not chosen:
         raise ValueError(f"no items in split {split!r}; splits present: {sorted({s for _, s in truth.values()})}")
     names = [truth[keys[i]][0] for i in chosen]

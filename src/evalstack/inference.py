@@ -8,16 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 import numpy as np
 from scipy.special import logsumexp, softmax
 from tqdm import tqdm
 
 from evalstack.adapters.base import ModelAdapter
+from evalstack.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
 from evalstack.keys import Key
 from evalstack.pipelines import PREPROCESSED_KIND
-from evalstack.store import ITEM_KEY, Layer, LayerIndex, LayerWriter, read_column
+from evalstack.shardstore import ShardStore
+from evalstack.store import ITEM_KEY, Layer, ShardInfo, read_column
 
 PREDICTIONS_KIND = "predictions"
+PREDICTION_VALUES = ("label", "probability", "energy", "logits")  # hashed per item for `verify`
 
 
 def predictions_key(model_signature: Key, pipeline_key: Key) -> Key:
@@ -36,30 +40,37 @@ def prediction_columns(item_keys: np.ndarray, logits: np.ndarray) -> dict[str, n
     }
 
 
-def infer_layer(preprocessed_dir: Path, out_dir: Path, adapter: ModelAdapter, batch_size: int = 32) -> LayerIndex:
-    """One predictions shard per preprocessed shard; streams in batches."""
+def infer_layer(
+    preprocessed_dir: Path,
+    out_dir: Path,
+    adapter: ModelAdapter,
+    batch_size: int = 32,
+    store: ShardStore | None = None,
+) -> LayerBuild:
+    """One predictions shard per preprocessed shard; streams in batches; stored shards are reused.
+
+    Batches start at each shard's first item, so a shard's predictions do not depend
+    on which other shards were computed in the same run.
+    """
     source = Layer.open(preprocessed_dir, kind=PREPROCESSED_KIND)
     key = predictions_key(adapter.signature(), source.key)
-    writer = LayerWriter(out_dir, PREDICTIONS_KIND, key)
-    with tqdm(total=len(source), desc=f"infer {adapter.spec.name}", unit="card") as progress:
-        for shard in source.shards:
-            with source.open_shard(shard) as handle:
-                keys = read_column(handle, ITEM_KEY)
-                parts = []
-                for start in range(0, shard.n_items, batch_size):
-                    batch = handle["x"][start : start + batch_size]
-                    parts.append(adapter.predict_batch(batch))
-                    progress.update(len(batch))
-            n_classes = len(adapter.spec.labels)
-            logits = np.concatenate(parts) if parts else np.zeros((0, n_classes), np.float32)
-            writer.add_shard(
-                shard.name,
-                prediction_columns(keys, logits),
-                attrs={"model_signature": adapter.signature().hex, "forward_passes": shard.n_items},
-                upstream=shard.sha256,
-            )
-    writer.stats = {"forward_passes": adapter.forward_passes}
-    return writer.finish()
+    labels = {"model": f"model {adapter.spec.name}", "pipeline": f"pipeline {adapter.spec.pipeline}"}
+    spec = DerivedLayerSpec(PREDICTIONS_KIND, key, f"model {adapter.spec.name}", labels, "forward_passes")
+    n_classes = len(adapter.spec.labels)
+
+    def compute(shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
+        with h5py.File(path, "r") as handle:
+            keys = read_column(handle, ITEM_KEY)
+            parts = []
+            for start in range(0, shard.n_items, batch_size):
+                batch = handle["x"][start : start + batch_size]
+                parts.append(adapter.predict_batch(batch))
+                progress.update(len(batch))
+        logits = np.concatenate(parts) if parts else np.zeros((0, n_classes), np.float32)
+        attrs = {"model_signature": adapter.signature().hex, "forward_passes": shard.n_items}
+        return ShardContent(prediction_columns(keys, logits), attrs, PREDICTION_VALUES)
+
+    return build_derived_layer(source, out_dir, spec, compute, store)
 
 
 def open_predictions(directory: Path, model_signature: Key, pipeline_key: Key, model_name: str) -> Layer:

@@ -11,14 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
+import h5py
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from evalstack.fetch import RAW_KIND, read_blobs
-from evalstack.keys import Key, sha256_bytes
+from evalstack.rawformat import RAW_KIND, read_blobs
+from evalstack.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
+from evalstack.keys import Key
+from evalstack.shardstore import ShardStore
 from evalstack.sources import DEFAULT_MAX_PIXELS, decode_image
-from evalstack.store import ITEM_KEY, Layer, LayerIndex, LayerWriter, read_column
+from evalstack.store import ITEM_KEY, Layer, ShardInfo, read_column
 
 PREPROCESSED_KIND = "preprocessed"
 PAD_NN_CROP = (71, 359, 707, 849)
@@ -130,28 +133,23 @@ def preprocess_layer(
     pipeline: PreprocessingPipeline,
     compression: str = "lz4",
     max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> LayerIndex:
-    """One preprocessed shard per raw shard, item order preserved."""
+    store: ShardStore | None = None,
+    name: str | None = None,
+) -> LayerBuild:
+    """One preprocessed shard per raw shard, item order preserved; shards the store holds are reused."""
     raw = Layer.open(raw_dir, kind=RAW_KIND)
-    writer = LayerWriter(out_dir, PREPROCESSED_KIND, pipeline.cache_key(), compression)
-    processed = 0
-    with tqdm(total=len(raw), desc=f"preprocess {pipeline.kind}", unit="card") as progress:
-        for shard in raw.shards:
-            with raw.open_shard(shard) as handle:
-                keys = read_column(handle, ITEM_KEY)
-                ids = read_column(handle, "id")
-                tensors = np.empty((shard.n_items, *pipeline.output_shape()), dtype=pipeline.output_dtype())
-                for row, data in enumerate(read_blobs(handle, slice(0, shard.n_items))):
-                    image = decode_image(data, max_pixels, what=f"item id {ids[row]} in {shard.name}")
-                    tensors[row] = pipeline.process_image(image)
-                    progress.update()
-            processed += shard.n_items
-            checksums = np.asarray([sha256_bytes(t.tobytes()) for t in tensors], dtype="S64")
-            writer.add_shard(
-                shard.name,
-                {ITEM_KEY: keys, "x": tensors, "checksum": checksums},
-                attrs={"pipeline_key": pipeline.cache_key().hex},
-                upstream=shard.sha256,
-            )
-    writer.stats = {"items_preprocessed": processed}
-    return writer.finish()
+    label = f"pipeline {name or pipeline.kind}"
+    spec = DerivedLayerSpec(PREPROCESSED_KIND, pipeline.cache_key(), label, {"": label}, "items_preprocessed", compression)
+
+    def compute(shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
+        with h5py.File(path, "r") as handle:
+            keys = read_column(handle, ITEM_KEY)
+            ids = read_column(handle, "id")
+            tensors = np.empty((shard.n_items, *pipeline.output_shape()), dtype=pipeline.output_dtype())
+            for row, data in enumerate(read_blobs(handle, slice(0, shard.n_items))):
+                image = decode_image(data, max_pixels, what=f"item id {ids[row]} in {path}")
+                tensors[row] = pipeline.process_image(image)
+                progress.update()
+        return ShardContent({ITEM_KEY: keys, "x": tensors}, {"pipeline_key": pipeline.cache_key().hex}, ("x",))
+
+    return build_derived_layer(raw, out_dir, spec, compute, store)

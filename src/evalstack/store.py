@@ -9,6 +9,7 @@ leaves something that looks like a result.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,7 @@ SCHEMA_VERSION = 1
 INDEX_NAME = "index.json"
 SHARD_SUFFIX = ".h5"
 ITEM_KEY = "item_key"
+CHECKSUM = "checksum"  # per-item sha256 column, so `verify` can name the item that is damaged
 COMPRESSIONS = ("none", "lzf", "lz4", "gzip")
 
 
@@ -44,8 +46,28 @@ class LayerCorruptError(StoreError):
 class ShardInfo:
     name: str
     sha256: str
-    n_items: int
+    n_items: int  # rows in the file
     upstream: str | None = None  # sha256 of the shard this one was derived from
+    # Rows that left the layer (a card removed from the source) while the file keeps its bytes,
+    # so DVC never re-uploads an old shard; readers of the layer skip them.
+    excluded: tuple[int, ...] = ()
+
+    @property
+    def n_live(self) -> int:
+        return self.n_items - len(self.excluded)
+
+    def live_rows(self) -> np.ndarray:
+        return np.setdiff1d(np.arange(self.n_items), np.asarray(self.excluded, dtype=np.int64))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if not self.excluded:
+            del data["excluded"]  # layers without removals keep the index layout they always had
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ShardInfo":
+        return cls(**{**data, "excluded": tuple(data.get("excluded", ()))})
 
 
 @dataclass
@@ -55,10 +77,11 @@ class LayerIndex:
     shards: list[ShardInfo] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
     stats: dict[str, Any] = field(default_factory=dict)
+    schema: dict[str, Any] = field(default_factory=dict)  # column → [dtype, per-item shape]
 
     @property
     def n_items(self) -> int:
-        return sum(shard.n_items for shard in self.shards)
+        return sum(shard.n_live for shard in self.shards)
 
     def to_json(self) -> str:
         data = {
@@ -67,7 +90,8 @@ class LayerIndex:
             "key": {"kind": self.key.kind, "hex": self.key.hex, "parts": self.key.parts},
             "n_items": self.n_items,
             "stats": self.stats,
-            "shards": [asdict(shard) for shard in self.shards],
+            "schema": self.schema,
+            "shards": [shard.to_dict() for shard in self.shards],
         }
         return json.dumps(json.loads(canonical_json(data)), indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
@@ -77,9 +101,10 @@ class LayerIndex:
         return cls(
             kind=data["kind"],
             key=Key(kind=data["key"]["kind"], parts=data["key"]["parts"]),
-            shards=[ShardInfo(**shard) for shard in data["shards"]],
+            shards=[ShardInfo.from_dict(shard) for shard in data["shards"]],
             schema_version=data["schema_version"],
             stats=data.get("stats", {}),
+            schema=data.get("schema", {}),
         )
 
 
@@ -191,12 +216,51 @@ def _decode_attr(value: Any) -> Any:
     return value
 
 
+def shard_layer_key(attrs: Mapping[str, Any]) -> Key | None:
+    """The layer key a shard records about itself (None when absent or unreadable)."""
+    value = attrs.get("layer_key")
+    if isinstance(value, dict) and {"kind", "parts"} <= value.keys():
+        return Key(kind=value["kind"], parts=value["parts"])
+    return None
+
+
 def read_column(handle: h5py.File, name: str, rows: slice | np.ndarray | None = None) -> np.ndarray:
     dataset = handle[name]
     data = dataset[()] if rows is None else dataset[rows]
     if h5py.check_string_dtype(dataset.dtype) is not None:
         return np.asarray([v.decode() if isinstance(v, bytes) else v for v in np.atleast_1d(data)], dtype=object)
     return data
+
+
+def item_digests(
+    columns: Mapping[str, np.ndarray], of: Sequence[str], flat: Mapping[str, np.ndarray] | None = None
+) -> np.ndarray:
+    """sha256 per item over the bytes of the `of` columns (a flat column via `offset`/`length`)."""
+    flat = flat or {}
+    n_items = len(next(iter(columns.values()))) if columns else 0
+    digests = []
+    for row in range(n_items):
+        digest = hashlib.sha256()
+        for name in of:
+            if name in flat:
+                start = int(columns["offset"][row])
+                digest.update(np.asarray(flat[name][start : start + int(columns["length"][row])]).tobytes())
+            else:
+                digest.update(np.ascontiguousarray(columns[name][row]).tobytes())
+        digests.append(digest.hexdigest())
+    return np.asarray(digests, dtype="S64")
+
+
+def describe_shard(handle: h5py.File) -> dict[str, Any]:
+    """The per-item columns of a shard as {name: [dtype, per-item shape]} (flat arrays left out)."""
+    flat = set(_decode_attr(handle.attrs.get("flat", "[]")))
+    schema = {}
+    for name, dataset in handle.items():
+        if name in flat:
+            continue
+        dtype = "str" if h5py.check_string_dtype(dataset.dtype) is not None else dataset.dtype.str
+        schema[name] = [dtype, list(dataset.shape[1:])]
+    return schema
 
 
 class LayerWriter:
@@ -220,6 +284,7 @@ class LayerWriter:
             stale.unlink()
         self.shards: list[ShardInfo] = []
         self.stats: dict[str, Any] = {}
+        self.schema: dict[str, Any] | None = None
 
     def add_shard(
         self,
@@ -228,17 +293,59 @@ class LayerWriter:
         attrs: Mapping[str, Any] | None = None,
         upstream: str | None = None,
         flat: Mapping[str, np.ndarray] | None = None,
+        checksum_of: Sequence[str] = (),
+        checksum_column: str = CHECKSUM,
     ) -> ShardInfo:
-        shard_attrs = {
+        """Write a shard. `checksum_of` names the per-item columns `verify` re-hashes per item;
+        their digests go into `checksum_column` (computed here unless the caller supplies it)."""
+        columns = dict(columns)
+        n_items = len(next(iter(columns.values()))) if columns else 0
+        shard_attrs: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "kind": self.kind,
             "layer_key": self.key.to_json(),
             "upstream_sha256": upstream or "",
+            "n_items": n_items,
+            "flat": sorted(flat or {}),
             **(attrs or {}),
         }
-        n_items = len(next(iter(columns.values()))) if columns else 0
+        if checksum_of:
+            shard_attrs["item_checksum"] = {"column": checksum_column, "of": list(checksum_of)}
+            if checksum_column not in columns:
+                columns[checksum_column] = item_digests(columns, checksum_of, flat)
         digest = write_shard(self.directory / name, columns, shard_attrs, self.compression, flat)
-        info = ShardInfo(name=name, sha256=digest, n_items=n_items, upstream=upstream)
+        return self._register(ShardInfo(name=name, sha256=digest, n_items=n_items, upstream=upstream))
+
+    def add_existing(self, name: str, sha256: str, upstream: str | None = None, excluded: Sequence[int] = ()) -> ShardInfo:
+        """List a shard that was placed in the directory already (e.g. copied from the shard store).
+
+        Its own attributes must say it belongs here, so a mislabelled file is refused, not listed.
+        """
+        path = self.directory / name
+        with h5py.File(path, "r") as handle:
+            attrs = read_attrs(handle)
+        differs = [
+            name
+            for name, ok in (
+                ("kind", attrs.get("kind") == self.kind),
+                ("layer_key", getattr(shard_layer_key(attrs), "hex", None) == self.key.hex),
+                ("upstream_sha256", attrs.get("upstream_sha256") == (upstream or "")),
+            )
+            if not ok
+        ]
+        if differs:
+            raise StoreError(f"{path}: its attributes ({', '.join(differs)}) do not belong to this layer")
+        info = ShardInfo(name=name, sha256=sha256, n_items=int(attrs["n_items"]), upstream=upstream,
+                         excluded=tuple(sorted(excluded)))
+        return self._register(info)
+
+    def _register(self, info: ShardInfo) -> ShardInfo:
+        with h5py.File(self.directory / info.name, "r") as handle:
+            schema = describe_shard(handle)
+        if self.schema is None:
+            self.schema = schema
+        elif schema != self.schema:
+            raise StoreError(f"{self.directory / info.name}: columns {schema} differ from the layer's {self.schema}")
         self.shards.append(info)
         return info
 
@@ -247,7 +354,9 @@ class LayerWriter:
         for leftover in self.directory.glob(f"*{SHARD_SUFFIX}"):
             if leftover.name not in listed:
                 leftover.unlink()
-        index = LayerIndex(kind=self.kind, key=self.key, shards=list(self.shards), stats=self.stats)
+        index = LayerIndex(
+            kind=self.kind, key=self.key, shards=list(self.shards), stats=self.stats, schema=self.schema or {}
+        )
         atomic_write_bytes(self.directory / INDEX_NAME, index.to_json().encode())
         return index
 
@@ -318,7 +427,8 @@ class Layer:
         parts = []
         for shard in self.shards:
             with self.open_shard(shard) as handle:
-                parts.append(read_column(handle, name))
+                values = read_column(handle, name)
+                parts.append(values[shard.live_rows()] if shard.excluded else values)
         if not parts:
             return np.asarray([])
         return np.concatenate(parts)
@@ -330,17 +440,29 @@ class Layer:
         """Stream columns in batches, shard by shard, so memory stays flat."""
         for shard in self.shards:
             with self.open_shard(shard) as handle:
+                if shard.excluded:
+                    live = shard.live_rows()
+                    for start in range(0, len(live), batch_size):
+                        rows = live[start : start + batch_size]
+                        yield {name: read_column(handle, name, rows) for name in names}
+                    continue
                 for start in range(0, shard.n_items, batch_size):
                     rows = slice(start, min(start + batch_size, shard.n_items))
                     yield {name: read_column(handle, name, rows) for name in names}
 
-    def verify(self) -> list[str]:
-        """Problems found when every shard is checked against the index (empty = intact)."""
-        problems = []
-        for shard in self.shards:
-            path = self.path(shard)
-            if not path.exists():
-                problems.append(f"{path}: missing")
-            elif sha256_file(path) != shard.sha256:
-                problems.append(f"{path}: checksum differs from the index (corrupt or modified)")
-        return problems
+    def check_shard(self, shard: ShardInfo) -> Path:
+        """The shard's path once its bytes match the index; LayerCorruptError otherwise.
+
+        Stages call this on every upstream shard before use, so a damaged input is
+        refused instead of silently turned into wrong results.
+        """
+        path = self.path(shard)
+        if not path.exists():
+            raise StoreError(f"{path} is listed in the index but missing; `dvc pull` or `dvc repro` it")
+        if sha256_file(path) != shard.sha256:
+            raise LayerCorruptError(
+                f"{path} does not match the sha256 recorded in {self.directory / INDEX_NAME} (corrupt or "
+                f"modified); `evalstack verify {self.directory}` names the damaged items, and "
+                f"`dvc checkout {self.directory}` (or `dvc repro -f` of the stage that writes it) restores it"
+            )
+        return path

@@ -40,7 +40,7 @@ def load_training_set(
     for shard in layer.shards:
         with layer.open_shard(shard) as handle:
             keys = read_column(handle, ITEM_KEY).astype(str)
-            rows = [i for i, key in enumerate(keys) if truth[key][1] == split][: max_items - len(names)]
+            rows = [i for i, key in enumerate(keys) if key in truth and truth[key][1] == split][: max_items - len(names)]
             if rows:
                 tensors.append(handle["x"][np.asarray(rows)])
                 names.extend(truth[keys[i]][0] for i in rows)

@@ -1,0 +1,43 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from evalstack.config import ConfigError, load_params, model_spec, pipeline_spec, resolve_labels
+from tests.conftest import REPO
+
+
+def test_template_params_give_working_specs():
+    params = load_params(REPO / "params.yaml")
+    spec = model_spec(params, "tflite_cnn")
+    assert spec.adapter == "tflite" and spec.pipeline == "pad_nn" and len(spec.labels) == 23
+    assert pipeline_spec(params, "pad_nn").parameters() == {
+        "crop": [71, 359, 707, 849], "size": 454, "resample": "bicubic",
+    }
+
+
+def test_unknown_model_names_the_declared_ones():
+    with pytest.raises(ConfigError, match=r"no models.nope; declared: \['a'\]"):
+        model_spec({"models": {"a": {}}}, "nope")
+
+
+def test_missing_model_field_is_named():
+    with pytest.raises(ConfigError, match="models.a lacks 'adapter'"):
+        model_spec({"models": {"a": {"file": "m", "pipeline": "p", "labels": ["x"]}}}, "a")
+
+
+def test_labels_inline_or_by_name_and_no_duplicates():
+    params = {"labels": {"two": ["x", "y"]}}
+    assert resolve_labels(params, "two") == ("x", "y")
+    assert resolve_labels(params, ["a", "b"]) == ("a", "b")
+    with pytest.raises(ConfigError, match="label set 'three' is not declared"):
+        resolve_labels(params, "three")
+    with pytest.raises(ConfigError, match="duplicates"):
+        resolve_labels(params, ["a", "a"])
+
+
+def test_extra_model_fields_become_adapter_options(tmp_path: Path):
+    params = {"models": {"m": {"file": "m.pt", "adapter": "torch", "pipeline": "p", "labels": ["a"], "input_shape": [8, 8, 3]}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    spec = model_spec(load_params(tmp_path / "params.yaml"), "m", root=tmp_path)
+    assert spec.options == {"input_shape": [8, 8, 3]} and spec.file == tmp_path / "m.pt"

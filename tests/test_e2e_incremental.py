@@ -1,0 +1,115 @@
+"""The shard store under the real dvc CLI: param toggles, 5% more cards in a fresh clone, pushes, scratch rebuilds."""
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import build_record, make_project, output_digests, run, set_param, stages_run, tree_size, use_own_models
+
+pytestmark = pytest.mark.slow
+
+N_CARDS, SHARD_SIZE = 32, 8  # four full raw shards
+DERIVED = ("data/preprocessed/pad_nn", "data/predictions/tflite_cnn")
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory) -> Path:
+    root = make_project(
+        tmp_path_factory.mktemp("incremental") / "origin",
+        {"synth": {"n_cards": N_CARDS}, "fetch": {"shard_size": SHARD_SIZE}},
+    )
+    use_own_models(root, models=("tflite_cnn",))  # one model keeps the run short; torch takes the same path
+    run(root, "dvc", "repro")
+    run(root, "dvc", "remote", "add", "-d", "local", str(root.parent / "remote"))
+    run(root, "git", "add", "-A")
+    run(root, "git", "commit", "-qm", "cold build")
+    run(root, "dvc", "push")
+    return root
+
+
+def test_toggling_a_pipeline_param_back_recomputes_nothing(origin: Path):
+    set_param(origin, "preprocess.pipelines.pad_nn.resample", "bilinear")
+    assert stages_run(run(origin, "dvc", "repro").stdout) == {"preprocess@pad_nn", "infer@tflite_cnn", "evaluate@tflite_cnn"}
+    assert build_record(origin, "data/preprocessed/pad_nn")["counts"]["shards_computed"] == 4
+    run(origin, "git", "checkout", "params.yaml")
+    # DVC's run-cache would restore A without running anything; without it, the stages run and the store answers.
+    assert {"preprocess@pad_nn", "infer@tflite_cnn"} <= stages_run(run(origin, "dvc", "repro", "--no-run-cache").stdout)
+    preprocessed = build_record(origin, "data/preprocessed/pad_nn")
+    counts = preprocessed["counts"]
+    assert (counts["shards_computed"], counts["items_preprocessed"], counts["shards_reused"]) == (0, 0, 4)
+    assert preprocessed["key_changes"] == ["pipeline pad_nn: params.resample: bilinear → bicubic"]
+    assert build_record(origin, "data/predictions/tflite_cnn")["counts"]["forward_passes"] == 0
+    assert run(origin, "git", "status", "--porcelain").stdout == ""  # same bytes: dvc.lock as committed
+
+
+def test_gc_keeps_every_shard_dvc_lock_needs_even_when_not_checked_out(origin: Path):
+    from evalstack.dvcfiles import locked_shard_sha256s
+    from evalstack.shardstore import ShardStore, StoreConfig
+
+    store = ShardStore(StoreConfig(origin / ".evalstack/store", 0))
+    needed = locked_shard_sha256s(origin)
+    assert {entry.sha256 for entry in store.entries()} > needed  # the toggled-away variant is stored too
+    run(origin, "rm", "-rf", "data/predictions/tflite_cnn")  # dvc.lock still needs it (read from DVC's cache)
+    out = run(origin, "evalstack", "gc", "--max-bytes", "0").stdout
+    assert "removed 8 shards" in out  # the 4 bilinear preprocessed and 4 predictions shards
+    assert {entry.sha256 for entry in store.entries()} == needed
+    run(origin, "dvc", "checkout", "data/predictions/tflite_cnn")
+    assert run(origin, "evalstack", "verify").returncode == 0
+
+
+@pytest.fixture(scope="module")
+def grown(origin: Path, tmp_path_factory) -> dict:
+    """A fresh clone pulls the outputs (its store is empty), then gets 6% more cards and pushes."""
+    clone = tmp_path_factory.mktemp("clone") / "project"
+    run(origin.parent, "git", "clone", "-q", str(origin), str(clone))
+    run(clone, "dvc", "pull")
+    remote = origin.parent / "remote"
+    cold_bytes, cold_files = tree_size(remote)
+    set_param(clone, "synth.n_cards", N_CARDS + 2)  # higher ids: the two new cards fill a new shard
+    ran = stages_run(run(clone, "dvc", "repro").stdout)
+    run(clone, "dvc", "push")
+    after_bytes, after_files = tree_size(remote)
+    return {"clone": clone, "ran": ran, "cold_bytes": cold_bytes, "pushed_bytes": after_bytes - cold_bytes,
+            "pushed": after_files - cold_files}
+
+
+def test_added_cards_recompute_only_the_new_shard(grown: dict):
+    clone = grown["clone"]
+    assert "preprocess@pad_nn" in grown["ran"] and "infer@tflite_cnn" in grown["ran"]
+    for layer in DERIVED:
+        record = build_record(clone, layer)
+        counts = record["counts"]
+        # The store started empty: the old shards came from DVC's cache via dvc.lock.
+        assert counts["shards_seeded"] == 4, layer
+        assert (counts["shards_computed"], counts["items_computed"], counts["shards_reused"]) == (1, 2, 4), layer
+        [computed] = [s for s in record["shards"] if s["computed"]]
+        assert computed["name"] == "00004.h5" and computed["reasons"] == ["new upstream shard (2 items)"]
+    assert build_record(clone, "data/predictions/tflite_cnn")["counts"]["forward_passes"] == 2
+
+
+def test_push_uploads_only_new_shards_indexes_and_source_files(grown: dict):
+    clone = grown["clone"]
+    by_md5 = {
+        hashlib.md5(path.read_bytes()).hexdigest(): str(path.relative_to(clone))
+        for path in (clone / "data").rglob("*")
+        if path.is_file()
+    }
+    uploaded = {by_md5.get("".join(Path(name).parts[-2:]), name) for name in grown["pushed"] if not name.endswith(".dir")}
+    unexpected = {p for p in uploaded if not (p.endswith(("/00004.h5", "/index.json")) or p.startswith("data/source/"))}
+    assert unexpected == set()
+    assert sum(p.endswith("/00004.h5") for p in uploaded) == 1 + len(DERIVED)  # raw + the derived layers
+    assert grown["pushed_bytes"] / grown["cold_bytes"] < 0.15  # 2 of 34 cards, plus indexes and CSVs
+
+
+def test_scratch_rebuild_is_byte_identical_and_dvc_stays_up_to_date(grown: dict):
+    clone = grown["clone"]
+    run(clone, "git", "add", "-A")
+    run(clone, "git", "commit", "-qm", "grown")
+    before = output_digests(clone)
+    set_param(clone, "store.dir", "")  # no store: nothing reused, nothing seeded
+    run(clone, "dvc", "repro", "-f", "-s", "preprocess@pad_nn")
+    run(clone, "dvc", "repro", "-f", "-s", "infer@tflite_cnn")
+    run(clone, "git", "checkout", "params.yaml")
+    assert output_digests(clone) == before
+    assert run(clone, "git", "status", "--porcelain").stdout == ""
+    assert "up to date" in run(clone, "dvc", "status").stdout

@@ -1,0 +1,126 @@
+"""Derived layers through the shard store: only new work is done, and the bytes never depend on history."""
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from evalstack.incremental import describe_key_change
+from evalstack.integrity import verify_layer
+from evalstack.store import Layer, LayerCorruptError
+from tests.layers import Project, digests, store_at
+
+
+def test_second_build_reuses_every_shard_byte_for_byte(tmp_path: Path):
+    project, store = Project(tmp_path), store_at(tmp_path / "store")
+    pre, pred = project.build(10, store)
+    assert (pre.counts["shards_computed"], pre.counts["items_preprocessed"]) == (3, 10)
+    assert pred.counts["forward_passes"] == 10
+    before = digests(project.raw, project.pre, project.pred)
+    pre, pred = project.build(10, store)
+    assert (pre.counts["shards_computed"], pre.counts["shards_reused"], pre.counts["items_preprocessed"]) == (0, 3, 0)
+    assert (pred.counts["shards_reused"], pred.counts["forward_passes"]) == (3, 0)
+    assert digests(project.raw, project.pre, project.pred) == before
+
+
+def test_added_items_recompute_only_the_new_and_the_filled_shard(tmp_path: Path):
+    project, store = Project(tmp_path / "incremental"), store_at(tmp_path / "store")
+    project.build(10, store)  # shards of 4, 4, 2 items
+    pre, pred = project.build(13, store)  # the raw layer is a log: 4, 4, 2 (kept as is), 3 (new)
+    counts = pre.counts
+    assert (counts["shards_computed"], counts["shards_reused"], counts["items_preprocessed"]) == (1, 3, 3)
+    assert pred.counts["forward_passes"] == 3
+    reasons = {s["name"]: s["reasons"] for s in pred.record["shards"] if s["computed"]}
+    assert reasons == {"00003.h5": ["new upstream shard (3 items)"]}
+    # From scratch, with no store at all, on the same raw layer: the same bytes, index files included.
+    scratch = Project(tmp_path / "scratch")
+    shutil.copytree(project.raw, scratch.raw)
+    scratch.preprocess(store=None), scratch.infer(store=None)
+    assert digests(scratch.raw, scratch.pre, scratch.pred) == digests(project.raw, project.pre, project.pred)
+
+
+def test_toggling_a_param_back_recomputes_nothing(tmp_path: Path):
+    project, store = Project(tmp_path), store_at(tmp_path / "store")
+    project.build(10, store)
+    first = digests(project.pre, project.pred)
+    b = project.preprocess(store, size=12)
+    assert b.counts["shards_computed"] == 3
+    assert b.record["key_changes"] == ["pipeline tiny: params.size: 8 → 12"]
+    a = project.preprocess(store, size=8)
+    assert (a.counts["shards_computed"], a.counts["items_preprocessed"], a.counts["shards_reused"]) == (0, 0, 3)
+    assert a.record["key_changes"] == ["pipeline tiny: params.size: 12 → 8"]
+    assert project.infer(store).counts["forward_passes"] == 0
+    assert digests(project.pre, project.pred) == first
+
+
+def test_changed_weights_are_explained_and_recomputed(tmp_path: Path):
+    project, store = Project(tmp_path), store_at(tmp_path / "store")
+    project.build(6, store)
+    build = project.infer(store, weights=b"weights2")
+    assert build.counts["forward_passes"] == 6
+    [change] = build.record["key_changes"]
+    assert change.startswith("model m: weights changed (") and " → " in change
+    assert all(s["reasons"] == ["key changed (see above)"] for s in build.record["shards"])
+
+
+def test_key_change_names_the_pipeline_inside_a_predictions_key():
+    old = {"model": {"weights_sha256": "a" * 64}, "pipeline": {"params": {"size": 454}}}
+    new = {"model": {"weights_sha256": "a" * 64}, "pipeline": {"params": {"size": 384}}}
+    labels = {"model": "model m", "pipeline": "pipeline pad_nn"}
+    assert describe_key_change(old, new, labels) == ["pipeline pad_nn: params.size: 454 → 384"]
+
+
+def _flip_byte(path: Path, offset: int = -200) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    os.chmod(path, 0o644)
+    path.write_bytes(bytes(data))
+
+
+def test_infer_refuses_a_corrupt_upstream_shard_even_when_its_result_is_stored(tmp_path: Path):
+    project, store = Project(tmp_path), store_at(tmp_path / "store")
+    project.build(10, store)
+    _flip_byte(project.pre / "00001.h5")
+    with pytest.raises(LayerCorruptError, match=r"preprocessed/tiny/00001.h5 does not match the sha256"):
+        project.infer(store)
+    with pytest.raises(LayerCorruptError, match="evalstack verify"):
+        project.infer(None)
+
+
+def test_a_damaged_store_entry_is_recomputed_not_copied(tmp_path: Path):
+    project, store = Project(tmp_path), store_at(tmp_path / "store")
+    project.build(10, store)
+    before = digests(project.pre)
+    layer = Layer.open(project.pre)
+    entry = next(e for e in store.entries() if e.sha256 == layer.shards[0].sha256)
+    _flip_byte(store.shard_path(entry.address))
+    build = project.preprocess(store)
+    assert (build.counts["shards_computed"], build.counts["shards_reused"]) == (1, 2)
+    assert digests(project.pre) == before and verify_layer(project.pre) == []
+    assert store.verify() == []  # the damaged entry was replaced by the recomputed shard
+
+
+def test_hardlinked_output_edited_in_place_never_leaks_into_a_build(tmp_path: Path):
+    project, store = Project(tmp_path), store_at(tmp_path / "store", link="hardlink")
+    project.build(10, store)
+    project.preprocess(store)  # now the outputs are hardlinks of store entries
+    shard = project.pre / "00000.h5"
+    assert shard.stat().st_nlink == 2
+    before = digests(project.pre)
+    with open(shard, "r+b") as handle:  # an in-place edit (as root, read-only bits do not stop it)
+        handle.seek(-200, os.SEEK_END)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    build = project.preprocess(store)
+    assert build.counts["shards_computed"] == 1
+    assert digests(project.pre) == before
+
+
+def test_a_layer_built_without_a_store_seeds_one(tmp_path: Path):
+    project = Project(tmp_path)
+    project.build(10, store=None)
+    store = store_at(tmp_path / "store")
+    build = project.preprocess(store)
+    assert build.counts["shards_seeded"] == 3
+    assert (build.counts["shards_computed"], build.counts["shards_reused"]) == (0, 3)

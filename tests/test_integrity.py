@@ -1,0 +1,79 @@
+"""`verify`: a damaged shard is named, and so is the damaged item inside it."""
+import os
+from pathlib import Path
+
+import h5py
+import pytest
+
+from evalstack.cli import main
+from evalstack.integrity import verify_layer
+from evalstack.pipelines import preprocess_layer
+from evalstack.store import Layer
+from tests.layers import Project, tiny_pipeline
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    os.chmod(path, 0o644)
+    path.write_bytes(bytes(data))
+
+
+def _chunk_offset(path: Path, dataset: str, row: int) -> int:
+    with h5py.File(path, "r") as handle:
+        info = handle[dataset].id.get_chunk_info_by_coord((row, 0, 0, 0))
+        return info.byte_offset + info.size // 2
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    project = Project(tmp_path)
+    project.grow(10)
+    project.fetch(None)
+    return project
+
+
+@pytest.mark.parametrize("compression", ["none", "lz4"])
+def test_verify_names_the_shard_and_the_item(project: Project, compression: str):
+    preprocess_layer(project.raw, project.pre, tiny_pipeline(), compression, store=None, name="tiny")
+    assert verify_layer(project.pre) == []
+    shard = project.pre / "00001.h5"
+    _flip(shard, _chunk_offset(shard, "x", 2))
+    problems = [str(p) for p in verify_layer(project.pre)]
+    key = Layer.open(project.raw).item_keys()[6]  # row 2 of shard 1 is the 7th item
+    assert problems[0] == f"{shard}: sha256 differs from the index (corrupt or modified)"
+    assert problems[1].startswith(f"{shard}: item 2 (key {key[:12]}): ")
+    assert len(problems) == 2
+
+
+def test_verify_names_a_damaged_image_by_its_source_id(project: Project):
+    shard = project.raw / "00000.h5"
+    with h5py.File(shard, "r") as handle:
+        start = handle["blob"].id.get_offset() + int(handle["offset"][1]) + 40
+    _flip(shard, start)
+    problems = [str(p) for p in verify_layer(project.raw)]
+    assert any(p.startswith(f"{shard}: item 1 (id 101, key ") and "does not match its checksum" in p for p in problems)
+
+
+def test_verify_reports_a_missing_shard_and_a_missing_layer(project: Project, tmp_path: Path):
+    (project.raw / "00002.h5").unlink()
+    assert [str(p) for p in verify_layer(project.raw)] == [f"{project.raw / '00002.h5'}: missing (listed in the index)"]
+    assert "not a finished layer" in str(verify_layer(tmp_path / "nothing")[0])
+
+
+def test_verify_command_exits_non_zero_and_names_the_item(project: Project, capsys):
+    preprocess_layer(project.raw, project.pre, tiny_pipeline(), "none", store=None, name="tiny")
+    assert main(["--params", str(project.root / "params.yaml"), "verify", str(project.raw), str(project.pre)]) == 0
+    shard = project.pre / "00000.h5"
+    _flip(shard, _chunk_offset(shard, "x", 3))
+    assert main(["--params", str(project.root / "params.yaml"), "verify"]) == 1  # default: every layer under data/
+    out = capsys.readouterr().out
+    assert f"CORRUPT {shard}: item 3 (key " in out
+    assert f"{project.raw}: ok" in out and f"{project.pre}: FAILED" in out
+
+
+def test_verify_reports_a_damaged_index_instead_of_crashing(project: Project):
+    index = project.raw / "index.json"
+    index.write_text(index.read_text()[:-40])
+    [problem] = verify_layer(project.raw)
+    assert str(problem).startswith(f"{index}: unreadable index (JSONDecodeError")

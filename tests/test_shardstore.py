@@ -1,0 +1,82 @@
+"""The shard store on its own: entries, least-recently-used gc, debris from killed writers."""
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from evalstack.config import store_config
+from evalstack.shardstore import ShardStoreError, StoreConfig, StoreEntry
+from tests.layers import store_at
+
+
+def _put(store, tmp_path: Path, name: str, size: int = 1000) -> StoreEntry:
+    source = tmp_path / f"{name}.bin"
+    source.write_bytes(name.encode() * (size // len(name)))
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    entry = StoreEntry(address=hashlib.sha256(name.encode()).hexdigest(), sha256=digest,
+                       size=source.stat().st_size, n_items=1, kind="preprocessed")
+    store.put(entry, source)
+    return entry
+
+
+def _age(store, entry: StoreEntry, seconds_ago: float) -> None:
+    stamp = time.time() - seconds_ago
+    os.utime(store.record_path(entry.address), (stamp, stamp))
+
+
+def test_entries_are_read_only_copies(tmp_path: Path):
+    store = store_at(tmp_path / "store")
+    entry = _put(store, tmp_path, "a")
+    path = store.shard_path(entry.address)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o444
+    assert path.stat().st_nlink == 1  # copy mode: the source file does not share the inode
+    assert store.get(entry.address) == entry
+    assert store.materialise(entry.address, tmp_path / "out.bin") == entry
+    assert (tmp_path / "out.bin").read_bytes() == (tmp_path / "a.bin").read_bytes()
+
+
+def test_gc_removes_least_recently_used_first_and_keeps_protected(tmp_path: Path):
+    store = store_at(tmp_path / "store", max_bytes=2500)
+    old, used, protected, new = (_put(store, tmp_path, name) for name in ("old", "used", "protected", "new"))
+    for entry, age in ((old, 400), (used, 300), (protected, 500), (new, 100)):
+        _age(store, entry, age)
+    store.materialise(used.address, tmp_path / "x.bin")  # a reuse makes it the most recently used
+    report = store.gc({protected.sha256}, dry_run=True)
+    assert [e.address for e in report.removed] == [old.address, new.address]
+    assert store.get(old.address) is not None  # dry run
+    report = store.gc({protected.sha256})
+    assert report.kept_bytes <= 2500 and report.protected_bytes == protected.size
+    assert {e.address for e in store.entries()} == {used.address, protected.address}
+
+
+def test_gc_never_goes_below_what_is_protected(tmp_path: Path):
+    store = store_at(tmp_path / "store", max_bytes=0)
+    keep = _put(store, tmp_path, "keep")
+    report = store.gc({keep.sha256})
+    assert report.removed == [] and report.kept_bytes == keep.size > report.limit
+
+
+def test_gc_clears_temp_files_of_dead_writers_only(tmp_path: Path):
+    store = store_at(tmp_path / "store")
+    entry = _put(store, tmp_path, "a")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    folder = store.shard_path(entry.address).parent
+    stale = folder / f".x.h5.{int(dead.stdout)}.tmp"
+    live = folder / f".y.h5.{os.getpid()}.tmp"
+    stale.write_bytes(b"half"), live.write_bytes(b"half")
+    store.gc(set())
+    assert not stale.exists() and live.exists()
+
+
+def test_store_config_from_params(tmp_path: Path):
+    config = store_config({"store": {"dir": "cache/shards", "max_bytes": 5, "link": "hardlink"}}, tmp_path)
+    assert config == StoreConfig(tmp_path / "cache/shards", 5, "hardlink")
+    assert store_config({"store": {"dir": ""}}) is None
+    assert store_config({}, tmp_path).directory == tmp_path / ".evalstack/store"
+    with pytest.raises(ShardStoreError, match="store.link 'symlink' unknown"):
+        store_config({"store": {"link": "symlink"}})

@@ -18,6 +18,7 @@ ADAPTERS: dict[str, tuple[str, str]] = {
     "keras": ("evalstack.adapters.keras_model", "KerasAdapter"),
     "onnx": ("evalstack.adapters.onnx_runtime", "OnnxAdapter"),
     "pls": ("evalstack.adapters.pls", "PLSAdapter"),
+    "torch_detection": ("evalstack.adapters.detection", "DetectionAdapter"),  # the detection profile
 }
 
 

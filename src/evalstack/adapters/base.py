@@ -20,7 +20,7 @@ import numpy as np
 from evalstack.keys import Key, sha256_file
 
 
-TASKS = ("classify", "concentration")
+TASKS = ("classify", "concentration", "detect")  # detect: the detection profile (adapters/detection.py)
 
 
 class ModelError(RuntimeError):
@@ -123,7 +123,7 @@ class ModelAdapter(ABC):
         self._check_outputs(logits, len(batch))
         return logits
 
-    def _check_outputs(self, logits: np.ndarray, n_items: int) -> None:
+    def _check_vector_outputs(self, logits: np.ndarray, n_items: int) -> None:
         if logits.ndim != 2 or logits.shape[0] != n_items:
             raise ModelError(f"model {self.spec.name}: output shape {logits.shape}, expected ({n_items}, K)")
         names = self.output_names()
@@ -133,6 +133,10 @@ class ModelAdapter(ABC):
                 f"model {self.spec.name}: outputs {logits.shape[1]} {what} but {len(names)} "
                 "labels are declared; fix the labels list in params.yaml"
             )
+
+    def _check_outputs(self, logits: np.ndarray, n_items: int) -> None:
+        if self.spec.task != "detect":  # a detector's raw head output is decoded by its adapter
+            self._check_vector_outputs(logits, n_items)
         if not np.all(np.isfinite(logits)):
             bad = int(np.sum(~np.all(np.isfinite(logits.reshape(len(logits), -1)), axis=1)))
             raise ModelError(f"model {self.spec.name}: {bad} of {n_items} outputs contain NaN or inf")

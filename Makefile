@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: help install system-deps repro plots test test-fast clean
+.PHONY: help install system-deps repro repro-detection plots test test-fast clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -35,6 +35,10 @@ repro: install ## install, then run the whole pipeline on the embedded dataset
 	dvc repro
 	dvc metrics show
 
+repro-detection: install ## install, then run the detection profile (detection/dvc.yaml) on its embedded data
+	dvc repro detection/dvc.yaml
+	dvc metrics show detection/metrics
+
 plots: install ## render `dvc plots show` offline (vega inlined) into dvc_plots/index.html
 	evalstack plots-template
 	dvc plots show
@@ -46,4 +50,5 @@ test-fast: install ## unit tests only
 	$(PY) -m pytest -q -m "not slow"
 
 clean: ## remove pipeline outputs (the DVC cache stays)
-	rm -rf data metrics plots reports dvc_plots models/*.tflite models/*.pt2
+	rm -rf data metrics plots reports dvc_plots comparison models/*.tflite models/*.pt2 models/*.keras models/*.onnx models/pls.csv
+	rm -rf detection/data detection/metrics detection/plots detection/reports detection/models/*.pt2

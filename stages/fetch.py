@@ -1,26 +1,30 @@
-"""Stage fetch: registry CSVs → raw layer (encoded images + metadata, md5-verified)."""
+"""Stage fetch: a source (registry CSVs, PAD API, folder) → raw layer (encoded images + metadata, verified)."""
 import argparse
+import sys
 from pathlib import Path
 
-from evalstack.config import load_params, open_store
-from evalstack.fetch import FetchConfig, fetch_raw_layer
+from evalstack.config import fetch_config, load_params, open_store
+from evalstack.fetch import fetch_raw_layer
+from evalstack.sources import SourceError
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="raw layer directory")
+    parser.add_argument("--report", type=Path, help="JSON report: counts, every failed id with its cause")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     params = load_params(args.params)
-    fetch = params["fetch"]
-    config = FetchConfig(
-        registries=fetch["registries"],
-        shard_size=int(fetch["shard_size"]),
-        max_pixels=int(fetch["max_pixels"]),
-    )
-    index = fetch_raw_layer(config, args.out, open_store(params, args.params.parent))
-    print(f"raw layer: {index.n_items} items in {len(index.shards)} shards")
+    config = fetch_config(params, report=args.report)
+    try:
+        result = fetch_raw_layer(config, args.out, open_store(params, args.params.parent))
+    except SourceError as error:  # a bad source or item: the message names it; the previous layer is kept
+        print(f"fetch: {error}", file=sys.stderr)
+        return 1
+    activity = ", ".join(f"{name} {value}" for name, value in result.report.activity.items())
+    print(f"raw layer: {result.index.n_items} items in {len(result.index.shards)} shards ({activity})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

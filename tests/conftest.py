@@ -27,3 +27,27 @@ def card_png(tmp_path: Path) -> Path:
     path = tmp_path / "card.png"
     path.write_bytes(png_bytes())
     return path
+
+
+@pytest.fixture(scope="session")
+def pad_dataset_master(tmp_path_factory) -> Path:
+    """The embedded dataset (20 cards), rendered once per test session; copy it before changing it."""
+    from evalstack.synthetic import write_dataset
+
+    root = tmp_path_factory.mktemp("pad") / "source"
+    write_dataset(root, n_cards=20, seed=0, workers=1)
+    return root
+
+
+@pytest.fixture
+def pad_dataset(pad_dataset_master: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(pad_dataset_master, tmp_path / "source"))
+
+
+def store_in(directory: Path):
+    """A shard store in `directory` with no size pressure (fetch keeps its history there)."""
+    from evalstack.shardstore import ShardStore, StoreConfig
+
+    return ShardStore(StoreConfig(Path(directory), max_bytes=1 << 40))

@@ -19,7 +19,7 @@ OUTPUT_DIRS = ("data", "models", "metrics", "plots", "reports")  # everything `d
 TINY_PARAMS: dict[str, Any] = {
     "synth": {"n_cards": 60, "test_fraction": 0.3},
     "fetch": {"shard_size": 16},
-    "train": {"tflite_cnn": {"epochs": 3}, "torch_cnn": {"epochs": 3}},
+    "train": {"tflite_cnn": {"epochs": 3}, "torch_cnn": {"epochs": 3}, "conc_keras": {"epochs": 3}},
 }
 
 
@@ -114,6 +114,17 @@ def mtimes(root: Path) -> dict[str, int]:
     return stamps
 
 
+def clone(origin: Path, destination: Path) -> Path:
+    """A colleague's fresh clone of the git remote `origin` (code, params, dvc.lock; no data)."""
+    run(destination.parent, "git", "clone", "-q", str(origin), str(destination))
+    return destination
+
+
+def commit_and_push(root: Path, message: str) -> None:
+    run(root, "git", "add", "-A")
+    run(root, "git", "commit", "-qm", message)
+    run(root, "git", "push", "-q", "origin", "HEAD")
+
 _USER_MODELS = """
 import numpy as np, yaml
 from pathlib import Path
@@ -165,13 +176,3 @@ def tree_size(directory: Path) -> tuple[int, set[str]]:
     """Total bytes and relative file names under a directory (a local DVC remote)."""
     files = {str(p.relative_to(directory)): p.stat().st_size for p in directory.rglob("*") if p.is_file()}
     return sum(files.values()), set(files)
-def clone(origin: Path, destination: Path) -> Path:
-    """A colleague's fresh clone of the git remote `origin` (code, params, dvc.lock; no data)."""
-    run(destination.parent, "git", "clone", "-q", str(origin), str(destination))
-    return destination
-
-
-def commit_and_push(root: Path, message: str) -> None:
-    run(root, "git", "add", "-A")
-    run(root, "git", "commit", "-qm", message)
-    run(root, "git", "push", "-q", "origin", "HEAD")

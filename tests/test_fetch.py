@@ -1,13 +1,16 @@
 import csv
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from evalstack.fetch import FetchConfig, fetch_raw_layer, read_blobs
+from evalstack.catalog import SourceConfig
+from evalstack.fetch import FetchConfig, FetchFailed, fetch_raw_layer
+from evalstack.rawformat import read_blobs
 from evalstack.sources import REGISTRY_COLUMNS, SourceError
 from evalstack.store import Layer
-from tests.conftest import png_bytes
+from tests.conftest import png_bytes, store_in
 
 
 def make_registry(root: Path, n: int = 5, corrupt_id: int | None = None) -> Path:
@@ -29,9 +32,14 @@ def make_registry(root: Path, n: int = 5, corrupt_id: int | None = None) -> Path
     return registry
 
 
+def local_config(registry: Path, tmp_path: Path, **changes) -> FetchConfig:
+    config = FetchConfig(SourceConfig(registries={"dev": str(registry)}), shard_size=2)
+    return replace(config, **changes)
+
+
 def test_fetch_builds_sharded_raw_layer_in_id_order(tmp_path: Path):
     registry = make_registry(tmp_path / "src")
-    index = fetch_raw_layer(FetchConfig({"dev": str(registry)}, shard_size=2), tmp_path / "raw")
+    index = fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store")).index
     assert [s.n_items for s in index.shards] == [2, 2, 1]
     layer = Layer.open(tmp_path / "raw", kind="raw")
     assert list(layer.column("id")) == [100, 101, 102, 103, 104]
@@ -45,26 +53,131 @@ def test_fetch_builds_sharded_raw_layer_in_id_order(tmp_path: Path):
 
 def test_fetch_twice_gives_byte_identical_shards(tmp_path: Path):
     registry = make_registry(tmp_path / "src")
-    first = fetch_raw_layer(FetchConfig({"dev": str(registry)}, shard_size=2), tmp_path / "a")
-    second = fetch_raw_layer(FetchConfig({"dev": str(registry)}, shard_size=2), tmp_path / "b")
+    first = fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "a", store_in(tmp_path / "s1")).index
+    second = fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "b", store_in(tmp_path / "s2")).index
     assert [s.sha256 for s in first.shards] == [s.sha256 for s in second.shards]
     assert (tmp_path / "a/index.json").read_bytes() == (tmp_path / "b/index.json").read_bytes()
 
 
 def test_md5_mismatch_names_the_item_and_leaves_no_layer(tmp_path: Path):
     registry = make_registry(tmp_path / "src", corrupt_id=103)
-    with pytest.raises(SourceError, match=r"item id 103 \(103__901__lactose__50.png\): md5"):
-        fetch_raw_layer(FetchConfig({"dev": str(registry)}, shard_size=2), tmp_path / "raw")
+    with pytest.raises(FetchFailed, match=r"id 103 \(103__901__lactose__50.png\): md5"):
+        fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
     assert not (tmp_path / "raw/index.json").exists()
 
 
 def test_missing_image_is_named(tmp_path: Path):
     registry = make_registry(tmp_path / "src")
     (tmp_path / "src/images/101__900__lactose__50.png").unlink()
-    with pytest.raises(SourceError, match="file not found: .*101__900__lactose__50.png"):
-        fetch_raw_layer(FetchConfig({"dev": str(registry)}), tmp_path / "raw")
+    with pytest.raises(FetchFailed, match="id 101 .*file not found: .*101__900__lactose__50.png"):
+        fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
+
+
+def test_skip_policy_builds_the_layer_without_failed_items_and_reports_them(tmp_path: Path):
+    registry = make_registry(tmp_path / "src", corrupt_id=103)
+    result = fetch_raw_layer(local_config(registry, tmp_path, on_error="skip", report=tmp_path / "r.json"), tmp_path / "raw", store_in(tmp_path / "store"))
+    assert list(Layer.open(tmp_path / "raw").column("id")) == [100, 101, 102, 104]
+    assert [(f.id, f.cause.split(" ")[0]) for f in result.report.failed] == [(103, "md5")]
+    assert '"id": 103' in (tmp_path / "r.json").read_text()
 
 
 def test_disallowed_scheme_is_refused(tmp_path: Path):
+    config = FetchConfig(SourceConfig(registries={"dev": "ftp://127.0.0.1/r.csv"}))
     with pytest.raises(SourceError, match="scheme 'ftp' is not allowed"):
-        fetch_raw_layer(FetchConfig({"dev": "ftp://127.0.0.1/r.csv"}), tmp_path / "raw")
+        fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+
+
+def test_removed_items_leave_the_index_and_old_shards_keep_their_bytes(tmp_path: Path):
+    registry = make_registry(tmp_path / "src")
+    first = fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store")).index
+    before = {s.name: (tmp_path / "raw" / s.name).read_bytes() for s in first.shards}
+    lines = registry.read_text().splitlines()
+    registry.write_text("\n".join(line for line in lines if not line.startswith("102,")) + "\n")
+    result = fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
+    layer = Layer.open(tmp_path / "raw")
+    assert list(layer.column("id")) == [100, 101, 103, 104]
+    assert len(layer) == 4 and layer.shards[1].excluded == (0,)
+    assert {s.name: (tmp_path / "raw" / s.name).read_bytes() for s in layer.shards} == before
+    assert result.report.activity["removed"] == 1 and result.report.activity["downloaded"] == 0
+
+
+def test_changed_labels_move_the_item_to_a_new_shard_without_downloading(tmp_path: Path):
+    registry = make_registry(tmp_path / "src")
+    fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
+    registry.write_text(registry.read_text().replace("101,900,lactose", "101,900,blank"))
+    result = fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
+    layer = Layer.open(tmp_path / "raw")
+    assert [s.name for s in layer.shards][-1] == "00003.h5"
+    assert dict(zip(layer.column("id"), layer.column("sample_name")))[101] == "blank"
+    assert result.report.activity["bytes_from_old_shards"] == 1 and result.report.activity["downloaded"] == 0
+
+
+def test_folder_source_with_labels_csv(tmp_path: Path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"card{i}.png").write_bytes(png_bytes(40, 30, seed=i))
+    (folder / "labels.csv").write_text(
+        "id,image_name,sample_name,split\n1,card0.png,lactose,dev\n2,card1.png,blank,test\n3,card2.png,lactose,dev\n")
+    config = FetchConfig(SourceConfig(kind="folder", folder=str(folder)))
+    fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+    layer = Layer.open(tmp_path / "raw")
+    assert list(layer.column("split")) == ["dev", "test", "dev"]
+    assert layer.column("hashlib_md5")[1] == hashlib.md5((folder / "card1.png").read_bytes()).hexdigest()
+
+
+def test_folder_labels_cannot_escape_the_folder(tmp_path: Path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "labels.csv").write_text("id,image_name,sample_name\n7,../secret.png,lactose\n")
+    config = FetchConfig(SourceConfig(kind="folder", folder=str(folder)))
+    with pytest.raises(SourceError, match=r"id '7'.*unsafe image_name '../secret.png'"):
+        fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+
+
+def test_legacy_registries_param_still_means_a_registry_source():
+    source = SourceConfig.from_params({"registries": {"dev": "a.csv"}, "shard_size": 4})
+    assert (source.kind, dict(source.registries)) == ("registry", {"dev": "a.csv"})
+    with pytest.raises(SourceError, match="kind 'gopher' unknown"):
+        SourceConfig.from_params({"source": {"kind": "gopher"}})
+
+
+def test_an_ftp_image_url_in_a_local_registry_is_refused(tmp_path: Path):
+    registry = make_registry(tmp_path / "src")
+    registry.write_text(registry.read_text().replace("images/102__901", "ftp://127.0.0.1/102__901"))
+    with pytest.raises(FetchFailed, match=r"id 102 .*URL scheme 'ftp' is not allowed"):
+        fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
+
+
+def test_without_a_store_the_layer_in_place_is_still_reused(tmp_path: Path):
+    registry = make_registry(tmp_path / "src")
+    fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store=None)
+    again = fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store=None)
+    assert (again.report.activity["kept_in_place"], again.report.activity["downloaded"]) == (5, 0)
+    assert len(Layer.open(tmp_path / "raw")) == 5
+
+
+def test_a_bad_registry_after_a_good_fetch_keeps_the_layer_in_place(tmp_path: Path):
+    registry = make_registry(tmp_path / "src")
+    fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "raw").iterdir()}
+    for path in (tmp_path / "raw").iterdir():  # as `dvc repro` does before it runs the stage
+        path.unlink()
+    registry.write_text(registry.read_text() + "105,902,lactose,50,Galaxy S9,images/x.png,zz,x.png\n")
+    with pytest.raises(SourceError, match="id '105'.*not an md5"):
+        fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "raw").iterdir()} == before
+
+
+def test_params_yaml_fetch_block_becomes_a_fetch_config():
+    import yaml
+
+    from evalstack.config import fetch_config
+
+    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    params["fetch"]["http"]["retries"] = 2
+    config = fetch_config(params, report=Path("data/fetch_report.json"))
+    assert config.source.kind == "registry" and set(config.source.registries) == {"dev", "test"}
+    assert (config.transport.retries, config.on_error, config.report) == (2, "fail", Path("data/fetch_report.json"))
+    legacy = fetch_config({"fetch": {"registries": {"dev": "a.csv"}, "shard_size": 4, "max_pixels": 100}})
+    assert legacy.source.kind == "registry" and legacy.transport.schemes == ("file", "http", "https")

@@ -5,10 +5,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from evalstack.offline_plots import OfflinePlotsError, install_offline_template
 from evalstack.config import load_params, open_store
 from evalstack.dvcfiles import locked_layers, locked_shard_sha256s, shard_files, workspace_layers
 from evalstack.integrity import verify_layer
-from evalstack.offline_plots import OfflinePlotsError, install_offline_template
 from evalstack.provenance import provenance_report, why_report
 from evalstack.shardstore import ShardStore, ShardStoreError, StoreConfig
 from evalstack.store import Layer, StoreError
@@ -54,6 +54,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"{directory}: {'FAILED' if problems else 'ok'}")
         failed |= bool(problems)
     return 1 if failed else 0
+
+
+def cmd_plots_template(args: argparse.Namespace) -> int:
+    path = install_offline_template(args.repo)
+    print(f"wrote {path}; `dvc plots show` and `dvc plots diff` in this clone now render offline")
+    return 0
+
+
+def cmd_push_run_cache(args: argparse.Namespace) -> int:
+    from evalstack.sharing import push_run_cache
+
+    pushed = push_run_cache(args.repo, args.remote, args.jobs)
+    print(f"{pushed.records} run records and {pushed.outputs} output objects pushed")
+    if pushed.unavailable:
+        print(f"{pushed.unavailable} objects named by run records are no longer in the local cache (not pushed)")
+    return 0
+
 
 
 def cmd_why(args: argparse.Namespace) -> int:
@@ -108,22 +125,6 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def cmd_plots_template(args: argparse.Namespace) -> int:
-    path = install_offline_template(args.repo)
-    print(f"wrote {path}; `dvc plots show` and `dvc plots diff` in this clone now render offline")
-    return 0
-
-
-def cmd_push_run_cache(args: argparse.Namespace) -> int:
-    from evalstack.sharing import push_run_cache
-
-    pushed = push_run_cache(args.repo, args.remote, args.jobs)
-    print(f"{pushed.records} run records and {pushed.outputs} output objects pushed")
-    if pushed.unavailable:
-        print(f"{pushed.unavailable} objects named by run records are no longer in the local cache (not pushed)")
-    return 0
-
-
 def _require_store(args: argparse.Namespace) -> ShardStore:
     store = _store(args)
     if store is None:
@@ -167,18 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("layers", type=Path, nargs="*")
     seed.set_defaults(run=cmd_store_seed)
     store.add_parser("verify", help="re-hash every store entry").set_defaults(run=cmd_store_verify)
-    template = commands.add_parser(
-        "plots-template", help="make `dvc plots show/diff` pages render offline (vega inlined, no CDN)"
-    )
+    template = command("plots-template", cmd_plots_template,
+                       "make `dvc plots show/diff` pages render offline (vega inlined, no CDN)")
     template.add_argument("--repo", type=Path, default=Path("."), help="the DVC repository (default: here)")
-    template.set_defaults(run=cmd_plots_template)
-    share = commands.add_parser(
-        "push-run-cache", help="`dvc push --run-cache`, plus the outputs the run records restore"
-    )
+    share = command("push-run-cache", cmd_push_run_cache,
+                    "`dvc push --run-cache`, plus the outputs the run records restore")
     share.add_argument("-r", "--remote", help="DVC remote name (default: core.remote)")
     share.add_argument("-j", "--jobs", type=int, help="parallel uploads")
     share.add_argument("--repo", type=Path, default=Path("."), help="the DVC repository (default: here)")
-    share.set_defaults(run=cmd_push_run_cache)
     return parser
 
 

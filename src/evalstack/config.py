@@ -7,8 +7,11 @@ from typing import Any, Mapping
 import yaml
 
 from evalstack.adapters.base import ModelSpec
+from evalstack.catalog import SourceConfig
+from evalstack.fetch import FetchConfig
 from evalstack.pipelines import PreprocessingPipeline, build_pipeline
 from evalstack.shardstore import ShardStore, StoreConfig
+from evalstack.transport import TransportConfig
 
 DEFAULT_PARAMS = Path("params.yaml")
 DEFAULT_STORE = {"dir": ".evalstack/store", "max_bytes": 20_000_000_000, "link": "copy"}
@@ -77,3 +80,23 @@ def store_config(params: Mapping[str, Any], root: Path = Path(".")) -> StoreConf
 def open_store(params: Mapping[str, Any], root: Path = Path(".")) -> ShardStore | None:
     config = store_config(params, root)
     return ShardStore(config) if config else None
+
+
+def fetch_config(params: Mapping[str, Any], report: Path | None = None) -> FetchConfig:
+    """The `fetch:` block of params.yaml → FetchConfig."""
+    fetch = params["fetch"]
+    http = dict(fetch.get("http") or {})
+    transport = TransportConfig(
+        schemes=tuple(fetch.get("schemes", TransportConfig.schemes)),
+        connect_timeout=float(http.get("connect_timeout", TransportConfig.connect_timeout)),
+        read_timeout=float(http.get("read_timeout", TransportConfig.read_timeout)),
+        retries=int(http.get("retries", TransportConfig.retries)),
+        backoff=float(http.get("backoff", TransportConfig.backoff)),
+        max_bytes=int(fetch.get("max_bytes", TransportConfig.max_bytes)),
+        pool_size=int(fetch.get("workers", 8)),
+    )
+    return FetchConfig(
+        source=SourceConfig.from_params(fetch), shard_size=int(fetch["shard_size"]),
+        max_pixels=int(fetch["max_pixels"]), workers=int(fetch.get("workers", 8)),
+        on_error=str(fetch.get("on_error", "fail")), transport=transport, report=report,
+    )

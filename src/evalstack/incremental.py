@@ -126,7 +126,7 @@ def start_build(store: ShardStore | None, out_dir: Path, kind: str) -> tuple[dic
     """
     previous = store.load_build(out_dir) if store else None
     seeded = 0
-    for index, shards, immutable, source in _previous_versions(out_dir, kind):
+    for index, shards, immutable, source in previous_versions(out_dir, kind):
         if store is not None:
             seeded += store.seed(shards, kind, immutable)
         if previous is None:
@@ -134,7 +134,7 @@ def start_build(store: ShardStore | None, out_dir: Path, kind: str) -> tuple[dic
     return previous, seeded
 
 
-def _previous_versions(out_dir: Path, kind: str) -> Iterator[tuple[LayerIndex, list[tuple[ShardInfo, Path]], bool, str]]:
+def previous_versions(out_dir: Path, kind: str) -> Iterator[tuple[LayerIndex, list[tuple[ShardInfo, Path]], bool, str]]:
     if (out_dir / INDEX_NAME).exists():
         try:
             layer = Layer.open(out_dir, kind=kind)

@@ -134,7 +134,7 @@ class ShardStore:
             if self.config.link == "hardlink" and _try_link(source, tmp):
                 digest = sha256_file(tmp)
             else:
-                digest = _copy_hashing(source, tmp)
+                digest = copy_hashing(source, tmp)
             if digest != entry.sha256:
                 self.remove(entry)
                 return None
@@ -159,7 +159,7 @@ class ShardStore:
         try:
             may_link = immutable_source or self.config.link == "hardlink"
             if not (may_link and _try_link(source, tmp)):
-                _copy_hashing(source, tmp)
+                copy_hashing(source, tmp)
             os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
             os.replace(tmp, target)
         finally:
@@ -232,7 +232,7 @@ class ShardStore:
     def _remove_debris(self, dry_run: bool) -> None:
         """Temp files of writers that died (SIGKILL, power loss) and shards without a record."""
         for tmp in (self.directory / "shards").glob("*/.*.tmp"):
-            if not _pid_alive(_temp_pid(tmp)) and not dry_run:
+            if not pid_alive(temp_pid(tmp)) and not dry_run:
                 tmp.unlink(missing_ok=True)
         for shard in (self.directory / "shards").glob("*/*.h5"):
             # A writer puts the shard, then its record: give a live one time to finish.
@@ -254,14 +254,14 @@ def _temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def _temp_pid(path: Path) -> int:
+def temp_pid(path: Path) -> int:
     try:
         return int(path.name.rsplit(".", 2)[-2])
     except (ValueError, IndexError):
         return -1
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
     try:
@@ -284,7 +284,7 @@ def _try_link(source: Path, target: Path) -> bool:
         raise
 
 
-def _copy_hashing(source: Path, target: Path) -> str:
+def copy_hashing(source: Path, target: Path) -> str:
     """Copy in one pass, returning the sha256 of the bytes written; fsync before the caller renames."""
     digest = hashlib.sha256()
     with open(source, "rb") as reader, open(target, "wb") as writer:

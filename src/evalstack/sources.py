@@ -1,13 +1,16 @@
-"""Dataset sources: where a dataset's registry and images come from.
+"""Dataset sources: item records, registry and labels CSV parsing, name/URL safety, image checks.
 
 The registry CSV layout is PAD's (`pad_dataset_registry`): one row per card photo,
 `url` pointing at the image and `hashlib_md5` stating its checksum. A relative
 `url` is resolved against the registry's own location, so the embedded dataset
-and a copy served over HTTP use the same rows.
+and a copy served over HTTP use the same rows. Every source (registry, PAD API,
+local folder) yields the same `RegistryRow` records; a source that states no
+checksum (the PAD API) leaves `hashlib_md5` empty, and the raw layer keeps it so.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import re
 from dataclasses import dataclass
@@ -34,10 +37,27 @@ class RegistryRow:
     quantity: int
     camera_type_1: str
     url: str
-    hashlib_md5: str
+    hashlib_md5: str  # "" when the source states no checksum (PAD API): nothing was checked
     image_name: str
     split: str
     resolved_url: str = ""  # where to download from; not stored, it can be machine-specific
+
+    @property
+    def what(self) -> str:
+        """How messages name this item."""
+        return f"item id {self.id} ({self.image_name})"
+
+    @property
+    def identity(self) -> tuple[int, str]:
+        """What says two rows name the same image bytes: id + md5, or id + URL when no md5 is stated."""
+        return (self.id, self.hashlib_md5 or f"url:{self.url}")
+
+    def metadata(self) -> tuple:
+        """Everything the raw layer stores about the item besides its bytes."""
+        return tuple(getattr(self, name) for name in META_FIELDS)
+
+
+META_FIELDS = ("id", "sample_id", "sample_name", "quantity", "camera_type_1", "url", "hashlib_md5", "image_name", "split")
 
 
 def to_url(location: str | Path) -> str:
@@ -72,20 +92,42 @@ def safe_name(name: str, what: str) -> str:
     return name
 
 
+def safe_relative_url(url: str, what: str) -> str:
+    """A relative URL from a source may not climb out of the source's directory (`../`)."""
+    if urlparse(url).scheme:
+        return url
+    if any(segment == ".." for segment in unquote(url).replace("\\", "/").split("/")):
+        raise SourceError(f"unsafe {what} {url!r}: '..' would leave the source's directory")
+    return url
+
+
 def parse_registry(text: str, split: str, registry_url: str) -> list[RegistryRow]:
     """Rows of a registry CSV, validated; relative image URLs resolved against `registry_url`."""
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in REGISTRY_COLUMNS if c not in (reader.fieldnames or [])]
-    if missing:
-        raise SourceError(f"{registry_url}: registry lacks columns {missing}")
+    reader = _csv_reader(text, REGISTRY_COLUMNS, f"{registry_url}: registry")
     rows = []
     for line_number, record in enumerate(reader, start=2):
         rows.append(_parse_row(record, split, registry_url, line_number))
     return rows
 
 
+def _csv_reader(text: str, required: tuple[str, ...], what: str) -> csv.DictReader:
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in required if c not in (reader.fieldnames or [])]
+    if missing:
+        raise SourceError(f"{what} lacks columns {missing}")
+    return reader
+
+
+def _check_field_count(record: dict, where: str) -> None:
+    # DictReader files surplus fields under None and fills missing ones with None.
+    if None in record.values() or None in record:
+        raise SourceError(f"{where}: malformed row: it has {'fewer' if None in record.values() else 'more'} "
+                          "fields than the header")
+
+
 def _parse_row(record: dict[str, str], split: str, registry_url: str, line_number: int) -> RegistryRow:
     where = f"{registry_url} line {line_number} (id {record.get('id')!r})"
+    _check_field_count(record, where)
     try:
         row = RegistryRow(
             id=int(record["id"]),
@@ -95,12 +137,17 @@ def _parse_row(record: dict[str, str], split: str, registry_url: str, line_numbe
             camera_type_1=(record["camera_type_1"] or "").strip(),
             url=record["url"].strip(),
             hashlib_md5=record["hashlib_md5"].strip().lower(),
-            image_name=safe_name(record["image_name"].strip(), "image_name"),
+            image_name=record["image_name"].strip(),
             split=split,
             resolved_url=urljoin(registry_url, record["url"].strip()),
         )
     except (TypeError, ValueError, AttributeError) as error:
         raise SourceError(f"{where}: malformed row: {error}") from None
+    try:
+        safe_name(row.image_name, "image_name")
+        safe_relative_url(row.url, "url")
+    except SourceError as error:
+        raise SourceError(f"{where}: {error}") from None
     if not _MD5.match(row.hashlib_md5):
         raise SourceError(f"{where}: hashlib_md5 {row.hashlib_md5!r} is not an md5 hex digest")
     return row
@@ -114,30 +161,89 @@ def check_unique_ids(rows: list[RegistryRow]) -> None:
         seen.add(row.id)
 
 
+def open_checked(data: bytes, max_pixels: int, what: str) -> Image.Image:
+    """Open encoded bytes lazily, refusing more than `max_pixels` before any pixel is decoded
+    (that is what stops a decompression bomb)."""
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:  # Pillow's own, looser guard fired first
+        pixels = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{pixels.group(1)} pixels" if pixels else "its size"
+        raise SourceError(f"{what}: {size} exceeds the cap of {max_pixels} (decompression bomb?)") from None
+    except Exception as error:  # Pillow raises many types for bad data
+        raise SourceError(f"{what}: not a decodable image ({type(error).__name__}: {error})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise SourceError(f"{what}: {width}×{height} pixels exceeds the cap of {max_pixels} (decompression bomb?)")
+    return image
+
+
 def check_image(data: bytes, max_pixels: int, what: str) -> tuple[int, int]:
     """Validate encoded image bytes without trusting them; returns (width, height).
 
-    The pixel cap is checked from the header before any pixel is decoded, which is
-    what stops a decompression bomb.
+    `verify()` checks chunk CRCs but misses a PNG cut short after its last complete
+    chunk, so the image is also decoded in full (Pillow's default
+    `ImageFile.LOAD_TRUNCATED_IMAGES = False` makes that raise). Fetch runs this once
+    per new item; items kept from an earlier fetch are not decoded again.
     """
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise SourceError(f"{what}: {width}×{height} pixels exceeds the cap of {max_pixels} (decompression bomb?)")
+    with open_checked(data, max_pixels, what) as image:
+        size = image.size
+        try:
             image.verify()
-    except SourceError:
-        raise
-    except Exception as error:  # Pillow raises many types for bad data
-        raise SourceError(f"{what}: not a decodable image ({type(error).__name__}: {error})") from None
-    return width, height
+        except Exception as error:
+            raise SourceError(f"{what}: damaged image data ({type(error).__name__}: {error})") from None
+    _load(open_checked(data, max_pixels, what), what)
+    return size
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image") -> Image.Image:
-    check_image(data, max_pixels, what)
-    image = Image.open(io.BytesIO(data))
+    return _load(open_checked(data, max_pixels, what), what)
+
+
+def _load(image: Image.Image, what: str) -> Image.Image:
     try:
         image.load()
     except Exception as error:
-        raise SourceError(f"{what}: truncated or damaged image data ({error})") from None
+        image.close()
+        raise SourceError(f"{what}: truncated or damaged image data ({type(error).__name__}: {error})") from None
     return image
+
+
+LABEL_COLUMNS = ("id", "image_name", "sample_name")  # required; sample_id, quantity, camera_type_1, split optional
+
+
+def split_for(sample_id: int, test_fraction: float) -> str:
+    """A split for sources that state none, decided per sample (all its photos together)
+    from a hash, so it never changes when cards are added."""
+    unit = int.from_bytes(hashlib.sha256(f"split:{sample_id}".encode()).digest()[:8], "little") / 2.0**64
+    return "test" if unit < test_fraction else "dev"
+
+
+def parse_labels(text: str, folder_url: str, test_fraction: float) -> list[RegistryRow]:
+    """Rows of a local folder's labels CSV; `image_name` is the file inside the folder."""
+    reader = _csv_reader(text, LABEL_COLUMNS, f"{folder_url}: labels CSV")
+    rows = []
+    for line_number, record in enumerate(reader, start=2):
+        where = f"labels line {line_number} (id {record.get('id')!r})"
+        _check_field_count(record, where)
+        try:
+            name = safe_name(record["image_name"].strip(), "image_name")
+            sample_id = int(record.get("sample_id") or record["id"])
+            rows.append(RegistryRow(
+                id=int(record["id"]),
+                sample_id=sample_id,
+                sample_name=record["sample_name"].strip(),
+                quantity=int(float(record.get("quantity") or 0)),
+                camera_type_1=(record.get("camera_type_1") or "").strip(),
+                url=name,
+                hashlib_md5="",
+                image_name=name,
+                split=(record.get("split") or "").strip() or split_for(sample_id, test_fraction),
+                resolved_url=urljoin(folder_url, name),
+            ))
+        except (TypeError, ValueError) as error:
+            raise SourceError(f"{where}: malformed row: {error}") from None
+        except SourceError as error:
+            raise SourceError(f"{where}: {error}") from None
+    return rows

@@ -46,8 +46,28 @@ class LayerCorruptError(StoreError):
 class ShardInfo:
     name: str
     sha256: str
-    n_items: int
+    n_items: int  # rows in the file
     upstream: str | None = None  # sha256 of the shard this one was derived from
+    # Rows that left the layer (a card removed from the source) while the file keeps its bytes,
+    # so DVC never re-uploads an old shard; readers of the layer skip them.
+    excluded: tuple[int, ...] = ()
+
+    @property
+    def n_live(self) -> int:
+        return self.n_items - len(self.excluded)
+
+    def live_rows(self) -> np.ndarray:
+        return np.setdiff1d(np.arange(self.n_items), np.asarray(self.excluded, dtype=np.int64))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if not self.excluded:
+            del data["excluded"]  # layers without removals keep the index layout they always had
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ShardInfo":
+        return cls(**{**data, "excluded": tuple(data.get("excluded", ()))})
 
 
 @dataclass
@@ -61,7 +81,7 @@ class LayerIndex:
 
     @property
     def n_items(self) -> int:
-        return sum(shard.n_items for shard in self.shards)
+        return sum(shard.n_live for shard in self.shards)
 
     def to_json(self) -> str:
         data = {
@@ -71,7 +91,7 @@ class LayerIndex:
             "n_items": self.n_items,
             "stats": self.stats,
             "schema": self.schema,
-            "shards": [asdict(shard) for shard in self.shards],
+            "shards": [shard.to_dict() for shard in self.shards],
         }
         return json.dumps(json.loads(canonical_json(data)), indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
@@ -81,7 +101,7 @@ class LayerIndex:
         return cls(
             kind=data["kind"],
             key=Key(kind=data["key"]["kind"], parts=data["key"]["parts"]),
-            shards=[ShardInfo(**shard) for shard in data["shards"]],
+            shards=[ShardInfo.from_dict(shard) for shard in data["shards"]],
             schema_version=data["schema_version"],
             stats=data.get("stats", {}),
             schema=data.get("schema", {}),
@@ -296,7 +316,7 @@ class LayerWriter:
         digest = write_shard(self.directory / name, columns, shard_attrs, self.compression, flat)
         return self._register(ShardInfo(name=name, sha256=digest, n_items=n_items, upstream=upstream))
 
-    def add_existing(self, name: str, sha256: str, upstream: str | None = None) -> ShardInfo:
+    def add_existing(self, name: str, sha256: str, upstream: str | None = None, excluded: Sequence[int] = ()) -> ShardInfo:
         """List a shard that was placed in the directory already (e.g. copied from the shard store).
 
         Its own attributes must say it belongs here, so a mislabelled file is refused, not listed.
@@ -315,7 +335,9 @@ class LayerWriter:
         ]
         if differs:
             raise StoreError(f"{path}: its attributes ({', '.join(differs)}) do not belong to this layer")
-        return self._register(ShardInfo(name=name, sha256=sha256, n_items=int(attrs["n_items"]), upstream=upstream))
+        info = ShardInfo(name=name, sha256=sha256, n_items=int(attrs["n_items"]), upstream=upstream,
+                         excluded=tuple(sorted(excluded)))
+        return self._register(info)
 
     def _register(self, info: ShardInfo) -> ShardInfo:
         with h5py.File(self.directory / info.name, "r") as handle:
@@ -405,7 +427,8 @@ class Layer:
         parts = []
         for shard in self.shards:
             with self.open_shard(shard) as handle:
-                parts.append(read_column(handle, name))
+                values = read_column(handle, name)
+                parts.append(values[shard.live_rows()] if shard.excluded else values)
         if not parts:
             return np.asarray([])
         return np.concatenate(parts)
@@ -417,6 +440,12 @@ class Layer:
         """Stream columns in batches, shard by shard, so memory stays flat."""
         for shard in self.shards:
             with self.open_shard(shard) as handle:
+                if shard.excluded:
+                    live = shard.live_rows()
+                    for start in range(0, len(live), batch_size):
+                        rows = live[start : start + batch_size]
+                        yield {name: read_column(handle, name, rows) for name in names}
+                    continue
                 for start in range(0, shard.n_items, batch_size):
                     rows = slice(start, min(start + batch_size, shard.n_items))
                     yield {name: read_column(handle, name, rows) for name in names}

@@ -1,0 +1,279 @@
+"""Fetch over HTTP against a loopback PAD server: faults, security, incremental, offline."""
+import csv
+import hashlib
+import struct
+import zlib
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from evalstack.catalog import SourceConfig
+from evalstack.fetch import FetchConfig, FetchFailed, fetch_raw_layer
+from evalstack.sources import SourceError
+from evalstack.integrity import verify_layer
+from evalstack.store import Layer
+from evalstack.synthetic import write_dataset
+from evalstack.transport import TransportConfig
+from tests.conftest import store_in
+from tests.loopback import FAULT_KINDS, Faults, PadServer
+
+N_CARDS = 20  # the pad_dataset fixture
+
+
+def http_config(server: PadServer, tmp_path: Path, **changes) -> FetchConfig:
+    source = SourceConfig(registries={split: f"{server.url}metadata_{split}.csv" for split in ("dev", "test")})
+    transport = TransportConfig(connect_timeout=2, read_timeout=0.5, retries=5, backoff=0.01, pool_size=4)
+    config = FetchConfig(source, shard_size=8, workers=4, transport=transport,
+                         report=tmp_path / "report.json")
+    return replace(config, **changes)
+
+
+def registry_rows(root: Path) -> list[dict]:
+    rows = []
+    for split in ("dev", "test"):
+        with open(root / f"metadata_{split}.csv", newline="") as handle:
+            rows += list(csv.DictReader(handle))
+    return sorted(rows, key=lambda row: int(row["id"]))
+
+
+def edit_registry(root: Path, edit) -> None:
+    """Apply `edit(row) -> row | None` to every row of both registries (None drops the row)."""
+    for split in ("dev", "test"):
+        path = root / f"metadata_{split}.csv"
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            fields, rows = reader.fieldnames, list(reader)
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fields, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(row for row in map(edit, rows) if row is not None)
+
+
+def shard_bytes(layer_dir: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(layer_dir.glob("*.h5"))}
+
+
+def test_http_registry_gives_the_same_shards_as_the_local_registry(pad_dataset: Path, tmp_path: Path):
+    with PadServer(pad_dataset) as server:
+        fetch_raw_layer(http_config(server, tmp_path), tmp_path / "http", store_in(tmp_path / "store"))
+        assert server.image_gets() == N_CARDS
+    local = SourceConfig(registries={s: str(pad_dataset / f"metadata_{s}.csv") for s in ("dev", "test")})
+    fetch_raw_layer(replace(http_config(server, tmp_path), source=local), tmp_path / "local", store_in(tmp_path / "s2"))
+    assert shard_bytes(tmp_path / "http") == shard_bytes(tmp_path / "local")
+    assert verify_layer(tmp_path / "http") == []
+
+
+def test_every_item_arrives_through_30_percent_faults(pad_dataset: Path, tmp_path: Path):
+    faults = Faults(rate=0.3, seed=4)
+    with PadServer(pad_dataset, faults) as server:
+        result = fetch_raw_layer(http_config(server, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
+    assert set(server.faults_served) == set(FAULT_KINDS)  # each kind was injected and survived
+    assert sum(server.faults_served.values()) >= 0.2 * N_CARDS
+    assert result.report.failed == [] and len(Layer.open(tmp_path / "raw")) == N_CARDS
+    assert verify_layer(tmp_path / "raw") == []
+
+
+def test_exhausted_retries_report_the_exact_ids_and_keep_what_arrived(pad_dataset: Path, tmp_path: Path):
+    rows = registry_rows(pad_dataset)
+    doomed = {int(rows[3]["id"]), int(rows[11]["id"])}
+    faults = Faults(rate=0.3, seed=1, always={"/" + row["url"]: "500" for row in rows if int(row["id"]) in doomed})
+    with PadServer(pad_dataset, faults) as server:
+        with pytest.raises(FetchFailed, match=rf"2 items failed.*\n  id {min(doomed)} .*HTTP 500"):
+            fetch_raw_layer(http_config(server, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
+        report = (tmp_path / "report.json").read_text()
+        assert all(f'"id": {i}' in report for i in doomed)
+        gets_after_failure = dict(server.gets)
+        skipped = fetch_raw_layer(http_config(server, tmp_path, on_error="skip"), tmp_path / "raw", store_in(tmp_path / "store"))
+        assert {f.id for f in skipped.report.failed} == doomed
+        assert set(Layer.open(tmp_path / "raw").column("id")) == {int(r["id"]) for r in rows} - doomed
+        # Nothing that arrived is downloaded twice: the second run asked only for the doomed two.
+        asked_again = {path for path, n in server.gets.items() if n != gets_after_failure.get(path)}
+        assert {p for p in asked_again if p.startswith("/images/")} == set(faults.always)
+        assert skipped.report.activity["downloaded"] == 0
+        server.faults.always.clear()
+        gets = server.image_gets()
+        healed = fetch_raw_layer(http_config(server, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
+        assert server.image_gets() - gets == 2 and healed.report.activity["kept_in_place"] == N_CARDS - 2
+    assert len(Layer.open(tmp_path / "raw")) == N_CARDS
+
+
+def bomb_png(width: int = 20000, height: int = 20000) -> bytes:
+    """A real decompression bomb: 400 MB of grey pixels that deflate to a few hundred KB."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    packer, row = zlib.compressobj(9), b"\x00" * (width + 1)
+    body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def restate_md5(root: Path, url: str, data: bytes) -> None:
+    """Make the registry state the md5 of `data` for the row with this url (so only the image check can fail)."""
+    md5 = hashlib.md5(data).hexdigest()
+    edit_registry(root, lambda row: {**row, "hashlib_md5": md5} if row["url"] == url else row)
+
+
+BAD_ITEMS = {
+    "md5 mismatch": ("body", lambda root, url: b"\x89PNG other bytes", None, r"md5 [0-9a-f]{32} differs"),
+    "garbage bytes": ("body", lambda root, url: b"<html>garbage</html>", "restate", r"not a decodable image"),
+    "404": ("always", "404", None, r"HTTP 404"),
+    "20000x20000 png": ("body", lambda root, url: bomb_png(), "restate", r"400000000 pixels exceeds the cap"),
+    "truncated image data": ("body", None, "restate", r"truncated or damaged image data"),
+}
+
+
+def truncated_png(root: Path, url: str) -> bytes:
+    """Valid chunks and CRCs around a deflate stream cut in half: `verify()` passes, decoding does not."""
+    from PIL import Image
+
+    with Image.open(root / url) as image:
+        raw = image.convert("RGB").tobytes()
+    width, height = image.size
+    lines = b"".join(b"\x00" + raw[y * width * 3 : (y + 1) * width * 3] for y in range(height))
+    packed = zlib.compress(lines)
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", packed[: len(packed) // 2]) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ITEMS))
+def test_a_bad_item_gives_a_clear_error_naming_it(case: str, pad_dataset: Path, tmp_path: Path):
+    row = registry_rows(pad_dataset)[5]
+    how, make, restate, cause = BAD_ITEMS[case]
+    faults = Faults()
+    if how == "always":
+        faults.always["/" + row["url"]] = make
+    else:
+        data = (make or truncated_png)(pad_dataset, row["url"])
+        faults.bodies["/" + row["url"]] = data
+        if restate:
+            restate_md5(pad_dataset, row["url"], data)
+    with PadServer(pad_dataset, faults) as server:
+        with pytest.raises(FetchFailed, match=rf"id {row['id']} \({row['image_name']}\): .*{cause}"):
+            fetch_raw_layer(http_config(server, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
+    assert not (tmp_path / "raw/index.json").exists()  # no half layer is accepted
+
+
+REGISTRY_EDITS = {
+    "malformed row": (lambda row: {**row, "sample_id": "fifty"}, SourceError, r"line \d+ \(id '{id}'\): malformed row"),
+    "duplicate id": (lambda row: {**row, "id": "{prev}"}, SourceError, r"duplicate id {prev}"),
+    "../ in image_name": (lambda row: {**row, "image_name": "../../etc/passwd"}, SourceError,
+                          r"\(id '{id}'\): unsafe image_name '../../etc/passwd'"),
+    "../ in url": (lambda row: {**row, "url": "../../outside.png"}, SourceError, r"\(id '{id}'\): unsafe url"),
+    "ftp:// url": (lambda row: {**row, "url": "ftp://127.0.0.1/x.png"}, SourceError,
+                   r"item id {id} .*URL scheme 'ftp' refused"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REGISTRY_EDITS))
+def test_a_bad_registry_row_gives_a_clear_error_naming_it(case: str, pad_dataset: Path, tmp_path: Path):
+    rows = registry_rows(pad_dataset)
+    target, previous = rows[6], rows[5]
+    edit, error, message = REGISTRY_EDITS[case]
+    def apply(row: dict) -> dict:
+        if row["id"] != target["id"]:
+            return row
+        return {k: v.format(prev=previous["id"]) for k, v in edit(row).items()}
+    edit_registry(pad_dataset, apply)
+    with PadServer(pad_dataset) as server:
+        with pytest.raises(error, match=message.format(id=target["id"], prev=previous["id"])):
+            fetch_raw_layer(http_config(server, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
+        assert server.image_gets() <= N_CARDS - 1
+
+
+def test_redirects_stay_on_the_source_host(pad_dataset: Path, tmp_path: Path):
+    rows = registry_rows(pad_dataset)
+    with PadServer(pad_dataset) as server:
+        port = server.url.rsplit(":", 1)[1].rstrip("/")
+        server.faults.redirects["/moved.png"] = "/" + rows[0]["url"]  # same host: followed
+        server.faults.redirects["/" + rows[1]["url"]] = f"http://127.0.0.2:{port}/{rows[1]['url']}"
+        edit_registry(pad_dataset, lambda row: {**row, "url": "moved.png"} if row["id"] == rows[0]["id"] else row)
+        with pytest.raises(FetchFailed, match=rf"id {rows[1]['id']} .*refused a redirect .* to another scheme or host") as info:
+            fetch_raw_layer(http_config(server, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
+        assert f"id {rows[0]['id']} " not in str(info.value)
+        assert server.gets["/" + rows[0]["url"]] == 1
+
+
+def test_the_size_cap_is_enforced_while_streaming(pad_dataset: Path, tmp_path: Path):
+    with PadServer(pad_dataset) as server:
+        config = http_config(server, tmp_path, on_error="skip")
+        config = replace(config, transport=replace(config.transport, max_bytes=100_000))
+        result = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+    assert len(result.report.failed) == N_CARDS
+    assert all("exceeds the size cap of 100000" in f.cause for f in result.report.failed)
+
+
+def test_pad_api_source_pages_through_cards(pad_dataset: Path, tmp_path: Path):
+    with PadServer(pad_dataset) as server:
+        for project in (1, None):
+            source = SourceConfig(kind="pad_api", url=server.url + "api/v2", project=project, page_size=7)
+            result = fetch_raw_layer(http_config(server, tmp_path, source=source), tmp_path / f"raw{project}", store_in(tmp_path / "store"))
+            assert result.report.counts["without_md5"] == N_CARDS  # the API states no checksum: recorded
+        pages = sorted(path for path in server.gets if path.startswith("/api/"))
+    assert pages == sorted(f"/api/v2/{route}?skip={skip}&limit=7" for route in ("cards", "projects/1/cards")
+                           for skip in (0, 7, 14))
+    layer = Layer.open(tmp_path / "raw1")
+    assert len(layer) == N_CARDS and set(layer.column("hashlib_md5")) == {""}
+    assert set(layer.column("split")) <= {"dev", "test"}
+    assert shard_bytes(tmp_path / "raw1") == shard_bytes(tmp_path / "rawNone")
+
+
+def test_pad_api_refuses_a_card_outside_the_server(pad_dataset: Path, tmp_path: Path):
+    with PadServer(pad_dataset) as server:
+        cards = server.cards()
+        cards[2]["processed_file_location"] = "/images/../../../etc/passwd"
+        server.faults.bodies["/api/v2/cards"] = __import__("json").dumps(cards).encode()
+        source = SourceConfig(kind="pad_api", url=server.url + "api/v2", page_size=100)
+        with pytest.raises(SourceError, match=rf"PAD API card {cards[2]['id']}: unsafe processed_file_location"):
+            fetch_raw_layer(http_config(server, tmp_path, source=source), tmp_path / "raw", store_in(tmp_path / "store"))
+
+
+def test_offline_keeps_the_raw_layer_it_has(pad_dataset: Path, tmp_path: Path):
+    with PadServer(pad_dataset) as server:
+        config = http_config(server, tmp_path)
+        with pytest.raises(FetchFailed, match="cannot reach 127.0.0.1:.*nothing to keep"):
+            fetch_raw_layer(replace(config, source=SourceConfig(registries={"dev": "http://127.0.0.1:9/r.csv"})),
+                            tmp_path / "x", store_in(tmp_path / "empty"))
+        fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+    before = shard_bytes(tmp_path / "raw") | {"index.json": (tmp_path / "raw/index.json").read_bytes()}
+    for name in list((tmp_path / "raw").iterdir()):  # as `dvc repro` does before it runs the stage
+        name.unlink()
+    result = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))  # the server is gone: connection refused
+    assert result.report.offline and "OFFLINE" in result.report.message and "cannot reach" in result.report.message
+    assert shard_bytes(tmp_path / "raw") | {"index.json": (tmp_path / "raw/index.json").read_bytes()} == before
+
+
+def test_re_fetch_after_the_server_adds_5_percent_downloads_only_those(pad_dataset: Path, tmp_path: Path):
+    with PadServer(pad_dataset) as server:
+        config = http_config(server, tmp_path)
+        first = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store")).index
+        old = shard_bytes(tmp_path / "raw")
+        for path in (tmp_path / "raw").iterdir():
+            path.unlink()
+        write_dataset(pad_dataset, n_cards=N_CARDS + 1, seed=0, start=N_CARDS, workers=1)  # +5%
+        gets = server.image_gets()
+        second = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+        assert server.image_gets() - gets == 1
+    new = shard_bytes(tmp_path / "raw")
+    assert {name: new[name] for name in old} == old  # old shards byte-for-byte
+    assert sorted(set(new) - set(old)) == ["00003.h5"] and second.index.n_items == N_CARDS + 1
+    assert [s.sha256 for s in second.index.shards[:-1]] == [s.sha256 for s in first.shards]
+    assert second.report.activity["downloaded"] == 1 and second.report.activity["kept_in_place"] == N_CARDS
+
+
+def test_a_source_that_goes_away_mid_fetch_stops_it_and_keeps_the_previous_layer(pad_dataset: Path, tmp_path: Path):
+    rows = registry_rows(pad_dataset)
+    with PadServer(pad_dataset) as server:
+        config = http_config(server, tmp_path, on_error="skip")
+        fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+        before = shard_bytes(tmp_path / "raw")
+        moved = {row["id"] for row in rows[-3:]}  # their host is down: connection refused
+        edit_registry(pad_dataset, lambda row: {**row, "url": "http://127.0.0.1:9/x.png", "hashlib_md5": "0" * 32}
+                      if row["id"] in moved else row)
+        for path in (tmp_path / "raw").iterdir():
+            path.unlink()
+        with pytest.raises(FetchFailed, match=r"the source became unreachable: .*cannot reach 127.0.0.1:9"):
+            fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+    assert shard_bytes(tmp_path / "raw") == before and len(Layer.open(tmp_path / "raw")) == N_CARDS

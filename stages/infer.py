@@ -3,8 +3,8 @@ import argparse
 from pathlib import Path
 
 from evalstack.adapters import load_adapter
-from evalstack.executor import open_executor
 from evalstack.config import load_params, model_spec, open_store
+from evalstack.executor import open_executor
 from evalstack.inference import infer_layer
 
 

@@ -2,8 +2,8 @@
 import argparse
 from pathlib import Path
 
-from evalstack.executor import open_executor
 from evalstack.config import load_params, open_store, pipeline_spec
+from evalstack.executor import open_executor
 from evalstack.pipelines import preprocess_layer
 
 

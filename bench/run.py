@@ -147,6 +147,7 @@ def main() -> None:
     if scale_name not in SCALES:
         raise SystemExit(f"BENCH_SCALE={scale_name!r}: choose one of {sorted(SCALES)}")
     scale = SCALES[scale_name]
+    os.environ["TQDM_DISABLE"] = "1"  # progress bars would bury the figures
     scratch = BENCH / "out/run"
     shutil.rmtree(scratch, ignore_errors=True)
     started = time.monotonic()

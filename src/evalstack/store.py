@@ -302,19 +302,10 @@ class LayerWriter:
         self.stats: dict[str, Any] = {}
         self.schema: dict[str, Any] | None = None
 
-    def add_shard(
-        self,
-        name: str,
-        columns: Mapping[str, np.ndarray],
-        attrs: Mapping[str, Any] | None = None,
-        upstream: str | None = None,
-        flat: Mapping[str, np.ndarray] | None = None,
-        checksum_of: Sequence[str] = (),
-        checksum_column: str = CHECKSUM,
-    ) -> ShardInfo:
-        """Write a shard (see `write_layer_shard`) and list it in this layer."""
-        info = write_layer_shard(self.directory / name, self.kind, self.key, self.compression, columns, attrs,
-                                 upstream, flat, checksum_of, checksum_column)
+    def add_shard(self, name: str, columns: Mapping[str, np.ndarray], **options: Any) -> ShardInfo:
+        """Write a shard and list it in this layer; `options` are `write_layer_shard`'s
+        (attrs, upstream, flat, checksum_of, checksum_column)."""
+        info = write_layer_shard(self.directory / name, self.kind, self.key, self.compression, columns, **options)
         return self._register(info)
 
     def add_existing(self, name: str, sha256: str, upstream: str | None = None) -> ShardInfo:

@@ -169,10 +169,12 @@ def p6_adapter_overhead(project: Path, scale: str) -> Figure:
         adapter, bare = load_adapter(spec), BARE[spec.adapter](spec.file)
         for batch in batches[:2]:  # warm up both
             adapter.predict_batch(batch), bare(batch.astype(np.float32))
-        wrapped = best_of(3, lambda: [adapter.predict_batch(b) for b in batches])
-        direct = best_of(3, lambda: [bare(b.astype(np.float32)) for b in batches])
+        wrapped, direct = float("inf"), float("inf")
+        for _ in range(5):  # interleaved, best of 5 each: load from other jobs hits both alike
+            wrapped = min(wrapped, best_of(1, lambda: [adapter.predict_batch(b) for b in batches]))
+            direct = min(direct, best_of(1, lambda: [bare(b.astype(np.float32)) for b in batches]))
         ratios.append(wrapped / direct)
-        lines.append(f"{name}: adapter {wrapped:.3f} s, bare {direct:.3f} s ({sum(map(len, batches))} items)")
+        lines.append(f"{name}: adapter {wrapped:.3f} s, bare {direct:.3f} s ({sum(map(len, batches))} items, best of 5)")
     ratio = max(ratios)
     return Figure("P6", "adapter batched inference / bare framework loop (worst model)", ratio, "≤ 1.05",
                   ratio <= 1.05, "; ".join(lines), scale)

@@ -6,6 +6,7 @@ FHI2020 scale of 8,001 cards, ≤ 30 minutes on a quiet 2-core machine) or small
 minutes; proves the suite end to end, its figures are not the claims).
 
     BENCH_SCALE=small PYTHONPATH=src python bench/run.py
+    BENCH_CARDS=600,8001 make bench          # choose the dataset sizes of P1 and P2
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -147,6 +148,8 @@ def main() -> None:
     if scale_name not in SCALES:
         raise SystemExit(f"BENCH_SCALE={scale_name!r}: choose one of {sorted(SCALES)}")
     scale = SCALES[scale_name]
+    if os.environ.get("BENCH_CARDS"):  # e.g. BENCH_CARDS=600,8001: the dataset sizes of P1 and P2
+        scale = replace(scale, eval_cards=tuple(int(n) for n in os.environ["BENCH_CARDS"].split(",")))
     os.environ["TQDM_DISABLE"] = "1"  # progress bars would bury the figures
     scratch = BENCH / "out/run"
     shutil.rmtree(scratch, ignore_errors=True)

@@ -49,8 +49,10 @@ KNOWN_CAUSES = {
     "P2": "fixed per-run costs (dvc hashing every output, fetch re-reading every source file, one process "
           "per stage loading its framework) do not shrink with the 5% of new work; see the floor line",
     "P4": "`dvc repro` builds the stage graph and checks the run-cache on top of what `dvc status` does",
-    "P5": "the preprocessed layer is lz4-compressed (one chunk per item): decompression is extra work np.load "
-          "does not do; `preprocess.compression: none` trades disk for read speed",
+    "P5": "not compression: uncompressed shards read as slowly (see detail). Each tensor is its own HDF5 "
+          "chunk, and h5py reads chunks through HDF5's chunk pipeline (an extra copy per item) where np.load "
+          "reads one contiguous buffer; reading each item with `read_direct_chunk` or storing uncompressed "
+          "layers contiguously would close it",
     "P6": "the adapter checks shapes and dtype per batch and copies the output; with tiny models the "
           "framework call is so short that this shows",
     "P7": "the fixed cost of imports dominates at 1k items; growth beyond it is the index and item keys",

@@ -25,19 +25,23 @@ class NumpyAdapter(ModelAdapter):
     def __init__(self, spec: ModelSpec):
         super().__init__(spec)
         seed = int.from_bytes(spec.file.read_bytes()[:8].ljust(8, b"\0"), "little")
-        self.weights = np.random.default_rng(seed).normal(size=(8 * 8 * 3, len(spec.labels))).astype(np.float32)
+        self.size = int(spec.options.get("size", 8))
+        rng = np.random.default_rng(seed)
+        self.weights = rng.normal(size=(self.size * self.size * 3, len(spec.labels))).astype(np.float32)
 
     def input_shape(self) -> tuple[int, ...]:
-        return (8, 8, 3)
+        return (self.size, self.size, 3)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         return (batch.reshape(len(batch), -1) / 255.0) @ self.weights
 
 
-def numpy_model(directory: Path, weights: bytes = b"weights1") -> NumpyAdapter:
+def numpy_model(directory: Path, weights: bytes = b"weights1", size: int = 8) -> NumpyAdapter:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "m.npy").write_bytes(weights)
-    return NumpyAdapter(ModelSpec(name="m", file=directory / "m.npy", adapter="numpy", pipeline="tiny", labels=LABELS))
+    spec = ModelSpec(name="m", file=directory / "m.npy", adapter="numpy", pipeline="tiny", labels=LABELS,
+                     options={"size": size})
+    return NumpyAdapter(spec)
 
 
 def tiny_pipeline(size: int = 8) -> CropResizePipeline:
@@ -77,8 +81,9 @@ class Project:
     def preprocess(self, store: ShardStore | None, size: int = 8):
         return preprocess_layer(self.raw, self.pre, tiny_pipeline(size), "lz4", store=store, name="tiny")
 
-    def infer(self, store: ShardStore | None, weights: bytes = b"weights1"):
-        return infer_layer(self.pre, self.pred, numpy_model(self.root / "models", weights), batch_size=3, store=store)
+    def infer(self, store: ShardStore | None, weights: bytes = b"weights1", size: int = 8):
+        model = numpy_model(self.root / "models", weights, size)
+        return infer_layer(self.pre, self.pred, model, batch_size=3, store=store)
 
     def build(self, n_items: int, store: ShardStore | None):
         self.grow(n_items)

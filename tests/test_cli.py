@@ -84,7 +84,7 @@ def test_provenance_of_an_item_goes_from_source_to_code(tmp_path, capsys):
     assert "item 102__901__lactose__50.png (id 102, split dev)" in out
     assert f"md5 {hashlib.md5(source).hexdigest()}" in out and "images/102__901__lactose__50.png" in out
     assert f"item key (sha256 of the image bytes) {hashlib.sha256(source).hexdigest()}" in out
-    assert "pipeline  " in out and "crop_resize v1" in out and f"{project.pre / '00000.h5'} row 2" in out
+    assert "pipeline  " in out and "crop_resize v1" in out and "data/preprocessed/tiny/00000.h5 row 2" in out
     assert "model     " in out and "numpy weights sha256" in out and "predicted " in out
     assert "code      evalstack 0.1.0" in out
     assert main([*params, "provenance", str(project.pre)]) == 0

@@ -42,6 +42,21 @@ def test_toggling_a_pipeline_param_back_recomputes_nothing(origin: Path):
     assert run(origin, "git", "status", "--porcelain").stdout == ""  # same bytes: dvc.lock as committed
 
 
+def test_gc_keeps_every_shard_dvc_lock_needs_even_when_not_checked_out(origin: Path):
+    from evalstack.dvcfiles import locked_shard_sha256s
+    from evalstack.shardstore import ShardStore, StoreConfig
+
+    store = ShardStore(StoreConfig(origin / ".evalstack/store", 0))
+    needed = locked_shard_sha256s(origin)
+    assert {entry.sha256 for entry in store.entries()} > needed  # the toggled-away variant is stored too
+    run(origin, "rm", "-rf", "data/predictions/tflite_cnn")  # dvc.lock still needs it (read from DVC's cache)
+    out = run(origin, "evalstack", "gc", "--max-bytes", "0").stdout
+    assert "removed 8 shards" in out  # the 4 bilinear preprocessed and 4 predictions shards
+    assert {entry.sha256 for entry in store.entries()} == needed
+    run(origin, "dvc", "checkout", "data/predictions/tflite_cnn")
+    assert run(origin, "evalstack", "verify").returncode == 0
+
+
 @pytest.fixture(scope="module")
 def grown(origin: Path, tmp_path_factory) -> dict:
     """A fresh clone pulls the outputs (its store is empty), then gets 6% more cards and pushes."""

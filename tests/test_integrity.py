@@ -70,3 +70,10 @@ def test_verify_command_exits_non_zero_and_names_the_item(project: Project, caps
     out = capsys.readouterr().out
     assert f"CORRUPT {shard}: item 3 (key " in out
     assert f"{project.raw}: ok" in out and f"{project.pre}: FAILED" in out
+
+
+def test_verify_reports_a_damaged_index_instead_of_crashing(project: Project):
+    index = project.raw / "index.json"
+    index.write_text(index.read_text()[:-40])
+    [problem] = verify_layer(project.raw)
+    assert str(problem).startswith(f"{index}: unreadable index (JSONDecodeError")

@@ -1,4 +1,5 @@
 """The shard store on its own: entries, least-recently-used gc, debris from killed writers."""
+import hashlib
 import os
 import stat
 import subprocess
@@ -16,8 +17,6 @@ from tests.layers import store_at
 def _put(store, tmp_path: Path, name: str, size: int = 1000) -> StoreEntry:
     source = tmp_path / f"{name}.bin"
     source.write_bytes(name.encode() * (size // len(name)))
-    import hashlib
-
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     entry = StoreEntry(address=hashlib.sha256(name.encode()).hexdigest(), sha256=digest,
                        size=source.stat().st_size, n_items=1, kind="preprocessed")

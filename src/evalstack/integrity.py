@@ -16,6 +16,7 @@ import numpy as np
 
 from evalstack.keys import sha256_file
 from evalstack.store import (
+    INDEX_NAME,
     ITEM_KEY,
     SCHEMA_VERSION,
     Layer,
@@ -48,6 +49,8 @@ def verify_layer(directory: Path | str) -> list[Problem]:
         layer = Layer.open(directory)
     except StoreError as error:
         return [Problem(Path(directory), str(error))]
+    except (ValueError, KeyError, TypeError) as error:  # index.json itself damaged
+        return [Problem(Path(directory) / INDEX_NAME, f"unreadable index ({type(error).__name__}: {error})")]
     problems: list[Problem] = []
     for shard in layer.shards:
         problems.extend(verify_shard(layer, shard))
@@ -67,8 +70,8 @@ def verify_shard(layer: Layer, shard: ShardInfo) -> list[Problem]:
             problems.extend(_check_attrs(layer, shard, path, read_attrs(handle)))
             problems.extend(_check_schema(layer, shard, path, handle))
             problems.extend(_check_items(path, handle, shard.n_items))
-    except (OSError, ValueError, KeyError) as error:  # h5py raises these for damaged structure
-        problems.append(Problem(path, f"unreadable as HDF5 ({error})"))
+    except Exception as error:  # noqa: BLE001 - whatever a damaged file raises is a finding, not a crash
+        problems.append(Problem(path, f"unreadable as HDF5 ({type(error).__name__}: {error})"))
         return problems
     if file_differs and len(problems) == 1:
         problems.append(Problem(path, "every item still matches its checksum: the damage is in HDF5 metadata or unused space"))
@@ -108,10 +111,11 @@ def _check_schema(layer: Layer, shard: ShardInfo, path: Path, handle: h5py.File)
 
 
 def _check_items(path: Path, handle: h5py.File, n_items: int) -> list[Problem]:
-    spec = read_attrs(handle).get("item_checksum")
+    attrs = read_attrs(handle)
+    spec = attrs.get("item_checksum")
     if not isinstance(spec, dict):
         return []  # a layer kind without per-item checksums is checked per file and schema only
-    flat = set(read_attrs(handle).get("flat") or [])
+    flat = set(attrs.get("flat") or [])
     recorded = handle[spec["column"]][()]
     problems = []
     for row, digest in _item_digests(handle, spec["of"], flat, n_items):

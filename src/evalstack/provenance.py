@@ -44,10 +44,24 @@ def why_report(layer_dir: Path, store: ShardStore | None) -> list[str]:
         lines.extend(f"    {change}" for change in record["key_changes"])
     else:
         lines.append(f"  key unchanged since {since}")
-    for shard in record["shards"]:
-        if shard["computed"]:
-            lines.append(f"  computed {shard['name']}: {'; '.join(shard['reasons'])}")
+    lines.extend(_computed_lines([shard for shard in record["shards"] if shard["computed"]]))
     return lines
+
+
+def _computed_lines(shards: list[dict[str, Any]]) -> list[str]:
+    """One line per run of consecutive shards computed for the same reason."""
+    runs: list[tuple[str, list[str]]] = []
+    for shard in shards:
+        verb = "fetched" if shard["upstream"] is None else "computed"
+        reason = f"{verb} {{names}}: {'; '.join(shard['reasons'])}"
+        if runs and runs[-1][0] == reason:
+            runs[-1][1].append(shard["name"])
+        else:
+            runs.append((reason, [shard["name"]]))
+    return [
+        "  " + reason.format(names=names[0] if len(names) == 1 else f"{names[0]} … {names[-1]} ({len(names)} shards)")
+        for reason, names in runs
+    ]
 
 
 _PREVIOUS = {
@@ -89,18 +103,19 @@ def provenance_report(layer_dir: Path, root: Path, store: ShardStore | None, ite
         with raw.open_shard(located.shard) as handle:
             meta = {name: read_column(handle, name, slice(row, row + 1))[0] for name in ("id", "image_name", "split", "url", "hashlib_md5")}
         lines.append(f"item {meta['image_name']} (id {meta['id']}, split {meta['split']})")
-        lines.append(f"  source    {meta['url']}  md5 {meta['hashlib_md5']} (checked when fetched)")
-        lines.append(f"  raw       {raw.path(located.shard)} row {row}; item key (sha256 of the image bytes) {key}")
+        registry = raw.key.parts.get("registries", {}).get(meta["split"], "the registry")
+        lines.append(f"  source    {meta['url']} (listed in {registry})  md5 {meta['hashlib_md5']} (checked when fetched)")
+        lines.append(f"  raw       {_shown(raw.path(located.shard), root)} row {row}; item key (sha256 of the image bytes) {key}")
     else:
-        lines.append(f"{layer_dir} ({chain[0].index.kind}, {len(chain[0])} items in {len(chain[0].shards)} shards)")
+        lines.append(f"{_shown(layer_dir, root)} ({chain[0].index.kind}, {len(chain[0])} items in {len(chain[0].shards)} shards)")
         parts = raw.key.parts
         lines.append(f"  source    {canonical_json(parts.get('registries', {}))}")
-        lines.append(f"  raw       {raw.directory}: shard_size {parts.get('shard_size')}, key {raw.key.hex[:12]}")
+        lines.append(f"  raw       {_shown(raw.directory, root)}: shard_size {parts.get('shard_size')}, key {raw.key.hex[:12]}")
     for layer in reversed(chain[:-1]):
-        where = str(layer.directory)
+        where = _shown(layer.directory, root)
         if item is not None:
-            located, row = row_of[where]
-            where = f"{layer.path(located.shard)} row {row}"
+            located, row = row_of[str(layer.directory)]
+            where = f"{_shown(layer.path(located.shard), root)} row {row}"
         lines.append(_layer_line(layer, where, row_of.get(str(layer.directory))))
     lines.append(f"  code      {_layer_code(chain[0], root, store)}")
     return lines
@@ -121,6 +136,14 @@ def _layer_line(layer: Layer, where: str, located: tuple[Located, int] | None) -
         return text
     return (f"  pipeline  {where}: {parts.get('kind')} v{parts.get('version')} {canonical_json(parts.get('params', {}))}; "
             f"key {layer.key.hex[:12]}")
+
+
+def _shown(path: Path, root: Path) -> str:
+    """A path relative to the project root when it lies inside it."""
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _chain(layer: Layer, root: Path) -> list[Layer]:

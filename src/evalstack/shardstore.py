@@ -14,6 +14,7 @@ inode with the workspace; it is opt-in.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -140,7 +141,8 @@ class ShardStore:
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
-        os.utime(self.record_path(address))  # least recently used is measured on records
+        with contextlib.suppress(OSError):  # a concurrent gc may have removed it meanwhile
+            os.utime(self.record_path(address))  # least recently used is measured on records
         return entry
 
     def put(self, entry: StoreEntry, source: Path, immutable_source: bool = False) -> None:
@@ -148,7 +150,8 @@ class ShardStore:
         a workspace file is copied unless the store is in hardlink mode."""
         existing = self.get(entry.address)
         if existing is not None and existing.sha256 == entry.sha256:
-            os.utime(self.record_path(entry.address))
+            with contextlib.suppress(OSError):
+                os.utime(self.record_path(entry.address))
             return
         target = self.shard_path(entry.address)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -6,10 +6,10 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: help install repro test test-fast clean
+.PHONY: help install system-deps repro repro-detection plots test test-fast clean
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	python3 -m venv $(VENV)
@@ -20,15 +20,35 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 install: $(VENV)/.installed ## create .venv with the pinned dependencies (about 2 minutes)
 
+# Debian programs the end-to-end tests drive: sshd serves the SSH remote, chromium renders the plots page.
+SYSTEM_PROGRAMS := /usr/sbin/sshd /usr/bin/ssh-keygen /usr/bin/chromium
+SYSTEM_PACKAGES := openssh-server openssh-client chromium
+
+system-deps: ## install the Debian packages the e2e tests use (apt-get, only if a program is missing)
+	@missing=; for program in $(SYSTEM_PROGRAMS); do [ -x $$program ] || missing="$$missing $$program"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "missing:$$missing; as root: apt-get install $(SYSTEM_PACKAGES)"; exit 0; fi; \
+	echo "installing $(SYSTEM_PACKAGES) (missing:$$missing)"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES)
+
 repro: install ## install, then run the whole pipeline on the embedded dataset
 	dvc repro
 	dvc metrics show
 
-test: install ## install, then run the whole test suite (slow end-to-end tests included)
+repro-detection: install ## install, then run the detection profile (detection/dvc.yaml) on its embedded data
+	dvc repro detection/dvc.yaml
+	dvc metrics show detection/metrics
+
+plots: install ## render `dvc plots show` offline (vega inlined) into dvc_plots/index.html
+	evalstack plots-template
+	dvc plots show
+
+test: install system-deps ## install, then run the whole test suite (slow end-to-end tests included)
 	$(PY) -m pytest -q
 
 test-fast: install ## unit tests only
 	$(PY) -m pytest -q -m "not slow"
 
 clean: ## remove pipeline outputs (the DVC cache stays)
-	rm -rf data metrics plots models/*.tflite models/*.pt2
+	rm -rf data metrics plots reports dvc_plots comparison models/*.tflite models/*.pt2 models/*.keras models/*.onnx models/pls.csv
+	rm -rf detection/data detection/metrics detection/plots detection/reports detection/models/*.pt2

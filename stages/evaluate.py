@@ -2,9 +2,11 @@
 import argparse
 from pathlib import Path
 
-from evalstack.adapters import load_adapter
+from evalstack.comparison import expected_model_signature
+from evalstack.concentration import evaluate_concentration, write_concentration_outputs
 from evalstack.config import load_params, model_spec, pipeline_spec
 from evalstack.evaluation import EvaluationOutputs, evaluate_classifier, write_outputs
+from evalstack.store import Layer
 
 
 def main() -> None:
@@ -13,18 +15,25 @@ def main() -> None:
     parser.add_argument("--raw", type=Path, required=True)
     parser.add_argument("--predictions", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
-    parser.add_argument("--confusion", type=Path, required=True)
+    parser.add_argument("--pairs", type=Path, required=True, help="CSV of (actual, predicted) per item")
     parser.add_argument("--per-class", type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     params = load_params(args.params)
     spec = model_spec(params, args.model)
-    # The adapter recomputes the model signature, so predictions from another model file are refused.
-    signature = load_adapter(spec).signature()
+    # Checked against the weights file and params now, so predictions from another model file are refused;
+    # no framework is imported (TensorFlow alone takes seconds per stage).
+    signature = expected_model_signature(Layer.open(args.predictions), spec)
     pipeline_key = pipeline_spec(params, spec.pipeline).cache_key()
     split = params["evaluate"]["split"]
+    outputs = EvaluationOutputs(args.metrics, args.pairs, args.per_class)
+    if spec.task == "concentration":
+        report, pairs, passes = evaluate_concentration(args.raw, args.predictions, spec, signature, pipeline_key, split)
+        write_concentration_outputs(report, pairs, passes, outputs)
+        print(f"{args.model} on {split}: {report.summary()}")
+        return
     report, pairs, passes = evaluate_classifier(args.raw, args.predictions, spec, signature, pipeline_key, split)
-    write_outputs(report, pairs, passes, EvaluationOutputs(args.metrics, args.confusion, args.per_class))
+    write_outputs(report, pairs, passes, outputs)
     print(f"{args.model} on {split}: accuracy {report.accuracy:.4f}, macro F1 {report.macro_f1:.4f}")
 
 

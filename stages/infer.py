@@ -1,10 +1,11 @@
-"""Stage infer: preprocessed layer + one model → predictions layer."""
+"""Stage infer: preprocessed layer + one model → predictions layer (+ the latency measured on the way)."""
 import argparse
 from pathlib import Path
 
 from evalstack.adapters import load_adapter
 from evalstack.config import load_params, model_spec, open_store
 from evalstack.inference import infer_layer
+from evalstack.latency import ensure_timed, latency_record, write_latency
 
 
 def main() -> None:
@@ -12,6 +13,7 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="name under models:")
     parser.add_argument("--preprocessed", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--latency", type=Path, help="JSON file for the measured ms per item")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     params = load_params(args.params)
@@ -20,6 +22,9 @@ def main() -> None:
     store = open_store(params, args.params.parent)  # not a dvc.yaml param: where results are kept does not change them
     build = infer_layer(args.preprocessed, args.out, adapter, batch_size, store)
     print(f"{build.summary()}; {build.counts['forward_passes']} forward passes")
+    if args.latency:
+        ensure_timed(adapter, args.preprocessed, batch_size)
+        write_latency(args.latency, latency_record(adapter, batch_size))
 
 
 if __name__ == "__main__":

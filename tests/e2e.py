@@ -14,11 +14,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "Makefile", "pyproject.toml")
 TEMPLATE_DIRS = ("stages", "src")
+OUTPUT_DIRS = ("data", "models", "metrics", "plots", "reports")  # everything `dvc repro` writes
 
 TINY_PARAMS: dict[str, Any] = {
     "synth": {"n_cards": 60, "test_fraction": 0.3},
     "fetch": {"shard_size": 16},
-    "train": {"tflite_cnn": {"epochs": 3}, "torch_cnn": {"epochs": 3}},
+    "train": {"tflite_cnn": {"epochs": 3}, "torch_cnn": {"epochs": 3}, "conc_keras": {"epochs": 3}},
 }
 
 
@@ -97,7 +98,7 @@ def stages_run(output: str) -> set[str]:
 def output_digests(root: Path) -> dict[str, str]:
     """md5 of every file the pipeline produced."""
     digests = {}
-    for top in ("data", "models", "metrics", "plots"):
+    for top in OUTPUT_DIRS:
         for path in sorted((root / top).rglob("*")):
             if path.is_file() and path.name != ".gitkeep":
                 digests[str(path.relative_to(root))] = hashlib.md5(path.read_bytes()).hexdigest()
@@ -106,12 +107,23 @@ def output_digests(root: Path) -> dict[str, str]:
 
 def mtimes(root: Path) -> dict[str, int]:
     stamps = {}
-    for top in ("data", "models", "metrics", "plots"):
+    for top in OUTPUT_DIRS:
         for path in (root / top).rglob("*"):
             stamps[str(path.relative_to(root))] = path.stat().st_mtime_ns
     stamps["dvc.lock"] = (root / "dvc.lock").stat().st_mtime_ns
     return stamps
 
+
+def clone(origin: Path, destination: Path) -> Path:
+    """A colleague's fresh clone of the git remote `origin` (code, params, dvc.lock; no data)."""
+    run(destination.parent, "git", "clone", "-q", str(origin), str(destination))
+    return destination
+
+
+def commit_and_push(root: Path, message: str) -> None:
+    run(root, "git", "add", "-A")
+    run(root, "git", "commit", "-qm", message)
+    run(root, "git", "push", "-q", "origin", "HEAD")
 
 _USER_MODELS = """
 import numpy as np, yaml

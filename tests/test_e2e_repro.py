@@ -3,15 +3,20 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.e2e import make_project, mtimes, output_digests, run, set_param, stages_run
 
 pytestmark = pytest.mark.slow
 
+MODELS = ("tflite_cnn", "torch_cnn", "torch_cnn_onnx", "conc_keras", "pls")
 ALL_STAGES = {
-    "synth", "fetch", "preprocess@pad_nn", "preprocess@thumb64", "train@tflite_cnn", "train@torch_cnn",
-    "infer@tflite_cnn", "infer@torch_cnn", "evaluate@tflite_cnn", "evaluate@torch_cnn",
+    "synth", "fetch", "preprocess@pad_nn", "preprocess@thumb64", "preprocess@pad_regions",
+    "train@tflite_cnn", "train@torch_cnn", "train@conc_keras", "fit_pls", "export_onnx@torch_cnn_onnx",
+    *(f"infer@{m}" for m in MODELS), *(f"evaluate@{m}" for m in MODELS), "compare", "report",
 }
+# Measurements differ run to run by nature; everything else must be byte-identical.
+MEASURED = {*(f"metrics/latency/{m}.json" for m in MODELS), "comparison/summary.csv", "comparison/report.md"}
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +30,12 @@ def project(tmp_path_factory) -> Path:
 
 
 def test_repro_produces_metrics_for_every_model(project: Path):
-    for model in ("tflite_cnn", "torch_cnn"):
+    for model in ("tflite_cnn", "torch_cnn", "torch_cnn_onnx"):
         metrics = json.loads((project / f"metrics/{model}.json").read_text())
         assert 0 <= metrics["accuracy"] <= 1  # tiny data: the real figures come from `make repro`
         assert metrics["n_items"] > 0
         assert metrics["forward_passes"] == 60  # every item once, dev and test
-        assert (project / f"plots/confusion/{model}.csv").read_text().startswith("actual,predicted\n")
+        assert (project / f"plots/classify/pairs/{model}.csv").read_text().startswith("actual,predicted\n")
     shown = run(project, "dvc", "metrics", "show", "--json").stdout
     assert "tflite_cnn.json" in shown and "accuracy" in shown
 
@@ -48,23 +53,43 @@ def test_forced_repro_is_byte_identical(project: Path):
     assert any(name.endswith(".h5") for name in before)
     result = run(project, "dvc", "repro", "-f")
     assert stages_run(result.stdout) == ALL_STAGES
-    assert output_digests(project) == before
-    assert run(project, "git", "status", "--porcelain").stdout == ""
+    after = output_digests(project)
+    assert {name for name in before if before[name] != after.get(name)} <= MEASURED
+    assert set(after) == set(before)
+    changed = {line[3:] for line in run(project, "git", "status", "--porcelain").stdout.splitlines()}
+    assert changed <= MEASURED | {"dvc.lock"}
+    committed = run(project, "git", "show", "HEAD:dvc.lock").stdout
+    assert _lock_without_measured(committed) == _lock_without_measured((project / "dvc.lock").read_text())
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "-qm", "forced repro: new latency measurements")
+
+
+def _lock_without_measured(text: str) -> dict:
+    measured = MEASURED | {"comparison", "metrics/latency"}  # compare reads the latency folder
+    lock = yaml.safe_load(text)
+    for stage in lock["stages"].values():
+        for side in ("deps", "outs"):
+            stage[side] = [entry for entry in stage.get(side, []) if entry["path"] not in measured]
+    return lock
 
 
 def test_evaluate_param_reruns_only_evaluate(project: Path):
     set_param(project, "evaluate.split", "dev")
     result = run(project, "dvc", "repro")
-    assert stages_run(result.stdout) == {"evaluate@tflite_cnn", "evaluate@torch_cnn"}
+    assert stages_run(result.stdout) == {*(f"evaluate@{m}" for m in MODELS), "compare", "report"}
     run(project, "git", "checkout", "params.yaml")
-    run(project, "dvc", "repro")  # back to the committed state (restored from the run-cache)
+    restored = run(project, "dvc", "repro")  # back to the committed state
+    assert stages_run(restored.stdout) == set()  # evaluate and report come from the run-cache
+    assert "Stage 'evaluate@tflite_cnn' is cached" in restored.stdout
 
 
 def test_pipeline_param_reruns_only_that_pipelines_models(project: Path):
     set_param(project, "preprocess.pipelines.thumb64.resample", "bicubic")
     result = run(project, "dvc", "repro")
-    assert stages_run(result.stdout) == {
-        "preprocess@thumb64", "train@torch_cnn", "infer@torch_cnn", "evaluate@torch_cnn",
+    # report reruns only if the metrics or plots came out different
+    assert stages_run(result.stdout) - {"report"} == {
+        "preprocess@thumb64", "train@torch_cnn", "export_onnx@torch_cnn_onnx", "infer@torch_cnn",
+        "infer@torch_cnn_onnx", "evaluate@torch_cnn", "evaluate@torch_cnn_onnx", "compare",
     }
     run(project, "git", "checkout", "params.yaml")
     restored = run(project, "dvc", "repro")

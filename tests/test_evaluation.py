@@ -24,7 +24,7 @@ def test_outputs_are_dvc_metrics_and_plot_files(tmp_path: Path):
     metrics = json.loads(outputs.metrics.read_text())
     assert metrics == {"accuracy": pytest.approx(2 / 3, abs=1e-6), "macro_f1": pytest.approx(2 / 3, abs=1e-6),
                        "n_items": 3, "forward_passes": 3}
-    rows = list(csv.DictReader(outputs.confusion.open()))
+    rows = list(csv.DictReader(outputs.pairs.open()))
     assert rows[2] == {"actual": "b", "predicted": "a"}
     per_class = list(csv.DictReader(outputs.per_class.open()))
     assert per_class == [{"class": "a", "accuracy": "1.000000", "support": "1"},

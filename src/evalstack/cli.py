@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from evalstack.offline_plots import OfflinePlotsError, install_offline_template
 from evalstack.config import load_params, open_store
 from evalstack.dvcfiles import locked_layers, locked_shard_sha256s, shard_files, workspace_layers
 from evalstack.integrity import verify_layer
@@ -53,6 +54,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"{directory}: {'FAILED' if problems else 'ok'}")
         failed |= bool(problems)
     return 1 if failed else 0
+
+
+def cmd_plots_template(args: argparse.Namespace) -> int:
+    path = install_offline_template(args.repo)
+    print(f"wrote {path}; `dvc plots show` and `dvc plots diff` in this clone now render offline")
+    return 0
+
+
+def cmd_push_run_cache(args: argparse.Namespace) -> int:
+    from evalstack.sharing import push_run_cache
+
+    pushed = push_run_cache(args.repo, args.remote, args.jobs)
+    print(f"{pushed.records} run records and {pushed.outputs} output objects pushed")
+    if pushed.unavailable:
+        print(f"{pushed.unavailable} objects named by run records are no longer in the local cache (not pushed)")
+    return 0
+
 
 
 def cmd_why(args: argparse.Namespace) -> int:
@@ -150,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("layers", type=Path, nargs="*")
     seed.set_defaults(run=cmd_store_seed)
     store.add_parser("verify", help="re-hash every store entry").set_defaults(run=cmd_store_verify)
+    template = command("plots-template", cmd_plots_template,
+                       "make `dvc plots show/diff` pages render offline (vega inlined, no CDN)")
+    template.add_argument("--repo", type=Path, default=Path("."), help="the DVC repository (default: here)")
+    share = command("push-run-cache", cmd_push_run_cache,
+                    "`dvc push --run-cache`, plus the outputs the run records restore")
+    share.add_argument("-r", "--remote", help="DVC remote name (default: core.remote)")
+    share.add_argument("-j", "--jobs", type=int, help="parallel uploads")
+    share.add_argument("--repo", type=Path, default=Path("."), help="the DVC repository (default: here)")
     return parser
 
 
@@ -157,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (StoreError, ShardStoreError) as error:
+    except (StoreError, ShardStoreError, OfflinePlotsError) as error:
         print(f"evalstack: {error}", file=sys.stderr)
         return 2
 

@@ -16,17 +16,21 @@ from evalstack.inference import open_predictions
 from evalstack.store import Layer, atomic_write_bytes
 
 
+ALL_SPLITS = "all"  # evaluate.split value that takes every item, whatever its split
+
+
 @dataclass(frozen=True)
 class EvaluationOutputs:
     metrics: Path  # JSON for `dvc metrics`
-    confusion: Path  # CSV rows (actual, predicted) for DVC's confusion template
+    pairs: Path  # CSV rows (actual, predicted): DVC's confusion template, or a scatter for concentration
     per_class: Path  # CSV rows (class, accuracy, support)
 
 
-def ground_truth(raw_dir: Path) -> dict[str, tuple[str, str]]:
-    """item key → (sample_name, split)."""
+def ground_truth(raw_dir: Path, column: str = "sample_name") -> dict[str, tuple[str, str]]:
+    """item key → (value of `column` as text, split); `quantity` gives "0", "20", …"""
     raw = Layer.open(raw_dir, kind=RAW_KIND)
-    return dict(zip(raw.item_keys(), zip(raw.column("sample_name"), raw.column("split"))))
+    values = [str(value) for value in raw.column(column)]
+    return dict(zip(raw.item_keys(), zip(values, raw.column("split"))))
 
 
 def label_indices(names: list[str], labels: tuple[str, ...], model: str) -> np.ndarray:
@@ -50,7 +54,7 @@ def evaluate_classifier(
     keys = layer.item_keys()
     predicted = layer.column("label")
     # Items removed from the source leave the raw layer's index but may remain in derived shards.
-    chosen = [i for i, key in enumerate(keys) if key in truth and truth[key][1] == split]
+    chosen = [i for i, key in enumerate(keys) if key in truth and (split == ALL_SPLITS or truth[key][1] == split)]
     if not chosen:
         raise ValueError(f"no items in split {split!r}; splits present: {sorted({s for _, s in truth.values()})}")
     names = [truth[keys[i]][0] for i in chosen]
@@ -64,13 +68,19 @@ def evaluate_classifier(
 def write_outputs(
     report: ClassificationReport, pairs: list[tuple[str, str]], forward_passes: int, outputs: EvaluationOutputs
 ) -> None:
-    for path in (outputs.metrics, outputs.confusion, outputs.per_class):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    metrics = {**report.summary(), "forward_passes": forward_passes}
-    atomic_write_bytes(outputs.metrics, (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
-    atomic_write_bytes(outputs.confusion, _csv([("actual", "predicted"), *pairs]))
     rows = [(name, f"{report.per_class_accuracy[name]:.6f}", report.support[name]) for name in sorted(report.support)]
-    atomic_write_bytes(outputs.per_class, _csv([("class", "accuracy", "support"), *rows]))
+    write_evaluation_files(
+        outputs, {**report.summary(), "forward_passes": forward_passes}, pairs, [("class", "accuracy", "support"), *rows]
+    )
+
+
+def write_evaluation_files(outputs: EvaluationOutputs, metrics: dict, pairs: list[tuple], per_class: list[tuple]) -> None:
+    """The three evaluate outputs; `per_class` rows include their header."""
+    for path in (outputs.metrics, outputs.pairs, outputs.per_class):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(outputs.metrics, (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(outputs.pairs, _csv([("actual", "predicted"), *pairs]))
+    atomic_write_bytes(outputs.per_class, _csv(per_class))
 
 
 def _csv(rows: list[tuple]) -> bytes:
@@ -79,3 +89,13 @@ def _csv(rows: list[tuple]) -> bytes:
     buffer = StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
     return buffer.getvalue().encode()
+
+
+def truth_frame(raw_dir: Path) -> "pd.DataFrame":
+    """The labelled facts of every item, indexed by item key: sample_name, quantity, split, id."""
+    import pandas as pd
+
+    raw = Layer.open(raw_dir, kind=RAW_KIND)
+    frame = pd.DataFrame({name: raw.column(name) for name in ("id", "sample_name", "quantity", "split")})
+    frame.index = pd.Index(raw.item_keys(), name="item_key")
+    return frame

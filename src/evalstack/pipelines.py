@@ -20,6 +20,7 @@ from evalstack.rawformat import RAW_KIND, read_blobs
 from evalstack.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
 from evalstack.keys import Key
 from evalstack.shardstore import ShardStore
+from evalstack.regions import region_features
 from evalstack.sources import DEFAULT_MAX_PIXELS, decode_image
 from evalstack.store import ITEM_KEY, Layer, ShardInfo, read_column
 
@@ -38,7 +39,7 @@ class PipelineError(ValueError):
 
 
 class PreprocessingPipeline(ABC):
-    """One decoded image in, one model-ready array out (H, W, C)."""
+    """One decoded image in, one model-ready array out: an image (H, W, C) or a feature vector."""
 
     kind: ClassVar[str]
     version: ClassVar[str]
@@ -48,7 +49,7 @@ class PreprocessingPipeline(ABC):
         """Every setting that changes the output, JSON-serialisable."""
 
     @abstractmethod
-    def output_shape(self) -> tuple[int, int, int]: ...
+    def output_shape(self) -> tuple[int, ...]: ...
 
     @abstractmethod
     def output_dtype(self) -> np.dtype: ...
@@ -110,7 +111,42 @@ class CropResizePipeline(PreprocessingPipeline):
         return np.ascontiguousarray(_to_three_channels(np.asarray(resized, dtype=np.uint8)))
 
 
-PIPELINE_KINDS: dict[str, type[PreprocessingPipeline]] = {"crop_resize": CropResizePipeline}
+@dataclass(frozen=True)
+class PadRegionsPipeline(PreprocessingPipeline):
+    """PAD's PLS input: 12 lanes × `regions` bands × RGB of the reaction zone (see regions.py).
+
+    Values are integers 0–255 like upstream's, kept as float32 because that is
+    what the PLS dot product consumes.
+    """
+
+    regions: int = 10
+    kind: ClassVar[str] = "pad_regions"
+    version: ClassVar[str] = "1"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.regions <= 273:
+            raise PipelineError(f"regions {self.regions} out of range 1–273")
+
+    def parameters(self) -> dict[str, Any]:
+        return {"regions": self.regions}
+
+    def output_shape(self) -> tuple[int, ...]:
+        return (12 * self.regions * 3,)
+
+    def output_dtype(self) -> np.dtype:
+        return np.dtype(np.float32)
+
+    def process_image(self, image: Image.Image) -> np.ndarray:
+        try:
+            return region_features(np.asarray(image.convert("RGB"), dtype=np.uint8), self.regions)
+        except ValueError as error:
+            raise PipelineError(str(error)) from None
+
+
+PIPELINE_KINDS: dict[str, type[PreprocessingPipeline]] = {
+    "crop_resize": CropResizePipeline,
+    "pad_regions": PadRegionsPipeline,
+}
 
 
 def build_pipeline(spec: Mapping[str, Any]) -> PreprocessingPipeline:

@@ -1,8 +1,10 @@
 """Demo models, so the template runs end to end with no downloads.
 
-Both classifiers honour PAD's IO contract: input (N, H, W, 3) float32 in 0–255,
-no normalisation outside the model, logits over the label list. Training is
-seeded and deterministic, so `dvc repro -f` rebuilds byte-identical model files.
+All networks honour PAD's IO contract: input (N, H, W, 3) float32 in 0–255,
+no normalisation outside the model, logits over the label list. A
+concentration network is, like PAD's, a classifier over quantity levels
+(`target: quantity`, labels "0", "20", …). Training is seeded and
+deterministic, so `dvc repro -f` rebuilds byte-identical model files.
 Real users replace these files with their own (see README).
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evalstack.adapters.keras_model import canonical_keras_archive
 from evalstack.evaluation import ground_truth, label_indices
 from evalstack.pipelines import PREPROCESSED_KIND
 from evalstack.store import ITEM_KEY, Layer, atomic_write_bytes, read_column
@@ -21,7 +24,8 @@ from evalstack.store import ITEM_KEY, Layer, atomic_write_bytes, read_column
 
 @dataclass(frozen=True)
 class TrainConfig:
-    framework: str  # keras_tflite | torch_export
+    framework: str  # keras_tflite | keras | torch_export
+    target: str = "sample_name"  # raw-layer column the labels name: sample_name (drug) or quantity
     epochs: int = 10
     batch_size: int = 16
     learning_rate: float = 0.002
@@ -31,10 +35,16 @@ class TrainConfig:
 
 
 def load_training_set(
-    preprocessed_dir: Path, raw_dir: Path, labels: tuple[str, ...], split: str, max_items: int, model: str
+    preprocessed_dir: Path,
+    raw_dir: Path,
+    labels: tuple[str, ...],
+    split: str,
+    max_items: int,
+    model: str,
+    target: str = "sample_name",
 ) -> tuple[np.ndarray, np.ndarray]:
     """uint8 tensors and label indices of one split (first `max_items` in layer order)."""
-    truth = ground_truth(raw_dir)
+    truth = ground_truth(raw_dir, target)
     layer = Layer.open(preprocessed_dir, kind=PREPROCESSED_KIND)
     tensors, names = [], []
     for shard in layer.shards:
@@ -51,11 +61,13 @@ def load_training_set(
     return np.concatenate(tensors), label_indices(names, labels, model)
 
 
-def train_keras_tflite(x: np.ndarray, y: np.ndarray, n_classes: int, config: TrainConfig, out: Path) -> None:
+def fit_keras_cnn(x: np.ndarray, y: np.ndarray, n_classes: int, config: TrainConfig) -> "keras.Model":
+    """A tiny seeded CNN (deterministic ops) trained on uint8 tensors."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf
 
+    keras.backend.clear_session()  # layer names come from a per-process counter; they end up in the file
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     height = x.shape[1]
@@ -85,8 +97,25 @@ def train_keras_tflite(x: np.ndarray, y: np.ndarray, n_classes: int, config: Tra
         .map(lambda images, labels: (tf.cast(images, tf.float32), labels))
     )
     model.fit(dataset, epochs=config.epochs, verbose=2)
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    return model
+
+
+def train_keras_tflite(x: np.ndarray, y: np.ndarray, n_classes: int, config: TrainConfig, out: Path) -> None:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(fit_keras_cnn(x, y, n_classes, config))
     atomic_write_bytes(out, converter.convert())
+
+
+def train_keras(x: np.ndarray, y: np.ndarray, n_classes: int, config: TrainConfig, out: Path) -> None:
+    """A `.keras` archive, rewritten canonically so the same weights give the same bytes."""
+    import tempfile
+
+    model = fit_keras_cnn(x, y, n_classes, config)
+    with tempfile.TemporaryDirectory() as scratch:
+        saved = Path(scratch) / "model.keras"
+        model.save(saved)
+        atomic_write_bytes(out, canonical_keras_archive(saved.read_bytes()))
 
 
 def train_torch_export(x: np.ndarray, y: np.ndarray, n_classes: int, config: TrainConfig, out: Path) -> None:
@@ -140,7 +169,7 @@ def train_torch_export(x: np.ndarray, y: np.ndarray, n_classes: int, config: Tra
     atomic_write_bytes(out, buffer.getvalue())
 
 
-TRAINERS = {"keras_tflite": train_keras_tflite, "torch_export": train_torch_export}
+TRAINERS = {"keras_tflite": train_keras_tflite, "keras": train_keras, "torch_export": train_torch_export}
 
 
 def train_demo_model(
@@ -148,7 +177,7 @@ def train_demo_model(
 ) -> None:
     if config.framework not in TRAINERS:
         raise ValueError(f"train.{name}: framework {config.framework!r} unknown; choose from {sorted(TRAINERS)}")
-    x, y = load_training_set(preprocessed_dir, raw_dir, labels, config.split, config.max_items, name)
+    x, y = load_training_set(preprocessed_dir, raw_dir, labels, config.split, config.max_items, name, config.target)
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"training {name} ({config.framework}) on {len(x)} {config.split} items, {len(labels)} classes")
     TRAINERS[config.framework](x, y, len(labels), config, out)

@@ -1,31 +1,36 @@
-"""Model adapters, registered by the `adapter` name used in params.yaml."""
+"""Model adapters, registered by the `adapter` name used in params.yaml.
+
+To add a framework: write `adapters/<framework>.py` with a ModelAdapter subclass
+and add one line to ADAPTERS. Imports are deferred so a TFLite-only user never
+pays for importing torch or TensorFlow, and back.
+"""
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Callable
 
 from evalstack.adapters.base import ModelAdapter, ModelError, ModelSpec
 
-
-def _tflite(spec: ModelSpec) -> ModelAdapter:
-    from evalstack.adapters.tflite import TFLiteAdapter
-
-    return TFLiteAdapter(spec)
-
-
-def _torch(spec: ModelSpec) -> ModelAdapter:
-    from evalstack.adapters.torch_export import TorchAdapter
-
-    return TorchAdapter(spec)
+# adapter name → (module, class)
+ADAPTERS: dict[str, tuple[str, str]] = {
+    "tflite": ("evalstack.adapters.tflite", "TFLiteAdapter"),
+    "torch": ("evalstack.adapters.torch_export", "TorchAdapter"),
+    "keras": ("evalstack.adapters.keras_model", "KerasAdapter"),
+    "onnx": ("evalstack.adapters.onnx_runtime", "OnnxAdapter"),
+    "pls": ("evalstack.adapters.pls", "PLSAdapter"),
+    "torch_detection": ("evalstack.adapters.detection", "DetectionAdapter"),  # the detection profile
+}
 
 
-# Imports are deferred so a TFLite-only user never pays for importing torch, and back.
-ADAPTERS: dict[str, Callable[[ModelSpec], ModelAdapter]] = {"tflite": _tflite, "torch": _torch}
+def adapter_class(name: str) -> Callable[[ModelSpec], ModelAdapter]:
+    module, cls = ADAPTERS[name]
+    return getattr(import_module(module), cls)
 
 
 def load_adapter(spec: ModelSpec) -> ModelAdapter:
     if spec.adapter not in ADAPTERS:
         raise ModelError(f"model {spec.name}: adapter {spec.adapter!r} unknown; registered: {sorted(ADAPTERS)}")
-    return ADAPTERS[spec.adapter](spec)
+    return adapter_class(spec.adapter)(spec)
 
 
-__all__ = ["ADAPTERS", "ModelAdapter", "ModelError", "ModelSpec", "load_adapter"]
+__all__ = ["ADAPTERS", "ModelAdapter", "ModelError", "ModelSpec", "adapter_class", "load_adapter"]

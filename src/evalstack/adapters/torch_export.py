@@ -38,10 +38,7 @@ class TorchAdapter(ModelAdapter):
     def __init__(self, spec: ModelSpec):
         super().__init__(spec)
         self.module, declared = load_torch_module(spec)
-        shape = spec.options.get("input_shape") or declared
-        if not shape:
-            raise ModelError(f"model {spec.name}: TorchScript models need options.input_shape, e.g. [64, 64, 3]")
-        self._shape = tuple(int(v) for v in shape)
+        self._shape = self._fixed_input_shape(declared, "TorchScript models need")
 
     def input_shape(self) -> tuple[int, ...]:
         return self._shape

@@ -1,0 +1,159 @@
+"""The notebook API: a dataset object over a project, sharing every layer and cache with `dvc repro`.
+
+Declared models (params.yaml) are run by DVC itself (`infer@name` through
+dvc.repo.Repo), so their results land in dvc.lock and the run-cache and a later
+`dvc repro` has nothing left to do — and what `dvc repro` already did is not
+done again here. An ad-hoc adapter (not in params.yaml) reads the same
+preprocessed layer and writes its predictions layer to `data/adhoc/<name>/`,
+keyed by model signature + pipeline key, so calling it again is free.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from evalstack.adapters.base import ModelAdapter
+from evalstack.comparison import Comparison, CompareConfig, ModelRun, compare_runs, declared_run
+from evalstack.concentration import predicted_quantities
+from evalstack.config import load_params, open_store, pipeline_spec, resolve_labels
+from evalstack.evaluation import truth_frame
+from evalstack.inference import PREDICTIONS_KIND, infer_layer, predictions_key
+from evalstack.latency import ensure_timed, latency_record, read_latency, write_latency
+from evalstack.store import Layer, StoreError
+
+ADHOC_DIR = Path("data/adhoc")
+
+
+class Dataset:
+    """A project's dataset, e.g. `Dataset(".")` in the project directory."""
+
+    def __init__(self, project: str | Path = ".", params_file: str = "params.yaml"):
+        self.root = Path(project).resolve()
+        self.params_file = self.root / params_file
+        self.stages_run: list[str] = []  # what the last call had DVC execute (empty: all cached)
+
+    @property
+    def params(self) -> dict:
+        return load_params(self.params_file)
+
+    def labels(self, name: str) -> tuple[str, ...]:
+        return resolve_labels(self.params, name)
+
+    def _reproduce(self, *targets: str) -> None:
+        from dvc.repo import Repo
+
+        with Repo(str(self.root)) as repo:
+            for target in targets:
+                # dvc resolves a bare stage name against the current directory; anchor it to this project.
+                stages = repo.reproduce(f"{self.root / 'dvc.yaml'}:{target}")
+                self.stages_run += [stage.name or stage.addressing for stage in stages]
+
+    def download_and_cache(self, force_refresh: bool = False) -> pd.DataFrame:
+        """Fetch the raw layer once (`dvc repro fetch`); returns one row per card."""
+        self.stages_run = []
+        if force_refresh:
+            from dvc.repo import Repo
+
+            with Repo(str(self.root)) as repo:
+                stages = repo.reproduce(f"{self.root / 'dvc.yaml'}:fetch", force=True, single_item=True)
+                self.stages_run += [stage.name or stage.addressing for stage in stages]
+        else:
+            self._reproduce("fetch")
+        return self.items()
+
+    def items(self) -> pd.DataFrame:
+        return truth_frame(self.root / "data/raw")
+
+    def preprocessed_batches(self, pipeline: str, batch_size: int = 32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(item keys, model-ready arrays) of a declared pipeline, computed once by `preprocess@<pipeline>`."""
+        self.stages_run = []
+        self._reproduce(f"preprocess@{pipeline}")
+        layer = Layer.open(self.root / "data/preprocessed" / pipeline)
+        for batch in layer.iter_batches(["item_key", "x"], batch_size):
+            yield batch["item_key"].astype(str), batch["x"].astype(np.float32)
+
+    def apply_model(self, model: str | ModelAdapter, batch_size: int | None = None) -> pd.DataFrame:
+        """Predictions joined with the labels, one row per card; `frame.attrs` says what was computed."""
+        self.stages_run = []
+        passes_before = 0 if isinstance(model, str) else model.forward_passes
+        run = self._run(model, batch_size)
+        if isinstance(model, str):
+            ran = f"infer@{model}" in self.stages_run
+            forward_passes = (run.latency or {}).get("forward_passes", 0) if ran else 0
+        else:
+            forward_passes = model.forward_passes - passes_before
+        frame = predictions_frame(Layer.open(run.layer, kind=PREDICTIONS_KIND), self.items())
+        frame.attrs.update({"layer": str(run.layer), "stages_run": list(self.stages_run),
+                            "forward_passes": forward_passes})
+        return frame
+
+    def compare_models(self, models: Sequence[str | ModelAdapter], split: str | None = None) -> Comparison:
+        """Every model on the same items of `split` (default: evaluate.split), paired by item key."""
+        self.stages_run = []
+        runs = [self._run(model, None) for model in models]
+        settings = self.params.get("compare") or {}
+        config = CompareConfig(
+            split=split or self.params["evaluate"]["split"],
+            n_resamples=int(settings.get("bootstrap_resamples", 2000)),
+            seed=int(settings.get("seed", 0)),
+            level=float(settings.get("level", 0.95)),
+        )
+        return compare_runs(runs, self.items(), config)
+
+    def _run(self, model: str | ModelAdapter, batch_size: int | None) -> ModelRun:
+        if isinstance(model, str):
+            self._reproduce(f"infer@{model}")
+            return declared_run(self.params, model, self.root / "data/predictions", self.root / "metrics/latency",
+                                self.root)
+        return self._run_adhoc(model, batch_size or int((self.params.get("infer") or {}).get("batch_size", 32)))
+
+    def _run_adhoc(self, adapter: ModelAdapter, batch_size: int) -> ModelRun:
+        spec = adapter.spec
+        self._reproduce(f"preprocess@{spec.pipeline}")
+        pipeline_key = pipeline_spec(self.params, spec.pipeline).cache_key()
+        out = self.root / ADHOC_DIR / safe_name(spec.name)
+        latency_file = out.with_name(out.name + ".latency.json")
+        expected = predictions_key(adapter.signature(), pipeline_key)
+        if not _is_layer_with_key(out, expected.hex):
+            preprocessed = self.root / "data/preprocessed" / spec.pipeline
+            # Through the same shard store as the stages, so a later `dvc repro` of this model reuses it.
+            infer_layer(preprocessed, out, adapter, batch_size, open_store(self.params, self.root))
+            ensure_timed(adapter, preprocessed, batch_size)
+            write_latency(latency_file, latency_record(adapter, batch_size))
+        return ModelRun(spec.name, spec.task, spec.adapter, spec.pipeline, out, read_latency(latency_file),
+                        spec.options.get("parity_of"))
+
+
+def safe_name(name: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip(".")
+    if not cleaned:
+        raise ValueError(f"model name {name!r} has no usable characters for a folder name")
+    return cleaned
+
+
+def _is_layer_with_key(directory: Path, key_hex: str) -> bool:
+    try:
+        return Layer.open(directory, kind=PREDICTIONS_KIND).key.hex == key_hex
+    except StoreError:
+        return False
+
+
+def predictions_frame(layer: Layer, truth: pd.DataFrame) -> pd.DataFrame:
+    """A predictions layer as a DataFrame: truth columns + prediction (label name or quantity)."""
+    keys = layer.item_keys()
+    parts = layer.key.parts["model"]
+    facts = truth.loc[keys]
+    frame = facts.copy()
+    logits = layer.column("logits")
+    if parts.get("task") == "concentration":
+        frame["prediction"] = predicted_quantities(logits, parts, facts["sample_name"].to_numpy())
+    else:
+        frame["prediction"] = np.asarray(parts["labels"], dtype=object)[layer.column("label")]
+        frame["probability"] = layer.column("probability")
+        frame["energy"] = layer.column("energy")
+        frame["correct"] = frame["prediction"] == frame["sample_name"]
+    return frame

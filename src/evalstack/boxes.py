@@ -1,0 +1,78 @@
+"""Detections and box arithmetic: the per-image record, IoU, class-wise greedy NMS (numpy).
+
+torchvision is not available here (no CPU wheel), so NMS is implemented with
+torchvision's semantics: boxes are visited in descending score order and a box
+is suppressed when its IoU with a kept box of the same class is strictly
+greater than the threshold. Ties in score keep the earlier box (stable sort),
+so the result does not depend on anything but the inputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Detections:
+    """One image's detections: boxes (n, 4) float32, labels (n,) int64, scores (n,) float32.
+
+    Boxes are xyxy in model-input pixels as a detector returns them, and COCO xywh
+    in original-image pixels once mapped back (what the predictions layer stores).
+    """
+
+    boxes: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.labels)
+        if np.shape(self.boxes) != (n, 4) or np.shape(self.scores) != (n,):
+            raise ValueError(f"detections disagree in length: boxes {np.shape(self.boxes)}, "
+                             f"labels {np.shape(self.labels)}, scores {np.shape(self.scores)}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def empty(cls) -> "Detections":
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32))
+
+
+def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
+    boxes = np.asarray(boxes)
+    return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+
+
+def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    boxes = np.asarray(boxes)
+    return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) IoU of xyxy boxes; degenerate boxes have IoU 0 with everything."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Indices of the boxes kept by class-wise greedy NMS, in descending score order."""
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    if len(order) == 0:
+        return order.astype(np.int64)
+    ious = iou_matrix(boxes[order], boxes[order])
+    same_class = labels[order][:, None] == labels[order][None, :]
+    suppressed = np.zeros(len(order), dtype=bool)
+    keep = []
+    for i in range(len(order)):
+        if suppressed[i]:
+            continue
+        keep.append(order[i])
+        suppressed |= same_class[i] & (ious[i] > iou_threshold)
+    return np.asarray(keep, dtype=np.int64)

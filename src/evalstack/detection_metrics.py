@@ -1,0 +1,139 @@
+"""Detection metrics through pycocotools (no I/O): COCO mAP/AR, per-class AP, per-image TP/FP/FN.
+
+Every figure comes from one `COCOeval` run, so it is pycocotools' number, not a
+re-implementation: `mAP` is `stats[0]` (AP@[.5:.95]), `mAP50` `stats[1]`,
+`AR100` `stats[8]`, and so on. Per-class AP averages `eval['precision']` of a
+class the way `summarize()` averages all classes. Per-image TP/FP/FN are read
+from `evalImgs` at IoU 0.5 (area "all", 100 detections): pycocotools' own
+matching, greedy in score order, crowd matches ignored. Counting only the
+detections scoring at least `count_threshold` is exact on that matching,
+because a lower-scored detection can never take a match from a higher one.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+STAT_NAMES = (
+    "mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large",
+    "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large",
+)
+
+
+@dataclass(frozen=True)
+class ImageCounts:
+    image_id: int
+    n_gt: int  # non-crowd ground-truth boxes
+    n_det: int  # detections scoring >= the count threshold (not matched to a crowd)
+    tp: int
+    fp: int
+    fn: int
+
+
+@dataclass(frozen=True)
+class DetectionReport:
+    stats: dict[str, float]  # STAT_NAMES → pycocotools' value (-1 where undefined, as pycocotools says)
+    per_class_ap: dict[str, float | None]  # None: the class has no ground truth in this split
+    per_class_ap50: dict[str, float | None]
+    pr_curve: list[tuple[float, float]]  # (recall, precision) at IoU 0.5, mean over classes with ground truth
+    per_image: list[ImageCounts]
+    count_threshold: float
+
+    def summary(self) -> dict[str, Any]:
+        totals = {name: sum(getattr(c, name) for c in self.per_image) for name in ("tp", "fp", "fn")}
+        return {
+            **self.stats,
+            "per_class_AP": self.per_class_ap,
+            "per_class_AP50": self.per_class_ap50,
+            **totals,
+            "count_threshold": self.count_threshold,
+            "n_images": len(self.per_image),
+            "n_images_without_gt": sum(1 for c in self.per_image if c.n_gt == 0),
+            "n_images_without_detections": sum(1 for c in self.per_image if c.n_det == 0),
+        }
+
+
+def coco_from_document(document: dict[str, Any]) -> COCO:
+    """A pycocotools COCO object over an in-memory document (a copy: COCOeval annotates its dicts)."""
+    coco = COCO()
+    coco.dataset = copy.deepcopy(document)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _load_results(gt: COCO, results: list[dict[str, Any]]) -> COCO:
+    if results:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return gt.loadRes(copy.deepcopy(results))
+    # loadRes cannot take an empty list (it inspects results[0]); no detections is a valid result.
+    return coco_from_document({"images": gt.dataset["images"], "categories": gt.dataset["categories"],
+                               "annotations": []})
+
+
+def run_cocoeval(gt: COCO, results: list[dict[str, Any]]) -> COCOeval:
+    evaluator = COCOeval(gt, _load_results(gt, results), iouType="bbox")
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator
+
+
+def _class_ap(precision: np.ndarray) -> float | None:
+    valid = precision[precision > -1]
+    return float(np.mean(valid)) if valid.size else None
+
+
+def per_image_counts(evaluator: COCOeval, count_threshold: float) -> list[ImageCounts]:
+    """TP/FP/FN at IoU 0.5 per image, every ground-truth image included (zero rows too)."""
+    params = evaluator.params
+    if params.iouThrs[0] != 0.5:
+        raise ValueError("per-image counts need IoU 0.5 as the first COCOeval threshold")
+    counts = {image_id: [0, 0, 0, 0] for image_id in params.imgIds}  # n_gt, tp, fp, fn
+    for entry in evaluator.evalImgs:
+        if entry is None or entry["aRng"] != params.areaRng[0]:
+            continue
+        row = counts[entry["image_id"]]
+        n_gt = int(np.sum(np.asarray(entry["gtIgnore"]) == 0))
+        scored = np.asarray(entry["dtScores"], dtype=np.float64) >= count_threshold
+        valid = ~np.asarray(entry["dtIgnore"], dtype=bool)[0] & scored
+        matched = np.asarray(entry["dtMatches"])[0] > 0
+        tp = int(np.sum(matched & valid))
+        row[0] += n_gt
+        row[1] += tp
+        row[2] += int(np.sum(~matched & valid))
+        row[3] += n_gt - tp
+    return [ImageCounts(int(image_id), n_gt, tp + fp, tp, fp, fn) for image_id, (n_gt, tp, fp, fn) in counts.items()]
+
+
+def evaluate_detections(
+    gt_document: dict[str, Any], results: list[dict[str, Any]], count_threshold: float = 0.5
+) -> DetectionReport:
+    """COCO bbox evaluation of `results` (COCO results format) against one ground-truth document."""
+    gt = coco_from_document(gt_document)
+    evaluator = run_cocoeval(gt, results)
+    precision = evaluator.eval["precision"]  # [IoU, recall, class, area, maxDets]
+    names = {c["id"]: c["name"] for c in gt_document["categories"]}
+    per_class, per_class50 = {}, {}
+    for k, category_id in enumerate(evaluator.params.catIds):
+        per_class[names[category_id]] = _class_ap(precision[:, :, k, 0, -1])
+        per_class50[names[category_id]] = _class_ap(precision[0, :, k, 0, -1])
+    at50 = precision[0, :, :, 0, -1]  # [recall, class]
+    with_gt = [k for k in range(at50.shape[1]) if np.all(at50[:, k] > -1)]
+    curve_precision = at50[:, with_gt].mean(axis=1) if with_gt else np.zeros(len(evaluator.params.recThrs))
+    return DetectionReport(
+        stats={name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats)},
+        per_class_ap=per_class,
+        per_class_ap50=per_class50,
+        pr_curve=[(float(r), float(p)) for r, p in zip(evaluator.params.recThrs, curve_precision)],
+        per_image=per_image_counts(evaluator, count_threshold),
+        count_threshold=count_threshold,
+    )

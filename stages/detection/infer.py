@@ -1,0 +1,26 @@
+"""Detection stage infer: letterboxed layer + one detector → detections layer (flat boxes + offsets)."""
+import argparse
+from pathlib import Path
+
+from evalstack.adapters import load_adapter
+from evalstack.config import load_params, model_spec
+from evalstack.detection_inference import infer_detection_layer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", required=True, help="name under models:")
+    parser.add_argument("--preprocessed", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+    params = load_params(args.params)
+    adapter = load_adapter(model_spec(params, args.model))
+    batch_size = int(params.get("infer", {}).get("batch_size", 32))
+    index = infer_detection_layer(args.preprocessed, args.out, adapter, batch_size)
+    print(f"detections {args.model}: {index.stats['num_detections']} boxes on {index.n_items} images, "
+          f"{index.stats['forward_passes']} forward passes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Detection stage train: fit the demo detector on one split (real users bring their own model file)."""
+import argparse
+from pathlib import Path
+
+from evalstack.config import load_params, resolve_labels
+from evalstack.detector import DetectorTrainConfig, load_training_set, train_detector
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", required=True, help="name under train:")
+    parser.add_argument("--raw", type=Path, required=True)
+    parser.add_argument("--preprocessed", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="model file to write")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+    params = load_params(args.params)
+    entry = dict(params["train"][args.model])
+    labels = resolve_labels(params, entry.pop("labels"))
+    for unused in ("file", "pipeline"):  # consumed by dvc.yaml, not by training
+        entry.pop(unused, None)
+    config = DetectorTrainConfig(**entry)
+    data = load_training_set(args.preprocessed, args.raw, labels, config.split, config.max_items, args.model)
+    print(f"training {args.model} on {len(data.images)} {config.split} images, {len(labels)} classes")
+    train_detector(data, len(labels), config, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Loopback servers for end-to-end sharing tests: S3 (moto) and SSH (Debian openssh-server).
+
+Each is a context manager that starts the server on a free 127.0.0.1 port, yields what a
+DVC remote needs to reach it, and stops it on exit, so no test leaves a process behind.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SSHD = Path("/usr/sbin/sshd")
+S3_KEY_ID = "evalstack-test"
+S3_SECRET = "evalstack-test-secret"
+
+
+def unavailable(reason: str) -> None:
+    """Skip with the reason; on CI fail instead, since `make test` installs what these tests need."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def require_program(path: str | Path, package: str) -> Path:
+    found = Path(path) if Path(path).is_absolute() and Path(path).exists() else shutil.which(str(path))
+    if not found:
+        unavailable(f"{path} not found: install Debian package {package} (`make system-deps` does)")
+    return Path(found)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, log: Path, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {seconds:.0f} s")
+
+
+@dataclass(frozen=True)
+class S3Endpoint:
+    url: str  # http://127.0.0.1:PORT
+    bucket: str
+    key_id: str = S3_KEY_ID
+    secret: str = S3_SECRET
+
+
+@contextmanager
+def moto_s3(bucket: str = "evalstack") -> Iterator[S3Endpoint]:
+    """An in-process S3 server (moto) with one empty bucket."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = S3Endpoint(url=f"http://{host}:{port}", bucket=bucket)
+        client = boto3.client(
+            "s3", endpoint_url=endpoint.url, region_name="us-east-1",
+            aws_access_key_id=endpoint.key_id, aws_secret_access_key=endpoint.secret,
+        )
+        client.create_bucket(Bucket=bucket)
+        yield endpoint
+    finally:
+        server.stop()
+
+
+@dataclass(frozen=True)
+class SSHEndpoint:
+    port: int
+    user: str
+    keyfile: Path  # private key the server accepts
+    root: Path  # a directory the remote can use
+
+
+SSHD_CONFIG = """\
+ListenAddress 127.0.0.1
+Port {port}
+HostKey {host_key}
+PidFile {pid_file}
+AuthorizedKeysFile {authorized_keys}
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+UsePAM no
+StrictModes no
+Subsystem sftp internal-sftp
+"""
+
+
+@contextmanager
+def openssh_server(workdir: Path) -> Iterator[SSHEndpoint]:
+    """Debian's sshd on a loopback port with its own host key and one authorised client key."""
+    sshd = require_program(SSHD, "openssh-server")
+    keygen = require_program("ssh-keygen", "openssh-client")
+    if os.geteuid() != 0:
+        unavailable("starting sshd on its own port with root key login needs root")
+    workdir.mkdir(parents=True, exist_ok=True)
+    host_key, client_key = workdir / "host_ed25519", workdir / "client_ed25519"
+    for key in (host_key, client_key):
+        subprocess.run([str(keygen), "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    authorized = workdir / "authorized_keys"
+    authorized.write_text(client_key.with_suffix(".pub").read_text())
+    authorized.chmod(0o600)
+    port = free_port()
+    config = workdir / "sshd_config"
+    config.write_text(SSHD_CONFIG.format(
+        port=port, host_key=host_key, pid_file=workdir / "sshd.pid", authorized_keys=authorized,
+    ))
+    Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation directory
+    storage = workdir / "storage"
+    storage.mkdir()
+    log = workdir / "sshd.log"
+    with log.open("w") as log_file:  # a file, not a pipe: nobody drains a pipe, and a full one stalls sshd
+        process = subprocess.Popen([str(sshd), "-D", "-e", "-f", str(config)], stderr=log_file)
+    try:
+        wait_for_port(port, process, log)
+        yield SSHEndpoint(port=port, user="root", keyfile=client_key, root=storage)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,157 @@
+"""Keras, ONNX, TorchScript and PLS adapters: real inference on real exported files."""
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evalstack.adapters import ModelError, ModelSpec, load_adapter
+from evalstack.adapters.pls import PLSCoefficients, coefficients_csv, read_coefficients
+from evalstack.export import export_onnx
+from evalstack.training import TrainConfig, train_keras, train_torch_export
+
+LABELS = ("a", "b", "c")
+RNG = np.random.default_rng(0)
+IMAGES = RNG.integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
+TARGETS = RNG.integers(0, 3, 8)
+
+
+def _spec(file: Path, adapter: str, **changes) -> ModelSpec:
+    return replace(ModelSpec(name="m", file=file, adapter=adapter, pipeline="p", labels=LABELS), **changes)
+
+
+def _batch(n: int = 5, size: int = 32) -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 256, size=(n, size, size, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def pt2_file(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("torch") / "m.pt2"
+    train_torch_export(IMAGES, TARGETS, 3, TrainConfig("torch_export", epochs=1, batch_size=4), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def onnx_file(pt2_file, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("onnx") / "m.onnx"
+    export_onnx(pt2_file, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def keras_file(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("keras") / "m.keras"
+    train_keras(IMAGES, TARGETS, 3, TrainConfig("keras", epochs=1, batch_size=4), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def torchscript_file(pt2_file, tmp_path_factory) -> Path:
+    import torch
+
+    module = torch.export.load(str(pt2_file)).module()
+    out = tmp_path_factory.mktemp("ts") / "m.pt"
+    torch.jit.trace(module, torch.zeros(2, 32, 32, 3)).save(str(out))
+    return out
+
+
+def test_keras_adapter_runs_real_inference(keras_file):
+    model = load_adapter(_spec(keras_file, "keras"))
+    batch = _batch()
+    logits = model.predict_batch(batch)
+    assert logits.shape == (5, 3) and model.contract()["input_shape"] == [32, 32, 3]
+    single = np.concatenate([model.predict_batch(batch[i : i + 1]) for i in range(5)])
+    np.testing.assert_allclose(single, logits, rtol=1e-5, atol=1e-5)
+    assert model.forward_passes == 10 and model.forward_seconds > 0
+
+
+def test_keras_archive_is_byte_deterministic(keras_file, tmp_path):
+    again = tmp_path / "again.keras"
+    train_keras(IMAGES, TARGETS, 3, TrainConfig("keras", epochs=1, batch_size=4), again)
+    assert again.read_bytes() == keras_file.read_bytes()
+
+
+def test_onnx_export_matches_torch_and_is_deterministic(pt2_file, onnx_file, tmp_path):
+    onnx_model = load_adapter(_spec(onnx_file, "onnx"))
+    torch_model = load_adapter(_spec(pt2_file, "torch"))
+    batch = _batch(7)  # any batch size: the exported batch dimension is dynamic
+    ours, reference = onnx_model.predict_batch(batch), torch_model.predict_batch(batch)
+    assert ours.shape == (7, 3)
+    assert (ours.argmax(1) == reference.argmax(1)).all()
+    np.testing.assert_allclose(ours, reference, atol=1e-4)
+    export_onnx(pt2_file, tmp_path / "again.onnx")
+    assert (tmp_path / "again.onnx").read_bytes() == onnx_file.read_bytes()
+
+
+def test_torchscript_adapter_runs_real_inference(torchscript_file, pt2_file):
+    with pytest.raises(ModelError, match="TorchScript models need input_shape"):
+        load_adapter(_spec(torchscript_file, "torch"))
+    model = load_adapter(_spec(torchscript_file, "torch", options={"input_shape": [32, 32, 3]}))
+    batch = _batch(3)
+    reference = load_adapter(_spec(pt2_file, "torch")).predict_batch(batch)
+    np.testing.assert_allclose(model.predict_batch(batch), reference, atol=1e-5)
+
+
+def test_onnx_wrong_shape_and_garbage_are_explained(onnx_file, tmp_path):
+    model = load_adapter(_spec(onnx_file, "onnx"))
+    with pytest.raises(ModelError, match=r"input shape \(16, 16, 3\) does not match the model's \(32, 32, 3\)"):
+        model.predict_batch(np.zeros((1, 16, 16, 3), np.float32))
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"nope")
+    with pytest.raises(ModelError, match="not a loadable ONNX model"):
+        load_adapter(_spec(junk, "onnx"))
+
+
+def test_label_count_and_dtype_errors(keras_file):
+    with pytest.raises(ModelError, match="outputs 3 classes but 4 labels"):
+        load_adapter(_spec(keras_file, "keras", labels=("a", "b", "c", "d"))).predict_batch(_batch(1))
+    with pytest.raises(ModelError, match="input dtype <U1 is not numeric"):
+        load_adapter(_spec(keras_file, "keras")).predict_batch(np.full((1, 32, 32, 3), "x"))
+
+
+def _pls_file(tmp_path: Path, n_features: int = 6) -> tuple[Path, PLSCoefficients]:
+    coefficients = PLSCoefficients(
+        drugs=("amoxicillin", "ferrous sulfate"),
+        intercepts=np.asarray([10.0, -2.5]),
+        weights=np.random.default_rng(3).normal(size=(2, n_features)),
+    )
+    path = tmp_path / "pls.csv"
+    path.write_bytes(coefficients_csv(coefficients))
+    return path, coefficients
+
+
+def test_pls_adapter_is_intercept_plus_dot_product(tmp_path):
+    path, coefficients = _pls_file(tmp_path)
+    first_line = path.read_text().splitlines()[0].split(",")
+    assert first_line[0] == "amoxicillin" and len(first_line) == 1 + 1 + 6  # name, intercept, weights
+    spec = _spec(path, "pls", task="concentration", labels=("amoxicillin", "ferrous-sulfate", "blank"))
+    model = load_adapter(spec)
+    features = np.random.default_rng(4).integers(0, 256, size=(4, 6)).astype(np.float32)
+    out = model.predict_batch(features)
+    expected = coefficients.intercepts + features.astype(np.float64) @ coefficients.weights.T
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    assert model.contract()["drugs"] == ["amoxicillin", "ferrous sulfate"]
+    assert read_coefficients(path, "m").weights.tolist() == coefficients.weights.tolist()  # exact round trip
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("amoxicillin,1.0,2.0\nampicillin,1.0\n", "expected drug name, intercept and weights"),
+        ("amoxicillin,1.0,2.0,3.0\nampicillin,1.0,2.0\n", "1 weights, earlier rows have 2"),
+        ("amoxicillin,1.0,abc\n", "row 1 .'amoxicillin'.: could not convert"),
+        ("amoxicillin,1,2\nAmoxicillin,1,2\n", "appears twice"),
+        ("aspirin,1,2\n", r"rows for \['aspirin'\], which are not in its labels"),
+    ],
+)
+def test_bad_pls_files_are_explained(tmp_path, text, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(ModelError, match=message):
+        load_adapter(_spec(path, "pls", task="concentration", labels=("amoxicillin", "ampicillin")))
+
+
+def test_pls_needs_concentration_task(tmp_path):
+    path, _ = _pls_file(tmp_path)
+    with pytest.raises(ModelError, match="set task: concentration"):
+        load_adapter(_spec(path, "pls", labels=("amoxicillin", "ferrous sulfate")))

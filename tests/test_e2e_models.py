@@ -1,0 +1,121 @@
+"""Every model family end to end with the real dvc CLI: shared preprocessing, adding a model,
+the comparison, and the README's Python API example sharing caches with `dvc repro`."""
+import contextlib
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.e2e import REPO, env, make_project, run, stages_run
+
+pytestmark = pytest.mark.slow
+
+N_ITEMS = 60  # tests/e2e.py TINY_PARAMS
+DONE_BY_API = {"synth", "fetch", "preprocess@thumb64", "train@torch_cnn", "export_onnx@torch_cnn_onnx",
+               "infer@torch_cnn", "infer@torch_cnn_onnx"}
+
+
+def readme_example() -> str:
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    assert len(blocks) == 1, "the README has exactly one Python example, and this test runs it"
+    return blocks[0]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = make_project(tmp_path_factory.mktemp("models") / "project")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    del params["train"]["tflite_cnn"], params["models"]["tflite_cnn"]  # the TFLite path is covered elsewhere
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(root, "git", "commit", "-qam", "without tflite")
+    return root
+
+
+@pytest.fixture(scope="module")
+def api_run(project, tmp_path_factory) -> dict:
+    """The README example, run as is in the project directory before any `dvc repro`."""
+    namespace: dict = {}
+    mp = pytest.MonkeyPatch()
+    mp.chdir(project)
+    mp.setenv("PATH", env()["PATH"])
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            exec(compile(readme_example(), "README.md", "exec"), namespace)
+        namespace["printed"] = printed.getvalue()
+        dataset, mine = namespace["dataset"], namespace["mine"]
+        namespace["again"] = dataset.apply_model(mine)
+        namespace["again_stages"] = list(dataset.stages_run)
+    finally:
+        mp.undo()
+    return namespace
+
+
+def test_readme_api_example_runs(api_run):
+    assert len(api_run["cards"]) == N_ITEMS
+    assert api_run["my_predictions"].attrs["forward_passes"] == N_ITEMS
+    assert "torch_cnn_onnx" in api_run["printed"] and "p_value" in api_run["printed"]
+    parity = api_run["table"].parity.iloc[0]
+    assert parity["argmax_agreement"] == 1.0 and parity["max_abs_probability_diff"] < 1e-4
+    # Asking again computes nothing: the ad-hoc layer is keyed by the model signature.
+    assert api_run["again"].attrs["forward_passes"] == 0 and api_run["again_stages"] == []
+
+
+def test_dvc_repro_does_not_redo_what_the_api_did_and_back(project, api_run):
+    result = run(project, "dvc", "repro")
+    ran = stages_run(result.stdout)
+    assert ran and not ran & DONE_BY_API
+    assert {"preprocess@pad_nn", "infer@conc_keras", "fit_pls", "infer@pls", "compare"} <= ran
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "-qm", "repro")
+    from evalstack.api import Dataset
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", env()["PATH"])
+        dataset = Dataset(project)
+        pls = dataset.apply_model("pls")
+    assert dataset.stages_run == [] and pls.attrs["forward_passes"] == 0
+    assert pls["prediction"].notna().any() or pls["split"].eq("test").all()
+
+
+def test_models_on_one_pipeline_share_one_preprocessing(project, api_run):
+    preprocessed = {p.name: json.loads((p / "index.json").read_text())
+                    for p in (project / "data/preprocessed").iterdir()}
+    assert set(preprocessed) == {"pad_nn", "thumb64", "pad_regions"}
+    # Four models on three pipelines: three preprocessing passes over the items, not four.
+    assert sum(index["stats"]["items_preprocessed"] for index in preprocessed.values()) == 3 * N_ITEMS
+    thumb64_key = preprocessed["thumb64"]["key"]["parts"]
+    for model in ("torch_cnn", "torch_cnn_onnx"):
+        index = json.loads((project / f"data/predictions/{model}/index.json").read_text())
+        assert index["stats"]["forward_passes"] == N_ITEMS
+        assert index["key"]["parts"]["pipeline"] == thumb64_key
+
+
+def test_comparison_report(project, api_run):
+    summary = pd.read_csv(project / "comparison/summary.csv").set_index("model")
+    assert set(summary.index) == {"torch_cnn", "torch_cnn_onnx", "conc_keras", "pls"}
+    assert summary.loc["torch_cnn", "accuracy_ci_low"] <= summary.loc["torch_cnn", "accuracy"]
+    assert summary.loc["conc_keras", "rmse"] >= 0 and (summary["latency_ms_per_item"] > 0).all()
+    assert len(pd.read_csv(project / "comparison/mcnemar.csv")) == 1
+    assert "## Export parity" in (project / "comparison/report.md").read_text()
+    metrics = json.loads((project / "metrics/conc_keras.json").read_text())
+    assert {"rmse", "mae", "n_items"} <= set(metrics)
+
+
+def test_adding_a_model_reruns_only_its_stages_and_the_comparison(project, api_run):
+    before = (project / "data/preprocessed/thumb64/index.json").read_bytes()
+    shutil.copy(project / "models/torch_cnn.onnx", project / "models/extra.onnx")
+    run(project, "dvc", "add", "models/extra.onnx")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["models"]["extra"] = {"file": "models/extra.onnx", "adapter": "onnx", "pipeline": "thumb64",
+                                 "labels": "fhi2020", "task": "classify"}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = run(project, "dvc", "repro")
+    assert stages_run(result.stdout) == {"infer@extra", "evaluate@extra", "compare"}
+    assert (project / "data/preprocessed/thumb64/index.json").read_bytes() == before
+    assert json.loads((project / "data/predictions/extra/index.json").read_text())["stats"]["forward_passes"] == N_ITEMS
+    assert "extra" in set(pd.read_csv(project / "comparison/summary.csv")["model"])

@@ -32,6 +32,7 @@ class ShardContent:
     columns: dict[str, np.ndarray]
     attrs: dict[str, Any] = field(default_factory=dict)
     checksum_of: tuple[str, ...] = ()
+    flat: dict[str, np.ndarray] = field(default_factory=dict)  # ragged data addressed by offset columns
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class DerivedLayerSpec:
     key_labels: Mapping[str, str]  # key part → label ("" = the whole key), for explanations
     work: str  # what computing one item costs, recorded as a count: items_preprocessed, forward_passes
     compression: str = "none"
+    stats: Mapping[str, Any] = field(default_factory=dict)  # more index stats the layer kind records
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ def build_derived_layer(
                 attrs={**content.attrs, SHARD_KEY_ATTR: address},
                 upstream=shard.sha256,
                 checksum_of=content.checksum_of,
+                flat=content.flat or None,
             )
             if store is not None:
                 written = out_dir / info.name
@@ -96,7 +99,7 @@ def build_derived_layer(
                                    _key_json(spec.key), shard.sha256)
                 store.put(entry, written)
             log.add(info, shard, computed=True)
-    writer.stats = {spec.work: sum(shard.n_items for shard in writer.shards)}
+    writer.stats = {**spec.stats, spec.work: sum(shard.n_items for shard in writer.shards)}
     index = writer.finish()
     return LayerBuild(index, log.finish(out_dir, store))
 

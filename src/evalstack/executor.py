@@ -56,7 +56,7 @@ def derive_shard(compute: Callable, job: ShardJob, fmt: OutputFormat, progress: 
     return write_layer_shard(
         job.out_path, fmt.kind, fmt.key, fmt.compression, content.columns,
         attrs={**content.attrs, SHARD_KEY_ATTR: job.address},
-        upstream=job.upstream.sha256, checksum_of=content.checksum_of,
+        upstream=job.upstream.sha256, checksum_of=content.checksum_of, flat=content.flat or None,
     )
 
 

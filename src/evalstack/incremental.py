@@ -33,6 +33,7 @@ class ShardContent:
     columns: dict[str, np.ndarray]
     attrs: dict[str, Any] = field(default_factory=dict)
     checksum_of: tuple[str, ...] = ()
+    flat: dict[str, np.ndarray] = field(default_factory=dict)  # ragged data addressed by offset columns
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class DerivedLayerSpec:
     key_labels: Mapping[str, str]  # key part → label ("" = the whole key), for explanations
     work: str  # what computing one item costs, recorded as a count: items_preprocessed, forward_passes
     compression: str = "none"
+    stats: Mapping[str, Any] = field(default_factory=dict)  # more index stats the layer kind records
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ def build_derived_layer(
                                    _key_json(spec.key), job.upstream.sha256)
                 store.put(entry, job.out_path)
             log.add(info, job.upstream, computed=True)
-    writer.stats = {spec.work: sum(shard.n_items for shard in writer.shards)}
+    writer.stats = {**spec.stats, spec.work: sum(shard.n_items for shard in writer.shards)}
     index = writer.finish()
     return LayerBuild(index, log.finish(out_dir, store))
 

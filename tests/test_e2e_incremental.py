@@ -91,12 +91,16 @@ def test_push_uploads_only_new_shards_indexes_and_source_files(grown: dict):
     clone = grown["clone"]
     by_md5 = {
         hashlib.md5(path.read_bytes()).hexdigest(): str(path.relative_to(clone))
-        for path in (clone / "data").rglob("*")
+        for top in ("data", "plots", "reports")
+        for path in (clone / top).rglob("*")
         if path.is_file()
     }
     uploaded = {by_md5.get("".join(Path(name).parts[-2:]), name) for name in grown["pushed"] if not name.endswith(".dir")}
-    unexpected = {p for p in uploaded if not (p.endswith(("/00004.h5", "/index.json")) or p.startswith("data/source/"))}
-    assert unexpected == set()
+    layers = {p for p in uploaded if p.startswith("data/") and not p.startswith("data/source/")}
+    # Of the layers only the new shards and the indexes; besides them the new source
+    # cards and the evaluation outputs (plots, report), which depend on every item.
+    assert {p for p in layers if not p.endswith(("/00004.h5", "/index.json"))} == set()
+    assert {p for p in uploaded - layers if not p.startswith(("data/source/", "plots/", "reports/"))} == set()
     assert sum(p.endswith("/00004.h5") for p in uploaded) == 1 + len(DERIVED)  # raw + the derived layers
     assert grown["pushed_bytes"] / grown["cold_bytes"] < 0.15  # 2 of 34 cards, plus indexes and CSVs
 

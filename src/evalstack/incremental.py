@@ -62,12 +62,21 @@ class LayerBuild:
 
 
 ComputeShard = Callable[[ShardInfo, Path, tqdm], ShardContent]
+SelectItems = Callable[[ShardInfo], str]  # digest of the upstream shard's items a shard is built from
 
 
 def build_derived_layer(
-    upstream: Layer, out_dir: Path, spec: DerivedLayerSpec, compute: ComputeShard, store: ShardStore | None
+    upstream: Layer,
+    out_dir: Path,
+    spec: DerivedLayerSpec,
+    compute: ComputeShard,
+    store: ShardStore | None,
+    selection: SelectItems | None = None,
 ) -> LayerBuild:
-    """One shard per upstream shard, same names; each reused from the store or computed and put there."""
+    """One shard per upstream shard, same names; each reused from the store or computed and put there.
+
+    A shard built from a subset of its upstream's items (one split) names that subset
+    through `selection`, so its address changes when the subset does."""
     out_dir = Path(out_dir)
     previous, seeded = start_build(store, out_dir, spec.kind)
     log = BuildLog(spec.kind, spec.key, spec.label, spec.key_labels, spec.work, previous)
@@ -76,7 +85,8 @@ def build_derived_layer(
     with tqdm(total=len(upstream), desc=spec.label, unit="item") as progress:
         for shard in upstream.shards:
             path = upstream.check_shard(shard)  # a damaged input is refused, even when its result is stored
-            address = derivation_key(shard.sha256, spec.key, spec.compression).hex
+            subset = selection(shard) if selection is not None else None
+            address = derivation_key(shard.sha256, spec.key, spec.compression, subset).hex
             reused = _reuse(store, address, writer, shard)
             if reused is not None:
                 progress.update(shard.n_items)

@@ -1,0 +1,45 @@
+"""Stage robustness: one model's (perturbation type × severity) grid over its cached preprocessed layer."""
+import argparse
+import json
+from pathlib import Path
+
+from evalstack.adapters import load_adapter
+from evalstack.config import load_params, model_spec, open_store
+from evalstack.robustness import GridConfig, build_grid, grid_results
+from evalstack.robustness_report import model_summary
+from evalstack.store import Layer, atomic_write_bytes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", required=True, help="name under models:")
+    parser.add_argument("--raw", type=Path, required=True)
+    parser.add_argument("--preprocessed", type=Path, required=True)
+    parser.add_argument("--predictions", type=Path, required=True, help="the model's clean predictions layer")
+    parser.add_argument("--out", type=Path, required=True, help="directory of cell layers")
+    parser.add_argument("--summary", type=Path, required=True, help="per-model metrics and counts (JSON)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+    params = load_params(args.params)
+    spec = model_spec(params, args.model)
+    adapter = load_adapter(spec)
+    config = GridConfig.from_params(params.get("robustness") or {})
+    store = open_store(params, args.params.parent)
+    batch_size = int(params.get("infer", {}).get("batch_size", 32))
+    build = build_grid(args.raw, args.preprocessed, args.predictions, args.out, adapter, config, store, batch_size)
+    clean_accuracy, results = grid_results(build, args.raw, spec.labels)
+    upstream = {
+        "clean_predictions_read": len(build.split_keys),
+        "upstream_clean_predictions": build.clean.index.n_items,
+        "upstream_items_preprocessed": int(Layer.open(args.preprocessed).index.stats.get("items_preprocessed", 0)),
+    }
+    summary = model_summary(build, clean_accuracy, results, config, upstream)
+    args.summary.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(args.summary, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+    counts = summary["counts"]
+    print(f"{args.model}: {counts['cells']} cells, {counts['cells_computed']} computed; "
+          f"{counts['perturbed_forward_passes']} perturbed forward passes, 0 clean")
+
+
+if __name__ == "__main__":
+    main()

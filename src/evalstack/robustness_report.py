@@ -168,7 +168,7 @@ def render_report(metrics: Mapping[str, Any]) -> str:
         lines += [f"## {name}", "",
                   f"Clean accuracy {model['clean_accuracy']:.3f} on {model['n_items']} items; "
                   f"mCE {_fmt(model['mce'], 100)}, relative mCE {_fmt(model['relative_mce'], 100)}.", "",
-                  "| type | clean | " + " | ".join(f"s{s}" for s in severities) + " | CE | rel. CE | flip rate s5 |",
+                  "| type | clean | " + " | ".join(f"s{s}" for s in severities) + " | CE | rel. CE | flip rate (top severity) |",
                   "|---" * (len(severities) + 5) + "|"]
         for kind, values in kinds.items():
             accuracies = " | ".join(f"{values['accuracy'].get(s, float('nan')):.3f}" for s in severities)

@@ -1,0 +1,89 @@
+"""The robustness grid under the real dvc CLI: counts of passes, growth of the grid, determinism."""
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import build_record, make_project, run, set_param, stages_run, use_own_models
+
+pytestmark = pytest.mark.slow
+
+MODELS = ("tflite_cnn", "torch_cnn")
+PIPELINES = ("pad_nn", "thumb64")
+TYPES, SEVERITIES = ["gaussian_noise", "contrast"], [1, 2]
+GRID = {"types": TYPES, "severities": SEVERITIES}
+ROBUSTNESS_STAGES = {"robustness@tflite_cnn", "robustness@torch_cnn", "robustness_report"}
+
+
+def summary(root: Path, model: str) -> dict:
+    return json.loads((root / f"robustness/models/{model}.json").read_text())
+
+
+def grid_digests(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((root / "data/robustness").rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = make_project(tmp_path_factory.mktemp("robustness") / "p",
+                        {"synth": {"n_cards": 32}, "fetch": {"shard_size": 8}, "robustness": GRID})
+    use_own_models(root)  # untrained models are enough to count passes
+    assert ROBUSTNESS_STAGES <= stages_run(run(root, "dvc", "repro").stdout)
+    return root
+
+
+def split_sizes(root: Path) -> tuple[int, int]:
+    from evalstack.evaluation import ground_truth
+
+    truth = ground_truth(root / "data/raw")
+    return len(truth), sum(1 for _, split in truth.values() if split == "test")
+
+
+def test_clean_baseline_once_and_each_perturbed_item_once(project: Path):
+    n_all, n = split_sizes(project)
+    p, i, m = len(TYPES), len(SEVERITIES), len(MODELS)
+    assert 0 < n < n_all
+    for pipeline in PIPELINES:  # preprocessing: once per item per pipeline, by the preprocess stage only
+        assert build_record(project, f"data/preprocessed/{pipeline}")["counts"]["items_preprocessed"] == n_all
+    clean = sum(build_record(project, f"data/predictions/{model}")["counts"]["forward_passes"] for model in MODELS)
+    assert clean == n_all * m  # the infer stage's clean passes (both splits); the test split's N·M among them
+    counts = [summary(project, model)["counts"] for model in MODELS]
+    assert sum(c["perturbed_forward_passes"] for c in counts) == n * p * i * m
+    assert sum(c["adapter_forward_passes"] for c in counts) == n * p * i * m  # measured in the model adapter
+    assert all(c["clean_forward_passes"] == 0 and c["items_preprocessed"] == 0 for c in counts)
+    assert all(c["clean_predictions_read"] == n and c["upstream_items_preprocessed"] == n_all for c in counts)
+    metrics = json.loads((project / "metrics/robustness.json").read_text())
+    assert metrics["reference"] == "tflite_cnn" and metrics["models"]["tflite_cnn"]["mce"] == 1.0
+    assert f"| {n * p * i} | 0 | 0 | {n} | {n_all} |" in (project / "robustness/report.md").read_text()
+    assert (project / "plots/robustness/torch_cnn/contrast.csv").read_text().startswith("severity,accuracy,flip_rate\n0,")
+    project_digests = grid_digests(project)
+    assert len([name for name in project_digests if name.endswith("index.json")]) == p * i * m
+
+
+def test_adding_a_severity_then_a_type_computes_only_the_new_cells(project: Path):
+    _, n = split_sizes(project)
+    set_param(project, "robustness.severities", [1, 2, 3])
+    assert stages_run(run(project, "dvc", "repro").stdout) == ROBUSTNESS_STAGES
+    for model in MODELS:
+        counts = summary(project, model)["counts"]
+        assert (counts["cells"], counts["cells_computed"], counts["perturbed_forward_passes"]) == (6, 2, n * 2)
+    set_param(project, "robustness.types", [*TYPES, "motion_blur"])
+    assert stages_run(run(project, "dvc", "repro").stdout) == ROBUSTNESS_STAGES
+    for model in MODELS:
+        counts = summary(project, model)["counts"]
+        assert (counts["cells"], counts["cells_computed"], counts["perturbed_forward_passes"]) == (9, 3, n * 3)
+        assert counts["adapter_forward_passes"] == n * 3
+
+
+def test_same_seed_rebuilt_without_the_store_is_byte_identical(project: Path):
+    set_param(project, "robustness.severities", SEVERITIES)
+    set_param(project, "robustness.types", TYPES)
+    run(project, "dvc", "repro")
+    before = grid_digests(project)
+    set_param(project, "store.dir", "")  # no shard store: every cell is computed again
+    for model in MODELS:
+        run(project, "dvc", "repro", "--force", "--single-item", f"robustness@{model}")
+        assert summary(project, model)["counts"]["shards_computed"] == 4 * len(TYPES) * len(SEVERITIES)
+    assert grid_digests(project) == before

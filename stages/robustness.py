@@ -36,9 +36,10 @@ def main() -> None:
     summary = model_summary(build, clean_accuracy, results, config, upstream)
     args.summary.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.summary, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
-    counts = summary["counts"]
-    print(f"{args.model}: {counts['cells']} cells, {counts['cells_computed']} computed; "
-          f"{counts['perturbed_forward_passes']} perturbed forward passes, 0 clean")
+    runs = [cell.counts for cell in build.cells.values()]
+    print(f"{args.model}: {len(runs)} cells, {sum(1 for c in runs if c['shards_computed'])} computed; "
+          f"{sum(c['forward_passes'] for c in runs)} perturbed forward passes this run "
+          f"(adapter counted {build.forward_passes}), 0 clean, 0 preprocessed")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ pytestmark = pytest.mark.slow
 ALL_STAGES = {
     "synth", "fetch", "preprocess@pad_nn", "preprocess@thumb64", "train@tflite_cnn", "train@torch_cnn",
     "infer@tflite_cnn", "infer@torch_cnn", "evaluate@tflite_cnn", "evaluate@torch_cnn",
+    "robustness@tflite_cnn", "robustness@torch_cnn", "robustness_report",
 }
 
 
@@ -65,6 +66,7 @@ def test_pipeline_param_reruns_only_that_pipelines_models(project: Path):
     result = run(project, "dvc", "repro")
     assert stages_run(result.stdout) == {
         "preprocess@thumb64", "train@torch_cnn", "infer@torch_cnn", "evaluate@torch_cnn",
+        "robustness@torch_cnn", "robustness_report",
     }
     run(project, "git", "checkout", "params.yaml")
     restored = run(project, "dvc", "repro")

@@ -30,8 +30,25 @@ def project(tmp_path_factory) -> Path:
     root = make_project(tmp_path_factory.mktemp("robustness") / "p",
                         {"synth": {"n_cards": 32}, "fetch": {"shard_size": 8}, "robustness": GRID})
     use_own_models(root)  # untrained models are enough to count passes
-    assert ROBUSTNESS_STAGES <= stages_run(run(root, "dvc", "repro").stdout)
+    out = run(root, "dvc", "repro").stdout
+    assert ROBUSTNESS_STAGES <= stages_run(out)
+    (root / "first_repro.log").write_text(out)
     return root
+
+
+def run_counts(root: Path, model: str, cells: list[str]) -> dict[str, int]:
+    """Forward passes each cell's last build computed, from the shard store's build records."""
+    return {cell: build_record(root, f"data/robustness/{model}/{cell}")["counts"]["forward_passes"] for cell in cells}
+
+
+def adapter_counts(stdout: str) -> dict[str, int]:
+    """What each robustness stage's model adapter counted, from its printed summary."""
+    return {line.split(":")[0]: int(line.split("adapter counted ")[1].split(")")[0])
+            for line in stdout.splitlines() if "adapter counted" in line}
+
+
+def cells(types, severities) -> list[str]:
+    return [f"{kind}-{severity}" for kind in types for severity in severities]
 
 
 def split_sizes(root: Path) -> tuple[int, int]:
@@ -51,7 +68,9 @@ def test_clean_baseline_once_and_each_perturbed_item_once(project: Path):
     assert clean == n_all * m  # the infer stage's clean passes (both splits); the test split's N·M among them
     counts = [summary(project, model)["counts"] for model in MODELS]
     assert sum(c["perturbed_forward_passes"] for c in counts) == n * p * i * m
-    assert sum(c["adapter_forward_passes"] for c in counts) == n * p * i * m  # measured in the model adapter
+    computed = [run_counts(project, model, cells(TYPES, SEVERITIES)) for model in MODELS]
+    assert sum(sum(c.values()) for c in computed) == n * p * i * m  # what the run computed
+    assert adapter_counts((project / "first_repro.log").read_text()) == {model: n * p * i for model in MODELS}
     assert all(c["clean_forward_passes"] == 0 and c["items_preprocessed"] == 0 for c in counts)
     assert all(c["clean_predictions_read"] == n and c["upstream_items_preprocessed"] == n_all for c in counts)
     metrics = json.loads((project / "metrics/robustness.json").read_text())
@@ -66,15 +85,19 @@ def test_adding_a_severity_then_a_type_computes_only_the_new_cells(project: Path
     _, n = split_sizes(project)
     first = grid_digests(project)
     set_param(project, "robustness.severities", [1, 2, 3])
-    assert stages_run(run(project, "dvc", "repro").stdout) == ROBUSTNESS_STAGES
+    out = run(project, "dvc", "repro").stdout
+    assert stages_run(out) == ROBUSTNESS_STAGES
+    assert adapter_counts(out) == {model: n * 2 for model in MODELS}  # one new severity × 2 types
     for model in MODELS:
-        counts = summary(project, model)["counts"]
-        assert (counts["cells"], counts["cells_computed"], counts["perturbed_forward_passes"]) == (6, 2, n * 2)
+        new = {cell: n for cell in cells(TYPES, [3])}
+        assert run_counts(project, model, cells(TYPES, [1, 2, 3])) == {**dict.fromkeys(cells(TYPES, [1, 2]), 0), **new}
     set_param(project, "robustness.types", [*TYPES, "motion_blur"])
-    assert stages_run(run(project, "dvc", "repro").stdout) == ROBUSTNESS_STAGES
+    out = run(project, "dvc", "repro").stdout
+    assert stages_run(out) == ROBUSTNESS_STAGES
+    assert adapter_counts(out) == {model: n * 3 for model in MODELS}  # one new type × 3 severities
     for model in MODELS:
-        counts = summary(project, model)["counts"]
-        assert (counts["cells"], counts["cells_computed"], counts["perturbed_forward_passes"]) == (9, 3, n * 3)
-        assert counts["adapter_forward_passes"] == n * 3
+        counts = run_counts(project, model, cells([*TYPES, "motion_blur"], [1, 2, 3]))
+        assert counts == {**dict.fromkeys(cells(TYPES, [1, 2, 3]), 0), **{c: n for c in cells(["motion_blur"], [1, 2, 3])}}
+        assert summary(project, model)["counts"]["perturbed_forward_passes"] == n * 9  # the grid's total
     grown = grid_digests(project)
     assert {name: grown[name] for name in first} == first  # the first cells, unchanged

@@ -10,8 +10,7 @@ from evalstack.robustness_report import combine, corruption_error, relative_corr
 def summary(model: str, clean_error: float, errors: dict[str, list[float]]) -> dict:
     cells = [{"type": kind, "severity": s + 1, "error": e, "accuracy": 1 - e, "flip_rate": e / 2}
              for kind, values in errors.items() for s, e in enumerate(values)]
-    counts = {"cells": len(cells), "cells_computed": len(cells), "shards_computed": 1, "shards_reused": 0,
-              "perturbed_forward_passes": 10, "adapter_forward_passes": 10, "clean_forward_passes": 0,
+    counts = {"cells": len(cells), "perturbed_forward_passes": 10, "clean_forward_passes": 0,
               "items_preprocessed": 0, "clean_predictions_read": 4, "upstream_clean_predictions": 8,
               "upstream_items_preprocessed": 8}
     return {"model": model, "n_items": 4, "clean": {"error": clean_error, "accuracy": 1 - clean_error},

@@ -36,8 +36,11 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 def model_summary(build: GridBuild, clean_accuracy: float, results: list[CellResult], config: GridConfig,
                   upstream: Mapping[str, int]) -> dict[str, Any]:
-    """What the grid stage records per model: cell metrics and what was computed to get them."""
-    counts = [b.counts for b in build.cells.values()]
+    """What the grid stage records per model: cell metrics and the passes the grid took.
+
+    Only totals that follow from the inputs go here (an output must not depend on what
+    an earlier run left in the store); what one run computed or reused is in the store's
+    build record of each cell (`evalstack why data/robustness/<model>/<cell>`)."""
     return {
         "model": build.model,
         "split": config.split,
@@ -45,15 +48,10 @@ def model_summary(build: GridBuild, clean_accuracy: float, results: list[CellRes
         "n_items": len(build.split_keys),
         "clean": {"accuracy": clean_accuracy, "error": 1.0 - clean_accuracy},
         "cells": [{"type": r.kind, "severity": r.severity, "accuracy": r.accuracy, "error": r.error,
-                   "flip_rate": r.flip_rate, **{k: b.counts[k] for k in ("shards_computed", "shards_reused", "forward_passes")}}
-                  for r, b in zip(results, build.cells.values())],
+                   "flip_rate": r.flip_rate} for r in results],
         "counts": {
-            "cells": len(counts),
-            "cells_computed": sum(1 for c in counts if c["shards_computed"]),
-            "shards_computed": sum(c["shards_computed"] for c in counts),
-            "shards_reused": sum(c["shards_reused"] for c in counts),
-            "perturbed_forward_passes": sum(c["forward_passes"] for c in counts),
-            "adapter_forward_passes": build.forward_passes,  # measured: equals the line above, no clean passes
+            "cells": len(build.cells),
+            "perturbed_forward_passes": sum(b.index.stats["forward_passes"] for b in build.cells.values()),
             "clean_forward_passes": 0,  # clean predictions are read from the infer stage's layer
             "items_preprocessed": 0,  # perturbations start from the preprocessed layer
             **upstream,
@@ -176,13 +174,14 @@ def render_report(metrics: Mapping[str, Any]) -> str:
             lines.append(f"| {kind} | {model['clean_accuracy']:.3f} | {accuracies} | {_fmt(values['ce'], 100)} | "
                          f"{_fmt(values['relative_ce'], 100)} | {flip:.3f} |")
         lines.append("")
-    lines += ["## What was computed", "",
-              "| model | cells | cells computed | shards computed / reused | perturbed forward passes | "
-              "clean forward passes (this stage) | items preprocessed (this stage) | clean predictions read | "
-              "preprocessed items (upstream, once) |", "|---" * 9 + "|"]
+    lines += ["## Forward passes and preprocessing behind these figures", "",
+              "| model | cells | perturbed forward passes | clean forward passes (grid) | items preprocessed (grid) | "
+              "clean predictions read | clean forward passes (infer, all splits, once) | "
+              "items preprocessed (preprocess, once) |", "|---" * 8 + "|"]
     for name, model in metrics["models"].items():
         c = model["counts"]
-        lines.append(f"| {name} | {c['cells']} | {c['cells_computed']} | {c['shards_computed']} / {c['shards_reused']} | "
-                     f"{c['perturbed_forward_passes']} | {c['clean_forward_passes']} | {c['items_preprocessed']} | "
-                     f"{c['clean_predictions_read']} | {c['upstream_items_preprocessed']} |")
+        lines.append(f"| {name} | {c['cells']} | {c['perturbed_forward_passes']} | {c['clean_forward_passes']} | "
+                     f"{c['items_preprocessed']} | {c['clean_predictions_read']} | {c['upstream_clean_predictions']} | "
+                     f"{c['upstream_items_preprocessed']} |")
+    lines += ["", "What one run computed or took from the shard store: `evalstack why data/robustness/<model>/<cell>`."]
     return "\n".join(lines) + "\n"

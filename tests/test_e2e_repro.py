@@ -64,9 +64,9 @@ def test_evaluate_param_reruns_only_evaluate(project: Path):
 def test_pipeline_param_reruns_only_that_pipelines_models(project: Path):
     set_param(project, "preprocess.pipelines.thumb64.resample", "bicubic")
     result = run(project, "dvc", "repro")
-    assert stages_run(result.stdout) == {
-        "preprocess@thumb64", "train@torch_cnn", "infer@torch_cnn", "evaluate@torch_cnn",
-        "robustness@torch_cnn", "robustness_report",
+    # robustness_report reruns only when the grid's summary changed (the same predictions need not change it)
+    assert stages_run(result.stdout) - {"robustness_report"} == {
+        "preprocess@thumb64", "train@torch_cnn", "infer@torch_cnn", "evaluate@torch_cnn", "robustness@torch_cnn",
     }
     run(project, "git", "checkout", "params.yaml")
     restored = run(project, "dvc", "repro")

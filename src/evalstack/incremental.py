@@ -65,14 +65,23 @@ class LayerBuild:
 
 
 ComputeShard = Callable[[ShardInfo, Path, tqdm], ShardContent]
+SelectItems = Callable[[ShardInfo], str]  # digest of the upstream shard's items a shard is built from
 
 
 def build_derived_layer(
-    upstream: Layer, out_dir: Path, spec: DerivedLayerSpec, compute: ComputeShard, store: ShardStore | None,
+    upstream: Layer,
+    out_dir: Path,
+    spec: DerivedLayerSpec,
+    compute: ComputeShard,
+    store: ShardStore | None,
     executor: LocalExecutor | DaskExecutor | None = None,
+    selection: SelectItems | None = None,
 ) -> LayerBuild:
     """One shard per upstream shard, same names; each reused from the store or computed (by
-    `executor`, in this process by default) and put there. The index lists shards in upstream order."""
+    `executor`, in this process by default) and put there. The index lists shards in upstream order.
+
+    A shard built from a subset of its upstream's items (one split) names that subset
+    through `selection`, so its address changes when the subset does."""
     out_dir = Path(out_dir)
     previous, seeded = start_build(store, out_dir, spec.kind)
     log = BuildLog(spec.kind, spec.key, spec.label, spec.key_labels, spec.work, previous)
@@ -83,7 +92,9 @@ def build_derived_layer(
         jobs, hits = [], {}
         for shard in upstream.shards:
             path = upstream.check_shard(shard)  # a damaged input is refused, even when its result is stored
-            job = ShardJob(shard, path, out_dir / shard.name, derivation_key(shard.sha256, spec.key, spec.compression).hex)
+            subset = selection(shard) if selection is not None else None
+            address = derivation_key(shard.sha256, spec.key, spec.compression, subset).hex
+            job = ShardJob(shard, path, out_dir / shard.name, address)
             if store is not None and store.materialise(job.address, job.out_path) is not None:
                 hits[shard.name] = job
                 progress.update(shard.n_items)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from evalstack.adapters import load_adapter
 from evalstack.config import load_params, model_spec, open_store
+from evalstack.executor import open_executor
 from evalstack.inference import infer_layer
 from evalstack.latency import ensure_timed, latency_record, write_latency
 
@@ -20,7 +21,8 @@ def main() -> None:
     adapter = load_adapter(model_spec(params, args.model))
     batch_size = int(params.get("infer", {}).get("batch_size", 32))
     store = open_store(params, args.params.parent)  # not a dvc.yaml param: where results are kept does not change them
-    build = infer_layer(args.preprocessed, args.out, adapter, batch_size, store)
+    with open_executor(params) as executor:  # not a dvc.yaml param either: the executor does not change the bytes
+        build = infer_layer(args.preprocessed, args.out, adapter, batch_size, store, executor)
     print(f"{build.summary()}; {build.counts['forward_passes']} forward passes")
     if args.latency:
         ensure_timed(adapter, args.preprocessed, batch_size)

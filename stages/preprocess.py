@@ -3,6 +3,7 @@ import argparse
 from pathlib import Path
 
 from evalstack.config import load_params, open_store, pipeline_spec
+from evalstack.executor import open_executor
 from evalstack.pipelines import preprocess_layer
 
 
@@ -18,7 +19,8 @@ def main() -> None:
     compression = params["preprocess"].get("compression", "lz4")
     max_pixels = int(params["fetch"]["max_pixels"])
     store = open_store(params, args.params.parent)  # not a dvc.yaml param: where results are kept does not change them
-    build = preprocess_layer(args.raw, args.out, pipeline, compression, max_pixels, store, name=args.pipeline)
+    with open_executor(params) as executor:  # not a dvc.yaml param either: the executor does not change the bytes
+        build = preprocess_layer(args.raw, args.out, pipeline, compression, max_pixels, store, args.pipeline, executor)
     print(build.summary())
 
 

@@ -20,6 +20,7 @@ TINY_PARAMS: dict[str, Any] = {
     "synth": {"n_cards": 60, "test_fraction": 0.3},
     "fetch": {"shard_size": 16},
     "train": {"tflite_cnn": {"epochs": 3}, "torch_cnn": {"epochs": 3}, "conc_keras": {"epochs": 3}},
+    "robustness": {"types": ["gaussian_noise"], "severities": [1]},  # one cell: the grid has its own e2e test
 }
 
 

@@ -2,6 +2,7 @@ import hashlib
 from dataclasses import replace
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -14,8 +15,10 @@ from evalstack.detection_inference import detect_arrays, infer_detection_layer
 from evalstack.detection_store import CacheReader
 from evalstack.detections_layer import open_detections, read_table
 from evalstack.detector import ShapesDetector, export_detector
+from evalstack.integrity import verify_layer
 from evalstack.letterbox import LetterboxPipeline, letterbox_layer
 from tests.coco_fixture import write_coco
+from tests.conftest import store_in
 
 LABELS = ("circle", "square")
 
@@ -98,13 +101,44 @@ def test_infer_layer_has_a_row_for_every_image(model_file, tmp_path):
     fetch_coco_layer(CocoFetchConfig({"val": split}, shard_size=2), tmp_path / "raw")
     letterbox_layer(tmp_path / "raw", tmp_path / "pre", LetterboxPipeline(size=32))
     adapter = load_adapter(_spec(model_file, confidence_threshold=0.5))
-    index = infer_detection_layer(tmp_path / "pre", tmp_path / "det", adapter, batch_size=2)
+    build = infer_detection_layer(tmp_path / "pre", tmp_path / "det", adapter, batch_size=2)
     table = read_table(open_detections(tmp_path / "det"))
-    assert table.ids.tolist() == [1, 2, 3] and index.stats["forward_passes"] == 3
-    assert index.stats["num_detections"] == int(table.counts.sum())
+    assert table.ids.tolist() == [1, 2, 3] and build.counts["forward_passes"] == 3
+    assert build.index.stats["num_images"] == 3 and build.index.stats["split"] == "val"
     # The seed reader serves the infer stage's layer, tensors read from the layer they were computed on.
     reader = CacheReader(tmp_path / "det", adapter.weights_sha256, tensors=tmp_path / "pre")
     assert reader.read_tensor(2).shape == (3, 32, 32) and reader.read_tensor(2).dtype == np.float32
     again = infer_detection_layer(tmp_path / "pre", tmp_path / "det2", load_adapter(_spec(model_file, confidence_threshold=0.5)))
     digest = lambda d: [hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())]  # noqa: E731
     assert digest(tmp_path / "det") == digest(tmp_path / "det2")  # batch size is not part of the result
+
+
+def test_letterboxed_and_detection_shards_are_reused_from_the_store(model_file, tmp_path):
+    split = write_coco(tmp_path / "src")
+    fetch_coco_layer(CocoFetchConfig({"val": split}, shard_size=2), tmp_path / "raw")
+    store = store_in(tmp_path / "store")
+    pipeline = LetterboxPipeline(size=32)
+    first = letterbox_layer(tmp_path / "raw", tmp_path / "pre", pipeline, store=store)
+    again = letterbox_layer(tmp_path / "raw", tmp_path / "pre2", pipeline, store=store)
+    assert first.counts["items_computed"] == 3 and again.counts["shards_reused"] == 2 and again.counts["items_computed"] == 0
+    adapter = load_adapter(_spec(model_file))
+    infer_detection_layer(tmp_path / "pre", tmp_path / "det", adapter, store=store)
+    reused = infer_detection_layer(tmp_path / "pre", tmp_path / "det2", adapter, store=store)
+    assert reused.counts["forward_passes"] == 0 and adapter.forward_passes == 3  # the second build ran nothing
+    digest = lambda d: [hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())]  # noqa: E731
+    assert digest(tmp_path / "det") == digest(tmp_path / "det2")
+    stricter = load_adapter(_spec(model_file, confidence_threshold=0.9))
+    assert infer_detection_layer(tmp_path / "pre", tmp_path / "det3", stricter, store=store).counts["forward_passes"] == 3
+
+
+def test_every_detection_profile_layer_passes_verify(model_file, tmp_path):
+    split = write_coco(tmp_path / "src")
+    fetch_coco_layer(CocoFetchConfig({"val": split}, shard_size=2), tmp_path / "raw")
+    letterbox_layer(tmp_path / "raw", tmp_path / "pre", LetterboxPipeline(size=32))
+    infer_detection_layer(tmp_path / "pre", tmp_path / "det", load_adapter(_spec(model_file)))
+    for layer in ("raw", "pre", "det"):
+        assert verify_layer(tmp_path / layer) == []
+    raw_shard = tmp_path / "raw" / "00000.h5"
+    with h5py.File(raw_shard, "r+") as handle:  # damage one image's bytes: verify names the item
+        handle["blob"][10] ^= 0xFF
+    assert any("item 0 (id 1" in str(problem) for problem in verify_layer(tmp_path / "raw"))

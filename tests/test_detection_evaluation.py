@@ -32,7 +32,7 @@ def _layers(tmp_path: Path, per_image: list[Detections], ids: tuple[int, ...] = 
     writer = LayerWriter(tmp_path / "det", DETECTIONS_KIND, predictions_key(SIGNATURE, PIPELINE))
     keys = Layer.open(tmp_path / "raw").item_keys().astype("S64")[: len(ids)]
     write_detections_shard(writer, "00000.h5", DetectionTable.from_detections(keys, list(ids), ["val"] * len(ids), per_image))
-    writer.stats = {**layer_stats("m", "val", "ab" * 32, 3, 0), "forward_passes": 3}
+    writer.stats = {**layer_stats("m", "val", "ab" * 32, 3), "forward_passes": 3}
     writer.finish()
     return tmp_path / "raw", tmp_path / "det"
 

@@ -14,9 +14,13 @@ ALL_STAGES = {
     "synth", "fetch", "preprocess@pad_nn", "preprocess@thumb64", "preprocess@pad_regions",
     "train@tflite_cnn", "train@torch_cnn", "train@conc_keras", "fit_pls", "export_onnx@torch_cnn_onnx",
     *(f"infer@{m}" for m in MODELS), *(f"evaluate@{m}" for m in MODELS), "compare", "report",
+    *(f"robustness@{m}" for m in MODELS), "robustness_report",
 }
 # Measurements differ run to run by nature; everything else must be byte-identical.
-MEASURED = {*(f"metrics/latency/{m}.json" for m in MODELS), "comparison/summary.csv", "comparison/report.md"}
+MEASURED = {
+    *(f"metrics/latency/{m}.json" for m in MODELS), "comparison/summary.csv", "comparison/report.md",
+    "reports/report.md", "reports/models.csv",  # the report tabulates every metric, latency included
+}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +69,8 @@ def test_forced_repro_is_byte_identical(project: Path):
 
 
 def _lock_without_measured(text: str) -> dict:
-    measured = MEASURED | {"comparison", "metrics/latency"}  # compare reads the latency folder
+    # compare reads the latency folder, report the whole metrics folder (latency included)
+    measured = MEASURED | {"comparison", "metrics/latency", "metrics", "reports"}
     lock = yaml.safe_load(text)
     for stage in lock["stages"].values():
         for side in ("deps", "outs"):
@@ -86,10 +91,11 @@ def test_evaluate_param_reruns_only_evaluate(project: Path):
 def test_pipeline_param_reruns_only_that_pipelines_models(project: Path):
     set_param(project, "preprocess.pipelines.thumb64.resample", "bicubic")
     result = run(project, "dvc", "repro")
-    # report reruns only if the metrics or plots came out different
-    assert stages_run(result.stdout) - {"report"} == {
+    # the reports rerun only if the metrics, plots or grid summaries came out different
+    assert stages_run(result.stdout) - {"report", "robustness_report"} == {
         "preprocess@thumb64", "train@torch_cnn", "export_onnx@torch_cnn_onnx", "infer@torch_cnn",
         "infer@torch_cnn_onnx", "evaluate@torch_cnn", "evaluate@torch_cnn_onnx", "compare",
+        "robustness@torch_cnn", "robustness@torch_cnn_onnx",
     }
     run(project, "git", "checkout", "params.yaml")
     restored = run(project, "dvc", "repro")

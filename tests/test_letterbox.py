@@ -46,7 +46,7 @@ def test_letterbox_layer_keeps_order_ids_and_placements(tmp_path: Path):
     split = write_coco(tmp_path / "src")
     fetch_coco_layer(CocoFetchConfig({"val": split}, shard_size=2), tmp_path / "raw")
     pipeline = LetterboxPipeline(size=32)
-    index = letterbox_layer(tmp_path / "raw", tmp_path / "pre", pipeline)
+    index = letterbox_layer(tmp_path / "raw", tmp_path / "pre", pipeline).index
     layer = Layer.open(tmp_path / "pre")
     assert index.n_items == 3 and layer.key == pipeline.cache_key()
     assert list(layer.column("id")) == [1, 2, 3]

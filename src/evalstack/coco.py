@@ -248,7 +248,9 @@ def fetch_coco_layer(config: CocoFetchConfig, out_dir: Path, read_bytes: ReadByt
                 blobs.append(_read_image(image, config, read_bytes))
                 progress.update()
             columns, flat = raw_shard(chunk, blobs)
-            writer.add_shard(shard_name(number), columns, attrs={"categories": dataset.categories}, flat=flat)
+            # The item key is the sha256 of the image bytes, so it doubles as the per-item checksum `verify` uses.
+            writer.add_shard(shard_name(number), columns, attrs={"categories": dataset.categories}, flat=flat,
+                             checksum_of=("blob",), checksum_column=ITEM_KEY)
     writer.stats = {"items": len(images), "annotations": int(sum(len(i.truth) for i in images))}
     return writer.finish()
 

@@ -9,16 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import h5py
 import numpy as np
 from tqdm import tqdm
 
 from evalstack.adapters.detection import DetectionAdapter
 from evalstack.boxes import Detections, xyxy_to_xywh
-from evalstack.detections_layer import DETECTIONS_KIND, DetectionTable, layer_stats, write_detections_shard
+from evalstack.detections_layer import DETECTIONS_KIND, DetectionTable, detection_shard, layer_stats
+from evalstack.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
 from evalstack.inference import predictions_key
 from evalstack.letterbox import PLACEMENT_COLUMNS, Placement, placements
 from evalstack.pipelines import PREPROCESSED_KIND
-from evalstack.store import ITEM_KEY, Layer, LayerIndex, LayerWriter, read_column
+from evalstack.shardstore import ShardStore
+from evalstack.store import ITEM_KEY, Layer, ShardInfo, read_column
 
 
 def detect_arrays(adapter: DetectionAdapter, batch: np.ndarray, placed: Sequence[Placement]) -> list[Detections]:
@@ -35,29 +38,31 @@ def detect_arrays(adapter: DetectionAdapter, batch: np.ndarray, placed: Sequence
 
 
 def infer_detection_layer(
-    preprocessed_dir: Path, out_dir: Path, adapter: DetectionAdapter, batch_size: int = 32
-) -> LayerIndex:
-    """One detections shard per preprocessed shard; every image gets a row, with or without detections."""
+    preprocessed_dir: Path, out_dir: Path, adapter: DetectionAdapter, batch_size: int = 32,
+    store: ShardStore | None = None,
+) -> LayerBuild:
+    """One detections shard per letterboxed shard, every image a row (with or without detections);
+    shards the store holds are reused. Batches start at each shard's first item, so a shard's
+    detections do not depend on which other shards were computed in the same run."""
     source = Layer.open(preprocessed_dir, kind=PREPROCESSED_KIND)
-    writer = LayerWriter(out_dir, DETECTIONS_KIND, predictions_key(adapter.signature(), source.key))
-    total, splits = 0, set()
-    with tqdm(total=len(source), desc=f"detect {adapter.spec.name}", unit="image") as progress:
-        for shard in source.shards:
-            with source.open_shard(shard) as handle:
-                columns = {name: read_column(handle, name) for name in (ITEM_KEY, "id", "split", *PLACEMENT_COLUMNS)}
-                placed = placements(columns)
-                found: list[Detections] = []
-                for start in range(0, shard.n_items, batch_size):
-                    stop = min(start + batch_size, shard.n_items)
-                    found.extend(detect_arrays(adapter, handle["x"][start:stop], placed[start:stop]))
-                    progress.update(stop - start)
-            table = DetectionTable.from_detections(columns[ITEM_KEY], columns["id"], columns["split"].tolist(), found)
-            attrs = {"model_signature": adapter.signature().hex, "forward_passes": shard.n_items}
-            write_detections_shard(writer, shard.name, table, attrs=attrs, upstream=shard.sha256)
-            total += sum(len(d) for d in found)
-            splits.update(columns["split"].tolist())
-    writer.stats = {
-        **layer_stats(adapter.spec.name, ",".join(sorted(splits)), adapter.weights_sha256, len(source), total),
-        "forward_passes": adapter.forward_passes,
-    }
-    return writer.finish()
+    key = predictions_key(adapter.signature(), source.key)
+    labels = {"model": f"model {adapter.spec.name}", "pipeline": f"pipeline {adapter.spec.pipeline}"}
+    splits = ",".join(sorted(set(source.column("split").tolist())))
+    stats = layer_stats(adapter.spec.name, splits, adapter.weights_sha256, len(source))
+    spec = DerivedLayerSpec(DETECTIONS_KIND, key, f"model {adapter.spec.name}", labels, "forward_passes", stats=stats)
+
+    def compute(shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
+        with h5py.File(path, "r") as handle:
+            columns = {name: read_column(handle, name) for name in (ITEM_KEY, "id", "split", *PLACEMENT_COLUMNS)}
+            placed = placements(columns)
+            found: list[Detections] = []
+            for start in range(0, shard.n_items, batch_size):
+                stop = min(start + batch_size, shard.n_items)
+                found.extend(detect_arrays(adapter, handle["x"][start:stop], placed[start:stop]))
+                progress.update(stop - start)
+        table = DetectionTable.from_detections(columns[ITEM_KEY], columns["id"], columns["split"].tolist(), found)
+        row_columns, flat, attrs = detection_shard(table)
+        attrs.update(model_signature=adapter.signature().hex, forward_passes=shard.n_items)
+        return ShardContent(row_columns, attrs, flat=flat)
+
+    return build_derived_layer(source, out_dir, spec, compute, store)

@@ -83,7 +83,6 @@ class CacheWriter:
         self._writer = LayerWriter(self.path, DETECTIONS_KIND, key, compression)
         self._rows: list[tuple[str, int | str, Detections, np.ndarray | None]] = []
         self._n_written = 0
-        self._n_detections = 0
         self._seen: set[str] = set()
         self._tensor_shape: tuple[int, ...] | None = None
 
@@ -122,14 +121,12 @@ class CacheWriter:
         table = DetectionTable.from_detections(keys, ids, [self.split] * len(ids), found)
         write_detections_shard(self._writer, shard_name(len(self._writer.shards)), table, tensors=stacked)
         self._n_written += len(ids)
-        self._n_detections += sum(len(d) for d in found)
         self._rows = []
         self._buffered_bytes = 0
 
     def close(self) -> None:
         self._flush()
-        self._writer.stats = layer_stats(self.model_name, self.split, self.model_hash, self._n_written,
-                                         self._n_detections)
+        self._writer.stats = layer_stats(self.model_name, self.split, self.model_hash, self._n_written)
         provenance = self.path / PROVENANCE_NAME
         if self.record_time:
             stamp = {"timestamp": datetime.now(timezone.utc).isoformat()}

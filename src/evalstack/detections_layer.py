@@ -72,6 +72,15 @@ def _ids(ids: Sequence[int | str]) -> np.ndarray:
     return np.asarray([str(i) for i in ids], dtype=object)
 
 
+def detection_shard(table: DetectionTable) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+    """(per-image columns, flat arrays, attrs) of one shard holding `table`."""
+    names, codes = np.unique(table.splits, return_inverse=True)
+    columns = {ITEM_KEY: np.asarray(table.item_keys, dtype="S64"), "id": table.ids,
+               "split_code": codes.astype(np.uint8), "det_offset": table.offsets}
+    flat = {"bboxes": table.bboxes, "labels": table.labels, "scores": table.scores}
+    return columns, flat, {"split_names": [str(n) for n in names]}
+
+
 def write_detections_shard(
     writer: LayerWriter,
     name: str,
@@ -81,14 +90,10 @@ def write_detections_shard(
     tensors: np.ndarray | None = None,
 ) -> ShardInfo:
     """One shard (through the store: atomic, deterministic)."""
-    names, codes = np.unique(table.splits, return_inverse=True)
-    columns = {ITEM_KEY: table.item_keys, "id": table.ids, "split_code": codes.astype(np.uint8),
-               "det_offset": table.offsets}
+    columns, flat, shard_attrs = detection_shard(table)
     if tensors is not None:
         columns["tensor"] = np.asarray(tensors, dtype=np.float32)
-    flat = {"bboxes": table.bboxes, "labels": table.labels, "scores": table.scores}
-    shard_attrs = {**(attrs or {}), "split_names": [str(n) for n in names]}
-    return writer.add_shard(name, columns, attrs=shard_attrs, upstream=upstream, flat=flat)
+    return writer.add_shard(name, columns, attrs={**(attrs or {}), **shard_attrs}, upstream=upstream, flat=flat)
 
 
 def open_detections(directory: Path | str, expected: Key | None = None, rebuild_hint: str = "dvc repro") -> Layer:
@@ -134,7 +139,7 @@ def read_table(layer: Layer) -> DetectionTable:
     )
 
 
-def layer_stats(model_name: str, split: str, model_hash: str, num_images: int, num_detections: int) -> dict[str, Any]:
+def layer_stats(model_name: str, split: str, model_hash: str, num_images: int) -> dict[str, Any]:
     """The index stats every detections layer records (the seed's metadata, minus the timestamp)."""
     return {"layout": LAYOUT_VERSION, "model_name": model_name, "split": split, "model_hash": model_hash,
-            "num_images": num_images, "num_detections": num_detections}
+            "num_images": num_images}

@@ -116,10 +116,29 @@ def locked_layer(root: Path, out: LockedOut, cache: Path | None = None) -> Locke
     return None
 
 
+def nested_locked_layers(root: Path, out: LockedOut, cache: Path) -> list[LockedLayer]:
+    """Layers one level inside an output (the robustness grid's `<model>/<type>-<severity>/`), from DVC's cache."""
+    listing = dir_listing(cache, out.md5) or {}
+    layers = []
+    for relpath in sorted(name for name in listing if name.count("/") == 1 and name.endswith(f"/{INDEX_NAME}")):
+        prefix = relpath.rsplit("/", 1)[0]
+        index_file = cache_file(cache, listing[relpath])
+        if not index_file.exists():
+            continue
+        index = LayerIndex.from_json(index_file.read_text())
+        files = {s.name: cache_file(cache, listing[f"{prefix}/{s.name}"]) for s in index.shards
+                 if f"{prefix}/{s.name}" in listing}
+        layers.append(LockedLayer(out, index, {n: p for n, p in files.items() if p.exists()}, from_cache=True))
+    return layers
+
+
 def locked_layers(root: Path) -> list[LockedLayer]:
     cache = cache_dir(root)
-    layers = (locked_layer(root, out, cache) for out in locked_outs(root))
-    return [layer for layer in layers if layer is not None]
+    layers = []
+    for out in locked_outs(root):
+        layer = locked_layer(root, out, cache)
+        layers.extend([layer] if layer is not None else nested_locked_layers(root, out, cache))
+    return layers
 
 
 def locked_shard_sha256s(root: Path) -> set[str]:

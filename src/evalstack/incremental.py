@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 import evalstack
 from evalstack.dvcfiles import locked_layer_for, shard_files
+from evalstack.executor import DaskExecutor, LocalExecutor, OutputFormat, ShardJob, derive_shard
 from evalstack.keys import Key, explain_change, sha256_file
 from evalstack.shardstore import SHARD_KEY_ATTR, ShardStore, StoreEntry, derivation_key
 from evalstack.store import INDEX_NAME, Layer, LayerIndex, LayerWriter, ShardInfo, StoreError
@@ -32,6 +33,7 @@ class ShardContent:
     columns: dict[str, np.ndarray]
     attrs: dict[str, Any] = field(default_factory=dict)
     checksum_of: tuple[str, ...] = ()
+    flat: dict[str, np.ndarray] = field(default_factory=dict)  # ragged data addressed by offset columns
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class DerivedLayerSpec:
     key_labels: Mapping[str, str]  # key part → label ("" = the whole key), for explanations
     work: str  # what computing one item costs, recorded as a count: items_preprocessed, forward_passes
     compression: str = "none"
+    stats: Mapping[str, Any] = field(default_factory=dict)  # more index stats the layer kind records
 
 
 @dataclass(frozen=True)
@@ -62,56 +65,69 @@ class LayerBuild:
 
 
 ComputeShard = Callable[[ShardInfo, Path, tqdm], ShardContent]
+SelectItems = Callable[[ShardInfo], str]  # digest of the upstream shard's items a shard is built from
 
 
 def build_derived_layer(
-    upstream: Layer, out_dir: Path, spec: DerivedLayerSpec, compute: ComputeShard, store: ShardStore | None
+    upstream: Layer,
+    out_dir: Path,
+    spec: DerivedLayerSpec,
+    compute: ComputeShard,
+    store: ShardStore | None,
+    executor: LocalExecutor | DaskExecutor | None = None,
+    selection: SelectItems | None = None,
 ) -> LayerBuild:
-    """One shard per upstream shard, same names; each reused from the store or computed and put there."""
+    """One shard per upstream shard, same names; each reused from the store or computed (by
+    `executor`, in this process by default) and put there. The index lists shards in upstream order.
+
+    A shard built from a subset of its upstream's items (one split) names that subset
+    through `selection`, so its address changes when the subset does."""
     out_dir = Path(out_dir)
     previous, seeded = start_build(store, out_dir, spec.kind)
     log = BuildLog(spec.kind, spec.key, spec.label, spec.key_labels, spec.work, previous)
     log.seeded = seeded
     writer = LayerWriter(out_dir, spec.kind, spec.key, spec.compression)
+    fmt = OutputFormat(spec.kind, spec.key, spec.compression)
     with tqdm(total=len(upstream), desc=spec.label, unit="item") as progress:
+        jobs, hits = [], {}
         for shard in upstream.shards:
             path = upstream.check_shard(shard)  # a damaged input is refused, even when its result is stored
-            address = derivation_key(shard.sha256, spec.key, spec.compression).hex
-            reused = _reuse(store, address, writer, shard)
-            if reused is not None:
+            subset = selection(shard) if selection is not None else None
+            address = derivation_key(shard.sha256, spec.key, spec.compression, subset).hex
+            job = ShardJob(shard, path, out_dir / shard.name, address)
+            if store is not None and store.materialise(job.address, job.out_path) is not None:
+                hits[shard.name] = job
                 progress.update(shard.n_items)
-                log.add(reused, shard, computed=False)
+            jobs.append(job)
+        misses = [job for job in jobs if job.upstream.name not in hits]
+        computed = (executor or LocalExecutor()).run(compute, misses, fmt, progress)
+        for job in jobs:
+            reused = _register_reused(store, job, writer) if job.upstream.name in hits else None
+            if reused is not None:
+                log.add(reused, job.upstream, computed=False)
                 continue
-            content = compute(shard, path, progress)
-            info = writer.add_shard(
-                shard.name,
-                content.columns,
-                attrs={**content.attrs, SHARD_KEY_ATTR: address},
-                upstream=shard.sha256,
-                checksum_of=content.checksum_of,
-            )
+            # a miss, in order; or a stored entry that did not describe itself as this shard
+            info = next(computed) if job.upstream.name not in hits else derive_shard(compute, job, fmt, progress)
+            writer.add_existing(info.name, info.sha256, upstream=job.upstream.sha256)
             if store is not None:
-                written = out_dir / info.name
-                entry = StoreEntry(address, info.sha256, written.stat().st_size, info.n_items, spec.kind,
-                                   _key_json(spec.key), shard.sha256)
-                store.put(entry, written)
-            log.add(info, shard, computed=True)
-    writer.stats = {spec.work: sum(shard.n_items for shard in writer.shards)}
+                entry = StoreEntry(job.address, info.sha256, job.out_path.stat().st_size, info.n_items, spec.kind,
+                                   _key_json(spec.key), job.upstream.sha256)
+                store.put(entry, job.out_path)
+            log.add(info, job.upstream, computed=True)
+    writer.stats = {**spec.stats, spec.work: sum(shard.n_items for shard in writer.shards)}
     index = writer.finish()
     return LayerBuild(index, log.finish(out_dir, store))
 
 
-def _reuse(store: ShardStore | None, address: str, writer: LayerWriter, shard: ShardInfo) -> ShardInfo | None:
-    if store is None:
-        return None
-    entry = store.materialise(address, writer.directory / shard.name)
+def _register_reused(store: ShardStore | None, job: ShardJob, writer: LayerWriter) -> ShardInfo | None:
+    entry = store.get(job.address) if store is not None else None
     if entry is None:
         return None
     try:
-        return writer.add_existing(shard.name, entry.sha256, upstream=shard.sha256)
+        return writer.add_existing(job.out_path.name, entry.sha256, upstream=job.upstream.sha256)
     except StoreError:  # an entry that does not describe itself as this shard: drop it, compute instead
         store.remove(entry)
-        (writer.directory / shard.name).unlink(missing_ok=True)
+        job.out_path.unlink(missing_ok=True)
         return None
 
 

@@ -6,14 +6,18 @@ so later metrics never need another forward pass.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import h5py
 import numpy as np
 from scipy.special import logsumexp, softmax
 from tqdm import tqdm
 
-from evalstack.adapters.base import ModelAdapter
+from evalstack.adapters.base import ModelAdapter, ModelSpec
+from evalstack.executor import DaskExecutor, LocalExecutor, loaded_in_worker
 from evalstack.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
 from evalstack.keys import Key
 from evalstack.pipelines import PREPROCESSED_KIND
@@ -46,31 +50,47 @@ def infer_layer(
     adapter: ModelAdapter,
     batch_size: int = 32,
     store: ShardStore | None = None,
+    executor: LocalExecutor | DaskExecutor | None = None,
 ) -> LayerBuild:
     """One predictions shard per preprocessed shard; streams in batches; stored shards are reused.
 
     Batches start at each shard's first item, so a shard's predictions do not depend
-    on which other shards were computed in the same run.
+    on which other shards were computed in the same run (nor on which worker ran them).
     """
     source = Layer.open(preprocessed_dir, kind=PREPROCESSED_KIND)
     key = predictions_key(adapter.signature(), source.key)
     labels = {"model": f"model {adapter.spec.name}", "pipeline": f"pipeline {adapter.spec.pipeline}"}
     spec = DerivedLayerSpec(PREDICTIONS_KIND, key, f"model {adapter.spec.name}", labels, "forward_passes")
-    n_classes = len(adapter.spec.labels)
+    if isinstance(executor, DaskExecutor):  # workers load the model themselves: interpreters do not pickle
+        compute: Callable = PredictInWorker(type(adapter), adapter.spec, batch_size)
+    else:
+        compute = partial(predict_shard, adapter, batch_size)
+    return build_derived_layer(source, out_dir, spec, compute, store, executor)
 
-    def compute(shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
-        with h5py.File(path, "r") as handle:
-            keys = read_column(handle, ITEM_KEY)
-            parts = []
-            for start in range(0, shard.n_items, batch_size):
-                batch = handle["x"][start : start + batch_size]
-                parts.append(adapter.predict_batch(batch))
-                progress.update(len(batch))
-        logits = np.concatenate(parts) if parts else np.zeros((0, n_classes), np.float32)
-        attrs = {"model_signature": adapter.signature().hex, "forward_passes": shard.n_items}
-        return ShardContent(prediction_columns(keys, logits), attrs, PREDICTION_VALUES)
 
-    return build_derived_layer(source, out_dir, spec, compute, store)
+def predict_shard(adapter: ModelAdapter, batch_size: int, shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
+    with h5py.File(path, "r") as handle:
+        keys = read_column(handle, ITEM_KEY)
+        parts = []
+        for start in range(0, shard.n_items, batch_size):
+            batch = handle["x"][start : start + batch_size]
+            parts.append(adapter.predict_batch(batch))
+            progress.update(len(batch))
+    logits = np.concatenate(parts) if parts else np.zeros((0, len(adapter.spec.labels)), np.float32)
+    attrs = {"model_signature": adapter.signature().hex, "forward_passes": shard.n_items}
+    return ShardContent(prediction_columns(keys, logits), attrs, PREDICTION_VALUES)
+
+
+@dataclass(frozen=True)
+class PredictInWorker:
+    """`predict_shard` with the adapter built from its class and spec, once per worker process."""
+
+    adapter_class: type[ModelAdapter]
+    spec: ModelSpec
+    batch_size: int
+
+    def __call__(self, shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
+        return predict_shard(loaded_in_worker(self.adapter_class, self.spec), self.batch_size, shard, path, progress)
 
 
 def open_predictions(directory: Path, model_signature: Key, pipeline_key: Key, model_name: str) -> Layer:

@@ -12,15 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
+import h5py
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from evalstack.fetch import RAW_KIND, read_blobs
-from evalstack.keys import sha256_bytes
+from evalstack.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
 from evalstack.pipelines import PREPROCESSED_KIND, RESAMPLING, PipelineError, PreprocessingPipeline
+from evalstack.shardstore import ShardStore
 from evalstack.sources import DEFAULT_MAX_PIXELS, decode_image
-from evalstack.store import ITEM_KEY, Layer, LayerIndex, LayerWriter, read_column
+from evalstack.store import ITEM_KEY, Layer, ShardInfo, read_column
 
 PLACEMENT_COLUMNS = ("width", "height", "scale_x", "scale_y", "pad_x", "pad_y")
 
@@ -114,25 +116,27 @@ def letterbox_layer(
     pipeline: LetterboxPipeline,
     compression: str = "lz4",
     max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> LayerIndex:
-    """One preprocessed shard per raw shard: tensors + placement + image id/split, item order kept."""
+    store: ShardStore | None = None,
+    name: str | None = None,
+) -> LayerBuild:
+    """One shard per raw shard: tensors + placement + image id/split, item order kept; stored shards reused."""
     raw = Layer.open(raw_dir, kind=RAW_KIND)
-    writer = LayerWriter(out_dir, PREPROCESSED_KIND, pipeline.cache_key(), compression)
-    with tqdm(total=len(raw), desc=f"preprocess {pipeline.kind}", unit="image") as progress:
-        for shard in raw.shards:
-            with raw.open_shard(shard) as handle:
-                ids, splits = read_column(handle, "id"), read_column(handle, "split")
-                tensors = np.empty((shard.n_items, *pipeline.output_shape()), dtype=np.uint8)
-                placed = []
-                for row, data in enumerate(read_blobs(handle, slice(0, shard.n_items))):
-                    image = decode_image(data, max_pixels, what=f"{splits[row]} image {ids[row]} in {shard.name}")
-                    tensors[row] = pipeline.process_image(image)
-                    placed.append(pipeline.placement(*image.size))
-                    progress.update()
-                columns = {ITEM_KEY: read_column(handle, ITEM_KEY), "id": ids, "split": splits, "x": tensors}
-            columns["checksum"] = np.asarray([sha256_bytes(t.tobytes()) for t in tensors], dtype="S64")
-            for name in PLACEMENT_COLUMNS:
-                columns[name] = np.asarray([getattr(p, name) for p in placed], dtype=np.float64)
-            writer.add_shard(shard.name, columns, attrs={"pipeline_key": pipeline.cache_key().hex}, upstream=shard.sha256)
-    writer.stats = {"items_preprocessed": len(raw)}
-    return writer.finish()
+    label = f"pipeline {name or pipeline.kind}"
+    spec = DerivedLayerSpec(PREPROCESSED_KIND, pipeline.cache_key(), label, {"": label}, "items_preprocessed", compression)
+
+    def compute(shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
+        with h5py.File(path, "r") as handle:
+            ids, splits = read_column(handle, "id"), read_column(handle, "split")
+            tensors = np.empty((shard.n_items, *pipeline.output_shape()), dtype=np.uint8)
+            placed = []
+            for row, data in enumerate(read_blobs(handle, slice(0, shard.n_items))):
+                image = decode_image(data, max_pixels, what=f"{splits[row]} image {ids[row]} in {path}")
+                tensors[row] = pipeline.process_image(image)
+                placed.append(pipeline.placement(*image.size))
+                progress.update()
+            columns = {ITEM_KEY: read_column(handle, ITEM_KEY), "id": ids, "split": splits, "x": tensors}
+        for column in PLACEMENT_COLUMNS:
+            columns[column] = np.asarray([getattr(p, column) for p in placed], dtype=np.float64)
+        return ShardContent(columns, {"pipeline_key": pipeline.cache_key().hex}, ("x",))
+
+    return build_derived_layer(raw, out_dir, spec, compute, store)

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from evalstack.executor import DaskExecutor, LocalExecutor
 from evalstack.rawformat import RAW_KIND, read_blobs
 from evalstack.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
 from evalstack.keys import Key
@@ -171,6 +172,7 @@ def preprocess_layer(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     store: ShardStore | None = None,
     name: str | None = None,
+    executor: LocalExecutor | DaskExecutor | None = None,
 ) -> LayerBuild:
     """One preprocessed shard per raw shard, item order preserved; shards the store holds are reused."""
     raw = Layer.open(raw_dir, kind=RAW_KIND)
@@ -188,4 +190,4 @@ def preprocess_layer(
                 progress.update()
         return ShardContent({ITEM_KEY: keys, "x": tensors}, {"pipeline_key": pipeline.cache_key().hex}, ("x",))
 
-    return build_derived_layer(raw, out_dir, spec, compute, store)
+    return build_derived_layer(raw, out_dir, spec, compute, store, executor)

@@ -75,17 +75,16 @@ class GcReport:
         return sum(entry.size for entry in self.removed)
 
 
-def derivation_key(upstream_sha256: str, layer_key: Key, compression: str) -> Key:
+def derivation_key(upstream_sha256: str, layer_key: Key, compression: str, selection: str | None = None) -> Key:
     """The address of a derived shard. The format (schema version, compression) is part of it
-    because it shapes the bytes: a shard reused across formats would make outputs depend on history."""
-    return Key(
-        "shard",
-        {
-            "upstream_sha256": upstream_sha256,
-            "layer_key": layer_key.hex,
-            "format": {"schema_version": SCHEMA_VERSION, "compression": compression},
-        },
-    )
+    because it shapes the bytes: a shard reused across formats would make outputs depend on history.
+    `selection` names the subset of the upstream shard's items used, when not all are."""
+    parts = {
+        "upstream_sha256": upstream_sha256,
+        "layer_key": layer_key.hex,
+        "format": {"schema_version": SCHEMA_VERSION, "compression": compression},
+    }
+    return Key("shard", parts if selection is None else {**parts, "selection": selection})
 
 
 class ShardStore:

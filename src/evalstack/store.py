@@ -263,6 +263,42 @@ def describe_shard(handle: h5py.File) -> dict[str, Any]:
     return schema
 
 
+def write_layer_shard(
+    path: Path,
+    kind: str,
+    key: Key,
+    compression: str,
+    columns: Mapping[str, np.ndarray],
+    attrs: Mapping[str, Any] | None = None,
+    upstream: str | None = None,
+    flat: Mapping[str, np.ndarray] | None = None,
+    checksum_of: Sequence[str] = (),
+    checksum_column: str = CHECKSUM,
+) -> ShardInfo:
+    """Write one shard of a layer (kind, key) without a LayerWriter, e.g. on a Dask worker.
+
+    `checksum_of` names the per-item columns `verify` re-hashes per item; their digests
+    go into `checksum_column` (computed here unless the caller supplies it).
+    """
+    columns = dict(columns)
+    n_items = len(next(iter(columns.values()))) if columns else 0
+    shard_attrs: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "layer_key": key.to_json(),
+        "upstream_sha256": upstream or "",
+        "n_items": n_items,
+        "flat": sorted(flat or {}),
+        **(attrs or {}),
+    }
+    if checksum_of:
+        shard_attrs["item_checksum"] = {"column": checksum_column, "of": list(checksum_of)}
+        if checksum_column not in columns:
+            columns[checksum_column] = item_digests(columns, checksum_of, flat)
+    digest = write_shard(Path(path), columns, shard_attrs, compression, flat)
+    return ShardInfo(name=Path(path).name, sha256=digest, n_items=n_items, upstream=upstream)
+
+
 class LayerWriter:
     """Builds a layer directory shard by shard; `finish()` writes the index last.
 
@@ -286,35 +322,11 @@ class LayerWriter:
         self.stats: dict[str, Any] = {}
         self.schema: dict[str, Any] | None = None
 
-    def add_shard(
-        self,
-        name: str,
-        columns: Mapping[str, np.ndarray],
-        attrs: Mapping[str, Any] | None = None,
-        upstream: str | None = None,
-        flat: Mapping[str, np.ndarray] | None = None,
-        checksum_of: Sequence[str] = (),
-        checksum_column: str = CHECKSUM,
-    ) -> ShardInfo:
-        """Write a shard. `checksum_of` names the per-item columns `verify` re-hashes per item;
-        their digests go into `checksum_column` (computed here unless the caller supplies it)."""
-        columns = dict(columns)
-        n_items = len(next(iter(columns.values()))) if columns else 0
-        shard_attrs: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION,
-            "kind": self.kind,
-            "layer_key": self.key.to_json(),
-            "upstream_sha256": upstream or "",
-            "n_items": n_items,
-            "flat": sorted(flat or {}),
-            **(attrs or {}),
-        }
-        if checksum_of:
-            shard_attrs["item_checksum"] = {"column": checksum_column, "of": list(checksum_of)}
-            if checksum_column not in columns:
-                columns[checksum_column] = item_digests(columns, checksum_of, flat)
-        digest = write_shard(self.directory / name, columns, shard_attrs, self.compression, flat)
-        return self._register(ShardInfo(name=name, sha256=digest, n_items=n_items, upstream=upstream))
+    def add_shard(self, name: str, columns: Mapping[str, np.ndarray], **options: Any) -> ShardInfo:
+        """Write a shard and list it in this layer; `options` are `write_layer_shard`'s
+        (attrs, upstream, flat, checksum_of, checksum_column)."""
+        info = write_layer_shard(self.directory / name, self.kind, self.key, self.compression, columns, **options)
+        return self._register(info)
 
     def add_existing(self, name: str, sha256: str, upstream: str | None = None, excluded: Sequence[int] = ()) -> ShardInfo:
         """List a shard that was placed in the directory already (e.g. copied from the shard store).

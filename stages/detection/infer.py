@@ -3,7 +3,7 @@ import argparse
 from pathlib import Path
 
 from evalstack.adapters import load_adapter
-from evalstack.config import load_params, model_spec
+from evalstack.config import load_params, model_spec, open_store
 from evalstack.detection_inference import infer_detection_layer
 
 
@@ -17,9 +17,9 @@ def main() -> None:
     params = load_params(args.params)
     adapter = load_adapter(model_spec(params, args.model))
     batch_size = int(params.get("infer", {}).get("batch_size", 32))
-    index = infer_detection_layer(args.preprocessed, args.out, adapter, batch_size)
-    print(f"detections {args.model}: {index.stats['num_detections']} boxes on {index.n_items} images, "
-          f"{index.stats['forward_passes']} forward passes")
+    store = open_store(params, args.params.parent)  # not a dvc.yaml param: where results are kept does not change them
+    build = infer_detection_layer(args.preprocessed, args.out, adapter, batch_size, store)
+    print(f"{build.summary()}; {build.counts['forward_passes']} forward passes")
 
 
 if __name__ == "__main__":

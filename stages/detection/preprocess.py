@@ -2,7 +2,7 @@
 import argparse
 from pathlib import Path
 
-from evalstack.config import load_params
+from evalstack.config import load_params, open_store
 from evalstack.letterbox import build_letterbox, letterbox_layer
 
 
@@ -16,8 +16,10 @@ def main() -> None:
     params = load_params(args.params)
     pipeline = build_letterbox(params["preprocess"]["pipelines"][args.pipeline])
     compression = params["preprocess"].get("compression", "lz4")
-    index = letterbox_layer(args.raw, args.out, pipeline, compression, int(params["fetch"]["max_pixels"]))
-    print(f"preprocessed {args.pipeline}: {index.n_items} images, key {index.key.hex[:12]}")
+    store = open_store(params, args.params.parent)  # not a dvc.yaml param: where results are kept does not change them
+    max_pixels = int(params["fetch"]["max_pixels"])
+    build = letterbox_layer(args.raw, args.out, pipeline, compression, max_pixels, store, name=args.pipeline)
+    print(build.summary())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,268 @@
+"""The issue-9 figures P1, P3–P9, each measured side by side with its baseline in one run.
+
+Every function returns Figure records; bench/run.py prints them and writes RESULTS.md.
+Projects are temp copies of the template driven by the real dvc CLI (tests/e2e.py).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from tests.e2e import TINY_PARAMS, build_record, env, make_project, run, set_param, use_own_models  # noqa: E402
+
+
+@dataclass
+class Figure:
+    id: str
+    name: str
+    value: float | None  # the ratio (or seconds, or count) compared with the goal
+    goal: str
+    ok: bool | None  # None: not measured
+    detail: str
+    scale: str
+
+    @property
+    def verdict(self) -> str:
+        return "not available" if self.ok is None else ("met" if self.ok else "MISSED")
+
+
+def timed(command: list[str], cwd: Path) -> float:
+    started = time.monotonic()
+    result = subprocess.run(command, cwd=cwd, env=env(), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return time.monotonic() - started
+
+
+def best_of(repeats: int, action: Callable[[], object]) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+# -- P1, P3, P4: one project with the user's own models, at `cards` cards -------------------
+def eval_project(root: Path, cards: int, shard_size: int) -> tuple[Path, float]:
+    """A project at `cards` cards with its cold `dvc repro` done; returns (root, cold seconds)."""
+    project = make_project(root, {"synth": {"n_cards": cards, "test_fraction": 0.2}, "fetch": {"shard_size": shard_size}})
+    use_own_models(project)
+    run(project, "dvc", "repro", "synth")  # the source: not timed
+    return project, timed(["dvc", "repro"], project)
+
+
+def p1_eval_only(project: Path, cards: int, scale: str) -> Figure:
+    set_param(project, "evaluate.split", "dev")
+    evalstack = timed(["dvc", "repro"], project)
+    naive = timed([sys.executable, str(REPO / "bench/_naive.py"), str(project)], project)
+    set_param(project, "evaluate.split", "test")
+    ratio = naive / evalstack
+    return Figure("P1", f"eval-only param change, {cards} cards: naive script / `dvc repro`", ratio, "≥ 100×",
+                  ratio >= 100, f"naive {naive:.1f} s, evalstack {evalstack:.2f} s", scale)
+
+
+def p3_perturbation_passes(project: Path, scale: str) -> Figure:
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    if "robustness" not in stages:
+        return Figure("P3", "perturbation grid: clean forward passes / preprocessing passes", None,
+                      "exactly N and N per pipeline", None, "not available (no robustness stage in dvc.yaml)", scale)
+    from evalstack.store import Layer
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    n = Layer.open(project / "data/raw").index.n_items
+    lines, ok = [], True
+    for model in params["models"]:  # clean passes: the infer stage's, plus any the grid made itself
+        infer = build_record(project, f"data/predictions/{model}")["counts"]
+        summary = json.loads((project / f"robustness/models/{model}.json").read_text())["counts"]
+        clean = infer["forward_passes"] + summary.get("clean_forward_passes", 0)
+        ok &= clean == n
+        lines.append(f"{model}: {clean} clean forward passes")
+        extra = summary.get("items_preprocessed", 0)
+        ok &= extra == 0
+    for pipeline in params["preprocess"]["pipelines"]:
+        passes = build_record(project, f"data/preprocessed/{pipeline}")["counts"]["items_preprocessed"]
+        ok &= passes == n
+        lines.append(f"{pipeline}: {passes} preprocessing passes")
+    lines.insert(0, f"N = {n}")
+    return Figure("P3", "perturbation grid: clean forward passes, preprocessing passes", None, "exactly N and N per pipeline",
+                  ok, "; ".join(lines), scale)
+
+
+def p4_noop(project: Path, scale: str) -> Figure:
+    repro = statistics.median(timed(["dvc", "repro"], project) for _ in range(3))
+    status = statistics.median(timed(["dvc", "status"], project) for _ in range(3))
+    ratio = repro / status
+    return Figure("P4", "no-op `dvc repro` / `dvc status`", ratio, "≤ 1.3", ratio <= 1.3,
+                  f"repro {repro:.2f} s, status {status:.2f} s (median of 3)", scale)
+
+
+# -- P5, P6: reading and inferring a preprocessed layer ---------------------------------------
+def p5_hdf5_read(project: Path, scratch: Path, scale: str) -> Figure:
+    from evalstack.store import Layer, write_shard
+
+    layer = Layer.open(project / "data/preprocessed/pad_nn")
+    scratch.mkdir(parents=True, exist_ok=True)
+    npys = []
+    for shard in layer.shards:
+        with h5py.File(layer.path(shard), "r") as handle:
+            path = scratch / f"{shard.name}.npy"
+            np.save(path, handle["x"][...])
+            npys.append(path)
+
+    def read_h5() -> None:
+        for shard in layer.shards:
+            with h5py.File(layer.path(shard), "r") as handle:
+                handle["x"][...]
+
+    def read_npy() -> None:
+        for path in npys:
+            np.load(path)
+
+    plain = []  # the same tensors in uncompressed shards (`preprocess.compression: none`), for the note
+    for path in npys:
+        plain.append(path.with_suffix(".h5"))
+        write_shard(plain[-1], {"x": np.load(path)}, {}, "none")
+
+    def read_plain() -> None:
+        for path in plain:
+            with h5py.File(path, "r") as handle:
+                handle["x"][...]
+
+    read_h5(), read_npy(), read_plain()  # warm the page cache
+    h5, npy, h5_plain = best_of(3, read_h5), best_of(3, read_npy), best_of(3, read_plain)
+    compression = yaml.safe_load((project / "params.yaml").read_text())["preprocess"]["compression"]
+    ratio = npy / h5  # HDF5 throughput relative to np.load's
+    return Figure("P5", f"HDF5 tensor read / np.load, warm cache (compression {compression})", ratio, "≥ 0.9",
+                  ratio >= 0.9, f"{layer.index.n_items} tensors: HDF5 {h5:.3f} s, np.load {npy:.3f} s (best of 3); "
+                  f"uncompressed HDF5 {h5_plain:.3f} s = {npy / h5_plain:.2f}", scale)
+
+
+def p6_adapter_overhead(project: Path, scale: str) -> Figure:
+    from _naive import BARE
+
+    from evalstack.adapters import load_adapter
+    from evalstack.config import load_params, model_spec
+    from evalstack.store import Layer
+
+    params = load_params(project / "params.yaml")
+    batch_size = int(params["infer"]["batch_size"])
+    ratios, lines = [], []
+    for name in params["models"]:
+        spec = model_spec(params, name, project)
+        layer = Layer.open(project / f"data/preprocessed/{spec.pipeline}")
+        batches = [b["x"] for b in layer.iter_batches(["x"], batch_size)][:40]
+        adapter, bare = load_adapter(spec), BARE[spec.adapter](spec.file)
+        for batch in batches[:2]:  # warm up both
+            adapter.predict_batch(batch), bare(batch.astype(np.float32))
+        wrapped, direct = float("inf"), float("inf")
+        for _ in range(5):  # interleaved, best of 5 each: load from other jobs hits both alike
+            wrapped = min(wrapped, best_of(1, lambda: [adapter.predict_batch(b) for b in batches]))
+            direct = min(direct, best_of(1, lambda: [bare(b.astype(np.float32)) for b in batches]))
+        ratios.append(wrapped / direct)
+        lines.append(f"{name}: adapter {wrapped:.3f} s, bare {direct:.3f} s ({sum(map(len, batches))} items, best of 5)")
+    ratio = max(ratios)
+    return Figure("P6", "adapter batched inference / bare framework loop (worst model)", ratio, "≤ 1.05",
+                  ratio <= 1.05, "; ".join(lines), scale)
+
+
+# -- P7: memory does not grow with the dataset ------------------------------------------------
+_RSS_CHILD = """
+import re, sys
+from pathlib import Path
+from evalstack.fetch import FetchConfig, fetch_raw_layer
+from evalstack.pipelines import CropResizePipeline, preprocess_layer
+root, step = Path(sys.argv[1]), sys.argv[2]
+if step == "fetch":
+    fetch_raw_layer(FetchConfig({"dev": str(root / "metadata_dev.csv")}, shard_size=128), root / "raw")
+else:
+    preprocess_layer(root / "raw", root / "pre", CropResizePipeline(crop=(0, 0, 200, 150), size=96, resample="bilinear"))
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent (the bench, with torch loaded)
+print(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
+"""
+
+
+def _registry(root: Path, n_items: int, n_images: int = 64) -> None:
+    """n_items rows over n_images distinct 200×150 photos (writing 20k PNGs would dominate the bench)."""
+    import csv
+    import hashlib
+
+    from PIL import Image
+
+    from evalstack.sources import REGISTRY_COLUMNS
+
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rng, images = np.random.default_rng(0), []
+    for i in range(n_images):
+        name = f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (150, 200, 3), dtype=np.uint8)).save(root / "images" / name)
+        images.append((name, hashlib.md5((root / "images" / name).read_bytes()).hexdigest()))
+    with open(root / "metadata_dev.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(REGISTRY_COLUMNS)
+        for i in range(n_items):
+            name, md5 = images[i % n_images]
+            writer.writerow([i + 1, i // 4 + 1, "lactose", 50, "Galaxy S9", f"images/{name}", md5, f"{i + 1}.png"])
+
+
+def _peak_rss_kb(root: Path, step: str) -> int:
+    result = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(root), step], env=env(), capture_output=True,
+                            text=True, check=True)
+    return int(result.stdout.strip().splitlines()[-1])
+
+
+def p7_memory(scratch: Path, small: int, large: int, scale: str) -> Figure:
+    peaks = {}
+    for n in (small, large):
+        root = scratch / f"rss{n}"
+        _registry(root, n)
+        peaks[n] = {step: _peak_rss_kb(root, step) for step in ("fetch", "preprocess")}
+    ratios = {step: peaks[large][step] / peaks[small][step] for step in ("fetch", "preprocess")}
+    ratio = max(ratios.values())
+    detail = "; ".join(f"{step}: {peaks[small][step] / 1024:.0f} → {peaks[large][step] / 1024:.0f} MB" for step in ratios)
+    return Figure("P7", f"peak RSS at {large} items / at {small} items (worst of fetch, preprocess)", ratio, "≤ 1.2",
+                  ratio <= 1.2, detail, scale)
+
+
+# -- P8: cold default pipeline -----------------------------------------------------------------
+def p8_cold_default(root: Path, tiny: bool, scale: str) -> Figure:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    defaults = {section: params[section] for section in TINY_PARAMS}  # undo the test shrinking
+    project = make_project(root, None if tiny else defaults)
+    seconds = timed(["dvc", "repro"], project)
+    what = "tiny params (tests/e2e.py)" if tiny else f"default params.yaml ({params['synth']['n_cards']} cards)"
+    return Figure("P8", f"cold `dvc repro`, {what}, seconds", seconds, "≤ 180 s", seconds <= 180,
+                  "synth, fetch, preprocess, train, infer, evaluate", scale)
+
+
+# -- P9: Dask scale-out ------------------------------------------------------------------------
+def p9_dask(raw: Path, scratch: Path, scale: str) -> Figure:
+    from distributed import Client, LocalCluster
+
+    from evalstack.executor import DaskExecutor
+    from evalstack.pipelines import CropResizePipeline, preprocess_layer
+
+    seconds = {}
+    for workers in (1, 2):
+        with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None, processes=True) as cluster, \
+                Client(cluster) as client:
+            started = time.monotonic()  # cluster start-up is not part of the figure
+            preprocess_layer(raw, scratch / f"dask{workers}", CropResizePipeline(), "lz4", executor=DaskExecutor(client))
+            seconds[workers] = time.monotonic() - started
+    ratio = seconds[1] / seconds[2]
+    return Figure("P9", "preprocess pad_nn on Dask: 1 worker / 2 workers (speed-up)", ratio, "≥ 1.7×", ratio >= 1.7,
+                  f"1 worker {seconds[1]:.1f} s, 2 workers {seconds[2]:.1f} s", scale)

@@ -1,0 +1,107 @@
+"""The baseline: the script a user writes without evalstack, and the bare framework loops.
+
+It does the same work as `dvc repro` of fetch → preprocess → infer → evaluate —
+read every registry row, check its md5, decode, crop/resize per model, run the
+model in batches, compute test accuracy — in one process, streaming batches, with
+no caching, no HDF5 and no hashing of outputs. It is not a strawman: the image is
+decoded once for all models and models are loaded once.
+
+    python bench/_naive.py PROJECT_DIR     # prints accuracy per model
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+            "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+
+
+class BareTFLite:
+    """ai-edge-litert's Interpreter, as its docs show: resize to the batch, set, invoke, get."""
+
+    def __init__(self, path: Path):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(path), num_threads=2)
+        self.input = self.interpreter.get_input_details()[0]["index"]
+        self.output = self.interpreter.get_output_details()[0]["index"]
+        self.batch = 0
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if len(batch) != self.batch:
+            self.interpreter.resize_tensor_input(self.input, list(batch.shape))
+            self.interpreter.allocate_tensors()
+            self.batch = len(batch)
+        self.interpreter.set_tensor(self.input, batch)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output)
+
+
+class BareTorch:
+    """torch.export.load(...).module(), called under inference_mode."""
+
+    def __init__(self, path: Path):
+        import torch
+
+        self.torch = torch
+        self.module = torch.export.load(str(path)).module()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self.module(self.torch.from_numpy(batch)).numpy()
+
+
+BARE = {"tflite": BareTFLite, "torch": BareTorch}
+
+
+def registry_rows(project: Path, params: dict) -> list[tuple[str, Path, str, str]]:
+    """(split, image path, md5, sample name) of every registry row."""
+    rows = []
+    for split, registry in params["fetch"]["registries"].items():
+        registry = project / registry
+        with open(registry, newline="") as handle:
+            for record in csv.DictReader(handle):
+                rows.append((split, registry.parent / record["url"], record["hashlib_md5"], record["sample_name"]))
+    return rows
+
+
+def run(project: Path, batch_size: int = 32) -> dict[str, float]:
+    """Test accuracy per model, computed from the source images."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    models = {name: (entry, BARE[entry["adapter"]](project / entry["file"])) for name, entry in params["models"].items()}
+    pipelines = params["preprocess"]["pipelines"]
+    labels = {name: list(params["labels"][entry["labels"]]) for name, (entry, _) in models.items()}
+    correct = dict.fromkeys(models, 0)
+    rows = registry_rows(project, params)  # every item is preprocessed and inferred, as the pipeline does
+    n_test = 0
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        images = []
+        for _, path, md5, _ in chunk:
+            data = path.read_bytes()
+            if hashlib.md5(data).hexdigest() != md5:
+                raise SystemExit(f"{path}: md5 mismatch")
+            images.append(Image.open(io.BytesIO(data)).convert("RGB"))
+        is_test = np.array([row[0] == params["evaluate"]["split"] for row in chunk])
+        n_test += int(is_test.sum())
+        for name, (entry, model) in models.items():
+            pipe = pipelines[entry["pipeline"]]
+            size = (pipe["size"], pipe["size"])
+            batch = np.stack([np.asarray(img.crop(tuple(pipe["crop"])).resize(size, RESAMPLE[pipe["resample"]]),
+                                         dtype=np.float32) for img in images])
+            predicted = np.argmax(model(batch), axis=1)
+            truth = np.array([labels[name].index(row[3]) for row in chunk])
+            correct[name] += int(((predicted == truth) & is_test).sum())
+    return {name: correct[name] / max(n_test, 1) for name in models}
+
+
+if __name__ == "__main__":
+    print(run(Path(sys.argv[1])))

@@ -1,0 +1,198 @@
+"""`make bench`: every figure measured side by side in one run, written to bench/RESULTS.md.
+
+Runs the issue-9 figures (bench/_figures.py) and every other bench/*.py script it finds
+(files starting with `_` are helpers). BENCH_SCALE=full (default; P1/P2 at the real
+FHI2020 scale of 8,001 cards, ≤ 30 minutes on a quiet 2-core machine) or small (a few
+minutes; proves the suite end to end, its figures are not the claims).
+
+    BENCH_SCALE=small PYTHONPATH=src python bench/run.py
+    BENCH_CARDS=600,8001 make bench          # choose the dataset sizes of P1 and P2
+"""
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+import _figures as fig  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Scale:
+    eval_cards: tuple[int, ...]  # P1 (and P3–P6 on the first) at these dataset sizes
+    shard_size: int
+    p7_items: tuple[int, int]
+    p8_tiny: bool
+
+
+SCALES = {
+    "full": Scale((600, 8001), 128, (1000, 20000), False),
+    "small": Scale((120,), 16, (250, 1000), True),
+}
+SCRIPT_TIMEOUT = 20 * 60
+# Why a goal is missed when it is, from what the runs so far showed; printed beside a missed figure.
+KNOWN_CAUSES = {
+    "P1": "the rerun is dominated by fixed costs (dvc start-up, hashing data/ to see what changed, "
+          "loading each model again in evaluate to check its signature); it shrinks relative to the naive "
+          "run only as the dataset grows",
+    "P2": "fixed per-run costs (dvc hashing every output, fetch re-reading every source file, one process "
+          "per stage loading its framework) do not shrink with the 5% of new work; see the floor line",
+    "P2 push": "the rerun pushes the new shard, the partly filled shard it grew, every layer index and the new "
+               "source files; at small sizes a shard is a large share of the data (fewer, larger datasets dilute it)",
+    "P4": "`dvc repro` builds the stage graph and checks the run-cache on top of what `dvc status` does",
+    "P5": "not compression: uncompressed shards read as slowly (see detail). Each tensor is its own HDF5 "
+          "chunk, and h5py reads chunks through HDF5's chunk pipeline (an extra copy per item) where np.load "
+          "reads one contiguous buffer; reading each item with `read_direct_chunk` or storing uncompressed "
+          "layers contiguously would close it",
+    "P6": "the adapter checks shapes and dtype per batch and copies the output; with tiny models the "
+          "framework call is so short that this shows",
+    "P7": "the fixed cost of imports dominates at 1k items; growth beyond it is the index and item keys",
+    "P8": "training the two demo models dominates a cold run on 2 shared cores",
+    "P9": "two workers on a 2-core machine shared with other jobs, plus task and file overhead per shard",
+}
+
+
+def scripts() -> list[Path]:
+    return sorted(p for p in BENCH.glob("*.py") if not p.name.startswith("_") and p.name != "run.py")
+
+
+def script_args(script: Path, scale: Scale, cards: int) -> list[str]:
+    if script.name == "incremental.py":
+        return ["--cards", str(cards), "--shard-size", str(scale.shard_size)]
+    return []
+
+
+def run_script(script: Path, args: list[str], scale_name: str) -> tuple[str, float]:
+    environment = {**os.environ, "BENCH_SCALE": scale_name}
+    started = time.monotonic()
+    try:
+        result = subprocess.run([sys.executable, str(script), *args], env=environment, capture_output=True,
+                                text=True, timeout=SCRIPT_TIMEOUT, cwd=BENCH.parent)
+        output = result.stdout + (f"\n[exit {result.returncode}]\n{result.stderr[-3000:]}" if result.returncode else "")
+    except subprocess.TimeoutExpired:
+        output = f"[timed out after {SCRIPT_TIMEOUT} s]"
+    return output, time.monotonic() - started
+
+
+def incremental_figures(output: str, cards: int, scale: str) -> list[fig.Figure]:
+    figures = []
+    for what, label in (("time", "rerun time / cold time"), ("push", "pushed bytes rerun / cold")):
+        match = re.search(rf"^{what}\s+rerun / cold = ([0-9.]+)", output, re.M)
+        value = float(match.group(1)) if match else None
+        figures.append(fig.Figure("P2", f"+5% items, {cards} cards: {label}", value, "≤ 0.08",
+                                  None if value is None else value <= 0.08,
+                                  "bench/incremental.py" if match else "bench/incremental.py printed no figure", scale))
+    return figures
+
+
+def safely(figures: list[fig.Figure], make, *args) -> None:
+    """A figure that fails is reported as such; the others still run."""
+    try:
+        result = make(*args)
+        figures.extend(result if isinstance(result, list) else [result])
+    except Exception as error:  # noqa: BLE001 - one broken figure must not lose the rest
+        name = getattr(make, "__name__", "figure").split("_")[0].upper()
+        figures.append(fig.Figure(name, getattr(make, "__name__", "?"), None, "", None, f"failed: {error!r}"[:400], ""))
+    print(format_line(figures[-1]), flush=True)
+
+
+def format_line(f: fig.Figure) -> str:
+    value = "—" if f.value is None else f"{f.value:.3f}"
+    return f"{f.id:3} {value:>9}  goal {f.goal:<30} {f.verdict:<13} {f.name}  [{f.detail}]"
+
+
+def machine() -> list[str]:
+    packages = ["dvc", "h5py", "numpy", "dask", "distributed", "torch", "ai-edge-litert", "pillow"]
+    versions = []
+    for package in packages:
+        try:
+            versions.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH, capture_output=True, text=True).stdout.strip()
+    return [
+        f"- date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
+        f"- machine: {platform.machine()}, {os.cpu_count()} cores, {memory:.0f} GiB, {platform.platform()}",
+        f"- python {platform.python_version()}; {', '.join(versions)}",
+        f"- evalstack commit {commit}",
+    ]
+
+
+def write_results(path: Path, scale_name: str, figures: list[fig.Figure], outputs: dict[str, str], seconds: float) -> None:
+    lines = ["# Benchmark results", "", *machine(), f"- scale: BENCH_SCALE={scale_name}; whole run {seconds / 60:.1f} min", "",
+             "| figure | what | value | goal | verdict | detail |", "|---|---|---|---|---|---|"]
+    for f in figures:
+        value = "—" if f.value is None else f"{f.value:.3f}"
+        lines.append(f"| {f.id} | {f.name} | {value} | {f.goal} | {f.verdict} | {f.detail} |")
+    missed = [f for f in figures if f.ok is False]
+    if missed:
+        lines += ["", "## Missed goals", ""]
+        for f in missed:
+            lines.append(f"- **{f.id}** {f.name}: {f.value:.3f} against {f.goal}. Likely cause: {KNOWN_CAUSES.get(f.id + (' push' if 'pushed' in f.name else ''), '?')}.")
+    lines += ["", "## Output of each bench script", ""]
+    for name, output in outputs.items():
+        lines += [f"### {name}", "", "```", output.strip()[-6000:], "```", ""]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    scale_name = os.environ.get("BENCH_SCALE", "full")
+    if scale_name not in SCALES:
+        raise SystemExit(f"BENCH_SCALE={scale_name!r}: choose one of {sorted(SCALES)}")
+    scale = SCALES[scale_name]
+    if os.environ.get("BENCH_CARDS"):  # e.g. BENCH_CARDS=600,8001: the dataset sizes of P1 and P2
+        scale = replace(scale, eval_cards=tuple(int(n) for n in os.environ["BENCH_CARDS"].split(",")))
+    os.environ["TQDM_DISABLE"] = "1"  # progress bars would bury the figures
+    scratch = BENCH / "out/run"
+    shutil.rmtree(scratch, ignore_errors=True)
+    started = time.monotonic()
+    figures: list[fig.Figure] = []
+    outputs: dict[str, str] = {}
+    print(f"BENCH_SCALE={scale_name}; projects under {scratch}", flush=True)
+
+    for number, cards in enumerate(scale.eval_cards):
+        project, cold = fig.eval_project(scratch / f"eval{cards}", cards, scale.shard_size)
+        print(f"    cold `dvc repro` at {cards} cards: {cold:.1f} s", flush=True)
+        if number == 0:
+            safely(figures, fig.p3_perturbation_passes, project, scale_name)
+        safely(figures, fig.p1_eval_only, project, cards, scale_name)
+        if number == 0:
+            safely(figures, fig.p4_noop, project, scale_name)
+            safely(figures, fig.p5_hdf5_read, project, scratch / "npy", scale_name)
+            safely(figures, fig.p6_adapter_overhead, project, scale_name)
+            safely(figures, fig.p9_dask, project / "data/raw", scratch, scale_name)
+    safely(figures, fig.p7_memory, scratch, *scale.p7_items, scale_name)
+    safely(figures, fig.p8_cold_default, scratch / "cold", scale.p8_tiny, scale_name)
+
+    for script in scripts():
+        for cards in (scale.eval_cards if script.name == "incremental.py" else (0,)):
+            label = script.name + (f" --cards {cards}" if cards else "")
+            print(f"    running bench/{label}", flush=True)
+            output, took = run_script(script, script_args(script, scale, cards), scale_name)
+            outputs[f"{label} ({took:.0f} s)"] = output
+            if script.name == "incremental.py":
+                for figure in incremental_figures(output, cards, scale_name):
+                    figures.append(figure)
+                    print(format_line(figure), flush=True)
+
+    seconds = time.monotonic() - started
+    write_results(BENCH / "RESULTS.md", scale_name, figures, outputs, seconds)
+    print(f"\nwhole run {seconds / 60:.1f} min; wrote {BENCH / 'RESULTS.md'}")
+    for f in figures:
+        print(format_line(f))
+
+
+if __name__ == "__main__":
+    main()

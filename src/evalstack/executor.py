@@ -1,0 +1,138 @@
+"""Where derived shards are computed: in this process (`local`) or on dask.distributed (`dask`).
+
+Each shard is one task, a pure function of (upstream shard path, stage spec) that
+writes its output shard and returns its ShardInfo. Both executors run the same
+`derive_shard`, so their layers are byte-identical. Workers must see the same
+paths as the stage (one machine, or a shared filesystem). Which executor ran a
+build is left out of every key: it does not change results.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Protocol
+
+from evalstack.keys import Key
+from evalstack.shardstore import SHARD_KEY_ATTR
+from evalstack.store import ShardInfo, write_layer_shard
+
+EXECUTORS = ("local", "dask")
+
+
+class ExecutorError(ValueError):
+    """The executor is configured wrongly."""
+
+
+class Progress(Protocol):
+    def update(self, n: int = 1) -> Any: ...
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One derived shard to compute: its upstream shard and where its output goes."""
+
+    upstream: ShardInfo
+    upstream_path: Path
+    out_path: Path
+    address: str  # derivation key hex, recorded in the shard so a store can be seeded from it
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    kind: str
+    key: Key
+    compression: str
+
+
+def derive_shard(compute: Callable, job: ShardJob, fmt: OutputFormat, progress: Progress | None = None) -> ShardInfo:
+    """Compute one shard with `compute(shard, path, progress) -> ShardContent` and write it."""
+    content = compute(job.upstream, job.upstream_path, progress or _NoProgress())
+    return write_layer_shard(
+        job.out_path, fmt.kind, fmt.key, fmt.compression, content.columns,
+        attrs={**content.attrs, SHARD_KEY_ATTR: job.address},
+        upstream=job.upstream.sha256, checksum_of=content.checksum_of, flat=content.flat or None,
+    )
+
+
+class LocalExecutor:
+    """One shard after the other in this process; only one shard's data is in memory at a time."""
+
+    def run(self, compute: Callable, jobs: list[ShardJob], fmt: OutputFormat, progress: Progress) -> Iterator[ShardInfo]:
+        for job in jobs:
+            yield derive_shard(compute, job, fmt, progress)
+
+
+class DaskExecutor:
+    """Shards as tasks on a dask.distributed cluster; results come back in job order."""
+
+    def __init__(self, client: Any):
+        self.client = client
+
+    def run(self, compute: Callable, jobs: list[ShardJob], fmt: OutputFormat, progress: Progress) -> Iterator[ShardInfo]:
+        # pure=False: two jobs that look alike must still both run (they write different files).
+        futures = [
+            self.client.submit(derive_shard, compute, job, fmt, pure=False, key=f"shard-{job.address[:16]}-{job.out_path.name}")
+            for job in jobs
+        ]
+        try:
+            for job, future in zip(jobs, futures):
+                info = future.result()
+                progress.update(job.upstream.n_items)
+                yield info
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+def executor_settings(params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(`executor`, `dask` section) from params.yaml, checked."""
+    name = str(params.get("executor", "local") or "local")
+    if name not in EXECUTORS:
+        raise ExecutorError(f"executor {name!r} unknown; choose one of {', '.join(EXECUTORS)}")
+    dask = {"address": "", "workers": 2, **(params.get("dask") or {})}
+    return name, dask
+
+
+@contextlib.contextmanager
+def open_executor(params: Mapping[str, Any]) -> Iterator[LocalExecutor | DaskExecutor]:
+    """The executor params.yaml asks for. `dask.address` empty starts a LocalCluster for the
+    duration of the stage; `tcp://host:8786` connects to an existing scheduler."""
+    name, dask = executor_settings(params)
+    if name == "local":
+        yield LocalExecutor()
+        return
+    from distributed import Client, LocalCluster  # deferred: the local executor never pays for importing dask
+
+    if dask["address"]:
+        with Client(str(dask["address"])) as client:
+            yield DaskExecutor(client)
+        return
+    with LocalCluster(n_workers=int(dask["workers"]), threads_per_worker=1, dashboard_address=None,
+                      processes=True) as cluster, Client(cluster) as client:
+        yield DaskExecutor(client)
+
+
+def loaded_in_worker(factory: Callable[[Any], Any], spec: Any) -> Any:
+    """`factory(spec)`, built once per worker process and kept there (a model must be loaded
+    where it runs: interpreters do not pickle). Outside a worker it is built on each call."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return factory(spec)
+    cache = worker.__dict__.setdefault("_evalstack_loaded", {})
+    token = (factory, repr(spec))
+    if token not in cache:
+        cache[token] = factory(spec)
+    return cache[token]
+
+
+__all__ = ["DaskExecutor", "ExecutorError", "LocalExecutor", "OutputFormat", "ShardJob", "derive_shard",
+           "executor_settings", "loaded_in_worker", "open_executor"]

@@ -1,0 +1,59 @@
+"""The Dask executor computes the same layers as the local one, byte for byte, on a real LocalCluster."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from evalstack.executor import DaskExecutor, ExecutorError, LocalExecutor, executor_settings, open_executor
+from evalstack.inference import infer_layer
+from evalstack.pipelines import preprocess_layer
+from tests.layers import Project, numpy_model, store_at, tiny_pipeline
+
+
+def md5s(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def build(project: Project, executor, store=None):
+    pre = preprocess_layer(project.raw, project.pre, tiny_pipeline(), "lz4", store=store, name="tiny", executor=executor)
+    model = numpy_model(project.root / "models")
+    pred = infer_layer(project.pre, project.pred, model, batch_size=3, store=store, executor=executor)
+    return pre, pred
+
+
+@pytest.mark.slow
+def test_dask_and_local_executors_write_identical_layers(tmp_path: Path):
+    local = Project(tmp_path / "local")
+    local.grow(22)
+    local.fetch(None)  # 6 raw shards of ≤ 4 items
+    remote = Project(tmp_path / "dask")
+    shutil.copytree(local.root, remote.root)
+
+    build(local, LocalExecutor())
+    params = {"executor": "dask", "dask": {"address": "", "workers": 2}}
+    with open_executor(params) as executor:
+        assert isinstance(executor, DaskExecutor)
+        pre, pred = build(remote, executor)
+        # a second build through a store: computed on the cluster, then every shard reused
+        store = store_at(tmp_path / "store")
+        shutil.rmtree(remote.pre), shutil.rmtree(remote.pred)
+        first = build(remote, executor, store)
+        again = build(remote, executor, store)
+
+    assert pre.counts["shards_computed"] == 6 and pred.counts["forward_passes"] == 22
+    assert first[1].counts["shards_computed"] == 6
+    assert again[0].counts["shards_reused"] == 6 and again[1].counts["forward_passes"] == 0
+    for layer in ("data/preprocessed/tiny", "data/predictions/m"):
+        expected = md5s(local.root / layer)
+        assert len(expected) == 7  # 6 shards + the index
+        assert md5s(remote.root / layer) == expected
+
+
+def test_executor_setting_is_checked():
+    assert executor_settings({})[0] == "local"
+    assert executor_settings({"executor": "dask", "dask": {"address": "tcp://h:8786"}})[1]["address"] == "tcp://h:8786"
+    with pytest.raises(ExecutorError, match="executor 'spark' unknown"):
+        executor_settings({"executor": "spark"})

@@ -1,0 +1,88 @@
+"""The robustness grid on tiny real layers: counts of what is computed, reuse when the grid grows, determinism."""
+from pathlib import Path
+
+import pytest
+
+from evalstack.adapters.base import ModelSpec
+from evalstack.robustness import GridConfig, RobustnessError, build_grid, grid_results
+from evalstack.store import CacheStaleError
+from tests.layers import NumpyAdapter, Project, digests, store_at
+
+LABELS = ("a", "lactose")
+N_ITEMS = 10  # three preprocessed shards of 4, 4, 2 items
+
+
+def adapter(root: Path, weights: bytes = b"weights1") -> NumpyAdapter:
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    (root / "models/m.npy").write_bytes(weights)
+    return NumpyAdapter(ModelSpec("m", root / "models/m.npy", "numpy", "tiny", LABELS, options={"size": 8}))
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    project = Project(tmp_path)
+    store = store_at(tmp_path / "store")
+    project.grow(N_ITEMS)
+    project.fetch(store)
+    project.preprocess(store)
+    from evalstack.inference import infer_layer
+
+    infer_layer(project.pre, project.pred, adapter(tmp_path), batch_size=3, store=store)
+    return project
+
+
+def grid(project: Project, types, severities, seed=0, out="grid", store=True, weights=b"weights1"):
+    config = GridConfig.from_params({"types": types, "severities": severities, "seed": seed, "split": "dev"})
+    model = adapter(project.root, weights)
+    build = build_grid(project.raw, project.pre, project.pred, project.root / out, model, config,
+                       store_at(project.root / "store") if store else None, batch_size=3)
+    return build, model
+
+
+def computed(build) -> dict[str, int]:
+    return {name: cell.counts["forward_passes"] for name, cell in build.cells.items()}
+
+
+def test_every_cell_runs_each_item_once_and_nothing_clean(project: Project):
+    build, model = grid(project, ["gaussian_noise", "contrast"], [1, 2])
+    assert computed(build) == {"gaussian_noise-1": N_ITEMS, "gaussian_noise-2": N_ITEMS, "contrast-1": N_ITEMS,
+                               "contrast-2": N_ITEMS}
+    assert model.forward_passes == build.forward_passes == 4 * N_ITEMS  # P·I·N, no clean pass
+    clean_accuracy, results = grid_results(build, project.raw, LABELS)
+    assert len(results) == 4 and 0.0 <= clean_accuracy <= 1.0
+
+
+def test_adding_a_severity_or_a_type_computes_only_the_new_cells(project: Project):
+    grid(project, ["gaussian_noise"], [1, 2])
+    build, model = grid(project, ["gaussian_noise"], [1, 2, 3])
+    assert computed(build) == {"gaussian_noise-1": 0, "gaussian_noise-2": 0, "gaussian_noise-3": N_ITEMS}
+    assert build.cells["gaussian_noise-1"].counts["shards_reused"] == 3
+    build, model = grid(project, ["gaussian_noise", "motion_blur"], [1, 2, 3])
+    assert computed(build) == {**{f"gaussian_noise-{s}": 0 for s in (1, 2, 3)},
+                               **{f"motion_blur-{s}": N_ITEMS for s in (1, 2, 3)}}
+    assert model.forward_passes == 3 * N_ITEMS
+    build, _ = grid(project, ["motion_blur"], [3])  # a smaller grid drops the other cells' layers
+    assert sorted(p.name for p in (project.root / "grid").iterdir()) == ["motion_blur-3"]
+
+
+def test_same_seed_gives_byte_identical_predictions_and_another_seed_does_not(project: Project):
+    first, _ = grid(project, ["gaussian_noise", "rotate_shift"], [3], out="first")
+    again, _ = grid(project, ["gaussian_noise", "rotate_shift"], [3], out="again", store=False)  # recomputed
+    assert sum(computed(again).values()) == 2 * N_ITEMS
+    assert digests(*(project.root / "first").iterdir()) == digests(*(project.root / "again").iterdir())
+    other, _ = grid(project, ["gaussian_noise"], [3], seed=1, out="other", store=False)
+    assert digests(project.root / "other/gaussian_noise-3") != digests(project.root / "first/gaussian_noise-3")
+
+
+def test_clean_predictions_of_another_model_are_refused(project: Project):
+    with pytest.raises(CacheStaleError, match="infer@m"):
+        grid(project, ["contrast"], [1], weights=b"weights2")
+
+
+def test_bad_grid_is_refused_naming_the_cause():
+    with pytest.raises(ValueError, match="perturbation 'snow' unknown"):
+        GridConfig.from_params({"types": ["snow"], "severities": [1]})
+    with pytest.raises(ValueError, match="severity 6 out of range"):
+        GridConfig.from_params({"types": ["fog"], "severities": [6]})
+    with pytest.raises(RobustnessError, match="must not be empty"):
+        GridConfig.from_params({"types": [], "severities": [1]})

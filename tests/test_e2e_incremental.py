@@ -9,7 +9,6 @@ from tests.e2e import build_record, make_project, output_digests, run, set_param
 
 pytestmark = pytest.mark.slow
 
-
 N_CARDS, SHARD_SIZE = 32, 8  # four full raw shards
 DERIVED = ("data/preprocessed/pad_nn", "data/predictions/tflite_cnn")
 

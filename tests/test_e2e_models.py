@@ -58,7 +58,10 @@ def api_run(project, tmp_path_factory) -> dict:
 
 def test_readme_api_example_runs(api_run):
     assert len(api_run["cards"]) == N_ITEMS
-    assert api_run["my_predictions"].attrs["forward_passes"] == N_ITEMS
+    # `mine` is torch_cnn's own file, so its signature equals the declared model's and the
+    # shard store may serve shards infer@torch_cnn computed: never more passes than items.
+    assert len(api_run["my_predictions"]) == N_ITEMS
+    assert api_run["my_predictions"].attrs["forward_passes"] <= N_ITEMS
     assert "torch_cnn_onnx" in api_run["printed"] and "p_value" in api_run["printed"]
     parity = api_run["table"].parity.iloc[0]
     assert parity["argmax_agreement"] == 1.0 and parity["max_abs_probability_diff"] < 1e-4

@@ -126,7 +126,6 @@ def commit_and_push(root: Path, message: str) -> None:
     run(root, "git", "commit", "-qm", message)
     run(root, "git", "push", "-q", "origin", "HEAD")
 
-
 _USER_MODELS = """
 import numpy as np, yaml
 from pathlib import Path
@@ -143,16 +142,12 @@ for name, entry in params["train"].items():
 """
 
 
-MODEL_STAGES = ("train", "fit_pls", "export_onnx")  # stages that write model files
-
-
-def use_own_models(root: Path, models: tuple[str, ...] = ("tflite_cnn", "torch_cnn"), drop: tuple[str, ...] = ()) -> None:
-    """Replace the model-writing stages by model files added with `dvc add`, as a user with
-    their own models has.
+def use_own_models(root: Path, models: tuple[str, ...] = ("tflite_cnn", "torch_cnn")) -> None:
+    """Replace the train stage by model files added with `dvc add`, as a user with their own models has.
 
     The models are fitted once on random data (fast); with no train stage, growing the
     dataset changes no model, so infer's reuse can be measured. Models not named, and
-    pipelines no kept model reads, are removed from params.yaml; stages in `drop` too.
+    pipelines no kept model reads, are removed from params.yaml.
     """
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["models"] = {name: params["models"][name] for name in models}
@@ -162,8 +157,8 @@ def use_own_models(root: Path, models: tuple[str, ...] = ("tflite_cnn", "torch_c
     write_params(root, params)
     run(root, sys.executable, "-c", _USER_MODELS)
     pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
-    for stage in (*MODEL_STAGES, *drop):
-        pipeline["stages"].pop(stage, None)
+    for producer in ("train", "fit_pls", "export_onnx"):  # the stages that build demo model files
+        pipeline["stages"].pop(producer, None)
     (root / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     run(root, "dvc", "add", *(entry["file"] for entry in params["models"].values()))
     run(root, "git", "add", "-A")

@@ -27,8 +27,7 @@ def origin(tmp_path_factory) -> Path:
         tmp_path_factory.mktemp("incremental") / "origin",
         {"synth": {"n_cards": N_CARDS}, "fetch": {"shard_size": SHARD_SIZE}},
     )
-    # One model and no report/compare stages keep the run short; the other models take the same path.
-    use_own_models(root, models=("tflite_cnn",), drop=("report", "compare"))
+    use_own_models(root, models=("tflite_cnn",))  # one model keeps the run short; torch takes the same path
     run(root, "dvc", "repro")
     run(root, "dvc", "remote", "add", "-d", "local", str(root.parent / "remote"))
     run(root, "git", "add", "-A")
@@ -107,21 +106,21 @@ def test_push_uploads_only_new_shards_indexes_and_source_files(grown: dict):
     clone = grown["clone"]
     by_md5 = {
         hashlib.md5(path.read_bytes()).hexdigest(): str(path.relative_to(clone))
-        for top in ("data", "plots", "reports")
+        for top in ("data", "plots", "reports", "comparison")
         for path in (clone / top).rglob("*")
         if path.is_file()
     }
     uploaded = {by_md5.get("".join(Path(name).parts[-2:]), name) for name in grown["pushed"] if not name.endswith(".dir")}
     layers = {p for p in uploaded if p.startswith("data/") and not p.startswith("data/source/")}
     # Of the layers only the new shards and the indexes; besides them the new source
-    # cards and the evaluation outputs (plots, report), which depend on every item.
+    # cards and the evaluation outputs (plots, report, comparison), which depend on every item.
     assert {p for p in layers if not p.endswith(("/00004.h5", "/index.json"))} == set()
-    assert {p for p in uploaded - layers if not p.startswith(("data/source/", "plots/", "reports/"))} == set()
+    assert {p for p in uploaded - layers if not p.startswith(("data/source/", "plots/", "reports/", "comparison/"))} == set()
     assert sum(p.endswith("/00004.h5") for p in uploaded) == 2 + len(DERIVED)  # raw + the derived layers + the robustness cell
     assert grown["pushed_bytes"] / grown["cold_bytes"] < 0.15  # 2 of 34 cards, plus indexes and CSVs
 
 
-def test_scratch_rebuild_is_byte_identical_and_dvc_stays_up_to_date(grown: dict):
+def test_scratch_rebuild_is_byte_identical_and_dvc_sees_no_layer_change(grown: dict):
     clone = grown["clone"]
     run(clone, "git", "add", "-A")
     run(clone, "git", "commit", "-qm", "grown")
@@ -133,4 +132,6 @@ def test_scratch_rebuild_is_byte_identical_and_dvc_stays_up_to_date(grown: dict)
     layers = {name: digest for name, digest in output_digests(clone).items() if name.startswith("data/")}
     assert layers == {name: digest for name, digest in before.items() if name.startswith("data/")}
     assert locked_layer_hashes(clone) == locked
-    assert "up to date" in run(clone, "dvc", "status").stdout
+    # Nothing about the layers is out of date; infer's latency metric is a fresh measurement,
+    # so the stages that read it (report, compare) may show it as changed.
+    assert "data/" not in run(clone, "dvc", "status").stdout

@@ -39,7 +39,6 @@ def origin(tmp_path_factory) -> Path:
 def test_toggling_a_pipeline_param_back_recomputes_nothing(origin: Path):
     set_param(origin, "preprocess.pipelines.pad_nn.resample", "bilinear")
     ran = stages_run(run(origin, "dvc", "repro").stdout)
-    # robustness_report reruns only when the grid's summary changed (an untrained model may predict the same)
     # the reports rerun only when what they summarise changed (an untrained model may predict the same)
     assert ran - {"robustness_report", "report"} == {
         "preprocess@pad_nn", "infer@tflite_cnn", "evaluate@tflite_cnn", "robustness@tflite_cnn", "compare",

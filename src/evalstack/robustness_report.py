@@ -60,23 +60,28 @@ def model_summary(build: GridBuild, clean_accuracy: float, results: list[CellRes
 
 
 def combine(summaries: Mapping[str, Mapping[str, Any]], reference: str) -> dict[str, Any]:
-    """metrics/robustness.json: per model accuracy per cell, CE and relative CE per type, mCE."""
-    if reference not in summaries:
-        raise ValueError(f"robustness.reference {reference!r} is not among the models {sorted(summaries)}")
-    ref = summaries[reference]
+    """metrics/robustness.json: per model accuracy per cell, CE and relative CE per type, mCE.
+
+    Without the reference model's grid (e.g. it was removed from params) there is nothing to
+    normalise by: accuracy and flip rate are still reported, CE values are None, and the
+    output says why instead of failing the pipeline.
+    """
+    ref = summaries.get(reference)
     out: dict[str, Any] = {"reference": reference, "models": {}}
+    if ref is None:
+        out["note"] = f"robustness.reference {reference!r} has no grid among {sorted(summaries)}: CE not computed"
     for name, summary in sorted(summaries.items()):
         per_type: dict[str, Any] = {}
         for kind in dict.fromkeys(c["type"] for c in summary["cells"]):
             errors = _errors(summary, kind)
-            ref_errors = _errors(ref, kind, [s for s, _ in errors])
+            ref_errors = _errors(ref, kind, [s for s, _ in errors]) if ref is not None else None
             mine = [e for _, e in errors]
             per_type[kind] = {
                 "accuracy": {str(s): round(1 - e, 6) for s, e in errors},
                 "flip_rate": {str(c["severity"]): round(c["flip_rate"], 6) for c in summary["cells"] if c["type"] == kind},
-                "ce": _round(corruption_error(mine, ref_errors)),
+                "ce": _round(corruption_error(mine, ref_errors)) if ref is not None else None,
                 "relative_ce": _round(relative_corruption_error(mine, summary["clean"]["error"], ref_errors,
-                                                                ref["clean"]["error"])),
+                                                                ref["clean"]["error"])) if ref is not None else None,
             }
         out["models"][name] = {
             "clean_accuracy": round(summary["clean"]["accuracy"], 6),

@@ -193,7 +193,9 @@ def wait_for_queue(root: Path, timeout: float) -> None:
     while time.monotonic() < deadline:
         status = run(root, "dvc", "queue", "status").stdout
         if re.search(r"\b(Queued|Running)\b", status) is None:
-            assert "Failed" not in status, status  # `dvc queue logs <name>` shows why
+            failed = re.findall(r"^\w+\s+(\S+)\s.*\bFailed\b", status, flags=re.M)
+            logs = "\n".join(run(root, "dvc", "queue", "logs", name, check=False).stdout[-4000:] for name in failed)
+            assert not failed, f"{status}\n{logs}"
             return
         time.sleep(5)  # each poll is a dvc process competing with the workers for 2 cores
     raise AssertionError(f"queue still busy after {timeout:.0f} s:\n{status}")

@@ -17,6 +17,7 @@ from scipy.special import softmax
 
 from evalstack.adapters.base import ModelSpec
 from evalstack.concentration import predicted_quantities
+from evalstack.evaluation import in_split
 from evalstack.inference import PREDICTIONS_KIND
 from evalstack.keys import Key, sha256_file
 from evalstack.significance import DEFAULT_RESAMPLES, accuracy_intervals, mcnemar
@@ -97,7 +98,7 @@ def _logits(loaded: _Loaded, keys: pd.Index) -> np.ndarray:
 
 def compare_runs(runs: list[ModelRun], truth: pd.DataFrame, config: CompareConfig = CompareConfig()) -> Comparison:
     loaded = [_load(run) for run in runs]
-    test = truth.index[truth["split"] == config.split]
+    test = truth.index[in_split(truth["split"].to_numpy(), config.split)]
     paired = test
     notes = []
     for model in loaded:

@@ -16,7 +16,7 @@ import numpy as np
 
 from evalstack.adapters.base import ModelError, ModelSpec
 from evalstack.adapters.pls import drug_key
-from evalstack.evaluation import EvaluationOutputs, truth_frame, write_evaluation_files
+from evalstack.evaluation import EvaluationOutputs, in_split, truth_frame, write_evaluation_files
 from evalstack.inference import open_predictions
 from evalstack.keys import Key
 
@@ -84,7 +84,7 @@ def evaluate_concentration(
     layer = open_predictions(predictions_dir, model_signature, pipeline_key, spec.name)
     keys = layer.item_keys()
     facts = truth.loc[keys]
-    chosen = np.flatnonzero(facts["split"].to_numpy() == split)
+    chosen = np.flatnonzero(in_split(facts["split"].to_numpy(), split))
     if not len(chosen):
         raise ValueError(f"no items in split {split!r}; splits present: {sorted(set(truth['split']))}")
     drugs = facts["sample_name"].to_numpy()[chosen]

@@ -5,6 +5,7 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +18,12 @@ from evalstack.store import Layer, atomic_write_bytes
 
 
 ALL_SPLITS = "all"  # evaluate.split value that takes every item, whatever its split
+
+
+def in_split(splits: Any, split: str) -> np.ndarray:
+    """Boolean mask of the items that `split` (a split name, or "all") selects."""
+    splits = np.asarray(splits)
+    return np.ones(len(splits), dtype=bool) if split == ALL_SPLITS else splits == split
 
 
 @dataclass(frozen=True)

@@ -51,10 +51,9 @@ KNOWN_CAUSES = {
     "P2 push": "the rerun pushes the new shard, the partly filled shard it grew, every layer index and the new "
                "source files; at small sizes a shard is a large share of the data (fewer, larger datasets dilute it)",
     "P4": "`dvc repro` builds the stage graph and checks the run-cache on top of what `dvc status` does",
-    "P5": "not compression: uncompressed shards read as slowly (see detail). Each tensor is its own HDF5 "
-          "chunk, and h5py reads chunks through HDF5's chunk pipeline (an extra copy per item) where np.load "
-          "reads one contiguous buffer; reading each item with `read_direct_chunk` or storing uncompressed "
-          "layers contiguously would close it",
+    "P5": "opening each HDF5 shard and reading its header costs a fixed time per shard that np.load does "
+          "not pay; small shards show it most (larger `fetch.shard_size` dilutes it). A compressed layer "
+          "(see detail) also pays decompression per item",
     "P6": "the adapter checks shapes and dtype per batch and copies the output; with tiny models the "
           "framework call is so short that this shows",
     "P7": "the fixed cost of imports dominates at 1k items; growth beyond it is the index and item keys",

@@ -3,6 +3,7 @@ import os
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 
 from evalstack.cli import main
@@ -19,9 +20,14 @@ def _flip(path: Path, offset: int) -> None:
     path.write_bytes(bytes(data))
 
 
-def _chunk_offset(path: Path, dataset: str, row: int) -> int:
+def _row_offset(path: Path, dataset: str, row: int) -> int:
+    """A byte in the middle of one item's data: its chunk when compressed, its rows when contiguous."""
     with h5py.File(path, "r") as handle:
-        info = handle[dataset].id.get_chunk_info_by_coord((row, 0, 0, 0))
+        data = handle[dataset]
+        if data.chunks is None:
+            row_bytes = data.dtype.itemsize * int(np.prod(data.shape[1:]))
+            return data.id.get_offset() + row * row_bytes + row_bytes // 2
+        info = data.id.get_chunk_info_by_coord((row, 0, 0, 0))
         return info.byte_offset + info.size // 2
 
 
@@ -38,7 +44,7 @@ def test_verify_names_the_shard_and_the_item(project: Project, compression: str)
     preprocess_layer(project.raw, project.pre, tiny_pipeline(), compression, store=None, name="tiny")
     assert verify_layer(project.pre) == []
     shard = project.pre / "00001.h5"
-    _flip(shard, _chunk_offset(shard, "x", 2))
+    _flip(shard, _row_offset(shard, "x", 2))
     problems = [str(p) for p in verify_layer(project.pre)]
     key = Layer.open(project.raw).item_keys()[6]  # row 2 of shard 1 is the 7th item
     assert problems[0] == f"{shard}: sha256 differs from the index (corrupt or modified)"
@@ -65,7 +71,7 @@ def test_verify_command_exits_non_zero_and_names_the_item(project: Project, caps
     preprocess_layer(project.raw, project.pre, tiny_pipeline(), "none", store=None, name="tiny")
     assert main(["--params", str(project.root / "params.yaml"), "verify", str(project.raw), str(project.pre)]) == 0
     shard = project.pre / "00000.h5"
-    _flip(shard, _chunk_offset(shard, "x", 3))
+    _flip(shard, _row_offset(shard, "x", 3))
     assert main(["--params", str(project.root / "params.yaml"), "verify"]) == 1  # default: every layer under data/
     out = capsys.readouterr().out
     assert f"CORRUPT {shard}: item 3 (key " in out

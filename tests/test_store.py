@@ -54,6 +54,21 @@ def test_shard_round_trip_with_strings_tensors_and_flat_arrays(tmp_path: Path):
         assert handle["x"].chunks == (1, 8, 8, 3)
 
 
+def test_uncompressed_tensors_are_contiguous_and_read_back_row_ranges(tmp_path: Path):
+    import h5py
+
+    path = tmp_path / "s.h5"
+    columns = _columns(6)
+    write_shard(path, columns, {}, "none")
+    with h5py.File(path) as handle:
+        assert handle["x"].chunks is None and handle["x"].id.get_offset() is not None
+        assert np.array_equal(read_column(handle, "x"), columns["x"])
+        assert np.array_equal(read_column(handle, "x", slice(2, 5)), columns["x"][2:5])
+        assert np.array_equal(read_column(handle, "x", slice(4, 99)), columns["x"][4:])
+        assert read_column(handle, "x", slice(6, 6)).shape == (0, 8, 8, 3)
+        assert np.array_equal(read_column(handle, "x", np.array([0, 3])), columns["x"][[0, 3]])
+
+
 def test_shard_rejects_columns_of_different_length(tmp_path: Path):
     with pytest.raises(StoreError, match="differ in length"):
         write_shard(tmp_path / "s.h5", {"a": np.zeros(2), "b": np.zeros(3)}, {})

@@ -58,7 +58,7 @@ def infer_detection_layer(
             found: list[Detections] = []
             for start in range(0, shard.n_items, batch_size):
                 stop = min(start + batch_size, shard.n_items)
-                found.extend(detect_arrays(adapter, handle["x"][start:stop], placed[start:stop]))
+                found.extend(detect_arrays(adapter, read_column(handle, "x", slice(start, stop)), placed[start:stop]))
                 progress.update(stop - start)
         table = DetectionTable.from_detections(columns[ITEM_KEY], columns["id"], columns["split"].tolist(), found)
         row_columns, flat, attrs = detection_shard(table)

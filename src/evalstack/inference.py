@@ -73,7 +73,7 @@ def predict_shard(adapter: ModelAdapter, batch_size: int, shard: ShardInfo, path
         keys = read_column(handle, ITEM_KEY)
         parts = []
         for start in range(0, shard.n_items, batch_size):
-            batch = handle["x"][start : start + batch_size]
+            batch = read_column(handle, "x", slice(start, start + batch_size))
             parts.append(adapter.predict_batch(batch))
             progress.update(len(batch))
     logits = np.concatenate(parts) if parts else np.zeros((0, len(adapter.spec.labels)), np.float32)

@@ -160,7 +160,7 @@ def _cell_compute(adapter: ModelAdapter, cell: Cell, seed: int, selection: Split
             parts = []
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start : start + batch_size]
-                images = handle["x"][chunk[0] : chunk[-1] + 1][chunk - chunk[0]]  # one contiguous read
+                images = read_column(handle, "x", slice(chunk[0], chunk[-1] + 1))[chunk - chunk[0]]  # one contiguous read
                 batch = np.stack([perturb.perturb(image, cell.kind, cell.severity, str(item), seed)
                                   for image, item in zip(images, keys[start : start + batch_size])])
                 parts.append(adapter.predict_batch(batch))

@@ -215,9 +215,11 @@ def _attr_value(value: Any) -> Any:
 def _write_column(handle: h5py.File, name: str, array: np.ndarray, options: dict[str, Any]) -> None:
     if _is_text(array):
         handle.create_dataset(name, data=array.astype(object), dtype=h5py.string_dtype("utf-8"))
-    elif array.ndim > 1 and len(array) > 0:
+    elif array.ndim > 1 and len(array) > 0 and options:
+        # One item per chunk: any item decompresses without its neighbours.
         handle.create_dataset(name, data=array, chunks=(1, *array.shape[1:]), **options)
     else:
+        # Contiguous: rows are plain bytes at a fixed offset, which `read_column` reads like np.load does.
         handle.create_dataset(name, data=array)
 
 
@@ -248,10 +250,37 @@ def shard_layer_key(attrs: Mapping[str, Any]) -> Key | None:
 
 def read_column(handle: h5py.File, name: str, rows: slice | np.ndarray | None = None) -> np.ndarray:
     dataset = handle[name]
+    direct = _read_contiguous(dataset, rows)
+    if direct is not None:
+        return direct
     data = dataset[()] if rows is None else dataset[rows]
     if h5py.check_string_dtype(dataset.dtype) is not None:
         return np.asarray([v.decode() if isinstance(v, bytes) else v for v in np.atleast_1d(data)], dtype=object)
     return data
+
+
+def _read_contiguous(dataset: h5py.Dataset, rows: slice | np.ndarray | None) -> np.ndarray | None:
+    """Rows of an uncompressed contiguous numeric dataset read straight from the file (None: not one).
+
+    h5py's hyperslab machinery costs several times a plain read for large tensors; the
+    bytes of a contiguous dataset sit at one offset, so one `readinto` does the job.
+    """
+    if dataset.ndim < 2 or dataset.chunks is not None or dataset.dtype.kind not in "biuf":
+        return None
+    offset = dataset.id.get_offset()
+    if offset is None or not (rows is None or isinstance(rows, slice)):
+        return None
+    start, stop, step = (rows or slice(None)).indices(dataset.shape[0])
+    if step != 1:
+        return None
+    out = np.empty((max(stop - start, 0), *dataset.shape[1:]), dtype=dataset.dtype)
+    if out.nbytes == 0:
+        return out
+    with open(dataset.file.filename, "rb", buffering=0) as raw:
+        raw.seek(offset + start * out[0:1].nbytes)
+        if raw.readinto(out.reshape(-1).view(np.uint8)) != out.nbytes:
+            raise LayerCorruptError(f"{dataset.file.filename}: {dataset.name} is shorter than its header says")
+    return out
 
 
 def item_digests(

@@ -78,17 +78,25 @@ def main() -> None:
     parser.add_argument("--cards", type=int, default=600)
     parser.add_argument("--growth", type=float, default=0.05)
     parser.add_argument("--shard-size", type=int, default=None, help="fetch.shard_size (default: params.yaml's)")
+    parser.add_argument("--link", choices=("copy", "hardlink"), default=None,
+                        help="store.link (default: params.yaml's); hardlink also sets DVC's cache.type hardlink")
     parser.add_argument("--out", type=Path, default=REPO / "bench/out/incremental")
     args = parser.parse_args()
     grown = round(args.cards * (1 + args.growth))
     shutil.rmtree(args.out, ignore_errors=True)
     template = yaml.safe_load((REPO / "params.yaml").read_text())
     shard_size = args.shard_size or template["fetch"]["shard_size"]
-    root = make_project(args.out / "project", {"synth": {"n_cards": args.cards}, "fetch": {"shard_size": shard_size}})
+    overrides = {"synth": {"n_cards": args.cards}, "fetch": {"shard_size": shard_size}}
+    if args.link:
+        overrides["store"] = {"link": args.link}
+    root = make_project(args.out / "project", overrides)
+    if args.link == "hardlink":  # outputs, DVC's cache and the store share one copy of each shard
+        run(root, "dvc", "config", "cache.type", "hardlink")
     remote = args.out / "remote"
     run(root, "dvc", "remote", "add", "-d", "local", str(remote))
     use_own_models(root)
-    print(f"dataset: {args.cards} → {grown} cards, fetch.shard_size {shard_size}; {root}", flush=True)
+    link = args.link or template["store"]["link"]
+    print(f"dataset: {args.cards} → {grown} cards, fetch.shard_size {shard_size}, store.link {link}; {root}", flush=True)
 
     targets = [stage for stage in STAGES if stage.startswith("infer@")]
     run(root, "dvc", "repro", "synth")

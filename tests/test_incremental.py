@@ -23,6 +23,23 @@ def test_second_build_reuses_every_shard_byte_for_byte(tmp_path: Path):
     assert digests(project.raw, project.pre, project.pred) == before
 
 
+def test_a_rebuild_does_not_reread_unchanged_upstream_shards(tmp_path: Path):
+    """Stage checks trust a file whose inode, size and mtime are unchanged since it was hashed (as
+    `dvc status` does), so a rebuild reads no unchanged shard; `verify` still reads every byte."""
+    project, store = Project(tmp_path), store_at(tmp_path / "store")
+    project.build(10, store)
+    shard = project.raw / "00001.h5"
+    status = shard.stat()
+    _flip_byte(shard)  # bit rot: the bytes change, the metadata does not
+    os.utime(shard, ns=(status.st_atime_ns, status.st_mtime_ns))
+    pre, pred = project.preprocess(store), project.infer(store)
+    assert (pre.counts["shards_reused"], pred.counts["shards_reused"]) == (3, 3)  # no shard was re-read
+    assert any("00001.h5" in str(problem) for problem in verify_layer(project.raw))
+    os.utime(shard)  # any write moves the mtime: the stage hashes the shard again and refuses it
+    with pytest.raises(LayerCorruptError, match="00001.h5 does not match the sha256"):
+        project.preprocess(store)
+
+
 def test_added_items_recompute_only_the_new_and_the_filled_shard(tmp_path: Path):
     project, store = Project(tmp_path / "incremental"), store_at(tmp_path / "store")
     project.build(10, store)  # shards of 4, 4, 2 items

@@ -91,7 +91,8 @@ def build_derived_layer(
     with tqdm(total=len(upstream), desc=spec.label, unit="item") as progress:
         jobs, hits = [], {}
         for shard in upstream.shards:
-            path = upstream.check_shard(shard)  # a damaged input is refused, even when its result is stored
+            # a damaged input is refused, even when its result is stored
+            path = upstream.check_shard(shard, store.stamps.sha256 if store is not None else sha256_file)
             subset = selection(shard) if selection is not None else None
             address = derivation_key(shard.sha256, spec.key, spec.compression, subset).hex
             job = ShardJob(shard, path, out_dir / shard.name, address)
@@ -110,6 +111,7 @@ def build_derived_layer(
             info = next(computed) if job.upstream.name not in hits else derive_shard(compute, job, fmt, progress)
             writer.add_existing(info.name, info.sha256, upstream=job.upstream.sha256)
             if store is not None:
+                store.stamps.remember(job.out_path, info.sha256)
                 entry = StoreEntry(job.address, info.sha256, job.out_path.stat().st_size, info.n_items, spec.kind,
                                    _key_json(spec.key), job.upstream.sha256)
                 store.put(entry, job.out_path)

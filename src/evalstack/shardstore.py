@@ -27,6 +27,7 @@ from typing import Any, Iterable, Iterator
 
 import h5py
 
+from evalstack.hashstamps import HashStamps
 from evalstack.keys import Key, sha256_bytes, sha256_file
 from evalstack.store import SCHEMA_VERSION, ShardInfo, atomic_write_bytes, read_attrs
 
@@ -91,6 +92,7 @@ class ShardStore:
     def __init__(self, config: StoreConfig):
         self.config = config
         self.directory = Path(config.directory)
+        self.stamps = HashStamps(self.directory / "stamps")
 
     # -- layout ---------------------------------------------------------------------------
     def shard_path(self, address: str) -> Path:
@@ -131,13 +133,14 @@ class ShardStore:
         source, tmp = self.shard_path(address), _temp_path(dest)
         try:
             if self.config.link == "hardlink" and _try_link(source, tmp):
-                digest = sha256_file(tmp)
+                digest = self.stamps.sha256(tmp)  # the store file's inode: hashed once while unchanged
             else:
                 digest = copy_hashing(source, tmp)
             if digest != entry.sha256:
                 self.remove(entry)
                 return None
             os.replace(tmp, dest)
+            self.stamps.remember(dest, digest)  # the next stage checks this file before reading it
         finally:
             tmp.unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # a concurrent gc may have removed it meanwhile
@@ -157,10 +160,12 @@ class ShardStore:
         tmp = _temp_path(target)
         try:
             may_link = immutable_source or self.config.link == "hardlink"
-            if not (may_link and _try_link(source, tmp)):
-                copy_hashing(source, tmp)
+            linked = may_link and _try_link(source, tmp)
+            copied = None if linked else copy_hashing(source, tmp)
             os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
             os.replace(tmp, target)
+            if copied == entry.sha256:  # a link shares the source's inode, which the caller vouches for
+                self.stamps.remember(target, copied)
         finally:
             tmp.unlink(missing_ok=True)
         atomic_write_bytes(self.record_path(entry.address), (json.dumps(asdict(entry), sort_keys=True) + "\n").encode())
@@ -183,7 +188,7 @@ class ShardStore:
             except OSError:
                 continue
             address = attrs.get(SHARD_KEY_ATTR) or shard.sha256
-            if self.get(address) is not None or sha256_file(path) != shard.sha256:
+            if self.get(address) is not None or self.stamps.sha256(path) != shard.sha256:
                 continue
             layer_key = attrs.get("layer_key") if isinstance(attrs.get("layer_key"), dict) else {}
             entry = StoreEntry(address, shard.sha256, path.stat().st_size, shard.n_items, kind, layer_key, shard.upstream)
@@ -211,6 +216,8 @@ class ShardStore:
         """Trim to the size limit, least recently used first; never an entry whose bytes are protected."""
         limit = self.config.max_bytes if max_bytes is None else max_bytes
         self._remove_debris(dry_run)
+        if not dry_run:
+            self.stamps.clear()  # stamps of removed files would only pile up; the rest are re-made on use
         entries = list(self.entries())
         total = sum(entry.size for entry in entries)
         protected = [entry for entry in entries if entry.sha256 in protected_sha256s]

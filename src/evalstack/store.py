@@ -15,7 +15,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import h5py
 import hdf5plugin
@@ -513,16 +513,17 @@ class Layer:
                     rows = slice(start, min(start + batch_size, shard.n_items))
                     yield {name: read_column(handle, name, rows) for name in names}
 
-    def check_shard(self, shard: ShardInfo) -> Path:
+    def check_shard(self, shard: ShardInfo, sha256: Callable[[Path], str] = sha256_file) -> Path:
         """The shard's path once its bytes match the index; LayerCorruptError otherwise.
 
         Stages call this on every upstream shard before use, so a damaged input is
-        refused instead of silently turned into wrong results.
+        refused instead of silently turned into wrong results. `sha256` may remember
+        hashes of unchanged files (the store's `HashStamps`).
         """
         path = self.path(shard)
         if not path.exists():
             raise StoreError(f"{path} is listed in the index but missing; `dvc pull` or `dvc repro` it")
-        if sha256_file(path) != shard.sha256:
+        if sha256(path) != shard.sha256:
             raise LayerCorruptError(
                 f"{path} does not match the sha256 recorded in {self.directory / INDEX_NAME} (corrupt or "
                 f"modified); `evalstack verify {self.directory}` names the damaged items, and "

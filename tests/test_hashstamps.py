@@ -1,0 +1,51 @@
+"""Remembered hashes: unchanged files are not re-read; any rewrite is hashed again and caught."""
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from evalstack import hashstamps
+from evalstack.hashstamps import HashStamps
+
+
+@pytest.fixture
+def reads(monkeypatch) -> list[Path]:
+    seen: list[Path] = []
+    real = hashstamps.sha256_file
+
+    def counting(path):
+        seen.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(hashstamps, "sha256_file", counting)
+    return seen
+
+
+def test_an_unchanged_file_is_hashed_once(tmp_path: Path, reads: list[Path]):
+    stamps, shard = HashStamps(tmp_path / "stamps"), tmp_path / "00000.h5"
+    shard.write_bytes(b"shard bytes")
+    expected = hashlib.sha256(b"shard bytes").hexdigest()
+    assert [stamps.sha256(shard) for _ in range(3)] == [expected] * 3
+    assert reads == [shard]
+    linked = tmp_path / "linked.h5"  # a hardlink is the same file: its stamp serves both names
+    os.link(shard, linked)
+    assert stamps.sha256(linked) == expected and len(reads) == 1
+
+
+def test_a_rewrite_of_the_same_size_is_hashed_again(tmp_path: Path, reads: list[Path]):
+    stamps, shard = HashStamps(tmp_path / "stamps"), tmp_path / "00000.h5"
+    shard.write_bytes(b"AAAA")
+    first = stamps.sha256(shard)
+    shard.write_bytes(b"AAAB")  # a flipped byte: same size, new mtime
+    assert stamps.sha256(shard) == hashlib.sha256(b"AAAB").hexdigest() != first
+    assert len(reads) == 2
+
+
+def test_remembered_and_cleared_stamps(tmp_path: Path, reads: list[Path]):
+    stamps, shard = HashStamps(tmp_path / "stamps"), tmp_path / "00000.h5"
+    shard.write_bytes(b"written by this process")
+    stamps.remember(shard, "a" * 64)  # what a writer that hashed the bytes in memory would record
+    assert stamps.sha256(shard) == "a" * 64 and reads == []
+    stamps.clear()
+    assert stamps.sha256(shard) == hashlib.sha256(b"written by this process").hexdigest() and len(reads) == 1

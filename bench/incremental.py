@@ -59,7 +59,11 @@ def show(label: str, seconds: dict[str, float]) -> None:
     print(f"{label} {sum(seconds.values()):7.1f} s  " + "  ".join(f"{s} {t:.1f}" for s, t in seconds.items()), flush=True)
 
 
-def pushed_bytes(root: Path, remote: Path) -> int:
+def pushed_bytes(root: Path, remote: Path | None) -> int:
+    """Bytes `dvc push` adds to the remote; without a remote, what DVC's cache gained since the
+    last call, which is what a push would upload to a remote kept in sync."""
+    if remote is None:
+        return tree_size(root / ".dvc/cache")[0]
     before, _ = tree_size(remote) if remote.exists() else (0, set())
     run(root, "dvc", "push")
     return tree_size(remote)[0] - before
@@ -80,6 +84,8 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=None, help="fetch.shard_size (default: params.yaml's)")
     parser.add_argument("--link", choices=("copy", "hardlink"), default=None,
                         help="store.link (default: params.yaml's); hardlink also sets DVC's cache.type hardlink")
+    parser.add_argument("--no-push", action="store_true",
+                        help="count DVC cache growth instead of pushing (at 8,001 cards a local remote doubles the disk)")
     parser.add_argument("--out", type=Path, default=REPO / "bench/out/incremental")
     args = parser.parse_args()
     grown = round(args.cards * (1 + args.growth))
@@ -92,8 +98,9 @@ def main() -> None:
     root = make_project(args.out / "project", overrides)
     if args.link == "hardlink":  # outputs, DVC's cache and the store share one copy of each shard
         run(root, "dvc", "config", "cache.type", "hardlink")
-    remote = args.out / "remote"
-    run(root, "dvc", "remote", "add", "-d", "local", str(remote))
+    remote = None if args.no_push else args.out / "remote"
+    if remote is not None:
+        run(root, "dvc", "remote", "add", "-d", "local", str(remote))
     use_own_models(root)
     link = args.link or template["store"]["link"]
     print(f"dataset: {args.cards} → {grown} cards, fetch.shard_size {shard_size}, store.link {link}; {root}", flush=True)
@@ -107,7 +114,7 @@ def main() -> None:
     set_param(root, "synth.n_cards", grown)
     run(root, "dvc", "repro", "synth")
     rerun = timed_repro(root, *targets)
-    rerun_bytes = pushed_bytes(root, remote)
+    rerun_bytes = pushed_bytes(root, remote) - (cold_bytes if remote is None else 0)
     show("rerun:", rerun)
     print(f"       recomputed: {counts_line(root)}")
 

@@ -158,8 +158,9 @@ def write_shard(
 
     `columns` have one row per item. `flat` arrays hold ragged per-item data
     (encoded images, detections) addressed by offset columns, which is far faster
-    than a group per item. Columns with more than one dimension (tensors) get one
-    item per chunk, so any item can be read without touching its neighbours.
+    than a group per item. Tensors (columns with more than one dimension) are
+    contiguous when uncompressed and one item per chunk when compressed, so either
+    way any item is read without touching its neighbours.
     """
     path = Path(path)
     lengths = {name: len(array) for name, array in columns.items()}

@@ -2,7 +2,7 @@
 import argparse
 from pathlib import Path
 
-from evalstack.config import load_params, open_store, pipeline_spec
+from evalstack.config import load_params, open_store, pipeline_spec, preprocess_compression
 from evalstack.executor import open_executor
 from evalstack.pipelines import preprocess_layer
 
@@ -16,7 +16,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     pipeline = pipeline_spec(params, args.pipeline)
-    compression = params["preprocess"].get("compression", "lz4")
+    compression = preprocess_compression(params)
     max_pixels = int(params["fetch"]["max_pixels"])
     store = open_store(params, args.params.parent)  # not a dvc.yaml param: where results are kept does not change them
     with open_executor(params) as executor:  # not a dvc.yaml param either: the executor does not change the bytes

@@ -45,6 +45,19 @@ def resolve_labels(params: Mapping[str, Any], labels: str | list[str]) -> tuple[
     return tuple(str(label) for label in labels)
 
 
+def train_entry(params: Mapping[str, Any], name: str) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """(labels, training settings) of `train.<name>`; `file` and `pipeline` are dvc.yaml's, not training's."""
+    entry = dict(_entry(params, "train", name))
+    labels = resolve_labels(params, entry.pop("labels"))
+    for unused in ("file", "pipeline"):
+        entry.pop(unused, None)
+    return labels, entry
+
+
+def preprocess_compression(params: Mapping[str, Any]) -> str:
+    return str((params.get("preprocess") or {}).get("compression", "none"))
+
+
 def pipeline_spec(params: Mapping[str, Any], name: str) -> PreprocessingPipeline:
     return build_pipeline(_entry(params.get("preprocess") or {}, "pipelines", name))
 

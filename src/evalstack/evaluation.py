@@ -61,7 +61,8 @@ def evaluate_classifier(
     keys = layer.item_keys()
     predicted = layer.column("label")
     # Items removed from the source leave the raw layer's index but may remain in derived shards.
-    chosen = [i for i, key in enumerate(keys) if key in truth and (split == ALL_SPLITS or truth[key][1] == split)]
+    known = [i for i, key in enumerate(keys) if key in truth]
+    chosen = [i for i, wanted in zip(known, in_split([truth[keys[i]][1] for i in known], split)) if wanted]
     if not chosen:
         raise ValueError(f"no items in split {split!r}; splits present: {sorted({s for _, s in truth.values()})}")
     names = [truth[keys[i]][0] for i in chosen]

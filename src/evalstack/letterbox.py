@@ -17,11 +17,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from evalstack.fetch import RAW_KIND, read_blobs
+from evalstack.fetch import RAW_KIND
 from evalstack.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
-from evalstack.pipelines import PREPROCESSED_KIND, RESAMPLING, PipelineError, PreprocessingPipeline
+from evalstack.pipelines import PREPROCESSED_KIND, RESAMPLING, PipelineError, PreprocessingPipeline, decoded_images
 from evalstack.shardstore import ShardStore
-from evalstack.sources import DEFAULT_MAX_PIXELS, decode_image
+from evalstack.sources import DEFAULT_MAX_PIXELS
 from evalstack.store import ITEM_KEY, Layer, ShardInfo, read_column
 
 PLACEMENT_COLUMNS = ("width", "height", "scale_x", "scale_y", "pad_x", "pad_y")
@@ -129,11 +129,10 @@ def letterbox_layer(
             ids, splits = read_column(handle, "id"), read_column(handle, "split")
             tensors = np.empty((shard.n_items, *pipeline.output_shape()), dtype=np.uint8)
             placed = []
-            for row, data in enumerate(read_blobs(handle, slice(0, shard.n_items))):
-                image = decode_image(data, max_pixels, what=f"{splits[row]} image {ids[row]} in {path}")
+            for row, image in decoded_images(handle, shard.n_items, max_pixels,
+                                             lambda r: f"{splits[r]} image {ids[r]} in {path}", progress):
                 tensors[row] = pipeline.process_image(image)
                 placed.append(pipeline.placement(*image.size))
-                progress.update()
             columns = {ITEM_KEY: read_column(handle, ITEM_KEY), "id": ids, "split": splits, "x": tensors}
         for column in PLACEMENT_COLUMNS:
             columns[column] = np.asarray([getattr(p, column) for p in placed], dtype=np.float64)

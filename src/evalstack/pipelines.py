@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Iterator, Mapping
 
 import h5py
 import numpy as np
@@ -164,6 +164,17 @@ def build_pipeline(spec: Mapping[str, Any]) -> PreprocessingPipeline:
         raise PipelineError(f"pipeline {kind}: {error}") from None
 
 
+def decoded_images(
+    handle: h5py.File, n_items: int, max_pixels: int, describe: Callable[[int], str], progress: tqdm
+) -> Iterator[tuple[int, Image.Image]]:
+    """(row, image) for each item of an open raw shard, decoded under the pixel cap; the bar advances per item.
+
+    `describe(row)` names the item in a decoding error (its id, and split where it helps)."""
+    for row, data in enumerate(read_blobs(handle, slice(0, n_items))):
+        yield row, decode_image(data, max_pixels, what=describe(row))
+        progress.update()
+
+
 def preprocess_layer(
     raw_dir: Path,
     out_dir: Path,
@@ -184,10 +195,9 @@ def preprocess_layer(
             keys = read_column(handle, ITEM_KEY)
             ids = read_column(handle, "id")
             tensors = np.empty((shard.n_items, *pipeline.output_shape()), dtype=pipeline.output_dtype())
-            for row, data in enumerate(read_blobs(handle, slice(0, shard.n_items))):
-                image = decode_image(data, max_pixels, what=f"item id {ids[row]} in {path}")
+            for row, image in decoded_images(handle, shard.n_items, max_pixels, lambda r: f"item id {ids[r]} in {path}",
+                                             progress):
                 tensors[row] = pipeline.process_image(image)
-                progress.update()
         return ShardContent({ITEM_KEY: keys, "x": tensors}, {"pipeline_key": pipeline.cache_key().hex}, ("x",))
 
     return build_derived_layer(raw, out_dir, spec, compute, store, executor)

@@ -124,23 +124,18 @@ def compression_options(name: str) -> dict[str, Any]:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = _temp_path(path)
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when writing failed: nothing half-written stays
 
 
 def _temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _is_text(array: np.ndarray) -> bool:
@@ -171,16 +166,7 @@ def write_shard(
     # and nothing has to be read back.
     with ThreadPoolExecutor(max_workers=1) as pool:
         digest = pool.submit(lambda: hashlib.sha256(image).hexdigest())
-        tmp = _temp_path(path)
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(image)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        atomic_write_bytes(path, image)
         return digest.result()
 
 

@@ -2,7 +2,7 @@
 import argparse
 from pathlib import Path
 
-from evalstack.config import load_params, open_store
+from evalstack.config import load_params, open_store, preprocess_compression
 from evalstack.letterbox import build_letterbox, letterbox_layer
 
 
@@ -15,7 +15,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     pipeline = build_letterbox(params["preprocess"]["pipelines"][args.pipeline])
-    compression = params["preprocess"].get("compression", "lz4")
+    compression = preprocess_compression(params)
     store = open_store(params, args.params.parent)  # not a dvc.yaml param: where results are kept does not change them
     max_pixels = int(params["fetch"]["max_pixels"])
     build = letterbox_layer(args.raw, args.out, pipeline, compression, max_pixels, store, name=args.pipeline)

@@ -2,7 +2,7 @@
 import argparse
 from pathlib import Path
 
-from evalstack.config import load_params, resolve_labels
+from evalstack.config import load_params, train_entry
 from evalstack.detector import DetectorTrainConfig, load_training_set, train_detector
 
 
@@ -14,11 +14,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="model file to write")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
-    params = load_params(args.params)
-    entry = dict(params["train"][args.model])
-    labels = resolve_labels(params, entry.pop("labels"))
-    for unused in ("file", "pipeline"):  # consumed by dvc.yaml, not by training
-        entry.pop(unused, None)
+    labels, entry = train_entry(load_params(args.params), args.model)
     config = DetectorTrainConfig(**entry)
     data = load_training_set(args.preprocessed, args.raw, labels, config.split, config.max_items, args.model)
     print(f"training {args.model} on {len(data.images)} {config.split} images, {len(labels)} classes")

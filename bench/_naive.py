@@ -65,7 +65,7 @@ BARE = {"tflite": BareTFLite, "torch": BareTorch}
 def registry_rows(project: Path, params: dict) -> list[tuple[str, Path, str, str]]:
     """(split, image path, md5, sample name) of every registry row."""
     rows = []
-    for split, registry in params["fetch"]["registries"].items():
+    for split, registry in params["fetch"]["source"]["registries"].items():
         registry = project / registry
         with open(registry, newline="") as handle:
             for record in csv.DictReader(handle):

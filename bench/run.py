@@ -1,18 +1,20 @@
 """`make bench`: every figure measured side by side in one run, written to bench/RESULTS.md.
 
-Runs the issue-9 figures (bench/_figures.py) and every other bench/*.py script it finds
-(files starting with `_` are helpers). BENCH_SCALE=full (default; P1/P2 at the real
-FHI2020 scale of 8,001 cards, ≤ 30 minutes on a quiet 2-core machine) or small (a few
-minutes; proves the suite end to end, its figures are not the claims).
+Runs the issue-9 figures (bench/_figures.py, bench/_scale.py) and the other bench/*.py
+scripts (files starting with `_` are helpers; incremental.py is the stand-alone version of
+P2 and is left out). BENCH_SCALE=full (default: P1/P2 at the real FHI2020 scale of 8,001
+cards) or small (a few minutes; proves the suite end to end, its figures are not the claims).
 
     BENCH_SCALE=small PYTHONPATH=src python bench/run.py
-    BENCH_CARDS=600,8001 make bench          # choose the dataset sizes of P1 and P2
+    BENCH_CARDS=2000 make bench          # P1 and P2 at another dataset size
+
+The registry of generated cards is kept in bench/out/registry between runs (only its
+growth is re-rendered); delete it to measure from nothing.
 """
 from __future__ import annotations
 
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -30,16 +32,17 @@ import _figures as fig  # noqa: E402
 
 @dataclass(frozen=True)
 class Scale:
-    eval_cards: tuple[int, ...]  # P1 (and P3–P6 on the first) at these dataset sizes
+    cards: int  # P1 and P2 at this dataset size
     shard_size: int
     p7_items: tuple[int, int]
-    p8_tiny: bool
+    p8_tiny: bool  # P8 (and P3–P6, P9 on its project) with tests/e2e.py's tiny params
 
 
 SCALES = {
-    "full": Scale((600, 8001), 128, (1000, 20000), False),
-    "small": Scale((120,), 16, (250, 1000), True),
+    "full": Scale(8001, 128, (1000, 20000), False),
+    "small": Scale(120, 16, (250, 1000), True),
 }
+SKIPPED_SCRIPTS = ("run.py", "incremental.py")
 SCRIPT_TIMEOUT = 20 * 60
 # Why a goal is missed when it is, from what the runs so far showed; printed beside a missed figure.
 KNOWN_CAUSES = {
@@ -63,13 +66,7 @@ KNOWN_CAUSES = {
 
 
 def scripts() -> list[Path]:
-    return sorted(p for p in BENCH.glob("*.py") if not p.name.startswith("_") and p.name != "run.py")
-
-
-def script_args(script: Path, scale: Scale, cards: int) -> list[str]:
-    if script.name == "incremental.py":
-        return ["--cards", str(cards), "--shard-size", str(scale.shard_size)]
-    return []
+    return sorted(p for p in BENCH.glob("*.py") if not p.name.startswith("_") and p.name not in SKIPPED_SCRIPTS)
 
 
 def run_script(script: Path, args: list[str], scale_name: str) -> tuple[str, float]:
@@ -84,26 +81,20 @@ def run_script(script: Path, args: list[str], scale_name: str) -> tuple[str, flo
     return output, time.monotonic() - started
 
 
-def incremental_figures(output: str, cards: int, scale: str) -> list[fig.Figure]:
-    figures = []
-    for what, label in (("time", "rerun time / cold time"), ("push", "pushed bytes rerun / cold")):
-        match = re.search(rf"^{what}\s+rerun / cold = ([0-9.]+)", output, re.M)
-        value = float(match.group(1)) if match else None
-        figures.append(fig.Figure("P2", f"+5% items, {cards} cards: {label}", value, "≤ 0.08",
-                                  None if value is None else value <= 0.08,
-                                  "bench/incremental.py" if match else "bench/incremental.py printed no figure", scale))
-    return figures
-
-
-def safely(figures: list[fig.Figure], make, *args) -> None:
-    """A figure that fails is reported as such; the others still run."""
+def safely(figures: list[fig.Figure], make, *args):
+    """A figure that fails is reported as such; the others still run. Returns what `make` returned."""
+    result = None
     try:
         result = make(*args)
-        figures.extend(result if isinstance(result, list) else [result])
+        made = result[1] if isinstance(result, tuple) else result
+        figures.extend(made if isinstance(made, list) else [made])
+        for figure in made if isinstance(made, list) else [made]:
+            print(format_line(figure), flush=True)
     except Exception as error:  # noqa: BLE001 - one broken figure must not lose the rest
         name = getattr(make, "__name__", "figure").split("_")[0].upper()
         figures.append(fig.Figure(name, getattr(make, "__name__", "?"), None, "", None, f"failed: {error!r}"[:400], ""))
-    print(format_line(figures[-1]), flush=True)
+        print(format_line(figures[-1]), flush=True)
+    return result
 
 
 def format_line(f: fig.Figure) -> str:
@@ -146,13 +137,22 @@ def write_results(path: Path, scale_name: str, figures: list[fig.Figure], output
     path.write_text("\n".join(lines) + "\n")
 
 
+def scale_run(scratch: Path, scale: Scale, scale_name: str, outputs: dict[str, str]) -> tuple[None, list[fig.Figure]]:
+    import _scale
+
+    started = time.monotonic()
+    result = _scale.measure(scratch, BENCH / "out/registry", scale.cards, scale.shard_size)
+    outputs[f"_scale.py, {scale.cards} cards ({time.monotonic() - started:.0f} s)"] = "\n".join(result.log)
+    return None, fig.scale_figures(result, scale_name)
+
+
 def main() -> None:
     scale_name = os.environ.get("BENCH_SCALE", "full")
     if scale_name not in SCALES:
         raise SystemExit(f"BENCH_SCALE={scale_name!r}: choose one of {sorted(SCALES)}")
     scale = SCALES[scale_name]
-    if os.environ.get("BENCH_CARDS"):  # e.g. BENCH_CARDS=600,8001: the dataset sizes of P1 and P2
-        scale = replace(scale, eval_cards=tuple(int(n) for n in os.environ["BENCH_CARDS"].split(",")))
+    if os.environ.get("BENCH_CARDS"):
+        scale = replace(scale, cards=int(os.environ["BENCH_CARDS"]))
     os.environ["TQDM_DISABLE"] = "1"  # progress bars would bury the figures
     scratch = BENCH / "out/run"
     shutil.rmtree(scratch, ignore_errors=True)
@@ -161,30 +161,22 @@ def main() -> None:
     outputs: dict[str, str] = {}
     print(f"BENCH_SCALE={scale_name}; projects under {scratch}", flush=True)
 
-    for number, cards in enumerate(scale.eval_cards):
-        project, cold = fig.eval_project(scratch / f"eval{cards}", cards, scale.shard_size)
-        print(f"    cold `dvc repro` at {cards} cards: {cold:.1f} s", flush=True)
-        if number == 0:
-            safely(figures, fig.p3_perturbation_passes, project, scale_name)
-        safely(figures, fig.p1_eval_only, project, cards, scale_name)
-        if number == 0:
-            safely(figures, fig.p4_noop, project, scale_name)
-            safely(figures, fig.p5_hdf5_read, project, scratch / "npy", scale_name)
-            safely(figures, fig.p6_adapter_overhead, project, scale_name)
-            safely(figures, fig.p9_dask, project / "data/raw", scratch, scale_name)
+    made = safely(figures, fig.p8_cold_default, scratch / "default", scale.p8_tiny, scale_name)
+    if made is not None:
+        project = made[0]
+        safely(figures, fig.p3_perturbation_passes, project, scale_name)
+        safely(figures, fig.p4_noop, project, scale_name)
+        safely(figures, fig.p5_hdf5_read, project, scratch / "npy", scale_name)
+        safely(figures, fig.p6_adapter_overhead, project, scale_name)
+        safely(figures, fig.p9_dask, project / "data/raw", scratch, scale_name)
+        shutil.rmtree(scratch / "npy", ignore_errors=True)
     safely(figures, fig.p7_memory, scratch, *scale.p7_items, scale_name)
-    safely(figures, fig.p8_cold_default, scratch / "cold", scale.p8_tiny, scale_name)
+    safely(figures, scale_run, scratch, scale, scale_name, outputs)
 
     for script in scripts():
-        for cards in (scale.eval_cards if script.name == "incremental.py" else (0,)):
-            label = script.name + (f" --cards {cards}" if cards else "")
-            print(f"    running bench/{label}", flush=True)
-            output, took = run_script(script, script_args(script, scale, cards), scale_name)
-            outputs[f"{label} ({took:.0f} s)"] = output
-            if script.name == "incremental.py":
-                for figure in incremental_figures(output, cards, scale_name):
-                    figures.append(figure)
-                    print(format_line(figure), flush=True)
+        print(f"    running bench/{script.name}", flush=True)
+        output, took = run_script(script, [], scale_name)
+        outputs[f"{script.name} ({took:.0f} s)"] = output
 
     seconds = time.monotonic() - started
     write_results(BENCH / "RESULTS.md", scale_name, figures, outputs, seconds)

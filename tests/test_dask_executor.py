@@ -1,4 +1,5 @@
-"""The Dask executor computes the same layers as the local one, byte for byte, on a real LocalCluster."""
+"""Worker processes and the Dask executor (on a real LocalCluster) compute the same layers as the
+stage's own process, byte for byte."""
 from __future__ import annotations
 
 import hashlib
@@ -7,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from evalstack.executor import DaskExecutor, ExecutorError, LocalExecutor, executor_settings, open_executor
+from evalstack.executor import (
+    DaskExecutor, ExecutorError, LocalExecutor, ProcessExecutor, executor_settings, open_executor,
+)
 from evalstack.inference import infer_layer
 from evalstack.pipelines import preprocess_layer
 from tests.layers import Project, numpy_model, store_at, tiny_pipeline
@@ -52,8 +55,28 @@ def test_dask_and_local_executors_write_identical_layers(tmp_path: Path):
         assert md5s(remote.root / layer) == expected
 
 
+def test_local_worker_processes_write_the_same_preprocessed_layer(tmp_path: Path):
+    alone = Project(tmp_path / "alone")
+    alone.grow(22)
+    alone.fetch(None)  # 6 raw shards of ≤ 4 items
+    pooled = Project(tmp_path / "pooled")
+    shutil.copytree(alone.root, pooled.root)
+    preprocess_layer(alone.raw, alone.pre, tiny_pipeline(), "none", name="tiny", executor=LocalExecutor())
+    with open_executor({"executor": "local", "local": {"workers": 2}}) as executor:
+        assert isinstance(executor, ProcessExecutor) and executor.workers == 2
+        build = preprocess_layer(pooled.raw, pooled.pre, tiny_pipeline(), "none", name="tiny", executor=executor)
+    assert build.counts["shards_computed"] == 6 and build.counts["items_preprocessed"] == 22
+    assert md5s(pooled.pre) == md5s(alone.pre)
+    with open_executor({"executor": "local", "local": {"workers": 2}}, in_process=True) as executor:
+        assert isinstance(executor, LocalExecutor)  # infer: the model loads once, in the stage's process
+    with pytest.raises(ExecutorError, match="local.workers must be at least 1"):
+        with open_executor({"executor": "local", "local": {"workers": 0}}):
+            pass
+
+
 def test_executor_setting_is_checked():
     assert executor_settings({})[0] == "local"
+    assert executor_settings({})[1]["workers"] == 1
     assert executor_settings({"executor": "dask", "dask": {"address": "tcp://h:8786"}})[1]["address"] == "tcp://h:8786"
     with pytest.raises(ExecutorError, match="executor 'spark' unknown"):
         executor_settings({"executor": "spark"})

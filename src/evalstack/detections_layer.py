@@ -21,7 +21,7 @@ import numpy as np
 from evalstack.boxes import Detections
 from evalstack.keys import Key
 from evalstack.ragged import check_offsets, counts_of, pack
-from evalstack.store import ITEM_KEY, CacheStaleError, Layer, LayerWriter, ShardInfo, read_attrs, read_column
+from evalstack.store import ITEM_KEY, CacheStaleError, Layer, LayerWriter, ShardInfo, read_attr, read_column
 
 DETECTIONS_KIND = "detections"
 LAYOUT_VERSION = 1
@@ -109,12 +109,11 @@ def open_detections(directory: Path | str, expected: Key | None = None, rebuild_
 
 
 def read_shard(handle: h5py.File, what: str) -> DetectionTable:
-    data = {name: handle[name][()] for name in (ITEM_KEY, "split_code", "det_offset", *FLAT_COLUMNS)}
+    data = {name: read_column(handle, name) for name in ("split_code", "det_offset", *FLAT_COLUMNS)}
     check_offsets(data["det_offset"], len(data["labels"]), what)
-    text_ids = h5py.check_string_dtype(handle["id"].dtype) is not None
-    split_names = np.asarray(read_attrs(handle)["split_names"] or [""], dtype=str)
+    split_names = np.asarray(read_attr(handle, "split_names") or [""], dtype=str)
     return DetectionTable(
-        item_keys=data[ITEM_KEY], ids=read_column(handle, "id") if text_ids else handle["id"][()],
+        item_keys=handle[ITEM_KEY][()], ids=read_column(handle, "id"),
         splits=split_names[data["split_code"]], offsets=data["det_offset"], bboxes=data["bboxes"],
         labels=data["labels"], scores=data["scores"],
     )

@@ -1,4 +1,5 @@
-"""Where derived shards are computed: in this process (`local`) or on dask.distributed (`dask`).
+"""Where derived shards are computed: on this machine (`local`, in the stage's process or in
+`local.workers` processes) or on dask.distributed (`dask`).
 
 Each shard is one task, a pure function of (upstream shard path, stage spec) that
 writes its output shard and returns its ShardInfo. Both executors run the same
@@ -9,6 +10,8 @@ build is left out of every key: it does not change results.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol
@@ -68,6 +71,46 @@ class LocalExecutor:
             yield derive_shard(compute, job, fmt, progress)
 
 
+class ProcessExecutor:
+    """Shards in `workers` processes on this machine, results in job order.
+
+    Workers are spawned, not forked: a stage's threads (progress bars, frameworks) and open
+    files stay behind. `compute` travels with cloudpickle, as on Dask, because it is usually a
+    closure over the stage's pipeline or model spec. One shard or fewer runs in this process:
+    starting workers would cost more than it saves (a rerun after +5% cards has a few shards).
+    """
+
+    def __init__(self, workers: int):
+        if workers < 1:
+            raise ExecutorError(f"local.workers must be at least 1, not {workers}")
+        self.workers = workers
+
+    def run(self, compute: Callable, jobs: list[ShardJob], fmt: OutputFormat, progress: Progress) -> Iterator[ShardInfo]:
+        if self.workers == 1 or len(jobs) <= 1:
+            yield from LocalExecutor().run(compute, jobs, fmt, progress)
+            return
+        import cloudpickle  # a dependency of dask, already installed
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=context) as pool:
+            futures: list[Future] = [pool.submit(_derive_pickled, cloudpickle.dumps((compute, job, fmt))) for job in jobs]
+            try:
+                for job, future in zip(jobs, futures):
+                    info = future.result()
+                    progress.update(job.upstream.n_items)
+                    yield info
+            finally:
+                for future in futures:
+                    future.cancel()
+
+
+def _derive_pickled(payload: bytes) -> ShardInfo:
+    import cloudpickle
+
+    compute, job, fmt = cloudpickle.loads(payload)
+    return derive_shard(compute, job, fmt)
+
+
 class DaskExecutor:
     """Shards as tasks on a dask.distributed cluster; results come back in job order."""
 
@@ -90,23 +133,30 @@ class DaskExecutor:
                 future.cancel()
 
 
+Executor = LocalExecutor | ProcessExecutor | DaskExecutor
+
+
 def executor_settings(params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(`executor`, `dask` section) from params.yaml, checked."""
+    """(`executor`, its section: `local` or `dask`) from params.yaml, checked."""
     name = str(params.get("executor", "local") or "local")
     if name not in EXECUTORS:
         raise ExecutorError(f"executor {name!r} unknown; choose one of {', '.join(EXECUTORS)}")
-    dask = {"address": "", "workers": 2, **(params.get("dask") or {})}
-    return name, dask
+    if name == "local":
+        return name, {"workers": 1, **(params.get("local") or {})}
+    return name, {"address": "", "workers": 2, **(params.get("dask") or {})}
 
 
 @contextlib.contextmanager
-def open_executor(params: Mapping[str, Any]) -> Iterator[LocalExecutor | DaskExecutor]:
-    """The executor params.yaml asks for. `dask.address` empty starts a LocalCluster for the
-    duration of the stage; `tcp://host:8786` connects to an existing scheduler."""
-    name, dask = executor_settings(params)
+def open_executor(params: Mapping[str, Any], in_process: bool = False) -> Iterator[Executor]:
+    """The executor params.yaml asks for. `local` runs shards in `local.workers` processes, or in
+    this one when `in_process` (infer: a model loads once per process and the frameworks use every
+    core already). `dask.address` empty starts a LocalCluster for the duration of the stage;
+    `tcp://host:8786` connects to an existing scheduler."""
+    name, settings = executor_settings(params)
     if name == "local":
-        yield LocalExecutor()
+        yield LocalExecutor() if in_process else ProcessExecutor(int(settings["workers"]))
         return
+    dask = settings
     from distributed import Client, LocalCluster  # deferred: the local executor never pays for importing dask
 
     if dask["address"]:
@@ -134,5 +184,5 @@ def loaded_in_worker(factory: Callable[[Any], Any], spec: Any) -> Any:
     return cache[token]
 
 
-__all__ = ["DaskExecutor", "ExecutorError", "LocalExecutor", "OutputFormat", "ShardJob", "derive_shard",
+__all__ = ["DaskExecutor", "Executor", "ExecutorError", "LocalExecutor", "OutputFormat", "ProcessExecutor", "ShardJob", "derive_shard",
            "executor_settings", "loaded_in_worker", "open_executor"]

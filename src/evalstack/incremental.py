@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 import evalstack
 from evalstack.dvcfiles import locked_layer_for, shard_files
-from evalstack.executor import DaskExecutor, LocalExecutor, OutputFormat, ShardJob, derive_shard
+from evalstack.executor import Executor, LocalExecutor, OutputFormat, ShardJob, derive_shard
 from evalstack.keys import Key, explain_change, sha256_file
 from evalstack.shardstore import SHARD_KEY_ATTR, ShardStore, StoreEntry, derivation_key
 from evalstack.store import INDEX_NAME, Layer, LayerIndex, LayerWriter, ShardInfo, StoreError
@@ -74,7 +74,7 @@ def build_derived_layer(
     spec: DerivedLayerSpec,
     compute: ComputeShard,
     store: ShardStore | None,
-    executor: LocalExecutor | DaskExecutor | None = None,
+    executor: Executor | None = None,
     selection: SelectItems | None = None,
 ) -> LayerBuild:
     """One shard per upstream shard, same names; each reused from the store or computed (by

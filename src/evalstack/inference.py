@@ -17,7 +17,7 @@ from scipy.special import logsumexp, softmax
 from tqdm import tqdm
 
 from evalstack.adapters.base import ModelAdapter, ModelSpec
-from evalstack.executor import DaskExecutor, LocalExecutor, loaded_in_worker
+from evalstack.executor import DaskExecutor, Executor, loaded_in_worker
 from evalstack.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
 from evalstack.keys import Key
 from evalstack.pipelines import PREPROCESSED_KIND
@@ -50,7 +50,7 @@ def infer_layer(
     adapter: ModelAdapter,
     batch_size: int = 32,
     store: ShardStore | None = None,
-    executor: LocalExecutor | DaskExecutor | None = None,
+    executor: Executor | None = None,
 ) -> LayerBuild:
     """One predictions shard per preprocessed shard; streams in batches; stored shards are reused.
 

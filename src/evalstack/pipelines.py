@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from evalstack.executor import DaskExecutor, LocalExecutor
+from evalstack.executor import Executor
 from evalstack.rawformat import RAW_KIND, read_blobs
 from evalstack.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
 from evalstack.keys import Key
@@ -183,7 +183,7 @@ def preprocess_layer(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     store: ShardStore | None = None,
     name: str | None = None,
-    executor: LocalExecutor | DaskExecutor | None = None,
+    executor: Executor | None = None,
 ) -> LayerBuild:
     """One preprocessed shard per raw shard, item order preserved; shards the store holds are reused."""
     raw = Layer.open(raw_dir, kind=RAW_KIND)

@@ -214,6 +214,11 @@ def read_attrs(handle: h5py.File) -> dict[str, Any]:
     return {name: _decode_attr(value) for name, value in handle.attrs.items()}
 
 
+def read_attr(handle: h5py.File, name: str) -> Any:
+    """One attribute, decoded as `read_attrs` decodes it (reading them all costs more on hot paths)."""
+    return _decode_attr(handle.attrs[name])
+
+
 def _decode_attr(value: Any) -> Any:
     if isinstance(value, bytes):
         value = value.decode()
@@ -252,7 +257,7 @@ def _read_contiguous(dataset: h5py.Dataset, rows: slice | np.ndarray | None) -> 
     h5py's hyperslab machinery costs several times a plain read for large tensors; the
     bytes of a contiguous dataset sit at one offset, so one `readinto` does the job.
     """
-    if dataset.ndim < 2 or dataset.chunks is not None or dataset.dtype.kind not in "biuf":
+    if dataset.ndim < 1 or dataset.chunks is not None or dataset.dtype.kind not in "biuf":
         return None
     offset = dataset.id.get_offset()
     if offset is None or not (rows is None or isinstance(rows, slice)):

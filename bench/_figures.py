@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from tests.e2e import TINY_PARAMS, build_record, env, make_project, run, set_param, use_own_models  # noqa: E402
+from tests.e2e import TINY_PARAMS, build_record, env, make_project  # noqa: E402
 
 
 @dataclass

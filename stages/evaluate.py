@@ -2,7 +2,7 @@
 import argparse
 from pathlib import Path
 
-from evalstack.comparison import expected_model_signature
+from evalstack.adapters.base import expected_model_signature
 from evalstack.concentration import evaluate_concentration, write_concentration_outputs
 from evalstack.config import load_params, model_spec, pipeline_spec
 from evalstack.evaluation import EvaluationOutputs, evaluate_classifier, write_outputs

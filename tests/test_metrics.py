@@ -21,3 +21,17 @@ def test_report_on_a_hand_checked_example():
 def test_empty_input_is_an_error():
     with pytest.raises(ValueError, match="no items"):
         classification_report(np.array([], int), np.array([], int), LABELS)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_confusion_matrix_and_macro_f1_equal_sklearns(seed: int):
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    rng = np.random.default_rng(seed)
+    y_true, y_pred = rng.integers(0, 7, 300), rng.integers(0, 9, 300)  # predicted classes that never occur
+    y_pred[:100] = y_true[:100]
+    report = classification_report(y_true, y_pred, tuple("abcdefghij"))
+    present = np.unique(np.concatenate([y_true, y_pred]))
+    assert report.confusion.tolist() == confusion_matrix(y_true, y_pred, labels=present).tolist()
+    expected = f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)
+    assert report.macro_f1 == pytest.approx(expected, abs=1e-12)

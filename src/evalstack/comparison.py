@@ -5,7 +5,6 @@ always consistent with what `infer` cached.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -15,11 +14,11 @@ import numpy as np
 import pandas as pd
 from scipy.special import softmax
 
-from evalstack.adapters.base import ModelSpec
+from evalstack.adapters.base import ModelSpec, expected_model_signature
 from evalstack.concentration import predicted_quantities
 from evalstack.evaluation import in_split
 from evalstack.inference import PREDICTIONS_KIND
-from evalstack.keys import Key, sha256_file
+from evalstack.keys import Key
 from evalstack.significance import DEFAULT_RESAMPLES, accuracy_intervals, mcnemar
 from evalstack.store import Layer
 
@@ -56,18 +55,6 @@ class Comparison:
     parity: pd.DataFrame
     n_items: int
     notes: list[str] = field(default_factory=list)
-
-
-def expected_model_signature(layer: Layer, spec: ModelSpec) -> Key:
-    """The model signature a layer must carry for `spec`, without loading the framework.
-
-    Weights, labels, task and layout come from the file and params.yaml now; the
-    rest of the contract (input shape, framework) is a function of the weights.
-    """
-    parts = copy.deepcopy(dict(layer.key.parts.get("model", {})))
-    parts.update({"weights_sha256": sha256_file(spec.file), "labels": list(spec.labels), "task": spec.task,
-                  "layout": spec.layout})
-    return Key("model", parts)
 
 
 def open_fresh(run: ModelRun, spec: ModelSpec, pipeline_key: Key) -> Layer:

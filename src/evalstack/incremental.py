@@ -22,7 +22,7 @@ import evalstack
 from evalstack.dvcfiles import locked_layer_for, shard_files
 from evalstack.executor import Executor, LocalExecutor, OutputFormat, ShardJob, derive_shard
 from evalstack.keys import Key, explain_change, sha256_file
-from evalstack.shardstore import SHARD_KEY_ATTR, ShardStore, StoreEntry, derivation_key
+from evalstack.shardstore import ShardStore, StoreEntry, derivation_key
 from evalstack.store import INDEX_NAME, Layer, LayerIndex, LayerWriter, ShardInfo, StoreError
 
 

@@ -9,6 +9,7 @@ invalidates cached predictions while a renamed file does not.
 """
 from __future__ import annotations
 
+import copy
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -140,3 +141,16 @@ class ModelAdapter(ABC):
         if not np.all(np.isfinite(logits)):
             bad = int(np.sum(~np.all(np.isfinite(logits.reshape(len(logits), -1)), axis=1)))
             raise ModelError(f"model {self.spec.name}: {bad} of {n_items} outputs contain NaN or inf")
+
+
+def expected_model_signature(layer: Any, spec: ModelSpec) -> Key:
+    """The model signature a predictions layer (an evalstack.store.Layer) must carry for `spec`,
+    without loading the framework (TensorFlow alone takes seconds to import).
+
+    Weights, labels, task and layout come from the file and params.yaml now; the
+    rest of the contract (input shape, framework) is a function of the weights.
+    """
+    parts = copy.deepcopy(dict(layer.key.parts.get("model", {})))
+    parts.update({"weights_sha256": sha256_file(spec.file), "labels": list(spec.labels), "task": spec.task,
+                  "layout": spec.layout})
+    return Key("model", parts)

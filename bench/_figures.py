@@ -6,6 +6,7 @@ Projects are temp copies of the template driven by the real dvc CLI (tests/e2e.p
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -112,17 +113,23 @@ def p4_noop(project: Path, scale: str) -> Figure:
 
 # -- P5, P6: reading and inferring a preprocessed layer ---------------------------------------
 def p5_hdf5_read(project: Path, scratch: Path, scale: str) -> Figure:
-    """The preprocessed layer read as infer reads it (`read_column`) vs np.load of the same tensors."""
+    """The preprocessed layer read as infer reads it (`read_column`) vs np.load of the same tensors.
+
+    Both sides read files written moments before into the same directory: how a file entered
+    the page cache matters here (a shard DVC checked out read ~2× slower from a warm cache
+    than a fresh copy of the same bytes), and that is not the format's doing.
+    """
     from evalstack.store import Layer, read_column, write_shard
 
     layer = Layer.open(project / "data/preprocessed/pad_nn")
     scratch.mkdir(parents=True, exist_ok=True)
-    npys = []
+    shards, npys = [], []
     for shard in layer.shards:
-        with h5py.File(layer.path(shard), "r") as handle:
-            path = scratch / f"{shard.name}.npy"
-            np.save(path, read_column(handle, "x"))
-            npys.append(path)
+        shards.append(scratch / shard.name)
+        shutil.copyfile(layer.path(shard), shards[-1])
+        with h5py.File(shards[-1], "r") as handle:
+            npys.append(scratch / f"{shard.name}.npy")
+            np.save(npys[-1], read_column(handle, "x"))
 
     def read_layer(paths: list[Path]) -> None:
         for path in paths:
@@ -135,19 +142,19 @@ def p5_hdf5_read(project: Path, scratch: Path, scale: str) -> Figure:
 
     compression = yaml.safe_load((project / "params.yaml").read_text())["preprocess"]["compression"]
     other = "lz4" if compression == "none" else "none"
-    shards, others = [layer.path(shard) for shard in layer.shards], []
+    others = []
     for path in npys:  # the same tensors with the other setting of `preprocess.compression`, for the detail
-        others.append(path.with_suffix(".h5"))
+        others.append(path.with_suffix(".other.h5"))
         write_shard(others[-1], {"x": np.load(path)}, {}, other)
 
     read_layer(shards), read_npy(), read_layer(others)  # warm the page cache
-    h5, npy = best_of(5, lambda: read_layer(shards)), best_of(5, read_npy)
-    h5_other = best_of(5, lambda: read_layer(others))
+    h5, npy = best_of(7, lambda: read_layer(shards)), best_of(7, read_npy)
+    h5_other = best_of(7, lambda: read_layer(others))
     ratio = npy / h5  # HDF5 throughput relative to np.load's
     mb = sum(p.stat().st_size for p in npys) / 1e6
     return Figure("P5", f"HDF5 tensor read / np.load, warm cache (compression {compression})", ratio,
-                  "≥ 0.9", ratio >= 0.9, f"{layer.index.n_items} tensors, {mb:.0f} MB: HDF5 {h5:.3f} s, np.load "
-                  f"{npy:.3f} s (best of 5); the same with compression {other}: {h5_other:.3f} s = "
+                  "≥ 0.9", ratio >= 0.9, f"{layer.index.n_items} tensors in {len(shards)} shards, {mb:.0f} MB: HDF5 "
+                  f"{h5:.3f} s, np.load {npy:.3f} s (best of 7); the same with compression {other}: {h5_other:.3f} s = "
                   f"{npy / h5_other:.2f}", scale)
 
 

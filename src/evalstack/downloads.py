@@ -8,8 +8,9 @@ are collected per item, never raised from a worker: the caller applies the polic
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Iterator
 
 from tqdm import tqdm
 
@@ -52,11 +53,10 @@ def download_items(
         check_image(data, max_pixels, row.what)
         history.save_download(row, data)
 
+    workers = max(1, workers)
     with tqdm(total=len(rows), desc="fetch", unit="card", disable=not rows) as progress, \
-            ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="fetch") as pool:
-        futures = {pool.submit(fetch_one, row): row for row in rows}
-        for future in as_completed(futures):
-            row = futures[future]
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
+        for future, row in _bounded(pool, fetch_one, rows, in_flight=4 * workers):
             try:
                 future.result()
                 outcome.downloaded += 1
@@ -70,3 +70,20 @@ def download_items(
             progress.set_postfix_str(f"{transport.bytes / 1e6:.1f} MB, {transport.gets} GETs", refresh=False)
     outcome.failures.sort(key=lambda failure: failure.id)
     return outcome
+
+
+def _bounded(pool: ThreadPoolExecutor, work, rows: list[RegistryRow], in_flight: int) -> Iterator[tuple[Future, RegistryRow]]:
+    """(future, row) as each finishes, with at most `in_flight` submitted at a time: a future per
+    row up front would cost memory in proportion to the registry (~1 KB each, 20 MB at 20k cards)."""
+    pending: dict[Future, RegistryRow] = {}
+    queue = iter(rows)
+    while True:
+        for row in queue:
+            pending[pool.submit(work, row)] = row
+            if len(pending) >= in_flight:
+                break
+        if not pending:
+            return
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for future in done:
+            yield future, pending.pop(future)

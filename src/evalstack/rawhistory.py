@@ -45,7 +45,7 @@ class RawHistory:
         self.store = store
         self._scratch = None if store else tempfile.TemporaryDirectory(prefix="evalstack-fetch-")
         self.directory = store.directory / "fetch" if store else Path(self._scratch.name)
-        self._saved_now: set[Path] = set()  # checked on arrival in this run: no second md5 pass
+        self._saved_now: set[str] = set()  # file names checked on arrival in this run: no second md5 pass
 
     def close(self) -> None:
         shutil.rmtree(self.directory / "stash", ignore_errors=True)
@@ -115,7 +115,7 @@ class RawHistory:
             data = path.read_bytes()
         except OSError:
             return None
-        if path not in self._saved_now and row.hashlib_md5 and md5_bytes(data) != row.hashlib_md5:
+        if path.name not in self._saved_now and row.hashlib_md5 and md5_bytes(data) != row.hashlib_md5:
             path.unlink(missing_ok=True)  # damaged on disk: download again
             return None
         return data
@@ -124,7 +124,7 @@ class RawHistory:
         path = self.download_path(row)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, data)
-        self._saved_now.add(path)
+        self._saved_now.add(path.name)  # a name, not a Path: one per downloaded card, so size matters
 
     def has_download(self, row: RegistryRow) -> bool:
         return self.download_path(row).exists()

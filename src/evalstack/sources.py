@@ -29,7 +29,7 @@ class SourceError(RuntimeError):
     """A source or one of its items cannot be used; the message names the item."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per registry row, so memory per row matters
 class RegistryRow:
     id: int
     sample_id: int

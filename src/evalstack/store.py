@@ -255,7 +255,7 @@ def _read_contiguous(dataset: h5py.Dataset, rows: slice | np.ndarray | None) -> 
     """Rows of an uncompressed contiguous numeric dataset read straight from the file (None: not one).
 
     h5py's hyperslab machinery costs several times a plain read for large tensors; the
-    bytes of a contiguous dataset sit at one offset, so one `readinto` does the job.
+    bytes of a contiguous dataset sit at one offset, so one plain read does the job.
     """
     if dataset.ndim < 1 or dataset.chunks is not None or dataset.dtype.kind not in "biuf":
         return None
@@ -265,14 +265,16 @@ def _read_contiguous(dataset: h5py.Dataset, rows: slice | np.ndarray | None) -> 
     start, stop, step = (rows or slice(None)).indices(dataset.shape[0])
     if step != 1:
         return None
-    out = np.empty((max(stop - start, 0), *dataset.shape[1:]), dtype=dataset.dtype)
-    if out.nbytes == 0:
-        return out
-    with open(dataset.file.filename, "rb", buffering=0) as raw:
-        raw.seek(offset + start * out[0:1].nbytes)
-        if raw.readinto(out.reshape(-1).view(np.uint8)) != out.nbytes:
-            raise LayerCorruptError(f"{dataset.file.filename}: {dataset.name} is shorter than its header says")
-    return out
+    shape = (max(stop - start, 0), *dataset.shape[1:])
+    count = int(np.prod(shape))
+    if count == 0:
+        return np.empty(shape, dtype=dataset.dtype)
+    row_bytes = int(np.prod(dataset.shape[1:])) * dataset.dtype.itemsize
+    # np.fromfile is what np.load reads with; it measured faster here than FileIO.readinto.
+    out = np.fromfile(dataset.file.filename, dtype=dataset.dtype, count=count, offset=offset + start * row_bytes)
+    if out.size != count:
+        raise LayerCorruptError(f"{dataset.file.filename}: {dataset.name} is shorter than its header says")
+    return out.reshape(shape)
 
 
 def item_digests(

@@ -26,9 +26,9 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
-from incremental import counts_line, timed_repro  # noqa: E402
+from incremental import counts_line, pushed_bytes, stage_times, timed_repro  # noqa: E402
 
-from tests.e2e import make_project, run, set_param, tree_size, use_own_models  # noqa: E402
+from tests.e2e import make_project, run, set_param, use_own_models  # noqa: E402
 
 MODELS = ("tflite_cnn", "torch_cnn")
 
@@ -73,12 +73,6 @@ def registry_project(root: Path, pool: Path, shard_size: int) -> Path:
     return project
 
 
-def cache_growth(project: Path, before: int) -> tuple[int, int]:
-    """(bytes DVC's cache gained since `before`, its size now)."""
-    size = tree_size(project / ".dvc/cache")[0]
-    return size - before, size
-
-
 def measure(scratch: Path, pool: Path, cards: int, shard_size: int, growth: float = 0.05) -> ScaleRun:
     log = []
     say = lambda line: (log.append(line), print("    " + line, flush=True))  # noqa: E731
@@ -88,8 +82,8 @@ def measure(scratch: Path, pool: Path, cards: int, shard_size: int, growth: floa
     targets = [f"evaluate@{model}" for model in MODELS]
 
     cold = timed_repro(project, *targets)
-    cold_bytes, cache = cache_growth(project, 0)
-    say(f"cold `dvc repro`: {sum(cold.values()):.1f} s  " + "  ".join(f"{s} {t:.1f}" for s, t in cold.items()))
+    cold_bytes = pushed_bytes(project, None)  # no remote: DVC's cache size, what a first push uploads
+    say(f"cold `dvc repro`: {stage_times(cold)}")
 
     set_param(project, "evaluate.split", "dev")
     started = time.monotonic()
@@ -101,13 +95,12 @@ def measure(scratch: Path, pool: Path, cards: int, shard_size: int, growth: floa
     say(f"P1: evaluate.split → dev: `dvc repro` {eval_only:.2f} s; naive script {naive:.1f} s ({naive_out})")
     set_param(project, "evaluate.split", "test")
     run(project, "dvc", "repro", *targets)  # back to test (restored from the run-cache), not timed
-    cache = cache_growth(project, 0)[1]
+    cache = pushed_bytes(project, None)
 
     say(f"registry grown to {grown} cards in {write_registry(pool, grown):.0f} s (not timed)")
     rerun = timed_repro(project, *targets)
-    rerun_bytes, _ = cache_growth(project, cache)
+    rerun_bytes = pushed_bytes(project, None) - cache
     recomputed = counts_line(project)
-    say(f"rerun `dvc repro`: {sum(rerun.values()):.1f} s  " + "  ".join(f"{s} {t:.1f}" for s, t in rerun.items()))
+    say(f"rerun `dvc repro`: {stage_times(rerun)}")
     say(f"recomputed: {recomputed}")
     return ScaleRun(cards, grown, cold, cold_bytes, eval_only, naive, rerun, rerun_bytes, recomputed, log)
-

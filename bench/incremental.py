@@ -55,8 +55,13 @@ def timed_repro(root: Path, *args: str) -> dict[str, float]:
     return seconds
 
 
+def stage_times(seconds: dict[str, float]) -> str:
+    """'12.3 s  fetch 4.0  preprocess@pad_nn 5.1 …': the total, then each stage."""
+    return f"{sum(seconds.values()):7.1f} s  " + "  ".join(f"{s} {t:.1f}" for s, t in seconds.items())
+
+
 def show(label: str, seconds: dict[str, float]) -> None:
-    print(f"{label} {sum(seconds.values()):7.1f} s  " + "  ".join(f"{s} {t:.1f}" for s, t in seconds.items()), flush=True)
+    print(f"{label} {stage_times(seconds)}", flush=True)
 
 
 def pushed_bytes(root: Path, remote: Path | None) -> int:

@@ -27,13 +27,19 @@ def build(project: Project, executor, store=None):
     return pre, pred
 
 
+def fetched_twice(tmp_path: Path, first: str, second: str) -> tuple[Project, Project]:
+    """Two copies of one project with the same raw layer: 22 items in 6 shards of ≤ 4."""
+    one = Project(tmp_path / first)
+    one.grow(22)
+    one.fetch(None)
+    two = Project(tmp_path / second)
+    shutil.copytree(one.root, two.root)
+    return one, two
+
+
 @pytest.mark.slow
 def test_dask_and_local_executors_write_identical_layers(tmp_path: Path):
-    local = Project(tmp_path / "local")
-    local.grow(22)
-    local.fetch(None)  # 6 raw shards of ≤ 4 items
-    remote = Project(tmp_path / "dask")
-    shutil.copytree(local.root, remote.root)
+    local, remote = fetched_twice(tmp_path, "local", "dask")
 
     build(local, LocalExecutor())
     params = {"executor": "dask", "dask": {"address": "", "workers": 2}}
@@ -56,11 +62,7 @@ def test_dask_and_local_executors_write_identical_layers(tmp_path: Path):
 
 
 def test_local_worker_processes_write_the_same_preprocessed_layer(tmp_path: Path):
-    alone = Project(tmp_path / "alone")
-    alone.grow(22)
-    alone.fetch(None)  # 6 raw shards of ≤ 4 items
-    pooled = Project(tmp_path / "pooled")
-    shutil.copytree(alone.root, pooled.root)
+    alone, pooled = fetched_twice(tmp_path, "alone", "pooled")
     preprocess_layer(alone.raw, alone.pre, tiny_pipeline(), "none", name="tiny", executor=LocalExecutor())
     with open_executor({"executor": "local", "local": {"workers": 2}}) as executor:
         assert isinstance(executor, ProcessExecutor) and executor.workers == 2

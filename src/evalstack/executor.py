@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol
@@ -92,23 +92,29 @@ class ProcessExecutor:
         import cloudpickle  # a dependency of dask, already installed
 
         context = multiprocessing.get_context("spawn")
+        work = cloudpickle.dumps((compute, fmt))  # once; each job itself is plain data
         with ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=context) as pool:
-            futures: list[Future] = [pool.submit(_derive_pickled, cloudpickle.dumps((compute, job, fmt))) for job in jobs]
-            try:
-                for job, future in zip(jobs, futures):
-                    info = future.result()
-                    progress.update(job.upstream.n_items)
-                    yield info
-            finally:
-                for future in futures:
-                    future.cancel()
+            yield from _in_job_order(jobs, [pool.submit(_derive_pickled, work, job) for job in jobs], progress)
 
 
-def _derive_pickled(payload: bytes) -> ShardInfo:
+def _derive_pickled(work: bytes, job: ShardJob) -> ShardInfo:
     import cloudpickle
 
-    compute, job, fmt = cloudpickle.loads(payload)
+    compute, fmt = cloudpickle.loads(work)
     return derive_shard(compute, job, fmt)
+
+
+def _in_job_order(jobs: list[ShardJob], futures: list[Any], progress: Progress) -> Iterator[ShardInfo]:
+    """Each future's ShardInfo in job order, the bar advancing per shard; what has not run yet is
+    cancelled if the caller stops early (a failed shard). Futures of concurrent.futures or Dask."""
+    try:
+        for job, future in zip(jobs, futures):
+            info = future.result()
+            progress.update(job.upstream.n_items)
+            yield info
+    finally:
+        for future in futures:
+            future.cancel()
 
 
 class DaskExecutor:
@@ -123,14 +129,7 @@ class DaskExecutor:
             self.client.submit(derive_shard, compute, job, fmt, pure=False, key=f"shard-{job.address[:16]}-{job.out_path.name}")
             for job in jobs
         ]
-        try:
-            for job, future in zip(jobs, futures):
-                info = future.result()
-                progress.update(job.upstream.n_items)
-                yield info
-        finally:
-            for future in futures:
-                future.cancel()
+        yield from _in_job_order(jobs, futures, progress)
 
 
 Executor = LocalExecutor | ProcessExecutor | DaskExecutor

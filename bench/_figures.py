@@ -79,7 +79,7 @@ def p3_perturbation_passes(project: Path, scale: str) -> Figure:
     if "robustness" not in stages:
         return Figure("P3", "perturbation grid: clean forward passes / preprocessing passes", None,
                       "exactly N and N per pipeline", None, "not available (no robustness stage in dvc.yaml)", scale)
-    from evalstack.store import Layer
+    from evalstack.core.layers import Layer
 
     params = yaml.safe_load((project / "params.yaml").read_text())
     n = Layer.open(project / "data/raw").index.n_items
@@ -119,7 +119,7 @@ def p5_hdf5_read(project: Path, scratch: Path, scale: str) -> Figure:
     the page cache matters here (a shard DVC checked out read ~2× slower from a warm cache
     than a fresh copy of the same bytes), and that is not the format's doing.
     """
-    from evalstack.store import Layer, read_column, write_shard
+    from evalstack.core.layers import Layer, read_column, write_shard
 
     layer = Layer.open(project / "data/preprocessed/pad_nn")
     scratch.mkdir(parents=True, exist_ok=True)
@@ -161,9 +161,9 @@ def p5_hdf5_read(project: Path, scratch: Path, scale: str) -> Figure:
 def p6_adapter_overhead(project: Path, scale: str) -> Figure:
     from _naive import BARE
 
-    from evalstack.adapters import load_adapter
     from evalstack.config import load_params, model_spec
-    from evalstack.store import Layer
+    from evalstack.core.layers import Layer
+    from evalstack.models.adapters import load_adapter
 
     params = load_params(project / "params.yaml")
     batch_size = int(params["infer"]["batch_size"])
@@ -192,8 +192,8 @@ def p6_adapter_overhead(project: Path, scale: str) -> Figure:
 _RSS_CHILD = """
 import re, sys
 from pathlib import Path
-from evalstack.fetch import FetchConfig, fetch_raw_layer
-from evalstack.pipelines import CropResizePipeline, preprocess_layer
+from evalstack.fetch.raw_layer import FetchConfig, fetch_raw_layer
+from evalstack.preprocess.pipelines import CropResizePipeline, preprocess_layer
 root, step = Path(sys.argv[1]), sys.argv[2]
 if step == "fetch":
     fetch_raw_layer(FetchConfig({"dev": str(root / "metadata_dev.csv")}, shard_size=128), root / "raw")
@@ -211,7 +211,7 @@ def _registry(root: Path, n_items: int, n_images: int = 64) -> None:
 
     from PIL import Image
 
-    from evalstack.sources import REGISTRY_COLUMNS
+    from evalstack.sources.registry import REGISTRY_COLUMNS
 
     (root / "images").mkdir(parents=True, exist_ok=True)
     rng, images = np.random.default_rng(0), []
@@ -263,8 +263,8 @@ def p8_cold_default(root: Path, tiny: bool, scale: str) -> tuple[Path, Figure]:
 def p9_dask(raw: Path, scratch: Path, scale: str) -> Figure:
     from distributed import Client, LocalCluster
 
-    from evalstack.executor import DaskExecutor
-    from evalstack.pipelines import CropResizePipeline, preprocess_layer
+    from evalstack.cache.executors import DaskExecutor
+    from evalstack.preprocess.pipelines import CropResizePipeline, preprocess_layer
 
     seconds = {}
     for workers in (1, 2):

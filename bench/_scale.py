@@ -49,7 +49,7 @@ class ScaleRun:
 
 def write_registry(pool: Path, cards: int) -> float:
     """The registry at `cards` cards (PNGs already in the pool are kept; only new ones are rendered)."""
-    from evalstack.synthetic import write_dataset
+    from evalstack.demo.cards import write_dataset
 
     started = time.monotonic()
     write_dataset(pool, n_cards=cards, seed=0, test_fraction=0.2)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import multiprocessing
 import hashlib
 import io
+import multiprocessing
 import shutil
 import sys
 import tempfile
@@ -30,11 +30,11 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO)]
 
-from evalstack.catalog import SourceConfig  # noqa: E402
-from evalstack.fetch import FetchConfig, fetch_raw_layer  # noqa: E402
-from evalstack.shardstore import ShardStore, StoreConfig  # noqa: E402
-from evalstack.sources import check_image  # noqa: E402
-from evalstack.synthetic import write_dataset  # noqa: E402
+from evalstack.cache.shardstore import ShardStore, StoreConfig  # noqa: E402
+from evalstack.demo.cards import write_dataset  # noqa: E402
+from evalstack.fetch.raw_layer import FetchConfig, fetch_raw_layer  # noqa: E402
+from evalstack.sources.catalog import SourceConfig  # noqa: E402
+from evalstack.sources.images import check_image
 from tests.loopback import PadServer  # noqa: E402
 
 

@@ -27,12 +27,17 @@ from typing import Callable
 
 import numpy as np
 
-from evalstack.detections_layer import (
-    DETECTIONS_KIND, DetectionTable, LAYOUT_VERSION, open_detections, read_table, write_detections_shard,
+from evalstack.core.keys import Key
+from evalstack.core.kinds import DETECTIONS_KIND
+from evalstack.core.layers import LayerWriter, shard_name
+from evalstack.core.ragged import offsets_for
+from evalstack.detection.layer import (
+    LAYOUT_VERSION,
+    DetectionTable,
+    open_detections,
+    read_table,
+    write_detections_shard,
 )
-from evalstack.keys import Key
-from evalstack.ragged import offsets_for
-from evalstack.store import LayerWriter, shard_name
 
 N_IMAGES, BOXES_PER_IMAGE, REPEATS = 20_000, 15, 15
 FIELDS = ("item_key", "id", "split", "det_offset", "bboxes", "labels", "scores")

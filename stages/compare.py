@@ -2,10 +2,10 @@
 import argparse
 from pathlib import Path
 
-from evalstack.comparison import CompareConfig, compare_runs, declared_run
 from evalstack.config import load_params
-from evalstack.evaluation import truth_frame
-from evalstack.comparison_report import ReportOutputs, write_report
+from evalstack.evaluation.classification import truth_frame
+from evalstack.evaluation.comparison import CompareConfig, compare_runs, declared_run
+from evalstack.reporting.comparison_report import ReportOutputs, write_report
 
 
 def main() -> None:

@@ -2,11 +2,12 @@
 import argparse
 from pathlib import Path
 
-from evalstack.adapters.base import expected_model_signature
-from evalstack.concentration import evaluate_concentration, write_concentration_outputs
-from evalstack.config import load_params, model_spec, pipeline_spec
-from evalstack.evaluation import EvaluationOutputs, evaluate_classifier, write_outputs
-from evalstack.store import Layer
+from evalstack.config import load_params, model_spec
+from evalstack.core.layers import Layer
+from evalstack.evaluation.classification import EvaluationOutputs, evaluate_classifier, write_outputs
+from evalstack.evaluation.concentration import evaluate_concentration, write_concentration_outputs
+from evalstack.models.predictions import expected_model_signature
+from evalstack.preprocess.pipelines import pipeline_spec
 
 
 def main() -> None:

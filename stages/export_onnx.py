@@ -2,7 +2,7 @@
 import argparse
 from pathlib import Path
 
-from evalstack.export import export_onnx
+from evalstack.demo.training.onnx_export import export_onnx
 
 
 def main() -> None:

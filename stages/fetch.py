@@ -3,9 +3,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from evalstack.config import fetch_config, load_params, open_store
-from evalstack.fetch import fetch_raw_layer
-from evalstack.sources import SourceError
+from evalstack.cache.shardstore import open_store
+from evalstack.config import load_params
+from evalstack.fetch.raw_layer import fetch_config, fetch_raw_layer
+from evalstack.sources.registry import SourceError
 
 
 def main() -> int:

@@ -3,7 +3,7 @@ import argparse
 from pathlib import Path
 
 from evalstack.config import load_params
-from evalstack.pls_fit import PLSFitConfig, fit_pls
+from evalstack.demo.training.pls import PLSFitConfig, fit_pls
 
 
 def main() -> None:

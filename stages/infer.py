@@ -2,11 +2,12 @@
 import argparse
 from pathlib import Path
 
-from evalstack.adapters import load_adapter
-from evalstack.config import load_params, model_spec, open_store
-from evalstack.executor import open_executor
-from evalstack.inference import infer_layer
-from evalstack.latency import ensure_timed, latency_record, write_latency
+from evalstack.cache.executors import open_executor
+from evalstack.cache.shardstore import open_store
+from evalstack.config import load_params, model_spec
+from evalstack.models.adapters import load_adapter
+from evalstack.models.inference import infer_layer
+from evalstack.models.latency import ensure_timed, latency_record, write_latency
 
 
 def main() -> None:

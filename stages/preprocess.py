@@ -2,9 +2,10 @@
 import argparse
 from pathlib import Path
 
-from evalstack.config import load_params, open_store, pipeline_spec, preprocess_compression
-from evalstack.executor import open_executor
-from evalstack.pipelines import preprocess_layer
+from evalstack.cache.executors import open_executor
+from evalstack.cache.shardstore import open_store
+from evalstack.config import load_params, preprocess_compression
+from evalstack.preprocess.pipelines import pipeline_spec, preprocess_layer
 
 
 def main() -> None:

@@ -3,7 +3,7 @@ import argparse
 from pathlib import Path
 
 from evalstack.config import load_params
-from evalstack.report import write_report
+from evalstack.reporting.report import write_report
 
 
 def main() -> None:

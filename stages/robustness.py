@@ -3,11 +3,14 @@ import argparse
 import json
 from pathlib import Path
 
-from evalstack.adapters import load_adapter
-from evalstack.config import load_params, model_spec, open_store, pipeline_spec
-from evalstack.robustness import GridConfig, build_grid, grid_results, why_no_grid
-from evalstack.robustness_report import model_summary
-from evalstack.store import Layer, atomic_write_bytes
+from evalstack.cache.shardstore import open_store
+from evalstack.config import load_params, model_spec
+from evalstack.core.atomic import atomic_write_bytes
+from evalstack.core.layers import Layer
+from evalstack.evaluation.robustness import GridConfig, build_grid, grid_results, why_no_grid
+from evalstack.evaluation.robustness_metrics import model_summary
+from evalstack.models.adapters import load_adapter
+from evalstack.preprocess.pipelines import pipeline_spec
 
 
 def write_summary(path: Path, summary: dict) -> None:

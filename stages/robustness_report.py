@@ -4,7 +4,8 @@ import json
 from pathlib import Path
 
 from evalstack.config import load_params
-from evalstack.robustness_report import combine, write_outputs
+from evalstack.evaluation.robustness_metrics import combine
+from evalstack.reporting.robustness_report import write_outputs
 
 
 def main() -> None:

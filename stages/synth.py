@@ -3,7 +3,7 @@ import argparse
 from pathlib import Path
 
 from evalstack.config import load_params
-from evalstack.synthetic import write_dataset
+from evalstack.demo.cards import write_dataset
 
 
 def main() -> None:

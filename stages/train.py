@@ -3,7 +3,7 @@ import argparse
 from pathlib import Path
 
 from evalstack.config import load_params, train_entry
-from evalstack.training import TrainConfig, train_demo_model
+from evalstack.demo.training.networks import TrainConfig, train_demo_model
 
 
 def main() -> None:

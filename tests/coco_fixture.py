@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from evalstack.coco import CocoSplit
-from evalstack.synthetic import encode_png
+from evalstack.demo.cards import encode_png
+from evalstack.sources.coco import CocoSplit
 
 CATEGORIES = [{"id": 1, "name": "circle", "supercategory": "shape"}, {"id": 2, "name": "square", "supercategory": "shape"}]
 IMAGES = [

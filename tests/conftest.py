@@ -32,7 +32,7 @@ def card_png(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def pad_dataset_master(tmp_path_factory) -> Path:
     """The embedded dataset (20 cards), rendered once per test session; copy it before changing it."""
-    from evalstack.synthetic import write_dataset
+    from evalstack.demo.cards import write_dataset
 
     root = tmp_path_factory.mktemp("pad") / "source"
     write_dataset(root, n_cards=20, seed=0, workers=1)
@@ -48,6 +48,6 @@ def pad_dataset(pad_dataset_master: Path, tmp_path: Path) -> Path:
 
 def store_in(directory: Path):
     """A shard store in `directory` with no size pressure (fetch keeps its history there)."""
-    from evalstack.shardstore import ShardStore, StoreConfig
+    from evalstack.cache.shardstore import ShardStore, StoreConfig
 
     return ShardStore(StoreConfig(Path(directory), max_bytes=1 << 40))

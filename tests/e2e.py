@@ -129,7 +129,7 @@ def commit_and_push(root: Path, message: str) -> None:
 _USER_MODELS = """
 import numpy as np, yaml
 from pathlib import Path
-from evalstack.training import TRAINERS, TrainConfig
+from evalstack.demo.training.networks import TRAINERS, TrainConfig
 
 params = yaml.safe_load(open("params.yaml"))
 for name, entry in params["train"].items():
@@ -167,7 +167,7 @@ def use_own_models(root: Path, models: tuple[str, ...] = ("tflite_cnn", "torch_c
 
 def build_record(root: Path, layer: str) -> dict:
     """The store's record of the last build of `layer` (what was computed, reused, seeded)."""
-    from evalstack.shardstore import ShardStore, StoreConfig
+    from evalstack.cache.shardstore import ShardStore, StoreConfig
 
     record = ShardStore(StoreConfig(root / ".evalstack/store", 0)).load_build(root / layer)
     assert record is not None, f"no build of {layer} recorded"

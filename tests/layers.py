@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from evalstack.adapters.base import ModelAdapter, ModelSpec
-from evalstack.fetch import FetchConfig, fetch_raw_layer
-from evalstack.inference import infer_layer
-from evalstack.pipelines import CropResizePipeline, preprocess_layer
-from evalstack.shardstore import ShardStore, StoreConfig
+from evalstack.cache.shardstore import ShardStore, StoreConfig
+from evalstack.config import ModelSpec
+from evalstack.fetch.raw_layer import FetchConfig, fetch_raw_layer
+from evalstack.models.adapters.base import ModelAdapter
+from evalstack.models.inference import infer_layer
+from evalstack.preprocess.pipelines import CropResizePipeline, preprocess_layer
 from tests.test_fetch import make_registry
 
 LABELS = ("a", "b", "c")

@@ -4,8 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evalstack.adapters import ModelError, ModelSpec, load_adapter
-from evalstack.training import TrainConfig, train_keras_tflite, train_torch_export
+from evalstack.config import ModelError, ModelSpec
+from evalstack.demo.training.networks import TrainConfig, train_keras_tflite, train_torch_export
+from evalstack.models.adapters import load_adapter
 
 LABELS = ("a", "b", "c")
 

@@ -5,10 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evalstack.adapters import ModelError, ModelSpec, load_adapter
-from evalstack.adapters.pls import PLSCoefficients, coefficients_csv, read_coefficients
-from evalstack.export import export_onnx
-from evalstack.training import TrainConfig, train_keras, train_torch_export
+from evalstack.config import ModelError, ModelSpec
+from evalstack.demo.training.networks import TrainConfig, train_keras, train_torch_export
+from evalstack.demo.training.onnx_export import export_onnx
+from evalstack.models.adapters import load_adapter
+from evalstack.models.adapters.pls import PLSCoefficients, coefficients_csv, read_coefficients
 
 LABELS = ("a", "b", "c")
 RNG = np.random.default_rng(0)

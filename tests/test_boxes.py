@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from evalstack.boxes import Detections, iou_matrix, nms, xywh_to_xyxy, xyxy_to_xywh
+from evalstack.detection.boxes import Detections, iou_matrix, nms, xywh_to_xyxy, xyxy_to_xywh
 
 
 def test_iou_of_known_boxes():

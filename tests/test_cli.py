@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 
 from evalstack.cli import main
-from evalstack.keys import Key
-from evalstack.store import LayerWriter, shard_name
+from evalstack.core.keys import Key
+from evalstack.core.layers import LayerWriter, shard_name
 from tests.layers import Project, store_at
 
 

@@ -4,9 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evalstack.coco import CocoFetchConfig, coco_document, fetch_coco_layer, read_ground_truth
-from evalstack.sources import SourceError, read_local
-from evalstack.store import INDEX_NAME, Layer
+from evalstack.core.layers import INDEX_NAME, Layer
+from evalstack.sources.coco import CocoFetchConfig, coco_document, fetch_coco_layer, read_ground_truth
+from evalstack.sources.registry import SourceError, read_local
 from tests.coco_fixture import ANNOTATIONS, document, write_coco
 
 

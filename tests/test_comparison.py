@@ -5,12 +5,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evalstack.adapters import ModelSpec
-from evalstack.comparison import ModelRun, compare_runs, open_fresh
-from evalstack.inference import PREDICTIONS_KIND, prediction_columns
-from evalstack.keys import Key, sha256_file
-from evalstack.comparison_report import ReportOutputs, write_report
-from evalstack.store import CacheStaleError, LayerWriter, shard_name
+from evalstack.config import ModelSpec
+from evalstack.core.keys import Key, sha256_file
+from evalstack.core.kinds import PREDICTIONS_KIND
+from evalstack.core.layers import CacheStaleError, LayerWriter, shard_name
+from evalstack.evaluation.comparison import ModelRun, compare_runs, open_fresh
+from evalstack.models.predictions import prediction_columns
+from evalstack.reporting.comparison_report import ReportOutputs, write_report
 
 DRUGS = ["amoxicillin", "lactose"]
 KEYS = [f"{i:064x}" for i in range(8)]

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from evalstack.adapters import ModelError
-from evalstack.concentration import concentration_report, predicted_quantities
-from evalstack.pls_fit import fit_drug
+from evalstack.config import ModelError
+from evalstack.demo.training.pls import fit_drug
+from evalstack.evaluation.concentration import concentration_report, predicted_quantities
 
 
 def test_quantity_from_each_kind_of_concentration_model():

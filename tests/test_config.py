@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evalstack.config import ConfigError, load_params, model_spec, pipeline_spec, resolve_labels
+from evalstack.config import ConfigError, load_params, model_spec, resolve_labels
+from evalstack.preprocess.pipelines import pipeline_spec
 from tests.conftest import REPO
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from evalstack.integrity import verify_layer
+from evalstack.cli.verify import verify_layer
 from tests.e2e import REPO
 from tests.layers import Project, digests, store_at
 

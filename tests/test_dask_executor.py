@@ -8,11 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from evalstack.executor import (
-    DaskExecutor, ExecutorError, LocalExecutor, ProcessExecutor, executor_settings, open_executor,
+from evalstack.cache.executors import (
+    DaskExecutor,
+    ExecutorError,
+    LocalExecutor,
+    ProcessExecutor,
+    executor_settings,
+    open_executor,
 )
-from evalstack.inference import infer_layer
-from evalstack.pipelines import preprocess_layer
+from evalstack.models.inference import infer_layer
+from evalstack.preprocess.pipelines import preprocess_layer
 from tests.layers import Project, numpy_model, store_at, tiny_pipeline
 
 

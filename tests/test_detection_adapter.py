@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from evalstack.adapters import ModelError, ModelSpec, load_adapter
-from evalstack.adapters.detection import PostProcess, decode_centernet
-from evalstack.boxes import Detections
-from evalstack.coco import CocoFetchConfig, fetch_coco_layer
-from evalstack.detection_inference import detect_arrays, infer_detection_layer
-from evalstack.detection_store import CacheReader
-from evalstack.detections_layer import open_detections, read_table
-from evalstack.detector import ShapesDetector, export_detector
-from evalstack.integrity import verify_layer
-from evalstack.letterbox import LetterboxPipeline, letterbox_layer
+from evalstack.cli.verify import verify_layer
+from evalstack.config import ModelError, ModelSpec
+from evalstack.demo.training.detector import ShapesDetector, export_detector
+from evalstack.detection.adapter import PostProcess, decode_centernet, load_detector
+from evalstack.detection.boxes import Detections
+from evalstack.detection.inference import detect_arrays, infer_detection_layer
+from evalstack.detection.layer import open_detections, read_table
+from evalstack.detection.perceptionmetrics import CacheReader
+from evalstack.preprocess.letterbox import LetterboxPipeline, letterbox_layer
+from evalstack.sources.coco import CocoFetchConfig, fetch_coco_layer
 from tests.coco_fixture import write_coco
 from tests.conftest import store_in
 
@@ -60,23 +60,23 @@ def test_decode_applies_threshold_peaks_nms_and_the_detection_cap():
 
 
 def test_postprocess_params_are_checked_and_part_of_the_signature(model_file):
-    base = load_adapter(_spec(model_file))
-    stricter = load_adapter(_spec(model_file, confidence_threshold=0.3))
+    base = load_detector(_spec(model_file))
+    stricter = load_detector(_spec(model_file, confidence_threshold=0.3))
     assert base.contract()["postprocess"] == {"confidence_threshold": 0.05, "nms_iou": 0.5, "max_detections": 100}
     assert base.signature().hex != stricter.signature().hex
     with pytest.raises(ModelError, match="nms_iou"):
-        load_adapter(_spec(model_file, nms_iou=0))
+        load_detector(_spec(model_file, nms_iou=0))
     with pytest.raises(ModelError, match="needs `task: detect`"):
-        load_adapter(replace(_spec(model_file), task="classify"))
+        load_detector(replace(_spec(model_file), task="classify"))
 
 
 def test_adapter_detects_on_arrays_and_counts_forward_passes(model_file):
-    adapter = load_adapter(_spec(model_file))
+    adapter = load_detector(_spec(model_file))
     batch = np.random.default_rng(0).integers(0, 256, size=(3, 32, 32, 3)).astype(np.float32)
     found = adapter.detect_batch(batch)
     assert len(found) == 3 and all(isinstance(d, Detections) for d in found)
     assert adapter.forward_passes == 3 and adapter.contract()["output_format"] == "centernet/1"
-    wrong = load_adapter(replace(_spec(model_file), labels=("a", "b", "c")))
+    wrong = load_detector(replace(_spec(model_file), labels=("a", "b", "c")))
     with pytest.raises(ModelError, match=r"expected \(3, 7, Gh, Gw\)"):
         wrong.detect_batch(batch)
 
@@ -100,7 +100,7 @@ def test_infer_layer_has_a_row_for_every_image(model_file, tmp_path):
     split = write_coco(tmp_path / "src")
     fetch_coco_layer(CocoFetchConfig({"val": split}, shard_size=2), tmp_path / "raw")
     letterbox_layer(tmp_path / "raw", tmp_path / "pre", LetterboxPipeline(size=32))
-    adapter = load_adapter(_spec(model_file, confidence_threshold=0.5))
+    adapter = load_detector(_spec(model_file, confidence_threshold=0.5))
     build = infer_detection_layer(tmp_path / "pre", tmp_path / "det", adapter, batch_size=2)
     table = read_table(open_detections(tmp_path / "det"))
     assert table.ids.tolist() == [1, 2, 3] and build.counts["forward_passes"] == 3
@@ -108,7 +108,7 @@ def test_infer_layer_has_a_row_for_every_image(model_file, tmp_path):
     # The seed reader serves the infer stage's layer, tensors read from the layer they were computed on.
     reader = CacheReader(tmp_path / "det", adapter.weights_sha256, tensors=tmp_path / "pre")
     assert reader.read_tensor(2).shape == (3, 32, 32) and reader.read_tensor(2).dtype == np.float32
-    again = infer_detection_layer(tmp_path / "pre", tmp_path / "det2", load_adapter(_spec(model_file, confidence_threshold=0.5)))
+    again = infer_detection_layer(tmp_path / "pre", tmp_path / "det2", load_detector(_spec(model_file, confidence_threshold=0.5)))
     digest = lambda d: [hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())]  # noqa: E731
     assert digest(tmp_path / "det") == digest(tmp_path / "det2")  # batch size is not part of the result
 
@@ -121,13 +121,13 @@ def test_letterboxed_and_detection_shards_are_reused_from_the_store(model_file, 
     first = letterbox_layer(tmp_path / "raw", tmp_path / "pre", pipeline, store=store)
     again = letterbox_layer(tmp_path / "raw", tmp_path / "pre2", pipeline, store=store)
     assert first.counts["items_computed"] == 3 and again.counts["shards_reused"] == 2 and again.counts["items_computed"] == 0
-    adapter = load_adapter(_spec(model_file))
+    adapter = load_detector(_spec(model_file))
     infer_detection_layer(tmp_path / "pre", tmp_path / "det", adapter, store=store)
     reused = infer_detection_layer(tmp_path / "pre", tmp_path / "det2", adapter, store=store)
     assert reused.counts["forward_passes"] == 0 and adapter.forward_passes == 3  # the second build ran nothing
     digest = lambda d: [hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())]  # noqa: E731
     assert digest(tmp_path / "det") == digest(tmp_path / "det2")
-    stricter = load_adapter(_spec(model_file, confidence_threshold=0.9))
+    stricter = load_detector(_spec(model_file, confidence_threshold=0.9))
     assert infer_detection_layer(tmp_path / "pre", tmp_path / "det3", stricter, store=store).counts["forward_passes"] == 3
 
 
@@ -135,7 +135,7 @@ def test_every_detection_profile_layer_passes_verify(model_file, tmp_path):
     split = write_coco(tmp_path / "src")
     fetch_coco_layer(CocoFetchConfig({"val": split}, shard_size=2), tmp_path / "raw")
     letterbox_layer(tmp_path / "raw", tmp_path / "pre", LetterboxPipeline(size=32))
-    infer_detection_layer(tmp_path / "pre", tmp_path / "det", load_adapter(_spec(model_file)))
+    infer_detection_layer(tmp_path / "pre", tmp_path / "det", load_detector(_spec(model_file)))
     for layer in ("raw", "pre", "det"):
         assert verify_layer(tmp_path / layer) == []
     raw_shard = tmp_path / "raw" / "00000.h5"

@@ -6,14 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evalstack.adapters import ModelError, ModelSpec
-from evalstack.boxes import Detections
-from evalstack.coco import CocoFetchConfig, fetch_coco_layer
-from evalstack.detection_evaluation import DetectionOutputs, evaluate_detector, write_detection_outputs
-from evalstack.detections_layer import DETECTIONS_KIND, DetectionTable, layer_stats, write_detections_shard
-from evalstack.inference import predictions_key
-from evalstack.keys import Key
-from evalstack.store import CacheStaleError, LayerWriter, Layer
+from evalstack.config import ModelError, ModelSpec
+from evalstack.core.keys import Key
+from evalstack.core.kinds import DETECTIONS_KIND
+from evalstack.core.layers import CacheStaleError, Layer, LayerWriter
+from evalstack.detection.boxes import Detections
+from evalstack.detection.evaluation import DetectionOutputs, evaluate_detector, write_detection_outputs
+from evalstack.detection.layer import DetectionTable, layer_stats, write_detections_shard
+from evalstack.models.predictions import predictions_key
+from evalstack.sources.coco import CocoFetchConfig, fetch_coco_layer
 from tests.coco_fixture import write_coco
 from tests.test_detection_metrics import A, B, pycocotools_directly
 

@@ -8,7 +8,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from evalstack.detection_metrics import evaluate_detections
+from evalstack.detection.metrics import evaluate_detections
 from tests.coco_fixture import document
 
 A, B, C = [10.0, 10.0, 20.0, 20.0], [36.0, 20.0, 20.0, 20.0], [0.0, 0.0, 30.0, 30.0]

@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from evalstack.detection_store import CacheReader, CacheStaleError, CacheWriter, compute_model_hash, is_cache_valid
-from evalstack.detections_layer import open_detections, read_table
-from evalstack.store import INDEX_NAME, StoreError
+from evalstack.core.layers import INDEX_NAME, StoreError
+from evalstack.detection.layer import open_detections, read_table
+from evalstack.detection.perceptionmetrics import (
+    CacheReader,
+    CacheStaleError,
+    CacheWriter,
+    compute_model_hash,
+    is_cache_valid,
+)
 
 HASH_A = "deadbeef1234567890abcdef" * 2
 HASH_B = "cafebabe0987654321fedcba" * 2

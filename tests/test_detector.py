@@ -6,11 +6,18 @@ import pytest
 import torch
 from scipy.special import logit
 
-from evalstack.adapters.detection import PostProcess, decode_centernet
-from evalstack.boxes import xyxy_to_xywh
-from evalstack.detector import (
-    STRIDE, DetectorTrainConfig, ShapesDetector, TrainingSet, _flip, centernet_loss, encode_targets, train_detector,
+from evalstack.demo.training.detector import (
+    STRIDE,
+    DetectorTrainConfig,
+    ShapesDetector,
+    TrainingSet,
+    _flip,
+    centernet_loss,
+    encode_targets,
+    train_detector,
 )
+from evalstack.detection.adapter import PostProcess, decode_centernet
+from evalstack.detection.boxes import xyxy_to_xywh
 
 BOXES = np.asarray([[4.0, 6.0, 20.0, 12.0], [40.0, 30.0, 10.0, 18.0]])  # xywh in a 64-pixel input
 LABELS = np.asarray([1, 0])

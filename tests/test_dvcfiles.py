@@ -3,7 +3,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from evalstack.dvcfiles import cache_dir, cache_file, find_repo_root, locked_layer_for, locked_outs
+from evalstack.cache.dvcfiles import cache_dir, cache_file, find_repo_root, locked_layer_for, locked_outs
 from tests.layers import Project
 
 

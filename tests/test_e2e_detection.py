@@ -10,8 +10,8 @@ import yaml
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from evalstack.detection_store import CacheReader, compute_model_hash
-from evalstack.detections_layer import open_detections, read_table
+from evalstack.detection.layer import open_detections, read_table
+from evalstack.detection.perceptionmetrics import CacheReader, compute_model_hash
 from tests.e2e import REPO, deep_update, make_project, output_digests, run, set_param, stages_run
 
 pytestmark = pytest.mark.slow

@@ -57,8 +57,8 @@ def test_toggling_a_pipeline_param_back_recomputes_nothing(origin: Path):
 
 
 def test_gc_keeps_every_shard_dvc_lock_needs_even_when_not_checked_out(origin: Path):
-    from evalstack.dvcfiles import locked_shard_sha256s
-    from evalstack.shardstore import ShardStore, StoreConfig
+    from evalstack.cache.dvcfiles import locked_shard_sha256s
+    from evalstack.cache.shardstore import ShardStore, StoreConfig
 
     store = ShardStore(StoreConfig(origin / ".evalstack/store", 0))
     needed = locked_shard_sha256s(origin)

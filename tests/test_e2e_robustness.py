@@ -53,7 +53,7 @@ def cells(types, severities) -> list[str]:
 
 
 def split_sizes(root: Path) -> tuple[int, int]:
-    from evalstack.evaluation import ground_truth
+    from evalstack.evaluation.classification import ground_truth
 
     truth = ground_truth(root / "data/raw")
     return len(truth), sum(1 for _, split in truth.values() if split == "test")

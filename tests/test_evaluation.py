@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evalstack.adapters.base import ModelError
-from evalstack.evaluation import EvaluationOutputs, label_indices, write_outputs
-from evalstack.metrics import classification_report
+from evalstack.config import ModelError
+from evalstack.evaluation.classification import EvaluationOutputs, label_indices, write_outputs
+from evalstack.evaluation.metrics import classification_report
 
 
 def test_label_indices_refuse_classes_the_model_does_not_know():

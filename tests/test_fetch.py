@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from evalstack.catalog import SourceConfig
-from evalstack.fetch import FetchConfig, FetchFailed, fetch_raw_layer
-from evalstack.rawformat import read_blobs
-from evalstack.sources import REGISTRY_COLUMNS, SourceError
-from evalstack.store import Layer
+from evalstack.core.layers import Layer
+from evalstack.core.raw import read_blobs
+from evalstack.fetch.raw_layer import FetchConfig, FetchFailed, fetch_raw_layer
+from evalstack.sources.catalog import SourceConfig
+from evalstack.sources.registry import REGISTRY_COLUMNS, SourceError
 from tests.conftest import png_bytes, store_in
 
 
@@ -172,7 +172,7 @@ def test_a_bad_registry_after_a_good_fetch_keeps_the_layer_in_place(tmp_path: Pa
 def test_params_yaml_fetch_block_becomes_a_fetch_config():
     import yaml
 
-    from evalstack.config import fetch_config
+    from evalstack.fetch.raw_layer import fetch_config
 
     params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
     params["fetch"]["http"]["retries"] = 2

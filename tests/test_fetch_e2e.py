@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evalstack.integrity import verify_layer
-from evalstack.store import Layer
+from evalstack.cli.verify import verify_layer
+from evalstack.core.layers import Layer
 from tests.e2e import REPO, env, make_project, run, set_param, stages_run
 from tests.loopback import PadServer
 

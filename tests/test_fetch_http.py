@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from evalstack.catalog import SourceConfig
-from evalstack.fetch import FetchConfig, FetchFailed, fetch_raw_layer
-from evalstack.sources import SourceError
-from evalstack.integrity import verify_layer
-from evalstack.store import Layer
-from evalstack.synthetic import write_dataset
-from evalstack.transport import TransportConfig
+from evalstack.cli.verify import verify_layer
+from evalstack.core.layers import Layer
+from evalstack.demo.cards import write_dataset
+from evalstack.fetch.raw_layer import FetchConfig, FetchFailed, fetch_raw_layer
+from evalstack.sources.catalog import SourceConfig
+from evalstack.sources.registry import SourceError
+from evalstack.sources.transport import TransportConfig
 from tests.conftest import store_in
 from tests.loopback import FAULT_KINDS, Faults, PadServer
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from evalstack import hashstamps
-from evalstack.hashstamps import HashStamps
+from evalstack.core import hashstamps
+from evalstack.core.hashstamps import HashStamps
 
 
 @pytest.fixture

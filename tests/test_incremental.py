@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from evalstack.incremental import describe_key_change
-from evalstack.integrity import verify_layer
-from evalstack.store import Layer, LayerCorruptError
+from evalstack.cache.incremental import describe_key_change
+from evalstack.cli.verify import verify_layer
+from evalstack.core.layers import Layer, LayerCorruptError
 from tests.layers import Project, digests, store_at
 
 

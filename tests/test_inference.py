@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from evalstack.inference import PREDICTIONS_KIND, open_predictions, prediction_columns, predictions_key
-from evalstack.keys import Key
-from evalstack.store import CacheStaleError, LayerWriter, shard_name
+from evalstack.core.keys import Key
+from evalstack.core.kinds import PREDICTIONS_KIND
+from evalstack.core.layers import CacheStaleError, LayerWriter, shard_name
+from evalstack.models.predictions import open_predictions, prediction_columns, predictions_key
 
 
 def test_prediction_columns_follow_upstream_nn_predict():

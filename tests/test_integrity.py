@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from evalstack.cli import main
-from evalstack.integrity import verify_layer
-from evalstack.pipelines import preprocess_layer
-from evalstack.store import Layer
+from evalstack.cli.verify import verify_layer
+from evalstack.core.layers import Layer
+from evalstack.preprocess.pipelines import preprocess_layer
 from tests.layers import Project, tiny_pipeline
 
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from evalstack.keys import Key, canonical_json, explain_change, sha256_bytes, sha256_file
+from evalstack.core.keys import Key, canonical_json, explain_change, sha256_bytes, sha256_file
 
 
 def test_key_hex_ignores_dict_order():

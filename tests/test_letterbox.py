@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evalstack.coco import CocoFetchConfig, fetch_coco_layer
-from evalstack.letterbox import LetterboxPipeline, build_letterbox, letterbox_layer, placements
-from evalstack.pipelines import PipelineError
-from evalstack.store import Layer, read_column
+from evalstack.core.layers import Layer, read_column
+from evalstack.preprocess.letterbox import LetterboxPipeline, build_letterbox, letterbox_layer, placements
+from evalstack.preprocess.pipelines import PipelineError
+from evalstack.sources.coco import CocoFetchConfig, fetch_coco_layer
 from tests.coco_fixture import write_coco
 
 

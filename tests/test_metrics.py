@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from evalstack.metrics import classification_report
+from evalstack.evaluation.metrics import classification_report
 
 LABELS = ("a", "b", "c", "d")
 

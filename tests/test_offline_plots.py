@@ -5,7 +5,12 @@ import pytest
 from dvc_render.html import render_html
 from dvc_render.vega import VegaRenderer
 
-from evalstack.offline_plots import TEMPLATE_IN_DVC_DIR, OfflinePlotsError, install_offline_template, offline_template
+from evalstack.reporting.offline_plots import (
+    TEMPLATE_IN_DVC_DIR,
+    OfflinePlotsError,
+    install_offline_template,
+    offline_template,
+)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageFilter
 from scipy.ndimage import gaussian_filter
 
-from evalstack import perturb as p
+from evalstack.preprocess import perturbations as p
 
 RNG_SEED = 7
 

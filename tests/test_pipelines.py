@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evalstack.pipelines import CropResizePipeline, PipelineError, build_pipeline
-from evalstack.sources import decode_image
+from evalstack.preprocess.pipelines import CropResizePipeline, PipelineError, build_pipeline
+from evalstack.sources.images import decode_image
 from tests.conftest import png_bytes
 
 

@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
 
-from evalstack.detections_layer import DETECTIONS_KIND, DetectionTable, read_table, write_detections_shard
-from evalstack.boxes import Detections
-from evalstack.keys import Key
-from evalstack.ragged import check_offsets, counts_of, pack, unpack
-from evalstack.store import Layer, LayerWriter
+from evalstack.core.keys import Key
+from evalstack.core.kinds import DETECTIONS_KIND
+from evalstack.core.layers import Layer, LayerWriter
+from evalstack.core.ragged import check_offsets, counts_of, pack, unpack
+from evalstack.detection.boxes import Detections
+from evalstack.detection.layer import DetectionTable, read_table, write_detections_shard
 
 
 def test_pack_and_unpack_keep_empty_items():

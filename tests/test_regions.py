@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evalstack.fetch import FetchConfig, fetch_raw_layer, read_blobs
-from evalstack.pipelines import PadRegionsPipeline, PipelineError, build_pipeline, preprocess_layer
-from evalstack.regions import feature_names, lane_box, region_box, region_features, saturation_value
-from evalstack.sources import decode_image
-from evalstack.store import Layer
-from evalstack.synthetic import plan_cards, render_card, write_dataset
+from evalstack.core.layers import Layer
+from evalstack.demo.cards import plan_cards, render_card, write_dataset
+from evalstack.fetch.raw_layer import FetchConfig, fetch_raw_layer, read_blobs
+from evalstack.preprocess.pipelines import PadRegionsPipeline, PipelineError, build_pipeline, preprocess_layer
+from evalstack.preprocess.regions import feature_names, lane_box, region_box, region_features, saturation_value
+from evalstack.sources.images import decode_image
 
 
 def reference_box(box_rgb: np.ndarray) -> tuple[int, int, int]:

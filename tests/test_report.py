@@ -7,8 +7,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from evalstack.figures import PlotDataError, load_rows
-from evalstack.report import write_report
+from evalstack.reporting.figures import PlotDataError, load_rows
+from evalstack.reporting.report import write_report
 
 DVC_YAML = {
     "metrics": ["metrics"],

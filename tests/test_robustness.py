@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from evalstack.adapters.base import ModelSpec
-from evalstack.robustness import GridConfig, RobustnessError, build_grid, grid_results
-from evalstack.store import CacheStaleError
+from evalstack.config import ModelSpec
+from evalstack.core.layers import CacheStaleError
+from evalstack.evaluation.robustness import GridConfig, RobustnessError, build_grid, grid_results
 from tests.layers import NumpyAdapter, Project, digests, store_at
 
 LABELS = ("a", "lactose")
@@ -25,7 +25,7 @@ def project(tmp_path: Path) -> Project:
     project.grow(N_ITEMS)
     project.fetch(store)
     project.preprocess(store)
-    from evalstack.inference import infer_layer
+    from evalstack.models.inference import infer_layer
 
     infer_layer(project.pre, project.pred, adapter(tmp_path), batch_size=3, store=store)
     return project

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from evalstack.robustness_report import combine, corruption_error, relative_corruption_error, write_outputs
+from evalstack.evaluation.robustness_metrics import combine, corruption_error, relative_corruption_error
+from evalstack.reporting.robustness_report import write_outputs
 
 
 def summary(model: str, clean_error: float, errors: dict[str, list[float]]) -> dict:

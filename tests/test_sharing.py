@@ -1,7 +1,7 @@
 """Which run records `evalstack push-run-cache` finds in a DVC cache."""
 from pathlib import Path
 
-from evalstack.sharing import run_cache_records
+from evalstack.cli.sharing import run_cache_records
 
 
 def test_run_records_are_the_files_three_levels_below_runs(tmp_path: Path):

@@ -4,7 +4,7 @@ import pytest
 from scipy.stats import bootstrap
 from statsmodels.stats.contingency_tables import mcnemar as statsmodels_mcnemar
 
-from evalstack.significance import accuracy_intervals, bootstrap_means, mcnemar
+from evalstack.evaluation.significance import accuracy_intervals, bootstrap_means, mcnemar
 
 
 def _paired(both: int, only_first: int, only_second: int, neither: int) -> tuple[np.ndarray, np.ndarray]:

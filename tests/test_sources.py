@@ -3,10 +3,10 @@ import io
 import pytest
 from PIL import Image
 
-from evalstack.sources import (
+from evalstack.sources.images import check_image
+from evalstack.sources.registry import (
     REGISTRY_COLUMNS,
     SourceError,
-    check_image,
     check_unique_ids,
     parse_registry,
     safe_name,

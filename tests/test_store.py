@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evalstack.keys import Key
-from evalstack.store import (
+from evalstack.core.keys import Key
+from evalstack.core.layers import (
     INDEX_NAME,
     CacheStaleError,
     Layer,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evalstack.synthetic import (
+from evalstack.demo.cards import (
     CAMERA_TYPES,
     CARD_HEIGHT,
     CARD_WIDTH,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from evalstack.synthetic_shapes import SHAPES, ShapesConfig, render_image, write_shapes_dataset
+from evalstack.demo.shapes.dataset import SHAPES, ShapesConfig, render_image, write_shapes_dataset
 
 SMALL = ShapesConfig(n_train=12, n_val=6, seed=3)
 

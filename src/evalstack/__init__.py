@@ -1,3 +1,5 @@
-"""evalstack: cached, versioned evaluation of image models on DVC + HDF5 layers."""
+"""evalstack: cached, versioned evaluation of image models on DVC + HDF5 layers.
 
-__version__ = "0.1.0"
+The version is the installed distribution's (`importlib.metadata.version("evalstack")`): this file
+holds no code, so it is part of no stage's code fingerprint.
+"""

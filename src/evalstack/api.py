@@ -16,14 +16,18 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from evalstack.adapters.base import ModelAdapter
-from evalstack.comparison import Comparison, CompareConfig, ModelRun, compare_runs, declared_run
-from evalstack.concentration import predicted_quantities
-from evalstack.config import load_params, open_store, pipeline_spec, resolve_labels
-from evalstack.evaluation import truth_frame
-from evalstack.inference import PREDICTIONS_KIND, infer_layer, predictions_key
-from evalstack.latency import ensure_timed, latency_record, read_latency, write_latency
-from evalstack.store import Layer, StoreError
+from evalstack.cache.shardstore import open_store
+from evalstack.config import load_params, resolve_labels
+from evalstack.core.kinds import PREDICTIONS_KIND
+from evalstack.core.layers import Layer, StoreError
+from evalstack.evaluation.classification import truth_frame
+from evalstack.evaluation.comparison import CompareConfig, Comparison, ModelRun, compare_runs, declared_run
+from evalstack.evaluation.concentration import predicted_quantities
+from evalstack.models.adapters.base import ModelAdapter
+from evalstack.models.inference import infer_layer
+from evalstack.models.latency import ensure_timed, latency_record, read_latency, write_latency
+from evalstack.models.predictions import predictions_key
+from evalstack.preprocess.pipelines import pipeline_spec
 
 ADHOC_DIR = Path("data/adhoc")
 

@@ -1,24 +1,49 @@
-"""params.yaml → typed records. Stage scripts read their slice of params through here."""
+"""params.yaml → typed records. Stage scripts read their slice of params through here.
+
+Every package may import this module, so it holds records only and imports nothing
+heavier than yaml: evaluation gets `ModelSpec` without importing a framework adapter.
+Builders that need a subsystem live with it (`cache.shardstore.open_store`,
+`preprocess.pipelines.pipeline_spec`, `fetch.raw_layer.fetch_config`).
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-from evalstack.adapters.base import ModelSpec
-from evalstack.catalog import SourceConfig
-from evalstack.fetch import FetchConfig
-from evalstack.pipelines import PreprocessingPipeline, build_pipeline
-from evalstack.shardstore import ShardStore, StoreConfig
-from evalstack.transport import TransportConfig
-
 DEFAULT_PARAMS = Path("params.yaml")
-DEFAULT_STORE = {"dir": ".evalstack/store", "max_bytes": 20_000_000_000, "link": "copy"}
+
+
+TASKS = ("classify", "concentration", "detect")  # detect: the detection profile (detection/adapter.py)
 
 
 class ConfigError(ValueError):
     """params.yaml does not say what a stage needs."""
+
+
+class ModelError(RuntimeError):
+    """A model file or its outputs cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model entry from params.yaml."""
+
+    name: str
+    file: Path
+    adapter: str
+    pipeline: str
+    labels: tuple[str, ...]
+    task: str = "classify"
+    layout: str = "NHWC"  # how the model wants its input; data is stored NHWC
+    sha256: str | None = None  # expected weights hash, checked when given
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "file", Path(self.file))  # a str from a notebook works too
+        object.__setattr__(self, "labels", tuple(self.labels))
 
 
 def load_params(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
@@ -26,7 +51,7 @@ def load_params(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
         return yaml.safe_load(handle) or {}
 
 
-def _entry(params: Mapping[str, Any], section: str, name: str) -> Mapping[str, Any]:
+def entry(params: Mapping[str, Any], section: str, name: str) -> Mapping[str, Any]:
     entries = params.get(section) or {}
     if name not in entries:
         raise ConfigError(f"params.yaml has no {section}.{name}; declared: {sorted(entries)}")
@@ -45,71 +70,38 @@ def resolve_labels(params: Mapping[str, Any], labels: str | list[str]) -> tuple[
     return tuple(str(label) for label in labels)
 
 
+def drug_key(name: str) -> str:
+    """Names match case-insensitively and with '-' for ' ' (upstream standardises both ways)."""
+    return " ".join(name.strip().lower().replace("-", " ").split())
+
+
 def train_entry(params: Mapping[str, Any], name: str) -> tuple[tuple[str, ...], dict[str, Any]]:
     """(labels, training settings) of `train.<name>`; `file` and `pipeline` are dvc.yaml's, not training's."""
-    entry = dict(_entry(params, "train", name))
-    labels = resolve_labels(params, entry.pop("labels"))
+    settings = dict(entry(params, "train", name))
+    labels = resolve_labels(params, settings.pop("labels"))
     for unused in ("file", "pipeline"):
-        entry.pop(unused, None)
-    return labels, entry
+        settings.pop(unused, None)
+    return labels, settings
 
 
 def preprocess_compression(params: Mapping[str, Any]) -> str:
     return str((params.get("preprocess") or {}).get("compression", "none"))
 
 
-def pipeline_spec(params: Mapping[str, Any], name: str) -> PreprocessingPipeline:
-    return build_pipeline(_entry(params.get("preprocess") or {}, "pipelines", name))
-
-
 def model_spec(params: Mapping[str, Any], name: str, root: Path = Path(".")) -> ModelSpec:
-    entry = dict(_entry(params, "models", name))
+    fields = dict(entry(params, "models", name))
     for required in ("file", "adapter", "pipeline", "labels"):
-        if required not in entry:
+        if required not in fields:
             raise ConfigError(f"models.{name} lacks {required!r}")
     known = {"file", "adapter", "pipeline", "labels", "task", "layout", "sha256"}
     return ModelSpec(
         name=name,
-        file=root / entry["file"],
-        adapter=entry["adapter"],
-        pipeline=entry["pipeline"],
-        labels=resolve_labels(params, entry["labels"]),
-        task=entry.get("task", "classify"),
-        layout=entry.get("layout", "NHWC"),
-        sha256=entry.get("sha256"),
-        options={k: v for k, v in entry.items() if k not in known},
-    )
-
-
-def store_config(params: Mapping[str, Any], root: Path = Path(".")) -> StoreConfig | None:
-    """The shard store from `store:` (a relative dir is relative to params.yaml); None when `dir` is empty."""
-    section = {**DEFAULT_STORE, **(params.get("store") or {})}
-    if not section["dir"]:
-        return None
-    directory = Path(str(section["dir"])).expanduser()
-    return StoreConfig(directory if directory.is_absolute() else root / directory, int(section["max_bytes"]), str(section["link"]))
-
-
-def open_store(params: Mapping[str, Any], root: Path = Path(".")) -> ShardStore | None:
-    config = store_config(params, root)
-    return ShardStore(config) if config else None
-
-
-def fetch_config(params: Mapping[str, Any], report: Path | None = None) -> FetchConfig:
-    """The `fetch:` block of params.yaml → FetchConfig."""
-    fetch = params["fetch"]
-    http = dict(fetch.get("http") or {})
-    transport = TransportConfig(
-        schemes=tuple(fetch.get("schemes", TransportConfig.schemes)),
-        connect_timeout=float(http.get("connect_timeout", TransportConfig.connect_timeout)),
-        read_timeout=float(http.get("read_timeout", TransportConfig.read_timeout)),
-        retries=int(http.get("retries", TransportConfig.retries)),
-        backoff=float(http.get("backoff", TransportConfig.backoff)),
-        max_bytes=int(fetch.get("max_bytes", TransportConfig.max_bytes)),
-        pool_size=int(fetch.get("workers", 8)),
-    )
-    return FetchConfig(
-        source=SourceConfig.from_params(fetch), shard_size=int(fetch["shard_size"]),
-        max_pixels=int(fetch["max_pixels"]), workers=int(fetch.get("workers", 8)),
-        on_error=str(fetch.get("on_error", "fail")), transport=transport, report=report,
+        file=root / fields["file"],
+        adapter=fields["adapter"],
+        pipeline=fields["pipeline"],
+        labels=resolve_labels(params, fields["labels"]),
+        task=fields.get("task", "classify"),
+        layout=fields.get("layout", "NHWC"),
+        sha256=fields.get("sha256"),
+        options={k: v for k, v in fields.items() if k not in known},
     )

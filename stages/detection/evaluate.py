@@ -2,10 +2,10 @@
 import argparse
 from pathlib import Path
 
-from evalstack.adapters import load_adapter
 from evalstack.config import load_params, model_spec
-from evalstack.detection_evaluation import DetectionOutputs, evaluate_detector, write_detection_outputs
-from evalstack.letterbox import build_letterbox
+from evalstack.detection.adapter import load_detector
+from evalstack.detection.evaluation import DetectionOutputs, evaluate_detector, write_detection_outputs
+from evalstack.preprocess.letterbox import build_letterbox
 
 
 def main() -> None:
@@ -20,7 +20,7 @@ def main() -> None:
     params = load_params(args.params)
     spec = model_spec(params, args.model)
     # The adapter recomputes the model signature, so detections from another model or threshold are refused.
-    signature = load_adapter(spec).signature()
+    signature = load_detector(spec).signature()
     pipeline_key = build_letterbox(params["preprocess"]["pipelines"][spec.pipeline]).cache_key()
     split, threshold = params["evaluate"]["split"], float(params["evaluate"]["count_threshold"])
     report, results, names, passes = evaluate_detector(

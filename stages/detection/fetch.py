@@ -2,8 +2,8 @@
 import argparse
 from pathlib import Path
 
-from evalstack.coco import CocoFetchConfig, CocoSplit, fetch_coco_layer
 from evalstack.config import load_params
+from evalstack.sources.coco import CocoFetchConfig, CocoSplit, fetch_coco_layer
 
 
 def main() -> None:

@@ -2,9 +2,10 @@
 import argparse
 from pathlib import Path
 
-from evalstack.adapters import load_adapter
-from evalstack.config import load_params, model_spec, open_store
-from evalstack.detection_inference import infer_detection_layer
+from evalstack.cache.shardstore import open_store
+from evalstack.config import load_params, model_spec
+from evalstack.detection.adapter import load_detector
+from evalstack.detection.inference import infer_detection_layer
 
 
 def main() -> None:
@@ -15,7 +16,7 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     params = load_params(args.params)
-    adapter = load_adapter(model_spec(params, args.model))
+    adapter = load_detector(model_spec(params, args.model))
     batch_size = int(params.get("infer", {}).get("batch_size", 32))
     store = open_store(params, args.params.parent)  # not a dvc.yaml param: where results are kept does not change them
     build = infer_detection_layer(args.preprocessed, args.out, adapter, batch_size, store)

@@ -2,8 +2,9 @@
 import argparse
 from pathlib import Path
 
-from evalstack.config import load_params, open_store, preprocess_compression
-from evalstack.letterbox import build_letterbox, letterbox_layer
+from evalstack.cache.shardstore import open_store
+from evalstack.config import load_params, preprocess_compression
+from evalstack.preprocess.letterbox import build_letterbox, letterbox_layer
 
 
 def main() -> None:

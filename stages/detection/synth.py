@@ -3,7 +3,7 @@ import argparse
 from pathlib import Path
 
 from evalstack.config import load_params
-from evalstack.synthetic_shapes import ShapesConfig, write_shapes_dataset
+from evalstack.demo.shapes.dataset import ShapesConfig, write_shapes_dataset
 
 
 def main() -> None:

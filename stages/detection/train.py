@@ -3,7 +3,7 @@ import argparse
 from pathlib import Path
 
 from evalstack.config import load_params, train_entry
-from evalstack.detector import DetectorTrainConfig, load_training_set, train_detector
+from evalstack.demo.training.detector import DetectorTrainConfig, load_training_set, train_detector
 
 
 def main() -> None:

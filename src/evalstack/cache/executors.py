@@ -1,0 +1,187 @@
+"""Where derived shards are computed: on this machine (`local`, in the stage's process or in
+`local.workers` processes) or on dask.distributed (`dask`).
+
+Each shard is one task, a pure function of (upstream shard path, stage spec) that
+writes its output shard and returns its ShardInfo. Both executors run the same
+`derive_shard`, so their layers are byte-identical. Workers must see the same
+paths as the stage (one machine, or a shared filesystem). Which executor ran a
+build is left out of every key: it does not change results.
+"""
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Protocol
+
+from evalstack.cache.shardstore import SHARD_KEY_ATTR
+from evalstack.core.keys import Key
+from evalstack.core.layers import ShardInfo, write_layer_shard
+
+EXECUTORS = ("local", "dask")
+
+
+class ExecutorError(ValueError):
+    """The executor is configured wrongly."""
+
+
+class Progress(Protocol):
+    def update(self, n: int = 1) -> Any: ...
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One derived shard to compute: its upstream shard and where its output goes."""
+
+    upstream: ShardInfo
+    upstream_path: Path
+    out_path: Path
+    address: str  # derivation key hex, recorded in the shard so a store can be seeded from it
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    kind: str
+    key: Key
+    compression: str
+
+
+def derive_shard(compute: Callable, job: ShardJob, fmt: OutputFormat, progress: Progress | None = None) -> ShardInfo:
+    """Compute one shard with `compute(shard, path, progress) -> ShardContent` and write it."""
+    content = compute(job.upstream, job.upstream_path, progress or _NoProgress())
+    return write_layer_shard(
+        job.out_path, fmt.kind, fmt.key, fmt.compression, content.columns,
+        attrs={**content.attrs, SHARD_KEY_ATTR: job.address},
+        upstream=job.upstream.sha256, checksum_of=content.checksum_of, flat=content.flat or None,
+    )
+
+
+class LocalExecutor:
+    """One shard after the other in this process; only one shard's data is in memory at a time."""
+
+    def run(self, compute: Callable, jobs: list[ShardJob], fmt: OutputFormat, progress: Progress) -> Iterator[ShardInfo]:
+        for job in jobs:
+            yield derive_shard(compute, job, fmt, progress)
+
+
+class ProcessExecutor:
+    """Shards in `workers` processes on this machine, results in job order.
+
+    Workers are spawned, not forked: a stage's threads (progress bars, frameworks) and open
+    files stay behind. `compute` travels with cloudpickle, as on Dask, because it is usually a
+    closure over the stage's pipeline or model spec. One shard or fewer runs in this process:
+    starting workers would cost more than it saves (a rerun after +5% cards has a few shards).
+    """
+
+    def __init__(self, workers: int):
+        if workers < 1:
+            raise ExecutorError(f"local.workers must be at least 1, not {workers}")
+        self.workers = workers
+
+    def run(self, compute: Callable, jobs: list[ShardJob], fmt: OutputFormat, progress: Progress) -> Iterator[ShardInfo]:
+        if self.workers == 1 or len(jobs) <= 1:
+            yield from LocalExecutor().run(compute, jobs, fmt, progress)
+            return
+        import cloudpickle  # a dependency of dask, already installed
+
+        context = multiprocessing.get_context("spawn")
+        work = cloudpickle.dumps((compute, fmt))  # once; each job itself is plain data
+        with ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=context) as pool:
+            yield from _in_job_order(jobs, [pool.submit(_derive_pickled, work, job) for job in jobs], progress)
+
+
+def _derive_pickled(work: bytes, job: ShardJob) -> ShardInfo:
+    import cloudpickle
+
+    compute, fmt = cloudpickle.loads(work)
+    return derive_shard(compute, job, fmt)
+
+
+def _in_job_order(jobs: list[ShardJob], futures: list[Any], progress: Progress) -> Iterator[ShardInfo]:
+    """Each future's ShardInfo in job order, the bar advancing per shard; what has not run yet is
+    cancelled if the caller stops early (a failed shard). Futures of concurrent.futures or Dask."""
+    try:
+        for job, future in zip(jobs, futures):
+            info = future.result()
+            progress.update(job.upstream.n_items)
+            yield info
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+class DaskExecutor:
+    """Shards as tasks on a dask.distributed cluster; results come back in job order."""
+
+    def __init__(self, client: Any):
+        self.client = client
+
+    def run(self, compute: Callable, jobs: list[ShardJob], fmt: OutputFormat, progress: Progress) -> Iterator[ShardInfo]:
+        # pure=False: two jobs that look alike must still both run (they write different files).
+        futures = [
+            self.client.submit(derive_shard, compute, job, fmt, pure=False, key=f"shard-{job.address[:16]}-{job.out_path.name}")
+            for job in jobs
+        ]
+        yield from _in_job_order(jobs, futures, progress)
+
+
+Executor = LocalExecutor | ProcessExecutor | DaskExecutor
+
+
+def executor_settings(params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(`executor`, its section: `local` or `dask`) from params.yaml, checked."""
+    name = str(params.get("executor", "local") or "local")
+    if name not in EXECUTORS:
+        raise ExecutorError(f"executor {name!r} unknown; choose one of {', '.join(EXECUTORS)}")
+    if name == "local":
+        return name, {"workers": 1, **(params.get("local") or {})}
+    return name, {"address": "", "workers": 2, **(params.get("dask") or {})}
+
+
+@contextlib.contextmanager
+def open_executor(params: Mapping[str, Any], in_process: bool = False) -> Iterator[Executor]:
+    """The executor params.yaml asks for. `local` runs shards in `local.workers` processes, or in
+    this one when `in_process` (infer: a model loads once per process and the frameworks use every
+    core already). `dask.address` empty starts a LocalCluster for the duration of the stage;
+    `tcp://host:8786` connects to an existing scheduler."""
+    name, settings = executor_settings(params)
+    if name == "local":
+        yield LocalExecutor() if in_process else ProcessExecutor(int(settings["workers"]))
+        return
+    dask = settings
+    from distributed import Client, LocalCluster  # deferred: the local executor never pays for importing dask
+
+    if dask["address"]:
+        with Client(str(dask["address"])) as client:
+            yield DaskExecutor(client)
+        return
+    with LocalCluster(n_workers=int(dask["workers"]), threads_per_worker=1, dashboard_address=None,
+                      processes=True) as cluster, Client(cluster) as client:
+        yield DaskExecutor(client)
+
+
+def loaded_in_worker(factory: Callable[[Any], Any], spec: Any) -> Any:
+    """`factory(spec)`, built once per worker process and kept there (a model must be loaded
+    where it runs: interpreters do not pickle). Outside a worker it is built on each call."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return factory(spec)
+    cache = worker.__dict__.setdefault("_evalstack_loaded", {})
+    token = (factory, repr(spec))
+    if token not in cache:
+        cache[token] = factory(spec)
+    return cache[token]
+
+
+__all__ = ["DaskExecutor", "Executor", "ExecutorError", "LocalExecutor", "OutputFormat", "ProcessExecutor", "ShardJob", "derive_shard",
+           "executor_settings", "loaded_in_worker", "open_executor"]

@@ -1,0 +1,191 @@
+"""What code computes a result: a module's import closure, and a fingerprint of its source.
+
+A cache key must change when the code that computes the result changes, without anyone
+bumping a version string (Apache Hamilton keys a node on its code version, Hugging Face
+`datasets` fingerprints the transform). The closure is found statically, from the
+source: `import` and `from … import` statements anywhere in a module (inside functions
+too), the parent packages every import executes, and — optionally — module names
+written as strings (registries such as the adapters' that import by name). Blocks under
+`if TYPE_CHECKING:` are skipped: they never run.
+
+The fingerprint hashes each module's syntax tree with docstrings removed, so comments,
+docstrings, blank lines and formatting do not count; anything else — a constant, a
+default, an annotation that a dataclass turns into a field — does.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import re
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable
+
+PACKAGE = "evalstack"
+_MODULE_NAME = re.compile(rf"^{PACKAGE}(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+
+@dataclass(frozen=True)
+class ModuleSource:
+    name: str
+    path: Path
+
+    @property
+    def is_package(self) -> bool:
+        return self.path.name == "__init__.py"
+
+
+@lru_cache(maxsize=None)
+def locate(name: str) -> ModuleSource | None:
+    """The source file of module `name`, found without importing it (None: not a module of ours)."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    return ModuleSource(name, Path(spec.origin))
+
+
+def imported_names(path: Path, module: str, follow_strings: bool = False) -> set[str]:
+    """Dotted names a source file imports (candidates: some are attributes, not modules)."""
+    tree = ast.parse(Path(path).read_text(), filename=str(path))
+    is_package = Path(path).name == "__init__.py"
+    names: set[str] = set()
+    for node in _executed_nodes(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = _absolute(node, module, is_package)
+            if base is None:
+                continue
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
+        elif follow_strings and isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if _MODULE_NAME.match(node.value):
+                names.add(node.value)
+    return names
+
+
+def _executed_nodes(tree: ast.AST) -> Iterable[ast.AST]:
+    """Every node, except what sits under `if TYPE_CHECKING:`."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child.test):
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str | None:
+    if not node.level:
+        return node.module
+    parts = module.split(".")
+    base = parts if is_package else parts[:-1]
+    if node.level > 1:
+        base = base[: len(base) - (node.level - 1)]
+    if not base:
+        return None
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def import_closure(roots: Iterable[str | Path], follow_strings: bool = False,
+                   package: str = PACKAGE) -> dict[str, ModuleSource]:
+    """Every module of `package` that importing `roots` (module names, or script paths) executes.
+
+    Parent packages count: importing `evalstack.cache.shardstore` runs
+    `evalstack/__init__.py` and `evalstack/cache/__init__.py` first.
+    """
+    found: dict[str, ModuleSource] = {}
+    pending: list[tuple[Path, str]] = []
+    for root in roots:
+        if isinstance(root, Path) or str(root).endswith(".py"):
+            pending.append((Path(root), "__main__"))
+        else:
+            source = locate(str(root))
+            if source is None:
+                raise ModuleNotFoundError(f"no source for module {root}")
+            _add(source, found, pending, package)
+    while pending:
+        path, name = pending.pop()
+        for candidate in sorted(imported_names(path, name, follow_strings)):
+            if candidate != package and not candidate.startswith(package + "."):
+                continue
+            for prefix in _prefixes(candidate):
+                source = locate(prefix)
+                if source is not None and source.name not in found:
+                    _add(source, found, pending, package)
+    return found
+
+
+def _prefixes(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[: n + 1]) for n in range(len(parts))]
+
+
+def _add(source: ModuleSource, found: dict[str, ModuleSource], pending: list, package: str) -> None:
+    found[source.name] = source
+    pending.append((source.path, source.name))
+    for parent in _prefixes(source.name)[:-1]:
+        parent_source = locate(parent)
+        if parent_source is not None and parent_source.name not in found:
+            _add(parent_source, found, pending, package)
+
+
+@lru_cache(maxsize=None)
+def _normalised_source_digest(path: Path, mtime_ns: int, size: int) -> str:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree, annotate_fields=False, include_attributes=False).encode()).hexdigest()
+
+
+def source_digest(path: Path) -> str:
+    """sha256 of a module's syntax tree without docstrings (comments and layout never reach the tree)."""
+    status = path.stat()
+    return _normalised_source_digest(path.resolve(), status.st_mtime_ns, status.st_size)
+
+
+def code_fingerprint(roots: Iterable[str], package: str = PACKAGE) -> dict[str, str]:
+    """{module: digest} over the import closure of `roots` inside `package` (module names).
+
+    Roots outside `package` (a user's own pipeline or adapter module) are fingerprinted too,
+    with their closure inside `package`.
+    """
+    roots = list(roots)
+    modules = import_closure(roots, package=package)
+    for root in roots:
+        if root not in modules:
+            source = locate(root)
+            if source is not None:
+                modules[root] = source
+    return {name: source_digest(modules[name].path) for name in sorted(modules)}
+
+
+def fingerprint_hex(fingerprint: dict[str, str]) -> str:
+    return hashlib.sha256("".join(f"{name}:{digest}\n" for name, digest in sorted(fingerprint.items())).encode()).hexdigest()
+
+
+def defining_module(cls: type) -> str:
+    """The module that defines `cls`; a class written in a script cannot be fingerprinted."""
+    if cls.__module__ == "__main__":
+        main = sys.modules.get("__main__")
+        raise ValueError(f"{cls.__name__} is defined in a script ({getattr(main, '__file__', '?')}); "
+                         "move it into a module so its code can be part of cache keys")
+    return cls.__module__

@@ -1,0 +1,63 @@
+"""Remembered sha256 of files, keyed as DVC's state database keys its md5s: inode + size + mtime.
+
+Stages check every upstream shard's sha256 before use, and the store checks every entry
+it reuses. On a rerun after a small change, re-reading gigabytes that have not changed
+since they were last hashed is most of the work. A file whose (device, inode, size,
+mtime_ns) are what they were when it was hashed is taken to hold the same bytes — the
+bet `dvc status` makes. Anything that rewrites a file changes its mtime, so a damaged or
+edited shard is still hashed and refused. `evalstack verify` never uses stamps: it is
+the check for damage that leaves the metadata alone (bit rot).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from evalstack.core.atomic import atomic_write_bytes
+from evalstack.core.keys import sha256_file
+
+
+@dataclass(frozen=True)
+class HashStamps:
+    directory: Path
+
+    def sha256(self, path: Path) -> str:
+        """The file's sha256: remembered when its stat is unchanged, else computed and remembered."""
+        status = os.stat(path)
+        remembered = self._read(status)
+        if remembered is not None:
+            return remembered
+        digest = sha256_file(path)
+        self._write(status, digest)
+        return digest
+
+    def remember(self, path: Path, sha256: str) -> None:
+        """Record the sha256 of a file just written or copied by this process (so known to be right)."""
+        self._write(os.stat(path), sha256)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _stamp_path(self, status: os.stat_result) -> Path:
+        return self.directory / f"{status.st_dev:x}-{status.st_ino:x}.json"
+
+    def _read(self, status: os.stat_result) -> str | None:
+        try:
+            stamp = json.loads(self._stamp_path(status).read_text())
+        except (OSError, ValueError):
+            return None
+        if stamp.get("size") == status.st_size and stamp.get("mtime_ns") == status.st_mtime_ns:
+            return stamp.get("sha256")
+        return None
+
+    def _write(self, status: os.stat_result, sha256: str) -> None:
+        path = self._stamp_path(status)
+        stamp = json.dumps({"size": status.st_size, "mtime_ns": status.st_mtime_ns, "sha256": sha256}).encode()
+        try:  # a lost stamp only costs a re-hash, so no fsync
+            self.directory.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, stamp, durable=False)
+        except OSError:
+            pass

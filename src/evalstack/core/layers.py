@@ -1,0 +1,510 @@
+"""HDF5 layers: a directory of immutable shards plus a small JSON index.
+
+A layer is what a stage writes (raw, preprocessed, predictions). DVC moves and
+caches whole files, so a layer is never one giant file: new items go into new
+shards and old shards keep their bytes. Every shard is written deterministically
+(no timestamps, fixed ordering) and atomically (temp file in the same directory,
+fsync, rename), so identical inputs give identical bytes and a crash never
+leaves something that looks like a result.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import h5py
+import hdf5plugin
+import numpy as np
+
+from evalstack.core.atomic import TEMP_GLOB, atomic_write_bytes
+from evalstack.core.keys import Key, canonical_json, explain_change, sha256_file
+
+SCHEMA_VERSION = 1
+INDEX_NAME = "index.json"
+SHARD_SUFFIX = ".h5"
+ITEM_KEY = "item_key"
+CHECKSUM = "checksum"  # per-item sha256 column, so `verify` can name the item that is damaged
+COMPRESSIONS = ("none", "lzf", "lz4", "gzip")
+
+
+class StoreError(RuntimeError):
+    """A layer cannot be read or written as asked."""
+
+
+class CacheStaleError(StoreError):
+    """A layer was built from other inputs than the ones expected now."""
+
+
+class LayerCorruptError(StoreError):
+    """A shard's bytes do not match what the index recorded."""
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    name: str
+    sha256: str
+    n_items: int  # rows in the file
+    upstream: str | None = None  # sha256 of the shard this one was derived from
+    # Rows that left the layer (a card removed from the source) while the file keeps its bytes,
+    # so DVC never re-uploads an old shard; readers of the layer skip them.
+    excluded: tuple[int, ...] = ()
+
+    @property
+    def n_live(self) -> int:
+        return self.n_items - len(self.excluded)
+
+    def live_rows(self) -> np.ndarray:
+        return np.setdiff1d(np.arange(self.n_items), np.asarray(self.excluded, dtype=np.int64))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if not self.excluded:
+            del data["excluded"]  # layers without removals keep the index layout they always had
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ShardInfo":
+        return cls(**{**data, "excluded": tuple(data.get("excluded", ()))})
+
+
+@dataclass
+class LayerIndex:
+    kind: str
+    key: Key
+    shards: list[ShardInfo] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+    stats: dict[str, Any] = field(default_factory=dict)
+    schema: dict[str, Any] = field(default_factory=dict)  # column → [dtype, per-item shape]
+
+    @property
+    def n_items(self) -> int:
+        return sum(shard.n_live for shard in self.shards)
+
+    def to_json(self) -> str:
+        data = {
+            "schema_version": self.schema_version,
+            "kind": self.kind,
+            "key": {"kind": self.key.kind, "hex": self.key.hex, "parts": self.key.parts},
+            "n_items": self.n_items,
+            "stats": self.stats,
+            "schema": self.schema,
+            "shards": [shard.to_dict() for shard in self.shards],
+        }
+        return json.dumps(json.loads(canonical_json(data)), indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "LayerIndex":
+        data = json.loads(text)
+        return cls(
+            kind=data["kind"],
+            key=Key(kind=data["key"]["kind"], parts=data["key"]["parts"]),
+            shards=[ShardInfo.from_dict(shard) for shard in data["shards"]],
+            schema_version=data["schema_version"],
+            stats=data.get("stats", {}),
+            schema=data.get("schema", {}),
+        )
+
+
+def compression_options(name: str) -> dict[str, Any]:
+    """h5py dataset options for a compression param value."""
+    if name == "none":
+        return {}
+    if name == "lzf":
+        return {"compression": "lzf"}
+    if name == "lz4":
+        return dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE))
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": 4}
+    raise StoreError(f"unknown compression {name!r}; choose one of {', '.join(COMPRESSIONS)}")
+
+
+def _is_text(array: np.ndarray) -> bool:
+    return array.dtype.kind in ("U", "O")
+
+
+def write_shard(
+    path: Path,
+    columns: Mapping[str, np.ndarray],
+    attrs: Mapping[str, Any],
+    compression: str = "none",
+    flat: Mapping[str, np.ndarray] | None = None,
+) -> str:
+    """Write one shard atomically; return the sha256 of its bytes.
+
+    `columns` have one row per item. `flat` arrays hold ragged per-item data
+    (encoded images, detections) addressed by offset columns, which is far faster
+    than a group per item. Tensors (columns with more than one dimension) are
+    contiguous when uncompressed and one item per chunk when compressed, so either
+    way any item is read without touching its neighbours.
+    """
+    path = Path(path)
+    lengths = {name: len(array) for name, array in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise StoreError(f"{path.name}: columns differ in length: {lengths}")
+    image = _shard_image(columns, attrs, compression_options(compression), flat or {})
+    # Hash the bytes in hand while they go to disk: hashlib and fsync both release the GIL,
+    # and nothing has to be read back.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        digest = pool.submit(lambda: hashlib.sha256(image).hexdigest())
+        atomic_write_bytes(path, image)
+        return digest.result()
+
+
+def _shard_image(
+    columns: Mapping[str, np.ndarray], attrs: Mapping[str, Any], options: dict[str, Any], flat: Mapping[str, np.ndarray]
+) -> bytes:
+    """The bytes of a shard file, built in memory (HDF5's core driver writes what its file driver would).
+
+    Sizing the in-memory file up front keeps HDF5 from growing it 64 KiB at a time.
+    """
+    arrays = [np.asarray(a) for a in (*columns.values(), *flat.values())]
+    estimate = sum(a.nbytes if a.dtype.kind != "O" else 64 * a.size for a in arrays) + (1 << 20)
+    with h5py.File(f"{id(arrays)}.h5", "w", driver="core", backing_store=False, block_size=estimate,
+                   track_order=False) as handle:
+        for name in sorted(attrs):
+            handle.attrs[name] = _attr_value(attrs[name])
+        for name in sorted(columns):
+            _write_column(handle, name, np.asarray(columns[name]), options)
+        for name in sorted(flat):
+            handle.create_dataset(name, data=np.asarray(flat[name]))
+        handle.flush()
+        return handle.id.get_file_image()
+
+
+def _attr_value(value: Any) -> Any:
+    if isinstance(value, (dict, list, tuple)):
+        return canonical_json(value)
+    if isinstance(value, Key):
+        return value.to_json()
+    return value
+
+
+def _write_column(handle: h5py.File, name: str, array: np.ndarray, options: dict[str, Any]) -> None:
+    if _is_text(array):
+        handle.create_dataset(name, data=array.astype(object), dtype=h5py.string_dtype("utf-8"))
+    elif array.ndim > 1 and len(array) > 0 and options:
+        # One item per chunk: any item decompresses without its neighbours.
+        handle.create_dataset(name, data=array, chunks=(1, *array.shape[1:]), **options)
+    else:
+        # Contiguous: rows are plain bytes at a fixed offset, which `read_column` reads like np.load does.
+        handle.create_dataset(name, data=array)
+
+
+def read_attrs(handle: h5py.File) -> dict[str, Any]:
+    return {name: _decode_attr(value) for name, value in handle.attrs.items()}
+
+
+def read_attr(handle: h5py.File, name: str) -> Any:
+    """One attribute, decoded as `read_attrs` decodes it (reading them all costs more on hot paths)."""
+    return _decode_attr(handle.attrs[name])
+
+
+def _decode_attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def shard_layer_key(attrs: Mapping[str, Any]) -> Key | None:
+    """The layer key a shard records about itself (None when absent or unreadable)."""
+    value = attrs.get("layer_key")
+    if isinstance(value, dict) and {"kind", "parts"} <= value.keys():
+        return Key(kind=value["kind"], parts=value["parts"])
+    return None
+
+
+def read_column(handle: h5py.File, name: str, rows: slice | np.ndarray | None = None) -> np.ndarray:
+    dataset = handle[name]
+    direct = _read_contiguous(dataset, rows)
+    if direct is not None:
+        return direct
+    data = dataset[()] if rows is None else dataset[rows]
+    if h5py.check_string_dtype(dataset.dtype) is not None:
+        return np.asarray([v.decode() if isinstance(v, bytes) else v for v in np.atleast_1d(data)], dtype=object)
+    return data
+
+
+def _read_contiguous(dataset: h5py.Dataset, rows: slice | np.ndarray | None) -> np.ndarray | None:
+    """Rows of an uncompressed contiguous numeric dataset read straight from the file (None: not one).
+
+    h5py's hyperslab machinery costs several times a plain read for large tensors; the
+    bytes of a contiguous dataset sit at one offset, so one plain read does the job.
+    """
+    if dataset.ndim < 1 or dataset.chunks is not None or dataset.dtype.kind not in "biuf":
+        return None
+    offset = dataset.id.get_offset()
+    if offset is None or not (rows is None or isinstance(rows, slice)):
+        return None
+    start, stop, step = (rows or slice(None)).indices(dataset.shape[0])
+    if step != 1:
+        return None
+    shape = (max(stop - start, 0), *dataset.shape[1:])
+    count = int(np.prod(shape))
+    if count == 0:
+        return np.empty(shape, dtype=dataset.dtype)
+    row_bytes = int(np.prod(dataset.shape[1:])) * dataset.dtype.itemsize
+    # np.fromfile is what np.load reads with; it measured faster here than FileIO.readinto.
+    out = np.fromfile(dataset.file.filename, dtype=dataset.dtype, count=count, offset=offset + start * row_bytes)
+    if out.size != count:
+        raise LayerCorruptError(f"{dataset.file.filename}: {dataset.name} is shorter than its header says")
+    return out.reshape(shape)
+
+
+def item_digests(
+    columns: Mapping[str, np.ndarray], of: Sequence[str], flat: Mapping[str, np.ndarray] | None = None
+) -> np.ndarray:
+    """sha256 per item over the bytes of the `of` columns (a flat column via `offset`/`length`)."""
+    flat = flat or {}
+    n_items = len(next(iter(columns.values()))) if columns else 0
+    digests = []
+    for row in range(n_items):
+        digest = hashlib.sha256()
+        for name in of:
+            if name in flat:
+                start = int(columns["offset"][row])
+                digest.update(np.asarray(flat[name][start : start + int(columns["length"][row])]).tobytes())
+            else:
+                digest.update(np.ascontiguousarray(columns[name][row]).tobytes())
+        digests.append(digest.hexdigest())
+    return np.asarray(digests, dtype="S64")
+
+
+def describe_shard(handle: h5py.File) -> dict[str, Any]:
+    """The per-item columns of a shard as {name: [dtype, per-item shape]} (flat arrays left out)."""
+    flat = set(_decode_attr(handle.attrs.get("flat", "[]")))
+    schema = {}
+    for name, dataset in handle.items():
+        if name in flat:
+            continue
+        dtype = "str" if h5py.check_string_dtype(dataset.dtype) is not None else dataset.dtype.str
+        schema[name] = [dtype, list(dataset.shape[1:])]
+    return schema
+
+
+def write_layer_shard(
+    path: Path,
+    kind: str,
+    key: Key,
+    compression: str,
+    columns: Mapping[str, np.ndarray],
+    attrs: Mapping[str, Any] | None = None,
+    upstream: str | None = None,
+    flat: Mapping[str, np.ndarray] | None = None,
+    checksum_of: Sequence[str] = (),
+    checksum_column: str = CHECKSUM,
+) -> ShardInfo:
+    """Write one shard of a layer (kind, key) without a LayerWriter, e.g. on a Dask worker.
+
+    `checksum_of` names the per-item columns `verify` re-hashes per item; their digests
+    go into `checksum_column` (computed here unless the caller supplies it).
+    """
+    columns = dict(columns)
+    n_items = len(next(iter(columns.values()))) if columns else 0
+    shard_attrs: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "layer_key": key.to_json(),
+        "upstream_sha256": upstream or "",
+        "n_items": n_items,
+        "flat": sorted(flat or {}),
+        **(attrs or {}),
+    }
+    if checksum_of:
+        shard_attrs["item_checksum"] = {"column": checksum_column, "of": list(checksum_of)}
+        if checksum_column not in columns:
+            columns[checksum_column] = item_digests(columns, checksum_of, flat)
+    digest = write_shard(Path(path), columns, shard_attrs, compression, flat)
+    return ShardInfo(name=Path(path).name, sha256=digest, n_items=n_items, upstream=upstream)
+
+
+class LayerWriter:
+    """Builds a layer directory shard by shard; `finish()` writes the index last.
+
+    Until the index is written the directory is not a layer, so a crashed stage
+    leaves nothing that a reader would accept.
+    """
+
+    def __init__(self, directory: Path, kind: str, key: Key, compression: str = "none"):
+        self.directory = Path(directory)
+        self.kind = kind
+        self.key = key
+        self.compression = compression
+        compression_options(compression)  # fail early on a bad param
+        self.directory.mkdir(parents=True, exist_ok=True)
+        index = self.directory / INDEX_NAME
+        if index.exists():
+            index.unlink()
+        for stale in self.directory.glob(TEMP_GLOB):  # a crashed run's; this directory is the stage's own
+            stale.unlink()
+        self.shards: list[ShardInfo] = []
+        self.stats: dict[str, Any] = {}
+        self.schema: dict[str, Any] | None = None
+
+    def add_shard(self, name: str, columns: Mapping[str, np.ndarray], **options: Any) -> ShardInfo:
+        """Write a shard and list it in this layer; `options` are `write_layer_shard`'s
+        (attrs, upstream, flat, checksum_of, checksum_column)."""
+        info = write_layer_shard(self.directory / name, self.kind, self.key, self.compression, columns, **options)
+        return self._register(info)
+
+    def add_existing(self, name: str, sha256: str, upstream: str | None = None, excluded: Sequence[int] = ()) -> ShardInfo:
+        """List a shard that was placed in the directory already (e.g. copied from the shard store).
+
+        Its own attributes must say it belongs here, so a mislabelled file is refused, not listed.
+        """
+        path = self.directory / name
+        with h5py.File(path, "r") as handle:
+            attrs = read_attrs(handle)
+        differs = [
+            name
+            for name, ok in (
+                ("kind", attrs.get("kind") == self.kind),
+                ("layer_key", getattr(shard_layer_key(attrs), "hex", None) == self.key.hex),
+                ("upstream_sha256", attrs.get("upstream_sha256") == (upstream or "")),
+            )
+            if not ok
+        ]
+        if differs:
+            raise StoreError(f"{path}: its attributes ({', '.join(differs)}) do not belong to this layer")
+        info = ShardInfo(name=name, sha256=sha256, n_items=int(attrs["n_items"]), upstream=upstream,
+                         excluded=tuple(sorted(excluded)))
+        return self._register(info)
+
+    def _register(self, info: ShardInfo) -> ShardInfo:
+        with h5py.File(self.directory / info.name, "r") as handle:
+            schema = describe_shard(handle)
+        if self.schema is None:
+            self.schema = schema
+        elif schema != self.schema:
+            raise StoreError(f"{self.directory / info.name}: columns {schema} differ from the layer's {self.schema}")
+        self.shards.append(info)
+        return info
+
+    def finish(self) -> LayerIndex:
+        listed = {shard.name for shard in self.shards}
+        for leftover in self.directory.glob(f"*{SHARD_SUFFIX}"):
+            if leftover.name not in listed:
+                leftover.unlink()
+        index = LayerIndex(
+            kind=self.kind, key=self.key, shards=list(self.shards), stats=self.stats, schema=self.schema or {}
+        )
+        atomic_write_bytes(self.directory / INDEX_NAME, index.to_json().encode())
+        return index
+
+
+def shard_name(number: int) -> str:
+    return f"{number:05d}{SHARD_SUFFIX}"
+
+
+class Layer:
+    """Read access to a finished layer directory."""
+
+    def __init__(self, directory: Path, index: LayerIndex):
+        self.directory = Path(directory)
+        self.index = index
+
+    @classmethod
+    def open(cls, directory: Path | str, kind: str | None = None) -> "Layer":
+        directory = Path(directory)
+        index_path = directory / INDEX_NAME
+        if not index_path.exists():
+            raise StoreError(
+                f"{directory} is not a finished layer (no {INDEX_NAME}); "
+                "run the stage that produces it (`dvc repro`) or `dvc pull` it"
+            )
+        index = LayerIndex.from_json(index_path.read_text())
+        if index.schema_version != SCHEMA_VERSION:
+            raise CacheStaleError(
+                f"{directory} has schema version {index.schema_version}, this evalstack reads "
+                f"{SCHEMA_VERSION}; rebuild it with `dvc repro -f` on the stage that writes it"
+            )
+        if kind is not None and index.kind != kind:
+            raise StoreError(f"{directory} is a {index.kind} layer, expected a {kind} layer")
+        return cls(directory, index)
+
+    @property
+    def key(self) -> Key:
+        return self.index.key
+
+    @property
+    def shards(self) -> list[ShardInfo]:
+        return self.index.shards
+
+    def __len__(self) -> int:
+        return self.index.n_items
+
+    def path(self, shard: ShardInfo) -> Path:
+        return self.directory / shard.name
+
+    def expect_key(self, expected: Key, rebuild_hint: str) -> None:
+        """Raise CacheStaleError naming what differs when the layer was built from other inputs."""
+        if self.key.hex == expected.hex:
+            return
+        changes = explain_change(self.key.parts, expected.parts) or ["key kind or hashing changed"]
+        raise CacheStaleError(
+            f"{self.directory} is stale: it was built with a different {expected.kind}:\n  "
+            + "\n  ".join(changes)
+            + f"\nRebuild it with `{rebuild_hint}`."
+        )
+
+    def open_shard(self, shard: ShardInfo) -> h5py.File:
+        path = self.path(shard)
+        if not path.exists():
+            raise StoreError(f"{path} is listed in the index but missing; `dvc pull` or `dvc repro` it")
+        return h5py.File(path, "r")
+
+    def column(self, name: str) -> np.ndarray:
+        """One column over every shard, concatenated (for small per-item columns)."""
+        parts = []
+        for shard in self.shards:
+            with self.open_shard(shard) as handle:
+                values = read_column(handle, name)
+                parts.append(values[shard.live_rows()] if shard.excluded else values)
+        if not parts:
+            return np.asarray([])
+        return np.concatenate(parts)
+
+    def item_keys(self) -> np.ndarray:
+        return self.column(ITEM_KEY).astype(str)
+
+    def iter_batches(self, names: Sequence[str], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        """Stream columns in batches, shard by shard, so memory stays flat."""
+        for shard in self.shards:
+            with self.open_shard(shard) as handle:
+                if shard.excluded:
+                    live = shard.live_rows()
+                    for start in range(0, len(live), batch_size):
+                        rows = live[start : start + batch_size]
+                        yield {name: read_column(handle, name, rows) for name in names}
+                    continue
+                for start in range(0, shard.n_items, batch_size):
+                    rows = slice(start, min(start + batch_size, shard.n_items))
+                    yield {name: read_column(handle, name, rows) for name in names}
+
+    def check_shard(self, shard: ShardInfo, sha256: Callable[[Path], str] = sha256_file) -> Path:
+        """The shard's path once its bytes match the index; LayerCorruptError otherwise.
+
+        Stages call this on every upstream shard before use, so a damaged input is
+        refused instead of silently turned into wrong results. `sha256` may remember
+        hashes of unchanged files (the store's `HashStamps`).
+        """
+        path = self.path(shard)
+        if not path.exists():
+            raise StoreError(f"{path} is listed in the index but missing; `dvc pull` or `dvc repro` it")
+        if sha256(path) != shard.sha256:
+            raise LayerCorruptError(
+                f"{path} does not match the sha256 recorded in {self.directory / INDEX_NAME} (corrupt or "
+                f"modified); `evalstack verify {self.directory}` names the damaged items, and "
+                f"`dvc checkout {self.directory}` (or `dvc repro -f` of the stage that writes it) restores it"
+            )
+        return path

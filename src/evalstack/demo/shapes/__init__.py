@@ -1,0 +1,1 @@
+"""The embedded shapes-in-COCO dataset of the detection profile."""

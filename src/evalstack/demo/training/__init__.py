@@ -1,0 +1,1 @@
+"""Demo models: Keras/TFLite and PyTorch networks, the PLS fit, ONNX export, the demo detector."""

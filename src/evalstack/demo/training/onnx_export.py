@@ -1,0 +1,20 @@
+"""Exports a demo torch.export model to ONNX, so the parity of the two runtimes can be checked.
+
+The dynamo exporter keeps the program's dynamic batch dimension; its output is
+byte-identical across runs for the same program (checked here), so the ONNX
+model's signature is stable under `dvc repro -f`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from evalstack.core.atomic import atomic_write_bytes
+
+
+def export_onnx(source: Path, out: Path, opset: int = 18) -> None:
+    import torch
+
+    program = torch.export.load(str(source))
+    onnx_program = torch.onnx.export(program, dynamo=True, opset_version=opset, verbose=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, onnx_program.model_proto.SerializeToString())

@@ -1,0 +1,1 @@
+"""The detection profile: boxes, the detections layer, inference, pycocotools metrics, the PerceptionMetrics API."""

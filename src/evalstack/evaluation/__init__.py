@@ -1,0 +1,1 @@
+"""The evaluate, compare and robustness stages: metrics, concentration, significance, comparison, the grid."""

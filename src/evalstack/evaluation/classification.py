@@ -1,0 +1,109 @@
+"""The evaluate stage: predictions + ground truth from the raw layer → DVC metrics and plots."""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evalstack.config import ModelError, ModelSpec
+from evalstack.core.atomic import atomic_write_bytes
+from evalstack.core.keys import Key
+from evalstack.core.kinds import RAW_KIND
+from evalstack.core.layers import Layer
+from evalstack.evaluation.metrics import ClassificationReport, classification_report
+from evalstack.models.predictions import open_predictions
+
+ALL_SPLITS = "all"  # evaluate.split value that takes every item, whatever its split
+
+
+def in_split(splits: Any, split: str) -> np.ndarray:
+    """Boolean mask of the items that `split` (a split name, or "all") selects."""
+    splits = np.asarray(splits)
+    return np.ones(len(splits), dtype=bool) if split == ALL_SPLITS else splits == split
+
+
+@dataclass(frozen=True)
+class EvaluationOutputs:
+    metrics: Path  # JSON for `dvc metrics`
+    pairs: Path  # CSV rows (actual, predicted): DVC's confusion template, or a scatter for concentration
+    per_class: Path  # CSV rows (class, accuracy, support)
+
+
+def ground_truth(raw_dir: Path, column: str = "sample_name") -> dict[str, tuple[str, str]]:
+    """item key → (value of `column` as text, split); `quantity` gives "0", "20", …"""
+    raw = Layer.open(raw_dir, kind=RAW_KIND)
+    values = [str(value) for value in raw.column(column)]
+    return dict(zip(raw.item_keys(), zip(values, raw.column("split"))))
+
+
+def label_indices(names: list[str], labels: tuple[str, ...], model: str) -> np.ndarray:
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = sorted(set(names) - index.keys())
+    if unknown:
+        raise ModelError(f"model {model}: true classes {unknown} are not in its label list")
+    return np.asarray([index[name] for name in names], dtype=np.int64)
+
+
+def evaluate_classifier(
+    raw_dir: Path,
+    predictions_dir: Path,
+    spec: ModelSpec,
+    model_signature: Key,
+    pipeline_key: Key,
+    split: str,
+) -> tuple[ClassificationReport, list[tuple[str, str]], int]:
+    truth = ground_truth(raw_dir)
+    layer = open_predictions(predictions_dir, model_signature, pipeline_key, spec.name)
+    keys = layer.item_keys()
+    predicted = layer.column("label")
+    # Items removed from the source leave the raw layer's index but may remain in derived shards.
+    known = [i for i, key in enumerate(keys) if key in truth]
+    chosen = [i for i, wanted in zip(known, in_split([truth[keys[i]][1] for i in known], split)) if wanted]
+    if not chosen:
+        raise ValueError(f"no items in split {split!r}; splits present: {sorted({s for _, s in truth.values()})}")
+    names = [truth[keys[i]][0] for i in chosen]
+    y_true = label_indices(names, spec.labels, spec.name)
+    y_pred = predicted[chosen]
+    pairs = [(spec.labels[t], spec.labels[p]) for t, p in zip(y_true, y_pred)]
+    forward_passes = int(layer.index.stats.get("forward_passes", 0))
+    return classification_report(y_true, y_pred, spec.labels), pairs, forward_passes
+
+
+def write_outputs(
+    report: ClassificationReport, pairs: list[tuple[str, str]], forward_passes: int, outputs: EvaluationOutputs
+) -> None:
+    rows = [(name, f"{report.per_class_accuracy[name]:.6f}", report.support[name]) for name in sorted(report.support)]
+    write_evaluation_files(
+        outputs, {**report.summary(), "forward_passes": forward_passes}, pairs, [("class", "accuracy", "support"), *rows]
+    )
+
+
+def write_evaluation_files(outputs: EvaluationOutputs, metrics: dict, pairs: list[tuple], per_class: list[tuple]) -> None:
+    """The three evaluate outputs; `per_class` rows include their header."""
+    for path in (outputs.metrics, outputs.pairs, outputs.per_class):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(outputs.metrics, (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(outputs.pairs, _csv([("actual", "predicted"), *pairs]))
+    atomic_write_bytes(outputs.per_class, _csv(per_class))
+
+
+def _csv(rows: list[tuple]) -> bytes:
+    from io import StringIO
+
+    buffer = StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue().encode()
+
+
+def truth_frame(raw_dir: Path) -> "pd.DataFrame":
+    """The labelled facts of every item, indexed by item key: sample_name, quantity, split, id."""
+    import pandas as pd
+
+    raw = Layer.open(raw_dir, kind=RAW_KIND)
+    frame = pd.DataFrame({name: raw.column(name) for name in ("id", "sample_name", "quantity", "split")})
+    frame.index = pd.Index(raw.item_keys(), name="item_key")
+    return frame

@@ -1,0 +1,221 @@
+"""The robustness grid: one model × (perturbation type, severity) cells over the cached baseline.
+
+Each cell is a predictions layer built from the model's preprocessed layer through
+the shard store: a cell shard is addressed by (preprocessed shard sha256, the
+split's items in it, model signature, pipeline, perturbation type, severity, seed,
+perturbation version). Adding a severity or a type computes only the new cells;
+nothing is preprocessed again and the clean predictions are read from the infer
+stage's layer (its model signature checked), never recomputed.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from evalstack.cache.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
+from evalstack.cache.shardstore import ShardStore
+from evalstack.core.keys import Key, sha256_bytes
+from evalstack.core.kinds import PREDICTIONS_KIND, PREPROCESSED_KIND
+from evalstack.core.layers import INDEX_NAME, ITEM_KEY, Layer, ShardInfo, read_column
+from evalstack.evaluation.classification import ground_truth, label_indices
+from evalstack.models.predictions import PREDICTION_VALUES, open_predictions, prediction_columns
+from evalstack.preprocess import perturbations as perturb
+
+if TYPE_CHECKING:  # the grid runs whatever adapter the stage loaded; it imports none itself
+    from evalstack.models.adapters.base import ModelAdapter
+
+
+class RobustnessError(ValueError):
+    """The robustness grid is configured wrongly or its inputs do not fit."""
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    types: tuple[str, ...]
+    severities: tuple[int, ...]
+    seed: int = 0
+    split: str = "test"
+    reference: str = ""  # the model CE is normalised by (as ImageNet-C uses AlexNet)
+
+    @classmethod
+    def from_params(cls, section: Mapping[str, Any]) -> "GridConfig":
+        config = cls(
+            types=tuple(str(t) for t in section.get("types") or ()),
+            severities=tuple(int(s) for s in section.get("severities") or ()),
+            seed=int(section.get("seed", 0)),
+            split=str(section.get("split", "test")),
+            reference=str(section.get("reference", "")),
+        )
+        if not config.types or not config.severities:
+            raise RobustnessError("robustness.types and robustness.severities must not be empty")
+        for kind in config.types:
+            for severity in config.severities:
+                perturb.check(kind, severity)
+        return config
+
+    def cells(self) -> list["Cell"]:
+        return [Cell(kind, severity) for kind in self.types for severity in self.severities]
+
+
+@dataclass(frozen=True)
+class Cell:
+    kind: str
+    severity: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-{self.severity}"
+
+
+def cell_key(model_signature: Key, pipeline_key: Key, cell: Cell, seed: int) -> Key:
+    perturbation = {"type": cell.kind, "severity": cell.severity, "seed": seed, "version": perturb.VERSION[cell.kind]}
+    return Key("robust_predictions", {
+        "model": dict(model_signature.parts), "pipeline": dict(pipeline_key.parts), "perturbation": perturbation,
+    })
+
+
+@dataclass(frozen=True)
+class GridBuild:
+    model: str
+    cells: dict[str, LayerBuild]
+    clean: Layer
+    split_keys: list[str]  # the split's items, in the order of the cell layers
+    forward_passes: int  # counted by the adapter in this run: all of them perturbed
+
+
+class SplitSelection:
+    """Which rows of each preprocessed shard belong to the split, and a digest naming them."""
+
+    def __init__(self, source: Layer, wanted: set[str]):
+        self.source, self.wanted = source, wanted
+        self._rows: dict[str, np.ndarray] = {}
+        self._keys: dict[str, list[str]] = {}
+
+    def rows(self, shard: ShardInfo) -> np.ndarray:
+        if shard.name not in self._rows:
+            with h5py.File(self.source.path(shard), "r") as handle:
+                keys = [str(k) for k in read_column(handle, ITEM_KEY)]
+            rows = np.asarray([i for i, key in enumerate(keys) if key in self.wanted], dtype=np.int64)
+            self._rows[shard.name], self._keys[shard.name] = rows, [keys[i] for i in rows]
+        return self._rows[shard.name]
+
+    def digest(self, shard: ShardInfo) -> str:
+        self.rows(shard)
+        return sha256_bytes("\n".join(self._keys[shard.name]).encode())
+
+    def keys(self) -> list[str]:
+        keys: list[str] = []
+        for shard in self.source.shards:
+            self.rows(shard)
+            keys.extend(self._keys[shard.name])
+        return keys
+
+
+def build_grid(
+    raw_dir: Path,
+    preprocessed_dir: Path,
+    clean_dir: Path,
+    out_dir: Path,
+    adapter: ModelAdapter,
+    config: GridConfig,
+    store: ShardStore | None = None,
+    batch_size: int = 32,
+) -> GridBuild:
+    """Every cell of the grid for one model, as predictions layers under `out_dir/<type>-<severity>`."""
+    source = Layer.open(preprocessed_dir, kind=PREPROCESSED_KIND)
+    signature = adapter.signature()
+    clean = open_predictions(clean_dir, signature, source.key, adapter.spec.name)
+    truth = ground_truth(raw_dir)
+    wanted = {key for key, (_, split) in truth.items() if split == config.split}
+    if not wanted:
+        raise RobustnessError(f"no items in split {config.split!r}; splits: {sorted({s for _, s in truth.values()})}")
+    selection = SplitSelection(source, wanted)
+    n_classes = len(adapter.spec.labels)
+    passes_before = adapter.forward_passes
+    builds = {}
+    for cell in config.cells():
+        key = cell_key(signature, source.key, cell, config.seed)
+        label = f"model {adapter.spec.name} under {cell.kind} severity {cell.severity}"
+        labels = {"model": f"model {adapter.spec.name}", "pipeline": f"pipeline {adapter.spec.pipeline}",
+                  "perturbation": "perturbation"}
+        spec = DerivedLayerSpec(PREDICTIONS_KIND, key, label, labels, "forward_passes")
+        builds[cell.name] = build_derived_layer(
+            source, out_dir / cell.name, spec, _cell_compute(adapter, cell, config.seed, selection, batch_size, n_classes),
+            store, selection=selection.digest,
+        )
+    _remove_other_cells(out_dir, set(builds))
+    return GridBuild(adapter.spec.name, builds, clean, selection.keys(), adapter.forward_passes - passes_before)
+
+
+def _cell_compute(adapter: ModelAdapter, cell: Cell, seed: int, selection: SplitSelection, batch_size: int,
+                  n_classes: int):
+    def compute(shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
+        rows = selection.rows(shard)
+        with h5py.File(path, "r") as handle:
+            keys = read_column(handle, ITEM_KEY)[rows]
+            parts = []
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start : start + batch_size]
+                images = read_column(handle, "x", slice(chunk[0], chunk[-1] + 1))[chunk - chunk[0]]  # one contiguous read
+                batch = np.stack([perturb.perturb(image, cell.kind, cell.severity, str(item), seed)
+                                  for image, item in zip(images, keys[start : start + batch_size])])
+                parts.append(adapter.predict_batch(batch))
+            progress.update(shard.n_items)
+        logits = np.concatenate(parts) if parts else np.zeros((0, n_classes), np.float32)
+        attrs = {"model_signature": adapter.signature().hex, "forward_passes": len(rows)}
+        return ShardContent(prediction_columns(keys, logits), attrs, PREDICTION_VALUES)
+
+    return compute
+
+
+def _remove_other_cells(out_dir: Path, keep: set[str]) -> None:
+    """Cells no longer in the grid (run outside DVC, which would have removed the output)."""
+    for child in Path(out_dir).iterdir():
+        if child.is_dir() and child.name not in keep and (child / INDEX_NAME).exists():
+            shutil.rmtree(child)
+
+
+@dataclass(frozen=True)
+class CellResult:
+    kind: str
+    severity: int
+    accuracy: float
+    error: float
+    flip_rate: float  # share of items whose label differs from the clean prediction
+
+
+def grid_results(build: GridBuild, raw_dir: Path, labels: tuple[str, ...]) -> tuple[float, list[CellResult]]:
+    """Clean accuracy on the split and one result per cell, all over the same items."""
+    truth = ground_truth(raw_dir)
+    y_true = label_indices([truth[key][0] for key in build.split_keys], labels, build.model)
+    clean_labels = dict(zip((str(key) for key in build.clean.item_keys()), build.clean.column("label")))
+    y_clean = np.asarray([clean_labels[key] for key in build.split_keys])
+    results = []
+    for name, cell_build in build.cells.items():
+        layer = Layer.open(Path(cell_build.record["layer"]), kind=PREDICTIONS_KIND)
+        if [str(key) for key in layer.item_keys()] != build.split_keys:
+            raise RobustnessError(f"cell {name}: its items differ from the split's")
+        y_cell = layer.column("label")
+        kind, severity = name.rsplit("-", 1)
+        accuracy = float(np.mean(y_cell == y_true))
+        results.append(CellResult(kind, int(severity), accuracy, 1.0 - accuracy, float(np.mean(y_cell != y_clean))))
+    return float(np.mean(y_clean == y_true)), results
+
+
+def why_no_grid(task: str, output_shape: tuple[int, ...]) -> str | None:
+    """Why a model gets no perturbation grid, or None when it does.
+
+    Perturbations act on images and the grid's metrics on class labels, so feature
+    pipelines (PLS regions) and concentration models are left out, with a reason.
+    """
+    if task != "classify":
+        return f"task {task}: the grid measures classification accuracy"
+    if len(output_shape) != 3:
+        return f"its pipeline yields features of shape {tuple(output_shape)}, not an image to perturb"
+    return None

@@ -1,0 +1,144 @@
+"""What fetch has fetched before, kept outside DVC's outputs so incremental fetch survives DVC.
+
+DVC deletes a stage's outputs before it reruns the stage (and `persist: true` would
+switch off its run-cache), so the previous raw layer is usually not in `data/raw`
+when fetch starts. It is found, in this order:
+
+1. in the output directory itself (fetch called outside DVC);
+2. as `dvc.lock` records it, its files in DVC's cache (a fresh clone that pulled);
+3. as fetch last wrote it here: the index is kept under `<store>/fetch/layers/` and
+   the raw shards in the shard store, addressed by their own sha256.
+
+Images that arrived but are not yet in a recorded shard wait in `<store>/fetch/downloads/`,
+so a fetch that failed or was killed never downloads them again. Without a store
+(`store.dir: ""`) downloads wait in a temporary directory and only 1–2 apply.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from evalstack.cache.incremental import previous_versions
+from evalstack.cache.shardstore import ShardStore, StoreEntry
+from evalstack.core.atomic import atomic_copy, atomic_write_bytes, stale_temp_files
+from evalstack.core.keys import md5_bytes, sha256_bytes, sha256_file
+from evalstack.core.layers import LayerIndex, ShardInfo
+from evalstack.sources.registry import RegistryRow
+
+
+@dataclass(frozen=True)
+class PreviousLayer:
+    """The last raw layer written for an output path, and where each of its shards' bytes are."""
+
+    index: LayerIndex
+    shard_paths: dict[str, Path]  # sha256 → a file that should hold those bytes (checked when copied)
+    source: str  # "layer" | "dvc.lock" | "fetch history"
+
+
+class RawHistory:
+    def __init__(self, store: ShardStore | None):
+        self.store = store
+        self._scratch = None if store else tempfile.TemporaryDirectory(prefix="evalstack-fetch-")
+        self.directory = store.directory / "fetch" if store else Path(self._scratch.name)
+        self._saved_now: set[str] = set()  # file names checked on arrival in this run: no second md5 pass
+
+    def close(self) -> None:
+        shutil.rmtree(self.directory / "stash", ignore_errors=True)
+        if self._scratch is not None:
+            self._scratch.cleanup()
+
+    def __enter__(self) -> "RawHistory":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the previous layer ---------------------------------------------------------------
+    def previous(self, out_dir: Path, kind: str) -> PreviousLayer | None:
+        for index, shards, _, source in previous_versions(Path(out_dir), kind):
+            if source == "layer":  # the new layer is written over it: keep its bytes readable elsewhere
+                shards = [(shard, self._stash(shard, path)) for shard, path in shards]
+            return PreviousLayer(index, {shard.sha256: path for shard, path in shards if path}, source)
+        if self.store is None:
+            return None
+        try:
+            index = LayerIndex.from_json(self._record_path(out_dir).read_text())
+        except (OSError, ValueError, KeyError):
+            return None
+        paths = {s.sha256: self.store.shard_path(s.sha256) for s in index.shards if self.store.get(s.sha256)}
+        return PreviousLayer(index, paths, "fetch history") if index.kind == kind else None
+
+    def _stash(self, shard: ShardInfo, path: Path) -> Path | None:
+        if self.store is not None and self.store.get(shard.sha256) is not None:
+            return self.store.shard_path(shard.sha256)
+        target = self.directory / "stash" / f"{shard.sha256}.h5"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target if target.exists() or _copy_checked(path, shard.sha256, target) else None
+
+    def _record_path(self, out_dir: Path) -> Path:
+        return self.directory / "layers" / f"{sha256_bytes(str(Path(out_dir).resolve()).encode())[:32]}.json"
+
+    def record(self, out_dir: Path, index: LayerIndex) -> None:
+        """Put the layer's shards into the store (raw shards are addressed by content) and note its index."""
+        if self.store is None:
+            return
+        key = {"kind": index.key.kind, "parts": index.key.parts}
+        for shard in index.shards:
+            path = Path(out_dir) / shard.name
+            self.store.put(StoreEntry(shard.sha256, shard.sha256, path.stat().st_size, shard.n_items, index.kind, key),
+                           path)
+        path = self._record_path(out_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, index.to_json().encode())
+
+    def place(self, shard: ShardInfo, source: Path | None, dest: Path) -> bool:
+        """Put an old shard's bytes at `dest` (atomically, checked against its sha256); False if they cannot be had."""
+        if source is not None and source.resolve() == dest.resolve():
+            return sha256_file(dest) == shard.sha256  # still in place (fetch run outside DVC)
+        if self.store is not None and self.store.materialise(shard.sha256, dest) is not None:
+            return True
+        return source is not None and source.is_file() and _copy_checked(source, shard.sha256, dest)
+
+    # -- downloads awaiting a shard -------------------------------------------------------
+    def download_path(self, row: RegistryRow) -> Path:
+        digest = hashlib.sha256(repr(row.identity).encode()).hexdigest()[:40]
+        return self.directory / "downloads" / f"{digest}.img"
+
+    def load_download(self, row: RegistryRow) -> bytes | None:
+        path = self.download_path(row)
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        if path.name not in self._saved_now and row.hashlib_md5 and md5_bytes(data) != row.hashlib_md5:
+            path.unlink(missing_ok=True)  # damaged on disk: download again
+            return None
+        return data
+
+    def save_download(self, row: RegistryRow, data: bytes) -> None:
+        path = self.download_path(row)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, data)
+        self._saved_now.add(path.name)  # a name, not a Path: one per downloaded card, so size matters
+
+    def has_download(self, row: RegistryRow) -> bool:
+        return self.download_path(row).exists()
+
+    def drop_downloads(self, rows: list[RegistryRow]) -> None:
+        for row in rows:
+            self.download_path(row).unlink(missing_ok=True)
+
+    def clear_stale_temp_files(self) -> None:
+        """Temp files of a fetch that was killed (SIGKILL leaves them; the rename never happened)."""
+        for folder in ("downloads", "stash"):
+            for tmp in stale_temp_files(self.directory / folder):
+                tmp.unlink(missing_ok=True)
+
+
+def _copy_checked(source: Path, sha256: str, dest: Path) -> bool:
+    # not read-only: DVC cache files are, and this copy leaves the cache
+    return atomic_copy(source, dest, sha256, mode=stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH) is not None

@@ -1,0 +1,1 @@
+"""The infer stage: model adapters (one per framework), the predictions layer, latency."""

@@ -1,0 +1,37 @@
+"""Model adapters, registered by the `adapter` name used in params.yaml.
+
+To add a framework: write `adapters/<framework>.py` with a ModelAdapter subclass
+and add one line to ADAPTERS. (The detection profile loads its
+detector through `evalstack.detection.adapter.load_detector`.) Imports are deferred so a TFLite-only user never
+pays for importing torch or TensorFlow, and back.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Callable
+
+from evalstack.config import ModelError, ModelSpec
+from evalstack.models.adapters.base import ModelAdapter
+
+# adapter name → (module, class)
+ADAPTERS: dict[str, tuple[str, str]] = {
+    "tflite": ("evalstack.models.adapters.tflite", "TFLiteAdapter"),
+    "torch": ("evalstack.models.adapters.torch_export", "TorchAdapter"),
+    "keras": ("evalstack.models.adapters.keras_model", "KerasAdapter"),
+    "onnx": ("evalstack.models.adapters.onnx_runtime", "OnnxAdapter"),
+    "pls": ("evalstack.models.adapters.pls", "PLSAdapter"),
+}
+
+
+def adapter_class(name: str) -> Callable[[ModelSpec], ModelAdapter]:
+    module, cls = ADAPTERS[name]
+    return getattr(import_module(module), cls)
+
+
+def load_adapter(spec: ModelSpec) -> ModelAdapter:
+    if spec.adapter not in ADAPTERS:
+        raise ModelError(f"model {spec.name}: adapter {spec.adapter!r} unknown; registered: {sorted(ADAPTERS)}")
+    return adapter_class(spec.adapter)(spec)
+
+
+__all__ = ["ADAPTERS", "ModelAdapter", "ModelError", "ModelSpec", "adapter_class", "load_adapter"]

@@ -1,0 +1,115 @@
+"""The ModelAdapter interface every framework implements.
+
+An adapter takes a batch of model-ready arrays (N, H, W, C) float32 in 0–255
+(or (N, F) feature vectors) and returns outputs (N, K): logits over the labels
+for `task: classify`; for `task: concentration`, one output per name in
+`output_names()` (see evalstack.evaluation.concentration). Its signature is the sha256 of
+the weight file plus the input/output contract, so a changed file or label list
+invalidates cached predictions while a renamed file does not.
+"""
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+
+from evalstack.config import TASKS, ModelError, ModelSpec
+from evalstack.core.keys import Key, sha256_file
+
+
+class ModelAdapter(ABC):
+    framework: ClassVar[str]
+
+    def __init__(self, spec: ModelSpec):
+        if not spec.file.exists():
+            raise ModelError(
+                f"model {spec.name}: file {spec.file} does not exist "
+                "(train it with `dvc repro`, `dvc pull` it, or add it with `dvc add`/`dvc import-url`)"
+            )
+        if spec.task not in TASKS:
+            raise ModelError(f"model {spec.name}: task {spec.task!r} unknown; choose one of {', '.join(TASKS)}")
+        self.spec = spec
+        self.weights_sha256 = sha256_file(spec.file)
+        if spec.sha256 and spec.sha256.lower() != self.weights_sha256:
+            raise ModelError(
+                f"model {spec.name}: {spec.file} has sha256 {self.weights_sha256}, "
+                f"params.yaml expects {spec.sha256}"
+            )
+        self.forward_passes = 0  # items pushed through the network, for reuse accounting
+        self.forward_seconds = 0.0  # wall time inside the framework, for latency (never part of a key)
+
+    @abstractmethod
+    def input_shape(self) -> tuple[int, ...]:
+        """Per-item input shape the model declares, in the model's own layout."""
+
+    @abstractmethod
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """Logits for a batch already in the model's layout."""
+
+    def _fixed_input_shape(self, declared: tuple | None, hint: str = "") -> tuple[int, ...]:
+        """`input_shape` from params.yaml if given, else what the file declares (must be fully known)."""
+        shape = self.spec.options.get("input_shape") or declared
+        if not shape or any(not isinstance(dim, int) for dim in shape):
+            raise ModelError(
+                f"model {self.spec.name}: input shape {declared} is not fixed; {hint or 'set'} input_shape "
+                "in params.yaml, e.g. [64, 64, 3]"
+            )
+        return tuple(int(v) for v in shape)
+
+    def output_names(self) -> tuple[str, ...]:
+        """What each output column means; the labels unless an adapter says otherwise."""
+        return self.spec.labels
+
+    def contract(self) -> dict[str, Any]:
+        return {
+            "framework": self.framework,
+            "input_shape": list(self.input_shape()),
+            "input_dtype": "float32",
+            "layout": self.spec.layout,
+            "labels": list(self.spec.labels),
+            "task": self.spec.task,
+        }
+
+    def signature(self) -> Key:
+        return Key("model", {"weights_sha256": self.weights_sha256, **self.contract()})
+
+    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Outputs (N, K) for model-ready arrays (N, H, W, C) in 0–255 or feature vectors (N, F)."""
+        batch = np.asarray(batch)
+        if batch.dtype.kind not in "biuf":
+            raise ModelError(f"model {self.spec.name}: input dtype {batch.dtype} is not numeric; models take float32")
+        batch = batch.astype(np.float32, copy=False)
+        if self.spec.layout == "NCHW" and batch.ndim == 4:
+            batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+        expected = tuple(self.input_shape())
+        if tuple(batch.shape[1:]) != expected:
+            raise ModelError(
+                f"model {self.spec.name}: input shape {tuple(batch.shape[1:])} does not match the model's "
+                f"{expected}; check that its pipeline ({self.spec.pipeline}) produces that size"
+            )
+        started = time.perf_counter()
+        logits = np.asarray(self._forward(batch), dtype=np.float32)
+        self.forward_seconds += time.perf_counter() - started
+        self.forward_passes += len(batch)
+        self._check_outputs(logits, len(batch))
+        return logits
+
+    def _check_vector_outputs(self, logits: np.ndarray, n_items: int) -> None:
+        if logits.ndim != 2 or logits.shape[0] != n_items:
+            raise ModelError(f"model {self.spec.name}: output shape {logits.shape}, expected ({n_items}, K)")
+        names = self.output_names()
+        if logits.shape[1] != len(names):
+            what = "classes" if self.spec.task == "classify" else "values"
+            raise ModelError(
+                f"model {self.spec.name}: outputs {logits.shape[1]} {what} but {len(names)} "
+                "labels are declared; fix the labels list in params.yaml"
+            )
+
+    def _check_outputs(self, logits: np.ndarray, n_items: int) -> None:
+        if self.spec.task != "detect":  # a detector's raw head output is decoded by its adapter
+            self._check_vector_outputs(logits, n_items)
+        if not np.all(np.isfinite(logits)):
+            bad = int(np.sum(~np.all(np.isfinite(logits.reshape(len(logits), -1)), axis=1)))
+            raise ModelError(f"model {self.spec.name}: {bad} of {n_items} outputs contain NaN or inf")

@@ -1,0 +1,69 @@
+"""The infer stage: preprocessed layer + model → predictions layer, shard by shard through the store."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from evalstack.cache.executors import DaskExecutor, Executor, loaded_in_worker
+from evalstack.cache.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
+from evalstack.cache.shardstore import ShardStore
+from evalstack.config import ModelSpec
+from evalstack.core.kinds import PREDICTIONS_KIND, PREPROCESSED_KIND
+from evalstack.core.layers import ITEM_KEY, Layer, ShardInfo, read_column
+from evalstack.models.adapters.base import ModelAdapter
+from evalstack.models.predictions import PREDICTION_VALUES, prediction_columns, predictions_key
+
+
+def infer_layer(
+    preprocessed_dir: Path,
+    out_dir: Path,
+    adapter: ModelAdapter,
+    batch_size: int = 32,
+    store: ShardStore | None = None,
+    executor: Executor | None = None,
+) -> LayerBuild:
+    """One predictions shard per preprocessed shard; streams in batches; stored shards are reused.
+
+    Batches start at each shard's first item, so a shard's predictions do not depend
+    on which other shards were computed in the same run (nor on which worker ran them).
+    """
+    source = Layer.open(preprocessed_dir, kind=PREPROCESSED_KIND)
+    key = predictions_key(adapter.signature(), source.key)
+    labels = {"model": f"model {adapter.spec.name}", "pipeline": f"pipeline {adapter.spec.pipeline}"}
+    spec = DerivedLayerSpec(PREDICTIONS_KIND, key, f"model {adapter.spec.name}", labels, "forward_passes")
+    if isinstance(executor, DaskExecutor):  # workers load the model themselves: interpreters do not pickle
+        compute: Callable = PredictInWorker(type(adapter), adapter.spec, batch_size)
+    else:
+        compute = partial(predict_shard, adapter, batch_size)
+    return build_derived_layer(source, out_dir, spec, compute, store, executor)
+
+
+def predict_shard(adapter: ModelAdapter, batch_size: int, shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
+    with h5py.File(path, "r") as handle:
+        keys = read_column(handle, ITEM_KEY)
+        parts = []
+        for start in range(0, shard.n_items, batch_size):
+            batch = read_column(handle, "x", slice(start, start + batch_size))
+            parts.append(adapter.predict_batch(batch))
+            progress.update(len(batch))
+    logits = np.concatenate(parts) if parts else np.zeros((0, len(adapter.spec.labels)), np.float32)
+    attrs = {"model_signature": adapter.signature().hex, "forward_passes": shard.n_items}
+    return ShardContent(prediction_columns(keys, logits), attrs, PREDICTION_VALUES)
+
+
+@dataclass(frozen=True)
+class PredictInWorker:
+    """`predict_shard` with the adapter built from its class and spec, once per worker process."""
+
+    adapter_class: type[ModelAdapter]
+    spec: ModelSpec
+    batch_size: int
+
+    def __call__(self, shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
+        return predict_shard(loaded_in_worker(self.adapter_class, self.spec), self.batch_size, shard, path, progress)

@@ -1,0 +1,141 @@
+"""Detection preprocessing: letterbox each image into a square model input.
+
+The image is scaled to fit `size` with its aspect ratio kept and centred on a
+grey canvas. The placement (scale per axis, padding) is a pure function of the
+original size, recorded per item, so boxes predicted in model-input pixels map
+back to the original image exactly, and ground truth maps forward for training.
+The output is uint8 (exact) and read back as float32 0–255 like every pipeline.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import h5py
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from evalstack.cache.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
+from evalstack.cache.shardstore import ShardStore
+from evalstack.core.kinds import PREPROCESSED_KIND, RAW_KIND
+from evalstack.core.layers import ITEM_KEY, Layer, ShardInfo, read_column
+from evalstack.preprocess.pipelines import RESAMPLING, PipelineError, PreprocessingPipeline, decoded_images
+from evalstack.sources.images import DEFAULT_MAX_PIXELS
+
+PLACEMENT_COLUMNS = ("width", "height", "scale_x", "scale_y", "pad_x", "pad_y")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an original image sits in the model input: input = original · scale + pad."""
+
+    width: int
+    height: int
+    scale_x: float
+    scale_y: float
+    pad_x: float
+    pad_y: float
+
+    def to_original(self, boxes_xyxy: np.ndarray) -> np.ndarray:
+        """Model-input xyxy boxes → original-image xyxy, clipped to the image."""
+        scale = np.asarray([self.scale_x, self.scale_y, self.scale_x, self.scale_y])
+        pad = np.asarray([self.pad_x, self.pad_y, self.pad_x, self.pad_y])
+        boxes = (np.asarray(boxes_xyxy, dtype=np.float64) - pad) / scale
+        limits = np.asarray([self.width, self.height, self.width, self.height], dtype=np.float64)
+        return np.clip(boxes, 0.0, limits)
+
+    def to_input(self, boxes_xywh: np.ndarray) -> np.ndarray:
+        """Original-image xywh boxes → model-input xywh (for training targets)."""
+        scale = np.asarray([self.scale_x, self.scale_y, self.scale_x, self.scale_y])
+        pad = np.asarray([self.pad_x, self.pad_y, 0.0, 0.0])
+        return np.asarray(boxes_xywh, dtype=np.float64) * scale + pad
+
+
+@dataclass(frozen=True)
+class LetterboxPipeline(PreprocessingPipeline):
+    size: int = 128
+    fill: int = 114  # grey padding, the usual letterbox colour
+    resample: str = "bilinear"
+    kind: ClassVar[str] = "letterbox"
+    version: ClassVar[str] = "1"
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.size <= 2048:
+            raise PipelineError(f"letterbox size {self.size} out of range 16–2048")
+        if self.resample not in RESAMPLING:
+            raise PipelineError(f"resample {self.resample!r} unknown; choose from {sorted(RESAMPLING)}")
+        if not 0 <= self.fill <= 255:
+            raise PipelineError(f"fill {self.fill} is not a grey level 0–255")
+
+    def parameters(self) -> dict[str, Any]:
+        return {"size": self.size, "fill": self.fill, "resample": self.resample}
+
+    def output_shape(self) -> tuple[int, int, int]:
+        return (self.size, self.size, 3)
+
+    def output_dtype(self) -> np.dtype:
+        return np.dtype(np.uint8)
+
+    def placement(self, width: int, height: int) -> Placement:
+        ratio = self.size / max(width, height)
+        new_w, new_h = max(1, round(width * ratio)), max(1, round(height * ratio))
+        # Per-axis scales from the rounded size: exactly what the resize did to each axis.
+        return Placement(width, height, new_w / width, new_h / height, (self.size - new_w) // 2, (self.size - new_h) // 2)
+
+    def process_image(self, image: Image.Image) -> np.ndarray:
+        place = self.placement(*image.size)
+        resized = image.convert("RGB").resize(
+            (round(place.width * place.scale_x), round(place.height * place.scale_y)), RESAMPLING[self.resample]
+        )
+        canvas = Image.new("RGB", (self.size, self.size), (self.fill,) * 3)
+        canvas.paste(resized, (int(place.pad_x), int(place.pad_y)))
+        return np.asarray(canvas, dtype=np.uint8)
+
+
+def build_letterbox(spec: Mapping[str, Any]) -> LetterboxPipeline:
+    params = dict(spec)
+    if params.pop("kind", "letterbox") != "letterbox":
+        raise PipelineError(f"detection pipelines are letterbox pipelines, got kind {spec.get('kind')!r}")
+    try:
+        return LetterboxPipeline(**params)
+    except TypeError as error:
+        raise PipelineError(f"letterbox: {error}") from None
+
+
+def placements(columns: Mapping[str, np.ndarray]) -> list[Placement]:
+    """Per-item placements from a preprocessed detection shard's columns."""
+    values = [columns[name].tolist() for name in PLACEMENT_COLUMNS]
+    return [Placement(int(w), int(h), sx, sy, px, py) for w, h, sx, sy, px, py in zip(*values)]
+
+
+def letterbox_layer(
+    raw_dir: Path,
+    out_dir: Path,
+    pipeline: LetterboxPipeline,
+    compression: str = "lz4",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    store: ShardStore | None = None,
+    name: str | None = None,
+) -> LayerBuild:
+    """One shard per raw shard: tensors + placement + image id/split, item order kept; stored shards reused."""
+    raw = Layer.open(raw_dir, kind=RAW_KIND)
+    label = f"pipeline {name or pipeline.kind}"
+    spec = DerivedLayerSpec(PREPROCESSED_KIND, pipeline.cache_key(), label, {"": label}, "items_preprocessed", compression)
+
+    def compute(shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
+        with h5py.File(path, "r") as handle:
+            ids, splits = read_column(handle, "id"), read_column(handle, "split")
+            tensors = np.empty((shard.n_items, *pipeline.output_shape()), dtype=np.uint8)
+            placed = []
+            for row, image in decoded_images(handle, shard.n_items, max_pixels,
+                                             lambda r: f"{splits[r]} image {ids[r]} in {path}", progress):
+                tensors[row] = pipeline.process_image(image)
+                placed.append(pipeline.placement(*image.size))
+            columns = {ITEM_KEY: read_column(handle, ITEM_KEY), "id": ids, "split": splits, "x": tensors}
+        for column in PLACEMENT_COLUMNS:
+            columns[column] = np.asarray([getattr(p, column) for p in placed], dtype=np.float64)
+        return ShardContent(columns, {"pipeline_key": pipeline.cache_key().hex}, ("x",))
+
+    return build_derived_layer(raw, out_dir, spec, compute, store)

@@ -1,0 +1,208 @@
+"""Preprocessing pipelines and the preprocess stage (raw layer → preprocessed layer).
+
+A pipeline turns one decoded card photo into one model-ready array. Its cache key
+is (kind, version, canonical params); settings that do not change results
+(batch size, workers, compression) stay out of it.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator, Mapping
+
+import h5py
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from evalstack.cache.executors import Executor
+from evalstack.cache.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
+from evalstack.cache.shardstore import ShardStore
+from evalstack.config import entry
+from evalstack.core.keys import Key
+from evalstack.core.kinds import PREPROCESSED_KIND, RAW_KIND
+from evalstack.core.layers import ITEM_KEY, Layer, ShardInfo, read_column
+from evalstack.core.raw import read_blobs
+from evalstack.preprocess.regions import region_features
+from evalstack.sources.images import DEFAULT_MAX_PIXELS, decode_image
+
+PAD_NN_CROP = (71, 359, 707, 849)
+RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+class PipelineError(ValueError):
+    """A pipeline was configured wrongly or cannot process an item."""
+
+
+class PreprocessingPipeline(ABC):
+    """One decoded image in, one model-ready array out: an image (H, W, C) or a feature vector."""
+
+    kind: ClassVar[str]
+    version: ClassVar[str]
+
+    @abstractmethod
+    def parameters(self) -> dict[str, Any]:
+        """Every setting that changes the output, JSON-serialisable."""
+
+    @abstractmethod
+    def output_shape(self) -> tuple[int, ...]: ...
+
+    @abstractmethod
+    def output_dtype(self) -> np.dtype: ...
+
+    @abstractmethod
+    def process_image(self, image: Image.Image) -> np.ndarray: ...
+
+    def cache_key(self) -> Key:
+        return Key("pipeline", {"kind": self.kind, "version": self.version, "params": self.parameters()})
+
+
+def _to_three_channels(array: np.ndarray) -> np.ndarray:
+    """Upstream's channel handling, applied after resizing: grey → 3 channels, alpha dropped."""
+    if array.ndim == 2:
+        return np.stack([array] * 3, axis=-1)
+    return array[..., :3]
+
+
+@dataclass(frozen=True)
+class CropResizePipeline(PreprocessingPipeline):
+    """Crop a box, resize, keep 0–255 values.
+
+    With the defaults this is PAD's `nn_predict` preprocessing exactly:
+    crop((71, 359, 707, 849)) → resize((454, 454), BICUBIC) → float32 0–255, no
+    normalisation. Pillow's resize of an 8-bit image yields integers, so the
+    output is stored as uint8 (exact) and read back as float32.
+    """
+
+    crop: tuple[int, int, int, int] = PAD_NN_CROP
+    size: int = 454
+    resample: str = "bicubic"
+    kind: ClassVar[str] = "crop_resize"
+    version: ClassVar[str] = "1"
+
+    def __post_init__(self) -> None:
+        left, top, right, bottom = self.crop
+        if not (right > left and bottom > top):
+            raise PipelineError(f"crop box {self.crop} is empty")
+        if self.resample not in RESAMPLING:
+            raise PipelineError(f"resample {self.resample!r} unknown; choose from {sorted(RESAMPLING)}")
+        if not 8 <= self.size <= 2048:
+            raise PipelineError(f"size {self.size} out of range 8–2048")
+
+    def parameters(self) -> dict[str, Any]:
+        return {"crop": list(self.crop), "size": self.size, "resample": self.resample}
+
+    def output_shape(self) -> tuple[int, int, int]:
+        return (self.size, self.size, 3)
+
+    def output_dtype(self) -> np.dtype:
+        return np.dtype(np.uint8)
+
+    def process_image(self, image: Image.Image) -> np.ndarray:
+        if image.mode == "P":  # palette indices are not colours
+            image = image.convert("RGBA")
+        if image.mode not in ("RGB", "RGBA", "L", "LA"):
+            image = image.convert("RGB")
+        resized = image.crop(self.crop).resize((self.size, self.size), RESAMPLING[self.resample])
+        return np.ascontiguousarray(_to_three_channels(np.asarray(resized, dtype=np.uint8)))
+
+
+@dataclass(frozen=True)
+class PadRegionsPipeline(PreprocessingPipeline):
+    """PAD's PLS input: 12 lanes × `regions` bands × RGB of the reaction zone (see regions.py).
+
+    Values are integers 0–255 like upstream's, kept as float32 because that is
+    what the PLS dot product consumes.
+    """
+
+    regions: int = 10
+    kind: ClassVar[str] = "pad_regions"
+    version: ClassVar[str] = "1"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.regions <= 273:
+            raise PipelineError(f"regions {self.regions} out of range 1–273")
+
+    def parameters(self) -> dict[str, Any]:
+        return {"regions": self.regions}
+
+    def output_shape(self) -> tuple[int, ...]:
+        return (12 * self.regions * 3,)
+
+    def output_dtype(self) -> np.dtype:
+        return np.dtype(np.float32)
+
+    def process_image(self, image: Image.Image) -> np.ndarray:
+        try:
+            return region_features(np.asarray(image.convert("RGB"), dtype=np.uint8), self.regions)
+        except ValueError as error:
+            raise PipelineError(str(error)) from None
+
+
+PIPELINE_KINDS: dict[str, type[PreprocessingPipeline]] = {
+    "crop_resize": CropResizePipeline,
+    "pad_regions": PadRegionsPipeline,
+}
+
+
+def build_pipeline(spec: Mapping[str, Any]) -> PreprocessingPipeline:
+    """A pipeline from its params.yaml entry, e.g. {kind: crop_resize, size: 454}."""
+    params = dict(spec)
+    kind = params.pop("kind", None)
+    if kind not in PIPELINE_KINDS:
+        raise PipelineError(f"pipeline kind {kind!r} unknown; registered: {sorted(PIPELINE_KINDS)}")
+    if "crop" in params:
+        params["crop"] = tuple(int(v) for v in params["crop"])
+    try:
+        return PIPELINE_KINDS[kind](**params)
+    except TypeError as error:
+        raise PipelineError(f"pipeline {kind}: {error}") from None
+
+
+def decoded_images(
+    handle: h5py.File, n_items: int, max_pixels: int, describe: Callable[[int], str], progress: tqdm
+) -> Iterator[tuple[int, Image.Image]]:
+    """(row, image) for each item of an open raw shard, decoded under the pixel cap; the bar advances per item.
+
+    `describe(row)` names the item in a decoding error (its id, and split where it helps)."""
+    for row, data in enumerate(read_blobs(handle, slice(0, n_items))):
+        yield row, decode_image(data, max_pixels, what=describe(row))
+        progress.update()
+
+
+def preprocess_layer(
+    raw_dir: Path,
+    out_dir: Path,
+    pipeline: PreprocessingPipeline,
+    compression: str = "lz4",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    store: ShardStore | None = None,
+    name: str | None = None,
+    executor: Executor | None = None,
+) -> LayerBuild:
+    """One preprocessed shard per raw shard, item order preserved; shards the store holds are reused."""
+    raw = Layer.open(raw_dir, kind=RAW_KIND)
+    label = f"pipeline {name or pipeline.kind}"
+    spec = DerivedLayerSpec(PREPROCESSED_KIND, pipeline.cache_key(), label, {"": label}, "items_preprocessed", compression)
+
+    def compute(shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
+        with h5py.File(path, "r") as handle:
+            keys = read_column(handle, ITEM_KEY)
+            ids = read_column(handle, "id")
+            tensors = np.empty((shard.n_items, *pipeline.output_shape()), dtype=pipeline.output_dtype())
+            for row, image in decoded_images(handle, shard.n_items, max_pixels, lambda r: f"item id {ids[r]} in {path}",
+                                             progress):
+                tensors[row] = pipeline.process_image(image)
+        return ShardContent({ITEM_KEY: keys, "x": tensors}, {"pipeline_key": pipeline.cache_key().hex}, ("x",))
+
+    return build_derived_layer(raw, out_dir, spec, compute, store, executor)
+
+
+def pipeline_spec(params: Mapping[str, Any], name: str) -> PreprocessingPipeline:
+    return build_pipeline(entry(params.get("preprocess") or {}, "pipelines", name))

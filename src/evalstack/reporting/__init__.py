@@ -1,0 +1,1 @@
+"""What people read: figures, the report, comparison and robustness reports, the offline plots page."""

@@ -1,0 +1,106 @@
+"""What a source offers: the `fetch.source` param → the validated list of items, in id order.
+
+Kinds: `registry` (PAD registry CSVs, one per split, local or http/https), `pad_api`
+(PAD API v2 cards, paginated) and `folder` (a local folder of images + a labels CSV).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import unquote, urlparse
+
+from evalstack.core.keys import md5_bytes
+from evalstack.sources.pad_api import PadApiSource, list_cards
+from evalstack.sources.registry import RegistryRow, SourceError, check_unique_ids, parse_labels, parse_registry, to_url
+from evalstack.sources.transport import Transport
+
+SOURCE_KINDS = ("registry", "pad_api", "folder")
+REMOTE_SCHEMES = ("http", "https")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    kind: str = "registry"
+    registries: Mapping[str, str] = field(default_factory=dict)  # registry: split → CSV path or URL
+    url: str = ""  # pad_api: the API root
+    project: int | None = None  # pad_api: one project's cards, or every card
+    image_root: str = ""  # pad_api: server root for processed_file_location (default: the API's host)
+    page_size: int = 500  # pad_api
+    folder: str = ""  # folder: directory of images
+    labels: str = ""  # folder: labels CSV (default: <folder>/labels.csv)
+    test_fraction: float = 0.2  # pad_api/folder without a split column: share of samples in test
+
+    def __post_init__(self) -> None:
+        if self.kind not in SOURCE_KINDS:
+            raise SourceError(f"fetch.source.kind {self.kind!r} unknown; choose one of {', '.join(SOURCE_KINDS)}")
+        needed = {"registry": self.registries, "pad_api": self.url, "folder": self.folder}[self.kind]
+        if not needed:
+            field_name = {"registry": "registries", "pad_api": "url", "folder": "folder"}[self.kind]
+            raise SourceError(f"fetch.source of kind {self.kind} needs {field_name}")
+
+    @classmethod
+    def from_params(cls, fetch: Mapping[str, Any]) -> "SourceConfig":
+        """`fetch.source: {kind: …}`; the older `fetch.registries: {split: csv}` still means a registry."""
+        source = dict(fetch.get("source") or {})
+        if not source and "registries" in fetch:
+            source = {"kind": "registry", "registries": fetch["registries"]}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(source) - known)
+        if unknown:
+            raise SourceError(f"fetch.source has unknown keys {unknown}; known: {sorted(known)}")
+        return cls(**source)
+
+    def describe(self) -> dict[str, Any]:
+        """The settings that matter for this kind (for the report and the layer index)."""
+        names = {"registry": ("registries",), "pad_api": ("url", "project", "image_root", "page_size", "test_fraction"),
+                 "folder": ("folder", "labels", "test_fraction")}[self.kind]
+        return {"kind": self.kind, **{name: _plain(getattr(self, name)) for name in names}}
+
+
+def _plain(value: Any) -> Any:
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+def list_items(config: SourceConfig, transport: Transport) -> list[RegistryRow]:
+    """Every item the source lists, validated, unique by id, in id order (PAD ids grow as cards
+    are uploaded, so new cards land in new shards)."""
+    if config.kind == "registry":
+        rows = _registry_rows(config, transport)
+    elif config.kind == "pad_api":
+        rows = list_cards(PadApiSource(config.url, config.project, config.image_root, config.page_size,
+                                       config.test_fraction), transport)
+    else:
+        rows = _folder_rows(config, transport)
+    check_unique_ids(rows)
+    return sorted(rows, key=lambda row: row.id)
+
+
+def _registry_rows(config: SourceConfig, transport: Transport) -> list[RegistryRow]:
+    rows: list[RegistryRow] = []
+    for split in sorted(config.registries):
+        url = to_url(config.registries[split])
+        text = transport.get(url, f"registry {split} ({url})").decode("utf-8-sig")
+        for row in parse_registry(text, split, url):
+            # A remote registry never names files on this machine.
+            if urlparse(url).scheme in REMOTE_SCHEMES and urlparse(row.resolved_url).scheme not in REMOTE_SCHEMES:
+                scheme = urlparse(row.resolved_url).scheme
+                raise SourceError(f"{row.what}: URL scheme {scheme!r} refused: a remote registry ({url}) may only "
+                                  f"point at http(s) images, not {row.resolved_url}")
+            rows.append(row)
+    return rows
+
+
+def _folder_rows(config: SourceConfig, transport: Transport) -> list[RegistryRow]:
+    folder_url = to_url(config.folder).rstrip("/") + "/"
+    labels_url = to_url(config.labels) if config.labels else folder_url + "labels.csv"
+    text = transport.get(labels_url, f"labels CSV ({labels_url})").decode("utf-8-sig")
+    rows = parse_labels(text, folder_url, config.test_fraction)
+    # Local files are cheap to hash, so folder items get an md5 and re-fetches notice edited images.
+    return [dataclasses.replace(row, hashlib_md5=_file_md5(row.resolved_url)) for row in rows]
+
+
+def _file_md5(url: str) -> str:
+    path = Path(unquote(urlparse(url).path))
+    return md5_bytes(path.read_bytes()) if path.is_file() else ""

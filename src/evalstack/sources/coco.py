@@ -1,0 +1,300 @@
+"""COCO-format source and the detection raw layer (encoded images + ground-truth boxes).
+
+A split is an instances JSON (`images`, `annotations`, `categories`) plus the
+location its `file_name`s are relative to. Every byte — the JSON and each
+image — is read through one `read_bytes(url)` callable, so the same code reads
+local files today and whatever transport the fetch machinery routes to it.
+
+Ground truth is kept exactly as the JSON states it (float64 boxes and areas, per
+image in document order, crowd flags, annotation ids), because pycocotools'
+matching depends on all of it; the evaluate stage rebuilds the COCO document
+from the layer and gets the same numbers as pycocotools on the original file.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import quote, urljoin
+
+import numpy as np
+from tqdm import tqdm
+
+from evalstack.core.keys import Key, sha256_bytes
+from evalstack.core.kinds import RAW_KIND
+from evalstack.core.layers import ITEM_KEY, Layer, LayerIndex, LayerWriter, read_attrs, read_column, shard_name
+from evalstack.core.ragged import check_offsets, offsets_for, pack, unpack
+from evalstack.sources.images import DEFAULT_MAX_PIXELS, check_image
+from evalstack.sources.registry import SourceError, check_scheme, read_local, safe_name, to_url
+
+ReadBytes = Callable[[str], bytes]
+GT_FLAT = ("gt_bbox", "gt_category", "gt_area", "gt_iscrowd", "gt_ann_id")
+
+
+@dataclass(frozen=True)
+class CocoSplit:
+    annotations: str  # instances JSON: path or URL
+    images: str  # folder or URL prefix that `file_name` is relative to
+
+
+@dataclass(frozen=True)
+class CocoFetchConfig:
+    splits: Mapping[str, CocoSplit]
+    shard_size: int = 256
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    allowed_schemes: tuple[str, ...] = ("file",)
+
+    def layer_key(self) -> Key:
+        splits = {name: {"annotations": s.annotations, "images": s.images} for name, s in self.splits.items()}
+        return Key("raw", {"source": "coco", "splits": splits, "shard_size": self.shard_size})
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """One image's annotations, in the order the JSON lists them."""
+
+    bbox: np.ndarray  # (n, 4) float64, COCO xywh
+    category: np.ndarray  # (n,) int64 category ids
+    area: np.ndarray  # (n,) float64
+    iscrowd: np.ndarray  # (n,) int64
+    ann_id: np.ndarray  # (n,) int64
+
+    def __len__(self) -> int:
+        return len(self.category)
+
+
+@dataclass(frozen=True)
+class CocoImage:
+    split: str
+    image_id: int
+    file_name: str
+    width: int
+    height: int
+    truth: GroundTruth
+    url: str = ""  # where to read it; machine-specific, so not stored
+
+
+@dataclass
+class CocoDataset:
+    categories: list[dict[str, Any]]
+    images: list[CocoImage] = field(default_factory=list)
+
+    def category_ids(self, labels: tuple[str, ...], model: str) -> np.ndarray:
+        """A model's label index → category id, matched by name (models and datasets number classes apart)."""
+        by_name = {c["name"]: c["id"] for c in self.categories}
+        unknown = [label for label in labels if label not in by_name]
+        if unknown:
+            raise SourceError(f"model {model}: labels {unknown} are not categories of the dataset ({sorted(by_name)})")
+        return np.asarray([by_name[label] for label in labels], dtype=np.int64)
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SourceError(f"{what}: {value!r} is not a finite number")
+    return float(value)
+
+
+def _int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SourceError(f"{what}: {value!r} is not an integer")
+    return value
+
+
+def _safe_relative(file_name: Any, what: str) -> str:
+    if not isinstance(file_name, str) or not file_name or file_name.startswith("/"):
+        raise SourceError(f"{what}: file_name {file_name!r} is not a relative path")
+    for part in file_name.split("/"):
+        safe_name(part, f"{what} file_name part")
+    return file_name
+
+
+def _annotation_row(ann: Mapping[str, Any], images: Mapping[int, Any], category_ids: set[int], where: str):
+    what = f"{where} annotation {ann.get('id')!r}"
+    ann_id = _int(ann.get("id"), f"{what} id")
+    image_id = _int(ann.get("image_id"), f"{what} image_id")
+    if image_id not in images:
+        raise SourceError(f"{what}: image_id {image_id} is not in the images list")
+    category = _int(ann.get("category_id"), f"{what} category_id")
+    if category not in category_ids:
+        raise SourceError(f"{what}: category_id {category} is not in the categories list")
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4:
+        raise SourceError(f"{what}: bbox {bbox!r} is not [x, y, w, h]")
+    box = [_number(v, f"{what} bbox") for v in bbox]
+    if box[2] < 0 or box[3] < 0:
+        raise SourceError(f"{what}: bbox {bbox} has a negative size")
+    # pycocotools needs `area`; when a file omits it, the box area stands in.
+    area = _number(ann["area"], f"{what} area") if "area" in ann else box[2] * box[3]
+    iscrowd = _int(ann.get("iscrowd", 0), f"{what} iscrowd")
+    return image_id, box, category, area, iscrowd, ann_id
+
+
+def parse_instances(document: Any, split: str, images_url: str, where: str) -> CocoDataset:
+    """Validate one instances JSON; images sorted by id, annotations grouped per image in file order."""
+    if not isinstance(document, dict) or not all(k in document for k in ("images", "annotations", "categories")):
+        raise SourceError(f"{where}: not a COCO instances file (needs images, annotations, categories)")
+    categories = [{"id": _int(c.get("id"), f"{where} category id"), "name": str(c.get("name")),
+                   "supercategory": str(c.get("supercategory", ""))} for c in document["categories"]]
+    if len({c["id"] for c in categories}) != len(categories) or len({c["name"] for c in categories}) != len(categories):
+        raise SourceError(f"{where}: category ids or names are not unique")
+    images: dict[int, dict[str, Any]] = {}
+    for entry in document["images"]:
+        image_id = _int(entry.get("id"), f"{where} image id")
+        if image_id in images:
+            raise SourceError(f"{where}: image id {image_id} appears twice")
+        what = f"{where} image {image_id}"
+        width, height = _int(entry.get("width"), f"{what} width"), _int(entry.get("height"), f"{what} height")
+        if width <= 0 or height <= 0:
+            raise SourceError(f"{what}: size {width}×{height} is empty")
+        images[image_id] = {"file_name": _safe_relative(entry.get("file_name"), what), "width": width, "height": height}
+    rows: dict[int, list] = {image_id: [] for image_id in images}
+    seen_ids: set[int] = set()
+    for ann in document["annotations"]:
+        row = _annotation_row(ann, images, {c["id"] for c in categories}, where)
+        if row[-1] in seen_ids:
+            raise SourceError(f"{where}: annotation id {row[-1]} appears twice")
+        seen_ids.add(row[-1])
+        rows[row[0]].append(row[1:])
+    base = images_url.rstrip("/") + "/"
+    dataset = CocoDataset(categories=categories)
+    for image_id in sorted(images):
+        info = images[image_id]
+        dataset.images.append(CocoImage(
+            split=split, image_id=image_id, file_name=info["file_name"], width=info["width"], height=info["height"],
+            truth=_ground_truth(rows[image_id]), url=urljoin(base, quote(info["file_name"])),
+        ))
+    return dataset
+
+
+def _ground_truth(rows: list) -> GroundTruth:
+    if not rows:
+        return GroundTruth(np.zeros((0, 4)), *(np.zeros(0, dtype=t) for t in (np.int64, np.float64, np.int64, np.int64)))
+    boxes, categories, areas, crowd, ids = zip(*rows)
+    return GroundTruth(np.asarray(boxes, np.float64), np.asarray(categories, np.int64), np.asarray(areas, np.float64),
+                       np.asarray(crowd, np.int64), np.asarray(ids, np.int64))
+
+
+def read_coco(config: CocoFetchConfig, read_bytes: ReadBytes = read_local) -> CocoDataset:
+    """Every split of the source; categories must agree across splits."""
+    merged: CocoDataset | None = None
+    for split in sorted(config.splits):
+        source = config.splits[split]
+        url = to_url(source.annotations)
+        check_scheme(url, config.allowed_schemes)
+        try:
+            document = json.loads(read_bytes(url))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise SourceError(f"{url}: not valid JSON ({error})") from None
+        dataset = parse_instances(document, split, to_url(source.images), url)
+        if merged is None:
+            merged = dataset
+        elif dataset.categories != merged.categories:
+            raise SourceError(f"{url}: categories differ from the other splits'")
+        else:
+            merged.images.extend(dataset.images)
+    if merged is None:
+        raise SourceError("no COCO splits configured")
+    return merged
+
+
+def _read_image(image: CocoImage, config: CocoFetchConfig, read_bytes: ReadBytes) -> bytes:
+    what = f"{image.split} image {image.image_id} ({image.file_name})"
+    check_scheme(image.url, config.allowed_schemes)
+    data = read_bytes(image.url)
+    width, height = check_image(data, config.max_pixels, what)
+    if (width, height) != (image.width, image.height):
+        raise SourceError(f"{what}: the file is {width}×{height}, the JSON says {image.width}×{image.height}")
+    return data
+
+
+def raw_shard(images: list[CocoImage], blobs: list[bytes]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(per-image columns, flat arrays) of one raw shard."""
+    lengths = np.asarray([len(b) for b in blobs], dtype=np.int64)
+    truths = [image.truth for image in images]
+    gt_bbox, gt_offset = pack([t.bbox for t in truths], np.float64, (4,))
+    columns = {
+        ITEM_KEY: np.asarray([sha256_bytes(b) for b in blobs], dtype="S64"),
+        "id": np.asarray([image.image_id for image in images], dtype=np.int64),
+        "split": np.asarray([image.split for image in images], dtype=object),
+        "file_name": np.asarray([image.file_name for image in images], dtype=object),
+        "width": np.asarray([image.width for image in images], dtype=np.int64),
+        "height": np.asarray([image.height for image in images], dtype=np.int64),
+        "offset": offsets_for(lengths),
+        "length": lengths,
+        "gt_offset": gt_offset,
+    }
+    flat = {
+        "blob": np.frombuffer(b"".join(blobs), dtype=np.uint8),
+        "gt_bbox": gt_bbox,
+        "gt_category": pack([t.category for t in truths], np.int64)[0],
+        "gt_area": pack([t.area for t in truths], np.float64)[0],
+        "gt_iscrowd": pack([t.iscrowd for t in truths], np.int64)[0],
+        "gt_ann_id": pack([t.ann_id for t in truths], np.int64)[0],
+    }
+    return columns, flat
+
+
+def fetch_coco_layer(config: CocoFetchConfig, out_dir: Path, read_bytes: ReadBytes = read_local) -> LayerIndex:
+    """The raw layer: images in (split, id) order, `shard_size` per shard."""
+    dataset = read_coco(config, read_bytes)
+    writer = LayerWriter(out_dir, RAW_KIND, config.layer_key())
+    images = dataset.images
+    with tqdm(total=len(images), desc="fetch coco", unit="image") as progress:
+        for number, start in enumerate(range(0, len(images), config.shard_size)):
+            chunk = images[start : start + config.shard_size]
+            blobs = []
+            for image in chunk:
+                blobs.append(_read_image(image, config, read_bytes))
+                progress.update()
+            columns, flat = raw_shard(chunk, blobs)
+            # The item key is the sha256 of the image bytes, so it doubles as the per-item checksum `verify` uses.
+            writer.add_shard(shard_name(number), columns, attrs={"categories": dataset.categories}, flat=flat,
+                             checksum_of=("blob",), checksum_column=ITEM_KEY)
+    writer.stats = {"items": len(images), "annotations": int(sum(len(i.truth) for i in images))}
+    return writer.finish()
+
+
+def read_ground_truth(raw_dir: Path) -> CocoDataset:
+    """Categories and per-image ground truth back from a COCO raw layer (no image bytes)."""
+    layer = Layer.open(raw_dir, kind=RAW_KIND)
+    if layer.key.parts.get("source") != "coco":
+        raise SourceError(f"{raw_dir} is not a COCO raw layer (its source is {layer.key.parts.get('source', 'a registry')})")
+    dataset: CocoDataset | None = None
+    for shard in layer.shards:
+        with layer.open_shard(shard) as handle:
+            if dataset is None:
+                dataset = CocoDataset(categories=read_attrs(handle)["categories"])
+            columns = {name: read_column(handle, name) for name in ("id", "split", "file_name", "width", "height")}
+            offsets = handle["gt_offset"][()]
+            check_offsets(offsets, len(handle["gt_category"]), str(layer.path(shard)))
+            per_image = {name: unpack(handle[name][()], offsets) for name in GT_FLAT}
+            for row in range(shard.n_items):
+                truth = GroundTruth(*(per_image[name][row] for name in GT_FLAT))
+                dataset.images.append(CocoImage(
+                    split=str(columns["split"][row]), image_id=int(columns["id"][row]),
+                    file_name=str(columns["file_name"][row]), width=int(columns["width"][row]),
+                    height=int(columns["height"][row]), truth=truth,
+                ))
+    return dataset or CocoDataset(categories=[])
+
+
+def coco_document(dataset: CocoDataset, split: str) -> dict[str, Any]:
+    """The COCO ground-truth document of one split, as pycocotools expects it."""
+    images = [image for image in dataset.images if image.split == split]
+    if not images:
+        splits = sorted({image.split for image in dataset.images})
+        raise SourceError(f"no images in split {split!r}; splits present: {splits}")
+    annotations = []
+    for image in images:
+        t = image.truth
+        for box, category, area, crowd, ann_id in zip(t.bbox.tolist(), t.category.tolist(), t.area.tolist(),
+                                                     t.iscrowd.tolist(), t.ann_id.tolist()):
+            annotations.append({"id": ann_id, "image_id": image.image_id, "category_id": category,
+                                "bbox": box, "area": area, "iscrowd": crowd})
+    return {
+        "images": [{"id": i.image_id, "file_name": i.file_name, "width": i.width, "height": i.height} for i in images],
+        "annotations": annotations,
+        "categories": [dict(c) for c in dataset.categories],
+    }

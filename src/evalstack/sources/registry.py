@@ -1,0 +1,198 @@
+"""Item records, registry and labels CSV parsing, name/URL safety (image checks: sources/images.py).
+
+The registry CSV layout is PAD's (`pad_dataset_registry`): one row per card photo,
+`url` pointing at the image and `hashlib_md5` stating its checksum. A relative
+`url` is resolved against the registry's own location, so the embedded dataset
+and a copy served over HTTP use the same rows. Every source (registry, PAD API,
+local folder) yields the same `RegistryRow` records; a source that states no
+checksum (the PAD API) leaves `hashlib_md5` empty, and the raw layer keeps it so.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urljoin, urlparse
+
+from evalstack.core.kinds import META_FIELDS
+
+REGISTRY_COLUMNS = ("id", "sample_id", "sample_name", "quantity", "camera_type_1", "url", "hashlib_md5", "image_name")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,199}$")
+_MD5 = re.compile(r"^[0-9a-f]{32}$")
+
+
+class SourceError(RuntimeError):
+    """A source or one of its items cannot be used; the message names the item."""
+
+
+@dataclass(frozen=True, slots=True)  # slots: one per registry row, so memory per row matters
+class RegistryRow:
+    id: int
+    sample_id: int
+    sample_name: str
+    quantity: int
+    camera_type_1: str
+    url: str
+    hashlib_md5: str  # "" when the source states no checksum (PAD API): nothing was checked
+    image_name: str
+    split: str
+    resolved_url: str = ""  # where to download from; not stored, it can be machine-specific
+
+    @property
+    def what(self) -> str:
+        """How messages name this item."""
+        return f"item id {self.id} ({self.image_name})"
+
+    @property
+    def identity(self) -> tuple[int, str]:
+        """What says two rows name the same image bytes: id + md5, or id + URL when no md5 is stated."""
+        return (self.id, self.hashlib_md5 or f"url:{self.url}")
+
+    def metadata(self) -> tuple:
+        """Everything the raw layer stores about the item besides its bytes."""
+        return tuple(getattr(self, name) for name in META_FIELDS)
+
+
+
+
+def to_url(location: str | Path) -> str:
+    """A registry location as a URL: plain paths become absolute file:// URLs."""
+    text = str(location)
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
+        return text
+    return Path(text).resolve().as_uri()
+
+
+def check_scheme(url: str, allowed: tuple[str, ...]) -> None:
+    scheme = urlparse(url).scheme
+    if scheme not in allowed:
+        raise SourceError(f"URL scheme {scheme!r} is not allowed (allowed: {', '.join(allowed)}): {url}")
+
+
+def read_local(url: str) -> bytes:
+    parsed = urlparse(url)
+    if parsed.scheme != "file":
+        raise SourceError(f"not a file:// URL: {url}")
+    path = Path(unquote(parsed.path))
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise SourceError(f"file not found: {path}") from None
+
+
+def safe_name(name: str, what: str) -> str:
+    """Reject names that could escape a directory or confuse a shell (they come from a server)."""
+    if not _SAFE_NAME.match(name) or ".." in name:
+        raise SourceError(f"unsafe {what} {name!r}: only letters, digits, '.', '_', '-' and spaces are allowed")
+    return name
+
+
+def safe_relative_url(url: str, what: str) -> str:
+    """A relative URL from a source may not climb out of the source's directory (`../`)."""
+    if urlparse(url).scheme:
+        return url
+    if any(segment == ".." for segment in unquote(url).replace("\\", "/").split("/")):
+        raise SourceError(f"unsafe {what} {url!r}: '..' would leave the source's directory")
+    return url
+
+
+def parse_registry(text: str, split: str, registry_url: str) -> list[RegistryRow]:
+    """Rows of a registry CSV, validated; relative image URLs resolved against `registry_url`."""
+    reader = _csv_reader(text, REGISTRY_COLUMNS, f"{registry_url}: registry")
+    rows = []
+    for line_number, record in enumerate(reader, start=2):
+        rows.append(_parse_row(record, split, registry_url, line_number))
+    return rows
+
+
+def _csv_reader(text: str, required: tuple[str, ...], what: str) -> csv.DictReader:
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in required if c not in (reader.fieldnames or [])]
+    if missing:
+        raise SourceError(f"{what} lacks columns {missing}")
+    return reader
+
+
+def _check_field_count(record: dict, where: str) -> None:
+    # DictReader files surplus fields under None and fills missing ones with None.
+    if None in record.values() or None in record:
+        raise SourceError(f"{where}: malformed row: it has {'fewer' if None in record.values() else 'more'} "
+                          "fields than the header")
+
+
+def _parse_row(record: dict[str, str], split: str, registry_url: str, line_number: int) -> RegistryRow:
+    where = f"{registry_url} line {line_number} (id {record.get('id')!r})"
+    _check_field_count(record, where)
+    try:
+        row = RegistryRow(
+            id=int(record["id"]),
+            sample_id=int(record["sample_id"]),
+            sample_name=record["sample_name"].strip(),
+            quantity=int(float(record["quantity"])),
+            camera_type_1=(record["camera_type_1"] or "").strip(),
+            url=record["url"].strip(),
+            hashlib_md5=record["hashlib_md5"].strip().lower(),
+            image_name=record["image_name"].strip(),
+            split=split,
+            resolved_url=urljoin(registry_url, record["url"].strip()),
+        )
+    except (TypeError, ValueError, AttributeError) as error:
+        raise SourceError(f"{where}: malformed row: {error}") from None
+    try:
+        safe_name(row.image_name, "image_name")
+        safe_relative_url(row.url, "url")
+    except SourceError as error:
+        raise SourceError(f"{where}: {error}") from None
+    if not _MD5.match(row.hashlib_md5):
+        raise SourceError(f"{where}: hashlib_md5 {row.hashlib_md5!r} is not an md5 hex digest")
+    return row
+
+
+def check_unique_ids(rows: list[RegistryRow]) -> None:
+    seen: set[int] = set()
+    for row in rows:
+        if row.id in seen:
+            raise SourceError(f"duplicate id {row.id} in the registry (image {row.image_name})")
+        seen.add(row.id)
+
+
+LABEL_COLUMNS = ("id", "image_name", "sample_name")  # required; sample_id, quantity, camera_type_1, split optional
+
+
+def split_for(sample_id: int, test_fraction: float) -> str:
+    """A split for sources that state none, decided per sample (all its photos together)
+    from a hash, so it never changes when cards are added."""
+    unit = int.from_bytes(hashlib.sha256(f"split:{sample_id}".encode()).digest()[:8], "little") / 2.0**64
+    return "test" if unit < test_fraction else "dev"
+
+
+def parse_labels(text: str, folder_url: str, test_fraction: float) -> list[RegistryRow]:
+    """Rows of a local folder's labels CSV; `image_name` is the file inside the folder."""
+    reader = _csv_reader(text, LABEL_COLUMNS, f"{folder_url}: labels CSV")
+    rows = []
+    for line_number, record in enumerate(reader, start=2):
+        where = f"labels line {line_number} (id {record.get('id')!r})"
+        _check_field_count(record, where)
+        try:
+            name = safe_name(record["image_name"].strip(), "image_name")
+            sample_id = int(record.get("sample_id") or record["id"])
+            rows.append(RegistryRow(
+                id=int(record["id"]),
+                sample_id=sample_id,
+                sample_name=record["sample_name"].strip(),
+                quantity=int(float(record.get("quantity") or 0)),
+                camera_type_1=(record.get("camera_type_1") or "").strip(),
+                url=name,
+                hashlib_md5="",
+                image_name=name,
+                split=(record.get("split") or "").strip() or split_for(sample_id, test_fraction),
+                resolved_url=urljoin(folder_url, name),
+            ))
+        except (TypeError, ValueError) as error:
+            raise SourceError(f"{where}: malformed row: {error}") from None
+        except SourceError as error:
+            raise SourceError(f"{where}: {error}") from None
+    return rows

@@ -1,0 +1,186 @@
+"""Reading bytes from a source: file:// and http(s) with retries, timeouts, caps and no cross-host redirects.
+
+Two retry layers, each for what it can see: urllib3's `Retry` (on the session)
+repeats a request whose connection failed, whose headers timed out or were cut,
+or that got a 5xx, with exponential backoff. A body that breaks *after* the
+headers (a reset mid-stream, a truncated body, a stalled read, bytes whose md5
+differs from the stated one) is invisible to it, so `Transport.get` repeats those
+itself with the same budget and backoff.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urljoin, urlparse
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NameResolutionError, NewConnectionError
+from urllib3.util.retry import Retry
+
+from evalstack.core.keys import md5_bytes
+from evalstack.sources.registry import SourceError, check_scheme
+
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+MAX_REDIRECTS = 5
+_CHUNK = 1 << 16
+
+
+class SourceUnreachable(SourceError):
+    """The source's host cannot be reached at all (offline, refused, unknown host)."""
+
+
+class _Transient(Exception):
+    """A failure worth another attempt (the body broke after the headers)."""
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    schemes: tuple[str, ...] = ("file", "http", "https")
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    retries: int = 5  # further attempts after the first one
+    backoff: float = 0.5  # seconds; waits grow backoff, 2·backoff, 4·backoff, …
+    max_bytes: int = 64 << 20  # per response, checked while streaming
+    pool_size: int = 8
+
+
+class Transport:
+    """A requests.Session set up for one fetch; counts GETs and bytes for the report and progress."""
+
+    def __init__(self, config: TransportConfig):
+        self.config = config
+        retry = Retry(
+            total=config.retries, connect=config.retries, read=config.retries, status=config.retries,
+            other=0, redirect=0, backoff_factor=config.backoff, status_forcelist=RETRY_STATUSES,
+            allowed_methods=frozenset({"GET"}), raise_on_status=False,
+            respect_retry_after_header=False,  # a server asking for an hour would stall the fetch; backoff is bounded
+        )
+        adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=max(config.pool_size, 4))
+        self.session = requests.Session()
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self._lock = threading.Lock()
+        self.gets = 0
+        self.bytes = 0
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> "Transport":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def get(self, url: str, what: str, expect_md5: str = "") -> bytes:
+        """The bytes at `url`; SourceError naming `what` and the cause when they cannot be had."""
+        check_scheme(url, self.config.schemes)
+        if urlparse(url).scheme == "file":
+            return self._check_md5(self._read_file(url, what), expect_md5, what, retry=False)
+        last: _Transient | None = None
+        for attempt in range(self.config.retries + 1):
+            if attempt:
+                time.sleep(min(self.config.backoff * 2 ** (attempt - 1), 30.0))
+            try:
+                return self._check_md5(self._get_http(url, what), expect_md5, what, retry=True)
+            except _Transient as error:
+                last = error
+        raise SourceError(f"{what}: {last} (gave up after {self.config.retries + 1} attempts)")
+
+    def _count(self, n_bytes: int, request: bool = False) -> None:
+        with self._lock:
+            self.bytes += n_bytes
+            self.gets += int(request)
+
+    def _read_file(self, url: str, what: str) -> bytes:
+        path = Path(unquote(urlparse(url).path))
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise SourceError(f"{what}: file not found: {path}") from None
+        if size > self.config.max_bytes:
+            raise SourceError(f"{what}: {size} bytes exceeds the size cap of {self.config.max_bytes}: {path}")
+        data = path.read_bytes()
+        self._count(len(data))
+        return data
+
+    def _check_md5(self, data: bytes, expected: str, what: str, retry: bool) -> bytes:
+        if expected and (actual := md5_bytes(data)) != expected:
+            message = f"md5 {actual} differs from the source's {expected}"
+            # Over HTTP a bad md5 may be a damaged transfer, so it is tried again; a file is what it is.
+            if retry:
+                raise _Transient(message)
+            raise SourceError(f"{what}: {message}")
+        return data
+
+    def _get_http(self, url: str, what: str) -> bytes:
+        current = url
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                response = self.session.get(
+                    current, stream=True, allow_redirects=False,
+                    timeout=(self.config.connect_timeout, self.config.read_timeout),
+                )
+            except requests.ConnectionError as error:
+                raise _classify(error, url, what) from None
+            except requests.RequestException as error:
+                raise SourceError(f"{what}: {type(error).__name__}: {error}") from None
+            self._count(0, request=True)
+            with response:
+                if response.is_redirect:
+                    current = _redirect_target(url, current, response.headers["location"], what)
+                    continue
+                return self._read_body(response, current, what)
+        raise SourceError(f"{what}: more than {MAX_REDIRECTS} redirects from {url}")
+
+    def _read_body(self, response: requests.Response, url: str, what: str) -> bytes:
+        if response.status_code >= 400:
+            retried = " (gave up after retries)" if response.status_code in RETRY_STATUSES else ""
+            raise SourceError(f"{what}: HTTP {response.status_code} {response.reason} from {url}{retried}")
+        declared = response.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.config.max_bytes:
+            raise SourceError(f"{what}: {declared} bytes exceeds the size cap of {self.config.max_bytes}: {url}")
+        chunks, total = [], 0
+        try:
+            for chunk in response.iter_content(_CHUNK):
+                total += len(chunk)
+                if total > self.config.max_bytes:
+                    raise SourceError(f"{what}: more than {self.config.max_bytes} bytes (the size cap): {url}")
+                chunks.append(chunk)
+                self._count(len(chunk))
+        except (requests.exceptions.ChunkedEncodingError, requests.ConnectionError, requests.Timeout) as error:
+            raise _Transient(f"transfer broke off after {total} bytes ({_cause(error)}) from {url}") from None
+        return b"".join(chunks)
+
+
+def _redirect_target(origin: str, current: str, location: str, what: str) -> str:
+    """Follow a redirect only within the scheme and host the source named (checked at every hop)."""
+    target = urljoin(current, location)
+    want, got = urlparse(origin), urlparse(target)
+    if (got.scheme, got.netloc) != (want.scheme, want.netloc):
+        raise SourceError(f"{what}: refused a redirect from {origin} to another scheme or host: {target}")
+    return target
+
+
+def _classify(error: requests.ConnectionError, url: str, what: str) -> Exception:
+    reason = error.args[0].reason if error.args and isinstance(error.args[0], MaxRetryError) else error.args[0] if error.args else error
+    if isinstance(reason, (NewConnectionError, NameResolutionError, ConnectTimeoutError)):
+        host = urlparse(url).netloc
+        return SourceUnreachable(f"{what}: cannot reach {host} ({_cause(reason)}); is the source offline?")
+    return SourceError(f"{what}: {_cause(error)} from {url} (gave up after retries)")
+
+
+def _cause(error: BaseException) -> str:
+    text = str(error)
+    for marker in ("Connection refused", "Connection reset", "Read timed out", "IncompleteRead", "timed out"):
+        if marker in text:
+            return marker
+    return f"{type(error).__name__}: {text[:160]}"
+
+
+def join(root: str, location: str) -> str:
+    """`root` + a server path such as PAD's `processed_file_location`."""
+    return urljoin(root if root.endswith("/") else root + "/", location.lstrip("/"))

@@ -1,6 +1,6 @@
 """The raw shard format: encoded image bytes in one flat array + offsets, metadata columns.
 
-A group or dataset per image would be far slower to write and read (see store), so
+A group or dataset per image would be far slower to write and read (see core/layers.py), so
 each raw shard holds `blob` (every image's bytes, concatenated), `offset`/`length`
 per item, `item_key` (sha256 of the bytes) and the source's metadata.
 """
@@ -30,7 +30,7 @@ def raw_columns(items: list[FetchedItem]) -> dict[str, np.ndarray]:
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if items else lengths
     columns: dict[str, np.ndarray] = {
         ITEM_KEY: np.asarray([sha256_bytes(item.data) for item in items], dtype="S64"),
-        "blob": np.frombuffer(b"".join(item.data for item in items), dtype=np.uint8),  # flat, see store
+        "blob": np.frombuffer(b"".join(item.data for item in items), dtype=np.uint8),  # flat, see core/layers.py
         "offset": offsets,
         "length": lengths,
     }

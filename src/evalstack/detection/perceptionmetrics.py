@@ -3,7 +3,7 @@
 `CacheWriter`, `CacheReader`, `is_cache_valid`, `compute_model_hash` and
 `CacheStaleError` (evalstack.core.layers's, so one `except` catches every stale
 layer) keep the seed's signatures and behaviour; the data lives in a
-detections layer (see detections_layer.py), so a layer the infer stage wrote
+detections layer (see detection/layer.py), so a layer the infer stage wrote
 opens here too. Deliberate differences from the seed:
 
 - a layer is a directory (shards + index.json), not one file;

@@ -2,7 +2,7 @@
 
 A patchify stem (stride 4) and two downsampling stages, then two upsampling
 steps with skip connections back to stride 4, end in a 1×1 head with the
-output contract of `adapters/detection.py` (class heatmaps, centre offsets,
+output contract of `detection/adapter.py` (class heatmaps, centre offsets,
 log sizes). Training follows CenterNet: Gaussian heatmap targets with the
 penalty-reduced focal loss, L1 on offsets and log sizes at object centres.
 It is seeded and deterministic (`torch.use_deterministic_algorithms`), and the
@@ -11,7 +11,6 @@ rebuilds a byte-identical `.pt2`.
 """
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from evalstack.core.atomic import atomic_write_bytes
 from evalstack.core.kinds import PREPROCESSED_KIND
 from evalstack.core.layers import Layer, read_column
+from evalstack.demo.training.torch_program import save_program
 from evalstack.preprocess.letterbox import PLACEMENT_COLUMNS, placements
 from evalstack.sources.coco import read_ground_truth
 
@@ -183,8 +182,4 @@ def export_detector(model: nn.Module, size: int, out: Path) -> None:
     example = (torch.zeros((2, size, size, 3), dtype=torch.float32),)
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.export.export(model, example, dynamic_shapes=({0: batch},))
-    # Saved through a buffer: the archive's root folder would otherwise be named after the file.
-    buffer = io.BytesIO()
-    torch.export.save(program, buffer)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, buffer.getvalue())
+    save_program(program, out)

@@ -9,7 +9,6 @@ Real users replace these files with their own (see README).
 """
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 from evalstack.core.atomic import atomic_write_bytes
 from evalstack.core.kinds import PREPROCESSED_KIND
 from evalstack.core.layers import ITEM_KEY, Layer, read_column
+from evalstack.demo.training.torch_program import save_program
 from evalstack.evaluation.classification import ground_truth, label_indices
 from evalstack.models.adapters.keras_model import canonical_keras_archive
 
@@ -164,10 +164,7 @@ def train_torch_export(x: np.ndarray, y: np.ndarray, n_classes: int, config: Tra
     example = (torch.zeros((2, *x.shape[1:]), dtype=torch.float32),)
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.export.export(model, example, dynamic_shapes=({0: batch},))
-    # Saved through a buffer: the archive's root folder would otherwise be named after the file.
-    buffer = io.BytesIO()
-    torch.export.save(program, buffer)
-    atomic_write_bytes(out, buffer.getvalue())
+    save_program(program, out)
 
 
 TRAINERS = {"keras_tflite": train_keras_tflite, "keras": train_keras, "torch_export": train_torch_export}

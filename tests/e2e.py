@@ -133,7 +133,7 @@ from evalstack.demo.training.networks import TRAINERS, TrainConfig
 
 params = yaml.safe_load(open("params.yaml"))
 for name, entry in params["train"].items():
-    size = params["preprocess"]["pipelines"][entry["pipeline"]]["size"]
+    size = params["preprocess"]["pipelines"][entry["pipeline"]]["resize"]
     n_classes = len(params["labels"][entry["labels"]])
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(4, size, size, 3), dtype=np.uint8)

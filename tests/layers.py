@@ -46,7 +46,7 @@ def numpy_model(directory: Path, weights: bytes = b"weights1", size: int = 8) ->
 
 
 def tiny_pipeline(size: int = 8) -> CropResizePipeline:
-    return CropResizePipeline(crop=(0, 0, 40, 30), size=size, resample="bilinear")
+    return CropResizePipeline(crop=(0, 0, 40, 30), resize=size, resample="bilinear")
 
 
 def store_at(directory: Path, link: str = "copy", max_bytes: int = 10**9) -> ShardStore:

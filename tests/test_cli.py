@@ -60,7 +60,7 @@ def test_why_names_the_recomputed_shards_and_the_changed_key(tmp_path, capsys):
     project.preprocess(store, size=12)
     assert main([*params, "why", str(project.pre)]) == 0
     out = capsys.readouterr().out
-    assert "key changed since the previous build here:\n    pipeline tiny: params.size: 8 → 12" in out
+    assert "key changed since the previous build here:\n    pipeline tiny: params.resize: 8 → 12" in out
 
 
 def test_why_tells_a_restored_layer_from_a_built_one(tmp_path, capsys):
@@ -84,7 +84,7 @@ def test_provenance_of_an_item_goes_from_source_to_code(tmp_path, capsys):
     assert "item 102__901__lactose__50.png (id 102, split dev)" in out
     assert f"md5 {hashlib.md5(source).hexdigest()}" in out and "images/102__901__lactose__50.png" in out
     assert f"item key (sha256 of the image bytes) {hashlib.sha256(source).hexdigest()}" in out
-    assert "pipeline  " in out and "crop_resize v1" in out and "data/preprocessed/tiny/00000.h5 row 2" in out
+    assert "pipeline  " in out and "crop_resize {" in out and "modules); key " in out and "data/preprocessed/tiny/00000.h5 row 2" in out
     assert "model     " in out and "numpy weights sha256" in out and "predicted " in out
     assert "code      evalstack 0.1.0" in out
     assert main([*params, "provenance", str(project.pre)]) == 0

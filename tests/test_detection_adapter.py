@@ -90,7 +90,7 @@ class _FixedDetector:
 
 
 def test_detect_arrays_maps_boxes_to_original_pixels_and_drops_padding_boxes():
-    place = LetterboxPipeline(size=32).placement(64, 32)  # scale 0.5, 8 px of padding above and below
+    place = LetterboxPipeline(resize=32).placement(64, 32)  # scale 0.5, 8 px of padding above and below
     found = detect_arrays(_FixedDetector(), np.zeros((1, 32, 32, 3)), [place])[0]
     np.testing.assert_allclose(found.boxes, [[16.0, 16.0, 32.0, 16.0]])
     assert found.boxes.dtype == np.float32 and found.labels.tolist() == [1]
@@ -99,7 +99,7 @@ def test_detect_arrays_maps_boxes_to_original_pixels_and_drops_padding_boxes():
 def test_infer_layer_has_a_row_for_every_image(model_file, tmp_path):
     split = write_coco(tmp_path / "src")
     fetch_coco_layer(CocoFetchConfig({"val": split}, shard_size=2), tmp_path / "raw")
-    letterbox_layer(tmp_path / "raw", tmp_path / "pre", LetterboxPipeline(size=32))
+    letterbox_layer(tmp_path / "raw", tmp_path / "pre", LetterboxPipeline(resize=32))
     adapter = load_detector(_spec(model_file, confidence_threshold=0.5))
     build = infer_detection_layer(tmp_path / "pre", tmp_path / "det", adapter, batch_size=2)
     table = read_table(open_detections(tmp_path / "det"))
@@ -117,7 +117,7 @@ def test_letterboxed_and_detection_shards_are_reused_from_the_store(model_file, 
     split = write_coco(tmp_path / "src")
     fetch_coco_layer(CocoFetchConfig({"val": split}, shard_size=2), tmp_path / "raw")
     store = store_in(tmp_path / "store")
-    pipeline = LetterboxPipeline(size=32)
+    pipeline = LetterboxPipeline(resize=32)
     first = letterbox_layer(tmp_path / "raw", tmp_path / "pre", pipeline, store=store)
     again = letterbox_layer(tmp_path / "raw", tmp_path / "pre2", pipeline, store=store)
     assert first.counts["items_computed"] == 3 and again.counts["shards_reused"] == 2 and again.counts["items_computed"] == 0
@@ -134,7 +134,7 @@ def test_letterboxed_and_detection_shards_are_reused_from_the_store(model_file, 
 def test_every_detection_profile_layer_passes_verify(model_file, tmp_path):
     split = write_coco(tmp_path / "src")
     fetch_coco_layer(CocoFetchConfig({"val": split}, shard_size=2), tmp_path / "raw")
-    letterbox_layer(tmp_path / "raw", tmp_path / "pre", LetterboxPipeline(size=32))
+    letterbox_layer(tmp_path / "raw", tmp_path / "pre", LetterboxPipeline(resize=32))
     infer_detection_layer(tmp_path / "pre", tmp_path / "det", load_detector(_spec(model_file)))
     for layer in ("raw", "pre", "det"):
         assert verify_layer(tmp_path / layer) == []

@@ -62,10 +62,10 @@ def test_toggling_a_param_back_recomputes_nothing(tmp_path: Path):
     first = digests(project.pre, project.pred)
     b = project.preprocess(store, size=12)
     assert b.counts["shards_computed"] == 3
-    assert b.record["key_changes"] == ["pipeline tiny: params.size: 8 → 12"]
+    assert b.record["key_changes"] == ["pipeline tiny: params.resize: 8 → 12"]
     a = project.preprocess(store, size=8)
     assert (a.counts["shards_computed"], a.counts["items_preprocessed"], a.counts["shards_reused"]) == (0, 0, 3)
-    assert a.record["key_changes"] == ["pipeline tiny: params.size: 12 → 8"]
+    assert a.record["key_changes"] == ["pipeline tiny: params.resize: 12 → 8"]
     assert project.infer(store).counts["forward_passes"] == 0
     assert digests(project.pre, project.pred) == first
 
@@ -81,10 +81,10 @@ def test_changed_weights_are_explained_and_recomputed(tmp_path: Path):
 
 
 def test_key_change_names_the_pipeline_inside_a_predictions_key():
-    old = {"model": {"weights_sha256": "a" * 64}, "pipeline": {"params": {"size": 454}}}
-    new = {"model": {"weights_sha256": "a" * 64}, "pipeline": {"params": {"size": 384}}}
+    old = {"model": {"weights_sha256": "a" * 64}, "pipeline": {"params": {"resize": 454}}}
+    new = {"model": {"weights_sha256": "a" * 64}, "pipeline": {"params": {"resize": 384}}}
     labels = {"model": "model m", "pipeline": "pipeline pad_nn"}
-    assert describe_key_change(old, new, labels) == ["pipeline pad_nn: params.size: 454 → 384"]
+    assert describe_key_change(old, new, labels) == ["pipeline pad_nn: params.resize: 454 → 384"]
 
 
 def _flip_byte(path: Path, offset: int = -200) -> None:

@@ -24,7 +24,7 @@ from evalstack.evaluation.classification import truth_frame
 from evalstack.evaluation.comparison import CompareConfig, Comparison, ModelRun, compare_runs, declared_run
 from evalstack.evaluation.concentration import predicted_quantities
 from evalstack.models.adapters.base import ModelAdapter
-from evalstack.models.inference import infer_layer
+from evalstack.models.inference import infer_layer, inference_code
 from evalstack.models.latency import ensure_timed, latency_record, read_latency, write_latency
 from evalstack.models.predictions import predictions_key
 from evalstack.preprocess.pipelines import pipeline_spec
@@ -121,7 +121,7 @@ class Dataset:
         pipeline_key = pipeline_spec(self.params, spec.pipeline).cache_key()
         out = self.root / ADHOC_DIR / safe_name(spec.name)
         latency_file = out.with_name(out.name + ".latency.json")
-        expected = predictions_key(adapter.signature(), pipeline_key)
+        expected = predictions_key(adapter.signature(), pipeline_key, inference_code(type(adapter)))
         if not _is_layer_with_key(out, expected.hex):
             preprocessed = self.root / "data/preprocessed" / spec.pipeline
             # Through the same shard store as the stages, so a later `dvc repro` of this model reuses it.

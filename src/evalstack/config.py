@@ -46,9 +46,37 @@ class ModelSpec:
         object.__setattr__(self, "labels", tuple(self.labels))
 
 
+# DVC's run-cache drops every param key with these names, at any depth, when it hashes a stage
+# (https://github.com/iterative/dvc/issues/10296): a change to one would restore a stale result.
+HIDDEN_FROM_DVC = ("size", "nfiles")
+
+
 def load_params(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
     with open(path) as handle:
-        return yaml.safe_load(handle) or {}
+        params = yaml.safe_load(handle) or {}
+    hidden = hidden_param_keys(params)
+    if hidden:
+        raise ConfigError(
+            f"{path}: {', '.join(hidden)}: DVC's run-cache ignores params named "
+            f"{' or '.join(HIDDEN_FROM_DVC)} (DVC issue #10296), so changing one would restore a stale result; "
+            "rename the key (for a pipeline's output side use `resize`)"
+        )
+    return params
+
+
+def hidden_param_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of every key DVC's run-cache would not see."""
+    found = []
+    if isinstance(node, Mapping):
+        for name, value in node.items():
+            dotted = f"{prefix}{name}"
+            if str(name) in HIDDEN_FROM_DVC:
+                found.append(dotted)
+            found += hidden_param_keys(value, dotted + ".")
+    elif isinstance(node, list):
+        for position, value in enumerate(node):
+            found += hidden_param_keys(value, f"{prefix}{position}.")
+    return found
 
 
 def entry(params: Mapping[str, Any], section: str, name: str) -> Mapping[str, Any]:

@@ -134,8 +134,9 @@ def _layer_line(layer: Layer, where: str, located: tuple[Located, int] | None) -
                 probability = float(read_column(handle, "probability", slice(located[1], located[1] + 1))[0])
             text += f"; predicted {model['labels'][label]} (p={probability:.3f})"
         return text
-    return (f"  pipeline  {where}: {parts.get('kind')} v{parts.get('version')} {canonical_json(parts.get('params', {}))}; "
-            f"key {layer.key.hex[:12]}")
+    code = parts.get("code") or {}
+    return (f"  pipeline  {where}: {parts.get('kind')} {canonical_json(parts.get('params', {}))}; "
+            f"code {Key('code', code).hex[:12]} ({len(code)} modules); key {layer.key.hex[:12]}")
 
 
 def _shown(path: Path, root: Path) -> str:

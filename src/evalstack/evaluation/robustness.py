@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from evalstack.cache.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
 from evalstack.cache.shardstore import ShardStore
+from evalstack.core.fingerprint import code_part, defining_module
 from evalstack.core.keys import Key, sha256_bytes
 from evalstack.core.kinds import PREDICTIONS_KIND, PREPROCESSED_KIND
 from evalstack.core.layers import INDEX_NAME, ITEM_KEY, Layer, ShardInfo, read_column
@@ -73,11 +74,17 @@ class Cell:
         return f"{self.kind}-{self.severity}"
 
 
-def cell_key(model_signature: Key, pipeline_key: Key, cell: Cell, seed: int) -> Key:
-    perturbation = {"type": cell.kind, "severity": cell.severity, "seed": seed, "version": perturb.VERSION[cell.kind]}
+def cell_key(model_signature: Key, pipeline_key: Key, cell: Cell, seed: int, code: dict[str, str]) -> Key:
+    """`code`: `grid_code(adapter class)`, the grid's own closure (perturbations included) and the adapter's."""
+    perturbation = {"type": cell.kind, "severity": cell.severity, "seed": seed}
     return Key("robust_predictions", {
         "model": dict(model_signature.parts), "pipeline": dict(pipeline_key.parts), "perturbation": perturbation,
+        "code": code,
     })
+
+
+def grid_code(adapter_class: type) -> dict[str, str]:
+    return code_part(defining_module(adapter_class), __name__)
 
 
 @dataclass(frozen=True)
@@ -139,11 +146,12 @@ def build_grid(
     n_classes = len(adapter.spec.labels)
     passes_before = adapter.forward_passes
     builds = {}
+    code = grid_code(type(adapter))
     for cell in config.cells():
-        key = cell_key(signature, source.key, cell, config.seed)
+        key = cell_key(signature, source.key, cell, config.seed, code)
         label = f"model {adapter.spec.name} under {cell.kind} severity {cell.severity}"
         labels = {"model": f"model {adapter.spec.name}", "pipeline": f"pipeline {adapter.spec.pipeline}",
-                  "perturbation": "perturbation"}
+                  "perturbation": "perturbation", "code": "code"}
         spec = DerivedLayerSpec(PREDICTIONS_KIND, key, label, labels, "forward_passes")
         builds[cell.name] = build_derived_layer(
             source, out_dir / cell.name, spec, _cell_compute(adapter, cell, config.seed, selection, batch_size, n_classes),

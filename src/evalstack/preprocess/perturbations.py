@@ -8,8 +8,8 @@ ImageNet-C ties to 224 px (pixelate, fog's map) scale with the image. The PAD
 ones (white balance, lighting gradient, card rotation/shift) model what differs
 between phone photos of a card. Input and output: uint8 (H, W, 3).
 
-`VERSION` is part of every cached result's key: bump a type's version whenever its
-output changes, so stale perturbed predictions are never reused.
+Cached perturbed predictions are keyed by the code fingerprint of this module (see
+core/fingerprint.py): editing a perturbation changes the key, with nothing to bump.
 """
 from __future__ import annotations
 
@@ -230,7 +230,6 @@ PERTURBATIONS: dict[str, Perturbation] = {
     "lighting_gradient": lighting_gradient,
     "rotate_shift": rotate_shift,
 }
-VERSION = {name: "1" for name in PERTURBATIONS}
 
 
 def check(kind: str, severity: int) -> None:

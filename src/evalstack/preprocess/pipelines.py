@@ -1,7 +1,7 @@
 """Preprocessing pipelines and the preprocess stage (raw layer → preprocessed layer).
 
 A pipeline turns one decoded card photo into one model-ready array. Its cache key
-is (kind, version, canonical params); settings that do not change results
+is (kind, canonical params, code fingerprint); settings that do not change results
 (batch size, workers, compression) stay out of it.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from evalstack.cache.executors import Executor
 from evalstack.cache.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
 from evalstack.cache.shardstore import ShardStore
 from evalstack.config import entry
+from evalstack.core.fingerprint import code_part, defining_module
 from evalstack.core.keys import Key
 from evalstack.core.kinds import PREPROCESSED_KIND, RAW_KIND
 from evalstack.core.layers import ITEM_KEY, Layer, ShardInfo, read_column
@@ -44,7 +45,6 @@ class PreprocessingPipeline(ABC):
     """One decoded image in, one model-ready array out: an image (H, W, C) or a feature vector."""
 
     kind: ClassVar[str]
-    version: ClassVar[str]
 
     @abstractmethod
     def parameters(self) -> dict[str, Any]:
@@ -60,7 +60,10 @@ class PreprocessingPipeline(ABC):
     def process_image(self, image: Image.Image) -> np.ndarray: ...
 
     def cache_key(self) -> Key:
-        return Key("pipeline", {"kind": self.kind, "version": self.version, "params": self.parameters()})
+        """(kind, params, code): the code is the import closure of the module that defines this
+        pipeline and of the preprocess stage, so an edit to either changes the key (no version to bump)."""
+        code = code_part(defining_module(type(self)), __name__)
+        return Key("pipeline", {"kind": self.kind, "params": self.parameters(), "code": code})
 
 
 def _to_three_channels(array: np.ndarray) -> np.ndarray:
@@ -81,10 +84,9 @@ class CropResizePipeline(PreprocessingPipeline):
     """
 
     crop: tuple[int, int, int, int] = PAD_NN_CROP
-    size: int = 454
+    resize: int = 454  # not `size`: DVC's run-cache ignores params named size (DVC #10296)
     resample: str = "bicubic"
     kind: ClassVar[str] = "crop_resize"
-    version: ClassVar[str] = "1"
 
     def __post_init__(self) -> None:
         left, top, right, bottom = self.crop
@@ -92,14 +94,14 @@ class CropResizePipeline(PreprocessingPipeline):
             raise PipelineError(f"crop box {self.crop} is empty")
         if self.resample not in RESAMPLING:
             raise PipelineError(f"resample {self.resample!r} unknown; choose from {sorted(RESAMPLING)}")
-        if not 8 <= self.size <= 2048:
-            raise PipelineError(f"size {self.size} out of range 8–2048")
+        if not 8 <= self.resize <= 2048:
+            raise PipelineError(f"resize {self.resize} out of range 8–2048")
 
     def parameters(self) -> dict[str, Any]:
-        return {"crop": list(self.crop), "size": self.size, "resample": self.resample}
+        return {"crop": list(self.crop), "resize": self.resize, "resample": self.resample}
 
     def output_shape(self) -> tuple[int, int, int]:
-        return (self.size, self.size, 3)
+        return (self.resize, self.resize, 3)
 
     def output_dtype(self) -> np.dtype:
         return np.dtype(np.uint8)
@@ -109,7 +111,7 @@ class CropResizePipeline(PreprocessingPipeline):
             image = image.convert("RGBA")
         if image.mode not in ("RGB", "RGBA", "L", "LA"):
             image = image.convert("RGB")
-        resized = image.crop(self.crop).resize((self.size, self.size), RESAMPLING[self.resample])
+        resized = image.crop(self.crop).resize((self.resize, self.resize), RESAMPLING[self.resample])
         return np.ascontiguousarray(_to_three_channels(np.asarray(resized, dtype=np.uint8)))
 
 
@@ -123,7 +125,6 @@ class PadRegionsPipeline(PreprocessingPipeline):
 
     regions: int = 10
     kind: ClassVar[str] = "pad_regions"
-    version: ClassVar[str] = "1"
 
     def __post_init__(self) -> None:
         if not 1 <= self.regions <= 273:
@@ -189,7 +190,8 @@ def preprocess_layer(
     """One preprocessed shard per raw shard, item order preserved; shards the store holds are reused."""
     raw = Layer.open(raw_dir, kind=RAW_KIND)
     label = f"pipeline {name or pipeline.kind}"
-    spec = DerivedLayerSpec(PREPROCESSED_KIND, pipeline.cache_key(), label, {"": label}, "items_preprocessed", compression)
+    key = pipeline.cache_key()  # once: the closure travels to worker processes with its hex
+    spec = DerivedLayerSpec(PREPROCESSED_KIND, key, label, {"": label}, "items_preprocessed", compression)
 
     def compute(shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
         with h5py.File(path, "r") as handle:
@@ -199,7 +201,7 @@ def preprocess_layer(
             for row, image in decoded_images(handle, shard.n_items, max_pixels, lambda r: f"item id {ids[r]} in {path}",
                                              progress):
                 tensors[row] = pipeline.process_image(image)
-        return ShardContent({ITEM_KEY: keys, "x": tensors}, {"pipeline_key": pipeline.cache_key().hex}, ("x",))
+        return ShardContent({ITEM_KEY: keys, "x": tensors}, {"pipeline_key": key.hex}, ("x",))
 
     return build_derived_layer(raw, out_dir, spec, compute, store, executor)
 

@@ -46,19 +46,19 @@ def test_verify_names_the_shard_and_the_item(project: Project, compression: str)
     shard = project.pre / "00001.h5"
     _flip(shard, _row_offset(shard, "x", 2))
     problems = [str(p) for p in verify_layer(project.pre)]
-    key = Layer.open(project.raw).item_keys()[6]  # row 2 of shard 1 is the 7th item
+    key = Layer.open(project.raw).item_keys()[3]  # raw shards of 1, 4, 3, 2 items: row 2 of shard 1 is the 4th
     assert problems[0] == f"{shard}: sha256 differs from the index (corrupt or modified)"
     assert problems[1].startswith(f"{shard}: item 2 (key {key[:12]}): ")
     assert len(problems) == 2
 
 
 def test_verify_names_a_damaged_image_by_its_source_id(project: Project):
-    shard = project.raw / "00000.h5"
+    shard = project.raw / "00001.h5"  # ids 101–104
     with h5py.File(shard, "r") as handle:
         start = handle["blob"].id.get_offset() + int(handle["offset"][1]) + 40
     _flip(shard, start)
     problems = [str(p) for p in verify_layer(project.raw)]
-    assert any(p.startswith(f"{shard}: item 1 (id 101, key ") and "does not match its checksum" in p for p in problems)
+    assert any(p.startswith(f"{shard}: item 1 (id 102, key ") and "does not match its checksum" in p for p in problems)
 
 
 def test_verify_reports_a_missing_shard_and_a_missing_layer(project: Project, tmp_path: Path):
@@ -70,7 +70,7 @@ def test_verify_reports_a_missing_shard_and_a_missing_layer(project: Project, tm
 def test_verify_command_exits_non_zero_and_names_the_item(project: Project, capsys):
     preprocess_layer(project.raw, project.pre, tiny_pipeline(), "none", store=None, name="tiny")
     assert main(["--params", str(project.root / "params.yaml"), "verify", str(project.raw), str(project.pre)]) == 0
-    shard = project.pre / "00000.h5"
+    shard = project.pre / "00001.h5"
     _flip(shard, _row_offset(shard, "x", 3))
     assert main(["--params", str(project.root / "params.yaml"), "verify"]) == 1  # default: every layer under data/
     out = capsys.readouterr().out

@@ -87,7 +87,7 @@ def test_feature_pipeline_through_the_store(tmp_path: Path):
     source = tmp_path / "source"
     write_dataset(source, n_cards=4, seed=0, test_fraction=0.5)
     registries = {split: str(source / f"metadata_{split}.csv") for split in ("dev", "test")}
-    fetch_raw_layer(FetchConfig(registries, shard_size=3), tmp_path / "raw")
+    fetch_raw_layer(FetchConfig(registries, shard_bytes=3 * 1_370_000), tmp_path / "raw")
     pipeline = build_pipeline({"kind": "pad_regions", "regions": 10})
     index = preprocess_layer(tmp_path / "raw", tmp_path / "features", pipeline).index
     layer = Layer.open(tmp_path / "features")

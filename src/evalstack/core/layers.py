@@ -49,26 +49,13 @@ class ShardInfo:
     sha256: str
     n_items: int  # rows in the file
     upstream: str | None = None  # sha256 of the shard this one was derived from
-    # Rows that left the layer (a card removed from the source) while the file keeps its bytes,
-    # so DVC never re-uploads an old shard; readers of the layer skip them.
-    excluded: tuple[int, ...] = ()
-
-    @property
-    def n_live(self) -> int:
-        return self.n_items - len(self.excluded)
-
-    def live_rows(self) -> np.ndarray:
-        return np.setdiff1d(np.arange(self.n_items), np.asarray(self.excluded, dtype=np.int64))
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        if not self.excluded:
-            del data["excluded"]  # layers without removals keep the index layout they always had
-        return data
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ShardInfo":
-        return cls(**{**data, "excluded": tuple(data.get("excluded", ()))})
+        return cls(**data)
 
 
 @dataclass
@@ -82,7 +69,7 @@ class LayerIndex:
 
     @property
     def n_items(self) -> int:
-        return sum(shard.n_live for shard in self.shards)
+        return sum(shard.n_items for shard in self.shards)
 
     def to_json(self) -> str:
         data = {
@@ -357,7 +344,7 @@ class LayerWriter:
         info = write_layer_shard(self.directory / name, self.kind, self.key, self.compression, columns, **options)
         return self._register(info)
 
-    def add_existing(self, name: str, sha256: str, upstream: str | None = None, excluded: Sequence[int] = ()) -> ShardInfo:
+    def add_existing(self, name: str, sha256: str, upstream: str | None = None) -> ShardInfo:
         """List a shard that was placed in the directory already (e.g. copied from the shard store).
 
         Its own attributes must say it belongs here, so a mislabelled file is refused, not listed.
@@ -376,8 +363,7 @@ class LayerWriter:
         ]
         if differs:
             raise StoreError(f"{path}: its attributes ({', '.join(differs)}) do not belong to this layer")
-        info = ShardInfo(name=name, sha256=sha256, n_items=int(attrs["n_items"]), upstream=upstream,
-                         excluded=tuple(sorted(excluded)))
+        info = ShardInfo(name=name, sha256=sha256, n_items=int(attrs["n_items"]), upstream=upstream)
         return self._register(info)
 
     def _register(self, info: ShardInfo) -> ShardInfo:
@@ -468,8 +454,7 @@ class Layer:
         parts = []
         for shard in self.shards:
             with self.open_shard(shard) as handle:
-                values = read_column(handle, name)
-                parts.append(values[shard.live_rows()] if shard.excluded else values)
+                parts.append(read_column(handle, name))
         if not parts:
             return np.asarray([])
         return np.concatenate(parts)
@@ -481,12 +466,6 @@ class Layer:
         """Stream columns in batches, shard by shard, so memory stays flat."""
         for shard in self.shards:
             with self.open_shard(shard) as handle:
-                if shard.excluded:
-                    live = shard.live_rows()
-                    for start in range(0, len(live), batch_size):
-                        rows = live[start : start + batch_size]
-                        yield {name: read_column(handle, name, rows) for name in names}
-                    continue
                 for start in range(0, shard.n_items, batch_size):
                     rows = slice(start, min(start + batch_size, shard.n_items))
                     yield {name: read_column(handle, name, rows) for name in names}

@@ -3,8 +3,8 @@ import argparse
 from pathlib import Path
 
 from evalstack.config import load_params
-from evalstack.evaluation.classification import truth_frame
 from evalstack.evaluation.comparison import CompareConfig, compare_runs, declared_run
+from evalstack.evaluation.items import truth_frame
 from evalstack.reporting.comparison_report import ReportOutputs, write_report
 
 

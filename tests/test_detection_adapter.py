@@ -108,7 +108,7 @@ def test_infer_layer_has_a_row_for_every_image(model_file, tmp_path):
     # The seed reader serves the infer stage's layer, tensors read from the layer they were computed on.
     reader = CacheReader(tmp_path / "det", adapter.weights_sha256, tensors=tmp_path / "pre")
     assert reader.read_tensor(2).shape == (3, 32, 32) and reader.read_tensor(2).dtype == np.float32
-    again = infer_detection_layer(tmp_path / "pre", tmp_path / "det2", load_detector(_spec(model_file, confidence_threshold=0.5)))
+    infer_detection_layer(tmp_path / "pre", tmp_path / "det2", load_detector(_spec(model_file, confidence_threshold=0.5)))
     digest = lambda d: [hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())]  # noqa: E731
     assert digest(tmp_path / "det") == digest(tmp_path / "det2")  # batch size is not part of the result
 

@@ -53,10 +53,10 @@ def cells(types, severities) -> list[str]:
 
 
 def split_sizes(root: Path) -> tuple[int, int]:
-    from evalstack.evaluation.classification import ground_truth
+    from evalstack.evaluation.items import read_items
 
-    truth = ground_truth(root / "data/raw")
-    return len(truth), sum(1 for _, split in truth.values() if split == "test")
+    items = read_items(root / "data/raw")
+    return len(items), int((items.split == "test").sum())
 
 
 def test_clean_baseline_once_and_each_perturbed_item_once(project: Path):

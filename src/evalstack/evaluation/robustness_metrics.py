@@ -41,7 +41,7 @@ def model_summary(build: GridBuild, clean_accuracy: float, results: list[CellRes
         "model": build.model,
         "split": config.split,
         "seed": config.seed,
-        "n_items": len(build.split_keys),
+        "n_items": len(build.split_rows),
         "clean": {"accuracy": clean_accuracy, "error": 1.0 - clean_accuracy},
         "cells": [{"type": r.kind, "severity": r.severity, "accuracy": r.accuracy, "error": r.error,
                    "flip_rate": r.flip_rate} for r in results],

@@ -8,7 +8,7 @@ import pytest
 
 from evalstack.cli import main
 from evalstack.cli.verify import verify_layer
-from evalstack.core.layers import Layer
+from evalstack.core.layers import Layer, LayerCorruptError
 from evalstack.preprocess.pipelines import preprocess_layer
 from tests.layers import Project, tiny_pipeline
 
@@ -83,3 +83,26 @@ def test_verify_reports_a_damaged_index_instead_of_crashing(project: Project):
     index.write_text(index.read_text()[:-40])
     [problem] = verify_layer(project.raw)
     assert str(problem).startswith(f"{index}: unreadable index (JSONDecodeError")
+
+
+@pytest.mark.slow
+def test_the_repair_the_message_names_restores_damage_that_kept_size_and_mtime(project: Project, capsys):
+    """`dvc checkout` trusts its stat cache and restores nothing here; the command the message names does."""
+    from tests.e2e import run
+
+    run(project.root, "git", "init", "-q")
+    run(project.root, "dvc", "init", "-q")
+    run(project.root, "dvc", "add", "-q", "data/raw")
+    shard = project.raw / "00001.h5"
+    status = shard.stat()
+    _flip(shard, _row_offset(shard, "offset", 0))
+    os.utime(shard, ns=(status.st_atime_ns, status.st_mtime_ns))
+    with pytest.raises(LayerCorruptError) as refused:
+        Layer.open(project.raw).check_shard(Layer.open(project.raw).shards[1])
+    fix = str(refused.value).split("`dvc checkout --relink ")[1].split("`")[0]
+    run(project.root, "dvc", "checkout", "data/raw")
+    assert verify_layer(project.raw) != []  # plain checkout: nothing restored
+    assert main(["verify", str(project.raw)]) == 1
+    assert f"fix: `dvc checkout --relink {project.raw}`" in capsys.readouterr().out
+    run(project.root, "dvc", "checkout", "--relink", fix)
+    assert verify_layer(project.raw) == []

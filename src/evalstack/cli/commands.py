@@ -10,7 +10,7 @@ from evalstack.cache.shardstore import ShardStore, ShardStoreError, StoreConfig,
 from evalstack.cli.provenance import provenance_report, why_report
 from evalstack.cli.verify import verify_layer
 from evalstack.config import load_params
-from evalstack.core.layers import Layer, StoreError
+from evalstack.core.layers import Layer, StoreError, repair_hint
 from evalstack.reporting.offline_plots import OfflinePlotsError, install_offline_template
 
 
@@ -52,6 +52,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"CORRUPT {problem}")
         print(f"{directory}: {'FAILED' if problems else 'ok'}")
+        if problems:
+            print(f"  fix: {repair_hint(Path(directory))}")
         failed |= bool(problems)
     return 1 if failed else 0
 

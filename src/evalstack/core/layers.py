@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import secrets
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +23,7 @@ import h5py
 import hdf5plugin
 import numpy as np
 
-from evalstack.core.atomic import TEMP_GLOB, atomic_write_bytes
+from evalstack.core.atomic import atomic_write_bytes
 from evalstack.core.keys import Key, canonical_json, explain_change, sha256_file
 
 SCHEMA_VERSION = 1
@@ -316,10 +319,11 @@ def write_layer_shard(
 
 
 class LayerWriter:
-    """Builds a layer directory shard by shard; `finish()` writes the index last.
+    """Builds a layer shard by shard in a staging directory beside `directory`; `finish()` writes the
+    index last and then puts the new layer in place of the old one.
 
-    Until the index is written the directory is not a layer, so a crashed stage
-    leaves nothing that a reader would accept.
+    Until `finish()` the old layer (if any) stays in place and valid, and the staging directory is not a
+    layer (no index), so neither a reader nor a crash ever sees half a layer as a result.
     """
 
     def __init__(self, directory: Path, kind: str, key: Key, compression: str = "none"):
@@ -328,20 +332,23 @@ class LayerWriter:
         self.key = key
         self.compression = compression
         compression_options(compression)  # fail early on a bad param
-        self.directory.mkdir(parents=True, exist_ok=True)
-        index = self.directory / INDEX_NAME
-        if index.exists():
-            index.unlink()
-        for stale in self.directory.glob(TEMP_GLOB):  # a crashed run's; this directory is the stage's own
-            stale.unlink()
+        self.directory.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.directory.parent.glob(f".{self.directory.name}.staging-*"):  # a crashed writer's
+            shutil.rmtree(stale, ignore_errors=True)
+        self.staging = self.directory.with_name(f".{self.directory.name}.staging-{secrets.token_hex(6)}")
+        self.staging.mkdir()
         self.shards: list[ShardInfo] = []
         self.stats: dict[str, Any] = {}
         self.schema: dict[str, Any] | None = None
 
+    def path(self, name: str) -> Path:
+        """Where a shard of the layer being built is placed (published by `finish()`)."""
+        return self.staging / name
+
     def add_shard(self, name: str, columns: Mapping[str, np.ndarray], **options: Any) -> ShardInfo:
         """Write a shard and list it in this layer; `options` are `write_layer_shard`'s
         (attrs, upstream, flat, checksum_of, checksum_column)."""
-        info = write_layer_shard(self.directory / name, self.kind, self.key, self.compression, columns, **options)
+        info = write_layer_shard(self.path(name), self.kind, self.key, self.compression, columns, **options)
         return self._register(info)
 
     def add_existing(self, name: str, sha256: str, upstream: str | None = None) -> ShardInfo:
@@ -349,7 +356,7 @@ class LayerWriter:
 
         Its own attributes must say it belongs here, so a mislabelled file is refused, not listed.
         """
-        path = self.directory / name
+        path = self.path(name)
         with h5py.File(path, "r") as handle:
             attrs = read_attrs(handle)
         differs = [
@@ -367,25 +374,44 @@ class LayerWriter:
         return self._register(info)
 
     def _register(self, info: ShardInfo) -> ShardInfo:
-        with h5py.File(self.directory / info.name, "r") as handle:
+        with h5py.File(self.path(info.name), "r") as handle:
             schema = describe_shard(handle)
         if self.schema is None:
             self.schema = schema
         elif schema != self.schema:
-            raise StoreError(f"{self.directory / info.name}: columns {schema} differ from the layer's {self.schema}")
+            raise StoreError(f"{self.path(info.name)}: columns {schema} differ from the layer's {self.schema}")
         self.shards.append(info)
         return info
 
     def finish(self) -> LayerIndex:
         listed = {shard.name for shard in self.shards}
-        for leftover in self.directory.glob(f"*{SHARD_SUFFIX}"):
+        for leftover in self.staging.glob(f"*{SHARD_SUFFIX}"):
             if leftover.name not in listed:
                 leftover.unlink()
         index = LayerIndex(
             kind=self.kind, key=self.key, shards=list(self.shards), stats=self.stats, schema=self.schema or {}
         )
-        atomic_write_bytes(self.directory / INDEX_NAME, index.to_json().encode())
+        atomic_write_bytes(self.staging / INDEX_NAME, index.to_json().encode())
+        self._publish()
         return index
+
+    def _publish(self) -> None:
+        """The staging directory becomes `directory`: two renames, the old layer removed after."""
+        retired = None
+        if self.directory.exists() or self.directory.is_symlink():
+            retired = self.directory.with_name(f".{self.directory.name}.old-{secrets.token_hex(6)}")
+            os.rename(self.directory, retired)
+        os.rename(self.staging, self.directory)
+        if retired is not None:
+            shutil.rmtree(retired, ignore_errors=True) if retired.is_dir() and not retired.is_symlink() \
+                else retired.unlink()
+
+
+def repair_hint(directory: Path) -> str:
+    """What restores a damaged layer. Plain `dvc checkout` does not when the damage kept the file's size and
+    mtime (it trusts its stat cache); `--relink` rewrites the files from DVC's cache (checked on the real CLI)."""
+    return (f"`dvc checkout --relink {directory}` restores it from DVC's cache (plain `dvc checkout` trusts the "
+            "file's unchanged size and mtime and leaves it), or `dvc repro -f` the stage that writes it")
 
 
 def shard_name(number: int) -> str:
@@ -483,7 +509,6 @@ class Layer:
         if sha256(path) != shard.sha256:
             raise LayerCorruptError(
                 f"{path} does not match the sha256 recorded in {self.directory / INDEX_NAME} (corrupt or "
-                f"modified); `evalstack verify {self.directory}` names the damaged items, and "
-                f"`dvc checkout {self.directory}` (or `dvc repro -f` of the stage that writes it) restores it"
+                f"modified); `evalstack verify {self.directory}` names the damaged items. {repair_hint(self.directory)}"
             )
         return path

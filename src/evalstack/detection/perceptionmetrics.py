@@ -127,13 +127,11 @@ class CacheWriter:
     def close(self) -> None:
         self._flush()
         self._writer.stats = layer_stats(self.model_name, self.split, self.model_hash, self._n_written)
+        self._writer.finish()  # publishes the new layer in place of the old one, in one rename
         provenance = self.path / PROVENANCE_NAME
         if self.record_time:
             stamp = {"timestamp": datetime.now(timezone.utc).isoformat()}
             atomic_write_bytes(provenance, (json.dumps(stamp) + "\n").encode())
-        elif provenance.exists():
-            provenance.unlink()
-        self._writer.finish()
 
 
 def _numpy(value: Any, dtype: type) -> np.ndarray:

@@ -216,7 +216,7 @@ def _item_facts(row: RegistryRow, plan: RawPlan, history: RawHistory) -> tuple[s
 
 def _place(writer: LayerWriter, name: str, old: OldShard, history: RawHistory) -> ShardInfo | None:
     """List a previous shard under `name`, its bytes unchanged (checked against the recorded sha256)."""
-    dest = writer.directory / name
+    dest = writer.path(name)
     if not history.place(old.info, old.path, dest):
         return None  # gone or damaged: its rows are written anew from their bytes
     try:

@@ -18,14 +18,17 @@ OUTPUT_DIRS = ("data", "models", "metrics", "plots", "reports")  # everything `d
 
 TINY_PARAMS: dict[str, Any] = {
     "synth": {"n_cards": 60, "test_fraction": 0.3},
-    "fetch": {"shard_size": 16},
+    "fetch": {"shard_bytes": 16 * 1_370_000},  # ~16 embedded cards per raw shard
     "train": {"tflite_cnn": {"epochs": 3}, "torch_cnn": {"epochs": 3}, "conc_keras": {"epochs": 3}},
     "robustness": {"types": ["gaussian_noise"], "severities": [1]},  # one cell: the grid has its own e2e test
 }
 
 
-def env() -> dict[str, str]:
+def env(cwd: Path | None = None) -> dict[str, str]:
     environment = dict(os.environ)
+    project = _project_of(cwd) if cwd is not None else None
+    if project is not None:  # stages run the project's own library (the code DVC tracks), not the installed one
+        environment["PYTHONPATH"] = str(project / "src")
     environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
     environment["DVC_NO_ANALYTICS"] = "1"
     environment["TF_CPP_MIN_LOG_LEVEL"] = "2"
@@ -36,8 +39,15 @@ def env() -> dict[str, str]:
     return environment
 
 
+def _project_of(cwd: Path) -> Path | None:
+    for directory in (Path(cwd), *Path(cwd).parents):
+        if (directory / "src/evalstack").is_dir() and (directory / "dvc.yaml").exists():
+            return directory
+    return None
+
+
 def run(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=cwd, env=env(), capture_output=True, text=True)
+    result = subprocess.run(args, cwd=cwd, env=env(cwd), capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result

@@ -29,7 +29,7 @@ def grid_digests(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     root = make_project(tmp_path_factory.mktemp("robustness") / "p",
-                        {"synth": {"n_cards": 32}, "fetch": {"shard_size": 8}, "robustness": GRID})
+                        {"synth": {"n_cards": 32}, "fetch": {"shard_bytes": 8 * 1_370_000}, "robustness": GRID})
     use_own_models(root)  # untrained models are enough to count passes
     out = run(root, "dvc", "repro").stdout
     assert ROBUSTNESS_STAGES <= stages_run(out)

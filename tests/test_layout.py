@@ -32,13 +32,19 @@ def _stage_definitions(dvc_yaml: Path) -> dict[str, dict]:
     return {name: stage.get("do", stage) for name, stage in stages.items()}
 
 
+def _resolved(path: str) -> str:
+    full = (REPO / path).resolve()
+    return full.relative_to(REPO).as_posix() if full.is_relative_to(REPO) else os.path.normpath(path)
+
+
 def uncovered_modules(dvc_yaml: Path, profile_dir: str = "") -> dict[str, list[str]]:
     """Per stage: modules its script imports (transitively, inside evalstack) that no dep of it covers.
 
     Dep paths are relative to the dvc.yaml, which sits in `profile_dir` of the project."""
     missing: dict[str, list[str]] = {}
     for name, stage in _stage_definitions(dvc_yaml).items():
-        deps = [os.path.normpath(os.path.join(profile_dir, dep)) for dep in stage["deps"]]
+        # resolved: the detection project reaches the library through its `src` symlink
+        deps = [_resolved(os.path.join(profile_dir, dep)) for dep in stage["deps"]]
         script = next(dep for dep in deps if dep.startswith("stages/") and dep.endswith(".py"))
         for module in import_closure([REPO / script], follow_strings=True).values():
             if _is_empty(module.path):

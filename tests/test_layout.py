@@ -14,7 +14,8 @@ from evalstack.core.fingerprint import import_closure
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
-PROFILES = (REPO / "dvc.yaml", REPO / "detection/dvc.yaml")
+# a project made from the template may hold one profile only
+PROFILES = tuple(path for path in (REPO / "dvc.yaml", REPO / "detection/dvc.yaml") if path.exists())
 # Data flows down this list: a subpackage may import an earlier one (or config), never a later one.
 FLOW = ("core", "cache", "sources", "fetch", "preprocess", "models", "evaluation", "reporting", "detection", "demo")
 

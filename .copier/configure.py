@@ -77,15 +77,15 @@ def classification_source(answers: dict) -> None:
     kind = answers.get("classification_source", "demo")
     if kind == "demo":
         return
-    sources = {
-        "registry": ("    kind: registry\n    registries:\n"
-                     f"      dev: {answers['registry_dev']}\n      test: {answers['registry_test']}\n"),
-        "pad_api": (f"    kind: pad_api\n    url: {answers['pad_api_url']}\n"
-                    + (f"    project: {answers['pad_api_project']}\n" if answers.get("pad_api_project") else "")
-                    + "    page_size: 500\n    test_fraction: 0.2\n"),
-        "folder": f"    kind: folder\n    folder: {answers['folder_path']}\n",
+    sources = {  # only the chosen kind's answers exist
+        "registry": lambda: ("    kind: registry\n    registries:\n"
+                             f"      dev: {answers['registry_dev']}\n      test: {answers['registry_test']}\n"),
+        "pad_api": lambda: (f"    kind: pad_api\n    url: {answers['pad_api_url']}\n"
+                            + (f"    project: {answers['pad_api_project']}\n" if answers.get("pad_api_project") else "")
+                            + "    page_size: 500\n    test_fraction: 0.2\n"),
+        "folder": lambda: f"    kind: folder\n    folder: {answers['folder_path']}\n",
     }
-    block = "  source:                   # where cards come from (README: \"Fetch from PAD\")\n" + sources[kind]
+    block = "  source:                   # where cards come from (README: \"Fetch from PAD\")\n" + sources[kind]()
     edit(ROOT / "params.yaml", lambda text: replace_block(text, "source", 2, block, parent="fetch"))
     # no embedded dataset: no synth stage, and fetch no longer depends on its folder
     edit(ROOT / "dvc.yaml", lambda text: drop_line(drop_block(text, "synth", 2, parent="stages"),

@@ -39,8 +39,11 @@ def env() -> dict[str, str]:
     return environment
 
 
-def run(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=cwd, env=env(), capture_output=True, text=True)
+def run(cwd: Path, *args: str, check: bool = True, env_columns: int | None = None) -> subprocess.CompletedProcess:
+    environment = env()
+    if env_columns:
+        environment["COLUMNS"] = str(env_columns)  # the terminal width rich lays DVC's tables out for
+    result = subprocess.run(args, cwd=cwd, env=environment, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result

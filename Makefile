@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: help install system-deps repro repro-detection plots test test-fast bench clean
+.PHONY: help install system-deps repro repro-detection report plots test test-fast bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,13 +31,19 @@ system-deps: ## install the Debian packages the e2e tests use (apt-get, only if 
 	echo "installing $(SYSTEM_PACKAGES) (missing:$$missing)"; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES)
 
-repro: install ## install, then run the whole pipeline on the embedded dataset
+repro: install ## install, then run the classification pipeline, write reports/index.html, print the summary
 	dvc repro
-	dvc metrics show
+	@evalstack report >/dev/null
+	@echo; evalstack summary
 
-repro-detection: install ## install, then run the detection profile (detection/dvc.yaml) on its embedded data
-	dvc repro detection/dvc.yaml
-	dvc metrics show detection/metrics
+repro-detection: install ## install, then run the detection profile (its own DVC project in detection/)
+	cd detection && dvc repro
+	@evalstack report >/dev/null
+	@echo; evalstack summary
+
+report: install ## write reports/index.html + reports/index.md from what the last runs produced, print the summary
+	@evalstack report
+	@echo; evalstack summary
 
 plots: install ## render `dvc plots show` offline (vega inlined) into dvc_plots/index.html
 	evalstack plots-template
@@ -53,5 +59,5 @@ bench: install ## benchmarks vs the naive pipeline → bench/RESULTS.md (≤ 30 
 	PYTHONPATH=$(CURDIR)/src $(PY) bench/run.py
 
 clean: ## remove pipeline outputs (the DVC cache stays)
-	rm -rf data metrics plots reports dvc_plots comparison models/*.tflite models/*.pt2 models/*.keras models/*.onnx models/pls.csv
+	rm -rf data metrics plots reports dvc_plots comparison robustness/metrics.json models/*.tflite models/*.pt2 models/*.keras models/*.onnx models/pls.csv
 	rm -rf detection/data detection/metrics detection/plots detection/reports detection/models/*.pt2

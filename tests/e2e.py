@@ -12,9 +12,12 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-TEMPLATE_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "Makefile", "pyproject.toml")
+TEMPLATE_FILES = (
+    "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "Makefile", "pyproject.toml",
+    "models/.gitignore", "robustness/.gitignore",  # what DVC would append, shipped (git status stays clean)
+)
 TEMPLATE_DIRS = ("stages", "src")
-OUTPUT_DIRS = ("data", "models", "metrics", "plots", "reports")  # everything `dvc repro` writes
+OUTPUT_DIRS = ("data", "models", "metrics", "plots", "comparison")  # everything `dvc repro` writes
 
 TINY_PARAMS: dict[str, Any] = {
     "synth": {"n_cards": 60, "test_fraction": 0.3},
@@ -46,8 +49,11 @@ def _project_of(cwd: Path) -> Path | None:
     return None
 
 
-def run(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=cwd, env=env(cwd), capture_output=True, text=True)
+def run(cwd: Path, *args: str, check: bool = True, env_columns: int | None = None) -> subprocess.CompletedProcess:
+    environment = env(cwd)
+    if env_columns:
+        environment["COLUMNS"] = str(env_columns)  # the terminal width rich lays DVC's tables out for
+    result = subprocess.run(args, cwd=cwd, env=environment, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
@@ -66,10 +72,10 @@ def make_project(root: Path, overrides: dict[str, Any] | None = None) -> Path:
     """Copy the template into `root`, shrink its params, and make it a git + DVC repo."""
     root.mkdir(parents=True, exist_ok=True)
     for name in TEMPLATE_FILES:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, root / name)
     for name in TEMPLATE_DIRS:
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (root / "models").mkdir()
     (root / "models/.gitkeep").touch()
     params = yaml.safe_load((root / "params.yaml").read_text())
     deep_update(params, TINY_PARAMS)

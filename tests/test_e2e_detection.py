@@ -16,7 +16,7 @@ from tests.e2e import REPO, deep_update, make_project, output_digests, run, set_
 
 pytestmark = pytest.mark.slow
 
-PROFILE = "detection/dvc.yaml"
+PROFILE = "dvc.yaml"  # run inside detection/: the detection profile is its own DVC project
 STAGES = {f"{PROFILE}:{name}" for name in (
     "synth", "fetch", "preprocess@letterbox128", "train@shapes_centernet", "infer@shapes_centernet",
     "evaluate@shapes_centernet",
@@ -31,10 +31,11 @@ TINY = {
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     root = make_project(tmp_path_factory.mktemp("e2e_det") / "project")
-    shutil.copytree(REPO / "detection", root / "detection", ignore=shutil.ignore_patterns("data", "*.pt2"))
+    shutil.copytree(REPO / "detection", root / "detection", symlinks=True,  # detection/src → ../src
+                    ignore=shutil.ignore_patterns("data", "*.pt2", "tmp", "cache", "config.local"))
     params = deep_update(yaml.safe_load((root / "detection/params.yaml").read_text()), TINY)
     (root / "detection/params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    result = run(root, "dvc", "repro", PROFILE)
+    result = run(root / "detection", "dvc", "repro", PROFILE)
     assert stages_run(result.stdout) == STAGES
     run(root, "git", "add", "-A")
     run(root, "git", "commit", "-qm", "detection repro")
@@ -58,8 +59,11 @@ def test_stage_map_equals_pycocotools_on_the_same_json(project: Path):
     assert [metrics[name] for name in ("mAP", "mAP50", "mAP75")] == direct[:3]
     assert metrics["AR100"] == direct[8]
     assert metrics["forward_passes"] == 24 + 12  # every image once, train and val
-    shown = run(project, "dvc", "metrics", "show", "--json").stdout  # from the root: both profiles' metrics
-    assert "detection/metrics/shapes_centernet.json" in shown and "mAP50" in shown
+    shown = run(det, "dvc", "metrics", "show", "--json").stdout  # the detection project's own metrics
+    assert "metrics/shapes_centernet.json" in shown and "mAP50" in shown
+    root = run(project, "dvc", "metrics", "show", check=False)  # the classification project has not run here
+    assert "detection" not in root.stdout + root.stderr and "failed to load" not in root.stdout + root.stderr
+    assert "detection" not in run(project, "dvc", "status").stdout  # only its own (not yet run) stages
 
 
 def test_every_image_has_a_row_and_zero_gt_images_are_counted(project: Path):
@@ -78,14 +82,14 @@ def test_every_image_has_a_row_and_zero_gt_images_are_counted(project: Path):
 
 
 def test_second_repro_is_a_no_op(project: Path):
-    result = run(project, "dvc", "repro", PROFILE)
+    result = run(project / "detection", "dvc", "repro", PROFILE)
     assert stages_run(result.stdout) == set()
 
 
 def test_forced_repro_is_byte_identical(project: Path):
     before = output_digests(project / "detection")
     assert any(name.endswith(".pt2") for name in before) and any(name.endswith(".h5") for name in before)
-    result = run(project, "dvc", "repro", "-f", PROFILE)
+    result = run(project / "detection", "dvc", "repro", "-f", PROFILE)
     assert stages_run(result.stdout) == STAGES
     # Letterboxed and detection shards come back from the shard store: nothing is recomputed.
     assert result.stdout.count("computed 0 (0 items), reused 3 from the store") == 2
@@ -97,7 +101,7 @@ def test_forced_repro_is_byte_identical(project: Path):
 def test_threshold_is_part_of_the_predictions_key_and_empty_images_round_trip(project: Path):
     det = project / "detection"
     set_param(det, "models.shapes_centernet.confidence_threshold", 0.999)
-    result = run(project, "dvc", "repro", PROFILE)
+    result = run(project / "detection", "dvc", "repro", PROFILE)
     assert stages_run(result.stdout) == {f"{PROFILE}:infer@shapes_centernet", f"{PROFILE}:evaluate@shapes_centernet"}
     table = read_table(open_detections(det / "data/predictions/shapes_centernet"))
     assert len(table) == 36 and table.counts.sum() == 0 and table.bboxes.shape == (0, 4)

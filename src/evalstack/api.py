@@ -111,7 +111,7 @@ class Dataset:
     def _run(self, model: str | ModelAdapter, batch_size: int | None) -> ModelRun:
         if isinstance(model, str):
             self._reproduce(f"infer@{model}")
-            return declared_run(self.params, model, self.root / "data/predictions", self.root / "metrics/latency",
+            return declared_run(self.params, model, self.root / "data/predictions", self.root / "data/latency",
                                 self.root)
         return self._run_adhoc(model, batch_size or int((self.params.get("infer") or {}).get("batch_size", 32)))
 

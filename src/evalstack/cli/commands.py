@@ -58,6 +58,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    from evalstack.reporting.summary import summary_text
+
+    print(summary_text(args.project.resolve()), end="")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from evalstack.reporting.report import write_report
+
+    page = write_report(args.project.resolve())
+    print(f"wrote {page.relative_to(args.project.resolve())} (and reports/index.md)")
+    return 0
+
+
 def cmd_plots_template(args: argparse.Namespace) -> int:
     path = install_offline_template(args.repo)
     print(f"wrote {path}; `dvc plots show` and `dvc plots diff` in this clone now render offline")
@@ -170,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("layers", type=Path, nargs="*")
     seed.set_defaults(run=cmd_store_seed)
     store.add_parser("verify", help="re-hash every store entry").set_defaults(run=cmd_store_verify)
+    project = "the project folder (default: here); the detection profile is read from its detection/ folder"
+    command("summary", cmd_summary, "each model's headline figures in a few lines, and where the report is") \
+        .add_argument("--project", type=Path, default=Path("."), help=project)
+    command("report", cmd_report, "write reports/index.html (offline, figures inline) and reports/index.md") \
+        .add_argument("--project", type=Path, default=Path("."), help=project)
     template = command("plots-template", cmd_plots_template,
                        "make `dvc plots show/diff` pages render offline (vega inlined, no CDN)")
     template.add_argument("--repo", type=Path, default=Path("."), help="the DVC repository (default: here)")

@@ -15,12 +15,30 @@ from evalstack.evaluation.items import read_items
 from evalstack.evaluation.metrics import ClassificationReport, classification_report
 from evalstack.models.predictions import open_predictions
 
+# The one figure per model that `dvc metrics show` / `dvc exp show` carry (see headline_metrics).
+HEADLINE_KEYS = {"classify": ("accuracy",), "concentration": ("rmse",)}
+
 
 @dataclass(frozen=True)
 class EvaluationOutputs:
-    metrics: Path  # JSON for `dvc metrics`
+    metrics: Path  # JSON for `dvc metrics`: the headline only (see headline_metrics)
     pairs: Path  # CSV rows (actual, predicted): DVC's confusion template, or a scatter for concentration
     per_class: Path  # CSV rows (class, accuracy, support)
+    details: Path | None = None  # JSON of every summary figure (the report and `evalstack summary` read it)
+    model: str = ""
+    task: str = "classify"
+
+
+def headline_metrics(model: str, task: str, metrics: dict) -> dict:
+    """{model: {headline key: value}}: what DVC's tables show for one model.
+
+    DVC's tables put every (file, key) in a column of its own, and `dvc exp show` prefixes a
+    key that occurs in several files with the file's path. One key per model, named after the
+    model, keeps `dvc metrics show`, `dvc metrics diff` and `dvc exp show --only-changed`
+    within 160 columns for the demo's five models; every other figure is in the details file.
+    """
+    keys = HEADLINE_KEYS.get(task, ())
+    return {model: {key: metrics.get(key) for key in keys}}
 
 
 def label_indices(names: list[str], labels: tuple[str, ...], model: str) -> np.ndarray:
@@ -60,9 +78,13 @@ def write_outputs(
 
 
 def write_evaluation_files(outputs: EvaluationOutputs, metrics: dict, pairs: list[tuple], per_class: list[tuple]) -> None:
-    """The three evaluate outputs; `per_class` rows include their header."""
-    for path in (outputs.metrics, outputs.pairs, outputs.per_class):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    """The evaluate outputs; `per_class` rows include their header."""
+    for path in (outputs.metrics, outputs.pairs, outputs.per_class, outputs.details):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    if outputs.details is not None:
+        atomic_write_bytes(outputs.details, (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
+        metrics = headline_metrics(outputs.model, outputs.task, metrics)
     atomic_write_bytes(outputs.metrics, (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
     atomic_write_bytes(outputs.pairs, _csv([("actual", "predicted"), *pairs]))
     atomic_write_bytes(outputs.per_class, _csv(per_class))

@@ -56,7 +56,7 @@ def model_summary(build: GridBuild, clean_accuracy: float, results: list[CellRes
 
 
 def combine(summaries: Mapping[str, Mapping[str, Any]], reference: str) -> dict[str, Any]:
-    """metrics/robustness.json: per model accuracy per cell, CE and relative CE per type, mCE.
+    """robustness/metrics.json: per model accuracy per cell, CE and relative CE per type, mCE.
 
     Without the reference model's grid (e.g. it was removed from params) there is nothing to
     normalise by: accuracy and flip rate are still reported, CE values are None, and the

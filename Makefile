@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: help install system-deps repro repro-detection report plots test test-fast bench clean
+.PHONY: differential help install system-deps repro repro-detection report plots test test-fast bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ test: install system-deps ## install, then run the whole test suite (slow end-to
 
 test-fast: install ## unit tests only
 	$(PY) -m pytest -q -m "not slow"
+
+differential: install ## warm rebuild == build from nothing after every kind of edit, larger scale → bench/out/differential.json
+	EVALSTACK_DIFFERENTIAL=large $(PY) -m pytest -q -s -p no:cacheprovider tests/test_e2e_differential.py
 
 bench: install ## benchmarks vs the naive pipeline → bench/RESULTS.md (≤ 30 min; BENCH_SCALE=small for a quick check)
 	PYTHONPATH=$(CURDIR)/src $(PY) bench/run.py

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from evalstack.core.layers import INDEX_NAME, LayerIndex, ShardInfo
+from evalstack.core.layers import INDEX_NAME, LayerIndex, ShardInfo, StoreError
+from evalstack.core.names import UnsafeName, check_dvc_md5
 
 LOCK_NAME = "dvc.lock"
 
@@ -82,6 +83,12 @@ def _config_value(path: Path, section: str, option: str) -> str | None:
 
 
 def cache_file(cache: Path, md5: str) -> Path:
+    """Where DVC's cache keeps the object `md5` (checked: it comes from dvc.lock or a `.dir` listing)."""
+    try:
+        check_dvc_md5(md5)
+    except UnsafeName as error:
+        raise StoreError(f"{cache}: {error}; refusing to read outside DVC's cache "
+                         "(dvc.lock or a cached directory listing is crafted or damaged)") from None
     return cache / "files" / "md5" / md5[:2] / md5[2:]
 
 
@@ -106,12 +113,12 @@ def locked_layer(root: Path, out: LockedOut, cache: Path | None = None) -> Locke
         cache = cache or cache_dir(root)
         index_file = cache_file(cache, listing[INDEX_NAME])
         if index_file.exists():
-            index = LayerIndex.from_json(index_file.read_text())
+            index = LayerIndex.from_json(index_file.read_text(), f"{out.path}/{INDEX_NAME} in DVC's cache ({index_file})")
             files = {s.name: cache_file(cache, listing[s.name]) for s in index.shards if s.name in listing}
             return LockedLayer(out, index, {n: p for n, p in files.items() if p.exists()}, from_cache=True)
     workspace = root / out.path / INDEX_NAME
     if workspace.exists():
-        index = LayerIndex.from_json(workspace.read_text())
+        index = LayerIndex.from_json(workspace.read_text(), str(workspace))
         return LockedLayer(out, index, {s.name: root / out.path / s.name for s in index.shards}, from_cache=False)
     return None
 
@@ -125,7 +132,7 @@ def nested_locked_layers(root: Path, out: LockedOut, cache: Path) -> list[Locked
         index_file = cache_file(cache, listing[relpath])
         if not index_file.exists():
             continue
-        index = LayerIndex.from_json(index_file.read_text())
+        index = LayerIndex.from_json(index_file.read_text(), f"{out.path}/{relpath} in DVC's cache ({index_file})")
         files = {s.name: cache_file(cache, listing[f"{prefix}/{s.name}"]) for s in index.shards
                  if f"{prefix}/{s.name}" in listing}
         layers.append(LockedLayer(out, index, {n: p for n, p in files.items() if p.exists()}, from_cache=True))

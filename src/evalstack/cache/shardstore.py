@@ -29,6 +29,7 @@ from evalstack.core.atomic import TEMP_GLOB, atomic_copy, atomic_link, atomic_wr
 from evalstack.core.hashstamps import HashStamps
 from evalstack.core.keys import Key, sha256_bytes, sha256_file
 from evalstack.core.layers import SCHEMA_VERSION, ShardInfo, read_attrs
+from evalstack.core.names import UnsafeName, check_address, is_address
 
 LINK_MODES = ("copy", "hardlink")
 SHARD_KEY_ATTR = "shard_key"  # every derived shard records its own address, so pulled outputs can seed a store
@@ -95,6 +96,10 @@ class ShardStore:
 
     # -- layout ---------------------------------------------------------------------------
     def shard_path(self, address: str) -> Path:
+        try:
+            check_address(address)  # addresses can come from data (a shard's own attribute, an index)
+        except UnsafeName as error:
+            raise ShardStoreError(f"{self.directory}: {error}; refusing a path outside the store") from None
         return self.directory / "shards" / address[:2] / f"{address}.h5"
 
     def record_path(self, address: str) -> Path:
@@ -109,7 +114,8 @@ class ShardStore:
         record, shard = self.record_path(address), self.shard_path(address)
         try:
             entry = StoreEntry(**json.loads(record.read_text()))
-            if shard.stat().st_size == entry.size:
+            # a record names its own address: one that names another (crafted) is no entry of this one
+            if entry.address == address and shard.stat().st_size == entry.size:
                 return entry
         except (OSError, ValueError, TypeError):
             pass
@@ -117,6 +123,8 @@ class ShardStore:
 
     def entries(self) -> Iterator[StoreEntry]:
         for record in sorted((self.directory / "shards").glob("*/*.json")):
+            if not is_address(record.stem):  # a stray file in the store is no entry
+                continue
             entry = self.get(record.stem)
             if entry is not None:
                 yield entry
@@ -180,6 +188,11 @@ class ShardStore:
             except OSError:
                 continue
             address = attrs.get(SHARD_KEY_ATTR) or shard.sha256
+            try:
+                check_address(address, f"its {SHARD_KEY_ATTR} attribute")
+            except UnsafeName as error:
+                raise ShardStoreError(f"{path}: {error}; refusing to seed the store {self.directory} from it "
+                                      "(a crafted or damaged shard: `dvc checkout` or rebuild the layer)") from None
             if self.get(address) is not None or self.stamps.sha256(path) != shard.sha256:
                 continue
             layer_key = attrs.get("layer_key") if isinstance(attrs.get("layer_key"), dict) else {}

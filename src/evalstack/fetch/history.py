@@ -66,7 +66,7 @@ class RawHistory:
         if self.store is None:
             return None
         try:
-            index = LayerIndex.from_json(self._record_path(out_dir).read_text())
+            index = LayerIndex.from_json(self._record_path(out_dir).read_text(), str(self._record_path(out_dir)))
         except (OSError, ValueError, KeyError):
             return None
         paths = {s.sha256: self.store.shard_path(s.sha256) for s in index.shards if self.store.get(s.sha256)}

@@ -25,7 +25,7 @@ from evalstack.core.keys import Key
 from evalstack.core.kinds import RAW_KIND
 from evalstack.core.layers import INDEX_NAME, ITEM_KEY, LayerIndex, LayerWriter, StoreError, shard_name
 from evalstack.core.raw import FetchedItem, raw_columns, read_blobs
-from evalstack.fetch.downloads import DownloadOutcome, Failure, download_items
+from evalstack.fetch.downloads import DownloadOutcome, Failure, download_items, warn_skipped
 from evalstack.fetch.history import PreviousLayer, RawHistory
 from evalstack.fetch.plan import RawPlan, plan_layer
 from evalstack.sources.catalog import SourceConfig, list_items
@@ -115,15 +115,15 @@ def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history
         plan = plan_layer(previous, rows, config.layer_key())
         missing = [r for r in plan.fresh if r.identity not in plan.old_bytes and not history.has_download(r)]
         outcome = download_items(missing, transport, history, config.max_pixels, config.workers)
-        transfer = {"http_gets": transport.gets, "bytes_read": transport.bytes}
+        transfer = {"http_gets": transport.gets, "http_retries": transport.retries, "bytes_read": transport.bytes}
     report.failed = outcome.failures
     report.counts = {"listed": len(rows), "failed": len(outcome.failures),
                      "without_md5": sum(1 for row in rows if not row.hashlib_md5)}  # none stated: nothing checked
-    report.activity = _activity(plan, missing, outcome) | transfer
-    if outcome.unreachable or (outcome.failures and config.on_error == "fail"):
-        return _stop(previous, out_dir, report, outcome, config, history)
     failed_ids = {failure.id for failure in outcome.failures}
     fresh = [row for row in plan.fresh if row.id not in failed_ids]
+    report.activity = _activity(plan, missing, outcome, fresh) | transfer
+    if outcome.unreachable or (outcome.failures and config.on_error == "fail"):
+        return _stop(previous, out_dir, report, outcome, config, history)
     log = BuildLog(RAW_KIND, config.layer_key(), "fetch", {"": "fetch"}, "items_fetched", build_record)
     log.seeded = seeded
     index = _write_layer(out_dir, config, plan, fresh, history, log)
@@ -133,17 +133,20 @@ def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history
     report.counts["in_layer"] = index.n_items
     if outcome.failures:
         report.message = f"skipped {len(outcome.failures)} items that failed (on_error: skip)"
+        warn_skipped(outcome.failures, config.report)
     report.write(config.report)
     return FetchResult(index, report)
 
 
-def _activity(plan: RawPlan, missing: list[RegistryRow], outcome: DownloadOutcome) -> dict[str, int]:
-    from_old_shards = sum(1 for row in plan.fresh if row.identity in plan.old_bytes)
+def _activity(plan: RawPlan, missing: list[RegistryRow], outcome: DownloadOutcome,
+              fresh: list[RegistryRow]) -> dict[str, int]:
+    """What this run did; `fresh` is what went into new shards (skipped failures left out)."""
+    from_old_shards = sum(1 for row in fresh if row.identity in plan.old_bytes)
     return {
         "kept_in_place": plan.n_kept_items,
-        "new_shard_items": len(plan.fresh),
+        "new_shard_items": len(fresh),
         "bytes_from_old_shards": from_old_shards,
-        "from_download_area": len(plan.fresh) - len(missing) - from_old_shards,
+        "from_download_area": len(plan.fresh) - len(missing) - from_old_shards,  # failed items were all in `missing`
         "downloaded": outcome.downloaded,
         "removed": plan.removed,
     }

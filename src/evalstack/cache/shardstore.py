@@ -6,6 +6,9 @@ before computing it and put every shard they compute, so stage outputs are built
 from the store: DVC's run-cache keeps working (no `persist: true`) and toggling a
 param back recomputes nothing.
 
+A store is a cache: when its disk is full it stops caching for the rest of the run with
+one warning naming it (`no_space`), and the stage goes on; outputs never depend on it.
+
 Safety: store files are read-only, every reuse re-hashes the bytes against the
 recorded sha256 (a damaged entry is dropped and recomputed, never propagated), and
 the default `copy` mode gives the workspace its own file, so neither DVC nor a user
@@ -18,6 +21,7 @@ import contextlib
 import json
 import os
 import stat
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +29,8 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import h5py
 
-from evalstack.core.atomic import TEMP_GLOB, atomic_copy, atomic_link, atomic_write_bytes, stale_temp_files
+from evalstack.core.atomic import (TEMP_GLOB, atomic_copy, atomic_link, atomic_write_bytes, is_no_space,
+                                   stale_temp_files)
 from evalstack.core.hashstamps import HashStamps
 from evalstack.core.keys import Key, sha256_bytes, sha256_file
 from evalstack.core.layers import SCHEMA_VERSION, ShardInfo, read_attrs
@@ -93,6 +98,26 @@ class ShardStore:
         self.config = config
         self.directory = Path(config.directory)
         self.stamps = HashStamps(self.directory / "stamps")
+        self.full = False  # set when a write ran out of space: nothing more is put this run
+
+    def no_space(self, error: OSError) -> None:
+        """The store's disk is full: stop caching for the rest of this run, and say so once."""
+        if not self.full:
+            print(f"WARNING the shard store {self.directory} is out of disk space ({error.strerror or error}): this run "
+                  "keeps no more shards there. Results are not affected; a later run may recompute what was not "
+                  "kept. Free space (`evalstack gc --max-bytes N`) or point store.dir at a larger disk; "
+                  "`evalstack doctor` shows free space.", file=sys.stderr)
+        self.full = True
+
+    @contextlib.contextmanager
+    def caching(self) -> Iterator[None]:
+        """Around a write into the store: a full disk turns caching off instead of failing the stage."""
+        try:
+            yield
+        except OSError as error:
+            if not is_no_space(error):
+                raise
+            self.no_space(error)
 
     # -- layout ---------------------------------------------------------------------------
     def shard_path(self, address: str) -> Path:
@@ -155,7 +180,13 @@ class ShardStore:
 
     def put(self, entry: StoreEntry, source: Path, immutable_source: bool = False) -> None:
         """Record the shard at `source`. An immutable source (DVC's cache) may be hardlinked;
-        a workspace file is copied unless the store is in hardlink mode."""
+        a workspace file is copied unless the store is in hardlink mode. Nothing when the store is full."""
+        if self.full:
+            return
+        with self.caching():
+            self._put(entry, source, immutable_source)
+
+    def _put(self, entry: StoreEntry, source: Path, immutable_source: bool) -> None:
         existing = self.get(entry.address)
         if existing is not None and existing.sha256 == entry.sha256:
             with contextlib.suppress(OSError):
@@ -204,8 +235,9 @@ class ShardStore:
     # -- builds (what each layer's last build computed and why) ---------------------------
     def save_build(self, layer_dir: Path, record: dict[str, Any]) -> None:
         path = self.build_path(layer_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+        with self.caching():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
 
     def load_build(self, layer_dir: Path) -> dict[str, Any] | None:
         try:

@@ -46,7 +46,7 @@ class CocoFetchConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     allowed_schemes: tuple[str, ...] = ("file",)
     max_bytes: int = DEFAULT_MAX_BYTES  # per image file, checked while reading
-    max_annotation_bytes: int = 2 << 30  # the instances JSON (COCO's train2017 file is ~450 MB)
+    max_annotation_bytes: int = 1 << 30  # the instances JSON (COCO's train2017 file is ~450 MB)
 
     def layer_key(self) -> Key:
         splits = {name: {"annotations": s.annotations, "images": s.images} for name, s in self.splits.items()}

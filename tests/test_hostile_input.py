@@ -358,3 +358,32 @@ def test_crafted_layers_and_registries_write_nothing_outside_the_project_and_sto
     assert len(refused) == 2 * 6 + 3 + 4 + 3, "\n".join(refused)
     assert files_under(tmp_path, guarded) == before
     assert (canary / "victim.h5").read_bytes() == b"precious"
+
+
+# -- finding 7: a remote Dask scheduler over plain tcp:// ----------------------------------------
+@pytest.mark.parametrize("address, warned", [
+    ("tcp://10.1.2.3:8786", True), ("sched.example.org:8786", True),
+    ("tcp://127.0.0.1:8786", False), ("tcp://localhost:8786", False), ("tls://sched.example.org:8786", False),
+])
+def test_a_plain_tcp_scheduler_on_another_host_warns_and_names_tls(monkeypatch, capsys, address: str, warned: bool):
+    import distributed
+
+    from evalstack.cache.executors import DaskExecutor, open_executor
+
+    class FakeClient:  # no scheduler is contacted: only what is said before connecting matters
+        def __init__(self, address):
+            self.address = address
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+    monkeypatch.setattr(distributed, "Client", FakeClient)
+    with open_executor({"executor": "dask", "dask": {"address": address}}) as executor:
+        assert isinstance(executor, DaskExecutor) and executor.client.address == address
+    err = capsys.readouterr().err
+    assert (f"WARNING dask.address {address} is plain TCP to another machine: tasks and results travel as "
+            "pickles" in err) == warned
+    assert ("Use tls:// with certificates" in err) == warned

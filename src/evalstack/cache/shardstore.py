@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 import h5py
+from tqdm import tqdm
 
 from evalstack.core.atomic import (TEMP_GLOB, atomic_copy, atomic_link, atomic_write_bytes, is_no_space,
                                    stale_temp_files)
@@ -103,10 +104,10 @@ class ShardStore:
     def no_space(self, error: OSError) -> None:
         """The store's disk is full: stop caching for the rest of this run, and say so once."""
         if not self.full:
-            print(f"WARNING the shard store {self.directory} is out of disk space ({error.strerror or error}): this run "
-                  "keeps no more shards there. Results are not affected; a later run may recompute what was not "
-                  "kept. Free space (`evalstack gc --max-bytes N`) or point store.dir at a larger disk; "
-                  "`evalstack doctor` shows free space.", file=sys.stderr)
+            tqdm.write(f"WARNING the shard store {self.directory} is out of disk space ({os.strerror(error.errno)}): "
+                       "this run keeps no more shards there. Results are not affected; a later run may recompute "
+                       "what was not kept. Free space (`evalstack gc --max-bytes N`) or point store.dir at a larger "
+                       "disk; `evalstack doctor` shows free space.", file=sys.stderr)  # on its own line, bars or not
         self.full = True
 
     @contextlib.contextmanager

@@ -387,3 +387,16 @@ def test_a_plain_tcp_scheduler_on_another_host_warns_and_names_tls(monkeypatch, 
     assert (f"WARNING dask.address {address} is plain TCP to another machine: tasks and results travel as "
             "pickles" in err) == warned
     assert ("Use tls:// with certificates" in err) == warned
+
+
+def test_a_remote_registry_may_not_name_files_on_this_machine(tmp_path: Path):
+    from tests.loopback import Faults, PadServer
+
+    registry = registry_with(tmp_path / "served", [{"url": "file:///etc/passwd"}])
+    with PadServer(tmp_path / "served", Faults()) as server:
+        config = SourceConfig(registries={"dev": f"{server.url}metadata_dev.csv"})
+        with Transport(TransportConfig()) as transport, pytest.raises(
+                SourceError, match=r"item id 100 \(img0.png\): URL scheme 'file' refused: a remote registry .* may "
+                                   r"only point at http\(s\) images, not file:///etc/passwd"):
+            list_items(config, transport)
+    assert registry.exists()

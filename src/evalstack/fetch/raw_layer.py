@@ -258,6 +258,7 @@ def fetch_config(params: Mapping[str, Any], report: Path | None = None) -> Fetch
         read_timeout=float(http.get("read_timeout", TransportConfig.read_timeout)),
         retries=int(http.get("retries", TransportConfig.retries)),
         backoff=float(http.get("backoff", TransportConfig.backoff)),
+        retry_after_max=float(http.get("retry_after_max", TransportConfig.retry_after_max)),
         max_bytes=int(fetch.get("max_bytes", TransportConfig.max_bytes)),
         pool_size=int(fetch.get("workers", 8)),
     )

@@ -22,6 +22,7 @@ import json
 import os
 import stat
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -100,15 +101,17 @@ class ShardStore:
         self.directory = Path(config.directory)
         self.stamps = HashStamps(self.directory / "stamps")
         self.full = False  # set when a write ran out of space: nothing more is put this run
+        self._full_lock = threading.Lock()  # fetch's download threads may all hit the full disk at once
 
     def no_space(self, error: OSError) -> None:
         """The store's disk is full: stop caching for the rest of this run, and say so once."""
-        if not self.full:
+        with self._full_lock:
+            first, self.full = not self.full, True
+        if first:
             tqdm.write(f"WARNING the shard store {self.directory} is out of disk space ({os.strerror(error.errno)}): "
                        "this run keeps no more shards there. Results are not affected; a later run may recompute "
                        "what was not kept. Free space (`evalstack gc --max-bytes N`) or point store.dir at a larger "
                        "disk; `evalstack doctor` shows free space.", file=sys.stderr)  # on its own line, bars or not
-        self.full = True
 
     @contextlib.contextmanager
     def caching(self) -> Iterator[None]:

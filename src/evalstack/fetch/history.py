@@ -19,6 +19,7 @@ import hashlib
 import shutil
 import stat
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class RawHistory:
         self.directory = store.directory / "fetch" if store else Path(self._scratch.name)
         self._saved_now: set[str] = set()  # file names checked on arrival in this run: no second md5 pass
         self._spill: tempfile.TemporaryDirectory | None = None  # downloads, once the store's disk is full
+        self._spill_lock = threading.Lock()
 
     def close(self) -> None:
         shutil.rmtree(self.directory / "stash", ignore_errors=True)
@@ -137,7 +139,8 @@ class RawHistory:
             # The store's disk is full: keep this download in a temp folder for this run only (as
             # without a store), so the fetch still completes; the store says so once.
             self.store.no_space(error)
-            self._spill = self._spill or tempfile.TemporaryDirectory(prefix="evalstack-fetch-")
+            with self._spill_lock:  # download threads arrive here together: one folder for all
+                self._spill = self._spill or tempfile.TemporaryDirectory(prefix="evalstack-fetch-")
             path = self._spill_path(path.name)
             atomic_write_bytes(path, data)
         self._saved_now.add(path.name)  # a name, not a Path: one per downloaded card, so size matters

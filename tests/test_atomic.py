@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from evalstack.core import atomic
-from evalstack.core.atomic import DiskFullError, atomic_copy, atomic_write_bytes, stale_temp_files
+from evalstack.core.atomic import atomic_copy, atomic_write_bytes, stale_temp_files
 from evalstack.core.keys import sha256_file
 from tests.layers import store_at
 
@@ -148,6 +148,8 @@ def fill_disk(monkeypatch, under: Path, room: int = 0) -> None:
 
 
 def test_a_full_disk_names_the_folder_the_space_needed_and_doctor(tmp_path: Path, monkeypatch):
+    from evalstack.core.atomic import DiskFullError
+
     out = tmp_path / "data" / "raw" / "00003.h5"
     out.parent.mkdir(parents=True)
     out.write_bytes(b"old")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from evalstack.core.atomic import DiskFullError
 from evalstack.core.layers import INDEX_NAME
 from tests.layers import Project, digests, store_at
 from tests.test_atomic import fill_disk
@@ -34,6 +33,8 @@ def test_a_full_store_degrades_to_not_caching_with_one_warning(tmp_path: Path, m
 
 
 def test_a_full_output_disk_fails_naming_the_folder_and_the_space_needed(tmp_path: Path, monkeypatch):
+    from evalstack.core.atomic import DiskFullError
+
     project = Project(tmp_path / "project")
     store = store_at(tmp_path / "store")
     project.grow(9)

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evalstack.cache.dvcfiles import LockFileError
 from evalstack.cli.commands import main
 from tests.e2e import REPO, run
 from tests.layers import Project, store_at
@@ -80,6 +79,8 @@ def test_evalstack_refuses_an_empty_dvc_lock_and_points_to_doctor(tmp_path: Path
     err = capsys.readouterr().err
     assert f"{tmp_path / 'dvc.lock'} is empty (0 bytes)" in err and "`evalstack doctor` explains" in err
     assert len(list(store.entries())) == entries  # nothing removed
+    from evalstack.cache.dvcfiles import LockFileError
+
     with pytest.raises(LockFileError, match="`git checkout dvc.lock` restores the committed one"):
         project.preprocess(store)  # a stage run outside DVC says the same
 

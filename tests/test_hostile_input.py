@@ -208,7 +208,7 @@ def test_a_duplicate_id_across_two_registries_names_both(tmp_path: Path):
 _LIMITED = """
 import resource, sys, time
 resource.setrlimit(resource.RLIMIT_AS, (1 << 31, 1 << 31))  # an uncapped read dies here, not the machine
-sys.path.insert(0, {src!r}); sys.path.insert(0, {repo!r})
+sys.path.insert(0, {src!r}); sys.path.insert(0, {repo!r})  # the evalstack this test process runs
 started = time.monotonic()
 try:
 {body}
@@ -220,7 +220,10 @@ print("seconds", round(time.monotonic() - started, 1))
 
 def run_limited(body: str, tmp_path: Path) -> str:
     """Run `body` in a child with a 2 GiB address-space limit; what it printed."""
-    code = _LIMITED.format(src=str(REPO / "src"), repo=str(REPO), body="\n".join("    " + l for l in body.splitlines()))
+    import evalstack
+
+    src = str(Path(evalstack.__file__).resolve().parents[1])
+    code = _LIMITED.format(src=src, repo=str(REPO), body="\n".join("    " + l for l in body.splitlines()))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     return done.stdout + done.stderr
 
@@ -233,39 +236,43 @@ def test_a_registry_pointing_at_dev_zero_fails_fast_at_the_size_cap(tmp_path: Pa
     assert "MemoryError" not in out
 
 
-def test_local_coco_reads_are_capped(tmp_path: Path):
+def test_a_local_coco_image_that_never_ends_fails_at_the_cap(tmp_path: Path):
     split = write_coco(tmp_path / "src")
     os.symlink("/dev/zero", Path(split.images) / "zero.png")
     doc = document(images=[*IMAGES, {"id": 9, "file_name": "zero.png", "width": 8, "height": 8}])
     Path(split.annotations).write_text(json.dumps(doc))
+    body = ("from evalstack.sources.coco import CocoFetchConfig, CocoSplit, fetch_coco_layer\n"
+            f"fetch_coco_layer(CocoFetchConfig({{'val': CocoSplit({split.annotations!r}, {split.images!r})}}), 'b')")
+    out = run_limited(body, tmp_path)
+    assert f"zero.png: more than {64 << 20} bytes (the size cap)" in out, out  # the default cap
+    assert "MemoryError" not in out
+
+
+def test_a_local_coco_annotations_file_is_capped(tmp_path: Path):
+    split = write_coco(tmp_path / "src")
     huge = tmp_path / "src/annotations/huge.json"
     os.symlink("/dev/zero", huge)
     body = ("from evalstack.sources.coco import CocoFetchConfig, CocoSplit, fetch_coco_layer\n"
-            f"split = CocoSplit({split.annotations!r}, {split.images!r})\n"
-            "try:\n"
-            f"    fetch_coco_layer(CocoFetchConfig({{'val': CocoSplit({str(huge)!r}, {split.images!r})}}, "
-            "max_annotation_bytes=16 << 20), 'a')\n"
-            "except Exception as error:\n"
-            "    print(type(error).__name__, error)\n"
-            "fetch_coco_layer(CocoFetchConfig({'val': split}, max_bytes=1 << 20), 'b')")
+            f"fetch_coco_layer(CocoFetchConfig({{'val': CocoSplit({str(huge)!r}, {split.images!r})}}, "
+            "max_annotation_bytes=16 << 20), 'a')")
     out = run_limited(body, tmp_path)
     assert f"SourceError /dev/zero: more than {16 << 20} bytes (the size cap)" in out, out  # the link, resolved
-    assert "zero.png: more than 1048576 bytes (the size cap)" in out, out
-    assert "MemoryError" not in out
 
 
 def test_the_md5_of_a_folder_image_is_read_under_the_cap(tmp_path: Path):
     folder = tmp_path / "cards"
     folder.mkdir()
-    os.symlink("/dev/zero", folder / "zero.png")
+    with open(folder / "huge.png", "wb") as handle:  # 4 GiB that take no disk (sparse)
+        handle.truncate(4 << 30)
     (folder / "ok.png").write_bytes(Image.new("RGB", (4, 4)).tobytes())
-    (folder / "labels.csv").write_text("id,image_name,sample_name\n1,zero.png,lactose\n2,ok.png,lactose\n")
+    (folder / "labels.csv").write_text("id,image_name,sample_name\n1,huge.png,lactose\n2,ok.png,lactose\n")
     body = ("from evalstack.sources.catalog import SourceConfig, list_items\n"
             "from evalstack.sources.transport import Transport, TransportConfig\n"
             f"rows = list_items(SourceConfig(kind='folder', folder={str(folder)!r}), Transport(TransportConfig(max_bytes=1 << 20)))\n"
             "print([(r.id, r.hashlib_md5) for r in rows])")
     out = run_limited(body, tmp_path)
     assert "[(1, ''), (2, '" in out, out  # too big to hash: no md5, and its download fails at the cap
+    assert "MemoryError" not in out
 
 
 # -- finding 4: only the formats a source accepts are decoded ----------------------------------

@@ -18,7 +18,6 @@ import torch
 
 from evalstack.config import ConfigError, ModelError, ModelSpec, model_spec
 from evalstack.models.adapters import load_adapter
-from evalstack.models.trust import pickle_format, require_trusted
 
 LABELS = ("a", "b")
 
@@ -127,6 +126,8 @@ def test_the_onnx_export_stage_needs_the_export_entry_to_pin_or_trust(pt2_file: 
 @pytest.mark.parametrize("name, unsafe", [("m.pt2", True), ("m.pt", True), ("m.pth", True), ("m.onnx", False),
                                            ("m.tflite", False), ("m.keras", False), ("pls.csv", False)])
 def test_which_formats_need_a_pin(tmp_path: Path, name: str, unsafe: bool):
+    from evalstack.models.trust import pickle_format, require_trusted
+
     path = tmp_path / name
     path.write_bytes(b"x")
     assert (pickle_format(path) is not None) == unsafe

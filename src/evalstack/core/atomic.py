@@ -106,6 +106,9 @@ def atomic_writer(path: Path, durable: bool = True, mode: int = 0o644, expected_
         os.replace(tmp, path)
     except OSError as error:
         if is_no_space(error) and not isinstance(error, DiskFullError):
+            if tmp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()  # first, so the message says what is free without our half-written file
             raise DiskFullError(path, expected_bytes) from None
         raise
     finally:

@@ -159,7 +159,7 @@ def test_dvc_fails_on_an_empty_lock_and_a_relative_remote_and_doctors_fixes_work
     root.mkdir(parents=True)
     (root / "dvc.yaml").write_text(yaml.safe_dump(PIPELINE))
     (root / "params.yaml").write_text(yaml.safe_dump({"store": {"dir": ""}}))
-    evalstack = [sys.executable, "-m", "evalstack.cli.commands", "doctor", "--min-free", "1"]
+    evalstack = [sys.executable, "-m", "evalstack.cli", "doctor", "--min-free", "1"]
     run(root, "git", "init", "-q", "-b", "main")
     run(root, "dvc", "init", "-q")
     run(root, "dvc", "remote", "add", "-d", "storage", "../storage")

@@ -28,7 +28,7 @@ from evalstack.core.keys import Key, sha256_file
 from evalstack.core.kinds import RAW_KIND
 from evalstack.core.layers import INDEX_NAME, ITEM_KEY, LayerIndex, LayerWriter, ShardInfo, StoreError, shard_name
 from evalstack.core.raw import FetchedItem, raw_columns, read_blobs, shard_ends
-from evalstack.fetch.downloads import DownloadOutcome, Failure, download_items
+from evalstack.fetch.downloads import DownloadOutcome, Failure, download_items, warn_skipped
 from evalstack.fetch.history import PreviousLayer, RawHistory
 from evalstack.fetch.plan import OldShard, RawPlan, plan_layer, rows_signature
 from evalstack.sources.catalog import SourceConfig, list_items
@@ -123,7 +123,7 @@ def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history
         plan = plan_layer(previous, config.layer_key())
         missing = [r for r in rows if r.identity not in plan.old_rows and not history.has_download(r)]
         outcome = download_items(missing, transport, history, config.max_pixels, config.workers)
-        transfer = {"http_gets": transport.gets, "bytes_read": transport.bytes}
+        transfer = {"http_gets": transport.gets, "http_retries": transport.retries, "bytes_read": transport.bytes}
     report.failed = outcome.failures
     report.counts = {"listed": len(rows), "failed": len(outcome.failures),
                      "without_md5": sum(1 for row in rows if not row.hashlib_md5)}  # none stated: nothing checked
@@ -144,6 +144,7 @@ def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history
     report.counts["in_layer"] = index.n_items
     if outcome.failures:
         report.message = f"skipped {len(outcome.failures)} items that failed (on_error: skip)"
+        warn_skipped(outcome.failures, config.report)
     report.write(config.report)
     return FetchResult(index, report)
 
@@ -303,6 +304,7 @@ def fetch_config(params: Mapping[str, Any], report: Path | None = None) -> Fetch
         read_timeout=float(http.get("read_timeout", TransportConfig.read_timeout)),
         retries=int(http.get("retries", TransportConfig.retries)),
         backoff=float(http.get("backoff", TransportConfig.backoff)),
+        retry_after_max=float(http.get("retry_after_max", TransportConfig.retry_after_max)),
         max_bytes=int(fetch.get("max_bytes", TransportConfig.max_bytes)),
         pool_size=int(fetch.get("workers", 8)),
     )

@@ -25,6 +25,7 @@ from evalstack.core.keys import Key
 from evalstack.core.kinds import PREPROCESSED_KIND, RAW_KIND
 from evalstack.core.layers import ITEM_KEY, Layer, ShardInfo, read_column
 from evalstack.core.raw import read_blobs
+from evalstack.preprocess.modes import eight_bit, rgb, three_channels
 from evalstack.preprocess.regions import region_features
 from evalstack.sources.images import DEFAULT_MAX_PIXELS, decode_image
 
@@ -66,13 +67,6 @@ class PreprocessingPipeline(ABC):
         return Key("pipeline", {"kind": self.kind, "params": self.parameters(), "code": code})
 
 
-def _to_three_channels(array: np.ndarray) -> np.ndarray:
-    """Upstream's channel handling, applied after resizing: grey → 3 channels, alpha dropped."""
-    if array.ndim == 2:
-        return np.stack([array] * 3, axis=-1)
-    return array[..., :3]
-
-
 @dataclass(frozen=True)
 class CropResizePipeline(PreprocessingPipeline):
     """Crop a box, resize, keep 0–255 values.
@@ -107,12 +101,10 @@ class CropResizePipeline(PreprocessingPipeline):
         return np.dtype(np.uint8)
 
     def process_image(self, image: Image.Image) -> np.ndarray:
-        if image.mode == "P":  # palette indices are not colours
-            image = image.convert("RGBA")
-        if image.mode not in ("RGB", "RGBA", "L", "LA"):
-            image = image.convert("RGB")
-        resized = image.crop(self.crop).resize((self.resize, self.resize), RESAMPLING[self.resample])
-        return np.ascontiguousarray(_to_three_channels(np.asarray(resized, dtype=np.uint8)))
+        # Resized in its own 8-bit mode as upstream's Pillow calls would, then alpha dropped and grey
+        # copied to 3 channels; other modes per the table in preprocess/modes.py.
+        resized = eight_bit(image).crop(self.crop).resize((self.resize, self.resize), RESAMPLING[self.resample])
+        return np.ascontiguousarray(three_channels(np.asarray(resized, dtype=np.uint8)))
 
 
 @dataclass(frozen=True)
@@ -141,7 +133,7 @@ class PadRegionsPipeline(PreprocessingPipeline):
 
     def process_image(self, image: Image.Image) -> np.ndarray:
         try:
-            return region_features(np.asarray(image.convert("RGB"), dtype=np.uint8), self.regions)
+            return region_features(np.asarray(rgb(image), dtype=np.uint8), self.regions)
         except ValueError as error:
             raise PipelineError(str(error)) from None
 
@@ -198,12 +190,20 @@ def preprocess_layer(
             keys = read_column(handle, ITEM_KEY)
             ids = read_column(handle, "id")
             tensors = np.empty((shard.n_items, *pipeline.output_shape()), dtype=pipeline.output_dtype())
-            for row, image in decoded_images(handle, shard.n_items, max_pixels, lambda r: f"item id {ids[r]} in {path}",
-                                             progress):
-                tensors[row] = pipeline.process_image(image)
+            describe = lambda r: f"item id {ids[r]} in {path}"  # noqa: E731
+            for row, image in decoded_images(handle, shard.n_items, max_pixels, describe, progress):
+                tensors[row] = process_item(pipeline, image, describe(row))
         return ShardContent({ITEM_KEY: keys, "x": tensors}, {"pipeline_key": key.hex}, ("x",))
 
     return build_derived_layer(raw, out_dir, spec, compute, store, executor)
+
+
+def process_item(pipeline: PreprocessingPipeline, image: Image.Image, what: str) -> np.ndarray:
+    """`pipeline.process_image`, with any failure to handle this image named by its item."""
+    try:
+        return pipeline.process_image(image)
+    except (PipelineError, ValueError) as error:  # ImageModeError, a shape Pillow/numpy cannot handle
+        raise PipelineError(f"{what}: {error} (image mode {image.mode}, {image.size[0]}×{image.size[1]})") from None
 
 
 def pipeline_spec(params: Mapping[str, Any], name: str) -> PreprocessingPipeline:

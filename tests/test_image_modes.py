@@ -17,7 +17,8 @@ from PIL import Image
 from evalstack.core.layers import Layer
 from evalstack.fetch.raw_layer import FetchConfig, fetch_raw_layer
 from evalstack.preprocess.letterbox import LetterboxPipeline
-from evalstack.preprocess.pipelines import CropResizePipeline, PadRegionsPipeline, PipelineError, preprocess_layer
+from evalstack.preprocess.pipelines import CropResizePipeline, PipelineError, preprocess_layer
+from evalstack.preprocess.regions import PadRegionsPipeline
 from evalstack.sources.images import decode_image
 from evalstack.sources.registry import REGISTRY_COLUMNS
 

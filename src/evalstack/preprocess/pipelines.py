@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping
 
@@ -25,8 +26,7 @@ from evalstack.core.keys import Key
 from evalstack.core.kinds import PREPROCESSED_KIND, RAW_KIND
 from evalstack.core.layers import ITEM_KEY, Layer, ShardInfo, read_column
 from evalstack.core.raw import read_blobs
-from evalstack.preprocess.modes import eight_bit, rgb, three_channels
-from evalstack.preprocess.regions import region_features
+from evalstack.preprocess.modes import eight_bit, three_channels
 from evalstack.sources.images import DEFAULT_MAX_PIXELS, decode_image
 
 PAD_NN_CROP = (71, 359, 707, 849)
@@ -107,40 +107,12 @@ class CropResizePipeline(PreprocessingPipeline):
         return np.ascontiguousarray(three_channels(np.asarray(resized, dtype=np.uint8)))
 
 
-@dataclass(frozen=True)
-class PadRegionsPipeline(PreprocessingPipeline):
-    """PAD's PLS input: 12 lanes × `regions` bands × RGB of the reaction zone (see regions.py).
-
-    Values are integers 0–255 like upstream's, kept as float32 because that is
-    what the PLS dot product consumes.
-    """
-
-    regions: int = 10
-    kind: ClassVar[str] = "pad_regions"
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.regions <= 273:
-            raise PipelineError(f"regions {self.regions} out of range 1–273")
-
-    def parameters(self) -> dict[str, Any]:
-        return {"regions": self.regions}
-
-    def output_shape(self) -> tuple[int, ...]:
-        return (12 * self.regions * 3,)
-
-    def output_dtype(self) -> np.dtype:
-        return np.dtype(np.float32)
-
-    def process_image(self, image: Image.Image) -> np.ndarray:
-        try:
-            return region_features(np.asarray(rgb(image), dtype=np.uint8), self.regions)
-        except ValueError as error:
-            raise PipelineError(str(error)) from None
-
-
-PIPELINE_KINDS: dict[str, type[PreprocessingPipeline]] = {
-    "crop_resize": CropResizePipeline,
-    "pad_regions": PadRegionsPipeline,
+# kind → (module, class), imported when used: a pipeline's cache key fingerprints its own module's
+# import closure, so pad_regions' feature code is not part of crop_resize's key (nor the reverse).
+# Register your own kind with one line here (or `PIPELINE_KINDS["mine"] = ("my_module", "Mine")`).
+PIPELINE_KINDS: dict[str, tuple[str, str]] = {
+    "crop_resize": ("evalstack.preprocess.pipelines", "CropResizePipeline"),
+    "pad_regions": ("evalstack.preprocess.regions", "PadRegionsPipeline"),
 }
 
 
@@ -153,7 +125,7 @@ def build_pipeline(spec: Mapping[str, Any]) -> PreprocessingPipeline:
     if "crop" in params:
         params["crop"] = tuple(int(v) for v in params["crop"])
     try:
-        return PIPELINE_KINDS[kind](**params)
+        return getattr(import_module(PIPELINE_KINDS[kind][0]), PIPELINE_KINDS[kind][1])(**params)
     except TypeError as error:
         raise PipelineError(f"pipeline {kind}: {error}") from None
 

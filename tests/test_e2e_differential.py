@@ -54,6 +54,7 @@ class Step:
     name: str
     edits: list[str]
     ran: set[str] = field(default_factory=set)
+    restored: set[str] = field(default_factory=set)  # stages DVC's run-cache answered
     computed: dict[str, int] = field(default_factory=dict)  # layer → shards computed in this step
     divergences: list[str] = field(default_factory=list)
     reference: str = ""  # which scratch build it was compared with
@@ -135,6 +136,7 @@ class Differential:
         finished = _now_ns()
         result = run(project, *command)
         step.ran = stages_run(result.stdout)
+        step.restored = {line.split("'")[1] for line in result.stdout.splitlines() if "is cached - skipping run" in line}
         step.computed = computed_since(project, finished)
         if where is None:
             self.commit(name)
@@ -143,7 +145,7 @@ class Differential:
         reference = self.scratch.get(inputs) or self.build_scratch(inputs, project)
         step.divergences = compare(outputs(project), reference)
         self.steps.append(step)
-        print(f"[differential] {name}: {len(step.ran)} stages ran, shards computed {step.computed}, compared with "
+        print(f"[differential] {name}: {len(step.ran)} stages ran, {len(step.restored)} restored, shards computed {step.computed}, compared with "
               f"{step.reference}: {len(step.divergences)} divergences {step.divergences[:5]}", file=sys.stderr, flush=True)
         return step
 
@@ -159,7 +161,8 @@ class Differential:
         return self.scratch[inputs]
 
     def report(self) -> list[dict]:
-        return [{"step": s.name, "edits": s.edits, "stages_run": sorted(s.ran), "shards_computed": s.computed,
+        return [{"step": s.name, "edits": s.edits, "stages_run": sorted(s.ran), "restored_from_run_cache":
+                 sorted(s.restored), "shards_computed": s.computed,
                  "divergences": s.divergences, "compared_with": s.reference} for s in self.steps]
 
 
@@ -335,12 +338,14 @@ def _edit_sequence(d: Differential, origin: Path) -> None:
     run(origin, "dvc", "push", "-q", "--run-cache")
     colleague = d.root / "colleague"
     run(d.root, "git", "clone", "-q", str(origin), str(colleague))
-    run(colleague, "dvc", "pull", "-q", "--run-cache")
+    # The run records, and the outputs of every commit they point to (run records alone restore nothing).
+    run(colleague, "dvc", "pull", "-q", "--run-cache", "--all-commits")
     pulled = d.step("a run-cache pulled from the remote", [
         "a colleague's clone: dvc pull --run-cache; thumb32.resample back to bicubic (computed before, on the origin); "
         "dvc repro"], lambda: set_params(colleague, {"preprocess.pipelines.thumb32.resample": "bicubic"}), where=colleague)
     assert pulled.reference.startswith("an earlier")  # the inputs of the "model file replaced" step
-    assert sum(pulled.computed.values()) == 0  # restored from the run-cache: its store is empty, nothing was computed
+    # restored from the pulled run-cache: its store is empty, and nothing was computed
+    assert {"preprocess@thumb32", "infer@mine"} <= pulled.restored and sum(pulled.computed.values()) == 0
 
 
 

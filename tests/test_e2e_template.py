@@ -22,7 +22,7 @@ copier = pytest.importorskip("copier")
 
 # The user's own edits after generation: a small dataset and short training (also keeps this test fast).
 USER_PARAMS = {
-    "fetch": {"shard_size": 16},
+    "fetch": {"shard_bytes": 16 * 1_370_000},  # ~16 cards per raw shard
     "train": {"tflite_cnn": {"epochs": 2}, "torch_cnn": {"epochs": 2}, "conc_keras": {"epochs": 2}},
     "robustness": {"types": ["gaussian_noise"], "severities": [1]},
     "compare": {"bootstrap_resamples": 500},

@@ -1,4 +1,4 @@
-"""Apply the answers of `copier copy` / `copier update` (.copier/answers.yml) to the project's files.
+"""Apply the answers of `copier copy` / `copier update` (.copier-answers.yml) to the project's files.
 
 Copier runs this task after every render: in a new project, and in the two renders it diffs
 during `copier update` (old template + old answers, new template + the same answers). It
@@ -150,7 +150,7 @@ def project_name(answers: dict) -> None:
 
 
 def main() -> int:
-    answers = yaml.safe_load((ROOT / ".copier/answers.yml").read_text()) or {}
+    answers = yaml.safe_load((ROOT / ".copier-answers.yml").read_text()) or {}
     for step in (classification_source, detection_source, without_demo_models, remote, project_name):
         step(answers)
     return 0

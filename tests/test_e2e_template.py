@@ -115,7 +115,7 @@ def test_copy_applies_the_answers(generated: dict[str, Path]):
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     assert "synth" not in stages and "data/source" not in str(stages["fetch"]["deps"])
     assert f"url = {generated['remote']}" in (project / ".dvc/config").read_text()
-    answers = yaml.safe_load((project / ".copier/answers.yml").read_text())
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
     assert answers["_commit"] == "v1" and answers["classification_source"] == "registry"
     assert (project / "README.md").read_text().startswith("# my-eval\n")
 
@@ -151,7 +151,7 @@ def test_update_brings_a_template_change_and_keeps_the_users_edits(generated: di
     assert params["compare"]["bootstrap_resamples"] == 500  # … and the user's edits stayed
     assert params["train"]["tflite_cnn"]["epochs"] == 2 and params["fetch"]["source"]["kind"] == "registry"
     assert "(v2)" in (project / "stages/compare.py").read_text()
-    assert yaml.safe_load((project / ".copier/answers.yml").read_text())["_commit"] == "v2"
+    assert yaml.safe_load((project / ".copier-answers.yml").read_text())["_commit"] == "v2"
     ran = stages_run(run(project, "dvc", "repro").stdout)
     assert ran == {"compare"}  # only what the change affects (its script and its params)
     run(project, "git", "add", "-A")

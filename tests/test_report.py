@@ -81,7 +81,14 @@ def test_summary_fits_100_columns_and_names_every_models_headline_figures(projec
 
 
 def test_summary_of_an_empty_project_says_what_to_run(tmp_path: Path):
-    assert "make repro" in summary_text(tmp_path)
+    write(tmp_path / "params.yaml", yaml.safe_dump({"models": {"tflite_cnn": {"task": "classify"}}}))
+    assert summary_text(tmp_path).startswith("No results yet: run `make repro`")
+
+
+def test_summary_of_a_project_without_models_says_how_to_add_one(tmp_path: Path):
+    write(tmp_path / "params.yaml", "models: {}\n")
+    write(tmp_path / "detection/params.yaml", "models: {}\n")
+    assert summary_text(tmp_path).startswith("No models declared yet: add yours under `models:`")
 
 
 def test_summary_includes_detection_when_that_profile_ran(project: Path):

@@ -157,3 +157,55 @@ def test_update_brings_a_template_change_and_keeps_the_users_edits(generated: di
     run(project, "git", "add", "-A")
     run(project, "git", "commit", "-qm", "update to template v2")
     assert len(run(project, "git", "log", "--oneline").stdout.splitlines()) == 4  # history kept
+
+
+def _uncomment_model_stages(text: str) -> str:
+    """What the note in dvc.yaml asks for: drop the `# ` of the blocks below each note (a user's editor toggle)."""
+    lines, inside = [], False
+    for line in text.splitlines(keepends=True):
+        if line.strip().startswith("# uncomment once `models:`"):
+            inside = True
+            continue
+        inside = inside and line.startswith("  # ")
+        lines.append("  " + line[4:] if inside else line)
+    return "".join(lines)
+
+
+def test_without_the_demo_models_the_project_runs_then_takes_its_first_model(generated: dict[str, Path]):
+    base, cards = generated["base"], generated["cards"]
+    project = base / "own-models"
+    copier_cli(base, "copy", "--trust", "--defaults", "--vcs-ref", "v1", "--data", "keep_demo_models=false",
+               "--data", "profiles=classification", "--data", "classification_source=registry",
+               "--data", f"registry_dev={cards / 'metadata_dev.csv'}",
+               "--data", f"registry_test={cards / 'metadata_test.csv'}",
+               str(generated["template"]), str(project))
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert params["models"] == {} and not {"train", "fit_pls", "export"} & set(params)
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    assert not {"train", "fit_pls", "export_onnx", "compare", "robustness_report"} & set(stages)
+    run(project, "git", "init", "-q", "-b", "main")
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "-qm", "generated from evalstack v1, no demo models")
+
+    ran = stages_run(run(project, "dvc", "repro").stdout)
+    assert ran == {"fetch", "preprocess@pad_nn", "preprocess@thumb64", "preprocess@pad_regions"}
+    assert run(project, "git", "status", "--porcelain").stdout == "?? dvc.lock\n"
+    assert run(project, sys.executable, "-m", "evalstack.cli", "summary").stdout.startswith("No models declared yet")
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "-qm", "data")
+
+    # The first model: a PLS coefficient CSV in PAD's layout (one row per drug: name, intercept, 360 weights).
+    drugs = params["labels"]["fhi2020"]
+    (project / "models/my_pls.csv").write_text("".join(f"{drug},50.0{',0.0' * 360}\n" for drug in drugs))
+    run(project, "dvc", "add", "models/my_pls.csv")
+    edit_params(project, {"models": {"my_pls": {"file": "models/my_pls.csv", "adapter": "pls",
+                                                "pipeline": "pad_regions", "labels": "fhi2020",
+                                                "task": "concentration"}}})
+    pipeline = project / "dvc.yaml"
+    pipeline.write_text(_uncomment_model_stages(pipeline.read_text()))
+    assert {"compare", "robustness_report"} <= set(yaml.safe_load(pipeline.read_text())["stages"])
+    ran = stages_run(run(project, "dvc", "repro").stdout)
+    assert ran == {"infer@my_pls", "evaluate@my_pls", "robustness@my_pls", "compare", "robustness_report"}
+    summary = run(project, sys.executable, "-m", "evalstack.cli", "summary").stdout
+    assert "my_pls" in summary and "Concentration" in summary
+    assert run(project, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."

@@ -6,6 +6,7 @@ work is tested too) committed into a temp git repo; a second commit there is the
 """
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import pytest
 import yaml
 
 from tests.e2e import REPO, run, stages_run
+
+UP_TO_DATE = "Data and pipelines are up to date."
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +89,7 @@ def generated(tmp_path_factory) -> dict[str, Path]:
     remote = base / "remote"
     project = base / "my-eval"
     copier_cli(base, "copy", "--trust", "--defaults", "--vcs-ref", "v1",
-               "--data", "project_name=my-eval", "--data", "profiles=classification",
+               "--data", "project_name=my-eval", "--data", "profiles=both",
                "--data", "classification_source=registry",
                "--data", f"registry_dev={cards / 'metadata_dev.csv'}",
                "--data", f"registry_test={cards / 'metadata_test.csv'}",
@@ -106,7 +109,8 @@ def generated(tmp_path_factory) -> dict[str, Path]:
 
 def test_copy_applies_the_answers(generated: dict[str, Path]):
     project = generated["project"]
-    assert not (project / "detection").exists() and not (project / "stages/detection").exists()
+    assert (project / "detection/dvc.yaml").is_file() and (project / "stages/detection/evaluate.py").is_file()
+    assert (project / "detection/src").is_symlink() and (project / "src/evalstack/detection").is_dir()
     assert not (project / "bench").exists() and not (project / "tests/test_e2e_repro.py").exists()
     params = yaml.safe_load((project / "params.yaml").read_text())
     assert params["fetch"]["source"] == {"kind": "registry", "registries": {
@@ -114,20 +118,36 @@ def test_copy_applies_the_answers(generated: dict[str, Path]):
     assert "# where cards come from" in (project / "params.yaml").read_text()  # comments kept
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     assert "synth" not in stages and "data/source" not in str(stages["fetch"]["deps"])
-    assert f"url = {generated['remote']}" in (project / ".dvc/config").read_text()
+    assert f"url = {generated['remote']}\n" in (project / ".dvc/config").read_text()
+    assert f"url = {generated['remote']}/detection\n" in (project / "detection/.dvc/config").read_text()
     answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
     assert answers["_commit"] == "v1" and answers["classification_source"] == "registry"
     assert (project / "README.md").read_text().startswith("# my-eval\n")
 
 
-def test_generated_project_runs_pushes_and_its_own_tests_pass(generated: dict[str, Path]):
+def test_generated_project_runs_pushes_and_a_clone_pulls_with_one_profile_run(generated: dict[str, Path]):
     project = generated["project"]
-    assert run(project, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
+    assert run(project, "dvc", "status").stdout.strip() == UP_TO_DATE  # the detection project is not listed
     assert run(project, "git", "status", "--porcelain").stdout == ""  # nothing left uncommitted or untracked
     run(project, "dvc", "push")
     assert any(generated["remote"].rglob("*"))
-    smoke = run(project, sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests")
-    assert " passed" in smoke.stdout and "failed" not in smoke.stdout
+    colleague = generated["base"] / "colleague"
+    run(generated["base"], "git", "clone", "-q", str(project), str(colleague))
+    run(colleague, "dvc", "pull")  # exits 0 although detection/ never ran: it is a project of its own
+    assert run(colleague, "dvc", "status").stdout.strip() == UP_TO_DATE
+    assert stages_run(run(colleague, "dvc", "repro").stdout) == set()
+    assert run(colleague, "git", "status", "--porcelain").stdout == ""
+    shown = run(colleague, "dvc", "metrics", "show", env_columns=160)
+    assert "failed to load" not in shown.stdout + shown.stderr and "…" not in shown.stdout
+    assert max(len(line) for line in shown.stdout.splitlines()) <= 160 and "tflite_cnn" in shown.stdout
+
+
+def test_generated_projects_make_test_passes(generated: dict[str, Path]):
+    project, venv = generated["project"], Path(sys.executable).parent.parent
+    # The project's own `make test` on this venv: not rebuilt (-o …/.installed), and no apt-get (-o system-deps).
+    made = run(project, "make", "-o", f"{venv}/.installed", "-o", "system-deps", "test", f"VENV={venv}")
+    assert re.search(r"\d+ passed", made.stdout) and "failed" not in made.stdout, made.stdout
+    assert run(project, "git", "status", "--porcelain").stdout == ""
 
 
 def test_update_brings_a_template_change_and_keeps_the_users_edits(generated: dict[str, Path]):

@@ -98,6 +98,17 @@ def test_forced_repro_is_byte_identical(project: Path):
     assert run(project, "git", "status", "--porcelain").stdout == ""
 
 
+def test_an_experiment_runs_and_shows_inside_the_detection_project(project: Path):
+    det = project / "detection"
+    ran = run(det, "dvc", "exp", "run", "-S", "models.shapes_centernet.nms_iou=0.6", "-n", "nms-06")
+    assert stages_run(ran.stdout) == {f"{PROFILE}:infer@shapes_centernet", f"{PROFILE}:evaluate@shapes_centernet"}
+    shown = run(det, "dvc", "exp", "show", "--only-changed", "--no-pager", env_columns=160).stdout
+    assert "nms-06" in shown and "0.6" in shown, shown
+    run(project, "git", "checkout", "--", ".")  # back to the committed state
+    run(det, "dvc", "checkout", "--force")
+    assert stages_run(run(det, "dvc", "repro", PROFILE).stdout) == set()
+
+
 def test_threshold_is_part_of_the_predictions_key_and_empty_images_round_trip(project: Path):
     det = project / "detection"
     set_param(det, "models.shapes_centernet.confidence_threshold", 0.999)

@@ -31,8 +31,8 @@ system-deps: ## install the Debian packages the e2e tests use (apt-get, only if 
 	echo "installing $(SYSTEM_PACKAGES) (missing:$$missing)"; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES)
 
-repro: install ## install, then run the classification pipeline, write reports/index.html, print the summary
-	dvc repro
+repro: install ## install, then run the classification pipeline (detection's in a detection-only project), write the report, print the summary
+	@if [ -f dvc.yaml ]; then dvc repro; else echo "no classification profile here: detection/"; cd detection && dvc repro; fi
 	@evalstack report >/dev/null
 	@echo; evalstack summary
 

@@ -1,4 +1,4 @@
-"""Apply the answers of `copier copy` / `copier update` (.copier/answers.yml) to the project's files.
+"""Apply the answers of `copier copy` / `copier update` (.copier-answers.yml) to the project's files.
 
 Copier runs this task after every render: in a new project, and in the two renders it diffs
 during `copier update` (old template + old answers, new template + the same answers). It
@@ -64,6 +64,18 @@ def replace_block(text: str, key: str, indent: int, new: str, parent: str | None
     return "".join(lines[:first]) + new + "".join(lines[end:])
 
 
+def comment_block(text: str, key: str, indent: int, note: str, parent: str | None = None) -> str:
+    """Comment the block out (a note line above it), so a user brings it back by uncommenting it."""
+    lines = text.splitlines(keepends=True)
+    start = block_span(lines, parent, 0)[0] if parent else 0
+    span = block_span(lines, key, indent, start)
+    if span is None:
+        return text
+    first, end = span
+    body = [line[:indent] + "# " + line[indent:] if line.strip() else line for line in lines[first:end]]
+    return "".join(lines[:first] + [" " * indent + f"# {note}\n"] + body + lines[end:])
+
+
 def drop_line(text: str, line: str) -> str:
     return "".join(kept for kept in text.splitlines(keepends=True) if kept.strip() != line)
 
@@ -114,9 +126,11 @@ def without_demo_models(answers: dict) -> None:
         return re.sub(r"^(  reference: )\S+", r'\1""', text, flags=re.M)
 
     def pipeline(text: str) -> str:
-        # without a model, these stages would have no inputs; README "Add a model" brings them back
-        for stage in ("train", "fit_pls", "export_onnx", "compare", "robustness_report"):
+        for stage in ("train", "fit_pls", "export_onnx"):  # they build the demo models
             text = drop_block(text, stage, 2, parent="stages")
+        for stage in ("compare", "robustness_report"):  # without a model they have no inputs
+            text = comment_block(text, stage, 2, "uncomment once `models:` in params.yaml lists a model "
+                                 "(README \"Add a model\")", parent="stages")
         return text
 
     edit(ROOT / "params.yaml", params)
@@ -150,7 +164,7 @@ def project_name(answers: dict) -> None:
 
 
 def main() -> int:
-    answers = yaml.safe_load((ROOT / ".copier/answers.yml").read_text()) or {}
+    answers = yaml.safe_load((ROOT / ".copier-answers.yml").read_text()) or {}
     for step in (classification_source, detection_source, without_demo_models, remote, project_name):
         step(answers)
     return 0

@@ -12,7 +12,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--raw", type=Path, required=True)
     parser.add_argument("--predictions", type=Path, required=True, help="folder of predictions layers")
-    parser.add_argument("--latency", type=Path, required=True, help="folder of infer latency files")
     parser.add_argument("--out", type=Path, required=True, help="folder for the comparison tables (*.csv)")
     parser.add_argument("--plot", type=Path, required=True, help="CSV for `dvc plots`")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -25,7 +24,7 @@ def main() -> None:
         seed=int(settings.get("seed", 0)),
         level=float(settings.get("level", 0.95)),
     )
-    runs = [declared_run(params, name, args.predictions, args.latency) for name in params["models"]]
+    runs = [declared_run(params, name, args.predictions, None) for name in params["models"]]  # no measurements
     comparison = compare_runs(runs, truth_frame(args.raw), config)
     write_report(comparison, ReportOutputs(args.out, args.plot), config.split, config.level)
     print(comparison.summary.to_string(index=False))

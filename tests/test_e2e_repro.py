@@ -1,5 +1,6 @@
 """The template end to end: the real dvc CLI on a temp copy with tiny data."""
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,31 +17,72 @@ ALL_STAGES = {
     *(f"infer@{m}" for m in MODELS), *(f"evaluate@{m}" for m in MODELS), "compare",
     *(f"robustness@{m}" for m in MODELS), "robustness_report",
 }
-# Measurements differ run to run by nature; everything else must be byte-identical.
-MEASURED = {
-    *(f"data/latency/{m}.json" for m in MODELS), "comparison/summary.csv",  # the comparison tabulates latency
-}
+# Measurements differ run to run by nature; everything else (the comparison too) must be byte-identical.
+MEASURED = {f"data/latency/{m}.json" for m in MODELS}
+
+
+# What a first `dvc repro` leaves for the user to commit (README "What you see"); the template
+# ships the .gitignore entries DVC would otherwise append, so nothing else shows up.
+TO_COMMIT = {"?? dvc.lock", "?? metrics/", "?? robustness/models/"}
+
+
+@dataclass(frozen=True)
+class FirstRun:
+    root: Path
+    git_status: set[str]  # `git status --porcelain` right after the first `dvc repro`
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
+def first_run(tmp_path_factory) -> FirstRun:
     root = make_project(tmp_path_factory.mktemp("e2e") / "project")
     result = run(root, "dvc", "repro")
     assert stages_run(result.stdout) == ALL_STAGES
+    status = set(run(root, "git", "status", "--porcelain").stdout.splitlines())
     run(root, "git", "add", "-A")
     run(root, "git", "commit", "-qm", "first repro")
-    return root
+    return FirstRun(root, status)
+
+
+@pytest.fixture(scope="module")
+def project(first_run: FirstRun) -> Path:
+    return first_run.root
 
 
 def test_repro_produces_metrics_for_every_model(project: Path):
     for model in ("tflite_cnn", "torch_cnn", "torch_cnn_onnx"):
-        metrics = json.loads((project / f"metrics/{model}.json").read_text())
-        assert 0 <= metrics["accuracy"] <= 1  # tiny data: the real figures come from `make repro`
-        assert metrics["n_items"] > 0
-        assert metrics["forward_passes"] == 60  # every item once, dev and test
+        headline = json.loads((project / f"metrics/{model}.json").read_text())
+        assert list(headline) == [model] and list(headline[model]) == ["accuracy"]  # one headline per model
+        details = json.loads((project / f"data/evaluation/{model}.json").read_text())
+        assert 0 <= details["accuracy"] == headline[model]["accuracy"] <= 1  # tiny data: real figures from `make repro`
+        assert details["n_items"] > 0
+        assert details["forward_passes"] == 60  # every item once, dev and test
         assert (project / f"plots/classify/pairs/{model}.csv").read_text().startswith("actual,predicted\n")
+    assert set(json.loads((project / "metrics/pls.json").read_text())["pls"]) == {"rmse"}
     shown = run(project, "dvc", "metrics", "show", "--json").stdout
     assert "tflite_cnn.json" in shown and "accuracy" in shown
+
+
+def test_first_run_leaves_only_what_a_user_commits_and_a_clean_status(first_run: FirstRun):
+    assert first_run.git_status == TO_COMMIT
+    assert run(first_run.root, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
+
+
+def test_first_screen_and_dvc_tables_fit_their_terminals(project: Path):
+    run(project, "python", "-m", "evalstack.cli", "report")
+    assert (project / "reports/index.html").is_file() and (project / "reports/index.md").is_file()
+    summary = run(project, "python", "-m", "evalstack.cli", "summary").stdout
+    assert max(len(line) for line in summary.splitlines()) <= 100 and len(summary.splitlines()) <= 20
+    assert all(model in summary for model in MODELS) and "Full report: reports/index.html" in summary
+    assert run(project, "git", "status", "--porcelain").stdout == ""  # the report is regenerated, not committed
+    # DVC leaves out a headline without a value (tiny data: pls may score no card)
+    scored = [m for m in MODELS if None not in json.loads((project / f"metrics/{m}.json").read_text())[m].values()]
+    assert {"tflite_cnn", "torch_cnn", "conc_keras"} <= set(scored)
+    for command in (("metrics", "show"), ("metrics", "diff", "--all", "HEAD")):
+        shown = run(project, "dvc", *command, env_columns=160)
+        lines = shown.stdout.splitlines()
+        assert "WARNING" not in shown.stdout + shown.stderr and "failed to load" not in shown.stdout + shown.stderr
+        assert max(len(line) for line in lines) <= 160 and "…" not in shown.stdout, shown.stdout
+        assert all(model in shown.stdout for model in scored), shown.stdout
 
 
 def test_second_repro_is_a_no_op_that_touches_nothing(project: Path):
@@ -68,12 +110,10 @@ def test_forced_repro_is_byte_identical(project: Path):
 
 
 def _lock_without_measured(text: str) -> dict:
-    # compare reads the latency folder
-    measured = MEASURED | {"comparison", "data/latency"}
     lock = yaml.safe_load(text)
     for stage in lock["stages"].values():
         for side in ("deps", "outs"):
-            stage[side] = [entry for entry in stage.get(side, []) if entry["path"] not in measured]
+            stage[side] = [entry for entry in stage.get(side, []) if entry["path"] not in MEASURED]
     return lock
 
 

@@ -98,8 +98,12 @@ def test_a_fresh_clone_pulls_everything_and_recomputes_nothing(team: Team, remot
 
     b = clone(team.origin, team.base / f"b-{remote.name}")
     configure_credentials(b, remote)
-    run(b, "dvc", "pull", "-r", remote.name)
+    run(b, "dvc", "pull", "-r", remote.name)  # exits 0: nothing of the detection project is asked for
     assert run(b, "dvc", "status").stdout.strip() == UP_TO_DATE
+    assert run(b, "git", "status", "--porcelain").stdout == ""  # a pull changes nothing a user commits
+    shown = run(b, "dvc", "metrics", "show", env_columns=160)
+    assert "failed to load" not in shown.stdout + shown.stderr and "…" not in shown.stdout
+    assert max(len(line) for line in shown.stdout.splitlines()) <= 160
     assert stages_run(run(b, "dvc", "repro").stdout) == set()
     assert output_digests(b) == output_digests(a)  # every layer, model, plot and the report, byte for byte
     assert metrics_of(b) == metrics_of(a)

@@ -38,20 +38,21 @@ def project(tmp_path: Path) -> Path:
               "store": {"dir": ".evalstack/store"}}
     write(tmp_path / "params.yaml", yaml.safe_dump(params))
     write(tmp_path / "dvc.yaml", "stages: {}\n")
-    summary = ["model,task,adapter,pipeline,n_items,accuracy,accuracy_ci_low,accuracy_ci_high,rmse,mae,n_unscored,"
-               "latency_ms_per_item"]
+    summary = ["model,task,adapter,pipeline,n_items,accuracy,accuracy_ci_low,accuracy_ci_high,rmse,mae,n_unscored"]
     for name, accuracy in CLASSIFIERS.items():
         write(tmp_path / f"data/evaluation/{name}.json",
               json.dumps({"accuracy": accuracy, "macro_f1": accuracy - 0.05, "n_items": 80, "forward_passes": 400}))
         write(tmp_path / f"metrics/{name}.json", json.dumps({name: {"accuracy": accuracy}}))
         write(tmp_path / f"plots/classify/pairs/{name}.csv", "actual,predicted\na,a\na,b\nb,b\nc,a\n")
         write(tmp_path / f"plots/classify/per_class/{name}.csv", "class,accuracy,support\na,0.5,2\nb,1.0,1\nc,0,1\n")
-        summary.append(f"{name},classify,x,p,80,{accuracy},{accuracy - 0.07},{accuracy + 0.05},,,0,4.2")
+        summary.append(f"{name},classify,x,p,80,{accuracy},{accuracy - 0.07},{accuracy + 0.05},,,0")
+        write(tmp_path / f"data/latency/{name}.json", json.dumps({"ms_per_item": 4.2, "batch_size": 32}))
     for name, rmse in REGRESSORS.items():
         write(tmp_path / f"data/evaluation/{name}.json",
               json.dumps({"rmse": rmse, "mae": rmse / 2, "n_items": 80, "n_unscored": 0, "forward_passes": 400}))
         write(tmp_path / f"plots/concentration/pairs/{name}.csv", "actual,predicted\n0,10\n50,45\n100,80\n")
-        summary.append(f"{name},concentration,x,p,80,,,,{rmse},{rmse / 2},0,1.5")
+        summary.append(f"{name},concentration,x,p,80,,,,{rmse},{rmse / 2},0")
+        write(tmp_path / f"data/latency/{name}.json", json.dumps({"ms_per_item": 1.5, "batch_size": 32}))
     write(tmp_path / "comparison/summary.csv", "\n".join(summary) + "\n")
     write(tmp_path / "comparison/mcnemar.csv", "model_a,model_b,only_a_correct,only_b_correct,method,statistic,p_value\n"
                                                "tflite_cnn,torch_cnn,9,3,exact,3,0.146\n")
@@ -81,7 +82,14 @@ def test_summary_fits_100_columns_and_names_every_models_headline_figures(projec
 
 
 def test_summary_of_an_empty_project_says_what_to_run(tmp_path: Path):
-    assert "make repro" in summary_text(tmp_path)
+    write(tmp_path / "params.yaml", yaml.safe_dump({"models": {"tflite_cnn": {"task": "classify"}}}))
+    assert summary_text(tmp_path).startswith("No results yet: run `make repro`")
+
+
+def test_summary_of_a_project_without_models_says_how_to_add_one(tmp_path: Path):
+    write(tmp_path / "params.yaml", "models: {}\n")
+    write(tmp_path / "detection/params.yaml", "models: {}\n")
+    assert summary_text(tmp_path).startswith("No models declared yet: add yours under `models:`")
 
 
 def test_summary_includes_detection_when_that_profile_ran(project: Path):
@@ -114,6 +122,8 @@ def test_report_is_one_offline_page_with_its_markdown_twin(project: Path):
     # one robustness chart per perturbation type, every model on it; titles name the model
     assert markdown.count("![Accuracy vs severity:") == 2
     assert "Confusion matrix: torch_cnn_onnx" in markdown and "Predicted vs actual quantity: pls" in markdown
+    # latency is infer's own measurement on this machine (data/latency), not part of the cached comparison
+    assert re.search(r"^\| tflite_cnn \| classify \|.*\| 4\.2 \|$", markdown, flags=re.M), markdown
     # the comparison has rows for models only
     rows = re.findall(r"^\| (\S+) \| (classify|concentration) \|", markdown, flags=re.M)
     assert [name for name, _ in rows] == [*CLASSIFIERS, *REGRESSORS]

@@ -60,3 +60,10 @@ def test_outputs_are_the_metrics_json_and_dvc_plot_csvs(tmp_path: Path):
     write_outputs(metrics, tmp_path / "m.json", tmp_path / "plots")
     assert json.loads((tmp_path / "m.json").read_text()) == json.loads(json.dumps(metrics))
     assert (tmp_path / "plots/f/noise.csv").read_text() == "severity,accuracy,flip_rate\n0,0.9,0.0\n1,0.8,0.1\n2,0.7,0.15\n"
+
+
+def test_without_any_grid_the_plots_folder_still_exists(tmp_path: Path):
+    """Only concentration models (no grid): the stage's DVC outputs must still be there."""
+    write_outputs(combine({}, ""), tmp_path / "m.json", tmp_path / "plots")
+    assert (tmp_path / "plots").is_dir() and not any((tmp_path / "plots").iterdir())
+    assert json.loads((tmp_path / "m.json").read_text())["models"] == {}

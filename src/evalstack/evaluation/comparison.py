@@ -128,13 +128,15 @@ def _summary(loaded, correct, quantities, facts, config: CompareConfig) -> pd.Da
                                     config.level) if names else ([], []))
     intervals = {name: (lo, hi) for name, lo, hi in zip(names, low, high)}
     actual = facts["quantity"].to_numpy(float)
+    timed = any(model.run.latency for model in loaded)
     rows = []
     for model in loaded:
         run = model.run
         row = {"model": run.name, "task": run.task, "adapter": run.adapter, "pipeline": run.pipeline,
                "n_items": len(facts), "accuracy": np.nan, "accuracy_ci_low": np.nan, "accuracy_ci_high": np.nan,
-               "rmse": np.nan, "mae": np.nan, "n_unscored": 0,
-               "latency_ms_per_item": (run.latency or {}).get("ms_per_item", np.nan)}
+               "rmse": np.nan, "mae": np.nan, "n_unscored": 0}
+        if timed:  # the notebook API times its runs; the compare stage leaves measurements out (see declared_run)
+            row["latency_ms_per_item"] = (run.latency or {}).get("ms_per_item", np.nan)
         if run.name in correct:
             row["accuracy"] = float(correct[run.name].mean())
             row["accuracy_ci_low"], row["accuracy_ci_high"] = map(float, intervals[run.name])
@@ -198,15 +200,21 @@ def _parity(loaded: list[_Loaded]) -> pd.DataFrame:
                                        "max_abs_probability_diff"])
 
 
-def declared_run(params: dict[str, Any], name: str, predictions: Path, latency: Path, root: Path = Path(".")) -> ModelRun:
-    """The run of a model declared in params.yaml, after checking its layer is not stale."""
+def declared_run(params: dict[str, Any], name: str, predictions: Path, latency: Path | None,
+                 root: Path = Path(".")) -> ModelRun:
+    """The run of a model declared in params.yaml, after checking its layer is not stale.
+
+    `latency` (the folder of infer's latency files) is None in the compare stage: a measurement
+    would make its cached output differ from a rerun's, and a dependency on that folder (files of
+    several stages) is one `dvc repro --pull` cannot fetch. The report reads latency itself.
+    """
     from evalstack.config import model_spec
     from evalstack.models.latency import read_latency
     from evalstack.preprocess.pipelines import pipeline_spec
 
     spec = model_spec(params, name, root)
     run = ModelRun(name=name, task=spec.task, adapter=spec.adapter, pipeline=spec.pipeline,
-                   layer=predictions / name, latency=read_latency(latency / f"{name}.json"),
+                   layer=predictions / name, latency=read_latency(latency / f"{name}.json") if latency else None,
                    parity_of=spec.options.get("parity_of"))
     open_fresh(run, spec, pipeline_spec(params, spec.pipeline).cache_key())
     return run

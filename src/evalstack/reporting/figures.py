@@ -134,15 +134,19 @@ def comparison_with_ci(summary: list[dict]) -> bytes:
 def robustness_overlay(models: dict, kind: str, reference: str | None) -> bytes:
     """Accuracy vs severity for one perturbation type, every model on the same axes; the reference is thick."""
     figure, axes = plt.subplots(figsize=(5.2, 3.6))
-    for name, model in models.items():
+    # Each model its own line style and marker: an exported copy gives the same values, and a
+    # solid line under a dashed one stays visible where one colour alone would hide it.
+    styles = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))
+    for number, (name, model) in enumerate(models.items()):
         values = model["types"].get(kind)
         if values is None:
             continue
         severities = [0] + [int(s) for s in values["accuracy"]]
         accuracies = [model["clean_accuracy"], *values["accuracy"].values()]
         is_reference = name == reference
-        axes.plot(severities, accuracies, "o-", linewidth=3 if is_reference else 1.5, markersize=4,
-                  label=f"{name} (reference)" if is_reference else name, zorder=3 if is_reference else 2)
+        line, marker = styles[0] if is_reference else styles[number % len(styles)]
+        axes.plot(severities, accuracies, linestyle=line, marker=marker, linewidth=3 if is_reference else 1.5,
+                  markersize=4, label=f"{name} (reference)" if is_reference else name, zorder=3 if is_reference else 2)
     axes.set_xlabel("severity (0 = clean)")
     axes.set_ylabel("accuracy")
     axes.set_ylim(-0.02, 1.02)

@@ -42,24 +42,32 @@ def _store(results: ProfileResults) -> ShardStore | None:
 
 
 def layer_builds(results: ProfileResults, project: Path) -> list[list[str]]:
-    """One row per layer under data/: what its last build here computed, reused and seeded."""
+    """One row per layer under data/: what its last build here computed, reused and seeded.
+
+    A model's robustness cells (one layer per type × severity) are summed into one row, so the
+    table stays a screen long however large the grid is.
+    """
     store = _store(results)
     if store is None:
         return []
-    rows = []
+    groups: dict[str, list[dict]] = {}
     for index in sorted((results.root / "data").glob("**/index.json")):
         layer = index.parent
         record = store.load_build(layer)
         if record is None:
             continue
-        counts = record.get("counts") or {}
-        rows.append([
-            str(layer.relative_to(project)),
-            str(counts.get("items_computed", 0) + counts.get("items_reused", 0) or record.get("n_items", "")),
-            str(counts.get("shards", "")),
-            str(counts.get("shards_computed", "")),
-            str(counts.get("shards_reused", "")),
-            str(counts.get("shards_seeded", "")),
-            str(record.get("finished_at", ""))[:19].replace("T", " "),
-        ])
+        name = str(layer.relative_to(project))
+        if layer.parent.parent.name == "robustness":
+            name = str(layer.parent.relative_to(project)) + "/*"
+        groups.setdefault(name, []).append(record)
+    rows = []
+    for name, records in groups.items():
+        def total(key: str) -> int:
+            return sum(int((record.get("counts") or {}).get(key, 0) or 0) for record in records)
+
+        items = total("items_computed") + total("items_reused") or sum(int(r.get("n_items") or 0) for r in records)
+        label = name if len(records) == 1 and not name.endswith("/*") else f"{name} ({len(records)} cells)"
+        rows.append([label, str(items), str(total("shards")), str(total("shards_computed")),
+                     str(total("shards_reused")), str(total("shards_seeded")),
+                     max(str(r.get("finished_at", ""))[:19].replace("T", " ") for r in records)])
     return rows

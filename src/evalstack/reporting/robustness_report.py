@@ -23,6 +23,7 @@ def _csv(rows: list[Sequence[Any]]) -> bytes:
 def write_outputs(metrics: Mapping[str, Any], metrics_path: Path, plots_dir: Path) -> None:
     """The metrics JSON and per (model, type) CSVs for `dvc plots` (severity 0 = clean)."""
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    plots_dir.mkdir(parents=True, exist_ok=True)  # a DVC output: there even when no model has a grid
     atomic_write_bytes(metrics_path, (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
     for name, model in metrics["models"].items():
         for kind, values in model["types"].items():

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from evalstack.reporting.results import ModelResult, ProfileResults, project_results
 
 WIDTH = 100
@@ -65,10 +67,23 @@ def detection_lines(results: ProfileResults) -> list[str]:
             *_table(["model", "mAP@[.5:.95]", "mAP@.5", "mPC", "rPC"], rows)]
 
 
+NO_MODELS = ("No models declared yet: add yours under `models:` in params.yaml (README \"Add a model\"), "
+             "then `make repro`.\n")
+NOT_RUN = "No results yet: run `make repro` (classification) or `make repro-detection`.\n"
+
+
+def _declares_models(root: Path) -> bool:
+    """Whether any profile's params.yaml lists a model (a project made without the demo models may not yet)."""
+    for params in (root / "params.yaml", root / "detection/params.yaml"):
+        if params.is_file() and (yaml.safe_load(params.read_text()) or {}).get("models"):
+            return True
+    return False
+
+
 def summary_text(root: Path) -> str:
     profiles = project_results(root)
     if not profiles:
-        return ("No results yet: run `make repro` (classification) or `make repro-detection`.\n")
+        return NOT_RUN if _declares_models(root) else NO_MODELS
     lines: list[str] = []
     for results in profiles:
         lines += (classification_lines if results.profile == "classification" else detection_lines)(results)

@@ -504,7 +504,17 @@ class Layer:
         if sha256(path) != shard.sha256:
             raise LayerCorruptError(
                 f"{path} does not match the sha256 recorded in {self.directory / INDEX_NAME} (corrupt or "
-                f"modified); `evalstack verify {self.directory}` names the damaged items, and "
-                f"`dvc checkout {self.directory}` (or `dvc repro -f` of the stage that writes it) restores it"
+                f"modified); {repair_hint(path, self.directory)}"
             )
         return path
+
+
+def repair_hint(path: Path, directory: Path) -> str:
+    """What restores a damaged shard, checked against the dvc CLI: DVC trusts its stat cache, so neither
+    `dvc checkout` nor `dvc checkout --force` replaces a file whose size and mtime are unchanged."""
+    return (
+        f"`evalstack verify {directory}` names the damaged items; to restore it, delete the file and check it out "
+        f"again: `rm {path} && dvc checkout {directory}` (`dvc checkout` alone, even with --force, keeps a damaged "
+        f"file whose size and mtime did not change), or rebuild the layer with `dvc repro -f -s <the stage that "
+        f"writes {directory}>`"
+    )

@@ -39,6 +39,29 @@ class Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32))
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """One image's raw candidates before threshold and NMS: boxes (n, 4) float64 xyxy in model-input
+    pixels, labels (n,) int64, scores (n,) float64, in descending score order (ties: decoding order).
+
+    Kept in full precision, so post-processing them later gives the very bytes decoding and
+    post-processing in one go would have given.
+    """
+
+    boxes: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.labels)
+        if np.shape(self.boxes) != (n, 4) or np.shape(self.scores) != (n,):
+            raise ValueError(f"candidates disagree in length: boxes {np.shape(self.boxes)}, "
+                             f"labels {np.shape(self.labels)}, scores {np.shape(self.scores)}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
 def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
     boxes = np.asarray(boxes)
     return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
@@ -76,3 +99,21 @@ def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold
         keep.append(order[i])
         suppressed |= same_class[i] & (ious[i] > iou_threshold)
     return np.asarray(keep, dtype=np.int64)
+
+
+def matched_count(reference: Detections, other: Detections, iou_threshold: float = 0.5) -> int:
+    """How many `reference` boxes find a partner in `other`: same label, IoU ≥ the threshold, one-to-one,
+    greedy in descending reference score (each taking its best-overlapping free partner)."""
+    if len(reference) == 0 or len(other) == 0:
+        return 0
+    ious = iou_matrix(xywh_to_xyxy(reference.boxes), xywh_to_xyxy(other.boxes))
+    ious[reference.labels[:, None] != other.labels[None, :]] = -1.0
+    taken = np.zeros(len(other), dtype=bool)
+    matched = 0
+    for row in np.argsort(-np.asarray(reference.scores), kind="stable"):
+        candidates = np.where(taken, -1.0, ious[row])
+        best = int(np.argmax(candidates))
+        if candidates[best] >= iou_threshold:
+            taken[best] = True
+            matched += 1
+    return matched

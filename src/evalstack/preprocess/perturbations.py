@@ -23,8 +23,7 @@ import io
 from typing import Callable
 
 import numpy as np
-from PIL import Image
-from PIL import ImageDraw
+from PIL import Image, ImageDraw
 from scipy import ndimage
 from scipy.ndimage import convolve1d, gaussian_filter
 from scipy.signal import fftconvolve

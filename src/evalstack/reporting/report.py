@@ -79,8 +79,9 @@ def declared_metrics(dvc_yaml: dict, root: Path) -> dict[str, dict[str, float]]:
     return table
 
 
-def write_report(root: Path, out_dir: Path, compare: list[str]) -> Path:
-    """Render every declared metric and plot into out_dir; returns the report path."""
+def write_report(root: Path, out_dir: Path, compare: list[str], sections: list[str] | None = None) -> Path:
+    """Render every declared metric and plot into out_dir, then any extra markdown `sections` lines
+    (a profile's own tables, e.g. the detection grid's); returns the report path."""
     dvc_yaml = yaml.safe_load((root / "dvc.yaml").read_text())
     out = root / out_dir
     figures = out / "figures"
@@ -112,6 +113,7 @@ def write_report(root: Path, out_dir: Path, compare: list[str]) -> Path:
             lines += [f"### {plot.path.stem}", "", f"![{group.heading}: {plot.path}]({image})", ""]
         if group.missing:
             lines += [f"- `{path}`: declared, not produced yet" for path in group.missing] + [""]
+    lines += sections or []
     report = out / "report.md"
     atomic_write_bytes(report, "\n".join(lines).encode())
     return report

@@ -1,0 +1,87 @@
+"""Post-processing from cache: candidates layer → detections layer, with no forward pass.
+
+`confidence_threshold`, `max_detections` and class-wise NMS at `nms_iou` are
+applied to each image's stored candidates, and the kept boxes are mapped back to
+the original image (COCO xywh; a box wholly in the letterbox padding is dropped).
+The detections layer is keyed by the candidates layer's key + these three params +
+this code, and its shards go through the shard store: toggling a param back
+restores the old result. It works the same on the clean candidates and on every
+corruption-grid cell.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from evalstack.cache.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
+from evalstack.cache.shardstore import ShardStore
+from evalstack.core.fingerprint import code_fingerprint
+from evalstack.core.keys import Key
+from evalstack.core.kinds import DETECTIONS_KIND
+from evalstack.core.layers import ShardInfo
+from evalstack.detection.adapter import CandidateBound, PostProcess, postprocess
+from evalstack.detection.boxes import Detections, xyxy_to_xywh
+from evalstack.detection.candidates import CandidateTable, open_candidates, read_candidate_shard
+from evalstack.detection.layer import LAYOUT_VERSION, DetectionTable, detection_shard
+from evalstack.preprocess.letterbox import Placement
+
+CODE_ROOTS = ("evalstack.detection.postprocess",)
+
+
+def detections_key(candidates: Key, post: PostProcess) -> Key:
+    """The detections layer's key: what its candidates were built from, the post-processing params, this code."""
+    return Key("detections", {"candidates": dict(candidates.parts), "postprocess": asdict(post),
+                              "code": code_fingerprint(CODE_ROOTS)})
+
+
+def to_original(found: Detections, place: Placement) -> Detections:
+    """Model-input xyxy → COCO xywh of the original image; boxes with no pixels left after clipping are dropped."""
+    boxes = xyxy_to_xywh(place.to_original(found.boxes))
+    keep = (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
+    return Detections(boxes[keep].astype(np.float32), found.labels[keep], found.scores[keep])
+
+
+def postprocess_table(table: CandidateTable, post: PostProcess) -> DetectionTable:
+    found = [to_original(postprocess(table.candidates(row), post), place)
+             for row, place in enumerate(table.placements())]
+    return DetectionTable.from_detections(table.item_keys, table.ids, table.splits.tolist(), found)
+
+
+def detections_stats(candidates_stats: dict[str, Any], tensor_shards: list[str | None]) -> dict[str, Any]:
+    """The seed's metadata, the forward passes behind these detections (recorded by infer, not run here),
+    and the letterboxed shards the candidates were computed from (CacheReader's `tensors=` check)."""
+    return {
+        "tensor_shards": tensor_shards,
+        "layout": LAYOUT_VERSION, "model_name": candidates_stats.get("model_name"),
+        "split": ",".join(candidates_stats.get("splits", [])), "model_hash": candidates_stats.get("model_hash"),
+        "num_images": candidates_stats.get("num_images"),
+        "forward_passes": candidates_stats.get("forward_passes", 0),
+        "forward_passes_by_split": candidates_stats.get("forward_passes_by_split", {}),
+        **({"perturbation": candidates_stats["perturbation"]} if "perturbation" in candidates_stats else {}),
+    }
+
+
+def postprocess_layer(candidates_dir: Path, out_dir: Path, post: PostProcess, store: ShardStore | None = None,
+                      label: str = "postprocess") -> LayerBuild:
+    """One detections shard per candidates shard; 0 forward passes, shards the store holds are reused."""
+    source = open_candidates(candidates_dir)
+    stats = source.index.stats
+    CandidateBound(**stats["candidates"]).check_covers(post, str(stats.get("model_name")))
+    key = detections_key(source.key, post)
+    labels = {"candidates": "model and pipeline", "postprocess": "post-processing", "code": "code"}
+    stats = detections_stats(stats, [shard.upstream for shard in source.shards])
+    spec = DerivedLayerSpec(DETECTIONS_KIND, key, label, labels, "items_postprocessed", stats=stats)
+
+    def compute(shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
+        with h5py.File(path, "r") as handle:
+            table = read_candidate_shard(handle, path, source.directory)
+        columns, flat, attrs = detection_shard(postprocess_table(table, post))
+        progress.update(shard.n_items)
+        return ShardContent(columns, {**attrs, "forward_passes": 0}, flat=flat)
+
+    return build_derived_layer(source, out_dir, spec, compute, store)

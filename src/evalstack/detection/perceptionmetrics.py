@@ -205,6 +205,10 @@ def _content_tag(columns: dict[str, np.ndarray], flat: dict[str, np.ndarray]) ->
     return digest.hexdigest()[:16]
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _numpy(value: Any, dtype: type) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch tensor, without importing torch here
         value = value.detach().cpu().numpy()
@@ -231,7 +235,7 @@ class CacheReader:
         self._rows = {str(image_id): row for row, image_id in enumerate(self.table.ids.tolist())}
         self._starts = np.cumsum([0] + [s.n_items for s in self.layer.shards])
         self._tensors = self._tensor_layer(tensors)
-        self._tensor_rows: dict[bytes, tuple[int, int]] | None = None
+        self._tensor_rows: dict[str, tuple[int, int]] | None = None
 
     def _tensor_layer(self, tensors: str | Path | None) -> Layer | None:
         if tensors is None:
@@ -277,18 +281,18 @@ class CacheReader:
                     raise StoreError(f"{self.path} holds no tensors; pass tensors=<preprocessed layer>")
                 return handle["tensor"][row - int(self._starts[shard_index])]
         # The letterboxed layer holds every image of every split; find this one by its item key.
-        shard_index, tensor_row = self._tensor_index()[bytes(self.table.item_keys[row])]
+        shard_index, tensor_row = self._tensor_index()[_text(self.table.item_keys[row])]
         with self._tensors.open_shard(self._tensors.shards[shard_index]) as handle:
             array = read_column(handle, "x", slice(tensor_row, tensor_row + 1))[0]
         return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
 
-    def _tensor_index(self) -> dict[bytes, tuple[int, int]]:
+    def _tensor_index(self) -> dict[str, tuple[int, int]]:
         if self._tensor_rows is None:
             self._tensor_rows = {}
             for number, shard in enumerate(self._tensors.shards):
                 with self._tensors.open_shard(shard) as handle:
                     for tensor_row, key in enumerate(read_column(handle, ITEM_KEY).tolist()):
-                        self._tensor_rows.setdefault(bytes(key), (number, tensor_row))
+                        self._tensor_rows.setdefault(_text(key), (number, tensor_row))
         return self._tensor_rows
 
     def metadata(self) -> dict[str, Any]:

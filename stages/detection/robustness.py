@@ -30,7 +30,7 @@ def main() -> None:
     write_grid_outputs(summary, args.metrics, args.plots, args.details)
     counts = summary["counts"]
     print(f"{args.model}: P_clean {summary['P_clean']:.4f}, mPC {summary['mPC']:.4f}, rPC {summary['rPC'] or 0:.4f} "
-          f"over {counts['cells']} cells; {counts['images_postprocessed']} images post-processed, 0 forward passes")
+          f"over {counts['cells']} cells; {scores.images_postprocessed} images post-processed, 0 forward passes")
 
 
 if __name__ == "__main__":

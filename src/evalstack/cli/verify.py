@@ -27,6 +27,7 @@ from evalstack.core.layers import (
     read_column,
     shard_layer_key,
 )
+from evalstack.core.ragged import CHECKSUM_ALGORITHM, ragged_checksums
 
 _BATCH = 32
 
@@ -115,10 +116,12 @@ def _check_items(path: Path, handle: h5py.File, n_items: int) -> list[Problem]:
     spec = attrs.get("item_checksum")
     if not isinstance(spec, dict):
         return []  # a layer kind without per-item checksums is checked per file and schema only
+    if spec.get("algorithm") == CHECKSUM_ALGORITHM:
+        return _check_ragged_items(path, handle, spec)
     flat = set(attrs.get("flat") or [])
     recorded = handle[spec["column"]][()]
     problems = []
-    for row, digest in _item_digests(handle, spec["of"], flat, n_items, spec.get("offsets")):
+    for row, digest in _item_digests(handle, spec["of"], flat, n_items):
         if digest is None:
             problems.append(Problem(path, "unreadable (its data chunk is damaged)", _item_name(handle, row)))
         elif row < len(recorded) and digest.encode() != bytes(recorded[row]):
@@ -126,22 +129,30 @@ def _check_items(path: Path, handle: h5py.File, n_items: int) -> list[Problem]:
     return problems
 
 
-def _item_digests(handle: h5py.File, of: list[str], flat: set[str], n_items: int,
-                  offsets: str | None = None) -> Iterator[tuple[int, str | None]]:
-    """(row, sha256) per item; None when the item cannot be read. Batched, row by row only on damage.
+def _check_ragged_items(path: Path, handle: h5py.File, spec: dict[str, Any]) -> list[Problem]:
+    """Per-image checksums of a detection layer (flat arrays + one offsets column), all images at once."""
+    try:
+        offsets = handle[spec["offsets"]][()]
+        computed = ragged_checksums(offsets, [handle[name][()] for name in spec["of"]])
+        recorded = handle[spec["column"]][()]
+    except (OSError, ValueError, KeyError) as error:
+        return [Problem(path, f"per-image data unreadable ({type(error).__name__}: {error})")]
+    return [Problem(path, f"data does not match its checksum in column {spec['column']}", _item_name(handle, int(row)))
+            for row in np.flatnonzero(computed != recorded)]
 
-    A flat column is addressed by `offset` + `length` columns, or by one `offsets` column alone
-    (an item runs to the next item's offset; the detection layers)."""
+
+def _item_digests(handle: h5py.File, of: list[str], flat: set[str], n_items: int) -> Iterator[tuple[int, str | None]]:
+    """(row, sha256) per item; None when the item cannot be read. Batched, row by row only on damage."""
     for start in range(0, n_items, _BATCH):
         stop = min(start + _BATCH, n_items)
         try:
-            batch = {name: _read_rows(handle, name, flat, start, stop, offsets) for name in of}
+            batch = {name: _read_rows(handle, name, flat, start, stop) for name in of}
         except (OSError, ValueError):
             batch = None
         for row in range(start, stop):
             try:
                 values = [batch[name][row - start] for name in of] if batch else [
-                    _read_rows(handle, name, flat, row, row + 1, offsets)[0] for name in of
+                    _read_rows(handle, name, flat, row, row + 1)[0] for name in of
                 ]
             except (OSError, ValueError):
                 yield row, None
@@ -152,16 +163,11 @@ def _item_digests(handle: h5py.File, of: list[str], flat: set[str], n_items: int
             yield row, digest.hexdigest()
 
 
-def _read_rows(handle: h5py.File, name: str, flat: set[str], start: int, stop: int,
-               offsets_column: str | None = None) -> list[Any]:
+def _read_rows(handle: h5py.File, name: str, flat: set[str], start: int, stop: int) -> list[Any]:
     if name not in flat:
         return list(handle[name][start:stop])
+    offsets, lengths = handle["offset"][start:stop], handle["length"][start:stop]
     data = handle[name]
-    if offsets_column is not None:
-        bounds = np.append(handle[offsets_column][()], len(data))
-        offsets, lengths = bounds[start:stop], np.diff(bounds)[start:stop]
-    else:
-        offsets, lengths = handle["offset"][start:stop], handle["length"][start:stop]
     return [data[int(o) : int(o) + int(n)] for o, n in zip(offsets, lengths)]
 
 

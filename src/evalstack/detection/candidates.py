@@ -40,10 +40,10 @@ from evalstack.core.layers import (
     read_column,
     repair_hint,
 )
-from evalstack.core.ragged import check_offsets, pack
+from evalstack.core.ragged import check_offsets, pack, ragged_checksums
 from evalstack.detection.adapter import DetectionAdapter
 from evalstack.detection.boxes import Candidates
-from evalstack.detection.layer import Sha256, check_checksums, checksum_attr, ragged_checksums, split_codes
+from evalstack.detection.layer import Sha256, check_checksums, checksum_attr, split_codes
 from evalstack.preprocess.letterbox import PLACEMENT_COLUMNS, Placement, placements
 
 LAYOUT_VERSION = 1

@@ -18,7 +18,6 @@ checksum, so damage is refused with the file, the image and the repair named
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -40,7 +39,7 @@ from evalstack.core.layers import (
     read_column,
     repair_hint,
 )
-from evalstack.core.ragged import check_offsets, counts_of, pack
+from evalstack.core.ragged import CHECKSUM_ALGORITHM, check_offsets, counts_of, pack, ragged_checksums
 from evalstack.detection.boxes import Detections
 
 LAYOUT_VERSION = 2  # 2: per-image checksums
@@ -49,27 +48,15 @@ FLAT_COLUMNS = ("bboxes", "labels", "scores")
 Sha256 = Callable[[Path], str]  # sha256 of a file: sha256_file, or a store's remembered hashes
 
 
-def ragged_checksums(offsets: np.ndarray, flats: Sequence[np.ndarray]) -> np.ndarray:
-    """sha256 per item over its rows of each flat array, in order (what `evalstack verify` recomputes)."""
-    bounds = np.append(np.asarray(offsets, dtype=np.int64), len(flats[0]) if flats else 0).tolist()
-    digests = []
-    for start, stop in zip(bounds[:-1], bounds[1:]):
-        digest = hashlib.sha256()
-        for flat in flats:
-            digest.update(np.ascontiguousarray(flat[start:stop]).tobytes())
-        digests.append(digest.hexdigest())
-    return np.asarray(digests, dtype="S64")
-
-
 def checksum_attr(of: Sequence[str], offsets: str) -> dict[str, Any]:
-    """The shard attribute telling `verify` which flat arrays an item's checksum covers, through which offsets."""
-    return {"column": CHECKSUM, "of": list(of), "offsets": offsets}
+    """The shard attribute telling `verify` how to recompute each image's checksum (core.ragged)."""
+    return {"column": CHECKSUM, "of": list(of), "offsets": offsets, "algorithm": CHECKSUM_ALGORITHM}
 
 
 def check_checksums(path: Path, layer_dir: Path, ids: np.ndarray, offsets: np.ndarray,
                     flats: Sequence[np.ndarray], recorded: np.ndarray) -> None:
     """LayerCorruptError naming the file, the damaged images and the repair when any item's data changed."""
-    damaged = np.flatnonzero(ragged_checksums(offsets, flats) != np.asarray(recorded, dtype="S64"))
+    damaged = np.flatnonzero(ragged_checksums(offsets, flats) != np.asarray(recorded))
     if len(damaged):
         names = ", ".join(str(ids[row]) for row in damaged[:5]) + (" …" if len(damaged) > 5 else "")
         raise LayerCorruptError(f"{path}: the data of {len(damaged)} image(s) (id {names}) does not match their "

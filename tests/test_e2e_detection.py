@@ -181,7 +181,8 @@ def test_a_postprocessing_change_runs_no_model_and_equals_a_fresh_run(project: P
     set_param(det, f"models.{MODEL}.nms_iou", 0.3)
     set_param(det, f"models.{MODEL}.confidence_threshold", 0.2)
     result = run(project, "dvc", "repro", PROFILE)
-    assert stages_run(result.stdout) == staged("postprocess", "evaluate", "robustness", "report")  # no infer, no grid
+    ran = stages_run(result.stdout)  # no infer, no grid; report too when a figure changed (a 1-epoch model may score 0)
+    assert staged("postprocess", "evaluate", "robustness") <= ran <= staged("postprocess", "evaluate", "robustness", "report")
     assert "forward passes this run" not in result.stdout and f"{N_VAL * 4} images post-processed, 0 forward" in result.stdout
     # From scratch at the new values, in this process, without any store: the same bytes.
     params = load_params(det / "params.yaml")
@@ -200,14 +201,14 @@ def test_a_postprocessing_change_runs_no_model_and_equals_a_fresh_run(project: P
     assert same(tmp_path / "gridpp", det / f"data/grid_predictions/{MODEL}")
     assert fresh.summary() == json.loads((det / f"reports/robustness/{MODEL}.json").read_text())
     table = read_table(open_detections(det / f"data/predictions/{MODEL}"))
-    assert table.scores.min() >= 0.2
+    assert (table.scores >= 0.2).all()
 
 
 def test_a_new_corruption_type_computes_only_its_cells(project: Path):
     det = project / "detection"
     set_param(det, "grid.types", ["gaussian_noise", "jpeg", "fog"])
     result = run(project, "dvc", "repro", PROFILE)
-    assert stages_run(result.stdout) == staged("grid", "robustness", "report")
+    assert staged("grid", "robustness") <= stages_run(result.stdout) <= staged("grid", "robustness", "report")
     assert f"perturbed forward passes this run {N_VAL * 2}" in result.stdout  # fog-1 and fog-3 only
     assert "4 cells (2 with shards computed)" not in result.stdout and "6 cells (2 with shards computed)" in result.stdout
     details = json.loads((det / f"reports/robustness/{MODEL}.json").read_text())

@@ -24,8 +24,9 @@ from evalstack.core.fingerprint import code_fingerprint
 from evalstack.core.keys import Key
 from evalstack.core.kinds import DETECTIONS_KIND
 from evalstack.core.layers import ShardInfo
-from evalstack.detection.adapter import CandidateBound, PostProcess, postprocess
-from evalstack.detection.boxes import Detections, xyxy_to_xywh
+from evalstack.core.ragged import counts_of, offsets_for
+from evalstack.detection.adapter import CandidateBound, PostProcess
+from evalstack.detection.boxes import Detections, nms_sorted_batch, xyxy_to_xywh
 from evalstack.detection.candidates import CandidateTable, open_candidates, read_candidate_shard
 from evalstack.detection.layer import LAYOUT_VERSION, DetectionTable, detection_shard
 from evalstack.preprocess.letterbox import Placement
@@ -47,9 +48,49 @@ def to_original(found: Detections, place: Placement) -> Detections:
 
 
 def postprocess_table(table: CandidateTable, post: PostProcess) -> DetectionTable:
-    found = [to_original(postprocess(table.candidates(row), post), place)
-             for row, place in enumerate(table.placements())]
-    return DetectionTable.from_detections(table.item_keys, table.ids, table.splits.tolist(), found)
+    """`postprocess` + `to_original` for every image of a shard; threshold, cap and the mapping run on the
+    whole shard at once (the same float64 operations per box), NMS per image where two or more boxes remain."""
+    n_images = len(table)
+    counts = counts_of(table.offsets, len(table.scores))
+    above = np.concatenate([[0], np.cumsum(table.scores >= post.confidence_threshold)])
+    ends = np.append(table.offsets[1:], len(table.scores)) if n_images else table.offsets
+    # candidates are sorted by score per image: the ones above the threshold are a prefix
+    take = np.minimum(above[ends] - above[table.offsets], post.max_detections)
+    rows = _nms_rows(table, take, post.nms_iou)
+    image = np.repeat(np.arange(n_images), counts)[rows]
+    place = {name: values[image] for name, values in table.placement.items()}
+    scale = np.stack([place["scale_x"], place["scale_y"], place["scale_x"], place["scale_y"]], axis=1)
+    pad = np.stack([place["pad_x"], place["pad_y"], place["pad_x"], place["pad_y"]], axis=1)
+    limits = np.stack([place["width"], place["height"], place["width"], place["height"]], axis=1)
+    boxes = xyxy_to_xywh(np.clip((table.boxes[rows] - pad) / scale, 0.0, limits))  # = Placement.to_original
+    valid = (boxes[:, 2] > 0) & (boxes[:, 3] > 0)  # a box wholly in the letterbox padding has no pixels left
+    return DetectionTable(
+        item_keys=table.item_keys, ids=table.ids, splits=table.splits,
+        offsets=offsets_for(np.bincount(image[valid], minlength=n_images)),
+        bboxes=boxes[valid].astype(np.float32), labels=table.labels[rows][valid].astype(np.int64),
+        scores=table.scores[rows][valid].astype(np.float32),
+    )
+
+
+def _nms_rows(table: CandidateTable, take: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Flat rows NMS keeps: each image's first take[i] candidates (score order). Images go through NMS in
+    padded batches of similar size (up to 2, 4, 8, … boxes), so the pairwise IoUs cost about Σ take²."""
+    kept: list[np.ndarray | None] = [None] * len(take)
+    for image in np.flatnonzero(take == 1):
+        kept[image] = np.zeros(1, np.int64)
+    width = 2
+    while width // 2 < (take.max() if len(take) else 0):
+        images = np.flatnonzero((take > width // 2) & (take <= width))
+        if len(images):
+            index = table.offsets[images][:, None] + np.arange(width)[None, :]
+            real = np.arange(width)[None, :] < take[images][:, None]
+            index = np.where(real, index, table.offsets[images][:, None])  # padding rows: never visited
+            labels = np.where(real, table.labels[index], -1)
+            for image, keep in zip(images, nms_sorted_batch(table.boxes[index], labels, take[images], iou_threshold)):
+                kept[image] = keep
+        width *= 2
+    rows = [start + keep for start, keep in zip(table.offsets.tolist(), kept) if keep is not None]
+    return np.concatenate(rows) if rows else np.zeros(0, np.int64)
 
 
 def detections_stats(candidates_stats: dict[str, Any], tensor_shards: list[str | None]) -> dict[str, Any]:

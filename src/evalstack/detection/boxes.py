@@ -116,3 +116,21 @@ def nms_sorted_batch(boxes: np.ndarray, labels: np.ndarray, counts: np.ndarray, 
     suppresses = (labels[:, :, None] == labels[:, None, :]) & (ious > iou_threshold)
     rows = np.packbits(suppresses, axis=2, bitorder="little")
     return [np.asarray(_greedy(rows[b], int(count)), dtype=np.int64) for b, count in enumerate(counts)]
+
+
+def matched_count(reference: Detections, other: Detections, iou_threshold: float = 0.5) -> int:
+    """How many `reference` boxes find a partner in `other`: same label, IoU ≥ the threshold, one-to-one,
+    greedy in descending reference score (each taking its best-overlapping free partner)."""
+    if len(reference) == 0 or len(other) == 0:
+        return 0
+    ious = iou_matrix(xywh_to_xyxy(reference.boxes), xywh_to_xyxy(other.boxes))
+    ious[reference.labels[:, None] != other.labels[None, :]] = -1.0
+    taken = np.zeros(len(other), dtype=bool)
+    matched = 0
+    for row in np.argsort(-np.asarray(reference.scores), kind="stable"):
+        candidates = np.where(taken, -1.0, ious[row])
+        best = int(np.argmax(candidates))
+        if candidates[best] >= iou_threshold:
+            taken[best] = True
+            matched += 1
+    return matched

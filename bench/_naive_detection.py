@@ -65,8 +65,8 @@ def main() -> None:
         figures = {}
         for name, found in (("clean", clean_found), ("corrupted", corrupted_found)):
             table = DetectionTable.from_detections(["0" * 64] * len(ids), ids, [config.split] * len(ids), found)
-            figures[name] = map_and_map50(coco_from_document(document), coco_results(table, list(range(len(ids))),
-                                                                                     categories))
+            results = coco_results(table, list(range(len(ids))), categories)  # built here: handed over, not copied
+            figures[name] = map_and_map50(coco_from_document(document), results, owned=True)
         cells[cell.name] = {"mAP": figures["corrupted"][0], "mAP50": figures["corrupted"][1],
                             "P_clean": figures["clean"][0]}
         print(f"{cell.name}: mAP {figures['corrupted'][0]:.4f} ({time.monotonic() - started:.0f} s)", flush=True)

@@ -280,6 +280,9 @@ def test_every_cell_scores_exactly_what_pycocotools_says(tmp_path):
         assert (cell.mAP, cell.mAP50) == figures[f"{cell.kind}-{cell.severity}"]
     summary = scores.summary()
     assert summary["mPC"] == pytest.approx(np.mean([figures[c.name][0] for c in config.cells()]), abs=1e-15)
+    in_two_processes = score_grid(tmp_path / "raw", tmp_path / "det", tmp_path / "grid", tmp_path / "gridpp2",
+                                  adapter.spec, adapter.postprocess, config, workers=2)
+    assert in_two_processes.summary() == summary
     if summary["P_clean"] > 0:
         assert summary["rPC"] == summary["mPC"] / summary["P_clean"]
 

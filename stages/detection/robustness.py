@@ -25,7 +25,8 @@ def main() -> None:
     spec = model_spec(params, args.model)
     store = open_store(params, args.params.parent)
     scores = score_grid(args.raw, args.detections, args.cells, args.out, spec, PostProcess.from_options(spec.options),
-                        GridConfig.from_params(params["grid"]), float(params["evaluate"]["count_threshold"]), store)
+                        GridConfig.from_params(params["grid"]), float(params["evaluate"]["count_threshold"]), store,
+                        workers=int((params.get("local") or {}).get("workers", 1)))  # in no key: scores do not change
     summary = scores.summary()
     write_grid_outputs(summary, args.metrics, args.plots, args.details)
     counts = summary["counts"]

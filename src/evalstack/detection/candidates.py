@@ -17,6 +17,7 @@ the store; training needs no predictions. The index records the forward passes p
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -49,6 +50,12 @@ from evalstack.preprocess.letterbox import PLACEMENT_COLUMNS, Placement, placeme
 LAYOUT_VERSION = 1
 FLAT = ("cand_boxes", "cand_scores", "cand_labels")
 CODE_ROOTS = ("evalstack.detection.candidates",)
+
+
+@lru_cache(maxsize=None)
+def _code() -> dict[str, str]:
+    """This layer's code fingerprint, computed once per process (the sources do not change under a run)."""
+    return code_fingerprint(CODE_ROOTS)
 
 
 class GridInputError(ValueError):
@@ -95,7 +102,7 @@ class CandidateTable:
 def candidates_key(model_signature: Key, pipeline_key: Key) -> Key:
     """Weights + contract (candidate bound included, post-processing excluded) + pipeline + this code."""
     return Key("detection_candidates", {"model": dict(model_signature.parts), "pipeline": dict(pipeline_key.parts),
-                                        "code": code_fingerprint(CODE_ROOTS)})
+                                        "code": _code()})
 
 
 def candidate_shard(table: CandidateTable, attrs: Mapping[str, Any]) -> ShardContent:

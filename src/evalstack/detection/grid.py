@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -49,6 +50,12 @@ from evalstack.preprocess.letterbox import LetterboxPipeline
 from evalstack.sources.images import DEFAULT_MAX_PIXELS, decode_image
 
 CODE_ROOTS = ("evalstack.detection.grid",)
+
+
+@lru_cache(maxsize=None)
+def _code() -> dict[str, str]:
+    """This layer's code fingerprint, computed once per process (the sources do not change under a run)."""
+    return code_fingerprint(CODE_ROOTS)
 
 
 @dataclass(frozen=True)
@@ -96,7 +103,7 @@ def perturbation_parts(cell: Cell, seed: int) -> dict[str, Any]:
 def cell_key(clean: Key, cell: Cell, seed: int) -> Key:
     """The clean candidates' key (model, candidate bound, pipeline, infer code) + the perturbation + this code."""
     return Key("detection_grid_cell", {"clean": dict(clean.parts), "perturbation": perturbation_parts(cell, seed),
-                                       "code": code_fingerprint(CODE_ROOTS)})
+                                       "code": _code()})
 
 
 @dataclass(frozen=True)

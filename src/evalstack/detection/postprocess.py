@@ -11,6 +11,7 @@ corruption-grid cell.
 from __future__ import annotations
 
 from dataclasses import asdict
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,16 @@ from evalstack.preprocess.letterbox import Placement
 CODE_ROOTS = ("evalstack.detection.postprocess",)
 
 
+@lru_cache(maxsize=None)
+def _code() -> dict[str, str]:
+    """This layer's code fingerprint, computed once per process (the sources do not change under a run)."""
+    return code_fingerprint(CODE_ROOTS)
+
+
 def detections_key(candidates: Key, post: PostProcess) -> Key:
     """The detections layer's key: what its candidates were built from, the post-processing params, this code."""
     return Key("detections", {"candidates": dict(candidates.parts), "postprocess": asdict(post),
-                              "code": code_fingerprint(CODE_ROOTS)})
+                              "code": _code()})
 
 
 def to_original(found: Detections, place: Placement) -> Detections:

@@ -27,10 +27,10 @@ from evalstack.core.layers import CacheStaleError
 from evalstack.detection.adapter import PostProcess
 from evalstack.detection.boxes import Detections, matched_count
 from evalstack.detection.candidates import open_candidates
-from evalstack.detection.evaluation import coco_results, split_rows
+from evalstack.detection.evaluation import split_rows
 from evalstack.detection.grid import GridConfig
 from evalstack.detection.layer import DetectionTable, open_detections, read_table
-from evalstack.detection.metrics import coco_from_document, map_and_map50
+from evalstack.detection.metrics import CellScorer, ResultArrays
 from evalstack.detection.postprocess import detections_key, postprocess_layer
 from evalstack.sources.coco import coco_document, read_ground_truth
 
@@ -104,37 +104,47 @@ def consistency(clean: DetectionTable, clean_rows: list[int], cell: DetectionTab
     return matched / total if total else None
 
 
+def result_arrays(table: DetectionTable, rows: list[int], categories: np.ndarray) -> ResultArrays:
+    """The detections of `rows` as flat arrays in COCO results order (what `coco_results` lists)."""
+    counts = table.counts[rows]
+    starts = table.offsets[rows]
+    index = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
+    return (np.repeat(table.ids[rows].astype(np.int64), counts), categories[table.labels[index]].astype(np.int64),
+            table.bboxes[index], table.scores[index])
+
+
 def score_grid(
     raw_dir: Path, clean_dir: Path, cells_dir: Path, out_dir: Path, spec: ModelSpec, post: PostProcess,
     config: GridConfig, count_threshold: float = 0.5, store: ShardStore | None = None,
-    expected_clean: Key | None = None,
+    expected_clean: Key | None = None, workers: int = 1,
 ) -> GridScores:
-    """Post-process every cell (into `out_dir/<cell>`), score it, and compare it with the clean detections."""
+    """Post-process every cell (into `out_dir/<cell>`), score it, and compare it with the clean detections.
+    pycocotools runs in `workers` processes (it does not change a figure), overlapping the post-processing."""
     sha256: Callable[[Path], str] = store.stamps.sha256 if store is not None else sha256_file
     dataset = read_ground_truth(raw_dir)
-    document = coco_document(dataset, config.split)
     categories = dataset.category_ids(spec.labels, spec.name)
     clean_layer = open_detections(clean_dir, expected_clean, f"dvc repro postprocess@{spec.name}")
     clean = read_table(clean_layer, sha256)
     clean_rows = split_rows(clean, dataset, config.split, spec.name)
-    # a fresh ground-truth object per evaluation: COCOeval annotates the dicts it is given
-    p_clean, p50_clean = map_and_map50(coco_from_document(document), coco_results(clean, clean_rows, categories))
     by_split = clean_layer.index.stats.get("forward_passes_by_split", {})
-    cells, postprocessed = [], 0
-    for cell in config.cells():
-        source = open_candidates(cells_dir / cell.name)
-        if source.key.parts.get("clean") != clean_layer.key.parts.get("candidates"):
-            raise CacheStaleError(f"{cells_dir / cell.name} was computed for another model or pipeline than "
-                                  f"{clean_dir}; rebuild the grid with `dvc repro grid@{spec.name}`")
-        build = postprocess_layer(cells_dir / cell.name, out_dir / cell.name, post, store,
-                                  f"model {spec.name} under {cell.kind} severity {cell.severity}: postprocess")
-        layer = open_detections(out_dir / cell.name, detections_key(source.key, post))
-        table = read_table(layer, sha256)
-        rows = split_rows(table, dataset, config.split, spec.name)
-        m_ap, m_ap50 = map_and_map50(coco_from_document(document), coco_results(table, rows, categories))
-        cells.append(CellScore(cell.kind, cell.severity, m_ap, m_ap50,
-                               consistency(clean, clean_rows, table, rows, count_threshold),
-                               int(source.index.stats.get("forward_passes", 0))))
-        postprocessed += build.counts["items_computed"]
+    pending, postprocessed = [], 0
+    with CellScorer(coco_document(dataset, config.split), workers) as scorer:
+        clean_score = scorer.submit(result_arrays(clean, clean_rows, categories))
+        for cell in config.cells():
+            source = open_candidates(cells_dir / cell.name)
+            if source.key.parts.get("clean") != clean_layer.key.parts.get("candidates"):
+                raise CacheStaleError(f"{cells_dir / cell.name} was computed for another model or pipeline than "
+                                      f"{clean_dir}; rebuild the grid with `dvc repro grid@{spec.name}`")
+            build = postprocess_layer(cells_dir / cell.name, out_dir / cell.name, post, store,
+                                      f"model {spec.name} under {cell.kind} severity {cell.severity}: postprocess")
+            table = read_table(open_detections(out_dir / cell.name, detections_key(source.key, post)), sha256)
+            rows = split_rows(table, dataset, config.split, spec.name)
+            pending.append((cell, scorer.submit(result_arrays(table, rows, categories)),
+                            consistency(clean, clean_rows, table, rows, count_threshold),
+                            int(source.index.stats.get("forward_passes", 0))))
+            postprocessed += build.counts["items_computed"]
+        cells = [CellScore(cell.kind, cell.severity, *score.result(), agree, passes)
+                 for cell, score, agree, passes in pending]
+        p_clean, p50_clean = clean_score.result()
     return GridScores(spec.name, config.split, len(clean_rows), p_clean, p50_clean, cells,
                       int(by_split.get(config.split, 0)), postprocessed)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from evalstack.cache.shardstore import open_store
 from evalstack.config import load_params, model_spec
-from evalstack.detection.adapter import PostProcess
+from evalstack.detection.decoding import PostProcess
 from evalstack.detection.grid import GridConfig
 from evalstack.detection.grid_report import write_grid_outputs
 from evalstack.detection.robustness import score_grid

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -42,10 +42,12 @@ from evalstack.core.layers import (
     repair_hint,
 )
 from evalstack.core.ragged import check_offsets, pack, ragged_checksums
-from evalstack.detection.adapter import DetectionAdapter
 from evalstack.detection.boxes import Candidates
 from evalstack.detection.layer import Sha256, check_checksums, checksum_attr, split_codes
 from evalstack.preprocess.letterbox import PLACEMENT_COLUMNS, Placement, placements
+
+if TYPE_CHECKING:  # the stage loads the adapter (a framework); this module only calls it
+    from evalstack.detection.adapter import DetectionAdapter
 
 LAYOUT_VERSION = 1
 FLAT = ("cand_boxes", "cand_scores", "cand_labels")

@@ -21,7 +21,7 @@ import shutil
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import h5py
 import numpy as np
@@ -35,7 +35,6 @@ from evalstack.core.keys import Key, sha256_file
 from evalstack.core.kinds import CANDIDATES_KIND, PREPROCESSED_KIND, RAW_KIND
 from evalstack.core.layers import INDEX_NAME, ITEM_KEY, CacheStaleError, Layer, ShardInfo, read_column
 from evalstack.core.raw import read_blobs
-from evalstack.detection.adapter import DetectionAdapter
 from evalstack.detection.candidates import (
     GridInputError,
     SplitRows,
@@ -48,6 +47,9 @@ from evalstack.detection.candidates import (
 from evalstack.preprocess import perturbations as perturb
 from evalstack.preprocess.letterbox import LetterboxPipeline
 from evalstack.sources.images import DEFAULT_MAX_PIXELS, decode_image
+
+if TYPE_CHECKING:  # the stage loads the adapter (a framework); this module only calls it
+    from evalstack.detection.adapter import DetectionAdapter
 
 CODE_ROOTS = ("evalstack.detection.grid",)
 

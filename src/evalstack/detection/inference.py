@@ -8,14 +8,16 @@ forward pass. Both give the same boxes, byte for byte.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from evalstack.detection.adapter import DetectionAdapter
 from evalstack.detection.boxes import Detections
 from evalstack.detection.postprocess import to_original
 from evalstack.preprocess.letterbox import Placement
+
+if TYPE_CHECKING:  # the stage loads the adapter (a framework); this module only calls it
+    from evalstack.detection.adapter import DetectionAdapter
 
 
 def detect_arrays(adapter: DetectionAdapter, batch: np.ndarray, placed: Sequence[Placement]) -> list[Detections]:

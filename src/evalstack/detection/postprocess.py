@@ -26,9 +26,9 @@ from evalstack.core.keys import Key
 from evalstack.core.kinds import DETECTIONS_KIND
 from evalstack.core.layers import ShardInfo
 from evalstack.core.ragged import counts_of, offsets_for
-from evalstack.detection.adapter import CandidateBound, PostProcess
 from evalstack.detection.boxes import Detections, nms_sorted_batch, xyxy_to_xywh
 from evalstack.detection.candidates import CandidateTable, open_candidates, read_candidate_shard
+from evalstack.detection.decoding import CandidateBound, PostProcess
 from evalstack.detection.layer import LAYOUT_VERSION, DetectionTable, detection_shard
 from evalstack.preprocess.letterbox import Placement
 

@@ -24,9 +24,9 @@ from evalstack.cache.shardstore import ShardStore
 from evalstack.config import ModelSpec
 from evalstack.core.keys import Key, sha256_file
 from evalstack.core.layers import CacheStaleError
-from evalstack.detection.adapter import PostProcess
 from evalstack.detection.boxes import Detections, matched_count
 from evalstack.detection.candidates import open_candidates
+from evalstack.detection.decoding import PostProcess
 from evalstack.detection.evaluation import split_rows
 from evalstack.detection.grid import GridConfig
 from evalstack.detection.layer import DetectionTable, open_detections, read_table

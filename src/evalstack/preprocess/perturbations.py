@@ -26,7 +26,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 from scipy.ndimage import convolve1d, gaussian_filter
-from scipy.signal import fftconvolve
 
 SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -105,6 +104,8 @@ def disk_kernel(radius: float, alias_blur: float) -> np.ndarray:
 
 
 def _convolve(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    from scipy.signal import fftconvolve  # imported here: scipy.signal costs seconds, most importers never blur
+
     pad = max(kernel.shape) // 2
     padded = np.pad(x, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")  # cv2's BORDER_REFLECT_101
     out = np.stack([fftconvolve(padded[..., c], kernel, mode="same") for c in range(x.shape[2])], axis=-1)

@@ -78,6 +78,7 @@ def _infer(root: Path, out: Path, model_file: Path, store=None, **options):
     (("gaussian_noise", "jpeg"), (1, 3)),  # 2 × 2
     (("gaussian_noise", "jpeg", "contrast"), (1, 2, 3, 4, 5)),  # 3 × 5
 ], ids=["2x2", "3x5"])
+@pytest.mark.slow
 def test_clean_passes_stay_n_and_perturbed_passes_are_npi(shapes, model_file, tmp_path, types, severities):
     clean_adapter, clean = _infer(shapes, tmp_path / "cand", model_file)
     assert clean_adapter.forward_passes == N_VAL  # only the split that is scored: the 4 train images need none
@@ -102,6 +103,7 @@ def _postprocessed(root: Path, post: PostProcess = PostProcess(), store=None, na
     return root / name
 
 
+@pytest.mark.slow
 def test_a_new_type_or_severity_computes_only_its_cells(shapes, model_file, tmp_path):
     store = store_in(tmp_path / "store")
     _infer(shapes, tmp_path / "cand", model_file, store)
@@ -119,6 +121,7 @@ def test_a_new_type_or_severity_computes_only_its_cells(shapes, model_file, tmp_
         assert _digests(tmp_path / "grid2" / name) == _digests(tmp_path / "grid" / name)
 
 
+@pytest.mark.slow
 def test_postprocessing_change_reruns_no_forward_pass_and_equals_a_fresh_run(shapes, model_file, tmp_path):
     config = _grid(("gaussian_noise", "jpeg"), (2, 4))
     store = store_in(tmp_path / "store")
@@ -151,6 +154,7 @@ def test_postprocessing_change_reruns_no_forward_pass_and_equals_a_fresh_run(sha
     assert back.images_postprocessed == 0 and back.summary() == default.summary()
 
 
+@pytest.mark.slow
 def test_cells_corrupt_the_original_image_before_letterboxing(shapes, model_file, tmp_path):
     _infer(shapes, tmp_path / "cand", model_file)
     adapter = _detector(model_file)
@@ -177,6 +181,7 @@ def test_cells_corrupt_the_original_image_before_letterboxing(shapes, model_file
     np.testing.assert_allclose(found.scores, reference.scores, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_cells_are_deterministic_per_seed_and_refuse_a_missing_split(shapes, model_file, tmp_path):
     _infer(shapes, tmp_path / "cand", model_file)
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
@@ -192,6 +197,7 @@ def test_cells_are_deterministic_per_seed_and_refuse_a_missing_split(shapes, mod
         _grid(("no_such_corruption",), (1,))
 
 
+@pytest.mark.slow
 def test_the_seed_api_reads_a_grid_cell(shapes, model_file, tmp_path):
     adapter, _ = _infer(shapes, tmp_path / "cand", model_file)
     config = _grid(("jpeg",), (5,))
@@ -253,6 +259,7 @@ def test_map_and_map50_equal_full_pycocotools_with_crowds_gaps_empty_images_and_
     assert map_and_map50(coco_from_document(AWKWARD), []) == (0.0, 0.0)
 
 
+@pytest.mark.slow
 def test_every_cell_scores_exactly_what_pycocotools_says(tmp_path):
     coco_project(tmp_path, AWKWARD)
     model = export_tiny_detector(tmp_path / "det.pt2")

@@ -137,8 +137,8 @@ def _check_ragged_items(path: Path, handle: h5py.File, spec: dict[str, Any]) -> 
         recorded = handle[spec["column"]][()]
     except (OSError, ValueError, KeyError) as error:
         return [Problem(path, f"per-image data unreadable ({type(error).__name__}: {error})")]
-    return [Problem(path, f"data does not match its checksum in column {spec['column']}", _item_name(handle, int(row)))
-            for row in np.flatnonzero(computed != recorded)]
+    message = f"data does not match its checksum in column {spec['column']}"
+    return [Problem(path, message, _item_name(handle, int(row))) for row in np.flatnonzero(computed != recorded)]
 
 
 def _item_digests(handle: h5py.File, of: list[str], flat: set[str], n_items: int) -> Iterator[tuple[int, str | None]]:

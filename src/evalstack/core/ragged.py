@@ -86,10 +86,10 @@ def ragged_checksums(offsets: np.ndarray, flats: Sequence[np.ndarray]) -> np.nda
     """A 64-bit checksum per item over its rows of each flat array (uint64), for all items at once.
 
     Word j of row r of flat array f (its bytes as 64-bit words) counts w · a_fj · b_r (mod 2^64)
-    with fixed odd constants a (SplitMix64) and b_r = r · φ·2^64 | 1; an item's checksum is the sum over its rows, plus its row
-    count. Changing any word — one flipped bit is enough — changes the item's checksum (the
-    constants are odd), and so do rows moved between items or within one. It names the damaged
-    item; the shard's sha256 in the index is what proves a whole file. Pure numpy at memory
+    with fixed odd constants a (SplitMix64) and b_r = r · φ·2^64 | 1; an item's checksum is the sum
+    over its rows, plus its row count. Changing any word — one flipped bit is enough — changes the
+    item's checksum (the constants are odd), and so do rows moved between items or within one. It
+    names the damaged item; the shard's sha256 in the index is what proves a whole file. Pure numpy at memory
     speed: a sha256 per item costs microseconds each, which a 20,000-image shard would feel.
     """
     offsets = np.asarray(offsets, dtype=np.int64)

@@ -108,7 +108,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold
     return order[np.asarray(_greedy(rows, len(order)), dtype=np.int64)]
 
 
-def nms_sorted_batch(boxes: np.ndarray, labels: np.ndarray, counts: np.ndarray, iou_threshold: float) -> list[np.ndarray]:
+def nms_sorted_batch(boxes: np.ndarray, labels: np.ndarray, counts: np.ndarray,
+                     iou_threshold: float) -> list[np.ndarray]:
     """`nms` of many images at once, for boxes already in descending score order (ties in the given order,
     as `nms`'s stable sort leaves them): boxes (B, M, 4) and labels (B, M), image b's first counts[b] rows
     real, the rest padding. Returns each image's kept row indices — exactly what `nms` returns for it."""

@@ -197,7 +197,8 @@ def infer_rows(adapter: DetectionAdapter, batches: Sequence[np.ndarray] | Any, r
 
 def candidates_stats(adapter: DetectionAdapter, selected: SplitRows) -> dict[str, Any]:
     return {"layout": LAYOUT_VERSION, "model_name": adapter.spec.name, "model_hash": adapter.weights_sha256,
-            "candidates": asdict(adapter.bound), "splits": list(selected.splits), "num_images": sum(selected.counts.values()),
+            "candidates": asdict(adapter.bound), "splits": list(selected.splits),
+            "num_images": sum(selected.counts.values()),
             "forward_passes_by_split": dict(selected.counts)}
 
 

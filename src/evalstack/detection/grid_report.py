@@ -79,7 +79,8 @@ def render_section(summaries: Sequence[Mapping[str, Any]], figure: str | None) -
         c = s["counts"]
         lines.append(f"| {s['model']} | {s['n_images']} | {c['cells']} | {c['clean_forward_passes']} | "
                      f"{c['perturbed_forward_passes']} |")
-    lines += ["", "What a run computed or took from the shard store: `evalstack why data/grid/<model>/<type>-<severity>`.",
+    lines += ["", "What a run computed or took from the shard store: "
+              "`evalstack why data/grid/<model>/<type>-<severity>`.",
               ""]
     return lines
 

@@ -70,7 +70,8 @@ def checked_shards(layer: Layer, sha256: Sha256 = sha256_file) -> Iterator[tuple
         try:
             handle = h5py.File(path, "r")
         except OSError as error:
-            raise LayerCorruptError(f"{path}: unreadable as HDF5 ({error}); {repair_hint(path, layer.directory)}") from None
+            hint = repair_hint(path, layer.directory)
+            raise LayerCorruptError(f"{path}: unreadable as HDF5 ({error}); {hint}") from None
         with handle:
             yield shard, handle
 

@@ -79,7 +79,8 @@ class GridScores:
         return {
             "model": self.model, "split": self.split, "n_images": self.n_images,
             "P_clean": self.P_clean, "mPC": mpc, "rPC": mpc / self.P_clean if self.P_clean > 0 else None,
-            "P50_clean": self.P50_clean, "mPC50": mpc50, "rPC50": mpc50 / self.P50_clean if self.P50_clean > 0 else None,
+            "P50_clean": self.P50_clean, "mPC50": mpc50,
+            "rPC50": mpc50 / self.P50_clean if self.P50_clean > 0 else None,
             "consistency": self._mean(consistent) if consistent else None,
             "types": self.types(), "cells": [asdict(cell) for cell in self.cells],
             "counts": {"clean_forward_passes": self.clean_forward_passes,

@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: help install system-deps repro repro-detection plots test test-fast bench bench-detection clean
+.PHONY: differential help install system-deps repro repro-detection report plots test test-fast bench bench-detection clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,13 +31,19 @@ system-deps: ## install the Debian packages the e2e tests use (apt-get, only if 
 	echo "installing $(SYSTEM_PACKAGES) (missing:$$missing)"; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES)
 
-repro: install ## install, then run the whole pipeline on the embedded dataset
+repro: install ## install, then run the classification pipeline, write reports/index.html, print the summary
 	dvc repro
-	dvc metrics show
+	@evalstack report >/dev/null
+	@echo; evalstack summary
 
-repro-detection: install ## install, then run the detection profile (detection/dvc.yaml) on its embedded data
-	dvc repro detection/dvc.yaml
-	dvc metrics show detection/metrics
+repro-detection: install ## install, then run the detection profile (its own DVC project in detection/)
+	cd detection && dvc repro
+	@evalstack report >/dev/null
+	@echo; evalstack summary
+
+report: install ## write reports/index.html + reports/index.md from what the last runs produced, print the summary
+	@evalstack report
+	@echo; evalstack summary
 
 plots: install ## render `dvc plots show` offline (vega inlined) into dvc_plots/index.html
 	evalstack plots-template
@@ -49,6 +55,9 @@ test: install system-deps ## install, then run the whole test suite (slow end-to
 test-fast: install ## unit tests only
 	$(PY) -m pytest -q -m "not slow"
 
+differential: install ## warm rebuild == build from nothing after every kind of edit, larger scale → bench/out/differential.json
+	EVALSTACK_DIFFERENTIAL=large $(PY) -m pytest -q -s -p no:cacheprovider tests/test_e2e_differential.py
+
 bench: install ## benchmarks vs the naive pipeline → bench/RESULTS.md (≤ 30 min; BENCH_SCALE=small for a quick check)
 	PYTHONPATH=$(CURDIR)/src $(PY) bench/run.py
 
@@ -56,5 +65,5 @@ bench-detection: install ## the detection corruption grid at 5,000 images × 5 �
 	PYTHONPATH=$(CURDIR)/src $(PY) bench/detection_grid.py
 
 clean: ## remove pipeline outputs (the DVC cache stays)
-	rm -rf data metrics plots reports dvc_plots comparison models/*.tflite models/*.pt2 models/*.keras models/*.onnx models/pls.csv
+	rm -rf data metrics plots reports dvc_plots comparison robustness/metrics.json models/*.tflite models/*.pt2 models/*.keras models/*.onnx models/pls.csv
 	rm -rf detection/data detection/metrics detection/plots detection/reports detection/models/*.pt2

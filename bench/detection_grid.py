@@ -41,7 +41,7 @@ from incremental import timed_repro  # noqa: E402
 from tests.e2e import REPO as TEMPLATE  # noqa: E402
 from tests.e2e import make_project, run, set_param  # noqa: E402
 
-PROFILE = "detection/dvc.yaml"
+PROFILE = "dvc.yaml"  # run in detection/: the detection profile is its own DVC project
 MODEL = "shapes_centernet"
 TYPES = ["gaussian_noise", "defocus_blur", "fog", "jpeg", "contrast"]  # one per ImageNet-C family, + contrast
 ADDED_TYPE = "brightness"
@@ -52,7 +52,8 @@ SECTION_START, SECTION_END = "<!-- detection-grid:start -->", "<!-- detection-gr
 def prepare(root: Path, images: int, train_images: int) -> Path:
     shutil.rmtree(root, ignore_errors=True)
     project = make_project(root)
-    shutil.copytree(TEMPLATE / "detection", project / "detection", ignore=shutil.ignore_patterns("data", "*.pt2"))
+    shutil.copytree(TEMPLATE / "detection", project / "detection", symlinks=True,  # detection/src → ../src
+                    ignore=shutil.ignore_patterns("data", "*.pt2", "tmp", "cache", "config.local"))
     det = project / "detection"
     params = yaml.safe_load((det / "params.yaml").read_text())
     params["synth"].update(n_val=images, n_train=train_images)
@@ -77,7 +78,7 @@ def repro(project: Path, timings: Path, log: list[str], label: str) -> tuple[dic
     saved = dict(os.environ)
     os.environ.update(stage_env(timings))  # timed_repro starts dvc with this process's environment
     try:
-        seconds = timed_repro(project, PROFILE)
+        seconds = timed_repro(project / "detection", PROFILE)
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -144,7 +145,7 @@ def main() -> None:
     say(log, f"{n} val images × {p} types × {i} severities ({', '.join(TYPES)}); demo detector trained on {args.train}")
 
     prep_started = time.monotonic()
-    run(project, "dvc", "repro", f"{PROFILE}:train@{MODEL}")
+    run(project / "detection", "dvc", "repro", f"{PROFILE}:train@{MODEL}")
     say(log, f"prepared (synth, fetch, preprocess, train; not part of the grid) in {time.monotonic() - prep_started:.0f} s")
 
     cold, cold_clocks = repro(project, timings, log, "cold grid")

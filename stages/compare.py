@@ -3,8 +3,8 @@ import argparse
 from pathlib import Path
 
 from evalstack.config import load_params
-from evalstack.evaluation.classification import truth_frame
 from evalstack.evaluation.comparison import CompareConfig, compare_runs, declared_run
+from evalstack.evaluation.items import truth_frame
 from evalstack.reporting.comparison_report import ReportOutputs, write_report
 
 
@@ -13,7 +13,7 @@ def main() -> None:
     parser.add_argument("--raw", type=Path, required=True)
     parser.add_argument("--predictions", type=Path, required=True, help="folder of predictions layers")
     parser.add_argument("--latency", type=Path, required=True, help="folder of infer latency files")
-    parser.add_argument("--out", type=Path, required=True, help="folder for report.md, *.csv, comparison.png")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the comparison tables (*.csv)")
     parser.add_argument("--plot", type=Path, required=True, help="CSV for `dvc plots`")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()

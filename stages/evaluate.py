@@ -18,6 +18,7 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--pairs", type=Path, required=True, help="CSV of (actual, predicted) per item")
     parser.add_argument("--per-class", type=Path, required=True)
+    parser.add_argument("--details", type=Path, help="JSON of every summary figure (--metrics then holds the headline)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     params = load_params(args.params)
@@ -27,7 +28,7 @@ def main() -> None:
     signature = expected_model_signature(Layer.open(args.predictions), spec)
     pipeline_key = pipeline_spec(params, spec.pipeline).cache_key()
     split = params["evaluate"]["split"]
-    outputs = EvaluationOutputs(args.metrics, args.pairs, args.per_class)
+    outputs = EvaluationOutputs(args.metrics, args.pairs, args.per_class, args.details, args.model, spec.task)
     if spec.task == "concentration":
         report, pairs, passes = evaluate_concentration(args.raw, args.predictions, spec, signature, pipeline_key, split)
         write_concentration_outputs(report, pairs, passes, outputs)

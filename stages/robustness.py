@@ -43,7 +43,7 @@ def main() -> None:
     build = build_grid(args.raw, args.preprocessed, args.predictions, args.out, adapter, config, store, batch_size)
     clean_accuracy, results = grid_results(build, args.raw, spec.labels)
     upstream = {
-        "clean_predictions_read": len(build.split_keys),
+        "clean_predictions_read": len(build.split_rows),
         "upstream_clean_predictions": build.clean.index.n_items,
         "upstream_items_preprocessed": int(Layer.open(args.preprocessed).index.stats.get("items_preprocessed", 0)),
     }

@@ -13,8 +13,6 @@ def main() -> None:
     parser.add_argument("--summaries", type=Path, required=True, help="directory of per-model grid summaries")
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--plots", type=Path, required=True, help="directory for per (model, type) CSVs")
-    parser.add_argument("--report", type=Path, required=True)
-    parser.add_argument("--png", type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     params = load_params(args.params)
@@ -22,7 +20,7 @@ def main() -> None:
     summaries = {name: json.loads((args.summaries / f"{name}.json").read_text()) for name in models}
     summaries = {name: summary for name, summary in summaries.items() if "skipped" not in summary}
     metrics = combine(summaries, str(params["robustness"]["reference"]))
-    write_outputs(metrics, args.metrics, args.plots, args.report, args.png)
+    write_outputs(metrics, args.metrics, args.plots)
     for name, model in metrics["models"].items():
         print(f"{name}: clean accuracy {model['clean_accuracy']:.3f}, mCE {model['mce']}, relative mCE {model['relative_mce']}")
 

@@ -27,14 +27,14 @@ def export_tiny_detector(path: Path, n_classes: int = len(LABELS), seed: int = 0
 
 def spec(file: Path, labels: tuple[str, ...] = LABELS, **options) -> ModelSpec:
     return ModelSpec(name="det", file=file, adapter="torch_detection", pipeline="lb32", labels=labels, task="detect",
-                     options=options)
+                     options=options, trust=True)  # the tests export it themselves
 
 
 def coco_project(root: Path, doc: dict | None = None, shard_size: int = 2, split: str = "val") -> Path:
     """root/raw (COCO raw layer) and root/pre (letterboxed to SIZE) from the hand-made fixture (or `doc`)."""
     entry = write_coco(root / "src", doc, split=split)
     fetch_coco_layer(CocoFetchConfig({split: entry}, shard_size=shard_size), root / "raw")
-    letterbox_layer(root / "raw", root / "pre", LetterboxPipeline(size=SIZE))
+    letterbox_layer(root / "raw", root / "pre", LetterboxPipeline(resize=SIZE))
     return root
 
 

@@ -12,20 +12,26 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-TEMPLATE_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "Makefile", "pyproject.toml")
+TEMPLATE_FILES = (
+    "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "Makefile", "pyproject.toml",
+    "models/.gitignore", "robustness/.gitignore",  # what DVC would append, shipped (git status stays clean)
+)
 TEMPLATE_DIRS = ("stages", "src")
-OUTPUT_DIRS = ("data", "models", "metrics", "plots", "reports")  # everything `dvc repro` writes
+OUTPUT_DIRS = ("data", "models", "metrics", "plots", "comparison")  # everything `dvc repro` writes
 
 TINY_PARAMS: dict[str, Any] = {
     "synth": {"n_cards": 60, "test_fraction": 0.3},
-    "fetch": {"shard_size": 16},
+    "fetch": {"shard_bytes": 16 * 1_370_000},  # ~16 embedded cards per raw shard
     "train": {"tflite_cnn": {"epochs": 3}, "torch_cnn": {"epochs": 3}, "conc_keras": {"epochs": 3}},
     "robustness": {"types": ["gaussian_noise"], "severities": [1]},  # one cell: the grid has its own e2e test
 }
 
 
-def env() -> dict[str, str]:
+def env(cwd: Path | None = None) -> dict[str, str]:
     environment = dict(os.environ)
+    project = _project_of(cwd) if cwd is not None else None
+    if project is not None:  # stages run the project's own library (the code DVC tracks), not the installed one
+        environment["PYTHONPATH"] = str(project / "src")
     environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
     environment["DVC_NO_ANALYTICS"] = "1"
     environment["TF_CPP_MIN_LOG_LEVEL"] = "2"
@@ -36,8 +42,18 @@ def env() -> dict[str, str]:
     return environment
 
 
-def run(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=cwd, env=env(), capture_output=True, text=True)
+def _project_of(cwd: Path) -> Path | None:
+    for directory in (Path(cwd), *Path(cwd).parents):
+        if (directory / "src/evalstack").is_dir() and (directory / "dvc.yaml").exists():
+            return directory
+    return None
+
+
+def run(cwd: Path, *args: str, check: bool = True, env_columns: int | None = None) -> subprocess.CompletedProcess:
+    environment = env(cwd)
+    if env_columns:
+        environment["COLUMNS"] = str(env_columns)  # the terminal width rich lays DVC's tables out for
+    result = subprocess.run(args, cwd=cwd, env=environment, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
@@ -56,10 +72,10 @@ def make_project(root: Path, overrides: dict[str, Any] | None = None) -> Path:
     """Copy the template into `root`, shrink its params, and make it a git + DVC repo."""
     root.mkdir(parents=True, exist_ok=True)
     for name in TEMPLATE_FILES:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, root / name)
     for name in TEMPLATE_DIRS:
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (root / "models").mkdir()
     (root / "models/.gitkeep").touch()
     params = yaml.safe_load((root / "params.yaml").read_text())
     deep_update(params, TINY_PARAMS)
@@ -133,7 +149,7 @@ from evalstack.demo.training.networks import TRAINERS, TrainConfig
 
 params = yaml.safe_load(open("params.yaml"))
 for name, entry in params["train"].items():
-    size = params["preprocess"]["pipelines"][entry["pipeline"]]["size"]
+    size = params["preprocess"]["pipelines"][entry["pipeline"]]["resize"]
     n_classes = len(params["labels"][entry["labels"]])
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(4, size, size, 3), dtype=np.uint8)

@@ -15,6 +15,8 @@ from evalstack.models.inference import infer_layer
 from evalstack.preprocess.pipelines import CropResizePipeline, preprocess_layer
 from tests.test_fetch import make_registry
 
+ITEM_BYTES = 3698  # every test PNG (40×30 random pixels, see tests.conftest.png_bytes) is this long
+
 LABELS = ("a", "b", "c")
 
 
@@ -46,7 +48,7 @@ def numpy_model(directory: Path, weights: bytes = b"weights1", size: int = 8) ->
 
 
 def tiny_pipeline(size: int = 8) -> CropResizePipeline:
-    return CropResizePipeline(crop=(0, 0, 40, 30), size=size, resample="bilinear")
+    return CropResizePipeline(crop=(0, 0, 40, 30), resize=size, resample="bilinear")
 
 
 def store_at(directory: Path, link: str = "copy", max_bytes: int = 10**9) -> ShardStore:
@@ -74,10 +76,10 @@ class Project:
     def grow(self, n_items: int) -> None:
         make_registry(self.root / "source", n=n_items)
 
-    def fetch(self, store: ShardStore | None, shard_size: int = 4) -> None:
+    def fetch(self, store: ShardStore | None, shard_bytes: int = 3 * ITEM_BYTES) -> None:
         # A relative registry path, as in params.yaml: the raw layer key (and so every shard) records it.
         with contextlib.chdir(self.root):
-            fetch_raw_layer(FetchConfig({"dev": "source/metadata_dev.csv"}, shard_size=shard_size), self.raw, store)
+            fetch_raw_layer(FetchConfig({"dev": "source/metadata_dev.csv"}, shard_bytes=shard_bytes), self.raw, store)
 
     def preprocess(self, store: ShardStore | None, size: int = 8):
         return preprocess_layer(self.raw, self.pre, tiny_pipeline(size), "lz4", store=store, name="tiny")

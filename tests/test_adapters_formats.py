@@ -18,7 +18,8 @@ TARGETS = RNG.integers(0, 3, 8)
 
 
 def _spec(file: Path, adapter: str, **changes) -> ModelSpec:
-    return replace(ModelSpec(name="m", file=file, adapter=adapter, pipeline="p", labels=LABELS), **changes)
+    # trust: the test builds its own torch files (models/trust.py)
+    return replace(ModelSpec(name="m", file=file, adapter=adapter, pipeline="p", labels=LABELS, trust=True), **changes)
 
 
 def _batch(n: int = 5, size: int = 32) -> np.ndarray:
@@ -35,7 +36,7 @@ def pt2_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def onnx_file(pt2_file, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("onnx") / "m.onnx"
-    export_onnx(pt2_file, out)
+    export_onnx(pt2_file, out, trust=True)
     return out
 
 
@@ -80,7 +81,7 @@ def test_onnx_export_matches_torch_and_is_deterministic(pt2_file, onnx_file, tmp
     assert ours.shape == (7, 3)
     assert (ours.argmax(1) == reference.argmax(1)).all()
     np.testing.assert_allclose(ours, reference, atol=1e-4)
-    export_onnx(pt2_file, tmp_path / "again.onnx")
+    export_onnx(pt2_file, tmp_path / "again.onnx", trust=True)
     assert (tmp_path / "again.onnx").read_bytes() == onnx_file.read_bytes()
 
 
@@ -156,3 +157,38 @@ def test_pls_needs_concentration_task(tmp_path):
     path, _ = _pls_file(tmp_path)
     with pytest.raises(ModelError, match="set task: concentration"):
         load_adapter(_spec(path, "pls", labels=("amoxicillin", "ferrous sulfate")))
+
+
+TRAIN_AND_EXPORT = """
+import sys, numpy as np
+from pathlib import Path
+from evalstack.demo.training.networks import TRAINERS, TrainConfig
+from evalstack.demo.training.onnx_export import export_onnx
+rng = np.random.default_rng(0)
+x = rng.integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
+out = Path(sys.argv[1])
+TRAINERS["torch_export"](x, rng.integers(0, 3, 6), 3, TrainConfig("torch_export", epochs=1, batch_size=3), out / "m.pt2")
+export_onnx(out / "m.pt2", out / "m.onnx")
+"""
+
+
+@pytest.mark.slow
+def test_model_files_are_byte_identical_from_clones_at_different_paths(tmp_path):
+    """torch.export records each node's stack trace (the library's absolute path, line numbers): dropped,
+    so a colleague's clone trains the same bytes and nothing downstream of the model reruns."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    files = []
+    for clone in (tmp_path / "a", tmp_path / "somewhere/much/deeper/b"):
+        shutil.copytree(REPO / "src", clone / "src", ignore=shutil.ignore_patterns("__pycache__"))
+        (clone / "out").mkdir()
+        subprocess.run([sys.executable, "-c", TRAIN_AND_EXPORT, str(clone / "out")], check=True, capture_output=True,
+                       env={"PYTHONPATH": str(clone / "src"), "PATH": "/usr/bin:/bin"})
+        files.append({name: (clone / "out" / name).read_bytes() for name in ("m.pt2", "m.onnx")})
+    assert files[0]["m.pt2"] == files[1]["m.pt2"]
+    assert files[0]["m.onnx"] == files[1]["m.onnx"]
+    assert str(tmp_path).encode() not in files[0]["m.pt2"]

@@ -7,7 +7,7 @@ import numpy as np
 from evalstack.cli import main
 from evalstack.core.keys import Key
 from evalstack.core.layers import LayerWriter, shard_name
-from tests.layers import Project, store_at
+from tests.layers import ITEM_BYTES, Project, store_at
 
 
 def _layer(directory: Path) -> Path:
@@ -53,14 +53,16 @@ def test_why_names_the_recomputed_shards_and_the_changed_key(tmp_path, capsys):
     project.build(13, store)
     assert main([*params, "why", str(project.pred)]) == 0
     out = capsys.readouterr().out
-    # The raw layer is a log: the 3 new items fill a new shard, the partial 00002 keeps its bytes.
-    assert "4 shards: 1 computed (3 items), 3 reused from the store" in out
+    # Shards end where the items' identities say (10 items: 1, 4, 3, 2): the 3 new items fill up the
+    # last, partial shard and start a new one; the shards before it keep their bytes.
+    assert "5 shards: 2 computed (5 items), 3 reused from the store" in out
     assert "key unchanged since the previous build here" in out
-    assert "computed 00003.h5: new upstream shard (3 items)" in out and "00002" not in out
+    assert "computed 00003.h5: upstream shard changed (2 → 3 items)" in out
+    assert "computed 00004.h5: new upstream shard (2 items)" in out and "00002" not in out
     project.preprocess(store, size=12)
     assert main([*params, "why", str(project.pre)]) == 0
     out = capsys.readouterr().out
-    assert "key changed since the previous build here:\n    pipeline tiny: params.size: 8 → 12" in out
+    assert "key changed since the previous build here:\n    pipeline tiny: params.resize: 8 → 12" in out
 
 
 def test_why_tells_a_restored_layer_from_a_built_one(tmp_path, capsys):
@@ -84,11 +86,11 @@ def test_provenance_of_an_item_goes_from_source_to_code(tmp_path, capsys):
     assert "item 102__901__lactose__50.png (id 102, split dev)" in out
     assert f"md5 {hashlib.md5(source).hexdigest()}" in out and "images/102__901__lactose__50.png" in out
     assert f"item key (sha256 of the image bytes) {hashlib.sha256(source).hexdigest()}" in out
-    assert "pipeline  " in out and "crop_resize v1" in out and "data/preprocessed/tiny/00000.h5 row 2" in out
+    assert "pipeline  " in out and "crop_resize {" in out and "modules); key " in out and "data/preprocessed/tiny/00001.h5 row 1" in out
     assert "model     " in out and "numpy weights sha256" in out and "predicted " in out
     assert "code      evalstack 0.1.0" in out
     assert main([*params, "provenance", str(project.pre)]) == 0
-    assert "shard_size 4" in capsys.readouterr().out
+    assert f"shard_bytes {3 * ITEM_BYTES}" in capsys.readouterr().out
     assert main([*params, "provenance", str(project.pred), "999"]) == 2
 
 
@@ -99,6 +101,6 @@ def test_gc_command_trims_to_the_limit(tmp_path, capsys):
     project.preprocess(store, size=12)  # the size-8 shards are now only in the store
     assert main([*params, "gc", "--max-bytes", "0"]) == 0
     out = capsys.readouterr().out
-    assert "removed 3 shards" in out  # size-8 preprocessed; predictions in the workspace stay and "the store stays above its limit" in out
-    assert project.preprocess(store, size=12).counts["shards_reused"] == 3  # the workspace's shards were kept
-    assert project.preprocess(store, size=8).counts["shards_computed"] == 3
+    assert "removed 4 shards" in out  # size-8 preprocessed; predictions in the workspace stay and "the store stays above its limit" in out
+    assert project.preprocess(store, size=12).counts["shards_reused"] == 4  # the workspace's shards were kept
+    assert project.preprocess(store, size=8).counts["shards_computed"] == 4

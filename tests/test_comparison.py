@@ -20,12 +20,12 @@ PIPELINE = Key("pipeline", {"kind": "crop_resize", "version": "1", "params": {"s
 
 def truth() -> pd.DataFrame:
     frame = pd.DataFrame({
-        "id": range(8),
+        "item_key": KEYS,
         "sample_name": ["amoxicillin", "lactose"] * 4,
         "quantity": [20, 50, 80, 100, 20, 50, 80, 100],
         "split": ["test"] * 6 + ["dev"] * 2,
     })
-    frame.index = pd.Index(KEYS, name="item_key")
+    frame.index = pd.Index(range(100, 108), name="id")  # tables join on the source's id
     return frame
 
 
@@ -45,25 +45,37 @@ def classifier(tmp_path: Path, name: str, predicted: list[int], keys=KEYS, noise
     return ModelRun(name, "classify", "torch", "p", layer, latency={"ms_per_item": 1.5}, **extra)
 
 
-def test_models_are_paired_by_item_key_and_scored(tmp_path):
+def test_models_are_paired_by_id_and_scored(tmp_path):
     truths = [0, 1, 0, 1, 0, 1]  # test items
     good = classifier(tmp_path, "good", truths + [0, 0])
-    # Same predictions, items stored in another order, one test item missing.
-    order = [5, 3, 1, 0, 2, 6, 7]
-    shuffled = classifier(tmp_path, "shuffled", [([0, 1, 1, 1, 0, 1, 0, 0])[i] for i in order],
-                          keys=[KEYS[i] for i in order])
-    comparison = compare_runs([good, shuffled], truth())
-    assert comparison.n_items == 5  # item 4 is missing from "shuffled": left out for everyone
-    assert comparison.notes == ["shuffled has no prediction for 1 test items; left out"]
+    worse = classifier(tmp_path, "worse", [0, 1, 1, 1, 0, 1, 0, 0])
+    comparison = compare_runs([good, worse], truth())
+    assert comparison.n_items == 6 and comparison.notes == []
     summary = comparison.summary.set_index("model")
     assert summary.loc["good", "accuracy"] == 1.0
-    assert summary.loc["shuffled", "accuracy"] == pytest.approx(4 / 5)
+    assert summary.loc["worse", "accuracy"] == pytest.approx(5 / 6)
     assert summary.loc["good", "latency_ms_per_item"] == 1.5
     row = comparison.mcnemar.iloc[0]
     assert (row["only_a_correct"], row["only_b_correct"], row["method"]) == (1, 0, "exact")
     per_class = comparison.per_class.set_index("class")
-    assert per_class.loc["amoxicillin", "shuffled"] == pytest.approx(1 / 2)
-    assert per_class.loc["amoxicillin", "support"] == 2
+    assert per_class.loc["amoxicillin", "worse"] == pytest.approx(2 / 3)
+    assert per_class.loc["amoxicillin", "support"] == 3
+
+
+def test_a_layer_whose_rows_are_not_the_raw_layers_is_refused(tmp_path):
+    order = [5, 3, 1, 0, 2, 6, 7, 4]  # the same items in another order: not built from this raw layer
+    shuffled = classifier(tmp_path, "shuffled", [0] * 8, keys=[KEYS[i] for i in order])
+    with pytest.raises(CacheStaleError, match="shuffled was not built from the raw layer.*row 0 holds another item"):
+        compare_runs([shuffled], truth())
+
+
+def test_identical_bytes_under_two_ids_keep_their_own_truth(tmp_path):
+    facts = truth()
+    facts["item_key"] = [KEYS[0], KEYS[0], *KEYS[2:]]  # ids 100 and 101: the same image, two labels
+    predicted = classifier(tmp_path, "m", [0, 0, 0, 1, 0, 1, 0, 0], keys=list(facts["item_key"]))
+    per_class = compare_runs([predicted], facts).per_class.set_index("class")
+    # id 100 is amoxicillin (right), id 101 lactose (wrong): joining on the image hash would give both one label
+    assert per_class.loc["lactose", "m"] == pytest.approx(2 / 3) and per_class.loc["amoxicillin", "m"] == 1.0
 
 
 def test_parity_of_an_export(tmp_path):
@@ -107,9 +119,11 @@ def test_report_files(tmp_path):
     comparison = compare_runs(runs, truth())
     outputs = ReportOutputs(tmp_path / "comparison", tmp_path / "plots" / "accuracy.csv")
     write_report(comparison, outputs, "test", 0.95)
-    report = (outputs.directory / "report.md").read_text()
-    assert "| a | classify | torch | p | 6 | 0.8333 |" in report
-    assert "## McNemar tests" in report and "| a | b | 2 | 0 | exact |" in report
-    assert (outputs.directory / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    summary = pd.read_csv(outputs.directory / "summary.csv")
+    assert summary.loc[summary.model == "a", "accuracy"].round(4).tolist() == [0.8333]
+    mcnemar = pd.read_csv(outputs.directory / "mcnemar.csv")
+    assert mcnemar[["model_a", "model_b", "only_a_correct", "only_b_correct", "method"]].values.tolist() == [
+        ["a", "b", 2, 0, "exact"]]
+    assert not (outputs.directory / "report.md").exists()  # the one report is reports/index.html
     assert pd.read_csv(outputs.plot_data).columns.tolist() == ["model", "accuracy", "accuracy_ci_low", "accuracy_ci_high"]
     assert pd.read_csv(outputs.directory / "summary.csv").shape[0] == 2

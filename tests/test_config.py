@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evalstack.config import ConfigError, load_params, model_spec, resolve_labels
+from evalstack.config import ConfigError, hidden_param_keys, load_params, model_spec, resolve_labels
 from evalstack.preprocess.pipelines import pipeline_spec
 from tests.conftest import REPO
 
@@ -13,7 +13,7 @@ def test_template_params_give_working_specs():
     spec = model_spec(params, "tflite_cnn")
     assert spec.adapter == "tflite" and spec.pipeline == "pad_nn" and len(spec.labels) == 23
     assert pipeline_spec(params, "pad_nn").parameters() == {
-        "crop": [71, 359, 707, 849], "size": 454, "resample": "bicubic",
+        "crop": [71, 359, 707, 849], "resize": 454, "resample": "bicubic",
     }
 
 
@@ -42,3 +42,17 @@ def test_extra_model_fields_become_adapter_options(tmp_path: Path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     spec = model_spec(load_params(tmp_path / "params.yaml"), "m", root=tmp_path)
     assert spec.options == {"input_shape": [8, 8, 3]} and spec.file == tmp_path / "m.pt"
+
+
+@pytest.mark.parametrize("params_file", ["params.yaml", "detection/params.yaml"])
+def test_no_template_param_is_hidden_from_dvcs_run_cache(params_file: str):
+    # DVC issue #10296: the run-cache drops keys named size/nfiles, so a change to one restores stale results.
+    assert hidden_param_keys(yaml.safe_load((REPO / params_file).read_text())) == []
+    load_params(REPO / params_file)
+
+
+def test_a_param_dvc_cannot_see_is_refused_at_load(tmp_path: Path):
+    params = {"preprocess": {"pipelines": {"thumb64": {"kind": "crop_resize", "size": 48}}}, "x": [{"nfiles": 2}]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match=r"preprocess\.pipelines\.thumb64\.size, x\.0\.nfiles: .*#10296.*resize"):
+        load_params(tmp_path / "params.yaml")

@@ -62,7 +62,7 @@ def _calibrate(root: Path, store: Path, size: int) -> tuple[int, float]:
 def test_sigkill_at_random_points_never_leaves_a_bad_layer(tmp_path: Path):
     project = Project(tmp_path / "project")
     project.grow(48)
-    project.fetch(None, shard_size=4)  # 12 shards: many shard and store writes to land in
+    project.fetch(None)  # 19 shards: many shard and store writes to land in
     expected = {}
     for size in SIZES:  # what each size must give, built without a store
         reference = Project(tmp_path / f"reference{size}")

@@ -33,7 +33,7 @@ def build(project: Project, executor, store=None):
 
 
 def fetched_twice(tmp_path: Path, first: str, second: str) -> tuple[Project, Project]:
-    """Two copies of one project with the same raw layer: 22 items in 6 shards of ≤ 4."""
+    """Two copies of one project with the same raw layer: 22 items in 9 shards (content-defined ends)."""
     one = Project(tmp_path / first)
     one.grow(22)
     one.fetch(None)
@@ -57,12 +57,12 @@ def test_dask_and_local_executors_write_identical_layers(tmp_path: Path):
         first = build(remote, executor, store)
         again = build(remote, executor, store)
 
-    assert pre.counts["shards_computed"] == 6 and pred.counts["forward_passes"] == 22
-    assert first[1].counts["shards_computed"] == 6
-    assert again[0].counts["shards_reused"] == 6 and again[1].counts["forward_passes"] == 0
+    assert pre.counts["shards_computed"] == 9 and pred.counts["forward_passes"] == 22
+    assert first[1].counts["shards_computed"] == 9
+    assert again[0].counts["shards_reused"] == 9 and again[1].counts["forward_passes"] == 0
     for layer in ("data/preprocessed/tiny", "data/predictions/m"):
         expected = md5s(local.root / layer)
-        assert len(expected) == 7  # 6 shards + the index
+        assert len(expected) == 10  # 9 shards + the index
         assert md5s(remote.root / layer) == expected
 
 
@@ -72,7 +72,7 @@ def test_local_worker_processes_write_the_same_preprocessed_layer(tmp_path: Path
     with open_executor({"executor": "local", "local": {"workers": 2}}) as executor:
         assert isinstance(executor, ProcessExecutor) and executor.workers == 2
         build = preprocess_layer(pooled.raw, pooled.pre, tiny_pipeline(), "none", name="tiny", executor=executor)
-    assert build.counts["shards_computed"] == 6 and build.counts["items_preprocessed"] == 22
+    assert build.counts["shards_computed"] == 9 and build.counts["items_preprocessed"] == 22
     assert md5s(pooled.pre) == md5s(alone.pre)
     with open_executor({"executor": "local", "local": {"workers": 2}}, in_process=True) as executor:
         assert isinstance(executor, LocalExecutor)  # infer: the model loads once, in the stage's process

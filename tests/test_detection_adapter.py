@@ -89,7 +89,7 @@ class _FixedDetector:
 
 
 def test_detect_arrays_maps_boxes_to_original_pixels_and_drops_padding_boxes():
-    place = LetterboxPipeline(size=32).placement(64, 32)  # scale 0.5, 8 px of padding above and below
+    place = LetterboxPipeline(resize=32).placement(64, 32)  # scale 0.5, 8 px of padding above and below
     found = detect_arrays(_FixedDetector(), np.zeros((1, 32, 32, 3)), [place])[0]
     np.testing.assert_allclose(found.boxes, [[16.0, 16.0, 32.0, 16.0]])
     assert found.boxes.dtype == np.float32 and found.labels.tolist() == [1]
@@ -129,7 +129,7 @@ def test_letterboxed_candidates_and_detection_shards_are_reused_from_the_store(m
     split = write_coco(tmp_path / "src")
     fetch_coco_layer(CocoFetchConfig({"val": split}, shard_size=2), tmp_path / "raw")
     store = store_in(tmp_path / "store")
-    pipeline = LetterboxPipeline(size=32)
+    pipeline = LetterboxPipeline(resize=32)
     first = letterbox_layer(tmp_path / "raw", tmp_path / "pre", pipeline, store=store)
     again = letterbox_layer(tmp_path / "raw", tmp_path / "pre2", pipeline, store=store)
     assert first.counts["items_computed"] == 3 and again.counts["shards_reused"] == 2 and again.counts["items_computed"] == 0

@@ -35,7 +35,7 @@ from tests.conftest import store_in
 from tests.detection_helpers import SIZE, coco_project, export_tiny_detector, spec
 
 N_VAL, N_TRAIN = 6, 4
-PIPELINE = LetterboxPipeline(size=SIZE)
+PIPELINE = LetterboxPipeline(resize=SIZE)
 
 
 @pytest.fixture(scope="module")

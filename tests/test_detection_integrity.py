@@ -57,7 +57,7 @@ def test_a_flipped_box_bit_is_refused_naming_the_file_and_the_repair(built, tmp_
         read_table(open_detections(layer_dir))
     message = str(error.value)
     assert str(shard) in message and "does not match the sha256" in message
-    assert f"rm {shard} && dvc checkout {layer_dir}" in message and "dvc repro -f -s" in message
+    assert f"dvc checkout --relink --force {layer_dir}" in message and "dvc repro -f" in message
 
 
 def test_bit_rot_with_unchanged_mtime_is_caught_by_per_image_checksums(built, tmp_path):
@@ -126,7 +126,8 @@ def test_a_writer_that_dies_mid_loop_leaves_the_old_cache_valid(tmp_path):
     index_before = (cache / INDEX_NAME).read_bytes()
     result = subprocess.run([sys.executable, "-c", _CRASH, str(cache)], env={**os.environ}, capture_output=True)
     assert result.returncode == 1
-    assert len(list(cache.glob("*.h5"))) == 3 + 2  # the old shards and the dead writer's two
+    staged = list(cache.parent.glob(".cache.staging-*/*.h5"))
+    assert len(staged) == 2 and len(list(cache.glob("*.h5"))) == 3  # the dead writer's two shards lie beside it
     assert (cache / INDEX_NAME).read_bytes() == index_before
     assert is_cache_valid(cache, HASH_A) and not is_cache_valid(cache, HASH_B)
     reader = CacheReader(cache, HASH_A)
@@ -142,3 +143,4 @@ def test_a_writer_that_dies_mid_loop_leaves_the_old_cache_valid(tmp_path):
     assert is_cache_valid(cache, HASH_B) and not is_cache_valid(cache, HASH_A)
     assert CacheReader(cache, HASH_B).image_ids() == ["img0", "img1", "img2"]
     assert {p.name for p in cache.glob("*.h5")} == {s.name for s in open_detections(cache).shards}
+    assert not list(cache.parent.glob(".cache.*"))  # no staging or retired directory left behind

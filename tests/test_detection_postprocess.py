@@ -50,7 +50,7 @@ POSTS = [PostProcess(), PostProcess(0.3, 0.6, 20), PostProcess(0.01, 0.3, 100), 
 @pytest.mark.parametrize("post", POSTS, ids=str)
 def test_stored_candidates_reproduce_the_one_pass_decoder_exactly(post: PostProcess):
     heads = _heads(24, seed=1)
-    pipeline = LetterboxPipeline(size=64)
+    pipeline = LetterboxPipeline(resize=64)
     sizes = [(64 + 7 * i, 40 + 3 * i) for i in range(len(heads))]  # letterbox padding on either axis
     places = [pipeline.placement(w, h) for w, h in sizes]
     found = [centernet_candidates(head, 3, (64, 64), CandidateBound(0.01, 100)) for head in heads]

@@ -105,9 +105,10 @@ def test_comparison_report(project, api_run):
     assert summary.loc["torch_cnn", "accuracy_ci_low"] <= summary.loc["torch_cnn", "accuracy"]
     assert summary.loc["conc_keras", "rmse"] >= 0 and (summary["latency_ms_per_item"] > 0).all()
     assert len(pd.read_csv(project / "comparison/mcnemar.csv")) == 1
-    assert "## Export parity" in (project / "comparison/report.md").read_text()
-    metrics = json.loads((project / "metrics/conc_keras.json").read_text())
+    assert pd.read_csv(project / "comparison/parity.csv")["model"].tolist() == ["torch_cnn_onnx"]
+    metrics = json.loads((project / "data/evaluation/conc_keras.json").read_text())
     assert {"rmse", "mae", "n_items"} <= set(metrics)
+    assert set(json.loads((project / "metrics/conc_keras.json").read_text())["conc_keras"]) == {"rmse"}  # headline
 
 
 def test_adding_a_model_reruns_only_its_stages_and_the_comparison(project, api_run):

@@ -13,13 +13,12 @@ MODELS = ("tflite_cnn", "torch_cnn", "torch_cnn_onnx", "conc_keras", "pls")
 ALL_STAGES = {
     "synth", "fetch", "preprocess@pad_nn", "preprocess@thumb64", "preprocess@pad_regions",
     "train@tflite_cnn", "train@torch_cnn", "train@conc_keras", "fit_pls", "export_onnx@torch_cnn_onnx",
-    *(f"infer@{m}" for m in MODELS), *(f"evaluate@{m}" for m in MODELS), "compare", "report",
+    *(f"infer@{m}" for m in MODELS), *(f"evaluate@{m}" for m in MODELS), "compare",
     *(f"robustness@{m}" for m in MODELS), "robustness_report",
 }
 # Measurements differ run to run by nature; everything else must be byte-identical.
 MEASURED = {
-    *(f"metrics/latency/{m}.json" for m in MODELS), "comparison/summary.csv", "comparison/report.md",
-    "reports/report.md", "reports/models.csv",  # the report tabulates every metric, latency included
+    *(f"data/latency/{m}.json" for m in MODELS), "comparison/summary.csv",  # the comparison tabulates latency
 }
 
 
@@ -69,8 +68,8 @@ def test_forced_repro_is_byte_identical(project: Path):
 
 
 def _lock_without_measured(text: str) -> dict:
-    # compare reads the latency folder, report the whole metrics folder (latency included)
-    measured = MEASURED | {"comparison", "metrics/latency", "metrics", "reports"}
+    # compare reads the latency folder
+    measured = MEASURED | {"comparison", "data/latency"}
     lock = yaml.safe_load(text)
     for stage in lock["stages"].values():
         for side in ("deps", "outs"):
@@ -81,7 +80,7 @@ def _lock_without_measured(text: str) -> dict:
 def test_evaluate_param_reruns_only_evaluate(project: Path):
     set_param(project, "evaluate.split", "dev")
     result = run(project, "dvc", "repro")
-    assert stages_run(result.stdout) == {*(f"evaluate@{m}" for m in MODELS), "compare", "report"}
+    assert stages_run(result.stdout) == {*(f"evaluate@{m}" for m in MODELS), "compare"}
     run(project, "git", "checkout", "params.yaml")
     restored = run(project, "dvc", "repro")  # back to the committed state
     assert stages_run(restored.stdout) == set()  # evaluate and report come from the run-cache

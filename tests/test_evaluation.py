@@ -29,3 +29,40 @@ def test_outputs_are_dvc_metrics_and_plot_files(tmp_path: Path):
     per_class = list(csv.DictReader(outputs.per_class.open()))
     assert per_class == [{"class": "a", "accuracy": "1.000000", "support": "1"},
                          {"class": "b", "accuracy": "0.500000", "support": "2"}]
+
+
+def test_identical_bytes_under_two_ids_keep_their_own_label_and_split(tmp_path: Path):
+    """Identity and content apart: ids 1 and 4 are the same photo with different labels and splits."""
+    from evalstack.evaluation.classification import evaluate_classifier
+    from evalstack.fetch.raw_layer import FetchConfig, fetch_raw_layer
+    from evalstack.models.inference import infer_layer
+    from evalstack.preprocess.pipelines import preprocess_layer
+    from evalstack.sources.registry import REGISTRY_COLUMNS
+    from tests.conftest import png_bytes
+    from tests.layers import numpy_model, tiny_pipeline
+
+    images = tmp_path / "src/images"
+    images.mkdir(parents=True)
+    rows = {"dev": [], "test": []}
+    for image_id, seed, name, split in [(1, 1, "a", "test"), (2, 2, "b", "test"), (3, 3, "c", "dev"), (4, 1, "b", "dev")]:
+        data = png_bytes(40, 30, seed=seed)
+        (images / f"{image_id}.png").write_bytes(data)
+        rows[split].append([image_id, image_id, name, 50, "cam", f"images/{image_id}.png",
+                            __import__("hashlib").md5(data).hexdigest(), f"{image_id}.png"])
+    registries = {}
+    for split, entries in rows.items():
+        path = tmp_path / f"src/metadata_{split}.csv"
+        with open(path, "w", newline="") as handle:
+            csv.writer(handle).writerows([REGISTRY_COLUMNS, *entries])
+        registries[split] = str(path)
+    fetch_raw_layer(FetchConfig(registries), tmp_path / "raw")
+    preprocess_layer(tmp_path / "raw", tmp_path / "pre", tiny_pipeline(), name="tiny")
+    model = numpy_model(tmp_path / "models")
+    infer_layer(tmp_path / "pre", tmp_path / "pred", model)
+    outcome = {}
+    for split in ("test", "dev"):
+        report, pairs, _ = evaluate_classifier(tmp_path / "raw", tmp_path / "pred", model.spec, model.signature(),
+                                               tiny_pipeline().cache_key(), split)
+        outcome[split] = [actual for actual, _ in pairs]
+    # Joined on the image hash, ids 1 and 4 would share one label and one split.
+    assert outcome == {"test": ["a", "b"], "dev": ["c", "b"]}

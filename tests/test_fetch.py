@@ -33,22 +33,32 @@ def make_registry(root: Path, n: int = 5, corrupt_id: int | None = None) -> Path
 
 
 def local_config(registry: Path, tmp_path: Path, **changes) -> FetchConfig:
-    config = FetchConfig(SourceConfig(registries={"dev": str(registry)}), shard_size=2)
+    config = FetchConfig(SourceConfig(registries={"dev": str(registry)}), shard_bytes=2 * 3698)
     return replace(config, **changes)
 
 
 def test_fetch_builds_sharded_raw_layer_in_id_order(tmp_path: Path):
     registry = make_registry(tmp_path / "src")
     index = fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store")).index
-    assert [s.n_items for s in index.shards] == [2, 2, 1]
+    assert len(index.shards) > 1 and sum(s.n_items for s in index.shards) == 5
     layer = Layer.open(tmp_path / "raw", kind="raw")
     assert list(layer.column("id")) == [100, 101, 102, 103, 104]
     assert set(layer.column("split")) == {"dev"}
-    with layer.open_shard(layer.shards[1]) as handle:
-        blobs = read_blobs(handle, slice(0, 2))
-    assert blobs[0] == (tmp_path / "src/images/102__901__lactose__50.png").read_bytes()
+    shard, row = _locate(layer, 2)
+    with layer.open_shard(shard) as handle:
+        blob = read_blobs(handle, slice(row, row + 1))[0]
+    assert blob == (tmp_path / "src/images/102__901__lactose__50.png").read_bytes()
     # The item key is the sha256 of the bytes, not anything the source says.
-    assert layer.item_keys()[2] == hashlib.sha256(blobs[0]).hexdigest()
+    assert layer.item_keys()[2] == hashlib.sha256(blob).hexdigest()
+
+
+def _locate(layer: Layer, position: int):
+    """(shard, row) of the item at `position` in layer order."""
+    for shard in layer.shards:
+        if position < shard.n_items:
+            return shard, position
+        position -= shard.n_items
+    raise IndexError(position)
 
 
 def test_fetch_twice_gives_byte_identical_shards(tmp_path: Path):
@@ -87,29 +97,65 @@ def test_disallowed_scheme_is_refused(tmp_path: Path):
         fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
 
 
-def test_removed_items_leave_the_index_and_old_shards_keep_their_bytes(tmp_path: Path):
-    registry = make_registry(tmp_path / "src")
-    first = fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store")).index
-    before = {s.name: (tmp_path / "raw" / s.name).read_bytes() for s in first.shards}
+def test_a_removed_item_rewrites_only_its_shard_and_its_bytes_are_kept(tmp_path: Path, capsys):
+    registry = make_registry(tmp_path / "src", n=12)
+    config = local_config(registry, tmp_path, shard_bytes=3 * 3698)
+    first = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store")).index
+    before = {s.sha256 for s in first.shards}
     lines = registry.read_text().splitlines()
-    registry.write_text("\n".join(line for line in lines if not line.startswith("102,")) + "\n")
-    result = fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
+    registry.write_text("\n".join(line for line in lines if not line.startswith("105,")) + "\n")
+    result = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
     layer = Layer.open(tmp_path / "raw")
-    assert list(layer.column("id")) == [100, 101, 103, 104]
-    assert len(layer) == 4 and layer.shards[1].excluded == (0,)
-    assert {s.name: (tmp_path / "raw" / s.name).read_bytes() for s in layer.shards} == before
+    assert 105 not in set(layer.column("id")) and len(layer) == 11
+    rewritten = [s for s in layer.shards if s.sha256 not in before]
+    assert len(rewritten) == 1 and result.report.activity["new_shard_items"] == rewritten[0].n_items
     assert result.report.activity["removed"] == 1 and result.report.activity["downloaded"] == 0
+    # The same 11 items fetched from nothing give the same layer: it does not remember the removal.
+    fresh = fetch_raw_layer(config, tmp_path / "fresh", store_in(tmp_path / "s2")).index
+    assert fresh.to_json() == layer.index.to_json()
+    # Listed again, the removed card's bytes come from the fetch history, not the source.
+    registry.write_text("\n".join(lines) + "\n")
+    (tmp_path / "src/images/105__902__lactose__50.png").unlink()
+    again = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+    assert again.report.activity["downloaded"] == 0 and again.index.to_json() == first.to_json()
 
 
-def test_changed_labels_move_the_item_to_a_new_shard_without_downloading(tmp_path: Path):
+def test_changed_labels_rewrite_only_the_items_shard_without_downloading(tmp_path: Path):
+    registry = make_registry(tmp_path / "src", n=12)
+    config = local_config(registry, tmp_path, shard_bytes=3 * 3698)
+    first = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store")).index
+    registry.write_text(registry.read_text().replace("101,900,lactose", "101,900,blank"))
+    result = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+    layer = Layer.open(tmp_path / "raw")
+    assert dict(zip(layer.column("id"), layer.column("sample_name")))[101] == "blank"
+    changed = [new.name for old, new in zip(first.shards, layer.shards) if old.sha256 != new.sha256]
+    assert changed == [_locate(layer, 1)[0].name] and len(first.shards) == len(layer.shards)
+    assert result.report.activity["downloaded"] == 0
+    assert result.report.activity["bytes_from_old_shards"] == result.report.activity["new_shard_items"]
+
+
+def test_an_empty_listing_never_replaces_the_raw_layer(tmp_path: Path):
     registry = make_registry(tmp_path / "src")
     fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
-    registry.write_text(registry.read_text().replace("101,900,lactose", "101,900,blank"))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "raw").iterdir()}
+    header = registry.read_text().splitlines()[0]
+    registry.write_text(header + "\n")
+    for path in (tmp_path / "raw").iterdir():  # as `dvc repro` does before it runs the stage
+        path.unlink()
+    with pytest.raises(FetchFailed, match=r"the source lists no items \(.*metadata_dev.csv.*\).*left as it was"):
+        fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "raw").iterdir()} == before
+
+
+def test_a_listing_that_shrank_a_lot_is_said_loudly(tmp_path: Path, capsys):
+    registry = make_registry(tmp_path / "src", n=10)
+    fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
+    lines = registry.read_text().splitlines()
+    registry.write_text("\n".join(lines[:4]) + "\n")  # 3 of 10 cards left
     result = fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
-    layer = Layer.open(tmp_path / "raw")
-    assert [s.name for s in layer.shards][-1] == "00003.h5"
-    assert dict(zip(layer.column("id"), layer.column("sample_name")))[101] == "blank"
-    assert result.report.activity["bytes_from_old_shards"] == 1 and result.report.activity["downloaded"] == 0
+    out = capsys.readouterr().out
+    assert "WARNING the source lists 3 items where the last raw layer had 10 (7 removed" in out
+    assert "fetch.shrink_warning" in result.report.message and len(Layer.open(tmp_path / "raw")) == 3
 
 
 def test_folder_source_with_labels_csv(tmp_path: Path):
@@ -136,7 +182,7 @@ def test_folder_labels_cannot_escape_the_folder(tmp_path: Path):
 
 
 def test_legacy_registries_param_still_means_a_registry_source():
-    source = SourceConfig.from_params({"registries": {"dev": "a.csv"}, "shard_size": 4})
+    source = SourceConfig.from_params({"registries": {"dev": "a.csv"}, "shard_bytes": 4})
     assert (source.kind, dict(source.registries)) == ("registry", {"dev": "a.csv"})
     with pytest.raises(SourceError, match="kind 'gopher' unknown"):
         SourceConfig.from_params({"source": {"kind": "gopher"}})
@@ -179,5 +225,5 @@ def test_params_yaml_fetch_block_becomes_a_fetch_config():
     config = fetch_config(params, report=Path("data/fetch_report.json"))
     assert config.source.kind == "registry" and set(config.source.registries) == {"dev", "test"}
     assert (config.transport.retries, config.on_error, config.report) == (2, "fail", Path("data/fetch_report.json"))
-    legacy = fetch_config({"fetch": {"registries": {"dev": "a.csv"}, "shard_size": 4, "max_pixels": 100}})
+    legacy = fetch_config({"fetch": {"registries": {"dev": "a.csv"}, "shard_bytes": 4, "max_pixels": 100}})
     assert legacy.source.kind == "registry" and legacy.transport.schemes == ("file", "http", "https")

@@ -14,12 +14,12 @@ from tests.layers import Project, digests, store_at
 def test_second_build_reuses_every_shard_byte_for_byte(tmp_path: Path):
     project, store = Project(tmp_path), store_at(tmp_path / "store")
     pre, pred = project.build(10, store)
-    assert (pre.counts["shards_computed"], pre.counts["items_preprocessed"]) == (3, 10)
+    assert (pre.counts["shards_computed"], pre.counts["items_preprocessed"]) == (4, 10)  # raw shards of 1, 4, 3, 2
     assert pred.counts["forward_passes"] == 10
     before = digests(project.raw, project.pre, project.pred)
     pre, pred = project.build(10, store)
-    assert (pre.counts["shards_computed"], pre.counts["shards_reused"], pre.counts["items_preprocessed"]) == (0, 3, 0)
-    assert (pred.counts["shards_reused"], pred.counts["forward_passes"]) == (3, 0)
+    assert (pre.counts["shards_computed"], pre.counts["shards_reused"], pre.counts["items_preprocessed"]) == (0, 4, 0)
+    assert (pred.counts["shards_reused"], pred.counts["forward_passes"]) == (4, 0)
     assert digests(project.raw, project.pre, project.pred) == before
 
 
@@ -33,7 +33,7 @@ def test_a_rebuild_does_not_reread_unchanged_upstream_shards(tmp_path: Path):
     _flip_byte(shard)  # bit rot: the bytes change, the metadata does not
     os.utime(shard, ns=(status.st_atime_ns, status.st_mtime_ns))
     pre, pred = project.preprocess(store), project.infer(store)
-    assert (pre.counts["shards_reused"], pred.counts["shards_reused"]) == (3, 3)  # no shard was re-read
+    assert (pre.counts["shards_reused"], pred.counts["shards_reused"]) == (4, 4)  # no shard was re-read
     assert any("00001.h5" in str(problem) for problem in verify_layer(project.raw))
     os.utime(shard)  # any write moves the mtime: the stage hashes the shard again and refuses it
     with pytest.raises(LayerCorruptError, match="00001.h5 does not match the sha256"):
@@ -42,13 +42,17 @@ def test_a_rebuild_does_not_reread_unchanged_upstream_shards(tmp_path: Path):
 
 def test_added_items_recompute_only_the_new_and_the_filled_shard(tmp_path: Path):
     project, store = Project(tmp_path / "incremental"), store_at(tmp_path / "store")
-    project.build(10, store)  # shards of 4, 4, 2 items
-    pre, pred = project.build(13, store)  # the raw layer is a log: 4, 4, 2 (kept as is), 3 (new)
+    project.build(10, store)  # raw shards of 1, 4, 3, 2 items (content-defined ends)
+    pre, pred = project.build(13, store)  # 1, 4, 3 (kept as they are), 3 (the partial 2 filled up), 2 (new)
     counts = pre.counts
-    assert (counts["shards_computed"], counts["shards_reused"], counts["items_preprocessed"]) == (1, 3, 3)
-    assert pred.counts["forward_passes"] == 3
+    assert (counts["shards_computed"], counts["shards_reused"], counts["items_preprocessed"]) == (2, 3, 5)
+    assert pred.counts["forward_passes"] == 5
     reasons = {s["name"]: s["reasons"] for s in pred.record["shards"] if s["computed"]}
-    assert reasons == {"00003.h5": ["new upstream shard (3 items)"]}
+    assert reasons == {"00003.h5": ["upstream shard changed (2 → 3 items)"], "00004.h5": ["new upstream shard (2 items)"]}
+    # Built from nothing, the same 13 items give the same files: the layers carry no history.
+    fresh = Project(tmp_path / "fresh")
+    fresh.build(13, store_at(tmp_path / "store2"))
+    assert digests(fresh.raw, fresh.pre, fresh.pred) == digests(project.raw, project.pre, project.pred)
     # From scratch, with no store at all, on the same raw layer: the same bytes, index files included.
     scratch = Project(tmp_path / "scratch")
     shutil.copytree(project.raw, scratch.raw)
@@ -61,11 +65,11 @@ def test_toggling_a_param_back_recomputes_nothing(tmp_path: Path):
     project.build(10, store)
     first = digests(project.pre, project.pred)
     b = project.preprocess(store, size=12)
-    assert b.counts["shards_computed"] == 3
-    assert b.record["key_changes"] == ["pipeline tiny: params.size: 8 → 12"]
+    assert b.counts["shards_computed"] == 4
+    assert b.record["key_changes"] == ["pipeline tiny: params.resize: 8 → 12"]
     a = project.preprocess(store, size=8)
-    assert (a.counts["shards_computed"], a.counts["items_preprocessed"], a.counts["shards_reused"]) == (0, 0, 3)
-    assert a.record["key_changes"] == ["pipeline tiny: params.size: 12 → 8"]
+    assert (a.counts["shards_computed"], a.counts["items_preprocessed"], a.counts["shards_reused"]) == (0, 0, 4)
+    assert a.record["key_changes"] == ["pipeline tiny: params.resize: 12 → 8"]
     assert project.infer(store).counts["forward_passes"] == 0
     assert digests(project.pre, project.pred) == first
 
@@ -81,10 +85,10 @@ def test_changed_weights_are_explained_and_recomputed(tmp_path: Path):
 
 
 def test_key_change_names_the_pipeline_inside_a_predictions_key():
-    old = {"model": {"weights_sha256": "a" * 64}, "pipeline": {"params": {"size": 454}}}
-    new = {"model": {"weights_sha256": "a" * 64}, "pipeline": {"params": {"size": 384}}}
+    old = {"model": {"weights_sha256": "a" * 64}, "pipeline": {"params": {"resize": 454}}}
+    new = {"model": {"weights_sha256": "a" * 64}, "pipeline": {"params": {"resize": 384}}}
     labels = {"model": "model m", "pipeline": "pipeline pad_nn"}
-    assert describe_key_change(old, new, labels) == ["pipeline pad_nn: params.size: 454 → 384"]
+    assert describe_key_change(old, new, labels) == ["pipeline pad_nn: params.resize: 454 → 384"]
 
 
 def _flip_byte(path: Path, offset: int = -200) -> None:
@@ -112,7 +116,7 @@ def test_a_damaged_store_entry_is_recomputed_not_copied(tmp_path: Path):
     entry = next(e for e in store.entries() if e.sha256 == layer.shards[0].sha256)
     _flip_byte(store.shard_path(entry.address))
     build = project.preprocess(store)
-    assert (build.counts["shards_computed"], build.counts["shards_reused"]) == (1, 2)
+    assert (build.counts["shards_computed"], build.counts["shards_reused"]) == (1, 3)
     assert digests(project.pre) == before and verify_layer(project.pre) == []
     assert store.verify() == []  # the damaged entry was replaced by the recomputed shard
 
@@ -139,5 +143,5 @@ def test_a_layer_built_without_a_store_seeds_one(tmp_path: Path):
     project.build(10, store=None)
     store = store_at(tmp_path / "store")
     build = project.preprocess(store)
-    assert build.counts["shards_seeded"] == 3
-    assert (build.counts["shards_computed"], build.counts["shards_reused"]) == (0, 3)
+    assert build.counts["shards_seeded"] == 4
+    assert (build.counts["shards_computed"], build.counts["shards_reused"]) == (0, 4)

@@ -21,7 +21,7 @@ def test_prediction_columns_follow_upstream_nn_predict():
 
 def _predictions(directory: Path, weights: str) -> Key:
     model = Key("model", {"weights_sha256": weights, "labels": ["a", "b"]})
-    pipeline = Key("pipeline", {"kind": "crop_resize", "params": {"size": 64}})
+    pipeline = Key("pipeline", {"kind": "crop_resize", "params": {"resize": 64}})
     writer = LayerWriter(directory, PREDICTIONS_KIND, predictions_key(model, pipeline))
     writer.add_shard(shard_name(0), prediction_columns(np.asarray([b"k" * 64], "S64"), np.zeros((1, 2), np.float32)))
     writer.finish()
@@ -40,6 +40,6 @@ def test_open_predictions_accepts_matching_and_refuses_other_weights(tmp_path: P
 def test_open_predictions_refuses_other_pipeline(tmp_path: Path):
     _predictions(tmp_path / "p", "a" * 64)
     model = Key("model", {"weights_sha256": "a" * 64, "labels": ["a", "b"]})
-    resized = Key("pipeline", {"kind": "crop_resize", "params": {"size": 48}})
-    with pytest.raises(CacheStaleError, match="pipeline.params.size: 64 → 48"):
+    resized = Key("pipeline", {"kind": "crop_resize", "params": {"resize": 48}})
+    with pytest.raises(CacheStaleError, match="pipeline.params.resize: 64 → 48"):
         open_predictions(tmp_path / "p", model, resized, "m")

@@ -8,7 +8,7 @@ import pytest
 
 from evalstack.cli import main
 from evalstack.cli.verify import verify_layer
-from evalstack.core.layers import Layer
+from evalstack.core.layers import Layer, LayerCorruptError
 from evalstack.preprocess.pipelines import preprocess_layer
 from tests.layers import Project, tiny_pipeline
 
@@ -46,19 +46,19 @@ def test_verify_names_the_shard_and_the_item(project: Project, compression: str)
     shard = project.pre / "00001.h5"
     _flip(shard, _row_offset(shard, "x", 2))
     problems = [str(p) for p in verify_layer(project.pre)]
-    key = Layer.open(project.raw).item_keys()[6]  # row 2 of shard 1 is the 7th item
+    key = Layer.open(project.raw).item_keys()[3]  # raw shards of 1, 4, 3, 2 items: row 2 of shard 1 is the 4th
     assert problems[0] == f"{shard}: sha256 differs from the index (corrupt or modified)"
     assert problems[1].startswith(f"{shard}: item 2 (key {key[:12]}): ")
     assert len(problems) == 2
 
 
 def test_verify_names_a_damaged_image_by_its_source_id(project: Project):
-    shard = project.raw / "00000.h5"
+    shard = project.raw / "00001.h5"  # ids 101–104
     with h5py.File(shard, "r") as handle:
         start = handle["blob"].id.get_offset() + int(handle["offset"][1]) + 40
     _flip(shard, start)
     problems = [str(p) for p in verify_layer(project.raw)]
-    assert any(p.startswith(f"{shard}: item 1 (id 101, key ") and "does not match its checksum" in p for p in problems)
+    assert any(p.startswith(f"{shard}: item 1 (id 102, key ") and "does not match its checksum" in p for p in problems)
 
 
 def test_verify_reports_a_missing_shard_and_a_missing_layer(project: Project, tmp_path: Path):
@@ -70,7 +70,7 @@ def test_verify_reports_a_missing_shard_and_a_missing_layer(project: Project, tm
 def test_verify_command_exits_non_zero_and_names_the_item(project: Project, capsys):
     preprocess_layer(project.raw, project.pre, tiny_pipeline(), "none", store=None, name="tiny")
     assert main(["--params", str(project.root / "params.yaml"), "verify", str(project.raw), str(project.pre)]) == 0
-    shard = project.pre / "00000.h5"
+    shard = project.pre / "00001.h5"
     _flip(shard, _row_offset(shard, "x", 3))
     assert main(["--params", str(project.root / "params.yaml"), "verify"]) == 1  # default: every layer under data/
     out = capsys.readouterr().out
@@ -83,3 +83,26 @@ def test_verify_reports_a_damaged_index_instead_of_crashing(project: Project):
     index.write_text(index.read_text()[:-40])
     [problem] = verify_layer(project.raw)
     assert str(problem).startswith(f"{index}: unreadable index (JSONDecodeError")
+
+
+@pytest.mark.slow
+def test_the_repair_the_message_names_restores_damage_that_kept_size_and_mtime(project: Project, capsys):
+    """`dvc checkout` trusts its stat cache and restores nothing here; the command the message names does."""
+    from tests.e2e import run
+
+    run(project.root, "git", "init", "-q")
+    run(project.root, "dvc", "init", "-q")
+    run(project.root, "dvc", "add", "-q", "data/raw")
+    shard = project.raw / "00001.h5"
+    status = shard.stat()
+    _flip(shard, _row_offset(shard, "offset", 0))
+    os.utime(shard, ns=(status.st_atime_ns, status.st_mtime_ns))
+    with pytest.raises(LayerCorruptError) as refused:
+        Layer.open(project.raw).check_shard(Layer.open(project.raw).shards[1])
+    fix = str(refused.value).split("`dvc checkout --relink ")[1].split("`")[0]
+    run(project.root, "dvc", "checkout", "data/raw")
+    assert verify_layer(project.raw) != []  # plain checkout: nothing restored
+    assert main(["verify", str(project.raw)]) == 1
+    assert f"fix: `dvc checkout --relink {project.raw}`" in capsys.readouterr().out
+    run(project.root, "dvc", "checkout", "--relink", fix)
+    assert verify_layer(project.raw) == []

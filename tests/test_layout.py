@@ -14,7 +14,8 @@ from evalstack.core.fingerprint import import_closure
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
-PROFILES = (REPO / "dvc.yaml", REPO / "detection/dvc.yaml")
+# a project made from the template may hold one profile only
+PROFILES = tuple(path for path in (REPO / "dvc.yaml", REPO / "detection/dvc.yaml") if path.exists())
 # Data flows down this list: a subpackage may import an earlier one (or config), never a later one.
 FLOW = ("core", "cache", "sources", "fetch", "preprocess", "models", "evaluation", "reporting", "detection", "demo")
 
@@ -32,13 +33,19 @@ def _stage_definitions(dvc_yaml: Path) -> dict[str, dict]:
     return {name: stage.get("do", stage) for name, stage in stages.items()}
 
 
+def _resolved(path: str) -> str:
+    full = (REPO / path).resolve()
+    return full.relative_to(REPO).as_posix() if full.is_relative_to(REPO) else os.path.normpath(path)
+
+
 def uncovered_modules(dvc_yaml: Path, profile_dir: str = "") -> dict[str, list[str]]:
     """Per stage: modules its script imports (transitively, inside evalstack) that no dep of it covers.
 
     Dep paths are relative to the dvc.yaml, which sits in `profile_dir` of the project."""
     missing: dict[str, list[str]] = {}
     for name, stage in _stage_definitions(dvc_yaml).items():
-        deps = [os.path.normpath(os.path.join(profile_dir, dep)) for dep in stage["deps"]]
+        # resolved: the detection project reaches the library through its `src` symlink
+        deps = [_resolved(os.path.join(profile_dir, dep)) for dep in stage["deps"]]
         script = next(dep for dep in deps if dep.startswith("stages/") and dep.endswith(".py"))
         for module in import_closure([REPO / script], follow_strings=True).values():
             if _is_empty(module.path):

@@ -13,7 +13,7 @@ from tests.coco_fixture import write_coco
 
 @pytest.mark.parametrize("width, height", [(200, 100), (90, 160), (128, 128), (257, 131)])
 def test_boxes_map_forward_and_back_exactly(width, height):
-    place = LetterboxPipeline(size=128).placement(width, height)
+    place = LetterboxPipeline(resize=128).placement(width, height)
     boxes = np.asarray([[0.0, 0.0, width, height], [10.5, 3.0, 20.0, 7.25]])
     forward = place.to_input(boxes)
     xyxy = np.concatenate([forward[:, :2], forward[:, :2] + forward[:, 2:]], axis=1)
@@ -27,7 +27,7 @@ def test_boxes_map_forward_and_back_exactly(width, height):
 
 def test_image_lands_where_its_placement_says():
     image = Image.new("RGB", (200, 100), (250, 10, 10))
-    pipeline = LetterboxPipeline(size=64, fill=114)
+    pipeline = LetterboxPipeline(resize=64, fill=114)
     out = pipeline.process_image(image)
     place = pipeline.placement(200, 100)
     assert out.shape == (64, 64, 3) and out.dtype == np.uint8
@@ -37,7 +37,7 @@ def test_image_lands_where_its_placement_says():
 
 
 def test_boxes_outside_the_image_are_clipped_on_the_way_back():
-    place = LetterboxPipeline(size=64).placement(200, 100)
+    place = LetterboxPipeline(resize=64).placement(200, 100)
     back = place.to_original(np.asarray([[-5.0, 0.0, 70.0, 10.0]]))
     np.testing.assert_allclose(back, [[0.0, 0.0, 200.0, 0.0]])
 
@@ -45,7 +45,7 @@ def test_boxes_outside_the_image_are_clipped_on_the_way_back():
 def test_letterbox_layer_keeps_order_ids_and_placements(tmp_path: Path):
     split = write_coco(tmp_path / "src")
     fetch_coco_layer(CocoFetchConfig({"val": split}, shard_size=2), tmp_path / "raw")
-    pipeline = LetterboxPipeline(size=32)
+    pipeline = LetterboxPipeline(resize=32)
     index = letterbox_layer(tmp_path / "raw", tmp_path / "pre", pipeline).index
     layer = Layer.open(tmp_path / "pre")
     assert index.n_items == 3 and layer.key == pipeline.cache_key()

@@ -24,7 +24,7 @@ def upstream_nn_input(path: Path) -> np.ndarray:
 def test_pad_nn_equals_upstream_reference(tmp_path: Path, mode: str):
     path = tmp_path / f"card_{mode}.png"
     path.write_bytes(png_bytes(mode=mode, seed=3))
-    pipeline = build_pipeline({"kind": "crop_resize", "crop": [71, 359, 707, 849], "size": 454, "resample": "bicubic"})
+    pipeline = build_pipeline({"kind": "crop_resize", "crop": [71, 359, 707, 849], "resize": 454, "resample": "bicubic"})
     ours = pipeline.process_image(decode_image(path.read_bytes()))
     assert ours.shape == (454, 454, 3) and ours.dtype == np.uint8
     # Stored as uint8 because it is exact: read back as float32 it equals upstream bit for bit.
@@ -32,11 +32,11 @@ def test_pad_nn_equals_upstream_reference(tmp_path: Path, mode: str):
 
 
 def test_cache_key_depends_on_params_but_not_on_entry_order():
-    a = build_pipeline({"kind": "crop_resize", "size": 64, "resample": "bilinear"})
-    b = build_pipeline({"resample": "bilinear", "size": 64, "kind": "crop_resize"})
-    c = build_pipeline({"kind": "crop_resize", "size": 96, "resample": "bilinear"})
+    a = build_pipeline({"kind": "crop_resize", "resize": 64, "resample": "bilinear"})
+    b = build_pipeline({"resample": "bilinear", "resize": 64, "kind": "crop_resize"})
+    c = build_pipeline({"kind": "crop_resize", "resize": 96, "resample": "bilinear"})
     assert a.cache_key().hex == b.cache_key().hex != c.cache_key().hex
-    assert a.cache_key().parts["params"]["size"] == 64
+    assert a.cache_key().parts["params"]["resize"] == 64
 
 
 @pytest.mark.parametrize(
@@ -54,6 +54,6 @@ def test_bad_pipeline_params_are_clear_errors(spec, message):
 
 
 def test_small_pipeline_output_shape():
-    pipeline = CropResizePipeline(size=64, resample="bilinear")
+    pipeline = CropResizePipeline(resize=64, resample="bilinear")
     out = pipeline.process_image(decode_image(png_bytes()))
     assert out.shape == pipeline.output_shape() == (64, 64, 3)

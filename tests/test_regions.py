@@ -9,8 +9,15 @@ from PIL import Image
 from evalstack.core.layers import Layer
 from evalstack.demo.cards import plan_cards, render_card, write_dataset
 from evalstack.fetch.raw_layer import FetchConfig, fetch_raw_layer, read_blobs
-from evalstack.preprocess.pipelines import PadRegionsPipeline, PipelineError, build_pipeline, preprocess_layer
-from evalstack.preprocess.regions import feature_names, lane_box, region_box, region_features, saturation_value
+from evalstack.preprocess.pipelines import PipelineError, build_pipeline, preprocess_layer
+from evalstack.preprocess.regions import (
+    PadRegionsPipeline,
+    feature_names,
+    lane_box,
+    region_box,
+    region_features,
+    saturation_value,
+)
 from evalstack.sources.images import decode_image
 
 
@@ -87,7 +94,7 @@ def test_feature_pipeline_through_the_store(tmp_path: Path):
     source = tmp_path / "source"
     write_dataset(source, n_cards=4, seed=0, test_fraction=0.5)
     registries = {split: str(source / f"metadata_{split}.csv") for split in ("dev", "test")}
-    fetch_raw_layer(FetchConfig(registries, shard_size=3), tmp_path / "raw")
+    fetch_raw_layer(FetchConfig(registries, shard_bytes=3 * 1_370_000), tmp_path / "raw")
     pipeline = build_pipeline({"kind": "pad_regions", "regions": 10})
     index = preprocess_layer(tmp_path / "raw", tmp_path / "features", pipeline).index
     layer = Layer.open(tmp_path / "features")

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from evalstack.config import ModelSpec
-from evalstack.core.layers import CacheStaleError
+from evalstack.core.layers import CacheStaleError, Layer
 from evalstack.evaluation.robustness import GridConfig, RobustnessError, build_grid, grid_results
 from tests.layers import NumpyAdapter, Project, digests, store_at
 
@@ -56,7 +56,7 @@ def test_adding_a_severity_or_a_type_computes_only_the_new_cells(project: Projec
     grid(project, ["gaussian_noise"], [1, 2])
     build, model = grid(project, ["gaussian_noise"], [1, 2, 3])
     assert computed(build) == {"gaussian_noise-1": 0, "gaussian_noise-2": 0, "gaussian_noise-3": N_ITEMS}
-    assert build.cells["gaussian_noise-1"].counts["shards_reused"] == 3
+    assert build.cells["gaussian_noise-1"].counts["shards_reused"] == len(Layer.open(project.pre).shards)
     build, model = grid(project, ["gaussian_noise", "motion_blur"], [1, 2, 3])
     assert computed(build) == {**{f"gaussian_noise-{s}": 0 for s in (1, 2, 3)},
                                **{f"motion_blur-{s}": N_ITEMS for s in (1, 2, 3)}}

@@ -129,9 +129,8 @@ def test_check_shard_refuses_a_modified_shard(tmp_path: Path):
 def test_add_existing_refuses_a_shard_of_another_layer(tmp_path: Path):
     other = LayerWriter(tmp_path / "other", "preprocessed", Key("pipeline", {"size": 8}))
     other.add_shard(shard_name(0), _columns(2), upstream="a" * 64)
-    (tmp_path / "layer").mkdir()
-    (tmp_path / "other" / "00000.h5").rename(tmp_path / "layer" / "00000.h5")
     writer = LayerWriter(tmp_path / "layer", "preprocessed", Key("pipeline", {"size": 9}))
+    other.path(shard_name(0)).rename(writer.path(shard_name(0)))  # placed as the shard store would place it
     with pytest.raises(StoreError, match="layer_key"):
         writer.add_existing(shard_name(0), "0" * 64, upstream="a" * 64)
 
@@ -170,3 +169,26 @@ def test_wrong_kind_is_refused(tmp_path: Path):
     LayerWriter(tmp_path / "layer", "raw", Key("raw")).finish()
     with pytest.raises(StoreError, match="is a raw layer, expected a predictions layer"):
         Layer.open(tmp_path / "layer", kind="predictions")
+
+
+def test_the_old_layer_stays_valid_until_the_new_one_is_complete(tmp_path: Path):
+    directory = tmp_path / "layer"
+    old = LayerWriter(directory, "raw", Key("raw", {"v": 1}))
+    old.add_shard(shard_name(0), _columns(2))
+    old.finish()
+    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+    writer = LayerWriter(directory, "raw", Key("raw", {"v": 2}))
+    writer.add_shard(shard_name(0), _columns(3))
+    writer.add_shard(shard_name(1), _columns(1))
+    # A reader in the middle of the build, or after a crash here, sees the old layer, whole and checked.
+    layer = Layer.open(directory)
+    assert layer.key.parts == {"v": 1} and len(layer) == 2
+    layer.check_shard(layer.shards[0])
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
+    writer.finish()
+    assert len(Layer.open(directory)) == 4 and not list(tmp_path.glob(".layer.*"))
+    crashed = LayerWriter(directory, "raw", Key("raw", {"v": 3}))
+    crashed.add_shard(shard_name(0), _columns(5))
+    del crashed  # killed before finish: the next writer clears its staging directory
+    LayerWriter(directory, "raw", Key("raw", {"v": 4}))
+    assert len(list(tmp_path.glob(".layer.staging-*"))) == 1 and len(Layer.open(directory)) == 4

@@ -20,11 +20,11 @@ from evalstack.cache.shardstore import open_store
 from evalstack.config import load_params, resolve_labels
 from evalstack.core.kinds import PREDICTIONS_KIND
 from evalstack.core.layers import Layer, StoreError
-from evalstack.evaluation.classification import truth_frame
 from evalstack.evaluation.comparison import CompareConfig, Comparison, ModelRun, compare_runs, declared_run
 from evalstack.evaluation.concentration import predicted_quantities
+from evalstack.evaluation.items import check_frame_aligned, truth_frame
 from evalstack.models.adapters.base import ModelAdapter
-from evalstack.models.inference import infer_layer
+from evalstack.models.inference import infer_layer, inference_code
 from evalstack.models.latency import ensure_timed, latency_record, read_latency, write_latency
 from evalstack.models.predictions import predictions_key
 from evalstack.preprocess.pipelines import pipeline_spec
@@ -96,7 +96,7 @@ class Dataset:
         return frame
 
     def compare_models(self, models: Sequence[str | ModelAdapter], split: str | None = None) -> Comparison:
-        """Every model on the same items of `split` (default: evaluate.split), paired by item key."""
+        """Every model on the same items of `split` (default: evaluate.split), paired by id."""
         self.stages_run = []
         runs = [self._run(model, None) for model in models]
         settings = self.params.get("compare") or {}
@@ -111,7 +111,7 @@ class Dataset:
     def _run(self, model: str | ModelAdapter, batch_size: int | None) -> ModelRun:
         if isinstance(model, str):
             self._reproduce(f"infer@{model}")
-            return declared_run(self.params, model, self.root / "data/predictions", self.root / "metrics/latency",
+            return declared_run(self.params, model, self.root / "data/predictions", self.root / "data/latency",
                                 self.root)
         return self._run_adhoc(model, batch_size or int((self.params.get("infer") or {}).get("batch_size", 32)))
 
@@ -121,7 +121,7 @@ class Dataset:
         pipeline_key = pipeline_spec(self.params, spec.pipeline).cache_key()
         out = self.root / ADHOC_DIR / safe_name(spec.name)
         latency_file = out.with_name(out.name + ".latency.json")
-        expected = predictions_key(adapter.signature(), pipeline_key)
+        expected = predictions_key(adapter.signature(), pipeline_key, inference_code(type(adapter)))
         if not _is_layer_with_key(out, expected.hex):
             preprocessed = self.root / "data/preprocessed" / spec.pipeline
             # Through the same shard store as the stages, so a later `dvc repro` of this model reuses it.
@@ -148,9 +148,9 @@ def _is_layer_with_key(directory: Path, key_hex: str) -> bool:
 
 def predictions_frame(layer: Layer, truth: pd.DataFrame) -> pd.DataFrame:
     """A predictions layer as a DataFrame: truth columns + prediction (label name or quantity)."""
-    keys = layer.item_keys()
+    check_frame_aligned(layer, truth)  # rows are the raw layer's items, in order; joined by id
     parts = layer.key.parts["model"]
-    facts = truth.loc[keys]
+    facts = truth
     frame = facts.copy()
     logits = layer.column("logits")
     if parts.get("task") == "concentration":

@@ -40,15 +40,44 @@ class ModelSpec:
     layout: str = "NHWC"  # how the model wants its input; data is stored NHWC
     sha256: str | None = None  # expected weights hash, checked when given
     options: dict[str, Any] = field(default_factory=dict)
+    trust: bool = False  # load a pickle-backed file (torch .pt2/.pt) without a sha256 pin (models/trust.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "file", Path(self.file))  # a str from a notebook works too
         object.__setattr__(self, "labels", tuple(self.labels))
 
 
+# DVC's run-cache drops every param key with these names, at any depth, when it hashes a stage
+# (https://github.com/iterative/dvc/issues/10296): a change to one would restore a stale result.
+HIDDEN_FROM_DVC = ("size", "nfiles")
+
+
 def load_params(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
     with open(path) as handle:
-        return yaml.safe_load(handle) or {}
+        params = yaml.safe_load(handle) or {}
+    hidden = hidden_param_keys(params)
+    if hidden:
+        raise ConfigError(
+            f"{path}: {', '.join(hidden)}: DVC's run-cache ignores params named "
+            f"{' or '.join(HIDDEN_FROM_DVC)} (DVC issue #10296), so changing one would restore a stale result; "
+            "rename the key (for a pipeline's output side use `resize`)"
+        )
+    return params
+
+
+def hidden_param_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of every key DVC's run-cache would not see."""
+    found = []
+    if isinstance(node, Mapping):
+        for name, value in node.items():
+            dotted = f"{prefix}{name}"
+            if str(name) in HIDDEN_FROM_DVC:
+                found.append(dotted)
+            found += hidden_param_keys(value, dotted + ".")
+    elif isinstance(node, list):
+        for position, value in enumerate(node):
+            found += hidden_param_keys(value, f"{prefix}{position}.")
+    return found
 
 
 def entry(params: Mapping[str, Any], section: str, name: str) -> Mapping[str, Any]:
@@ -93,7 +122,7 @@ def model_spec(params: Mapping[str, Any], name: str, root: Path = Path(".")) -> 
     for required in ("file", "adapter", "pipeline", "labels"):
         if required not in fields:
             raise ConfigError(f"models.{name} lacks {required!r}")
-    known = {"file", "adapter", "pipeline", "labels", "task", "layout", "sha256"}
+    known = {"file", "adapter", "pipeline", "labels", "task", "layout", "sha256", "trust"}
     return ModelSpec(
         name=name,
         file=root / fields["file"],
@@ -104,4 +133,11 @@ def model_spec(params: Mapping[str, Any], name: str, root: Path = Path(".")) -> 
         layout=fields.get("layout", "NHWC"),
         sha256=fields.get("sha256"),
         options={k: v for k, v in fields.items() if k not in known},
+        trust=_flag(fields.get("trust", False), f"models.{name}.trust"),
     )
+
+
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where} must be true or false, not {value!r}")
+    return value

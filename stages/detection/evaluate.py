@@ -5,7 +5,7 @@ from pathlib import Path
 from evalstack.cache.shardstore import open_store
 from evalstack.config import load_params, model_spec
 from evalstack.detection.adapter import load_detector
-from evalstack.detection.candidates import candidates_key
+from evalstack.detection.candidates import candidates_code, candidates_key
 from evalstack.detection.evaluation import DetectionOutputs, evaluate_detector, write_detection_outputs
 from evalstack.detection.postprocess import detections_key
 from evalstack.preprocess.letterbox import build_letterbox
@@ -25,7 +25,8 @@ def main() -> None:
     # The adapter recomputes the model signature, so detections of another model or post-processing are refused.
     adapter = load_detector(spec)
     pipeline_key = build_letterbox(params["preprocess"]["pipelines"][spec.pipeline]).cache_key()
-    expected = detections_key(candidates_key(adapter.signature(), pipeline_key), adapter.postprocess)
+    candidates = candidates_key(adapter.signature(), pipeline_key, candidates_code(type(adapter)))
+    expected = detections_key(candidates, adapter.postprocess)
     split, threshold = params["evaluate"]["split"], float(params["evaluate"]["count_threshold"])
     store = open_store(params, args.params.parent)
     evaluation = evaluate_detector(args.raw, args.detections, spec, expected, split, threshold,

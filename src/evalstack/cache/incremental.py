@@ -95,7 +95,7 @@ def build_derived_layer(
             path = upstream.check_shard(shard, store.stamps.sha256 if store is not None else sha256_file)
             subset = selection(shard) if selection is not None else None
             address = derivation_key(shard.sha256, spec.key, spec.compression, subset).hex
-            job = ShardJob(shard, path, out_dir / shard.name, address)
+            job = ShardJob(shard, path, writer.path(shard.name), address)
             if store is not None and store.materialise(job.address, job.out_path) is not None:
                 hits[shard.name] = job
                 progress.update(shard.n_items)
@@ -258,6 +258,9 @@ def describe_key_change(old: Mapping[str, Any], new: Mapping[str, Any], labels: 
     """`pipeline pad_nn: params.size: 454 → 384`, `model torch_cnn: weights changed (3f2a… → 9b1d…)`."""
     lines = []
     for part, label in labels.items():
+        if part == "code":  # the stage's own code: "code: src/evalstack/models/inference.py changed"
+            lines += explain_change({"code": old.get("code", {})}, {"code": new.get("code", {})})
+            continue
         before = old if not part else old.get(part, {})
         after = new if not part else new.get(part, {})
         for change in explain_change(before, after):

@@ -110,7 +110,7 @@ def provenance_report(layer_dir: Path, root: Path, store: ShardStore | None, ite
         lines.append(f"{_shown(layer_dir, root)} ({chain[0].index.kind}, {len(chain[0])} items in {len(chain[0].shards)} shards)")
         parts = raw.key.parts
         lines.append(f"  source    {canonical_json(parts.get('registries', {}))}")
-        lines.append(f"  raw       {_shown(raw.directory, root)}: shard_size {parts.get('shard_size')}, key {raw.key.hex[:12]}")
+        lines.append(f"  raw       {_shown(raw.directory, root)}: shard_bytes {parts.get('shard_bytes')}, key {raw.key.hex[:12]}")
     for layer in reversed(chain[:-1]):
         where = _shown(layer.directory, root)
         if item is not None:
@@ -134,8 +134,9 @@ def _layer_line(layer: Layer, where: str, located: tuple[Located, int] | None) -
                 probability = float(read_column(handle, "probability", slice(located[1], located[1] + 1))[0])
             text += f"; predicted {model['labels'][label]} (p={probability:.3f})"
         return text
-    return (f"  pipeline  {where}: {parts.get('kind')} v{parts.get('version')} {canonical_json(parts.get('params', {}))}; "
-            f"key {layer.key.hex[:12]}")
+    code = parts.get("code") or {}
+    return (f"  pipeline  {where}: {parts.get('kind')} {canonical_json(parts.get('params', {}))}; "
+            f"code {Key('code', code).hex[:12]} ({len(code)} modules); key {layer.key.hex[:12]}")
 
 
 def _shown(path: Path, root: Path) -> str:

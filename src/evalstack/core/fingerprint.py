@@ -162,24 +162,38 @@ def source_digest(path: Path) -> str:
     return _normalised_source_digest(path.resolve(), status.st_mtime_ns, status.st_size)
 
 
-def code_fingerprint(roots: Iterable[str], package: str = PACKAGE) -> dict[str, str]:
-    """{module: digest} over the import closure of `roots` inside `package` (module names).
-
-    Roots outside `package` (a user's own pipeline or adapter module) are fingerprinted too,
-    with their closure inside `package`.
-    """
-    roots = list(roots)
-    modules = import_closure(roots, package=package)
+@lru_cache(maxsize=64)
+def _cached_closure(roots: tuple[str, ...]) -> tuple[tuple[str, Path], ...]:
+    modules = import_closure(roots)
     for root in roots:
-        if root not in modules:
-            source = locate(root)
-            if source is not None:
-                modules[root] = source
-    return {name: source_digest(modules[name].path) for name in sorted(modules)}
+        if root not in modules and (source := locate(root)) is not None:
+            modules[root] = source
+    return tuple(sorted((name, source.path) for name, source in modules.items()))
 
 
-def fingerprint_hex(fingerprint: dict[str, str]) -> str:
-    return hashlib.sha256("".join(f"{name}:{digest}\n" for name, digest in sorted(fingerprint.items())).encode()).hexdigest()
+def code_part(*roots: str) -> dict[str, str]:
+    """The `code` part of a cache key: {module: digest} over the import closure of `roots`.
+
+    The closure is found once per process; digests are re-read whenever a file's stat changes."""
+    return {name: source_digest(path) for name, path in _cached_closure(tuple(roots))}
+
+
+def current_digests(recorded: dict[str, str]) -> dict[str, str]:
+    """What the modules a key recorded digest to now ("" for a module that no longer exists)."""
+    now = {}
+    for name in recorded:
+        source = locate(name)
+        now[name] = source_digest(source.path) if source is not None else ""
+    return now
+
+
+def module_path(name: str) -> str:
+    """How a message names a module: its file under src/ (`src/evalstack/preprocess/regions.py`)."""
+    source = locate(name)
+    if source is not None and "src" in source.path.parts:
+        parts = source.path.parts
+        return "/".join(parts[len(parts) - 1 - parts[::-1].index("src"):])
+    return name
 
 
 def defining_module(cls: type) -> str:

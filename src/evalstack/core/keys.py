@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -84,13 +85,27 @@ def explain_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     before, after = flatten(old), flatten(new)
     lines = []
     for name in sorted(before.keys() | after.keys()):
-        if name not in before:
+        code = _CODE_PART.match(name)
+        if code is not None and before.get(name) != after.get(name):
+            # {"code": {module: digest}}: name the file, not two digests
+            what = "added" if name not in before else "removed" if name not in after else "changed"
+            lines.append(f"{code.group(1) or ''}code: {_module_file(code.group(2))} {what}")
+        elif name not in before:
             lines.append(f"{name}: added ({_short(after[name])})")
         elif name not in after:
             lines.append(f"{name}: removed (was {_short(before[name])})")
         elif before[name] != after[name]:
             lines.append(f"{name}: {_short(before[name])} → {_short(after[name])}")
     return lines
+
+
+_CODE_PART = re.compile(r"^((?:[^.]+\.)*?)code\.(.+)$")
+
+
+def _module_file(module: str) -> str:
+    from evalstack.core.fingerprint import module_path
+
+    return module_path(module)
 
 
 def _short(value: Any) -> str:

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import secrets
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,8 +23,9 @@ import h5py
 import hdf5plugin
 import numpy as np
 
-from evalstack.core.atomic import TEMP_GLOB, atomic_write_bytes
+from evalstack.core.atomic import atomic_write_bytes
 from evalstack.core.keys import Key, canonical_json, explain_change, sha256_file
+from evalstack.core.names import UnsafeName, check_sha256, check_shard_name
 
 SCHEMA_VERSION = 1
 INDEX_NAME = "index.json"
@@ -43,32 +47,31 @@ class LayerCorruptError(StoreError):
     """A shard's bytes do not match what the index recorded."""
 
 
+class UnsafeLayerError(StoreError):
+    """An index names a shard or digest that would lead outside its layer (core/names.py)."""
+
+
 @dataclass(frozen=True)
 class ShardInfo:
     name: str
     sha256: str
     n_items: int  # rows in the file
     upstream: str | None = None  # sha256 of the shard this one was derived from
-    # Rows that left the layer (a card removed from the source) while the file keeps its bytes,
-    # so DVC never re-uploads an old shard; readers of the layer skip them.
-    excluded: tuple[int, ...] = ()
-
-    @property
-    def n_live(self) -> int:
-        return self.n_items - len(self.excluded)
-
-    def live_rows(self) -> np.ndarray:
-        return np.setdiff1d(np.arange(self.n_items), np.asarray(self.excluded, dtype=np.int64))
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        if not self.excluded:
-            del data["excluded"]  # layers without removals keep the index layout they always had
-        return data
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ShardInfo":
-        return cls(**{**data, "excluded": tuple(data.get("excluded", ()))})
+        """A shard entry of an index, checked: its name and digests are joined to paths later."""
+        info = cls(**data)
+        check_shard_name(info.name)
+        check_sha256(info.sha256, f"sha256 of shard {info.name}")
+        if info.upstream is not None:
+            check_sha256(info.upstream, f"upstream sha256 of shard {info.name}")
+        if not isinstance(info.n_items, int) or info.n_items < 0:
+            raise UnsafeName(f"shard {info.name}: n_items {info.n_items!r} is not a row count")
+        return info
 
 
 @dataclass
@@ -82,7 +85,7 @@ class LayerIndex:
 
     @property
     def n_items(self) -> int:
-        return sum(shard.n_live for shard in self.shards)
+        return sum(shard.n_items for shard in self.shards)
 
     def to_json(self) -> str:
         data = {
@@ -97,12 +100,22 @@ class LayerIndex:
         return json.dumps(json.loads(canonical_json(data)), indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> "LayerIndex":
+    def from_json(cls, text: str, where: str = INDEX_NAME) -> "LayerIndex":
+        """Parse an index; `where` names the file in errors. Names in it are checked before any use."""
         data = json.loads(text)
+        try:
+            shards = [ShardInfo.from_dict(shard) for shard in data["shards"]]
+        except UnsafeName as error:
+            raise UnsafeLayerError(
+                f"{where}: {error}. Refusing this layer (crafted or damaged); restore it with `dvc checkout` "
+                "or rebuild it with `dvc repro -f` of the stage that writes it") from None
+        names = [shard.name for shard in shards]
+        if len(set(names)) != len(names):
+            raise UnsafeLayerError(f"{where}: lists a shard name twice; refusing this layer (crafted or damaged)")
         return cls(
             kind=data["kind"],
             key=Key(kind=data["key"]["kind"], parts=data["key"]["parts"]),
-            shards=[ShardInfo.from_dict(shard) for shard in data["shards"]],
+            shards=shards,
             schema_version=data["schema_version"],
             stats=data.get("stats", {}),
             schema=data.get("schema", {}),
@@ -329,10 +342,11 @@ def write_layer_shard(
 
 
 class LayerWriter:
-    """Builds a layer directory shard by shard; `finish()` writes the index last.
+    """Builds a layer shard by shard in a staging directory beside `directory`; `finish()` writes the
+    index last and then puts the new layer in place of the old one.
 
-    Until the index is written the directory is not a layer, so a crashed stage
-    leaves nothing that a reader would accept.
+    Until `finish()` the old layer (if any) stays in place and valid, and the staging directory is not a
+    layer (no index), so neither a reader nor a crash ever sees half a layer as a result.
     """
 
     def __init__(self, directory: Path, kind: str, key: Key, compression: str = "none"):
@@ -341,28 +355,31 @@ class LayerWriter:
         self.key = key
         self.compression = compression
         compression_options(compression)  # fail early on a bad param
-        self.directory.mkdir(parents=True, exist_ok=True)
-        index = self.directory / INDEX_NAME
-        if index.exists():
-            index.unlink()
-        for stale in self.directory.glob(TEMP_GLOB):  # a crashed run's; this directory is the stage's own
-            stale.unlink()
+        self.directory.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.directory.parent.glob(f".{self.directory.name}.staging-*"):  # a crashed writer's
+            shutil.rmtree(stale, ignore_errors=True)
+        self.staging = self.directory.with_name(f".{self.directory.name}.staging-{secrets.token_hex(6)}")
+        self.staging.mkdir()
         self.shards: list[ShardInfo] = []
         self.stats: dict[str, Any] = {}
         self.schema: dict[str, Any] | None = None
 
+    def path(self, name: str) -> Path:
+        """Where a shard of the layer being built is placed (published by `finish()`)."""
+        return self.staging / name
+
     def add_shard(self, name: str, columns: Mapping[str, np.ndarray], **options: Any) -> ShardInfo:
         """Write a shard and list it in this layer; `options` are `write_layer_shard`'s
         (attrs, upstream, flat, checksum_of, checksum_column)."""
-        info = write_layer_shard(self.directory / name, self.kind, self.key, self.compression, columns, **options)
+        info = write_layer_shard(self.path(name), self.kind, self.key, self.compression, columns, **options)
         return self._register(info)
 
-    def add_existing(self, name: str, sha256: str, upstream: str | None = None, excluded: Sequence[int] = ()) -> ShardInfo:
+    def add_existing(self, name: str, sha256: str, upstream: str | None = None) -> ShardInfo:
         """List a shard that was placed in the directory already (e.g. copied from the shard store).
 
         Its own attributes must say it belongs here, so a mislabelled file is refused, not listed.
         """
-        path = self.directory / name
+        path = self.path(name)
         with h5py.File(path, "r") as handle:
             attrs = read_attrs(handle)
         differs = [
@@ -376,30 +393,50 @@ class LayerWriter:
         ]
         if differs:
             raise StoreError(f"{path}: its attributes ({', '.join(differs)}) do not belong to this layer")
-        info = ShardInfo(name=name, sha256=sha256, n_items=int(attrs["n_items"]), upstream=upstream,
-                         excluded=tuple(sorted(excluded)))
+        info = ShardInfo(name=name, sha256=sha256, n_items=int(attrs["n_items"]), upstream=upstream)
         return self._register(info)
 
     def _register(self, info: ShardInfo) -> ShardInfo:
-        with h5py.File(self.directory / info.name, "r") as handle:
+        with h5py.File(self.path(info.name), "r") as handle:
             schema = describe_shard(handle)
         if self.schema is None:
             self.schema = schema
         elif schema != self.schema:
-            raise StoreError(f"{self.directory / info.name}: columns {schema} differ from the layer's {self.schema}")
+            raise StoreError(f"{self.path(info.name)}: columns {schema} differ from the layer's {self.schema}")
         self.shards.append(info)
         return info
 
     def finish(self) -> LayerIndex:
         listed = {shard.name for shard in self.shards}
-        for leftover in self.directory.glob(f"*{SHARD_SUFFIX}"):
+        for leftover in self.staging.glob(f"*{SHARD_SUFFIX}"):
             if leftover.name not in listed:
                 leftover.unlink()
         index = LayerIndex(
             kind=self.kind, key=self.key, shards=list(self.shards), stats=self.stats, schema=self.schema or {}
         )
-        atomic_write_bytes(self.directory / INDEX_NAME, index.to_json().encode())
+        atomic_write_bytes(self.staging / INDEX_NAME, index.to_json().encode())
+        self._publish()
         return index
+
+    def _publish(self) -> None:
+        """The staging directory becomes `directory`: two renames, the old layer removed after."""
+        retired = None
+        if self.directory.exists() or self.directory.is_symlink():
+            retired = self.directory.with_name(f".{self.directory.name}.old-{secrets.token_hex(6)}")
+            os.rename(self.directory, retired)
+        os.rename(self.staging, self.directory)
+        if retired is not None:
+            shutil.rmtree(retired, ignore_errors=True) if retired.is_dir() and not retired.is_symlink() \
+                else retired.unlink()
+
+
+def repair_hint(directory: Path) -> str:
+    """What restores a damaged layer. Plain `dvc checkout` does not when the damage kept the file's size and
+    mtime (it trusts its stat cache); `--relink` rewrites the files from DVC's cache, and `--force` is needed
+    when the damage did move the mtime (dvc then refuses to overwrite "unsaved" changes). Both cases checked
+    on the real CLI (dvc 3.67); `dvc checkout --force` alone restores only the second."""
+    return (f"`dvc checkout --relink --force {directory}` restores it from DVC's cache (plain `dvc checkout` trusts "
+            "the file's unchanged size and mtime and leaves it), or `dvc repro -f` the stage that writes it")
 
 
 def shard_name(number: int) -> str:
@@ -422,7 +459,7 @@ class Layer:
                 f"{directory} is not a finished layer (no {INDEX_NAME}); "
                 "run the stage that produces it (`dvc repro`) or `dvc pull` it"
             )
-        index = LayerIndex.from_json(index_path.read_text())
+        index = LayerIndex.from_json(index_path.read_text(), str(index_path))
         if index.schema_version != SCHEMA_VERSION:
             raise CacheStaleError(
                 f"{directory} has schema version {index.schema_version}, this evalstack reads "
@@ -468,8 +505,7 @@ class Layer:
         parts = []
         for shard in self.shards:
             with self.open_shard(shard) as handle:
-                values = read_column(handle, name)
-                parts.append(values[shard.live_rows()] if shard.excluded else values)
+                parts.append(read_column(handle, name))
         if not parts:
             return np.asarray([])
         return np.concatenate(parts)
@@ -481,12 +517,6 @@ class Layer:
         """Stream columns in batches, shard by shard, so memory stays flat."""
         for shard in self.shards:
             with self.open_shard(shard) as handle:
-                if shard.excluded:
-                    live = shard.live_rows()
-                    for start in range(0, len(live), batch_size):
-                        rows = live[start : start + batch_size]
-                        yield {name: read_column(handle, name, rows) for name in names}
-                    continue
                 for start in range(0, shard.n_items, batch_size):
                     rows = slice(start, min(start + batch_size, shard.n_items))
                     yield {name: read_column(handle, name, rows) for name in names}
@@ -504,17 +534,7 @@ class Layer:
         if sha256(path) != shard.sha256:
             raise LayerCorruptError(
                 f"{path} does not match the sha256 recorded in {self.directory / INDEX_NAME} (corrupt or "
-                f"modified); {repair_hint(path, self.directory)}"
+                f"modified); `evalstack verify {self.directory}` names the damaged items. {repair_hint(self.directory)}"
             )
         return path
 
-
-def repair_hint(path: Path, directory: Path) -> str:
-    """What restores a damaged shard, checked against the dvc CLI: DVC trusts its stat cache, so neither
-    `dvc checkout` nor `dvc checkout --force` replaces a file whose size and mtime are unchanged."""
-    return (
-        f"`evalstack verify {directory}` names the damaged items; to restore it, delete the file and check it out "
-        f"again: `rm {path} && dvc checkout {directory}` (`dvc checkout` alone, even with --force, keeps a damaged "
-        f"file whose size and mtime did not change), or rebuild the layer with `dvc repro -f -s <the stage that "
-        f"writes {directory}>`"
-    )

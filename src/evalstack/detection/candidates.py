@@ -17,7 +17,6 @@ the store; training needs no predictions. The index records the forward passes p
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -27,7 +26,7 @@ from tqdm import tqdm
 
 from evalstack.cache.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
 from evalstack.cache.shardstore import ShardStore
-from evalstack.core.fingerprint import code_fingerprint
+from evalstack.core.fingerprint import code_part, defining_module
 from evalstack.core.keys import Key, sha256_file
 from evalstack.core.kinds import CANDIDATES_KIND, PREPROCESSED_KIND
 from evalstack.core.layers import (
@@ -51,13 +50,7 @@ if TYPE_CHECKING:  # the stage loads the adapter (a framework); this module only
 
 LAYOUT_VERSION = 1
 FLAT = ("cand_boxes", "cand_scores", "cand_labels")
-CODE_ROOTS = ("evalstack.detection.candidates",)
 
-
-@lru_cache(maxsize=None)
-def _code() -> dict[str, str]:
-    """This layer's code fingerprint, computed once per process (the sources do not change under a run)."""
-    return code_fingerprint(CODE_ROOTS)
 
 
 class GridInputError(ValueError):
@@ -101,10 +94,15 @@ class CandidateTable:
         )
 
 
-def candidates_key(model_signature: Key, pipeline_key: Key) -> Key:
-    """Weights + contract (candidate bound included, post-processing excluded) + pipeline + this code."""
+def candidates_key(model_signature: Key, pipeline_key: Key, code: dict[str, str]) -> Key:
+    """Weights + contract (candidate bound included, post-processing excluded) + pipeline + `candidates_code`."""
     return Key("detection_candidates", {"model": dict(model_signature.parts), "pipeline": dict(pipeline_key.parts),
-                                        "code": _code()})
+                                        "code": code})
+
+
+def candidates_code(adapter_class: type) -> dict[str, str]:
+    """The code that turns tensors into candidates: this stage and the adapter's module (a user's own too)."""
+    return code_part(defining_module(adapter_class), __name__)
 
 
 def candidate_shard(table: CandidateTable, attrs: Mapping[str, Any]) -> ShardContent:
@@ -122,7 +120,7 @@ def read_candidate_shard(handle: h5py.File, path: Path, layer_dir: Path) -> Cand
     try:
         check_offsets(data["cand_offset"], len(data["cand_labels"]), str(path))
     except ValueError as error:
-        raise LayerCorruptError(f"{error}; {repair_hint(path, layer_dir)}") from None
+        raise LayerCorruptError(f"{error}; {repair_hint(layer_dir)}") from None
     check_checksums(path, layer_dir, data["id"], data["cand_offset"], [data[name] for name in FLAT], data[CHECKSUM])
     names = np.asarray(read_attr(handle, "split_names") or [""], dtype=str)
     return CandidateTable(
@@ -210,7 +208,7 @@ def infer_candidates_layer(
     Batches start at each shard's first row, so a shard does not depend on what else ran."""
     source = Layer.open(preprocessed_dir, kind=PREPROCESSED_KIND)
     selected = SplitRows(source, splits)
-    key = candidates_key(adapter.signature(), source.key)
+    key = candidates_key(adapter.signature(), source.key, candidates_code(type(adapter)))
     labels = {"model": f"model {adapter.spec.name}", "pipeline": f"pipeline {adapter.spec.pipeline}", "code": "code"}
     spec = DerivedLayerSpec(CANDIDATES_KIND, key, f"model {adapter.spec.name}", labels, "forward_passes",
                             stats=candidates_stats(adapter, selected))

@@ -7,7 +7,7 @@ letterboxed shard, holding the grid split's images. A cell shard is computed fro
 images of the raw shard its letterboxed shard came from: decode → perturb (deterministic per
 image content, type, severity and seed) → letterbox with the same pipeline → forward pass →
 candidates. It is addressed in the shard store by (letterboxed shard, split, model signature,
-pipeline, perturbation type, severity, seed, perturbation version, code), so adding a type or a
+pipeline, perturbation type, severity, seed, code — the corruption's own code included), so adding a type or a
 severity computes only the new cells and a forced rerun computes nothing.
 
 The clean baseline is never recomputed: the clean candidates come from the infer stage's layer
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
@@ -30,7 +29,7 @@ from tqdm import tqdm
 
 from evalstack.cache.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
 from evalstack.cache.shardstore import ShardStore
-from evalstack.core.fingerprint import code_fingerprint
+from evalstack.core.fingerprint import code_part, defining_module
 from evalstack.core.keys import Key, sha256_file
 from evalstack.core.kinds import CANDIDATES_KIND, PREPROCESSED_KIND, RAW_KIND
 from evalstack.core.layers import INDEX_NAME, ITEM_KEY, CacheStaleError, Layer, ShardInfo, read_column
@@ -38,6 +37,7 @@ from evalstack.core.raw import read_blobs
 from evalstack.detection.candidates import (
     GridInputError,
     SplitRows,
+    candidates_code,
     candidates_key,
     candidates_stats,
     infer_rows,
@@ -51,13 +51,7 @@ from evalstack.sources.images import DEFAULT_MAX_PIXELS, decode_image
 if TYPE_CHECKING:  # the stage loads the adapter (a framework); this module only calls it
     from evalstack.detection.adapter import DetectionAdapter
 
-CODE_ROOTS = ("evalstack.detection.grid",)
 
-
-@lru_cache(maxsize=None)
-def _code() -> dict[str, str]:
-    """This layer's code fingerprint, computed once per process (the sources do not change under a run)."""
-    return code_fingerprint(CODE_ROOTS)
 
 
 @dataclass(frozen=True)
@@ -99,13 +93,20 @@ class GridConfig:
 
 
 def perturbation_parts(cell: Cell, seed: int) -> dict[str, Any]:
-    return {"type": cell.kind, "severity": cell.severity, "seed": seed, "version": perturb.VERSION[cell.kind]}
+    # No version to bump: the perturbation's code is in the cell key's code fingerprint (perturbations.py is in
+    # this module's import closure).
+    return {"type": cell.kind, "severity": cell.severity, "seed": seed}
 
 
-def cell_key(clean: Key, cell: Cell, seed: int) -> Key:
-    """The clean candidates' key (model, candidate bound, pipeline, infer code) + the perturbation + this code."""
+def cell_key(clean: Key, cell: Cell, seed: int, code: dict[str, str]) -> Key:
+    """The clean candidates' key (model, candidate bound, pipeline, infer code) + the perturbation + `grid_code`."""
     return Key("detection_grid_cell", {"clean": dict(clean.parts), "perturbation": perturbation_parts(cell, seed),
-                                       "code": _code()})
+                                       "code": code})
+
+
+def grid_code(adapter_class: type) -> dict[str, str]:
+    """This stage's closure (the corruptions and the letterbox included) and the adapter's module."""
+    return code_part(defining_module(adapter_class), __name__)
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,8 @@ def build_grid(
     if pipeline.cache_key().hex != source.key.hex:
         raise CacheStaleError(f"{preprocessed_dir} was letterboxed with other settings than pipeline "
                               f"{adapter.spec.pipeline} now has; rebuild it with `dvc repro`")
-    clean = open_candidates(clean_dir, candidates_key(adapter.signature(), source.key), f"dvc repro infer@{name}")
+    clean_key = candidates_key(adapter.signature(), source.key, candidates_code(type(adapter)))
+    clean = open_candidates(clean_dir, clean_key, f"dvc repro infer@{name}")
     by_split = clean.index.stats.get("forward_passes_by_split", {})
     if config.split not in by_split:
         raise GridInputError(f"{clean_dir} holds splits {sorted(by_split)}, not the grid's {config.split!r}; "
@@ -136,12 +138,12 @@ def build_grid(
     raw = Layer.open(raw_dir, kind=RAW_KIND)
     selected = SplitRows(source, [config.split])
     sha256 = store.stamps.sha256 if store is not None else sha256_file
-    passes_before = adapter.forward_passes
+    passes_before, code = adapter.forward_passes, grid_code(type(adapter))
     builds = {}
     for cell in config.cells():
         stats = {**candidates_stats(adapter, selected), "perturbation": perturbation_parts(cell, config.seed)}
         labels = {"clean": f"model {name} (clean candidates)", "perturbation": "perturbation", "code": "code"}
-        spec = DerivedLayerSpec(CANDIDATES_KIND, cell_key(clean.key, cell, config.seed),
+        spec = DerivedLayerSpec(CANDIDATES_KIND, cell_key(clean.key, cell, config.seed, code),
                                 f"model {name} under {cell.kind} severity {cell.severity}", labels, "forward_passes",
                                 stats=stats)
         compute = _cell_compute(adapter, pipeline, cell, config.seed, selected, raw, sha256, batch_size, max_pixels)

@@ -60,7 +60,8 @@ def check_checksums(path: Path, layer_dir: Path, ids: np.ndarray, offsets: np.nd
     if len(damaged):
         names = ", ".join(str(ids[row]) for row in damaged[:5]) + (" …" if len(damaged) > 5 else "")
         raise LayerCorruptError(f"{path}: the data of {len(damaged)} image(s) (id {names}) does not match their "
-                                f"checksums (corrupt or modified); {repair_hint(path, layer_dir)}")
+                                f"checksums (corrupt or modified); `evalstack verify {layer_dir}` names them. "
+                                f"{repair_hint(layer_dir)}")
 
 
 def checked_shards(layer: Layer, sha256: Sha256 = sha256_file) -> Iterator[tuple[ShardInfo, h5py.File]]:
@@ -70,7 +71,7 @@ def checked_shards(layer: Layer, sha256: Sha256 = sha256_file) -> Iterator[tuple
         try:
             handle = h5py.File(path, "r")
         except OSError as error:
-            hint = repair_hint(path, layer.directory)
+            hint = repair_hint(layer.directory)
             raise LayerCorruptError(f"{path}: unreadable as HDF5 ({error}); {hint}") from None
         with handle:
             yield shard, handle
@@ -170,7 +171,7 @@ def read_shard(handle: h5py.File, path: Path, layer_dir: Path) -> DetectionTable
     try:
         check_offsets(data["det_offset"], len(data["labels"]), str(path))
     except ValueError as error:
-        raise LayerCorruptError(f"{error}; {repair_hint(path, layer_dir)}") from None
+        raise LayerCorruptError(f"{error}; {repair_hint(layer_dir)}") from None
     check_checksums(path, layer_dir, ids, data["det_offset"], [data[name] for name in FLAT_COLUMNS], data[CHECKSUM])
     split_names = np.asarray(read_attr(handle, "split_names") or [""], dtype=str)
     return DetectionTable(

@@ -20,8 +20,8 @@ opens here too. Deliberate differences from the seed:
   restore it), never read as other numbers; `is_cache_valid` also says False for a
   missing or truncated shard (a stat and an HDF5 open per shard, no data read);
 - `CacheWriter` over an existing cache leaves it valid until the new one is
-  complete: new shards get names of their own, and the index switches atomically
-  on close. A crash mid-loop leaves the old cache as it was.
+  complete (it is built beside it and put in its place on close), so a crash
+  mid-loop leaves the old cache as it was.
 - a corruption-grid cell (`data/grid_predictions/<model>/<type>-<severity>`) opens
   the same way; its `metadata()` names the perturbation.
 """
@@ -36,25 +36,26 @@ from typing import Any
 import h5py
 import numpy as np
 
-from evalstack.core.atomic import atomic_write_bytes, stale_temp_files
+from evalstack.core.atomic import atomic_write_bytes
 from evalstack.core.keys import Key, sha256_bytes, sha256_file
 from evalstack.core.kinds import DETECTIONS_KIND
 from evalstack.core.layers import (
-    INDEX_NAME,
     ITEM_KEY,
-    SHARD_SUFFIX,
     CacheStaleError,
     Layer,
-    LayerIndex,
-    ShardInfo,
+    LayerWriter,
     StoreError,
-    compression_options,
-    describe_shard,
     read_column,
-    write_layer_shard,
+    shard_name,
 )
 from evalstack.detection.boxes import Detections
-from evalstack.detection.layer import DetectionTable, detection_shard, layer_stats, open_detections, read_table
+from evalstack.detection.layer import (
+    DetectionTable,
+    layer_stats,
+    open_detections,
+    read_table,
+    write_detections_shard,
+)
 
 PROVENANCE_NAME = "provenance.json"
 
@@ -97,11 +98,9 @@ class CacheWriter:
     """Seed-compatible writer: `with CacheWriter(path, name, split, hash) as w: w.write_image(...)`.
 
     Images are buffered and written a shard at a time (`shard_size` images or
-    `shard_bytes` of buffered data, whichever comes first). A cache already at `path`
-    stays valid until the block exits without an exception: shards are written under
-    names of their own (position + content digest, so identical data gives identical
-    names and bytes), and the new index replaces the old one atomically on close;
-    only then are the old shards removed.
+    `shard_bytes` of buffered data, whichever comes first) into a staging directory
+    (core.layers.LayerWriter); a cache already at `path` stays in place and valid
+    until the block exits without an exception, when the new one replaces it.
     """
 
     def __init__(self, path: str | Path, model_name: str, split: str, model_hash: str, *,
@@ -110,16 +109,10 @@ class CacheWriter:
         self.path = Path(path)
         self.model_name, self.split, self.model_hash = model_name, split, model_hash
         self.shard_size, self.shard_bytes = shard_size, shard_bytes
-        compression_options(compression)  # fail early on a bad name
-        self.compression = compression
         self._buffered_bytes = 0
         self.record_time = record_time
-        self.key = Key("predictions", {"model_name": model_name, "split": split, "model_hash": model_hash})
-        self.path.mkdir(parents=True, exist_ok=True)
-        for stale in stale_temp_files(self.path):  # temp files of a writer that died
-            stale.unlink(missing_ok=True)
-        self._shards: list[ShardInfo] = []
-        self._schema: dict[str, Any] | None = None
+        key = Key("predictions", {"model_name": model_name, "split": split, "model_hash": model_hash})
+        self._writer = LayerWriter(self.path, DETECTIONS_KIND, key, compression)
         self._rows: list[tuple[str, int | str, Detections, np.ndarray | None]] = []
         self._n_written = 0
         self._seen: set[str] = set()
@@ -156,53 +149,21 @@ class CacheWriter:
         if not self._rows:
             return
         keys, ids, found, tensors = zip(*self._rows)
+        stacked = None if tensors[0] is None else np.stack(tensors)
         table = DetectionTable.from_detections(keys, ids, [self.split] * len(ids), found)
-        columns, flat, attrs = detection_shard(table)
-        if tensors[0] is not None:
-            columns["tensor"] = np.stack(tensors).astype(np.float32, copy=False)
-        name = f"{len(self._shards):05d}-{_content_tag(columns, flat)}{SHARD_SUFFIX}"
-        info = write_layer_shard(self.path / name, DETECTIONS_KIND, self.key, self.compression, columns,
-                                 attrs=attrs, flat=flat)
-        with h5py.File(self.path / name, "r") as handle:
-            schema = describe_shard(handle)
-        if self._schema is not None and schema != self._schema:
-            raise StoreError(f"{self.path / name}: columns {schema} differ from the cache's {self._schema}")
-        self._schema = schema
-        self._shards.append(info)
+        write_detections_shard(self._writer, shard_name(len(self._writer.shards)), table, tensors=stacked)
         self._n_written += len(ids)
         self._rows = []
         self._buffered_bytes = 0
 
     def close(self) -> None:
-        """Publish: the new index replaces the old one in one rename, then the old shards go."""
         self._flush()
-        stats = layer_stats(self.model_name, self.split, self.model_hash, self._n_written)
-        index = LayerIndex(kind=DETECTIONS_KIND, key=self.key, shards=list(self._shards), stats=stats,
-                           schema=self._schema or {})
-        atomic_write_bytes(self.path / INDEX_NAME, index.to_json().encode())
-        listed = {shard.name for shard in self._shards}
-        for leftover in self.path.glob(f"*{SHARD_SUFFIX}"):
-            if leftover.name not in listed:
-                leftover.unlink()
+        self._writer.stats = layer_stats(self.model_name, self.split, self.model_hash, self._n_written)
+        self._writer.finish()  # publishes the new layer in place of the old one, in one rename
         provenance = self.path / PROVENANCE_NAME
         if self.record_time:
             stamp = {"timestamp": datetime.now(timezone.utc).isoformat()}
             atomic_write_bytes(provenance, (json.dumps(stamp) + "\n").encode())
-        elif provenance.exists():
-            provenance.unlink()
-
-
-def _content_tag(columns: dict[str, np.ndarray], flat: dict[str, np.ndarray]) -> str:
-    """16 hex digits naming a shard's data: never the name of other bytes an older index may list."""
-    digest = hashlib.sha256()
-    for name in sorted(columns):
-        values = columns[name]
-        digest.update(name.encode())
-        digest.update("\x1f".join(map(str, values.tolist())).encode() if values.dtype == object else values.tobytes())
-    for name in sorted(flat):
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(flat[name]).tobytes())
-    return digest.hexdigest()[:16]
 
 
 def _text(value: bytes | str) -> str:

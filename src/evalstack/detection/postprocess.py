@@ -11,7 +11,6 @@ corruption-grid cell.
 from __future__ import annotations
 
 from dataclasses import asdict
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from tqdm import tqdm
 
 from evalstack.cache.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
 from evalstack.cache.shardstore import ShardStore
-from evalstack.core.fingerprint import code_fingerprint
+from evalstack.core.fingerprint import code_part
 from evalstack.core.keys import Key
 from evalstack.core.kinds import DETECTIONS_KIND
 from evalstack.core.layers import ShardInfo
@@ -32,19 +31,11 @@ from evalstack.detection.decoding import CandidateBound, PostProcess
 from evalstack.detection.layer import LAYOUT_VERSION, DetectionTable, detection_shard
 from evalstack.preprocess.letterbox import Placement
 
-CODE_ROOTS = ("evalstack.detection.postprocess",)
-
-
-@lru_cache(maxsize=None)
-def _code() -> dict[str, str]:
-    """This layer's code fingerprint, computed once per process (the sources do not change under a run)."""
-    return code_fingerprint(CODE_ROOTS)
-
 
 def detections_key(candidates: Key, post: PostProcess) -> Key:
     """The detections layer's key: what its candidates were built from, the post-processing params, this code."""
     return Key("detections", {"candidates": dict(candidates.parts), "postprocess": asdict(post),
-                              "code": _code()})
+                              "code": code_part(__name__)})
 
 
 def to_original(found: Detections, place: Placement) -> Detections:

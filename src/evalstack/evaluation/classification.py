@@ -1,43 +1,44 @@
-"""The evaluate stage: predictions + ground truth from the raw layer → DVC metrics and plots."""
+"""The evaluate stage: predictions + ground truth from the raw layer (joined by identity, see items.py) → DVC metrics and plots."""
 from __future__ import annotations
 
 import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from evalstack.config import ModelError, ModelSpec
 from evalstack.core.atomic import atomic_write_bytes
 from evalstack.core.keys import Key
-from evalstack.core.kinds import RAW_KIND
-from evalstack.core.layers import Layer
+from evalstack.evaluation.items import read_items
 from evalstack.evaluation.metrics import ClassificationReport, classification_report
 from evalstack.models.predictions import open_predictions
 
-ALL_SPLITS = "all"  # evaluate.split value that takes every item, whatever its split
-
-
-def in_split(splits: Any, split: str) -> np.ndarray:
-    """Boolean mask of the items that `split` (a split name, or "all") selects."""
-    splits = np.asarray(splits)
-    return np.ones(len(splits), dtype=bool) if split == ALL_SPLITS else splits == split
+# The one figure per model that `dvc metrics show` / `dvc exp show` carry (see headline_metrics).
+HEADLINE_KEYS = {"classify": ("accuracy",), "concentration": ("rmse",)}
 
 
 @dataclass(frozen=True)
 class EvaluationOutputs:
-    metrics: Path  # JSON for `dvc metrics`
+    metrics: Path  # JSON for `dvc metrics`: the headline only (see headline_metrics)
     pairs: Path  # CSV rows (actual, predicted): DVC's confusion template, or a scatter for concentration
     per_class: Path  # CSV rows (class, accuracy, support)
+    details: Path | None = None  # JSON of every summary figure (the report and `evalstack summary` read it)
+    model: str = ""
+    task: str = "classify"
 
 
-def ground_truth(raw_dir: Path, column: str = "sample_name") -> dict[str, tuple[str, str]]:
-    """item key → (value of `column` as text, split); `quantity` gives "0", "20", …"""
-    raw = Layer.open(raw_dir, kind=RAW_KIND)
-    values = [str(value) for value in raw.column(column)]
-    return dict(zip(raw.item_keys(), zip(values, raw.column("split"))))
+def headline_metrics(model: str, task: str, metrics: dict) -> dict:
+    """{model: {headline key: value}}: what DVC's tables show for one model.
+
+    DVC's tables put every (file, key) in a column of its own, and `dvc exp show` prefixes a
+    key that occurs in several files with the file's path. One key per model, named after the
+    model, keeps `dvc metrics show`, `dvc metrics diff` and `dvc exp show --only-changed`
+    within 160 columns for the demo's five models; every other figure is in the details file.
+    """
+    keys = HEADLINE_KEYS.get(task, ())
+    return {model: {key: metrics.get(key) for key in keys}}
 
 
 def label_indices(names: list[str], labels: tuple[str, ...], model: str) -> np.ndarray:
@@ -56,18 +57,12 @@ def evaluate_classifier(
     pipeline_key: Key,
     split: str,
 ) -> tuple[ClassificationReport, list[tuple[str, str]], int]:
-    truth = ground_truth(raw_dir)
+    items = read_items(raw_dir)
     layer = open_predictions(predictions_dir, model_signature, pipeline_key, spec.name)
-    keys = layer.item_keys()
-    predicted = layer.column("label")
-    # Items removed from the source leave the raw layer's index but may remain in derived shards.
-    known = [i for i, key in enumerate(keys) if key in truth]
-    chosen = [i for i, wanted in zip(known, in_split([truth[keys[i]][1] for i in known], split)) if wanted]
-    if not chosen:
-        raise ValueError(f"no items in split {split!r}; splits present: {sorted({s for _, s in truth.values()})}")
-    names = [truth[keys[i]][0] for i in chosen]
-    y_true = label_indices(names, spec.labels, spec.name)
-    y_pred = predicted[chosen]
+    items.check_aligned(layer)
+    chosen = items.in_split(split)
+    y_true = label_indices(list(items.sample_name[chosen]), spec.labels, spec.name)
+    y_pred = layer.column("label")[chosen]
     pairs = [(spec.labels[t], spec.labels[p]) for t, p in zip(y_true, y_pred)]
     forward_passes = int(layer.index.stats.get("forward_passes", 0))
     return classification_report(y_true, y_pred, spec.labels), pairs, forward_passes
@@ -83,9 +78,13 @@ def write_outputs(
 
 
 def write_evaluation_files(outputs: EvaluationOutputs, metrics: dict, pairs: list[tuple], per_class: list[tuple]) -> None:
-    """The three evaluate outputs; `per_class` rows include their header."""
-    for path in (outputs.metrics, outputs.pairs, outputs.per_class):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    """The evaluate outputs; `per_class` rows include their header."""
+    for path in (outputs.metrics, outputs.pairs, outputs.per_class, outputs.details):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    if outputs.details is not None:
+        atomic_write_bytes(outputs.details, (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
+        metrics = headline_metrics(outputs.model, outputs.task, metrics)
     atomic_write_bytes(outputs.metrics, (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
     atomic_write_bytes(outputs.pairs, _csv([("actual", "predicted"), *pairs]))
     atomic_write_bytes(outputs.per_class, _csv(per_class))
@@ -97,13 +96,3 @@ def _csv(rows: list[tuple]) -> bytes:
     buffer = StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
     return buffer.getvalue().encode()
-
-
-def truth_frame(raw_dir: Path) -> "pd.DataFrame":
-    """The labelled facts of every item, indexed by item key: sample_name, quantity, split, id."""
-    import pandas as pd
-
-    raw = Layer.open(raw_dir, kind=RAW_KIND)
-    frame = pd.DataFrame({name: raw.column(name) for name in ("id", "sample_name", "quantity", "split")})
-    frame.index = pd.Index(raw.item_keys(), name="item_key")
-    return frame

@@ -1,4 +1,4 @@
-"""Every model on the same test items, paired by item key: the numbers behind the comparison report.
+"""Every model on the same test items, paired by identity (the source's id): the numbers behind the comparison report.
 
 Reads predictions layers only (no forward pass), so comparing is cheap and
 always consistent with what `infer` cached.
@@ -18,10 +18,10 @@ from evalstack.config import ModelSpec
 from evalstack.core.keys import Key
 from evalstack.core.kinds import PREDICTIONS_KIND
 from evalstack.core.layers import Layer
-from evalstack.evaluation.classification import in_split
 from evalstack.evaluation.concentration import predicted_quantities
+from evalstack.evaluation.items import check_frame_aligned, in_split
 from evalstack.evaluation.significance import DEFAULT_RESAMPLES, accuracy_intervals, mcnemar
-from evalstack.models.predictions import expected_model_signature
+from evalstack.models.predictions import expected_code, expected_model_signature, predictions_key
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,8 @@ class Comparison:
 def open_fresh(run: ModelRun, spec: ModelSpec, pipeline_key: Key) -> Layer:
     """The layer, or CacheStaleError if its weights, labels, task or pipeline differ from params now."""
     layer = Layer.open(run.layer, kind=PREDICTIONS_KIND)
-    expected = {"model": dict(expected_model_signature(layer, spec).parts), "pipeline": dict(pipeline_key.parts)}
-    layer.expect_key(Key(layer.key.kind, expected), f"dvc repro infer@{run.name}")
+    expected = predictions_key(expected_model_signature(layer, spec), pipeline_key, expected_code(layer.key))
+    layer.expect_key(expected, f"dvc repro infer@{run.name}")
     return layer
 
 
@@ -70,13 +70,15 @@ def open_fresh(run: ModelRun, spec: ModelSpec, pipeline_key: Key) -> Layer:
 class _Loaded:
     run: ModelRun
     parts: dict[str, Any]
-    frame: pd.DataFrame  # index item_key; columns label (int), logits (object of arrays)
+    frame: pd.DataFrame  # index id; columns label (int), logits (object of arrays)
 
 
-def _load(run: ModelRun) -> _Loaded:
+def _load(run: ModelRun, truth: pd.DataFrame) -> _Loaded:
+    """A model's predictions, indexed by the raw layer's ids (its rows are the raw layer's, checked)."""
     layer = Layer.open(run.layer, kind=PREDICTIONS_KIND)
+    check_frame_aligned(layer, truth)
     logits = layer.column("logits")
-    frame = pd.DataFrame({"label": layer.column("label")}, index=pd.Index(layer.item_keys(), name="item_key"))
+    frame = pd.DataFrame({"label": layer.column("label")}, index=truth.index)
     return _Loaded(run, dict(layer.key.parts["model"]), frame.assign(logits=list(logits)))
 
 
@@ -85,7 +87,7 @@ def _logits(loaded: _Loaded, keys: pd.Index) -> np.ndarray:
 
 
 def compare_runs(runs: list[ModelRun], truth: pd.DataFrame, config: CompareConfig = CompareConfig()) -> Comparison:
-    loaded = [_load(run) for run in runs]
+    loaded = [_load(run, truth) for run in runs]
     test = truth.index[in_split(truth["split"].to_numpy(), config.split)]
     paired = test
     notes = []

@@ -16,7 +16,8 @@ import numpy as np
 
 from evalstack.config import ModelError, ModelSpec, drug_key
 from evalstack.core.keys import Key
-from evalstack.evaluation.classification import EvaluationOutputs, in_split, truth_frame, write_evaluation_files
+from evalstack.evaluation.classification import EvaluationOutputs, write_evaluation_files
+from evalstack.evaluation.items import read_items
 from evalstack.models.predictions import open_predictions
 
 
@@ -79,16 +80,13 @@ def concentration_report(actual: np.ndarray, predicted: np.ndarray, classes: Seq
 def evaluate_concentration(
     raw_dir: Path, predictions_dir: Path, spec: ModelSpec, model_signature: Key, pipeline_key: Key, split: str
 ) -> tuple[ConcentrationReport, list[tuple[float, float]], int]:
-    truth = truth_frame(raw_dir)
+    items = read_items(raw_dir)
     layer = open_predictions(predictions_dir, model_signature, pipeline_key, spec.name)
-    keys = layer.item_keys()
-    facts = truth.loc[keys]
-    chosen = np.flatnonzero(in_split(facts["split"].to_numpy(), split))
-    if not len(chosen):
-        raise ValueError(f"no items in split {split!r}; splits present: {sorted(set(truth['split']))}")
-    drugs = facts["sample_name"].to_numpy()[chosen]
+    items.check_aligned(layer)
+    chosen = np.flatnonzero(items.in_split(split))
+    drugs = items.sample_name[chosen]
     predicted = predicted_quantities(layer.column("logits")[chosen], layer.key.parts["model"], drugs)
-    actual = facts["quantity"].to_numpy()[chosen].astype(float)
+    actual = items.quantity[chosen].astype(float)
     report = concentration_report(actual, predicted, drugs)
     pairs = [(a, round(float(p), 4)) for a, p in zip(actual.tolist(), predicted) if not np.isnan(p)]
     return report, pairs, int(layer.index.stats.get("forward_passes", 0))

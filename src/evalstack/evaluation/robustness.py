@@ -20,10 +20,12 @@ from tqdm import tqdm
 
 from evalstack.cache.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
 from evalstack.cache.shardstore import ShardStore
+from evalstack.core.fingerprint import code_part, defining_module
 from evalstack.core.keys import Key, sha256_bytes
 from evalstack.core.kinds import PREDICTIONS_KIND, PREPROCESSED_KIND
 from evalstack.core.layers import INDEX_NAME, ITEM_KEY, Layer, ShardInfo, read_column
-from evalstack.evaluation.classification import ground_truth, label_indices
+from evalstack.evaluation.classification import label_indices
+from evalstack.evaluation.items import Items, read_items
 from evalstack.models.predictions import PREDICTION_VALUES, open_predictions, prediction_columns
 from evalstack.preprocess import perturbations as perturb
 
@@ -73,11 +75,17 @@ class Cell:
         return f"{self.kind}-{self.severity}"
 
 
-def cell_key(model_signature: Key, pipeline_key: Key, cell: Cell, seed: int) -> Key:
-    perturbation = {"type": cell.kind, "severity": cell.severity, "seed": seed, "version": perturb.VERSION[cell.kind]}
+def cell_key(model_signature: Key, pipeline_key: Key, cell: Cell, seed: int, code: dict[str, str]) -> Key:
+    """`code`: `grid_code(adapter class)`, the grid's own closure (perturbations included) and the adapter's."""
+    perturbation = {"type": cell.kind, "severity": cell.severity, "seed": seed}
     return Key("robust_predictions", {
         "model": dict(model_signature.parts), "pipeline": dict(pipeline_key.parts), "perturbation": perturbation,
+        "code": code,
     })
+
+
+def grid_code(adapter_class: type) -> dict[str, str]:
+    return code_part(defining_module(adapter_class), __name__)
 
 
 @dataclass(frozen=True)
@@ -85,36 +93,27 @@ class GridBuild:
     model: str
     cells: dict[str, LayerBuild]
     clean: Layer
-    split_keys: list[str]  # the split's items, in the order of the cell layers
+    split_rows: np.ndarray  # positions (in the raw layer) of the split's items, in the order of the cell layers
     forward_passes: int  # counted by the adapter in this run: all of them perturbed
 
 
 class SplitSelection:
-    """Which rows of each preprocessed shard belong to the split, and a digest naming them."""
+    """Which rows of each preprocessed shard belong to the split (by the raw layer's split column, per
+    row: identity, not content), and a digest naming them by id and item key."""
 
-    def __init__(self, source: Layer, wanted: set[str]):
-        self.source, self.wanted = source, wanted
-        self._rows: dict[str, np.ndarray] = {}
-        self._keys: dict[str, list[str]] = {}
+    def __init__(self, source: Layer, items: Items, chosen: np.ndarray):
+        self.items, self.chosen = items, chosen
+        starts = np.concatenate([[0], np.cumsum([shard.n_items for shard in source.shards])]).astype(np.int64)
+        self._start = {shard.name: int(start) for shard, start in zip(source.shards, starts)}
 
     def rows(self, shard: ShardInfo) -> np.ndarray:
-        if shard.name not in self._rows:
-            with h5py.File(self.source.path(shard), "r") as handle:
-                keys = [str(k) for k in read_column(handle, ITEM_KEY)]
-            rows = np.asarray([i for i, key in enumerate(keys) if key in self.wanted], dtype=np.int64)
-            self._rows[shard.name], self._keys[shard.name] = rows, [keys[i] for i in rows]
-        return self._rows[shard.name]
+        start = self._start[shard.name]
+        return np.flatnonzero(self.chosen[start : start + shard.n_items])
 
     def digest(self, shard: ShardInfo) -> str:
-        self.rows(shard)
-        return sha256_bytes("\n".join(self._keys[shard.name]).encode())
-
-    def keys(self) -> list[str]:
-        keys: list[str] = []
-        for shard in self.source.shards:
-            self.rows(shard)
-            keys.extend(self._keys[shard.name])
-        return keys
+        rows = self.rows(shard) + self._start[shard.name]
+        named = (f"{self.items.ids[row]}:{self.items.keys[row]}" for row in rows)
+        return sha256_bytes("\n".join(named).encode())
 
 
 def build_grid(
@@ -131,26 +130,30 @@ def build_grid(
     source = Layer.open(preprocessed_dir, kind=PREPROCESSED_KIND)
     signature = adapter.signature()
     clean = open_predictions(clean_dir, signature, source.key, adapter.spec.name)
-    truth = ground_truth(raw_dir)
-    wanted = {key for key, (_, split) in truth.items() if split == config.split}
-    if not wanted:
-        raise RobustnessError(f"no items in split {config.split!r}; splits: {sorted({s for _, s in truth.values()})}")
-    selection = SplitSelection(source, wanted)
+    items = read_items(raw_dir)
+    items.check_aligned(source)
+    items.check_aligned(clean)
+    try:
+        chosen = items.in_split(config.split)
+    except ValueError as error:
+        raise RobustnessError(str(error)) from None
+    selection = SplitSelection(source, items, chosen)
     n_classes = len(adapter.spec.labels)
     passes_before = adapter.forward_passes
     builds = {}
+    code = grid_code(type(adapter))
     for cell in config.cells():
-        key = cell_key(signature, source.key, cell, config.seed)
+        key = cell_key(signature, source.key, cell, config.seed, code)
         label = f"model {adapter.spec.name} under {cell.kind} severity {cell.severity}"
         labels = {"model": f"model {adapter.spec.name}", "pipeline": f"pipeline {adapter.spec.pipeline}",
-                  "perturbation": "perturbation"}
+                  "perturbation": "perturbation", "code": "code"}
         spec = DerivedLayerSpec(PREDICTIONS_KIND, key, label, labels, "forward_passes")
         builds[cell.name] = build_derived_layer(
             source, out_dir / cell.name, spec, _cell_compute(adapter, cell, config.seed, selection, batch_size, n_classes),
             store, selection=selection.digest,
         )
     _remove_other_cells(out_dir, set(builds))
-    return GridBuild(adapter.spec.name, builds, clean, selection.keys(), adapter.forward_passes - passes_before)
+    return GridBuild(adapter.spec.name, builds, clean, np.flatnonzero(chosen), adapter.forward_passes - passes_before)
 
 
 def _cell_compute(adapter: ModelAdapter, cell: Cell, seed: int, selection: SplitSelection, batch_size: int,
@@ -192,15 +195,13 @@ class CellResult:
 
 def grid_results(build: GridBuild, raw_dir: Path, labels: tuple[str, ...]) -> tuple[float, list[CellResult]]:
     """Clean accuracy on the split and one result per cell, all over the same items."""
-    truth = ground_truth(raw_dir)
-    y_true = label_indices([truth[key][0] for key in build.split_keys], labels, build.model)
-    clean_labels = dict(zip((str(key) for key in build.clean.item_keys()), build.clean.column("label")))
-    y_clean = np.asarray([clean_labels[key] for key in build.split_keys])
+    items = read_items(raw_dir)
+    y_true = label_indices(list(items.sample_name[build.split_rows]), labels, build.model)
+    y_clean = build.clean.column("label")[build.split_rows]
     results = []
     for name, cell_build in build.cells.items():
         layer = Layer.open(Path(cell_build.record["layer"]), kind=PREDICTIONS_KIND)
-        if [str(key) for key in layer.item_keys()] != build.split_keys:
-            raise RobustnessError(f"cell {name}: its items differ from the split's")
+        items.check_aligned(layer, build.split_rows)
         y_cell = layer.column("label")
         kind, severity = name.rsplit("-", 1)
         accuracy = float(np.mean(y_cell == y_true))

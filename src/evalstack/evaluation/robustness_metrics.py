@@ -41,7 +41,7 @@ def model_summary(build: GridBuild, clean_accuracy: float, results: list[CellRes
         "model": build.model,
         "split": config.split,
         "seed": config.seed,
-        "n_items": len(build.split_keys),
+        "n_items": len(build.split_rows),
         "clean": {"accuracy": clean_accuracy, "error": 1.0 - clean_accuracy},
         "cells": [{"type": r.kind, "severity": r.severity, "accuracy": r.accuracy, "error": r.error,
                    "flip_rate": r.flip_rate} for r in results],
@@ -56,7 +56,7 @@ def model_summary(build: GridBuild, clean_accuracy: float, results: list[CellRes
 
 
 def combine(summaries: Mapping[str, Mapping[str, Any]], reference: str) -> dict[str, Any]:
-    """metrics/robustness.json: per model accuracy per cell, CE and relative CE per type, mCE.
+    """robustness/metrics.json: per model accuracy per cell, CE and relative CE per type, mCE.
 
     Without the reference model's grid (e.g. it was removed from params) there is nothing to
     normalise by: accuracy and flip rate are still reported, CE values are None, and the

@@ -7,6 +7,7 @@ are collected per item, never raised from a worker: the caller applies the polic
 """
 from __future__ import annotations
 
+import sys
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -68,7 +69,8 @@ def download_items(
             except SourceError as error:
                 outcome.failures.append(Failure.of(row, str(error)))
             progress.update()
-            progress.set_postfix_str(f"{transport.bytes / 1e6:.1f} MB, {transport.gets} GETs", refresh=False)
+            progress.set_postfix_str(f"{transport.bytes / 1e6:.1f} MB, {transport.gets} GETs "
+                                     f"({transport.retries} retries)", refresh=False)
     outcome.failures.sort(key=lambda failure: failure.id)
     return outcome
 
@@ -88,3 +90,17 @@ def _bounded(pool: ThreadPoolExecutor, work, rows: list[RegistryRow], in_flight:
         done, _ = wait(pending, return_when=FIRST_COMPLETED)
         for future in done:
             yield future, pending.pop(future)
+
+
+SHOWN_FAILURES = 5  # the console lists this many; the report lists all
+
+
+def warn_skipped(failures: list[Failure], report: object = None) -> None:
+    """Say on the console how many items `on_error: skip` left out, and which (the first few)."""
+    where = f"; all {len(failures)} with their causes in {report}" if report else ""
+    lines = [f"WARNING skipped {len(failures)} item{'s' if len(failures) != 1 else ''} that failed "
+             f"(on_error: skip){where}:"]
+    lines += [f"  id {f.id} ({f.image_name}): {f.cause}" for f in failures[:SHOWN_FAILURES]]
+    if len(failures) > SHOWN_FAILURES:
+        lines.append(f"  … and {len(failures) - SHOWN_FAILURES} more")
+    print("\n".join(lines), file=sys.stderr)

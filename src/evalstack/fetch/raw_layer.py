@@ -1,33 +1,36 @@
 """The fetch stage: a source's items → the raw layer (encoded image bytes + metadata).
 
 The item key is the sha256 of the image bytes; the md5 the source states is
-checked, never trusted as a key. Fetch is incremental (see `rawplan`): a re-fetch
-downloads only items the last raw layer lacks, appends new shards and leaves old
-shard files as they are. It never loses data: downloads wait in the fetch history
-until they are in a recorded shard, and whenever fetch stops short (failed items
-under `on_error: fail`, the source gone) the output directory gets back the last
-raw layer it had.
+checked, never trusted as a key. The layer is a pure function of the listing: items
+in id order, cut into shards at content-defined boundaries (`core.raw.shard_ends`),
+so the same items give the same files however the project got there. Fetch is
+incremental all the same (see `plan`): a re-fetch downloads only images the last raw
+layer lacks and reuses every shard whose rows did not change, so after an append only
+the last shard and the new ones are written. It never loses data: downloads wait in the
+fetch history until they are in a recorded shard, removed items' bytes are kept there
+too, a listing of 0 items is refused, and whenever fetch stops short (failed items under
+`on_error: fail`, the source gone) the output directory gets back the last raw layer it had.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import h5py
 
 from evalstack.cache.incremental import BuildLog, start_build
 from evalstack.cache.shardstore import ShardStore
 from evalstack.core.atomic import atomic_write_bytes
-from evalstack.core.keys import Key
+from evalstack.core.fingerprint import code_part
+from evalstack.core.keys import Key, sha256_file
 from evalstack.core.kinds import RAW_KIND
-from evalstack.core.layers import INDEX_NAME, ITEM_KEY, LayerIndex, LayerWriter, StoreError, shard_name
-from evalstack.core.raw import FetchedItem, raw_columns, read_blobs
-from evalstack.fetch.downloads import DownloadOutcome, Failure, download_items
+from evalstack.core.layers import INDEX_NAME, ITEM_KEY, LayerIndex, LayerWriter, ShardInfo, StoreError, shard_name
+from evalstack.core.raw import FetchedItem, raw_columns, read_blobs, shard_ends
+from evalstack.fetch.downloads import DownloadOutcome, Failure, download_items, warn_skipped
 from evalstack.fetch.history import PreviousLayer, RawHistory
-from evalstack.fetch.plan import RawPlan, plan_layer
+from evalstack.fetch.plan import OldShard, RawPlan, plan_layer, rows_signature
 from evalstack.sources.catalog import SourceConfig, list_items
 from evalstack.sources.images import DEFAULT_MAX_PIXELS
 from evalstack.sources.registry import RegistryRow, SourceError
@@ -43,25 +46,27 @@ class FetchFailed(SourceError):
 @dataclass(frozen=True)
 class FetchConfig:
     source: SourceConfig  # (a mapping split → registry CSV is taken as a registry source)
-    shard_size: int = 256
+    shard_bytes: int = 48_000_000  # target bytes per raw shard (content-defined cuts; ¼× to 4× of it)
     max_pixels: int = DEFAULT_MAX_PIXELS
     workers: int = 8
     on_error: str = "fail"  # fail | skip; either way the report lists every failed id
     transport: TransportConfig = field(default_factory=TransportConfig)
     report: Path | None = None
+    shrink_warning: float = 0.2  # warn when the listing lost more than this share of the last layer's items
 
     def __post_init__(self) -> None:
         if isinstance(self.source, Mapping):  # split → registry CSV, the older way to name a source
             object.__setattr__(self, "source", SourceConfig(kind="registry", registries=dict(self.source)))
         if self.on_error not in ON_ERROR:
             raise SourceError(f"fetch.on_error {self.on_error!r} unknown; choose fail or skip")
-        if self.shard_size < 1:
-            raise SourceError(f"fetch.shard_size must be >= 1, got {self.shard_size}")
+        if self.shard_bytes < 1:
+            raise SourceError(f"fetch.shard_bytes must be >= 1, got {self.shard_bytes}")
 
     def layer_key(self) -> Key:
-        # Only what shapes the shard files: where the source lives does not, so moving a
-        # registry from disk to a server keeps every shard (the source goes in the report).
-        return Key(RAW_KIND, {"shard_size": self.shard_size})
+        # Only what shapes the shard files: the target size and the format's code (core/raw.py and
+        # what it imports). Where the source lives does not, so moving a registry from disk to a
+        # server keeps every shard (the source goes in the report); what the source says is content.
+        return Key(RAW_KIND, {"shard_bytes": self.shard_bytes, "code": code_part("evalstack.core.raw")})
 
 
 @dataclass
@@ -112,78 +117,126 @@ def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history
             rows = list_items(config.source, transport)
         except SourceUnreachable as error:
             return _keep_previous(previous, out_dir, report, str(error), history, config)
-        plan = plan_layer(previous, rows, config.layer_key())
-        missing = [r for r in plan.fresh if r.identity not in plan.old_bytes and not history.has_download(r)]
+        if not rows:
+            raise FetchFailed(f"the source lists no items ({_describe(config)}): an empty registry or listing never "
+                              f"replaces a raw layer; {out_dir} was left as it was")
+        plan = plan_layer(previous, config.layer_key())
+        missing = [r for r in rows if r.identity not in plan.old_rows and not history.has_download(r)]
         outcome = download_items(missing, transport, history, config.max_pixels, config.workers)
-        transfer = {"http_gets": transport.gets, "bytes_read": transport.bytes}
+        transfer = {"http_gets": transport.gets, "http_retries": transport.retries, "bytes_read": transport.bytes}
     report.failed = outcome.failures
     report.counts = {"listed": len(rows), "failed": len(outcome.failures),
                      "without_md5": sum(1 for row in rows if not row.hashlib_md5)}  # none stated: nothing checked
-    report.activity = _activity(plan, missing, outcome) | transfer
     if outcome.unreachable or (outcome.failures and config.on_error == "fail"):
+        report.activity = {"downloaded": outcome.downloaded} | transfer
         return _stop(previous, out_dir, report, outcome, config, history)
     failed_ids = {failure.id for failure in outcome.failures}
-    fresh = [row for row in plan.fresh if row.id not in failed_ids]
+    kept = [row for row in rows if row.id not in failed_ids]
+    removed = plan.removed(rows)
+    _warn_if_shrunk(previous, kept, removed, config, report, history, plan)
     log = BuildLog(RAW_KIND, config.layer_key(), "fetch", {"": "fetch"}, "items_fetched", build_record)
     log.seeded = seeded
-    index = _write_layer(out_dir, config, plan, fresh, history, log)
+    index, activity = _write_layer(out_dir, config, plan, kept, history, log)
+    report.activity = activity | {"downloaded": outcome.downloaded, "removed": len(removed)} | transfer
     history.record(out_dir, index)
     log.finish(out_dir, store)
-    history.drop_downloads(fresh)
+    history.drop_downloads(kept)
     report.counts["in_layer"] = index.n_items
     if outcome.failures:
         report.message = f"skipped {len(outcome.failures)} items that failed (on_error: skip)"
+        warn_skipped(outcome.failures, config.report)
     report.write(config.report)
     return FetchResult(index, report)
 
 
-def _activity(plan: RawPlan, missing: list[RegistryRow], outcome: DownloadOutcome) -> dict[str, int]:
-    from_old_shards = sum(1 for row in plan.fresh if row.identity in plan.old_bytes)
-    return {
-        "kept_in_place": plan.n_kept_items,
-        "new_shard_items": len(plan.fresh),
-        "bytes_from_old_shards": from_old_shards,
-        "from_download_area": len(plan.fresh) - len(missing) - from_old_shards,
-        "downloaded": outcome.downloaded,
-        "removed": plan.removed,
-    }
+def _describe(config: FetchConfig) -> str:
+    return ", ".join(f"{name}: {value}" for name, value in config.source.describe().items() if value)
 
 
-def _write_layer(out_dir: Path, config: FetchConfig, plan: RawPlan, fresh: list[RegistryRow],
-                 history: RawHistory, log: BuildLog) -> LayerIndex:
+def _warn_if_shrunk(previous: PreviousLayer | None, kept: list[RegistryRow], removed: list[RegistryRow],
+                    config: FetchConfig, report: FetchReport, history: RawHistory, plan: RawPlan) -> None:
+    """Removed items keep their bytes in the fetch history (listing them again downloads nothing);
+    a listing that lost more than `fetch.shrink_warning` of the last layer is said loudly."""
+    for row in removed:
+        old = plan.old_rows[row.identity]
+        with h5py.File(old.path, "r") as handle:
+            history.save_download(row, read_blobs(handle, slice(old.row, old.row + 1))[0])
+    if previous is None or not removed:
+        return
+    before = previous.index.n_items
+    if before and (before - len(kept)) / before > config.shrink_warning:
+        report.message = (f"the source lists {len(kept)} items where the last raw layer had {before} "
+                          f"({len(removed)} removed, more than fetch.shrink_warning = {config.shrink_warning:.0%}); "
+                          "the layer follows the source, and the removed items' bytes are kept in the fetch "
+                          "history, so listing them again downloads nothing. Check the source if this is a mistake.")
+        print(f"WARNING {report.message}")
+
+
+def _write_layer(out_dir: Path, config: FetchConfig, plan: RawPlan, rows: list[RegistryRow],
+                 history: RawHistory, log: BuildLog) -> tuple[LayerIndex, dict[str, int]]:
+    """Shards at content-defined boundaries (core.raw.shard_ends): the same listing gives the same files."""
+    facts = [_item_facts(row, plan, history) for row in rows]
+    ends = shard_ends([_cut_identity(row) for row in rows], [length for _, length in facts], config.shard_bytes)
     writer = LayerWriter(out_dir, RAW_KIND, config.layer_key())
-    for shard in plan.kept:
-        log.add(_place(writer, shard, plan.kept_paths.get(shard.sha256), history), None, computed=False)
-    for number, chunk in enumerate(_batched(fresh, config.shard_size), start=plan.next_shard):
-        columns = raw_columns([FetchedItem(row, _bytes_of(row, plan, history)) for row in chunk])
-        flat = {"blob": columns.pop("blob")}
-        # The item key is the sha256 of the image bytes, so it doubles as the per-item checksum.
-        info = writer.add_shard(shard_name(number), columns, flat=flat, checksum_of=("blob",), checksum_column=ITEM_KEY)
-        log.add(info, None, computed=True)
-    writer.stats = {"items": plan.n_kept_items + len(fresh)}
-    return writer.finish()
+    activity = {"kept_in_place": 0, "new_shard_items": 0, "bytes_from_old_shards": 0, "from_download_area": 0}
+    start = 0
+    for number, end in enumerate(ends):
+        chunk, chunk_keys = rows[start:end], [key for key, _ in facts[start:end]]
+        name = shard_name(number)
+        old = plan.old_shards.get(rows_signature([row.metadata() for row in chunk], chunk_keys))
+        if old is not None and _place(writer, name, old, history) is not None:
+            log.add(writer.shards[-1], None, computed=False)
+            activity["kept_in_place"] += len(chunk)
+        else:
+            items = [FetchedItem(row, _bytes_of(row, plan, history, activity)) for row in chunk]
+            columns = raw_columns(items)
+            flat = {"blob": columns.pop("blob")}
+            # The item key is the sha256 of the image bytes, so it doubles as the per-item checksum.
+            info = writer.add_shard(name, columns, flat=flat, checksum_of=("blob",), checksum_column=ITEM_KEY)
+            log.add(info, None, computed=True)
+            activity["new_shard_items"] += len(chunk)
+        start = end
+    writer.stats = {"items": len(rows)}
+    return writer.finish(), activity
 
 
-def _place(writer: LayerWriter, shard, source: Path | None, history: RawHistory):
-    """List an old shard in the new layer, its bytes unchanged (checked against the recorded sha256)."""
-    dest = writer.directory / shard.name
-    if not history.place(shard, source, dest):
-        raise FetchFailed(f"shard {shard.name} of the last raw layer cannot be found with its recorded bytes "
-                          f"(sha256 {shard.sha256[:12]}); `dvc checkout` the layer, or delete it to fetch anew")
-    try:
-        return writer.add_existing(shard.name, shard.sha256, excluded=shard.excluded)
-    except (StoreError, KeyError) as error:
-        raise FetchFailed(f"{dest}: not a raw shard of this layout ({error}); delete the layer to fetch anew") from None
+def _cut_identity(row: RegistryRow) -> str:
+    return f"{row.id}:{row.hashlib_md5 or row.url}"
 
 
-def _bytes_of(row: RegistryRow, plan: RawPlan, history: RawHistory) -> bytes:
-    old = plan.old_bytes.get(row.identity)
+def _item_facts(row: RegistryRow, plan: RawPlan, history: RawHistory) -> tuple[str, int]:
+    """(item key, byte length) of an item, from the previous layer's columns or its download."""
+    old = plan.old_rows.get(row.identity)
     if old is not None:
+        return old.item_key, old.length
+    path = history.download_path(row)
+    if not path.exists():
+        raise FetchFailed(f"{row.what}: its download vanished from {path}; fetch again")
+    return sha256_file(path), path.stat().st_size
+
+
+def _place(writer: LayerWriter, name: str, old: OldShard, history: RawHistory) -> ShardInfo | None:
+    """List a previous shard under `name`, its bytes unchanged (checked against the recorded sha256)."""
+    dest = writer.path(name)
+    if not history.place(old.info, old.path, dest):
+        return None  # gone or damaged: its rows are written anew from their bytes
+    try:
+        return writer.add_existing(name, old.info.sha256)
+    except (StoreError, KeyError):
+        dest.unlink(missing_ok=True)
+        return None
+
+
+def _bytes_of(row: RegistryRow, plan: RawPlan, history: RawHistory, activity: dict[str, int]) -> bytes:
+    old = plan.old_rows.get(row.identity)
+    if old is not None:
+        activity["bytes_from_old_shards"] += 1
         with h5py.File(old.path, "r") as handle:
             return read_blobs(handle, slice(old.row, old.row + 1))[0]
     data = history.load_download(row)
     if data is None:
         raise FetchFailed(f"{row.what}: its download vanished from {history.download_path(row)}; fetch again")
+    activity["from_download_area"] += 1
     return data
 
 
@@ -225,7 +278,9 @@ def _restore(previous: PreviousLayer, out_dir: Path, history: RawHistory) -> Lay
     """Rebuild the previous layer in `out_dir` from wherever its shards are (byte-identical index)."""
     writer = LayerWriter(out_dir, RAW_KIND, previous.index.key)
     for shard in previous.index.shards:
-        _place(writer, shard, previous.shard_paths.get(shard.sha256), history)
+        if _place(writer, shard.name, OldShard(shard, previous.shard_paths.get(shard.sha256)), history) is None:
+            raise FetchFailed(f"shard {shard.name} of the last raw layer cannot be found with its recorded bytes "
+                              f"(sha256 {shard.sha256[:12]}); `dvc checkout` the layer, or delete it to fetch anew")
     writer.stats = dict(previous.index.stats)
     return writer.finish()
 
@@ -239,12 +294,6 @@ def _restore_if_gone(previous: PreviousLayer | None, out_dir: Path, history: Raw
         pass  # the error being raised says more than this one
 
 
-def _batched(rows: list[RegistryRow], size: int) -> Iterator[list[RegistryRow]]:
-    iterator = iter(rows)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
-
-
 def fetch_config(params: Mapping[str, Any], report: Path | None = None) -> FetchConfig:
     """The `fetch:` block of params.yaml → FetchConfig."""
     fetch = params["fetch"]
@@ -255,11 +304,13 @@ def fetch_config(params: Mapping[str, Any], report: Path | None = None) -> Fetch
         read_timeout=float(http.get("read_timeout", TransportConfig.read_timeout)),
         retries=int(http.get("retries", TransportConfig.retries)),
         backoff=float(http.get("backoff", TransportConfig.backoff)),
+        retry_after_max=float(http.get("retry_after_max", TransportConfig.retry_after_max)),
         max_bytes=int(fetch.get("max_bytes", TransportConfig.max_bytes)),
         pool_size=int(fetch.get("workers", 8)),
     )
     return FetchConfig(
-        source=SourceConfig.from_params(fetch), shard_size=int(fetch["shard_size"]),
+        source=SourceConfig.from_params(fetch), shard_bytes=int(fetch["shard_bytes"]),
+        shrink_warning=float(fetch.get("shrink_warning", 0.2)),
         max_pixels=int(fetch["max_pixels"]), workers=int(fetch.get("workers", 8)),
         on_error=str(fetch.get("on_error", "fail")), transport=transport, report=report,
     )

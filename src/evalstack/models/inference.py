@@ -14,6 +14,7 @@ from evalstack.cache.executors import DaskExecutor, Executor, loaded_in_worker
 from evalstack.cache.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
 from evalstack.cache.shardstore import ShardStore
 from evalstack.config import ModelSpec
+from evalstack.core.fingerprint import code_part, defining_module
 from evalstack.core.kinds import PREDICTIONS_KIND, PREPROCESSED_KIND
 from evalstack.core.layers import ITEM_KEY, Layer, ShardInfo, read_column
 from evalstack.models.adapters.base import ModelAdapter
@@ -34,14 +35,19 @@ def infer_layer(
     on which other shards were computed in the same run (nor on which worker ran them).
     """
     source = Layer.open(preprocessed_dir, kind=PREPROCESSED_KIND)
-    key = predictions_key(adapter.signature(), source.key)
-    labels = {"model": f"model {adapter.spec.name}", "pipeline": f"pipeline {adapter.spec.pipeline}"}
+    key = predictions_key(adapter.signature(), source.key, inference_code(type(adapter)))
+    labels = {"model": f"model {adapter.spec.name}", "pipeline": f"pipeline {adapter.spec.pipeline}", "code": "code"}
     spec = DerivedLayerSpec(PREDICTIONS_KIND, key, f"model {adapter.spec.name}", labels, "forward_passes")
     if isinstance(executor, DaskExecutor):  # workers load the model themselves: interpreters do not pickle
         compute: Callable = PredictInWorker(type(adapter), adapter.spec, batch_size)
     else:
         compute = partial(predict_shard, adapter, batch_size)
     return build_derived_layer(source, out_dir, spec, compute, store, executor)
+
+
+def inference_code(adapter_class: type) -> dict[str, str]:
+    """The code that turns tensors into predictions: this stage and the adapter's module (a user's own too)."""
+    return code_part(defining_module(adapter_class), __name__)
 
 
 def predict_shard(adapter: ModelAdapter, batch_size: int, shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from evalstack.config import ModelSpec
+from evalstack.core.fingerprint import current_digests
 from evalstack.core.keys import Key, sha256_file
 from evalstack.core.kinds import PREDICTIONS_KIND
 from evalstack.core.layers import ITEM_KEY, Layer
@@ -21,8 +22,13 @@ from evalstack.core.layers import ITEM_KEY, Layer
 PREDICTION_VALUES = ("label", "probability", "energy", "logits")  # hashed per item for `verify`
 
 
-def predictions_key(model_signature: Key, pipeline_key: Key) -> Key:
-    return Key("predictions", {"model": dict(model_signature.parts), "pipeline": dict(pipeline_key.parts)})
+def predictions_key(model_signature: Key, pipeline_key: Key, code: Mapping[str, str] | None = None) -> Key:
+    """(model signature, pipeline key, code of the stage that predicts); `code` is
+    `models.inference.inference_code(...)` for layers the infer stage writes."""
+    parts: dict[str, Any] = {"model": dict(model_signature.parts), "pipeline": dict(pipeline_key.parts)}
+    if code is not None:
+        parts["code"] = dict(code)
+    return Key("predictions", parts)
 
 
 def prediction_columns(item_keys: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
@@ -43,8 +49,15 @@ def prediction_columns(item_keys: np.ndarray, logits: np.ndarray) -> dict[str, n
 def open_predictions(directory: Path, model_signature: Key, pipeline_key: Key, model_name: str) -> Layer:
     """The predictions layer, or CacheStaleError saying what changed and how to rebuild."""
     layer = Layer.open(directory, kind=PREDICTIONS_KIND)
-    layer.expect_key(predictions_key(model_signature, pipeline_key), f"dvc repro infer@{model_name}")
+    layer.expect_key(predictions_key(model_signature, pipeline_key, expected_code(layer.key)), f"dvc repro infer@{model_name}")
     return layer
+
+
+def expected_code(key: Key) -> dict[str, str] | None:
+    """The code part a layer's key must have now: the modules it recorded, digested as they are today
+    (an edit to any of them is an edit to the code that built the layer)."""
+    recorded = key.parts.get("code")
+    return current_digests(recorded) if isinstance(recorded, dict) else None
 
 
 def expected_model_signature(layer: Any, spec: ModelSpec) -> Key:

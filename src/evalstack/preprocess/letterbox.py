@@ -1,6 +1,6 @@
 """Detection preprocessing: letterbox each image into a square model input.
 
-The image is scaled to fit `size` with its aspect ratio kept and centred on a
+The image is scaled to fit `resize` with its aspect ratio kept and centred on a
 grey canvas. The placement (scale per axis, padding) is a pure function of the
 original size, recorded per item, so boxes predicted in model-input pixels map
 back to the original image exactly, and ground truth maps forward for training.
@@ -21,7 +21,14 @@ from evalstack.cache.incremental import DerivedLayerSpec, LayerBuild, ShardConte
 from evalstack.cache.shardstore import ShardStore
 from evalstack.core.kinds import PREPROCESSED_KIND, RAW_KIND
 from evalstack.core.layers import ITEM_KEY, Layer, ShardInfo, read_column
-from evalstack.preprocess.pipelines import RESAMPLING, PipelineError, PreprocessingPipeline, decoded_images
+from evalstack.preprocess.modes import rgb
+from evalstack.preprocess.pipelines import (
+    RESAMPLING,
+    PipelineError,
+    PreprocessingPipeline,
+    decoded_images,
+    process_item,
+)
 from evalstack.sources.images import DEFAULT_MAX_PIXELS
 
 PLACEMENT_COLUMNS = ("width", "height", "scale_x", "scale_y", "pad_x", "pad_y")
@@ -55,41 +62,40 @@ class Placement:
 
 @dataclass(frozen=True)
 class LetterboxPipeline(PreprocessingPipeline):
-    size: int = 128
+    resize: int = 128
     fill: int = 114  # grey padding, the usual letterbox colour
     resample: str = "bilinear"
     kind: ClassVar[str] = "letterbox"
-    version: ClassVar[str] = "1"
 
     def __post_init__(self) -> None:
-        if not 16 <= self.size <= 2048:
-            raise PipelineError(f"letterbox size {self.size} out of range 16–2048")
+        if not 16 <= self.resize <= 2048:
+            raise PipelineError(f"letterbox resize {self.resize} out of range 16–2048")
         if self.resample not in RESAMPLING:
             raise PipelineError(f"resample {self.resample!r} unknown; choose from {sorted(RESAMPLING)}")
         if not 0 <= self.fill <= 255:
             raise PipelineError(f"fill {self.fill} is not a grey level 0–255")
 
     def parameters(self) -> dict[str, Any]:
-        return {"size": self.size, "fill": self.fill, "resample": self.resample}
+        return {"resize": self.resize, "fill": self.fill, "resample": self.resample}
 
     def output_shape(self) -> tuple[int, int, int]:
-        return (self.size, self.size, 3)
+        return (self.resize, self.resize, 3)
 
     def output_dtype(self) -> np.dtype:
         return np.dtype(np.uint8)
 
     def placement(self, width: int, height: int) -> Placement:
-        ratio = self.size / max(width, height)
+        ratio = self.resize / max(width, height)
         new_w, new_h = max(1, round(width * ratio)), max(1, round(height * ratio))
         # Per-axis scales from the rounded size: exactly what the resize did to each axis.
-        return Placement(width, height, new_w / width, new_h / height, (self.size - new_w) // 2, (self.size - new_h) // 2)
+        return Placement(width, height, new_w / width, new_h / height, (self.resize - new_w) // 2, (self.resize - new_h) // 2)
 
     def process_image(self, image: Image.Image) -> np.ndarray:
         place = self.placement(*image.size)
-        resized = image.convert("RGB").resize(
+        resized = rgb(image).resize(
             (round(place.width * place.scale_x), round(place.height * place.scale_y)), RESAMPLING[self.resample]
         )
-        canvas = Image.new("RGB", (self.size, self.size), (self.fill,) * 3)
+        canvas = Image.new("RGB", (self.resize, self.resize), (self.fill,) * 3)
         canvas.paste(resized, (int(place.pad_x), int(place.pad_y)))
         return np.asarray(canvas, dtype=np.uint8)
 
@@ -122,20 +128,21 @@ def letterbox_layer(
     """One shard per raw shard: tensors + placement + image id/split, item order kept; stored shards reused."""
     raw = Layer.open(raw_dir, kind=RAW_KIND)
     label = f"pipeline {name or pipeline.kind}"
-    spec = DerivedLayerSpec(PREPROCESSED_KIND, pipeline.cache_key(), label, {"": label}, "items_preprocessed", compression)
+    key = pipeline.cache_key()  # once: the closure travels to worker processes with its hex
+    spec = DerivedLayerSpec(PREPROCESSED_KIND, key, label, {"": label}, "items_preprocessed", compression)
 
     def compute(shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
         with h5py.File(path, "r") as handle:
             ids, splits = read_column(handle, "id"), read_column(handle, "split")
             tensors = np.empty((shard.n_items, *pipeline.output_shape()), dtype=np.uint8)
             placed = []
-            for row, image in decoded_images(handle, shard.n_items, max_pixels,
-                                             lambda r: f"{splits[r]} image {ids[r]} in {path}", progress):
-                tensors[row] = pipeline.process_image(image)
+            describe = lambda r: f"{splits[r]} image {ids[r]} in {path}"  # noqa: E731
+            for row, image in decoded_images(handle, shard.n_items, max_pixels, describe, progress):
+                tensors[row] = process_item(pipeline, image, describe(row))
                 placed.append(pipeline.placement(*image.size))
             columns = {ITEM_KEY: read_column(handle, ITEM_KEY), "id": ids, "split": splits, "x": tensors}
         for column in PLACEMENT_COLUMNS:
             columns[column] = np.asarray([getattr(p, column) for p in placed], dtype=np.float64)
-        return ShardContent(columns, {"pipeline_key": pipeline.cache_key().hex}, ("x",))
+        return ShardContent(columns, {"pipeline_key": key.hex}, ("x",))
 
     return build_derived_layer(raw, out_dir, spec, compute, store)

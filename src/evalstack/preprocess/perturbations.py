@@ -13,8 +13,8 @@ not shipped (its figures are therefore not comparable with published frost numbe
 The PAD ones (white balance, lighting gradient, card rotation/shift) model what
 differs between phone photos of a card. Input and output: uint8 (H, W, 3).
 
-`VERSION` is part of every cached result's key: bump a type's version whenever its
-output changes, so stale perturbed predictions are never reused.
+Cached perturbed predictions are keyed by the code fingerprint of this module (see
+core/fingerprint.py): editing a perturbation changes the key, with nothing to bump.
 """
 from __future__ import annotations
 
@@ -470,7 +470,6 @@ PERTURBATIONS: dict[str, Perturbation] = {
 IMAGENET_C = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
               "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg")
 IMAGENET_C_EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
-VERSION = {name: "1" for name in PERTURBATIONS}
 
 
 def check(kind: str, severity: int) -> None:

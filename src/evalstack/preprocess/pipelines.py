@@ -1,13 +1,14 @@
 """Preprocessing pipelines and the preprocess stage (raw layer → preprocessed layer).
 
 A pipeline turns one decoded card photo into one model-ready array. Its cache key
-is (kind, version, canonical params); settings that do not change results
+is (kind, canonical params, code fingerprint); settings that do not change results
 (batch size, workers, compression) stay out of it.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping
 
@@ -20,11 +21,12 @@ from evalstack.cache.executors import Executor
 from evalstack.cache.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
 from evalstack.cache.shardstore import ShardStore
 from evalstack.config import entry
+from evalstack.core.fingerprint import code_part, defining_module
 from evalstack.core.keys import Key
 from evalstack.core.kinds import PREPROCESSED_KIND, RAW_KIND
 from evalstack.core.layers import ITEM_KEY, Layer, ShardInfo, read_column
 from evalstack.core.raw import read_blobs
-from evalstack.preprocess.regions import region_features
+from evalstack.preprocess.modes import eight_bit, three_channels
 from evalstack.sources.images import DEFAULT_MAX_PIXELS, decode_image
 
 PAD_NN_CROP = (71, 359, 707, 849)
@@ -44,7 +46,6 @@ class PreprocessingPipeline(ABC):
     """One decoded image in, one model-ready array out: an image (H, W, C) or a feature vector."""
 
     kind: ClassVar[str]
-    version: ClassVar[str]
 
     @abstractmethod
     def parameters(self) -> dict[str, Any]:
@@ -60,14 +61,10 @@ class PreprocessingPipeline(ABC):
     def process_image(self, image: Image.Image) -> np.ndarray: ...
 
     def cache_key(self) -> Key:
-        return Key("pipeline", {"kind": self.kind, "version": self.version, "params": self.parameters()})
-
-
-def _to_three_channels(array: np.ndarray) -> np.ndarray:
-    """Upstream's channel handling, applied after resizing: grey → 3 channels, alpha dropped."""
-    if array.ndim == 2:
-        return np.stack([array] * 3, axis=-1)
-    return array[..., :3]
+        """(kind, params, code): the code is the import closure of the module that defines this
+        pipeline and of the preprocess stage, so an edit to either changes the key (no version to bump)."""
+        code = code_part(defining_module(type(self)), __name__)
+        return Key("pipeline", {"kind": self.kind, "params": self.parameters(), "code": code})
 
 
 @dataclass(frozen=True)
@@ -81,10 +78,9 @@ class CropResizePipeline(PreprocessingPipeline):
     """
 
     crop: tuple[int, int, int, int] = PAD_NN_CROP
-    size: int = 454
+    resize: int = 454  # not `size`: DVC's run-cache ignores params named size (DVC #10296)
     resample: str = "bicubic"
     kind: ClassVar[str] = "crop_resize"
-    version: ClassVar[str] = "1"
 
     def __post_init__(self) -> None:
         left, top, right, bottom = self.crop
@@ -92,62 +88,31 @@ class CropResizePipeline(PreprocessingPipeline):
             raise PipelineError(f"crop box {self.crop} is empty")
         if self.resample not in RESAMPLING:
             raise PipelineError(f"resample {self.resample!r} unknown; choose from {sorted(RESAMPLING)}")
-        if not 8 <= self.size <= 2048:
-            raise PipelineError(f"size {self.size} out of range 8–2048")
+        if not 8 <= self.resize <= 2048:
+            raise PipelineError(f"resize {self.resize} out of range 8–2048")
 
     def parameters(self) -> dict[str, Any]:
-        return {"crop": list(self.crop), "size": self.size, "resample": self.resample}
+        return {"crop": list(self.crop), "resize": self.resize, "resample": self.resample}
 
     def output_shape(self) -> tuple[int, int, int]:
-        return (self.size, self.size, 3)
+        return (self.resize, self.resize, 3)
 
     def output_dtype(self) -> np.dtype:
         return np.dtype(np.uint8)
 
     def process_image(self, image: Image.Image) -> np.ndarray:
-        if image.mode == "P":  # palette indices are not colours
-            image = image.convert("RGBA")
-        if image.mode not in ("RGB", "RGBA", "L", "LA"):
-            image = image.convert("RGB")
-        resized = image.crop(self.crop).resize((self.size, self.size), RESAMPLING[self.resample])
-        return np.ascontiguousarray(_to_three_channels(np.asarray(resized, dtype=np.uint8)))
+        # Resized in its own 8-bit mode as upstream's Pillow calls would, then alpha dropped and grey
+        # copied to 3 channels; other modes per the table in preprocess/modes.py.
+        resized = eight_bit(image).crop(self.crop).resize((self.resize, self.resize), RESAMPLING[self.resample])
+        return np.ascontiguousarray(three_channels(np.asarray(resized, dtype=np.uint8)))
 
 
-@dataclass(frozen=True)
-class PadRegionsPipeline(PreprocessingPipeline):
-    """PAD's PLS input: 12 lanes × `regions` bands × RGB of the reaction zone (see regions.py).
-
-    Values are integers 0–255 like upstream's, kept as float32 because that is
-    what the PLS dot product consumes.
-    """
-
-    regions: int = 10
-    kind: ClassVar[str] = "pad_regions"
-    version: ClassVar[str] = "1"
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.regions <= 273:
-            raise PipelineError(f"regions {self.regions} out of range 1–273")
-
-    def parameters(self) -> dict[str, Any]:
-        return {"regions": self.regions}
-
-    def output_shape(self) -> tuple[int, ...]:
-        return (12 * self.regions * 3,)
-
-    def output_dtype(self) -> np.dtype:
-        return np.dtype(np.float32)
-
-    def process_image(self, image: Image.Image) -> np.ndarray:
-        try:
-            return region_features(np.asarray(image.convert("RGB"), dtype=np.uint8), self.regions)
-        except ValueError as error:
-            raise PipelineError(str(error)) from None
-
-
-PIPELINE_KINDS: dict[str, type[PreprocessingPipeline]] = {
-    "crop_resize": CropResizePipeline,
-    "pad_regions": PadRegionsPipeline,
+# kind → (module, class), imported when used: a pipeline's cache key fingerprints its own module's
+# import closure, so pad_regions' feature code is not part of crop_resize's key (nor the reverse).
+# Register your own kind with one line here (or `PIPELINE_KINDS["mine"] = ("my_module", "Mine")`).
+PIPELINE_KINDS: dict[str, tuple[str, str]] = {
+    "crop_resize": ("evalstack.preprocess.pipelines", "CropResizePipeline"),
+    "pad_regions": ("evalstack.preprocess.regions", "PadRegionsPipeline"),
 }
 
 
@@ -160,7 +125,7 @@ def build_pipeline(spec: Mapping[str, Any]) -> PreprocessingPipeline:
     if "crop" in params:
         params["crop"] = tuple(int(v) for v in params["crop"])
     try:
-        return PIPELINE_KINDS[kind](**params)
+        return getattr(import_module(PIPELINE_KINDS[kind][0]), PIPELINE_KINDS[kind][1])(**params)
     except TypeError as error:
         raise PipelineError(f"pipeline {kind}: {error}") from None
 
@@ -189,19 +154,28 @@ def preprocess_layer(
     """One preprocessed shard per raw shard, item order preserved; shards the store holds are reused."""
     raw = Layer.open(raw_dir, kind=RAW_KIND)
     label = f"pipeline {name or pipeline.kind}"
-    spec = DerivedLayerSpec(PREPROCESSED_KIND, pipeline.cache_key(), label, {"": label}, "items_preprocessed", compression)
+    key = pipeline.cache_key()  # once: the closure travels to worker processes with its hex
+    spec = DerivedLayerSpec(PREPROCESSED_KIND, key, label, {"": label}, "items_preprocessed", compression)
 
     def compute(shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
         with h5py.File(path, "r") as handle:
             keys = read_column(handle, ITEM_KEY)
             ids = read_column(handle, "id")
             tensors = np.empty((shard.n_items, *pipeline.output_shape()), dtype=pipeline.output_dtype())
-            for row, image in decoded_images(handle, shard.n_items, max_pixels, lambda r: f"item id {ids[r]} in {path}",
-                                             progress):
-                tensors[row] = pipeline.process_image(image)
-        return ShardContent({ITEM_KEY: keys, "x": tensors}, {"pipeline_key": pipeline.cache_key().hex}, ("x",))
+            describe = lambda r: f"item id {ids[r]} in {path}"  # noqa: E731
+            for row, image in decoded_images(handle, shard.n_items, max_pixels, describe, progress):
+                tensors[row] = process_item(pipeline, image, describe(row))
+        return ShardContent({ITEM_KEY: keys, "x": tensors}, {"pipeline_key": key.hex}, ("x",))
 
     return build_derived_layer(raw, out_dir, spec, compute, store, executor)
+
+
+def process_item(pipeline: PreprocessingPipeline, image: Image.Image, what: str) -> np.ndarray:
+    """`pipeline.process_image`, with any failure to handle this image named by its item."""
+    try:
+        return pipeline.process_image(image)
+    except (PipelineError, ValueError) as error:  # ImageModeError, a shape Pillow/numpy cannot handle
+        raise PipelineError(f"{what}: {error} (image mode {image.mode}, {image.size[0]}×{image.size[1]})") from None
 
 
 def pipeline_spec(params: Mapping[str, Any], name: str) -> PreprocessingPipeline:

@@ -67,30 +67,143 @@ def render_plot(spec: PlotSpec, rows: list[dict], out: Path, source: str) -> Non
     save(figure, out)
 
 
-def comparison_figure(table: dict[str, dict[str, float]], metrics: list[str], out: Path) -> None:
-    """Grouped horizontal bars: one group per model, one bar per metric."""
-    models = sorted(table)
-    figure, axes = plt.subplots(figsize=(7, 1.2 + 0.5 * len(models) * max(1, len(metrics))))
-    height = 0.8 / max(1, len(metrics))
-    for offset, metric in enumerate(metrics):
-        values = [table[model].get(metric, float("nan")) for model in models]
-        positions = [row + offset * height for row in range(len(models))]
-        bars = axes.barh(positions, values, height=height, label=metric)
-        axes.bar_label(bars, fmt="%.3f", padding=2, fontsize=8)
-    axes.set_yticks([row + height * (len(metrics) - 1) / 2 for row in range(len(models))], models)
-    _fraction_axis(axes, [table[model][metric] for model in models for metric in metrics if metric in table[model]])
-    axes.invert_yaxis()
-    axes.set_xlabel("score")
-    axes.legend(loc="lower right", fontsize=8)
-    axes.set_title("Model comparison")
-    save(figure, out)
-
-
-def save(figure, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
+def save(figure, out) -> None:
+    """To a path or a binary buffer; deterministic bytes (no software tag, no timestamp)."""
+    if isinstance(out, Path):
+        out.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
-    figure.savefig(out, dpi=DPI, metadata=PNG_METADATA)
+    figure.savefig(out, dpi=DPI, metadata=PNG_METADATA, format="png")
     plt.close(figure)
+
+
+def _png(figure) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    save(figure, buffer)
+    return buffer.getvalue()
+
+
+def _num(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if number != number else number
+
+
+def comparison_with_ci(summary: list[dict]) -> bytes:
+    """Accuracy with its 95 % CI per classifier (left), RMSE/MAE per concentration model (right): models only."""
+    classifiers = [row for row in summary if _num(row.get("accuracy")) is not None]
+    regressors = [row for row in summary if _num(row.get("rmse")) is not None]
+    panels = [panel for panel in (classifiers, regressors) if panel]
+    rows = max((len(panel) for panel in panels), default=1)
+    figure, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.5 * max(1, len(panels)), 1.4 + 0.45 * rows),
+                                squeeze=False)
+    column = 0
+    if classifiers:
+        ax = axes[0][column]
+        values = [_num(row["accuracy"]) for row in classifiers]
+        low = [v - (_num(row.get("accuracy_ci_low")) if _num(row.get("accuracy_ci_low")) is not None else v)
+               for v, row in zip(values, classifiers)]
+        high = [(_num(row.get("accuracy_ci_high")) if _num(row.get("accuracy_ci_high")) is not None else v) - v
+                for v, row in zip(values, classifiers)]
+        ax.barh(range(len(values)), values, xerr=[low, high], color="#4c78a8", capsize=4)
+        ax.set_yticks(range(len(values)), [row["model"] for row in classifiers])
+        ax.set_xlim(0, 1)
+        ax.invert_yaxis()
+        ax.set_xlabel("accuracy (95 % paired bootstrap CI)")
+        ax.set_title("Classifiers")
+        column += 1
+    if regressors:
+        ax = axes[0][column]
+        height = 0.4
+        positions = list(range(len(regressors)))
+        ax.barh([p - height / 2 for p in positions], [_num(r["rmse"]) for r in regressors], height, label="RMSE",
+                color="#f58518")
+        ax.barh([p + height / 2 for p in positions], [_num(r.get("mae")) or 0 for r in regressors], height, label="MAE",
+                color="#e45756")
+        ax.set_yticks(positions, [row["model"] for row in regressors])
+        ax.invert_yaxis()
+        ax.set_xlabel("quantity points (lower is better)")
+        ax.legend(fontsize=8)
+        ax.set_title("Concentration")
+    return _png(figure)
+
+
+def robustness_overlay(models: dict, kind: str, reference: str | None) -> bytes:
+    """Accuracy vs severity for one perturbation type, every model on the same axes; the reference is thick."""
+    figure, axes = plt.subplots(figsize=(5.2, 3.6))
+    for name, model in models.items():
+        values = model["types"].get(kind)
+        if values is None:
+            continue
+        severities = [0] + [int(s) for s in values["accuracy"]]
+        accuracies = [model["clean_accuracy"], *values["accuracy"].values()]
+        is_reference = name == reference
+        axes.plot(severities, accuracies, "o-", linewidth=3 if is_reference else 1.5, markersize=4,
+                  label=f"{name} (reference)" if is_reference else name, zorder=3 if is_reference else 2)
+    axes.set_xlabel("severity (0 = clean)")
+    axes.set_ylabel("accuracy")
+    axes.set_ylim(-0.02, 1.02)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    axes.set_title(f"{kind}: accuracy vs severity")
+    return _png(figure)
+
+
+def detection_grid_overlay(grids: dict, kind: str) -> bytes:
+    """mAP@[.5:.95] vs severity (0 = clean) for one corruption type, every detector on the same axes."""
+    figure, axes = plt.subplots(figsize=(5.2, 3.6))
+    for name, grid in grids.items():
+        cells = sorted((c["severity"], c["mAP"]) for c in grid["cells"] if c["kind"] == kind)
+        if cells:
+            axes.plot([0] + [s for s, _ in cells], [grid["P_clean"]] + [m for _, m in cells], "o-", markersize=4,
+                      label=name)
+    axes.set_xlabel("severity (0 = clean)")
+    axes.set_ylabel("mAP@[.5:.95]")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    axes.set_title(f"{kind}: mAP vs severity")
+    return _png(figure)
+
+
+def confusion_png(rows: list[dict], title: str) -> bytes:
+    figure = _confusion(rows, "predicted", "actual", normalized=False)
+    figure.axes[0].set_title(title)
+    return _png(figure)
+
+
+def bars_png(rows: list[dict], value: str, category: str, title: str) -> bytes:
+    figure = _bars(rows, value, category, sort=False)
+    figure.axes[0].set_title(title)
+    return _png(figure)
+
+
+def scatter_png(rows: list[dict], title: str) -> bytes:
+    figure = _lines(rows, "actual", "predicted", points_only=True)
+    axes = figure.axes[0]
+    values = [float(row[k]) for row in rows for k in ("actual", "predicted") if _num(row[k]) is not None]
+    if values:
+        low, high = min(values), max(values)
+        axes.plot([low, high], [low, high], "--", color="grey", linewidth=1, label="predicted = actual")
+        axes.legend(fontsize=8)
+    axes.set_title(title)
+    return _png(figure)
+
+
+def pr_overlay(curves: dict[str, list[dict]]) -> bytes:
+    figure, axes = plt.subplots(figsize=(5.2, 3.8))
+    for name, rows in curves.items():
+        axes.plot([float(r["recall"]) for r in rows], [float(r["precision"]) for r in rows], label=name)
+    axes.set_xlabel("recall")
+    axes.set_ylabel("precision")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1.02)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    axes.set_title("Precision–recall at IoU 0.5")
+    return _png(figure)
 
 
 def _confusion(rows: list[dict], x: str, y: str, normalized: bool):

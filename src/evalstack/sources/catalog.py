@@ -11,9 +11,16 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import unquote, urlparse
 
-from evalstack.core.keys import md5_bytes
 from evalstack.sources.pad_api import PadApiSource, list_cards
-from evalstack.sources.registry import RegistryRow, SourceError, check_unique_ids, parse_labels, parse_registry, to_url
+from evalstack.sources.registry import (
+    RegistryRow,
+    SourceError,
+    check_unique_ids,
+    md5_capped,
+    parse_labels,
+    parse_registry,
+    to_url,
+)
 from evalstack.sources.transport import Transport
 
 SOURCE_KINDS = ("registry", "pad_api", "folder")
@@ -73,7 +80,8 @@ def list_items(config: SourceConfig, transport: Transport) -> list[RegistryRow]:
                                        config.test_fraction), transport)
     else:
         rows = _folder_rows(config, transport)
-    check_unique_ids(rows)
+    origins = {split: to_url(location) for split, location in config.registries.items()} if config.kind == "registry" else None
+    check_unique_ids(rows, origins)
     return sorted(rows, key=lambda row: row.id)
 
 
@@ -98,9 +106,9 @@ def _folder_rows(config: SourceConfig, transport: Transport) -> list[RegistryRow
     text = transport.get(labels_url, f"labels CSV ({labels_url})").decode("utf-8-sig")
     rows = parse_labels(text, folder_url, config.test_fraction)
     # Local files are cheap to hash, so folder items get an md5 and re-fetches notice edited images.
-    return [dataclasses.replace(row, hashlib_md5=_file_md5(row.resolved_url)) for row in rows]
+    cap = transport.config.max_bytes
+    return [dataclasses.replace(row, hashlib_md5=_file_md5(row.resolved_url, cap)) for row in rows]
 
 
-def _file_md5(url: str) -> str:
-    path = Path(unquote(urlparse(url).path))
-    return md5_bytes(path.read_bytes()) if path.is_file() else ""
+def _file_md5(url: str, max_bytes: int) -> str:
+    return md5_capped(Path(unquote(urlparse(url).path)), max_bytes)

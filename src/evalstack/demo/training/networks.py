@@ -12,15 +12,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from evalstack.core.atomic import atomic_write_bytes
 from evalstack.core.kinds import PREPROCESSED_KIND
-from evalstack.core.layers import ITEM_KEY, Layer, read_column
+from evalstack.core.layers import Layer
 from evalstack.demo.training.torch_program import save_program
-from evalstack.evaluation.classification import ground_truth, label_indices
+from evalstack.evaluation.classification import label_indices
+from evalstack.evaluation.items import read_items
 from evalstack.models.adapters.keras_model import canonical_keras_archive
+
+if TYPE_CHECKING:
+    import keras
 
 
 @dataclass(frozen=True)
@@ -45,18 +50,19 @@ def load_training_set(
     target: str = "sample_name",
 ) -> tuple[np.ndarray, np.ndarray]:
     """uint8 tensors and label indices of one split (first `max_items` in layer order)."""
-    truth = ground_truth(raw_dir, target)
+    items = read_items(raw_dir)
     layer = Layer.open(preprocessed_dir, kind=PREPROCESSED_KIND)
-    tensors, names = [], []
+    items.check_aligned(layer)  # rows are the raw layer's items: truth joins by position, never by content
+    chosen = np.flatnonzero(items.split == split)[:max_items]
+    truth = items.truth(target)
+    tensors, names, start = [], [], 0
     for shard in layer.shards:
-        with layer.open_shard(shard) as handle:
-            keys = read_column(handle, ITEM_KEY).astype(str)
-            rows = [i for i, key in enumerate(keys) if key in truth and truth[key][1] == split][: max_items - len(names)]
-            if rows:
-                tensors.append(handle["x"][np.asarray(rows)])
-                names.extend(truth[keys[i]][0] for i in rows)
-        if len(names) >= max_items:
-            break
+        rows = chosen[(chosen >= start) & (chosen < start + shard.n_items)]
+        if len(rows):
+            with layer.open_shard(shard) as handle:
+                tensors.append(handle["x"][rows - start])
+            names.extend(truth[rows])
+        start += shard.n_items
     if not names:
         raise ValueError(f"no {split!r} items to train {model} on")
     return np.concatenate(tensors), label_indices(names, labels, model)

@@ -15,7 +15,7 @@ import numpy as np
 from evalstack.core.atomic import atomic_write_bytes
 from evalstack.core.kinds import PREPROCESSED_KIND
 from evalstack.core.layers import Layer
-from evalstack.evaluation.classification import truth_frame
+from evalstack.evaluation.items import read_items
 from evalstack.models.adapters.pls import PLSCoefficients, coefficients_csv
 
 
@@ -28,14 +28,14 @@ class PLSFitConfig:
 
 def load_features(features_dir: Path, raw_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Features (N, F), drug names and quantities of one split, in layer order."""
-    truth = truth_frame(raw_dir)
+    items = read_items(raw_dir)
     layer = Layer.open(features_dir, kind=PREPROCESSED_KIND)
-    facts = truth.loc[layer.item_keys()]
-    rows = np.flatnonzero(facts["split"].to_numpy() == split)
+    items.check_aligned(layer)  # rows are the raw layer's items: truth joins by position, never by content
+    rows = np.flatnonzero(items.split == split)
     if not len(rows):
         raise ValueError(f"no {split!r} items to fit PLS on")
     features = layer.column("x")[rows].astype(np.float64)
-    return features, facts["sample_name"].to_numpy()[rows], facts["quantity"].to_numpy()[rows].astype(np.float64)
+    return features, items.sample_name[rows], items.quantity[rows].astype(np.float64)
 
 
 def fit_drug(features: np.ndarray, quantities: np.ndarray, n_components: int) -> tuple[float, np.ndarray]:

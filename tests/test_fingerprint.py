@@ -1,0 +1,103 @@
+"""Code is part of every cache key: an edit that can change a result changes the key; comments do not."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from evalstack.core.fingerprint import import_closure, source_digest
+from tests.conftest import REPO
+
+PROBE = """
+import json, sys
+from evalstack.core.keys import explain_change
+from evalstack.preprocess.pipelines import build_pipeline
+before = json.loads(sys.argv[1]) if len(sys.argv) > 1 else None
+key = build_pipeline({"kind": "pad_regions", "regions": 10}).cache_key()
+print(json.dumps({"hex": key.hex, "parts": key.parts,
+                  "changes": explain_change(before["parts"], key.parts) if before else []}))
+"""
+
+
+def _copy_library(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "src/evalstack", src / "evalstack", ignore=shutil.ignore_patterns("__pycache__"))
+    return src
+
+
+def _key(src: Path, before: dict | None = None) -> dict:
+    args = [sys.executable, "-c", PROBE] + ([json.dumps(before)] if before else [])
+    result = subprocess.run(args, env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}, capture_output=True,
+                            text=True, check=True)
+    return json.loads(result.stdout)
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{path} no longer contains {old!r}"
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_an_edit_in_the_closure_changes_the_key_and_is_named(tmp_path: Path):
+    src = _copy_library(tmp_path)
+    original = _key(src)
+    regions = src / "evalstack/preprocess/regions.py"
+    _edit(regions, "\ndef ", "\n# a comment above a function changes nothing\ndef ")
+    assert _key(src)["hex"] == original["hex"]
+    docstring_only = regions.read_text().replace('"""', '"""Reworded. ', 1)
+    regions.write_text(docstring_only)
+    assert _key(src)["hex"] == original["hex"]
+    _edit(src / "evalstack/core/raw.py", "import numpy as np", "import numpy as np\n\nREACTION_TOP = 379")
+    edited = _key(src, original)
+    assert edited["hex"] != original["hex"]  # core/raw.py (the raw format) is in every pipeline's closure
+    assert edited["changes"] == ["code: src/evalstack/core/raw.py changed"]
+
+
+def test_a_constant_in_a_module_the_pipeline_imports_changes_the_key(tmp_path: Path):
+    src = _copy_library(tmp_path)
+    original = _key(src)
+    regions = src / "evalstack/preprocess/regions.py"
+    _edit(regions, "ZONE_TOP = 359", "ZONE_TOP = 379")  # the reaction zone moved down 20 px
+    edited = _key(src, original)
+    assert edited["hex"] != original["hex"]
+    assert edited["changes"] == ["code: src/evalstack/preprocess/regions.py changed"]
+
+
+def test_a_users_own_pipeline_module_is_part_of_its_key(tmp_path: Path):
+    src = _copy_library(tmp_path)
+    (src / "my_pipelines.py").write_text(
+        "from evalstack.preprocess.regions import PadRegionsPipeline\n\n"
+        "class Mine(PadRegionsPipeline):\n    kind = 'mine'\n")
+    probe = ("import json; from my_pipelines import Mine; "
+             "print(json.dumps(sorted(Mine(regions=10).cache_key().parts['code'])))")
+    run = lambda: subprocess.run([sys.executable, "-c", probe], env={"PYTHONPATH": str(src)},  # noqa: E731
+                                 capture_output=True, text=True, check=True).stdout
+    modules = json.loads(run())
+    assert "my_pipelines" in modules and "evalstack.preprocess.pipelines" in modules
+
+
+def test_closure_follows_imports_inside_functions_and_skips_type_checking_blocks(tmp_path: Path):
+    closure = import_closure(["evalstack.models.predictions"])
+    assert "evalstack.core.layers" in closure and "evalstack.config" in closure
+    assert not any(name.startswith("evalstack.models.adapters") for name in closure)  # TYPE_CHECKING only
+    latency = import_closure(["evalstack.models.latency"])
+    assert "evalstack.models.adapters.base" not in latency
+
+
+def test_source_digest_ignores_layout_but_not_values(tmp_path: Path):
+    a, b, c = tmp_path / "a.py", tmp_path / "b.py", tmp_path / "c.py"
+    a.write_text('"""Doc."""\nX = 1\n\n\ndef f(y):\n    return y + X\n')
+    b.write_text('# comment\nX = 1  # one\ndef f(y):\n    """Adds X."""\n    return (y +\n            X)\n')
+    c.write_text('"""Doc."""\nX = 2\n\n\ndef f(y):\n    return y + X\n')
+    assert source_digest(a) == source_digest(b) != source_digest(c)
+
+
+def test_a_pipeline_key_covers_its_own_code_not_another_kinds():
+    from evalstack.preprocess.pipelines import build_pipeline
+
+    crop = build_pipeline({"kind": "crop_resize"}).cache_key().parts["code"]
+    regions = build_pipeline({"kind": "pad_regions"}).cache_key().parts["code"]
+    assert "evalstack.preprocess.regions" in regions and "evalstack.preprocess.regions" not in crop
+    assert "evalstack.preprocess.pipelines" in crop and "evalstack.cache.incremental" in crop  # the stage's own code

@@ -117,7 +117,7 @@ def layer_passes(project: Path) -> tuple[int, int]:
 def breakdown(clocks: list[dict], seconds: dict[str, float], stage: str) -> dict[str, float]:
     """Where one stage's time went: its process's clocks, and DVC's own time around it."""
     clock = next(c for c in clocks if c["script"] == f"{stage}.py")
-    span = next(t for s, t in seconds.items() if s.endswith(f":{stage}@{MODEL}"))
+    span = next(t for s, t in seconds.items() if s.split(":")[-1] == f"{stage}@{MODEL}")
     parts = dict(clock["seconds"])
     parts["dvc around the stage (start-up, hashing and caching its outputs)"] = max(span - clock["wall"], 0.0)
     parts["stage process, total"] = clock["wall"]
@@ -157,7 +157,7 @@ def main() -> None:
     robustness_parts = breakdown(cold_clocks, cold, "robustness")
     say(log, "robustness stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in robustness_parts.items()))
     details = json.loads((project / f"detection/reports/robustness/{MODEL}.json").read_text())
-    say(log, f"P_clean {details['P_clean']:.4f}, mPC {details['mPC']:.4f}, rPC {details['rPC']:.4f}")
+    say(log, f"P_clean {details['P_clean']:.4f}, mPC {details['mPC']:.4f}, rPC {details['rPC'] or 0:.4f}")
 
     naive_out = args.out / "naive.json"
     naive_started = time.monotonic()

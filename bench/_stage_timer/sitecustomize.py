@@ -32,6 +32,7 @@ if _target and _script.removesuffix(".py") in _STAGES and "detection" in sys.arg
 
         setattr(owner, name, wrapper)
 
+    import evalstack.cache.executors as executors
     import evalstack.cache.shardstore as shardstore
     import evalstack.core.layers as layers
     import evalstack.detection.adapter as adapter
@@ -40,7 +41,7 @@ if _target and _script.removesuffix(".py") in _STAGES and "detection" in sys.arg
     import evalstack.preprocess.perturbations as perturbations
 
     # the cache: writing shards (hash + fsync), listing them, the store, checking inputs, the index
-    _timed(layers, "write_layer_shard", "cache: write shards")
+    _timed(executors, "write_layer_shard", "cache: write shards")  # imported by name there, already bound
     _timed(layers.LayerWriter, "add_existing", "cache: list shards")
     _timed(layers.LayerWriter, "finish", "cache: write index")
     _timed(layers.Layer, "check_shard", "cache: check inputs")

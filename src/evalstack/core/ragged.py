@@ -89,21 +89,27 @@ def ragged_checksums(offsets: np.ndarray, flats: Sequence[np.ndarray]) -> np.nda
     with fixed odd constants a (SplitMix64) and b_r = r · φ·2^64 | 1; an item's checksum is the sum
     over its rows, plus its row count. Changing any word — one flipped bit is enough — changes the
     item's checksum (the constants are odd), and so do rows moved between items or within one. It
-    names the damaged item; the shard's sha256 in the index is what proves a whole file. Pure numpy at memory
-    speed: a sha256 per item costs microseconds each, which a 20,000-image shard would feel.
+    names the damaged item; the shard's sha256 in the index is what proves a whole file. Pure numpy at
+    memory speed: a sha256 per item costs microseconds each, which a 20,000-image shard would feel.
     """
     offsets = np.asarray(offsets, dtype=np.int64)
     total = len(flats[0]) if flats else 0
-    per_row = np.zeros(total, dtype=np.uint64)
+    # Two buffers for everything (fresh large arrays cost page faults, more than the arithmetic).
+    running = np.zeros(total + 1, dtype=np.uint64)  # running[1:] holds the per-row sums, then their prefix sums
+    per_row, scratch = running[1:], np.empty(total, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for number, flat in enumerate(flats):
             if len(flat) != total:
                 raise ValueError(f"flat arrays differ in length: {len(flat)} rows, {total} expected")
             words = _words(np.asarray(flat))
             for column, constant in enumerate(_odd_constants(1000 * (number + 1), words.shape[1])):
-                per_row += words[:, column] * constant
-        per_row *= np.arange(total, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) | np.uint64(1)  # row weights
-        running = np.concatenate([np.zeros(1, np.uint64), np.cumsum(per_row, dtype=np.uint64)])
+                np.multiply(words[:, column], constant, out=scratch)
+                per_row += scratch
+        scratch[:] = np.arange(total, dtype=np.uint64)
+        scratch *= np.uint64(0x9E3779B97F4A7C15)
+        scratch |= np.uint64(1)
+        per_row *= scratch  # row weights b_r
+        np.cumsum(per_row, out=per_row)
         ends = np.append(offsets[1:], total) if len(offsets) else offsets
         return running[ends] - running[offsets] + counts_of(offsets, total).astype(np.uint64) * np.uint64(
             0x9E3779B97F4A7C15)

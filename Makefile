@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: differential help install system-deps repro repro-detection report plots test test-fast bench clean
+.PHONY: differential help install system-deps repro repro-detection report plots test test-fast bench bench-detection clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ differential: install ## warm rebuild == build from nothing after every kind of 
 
 bench: install ## benchmarks vs the naive pipeline → bench/RESULTS.md (≤ 30 min; BENCH_SCALE=small for a quick check)
 	PYTHONPATH=$(CURDIR)/src $(PY) bench/run.py
+
+bench-detection: install ## the detection corruption grid at 5,000 images × 5 × 5 vs a naive loop (~2 h) → bench/RESULTS.md
+	PYTHONPATH=$(CURDIR)/src $(PY) bench/detection_grid.py
 
 clean: ## remove pipeline outputs (the DVC cache stays)
 	rm -rf data metrics plots reports dvc_plots comparison robustness/metrics.json models/*.tflite models/*.pt2 models/*.keras models/*.onnx models/pls.csv

@@ -79,7 +79,7 @@ def test_no_detections_at_all_score_zero():
     assert report.stats["mAP"] == 0.0 and report.stats["AR100"] == 0.0
     summary = report.summary()
     assert (summary["tp"], summary["fp"], summary["fn"]) == (0, 0, 3)
-    assert summary["n_images_without_detections"] == 3 and summary["n_images_without_gt"] == 1
+    assert summary["n_images_without_detections_above_count_threshold"] == 3 and summary["n_images_without_gt"] == 1
 
 
 def test_classes_without_ground_truth_have_no_ap():

@@ -42,3 +42,29 @@ def test_tables_join_across_shards_with_shifted_offsets(tmp_path):
     assert table.splits.tolist() == ["val", "test", "val", "test", "val"]
     for row, expected in enumerate(found):
         assert np.array_equal(table.detections(row).labels, expected.labels)
+
+
+def test_per_item_checksums_change_with_any_bit_of_their_item_only():
+    from evalstack.core.ragged import offsets_for, ragged_checksums
+
+    rng = np.random.default_rng(5)
+    offsets = offsets_for(np.asarray([3, 0, 5, 1, 4]))
+    boxes, labels, scores = rng.random((13, 4), dtype=np.float32), rng.integers(0, 9, 13), rng.random(13, dtype=np.float32)
+    base = ragged_checksums(offsets, [boxes, labels, scores])
+    assert base.dtype == np.uint64 and len(base) == 5 and len(set(base.tolist())) == 5
+    item_of_row = np.repeat(np.arange(5), [3, 0, 5, 1, 4])
+    for array in (boxes, labels, scores):
+        for row in range(13):
+            for bit in (0, 7, 31):
+                damaged = array.copy()
+                damaged.reshape(13, -1).view(np.uint8)[row, bit // 8] ^= 1 << (bit % 8)
+                flats = [damaged if a is array else a for a in (boxes, labels, scores)]
+                assert np.flatnonzero(ragged_checksums(offsets, flats) != base).tolist() == [item_of_row[row]]
+    swapped = labels.copy()
+    swapped[[5, 6]] = swapped[[6, 5]]
+    if labels[5] != labels[6]:
+        assert np.flatnonzero(ragged_checksums(offsets, [boxes, swapped, scores]) != base).tolist() == [2]
+    shifted = offsets.copy()
+    shifted[3] += 1  # a damaged offset moves a row from one image to the next
+    assert set(np.flatnonzero(ragged_checksums(shifted, [boxes, labels, scores]) != base).tolist()) == {2, 3}
+    assert ragged_checksums(np.zeros(0, np.int64), [np.zeros((0, 4), np.float32)]).shape == (0,)

@@ -80,8 +80,8 @@ def test_clean_predictions_of_another_model_are_refused(project: Project):
 
 
 def test_bad_grid_is_refused_naming_the_cause():
-    with pytest.raises(ValueError, match="perturbation 'snow' unknown"):
-        GridConfig.from_params({"types": ["snow"], "severities": [1]})
+    with pytest.raises(ValueError, match="perturbation 'blizzard' unknown"):
+        GridConfig.from_params({"types": ["blizzard"], "severities": [1]})
     with pytest.raises(ValueError, match="severity 6 out of range"):
         GridConfig.from_params({"types": ["fog"], "severities": [6]})
     with pytest.raises(RobustnessError, match="must not be empty"):

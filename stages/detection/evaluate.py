@@ -2,9 +2,12 @@
 import argparse
 from pathlib import Path
 
+from evalstack.cache.shardstore import open_store
 from evalstack.config import load_params, model_spec
 from evalstack.detection.adapter import load_detector
+from evalstack.detection.candidates import candidates_code, candidates_key
 from evalstack.detection.evaluation import DetectionOutputs, evaluate_detector, write_detection_outputs
+from evalstack.detection.postprocess import detections_key
 from evalstack.preprocess.letterbox import build_letterbox
 
 
@@ -13,23 +16,25 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="name under models:")
     parser.add_argument("--raw", type=Path, required=True)
     parser.add_argument("--detections", type=Path, required=True)
-    for name in ("metrics", "per-class", "pr-curve", "per-image", "results"):
+    for name in ("metrics", "per-class", "pr-curve", "per-image", "results", "details"):
         parser.add_argument(f"--{name}", type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     params = load_params(args.params)
     spec = model_spec(params, args.model)
-    # The adapter recomputes the model signature, so detections from another model or threshold are refused.
-    signature = load_detector(spec).signature()
+    # The adapter recomputes the model signature, so detections of another model or post-processing are refused.
+    adapter = load_detector(spec)
     pipeline_key = build_letterbox(params["preprocess"]["pipelines"][spec.pipeline]).cache_key()
+    candidates = candidates_key(adapter.signature(), pipeline_key, candidates_code(type(adapter)))
+    expected = detections_key(candidates, adapter.postprocess)
     split, threshold = params["evaluate"]["split"], float(params["evaluate"]["count_threshold"])
-    report, results, names, passes = evaluate_detector(
-        args.raw, args.detections, spec, signature, pipeline_key, split, threshold
-    )
-    outputs = DetectionOutputs(args.metrics, args.per_class, args.pr_curve, args.per_image, args.results)
-    write_detection_outputs(report, results, names, passes, outputs)
-    print(f"{args.model} on {split}: mAP {report.stats['mAP']:.4f}, mAP@.5 {report.stats['mAP50']:.4f}, "
-          f"AR@100 {report.stats['AR100']:.4f}")
+    store = open_store(params, args.params.parent)
+    evaluation = evaluate_detector(args.raw, args.detections, spec, expected, split, threshold,
+                                   store.stamps.sha256 if store else None)
+    outputs = DetectionOutputs(args.metrics, args.per_class, args.pr_curve, args.per_image, args.results, args.details)
+    write_detection_outputs(evaluation, split, outputs)
+    stats = evaluation.report.stats
+    print(f"{args.model} on {split}: mAP {stats['mAP']:.4f}, mAP@.5 {stats['mAP50']:.4f}, AR@100 {stats['AR100']:.4f}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
-"""Detection stage infer: letterboxed layer + one detector → detections layer (flat boxes + offsets)."""
+"""Detection stage infer: letterboxed layer + one detector → candidates layer (raw, before threshold and NMS).
+
+Only the splits that are evaluated (evaluate.split, grid.split) go through the model."""
 import argparse
 from pathlib import Path
 
 from evalstack.cache.shardstore import open_store
 from evalstack.config import load_params, model_spec
 from evalstack.detection.adapter import load_detector
-from evalstack.detection.inference import infer_detection_layer
+from evalstack.detection.candidates import evaluated_splits, infer_candidates_layer
 
 
 def main() -> None:
@@ -19,8 +21,9 @@ def main() -> None:
     adapter = load_detector(model_spec(params, args.model))
     batch_size = int(params.get("infer", {}).get("batch_size", 32))
     store = open_store(params, args.params.parent)  # not a dvc.yaml param: where results are kept does not change them
-    build = infer_detection_layer(args.preprocessed, args.out, adapter, batch_size, store)
-    print(f"{build.summary()}; {build.counts['forward_passes']} forward passes")
+    build = infer_candidates_layer(args.preprocessed, args.out, adapter, evaluated_splits(params), batch_size, store)
+    per_split = ", ".join(f"{split} {n}" for split, n in build.index.stats["forward_passes_by_split"].items())
+    print(f"{build.summary()}; {build.counts['forward_passes']} forward passes (layer: {per_split})")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from evalstack.core.layers import (
     read_column,
     shard_layer_key,
 )
+from evalstack.core.ragged import CHECKSUM_ALGORITHM, ragged_checksums
 
 _BATCH = 32
 
@@ -115,6 +116,8 @@ def _check_items(path: Path, handle: h5py.File, n_items: int) -> list[Problem]:
     spec = attrs.get("item_checksum")
     if not isinstance(spec, dict):
         return []  # a layer kind without per-item checksums is checked per file and schema only
+    if spec.get("algorithm") == CHECKSUM_ALGORITHM:
+        return _check_ragged_items(path, handle, spec)
     flat = set(attrs.get("flat") or [])
     recorded = handle[spec["column"]][()]
     problems = []
@@ -124,6 +127,18 @@ def _check_items(path: Path, handle: h5py.File, n_items: int) -> list[Problem]:
         elif row < len(recorded) and digest.encode() != bytes(recorded[row]):
             problems.append(Problem(path, f"data does not match its checksum in column {spec['column']}", _item_name(handle, row)))
     return problems
+
+
+def _check_ragged_items(path: Path, handle: h5py.File, spec: dict[str, Any]) -> list[Problem]:
+    """Per-image checksums of a detection layer (flat arrays + one offsets column), all images at once."""
+    try:
+        offsets = handle[spec["offsets"]][()]
+        computed = ragged_checksums(offsets, [handle[name][()] for name in spec["of"]])
+        recorded = handle[spec["column"]][()]
+    except (OSError, ValueError, KeyError) as error:
+        return [Problem(path, f"per-image data unreadable ({type(error).__name__}: {error})")]
+    message = f"data does not match its checksum in column {spec['column']}"
+    return [Problem(path, message, _item_name(handle, int(row))) for row in np.flatnonzero(computed != recorded)]
 
 
 def _item_digests(handle: h5py.File, of: list[str], flat: set[str], n_items: int) -> Iterator[tuple[int, str | None]]:

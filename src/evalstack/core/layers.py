@@ -432,9 +432,11 @@ class LayerWriter:
 
 def repair_hint(directory: Path) -> str:
     """What restores a damaged layer. Plain `dvc checkout` does not when the damage kept the file's size and
-    mtime (it trusts its stat cache); `--relink` rewrites the files from DVC's cache (checked on the real CLI)."""
-    return (f"`dvc checkout --relink {directory}` restores it from DVC's cache (plain `dvc checkout` trusts the "
-            "file's unchanged size and mtime and leaves it), or `dvc repro -f` the stage that writes it")
+    mtime (it trusts its stat cache); `--relink` rewrites the files from DVC's cache, and `--force` is needed
+    when the damage did move the mtime (dvc then refuses to overwrite "unsaved" changes). Both cases checked
+    on the real CLI (dvc 3.67); `dvc checkout --force` alone restores only the second."""
+    return (f"`dvc checkout --relink --force {directory}` restores it from DVC's cache (plain `dvc checkout` trusts "
+            "the file's unchanged size and mtime and leaves it), or `dvc repro -f` the stage that writes it")
 
 
 def shard_name(number: int) -> str:
@@ -535,3 +537,4 @@ class Layer:
                 f"modified); `evalstack verify {self.directory}` names the damaged items. {repair_hint(self.directory)}"
             )
         return path
+

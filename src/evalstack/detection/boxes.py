@@ -39,6 +39,29 @@ class Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32))
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """One image's raw candidates before threshold and NMS: boxes (n, 4) float64 xyxy in model-input
+    pixels, labels (n,) int64, scores (n,) float64, in descending score order (ties: decoding order).
+
+    Kept in full precision, so post-processing them later gives the very bytes decoding and
+    post-processing in one go would have given.
+    """
+
+    boxes: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.labels)
+        if np.shape(self.boxes) != (n, 4) or np.shape(self.scores) != (n,):
+            raise ValueError(f"candidates disagree in length: boxes {np.shape(self.boxes)}, "
+                             f"labels {np.shape(self.labels)}, scores {np.shape(self.scores)}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
 def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
     boxes = np.asarray(boxes)
     return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
@@ -50,15 +73,28 @@ def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) IoU of xyxy boxes; degenerate boxes have IoU 0 with everything."""
+    """(…, len(a), len(b)) IoU of xyxy boxes (…, n, 4) and (…, m, 4), leading axes broadcast (a batch of
+    images at once gives each image's matrix, the same numbers); degenerate boxes have IoU 0 with everything."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
+    top_left = np.maximum(a[..., :, None, :2], b[..., None, :, :2])
+    bottom_right = np.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
+    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=-1)
+    area_a = np.prod(np.clip(a[..., 2:] - a[..., :2], 0, None), axis=-1)
+    area_b = np.prod(np.clip(b[..., 2:] - b[..., :2], 0, None), axis=-1)
+    union = area_a[..., :, None] + area_b[..., None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _greedy(bitsets: np.ndarray, count: int) -> list[int]:
+    """Greedy NMS over the first `count` boxes, given for each box the bit set (packed, little-endian) of
+    the boxes it suppresses: a box is kept unless a kept box before it suppresses it. A Python integer
+    per row makes each step a few integer operations instead of a numpy call."""
+    suppressed, keep = 0, []
+    for i in range(count):
+        if not (suppressed >> i) & 1:
+            keep.append(i)
+            suppressed |= int.from_bytes(bitsets[i].tobytes(), "little")
+    return keep
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float) -> np.ndarray:
@@ -67,12 +103,35 @@ def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold
     if len(order) == 0:
         return order.astype(np.int64)
     ious = iou_matrix(boxes[order], boxes[order])
-    same_class = labels[order][:, None] == labels[order][None, :]
-    suppressed = np.zeros(len(order), dtype=bool)
-    keep = []
-    for i in range(len(order)):
-        if suppressed[i]:
-            continue
-        keep.append(order[i])
-        suppressed |= same_class[i] & (ious[i] > iou_threshold)
-    return np.asarray(keep, dtype=np.int64)
+    suppresses = (labels[order][:, None] == labels[order][None, :]) & (ious > iou_threshold)
+    rows = np.packbits(suppresses, axis=1, bitorder="little")
+    return order[np.asarray(_greedy(rows, len(order)), dtype=np.int64)]
+
+
+def nms_sorted_batch(boxes: np.ndarray, labels: np.ndarray, counts: np.ndarray,
+                     iou_threshold: float) -> list[np.ndarray]:
+    """`nms` of many images at once, for boxes already in descending score order (ties in the given order,
+    as `nms`'s stable sort leaves them): boxes (B, M, 4) and labels (B, M), image b's first counts[b] rows
+    real, the rest padding. Returns each image's kept row indices — exactly what `nms` returns for it."""
+    ious = iou_matrix(boxes, boxes)
+    suppresses = (labels[:, :, None] == labels[:, None, :]) & (ious > iou_threshold)
+    rows = np.packbits(suppresses, axis=2, bitorder="little")
+    return [np.asarray(_greedy(rows[b], int(count)), dtype=np.int64) for b, count in enumerate(counts)]
+
+
+def matched_count(reference: Detections, other: Detections, iou_threshold: float = 0.5) -> int:
+    """How many `reference` boxes find a partner in `other`: same label, IoU ≥ the threshold, one-to-one,
+    greedy in descending reference score (each taking its best-overlapping free partner)."""
+    if len(reference) == 0 or len(other) == 0:
+        return 0
+    ious = iou_matrix(xywh_to_xyxy(reference.boxes), xywh_to_xyxy(other.boxes))
+    ious[reference.labels[:, None] != other.labels[None, :]] = -1.0
+    taken = np.zeros(len(other), dtype=bool)
+    matched = 0
+    for row in np.argsort(-np.asarray(reference.scores), kind="stable"):
+        candidates = np.where(taken, -1.0, ious[row])
+        best = int(np.argmax(candidates))
+        if candidates[best] >= iou_threshold:
+            taken[best] = True
+            matched += 1
+    return matched

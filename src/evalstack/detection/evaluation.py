@@ -1,26 +1,29 @@
 """The detection evaluate stage: COCO raw layer + detections layer → DVC metrics, plots, tables.
 
-It also writes the detections in COCO results format, so anyone can rerun
-pycocotools on the original annotations JSON and that file and get the same
-figures (tests do exactly that).
+`metrics/<model>.json` keeps a few headline scalars so `dvc metrics show` stays
+readable; every COCO statistic, per-class AP, the TP/FP/FN totals and the
+forward passes per split go to a details JSON. It also writes the detections in
+COCO results format, so anyone can rerun pycocotools on the original annotations
+JSON and that file and get the same figures (tests do exactly that).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from evalstack.config import ModelError, ModelSpec
 from evalstack.core.atomic import atomic_write_bytes
-from evalstack.core.keys import Key
+from evalstack.core.keys import Key, sha256_file
 from evalstack.detection.layer import DetectionTable, open_detections, read_table
 from evalstack.detection.metrics import DetectionReport, evaluate_detections
 from evalstack.evaluation.classification import _csv
-from evalstack.models.predictions import predictions_key
 from evalstack.sources.coco import CocoDataset, coco_document, read_ground_truth
+
+HEADLINE = ("mAP", "mAP50", "AR100")  # what metrics/<model>.json shows; the rest is in the details JSON
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,16 @@ class DetectionOutputs:
     pr_curve: Path  # CSV plot: recall, precision at IoU 0.5
     per_image: Path  # CSV table: image_id, file_name, n_gt, n_det, tp, fp, fn
     detections: Path  # COCO results JSON of the evaluated split
+    details: Path  # JSON: every COCO statistic, per-class AP, counts, forward passes per split
+
+
+@dataclass(frozen=True)
+class DetectionEvaluation:
+    report: DetectionReport
+    results: list[dict[str, Any]]  # COCO results format
+    file_names: dict[int, str]
+    forward_passes_by_split: dict[str, int]  # behind the detections layer (run by infer, recorded in its index)
+    images_without_detections: int  # of the split: no detection at all, at any score
 
 
 def coco_results(table: DetectionTable, rows: list[int], categories: np.ndarray) -> list[dict[str, Any]]:
@@ -58,34 +71,39 @@ def evaluate_detector(
     raw_dir: Path,
     detections_dir: Path,
     spec: ModelSpec,
-    model_signature: Key,
-    pipeline_key: Key,
+    expected_key: Key | None,
     split: str,
     count_threshold: float = 0.5,
-) -> tuple[DetectionReport, list[dict[str, Any]], dict[int, str], int]:
-    """(report, COCO results, image id → file name, forward passes) for one split."""
+    sha256: Callable[[Path], str] | None = None,
+) -> DetectionEvaluation:
+    """One split's COCO evaluation; the detections layer is checked (key, shard sha256, per-image checksums)."""
     dataset = read_ground_truth(raw_dir)
-    layer = open_detections(detections_dir, predictions_key(model_signature, pipeline_key), f"dvc repro infer@{spec.name}")
-    table = read_table(layer)
+    layer = open_detections(detections_dir, expected_key, f"dvc repro postprocess@{spec.name}")
+    table = read_table(layer, sha256 or sha256_file)  # remembered hashes when the stage has a store
     rows = split_rows(table, dataset, split, spec.name)
     results = coco_results(table, rows, dataset.category_ids(spec.labels, spec.name))
     report = evaluate_detections(coco_document(dataset, split), results, count_threshold)
     names = {image.image_id: image.file_name for image in dataset.images if image.split == split}
-    return report, results, names, int(layer.index.stats.get("forward_passes", 0))
+    empty = int(np.count_nonzero(table.counts[rows] == 0)) if rows else 0
+    by_split = {str(k): int(v) for k, v in layer.index.stats.get("forward_passes_by_split", {}).items()}
+    return DetectionEvaluation(report, results, names, by_split, empty)
 
 
-def write_detection_outputs(
-    report: DetectionReport,
-    results: list[dict[str, Any]],
-    file_names: dict[int, str],
-    forward_passes: int,
-    outputs: DetectionOutputs,
-) -> None:
-    for path in (outputs.metrics, outputs.per_class, outputs.pr_curve, outputs.per_image, outputs.detections):
+def write_detection_outputs(evaluation: DetectionEvaluation, split: str, outputs: DetectionOutputs) -> None:
+    report, results, file_names = evaluation.report, evaluation.results, evaluation.file_names
+    for path in (outputs.metrics, outputs.per_class, outputs.pr_curve, outputs.per_image, outputs.detections,
+                 outputs.details):
         path.parent.mkdir(parents=True, exist_ok=True)
     # Full float precision: the figures must equal pycocotools' exactly, not to six places.
-    metrics = {**report.summary(), "forward_passes": forward_passes}
+    passes = evaluation.forward_passes_by_split.get(split, 0)
+    metrics = {**{name: report.stats[name] for name in HEADLINE}, "forward_passes": passes}
     atomic_write_bytes(outputs.metrics, (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
+    details = {
+        **report.summary(), "split": split, "forward_passes": passes,
+        "forward_passes_by_split": evaluation.forward_passes_by_split,
+        "n_images_without_detections": evaluation.images_without_detections,  # no detection at any score
+    }
+    atomic_write_bytes(outputs.details, (json.dumps(details, indent=2, sort_keys=True) + "\n").encode())
     per_class = [(name, _cell(ap), _cell(report.per_class_ap50[name])) for name, ap in report.per_class_ap.items()]
     atomic_write_bytes(outputs.per_class, _csv([("class", "AP", "AP50"), *per_class]))
     atomic_write_bytes(outputs.pr_curve, _csv([("recall", "precision"), *((f"{r:.2f}", f"{p:.6f}") for r, p in report.pr_curve)]))

@@ -56,7 +56,8 @@ class DetectionReport:
             "count_threshold": self.count_threshold,
             "n_images": len(self.per_image),
             "n_images_without_gt": sum(1 for c in self.per_image if c.n_gt == 0),
-            "n_images_without_detections": sum(1 for c in self.per_image if c.n_det == 0),
+            # named for what it counts: a detection under count_threshold does not count here
+            "n_images_without_detections_above_count_threshold": sum(1 for c in self.per_image if c.n_det == 0),
         }
 
 
@@ -69,10 +70,11 @@ def coco_from_document(document: dict[str, Any]) -> COCO:
     return coco
 
 
-def _load_results(gt: COCO, results: list[dict[str, Any]]) -> COCO:
+def _load_results(gt: COCO, results: list[dict[str, Any]], owned: bool = False) -> COCO:
+    """loadRes annotates the dicts it is given: a copy, unless the caller hands them over (`owned`)."""
     if results:
         with contextlib.redirect_stdout(io.StringIO()):
-            return gt.loadRes(copy.deepcopy(results))
+            return gt.loadRes(results if owned else copy.deepcopy(results))
     # loadRes cannot take an empty list (it inspects results[0]); no detections is a valid result.
     return coco_from_document({"images": gt.dataset["images"], "categories": gt.dataset["categories"],
                                "annotations": []})
@@ -85,6 +87,28 @@ def run_cocoeval(gt: COCO, results: list[dict[str, Any]]) -> COCOeval:
         evaluator.accumulate()
         evaluator.summarize()
     return evaluator
+
+
+def map_and_map50(gt: COCO, results: list[dict[str, Any]], owned: bool = False) -> tuple[float, float]:
+    """pycocotools' `stats[0]` and `stats[1]` (mAP@[.5:.95], mAP@.5; area all, 100 detections), computed
+    with only that area range and detection cap evaluated: each (area, cap) is evaluated independently,
+    so these two figures are the same numbers a full `summarize()` prints, for a quarter of the work.
+    A corruption grid needs these two per cell, a few dozen times; `owned` results (built for this call)
+    are annotated in place instead of copied."""
+    evaluator = COCOeval(gt, _load_results(gt, results, owned), iouType="bbox")
+    params = evaluator.params
+    params.areaRng, params.areaRngLbl, params.maxDets = [params.areaRng[0]], ["all"], [params.maxDets[-1]]
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+        evaluator.accumulate()
+    precision = evaluator.eval["precision"][:, :, :, 0, 0]  # [IoU, recall, class]
+    return _summarised(precision), _summarised(precision[params.iouThrs == 0.5])
+
+
+def _summarised(precision: np.ndarray) -> float:
+    """What COCOeval.summarize() reports for a precision slice: the mean of defined entries, else -1."""
+    valid = precision[precision > -1]
+    return float(np.mean(valid)) if valid.size else -1.0
 
 
 def _class_ap(precision: np.ndarray) -> float | None:
@@ -137,3 +161,62 @@ def evaluate_detections(
         per_image=per_image_counts(evaluator, count_threshold),
         count_threshold=count_threshold,
     )
+
+
+ResultArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # image ids, category ids, xywh boxes, scores
+
+
+def results_from_arrays(image_ids: np.ndarray, category_ids: np.ndarray, boxes: np.ndarray,
+                        scores: np.ndarray) -> list[dict[str, Any]]:
+    """COCO results format from flat arrays (one row per detection, in order)."""
+    return [{"image_id": image, "category_id": category, "bbox": box, "score": score}
+            for image, category, box, score in zip(image_ids.tolist(), category_ids.tolist(), boxes.tolist(),
+                                                   scores.tolist())]
+
+
+_WORKER_DOCUMENT: dict[str, Any] | None = None
+
+
+def _start_worker(document: dict[str, Any]) -> None:
+    global _WORKER_DOCUMENT
+    _WORKER_DOCUMENT = document
+
+
+def _score_in_worker(arrays: ResultArrays) -> tuple[float, float]:
+    return map_and_map50(coco_from_document(_WORKER_DOCUMENT), results_from_arrays(*arrays), owned=True)
+
+
+class CellScorer:
+    """`map_and_map50` of many result sets against one ground-truth document, in `workers` processes.
+
+    A grid's cells are independent and pycocotools is single-threaded Python, so on a 2-core machine
+    two processes score two cells at once while the stage post-processes the next. Each worker
+    receives the document once; results travel as flat numpy arrays. workers=1 scores in-process.
+    """
+
+    def __init__(self, document: dict[str, Any], workers: int = 1):
+        self.document, self.workers = document, max(1, int(workers))
+        self._pool = None
+
+    def __enter__(self) -> "CellScorer":
+        if self.workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_start_worker, initargs=(self.document,))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+    def submit(self, arrays: ResultArrays):
+        """A future of (mAP, mAP@.5)."""
+        from concurrent.futures import Future
+
+        if self._pool is not None:
+            return self._pool.submit(_score_in_worker, arrays)
+        done: Future = Future()
+        done.set_result(map_and_map50(coco_from_document(self.document), results_from_arrays(*arrays), owned=True))
+        return done

@@ -14,7 +14,16 @@ opens here too. Deliberate differences from the seed:
 - `compute_model_hash(model=...)` hashes the weights' bytes, not the parameter
   count, which two trainings of one architecture share;
 - tensors are optional (the infer stage keeps them in the preprocessed layer;
-  `CacheReader(..., tensors=<that layer>)` reads them from there).
+  `CacheReader(..., tensors=<that layer>)` reads them from there);
+- every read is checked: each shard's sha256 against the index and each image's
+  checksum, so a damaged cache is refused naming the file and image (and how to
+  restore it), never read as other numbers; `is_cache_valid` also says False for a
+  missing or truncated shard (a stat and an HDF5 open per shard, no data read);
+- `CacheWriter` over an existing cache leaves it valid until the new one is
+  complete (it is built beside it and put in its place on close), so a crash
+  mid-loop leaves the old cache as it was.
+- a corruption-grid cell (`data/grid_predictions/<model>/<type>-<severity>`) opens
+  the same way; its `metadata()` names the perturbation.
 """
 from __future__ import annotations
 
@@ -24,14 +33,29 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 from evalstack.core.atomic import atomic_write_bytes
 from evalstack.core.keys import Key, sha256_bytes, sha256_file
 from evalstack.core.kinds import DETECTIONS_KIND
-from evalstack.core.layers import CacheStaleError, Layer, LayerWriter, StoreError, shard_name
+from evalstack.core.layers import (
+    ITEM_KEY,
+    CacheStaleError,
+    Layer,
+    LayerWriter,
+    StoreError,
+    read_column,
+    shard_name,
+)
 from evalstack.detection.boxes import Detections
-from evalstack.detection.layer import DetectionTable, layer_stats, open_detections, read_table, write_detections_shard
+from evalstack.detection.layer import (
+    DetectionTable,
+    layer_stats,
+    open_detections,
+    read_table,
+    write_detections_shard,
+)
 
 PROVENANCE_NAME = "provenance.json"
 
@@ -55,20 +79,28 @@ def compute_model_hash(model: Any = None, file_path: str | Path | None = None) -
 
 
 def is_cache_valid(path: str | Path, expected_model_hash: str) -> bool:
-    """True iff `path` is a finished detections layer of this schema built by that model."""
+    """True iff `path` is a finished detections layer of this schema built by that model, with every
+    shard present and whole (HDF5 checks a file's recorded end against its size when opening it).
+    Per shard a stat and an open; no data is read (`CacheReader` checks the bytes)."""
     try:
         layer = open_detections(path)
+        if layer.index.stats.get("model_hash") != expected_model_hash:
+            return False
+        for shard in layer.shards:
+            with h5py.File(layer.path(shard), "r"):
+                pass
     except (StoreError, OSError, ValueError, KeyError):
         return False
-    return layer.index.stats.get("model_hash") == expected_model_hash
+    return True
 
 
 class CacheWriter:
     """Seed-compatible writer: `with CacheWriter(path, name, split, hash) as w: w.write_image(...)`.
 
     Images are buffered and written a shard at a time (`shard_size` images or
-    `shard_bytes` of buffered data, whichever comes first); the layer becomes
-    readable only when the block exits without an exception.
+    `shard_bytes` of buffered data, whichever comes first) into a staging directory
+    (core.layers.LayerWriter); a cache already at `path` stays in place and valid
+    until the block exits without an exception, when the new one replaces it.
     """
 
     def __init__(self, path: str | Path, model_name: str, split: str, model_hash: str, *,
@@ -134,6 +166,10 @@ class CacheWriter:
             atomic_write_bytes(provenance, (json.dumps(stamp) + "\n").encode())
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _numpy(value: Any, dtype: type) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch tensor, without importing torch here
         value = value.detach().cpu().numpy()
@@ -143,9 +179,10 @@ def _numpy(value: Any, dtype: type) -> np.ndarray:
 class CacheReader:
     """Seed-compatible reader: validates schema and model hash on open, then reads per image.
 
-    Tensors come from the layer's own `tensor` column (CacheWriter with tensors)
-    or, for a layer written by the infer stage, from the preprocessed layer it
-    was computed from (`tensors=`), after checking the shards are that layer's.
+    Every shard's sha256 and every image's checksum are checked on open. Tensors come
+    from the layer's own `tensor` column (CacheWriter with tensors) or, for a layer
+    the pipeline wrote, from the letterboxed layer its candidates were computed from
+    (`tensors=`), after checking the shards are that layer's.
     """
 
     def __init__(self, path: str | Path, expected_model_hash: str, tensors: str | Path | None = None):
@@ -155,19 +192,24 @@ class CacheReader:
         if stored != expected_model_hash:
             raise CacheStaleError(f"{self.path}: model_hash mismatch: stored {stored!r}, expected "
                                   f"{expected_model_hash!r}; rebuild it (rerun inference)")
-        self.table = read_table(self.layer)
+        self.table = read_table(self.layer, sha256_file)
         self._rows = {str(image_id): row for row, image_id in enumerate(self.table.ids.tolist())}
         self._starts = np.cumsum([0] + [s.n_items for s in self.layer.shards])
         self._tensors = self._tensor_layer(tensors)
+        self._tensor_rows: dict[str, tuple[int, int]] | None = None
 
-    def _tensor_layer(self, tensors: str | Path | None) -> tuple[Layer, str] | None:
+    def _tensor_layer(self, tensors: str | Path | None) -> Layer | None:
         if tensors is None:
             return None
+        stats = self.layer.index.stats
+        if "perturbation" in stats:
+            raise StoreError(f"{self.path} is a corruption-grid cell ({stats['perturbation']}); its inputs are "
+                             "corrupted originals, kept in no layer, so it has no tensors to read")
         source = Layer.open(tensors)
-        mine = [s.upstream for s in self.layer.shards]
+        mine = stats.get("tensor_shards", [s.upstream for s in self.layer.shards])
         if mine != [s.sha256 for s in source.shards]:
             raise CacheStaleError(f"{tensors} is not the preprocessed layer {self.path} was computed from")
-        return source, "x"
+        return source
 
     def __enter__(self) -> "CacheReader":
         return self
@@ -193,21 +235,36 @@ class CacheReader:
     def read_tensor(self, img_id: int | str) -> np.ndarray:
         """(C, H, W) float32 with the pipeline's values (0–255 for evalstack pipelines)."""
         row = self._row(img_id)
-        shard_index = int(np.searchsorted(self._starts, row, side="right")) - 1
-        row -= int(self._starts[shard_index])
-        layer, column = self._tensors or (self.layer, "tensor")
-        with layer.open_shard(layer.shards[shard_index]) as handle:
-            if column not in handle:
-                raise StoreError(f"{self.path} holds no tensors; pass tensors=<preprocessed layer>")
-            array = handle[column][row]
-        return array if column == "tensor" else np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
+        if self._tensors is None:
+            shard_index = int(np.searchsorted(self._starts, row, side="right")) - 1
+            with self.layer.open_shard(self.layer.shards[shard_index]) as handle:
+                if "tensor" not in handle:
+                    raise StoreError(f"{self.path} holds no tensors; pass tensors=<preprocessed layer>")
+                return handle["tensor"][row - int(self._starts[shard_index])]
+        # The letterboxed layer holds every image of every split; find this one by its item key.
+        shard_index, tensor_row = self._tensor_index()[_text(self.table.item_keys[row])]
+        with self._tensors.open_shard(self._tensors.shards[shard_index]) as handle:
+            array = read_column(handle, "x", slice(tensor_row, tensor_row + 1))[0]
+        return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
+
+    def _tensor_index(self) -> dict[str, tuple[int, int]]:
+        if self._tensor_rows is None:
+            self._tensor_rows = {}
+            for number, shard in enumerate(self._tensors.shards):
+                with self._tensors.open_shard(shard) as handle:
+                    for tensor_row, key in enumerate(read_column(handle, ITEM_KEY).tolist()):
+                        self._tensor_rows.setdefault(_text(key), (number, tensor_row))
+        return self._tensor_rows
 
     def metadata(self) -> dict[str, Any]:
         stats = self.layer.index.stats
         provenance = self.path / PROVENANCE_NAME
         stamp = json.loads(provenance.read_text())["timestamp"] if provenance.exists() else None
-        return {
+        meta = {
             "model_name": stats.get("model_name"), "split": stats.get("split"), "coco_split": stats.get("split"),
             "model_hash": stats.get("model_hash"), "schema_version": self.layer.index.schema_version,
             "timestamp": stamp, "num_images": stats.get("num_images"),
         }
+        if "perturbation" in stats:
+            meta["perturbation"] = stats["perturbation"]
+        return meta

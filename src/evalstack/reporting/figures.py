@@ -156,6 +156,22 @@ def robustness_overlay(models: dict, kind: str, reference: str | None) -> bytes:
     return _png(figure)
 
 
+def detection_grid_overlay(grids: dict, kind: str) -> bytes:
+    """mAP@[.5:.95] vs severity (0 = clean) for one corruption type, every detector on the same axes."""
+    figure, axes = plt.subplots(figsize=(5.2, 3.6))
+    for name, grid in grids.items():
+        cells = sorted((c["severity"], c["mAP"]) for c in grid["cells"] if c["kind"] == kind)
+        if cells:
+            axes.plot([0] + [s for s, _ in cells], [grid["P_clean"]] + [m for _, m in cells], "o-", markersize=4,
+                      label=name)
+    axes.set_xlabel("severity (0 = clean)")
+    axes.set_ylabel("mAP@[.5:.95]")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    axes.set_title(f"{kind}: mAP vs severity")
+    return _png(figure)
+
+
 def confusion_png(rows: list[dict], title: str) -> bytes:
     figure = _confusion(rows, "predicted", "actual", normalized=False)
     figure.axes[0].set_title(title)

@@ -289,24 +289,43 @@ def detection_section(doc: Document, results: ProfileResults) -> None:
     if curves:
         doc.figures([Figure("detection_pr", "Precision–recall at IoU 0.5 (mean over classes), every detector",
                             figs.pr_overlay(curves))])
-    grid = _detection_grid(root)
-    if grid:
-        doc.h3("Under corruptions (mPC / rPC)")
-        doc.table(grid[0], grid[1])
+    grids = _detection_grids(root, [m.name for m in results.models])
+    if grids:
+        detection_grid_section(doc, grids)
 
 
-def _detection_grid(root: Path) -> tuple[list[str], list[list[str]]] | None:
-    """The corruption grid's per-type table, when the detection profile writes one (robustness/metrics.json)."""
-    metrics = read_json(root / "robustness/metrics.json")
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("models"), dict):
-        return None
+def _detection_grids(root: Path, names: list[str]) -> dict[str, dict]:
+    """Each model's corruption-grid details (reports/robustness/<model>.json, the robustness stage's)."""
+    grids = {name: read_json(root / "reports/robustness" / f"{name}.json") for name in names}
+    return {name: grid for name, grid in grids.items() if isinstance(grid, dict) and grid.get("cells")}
+
+
+def detection_grid_section(doc: Document, grids: dict[str, dict]) -> None:
+    """COCO-C: mAP against severity per corruption type with every model overlaid, then the tables."""
+    first = next(iter(grids.values()))
+    doc.h3("Under corruptions (COCO-C protocol)")
+    doc.p(f"ImageNet-C corruptions of the original {first['split']} images, before letterboxing; ground truth "
+          "unchanged. P_clean = clean mAP@[.5:.95], mPC = mean mAP over every type and severity, rPC = mPC / "
+          "P_clean; consistency = share of clean detections (score ≥ evaluate.count_threshold) still found under "
+          "corruption (same label, IoU ≥ 0.5).")
+    kinds = list(dict.fromkeys(kind for grid in grids.values() for kind in grid["types"]))
+    doc.figures([Figure(f"detection_grid_{_slug(kind)}", f"mAP vs severity: {kind} (all detectors)",
+                        figs.detection_grid_overlay(grids, kind)) for kind in kinds])
+    doc.table(["model", "P_clean", "mPC", "rPC", "P_clean@.5", "mPC@.5", "rPC@.5", "consistency"],
+              [[name, _f(g["P_clean"]), _f(g["mPC"]), _f(g["rPC"]), _f(g["P50_clean"]), _f(g["mPC50"]),
+                _f(g["rPC50"]), _f(g["consistency"])] for name, g in grids.items()])
+    severities = sorted({cell["severity"] for grid in grids.values() for cell in grid["cells"]})
     rows = []
-    for name, model in metrics["models"].items():
-        for kind, values in (model.get("types") or {}).items():
-            mean = values.get("mAP") if isinstance(values, dict) else None
-            mean = mean if isinstance(mean, (int, float)) else (values.get("mean") if isinstance(values, dict) else None)
-            rows.append([name, kind, _f(number(mean)), _f(number(model.get("mPC"))), _f(number(model.get("rPC")))])
-    return (["model", "type", "mean mAP", "mPC", "rPC"], rows) if rows else None
+    for name, grid in grids.items():
+        for kind, means in grid["types"].items():
+            by_severity = {c["severity"]: c["mAP"] for c in grid["cells"] if c["kind"] == kind}
+            rows.append([name, kind, *(_f(by_severity.get(s)) for s in severities), _f(means["mAP"]),
+                         _f(means["consistency"])])
+    doc.table(["model", "type", *(f"s{s}" for s in severities), "mean mAP", "consistency"], rows)
+    doc.table(["model", "images (N)", "cells (P·I)", "clean forward passes (infer, once)",
+               "perturbed forward passes (N·P·I)"],
+              [[name, str(g["n_images"]), str(g["counts"]["cells"]), str(g["counts"]["clean_forward_passes"]),
+                str(g["counts"]["perturbed_forward_passes"])] for name, g in grids.items()])
 
 
 def provenance_section(doc: Document, profiles: list[ProfileResults], project: Path) -> None:

@@ -3,7 +3,9 @@
 Everything here is read from the files the stages wrote (nothing is computed again):
 the evaluate details (`data/evaluation/<model>.json`), the paired comparison
 (`comparison/*.csv`), the robustness grid (`robustness/metrics.json`) and, when the
-detection profile ran, `detection/metrics/<model>.json`. A profile or file that is not
+detection profile ran, `detection/metrics/<model>.json` with its COCO details
+(`detection/reports/coco/`) and corruption grid (`detection/metrics/robustness/`,
+`detection/reports/robustness/`). A profile or file that is not
 there is left out, so the summary is true whichever profiles a user ran.
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ from evalstack.models.latency import read_latency
 
 CLASSIFICATION = "classification"
 DETECTION = "detection"
+DETECTION_EXTRA = ("n_images", "mPC", "rPC")  # read beside metrics/<model>.json (reports/coco, metrics/robustness)
 
 
 @dataclass
@@ -130,8 +133,9 @@ def detection_results(root: Path) -> ProfileResults | None:
         if metrics is None:
             continue
         flat = {key.split(".")[-1]: value for key, value in _flat(metrics).items()}
-        flat.update({key.split(".")[-1]: value for key, value in _flat(read_json(
-            folder / "data/evaluation" / f"{name}.json") or {}).items()})
+        # the COCO details (n_images, …) and the corruption grid's headline (mPC, rPC), when written
+        for extra in (folder / "reports/coco" / f"{name}.json", folder / "metrics/robustness" / f"{name}.json"):
+            flat.update({key: value for key, value in (read_json(extra) or {}).items() if key in DETECTION_EXTRA})
         figures = {key: number(flat.get(key)) for key in ("mAP", "mAP50", "mPC", "rPC", "AR100")}
         models.append(ModelResult(name, "detect", figures, int(number(flat.get("n_images")) or 0) or None))
     if not models:

@@ -1,0 +1,151 @@
+"""Robustness figures of a detection corruption grid (COCO-C's measures) from cached layers only.
+
+Per cell: the cell's candidates are post-processed with the model's current params
+(detection/postprocess.py: no forward pass, shards from the store when seen before) and
+scored by pycocotools like the clean evaluation — mAP@[.5:.95] and mAP@.5 — against the
+unchanged ground truth. Per model, as Michaelis et al. define them:
+
+- P_clean: mAP on the clean images (the clean detections layer, never recomputed);
+- mPC: the mean of the cells' mAP over every corruption type and severity;
+- rPC = mPC / P_clean (None when P_clean is 0);
+- per type: the mean over its severities;
+- consistency: the share of clean detections (score >= evaluate.count_threshold) that the
+  corrupted image still yields — same label, IoU >= 0.5, matched one-to-one.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from evalstack.cache.shardstore import ShardStore
+from evalstack.config import ModelSpec
+from evalstack.core.keys import Key, sha256_file
+from evalstack.core.layers import CacheStaleError
+from evalstack.detection.boxes import Detections, matched_count
+from evalstack.detection.candidates import open_candidates
+from evalstack.detection.decoding import PostProcess
+from evalstack.detection.evaluation import split_rows
+from evalstack.detection.grid import GridConfig
+from evalstack.detection.layer import DetectionTable, open_detections, read_table
+from evalstack.detection.metrics import CellScorer, ResultArrays
+from evalstack.detection.postprocess import detections_key, postprocess_layer
+from evalstack.sources.coco import coco_document, read_ground_truth
+
+CONSISTENCY_IOU = 0.5
+
+
+@dataclass(frozen=True)
+class CellScore:
+    kind: str
+    severity: int
+    mAP: float
+    mAP50: float
+    consistency: float | None
+    forward_passes: int  # recorded in the cell's candidates layer
+
+
+@dataclass
+class GridScores:
+    model: str
+    split: str
+    n_images: int
+    P_clean: float
+    P50_clean: float
+    cells: list[CellScore]
+    clean_forward_passes: int
+    # What this run post-processed (0: every shard came from the store). Printed, never written to an
+    # output: outputs are a function of the inputs, identical however much was reused.
+    images_postprocessed: int = 0
+
+    def _mean(self, values: list[float]) -> float:
+        return float(np.mean(values)) if values else float("nan")
+
+    def types(self) -> dict[str, dict[str, float | None]]:
+        kinds = list(dict.fromkeys(cell.kind for cell in self.cells))
+        out = {}
+        for kind in kinds:
+            cells = [cell for cell in self.cells if cell.kind == kind]
+            consistent = [c.consistency for c in cells if c.consistency is not None]
+            out[kind] = {"mAP": self._mean([c.mAP for c in cells]), "mAP50": self._mean([c.mAP50 for c in cells]),
+                         "consistency": self._mean(consistent) if consistent else None}
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        mpc, mpc50 = self._mean([c.mAP for c in self.cells]), self._mean([c.mAP50 for c in self.cells])
+        consistent = [c.consistency for c in self.cells if c.consistency is not None]
+        return {
+            "model": self.model, "split": self.split, "n_images": self.n_images,
+            "P_clean": self.P_clean, "mPC": mpc, "rPC": mpc / self.P_clean if self.P_clean > 0 else None,
+            "P50_clean": self.P50_clean, "mPC50": mpc50,
+            "rPC50": mpc50 / self.P50_clean if self.P50_clean > 0 else None,
+            "consistency": self._mean(consistent) if consistent else None,
+            "types": self.types(), "cells": [asdict(cell) for cell in self.cells],
+            "counts": {"clean_forward_passes": self.clean_forward_passes,
+                       "perturbed_forward_passes": sum(c.forward_passes for c in self.cells),
+                       "cells": len(self.cells)},
+        }
+
+
+def consistency(clean: DetectionTable, clean_rows: list[int], cell: DetectionTable, cell_rows: list[int],
+                count_threshold: float) -> float | None:
+    """Share of clean detections scoring >= count_threshold matched under corruption (None: none to match)."""
+    def above(table: DetectionTable, row: int) -> Detections:
+        found = table.detections(row)
+        keep = found.scores >= count_threshold
+        return Detections(found.boxes[keep], found.labels[keep], found.scores[keep])
+
+    total = matched = 0
+    for a, b in zip(clean_rows, cell_rows):
+        reference = above(clean, a)
+        total += len(reference)
+        matched += matched_count(reference, above(cell, b), CONSISTENCY_IOU)
+    return matched / total if total else None
+
+
+def result_arrays(table: DetectionTable, rows: list[int], categories: np.ndarray) -> ResultArrays:
+    """The detections of `rows` as flat arrays in COCO results order (what `coco_results` lists)."""
+    counts = table.counts[rows]
+    starts = table.offsets[rows]
+    index = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
+    return (np.repeat(table.ids[rows].astype(np.int64), counts), categories[table.labels[index]].astype(np.int64),
+            table.bboxes[index], table.scores[index])
+
+
+def score_grid(
+    raw_dir: Path, clean_dir: Path, cells_dir: Path, out_dir: Path, spec: ModelSpec, post: PostProcess,
+    config: GridConfig, count_threshold: float = 0.5, store: ShardStore | None = None,
+    expected_clean: Key | None = None, workers: int = 1,
+) -> GridScores:
+    """Post-process every cell (into `out_dir/<cell>`), score it, and compare it with the clean detections.
+    pycocotools runs in `workers` processes (it does not change a figure), overlapping the post-processing."""
+    sha256: Callable[[Path], str] = store.stamps.sha256 if store is not None else sha256_file
+    dataset = read_ground_truth(raw_dir)
+    categories = dataset.category_ids(spec.labels, spec.name)
+    clean_layer = open_detections(clean_dir, expected_clean, f"dvc repro postprocess@{spec.name}")
+    clean = read_table(clean_layer, sha256)
+    clean_rows = split_rows(clean, dataset, config.split, spec.name)
+    by_split = clean_layer.index.stats.get("forward_passes_by_split", {})
+    pending, postprocessed = [], 0
+    with CellScorer(coco_document(dataset, config.split), workers) as scorer:
+        clean_score = scorer.submit(result_arrays(clean, clean_rows, categories))
+        for cell in config.cells():
+            source = open_candidates(cells_dir / cell.name)
+            if source.key.parts.get("clean") != clean_layer.key.parts.get("candidates"):
+                raise CacheStaleError(f"{cells_dir / cell.name} was computed for another model or pipeline than "
+                                      f"{clean_dir}; rebuild the grid with `dvc repro grid@{spec.name}`")
+            build = postprocess_layer(cells_dir / cell.name, out_dir / cell.name, post, store,
+                                      f"model {spec.name} under {cell.kind} severity {cell.severity}: postprocess")
+            table = read_table(open_detections(out_dir / cell.name, detections_key(source.key, post)), sha256)
+            rows = split_rows(table, dataset, config.split, spec.name)
+            pending.append((cell, scorer.submit(result_arrays(table, rows, categories)),
+                            consistency(clean, clean_rows, table, rows, count_threshold),
+                            int(source.index.stats.get("forward_passes", 0))))
+            postprocessed += build.counts["items_computed"]
+        cells = [CellScore(cell.kind, cell.severity, *score.result(), agree, passes)
+                 for cell, score, agree, passes in pending]
+        p_clean, p50_clean = clean_score.result()
+    return GridScores(spec.name, config.split, len(clean_rows), p_clean, p50_clean, cells,
+                      int(by_split.get(config.split, 0)), postprocessed)

@@ -21,6 +21,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from evalstack.cache.incremental import previous_versions
 from evalstack.cache.shardstore import ShardStore, StoreEntry
@@ -44,7 +45,6 @@ class RawHistory:
         self.store = store
         self._scratch = None if store else tempfile.TemporaryDirectory(prefix="evalstack-fetch-")
         self.directory = store.directory / "fetch" if store else Path(self._scratch.name)
-        self._saved_now: set[str] = set()  # file names checked on arrival in this run: no second md5 pass
 
     def close(self) -> None:
         shutil.rmtree(self.directory / "stash", ignore_errors=True)
@@ -108,13 +108,15 @@ class RawHistory:
         digest = hashlib.sha256(repr(row.identity).encode()).hexdigest()[:40]
         return self.directory / "downloads" / f"{digest}.img"
 
-    def load_download(self, row: RegistryRow) -> bytes | None:
+    def load_download(self, row: RegistryRow, check_md5: bool = True) -> bytes | None:
+        """The bytes waiting for `row`, or None. `check_md5=False` when they were checked in this run
+        (the caller compares their sha256 with the one recorded then)."""
         path = self.download_path(row)
         try:
             data = path.read_bytes()
         except OSError:
             return None
-        if path.name not in self._saved_now and row.hashlib_md5 and md5_bytes(data) != row.hashlib_md5:
+        if check_md5 and row.hashlib_md5 and md5_bytes(data) != row.hashlib_md5:
             path.unlink(missing_ok=True)  # damaged on disk: download again
             return None
         return data
@@ -123,12 +125,15 @@ class RawHistory:
         path = self.download_path(row)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, data)
-        self._saved_now.add(path.name)  # a name, not a Path: one per downloaded card, so size matters
+
+    def work_directory(self) -> Path:
+        """Where fetch keeps its scratch listing database (removed when fetch ends)."""
+        return self.directory / "work"
 
     def has_download(self, row: RegistryRow) -> bool:
         return self.download_path(row).exists()
 
-    def drop_downloads(self, rows: list[RegistryRow]) -> None:
+    def drop_downloads(self, rows: Iterable[RegistryRow]) -> None:
         for row in rows:
             self.download_path(row).unlink(missing_ok=True)
 
@@ -137,6 +142,8 @@ class RawHistory:
         for folder in ("downloads", "stash"):
             for tmp in stale_temp_files(self.directory / folder):
                 tmp.unlink(missing_ok=True)
+        for listing in stale_temp_files(self.work_directory(), "listing-*.sqlite"):  # a killed fetch's
+            listing.unlink(missing_ok=True)
 
 
 def _copy_checked(source: Path, sha256: str, dest: Path) -> bool:

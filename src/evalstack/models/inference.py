@@ -6,7 +6,6 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-import h5py
 import numpy as np
 from tqdm import tqdm
 
@@ -16,7 +15,7 @@ from evalstack.cache.shardstore import ShardStore
 from evalstack.config import ModelSpec
 from evalstack.core.fingerprint import code_part, defining_module
 from evalstack.core.kinds import PREDICTIONS_KIND, PREPROCESSED_KIND
-from evalstack.core.layers import ITEM_KEY, Layer, ShardInfo, read_column
+from evalstack.core.layers import ITEM_KEY, Layer, ShardColumns, ShardInfo
 from evalstack.models.adapters.base import ModelAdapter
 from evalstack.models.predictions import PREDICTION_VALUES, prediction_columns, predictions_key
 
@@ -51,11 +50,11 @@ def inference_code(adapter_class: type) -> dict[str, str]:
 
 
 def predict_shard(adapter: ModelAdapter, batch_size: int, shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
-    with h5py.File(path, "r") as handle:
-        keys = read_column(handle, ITEM_KEY)
+    with ShardColumns(path, shard) as reader:  # tensors straight from the file (the index locates them)
+        keys = reader.read(ITEM_KEY)
         parts = []
         for start in range(0, shard.n_items, batch_size):
-            batch = read_column(handle, "x", slice(start, start + batch_size))
+            batch = reader.read("x", slice(start, start + batch_size))
             parts.append(adapter.predict_batch(batch))
             progress.update(len(batch))
     logits = np.concatenate(parts) if parts else np.zeros((0, len(adapter.spec.labels)), np.float32)

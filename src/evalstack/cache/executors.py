@@ -118,12 +118,30 @@ def _in_job_order(jobs: list[ShardJob], futures: list[Any], progress: Progress) 
 
 
 class DaskExecutor:
-    """Shards as tasks on a dask.distributed cluster; results come back in job order."""
+    """Shards as tasks on a dask.distributed cluster; results come back in job order.
 
-    def __init__(self, client: Any):
+    With `connect` instead of a client, the cluster is started on first use, and only when there are
+    at least two shards to compute: a LocalCluster's workers start (and import the frameworks) in
+    seconds, more than one shard costs on a rerun that adds a few items. One shard or none runs in
+    this process, as with worker processes; the bytes are the same either way.
+    """
+
+    def __init__(self, client: Any = None, connect: Callable[[], Any] | None = None):
+        if client is None and connect is None:
+            raise ExecutorError("DaskExecutor needs a client or a way to start one")
         self.client = client
+        self._connect = connect
+
+    @property
+    def started(self) -> bool:
+        return self.client is not None
 
     def run(self, compute: Callable, jobs: list[ShardJob], fmt: OutputFormat, progress: Progress) -> Iterator[ShardInfo]:
+        if self.client is None and len(jobs) <= 1:
+            yield from LocalExecutor().run(compute, jobs, fmt, progress)
+            return
+        if self.client is None:
+            self.client = self._connect()
         # pure=False: two jobs that look alike must still both run (they write different files).
         futures = [
             self.client.submit(derive_shard, compute, job, fmt, pure=False, key=f"shard-{job.address[:16]}-{job.out_path.name}")
@@ -149,8 +167,8 @@ def executor_settings(params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 def open_executor(params: Mapping[str, Any], in_process: bool = False) -> Iterator[Executor]:
     """The executor params.yaml asks for. `local` runs shards in `local.workers` processes, or in
     this one when `in_process` (infer: a model loads once per process and the frameworks use every
-    core already). `dask.address` empty starts a LocalCluster for the duration of the stage;
-    `tcp://host:8786` connects to an existing scheduler."""
+    core already). `dask.address` empty starts a LocalCluster for the rest of the stage when it first
+    has two shards or more to compute; `tcp://host:8786` (or `tls://…`) connects to an existing scheduler."""
     name, settings = executor_settings(params)
     if name == "local":
         yield LocalExecutor() if in_process else ProcessExecutor(int(settings["workers"]))
@@ -162,9 +180,13 @@ def open_executor(params: Mapping[str, Any], in_process: bool = False) -> Iterat
         with Client(str(dask["address"])) as client:
             yield DaskExecutor(client)
         return
-    with LocalCluster(n_workers=int(dask["workers"]), threads_per_worker=1, dashboard_address=None,
-                      processes=True) as cluster, Client(cluster) as client:
-        yield DaskExecutor(client)
+    with contextlib.ExitStack() as stack:
+        def start_cluster() -> Any:
+            cluster = stack.enter_context(LocalCluster(n_workers=int(dask["workers"]), threads_per_worker=1,
+                                                       dashboard_address=None, processes=True))
+            return stack.enter_context(Client(cluster))
+
+        yield DaskExecutor(connect=start_cluster)
 
 
 def loaded_in_worker(factory: Callable[[Any], Any], spec: Any) -> Any:

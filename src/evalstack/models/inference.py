@@ -1,7 +1,7 @@
 """The infer stage: preprocessed layer + model → predictions layer, shard by shard through the store."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -38,7 +38,7 @@ def infer_layer(
     labels = {"model": f"model {adapter.spec.name}", "pipeline": f"pipeline {adapter.spec.pipeline}", "code": "code"}
     spec = DerivedLayerSpec(PREDICTIONS_KIND, key, f"model {adapter.spec.name}", labels, "forward_passes")
     if isinstance(executor, DaskExecutor):  # workers load the model themselves: interpreters do not pickle
-        compute: Callable = PredictInWorker(type(adapter), adapter.spec, batch_size)
+        compute: Callable = PredictInWorker(type(adapter), adapter.spec, batch_size, adapter)
     else:
         compute = partial(predict_shard, adapter, batch_size)
     return build_derived_layer(source, out_dir, spec, compute, store, executor)
@@ -64,11 +64,22 @@ def predict_shard(adapter: ModelAdapter, batch_size: int, shard: ShardInfo, path
 
 @dataclass(frozen=True)
 class PredictInWorker:
-    """`predict_shard` with the adapter built from its class and spec, once per worker process."""
+    """`predict_shard` with the adapter built from its class and spec, once per worker process. A shard
+    computed in the stage's own process (the Dask executor runs a lone shard there) uses `local`, the
+    stage's adapter, which is never pickled: interpreters do not travel."""
 
     adapter_class: type[ModelAdapter]
     spec: ModelSpec
     batch_size: int
+    local: ModelAdapter | None = field(default=None, compare=False)
 
     def __call__(self, shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
-        return predict_shard(loaded_in_worker(self.adapter_class, self.spec), self.batch_size, shard, path, progress)
+        adapter = self.local if self.local is not None else loaded_in_worker(self.adapter_class, self.spec)
+        return predict_shard(adapter, self.batch_size, shard, path, progress)
+
+    def __getstate__(self) -> dict:
+        return {"adapter_class": self.adapter_class, "spec": self.spec, "batch_size": self.batch_size, "local": None}
+
+    def __setstate__(self, state: dict) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)

@@ -266,3 +266,32 @@ def measure(scratch: Path, items_root: Path, sizes: tuple[int, ...], shard_bytes
     dvc_add = dvc_add_baseline(scratch, items_root, big.n, say)
     return P12Result(curve, choice, status, repro, push_seconds, push_bytes, accuracy, plain_seconds, plain_accuracy,
                      dvc_add, log)
+
+
+def tables(result: P12Result) -> list[str]:
+    """Markdown tables for RESULTS.md: the curve, the shard size choice."""
+    stages = [stage for stage in STAGES if stage in result.big.cold.seconds]
+    lines = ["", "### P12: time per item and peak RSS per stage, cold, by number of items", "",
+             "| items | " + " | ".join(f"{stage} µs/item | {stage} MB" for stage in stages) + " | dvc s | total s |",
+             "|---|" + "---|" * (2 * len(stages) + 2)]
+    for point in result.curve:
+        cells = []
+        for stage in stages:
+            cells.append(f"{1e6 * point.cold.seconds.get(stage, 0) / point.n:.0f}")
+            cells.append(f"{point.cold.peak_rss.get(stage, 0) / 2**20:.0f}")
+        lines.append(f"| {point.n} | " + " | ".join(cells) + f" | {point.cold.seconds.get('dvc', 0):.1f} | "
+                     f"{point.cold.total:.1f} |")
+    lines += ["", f"### P12: choosing `fetch.shard_bytes` ({result.choice[0].n if result.choice else '—'} items, "
+              "+1 % rerun)", "",
+              "| shard_bytes | raw shards | files per layer (raw, preprocessed, predictions) | index.json KB (raw) | "
+              "cold s | rerun s | rerun / cold | items recomputed per layer | fetch peak MB |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for point in result.choice:
+        files = ", ".join(str(point.files[stage]) for stage in LAYERS)
+        items = point.recomputed.get("fetch", "").split("(")[-1].rstrip(")")
+        ratio = point.rerun.total / point.cold.total if point.rerun else float("nan")
+        lines.append(f"| {point.shard_bytes / 1e6:.1f} MB | {point.files['fetch'] - 1} | {files} | "
+                     f"{point.index_bytes['fetch'] / 1e3:.0f} | {point.cold.total:.1f} | "
+                     f"{point.rerun.total if point.rerun else float('nan'):.1f} | {ratio:.3f} | {items} | "
+                     f"{point.cold.peak_rss.get('fetch', 0) / 2**20:.0f} |")
+    return lines

@@ -184,7 +184,11 @@ def open_executor(params: Mapping[str, Any], in_process: bool = False) -> Iterat
         def start_cluster() -> Any:
             cluster = stack.enter_context(LocalCluster(n_workers=int(dask["workers"]), threads_per_worker=1,
                                                        dashboard_address=None, processes=True))
-            return stack.enter_context(Client(cluster))
+            client = stack.enter_context(Client(cluster))
+            from evalstack.cache.dask_plugins import ExitWhenClosed
+
+            client.register_plugin(ExitWhenClosed())
+            return client
 
         yield DaskExecutor(connect=start_cluster)
 

@@ -314,12 +314,17 @@ class ShardColumns:
         self.arrays = shard.arrays or {}
         self._handle: h5py.File | None = None
 
-    def read(self, name: str, rows: slice | np.ndarray | None = None) -> np.ndarray:
+    def read(self, name: str, rows: slice | np.ndarray | None = None, decode: bool = True) -> np.ndarray:
+        """A column (or `rows` of it) as `read_column` returns it; `decode=False` keeps fixed-width strings
+        as bytes (item keys passed on to a derived shard keep their fixed width)."""
         location = self.arrays.get(name)
         if location is None or not (rows is None or isinstance(rows, slice) and rows.step in (None, 1)):
+            if not decode and self.handle[name].dtype.kind == "S":
+                dataset = self.handle[name]
+                return dataset[()] if rows is None else dataset[rows]
             return read_column(self.handle, name, rows)
         array = read_array(self.path, location, rows, name)
-        if array.dtype.kind == "S":  # as read_column returns fixed-width strings: decoded, one object each
+        if array.dtype.kind == "S" and decode:  # as read_column returns fixed-width strings: decoded, one object each
             return np.asarray([value.decode() for value in array], dtype=object)
         return array
 

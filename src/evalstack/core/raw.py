@@ -46,8 +46,10 @@ def raw_columns(items: list[FetchedItem]) -> dict[str, np.ndarray]:
     }
     for name in META_COLUMNS:
         values = [getattr(item.row, name) for item in items]
-        is_int = name in ("id", "sample_id", "quantity")
-        columns[name] = np.asarray(values, dtype=np.int64 if is_int else object)
+        if name in ("id", "sample_id", "quantity"):
+            columns[name] = np.asarray(values, dtype=np.int64)
+        else:  # fixed-width UTF-8: plain bytes the layer index locates, read without HDF5 (ShardColumns)
+            columns[name] = np.asarray([str(value).encode() for value in values], dtype=np.bytes_)
     return columns
 
 

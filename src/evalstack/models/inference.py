@@ -51,7 +51,7 @@ def inference_code(adapter_class: type) -> dict[str, str]:
 
 def predict_shard(adapter: ModelAdapter, batch_size: int, shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
     with ShardColumns(path, shard) as reader:  # tensors straight from the file (the index locates them)
-        keys = reader.read(ITEM_KEY)
+        keys = reader.read(ITEM_KEY, decode=False)  # fixed width, as the preprocessed layer holds them
         parts = []
         for start in range(0, shard.n_items, batch_size):
             batch = reader.read("x", slice(start, start + batch_size))

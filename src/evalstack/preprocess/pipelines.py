@@ -195,7 +195,7 @@ def preprocess_layer(
 
     def compute(shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
         with ShardColumns(path, shard) as handle:
-            keys = handle.read(ITEM_KEY)
+            keys = handle.read(ITEM_KEY, decode=False)  # fixed width, so readers of this layer skip HDF5 too
             ids = handle.read("id")
             tensors = np.empty((shard.n_items, *pipeline.output_shape()), dtype=pipeline.output_dtype())
             for row, image in decoded_images(handle, shard.n_items, max_pixels, lambda r: f"item id {ids[r]} in {path}",

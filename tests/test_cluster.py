@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -33,7 +34,8 @@ def test_a_cluster_of_separate_processes_writes_the_layers_the_local_executor_wr
     with dask_processes(tmp_path / "dask", workers=2, environment=environment) as cluster:
         with open_executor({"executor": "dask", "dask": {"address": cluster.address}}) as executor:
             assert isinstance(executor, DaskExecutor) and executor.started  # an address connects at once
-            pre, pred = build(remote, executor)
+            with contextlib.chdir(remote.root):  # relative paths, as a stage passes them; the workers run elsewhere
+                pre, pred = build(Project(Path(".")), executor)
             pids = executor.client.run(os.getpid)
             loaded = executor.client.run(lambda dask_worker: len(getattr(dask_worker, "_evalstack_loaded", {})))
             # the workers are the processes the CLIs started (each a child of its `dask worker` nanny)

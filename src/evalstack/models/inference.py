@@ -1,7 +1,7 @@
 """The infer stage: preprocessed layer + model → predictions layer, shard by shard through the store."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -38,7 +38,9 @@ def infer_layer(
     labels = {"model": f"model {adapter.spec.name}", "pipeline": f"pipeline {adapter.spec.pipeline}", "code": "code"}
     spec = DerivedLayerSpec(PREDICTIONS_KIND, key, f"model {adapter.spec.name}", labels, "forward_passes")
     if isinstance(executor, DaskExecutor):  # workers load the model themselves: interpreters do not pickle
-        compute: Callable = PredictInWorker(type(adapter), adapter.spec, batch_size, adapter)
+        # the weights by absolute path: a worker of an existing cluster runs in its own directory
+        model = replace(adapter.spec, file=adapter.spec.file.absolute())
+        compute: Callable = PredictInWorker(type(adapter), model, batch_size, adapter)
     else:
         compute = partial(predict_shard, adapter, batch_size)
     return build_derived_layer(source, out_dir, spec, compute, store, executor)

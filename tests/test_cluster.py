@@ -47,14 +47,14 @@ def test_a_cluster_of_separate_processes_writes_the_layers_the_local_executor_wr
     assert sorted(loaded.values()) == [1, 1]  # each worker loaded the model once and predicted there
 
 
-def test_a_local_cluster_is_not_started_for_a_single_shard(tmp_path: Path):
+def test_a_local_cluster_is_started_only_when_the_work_is_worth_it(tmp_path: Path):
     project = Project(tmp_path / "p")
-    project.grow(4)
-    project.fetch(None, shard_bytes=10**9)  # one raw shard
+    project.grow(22)
+    project.fetch(None)  # 9 small shards: milliseconds of work in this process
     with open_executor({"executor": "dask", "dask": {"address": "", "workers": 2}}) as executor:
         pre, pred = build(project, executor)
-        assert not executor.started  # one shard: computed in this process, no LocalCluster
-    assert pre.counts["shards_computed"] == 1 and pred.counts["forward_passes"] == 4
+        assert not executor.started and executor.in_process == 18  # both layers computed here, no LocalCluster
+    assert pre.counts["shards_computed"] == 9 and pred.counts["forward_passes"] == 22
 
 
 def s3_objects(client, bucket: str) -> dict[str, int]:

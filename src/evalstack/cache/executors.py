@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,13 +118,20 @@ def _in_job_order(jobs: list[ShardJob], futures: list[Any], progress: Progress) 
             future.cancel()
 
 
+# What starting a stage's own LocalCluster costs before it computes anything: two worker processes, their
+# imports, the framework and the model loaded in each (measured on the 2-core bench machine: 2–8 s, more
+# under load). Work that takes less in the stage's own process is done there.
+LOCAL_CLUSTER_WORTH_SECONDS = 5.0
+
+
 class DaskExecutor:
     """Shards as tasks on a dask.distributed cluster; results come back in job order.
 
-    With `connect` instead of a client, the cluster is started on first use, and only when there are
-    at least two shards to compute: a LocalCluster's workers start (and import the frameworks) in
-    seconds, more than one shard costs on a rerun that adds a few items. One shard or none runs in
-    this process, as with worker processes; the bytes are the same either way.
+    With `connect` instead of a client (a LocalCluster the stage starts itself), the cluster is
+    started only when it pays: the first shard is computed in this process, and the rest too when,
+    at that shard's pace, they would take less than starting the cluster costs
+    (LOCAL_CLUSTER_WORTH_SECONDS) — a rerun that adds a few items computes a shard or two. A cluster
+    at `dask.address` is always used. The bytes are the same wherever a shard is computed.
     """
 
     def __init__(self, client: Any = None, connect: Callable[[], Any] | None = None):
@@ -131,16 +139,23 @@ class DaskExecutor:
             raise ExecutorError("DaskExecutor needs a client or a way to start one")
         self.client = client
         self._connect = connect
+        self.in_process = 0  # shards computed in the stage's own process (the cluster was not worth starting)
 
     @property
     def started(self) -> bool:
         return self.client is not None
 
     def run(self, compute: Callable, jobs: list[ShardJob], fmt: OutputFormat, progress: Progress) -> Iterator[ShardInfo]:
-        if self.client is None and len(jobs) <= 1:
-            yield from LocalExecutor().run(compute, jobs, fmt, progress)
-            return
-        if self.client is None:
+        if self.client is None and jobs:
+            started = time.monotonic()
+            yield derive_shard(compute, jobs[0], fmt, progress)
+            self.in_process += 1
+            per_item = (time.monotonic() - started) / max(jobs[0].upstream.n_items, 1)
+            jobs = jobs[1:]
+            if per_item * sum(job.upstream.n_items for job in jobs) < LOCAL_CLUSTER_WORTH_SECONDS:
+                self.in_process += len(jobs)
+                yield from LocalExecutor().run(compute, jobs, fmt, progress)
+                return
             self.client = self._connect()
         # pure=False: two jobs that look alike must still both run (they write different files).
         futures = [
@@ -167,8 +182,8 @@ def executor_settings(params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 def open_executor(params: Mapping[str, Any], in_process: bool = False) -> Iterator[Executor]:
     """The executor params.yaml asks for. `local` runs shards in `local.workers` processes, or in
     this one when `in_process` (infer: a model loads once per process and the frameworks use every
-    core already). `dask.address` empty starts a LocalCluster for the rest of the stage when it first
-    has two shards or more to compute; `tcp://host:8786` (or `tls://…`) connects to an existing scheduler."""
+    core already). `dask.address` empty starts a LocalCluster for the stage when its work is worth it (see
+    DaskExecutor); `tcp://host:8786` (or `tls://…`) connects to an existing scheduler."""
     name, settings = executor_settings(params)
     if name == "local":
         yield LocalExecutor() if in_process else ProcessExecutor(int(settings["workers"]))

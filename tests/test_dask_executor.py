@@ -54,7 +54,7 @@ def test_dask_and_local_executors_write_identical_layers(tmp_path: Path, monkeyp
     with open_executor(params) as executor:
         assert isinstance(executor, DaskExecutor)
         pre, pred = build(remote, executor)
-        assert executor.started and executor.in_process == 1  # the first shard, then the cluster
+        assert executor.started and executor.in_process == 2  # two shards here (the pace), then the cluster
         # a second build through a store: computed on the cluster, then every shard reused
         store = store_at(tmp_path / "store")
         shutil.rmtree(remote.pre), shutil.rmtree(remote.pred)

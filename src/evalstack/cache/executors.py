@@ -128,8 +128,8 @@ class DaskExecutor:
     """Shards as tasks on a dask.distributed cluster; results come back in job order.
 
     With `connect` instead of a client (a LocalCluster the stage starts itself), the cluster is
-    started only when it pays: the first shard is computed in this process, and the rest too when,
-    at that shard's pace, they would take less than starting the cluster costs
+    started only when it pays: the first two shards are computed in this process, and the rest too when,
+    at the second one's pace, they would take less than starting the cluster costs
     (LOCAL_CLUSTER_WORTH_SECONDS) — a rerun that adds a few items computes a shard or two. A cluster
     at `dask.address` is always used. The bytes are the same wherever a shard is computed.
     """
@@ -147,11 +147,14 @@ class DaskExecutor:
 
     def run(self, compute: Callable, jobs: list[ShardJob], fmt: OutputFormat, progress: Progress) -> Iterator[ShardInfo]:
         if self.client is None and jobs:
-            started = time.monotonic()
-            yield derive_shard(compute, jobs[0], fmt, progress)
-            self.in_process += 1
-            per_item = (time.monotonic() - started) / max(jobs[0].upstream.n_items, 1)
-            jobs = jobs[1:]
+            # The first shard warms up (imports, a model's first call); the second one's pace is the estimate.
+            per_item = 0.0
+            for job in jobs[:2]:
+                started = time.monotonic()
+                yield derive_shard(compute, job, fmt, progress)
+                self.in_process += 1
+                per_item = (time.monotonic() - started) / max(job.upstream.n_items, 1)
+            jobs = jobs[2:]
             if per_item * sum(job.upstream.n_items for job in jobs) < LOCAL_CLUSTER_WORTH_SECONDS:
                 self.in_process += len(jobs)
                 yield from LocalExecutor().run(compute, jobs, fmt, progress)

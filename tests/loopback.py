@@ -3,8 +3,9 @@
 Tests start it on 127.0.0.1:0 in a thread. It serves a dataset directory (as written
 by `synthetic.write_dataset`) and a PAD API v2 view of the same cards. Faults are
 deterministic per (path, attempt): a seeded RNG decides whether the n-th GET of a path
-gets a 500, a connection reset, a stalled response or a truncated body, so a test
-run is reproducible and every GET is counted per path.
+gets a 500, a connection reset, a stalled response, a truncated body (reset mid-body), a
+429 with `Retry-After`, or a short body (fewer bytes than Content-Length, then a clean
+close), so a test run is reproducible and every GET is counted per path.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 FAULT_KINDS = ("500", "reset", "slow", "truncate")
+MORE_FAULT_KINDS = ("429", "short")  # 429 carries Retry-After; short = a body cut short, closed cleanly
+ALL_FAULT_KINDS = FAULT_KINDS + MORE_FAULT_KINDS
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Faults:
     always: dict[str, str] = field(default_factory=dict)  # path → fault on every attempt ("500", "404", …)
     redirects: dict[str, str] = field(default_factory=dict)  # path → Location
     bodies: dict[str, bytes] = field(default_factory=dict)  # path → bytes served instead of the file
+    retry_after: str = "1"  # the Retry-After header of a "429" fault (seconds, or an HTTP date)
 
     def pick(self, path: str, attempt: int) -> str | None:
         if path in self.always:
@@ -123,6 +127,8 @@ def _handler(server: PadServer) -> type[BaseHTTPRequestHandler]:
             fault = server.faults.pick(key, attempt) if status == 200 else None
             if fault:
                 server.faults_served[fault] += 1
+            if fault == "429":
+                return self._send(429, b"slow down\n", {"Retry-After": server.faults.retry_after})
             if fault and fault.isdigit():
                 return self._send(int(fault), b"fault\n")
             if fault == "reset":
@@ -134,6 +140,12 @@ def _handler(server: PadServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(body[: len(body) // 2])
                 self.wfile.flush()
                 return self._reset()
+            if fault == "short":  # what a proxy that gives up does: half the body, then an orderly close
+                self._send_headers(200, len(body))
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return None
             self._send(status, body)
 
         def _body(self, parsed) -> tuple[bytes, int]:

@@ -30,7 +30,7 @@ def torch_file(tmp_path_factory) -> Path:
 
 
 def _spec(file: Path, adapter: str) -> ModelSpec:
-    return ModelSpec(name="m", file=file, adapter=adapter, pipeline="p", labels=LABELS)
+    return ModelSpec(name="m", file=file, adapter=adapter, pipeline="p", labels=LABELS, trust=True)  # built here
 
 
 @pytest.mark.parametrize("adapter, size", [("tflite", 96), ("torch", 32)])

@@ -234,7 +234,8 @@ def test_a_duplicate_id_across_registries_is_refused_naming_it(tmp_path: Path):
     second = tmp_path / "src/metadata_test.csv"
     second.write_text(registry.read_text())  # every id again, in another split
     config = FetchConfig(SourceConfig(registries={"dev": str(registry), "test": str(second)}))
-    with pytest.raises(SourceError, match=r"duplicate id 10\d in the registry \(image 10\d__90\d__lactose__50.png\)"):
+    with pytest.raises(SourceError, match=r"duplicate id 10\d in registry dev \(.*\) and in registry test \(.*\) "
+                                          r"\(images 10\d__90\d__lactose__50.png and 10\d__90\d__lactose__50.png\)"):
         fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
     assert not (tmp_path / "raw").exists()
 

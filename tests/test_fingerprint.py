@@ -68,7 +68,7 @@ def test_a_constant_in_a_module_the_pipeline_imports_changes_the_key(tmp_path: P
 def test_a_users_own_pipeline_module_is_part_of_its_key(tmp_path: Path):
     src = _copy_library(tmp_path)
     (src / "my_pipelines.py").write_text(
-        "from evalstack.preprocess.pipelines import PadRegionsPipeline\n\n"
+        "from evalstack.preprocess.regions import PadRegionsPipeline\n\n"
         "class Mine(PadRegionsPipeline):\n    kind = 'mine'\n")
     probe = ("import json; from my_pipelines import Mine; "
              "print(json.dumps(sorted(Mine(regions=10).cache_key().parts['code'])))")
@@ -92,3 +92,12 @@ def test_source_digest_ignores_layout_but_not_values(tmp_path: Path):
     b.write_text('# comment\nX = 1  # one\ndef f(y):\n    """Adds X."""\n    return (y +\n            X)\n')
     c.write_text('"""Doc."""\nX = 2\n\n\ndef f(y):\n    return y + X\n')
     assert source_digest(a) == source_digest(b) != source_digest(c)
+
+
+def test_a_pipeline_key_covers_its_own_code_not_another_kinds():
+    from evalstack.preprocess.pipelines import build_pipeline
+
+    crop = build_pipeline({"kind": "crop_resize"}).cache_key().parts["code"]
+    regions = build_pipeline({"kind": "pad_regions"}).cache_key().parts["code"]
+    assert "evalstack.preprocess.regions" in regions and "evalstack.preprocess.regions" not in crop
+    assert "evalstack.preprocess.pipelines" in crop and "evalstack.cache.incremental" in crop  # the stage's own code

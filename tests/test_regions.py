@@ -9,8 +9,15 @@ from PIL import Image
 from evalstack.core.layers import Layer
 from evalstack.demo.cards import plan_cards, render_card, write_dataset
 from evalstack.fetch.raw_layer import FetchConfig, fetch_raw_layer, read_blobs
-from evalstack.preprocess.pipelines import PadRegionsPipeline, PipelineError, build_pipeline, preprocess_layer
-from evalstack.preprocess.regions import feature_names, lane_box, region_box, region_features, saturation_value
+from evalstack.preprocess.pipelines import PipelineError, build_pipeline, preprocess_layer
+from evalstack.preprocess.regions import (
+    PadRegionsPipeline,
+    feature_names,
+    lane_box,
+    region_box,
+    region_features,
+    saturation_value,
+)
 from evalstack.sources.images import decode_image
 
 

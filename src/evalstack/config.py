@@ -40,6 +40,7 @@ class ModelSpec:
     layout: str = "NHWC"  # how the model wants its input; data is stored NHWC
     sha256: str | None = None  # expected weights hash, checked when given
     options: dict[str, Any] = field(default_factory=dict)
+    trust: bool = False  # load a pickle-backed file (torch .pt2/.pt) without a sha256 pin (models/trust.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "file", Path(self.file))  # a str from a notebook works too
@@ -121,7 +122,7 @@ def model_spec(params: Mapping[str, Any], name: str, root: Path = Path(".")) -> 
     for required in ("file", "adapter", "pipeline", "labels"):
         if required not in fields:
             raise ConfigError(f"models.{name} lacks {required!r}")
-    known = {"file", "adapter", "pipeline", "labels", "task", "layout", "sha256"}
+    known = {"file", "adapter", "pipeline", "labels", "task", "layout", "sha256", "trust"}
     return ModelSpec(
         name=name,
         file=root / fields["file"],
@@ -132,4 +133,11 @@ def model_spec(params: Mapping[str, Any], name: str, root: Path = Path(".")) -> 
         layout=fields.get("layout", "NHWC"),
         sha256=fields.get("sha256"),
         options={k: v for k, v in fields.items() if k not in known},
+        trust=_flag(fields.get("trust", False), f"models.{name}.trust"),
     )
+
+
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where} must be true or false, not {value!r}")
+    return value

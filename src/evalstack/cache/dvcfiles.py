@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from evalstack.core.layers import INDEX_NAME, LayerIndex, ShardInfo
+from evalstack.core.layers import INDEX_NAME, LayerIndex, ShardInfo, StoreError
+from evalstack.core.names import UnsafeName, check_dvc_md5
 
 LOCK_NAME = "dvc.lock"
 
@@ -45,11 +46,35 @@ def find_repo_root(start: Path) -> Path | None:
     return None
 
 
-def locked_outs(root: Path) -> list[LockedOut]:
-    lock = root / LOCK_NAME
+class LockFileError(StoreError):
+    """dvc.lock exists but cannot be read (empty after a killed `dvc repro`, or damaged)."""
+
+
+def read_lock(lock: Path) -> dict | None:
+    """dvc.lock parsed; None when it does not exist (nothing was run). A present but empty or
+    unreadable file is an error: treating it as "nothing recorded" would let `gc` drop shards
+    the real lock file needs."""
     if not lock.exists():
-        return []
-    data = yaml.safe_load(lock.read_text()) or {}
+        return None
+    text = lock.read_text()
+    problem = ""
+    if not text.strip():
+        problem = f"is empty ({len(text)} bytes): DVC was stopped while updating it"
+    else:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            problem = f"is not valid YAML ({str(error).splitlines()[0]})"
+        else:
+            if isinstance(data, dict) and isinstance(data.get("stages") or {}, dict):
+                return data
+            problem = "is not a DVC lock file (no `stages:` mapping)"
+    raise LockFileError(f"{lock} {problem}; `git checkout {lock.name}` restores the committed one, or delete it "
+                        "and `dvc commit -f` records the outputs you have. `evalstack doctor` explains.")
+
+
+def locked_outs(root: Path) -> list[LockedOut]:
+    data = read_lock(root / LOCK_NAME) or {}
     outs = []
     for stage, record in sorted((data.get("stages") or {}).items()):
         for out in record.get("outs") or []:
@@ -67,21 +92,43 @@ def cache_dir(root: Path) -> Path:
 
 
 def _config_value(path: Path, section: str, option: str) -> str | None:
+    return config_sections(path).get(section, {}).get(option)
+
+
+def config_sections(path: Path) -> dict[str, dict[str, str]]:
+    """A DVC config file (`.dvc/config`, configobj layout) as {section: {option: value}};
+    sections are named as DVC writes them: `core`, `remote "storage"`."""
+    sections: dict[str, dict[str, str]] = {}
     if not path.exists():
-        return None
+        return sections
     current = None
     for line in path.read_text().splitlines():
         header = re.match(r"\s*\[\s*'?(.+?)'?\s*\]\s*$", line)
         if header:
             current = header.group(1)
+            sections.setdefault(current, {})
             continue
         pair = re.match(r"\s*([\w.-]+)\s*=\s*(.*?)\s*$", line)
-        if pair and current == section and pair.group(1) == option:
-            return pair.group(2)
-    return None
+        if pair and current is not None:
+            sections[current][pair.group(1)] = pair.group(2)
+    return sections
+
+
+def dvc_config(root: Path) -> dict[str, dict[str, str]]:
+    """`.dvc/config` with `.dvc/config.local` over it, as DVC merges them."""
+    merged = config_sections(root / ".dvc" / "config")
+    for section, options in config_sections(root / ".dvc" / "config.local").items():
+        merged.setdefault(section, {}).update(options)
+    return merged
 
 
 def cache_file(cache: Path, md5: str) -> Path:
+    """Where DVC's cache keeps the object `md5` (checked: it comes from dvc.lock or a `.dir` listing)."""
+    try:
+        check_dvc_md5(md5)
+    except UnsafeName as error:
+        raise StoreError(f"{cache}: {error}; refusing to read outside DVC's cache "
+                         "(dvc.lock or a cached directory listing is crafted or damaged)") from None
     return cache / "files" / "md5" / md5[:2] / md5[2:]
 
 
@@ -106,12 +153,12 @@ def locked_layer(root: Path, out: LockedOut, cache: Path | None = None) -> Locke
         cache = cache or cache_dir(root)
         index_file = cache_file(cache, listing[INDEX_NAME])
         if index_file.exists():
-            index = LayerIndex.from_json(index_file.read_text())
+            index = LayerIndex.from_json(index_file.read_text(), f"{out.path}/{INDEX_NAME} in DVC's cache ({index_file})")
             files = {s.name: cache_file(cache, listing[s.name]) for s in index.shards if s.name in listing}
             return LockedLayer(out, index, {n: p for n, p in files.items() if p.exists()}, from_cache=True)
     workspace = root / out.path / INDEX_NAME
     if workspace.exists():
-        index = LayerIndex.from_json(workspace.read_text())
+        index = LayerIndex.from_json(workspace.read_text(), str(workspace))
         return LockedLayer(out, index, {s.name: root / out.path / s.name for s in index.shards}, from_cache=False)
     return None
 
@@ -125,7 +172,7 @@ def nested_locked_layers(root: Path, out: LockedOut, cache: Path) -> list[Locked
         index_file = cache_file(cache, listing[relpath])
         if not index_file.exists():
             continue
-        index = LayerIndex.from_json(index_file.read_text())
+        index = LayerIndex.from_json(index_file.read_text(), f"{out.path}/{relpath} in DVC's cache ({index_file})")
         files = {s.name: cache_file(cache, listing[f"{prefix}/{s.name}"]) for s in index.shards
                  if f"{prefix}/{s.name}" in listing}
         layers.append(LockedLayer(out, index, {n: p for n, p in files.items() if p.exists()}, from_cache=True))

@@ -10,12 +10,15 @@ build is left out of every key: it does not change results.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import multiprocessing
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol
+from urllib.parse import urlsplit
 
 from evalstack.cache.shardstore import SHARD_KEY_ATTR
 from evalstack.core.keys import Key
@@ -195,6 +198,9 @@ def open_executor(params: Mapping[str, Any], in_process: bool = False) -> Iterat
     from distributed import Client, LocalCluster  # deferred: the local executor never pays for importing dask
 
     if dask["address"]:
+        warning = plain_tcp_warning(str(dask["address"]))
+        if warning:
+            print(f"WARNING {warning}", file=sys.stderr)
         with Client(str(dask["address"])) as client:
             yield DaskExecutor(client)
         return
@@ -209,6 +215,28 @@ def open_executor(params: Mapping[str, Any], in_process: bool = False) -> Iterat
             return client
 
         yield DaskExecutor(connect=start_cluster)
+
+
+def plain_tcp_warning(address: str) -> str | None:
+    """Why a `dask.address` is unsafe, or None. Tasks travel pickled (cloudpickle) and run on the
+    workers, and results come back pickled: over plain `tcp://` to another machine anyone on the
+    network path can read them, and whoever answers as the scheduler runs code in this process."""
+    scheme, _, rest = address.partition("://") if "://" in address else ("tcp", "", address)
+    if scheme != "tcp":
+        return None  # tls:// (or inproc/ucx set up on purpose)
+    host = urlsplit(f"//{rest}").hostname or ""
+    if host == "localhost" or _is_loopback(host):
+        return None
+    return (f"dask.address {address} is plain TCP to another machine: tasks and results travel as pickles, "
+            "so anyone on the network path can read them, and whoever poses as the scheduler can run code here. "
+            "Use tls:// with certificates (README: \"Parallel shards\") or keep the scheduler on this machine.")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def loaded_in_worker(factory: Callable[[Any], Any], spec: Any) -> Any:
@@ -228,4 +256,4 @@ def loaded_in_worker(factory: Callable[[Any], Any], spec: Any) -> Any:
 
 
 __all__ = ["DaskExecutor", "Executor", "ExecutorError", "LocalExecutor", "OutputFormat", "ProcessExecutor", "ShardJob", "derive_shard",
-           "executor_settings", "loaded_in_worker", "open_executor"]
+           "executor_settings", "loaded_in_worker", "open_executor", "plain_tcp_warning"]

@@ -6,6 +6,9 @@ before computing it and put every shard they compute, so stage outputs are built
 from the store: DVC's run-cache keeps working (no `persist: true`) and toggling a
 param back recomputes nothing.
 
+A store is a cache: when its disk is full it stops caching for the rest of the run with
+one warning naming it (`no_space`), and the stage goes on; outputs never depend on it.
+
 Safety: store files are read-only, every reuse re-hashes the bytes against the
 recorded sha256 (a damaged entry is dropped and recomputed, never propagated), and
 the default `copy` mode gives the workspace its own file, so neither DVC nor a user
@@ -18,17 +21,21 @@ import contextlib
 import json
 import os
 import stat
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 import h5py
+from tqdm import tqdm
 
-from evalstack.core.atomic import TEMP_GLOB, atomic_copy, atomic_link, atomic_write_bytes, stale_temp_files
+from evalstack.core.atomic import TEMP_GLOB, atomic_copy, atomic_link, atomic_write_bytes, is_no_space, stale_temp_files
 from evalstack.core.hashstamps import HashStamps
 from evalstack.core.keys import Key, sha256_bytes, sha256_file
 from evalstack.core.layers import SCHEMA_VERSION, ShardInfo, read_attrs
+from evalstack.core.names import UnsafeName, check_address, is_address
 
 LINK_MODES = ("copy", "hardlink")
 SHARD_KEY_ATTR = "shard_key"  # every derived shard records its own address, so pulled outputs can seed a store
@@ -92,9 +99,35 @@ class ShardStore:
         self.config = config
         self.directory = Path(config.directory)
         self.stamps = HashStamps(self.directory / "stamps")
+        self.full = False  # set when a write ran out of space: nothing more is put this run
+        self._full_lock = threading.Lock()  # fetch's download threads may all hit the full disk at once
+
+    def no_space(self, error: OSError) -> None:
+        """The store's disk is full: stop caching for the rest of this run, and say so once."""
+        with self._full_lock:
+            first, self.full = not self.full, True
+        if first:
+            tqdm.write(f"WARNING the shard store {self.directory} is out of disk space ({os.strerror(error.errno)}): "
+                       "this run keeps no more shards there. Results are not affected; a later run may recompute "
+                       "what was not kept. Free space (`evalstack gc --max-bytes N`) or point store.dir at a larger "
+                       "disk; `evalstack doctor` shows free space.", file=sys.stderr)  # on its own line, bars or not
+
+    @contextlib.contextmanager
+    def caching(self) -> Iterator[None]:
+        """Around a write into the store: a full disk turns caching off instead of failing the stage."""
+        try:
+            yield
+        except OSError as error:
+            if not is_no_space(error):
+                raise
+            self.no_space(error)
 
     # -- layout ---------------------------------------------------------------------------
     def shard_path(self, address: str) -> Path:
+        try:
+            check_address(address)  # addresses can come from data (a shard's own attribute, an index)
+        except UnsafeName as error:
+            raise ShardStoreError(f"{self.directory}: {error}; refusing a path outside the store") from None
         return self.directory / "shards" / address[:2] / f"{address}.h5"
 
     def record_path(self, address: str) -> Path:
@@ -109,7 +142,8 @@ class ShardStore:
         record, shard = self.record_path(address), self.shard_path(address)
         try:
             entry = StoreEntry(**json.loads(record.read_text()))
-            if shard.stat().st_size == entry.size:
+            # a record names its own address: one that names another (crafted) is no entry of this one
+            if entry.address == address and shard.stat().st_size == entry.size:
                 return entry
         except (OSError, ValueError, TypeError):
             pass
@@ -117,6 +151,8 @@ class ShardStore:
 
     def entries(self) -> Iterator[StoreEntry]:
         for record in sorted((self.directory / "shards").glob("*/*.json")):
+            if not is_address(record.stem):  # a stray file in the store is no entry
+                continue
             entry = self.get(record.stem)
             if entry is not None:
                 yield entry
@@ -147,7 +183,13 @@ class ShardStore:
 
     def put(self, entry: StoreEntry, source: Path, immutable_source: bool = False) -> None:
         """Record the shard at `source`. An immutable source (DVC's cache) may be hardlinked;
-        a workspace file is copied unless the store is in hardlink mode."""
+        a workspace file is copied unless the store is in hardlink mode. Nothing when the store is full."""
+        if self.full:
+            return
+        with self.caching():
+            self._put(entry, source, immutable_source)
+
+    def _put(self, entry: StoreEntry, source: Path, immutable_source: bool) -> None:
         existing = self.get(entry.address)
         if existing is not None and existing.sha256 == entry.sha256:
             with contextlib.suppress(OSError):
@@ -180,6 +222,11 @@ class ShardStore:
             except OSError:
                 continue
             address = attrs.get(SHARD_KEY_ATTR) or shard.sha256
+            try:
+                check_address(address, f"its {SHARD_KEY_ATTR} attribute")
+            except UnsafeName as error:
+                raise ShardStoreError(f"{path}: {error}; refusing to seed the store {self.directory} from it "
+                                      "(a crafted or damaged shard: `dvc checkout` or rebuild the layer)") from None
             if self.get(address) is not None or self.stamps.sha256(path) != shard.sha256:
                 continue
             layer_key = attrs.get("layer_key") if isinstance(attrs.get("layer_key"), dict) else {}
@@ -191,8 +238,9 @@ class ShardStore:
     # -- builds (what each layer's last build computed and why) ---------------------------
     def save_build(self, layer_dir: Path, record: dict[str, Any]) -> None:
         path = self.build_path(layer_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+        with self.caching():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
 
     def load_build(self, layer_dir: Path) -> dict[str, Any] | None:
         try:

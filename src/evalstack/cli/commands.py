@@ -82,7 +82,12 @@ def cmd_plots_template(args: argparse.Namespace) -> int:
 def cmd_push_run_cache(args: argparse.Namespace) -> int:
     from evalstack.cli.sharing import push_run_cache
 
-    pushed = push_run_cache(args.repo, args.remote, args.jobs)
+    try:
+        pushed = push_run_cache(args.repo, args.remote, args.jobs)
+    except Exception as error:  # DVC's own errors (remote unreachable, bad config) are many types
+        print(f"evalstack: push-run-cache failed: {error}\n`evalstack doctor` checks that each remote is reachable "
+              "and names the path or URL it resolves to", file=sys.stderr)
+        return 2
     print(f"{pushed.records} run records and {pushed.outputs} output objects pushed")
     if pushed.unavailable:
         print(f"{pushed.unavailable} objects named by run records are no longer in the local cache (not pushed)")
@@ -142,6 +147,14 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from evalstack.cli.doctor import doctor, report
+
+    lines, failed = report(doctor(args.params, deep=args.deep, min_free=args.min_free))
+    print("\n".join(lines))
+    return 1 if failed else 0
+
+
 def _require_store(args: argparse.Namespace) -> ShardStore:
     store = _store(args)
     if store is None:
@@ -190,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
         .add_argument("--project", type=Path, default=Path("."), help=project)
     command("report", cmd_report, "write reports/index.html (offline, figures inline) and reports/index.md") \
         .add_argument("--project", type=Path, default=Path("."), help=project)
+    doctor = command("doctor", cmd_doctor, "check dvc.lock, remotes, the shard store, each profile's outputs and free "
+                     "space; say how to fix what is wrong")
+    doctor.add_argument("--deep", action="store_true", help="also re-hash every shard-store entry (slow)")
+    doctor.add_argument("--min-free", type=int, default=1 << 30, help="warn below this many free bytes (default 1 GiB)")
     template = command("plots-template", cmd_plots_template,
                        "make `dvc plots show/diff` pages render offline (vega inlined, no CDN)")
     template.add_argument("--repo", type=Path, default=Path("."), help="the DVC repository (default: here)")

@@ -25,6 +25,7 @@ import numpy as np
 
 from evalstack.core.atomic import atomic_write_bytes
 from evalstack.core.keys import Key, canonical_json, explain_change, sha256_file
+from evalstack.core.names import UnsafeName, check_sha256, check_shard_name
 
 SCHEMA_VERSION = 1
 INDEX_NAME = "index.json"
@@ -46,6 +47,10 @@ class LayerCorruptError(StoreError):
     """A shard's bytes do not match what the index recorded."""
 
 
+class UnsafeLayerError(StoreError):
+    """An index names a shard or digest that would lead outside its layer (core/names.py)."""
+
+
 @dataclass(frozen=True)
 class ShardInfo:
     name: str
@@ -65,7 +70,15 @@ class ShardInfo:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ShardInfo":
-        return cls(**data)
+        """A shard entry of an index, checked: its name and digests are joined to paths later."""
+        info = cls(**data)
+        check_shard_name(info.name)
+        check_sha256(info.sha256, f"sha256 of shard {info.name}")
+        if info.upstream is not None:
+            check_sha256(info.upstream, f"upstream sha256 of shard {info.name}")
+        if not isinstance(info.n_items, int) or info.n_items < 0:
+            raise UnsafeName(f"shard {info.name}: n_items {info.n_items!r} is not a row count")
+        return info
 
 
 @dataclass
@@ -94,12 +107,22 @@ class LayerIndex:
         return json.dumps(json.loads(canonical_json(data)), indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> "LayerIndex":
+    def from_json(cls, text: str, where: str = INDEX_NAME) -> "LayerIndex":
+        """Parse an index; `where` names the file in errors. Names in it are checked before any use."""
         data = json.loads(text)
+        try:
+            shards = [ShardInfo.from_dict(shard) for shard in data["shards"]]
+        except UnsafeName as error:
+            raise UnsafeLayerError(
+                f"{where}: {error}. Refusing this layer (crafted or damaged); restore it with `dvc checkout` "
+                "or rebuild it with `dvc repro -f` of the stage that writes it") from None
+        names = [shard.name for shard in shards]
+        if len(set(names)) != len(names):
+            raise UnsafeLayerError(f"{where}: lists a shard name twice; refusing this layer (crafted or damaged)")
         return cls(
             kind=data["kind"],
             key=Key(kind=data["key"]["kind"], parts=data["key"]["parts"]),
-            shards=[ShardInfo.from_dict(shard) for shard in data["shards"]],
+            shards=shards,
             schema_version=data["schema_version"],
             stats=data.get("stats", {}),
             schema=data.get("schema", {}),
@@ -530,7 +553,7 @@ class Layer:
                 f"{directory} is not a finished layer (no {INDEX_NAME}); "
                 "run the stage that produces it (`dvc repro`) or `dvc pull` it"
             )
-        index = LayerIndex.from_json(index_path.read_text())
+        index = LayerIndex.from_json(index_path.read_text(), str(index_path))
         if index.schema_version != SCHEMA_VERSION:
             raise CacheStaleError(
                 f"{directory} has schema version {index.schema_version}, this evalstack reads "

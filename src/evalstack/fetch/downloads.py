@@ -11,6 +11,7 @@ never raised from a worker: the caller applies the policy.
 """
 from __future__ import annotations
 
+import sys
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -98,7 +99,8 @@ def download_items(
                 record(arrivals)
                 arrivals = []
             progress.update()
-            progress.set_postfix_str(f"{transport.bytes / 1e6:.1f} MB, {transport.gets} GETs", refresh=False)
+            progress.set_postfix_str(f"{transport.bytes / 1e6:.1f} MB, {transport.gets} GETs "
+                                     f"({transport.retries} retries)", refresh=False)
     record(arrivals)
     outcome.failures.sort(key=lambda failure: failure.id)
     return outcome
@@ -119,3 +121,17 @@ def _bounded(pool: ThreadPoolExecutor, work, rows: Iterable[RegistryRow], in_fli
         done, _ = wait(pending, return_when=FIRST_COMPLETED)
         for future in done:
             yield future, pending.pop(future)
+
+
+SHOWN_FAILURES = 5  # the console lists this many; the report lists all
+
+
+def warn_skipped(failures: list[Failure], report: object = None) -> None:
+    """Say on the console how many items `on_error: skip` left out, and which (the first few)."""
+    where = f"; all {len(failures)} with their causes in {report}" if report else ""
+    lines = [f"WARNING skipped {len(failures)} item{'s' if len(failures) != 1 else ''} that failed "
+             f"(on_error: skip){where}:"]
+    lines += [f"  id {f.id} ({f.image_name}): {f.cause}" for f in failures[:SHOWN_FAILURES]]
+    if len(failures) > SHOWN_FAILURES:
+        lines.append(f"  … and {len(failures) - SHOWN_FAILURES} more")
+    print("\n".join(lines), file=sys.stderr)

@@ -19,13 +19,14 @@ import hashlib
 import shutil
 import stat
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 from evalstack.cache.incremental import previous_versions
 from evalstack.cache.shardstore import ShardStore, StoreEntry
-from evalstack.core.atomic import atomic_copy, atomic_write_bytes, stale_temp_files
+from evalstack.core.atomic import atomic_copy, atomic_write_bytes, is_no_space, stale_temp_files
 from evalstack.core.keys import md5_bytes, sha256_bytes, sha256_file
 from evalstack.core.layers import LayerIndex, ShardInfo
 from evalstack.sources.registry import RegistryRow
@@ -45,11 +46,14 @@ class RawHistory:
         self.store = store
         self._scratch = None if store else tempfile.TemporaryDirectory(prefix="evalstack-fetch-")
         self.directory = store.directory / "fetch" if store else Path(self._scratch.name)
+        self._spill: tempfile.TemporaryDirectory | None = None  # downloads, once the store's disk is full
+        self._spill_lock = threading.Lock()
 
     def close(self) -> None:
         shutil.rmtree(self.directory / "stash", ignore_errors=True)
-        if self._scratch is not None:
-            self._scratch.cleanup()
+        for scratch in (self._scratch, self._spill):
+            if scratch is not None:
+                scratch.cleanup()
 
     def __enter__(self) -> "RawHistory":
         return self
@@ -66,7 +70,7 @@ class RawHistory:
         if self.store is None:
             return None
         try:
-            index = LayerIndex.from_json(self._record_path(out_dir).read_text())
+            index = LayerIndex.from_json(self._record_path(out_dir).read_text(), str(self._record_path(out_dir)))
         except (OSError, ValueError, KeyError):
             return None
         paths = {s.sha256: self.store.shard_path(s.sha256) for s in index.shards if self.store.get(s.sha256)}
@@ -92,8 +96,9 @@ class RawHistory:
             self.store.put(StoreEntry(shard.sha256, shard.sha256, path.stat().st_size, shard.n_items, index.kind, key),
                            path)
         path = self._record_path(out_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, index.to_json().encode())
+        with self.store.caching():  # a full store only costs the next fetch its history
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, index.to_json().encode())
 
     def place(self, shard: ShardInfo, source: Path | None, dest: Path) -> bool:
         """Put an old shard's bytes at `dest` (atomically, checked against its sha256); False if they cannot be had."""
@@ -106,7 +111,11 @@ class RawHistory:
     # -- downloads awaiting a shard -------------------------------------------------------
     def download_path(self, row: RegistryRow) -> Path:
         digest = hashlib.sha256(repr(row.identity).encode()).hexdigest()[:40]
-        return self.directory / "downloads" / f"{digest}.img"
+        spilled = self._spill_path(f"{digest}.img")
+        return spilled if spilled is not None and spilled.exists() else self.directory / "downloads" / f"{digest}.img"
+
+    def _spill_path(self, name: str) -> Path | None:
+        return Path(self._spill.name) / name if self._spill is not None else None
 
     def load_download(self, row: RegistryRow, check_md5: bool = True) -> bytes | None:
         """The bytes waiting for `row`, or None. `check_md5=False` when they were checked in this run
@@ -123,11 +132,22 @@ class RawHistory:
 
     def save_download(self, row: RegistryRow, data: bytes) -> None:
         path = self.download_path(row)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, data)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, data)
+        except OSError as error:
+            if self.store is None or not is_no_space(error):
+                raise
+            # The store's disk is full: keep this download in a temp folder for this run only (as
+            # without a store), so the fetch still completes; the store says so once.
+            self.store.no_space(error)
+            with self._spill_lock:  # download threads arrive here together: one folder for all
+                self._spill = self._spill or tempfile.TemporaryDirectory(prefix="evalstack-fetch-")
+            path = self._spill_path(path.name)
+            atomic_write_bytes(path, data)
 
     def work_directory(self) -> Path:
-        """Where fetch keeps its scratch listing database (removed when fetch ends)."""
+        """Where fetch keeps its scratch listing database (fetch/listing.py; removed when fetch ends)."""
         return self.directory / "work"
 
     def has_download(self, row: RegistryRow) -> bool:

@@ -22,11 +22,12 @@ import secrets
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 from evalstack.core.kinds import META_FIELDS
 from evalstack.core.layers import ITEM_KEY, ShardColumns, ShardInfo
-from evalstack.sources.registry import RegistryRow, SourceError
+from evalstack.core.atomic import DiskFullError
+from evalstack.sources.registry import RegistryRow, SourceError, check_unique_ids
 
 ROW_FIELDS = (*META_FIELDS, "resolved_url")  # RegistryRow's fields, in order
 _BATCH = 5000
@@ -83,31 +84,40 @@ class Listing:
         self.close()
 
     # -- filling ----------------------------------------------------------------------------
-    def add_rows(self, rows: Iterable[RegistryRow]) -> int:
-        """Insert the source's rows (any order); a repeated id is refused naming it. Returns the count."""
+    def add_rows(self, rows: Iterable[RegistryRow], origins: Mapping[str, str] | None = None) -> int:
+        """Insert the source's rows (any order); a repeated id is refused naming both rows (and, with
+        `origins` (split → registry URL), both registries). Returns the count."""
         batch: list[tuple] = []
         for row in rows:
             batch.append(tuple(getattr(row, name) for name in ROW_FIELDS))
             if len(batch) >= _BATCH:
-                self._insert(batch)
-        self._insert(batch)
+                self._insert(batch, origins)
+        self._insert(batch, origins)
         return self.n_listed
 
-    def _insert(self, batch: list[tuple]) -> None:
+    def _insert(self, batch: list[tuple], origins: Mapping[str, str] | None) -> None:
         try:
             with self.db:
                 self.db.executemany(f"INSERT INTO listed VALUES ({', '.join('?' * len(ROW_FIELDS))})", batch)
         except sqlite3.IntegrityError:
-            self._name_duplicate(batch)
+            self._name_duplicate(batch, origins)
+        except sqlite3.OperationalError as error:
+            if "full" in str(error):  # SQLite's "database or disk is full"
+                raise DiskFullError(self.path) from None
+            raise
         self.n_listed += len(batch)
         batch.clear()
 
-    def _name_duplicate(self, batch: list[tuple]) -> None:
-        seen = {row[0] for row in self.db.execute("SELECT id FROM listed")}
-        for row in batch:
-            if row[0] in seen:
-                raise SourceError(f"duplicate id {row[0]} in the registry (image {row[ROW_FIELDS.index('image_name')]})")
-            seen.add(row[0])
+    def _name_duplicate(self, batch: list[tuple], origins: Mapping[str, str] | None) -> None:
+        """Raise the error `check_unique_ids` raises for the first id this batch repeats."""
+        earlier: dict[int, RegistryRow] = {}
+        for record in batch:
+            row = RegistryRow(*record)
+            stored = self.db.execute("SELECT * FROM listed WHERE id = ?", (row.id,)).fetchone()
+            first = earlier.get(row.id) or (RegistryRow(*stored) if stored else None)
+            if first is not None:
+                check_unique_ids([first, row], origins)
+            earlier[row.id] = row
         raise SourceError("duplicate id in the registry")  # not reached: the insert failed on one
 
     def add_previous_shard(self, number: int, shard: ShardInfo, path: Path) -> list[tuple]:

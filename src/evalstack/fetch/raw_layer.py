@@ -26,11 +26,11 @@ from evalstack.core.keys import Key, sha256_bytes
 from evalstack.core.kinds import RAW_KIND
 from evalstack.core.layers import INDEX_NAME, ITEM_KEY, LayerIndex, LayerWriter, ShardColumns, ShardInfo, StoreError, shard_name
 from evalstack.core.raw import FetchedItem, ShardCutter, raw_columns, read_blobs
-from evalstack.fetch.downloads import AREA, SOURCE, DownloadOutcome, Failure, download_items
+from evalstack.fetch.downloads import AREA, SOURCE, DownloadOutcome, Failure, download_items, warn_skipped
 from evalstack.fetch.history import PreviousLayer, RawHistory
 from evalstack.fetch.listing import ListedItem, Listing
 from evalstack.fetch.plan import OldShard, RawPlan, plan_layer
-from evalstack.sources.catalog import SourceConfig, iter_items
+from evalstack.sources.catalog import SourceConfig, iter_items, registry_origins
 from evalstack.sources.images import DEFAULT_MAX_PIXELS
 from evalstack.sources.registry import RegistryRow, SourceError
 from evalstack.sources.transport import SourceUnreachable, Transport, TransportConfig
@@ -113,7 +113,7 @@ def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history
     report = FetchReport(config.source.describe(), config.on_error)
     with Transport(config.transport) as transport, Listing(history.work_directory()) as listing:
         try:
-            listing.add_rows(iter_items(config.source, transport))
+            listing.add_rows(iter_items(config.source, transport), registry_origins(config.source))
         except SourceUnreachable as error:
             return _keep_previous(previous, out_dir, report, str(error), history, config)
         if not len(listing):
@@ -122,7 +122,7 @@ def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history
         plan = plan_layer(previous, config.layer_key(), listing)
         outcome = download_items(listing.needing_bytes(), listing.count_needing_bytes(), transport, history, config.max_pixels, config.workers,
                                  listing.add_arrivals)
-        transfer = {"http_gets": transport.gets, "bytes_read": transport.bytes}
+        transfer = {"http_gets": transport.gets, "http_retries": transport.retries, "bytes_read": transport.bytes}
         report.failed = outcome.failures
         report.counts = {"listed": len(listing), "failed": len(outcome.failures),
                          "without_md5": listing.count_without_md5()}  # none stated: nothing checked
@@ -141,6 +141,7 @@ def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history
     report.counts["in_layer"] = index.n_items
     if outcome.failures:
         report.message = f"skipped {len(outcome.failures)} items that failed (on_error: skip)"
+        warn_skipped(outcome.failures, config.report)
     report.write(config.report)
     return FetchResult(index, report)
 
@@ -353,6 +354,7 @@ def fetch_config(params: Mapping[str, Any], report: Path | None = None) -> Fetch
         read_timeout=float(http.get("read_timeout", TransportConfig.read_timeout)),
         retries=int(http.get("retries", TransportConfig.retries)),
         backoff=float(http.get("backoff", TransportConfig.backoff)),
+        retry_after_max=float(http.get("retry_after_max", TransportConfig.retry_after_max)),
         max_bytes=int(fetch.get("max_bytes", TransportConfig.max_bytes)),
         pool_size=int(fetch.get("workers", 8)),
     )

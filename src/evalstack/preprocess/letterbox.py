@@ -21,7 +21,14 @@ from evalstack.cache.incremental import DerivedLayerSpec, LayerBuild, ShardConte
 from evalstack.cache.shardstore import ShardStore
 from evalstack.core.kinds import PREPROCESSED_KIND, RAW_KIND
 from evalstack.core.layers import ITEM_KEY, Layer, ShardInfo, read_column
-from evalstack.preprocess.pipelines import RESAMPLING, PipelineError, PreprocessingPipeline, decoded_images
+from evalstack.preprocess.modes import rgb
+from evalstack.preprocess.pipelines import (
+    RESAMPLING,
+    PipelineError,
+    PreprocessingPipeline,
+    decoded_images,
+    process_item,
+)
 from evalstack.sources.images import DEFAULT_MAX_PIXELS
 
 PLACEMENT_COLUMNS = ("width", "height", "scale_x", "scale_y", "pad_x", "pad_y")
@@ -85,7 +92,7 @@ class LetterboxPipeline(PreprocessingPipeline):
 
     def process_image(self, image: Image.Image) -> np.ndarray:
         place = self.placement(*image.size)
-        resized = image.convert("RGB").resize(
+        resized = rgb(image).resize(
             (round(place.width * place.scale_x), round(place.height * place.scale_y)), RESAMPLING[self.resample]
         )
         canvas = Image.new("RGB", (self.resize, self.resize), (self.fill,) * 3)
@@ -129,9 +136,9 @@ def letterbox_layer(
             ids, splits = read_column(handle, "id"), read_column(handle, "split")
             tensors = np.empty((shard.n_items, *pipeline.output_shape()), dtype=np.uint8)
             placed = []
-            for row, image in decoded_images(handle, shard.n_items, max_pixels,
-                                             lambda r: f"{splits[r]} image {ids[r]} in {path}", progress):
-                tensors[row] = pipeline.process_image(image)
+            describe = lambda r: f"{splits[r]} image {ids[r]} in {path}"  # noqa: E731
+            for row, image in decoded_images(handle, shard.n_items, max_pixels, describe, progress):
+                tensors[row] = process_item(pipeline, image, describe(row))
                 placed.append(pipeline.placement(*image.size))
             columns = {ITEM_KEY: read_column(handle, ITEM_KEY), "id": ids, "split": splits, "x": tensors}
         for column in PLACEMENT_COLUMNS:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping
 
@@ -25,7 +26,7 @@ from evalstack.core.keys import Key
 from evalstack.core.kinds import PREPROCESSED_KIND, RAW_KIND
 from evalstack.core.layers import ITEM_KEY, Layer, ShardColumns, ShardInfo
 from evalstack.core.raw import read_blobs
-from evalstack.preprocess.regions import region_features
+from evalstack.preprocess.modes import eight_bit, three_channels
 from evalstack.sources.images import DEFAULT_MAX_PIXELS, decode_image
 
 PAD_NN_CROP = (71, 359, 707, 849)
@@ -66,13 +67,6 @@ class PreprocessingPipeline(ABC):
         return Key("pipeline", {"kind": self.kind, "params": self.parameters(), "code": code})
 
 
-def _to_three_channels(array: np.ndarray) -> np.ndarray:
-    """Upstream's channel handling, applied after resizing: grey → 3 channels, alpha dropped."""
-    if array.ndim == 2:
-        return np.stack([array] * 3, axis=-1)
-    return array[..., :3]
-
-
 @dataclass(frozen=True)
 class CropResizePipeline(PreprocessingPipeline):
     """Crop a box, resize, keep 0–255 values.
@@ -107,48 +101,18 @@ class CropResizePipeline(PreprocessingPipeline):
         return np.dtype(np.uint8)
 
     def process_image(self, image: Image.Image) -> np.ndarray:
-        if image.mode == "P":  # palette indices are not colours
-            image = image.convert("RGBA")
-        if image.mode not in ("RGB", "RGBA", "L", "LA"):
-            image = image.convert("RGB")
-        resized = image.crop(self.crop).resize((self.resize, self.resize), RESAMPLING[self.resample])
-        return np.ascontiguousarray(_to_three_channels(np.asarray(resized, dtype=np.uint8)))
+        # Resized in its own 8-bit mode as upstream's Pillow calls would, then alpha dropped and grey
+        # copied to 3 channels; other modes per the table in preprocess/modes.py.
+        resized = eight_bit(image).crop(self.crop).resize((self.resize, self.resize), RESAMPLING[self.resample])
+        return np.ascontiguousarray(three_channels(np.asarray(resized, dtype=np.uint8)))
 
 
-@dataclass(frozen=True)
-class PadRegionsPipeline(PreprocessingPipeline):
-    """PAD's PLS input: 12 lanes × `regions` bands × RGB of the reaction zone (see regions.py).
-
-    Values are integers 0–255 like upstream's, kept as float32 because that is
-    what the PLS dot product consumes.
-    """
-
-    regions: int = 10
-    kind: ClassVar[str] = "pad_regions"
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.regions <= 273:
-            raise PipelineError(f"regions {self.regions} out of range 1–273")
-
-    def parameters(self) -> dict[str, Any]:
-        return {"regions": self.regions}
-
-    def output_shape(self) -> tuple[int, ...]:
-        return (12 * self.regions * 3,)
-
-    def output_dtype(self) -> np.dtype:
-        return np.dtype(np.float32)
-
-    def process_image(self, image: Image.Image) -> np.ndarray:
-        try:
-            return region_features(np.asarray(image.convert("RGB"), dtype=np.uint8), self.regions)
-        except ValueError as error:
-            raise PipelineError(str(error)) from None
-
-
-PIPELINE_KINDS: dict[str, type[PreprocessingPipeline]] = {
-    "crop_resize": CropResizePipeline,
-    "pad_regions": PadRegionsPipeline,
+# kind → (module, class), imported when used: a pipeline's cache key fingerprints its own module's
+# import closure, so pad_regions' feature code is not part of crop_resize's key (nor the reverse).
+# Register your own kind with one line here (or `PIPELINE_KINDS["mine"] = ("my_module", "Mine")`).
+PIPELINE_KINDS: dict[str, tuple[str, str]] = {
+    "crop_resize": ("evalstack.preprocess.pipelines", "CropResizePipeline"),
+    "pad_regions": ("evalstack.preprocess.regions", "PadRegionsPipeline"),
 }
 
 
@@ -161,7 +125,7 @@ def build_pipeline(spec: Mapping[str, Any]) -> PreprocessingPipeline:
     if "crop" in params:
         params["crop"] = tuple(int(v) for v in params["crop"])
     try:
-        return PIPELINE_KINDS[kind](**params)
+        return getattr(import_module(PIPELINE_KINDS[kind][0]), PIPELINE_KINDS[kind][1])(**params)
     except TypeError as error:
         raise PipelineError(f"pipeline {kind}: {error}") from None
 
@@ -198,12 +162,20 @@ def preprocess_layer(
             keys = handle.read(ITEM_KEY, decode=False)  # fixed width, so readers of this layer skip HDF5 too
             ids = handle.read("id")
             tensors = np.empty((shard.n_items, *pipeline.output_shape()), dtype=pipeline.output_dtype())
-            for row, image in decoded_images(handle, shard.n_items, max_pixels, lambda r: f"item id {ids[r]} in {path}",
-                                             progress):
-                tensors[row] = pipeline.process_image(image)
+            describe = lambda r: f"item id {ids[r]} in {path}"  # noqa: E731
+            for row, image in decoded_images(handle, shard.n_items, max_pixels, describe, progress):
+                tensors[row] = process_item(pipeline, image, describe(row))
         return ShardContent({ITEM_KEY: keys, "x": tensors}, {"pipeline_key": key.hex}, ("x",))
 
     return build_derived_layer(raw, out_dir, spec, compute, store, executor)
+
+
+def process_item(pipeline: PreprocessingPipeline, image: Image.Image, what: str) -> np.ndarray:
+    """`pipeline.process_image`, with any failure to handle this image named by its item."""
+    try:
+        return pipeline.process_image(image)
+    except (PipelineError, ValueError) as error:  # ImageModeError, a shape Pillow/numpy cannot handle
+        raise PipelineError(f"{what}: {error} (image mode {image.mode}, {image.size[0]}×{image.size[1]})") from None
 
 
 def pipeline_spec(params: Mapping[str, Any], name: str) -> PreprocessingPipeline:

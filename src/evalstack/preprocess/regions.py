@@ -1,4 +1,4 @@
-"""PAD's PLS feature extraction: 12 lanes × 10 regions × RGB = 360 numbers per card.
+"""PAD's PLS feature extraction, and the `pad_regions` pipeline: 12 lanes × 10 regions × RGB = 360 numbers per card.
 
 Written from the published facts of upstream's region routine (pad-analytics
 `regionRoutine.fullRoutine` with `findMaxIntensitiesFiltered`, RGB, 10 regions):
@@ -19,9 +19,15 @@ Written from the published facts of upstream's region routine (pad-analytics
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, ClassVar
 
 import numpy as np
+from PIL import Image
+
+from evalstack.preprocess.modes import rgb
+from evalstack.preprocess.pipelines import PipelineError, PreprocessingPipeline
 
 LANES = 12
 LANE_PITCH = 53
@@ -126,3 +132,34 @@ def region_features(card: np.ndarray, regions: int = 10) -> np.ndarray:
             chosen = selected_pixels(saturation[rows, x0:x1], value[rows, x0:x1])
             features[lane, region] = _mean_rgb(card[y0:y1, x0:x1], chosen)
     return features.reshape(-1)
+
+
+@dataclass(frozen=True)
+class PadRegionsPipeline(PreprocessingPipeline):
+    """PAD's PLS input: 12 lanes × `regions` bands × RGB of the reaction zone (`region_features` above).
+
+    Values are integers 0–255 like upstream's, kept as float32 because that is
+    what the PLS dot product consumes.
+    """
+
+    regions: int = 10
+    kind: ClassVar[str] = "pad_regions"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.regions <= 273:
+            raise PipelineError(f"regions {self.regions} out of range 1–273")
+
+    def parameters(self) -> dict[str, Any]:
+        return {"regions": self.regions}
+
+    def output_shape(self) -> tuple[int, ...]:
+        return (12 * self.regions * 3,)
+
+    def output_dtype(self) -> np.dtype:
+        return np.dtype(np.float32)
+
+    def process_image(self, image: Image.Image) -> np.ndarray:
+        try:
+            return region_features(np.asarray(rgb(image), dtype=np.uint8), self.regions)
+        except ValueError as error:
+            raise PipelineError(str(error)) from None

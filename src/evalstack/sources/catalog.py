@@ -11,9 +11,16 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 from urllib.parse import unquote, urlparse
 
-from evalstack.core.keys import md5_bytes
 from evalstack.sources.pad_api import PadApiSource, iter_cards
-from evalstack.sources.registry import RegistryRow, SourceError, check_unique_ids, iter_labels, iter_registry, to_url
+from evalstack.sources.registry import (
+    RegistryRow,
+    SourceError,
+    check_unique_ids,
+    iter_labels,
+    iter_registry,
+    md5_capped,
+    to_url,
+)
 from evalstack.sources.transport import Transport
 
 SOURCE_KINDS = ("registry", "pad_api", "folder")
@@ -67,8 +74,13 @@ def list_items(config: SourceConfig, transport: Transport) -> list[RegistryRow]:
     """Every item the source lists, validated, unique by id, in id order (PAD ids grow as cards
     are uploaded, so new cards land in new shards)."""
     rows = list(iter_items(config, transport))
-    check_unique_ids(rows)
+    check_unique_ids(rows, registry_origins(config))
     return sorted(rows, key=lambda row: row.id)
+
+
+def registry_origins(config: SourceConfig) -> dict[str, str] | None:
+    """split → registry URL, for errors that name where a row came from (None for other kinds)."""
+    return {split: to_url(location) for split, location in config.registries.items()} if config.kind == "registry" else None
 
 
 def iter_items(config: SourceConfig, transport: Transport) -> Iterator[RegistryRow]:
@@ -101,12 +113,12 @@ def _registry_rows(config: SourceConfig, transport: Transport) -> Iterator[Regis
 def _folder_rows(config: SourceConfig, transport: Transport) -> Iterator[RegistryRow]:
     folder_url = to_url(config.folder).rstrip("/") + "/"
     labels_url = to_url(config.labels) if config.labels else folder_url + "labels.csv"
+    cap = transport.config.max_bytes
     with transport.open_text(labels_url, f"labels CSV ({labels_url})") as lines:
         for row in iter_labels(lines, folder_url, config.test_fraction):
             # Local files are cheap to hash, so folder items get an md5 and re-fetches notice edited images.
-            yield dataclasses.replace(row, hashlib_md5=_file_md5(row.resolved_url))
+            yield dataclasses.replace(row, hashlib_md5=_file_md5(row.resolved_url, cap))
 
 
-def _file_md5(url: str) -> str:
-    path = Path(unquote(urlparse(url).path))
-    return md5_bytes(path.read_bytes()) if path.is_file() else ""
+def _file_md5(url: str, max_bytes: int) -> str:
+    return md5_capped(Path(unquote(urlparse(url).path)), max_bytes)

@@ -27,7 +27,7 @@ from evalstack.core.kinds import RAW_KIND
 from evalstack.core.layers import ITEM_KEY, Layer, LayerIndex, LayerWriter, read_attrs, read_column, shard_name
 from evalstack.core.ragged import check_offsets, offsets_for, pack, unpack
 from evalstack.sources.images import DEFAULT_MAX_PIXELS, check_image
-from evalstack.sources.registry import SourceError, check_scheme, read_local, safe_name, to_url
+from evalstack.sources.registry import DEFAULT_MAX_BYTES, SourceError, check_scheme, read_local, safe_name, to_url
 
 ReadBytes = Callable[[str], bytes]
 GT_FLAT = ("gt_bbox", "gt_category", "gt_area", "gt_iscrowd", "gt_ann_id")
@@ -45,6 +45,8 @@ class CocoFetchConfig:
     shard_size: int = 256
     max_pixels: int = DEFAULT_MAX_PIXELS
     allowed_schemes: tuple[str, ...] = ("file",)
+    max_bytes: int = DEFAULT_MAX_BYTES  # per image file, checked while reading
+    max_annotation_bytes: int = 1 << 30  # the instances JSON (COCO's train2017 file is ~450 MB)
 
     def layer_key(self) -> Key:
         splits = {name: {"annotations": s.annotations, "images": s.images} for name, s in self.splits.items()}
@@ -176,8 +178,14 @@ def _ground_truth(rows: list) -> GroundTruth:
                        np.asarray(crowd, np.int64), np.asarray(ids, np.int64))
 
 
-def read_coco(config: CocoFetchConfig, read_bytes: ReadBytes = read_local) -> CocoDataset:
-    """Every split of the source; categories must agree across splits."""
+def _capped_reader(max_bytes: int) -> ReadBytes:
+    return lambda url: read_local(url, max_bytes)
+
+
+def read_coco(config: CocoFetchConfig, read_bytes: ReadBytes | None = None) -> CocoDataset:
+    """Every split of the source; categories must agree across splits. Local files are read under
+    `max_annotation_bytes` unless `read_bytes` (which caps its own reads) is given."""
+    read_bytes = read_bytes or _capped_reader(config.max_annotation_bytes)
     merged: CocoDataset | None = None
     for split in sorted(config.splits):
         source = config.splits[split]
@@ -236,9 +244,11 @@ def raw_shard(images: list[CocoImage], blobs: list[bytes]) -> tuple[dict[str, np
     return columns, flat
 
 
-def fetch_coco_layer(config: CocoFetchConfig, out_dir: Path, read_bytes: ReadBytes = read_local) -> LayerIndex:
-    """The raw layer: images in (split, id) order, `shard_size` per shard."""
+def fetch_coco_layer(config: CocoFetchConfig, out_dir: Path, read_bytes: ReadBytes | None = None) -> LayerIndex:
+    """The raw layer: images in (split, id) order, `shard_size` per shard. Local images are read
+    under `max_bytes` each unless `read_bytes` (which caps its own reads) is given."""
     dataset = read_coco(config, read_bytes)
+    read_bytes = read_bytes or _capped_reader(config.max_bytes)
     writer = LayerWriter(out_dir, RAW_KIND, config.layer_key())
     images = dataset.images
     with tqdm(total=len(images), desc="fetch coco", unit="image") as progress:

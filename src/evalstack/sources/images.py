@@ -13,13 +13,19 @@ from PIL import Image
 from evalstack.sources.registry import SourceError
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
+# The formats a source's images may be in. Pillow otherwise tries every plugin it has, and some
+# of those hand the bytes to other programs (EPS → Ghostscript) or to little-used decoders.
+IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP")
 
 
-def open_checked(data: bytes, max_pixels: int, what: str) -> Image.Image:
+def open_checked(data: bytes, max_pixels: int, what: str, formats: tuple[str, ...] = IMAGE_FORMATS) -> Image.Image:
     """Open encoded bytes lazily, refusing more than `max_pixels` before any pixel is decoded
-    (that is what stops a decompression bomb)."""
+    (that is what stops a decompression bomb) and any format outside `formats`."""
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=list(formats))
+    except Image.UnidentifiedImageError:
+        raise SourceError(f"{what}: not a decodable image in an accepted format ({', '.join(formats)}); "
+                          f"its first bytes are {bytes(data[:12])!r}") from None
     except Image.DecompressionBombError as error:  # Pillow's own, looser guard fired first
         pixels = re.search(r"\((\d+) pixels\)", str(error))
         size = f"{pixels.group(1)} pixels" if pixels else "its size"

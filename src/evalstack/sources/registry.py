@@ -15,7 +15,7 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 from urllib.parse import unquote, urljoin, urlparse
 
 from evalstack.core.kinds import META_FIELDS
@@ -73,15 +73,58 @@ def check_scheme(url: str, allowed: tuple[str, ...]) -> None:
         raise SourceError(f"URL scheme {scheme!r} is not allowed (allowed: {', '.join(allowed)}): {url}")
 
 
-def read_local(url: str) -> bytes:
+DEFAULT_MAX_BYTES = 64 << 20  # per file read from a source, unless a config says otherwise
+_CHUNK = 1 << 20
+
+
+def read_local(url: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The bytes of a file:// URL, at most `max_bytes` of them."""
     parsed = urlparse(url)
     if parsed.scheme != "file":
         raise SourceError(f"not a file:// URL: {url}")
-    path = Path(unquote(parsed.path))
+    return read_capped(Path(unquote(parsed.path)), max_bytes, str(Path(unquote(parsed.path))))
+
+
+def read_capped(path: Path, max_bytes: int, what: str) -> bytes:
+    """Read a local file, refusing it as soon as more than `max_bytes` have been read.
+
+    The cap is checked while reading, not by a size taken beforehand: a device or pipe
+    (`/dev/zero`, a FIFO) says it has 0 bytes and never ends, and a file may grow.
+    """
+    chunks, total = [], 0
     try:
-        return path.read_bytes()
+        with open(path, "rb") as handle:
+            while chunk := handle.read(min(_CHUNK, max_bytes + 1 - total)):
+                total += len(chunk)
+                if total > max_bytes:
+                    raise SourceError(f"{what}: more than {max_bytes} bytes (the size cap): {path}")
+                chunks.append(chunk)
     except FileNotFoundError:
-        raise SourceError(f"file not found: {path}") from None
+        raise SourceError(f"{what}: file not found: {path}") from None
+    except IsADirectoryError:
+        raise SourceError(f"{what}: {path} is a directory, not a file") from None
+    except PermissionError:
+        raise SourceError(f"{what}: permission denied reading {path}") from None
+    return b"".join(chunks)
+
+
+def md5_capped(path: Path, max_bytes: int) -> str:
+    """md5 of a local file streamed under the size cap; "" when it is not a readable regular file or
+    is larger than the cap (its download then fails with the reason, naming the item)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    total = 0
+    try:
+        if not path.is_file():
+            return ""
+        with open(path, "rb") as handle:
+            while chunk := handle.read(min(_CHUNK, max_bytes + 1 - total)):
+                total += len(chunk)
+                if total > max_bytes:
+                    return ""
+                digest.update(chunk)
+    except OSError:
+        return ""
+    return digest.hexdigest()
 
 
 def safe_name(name: str, what: str) -> str:
@@ -92,10 +135,20 @@ def safe_name(name: str, what: str) -> str:
 
 
 def safe_relative_url(url: str, what: str) -> str:
-    """A relative URL from a source may not climb out of the source's directory (`../`)."""
+    """A relative URL from a source may not leave the source's directory: no `../`, and no absolute
+    path (`/etc/x` would resolve to file:///etc/x) or network-path reference (`//other-host/x`
+    would resolve to another host). A full URL with a scheme says where it goes and is checked
+    against `fetch.schemes` instead."""
     if urlparse(url).scheme:
         return url
-    if any(segment == ".." for segment in unquote(url).replace("\\", "/").split("/")):
+    text = unquote(url).replace("\\", "/")
+    if text.startswith("//"):
+        raise SourceError(f"unsafe {what} {url!r}: a network-path reference ('//host/…') would leave the "
+                          "source's host; write a path relative to the registry, or a full http(s) URL")
+    if text.startswith("/"):
+        raise SourceError(f"unsafe {what} {url!r}: an absolute path would leave the source's directory; "
+                          "write a path relative to the registry, or a full URL")
+    if any(segment == ".." for segment in text.split("/")):
         raise SourceError(f"unsafe {what} {url!r}: '..' would leave the source's directory")
     return url
 
@@ -108,13 +161,27 @@ def parse_registry(text: str, split: str, registry_url: str) -> list[RegistryRow
 def iter_registry(lines: Iterable[str], split: str, registry_url: str) -> Iterator[RegistryRow]:
     """`parse_registry` over lines read as they come (an open file): memory does not grow with the registry."""
     reader = _csv_reader(lines, REGISTRY_COLUMNS, f"{registry_url}: registry")
-    for line_number, record in enumerate(reader, start=2):
+    for line_number, record in _records(reader, f"{registry_url}: registry"):
         yield _parse_row(record, split, registry_url, line_number)
+
+
+def _records(reader: csv.DictReader, what: str) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of a CSV read as it streams; a file that is not CSV is a SourceError naming the line."""
+    line_number = 1
+    try:
+        for line_number, record in enumerate(reader, start=2):
+            yield line_number, record
+    except csv.Error as error:
+        raise SourceError(f"{what}: not a readable CSV after line {line_number} ({error})") from None
 
 
 def _csv_reader(lines: Iterable[str] | str, required: tuple[str, ...], what: str) -> csv.DictReader:
     reader = csv.DictReader(io.StringIO(lines) if isinstance(lines, str) else lines)
-    missing = [c for c in required if c not in (reader.fieldnames or [])]
+    try:
+        fields = reader.fieldnames or []
+    except csv.Error as error:
+        raise SourceError(f"{what}: not a readable CSV ({error})") from None
+    missing = [c for c in required if c not in fields]
     if missing:
         raise SourceError(f"{what} lacks columns {missing}")
     return reader
@@ -155,12 +222,21 @@ def _parse_row(record: dict[str, str], split: str, registry_url: str, line_numbe
     return row
 
 
-def check_unique_ids(rows: list[RegistryRow]) -> None:
-    seen: set[int] = set()
+def check_unique_ids(rows: list[RegistryRow], origins: Mapping[str, str] | None = None) -> None:
+    """Ids are unique across the whole source. `origins` (split → where its rows come from, e.g. a
+    registry's URL) lets the error name both registries when two splits list the same id."""
+    seen: dict[int, RegistryRow] = {}
     for row in rows:
-        if row.id in seen:
-            raise SourceError(f"duplicate id {row.id} in the registry (image {row.image_name})")
-        seen.add(row.id)
+        first = seen.get(row.id)
+        if first is not None:
+            where = ""
+            if origins:
+                places = [f"{r.split} ({origins.get(r.split, '?')})" for r in (first, row)]
+                where = (f" both in registry {places[0]}" if first.split == row.split
+                         else f" in registry {places[0]} and in registry {places[1]}")
+            raise SourceError(f"duplicate id {row.id}{where or ' in the registry'} (images {first.image_name} and "
+                              f"{row.image_name}); ids must be unique across all splits: remove or renumber one")
+        seen[row.id] = row
 
 
 LABEL_COLUMNS = ("id", "image_name", "sample_name")  # required; sample_id, quantity, camera_type_1, split optional
@@ -181,7 +257,7 @@ def parse_labels(text: str, folder_url: str, test_fraction: float) -> list[Regis
 def iter_labels(lines: Iterable[str] | str, folder_url: str, test_fraction: float) -> Iterator[RegistryRow]:
     """`parse_labels` row by row (`lines`: the CSV text or an open file)."""
     reader = _csv_reader(lines, LABEL_COLUMNS, f"{folder_url}: labels CSV")
-    for line_number, record in enumerate(reader, start=2):
+    for line_number, record in _records(reader, f"{folder_url}: labels CSV"):
         where = f"labels line {line_number} (id {record.get('id')!r})"
         _check_field_count(record, where)
         try:

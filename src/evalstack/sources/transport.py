@@ -6,6 +6,11 @@ or that got a 5xx, with exponential backoff. A body that breaks *after* the
 headers (a reset mid-stream, a truncated body, a stalled read, bytes whose md5
 differs from the stated one) is invisible to it, so `Transport.get` repeats those
 itself with the same budget and backoff.
+
+A `429`/`503` with `Retry-After` is retried after the time the server asks for, capped at
+`retry_after_max` seconds (a server asking for an hour must not stall a fetch for an hour;
+after the cap the normal retry budget decides). Every request sent is counted, retries
+included, so the progress line and the report say what the server saw.
 """
 from __future__ import annotations
 
@@ -22,10 +27,11 @@ from urllib.parse import unquote, urljoin, urlparse
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NameResolutionError, NewConnectionError
+from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 
 from evalstack.core.keys import md5_bytes
-from evalstack.sources.registry import SourceError, check_scheme
+from evalstack.sources.registry import SourceError, check_scheme, read_capped
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 MAX_REDIRECTS = 5
@@ -49,6 +55,30 @@ class TransportConfig:
     backoff: float = 0.5  # seconds; waits grow backoff, 2·backoff, 4·backoff, …
     max_bytes: int = 64 << 20  # per response, checked while streaming
     pool_size: int = 8
+    retry_after_max: float = 60.0  # seconds: the longest `Retry-After` honoured as asked
+
+
+class _CountingRetry(Retry):
+    """urllib3's Retry that reports each retry it sends (so GET counts include retries) and caps
+    the wait a `Retry-After` header asks for."""
+
+    on_retry = None  # callable, set by Transport; carried over by `new()`
+    retry_after_max: float = TransportConfig.retry_after_max
+
+    def new(self, **kw):  # urllib3 makes a new Retry per attempt: keep the counter and the cap
+        retry = super().new(**kw)
+        retry.on_retry, retry.retry_after_max = self.on_retry, self.retry_after_max
+        return retry
+
+    def increment(self, *args, **kwargs):
+        retry = super().increment(*args, **kwargs)  # raises when the budget is spent: nothing more is sent
+        if self.on_retry is not None:
+            self.on_retry()
+        return retry
+
+    def get_retry_after(self, response: BaseHTTPResponse) -> float | None:
+        seconds = super().get_retry_after(response)
+        return None if seconds is None else min(seconds, self.retry_after_max)
 
 
 class Transport:
@@ -56,18 +86,21 @@ class Transport:
 
     def __init__(self, config: TransportConfig):
         self.config = config
-        retry = Retry(
+        retry = _CountingRetry(
             total=config.retries, connect=config.retries, read=config.retries, status=config.retries,
             other=0, redirect=0, backoff_factor=config.backoff, status_forcelist=RETRY_STATUSES,
             allowed_methods=frozenset({"GET"}), raise_on_status=False,
-            respect_retry_after_header=False,  # a server asking for an hour would stall the fetch; backoff is bounded
+            respect_retry_after_header=True,  # 429/503 Retry-After, capped at retry_after_max (see _CountingRetry)
         )
+        retry.on_retry = lambda: self._count_retry(sent_by_urllib3=True)
+        retry.retry_after_max = config.retry_after_max
         adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=max(config.pool_size, 4))
         self.session = requests.Session()
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self._lock = threading.Lock()
-        self.gets = 0
+        self.gets = 0  # requests sent, retries included
+        self.retries = 0  # of which repeats (by urllib3, or here after a body broke off)
         self.bytes = 0
 
     def close(self) -> None:
@@ -87,6 +120,7 @@ class Transport:
         last: _Transient | None = None
         for attempt in range(self.config.retries + 1):
             if attempt:
+                self._count_retry()
                 time.sleep(min(self.config.backoff * 2 ** (attempt - 1), 30.0))
             try:
                 return self._check_md5(self._get_http(url, what), expect_md5, what, retry=True)
@@ -104,10 +138,14 @@ class Transport:
             yield io.StringIO(self.get(url, what).decode("utf-8-sig"), newline="")
             return
         path = Path(unquote(urlparse(url).path))
+        if not path.exists():
+            raise SourceError(f"{what}: file not found: {path}")
+        if not path.is_file():  # a device or FIFO (/dev/zero) never ends: only a regular file is streamed uncapped
+            raise SourceError(f"{what}: {path} is not a regular file")
         try:
             handle = open(path, encoding="utf-8-sig", newline="")
-        except FileNotFoundError:
-            raise SourceError(f"{what}: file not found: {path}") from None
+        except OSError as error:
+            raise SourceError(f"{what}: cannot read {path} ({error.strerror})") from None
         with handle:
             self._count(os.fstat(handle.fileno()).st_size)
             yield handle
@@ -117,15 +155,16 @@ class Transport:
             self.bytes += n_bytes
             self.gets += int(request)
 
+    def _count_retry(self, sent_by_urllib3: bool = False) -> None:
+        """One more attempt at the same URL. urllib3 sends its retries inside one `session.get`,
+        so those are counted as requests here too; a repeat of `get` is counted when it is sent."""
+        with self._lock:
+            self.retries += 1
+            self.gets += int(sent_by_urllib3)
+
     def _read_file(self, url: str, what: str) -> bytes:
-        path = Path(unquote(urlparse(url).path))
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise SourceError(f"{what}: file not found: {path}") from None
-        if size > self.config.max_bytes:
-            raise SourceError(f"{what}: {size} bytes exceeds the size cap of {self.config.max_bytes}: {path}")
-        data = path.read_bytes()
+        # streamed under the cap: /dev/zero or a FIFO reports 0 bytes and never ends
+        data = read_capped(Path(unquote(urlparse(url).path)), self.config.max_bytes, what)
         self._count(len(data))
         return data
 
@@ -141,6 +180,7 @@ class Transport:
     def _get_http(self, url: str, what: str) -> bytes:
         current = url
         for _ in range(MAX_REDIRECTS + 1):
+            self._count(0, request=True)  # before sending: a request that fails was still sent
             try:
                 response = self.session.get(
                     current, stream=True, allow_redirects=False,
@@ -150,7 +190,6 @@ class Transport:
                 raise _classify(error, url, what) from None
             except requests.RequestException as error:
                 raise SourceError(f"{what}: {type(error).__name__}: {error}") from None
-            self._count(0, request=True)
             with response:
                 if response.is_redirect:
                     current = _redirect_target(url, current, response.headers["location"], what)
@@ -174,7 +213,12 @@ class Transport:
                 chunks.append(chunk)
                 self._count(len(chunk))
         except (requests.exceptions.ChunkedEncodingError, requests.ConnectionError, requests.Timeout) as error:
-            raise _Transient(f"transfer broke off after {total} bytes ({_cause(error)}) from {url}") from None
+            # urllib3 reads ahead in 64 KiB requests: a short body fails inside the read that would have
+            # returned its bytes, so what arrived is in the exception, not yet in `total`
+            arrived = max(total, _bytes_read(error))
+            self._count(arrived - total)
+            of = f" of {declared}" if declared and declared.isdigit() else ""
+            raise _Transient(f"transfer broke off after {arrived}{of} bytes ({_cause(error)}) from {url}") from None
         return b"".join(chunks)
 
 
@@ -193,6 +237,24 @@ def _classify(error: requests.ConnectionError, url: str, what: str) -> Exception
         host = urlparse(url).netloc
         return SourceUnreachable(f"{what}: cannot reach {host} ({_cause(reason)}); is the source offline?")
     return SourceError(f"{what}: {_cause(error)} from {url} (gave up after retries)")
+
+
+def _bytes_read(error: BaseException) -> int:
+    """Bytes of the body read before it broke off, as urllib3's IncompleteRead states them (0 if none)."""
+    seen: set[int] = set()
+    pending: list[object] = [error]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen or not isinstance(current, BaseException):
+            continue
+        seen.add(id(current))
+        partial = getattr(current, "partial", None)
+        if isinstance(partial, int):
+            return partial
+        if isinstance(partial, bytes):  # http.client's IncompleteRead carries the bytes themselves
+            return len(partial)
+        pending.extend([*current.args, current.__cause__, current.__context__])
+    return 0
 
 
 def _cause(error: BaseException) -> str:

@@ -9,11 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from evalstack.core.atomic import atomic_write_bytes
+from evalstack.models.trust import require_trusted
 
 
-def export_onnx(source: Path, out: Path, opset: int = 18) -> None:
+def export_onnx(source: Path, out: Path, opset: int = 18, name: str = "", sha256: str | None = None,
+                trust: bool = False) -> None:
+    """`export.<name>` in params.yaml: a .pt2 can run code when loaded, so the entry pins its
+    sha256 or trusts it (models/trust.py), as a model entry does."""
     import torch
 
+    require_trusted(name or Path(source).stem, Path(source), sha256, trust, where="export")
     program = torch.export.load(str(source))
     onnx_program = torch.onnx.export(program, dynamo=True, opset_version=opset, verbose=False)
     out.parent.mkdir(parents=True, exist_ok=True)

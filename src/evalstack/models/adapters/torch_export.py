@@ -10,10 +10,13 @@ import torch
 
 from evalstack.config import ModelError, ModelSpec
 from evalstack.models.adapters.base import ModelAdapter
+from evalstack.models.trust import require_trusted
 
 
 def load_torch_module(spec: ModelSpec) -> tuple[torch.nn.Module, tuple[int, ...] | None]:
-    """The callable module and, for torch.export files, the per-item input shape it declares."""
+    """The callable module and, for torch.export files, the per-item input shape it declares.
+    Both formats can run code on load, so the model entry must pin the file or trust it."""
+    require_trusted(spec.name, spec.file, spec.sha256, spec.trust)
     try:
         if spec.file.suffix == ".pt2":
             program = torch.export.load(str(spec.file))

@@ -1,0 +1,265 @@
+"""`evalstack doctor`: what stands between this clone and a working `dvc repro`, with the fix for each.
+
+Checks, per the project's profiles (the root dvc.yaml and each `<folder>/dvc.yaml`):
+
+- each profile's `dvc.lock` parses (a SIGKILL while DVC prints "Updating lock file" leaves it
+  empty, and then every `dvc` command fails with a schema error);
+- each DVC remote is reachable: a local path must exist (a relative one is resolved against
+  `.dvc/`, as DVC does, which breaks in a clone at another depth), a server must accept a
+  connection;
+- the shard store is there, writable, within its size limit, and its records are readable;
+- each profile's state: what dvc.lock records, and which outputs are in the workspace, in
+  DVC's cache, or nowhere here;
+- free space on every disk the project writes to.
+
+Each line is `ok`, `WARN` or `FAIL`; FAIL lines carry the fix. Exit status 1 when any FAIL.
+"""
+from __future__ import annotations
+
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from evalstack.cache.dvcfiles import (
+    LOCK_NAME,
+    LockFileError,
+    cache_dir,
+    cache_file,
+    dir_listing,
+    dvc_config,
+    find_repo_root,
+    locked_outs,
+    read_lock,
+)
+from evalstack.cache.shardstore import ShardStore, open_store
+from evalstack.config import load_params
+from evalstack.core.atomic import atomic_write_bytes, format_bytes, free_bytes, is_no_space, stale_temp_files
+
+MIN_FREE_BYTES = 1 << 30  # below this a stage that writes a layer may run out of space
+CONNECT_TIMEOUT_S = 3.0
+DEFAULT_PORTS = {"ssh": 22, "http": 80, "https": 443, "s3": 443, "webdav": 80, "webdavs": 443}
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str  # ok | WARN | FAIL
+    message: str
+    fix: str = ""
+
+    def lines(self) -> list[str]:
+        out = [f"  {self.level:<5} {self.message}"]
+        if self.fix:
+            out.append(f"        fix: {self.fix}")
+        return out
+
+
+def profiles(root: Path) -> list[Path]:
+    """Folders holding a dvc.yaml: the project root and its direct subfolders (detection/)."""
+    found = [root] if (root / "dvc.yaml").exists() else []
+    found += sorted(p.parent for p in root.glob("*/dvc.yaml") if p.parent.name not in ("data", ".dvc"))
+    return found
+
+
+def _name(root: Path, path: Path) -> str:
+    try:
+        return str(path.relative_to(root)) or "."
+    except ValueError:
+        return str(path)
+
+
+# -- dvc.lock ---------------------------------------------------------------------------------
+def check_lock(root: Path, profile: Path) -> Finding:
+    lock = profile / LOCK_NAME
+    rel = _name(root, lock)
+    try:
+        data = read_lock(lock)
+    except LockFileError as error:
+        empty = lock.stat().st_size == 0 or not lock.read_text().strip()
+        cause = (f"{rel} is empty: DVC was stopped while it printed \"Updating lock file\" (it rewrites the file in "
+                 "place), so every dvc command now fails with a schema error") if empty else str(error).split(";")[0]
+        return Finding("FAIL", cause,
+                       f"`git checkout {rel}` restores the last committed lock file (then `dvc status` says what to "
+                       f"rerun); if it was never committed, delete it and run `dvc commit -f` in {_name(root, profile)} "
+                       "to record the outputs in the workspace, or `dvc repro` to rebuild them")
+    if data is None:
+        return Finding("ok", f"{rel}: none yet (the {_name(root, profile / 'dvc.yaml')} pipeline has not run here)")
+    return Finding("ok", f"{rel} parses ({len(data.get('stages') or {})} stages recorded)")
+
+
+# -- remotes ----------------------------------------------------------------------------------
+def check_remotes(root: Path) -> list[Finding]:
+    config = dvc_config(root)
+    default = config.get("core", {}).get("remote", "")
+    remotes = {section[len('remote "'):-1]: options for section, options in config.items()
+               if section.startswith('remote "') and section.endswith('"')}
+    if not remotes:
+        return [Finding("WARN", "no DVC remote is configured: `dvc push`/`dvc pull` have nowhere to go",
+                        "`dvc remote add -d storage /abs/path/or/s3://bucket/prefix` (README: Remotes)")]
+    return [check_remote(root, name, options.get("url", ""), options, name == default) for name, options in sorted(remotes.items())]
+
+
+def check_remote(root: Path, name: str, url: str, options: dict[str, str], default: bool) -> Finding:
+    label = f"remote {name}{' (default)' if default else ''}"
+    parts = urlsplit(url)
+    if not parts.scheme or parts.scheme == "file" or len(parts.scheme) == 1:  # a path (C:\… has a 1-letter scheme)
+        path = Path(parts.path if parts.scheme == "file" else url).expanduser()
+        resolved = (root / ".dvc" / path).resolve() if not path.is_absolute() else path
+        relative = "" if path.is_absolute() else f" (relative: DVC resolves {url} against {root / '.dvc'})"
+        if resolved.is_dir():
+            hint = "; a relative path breaks in a clone at another depth, an absolute one does not" if relative else ""
+            return Finding("ok" if not relative else "WARN", f"{label}: {resolved} is reachable{relative}{hint}",
+                           f"`dvc remote modify {name} url {resolved}`" if relative else "")
+        fix = (f"a relative remote path only works in clones at the same place relative to it: set the absolute "
+               f"path, `dvc remote modify {name} url /abs/path/to/storage` (add `--local` for this clone only)"
+               if relative else f"mount or create {resolved}, or `dvc remote modify {name} url …`")
+        return Finding("FAIL", f"{label}: {resolved} does not exist{relative}", fix)
+    host, port = _endpoint(parts.scheme, url, options)
+    if not host:
+        return Finding("WARN", f"{label}: {url}: cannot tell which host to check")
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as error:
+        return Finding("FAIL", f"{label}: {url}: cannot connect to {host}:{port} ({error.strerror or error})",
+                       "check the network/VPN and the remote's url/endpointurl/port (`dvc remote list`)")
+    return Finding("ok", f"{label}: {url}: {host}:{port} accepts connections")
+
+
+def _endpoint(scheme: str, url: str, options: dict[str, str]) -> tuple[str, int]:
+    target = urlsplit(options["endpointurl"]) if scheme == "s3" and options.get("endpointurl") else urlsplit(url)
+    if scheme == "s3" and not options.get("endpointurl"):
+        return "s3.amazonaws.com", 443
+    port = target.port or int(options.get("port", 0) or 0) or DEFAULT_PORTS.get(target.scheme, 443)
+    return target.hostname or "", port
+
+
+# -- the shard store --------------------------------------------------------------------------
+def check_store(store: ShardStore | None, deep: bool = False) -> list[Finding]:
+    if store is None:
+        return [Finding("ok", "shard store: off (store.dir is empty); every stage computes everything")]
+    where = store.directory
+    if not where.exists():
+        return [Finding("ok", f"shard store {where}: not created yet (the first stage run creates it)")]
+    findings = []
+    try:
+        probe = where / ".doctor-probe"
+        atomic_write_bytes(probe, b"ok", durable=False)
+        probe.unlink()
+    except OSError as error:
+        cause = "its disk is full" if is_no_space(error) else (error.strerror or str(error))
+        findings.append(Finding("FAIL", f"shard store {where}: cannot write ({cause}); stages run without caching",
+                                "free space (`evalstack gc --max-bytes N`), fix the permissions, or set store.dir elsewhere"))
+    records = list((where / "shards").glob("*/*.json"))
+    entries = list(store.entries())
+    usage = sum(entry.size for entry in entries)
+    findings.append(Finding("ok", f"shard store {where}: {len(entries)} entries, {format_bytes(usage)} "
+                                  f"(limit {format_bytes(store.config.max_bytes)})"))
+    if usage > store.config.max_bytes:
+        findings.append(Finding("WARN", f"shard store {where} is above store.max_bytes", "`evalstack gc`"))
+    if len(records) > len(entries):
+        findings.append(Finding("WARN", f"shard store {where}: {len(records) - len(entries)} records without a "
+                                        "matching shard (those shards are recomputed when needed)", "`evalstack gc`"))
+    stale = stale_temp_files(where / "shards", "*/.*.tmp")
+    if stale:
+        findings.append(Finding("WARN", f"shard store {where}: {len(stale)} temp files of crashed writers", "`evalstack gc`"))
+    if deep:
+        damaged = store.verify()
+        findings.append(Finding("FAIL" if damaged else "ok", f"shard store {where}: {len(damaged)} damaged entries"
+                                if damaged else f"shard store {where}: every entry matches its sha256",
+                                "`evalstack gc` after `evalstack store verify` lists them" if damaged else ""))
+    return findings
+
+
+# -- each profile's state ---------------------------------------------------------------------
+def check_profile(root: Path, profile: Path) -> list[Finding]:
+    label = _name(root, profile / "dvc.yaml")
+    try:
+        outs = locked_outs(profile)
+    except LockFileError:
+        return [Finding("FAIL", f"{label}: state unknown until its dvc.lock is fixed (see above)")]
+    if not outs:
+        command = "dvc repro" if profile == root else f"dvc repro {label}"
+        return [Finding("ok", f"{label}: nothing recorded yet; `{command}` builds it")]
+    cache = cache_dir(root)
+    here, cached, nowhere = [], [], []
+    for out in outs:
+        if (profile / out.path).exists():
+            here.append(out)
+        elif out.md5 and _in_cache(cache, out.md5):
+            cached.append(out)
+        else:
+            nowhere.append(out)
+    message = f"{label}: {len(outs)} outputs recorded; {len(here)} in the workspace"
+    if not cached and not nowhere:
+        return [Finding("ok", message)]
+    fixes = []
+    if cached:
+        fixes.append(f"`dvc checkout` restores {len(cached)} from DVC's cache")
+    if nowhere:
+        fixes.append(f"`dvc pull` (or `dvc repro`) gets {len(nowhere)} that this clone lacks: "
+                     + ", ".join(out.path for out in nowhere[:4]) + (" …" if len(nowhere) > 4 else ""))
+    return [Finding("WARN", f"{message}, {len(cached)} only in DVC's cache, {len(nowhere)} nowhere here", "; ".join(fixes))]
+
+
+def _in_cache(cache: Path, md5: str) -> bool:
+    try:
+        if md5.endswith(".dir"):
+            return dir_listing(cache, md5) is not None
+        return cache_file(cache, md5).exists()
+    except Exception:  # a crafted md5 is refused by cache_file; here it only means "not available"
+        return False
+
+
+# -- free space -------------------------------------------------------------------------------
+def check_space(root: Path, store: ShardStore | None, min_free: int = MIN_FREE_BYTES) -> list[Finding]:
+    places = {"project outputs (data/, models/, …)": root, "DVC's cache": cache_dir(root),
+              "temp files": Path(tempfile.gettempdir())}
+    if store is not None:
+        places["shard store"] = store.directory
+    findings = []
+    for label, path in places.items():
+        free = free_bytes(path)
+        if free is None:
+            findings.append(Finding("WARN", f"{label} {path}: free space unknown"))
+        elif free < min_free:
+            findings.append(Finding("FAIL", f"{label} {path}: only {format_bytes(free)} free",
+                                    "free space on that disk (`evalstack gc` trims the shard store; `dvc gc -w` DVC's "
+                                    "cache) or move the folder to a larger disk"))
+        else:
+            findings.append(Finding("ok", f"{label} {path}: {format_bytes(free)} free"))
+    return findings
+
+
+def doctor(params_path: Path, deep: bool = False, min_free: int = MIN_FREE_BYTES) -> list[tuple[str, list[Finding]]]:
+    """Every check, grouped by what it is about."""
+    project = params_path.resolve().parent
+    root = find_repo_root(project) or project
+    groups: list[tuple[str, list[Finding]]] = []
+    if not (root / ".dvc").is_dir():
+        groups.append(("project", [Finding("FAIL", f"{root} is not a DVC repository (no .dvc/)", "`dvc init`")]))
+    folders = profiles(root)
+    groups.append(("dvc.lock", [check_lock(root, profile) for profile in folders]
+                   or [Finding("WARN", f"no dvc.yaml in {root}")]))
+    groups.append(("remotes", check_remotes(root)))
+    store = None
+    try:
+        store = open_store(load_params(params_path) if params_path.exists() else {}, project)
+        groups.append(("shard store", check_store(store, deep)))
+    except Exception as error:  # a bad store: section is itself a finding
+        groups.append(("shard store", [Finding("FAIL", f"store settings in {params_path}: {error}")]))
+    groups.append(("profiles", [finding for profile in folders for finding in check_profile(root, profile)]))
+    groups.append(("free space", check_space(root, store, min_free)))
+    return groups
+
+
+def report(groups: list[tuple[str, list[Finding]]]) -> tuple[list[str], bool]:
+    lines, failed = [], False
+    for title, findings in groups:
+        lines.append(f"{title}:")
+        for finding in findings:
+            lines.extend(finding.lines())
+            failed |= finding.level == "FAIL"
+    lines.append("doctor: problems found (see FAIL lines)" if failed else "doctor: no problems found")
+    return lines, failed

@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: differential help install system-deps repro repro-detection report plots test test-fast bench bench-detection clean
+.PHONY: differential help install system-deps repro repro-detection report plots test test-fast bench bench-scale bench-detection clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -58,8 +58,11 @@ test-fast: install ## unit tests only
 differential: install ## warm rebuild == build from nothing after every kind of edit, larger scale → bench/out/differential.json
 	EVALSTACK_DIFFERENTIAL=large $(PY) -m pytest -q -s -p no:cacheprovider tests/test_e2e_differential.py
 
-bench: install ## benchmarks vs the naive pipeline → bench/RESULTS.md (≤ 30 min; BENCH_SCALE=small for a quick check)
-	PYTHONPATH=$(CURDIR)/src $(PY) bench/run.py
+bench: install ## benchmarks vs the naive pipeline → bench/RESULTS.md (P1–P10; BENCH_SCALE=small for a quick check)
+	PYTHONPATH=$(CURDIR)/src $(PY) bench/run.py --suite main
+
+bench-scale: install ## P12: 200,000 small images on Dask, the curve to 200k, dvc add and a plain script → bench/RESULTS.md (≤ 45 min)
+	PYTHONPATH=$(CURDIR)/src $(PY) bench/run.py --suite scale
 
 bench-detection: install ## the detection corruption grid at 5,000 images × 5 × 5 vs a naive loop (~2 h) → bench/RESULTS.md
 	PYTHONPATH=$(CURDIR)/src $(PY) bench/detection_grid.py

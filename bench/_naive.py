@@ -6,14 +6,15 @@ model in batches, compute test accuracy — in one process, streaming batches, w
 no caching, no HDF5 and no hashing of outputs. It is not a strawman: the image is
 decoded once for all models and models are loaded once.
 
-    python bench/_naive.py PROJECT_DIR     # prints accuracy per model
+    python bench/_naive.py PROJECT_DIR [--models A B]   # prints {model: accuracy} as JSON
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import io
-import sys
+import json
 from pathlib import Path
 
 import numpy as np
@@ -73,10 +74,11 @@ def registry_rows(project: Path, params: dict) -> list[tuple[str, Path, str, str
     return rows
 
 
-def run(project: Path, batch_size: int = 32) -> dict[str, float]:
-    """Test accuracy per model, computed from the source images."""
+def run(project: Path, names: list[str] | None = None, batch_size: int = 32) -> dict[str, float]:
+    """Accuracy per model on `evaluate.split`, computed from the source images."""
     params = yaml.safe_load((project / "params.yaml").read_text())
-    models = {name: (entry, BARE[entry["adapter"]](project / entry["file"])) for name, entry in params["models"].items()}
+    models = {name: (entry, BARE[entry["adapter"]](project / entry["file"])) for name, entry in params["models"].items()
+              if names is None or name in names}
     pipelines = params["preprocess"]["pipelines"]
     labels = {name: list(params["labels"][entry["labels"]]) for name, (entry, _) in models.items()}
     correct = dict.fromkeys(models, 0)
@@ -94,7 +96,7 @@ def run(project: Path, batch_size: int = 32) -> dict[str, float]:
         n_test += int(is_test.sum())
         for name, (entry, model) in models.items():
             pipe = pipelines[entry["pipeline"]]
-            size = (pipe["size"], pipe["size"])
+            size = (pipe["resize"], pipe["resize"])
             batch = np.stack([np.asarray(img.crop(tuple(pipe["crop"])).resize(size, RESAMPLE[pipe["resample"]]),
                                          dtype=np.float32) for img in images])
             predicted = np.argmax(model(batch), axis=1)
@@ -104,4 +106,8 @@ def run(project: Path, batch_size: int = 32) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    print(run(Path(sys.argv[1])))
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("project", type=Path)
+    parser.add_argument("--models", nargs="*", help="models under models: (default: every one with a bare loop)")
+    args = parser.parse_args()
+    print(json.dumps(run(args.project, args.models)))

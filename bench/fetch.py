@@ -34,7 +34,7 @@ from evalstack.cache.shardstore import ShardStore, StoreConfig  # noqa: E402
 from evalstack.demo.cards import write_dataset  # noqa: E402
 from evalstack.fetch.raw_layer import FetchConfig, fetch_raw_layer  # noqa: E402
 from evalstack.sources.catalog import SourceConfig  # noqa: E402
-from evalstack.sources.images import check_image
+from evalstack.sources.images import check_image  # noqa: E402
 from tests.loopback import PadServer  # noqa: E402
 
 
@@ -111,7 +111,7 @@ def main() -> None:
 
         registries = {split: f"{url}metadata_{split}.csv" for split in ("dev", "test")}
         store = ShardStore(StoreConfig(work / "store", max_bytes=1 << 40))
-        config = FetchConfig(SourceConfig(registries=registries), shard_size=64,
+        config = FetchConfig(SourceConfig(registries=registries), shard_bytes=48_000_000,
                              workers=args.workers)
         start = time.perf_counter()
         result = fetch_raw_layer(config, work / "raw", store)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from evalstack.config import load_params, train_entry
 from evalstack.demo.training.networks import TrainConfig, train_demo_model
+from evalstack.models.adapters import end_process
 
 
 def main() -> None:
@@ -20,3 +21,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    end_process()  # TensorFlow/torch teardown would add seconds to every run

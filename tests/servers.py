@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -143,3 +144,66 @@ def openssh_server(workdir: Path) -> Iterator[SSHEndpoint]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@dataclass(frozen=True)
+class DaskProcesses:
+    address: str  # tcp://127.0.0.1:PORT, what `dask.address` is set to
+    workers: int
+    pids: tuple[int, ...]  # scheduler first, then one per worker: separate processes, not a LocalCluster
+
+
+@contextmanager
+def dask_processes(workdir: Path, workers: int = 2, environment: dict[str, str] | None = None) -> Iterator[DaskProcesses]:
+    """A dask.distributed scheduler and `workers` workers, each started as its own process with the
+    `dask scheduler` / `dask worker` CLIs on 127.0.0.1, as a team starts a cluster (one thread per worker).
+
+    `environment` is what the workers run with (PYTHONPATH naming the project's library, so they run
+    the code the stage runs). Everything is terminated on exit."""
+    dask_cli = require_program(Path(sys.executable).with_name("dask"), "dask (pip)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    processes: list[subprocess.Popen] = []
+    logs = []
+    try:
+        log = open(workdir / "scheduler.log", "w")
+        logs.append(log)
+        scheduler = subprocess.Popen([str(dask_cli), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                      "--no-dashboard"], stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
+                                     env=environment)
+        processes.append(scheduler)
+        wait_for_port(port, scheduler, workdir / "scheduler.log", seconds=60)
+        for number in range(workers):
+            log = open(workdir / f"worker{number}.log", "w")
+            logs.append(log)
+            processes.append(subprocess.Popen(
+                [str(dask_cli), "worker", address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard",
+                 "--host", "127.0.0.1", "--name", f"worker{number}", "--local-directory", str(workdir / f"w{number}")],
+                stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=environment))
+        _wait_for_workers(address, workers, processes, workdir)
+        yield DaskProcesses(address, workers, tuple(process.pid for process in processes))
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in reversed(processes):
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for log in logs:
+            log.close()
+
+
+def _wait_for_workers(address: str, workers: int, processes: list[subprocess.Popen], workdir: Path) -> None:
+    from distributed import Client
+
+    with Client(address, timeout=60) as client:
+        deadline = time.monotonic() + 120
+        while len(client.scheduler_info()["workers"]) < workers:
+            exited = [p for p in processes if p.poll() is not None]
+            if exited or time.monotonic() > deadline:
+                logs = "\n".join(p.read_text()[-2000:] for p in sorted(workdir.glob("*.log")))
+                raise RuntimeError(f"{workers} dask workers did not join {address}:\n{logs}")
+            time.sleep(0.2)

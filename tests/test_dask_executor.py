@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from evalstack.cache import executors
 from evalstack.cache.executors import (
     DaskExecutor,
     ExecutorError,
@@ -43,14 +44,17 @@ def fetched_twice(tmp_path: Path, first: str, second: str) -> tuple[Project, Pro
 
 
 @pytest.mark.slow
-def test_dask_and_local_executors_write_identical_layers(tmp_path: Path):
+def test_dask_and_local_executors_write_identical_layers(tmp_path: Path, monkeypatch):
     local, remote = fetched_twice(tmp_path, "local", "dask")
 
     build(local, LocalExecutor())
     params = {"executor": "dask", "dask": {"address": "", "workers": 2}}
+    # these tiny shards take milliseconds: make the LocalCluster worth starting, so the cluster computes them
+    monkeypatch.setattr(executors, "LOCAL_CLUSTER_WORTH_SECONDS", 0.0)
     with open_executor(params) as executor:
         assert isinstance(executor, DaskExecutor)
         pre, pred = build(remote, executor)
+        assert executor.started and executor.in_process == 2  # two shards here (the pace), then the cluster
         # a second build through a store: computed on the cluster, then every shard reused
         store = store_at(tmp_path / "store")
         shutil.rmtree(remote.pre), shutil.rmtree(remote.pred)

@@ -66,3 +66,28 @@ def test_identical_bytes_under_two_ids_keep_their_own_label_and_split(tmp_path: 
         outcome[split] = [actual for actual, _ in pairs]
     # Joined on the image hash, ids 1 and 4 would share one label and one split.
     assert outcome == {"test": ["a", "b"], "dev": ["c", "b"]}
+
+
+def test_evaluate_reads_shard_by_shard_and_refuses_predictions_of_other_items(tmp_path: Path):
+    """Truth and predictions are paired shard by shard; a predictions layer built from other raw data is
+    refused naming the first row that differs, never scored against the wrong labels."""
+    from dataclasses import replace
+
+    from evalstack.core.layers import CacheStaleError, Layer
+    from evalstack.evaluation.classification import evaluate_classifier
+    from tests.layers import Project, numpy_model, store_at, tiny_pipeline
+
+    one, other = Project(tmp_path / "one"), Project(tmp_path / "other")
+    for project, n in ((one, 9), (other, 10)):
+        project.grow(n)
+        project.fetch(store_at(project.root / "store"))
+        project.preprocess(None)
+        project.infer(None)
+    model = numpy_model(one.root / "models")
+    spec = replace(model.spec, labels=("lactose", "b", "c"))  # the registry's cards are all lactose
+    key = tiny_pipeline().cache_key()
+    report, pairs, passes = evaluate_classifier(one.raw, one.pred, spec, model.signature(), key, "dev")
+    assert report.n_items == len(pairs) == passes == 9 and len(Layer.open(one.raw).shards) > 1
+    assert {actual for actual, _ in pairs} == {"lactose"}
+    with pytest.raises(CacheStaleError, match="was not built from .* as it is now"):
+        evaluate_classifier(one.raw, other.pred, spec, model.signature(), key, "dev")

@@ -192,3 +192,47 @@ def test_the_old_layer_stays_valid_until_the_new_one_is_complete(tmp_path: Path)
     del crashed  # killed before finish: the next writer clears its staging directory
     LayerWriter(directory, "raw", Key("raw", {"v": 4}))
     assert len(list(tmp_path.glob(".layer.staging-*"))) == 1 and len(Layer.open(directory)) == 4
+
+
+def test_the_index_locates_plain_arrays_and_readers_skip_hdf5_for_them(tmp_path: Path, monkeypatch):
+    import h5py
+
+    from evalstack.core.layers import ShardColumns
+
+    writer = LayerWriter(tmp_path / "layer", "preprocessed", Key("t", {"a": 1}), "none")
+    columns = _columns(6)
+    writer.add_shard(shard_name(0), columns)
+    writer.finish()
+    layer = Layer.open(tmp_path / "layer")
+    shard = layer.shards[0]
+    recorded = json.loads((tmp_path / "layer" / INDEX_NAME).read_text())["shards"][0]["arrays"]
+    assert set(recorded) == {"item_key", "x"} and recorded["x"][1:] == ["|u1", [6, 8, 8, 3]]  # strings stay with h5py
+    with h5py.File(layer.path(shard)) as handle:
+        expected = {name: read_column(handle, name) for name in ("item_key", "x", "name")}
+
+    opened = []
+    real_file = h5py.File
+    monkeypatch.setattr(h5py, "File", lambda *args, **kwargs: opened.append(args) or real_file(*args, **kwargs))
+    with ShardColumns(layer.path(shard), shard) as reader:
+        assert np.array_equal(reader.read("x", slice(2, 5)), expected["x"][2:5])
+        assert list(reader.read("item_key")) == list(expected["item_key"])  # decoded as read_column decodes
+        assert opened == []  # numbers and fixed-width keys came straight from the file
+        assert list(reader.read("name")) == list(expected["name"])
+        assert len(opened) == 1  # a variable-length string column opens the file through h5py, once
+    assert np.array_equal(layer.column("x"), expected["x"])
+
+
+def test_a_shard_shorter_than_its_index_says_is_refused_by_the_direct_reader(tmp_path: Path):
+    from evalstack.core.layers import ShardColumns
+
+    writer = LayerWriter(tmp_path / "layer", "preprocessed", Key("t", {"a": 1}), "none")
+    writer.add_shard(shard_name(0), _columns(6))
+    writer.finish()
+    layer = Layer.open(tmp_path / "layer")
+    path = layer.path(layer.shards[0])
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes()[: layer.shards[0].arrays["x"][0] + 100])
+    with pytest.raises(LayerCorruptError, match="shorter than the layer index says"):
+        ShardColumns(path, layer.shards[0]).read("x")
+    with pytest.raises(LayerCorruptError, match="does not match the sha256"):  # what a stage runs first
+        layer.check_shard(layer.shards[0])

@@ -13,6 +13,7 @@ import contextlib
 import ipaddress
 import multiprocessing
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,13 +121,48 @@ def _in_job_order(jobs: list[ShardJob], futures: list[Any], progress: Progress) 
             future.cancel()
 
 
-class DaskExecutor:
-    """Shards as tasks on a dask.distributed cluster; results come back in job order."""
+# What starting a stage's own LocalCluster costs before it computes anything: two worker processes, their
+# imports, the framework and the model loaded in each (measured on the 2-core bench machine: 2–8 s, more
+# under load). Work that takes less in the stage's own process is done there.
+LOCAL_CLUSTER_WORTH_SECONDS = 5.0
 
-    def __init__(self, client: Any):
+
+class DaskExecutor:
+    """Shards as tasks on a dask.distributed cluster; results come back in job order.
+
+    With `connect` instead of a client (a LocalCluster the stage starts itself), the cluster is
+    started only when it pays: the first two shards are computed in this process, and the rest too when,
+    at the second one's pace, they would take less than starting the cluster costs
+    (LOCAL_CLUSTER_WORTH_SECONDS) — a rerun that adds a few items computes a shard or two. A cluster
+    at `dask.address` is always used. The bytes are the same wherever a shard is computed.
+    """
+
+    def __init__(self, client: Any = None, connect: Callable[[], Any] | None = None):
+        if client is None and connect is None:
+            raise ExecutorError("DaskExecutor needs a client or a way to start one")
         self.client = client
+        self._connect = connect
+        self.in_process = 0  # shards computed in the stage's own process (the cluster was not worth starting)
+
+    @property
+    def started(self) -> bool:
+        return self.client is not None
 
     def run(self, compute: Callable, jobs: list[ShardJob], fmt: OutputFormat, progress: Progress) -> Iterator[ShardInfo]:
+        if self.client is None and jobs:
+            # The first shard warms up (imports, a model's first call); the second one's pace is the estimate.
+            per_item = 0.0
+            for job in jobs[:2]:
+                started = time.monotonic()
+                yield derive_shard(compute, job, fmt, progress)
+                self.in_process += 1
+                per_item = (time.monotonic() - started) / max(job.upstream.n_items, 1)
+            jobs = jobs[2:]
+            if per_item * sum(job.upstream.n_items for job in jobs) < LOCAL_CLUSTER_WORTH_SECONDS:
+                self.in_process += len(jobs)
+                yield from LocalExecutor().run(compute, jobs, fmt, progress)
+                return
+            self.client = self._connect()
         # pure=False: two jobs that look alike must still both run (they write different files).
         futures = [
             self.client.submit(derive_shard, compute, job, fmt, pure=False, key=f"shard-{job.address[:16]}-{job.out_path.name}")
@@ -152,8 +188,8 @@ def executor_settings(params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 def open_executor(params: Mapping[str, Any], in_process: bool = False) -> Iterator[Executor]:
     """The executor params.yaml asks for. `local` runs shards in `local.workers` processes, or in
     this one when `in_process` (infer: a model loads once per process and the frameworks use every
-    core already). `dask.address` empty starts a LocalCluster for the duration of the stage;
-    `tcp://host:8786` connects to an existing scheduler."""
+    core already). `dask.address` empty starts a LocalCluster for the stage when its work is worth it (see
+    DaskExecutor); `tcp://host:8786` (or `tls://…`) connects to an existing scheduler."""
     name, settings = executor_settings(params)
     if name == "local":
         yield LocalExecutor() if in_process else ProcessExecutor(int(settings["workers"]))
@@ -168,9 +204,17 @@ def open_executor(params: Mapping[str, Any], in_process: bool = False) -> Iterat
         with Client(str(dask["address"])) as client:
             yield DaskExecutor(client)
         return
-    with LocalCluster(n_workers=int(dask["workers"]), threads_per_worker=1, dashboard_address=None,
-                      processes=True) as cluster, Client(cluster) as client:
-        yield DaskExecutor(client)
+    with contextlib.ExitStack() as stack:
+        def start_cluster() -> Any:
+            cluster = stack.enter_context(LocalCluster(n_workers=int(dask["workers"]), threads_per_worker=1,
+                                                       dashboard_address=None, processes=True))
+            client = stack.enter_context(Client(cluster))
+            from evalstack.cache.dask_plugins import ExitWhenClosed
+
+            client.register_plugin(ExitWhenClosed())
+            return client
+
+        yield DaskExecutor(connect=start_cluster)
 
 
 def plain_tcp_warning(address: str) -> str | None:

@@ -95,7 +95,8 @@ def build_derived_layer(
             path = upstream.check_shard(shard, store.stamps.sha256 if store is not None else sha256_file)
             subset = selection(shard) if selection is not None else None
             address = derivation_key(shard.sha256, spec.key, spec.compression, subset).hex
-            job = ShardJob(shard, path, writer.path(shard.name), address)
+            # absolute: a worker of an existing cluster runs in its own directory (same filesystem, same paths)
+            job = ShardJob(shard, path.absolute(), writer.path(shard.name).absolute(), address)
             if store is not None and store.materialise(job.address, job.out_path) is not None:
                 hits[shard.name] = job
                 progress.update(shard.n_items)

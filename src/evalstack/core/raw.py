@@ -23,7 +23,7 @@ import numpy as np
 
 from evalstack.core.keys import sha256_bytes
 from evalstack.core.kinds import META_FIELDS
-from evalstack.core.layers import ITEM_KEY
+from evalstack.core.layers import ITEM_KEY, ShardColumns
 
 META_COLUMNS = META_FIELDS
 
@@ -46,19 +46,22 @@ def raw_columns(items: list[FetchedItem]) -> dict[str, np.ndarray]:
     }
     for name in META_COLUMNS:
         values = [getattr(item.row, name) for item in items]
-        is_int = name in ("id", "sample_id", "quantity")
-        columns[name] = np.asarray(values, dtype=np.int64 if is_int else object)
+        if name in ("id", "sample_id", "quantity"):
+            columns[name] = np.asarray(values, dtype=np.int64)
+        else:  # fixed-width UTF-8: plain bytes the layer index locates, read without HDF5 (ShardColumns)
+            columns[name] = np.asarray([str(value).encode() for value in values], dtype=np.bytes_)
     return columns
 
 
 def read_blobs(handle, rows: slice) -> list[bytes]:
-    """Encoded image bytes of the given rows of an open raw shard."""
-    offsets = handle["offset"][rows]
-    lengths = handle["length"][rows]
+    """Encoded image bytes of the given rows of an open raw shard (an h5py.File or a ShardColumns)."""
+    read = handle.read if isinstance(handle, ShardColumns) else lambda name, part: handle[name][part]
+    offsets = read("offset", rows)
+    lengths = read("length", rows)
     if len(offsets) == 0:
         return []
     start, stop = int(offsets[0]), int(offsets[-1] + lengths[-1])
-    span = handle["blob"][start:stop].tobytes()
+    span = read("blob", slice(start, stop)).tobytes()
     return [span[o - start : o - start + n] for o, n in zip(offsets.tolist(), lengths.tolist())]
 
 
@@ -68,19 +71,32 @@ MIN_SHARE, MAX_FACTOR = 0.25, 4.0  # a shard holds at least 1/4 and at most 4× 
 # chunking narrowed the sizes (14–46) but rewrote up to 4 shards per removal: locality wins here.
 
 
+class ShardCutter:
+    """`shard_ends` one item at a time, for listings streamed in order: `add` says whether a shard
+    ends after the item just added."""
+
+    def __init__(self, target_bytes: int):
+        if target_bytes < 1:
+            raise ValueError(f"target bytes per shard must be >= 1, got {target_bytes}")
+        self.target = target_bytes
+        self.floor, self.ceiling = MIN_SHARE * target_bytes, MAX_FACTOR * target_bytes
+        self.filled = 0
+
+    def add(self, identity: str, size: int) -> bool:
+        self.filled += size
+        if self.filled >= self.ceiling or (self.filled >= self.floor and _cut_after(identity, size / self.target)):
+            self.filled = 0
+            return True
+        return False
+
+
 def shard_ends(identities: Sequence[str], sizes: Sequence[int], target_bytes: int) -> list[int]:
     """Exclusive end row of each shard for items listed in order, with their identities and sizes."""
-    if target_bytes < 1:
-        raise ValueError(f"target bytes per shard must be >= 1, got {target_bytes}")
-    floor, ceiling = MIN_SHARE * target_bytes, MAX_FACTOR * target_bytes
-    ends, filled = [], 0
-    for row, (identity, size) in enumerate(zip(identities, sizes)):
-        filled += size
-        if filled >= ceiling or (filled >= floor and _cut_after(identity, size / target_bytes)):
-            ends.append(row + 1)
-            filled = 0
-    if filled or (not ends and len(identities)):
-        ends.append(len(identities))
+    cutter = ShardCutter(target_bytes)
+    ends = [row + 1 for row, (identity, size) in enumerate(zip(identities, sizes)) if cutter.add(identity, size)]
+    if not ends or ends[-1] != len(identities):
+        if len(identities):
+            ends.append(len(identities))
     return ends
 
 

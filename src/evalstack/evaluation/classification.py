@@ -11,7 +11,7 @@ import numpy as np
 from evalstack.config import ModelError, ModelSpec
 from evalstack.core.atomic import atomic_write_bytes
 from evalstack.core.keys import Key
-from evalstack.evaluation.items import read_items
+from evalstack.evaluation.items import in_split, paired_shards
 from evalstack.evaluation.metrics import ClassificationReport, classification_report
 from evalstack.models.predictions import open_predictions
 
@@ -57,13 +57,22 @@ def evaluate_classifier(
     pipeline_key: Key,
     split: str,
 ) -> tuple[ClassificationReport, list[tuple[str, str]], int]:
-    items = read_items(raw_dir)
+    """Metrics of one model on `split`, read shard by shard (truth from the raw layer, joined by position
+    after the item keys are compared), so memory holds one shard plus two integers per evaluated item."""
     layer = open_predictions(predictions_dir, model_signature, pipeline_key, spec.name)
-    items.check_aligned(layer)
-    chosen = items.in_split(split)
-    y_true = label_indices(list(items.sample_name[chosen]), spec.labels, spec.name)
-    y_pred = layer.column("label")[chosen]
-    pairs = [(spec.labels[t], spec.labels[p]) for t, p in zip(y_true, y_pred)]
+    true_parts, predicted_parts, splits_seen = [], [], set()
+    for pair in paired_shards(raw_dir, layer, ("sample_name", "split"), ("label",)):
+        splits = np.asarray([str(value) for value in pair.raw["split"]], dtype=object)
+        splits_seen.update(splits)
+        chosen = in_split(splits, split)
+        names = [str(name) for name in pair.raw["sample_name"][chosen]]
+        true_parts.append(label_indices(names, spec.labels, spec.name))
+        predicted_parts.append(np.asarray(pair.derived["label"])[chosen])
+    y_true = np.concatenate(true_parts) if true_parts else np.zeros(0, np.int64)
+    if not len(y_true):
+        raise ValueError(f"no items in split {split!r}; splits present: {sorted(splits_seen)}")
+    y_pred = np.concatenate(predicted_parts)
+    pairs = [(spec.labels[t], spec.labels[p]) for t, p in zip(y_true.tolist(), y_pred.tolist())]
     forward_passes = int(layer.index.stats.get("forward_passes", 0))
     return classification_report(y_true, y_pred, spec.labels), pairs, forward_passes
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from evalstack.core.kinds import RAW_KIND
-from evalstack.core.layers import CacheStaleError, Layer
+from evalstack.core.layers import ITEM_KEY, CacheStaleError, Layer
 
 ALL_SPLITS = "all"  # evaluate.split value that takes every item, whatever its split
 TRUTH_COLUMNS = ("sample_name", "quantity", "split")
@@ -80,6 +80,38 @@ def read_items(raw_dir: Path) -> Items:
         quantity=np.asarray(raw.column("quantity"), dtype=np.int64),
         split=np.asarray([str(v) for v in raw.column("split")], dtype=object),
     )
+
+
+@dataclass(frozen=True)
+class ShardPair:
+    """One raw shard's truth columns beside the derived layer's rows built from it (same items, same order)."""
+
+    raw: dict[str, np.ndarray]
+    derived: dict[str, np.ndarray]
+
+
+def paired_shards(raw_dir: Path, layer: Layer, raw_columns: tuple[str, ...], columns: tuple[str, ...]) -> Iterator[ShardPair]:
+    """Shard by shard, the raw layer's `raw_columns` and `layer`'s `columns`, with the item keys compared
+    row by row first (`Items.check_aligned`'s check), so memory holds one shard, not the dataset.
+
+    A derived layer has one shard per raw shard; one that does not (another layer's, or an old format)
+    is checked as a whole, which names the first row that differs.
+    """
+    raw = Layer.open(raw_dir, kind=RAW_KIND)
+    if [s.n_items for s in raw.shards] != [s.n_items for s in layer.shards]:
+        read_items(raw_dir).check_aligned(layer)  # raises with the row; equal shapes would have come here
+    start = 0
+    for raw_shard, shard in zip(raw.shards, layer.shards):
+        with raw.columns(raw_shard) as raw_reader, layer.columns(shard) as reader:
+            expected = np.asarray(raw_reader.read(ITEM_KEY), dtype=str)
+            keys = np.asarray(reader.read(ITEM_KEY), dtype=str)
+            if not np.array_equal(keys, expected):
+                row = start + int(np.flatnonzero(keys != expected)[0])
+                raise CacheStaleError(f"{layer.directory} was not built from {raw_dir} as it is now (row {row} holds "
+                                      "another item); rebuild it with `dvc repro` (it is stale, or another raw layer's)")
+            yield ShardPair({name: raw_reader.read(name) for name in raw_columns},
+                            {name: reader.read(name) for name in columns})
+        start += raw_shard.n_items
 
 
 def truth_frame(raw_dir: Path) -> "pd.DataFrame":  # noqa: F821 (pandas is imported where it is needed)

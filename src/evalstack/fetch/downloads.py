@@ -1,24 +1,33 @@
-"""Downloading many items at once: a bounded thread pool, each image checked once, kept on disk.
+"""Getting the bytes of many items at once: a bounded thread pool, each image checked once.
 
-Every image that arrives is md5-checked (when the source states an md5), decoded in
-full once (pixel cap, truncation) and written atomically to the download area of the
-fetch history, so a fetch that fails or is killed never downloads it again. Failures
-are collected per item, never raised from a worker: the caller applies the policy.
+Every image that arrives is md5-checked (when the source states an md5) and decoded in
+full once (pixel cap, truncation). Bytes from a remote source are written atomically to
+the download area of the fetch history, so a fetch that fails or is killed never
+downloads them again; bytes of a local file stay where they are (reading them again
+costs nothing) and are read again, checked, when their shard is written. What arrived
+— item key (sha256), length and where the bytes are — goes to fetch's listing database,
+so memory does not grow with the number of items. Failures are collected per item,
+never raised from a worker: the caller applies the policy.
 """
 from __future__ import annotations
 
 import sys
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+from urllib.parse import urlparse
 
 from tqdm import tqdm
 
+from evalstack.core.keys import sha256_bytes
 from evalstack.fetch.history import RawHistory
 from evalstack.sources.images import check_image
 from evalstack.sources.registry import RegistryRow, SourceError
 from evalstack.sources.transport import SourceUnreachable, Transport
+
+AREA, SOURCE = "area", "source"  # where an arrived item's bytes are: the download area, or the local source file
+_FLUSH = 2000  # arrivals recorded per database write
 
 
 @dataclass(frozen=True)
@@ -36,48 +45,70 @@ class Failure:
 
 @dataclass
 class DownloadOutcome:
-    downloaded: int = 0
-    failures: list[Failure] | None = None
+    downloaded: int = 0  # items read from the source in this run (not found in the download area)
+    failures: list[Failure] = field(default_factory=list)
     unreachable: str = ""  # set when the source went away mid-fetch: the rest was not attempted
 
 
+Arrival = tuple[int, str, int, str]  # (id, item key, length, AREA | SOURCE)
+
+
+def is_local(row: RegistryRow) -> bool:
+    return urlparse(row.resolved_url).scheme == "file"
+
+
 def download_items(
-    rows: list[RegistryRow], transport: Transport, history: RawHistory, max_pixels: int, workers: int
+    rows: Iterable[RegistryRow], total: int, transport: Transport, history: RawHistory, max_pixels: int,
+    workers: int, record: Callable[[list[Arrival]], None],
 ) -> DownloadOutcome:
-    """Download `rows` into the history's download area; returns what failed and why."""
-    outcome = DownloadOutcome(failures=[])
+    """Get the bytes of `rows` (`total` of them): from the download area when an earlier run left them
+    there, else from the source. `record` receives the arrivals in batches."""
+    outcome = DownloadOutcome()
     stop = threading.Event()  # once the host is unreachable, queued items are not tried one by one
 
-    def fetch_one(row: RegistryRow) -> None:
+    def fetch_one(row: RegistryRow) -> tuple[Arrival, bool]:
+        if history.has_download(row):  # arrived in a run that stopped short: checked again, not downloaded
+            data = history.load_download(row)
+            if data is not None:
+                return (row.id, sha256_bytes(data), len(data), AREA), False
         if stop.is_set():
             raise SourceError("not attempted: the source became unreachable")
         data = transport.get(row.resolved_url, row.what, row.hashlib_md5)
         check_image(data, max_pixels, row.what)
+        if is_local(row):
+            return (row.id, sha256_bytes(data), len(data), SOURCE), True
         history.save_download(row, data)
+        return (row.id, sha256_bytes(data), len(data), AREA), True
 
+    arrivals: list[Arrival] = []
     workers = max(1, workers)
-    with tqdm(total=len(rows), desc="fetch", unit="card", disable=not rows) as progress, \
+    with tqdm(total=total, desc="fetch", unit="card", disable=not total) as progress, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
         for future, row in _bounded(pool, fetch_one, rows, in_flight=4 * workers):
             try:
-                future.result()
-                outcome.downloaded += 1
+                arrival, downloaded = future.result()
+                arrivals.append(arrival)
+                outcome.downloaded += downloaded
             except SourceUnreachable as error:
                 stop.set()
                 outcome.unreachable = outcome.unreachable or str(error)
                 outcome.failures.append(Failure.of(row, str(error)))
             except SourceError as error:
                 outcome.failures.append(Failure.of(row, str(error)))
+            if len(arrivals) >= _FLUSH:
+                record(arrivals)
+                arrivals = []
             progress.update()
             progress.set_postfix_str(f"{transport.bytes / 1e6:.1f} MB, {transport.gets} GETs "
                                      f"({transport.retries} retries)", refresh=False)
+    record(arrivals)
     outcome.failures.sort(key=lambda failure: failure.id)
     return outcome
 
 
-def _bounded(pool: ThreadPoolExecutor, work, rows: list[RegistryRow], in_flight: int) -> Iterator[tuple[Future, RegistryRow]]:
+def _bounded(pool: ThreadPoolExecutor, work, rows: Iterable[RegistryRow], in_flight: int) -> Iterator[tuple[Future, RegistryRow]]:
     """(future, row) as each finishes, with at most `in_flight` submitted at a time: a future per
-    row up front would cost memory in proportion to the registry (~1 KB each, 20 MB at 20k cards)."""
+    row up front would cost memory in proportion to the registry (~1 KB each, 200 MB at 200k items)."""
     pending: dict[Future, RegistryRow] = {}
     queue = iter(rows)
     while True:

@@ -22,6 +22,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from evalstack.cache.incremental import previous_versions
 from evalstack.cache.shardstore import ShardStore, StoreEntry
@@ -45,7 +46,6 @@ class RawHistory:
         self.store = store
         self._scratch = None if store else tempfile.TemporaryDirectory(prefix="evalstack-fetch-")
         self.directory = store.directory / "fetch" if store else Path(self._scratch.name)
-        self._saved_now: set[str] = set()  # file names checked on arrival in this run: no second md5 pass
         self._spill: tempfile.TemporaryDirectory | None = None  # downloads, once the store's disk is full
         self._spill_lock = threading.Lock()
 
@@ -117,13 +117,15 @@ class RawHistory:
     def _spill_path(self, name: str) -> Path | None:
         return Path(self._spill.name) / name if self._spill is not None else None
 
-    def load_download(self, row: RegistryRow) -> bytes | None:
+    def load_download(self, row: RegistryRow, check_md5: bool = True) -> bytes | None:
+        """The bytes waiting for `row`, or None. `check_md5=False` when they were checked in this run
+        (the caller compares their sha256 with the one recorded then)."""
         path = self.download_path(row)
         try:
             data = path.read_bytes()
         except OSError:
             return None
-        if path.name not in self._saved_now and row.hashlib_md5 and md5_bytes(data) != row.hashlib_md5:
+        if check_md5 and row.hashlib_md5 and md5_bytes(data) != row.hashlib_md5:
             path.unlink(missing_ok=True)  # damaged on disk: download again
             return None
         return data
@@ -143,12 +145,15 @@ class RawHistory:
                 self._spill = self._spill or tempfile.TemporaryDirectory(prefix="evalstack-fetch-")
             path = self._spill_path(path.name)
             atomic_write_bytes(path, data)
-        self._saved_now.add(path.name)  # a name, not a Path: one per downloaded card, so size matters
+
+    def work_directory(self) -> Path:
+        """Where fetch keeps its scratch listing database (fetch/listing.py; removed when fetch ends)."""
+        return self.directory / "work"
 
     def has_download(self, row: RegistryRow) -> bool:
         return self.download_path(row).exists()
 
-    def drop_downloads(self, rows: list[RegistryRow]) -> None:
+    def drop_downloads(self, rows: Iterable[RegistryRow]) -> None:
         for row in rows:
             self.download_path(row).unlink(missing_ok=True)
 
@@ -157,6 +162,8 @@ class RawHistory:
         for folder in ("downloads", "stash"):
             for tmp in stale_temp_files(self.directory / folder):
                 tmp.unlink(missing_ok=True)
+        for listing in stale_temp_files(self.work_directory(), "listing-*.sqlite"):  # a killed fetch's
+            listing.unlink(missing_ok=True)
 
 
 def _copy_checked(source: Path, sha256: str, dest: Path) -> bool:

@@ -18,20 +18,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import h5py
-
 from evalstack.cache.incremental import BuildLog, start_build
 from evalstack.cache.shardstore import ShardStore
 from evalstack.core.atomic import atomic_write_bytes
 from evalstack.core.fingerprint import code_part
-from evalstack.core.keys import Key, sha256_file
+from evalstack.core.keys import Key, sha256_bytes
 from evalstack.core.kinds import RAW_KIND
-from evalstack.core.layers import INDEX_NAME, ITEM_KEY, LayerIndex, LayerWriter, ShardInfo, StoreError, shard_name
-from evalstack.core.raw import FetchedItem, raw_columns, read_blobs, shard_ends
-from evalstack.fetch.downloads import DownloadOutcome, Failure, download_items, warn_skipped
+from evalstack.core.layers import INDEX_NAME, ITEM_KEY, LayerIndex, LayerWriter, ShardColumns, ShardInfo, StoreError, shard_name
+from evalstack.core.raw import FetchedItem, ShardCutter, raw_columns, read_blobs
+from evalstack.fetch.downloads import AREA, SOURCE, DownloadOutcome, Failure, download_items, warn_skipped
 from evalstack.fetch.history import PreviousLayer, RawHistory
-from evalstack.fetch.plan import OldShard, RawPlan, plan_layer, rows_signature
-from evalstack.sources.catalog import SourceConfig, list_items
+from evalstack.fetch.listing import ListedItem, Listing
+from evalstack.fetch.plan import OldShard, RawPlan, plan_layer
+from evalstack.sources.catalog import SourceConfig, iter_items, registry_origins
 from evalstack.sources.images import DEFAULT_MAX_PIXELS
 from evalstack.sources.registry import RegistryRow, SourceError
 from evalstack.sources.transport import SourceUnreachable, Transport, TransportConfig
@@ -112,35 +111,33 @@ def fetch_raw_layer(config: FetchConfig, out_dir: Path, store: ShardStore | None
 def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history: RawHistory,
            previous: PreviousLayer | None, build_record: dict[str, Any] | None, seeded: int) -> FetchResult:
     report = FetchReport(config.source.describe(), config.on_error)
-    with Transport(config.transport) as transport:
+    with Transport(config.transport) as transport, Listing(history.work_directory()) as listing:
         try:
-            rows = list_items(config.source, transport)
+            listing.add_rows(iter_items(config.source, transport), registry_origins(config.source))
         except SourceUnreachable as error:
             return _keep_previous(previous, out_dir, report, str(error), history, config)
-        if not rows:
+        if not len(listing):
             raise FetchFailed(f"the source lists no items ({_describe(config)}): an empty registry or listing never "
                               f"replaces a raw layer; {out_dir} was left as it was")
-        plan = plan_layer(previous, config.layer_key())
-        missing = [r for r in rows if r.identity not in plan.old_rows and not history.has_download(r)]
-        outcome = download_items(missing, transport, history, config.max_pixels, config.workers)
+        plan = plan_layer(previous, config.layer_key(), listing)
+        outcome = download_items(listing.needing_bytes(), listing.count_needing_bytes(), transport, history, config.max_pixels, config.workers,
+                                 listing.add_arrivals)
         transfer = {"http_gets": transport.gets, "http_retries": transport.retries, "bytes_read": transport.bytes}
-    report.failed = outcome.failures
-    report.counts = {"listed": len(rows), "failed": len(outcome.failures),
-                     "without_md5": sum(1 for row in rows if not row.hashlib_md5)}  # none stated: nothing checked
-    if outcome.unreachable or (outcome.failures and config.on_error == "fail"):
-        report.activity = {"downloaded": outcome.downloaded} | transfer
-        return _stop(previous, out_dir, report, outcome, config, history)
-    failed_ids = {failure.id for failure in outcome.failures}
-    kept = [row for row in rows if row.id not in failed_ids]
-    removed = plan.removed(rows)
-    _warn_if_shrunk(previous, kept, removed, config, report, history, plan)
-    log = BuildLog(RAW_KIND, config.layer_key(), "fetch", {"": "fetch"}, "items_fetched", build_record)
-    log.seeded = seeded
-    index, activity = _write_layer(out_dir, config, plan, kept, history, log)
-    report.activity = activity | {"downloaded": outcome.downloaded, "removed": len(removed)} | transfer
-    history.record(out_dir, index)
-    log.finish(out_dir, store)
-    history.drop_downloads(kept)
+        report.failed = outcome.failures
+        report.counts = {"listed": len(listing), "failed": len(outcome.failures),
+                         "without_md5": listing.count_without_md5()}  # none stated: nothing checked
+        if outcome.unreachable or (outcome.failures and config.on_error == "fail"):
+            report.activity = {"downloaded": outcome.downloaded} | transfer
+            return _stop(previous, out_dir, report, outcome, config, history)
+        removed = _keep_removed(listing, plan, history)
+        _warn_if_shrunk(previous, len(listing) - len(outcome.failures), removed, config, report)
+        log = BuildLog(RAW_KIND, config.layer_key(), "fetch", {"": "fetch"}, "items_fetched", build_record)
+        log.seeded = seeded
+        index, activity = _write_layer(out_dir, config, plan, listing, history, transport, log)
+        report.activity = activity | {"downloaded": outcome.downloaded, "removed": removed} | transfer
+        history.record(out_dir, index)
+        log.finish(out_dir, store)
+        history.drop_downloads(listing.arrived_in_area())
     report.counts["in_layer"] = index.n_items
     if outcome.failures:
         report.message = f"skipped {len(outcome.failures)} items that failed (on_error: skip)"
@@ -153,66 +150,116 @@ def _describe(config: FetchConfig) -> str:
     return ", ".join(f"{name}: {value}" for name, value in config.source.describe().items() if value)
 
 
-def _warn_if_shrunk(previous: PreviousLayer | None, kept: list[RegistryRow], removed: list[RegistryRow],
-                    config: FetchConfig, report: FetchReport, history: RawHistory, plan: RawPlan) -> None:
-    """Removed items keep their bytes in the fetch history (listing them again downloads nothing);
-    a listing that lost more than `fetch.shrink_warning` of the last layer is said loudly."""
-    for row in removed:
-        old = plan.old_rows[row.identity]
-        with h5py.File(old.path, "r") as handle:
-            history.save_download(row, read_blobs(handle, slice(old.row, old.row + 1))[0])
+def _keep_removed(listing: Listing, plan: RawPlan, history: RawHistory) -> int:
+    """Removed items keep their bytes in the fetch history (listing them again downloads nothing).
+    Returns how many the listing lost."""
+    removed = 0
+    with OldBytes(plan) as old:
+        for row, number, position in listing.removed():
+            history.save_download(row, old.read(number, position, row))
+            removed += 1
+    return removed
+
+
+def _warn_if_shrunk(previous: PreviousLayer | None, kept: int, removed: int, config: FetchConfig,
+                    report: FetchReport) -> None:
+    """A listing that lost more than `fetch.shrink_warning` of the last layer is said loudly."""
     if previous is None or not removed:
         return
     before = previous.index.n_items
-    if before and (before - len(kept)) / before > config.shrink_warning:
-        report.message = (f"the source lists {len(kept)} items where the last raw layer had {before} "
-                          f"({len(removed)} removed, more than fetch.shrink_warning = {config.shrink_warning:.0%}); "
+    if before and (before - kept) / before > config.shrink_warning:
+        report.message = (f"the source lists {kept} items where the last raw layer had {before} "
+                          f"({removed} removed, more than fetch.shrink_warning = {config.shrink_warning:.0%}); "
                           "the layer follows the source, and the removed items' bytes are kept in the fetch "
                           "history, so listing them again downloads nothing. Check the source if this is a mistake.")
         print(f"WARNING {report.message}")
 
 
-def _write_layer(out_dir: Path, config: FetchConfig, plan: RawPlan, rows: list[RegistryRow],
-                 history: RawHistory, log: BuildLog) -> tuple[LayerIndex, dict[str, int]]:
-    """Shards at content-defined boundaries (core.raw.shard_ends): the same listing gives the same files."""
-    facts = [_item_facts(row, plan, history) for row in rows]
-    ends = shard_ends([_cut_identity(row) for row in rows], [length for _, length in facts], config.shard_bytes)
+class OldBytes:
+    """Image bytes of items in previous shard files, read through one open shard at a time (items come
+    in id order, so consecutive reads hit the same shard) and checked against the recorded item key."""
+
+    def __init__(self, plan: RawPlan):
+        self.plan = plan
+        self.number: int | None = None
+        self.reader: ShardColumns | None = None
+
+    def read(self, number: int, position: int, row: RegistryRow, item_key: str | None = None) -> bytes:
+        if number != self.number:
+            self.close()
+            old = self.plan.old_shards[number]
+            self.number, self.reader = number, ShardColumns(old.path, old.info)
+        data = read_blobs(self.reader, slice(position, position + 1))[0]
+        if item_key is not None and sha256_bytes(data) != item_key:
+            raise FetchFailed(f"{row.what}: its bytes in {self.reader.path} differ from what the last raw layer "
+                              "recorded (a damaged file); delete it, or `dvc checkout --relink` the raw layer, and fetch again")
+        return data
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+        self.number, self.reader = None, None
+
+    def __enter__(self) -> "OldBytes":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _write_layer(out_dir: Path, config: FetchConfig, plan: RawPlan, listing: Listing, history: RawHistory,
+                 transport: Transport, log: BuildLog) -> tuple[LayerIndex, dict[str, int]]:
+    """Shards at content-defined boundaries (core.raw.ShardCutter) over the items in id order, streamed
+    from the listing: one shard's rows in memory at a time. The same listing gives the same files."""
     writer = LayerWriter(out_dir, RAW_KIND, config.layer_key())
-    activity = {"kept_in_place": 0, "new_shard_items": 0, "bytes_from_old_shards": 0, "from_download_area": 0}
-    start = 0
-    for number, end in enumerate(ends):
-        chunk, chunk_keys = rows[start:end], [key for key, _ in facts[start:end]]
-        name = shard_name(number)
-        old = plan.old_shards.get(rows_signature([row.metadata() for row in chunk], chunk_keys))
-        if old is not None and _place(writer, name, old, history) is not None:
-            log.add(writer.shards[-1], None, computed=False)
-            activity["kept_in_place"] += len(chunk)
-        else:
-            items = [FetchedItem(row, _bytes_of(row, plan, history, activity)) for row in chunk]
-            columns = raw_columns(items)
-            flat = {"blob": columns.pop("blob")}
-            # The item key is the sha256 of the image bytes, so it doubles as the per-item checksum.
-            info = writer.add_shard(name, columns, flat=flat, checksum_of=("blob",), checksum_column=ITEM_KEY)
-            log.add(info, None, computed=True)
-            activity["new_shard_items"] += len(chunk)
-        start = end
-    writer.stats = {"items": len(rows)}
+    activity = {"kept_in_place": 0, "new_shard_items": 0, "bytes_from_old_shards": 0, "from_download_area": 0,
+                "read_from_source": 0}
+    cutter = ShardCutter(config.shard_bytes)
+    chunk: list[ListedItem] = []
+    with OldBytes(plan) as old:
+        for item in listing.items():
+            if not item.origin:  # failed under on_error: skip
+                continue
+            chunk.append(item)
+            if cutter.add(_cut_identity(item.row), item.length):
+                _write_shard(writer, shard_name(len(writer.shards)), chunk, plan, old, history, transport, activity, log)
+                chunk = []
+        if chunk:
+            _write_shard(writer, shard_name(len(writer.shards)), chunk, plan, old, history, transport, activity, log)
+    writer.stats = {"items": sum(shard.n_items for shard in writer.shards)}
     return writer.finish(), activity
+
+
+def _write_shard(writer: LayerWriter, name: str, chunk: list[ListedItem], plan: RawPlan, old: OldBytes,
+                 history: RawHistory, transport: Transport, activity: dict[str, int], log: BuildLog) -> None:
+    """One shard: a previous shard file when its rows are exactly these, else written from the items' bytes."""
+    located = [item.old for item in chunk]
+    same = all(where is not None for where in located) and all(item.old_meta_equal for item in chunk)
+    previous = plan.reusable(located[0][0], located, same) if same else None
+    if previous is not None and _place(writer, name, previous, history) is not None:
+        log.add(writer.shards[-1], None, computed=False)
+        activity["kept_in_place"] += len(chunk)
+        return
+    # The list is the call's only reference, so the items' bytes are freed once joined (memory: one shard ×3).
+    columns = raw_columns([FetchedItem(item.row, _bytes_of(item, old, history, transport, activity)) for item in chunk])
+    for item, key in zip(chunk, columns[ITEM_KEY]):
+        if key.decode() != item.item_key:  # the bytes changed since they were checked (or recorded)
+            raise FetchFailed(f"{item.row.what}: its bytes changed while fetching ({_where(item, history)}); fetch again")
+    flat = {"blob": columns.pop("blob")}
+    # The item key is the sha256 of the image bytes, so it doubles as the per-item checksum.
+    info = writer.add_shard(name, columns, flat=flat, checksum_of=("blob",), checksum_column=ITEM_KEY)
+    log.add(info, None, computed=True)
+    activity["new_shard_items"] += len(chunk)
 
 
 def _cut_identity(row: RegistryRow) -> str:
     return f"{row.id}:{row.hashlib_md5 or row.url}"
 
 
-def _item_facts(row: RegistryRow, plan: RawPlan, history: RawHistory) -> tuple[str, int]:
-    """(item key, byte length) of an item, from the previous layer's columns or its download."""
-    old = plan.old_rows.get(row.identity)
-    if old is not None:
-        return old.item_key, old.length
-    path = history.download_path(row)
-    if not path.exists():
-        raise FetchFailed(f"{row.what}: its download vanished from {path}; fetch again")
-    return sha256_file(path), path.stat().st_size
+def _where(item: ListedItem, history: RawHistory) -> str:
+    if item.origin == AREA:
+        return str(history.download_path(item.row))
+    return item.row.resolved_url if item.origin == SOURCE else "a previous raw shard"
 
 
 def _place(writer: LayerWriter, name: str, old: OldShard, history: RawHistory) -> ShardInfo | None:
@@ -227,13 +274,16 @@ def _place(writer: LayerWriter, name: str, old: OldShard, history: RawHistory) -
         return None
 
 
-def _bytes_of(row: RegistryRow, plan: RawPlan, history: RawHistory, activity: dict[str, int]) -> bytes:
-    old = plan.old_rows.get(row.identity)
-    if old is not None:
+def _bytes_of(item: ListedItem, old: OldBytes, history: RawHistory, transport: Transport,
+              activity: dict[str, int]) -> bytes:
+    row = item.row
+    if item.old is not None:
         activity["bytes_from_old_shards"] += 1
-        with h5py.File(old.path, "r") as handle:
-            return read_blobs(handle, slice(old.row, old.row + 1))[0]
-    data = history.load_download(row)
+        return old.read(*item.old, row, item.item_key)
+    if item.origin == SOURCE:  # a local file, checked when it arrived; read again (its md5 checked again)
+        activity["read_from_source"] += 1
+        return transport.get(row.resolved_url, row.what, row.hashlib_md5)
+    data = history.load_download(row, check_md5=False)  # checked in this run; its sha256 is compared
     if data is None:
         raise FetchFailed(f"{row.what}: its download vanished from {history.download_path(row)}; fetch again")
     activity["from_download_area"] += 1

@@ -1,12 +1,11 @@
 """The infer stage: preprocessed layer + model → predictions layer, shard by shard through the store."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
 
-import h5py
 import numpy as np
 from tqdm import tqdm
 
@@ -16,7 +15,7 @@ from evalstack.cache.shardstore import ShardStore
 from evalstack.config import ModelSpec
 from evalstack.core.fingerprint import code_part, defining_module
 from evalstack.core.kinds import PREDICTIONS_KIND, PREPROCESSED_KIND
-from evalstack.core.layers import ITEM_KEY, Layer, ShardInfo, read_column
+from evalstack.core.layers import ITEM_KEY, Layer, ShardColumns, ShardInfo
 from evalstack.models.adapters.base import ModelAdapter
 from evalstack.models.predictions import PREDICTION_VALUES, prediction_columns, predictions_key
 
@@ -39,7 +38,9 @@ def infer_layer(
     labels = {"model": f"model {adapter.spec.name}", "pipeline": f"pipeline {adapter.spec.pipeline}", "code": "code"}
     spec = DerivedLayerSpec(PREDICTIONS_KIND, key, f"model {adapter.spec.name}", labels, "forward_passes")
     if isinstance(executor, DaskExecutor):  # workers load the model themselves: interpreters do not pickle
-        compute: Callable = PredictInWorker(type(adapter), adapter.spec, batch_size)
+        # the weights by absolute path: a worker of an existing cluster runs in its own directory
+        model = replace(adapter.spec, file=adapter.spec.file.absolute())
+        compute: Callable = PredictInWorker(type(adapter), model, batch_size, adapter)
     else:
         compute = partial(predict_shard, adapter, batch_size)
     return build_derived_layer(source, out_dir, spec, compute, store, executor)
@@ -51,11 +52,11 @@ def inference_code(adapter_class: type) -> dict[str, str]:
 
 
 def predict_shard(adapter: ModelAdapter, batch_size: int, shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
-    with h5py.File(path, "r") as handle:
-        keys = read_column(handle, ITEM_KEY)
+    with ShardColumns(path, shard) as reader:  # tensors straight from the file (the index locates them)
+        keys = reader.read(ITEM_KEY, decode=False)  # fixed width, as the preprocessed layer holds them
         parts = []
         for start in range(0, shard.n_items, batch_size):
-            batch = read_column(handle, "x", slice(start, start + batch_size))
+            batch = reader.read("x", slice(start, start + batch_size))
             parts.append(adapter.predict_batch(batch))
             progress.update(len(batch))
     logits = np.concatenate(parts) if parts else np.zeros((0, len(adapter.spec.labels)), np.float32)
@@ -65,11 +66,22 @@ def predict_shard(adapter: ModelAdapter, batch_size: int, shard: ShardInfo, path
 
 @dataclass(frozen=True)
 class PredictInWorker:
-    """`predict_shard` with the adapter built from its class and spec, once per worker process."""
+    """`predict_shard` with the adapter built from its class and spec, once per worker process. A shard
+    computed in the stage's own process (the Dask executor runs a lone shard there) uses `local`, the
+    stage's adapter, which is never pickled: interpreters do not travel."""
 
     adapter_class: type[ModelAdapter]
     spec: ModelSpec
     batch_size: int
+    local: ModelAdapter | None = field(default=None, compare=False)
 
     def __call__(self, shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
-        return predict_shard(loaded_in_worker(self.adapter_class, self.spec), self.batch_size, shard, path, progress)
+        adapter = self.local if self.local is not None else loaded_in_worker(self.adapter_class, self.spec)
+        return predict_shard(adapter, self.batch_size, shard, path, progress)
+
+    def __getstate__(self) -> dict:
+        return {"adapter_class": self.adapter_class, "spec": self.spec, "batch_size": self.batch_size, "local": None}
+
+    def __setstate__(self, state: dict) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)

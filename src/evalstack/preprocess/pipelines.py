@@ -24,7 +24,7 @@ from evalstack.config import entry
 from evalstack.core.fingerprint import code_part, defining_module
 from evalstack.core.keys import Key
 from evalstack.core.kinds import PREPROCESSED_KIND, RAW_KIND
-from evalstack.core.layers import ITEM_KEY, Layer, ShardInfo, read_column
+from evalstack.core.layers import ITEM_KEY, Layer, ShardColumns, ShardInfo
 from evalstack.core.raw import read_blobs
 from evalstack.preprocess.modes import eight_bit, three_channels
 from evalstack.sources.images import DEFAULT_MAX_PIXELS, decode_image
@@ -131,7 +131,7 @@ def build_pipeline(spec: Mapping[str, Any]) -> PreprocessingPipeline:
 
 
 def decoded_images(
-    handle: h5py.File, n_items: int, max_pixels: int, describe: Callable[[int], str], progress: tqdm
+    handle: h5py.File | ShardColumns, n_items: int, max_pixels: int, describe: Callable[[int], str], progress: tqdm
 ) -> Iterator[tuple[int, Image.Image]]:
     """(row, image) for each item of an open raw shard, decoded under the pixel cap; the bar advances per item.
 
@@ -158,9 +158,9 @@ def preprocess_layer(
     spec = DerivedLayerSpec(PREPROCESSED_KIND, key, label, {"": label}, "items_preprocessed", compression)
 
     def compute(shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
-        with h5py.File(path, "r") as handle:
-            keys = read_column(handle, ITEM_KEY)
-            ids = read_column(handle, "id")
+        with ShardColumns(path, shard) as handle:
+            keys = handle.read(ITEM_KEY, decode=False)  # fixed width, so readers of this layer skip HDF5 too
+            ids = handle.read("id")
             tensors = np.empty((shard.n_items, *pipeline.output_shape()), dtype=pipeline.output_dtype())
             describe = lambda r: f"item id {ids[r]} in {path}"  # noqa: E731
             for row, image in decoded_images(handle, shard.n_items, max_pixels, describe, progress):

@@ -8,17 +8,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 from urllib.parse import unquote, urlparse
 
-from evalstack.sources.pad_api import PadApiSource, list_cards
+from evalstack.sources.pad_api import PadApiSource, iter_cards
 from evalstack.sources.registry import (
     RegistryRow,
     SourceError,
     check_unique_ids,
+    iter_labels,
+    iter_registry,
     md5_capped,
-    parse_labels,
-    parse_registry,
     to_url,
 )
 from evalstack.sources.transport import Transport
@@ -73,41 +73,51 @@ def _plain(value: Any) -> Any:
 def list_items(config: SourceConfig, transport: Transport) -> list[RegistryRow]:
     """Every item the source lists, validated, unique by id, in id order (PAD ids grow as cards
     are uploaded, so new cards land in new shards)."""
-    if config.kind == "registry":
-        rows = _registry_rows(config, transport)
-    elif config.kind == "pad_api":
-        rows = list_cards(PadApiSource(config.url, config.project, config.image_root, config.page_size,
-                                       config.test_fraction), transport)
-    else:
-        rows = _folder_rows(config, transport)
-    origins = {split: to_url(location) for split, location in config.registries.items()} if config.kind == "registry" else None
-    check_unique_ids(rows, origins)
+    rows = list(iter_items(config, transport))
+    check_unique_ids(rows, registry_origins(config))
     return sorted(rows, key=lambda row: row.id)
 
 
-def _registry_rows(config: SourceConfig, transport: Transport) -> list[RegistryRow]:
-    rows: list[RegistryRow] = []
+def registry_origins(config: SourceConfig) -> dict[str, str] | None:
+    """split → registry URL, for errors that name where a row came from (None for other kinds)."""
+    return {split: to_url(location) for split, location in config.registries.items()} if config.kind == "registry" else None
+
+
+def iter_items(config: SourceConfig, transport: Transport) -> Iterator[RegistryRow]:
+    """Every item the source lists, validated, in the source's order and not yet checked for unique
+    ids: read as it comes (a registry file line by line, the API page by page), so a caller that
+    keeps rows elsewhere (fetch's listing, fetch/listing.py) never holds them all in memory."""
+    if config.kind == "registry":
+        yield from _registry_rows(config, transport)
+    elif config.kind == "pad_api":
+        yield from iter_cards(PadApiSource(config.url, config.project, config.image_root, config.page_size,
+                                           config.test_fraction), transport)
+    else:
+        yield from _folder_rows(config, transport)
+
+
+def _registry_rows(config: SourceConfig, transport: Transport) -> Iterator[RegistryRow]:
     for split in sorted(config.registries):
         url = to_url(config.registries[split])
-        text = transport.get(url, f"registry {split} ({url})").decode("utf-8-sig")
-        for row in parse_registry(text, split, url):
-            # A remote registry never names files on this machine.
-            if urlparse(url).scheme in REMOTE_SCHEMES and urlparse(row.resolved_url).scheme not in REMOTE_SCHEMES:
-                scheme = urlparse(row.resolved_url).scheme
-                raise SourceError(f"{row.what}: URL scheme {scheme!r} refused: a remote registry ({url}) may only "
-                                  f"point at http(s) images, not {row.resolved_url}")
-            rows.append(row)
-    return rows
+        remote = urlparse(url).scheme in REMOTE_SCHEMES
+        with transport.open_text(url, f"registry {split} ({url})") as lines:
+            for row in iter_registry(lines, split, url):
+                # A remote registry never names files on this machine.
+                if remote and urlparse(row.resolved_url).scheme not in REMOTE_SCHEMES:
+                    scheme = urlparse(row.resolved_url).scheme
+                    raise SourceError(f"{row.what}: URL scheme {scheme!r} refused: a remote registry ({url}) may only "
+                                      f"point at http(s) images, not {row.resolved_url}")
+                yield row
 
 
-def _folder_rows(config: SourceConfig, transport: Transport) -> list[RegistryRow]:
+def _folder_rows(config: SourceConfig, transport: Transport) -> Iterator[RegistryRow]:
     folder_url = to_url(config.folder).rstrip("/") + "/"
     labels_url = to_url(config.labels) if config.labels else folder_url + "labels.csv"
-    text = transport.get(labels_url, f"labels CSV ({labels_url})").decode("utf-8-sig")
-    rows = parse_labels(text, folder_url, config.test_fraction)
-    # Local files are cheap to hash, so folder items get an md5 and re-fetches notice edited images.
     cap = transport.config.max_bytes
-    return [dataclasses.replace(row, hashlib_md5=_file_md5(row.resolved_url, cap)) for row in rows]
+    with transport.open_text(labels_url, f"labels CSV ({labels_url})") as lines:
+        for row in iter_labels(lines, folder_url, config.test_fraction):
+            # Local files are cheap to hash, so folder items get an md5 and re-fetches notice edited images.
+            yield dataclasses.replace(row, hashlib_md5=_file_md5(row.resolved_url, cap))
 
 
 def _file_md5(url: str, max_bytes: int) -> str:

@@ -43,9 +43,15 @@ class PadApiSource:
 
 def list_cards(source: PadApiSource, transport: Transport) -> list[RegistryRow]:
     """Every card, page by page, validated and mapped to rows."""
+    return list(iter_cards(source, transport))
+
+
+def iter_cards(source: PadApiSource, transport: Transport) -> Iterator[RegistryRow]:
+    """`list_cards` one page at a time: memory holds one page, not the whole listing."""
     if source.page_size < 1:
         raise SourceError(f"pad_api page_size must be >= 1, got {source.page_size}")
-    return [card_to_row(card, source) for card in _pages(source, transport)]
+    for card in _pages(source, transport):
+        yield card_to_row(card, source)
 
 
 def _pages(source: PadApiSource, transport: Transport) -> Iterator[dict[str, Any]]:

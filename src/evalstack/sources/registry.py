@@ -15,7 +15,7 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Iterator, Mapping
 from urllib.parse import unquote, urljoin, urlparse
 
 from evalstack.core.kinds import META_FIELDS
@@ -155,16 +155,33 @@ def safe_relative_url(url: str, what: str) -> str:
 
 def parse_registry(text: str, split: str, registry_url: str) -> list[RegistryRow]:
     """Rows of a registry CSV, validated; relative image URLs resolved against `registry_url`."""
-    reader = _csv_reader(text, REGISTRY_COLUMNS, f"{registry_url}: registry")
-    rows = []
-    for line_number, record in enumerate(reader, start=2):
-        rows.append(_parse_row(record, split, registry_url, line_number))
-    return rows
+    return list(iter_registry(io.StringIO(text), split, registry_url))
 
 
-def _csv_reader(text: str, required: tuple[str, ...], what: str) -> csv.DictReader:
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in required if c not in (reader.fieldnames or [])]
+def iter_registry(lines: Iterable[str], split: str, registry_url: str) -> Iterator[RegistryRow]:
+    """`parse_registry` over lines read as they come (an open file): memory does not grow with the registry."""
+    reader = _csv_reader(lines, REGISTRY_COLUMNS, f"{registry_url}: registry")
+    for line_number, record in _records(reader, f"{registry_url}: registry"):
+        yield _parse_row(record, split, registry_url, line_number)
+
+
+def _records(reader: csv.DictReader, what: str) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of a CSV read as it streams; a file that is not CSV is a SourceError naming the line."""
+    line_number = 1
+    try:
+        for line_number, record in enumerate(reader, start=2):
+            yield line_number, record
+    except csv.Error as error:
+        raise SourceError(f"{what}: not a readable CSV after line {line_number} ({error})") from None
+
+
+def _csv_reader(lines: Iterable[str] | str, required: tuple[str, ...], what: str) -> csv.DictReader:
+    reader = csv.DictReader(io.StringIO(lines) if isinstance(lines, str) else lines)
+    try:
+        fields = reader.fieldnames or []
+    except csv.Error as error:
+        raise SourceError(f"{what}: not a readable CSV ({error})") from None
+    missing = [c for c in required if c not in fields]
     if missing:
         raise SourceError(f"{what} lacks columns {missing}")
     return reader
@@ -234,15 +251,19 @@ def split_for(sample_id: int, test_fraction: float) -> str:
 
 def parse_labels(text: str, folder_url: str, test_fraction: float) -> list[RegistryRow]:
     """Rows of a local folder's labels CSV; `image_name` is the file inside the folder."""
-    reader = _csv_reader(text, LABEL_COLUMNS, f"{folder_url}: labels CSV")
-    rows = []
-    for line_number, record in enumerate(reader, start=2):
+    return list(iter_labels(text, folder_url, test_fraction))
+
+
+def iter_labels(lines: Iterable[str] | str, folder_url: str, test_fraction: float) -> Iterator[RegistryRow]:
+    """`parse_labels` row by row (`lines`: the CSV text or an open file)."""
+    reader = _csv_reader(lines, LABEL_COLUMNS, f"{folder_url}: labels CSV")
+    for line_number, record in _records(reader, f"{folder_url}: labels CSV"):
         where = f"labels line {line_number} (id {record.get('id')!r})"
         _check_field_count(record, where)
         try:
             name = safe_name(record["image_name"].strip(), "image_name")
             sample_id = int(record.get("sample_id") or record["id"])
-            rows.append(RegistryRow(
+            row = RegistryRow(
                 id=int(record["id"]),
                 sample_id=sample_id,
                 sample_name=record["sample_name"].strip(),
@@ -253,9 +274,9 @@ def parse_labels(text: str, folder_url: str, test_fraction: float) -> list[Regis
                 image_name=name,
                 split=(record.get("split") or "").strip() or split_for(sample_id, test_fraction),
                 resolved_url=urljoin(folder_url, name),
-            ))
+            )
         except (TypeError, ValueError) as error:
             raise SourceError(f"{where}: malformed row: {error}") from None
         except SourceError as error:
             raise SourceError(f"{where}: {error}") from None
-    return rows
+        yield row

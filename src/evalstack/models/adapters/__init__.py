@@ -7,8 +7,10 @@ pays for importing torch or TensorFlow, and back.
 """
 from __future__ import annotations
 
+import os
+import sys
 from importlib import import_module
-from typing import Callable
+from typing import Callable, NoReturn
 
 from evalstack.config import ModelError, ModelSpec
 from evalstack.models.adapters.base import ModelAdapter
@@ -34,4 +36,13 @@ def load_adapter(spec: ModelSpec) -> ModelAdapter:
     return adapter_class(spec.adapter)(spec)
 
 
-__all__ = ["ADAPTERS", "ModelAdapter", "ModelError", "ModelSpec", "adapter_class", "load_adapter"]
+def end_process(code: int = 0) -> NoReturn:
+    """End a stage that loaded a framework without the interpreter's teardown. Finalising torch or
+    TensorFlow takes seconds (measured on a busy 2-core machine: torch 2.9 s, TensorFlow 5.6 s, numpy
+    0.1 s), paid by every run of the stage; its outputs are written and fsynced by then."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+__all__ = ["ADAPTERS", "ModelAdapter", "ModelError", "ModelSpec", "adapter_class", "end_process", "load_adapter"]

@@ -1,0 +1,157 @@
+"""P10, P1 and P2 at the real FHI2020 scale (8,001 cards), on one project, side by side in one run.
+
+* P10: the whole template cold — every stage of the root dvc.yaml (synth, fetch, preprocess, train,
+  fit_pls, export_onnx, infer, evaluate, compare, robustness, robustness_report) at 8,001 cards, with
+  `store.link: hardlink` and DVC `cache.type hardlink` (the documented setting at this size; copy mode
+  needs ~3× the disk). Time and peak memory per stage.
+* Then the demo models it trained become the user's own (`dvc add`, train stages removed), so growing
+  the dataset changes no model — what a PAD user with their own networks has — and:
+* P1: `evaluate.split` changed, `dvc repro` of the two classifiers' evaluate stages, vs bench/_naive.py
+  redoing fetch, preprocess, infer and evaluate from the same registry. The naive script's accuracies
+  must equal evalstack's on the same items before the times are compared.
+* P2: the registry grows by 5 % (synth, the source: not timed), `dvc repro` of the same stages:
+  rerun time / their cold time in the P10 run, and what DVC's cache gained / the bytes of those
+  stages' outputs (what `dvc push` uploads to a remote kept in sync). Content-defined shard ends
+  rewrite the last, partial shard on an append: the items recomputed beyond the new ones are counted.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
+sys.path.insert(0, str(BENCH))
+
+from _monitor import StageRun, monitored, stage_line  # noqa: E402
+
+from tests.e2e import REPO, TINY_PARAMS, build_record, make_project, run, set_param, tree_size  # noqa: E402
+
+MODELS = ("tflite_cnn", "torch_cnn")
+TARGETS = tuple(f"evaluate@{model}" for model in MODELS)
+P2_STAGES = ("fetch", "preprocess@pad_nn", "preprocess@thumb64", *(f"infer@{m}" for m in MODELS), *TARGETS)
+LAYERS = {"fetch": "data/raw", "preprocess@pad_nn": "data/preprocessed/pad_nn",
+          "preprocess@thumb64": "data/preprocessed/thumb64",
+          **{f"infer@{m}": f"data/predictions/{m}" for m in MODELS}}
+P2_OUTPUTS = (*LAYERS.values(), "data/fetch_report.json", *(f"data/evaluation/{m}.json" for m in MODELS),
+              *(f"plots/classify/{kind}/{m}.csv" for kind in ("pairs", "per_class") for m in MODELS))
+
+
+@dataclass
+class FullRun:
+    cards: int
+    grown: int
+    cold: StageRun  # P10: every stage
+    eval_only: float  # P1
+    naive: float
+    accuracies: dict[str, float]  # evalstack's on the dev split (== the naive script's)
+    rerun: StageRun  # P2
+    rerun_bytes: int
+    cold_bytes: int  # bytes of the P2 stages' outputs after the cold run
+    recomputed: dict[str, dict[str, int]]  # layer → counts of the rerun
+    log: list[str]
+
+    @property
+    def p2_cold(self) -> float:
+        return sum(self.cold.seconds[stage] for stage in P2_STAGES)
+
+
+def full_project(root: Path, cards: int, tiny: bool) -> Path:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    overrides = {} if tiny else {section: params[section] for section in TINY_PARAMS}  # undo the test shrinking
+    overrides = {**overrides, "synth": {**overrides.get("synth", {}), "n_cards": cards}, "store": {"link": "hardlink"}}
+    project = make_project(root, overrides)
+    run(project, "dvc", "config", "cache.type", "hardlink")
+    return project
+
+
+def own_models(project: Path) -> None:
+    """The models the train stages wrote become files the user added (`dvc add`); no stage trains any more."""
+    pipeline = yaml.safe_load((project / "dvc.yaml").read_text())
+    for producer in ("train", "fit_pls", "export_onnx"):
+        pipeline["stages"].pop(producer, None)
+    (project / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    lock["stages"] = {name: stage for name, stage in lock["stages"].items()
+                      if not name.startswith(("train@", "fit_pls", "export_onnx@"))}
+    (project / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    files = [entry["file"] for entry in params["models"].values()]
+    run(project, "dvc", "add", *files)
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "-qm", "the trained models, now the user's own")
+
+
+def accuracy_of(project: Path, model: str) -> float:
+    return float(json.loads((project / f"data/evaluation/{model}.json").read_text())["accuracy"])
+
+
+def output_bytes(project: Path) -> int:
+    total = 0
+    for name in P2_OUTPUTS:
+        path = project / name
+        total += tree_size(path)[0] if path.is_dir() else path.stat().st_size
+    return total
+
+
+def measure(scratch: Path, cards: int, tiny: bool, growth: float = 0.05) -> FullRun:
+    log: list[str] = []
+    say = lambda line: (log.append(line), print("    " + line, flush=True))  # noqa: E731
+    grown = round(cards * (1 + growth))
+    project = full_project(scratch / f"full{cards}", cards, tiny)
+
+    cold = monitored(["dvc", "repro"], project)
+    say(f"P10 cold `dvc repro` at {cards} cards, every stage: {stage_line(cold)}")
+    cold_bytes = output_bytes(project)
+
+    own_models(project)
+    set_param(project, "evaluate.split", "dev")
+    started = time.monotonic()
+    run(project, "dvc", "repro", *TARGETS)
+    eval_only = time.monotonic() - started
+    accuracies = {model: accuracy_of(project, model) for model in MODELS}
+    started = time.monotonic()
+    naive_out = run(project, sys.executable, str(BENCH / "_naive.py"), str(project), "--models", *MODELS).stdout
+    naive = time.monotonic() - started
+    naive_accuracies = json.loads(naive_out.strip().splitlines()[-1])
+    say(f"P1: evaluate.split → dev: `dvc repro` {eval_only:.2f} s; naive script {naive:.1f} s; dev accuracy "
+        + ", ".join(f"{m} {accuracies[m]:.6f} (naive {naive_accuracies[m]:.6f})" for m in MODELS))
+    differ = {m: (accuracies[m], naive_accuracies[m]) for m in MODELS if round(naive_accuracies[m], 6) != accuracies[m]}
+    if differ:
+        raise AssertionError(f"evalstack and the naive script disagree on the same items: {differ}")
+    set_param(project, "evaluate.split", "test")
+    run(project, "dvc", "repro", *TARGETS)  # back to test (restored from the run-cache), not timed
+
+    set_param(project, "synth.n_cards", grown)
+    started = time.monotonic()
+    run(project, "dvc", "repro", "synth")  # the source grows: not timed
+    say(f"the source grew to {grown} cards in {time.monotonic() - started:.0f} s (synth; not timed)")
+    cache_before = tree_size(project / ".dvc/cache")[0]
+    rerun = monitored(["dvc", "repro", *TARGETS], project)
+    rerun_bytes = tree_size(project / ".dvc/cache")[0] - cache_before
+    recomputed = {stage: build_record(project, layer)["counts"] for stage, layer in LAYERS.items()}
+    say(f"P2 rerun `dvc repro` after +{growth:.0%}: {stage_line(rerun)}")
+    say("recomputed: " + "; ".join(f"{s} {c['shards_computed']}/{c['shards']} shards ({c['items_computed']} items)"
+                                   for s, c in recomputed.items()))
+    return FullRun(cards, grown, cold, eval_only, naive, accuracies, rerun, rerun_bytes, cold_bytes, recomputed, log)
+
+
+def stage_table(run_: StageRun) -> list[str]:
+    """Markdown rows: stage, seconds, share, peak RSS; longest first."""
+    total = run_.total
+    rows = []
+    for stage, seconds in sorted(run_.seconds.items(), key=lambda item: -item[1]):
+        rss = run_.peak_rss.get(stage)
+        rows.append(f"| {stage} | {seconds:.1f} | {100 * seconds / total:.0f} % | "
+                    f"{'' if rss is None else f'{rss / 2**20:.0f} MB'} |")
+    return rows
+
+
+def git_clean(path: Path) -> bool:
+    return subprocess.run(["git", "status", "--porcelain"], cwd=path, capture_output=True, text=True).stdout == ""

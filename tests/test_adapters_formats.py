@@ -168,7 +168,7 @@ rng = np.random.default_rng(0)
 x = rng.integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
 out = Path(sys.argv[1])
 TRAINERS["torch_export"](x, rng.integers(0, 3, 6), 3, TrainConfig("torch_export", epochs=1, batch_size=3), out / "m.pt2")
-export_onnx(out / "m.pt2", out / "m.onnx")
+export_onnx(out / "m.pt2", out / "m.onnx", trust=True)  # built just above
 """
 
 

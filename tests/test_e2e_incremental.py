@@ -12,6 +12,7 @@ pytestmark = pytest.mark.slow
 
 N_CARDS, SHARD_BYTES = 32, 8 * 1_370_000  # raw shards of about 8 cards
 DERIVED = ("data/preprocessed/pad_nn", "data/predictions/tflite_cnn")
+MEASUREMENTS = "data/latency/"  # infer's timings: a fresh measurement each run, never compared
 
 
 def raw_shards(root: Path) -> int:
@@ -23,7 +24,7 @@ def locked_layer_hashes(root: Path, revision: str | None = None) -> dict[str, st
     text = run(root, "git", "show", f"{revision}:dvc.lock").stdout if revision else (root / "dvc.lock").read_text()
     stages = yaml.safe_load(text)["stages"]
     return {out["path"]: out["md5"] for stage in stages.values() for out in stage.get("outs", [])
-            if out["path"].startswith("data/")}
+            if out["path"].startswith("data/") and not out["path"].startswith(MEASUREMENTS)}
 
 
 @pytest.fixture(scope="module")
@@ -118,18 +119,19 @@ def test_push_uploads_only_changed_shards_indexes_and_source_files(grown: dict):
     clone, changed = grown["clone"], grown["changed"]
     by_md5 = {
         hashlib.md5(path.read_bytes()).hexdigest(): str(path.relative_to(clone))
-        for top in ("data", "plots", "reports", "comparison")
+        for top in ("data", "plots", "reports", "comparison", "robustness")
         for path in (clone / top).rglob("*")
         if path.is_file()
     }
     uploaded = {by_md5.get("".join(Path(name).parts[-2:]), name) for name in grown["pushed"] if not name.endswith(".dir")}
     layers = {p for p in uploaded if p.startswith("data/") and not p.startswith("data/source/")}
-    # Of the layers only the changed shards and the indexes (and fetch's small report, which lists
-    # every card); besides them the new source cards and the evaluation outputs (plots, report,
-    # comparison), which depend on every item.
+    # Of the layers only the changed shards and the indexes; besides them fetch's small report (it
+    # lists every card), infer's fresh latency measurement, the new source cards and the evaluation
+    # outputs (details, plots, report, comparison, robustness summary), which depend on every item.
     assert {p for p in layers if not p.endswith(("/index.json", *(f"/{name}" for name in changed)))} == \
-        {"data/fetch_report.json"}
-    assert {p for p in uploaded - layers if not p.startswith(("data/source/", "plots/", "reports/", "comparison/"))} == set()
+        {"data/fetch_report.json", "data/latency/tflite_cnn.json", "data/evaluation/tflite_cnn.json"}
+    evaluation_outputs = ("data/source/", "plots/", "reports/", "comparison/", "robustness/")
+    assert {p for p in uploaded - layers if not p.startswith(evaluation_outputs)} == set()
     assert grown["pushed_bytes"] / grown["cold_bytes"] < 0.4  # 2 of 34 cards, the shards they touch, indexes, CSVs
 
 
@@ -142,8 +144,11 @@ def test_scratch_rebuild_is_byte_identical_and_dvc_sees_no_layer_change(grown: d
     run(clone, "dvc", "repro", "-f", "-s", "preprocess@pad_nn")
     run(clone, "dvc", "repro", "-f", "-s", "infer@tflite_cnn")
     run(clone, "git", "checkout", "params.yaml")
-    layers = {name: digest for name, digest in output_digests(clone).items() if name.startswith("data/")}
-    assert layers == {name: digest for name, digest in before.items() if name.startswith("data/")}
+    def layers(digests: dict[str, str]) -> dict[str, str]:
+        return {name: digest for name, digest in digests.items()
+                if name.startswith("data/") and not name.startswith(MEASUREMENTS)}
+
+    assert layers(output_digests(clone)) == layers(before)
     assert locked_layer_hashes(clone) == locked
     # Nothing about the layers is out of date; infer's latency metric is a fresh measurement,
     # so the stages that read it (report, compare) may show it as changed.

@@ -99,10 +99,10 @@ def test_the_repair_the_message_names_restores_damage_that_kept_size_and_mtime(p
     os.utime(shard, ns=(status.st_atime_ns, status.st_mtime_ns))
     with pytest.raises(LayerCorruptError) as refused:
         Layer.open(project.raw).check_shard(Layer.open(project.raw).shards[1])
-    fix = str(refused.value).split("`dvc checkout --relink ")[1].split("`")[0]
+    fix = str(refused.value).split("`dvc checkout --relink --force ")[1].split("`")[0]
     run(project.root, "dvc", "checkout", "data/raw")
     assert verify_layer(project.raw) != []  # plain checkout: nothing restored
     assert main(["verify", str(project.raw)]) == 1
-    assert f"fix: `dvc checkout --relink {project.raw}`" in capsys.readouterr().out
-    run(project.root, "dvc", "checkout", "--relink", fix)
+    assert f"fix: `dvc checkout --relink --force {project.raw}`" in capsys.readouterr().out
+    run(project.root, "dvc", "checkout", "--relink", "--force", fix)
     assert verify_layer(project.raw) == []

@@ -192,7 +192,7 @@ class OldBytes:
         data = read_blobs(self.reader, slice(position, position + 1))[0]
         if item_key is not None and sha256_bytes(data) != item_key:
             raise FetchFailed(f"{row.what}: its bytes in {self.reader.path} differ from what the last raw layer "
-                              "recorded (a damaged file); delete it, or `dvc checkout --relink` the raw layer, and fetch again")
+                              "recorded (a damaged file); delete it, or `dvc checkout --relink --force` the raw layer, and fetch again")
         return data
 
     def close(self) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -163,7 +162,7 @@ def grow(point: Point, project: Path, items_root: Path, growth: float, say) -> N
     point.rerun = monitored(["dvc", "repro"], project)
     point.recomputed = recomputed(project)
     say(f"        +{growth:.0%} ({point.n} → {grown}) rerun: {stage_line(point.rerun)}")
-    say(f"        recomputed: " + "; ".join(f"{stage} {text}" for stage, text in point.recomputed.items()))
+    say("        recomputed: " + "; ".join(f"{stage} {text}" for stage, text in point.recomputed.items()))
 
 
 def median_time(command: list[str], cwd: Path, repeats: int = 3) -> float:

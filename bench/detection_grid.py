@@ -35,7 +35,6 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
 import yaml  # noqa: E402
-
 from incremental import timed_repro  # noqa: E402
 
 from tests.e2e import REPO as TEMPLATE  # noqa: E402

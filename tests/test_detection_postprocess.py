@@ -7,7 +7,7 @@ from scipy.ndimage import maximum_filter
 from scipy.special import expit
 
 from evalstack.config import ModelError
-from evalstack.detection.adapter import CandidateBound, PostProcess, centernet_candidates, postprocess
+from evalstack.detection.adapter import CandidateBound, PostProcess, centernet_candidates
 from evalstack.detection.boxes import Detections, nms, nms_sorted_batch
 from evalstack.detection.candidates import CandidateTable
 from evalstack.detection.postprocess import postprocess_table, to_original

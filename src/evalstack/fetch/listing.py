@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
+from evalstack.core.atomic import DiskFullError
 from evalstack.core.kinds import META_FIELDS
 from evalstack.core.layers import ITEM_KEY, ShardColumns, ShardInfo
-from evalstack.core.atomic import DiskFullError
 from evalstack.sources.registry import RegistryRow, SourceError, check_unique_ids
 
 ROW_FIELDS = (*META_FIELDS, "resolved_url")  # RegistryRow's fields, in order

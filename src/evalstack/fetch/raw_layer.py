@@ -24,7 +24,16 @@ from evalstack.core.atomic import atomic_write_bytes
 from evalstack.core.fingerprint import code_part
 from evalstack.core.keys import Key, sha256_bytes
 from evalstack.core.kinds import RAW_KIND
-from evalstack.core.layers import INDEX_NAME, ITEM_KEY, LayerIndex, LayerWriter, ShardColumns, ShardInfo, StoreError, shard_name
+from evalstack.core.layers import (
+    INDEX_NAME,
+    ITEM_KEY,
+    LayerIndex,
+    LayerWriter,
+    ShardColumns,
+    ShardInfo,
+    StoreError,
+    shard_name,
+)
 from evalstack.core.raw import FetchedItem, ShardCutter, raw_columns, read_blobs
 from evalstack.fetch.downloads import AREA, SOURCE, DownloadOutcome, Failure, download_items, warn_skipped
 from evalstack.fetch.history import PreviousLayer, RawHistory

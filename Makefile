@@ -64,7 +64,7 @@ bench: install ## benchmarks vs the naive pipeline → bench/RESULTS.md (P1–P1
 bench-scale: install ## P12: 200,000 small images on Dask, the curve to 200k, dvc add and a plain script → bench/RESULTS.md (≤ 45 min)
 	PYTHONPATH=$(CURDIR)/src $(PY) bench/run.py --suite scale
 
-bench-detection: install ## the detection corruption grid at 5,000 images × 5 × 5 vs a naive loop (~2 h) → bench/RESULTS.md
+bench-detection: install ## the detection corruption grid at 5,000 images × 5 × 5 vs a naive loop (~45 min) → bench/RESULTS.md
 	PYTHONPATH=$(CURDIR)/src $(PY) bench/detection_grid.py
 
 clean: ## remove pipeline outputs (the DVC cache stays)

@@ -55,7 +55,7 @@ SCALES = {
     "small": Scale(120, (250, 1000), True, (500, 1000, 2000, 4000), 2_000_000, (500_000, 2_000_000), 2000),
 }
 SUITES = ("main", "scale")
-SKIPPED_SCRIPTS = ("run.py", "incremental.py", "detection_grid.py")  # the last: `make bench-detection` (~2 h)
+SKIPPED_SCRIPTS = ("run.py", "incremental.py", "detection_grid.py")  # the last: `make bench-detection` (~45 min)
 SCRIPT_TIMEOUT = 20 * 60
 # Why a goal is missed when it is, from what the runs so far showed; printed beside a missed figure.
 KNOWN_CAUSES = {

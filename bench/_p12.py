@@ -103,7 +103,7 @@ def p12_project(root: Path, registry: Path, model: Path, shard_bytes: int) -> Pa
         "preprocess": {"compression": "none", "pipelines": {PIPELINE: dict(_items.PIPELINE)}},
         "labels": {MODEL: list(_items.CLASSES)},
         "models": {MODEL: {"file": f"models/{MODEL}.pt2", "adapter": "torch", "pipeline": PIPELINE, "labels": MODEL,
-                           "task": "classify"}},
+                           "task": "classify", "trust": True}},  # built by bench/_items.py: ours
         "infer": {"batch_size": 256},
         "executor": "dask", "dask": {"address": "", "workers": 2},
         "store": {"link": "hardlink"},

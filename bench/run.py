@@ -109,7 +109,7 @@ def safely(figures: list[fig.Figure], make, *args):
             print(format_line(figure), flush=True)
     except Exception as error:  # noqa: BLE001 - one broken figure must not lose the rest
         name = getattr(make, "__name__", "figure").split("_")[0].upper()
-        figures.append(fig.Figure(name, getattr(make, "__name__", "?"), None, "", None, f"failed: {error!r}"[:600], ""))
+        figures.append(fig.Figure(name, getattr(make, "__name__", "?"), None, "", None, f"failed: {error!r}"[:600] + (f" … {error!r}"[-600:] if len(repr(error)) > 1200 else ""), ""))
         print(format_line(figures[-1]), flush=True)
     return result
 

@@ -641,3 +641,11 @@ class Layer:
             )
         return path
 
+
+
+def remove_other_layers(parent: Path, keep: set[str]) -> None:
+    """Layers under `parent` whose names are not in `keep` (grid cells dropped from the params while
+    running outside DVC, which would have removed the output itself)."""
+    for child in Path(parent).iterdir():
+        if child.is_dir() and child.name not in keep and (child / INDEX_NAME).exists():
+            shutil.rmtree(child)

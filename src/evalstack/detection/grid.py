@@ -17,7 +17,6 @@ perturbed forward passes are N·P·I; every cell's index records its own count.
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
@@ -32,7 +31,7 @@ from evalstack.cache.shardstore import ShardStore
 from evalstack.core.fingerprint import code_part, defining_module
 from evalstack.core.keys import Key, sha256_file
 from evalstack.core.kinds import CANDIDATES_KIND, PREPROCESSED_KIND, RAW_KIND
-from evalstack.core.layers import INDEX_NAME, ITEM_KEY, CacheStaleError, Layer, ShardInfo, read_column
+from evalstack.core.layers import ITEM_KEY, CacheStaleError, Layer, ShardInfo, read_column, remove_other_layers
 from evalstack.core.raw import read_blobs
 from evalstack.detection.candidates import (
     GridInputError,
@@ -46,6 +45,7 @@ from evalstack.detection.candidates import (
 )
 from evalstack.preprocess import perturbations as perturb
 from evalstack.preprocess.letterbox import LetterboxPipeline
+from evalstack.preprocess.perturbations import Cell
 from evalstack.sources.images import DEFAULT_MAX_PIXELS, decode_image
 
 if TYPE_CHECKING:  # the stage loads the adapter (a framework); this module only calls it
@@ -53,15 +53,6 @@ if TYPE_CHECKING:  # the stage loads the adapter (a framework); this module only
 
 
 
-
-@dataclass(frozen=True)
-class Cell:
-    kind: str
-    severity: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.kind}-{self.severity}"
 
 
 @dataclass(frozen=True)
@@ -149,7 +140,7 @@ def build_grid(
         compute = _cell_compute(adapter, pipeline, cell, config.seed, selected, raw, sha256, batch_size, max_pixels)
         builds[cell.name] = build_derived_layer(source, out_dir / cell.name, spec, compute, store,
                                                 selection=selected.selection)
-    _remove_other_cells(out_dir, set(builds))
+    remove_other_layers(out_dir, set(builds))
     return GridBuild(name, config.split, builds, int(by_split[config.split]), adapter.forward_passes - passes_before)
 
 
@@ -198,9 +189,3 @@ def _perturbed_input(blob: bytes, item_key: str, cell: Cell, seed: int, pipeline
     corrupted = perturb.perturb(original, cell.kind, cell.severity, item_key, seed)
     return pipeline.process_image(Image.fromarray(corrupted))
 
-
-def _remove_other_cells(out_dir: Path, keep: set[str]) -> None:
-    """Cells no longer in the grid (run outside DVC, which would have removed the output)."""
-    for child in Path(out_dir).iterdir():
-        if child.is_dir() and child.name not in keep and (child / INDEX_NAME).exists():
-            shutil.rmtree(child)

@@ -9,7 +9,6 @@ stage's layer (its model signature checked), never recomputed.
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -23,11 +22,12 @@ from evalstack.cache.shardstore import ShardStore
 from evalstack.core.fingerprint import code_part, defining_module
 from evalstack.core.keys import Key, sha256_bytes
 from evalstack.core.kinds import PREDICTIONS_KIND, PREPROCESSED_KIND
-from evalstack.core.layers import INDEX_NAME, ITEM_KEY, Layer, ShardInfo, read_column
+from evalstack.core.layers import ITEM_KEY, Layer, ShardInfo, read_column, remove_other_layers
 from evalstack.evaluation.classification import label_indices
 from evalstack.evaluation.items import Items, read_items
 from evalstack.models.predictions import PREDICTION_VALUES, open_predictions, prediction_columns
 from evalstack.preprocess import perturbations as perturb
+from evalstack.preprocess.perturbations import Cell
 
 if TYPE_CHECKING:  # the grid runs whatever adapter the stage loaded; it imports none itself
     from evalstack.models.adapters.base import ModelAdapter
@@ -64,15 +64,6 @@ class GridConfig:
     def cells(self) -> list["Cell"]:
         return [Cell(kind, severity) for kind in self.types for severity in self.severities]
 
-
-@dataclass(frozen=True)
-class Cell:
-    kind: str
-    severity: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.kind}-{self.severity}"
 
 
 def cell_key(model_signature: Key, pipeline_key: Key, cell: Cell, seed: int, code: dict[str, str]) -> Key:
@@ -152,7 +143,7 @@ def build_grid(
             source, out_dir / cell.name, spec, _cell_compute(adapter, cell, config.seed, selection, batch_size, n_classes),
             store, selection=selection.digest,
         )
-    _remove_other_cells(out_dir, set(builds))
+    remove_other_layers(out_dir, set(builds))
     return GridBuild(adapter.spec.name, builds, clean, np.flatnonzero(chosen), adapter.forward_passes - passes_before)
 
 
@@ -176,12 +167,6 @@ def _cell_compute(adapter: ModelAdapter, cell: Cell, seed: int, selection: Split
 
     return compute
 
-
-def _remove_other_cells(out_dir: Path, keep: set[str]) -> None:
-    """Cells no longer in the grid (run outside DVC, which would have removed the output)."""
-    for child in Path(out_dir).iterdir():
-        if child.is_dir() and child.name not in keep and (child / INDEX_NAME).exists():
-            shutil.rmtree(child)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -470,6 +471,18 @@ PERTURBATIONS: dict[str, Perturbation] = {
 IMAGENET_C = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
               "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg")
 IMAGENET_C_EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of a perturbation grid (classification or detection): a type at a severity."""
+
+    kind: str
+    severity: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-{self.severity}"
 
 
 def check(kind: str, severity: int) -> None:

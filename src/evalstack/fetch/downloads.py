@@ -28,6 +28,9 @@ from evalstack.sources.transport import SourceUnreachable, Transport
 
 AREA, SOURCE = "area", "source"  # where an arrived item's bytes are: the download area, or the local source file
 _FLUSH = 2000  # arrivals recorded per database write
+# Rows per task: one task per row cost ~0.5 ms of scheduling and lock hand-offs per small image,
+# more than reading, md5-checking and decoding it (0.24 ms for 64×64). Concurrency stays `workers`.
+_CHUNK_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -80,25 +83,37 @@ def download_items(
         history.save_download(row, data)
         return (row.id, sha256_bytes(data), len(data), AREA), True
 
+    def fetch_chunk(chunk: list[RegistryRow]) -> list[tuple[RegistryRow, tuple[Arrival, bool] | SourceError]]:
+        out: list[tuple[RegistryRow, tuple[Arrival, bool] | SourceError]] = []
+        for row in chunk:
+            try:
+                out.append((row, fetch_one(row)))
+            except SourceUnreachable as error:
+                stop.set()  # the rest of this chunk and of the queue is not attempted
+                out.append((row, error))
+            except SourceError as error:
+                out.append((row, error))
+        return out
+
     arrivals: list[Arrival] = []
     workers = max(1, workers)
     with tqdm(total=total, desc="fetch", unit="card", disable=not total) as progress, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
-        for future, row in _bounded(pool, fetch_one, rows, in_flight=4 * workers):
-            try:
-                arrival, downloaded = future.result()
+        for future in _bounded(pool, fetch_chunk, _chunks(rows, _CHUNK_ROWS), in_flight=2 * workers):
+            results = future.result()
+            for row, result in results:
+                if isinstance(result, SourceError):
+                    if isinstance(result, SourceUnreachable):
+                        outcome.unreachable = outcome.unreachable or str(result)
+                    outcome.failures.append(Failure.of(row, str(result)))
+                    continue
+                arrival, downloaded = result
                 arrivals.append(arrival)
                 outcome.downloaded += downloaded
-            except SourceUnreachable as error:
-                stop.set()
-                outcome.unreachable = outcome.unreachable or str(error)
-                outcome.failures.append(Failure.of(row, str(error)))
-            except SourceError as error:
-                outcome.failures.append(Failure.of(row, str(error)))
             if len(arrivals) >= _FLUSH:
                 record(arrivals)
                 arrivals = []
-            progress.update()
+            progress.update(len(results))
             progress.set_postfix_str(f"{transport.bytes / 1e6:.1f} MB, {transport.gets} GETs "
                                      f"({transport.retries} retries)", refresh=False)
     record(arrivals)
@@ -106,21 +121,31 @@ def download_items(
     return outcome
 
 
-def _bounded(pool: ThreadPoolExecutor, work, rows: Iterable[RegistryRow], in_flight: int) -> Iterator[tuple[Future, RegistryRow]]:
-    """(future, row) as each finishes, with at most `in_flight` submitted at a time: a future per
+def _chunks(rows: Iterable[RegistryRow], size: int) -> Iterator[list[RegistryRow]]:
+    chunk: list[RegistryRow] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _bounded(pool: ThreadPoolExecutor, work, chunks: Iterable[list[RegistryRow]], in_flight: int) -> Iterator[Future]:
+    """Futures as each finishes, with at most `in_flight` submitted at a time: a future per
     row up front would cost memory in proportion to the registry (~1 KB each, 200 MB at 200k items)."""
-    pending: dict[Future, RegistryRow] = {}
-    queue = iter(rows)
+    pending: set[Future] = set()
+    queue = iter(chunks)
     while True:
-        for row in queue:
-            pending[pool.submit(work, row)] = row
+        for chunk in queue:
+            pending.add(pool.submit(work, chunk))
             if len(pending) >= in_flight:
                 break
         if not pending:
             return
-        done, _ = wait(pending, return_when=FIRST_COMPLETED)
-        for future in done:
-            yield future, pending.pop(future)
+        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+        yield from done
 
 
 SHOWN_FAILURES = 5  # the console lists this many; the report lists all

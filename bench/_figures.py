@@ -147,11 +147,28 @@ def p12_figures(result, scale: str) -> list[Figure]:
                f"`dvc add` {dvc_add['add']:.0f} s, status {dvc_add['status']:.2f} s, push {dvc_add['push']:.0f} s "
                f"({dvc_add['files']:.0f} files); evalstack: status {result.noop_status:.2f} s, push of every layer "
                f"{result.push_seconds:.0f} s ({result.push_bytes / 1e6:.0f} MB)", scale),
+        *_s3_push_figures(result, big.n, scale),
         Figure("P12", f"plain script (no cache) over {big.n} items / evalstack cold", result.plain_seconds / big.cold.total,
                "report; accuracy equal", correct, f"plain {result.plain_seconds:.0f} s, evalstack {big.cold.total:.0f} s; "
                f"test accuracy {result.plain_accuracy:.6f} vs evalstack {result.accuracy:.6f}", scale),
     ]
 
+
+
+def _s3_push_figures(result, n: int, scale: str) -> list[Figure]:
+    """What pushes to S3 send (requests by kind, bytes), counted by the loopback endpoint (bench/_s3count.py)."""
+    if not result.push_requests[0]:
+        return []
+    (cold, cold_bytes), (noop, _), (grown, grown_bytes) = result.push_requests, result.noop_push, result.growth_push
+    describe = lambda kinds: ", ".join(f"{kind} {count}" for kind, count in kinds.items()) or "none"  # noqa: E731
+    return [
+        Figure("P12", f"`dvc push` of every layer at {n} items to S3: requests", sum(cold.values()), "report", None,
+               f"{describe(cold)}; {cold_bytes / 1e6:.0f} MB sent", scale),
+        Figure("P12", "`dvc push` again with nothing new: requests", sum(noop.values()), "report", None, describe(noop),
+               scale),
+        Figure("P12", "`dvc push` after +1 % items: bytes sent / the first push's", grown_bytes / max(cold_bytes, 1),
+               "report", None, f"{describe(grown)}; {grown_bytes / 1e6:.0f} MB of {cold_bytes / 1e6:.0f} MB", scale),
+    ]
 
 def p3_perturbation_passes(project: Path, scale: str) -> Figure:
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]

@@ -30,6 +30,7 @@ sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
 import _items  # noqa: E402
+import _s3count  # noqa: E402
 from _monitor import StageRun, monitored, stage_line  # noqa: E402
 
 from tests.e2e import build_record, make_project, run, tree_size  # noqa: E402
@@ -48,6 +49,7 @@ class Point:
     cold: StageRun
     files: dict[str, int]  # layer → files DVC tracks in it (shards + index.json)
     index_bytes: dict[str, int]  # layer → size of its index.json
+    layer_bytes: dict[str, int] = field(default_factory=dict)  # layer → bytes of all its files
     rerun: StageRun | None = None  # after +1 % items
     recomputed: dict[str, str] = field(default_factory=dict)
 
@@ -66,6 +68,9 @@ class P12Result:
     dvc_add: dict[str, float]  # add, status, push seconds; files
     log: list[str]
     cluster_reruns: list[StageRun] = field(default_factory=list)  # +1 % twice more, on a running 2-worker cluster
+    push_requests: tuple[dict[str, int], int] = ({}, 0)  # S3 requests (by kind) and bytes of the first push
+    noop_push: tuple[dict[str, int], int] = ({}, 0)  # requests and bytes of a push with nothing new
+    growth_push: tuple[dict[str, int], int] = ({}, 0)  # … of the push after +1 % items
 
     @property
     def big(self) -> Point:
@@ -128,12 +133,14 @@ def p12_project(root: Path, registry: Path, model: Path, shard_bytes: int) -> Pa
     return project
 
 
-def layer_files(project: Path) -> tuple[dict[str, int], dict[str, int]]:
-    files, index = {}, {}
+def layer_files(project: Path) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    files, index, size = {}, {}, {}
     for stage, layer in LAYERS.items():
-        files[stage] = sum(1 for path in (project / layer).iterdir() if path.is_file())
+        paths = [path for path in (project / layer).iterdir() if path.is_file()]
+        files[stage] = len(paths)
+        size[stage] = sum(path.stat().st_size for path in paths)
         index[stage] = (project / layer / "index.json").stat().st_size
-    return files, index
+    return files, index, size
 
 
 def recomputed(project: Path) -> dict[str, str]:
@@ -150,9 +157,9 @@ def cold_point(scratch: Path, items_root: Path, model: Path, n: int, shard_bytes
     registry = registry_dir(parent, items_root, n)
     project = p12_project(parent / "project", registry, model, shard_bytes)
     cold = monitored(["dvc", "repro"], project)
-    files, index = layer_files(project)
+    files, index, size = layer_files(project)
     say(f"{n:>7} items, shard_bytes {shard_bytes / 1e6:g} MB, cold: {stage_line(cold)}")
-    return Point(n, shard_bytes, cold, files, index), project
+    return Point(n, shard_bytes, cold, files, index, size), project
 
 
 def grow(point: Point, project: Path, items_root: Path, growth: float, say) -> None:
@@ -176,6 +183,12 @@ def median_time(command: list[str], cwd: Path, repeats: int = 3) -> float:
 
 def evalstack_accuracy(project: Path) -> float:
     return float(json.loads((project / f"data/evaluation/{MODEL}.json").read_text())["accuracy"])
+
+
+def use_s3_remote(project: Path, s3) -> None:
+    run(project, "dvc", "remote", "add", "-d", "s3", f"s3://{s3.bucket}/cache")
+    for option, value in {"endpointurl": s3.url, "access_key_id": s3.key_id, "secret_access_key": s3.secret}.items():
+        run(project, "dvc", "remote", "modify", "--local", "s3", option, value)
 
 
 def dvc_add_baseline(scratch: Path, items_root: Path, n: int, say) -> dict[str, float]:
@@ -246,16 +259,34 @@ def measure(scratch: Path, items_root: Path, sizes: tuple[int, ...], shard_bytes
     status = median_time(["dvc", "status"], project)
     repro = median_time(["dvc", "repro"], project)
     say(f"no-op at {big.n}: `dvc status` {status:.2f} s, `dvc repro` {repro:.2f} s (median of 3)")
-    say("files DVC tracks per layer: " + ", ".join(f"{s} {big.files[s]} ({big.index_bytes[s] / 1e3:.0f} KB index.json)"
-                                                  for s in LAYERS))
-    run(project, "dvc", "remote", "add", "-d", "local", str(scratch / "p12_remote"))
+    say("files DVC tracks per layer: " + ", ".join(f"{s} {big.files[s]}, {big.layer_bytes[s] / 1e6:.0f} MB "
+                                                  f"({big.index_bytes[s] / 1e3:.0f} KB index.json)" for s in LAYERS))
+    run(project, "dvc", "remote", "add", "local", str(scratch / "p12_remote"))  # as the `dvc add` baseline pushes
     pushed = time.monotonic()
-    run(project, "dvc", "push")
+    run(project, "dvc", "push", "-r", "local")
     push_seconds = time.monotonic() - pushed
     push_bytes = tree_size(scratch / "p12_remote")[0]
-    say(f"`dvc push` of every layer at {big.n}: {push_seconds:.1f} s, {push_bytes / 1e6:.0f} MB")
+    say(f"`dvc push` of every layer at {big.n} to a local remote: {push_seconds:.1f} s, {push_bytes / 1e6:.0f} MB")
     shutil.rmtree(scratch / "p12_remote", ignore_errors=True)
-    grow(big, project, items_root, growth, say)
+    run(project, "dvc", "remote", "remove", "local")
+    with _s3count.counting_s3() as (s3, count):
+        use_s3_remote(project, s3)
+        mark = count.snapshot()
+        pushed = time.monotonic()
+        run(project, "dvc", "push")
+        s3_seconds = time.monotonic() - pushed
+        push_requests = _s3count.delta(mark, count.snapshot())
+        say(f"`dvc push` of every layer at {big.n} to S3 (moto on loopback): {s3_seconds:.1f} s, "
+            + _s3count.describe(*push_requests))
+        mark = count.snapshot()
+        run(project, "dvc", "push")
+        noop_push = _s3count.delta(mark, count.snapshot())
+        say("`dvc push` again, nothing new: " + _s3count.describe(*noop_push))
+        grow(big, project, items_root, growth, say)
+        mark = count.snapshot()
+        run(project, "dvc", "push")
+        growth_push = _s3count.delta(mark, count.snapshot())
+        say(f"`dvc push` after +{growth:.0%}: " + _s3count.describe(*growth_push))
     cluster_reruns = on_a_running_cluster(scratch, project, items_root, big.n, growth, say)
 
     registries = {split: project.parent / "registry" / f"metadata_{split}.csv" for split in ("dev", "test")}
@@ -267,7 +298,7 @@ def measure(scratch: Path, items_root: Path, sizes: tuple[int, ...], shard_bytes
     shutil.rmtree(project.parent, ignore_errors=True)
     dvc_add = dvc_add_baseline(scratch, items_root, big.n, say)
     return P12Result(curve, choice, status, repro, push_seconds, push_bytes, accuracy, plain_seconds, plain_accuracy,
-                     dvc_add, log, cluster_reruns)
+                     dvc_add, log, cluster_reruns, push_requests, noop_push, growth_push)
 
 
 def grown_sizes(n: int, growth: float, steps: int) -> list[int]:

@@ -157,17 +157,17 @@ def p12_figures(result, scale: str) -> list[Figure]:
 
 def _s3_push_figures(result, n: int, scale: str) -> list[Figure]:
     """What pushes to S3 send (requests by kind, bytes), counted by the loopback endpoint (bench/_s3count.py)."""
+    from _s3count import kinds_text
     if not result.push_requests[0]:
         return []
     (cold, cold_bytes), (noop, _), (grown, grown_bytes) = result.push_requests, result.noop_push, result.growth_push
-    describe = lambda kinds: ", ".join(f"{kind} {count}" for kind, count in kinds.items()) or "none"  # noqa: E731
     return [
         Figure("P12", f"`dvc push` of every layer at {n} items to S3: requests", sum(cold.values()), "report", None,
-               f"{describe(cold)}; {cold_bytes / 1e6:.0f} MB sent", scale),
-        Figure("P12", "`dvc push` again with nothing new: requests", sum(noop.values()), "report", None, describe(noop),
+               f"{kinds_text(cold)}; {cold_bytes / 1e6:.0f} MB sent", scale),
+        Figure("P12", "`dvc push` again with nothing new: requests", sum(noop.values()), "report", None, kinds_text(noop),
                scale),
         Figure("P12", "`dvc push` after +1 % items: bytes sent / the first push's", grown_bytes / max(cold_bytes, 1),
-               "report", None, f"{describe(grown)}; {grown_bytes / 1e6:.0f} MB of {cold_bytes / 1e6:.0f} MB", scale),
+               "report", None, f"{kinds_text(grown)}; {grown_bytes / 1e6:.0f} MB of {cold_bytes / 1e6:.0f} MB", scale),
     ]
 
 def p3_perturbation_passes(project: Path, scale: str) -> Figure:

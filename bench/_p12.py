@@ -191,6 +191,13 @@ def use_s3_remote(project: Path, s3) -> None:
         run(project, "dvc", "remote", "modify", "--local", "s3", option, value)
 
 
+def counted_push(project: Path, count) -> tuple[dict[str, int], int]:
+    """`dvc push` to the default remote: the S3 requests it sent, by kind, and the bytes."""
+    mark = count.snapshot()
+    run(project, "dvc", "push")
+    return _s3count.delta(mark, count.snapshot())
+
+
 def dvc_add_baseline(scratch: Path, items_root: Path, n: int, say) -> dict[str, float]:
     """The same n images as one file each in a DVC project: `dvc add`, no-op `dvc status`, `dvc push`."""
     root = scratch / "dvc_add"
@@ -271,21 +278,14 @@ def measure(scratch: Path, items_root: Path, sizes: tuple[int, ...], shard_bytes
     run(project, "dvc", "remote", "remove", "local")
     with _s3count.counting_s3() as (s3, count):
         use_s3_remote(project, s3)
-        mark = count.snapshot()
         pushed = time.monotonic()
-        run(project, "dvc", "push")
-        s3_seconds = time.monotonic() - pushed
-        push_requests = _s3count.delta(mark, count.snapshot())
-        say(f"`dvc push` of every layer at {big.n} to S3 (moto on loopback): {s3_seconds:.1f} s, "
+        push_requests = counted_push(project, count)
+        say(f"`dvc push` of every layer at {big.n} to S3 (moto on loopback): {time.monotonic() - pushed:.1f} s, "
             + _s3count.describe(*push_requests))
-        mark = count.snapshot()
-        run(project, "dvc", "push")
-        noop_push = _s3count.delta(mark, count.snapshot())
+        noop_push = counted_push(project, count)
         say("`dvc push` again, nothing new: " + _s3count.describe(*noop_push))
         grow(big, project, items_root, growth, say)
-        mark = count.snapshot()
-        run(project, "dvc", "push")
-        growth_push = _s3count.delta(mark, count.snapshot())
+        growth_push = counted_push(project, count)
         say(f"`dvc push` after +{growth:.0%}: " + _s3count.describe(*growth_push))
     cluster_reruns = on_a_running_cluster(scratch, project, items_root, big.n, growth, say)
 

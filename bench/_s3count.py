@@ -89,6 +89,9 @@ def delta(before: tuple[Counter, int], after: tuple[Counter, int]) -> tuple[dict
     return dict(sorted(kinds.items())), after[1] - before[1]
 
 
+def kinds_text(kinds: dict[str, int]) -> str:
+    return ", ".join(f"{kind} {count}" for kind, count in kinds.items()) or "none"
+
+
 def describe(kinds: dict[str, int], sent: int) -> str:
-    requests = sum(kinds.values())
-    return f"{requests} requests ({', '.join(f'{k} {v}' for k, v in kinds.items()) or 'none'}), {sent / 1e6:.0f} MB sent"
+    return f"{sum(kinds.values())} requests ({kinds_text(kinds)}), {sent / 1e6:.0f} MB sent"

@@ -642,7 +642,6 @@ class Layer:
         return path
 
 
-
 def remove_other_layers(parent: Path, keep: set[str]) -> None:
     """Layers under `parent` whose names are not in `keep` (grid cells dropped from the params while
     running outside DVC, which would have removed the output itself)."""

@@ -52,9 +52,6 @@ if TYPE_CHECKING:  # the stage loads the adapter (a framework); this module only
     from evalstack.detection.adapter import DetectionAdapter
 
 
-
-
-
 @dataclass(frozen=True)
 class GridConfig:
     types: tuple[str, ...]

@@ -65,7 +65,6 @@ class GridConfig:
         return [Cell(kind, severity) for kind in self.types for severity in self.severities]
 
 
-
 def cell_key(model_signature: Key, pipeline_key: Key, cell: Cell, seed: int, code: dict[str, str]) -> Key:
     """`code`: `grid_code(adapter class)`, the grid's own closure (perturbations included) and the adapter's."""
     perturbation = {"type": cell.kind, "severity": cell.severity, "seed": seed}
@@ -166,7 +165,6 @@ def _cell_compute(adapter: ModelAdapter, cell: Cell, seed: int, selection: Split
         return ShardContent(prediction_columns(keys, logits), attrs, PREDICTION_VALUES)
 
     return compute
-
 
 
 @dataclass(frozen=True)

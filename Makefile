@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: differential help install system-deps repro repro-detection report plots test test-fast bench bench-scale bench-detection clean
+.PHONY: differential help install install-detection system-deps repro repro-detection report plots test test-fast bench bench-scale bench-detection clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -19,6 +19,14 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	touch $@
 
 install: $(VENV)/.installed ## create .venv with the pinned dependencies (about 2 minutes)
+
+# torchvision needs the torch it was built against: the detection extra swaps the 2.13.0 CPU wheel for the
+# torch 2.14.1 + torchvision 0.29.1 pair (a CUDA build that runs on the CPU; +3.9 GB, about 45 s more).
+$(VENV)/.installed-detection: $(VENV)/.installed requirements-detection.lock
+	$(PY) -m pip install --quiet -r requirements-detection.lock
+	touch $@
+
+install-detection: $(VENV)/.installed-detection ## add torchvision (bring-your-own detectors) to .venv
 
 # Debian programs the end-to-end tests drive: sshd serves the SSH remote, chromium renders the plots page.
 SYSTEM_PROGRAMS := /usr/sbin/sshd /usr/bin/ssh-keygen /usr/bin/chromium
@@ -36,7 +44,7 @@ repro: install ## install, then run the classification pipeline (detection's in 
 	@evalstack report >/dev/null
 	@echo; evalstack summary
 
-repro-detection: install ## install, then run the detection profile (its own DVC project in detection/)
+repro-detection: install-detection ## install, then run the detection profile (its own DVC project in detection/)
 	cd detection && dvc repro
 	@evalstack report >/dev/null
 	@echo; evalstack summary
@@ -49,13 +57,13 @@ plots: install ## render `dvc plots show` offline (vega inlined) into dvc_plots/
 	evalstack plots-template
 	dvc plots show
 
-test: install system-deps ## install, then run the whole test suite (slow end-to-end tests included)
+test: install-detection system-deps ## install, then run the whole test suite (slow end-to-end tests included)
 	$(PY) -m pytest -q
 
-test-fast: install ## unit tests only
+test-fast: install-detection ## unit tests only
 	$(PY) -m pytest -q -m "not slow"
 
-differential: install ## warm rebuild == build from nothing after every kind of edit, larger scale → bench/out/differential.json
+differential: install-detection ## warm rebuild == build from nothing after every kind of edit, larger scale → bench/out/differential.json
 	EVALSTACK_DIFFERENTIAL=large $(PY) -m pytest -q -s -p no:cacheprovider tests/test_e2e_differential.py
 
 bench: install ## benchmarks vs the naive pipeline → bench/RESULTS.md (P1–P10; BENCH_SCALE=small for a quick check)
@@ -64,7 +72,7 @@ bench: install ## benchmarks vs the naive pipeline → bench/RESULTS.md (P1–P1
 bench-scale: install ## P12: 200,000 small images on Dask, the curve to 200k, dvc add and a plain script → bench/RESULTS.md (≤ 45 min)
 	PYTHONPATH=$(CURDIR)/src $(PY) bench/run.py --suite scale
 
-bench-detection: install ## the detection corruption grid at 5,000 images × 5 × 5 vs a naive loop (~45 min) → bench/RESULTS.md
+bench-detection: install-detection ## the detection corruption grid at 5,000 images × 5 × 5 vs a naive loop (~45 min) → bench/RESULTS.md
 	PYTHONPATH=$(CURDIR)/src $(PY) bench/detection_grid.py
 
 clean: ## remove pipeline outputs (the DVC cache stays)

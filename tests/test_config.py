@@ -1,9 +1,10 @@
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from evalstack.config import ConfigError, hidden_param_keys, load_params, model_spec, resolve_labels
+from evalstack.config import ConfigError, expanded_nodes, hidden_param_keys, load_params, model_spec, resolve_labels
 from evalstack.preprocess.pipelines import pipeline_spec
 from tests.conftest import REPO
 
@@ -56,3 +57,27 @@ def test_a_param_dvc_cannot_see_is_refused_at_load(tmp_path: Path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(ConfigError, match=r"preprocess\.pipelines\.thumb64\.size, x\.0\.nfiles: .*#10296.*resize"):
         load_params(tmp_path / "params.yaml")
+
+
+def alias_bomb(depth: int = 10, width: int = 10) -> str:
+    """'Billion laughs': each level lists the previous one `width` times, so it expands to width**depth nodes."""
+    lines = ['a0: &a0 ["lol"]']
+    for level in range(1, depth + 1):
+        lines.append(f"a{level}: &a{level} [{', '.join([f'*a{level - 1}'] * width)}]")
+    return "\n".join(lines) + f"\nmodels: {{}}\nbomb: *a{depth}\n"
+
+
+def test_an_alias_bomb_in_params_is_refused_at_once(tmp_path: Path):
+    (tmp_path / "params.yaml").write_text(alias_bomb())
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"params\.yaml: its YAML aliases expand to [\d,]+ nodes .*alias bomb"):
+        load_params(tmp_path / "params.yaml")
+    assert time.perf_counter() - started < 5  # the old walk expanded every alias: minutes at depth 10
+
+
+def test_aliases_that_stay_small_are_fine_and_walked_once(tmp_path: Path):
+    text = "base: &base {kind: crop_resize, resize: 64}\npre: {a: *base, b: *base}\nx: {size: 3}\n"
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=r"x\.size: "):  # the hidden-key check still sees every key once
+        load_params(tmp_path / "params.yaml")
+    assert expanded_nodes(text) < 30

@@ -6,6 +6,7 @@ with only DVC's generic missing-files message).
 """
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import sys
@@ -188,3 +189,15 @@ def test_dvc_fails_on_an_empty_lock_and_a_relative_remote_and_doctors_fixes_work
     run(deeper, "dvc", "pull", "-q")
     assert (deeper / "out.txt").read_text() == "hello\n"
     assert run(deeper, *evalstack, check=False).returncode == 0
+
+
+def test_doctor_names_an_alias_bomb_in_params_that_dvc_would_choke_on(tmp_path: Path, capsys):
+    from tests.test_config import alias_bomb
+
+    root = project_at(tmp_path / "project")
+    set_remote(root, str(tmp_path))
+    (root / "detection" / "params.yaml").write_text(alias_bomb())
+    code, out = doctor(root, capsys)
+    assert code == 1
+    assert re.search(r"FAIL  detection/params.yaml: its YAML aliases expand to 44,567,901,248 nodes .*alias bomb", out)
+    assert "ok    params.yaml: parses, no alias bomb" in out

@@ -52,9 +52,16 @@ class ModelSpec:
 HIDDEN_FROM_DVC = ("size", "nfiles")
 
 
+# A params file whose YAML aliases expand past this many nodes is refused before it is built: ten nested
+# aliases of ten ("billion laughs") expand to 10^10 nodes, and DVC's own parser runs out of memory on it.
+# The default params.yaml has about 300 nodes.
+MAX_EXPANDED_NODES = 1_000_000
+
+
 def load_params(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
-    with open(path) as handle:
-        params = yaml.safe_load(handle) or {}
+    text = Path(path).read_text()
+    check_alias_expansion(text, str(path))
+    params = yaml.safe_load(text) or {}
     hidden = hidden_param_keys(params)
     if hidden:
         raise ConfigError(
@@ -65,18 +72,58 @@ def load_params(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
     return params
 
 
-def hidden_param_keys(node: Any, prefix: str = "") -> list[str]:
-    """Dotted paths of every key DVC's run-cache would not see."""
+def expanded_nodes(text: str) -> int:
+    """How many nodes the YAML document has once every alias is expanded, counted in time linear in the
+    document (each node's expanded size is computed once, however many aliases point at it)."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        sizes[id(node)] = 1  # a node that contains itself (a recursive alias) counts once
+        if isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(key) + size(value) for key, value in node.value)
+        else:
+            total = 1
+        sizes[id(node)] = total
+        return total
+
+    return size(root) if root is not None else 0
+
+
+def check_alias_expansion(text: str, where: str, limit: int = MAX_EXPANDED_NODES) -> None:
+    try:
+        count = expanded_nodes(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{where}: not valid YAML: {error}") from None
+    if count > limit:
+        raise ConfigError(
+            f"{where}: its YAML aliases expand to {count:,} nodes (more than {limit:,}): an alias bomb "
+            "(\"billion laughs\"); DVC's parser would run out of memory on it. Remove the nested `*alias` "
+            "references, or write the values out")
+
+
+def hidden_param_keys(node: Any, prefix: str = "", seen: set[int] | None = None) -> list[str]:
+    """Dotted paths of every key DVC's run-cache would not see. A mapping or list reached again through a
+    YAML alias is walked once (under the first path that reaches it), so the walk is linear in the file."""
+    seen = set() if seen is None else seen
+    if isinstance(node, (Mapping, list)):
+        if id(node) in seen:
+            return []
+        seen.add(id(node))
     found = []
     if isinstance(node, Mapping):
         for name, value in node.items():
             dotted = f"{prefix}{name}"
             if str(name) in HIDDEN_FROM_DVC:
                 found.append(dotted)
-            found += hidden_param_keys(value, dotted + ".")
+            found += hidden_param_keys(value, dotted + ".", seen)
     elif isinstance(node, list):
         for position, value in enumerate(node):
-            found += hidden_param_keys(value, f"{prefix}{position}.")
+            found += hidden_param_keys(value, f"{prefix}{position}.", seen)
     return found
 
 

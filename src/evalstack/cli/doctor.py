@@ -2,6 +2,7 @@
 
 Checks, per the project's profiles (the root dvc.yaml and each `<folder>/dvc.yaml`):
 
+- each profile's params.yaml has no YAML alias bomb (DVC would run out of memory parsing it);
 - each profile's `dvc.lock` parses (a SIGKILL while DVC prints "Updating lock file" leaves it
   empty, and then every `dvc` command fails with a schema error);
 - each DVC remote is reachable: a local path must exist (a relative one is resolved against
@@ -34,7 +35,7 @@ from evalstack.cache.dvcfiles import (
     read_lock,
 )
 from evalstack.cache.shardstore import ShardStore, open_store
-from evalstack.config import load_params
+from evalstack.config import ConfigError, check_alias_expansion, load_params
 from evalstack.core.atomic import atomic_write_bytes, format_bytes, free_bytes, is_no_space, stale_temp_files
 
 MIN_FREE_BYTES = 1 << 30  # below this a stage that writes a layer may run out of space
@@ -89,6 +90,19 @@ def check_lock(root: Path, profile: Path) -> Finding:
 
 
 # -- remotes ----------------------------------------------------------------------------------
+def check_params(root: Path, profile: Path) -> Finding:
+    """DVC parses params.yaml before any stage runs: an alias bomb makes every dvc command run out of memory
+    with no word about why, so it is named here, where nothing but our own linear count reads it."""
+    path = profile / "params.yaml"
+    if not path.exists():
+        return Finding("ok", f"{_name(root, path)}: none")
+    try:
+        check_alias_expansion(path.read_text(), _name(root, path))
+    except ConfigError as error:
+        return Finding("FAIL", str(error), f"fix {_name(root, path)} (`git diff {_name(root, path)}` shows what changed)")
+    return Finding("ok", f"{_name(root, path)}: parses, no alias bomb")
+
+
 def check_remotes(root: Path) -> list[Finding]:
     config = dvc_config(root)
     default = config.get("core", {}).get("remote", "")
@@ -242,6 +256,7 @@ def doctor(params_path: Path, deep: bool = False, min_free: int = MIN_FREE_BYTES
     folders = profiles(root)
     groups.append(("dvc.lock", [check_lock(root, profile) for profile in folders]
                    or [Finding("WARN", f"no dvc.yaml in {root}")]))
+    groups.append(("params", [check_params(root, profile) for profile in folders]))
     groups.append(("remotes", check_remotes(root)))
     store = None
     try:

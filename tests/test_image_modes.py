@@ -125,3 +125,14 @@ def test_regions_and_letterbox_follow_the_same_rules():
     np.testing.assert_array_equal(letterbox.process_image(la), letterbox.process_image(eight))
     with pytest.raises(ValueError, match="image mode F"):
         PadRegionsPipeline().process_image(Image.fromarray(noise(None, dtype=np.float32)))
+
+
+def test_an_image_smaller_than_the_pipeline_needs_is_refused_naming_the_item(tmp_path: Path):
+    # pad_nn crops (71, 359, 707, 849): Pillow would pad a 1×1 card with black and give an all-black tensor.
+    card = Image.new("RGB", (730, 1220), (90, 120, 200))  # the size of a rectified PAD card
+    raw = raw_layer_of(tmp_path, [("png", encoded(card)), ("png", encoded(Image.new("RGB", (1, 1), (200, 30, 30))))])
+    pad_nn = CropResizePipeline(resize=32, resample="bicubic")
+    with pytest.raises(PipelineError, match=r"item id 101 in .*raw/00000.h5: the image is 1×1, smaller than the "
+                                            r"707×849 this crop_resize pipeline needs"):
+        preprocess_layer(raw, tmp_path / "pre", pad_nn, "none")
+    assert not (tmp_path / "pre" / "index.json").exists()

@@ -60,6 +60,12 @@ class PreprocessingPipeline(ABC):
     @abstractmethod
     def process_image(self, image: Image.Image) -> np.ndarray: ...
 
+    def min_input_size(self) -> tuple[int, int]:
+        """(width, height) below which an image cannot give this pipeline's output: process_item refuses it,
+        naming the item, instead of computing from pixels that are not there (Pillow pads a crop outside the
+        image with black, so a 1×1 card would give an all-black tensor with no word)."""
+        return (1, 1)
+
     def cache_key(self) -> Key:
         """(kind, params, code): the code is the import closure of the module that defines this
         pipeline and of the preprocess stage, so an edit to either changes the key (no version to bump)."""
@@ -96,6 +102,9 @@ class CropResizePipeline(PreprocessingPipeline):
 
     def output_shape(self) -> tuple[int, int, int]:
         return (self.resize, self.resize, 3)
+
+    def min_input_size(self) -> tuple[int, int]:
+        return (self.crop[2], self.crop[3])  # the crop box lies inside the image
 
     def output_dtype(self) -> np.dtype:
         return np.dtype(np.uint8)
@@ -172,6 +181,12 @@ def preprocess_layer(
 
 def process_item(pipeline: PreprocessingPipeline, image: Image.Image, what: str) -> np.ndarray:
     """`pipeline.process_image`, with any failure to handle this image named by its item."""
+    min_width, min_height = pipeline.min_input_size()
+    if image.size[0] < min_width or image.size[1] < min_height:
+        raise PipelineError(
+            f"{what}: the image is {image.size[0]}×{image.size[1]}, smaller than the {min_width}×{min_height} "
+            f"this {pipeline.kind} pipeline needs ({pipeline.parameters()}); it is not a card this pipeline can "
+            "read (check the source, or give the pipeline a crop that fits)")
     try:
         return pipeline.process_image(image)
     except (PipelineError, ValueError) as error:  # ImageModeError, a shape Pillow/numpy cannot handle

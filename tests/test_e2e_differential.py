@@ -73,7 +73,9 @@ class Differential:
     def create(self) -> None:
         overrides = {
             "fetch": {"source": {"kind": "registry", "registries": {
-                "dev": "registry/metadata_dev.csv", "test": "registry/metadata_test.csv"}},
+                "dev": "registry/metadata_dev.csv", "test": "registry/metadata_test.csv"},
+                # the pool's images are outside the registry's folder: a local registry reads only roots it lists
+                "roots": [str(self.pool)]},
                 "shard_bytes": 5 * CARD_BYTES},
             "train": {"torch_cnn": {"epochs": 1}},
             "robustness": {"types": ["gaussian_noise"], "severities": [1], "reference": "torch_cnn"},

@@ -191,8 +191,10 @@ def test_legacy_registries_param_still_means_a_registry_source():
 def test_an_ftp_image_url_in_a_local_registry_is_refused(tmp_path: Path):
     registry = make_registry(tmp_path / "src")
     registry.write_text(registry.read_text().replace("images/102__901", "ftp://127.0.0.1/102__901"))
-    with pytest.raises(FetchFailed, match=r"id 102 .*URL scheme 'ftp' is not allowed"):
+    # refused while listing, before anything is read or matched against the last layer
+    with pytest.raises(SourceError, match=r"id 102 .*URL scheme 'ftp' refused \(fetch.schemes allows"):
         fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
+    assert not (tmp_path / "raw").exists()
 
 
 def test_without_a_store_the_layer_in_place_is_still_reused(tmp_path: Path):

@@ -7,6 +7,7 @@ names the test of each row).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -30,6 +31,7 @@ from evalstack.sources.images import check_image
 from evalstack.sources.registry import REGISTRY_COLUMNS, SourceError, parse_registry
 from evalstack.sources.transport import Transport, TransportConfig
 from tests.coco_fixture import IMAGES, document, write_coco
+from tests.conftest import png_bytes
 from tests.layers import Project, store_at
 from tests.test_fetch import make_registry
 
@@ -407,3 +409,37 @@ def test_a_remote_registry_may_not_name_files_on_this_machine(tmp_path: Path):
                                    r"only point at http\(s\) images, not file:///etc/passwd"):
             list_items(config, transport)
     assert registry.exists()
+
+
+# -- trust round 2, item 5: a local registry reads only its own folder and the roots listed ---------
+def test_a_file_url_in_a_local_registry_outside_its_folder_is_refused(tmp_path: Path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "card.png").write_bytes(png_bytes(40, 30, seed=1))
+    registry = registry_with(tmp_path / "reg", [{"url": "file:///etc/passwd"}])
+    config = FetchConfig(SourceConfig(registries={"dev": str(registry)}), on_error="skip")
+    with pytest.raises(SourceError, match=r"item id 100 \(img0.png\): file:///etc/passwd is outside the registry's "
+                                          r"folder .*reg\) and fetch.source.roots \(\[\]\); a local registry reads"):
+        fetch_raw_layer(config, tmp_path / "raw", store_at(tmp_path / "store"))
+    assert not (tmp_path / "raw" / INDEX_NAME).exists()
+    # A folder listed under fetch.source.roots may be read (the md5 is checked as always).
+    data = (elsewhere / "card.png").read_bytes()
+    registry_with(tmp_path / "reg", [{"url": (elsewhere / "card.png").as_uri(),
+                                      "hashlib_md5": hashlib.md5(data).hexdigest()}])
+    allowed = FetchConfig(SourceConfig(registries={"dev": str(registry)}, roots=(str(elsewhere),)))
+    fetch_raw_layer(allowed, tmp_path / "raw", store_at(tmp_path / "store"))
+    assert (tmp_path / "raw" / INDEX_NAME).exists()
+
+
+def test_a_refused_scheme_is_refused_even_when_the_item_is_already_in_the_last_layer(tmp_path: Path):
+    registry = make_registry(tmp_path / "src", n=2)
+    config = FetchConfig(SourceConfig(registries={"dev": str(registry)}))
+    fetch_raw_layer(config, tmp_path / "raw", store_at(tmp_path / "store"))
+    before = (tmp_path / "raw" / INDEX_NAME).read_bytes()
+    # Same id, same md5, but now an ftp:// URL: its bytes are in the layer, so nothing would ever read the URL.
+    text = registry.read_text().replace("images/100__", "ftp://files.example.org/100__")
+    registry.write_text(text)
+    with pytest.raises(SourceError, match=r"item id 100 .*URL scheme 'ftp' refused \(fetch.schemes allows "
+                                          r"file, http, https\): ftp://files.example.org/100__"):
+        fetch_raw_layer(config, tmp_path / "raw", store_at(tmp_path / "store"))
+    assert (tmp_path / "raw" / INDEX_NAME).read_bytes() == before

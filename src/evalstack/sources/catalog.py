@@ -38,6 +38,8 @@ class SourceConfig:
     folder: str = ""  # folder: directory of images
     labels: str = ""  # folder: labels CSV (default: <folder>/labels.csv)
     test_fraction: float = 0.2  # pad_api/folder without a split column: share of samples in test
+    # registry: folders a local registry's file:// rows may name besides the registry's own folder
+    roots: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in SOURCE_KINDS:
@@ -46,6 +48,9 @@ class SourceConfig:
         if not needed:
             field_name = {"registry": "registries", "pad_api": "url", "folder": "folder"}[self.kind]
             raise SourceError(f"fetch.source of kind {self.kind} needs {field_name}")
+        if isinstance(self.roots, str) or not all(isinstance(root, str) for root in self.roots):
+            raise SourceError(f"fetch.source.roots must be a list of folders, got {self.roots!r}")
+        object.__setattr__(self, "roots", tuple(self.roots))
 
     @classmethod
     def from_params(cls, fetch: Mapping[str, Any]) -> "SourceConfig":
@@ -100,14 +105,38 @@ def _registry_rows(config: SourceConfig, transport: Transport) -> Iterator[Regis
     for split in sorted(config.registries):
         url = to_url(config.registries[split])
         remote = urlparse(url).scheme in REMOTE_SCHEMES
+        roots = () if remote else local_roots(url, config.roots)
         with transport.open_text(url, f"registry {split} ({url})") as lines:
             for row in iter_registry(lines, split, url):
-                # A remote registry never names files on this machine.
-                if remote and urlparse(row.resolved_url).scheme not in REMOTE_SCHEMES:
-                    scheme = urlparse(row.resolved_url).scheme
-                    raise SourceError(f"{row.what}: URL scheme {scheme!r} refused: a remote registry ({url}) may only "
-                                      f"point at http(s) images, not {row.resolved_url}")
+                check_row_location(row, url, remote, roots, transport.config.schemes)
                 yield row
+
+
+def local_roots(registry_url: str, extra: tuple[str, ...]) -> tuple[Path, ...]:
+    """The folders a local registry's rows may read: its own folder and `fetch.source.roots`, symlinks resolved."""
+    own = Path(unquote(urlparse(registry_url).path)).resolve().parent
+    return (own, *(Path(root).resolve() for root in extra))
+
+
+def check_row_location(row: RegistryRow, registry_url: str, remote: bool, roots: tuple[Path, ...],
+                       schemes: tuple[str, ...]) -> None:
+    """Where a registry row may point, decided at listing, before the row is matched against the last raw
+    layer: an item whose id and md5 are already there is never downloaded again, so a check made only when
+    bytes are read would let a refused URL through on every later run."""
+    scheme = urlparse(row.resolved_url).scheme
+    if scheme not in schemes:
+        raise SourceError(f"{row.what}: URL scheme {scheme!r} refused (fetch.schemes allows "
+                          f"{', '.join(schemes)}): {row.resolved_url}")
+    if remote and scheme not in REMOTE_SCHEMES:  # a remote registry never names files on this machine
+        raise SourceError(f"{row.what}: URL scheme {scheme!r} refused: a remote registry ({registry_url}) may only "
+                          f"point at http(s) images, not {row.resolved_url}")
+    if scheme == "file":
+        path = Path(unquote(urlparse(row.resolved_url).path)).resolve()
+        if not any(path.is_relative_to(root) for root in roots):
+            raise SourceError(
+                f"{row.what}: {row.resolved_url} is outside the registry's folder ({roots[0]}) and "
+                f"fetch.source.roots ({[str(root) for root in roots[1:]]}); a local registry reads only there. "
+                "List the images' folder under fetch.source.roots to allow it")
 
 
 def _folder_rows(config: SourceConfig, transport: Transport) -> Iterator[RegistryRow]:

@@ -3,6 +3,7 @@ import argparse
 from pathlib import Path
 
 from evalstack.config import entry, load_params
+from evalstack.core.names import project_output
 from evalstack.demo.training.onnx_export import export_onnx
 
 
@@ -10,7 +11,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--name", required=True, help="name under export: (its sha256/trust decide whether the .pt2 loads)")
     parser.add_argument("--source", type=Path, required=True, help=".pt2 file")
-    parser.add_argument("--out", type=Path, required=True, help=".onnx file to write")
+    parser.add_argument("--out", type=project_output, required=True, help=".onnx file to write")
     parser.add_argument("--opset", type=int, default=18)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()

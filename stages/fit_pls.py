@@ -3,6 +3,7 @@ import argparse
 from pathlib import Path
 
 from evalstack.config import load_params
+from evalstack.core.names import project_output
 from evalstack.demo.training.pls import PLSFitConfig, fit_pls
 
 
@@ -10,7 +11,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--raw", type=Path, required=True)
     parser.add_argument("--features", type=Path, required=True, help="pad_regions preprocessed layer")
-    parser.add_argument("--out", type=Path, required=True, help="coefficient CSV to write")
+    parser.add_argument("--out", type=project_output, required=True, help="coefficient CSV to write")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     entry = dict(load_params(args.params)["fit_pls"])

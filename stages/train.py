@@ -3,6 +3,7 @@ import argparse
 from pathlib import Path
 
 from evalstack.config import load_params, train_entry
+from evalstack.core.names import project_output
 from evalstack.demo.training.networks import TrainConfig, train_demo_model
 from evalstack.models.adapters import end_process
 
@@ -12,7 +13,7 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="name under train:")
     parser.add_argument("--raw", type=Path, required=True)
     parser.add_argument("--preprocessed", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True, help="model file to write")
+    parser.add_argument("--out", type=project_output, required=True, help="model file to write")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     labels, entry = train_entry(load_params(args.params), args.model)

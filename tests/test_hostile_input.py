@@ -443,3 +443,33 @@ def test_a_refused_scheme_is_refused_even_when_the_item_is_already_in_the_last_l
                                           r"file, http, https\): ftp://files.example.org/100__"):
         fetch_raw_layer(config, tmp_path / "raw", store_at(tmp_path / "store"))
     assert (tmp_path / "raw" / INDEX_NAME).read_bytes() == before
+
+
+# -- trust round 2, item 10: an output path from params stays inside the project -------------------
+@pytest.mark.parametrize("stage", ["export_onnx.py", "train.py", "fit_pls.py", "detection/train.py"])
+@pytest.mark.parametrize("out", ["../../outside/victim.txt", "models/escape/victim.txt"])
+def test_an_output_named_in_params_outside_the_project_is_refused_before_anything_is_written(
+        tmp_path: Path, stage: str, out: str):
+    project = tmp_path / "a" / "project"
+    (project / ".dvc").mkdir(parents=True)
+    (project / "models").mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim.txt"
+    victim.write_text("precious")
+    (project / "models" / "escape").symlink_to(outside)  # a folder inside that leads out
+    result = subprocess.run([sys.executable, str(REPO / "stages" / stage), "--out", out, "--source", "m.pt2",
+                             "--name", "x", "--model", "x", "--raw", "r", "--preprocessed", "p", "--features", "f"],
+                            cwd=project, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert f"argument --out: output '{out}' resolves to {victim}, outside the project {project}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert victim.read_text() == "precious"
+
+
+def test_an_output_inside_the_project_is_accepted(tmp_path: Path):
+    from evalstack.core.names import project_output
+
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / "models").mkdir()
+    assert project_output("models/m.onnx", tmp_path) == Path("models/m.onnx")

@@ -10,7 +10,9 @@ evalstack itself writes, or it is refused.
 """
 from __future__ import annotations
 
+import argparse
 import re
+from pathlib import Path
 from typing import Any
 
 # A shard file name: what `shard_name` writes (00000.h5) and any plain name a future layout may
@@ -53,3 +55,21 @@ def check_dvc_md5(value: Any, what: str = "DVC cache md5") -> str:
     if not isinstance(value, str) or not _DVC_MD5.match(value):
         raise UnsafeName(f"{what} {value!r} is not an md5 hex digest (32 lowercase hex digits, optionally .dir)")
     return value
+
+
+def project_output(text: str, cwd: Path | None = None) -> Path:
+    """An output path a stage takes from params (`train.*.file`, `export.*.file`, `fit_pls.file`), checked
+    before anything is written: it must stay inside the DVC project the stage runs in, also after its
+    folders' symlinks are resolved. DVC refuses an output outside the project only after the stage ran,
+    by which time an existing file there (`../../victim.txt`) would have been overwritten.
+    Usable as an argparse `type=`: a refusal is one line naming the path, the project and the param."""
+    cwd = (cwd or Path.cwd()).resolve()
+    root = next((folder for folder in (cwd, *cwd.parents) if (folder / ".dvc").is_dir()), cwd)
+    path = Path(text)
+    # the folder is resolved, not the file: DVC may link an output into its cache (a symlink is fine there)
+    resolved = (cwd / path).parent.resolve() / path.name
+    if path.name in ("", ".", "..") or not resolved.is_relative_to(root):
+        raise argparse.ArgumentTypeError(
+            f"output {text!r} resolves to {resolved}, outside the project {root}; model and export files named "
+            "in params must stay inside the project (change the `file:` param)")
+    return path

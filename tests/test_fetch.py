@@ -85,7 +85,7 @@ def test_missing_image_is_named(tmp_path: Path):
 
 def test_skip_policy_builds_the_layer_without_failed_items_and_reports_them(tmp_path: Path):
     registry = make_registry(tmp_path / "src", corrupt_id=103)
-    result = fetch_raw_layer(local_config(registry, tmp_path, on_error="skip", report=tmp_path / "r.json"), tmp_path / "raw", store_in(tmp_path / "store"))
+    result = fetch_raw_layer(local_config(registry, tmp_path, on_error="skip", max_skipped="90%", report=tmp_path / "r.json"), tmp_path / "raw", store_in(tmp_path / "store"))
     assert list(Layer.open(tmp_path / "raw").column("id")) == [100, 101, 102, 104]
     assert [(f.id, f.cause.split(" ")[0]) for f in result.report.failed] == [(103, "md5")]
     assert '"id": 103' in (tmp_path / "r.json").read_text()
@@ -273,3 +273,42 @@ def test_the_listing_is_kept_on_disk_not_in_memory(tmp_path: Path):
         assert listing.count_needing_bytes() == 50_000
     assert peak < 6 * 2**20, f"{peak / 2**20:.1f} MB of Python objects for 50,000 rows"  # as a list: 22 MB
     assert not list((tmp_path / "work").iterdir())  # the scratch database is gone
+
+
+# -- trust round 2, item 4: on_error: skip never shrinks a layer silently ----------------------------
+def test_skip_refuses_to_replace_a_layer_when_every_item_fails_and_keeps_the_previous_one(tmp_path: Path):
+    registry = make_registry(tmp_path / "src", n=2)
+    config = local_config(registry, tmp_path, on_error="skip", report=tmp_path / "r.json")
+    fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+    before = (tmp_path / "raw" / "index.json").read_bytes()
+    # the registry now states other md5s for both cards: each is fetched again and fails its md5 check
+    text = registry.read_text()
+    for row in list(csv.reader(text.splitlines()))[1:]:
+        text = text.replace(row[6], "0" * 32)
+    registry.write_text(text)
+    with pytest.raises(FetchFailed, match=r"2 of 2 items failed, more than on_error: skip may leave out "
+                                          r"\(fetch.max_skipped '10%': at most 0; a layer is never built from nothing\)"
+                                          r".*kept the previous raw layer \(2 items\)"):
+        fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+    assert (tmp_path / "raw" / "index.json").read_bytes() == before
+    assert '"id": 100' in (tmp_path / "r.json").read_text()  # the skipped ids and their causes are on file
+
+
+@pytest.mark.parametrize("limit, passes", [(3, True), (2, False), ("30%", True), ("20%", False)])
+def test_max_skipped_is_a_count_or_a_share_of_the_listing(tmp_path: Path, limit, passes: bool):
+    registry = make_registry(tmp_path / "src", n=10)
+    for path in sorted((tmp_path / "src" / "images").iterdir())[:3]:
+        path.unlink()
+    config = local_config(registry, tmp_path, on_error="skip", max_skipped=limit)
+    if passes:
+        assert len(fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store")).index.shards) >= 1
+    else:
+        with pytest.raises(FetchFailed, match=rf"3 of 10 items failed, more than on_error: skip may leave out "
+                                              rf"\(fetch.max_skipped {limit!r}: at most 2\)"):
+            fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+
+
+@pytest.mark.parametrize("bad", ["100%", "-1%", "many", -1, True])
+def test_a_bad_max_skipped_is_named(tmp_path: Path, bad):
+    with pytest.raises(SourceError, match=r"fetch.max_skipped"):
+        local_config(make_registry(tmp_path / "src", n=1), tmp_path, max_skipped=bad)

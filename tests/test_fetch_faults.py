@@ -88,7 +88,7 @@ def test_skipped_items_are_printed_and_not_counted_as_new(tmp_path: Path, capsys
     missing = sorted(tmp_path.glob("src/images/*.png"))[:7]
     for path in missing:
         path.unlink()
-    config = FetchConfig(SourceConfig(registries={"dev": str(registry)}), shard_bytes=4 * 3698, on_error="skip",
+    config = FetchConfig(SourceConfig(registries={"dev": str(registry)}), shard_bytes=4 * 3698, on_error="skip", max_skipped="90%",
                          report=tmp_path / "report.json")
     result = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
     err = capsys.readouterr().err
@@ -104,7 +104,7 @@ def test_a_body_shorter_than_its_content_length_reports_what_arrived(pad_dataset
     item, path = next(iter(image_paths(pad_dataset).items()))
     size = (pad_dataset / path.lstrip("/")).stat().st_size
     with PadServer(pad_dataset, Faults(always={path: "short"})) as server:
-        result = fetch_raw_layer(http_config(server, tmp_path, on_error="skip"), tmp_path / "raw",
+        result = fetch_raw_layer(http_config(server, tmp_path, on_error="skip", max_skipped="90%"), tmp_path / "raw",
                                  store_in(tmp_path / "store"))
     (failure,) = result.report.failed
     assert failure.id == item
@@ -129,7 +129,7 @@ def test_thirty_percent_faults_and_dead_items_give_the_exact_failed_ids(pad_data
     always = dict(zip(dead.values(), ("404", "500", "short")))
     faults = Faults(rate=0.3, kinds=ALL_FAULT_KINDS, seed=7, stall_seconds=0.8, always=always)
     with PadServer(pad_dataset, faults) as server:
-        result = fetch_raw_layer(http_config(server, tmp_path, on_error="skip"), tmp_path / "raw",
+        result = fetch_raw_layer(http_config(server, tmp_path, on_error="skip", max_skipped="90%"), tmp_path / "raw",
                                  store_in(tmp_path / "store"))
     assert [failure.id for failure in result.report.failed] == sorted(dead)
     assert set(Layer.open(tmp_path / "raw").column("id")) == set(paths) - set(dead)

@@ -1,6 +1,7 @@
 """Fetch over HTTP against a loopback PAD server: faults, security, incremental, offline."""
 import csv
 import hashlib
+import json
 import struct
 import zlib
 from dataclasses import replace
@@ -85,7 +86,7 @@ def test_exhausted_retries_report_the_exact_ids_and_keep_what_arrived(pad_datase
         report = (tmp_path / "report.json").read_text()
         assert all(f'"id": {i}' in report for i in doomed)
         gets_after_failure = dict(server.gets)
-        skipped = fetch_raw_layer(http_config(server, tmp_path, on_error="skip"), tmp_path / "raw", store_in(tmp_path / "store"))
+        skipped = fetch_raw_layer(http_config(server, tmp_path, on_error="skip", max_skipped="90%"), tmp_path / "raw", store_in(tmp_path / "store"))
         assert {f.id for f in skipped.report.failed} == doomed
         assert set(Layer.open(tmp_path / "raw").column("id")) == {int(r["id"]) for r in rows} - doomed
         # Nothing that arrived is downloaded twice: the second run asked only for the doomed two.
@@ -203,11 +204,14 @@ def test_redirects_stay_on_the_source_host(pad_dataset: Path, tmp_path: Path):
 
 def test_the_size_cap_is_enforced_while_streaming(pad_dataset: Path, tmp_path: Path):
     with PadServer(pad_dataset) as server:
-        config = http_config(server, tmp_path, on_error="skip")
+        config = http_config(server, tmp_path, on_error="skip", max_skipped="90%")
         config = replace(config, transport=replace(config.transport, max_bytes=100_000))
-        result = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
-    assert len(result.report.failed) == N_CARDS
-    assert all("exceeds the size cap of 100000" in f.cause for f in result.report.failed)
+        # every item fails: even under on_error: skip that is an error, never an empty layer
+        with pytest.raises(FetchFailed, match=f"{N_CARDS} of {N_CARDS} items failed.*never built from nothing"):
+            fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+    failed = json.loads((tmp_path / "report.json").read_text())["failed"]
+    assert len(failed) == N_CARDS and all("exceeds the size cap of 100000" in f["cause"] for f in failed)
+    assert not (tmp_path / "raw" / "index.json").exists()
 
 
 def test_pad_api_source_pages_through_cards(pad_dataset: Path, tmp_path: Path):
@@ -277,7 +281,7 @@ def test_re_fetch_after_the_server_adds_5_percent_downloads_only_those(pad_datas
 def test_a_source_that_goes_away_mid_fetch_stops_it_and_keeps_the_previous_layer(pad_dataset: Path, tmp_path: Path):
     rows = registry_rows(pad_dataset)
     with PadServer(pad_dataset) as server:
-        config = http_config(server, tmp_path, on_error="skip")
+        config = http_config(server, tmp_path, on_error="skip", max_skipped="90%")
         fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
         before = shard_bytes(tmp_path / "raw")
         moved = {row["id"] for row in rows[-3:]}  # their host is down: connection refused

@@ -136,3 +136,14 @@ def test_an_image_smaller_than_the_pipeline_needs_is_refused_naming_the_item(tmp
                                             r"707×849 this crop_resize pipeline needs"):
         preprocess_layer(raw, tmp_path / "pre", pad_nn, "none")
     assert not (tmp_path / "pre" / "index.json").exists()
+
+
+def test_an_empty_raw_layer_is_never_preprocessed_into_an_empty_layer(tmp_path: Path):
+    from evalstack.core.kinds import RAW_KIND
+    from evalstack.core.layers import LayerWriter
+
+    config = FetchConfig({"dev": "metadata_dev.csv"})
+    LayerWriter(tmp_path / "raw", RAW_KIND, config.layer_key()).finish()  # e.g. pulled from someone's remote
+    with pytest.raises(PipelineError, match=r"raw holds no items: there is nothing to preprocess"):
+        preprocess_layer(tmp_path / "raw", tmp_path / "pre", PIPELINE, "none")
+    assert not (tmp_path / "pre" / "index.json").exists()

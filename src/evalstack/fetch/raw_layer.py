@@ -61,6 +61,8 @@ class FetchConfig:
     transport: TransportConfig = field(default_factory=TransportConfig)
     report: Path | None = None
     shrink_warning: float = 0.2  # warn when the listing lost more than this share of the last layer's items
+    # on_error: skip may leave out at most this many items: a count (7) or a share of the listing ("10%")
+    max_skipped: int | str = "10%"
 
     def __post_init__(self) -> None:
         if isinstance(self.source, Mapping):  # split → registry CSV, the older way to name a source
@@ -69,6 +71,23 @@ class FetchConfig:
             raise SourceError(f"fetch.on_error {self.on_error!r} unknown; choose fail or skip")
         if self.shard_bytes < 1:
             raise SourceError(f"fetch.shard_bytes must be >= 1, got {self.shard_bytes}")
+        self.skip_limit(1)  # a bad max_skipped is an error before anything is listed
+
+    def skip_limit(self, listed: int) -> int:
+        """How many of `listed` items `on_error: skip` may leave out: never all of them."""
+        value = self.max_skipped
+        if isinstance(value, str) and value.strip().endswith("%"):
+            try:
+                share = float(value.strip()[:-1]) / 100
+            except ValueError:
+                share = -1.0
+            if not 0 <= share < 1:
+                raise SourceError(f"fetch.max_skipped {value!r}: a share must be 0% or more and below 100%")
+            return min(int(share * listed), listed - 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise SourceError(f"fetch.max_skipped {value!r}: give a count of items (7) or a share of the listing "
+                              "('10%')")
+        return min(value, listed - 1)
 
     def layer_key(self) -> Key:
         # Only what shapes the shard files: the target size and the format's code (core/raw.py and
@@ -135,7 +154,8 @@ def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history
         report.failed = outcome.failures
         report.counts = {"listed": len(listing), "failed": len(outcome.failures),
                          "without_md5": listing.count_without_md5()}  # none stated: nothing checked
-        if outcome.unreachable or (outcome.failures and config.on_error == "fail"):
+        too_many = len(outcome.failures) > config.skip_limit(len(listing))
+        if outcome.unreachable or (outcome.failures and (config.on_error == "fail" or too_many)):
             report.activity = {"downloaded": outcome.downloaded} | transfer
             return _stop(previous, out_dir, report, outcome, config, history)
         removed = _keep_removed(listing, plan, history)
@@ -322,8 +342,15 @@ def _stop(previous: PreviousLayer | None, out_dir: Path, report: FetchReport, ou
     kept = _restore(previous, out_dir, history) if previous is not None else None
     lines = [f"  id {f.id} ({f.image_name}): {f.cause}" for f in outcome.failures[:20]]
     more = len(outcome.failures) - len(lines)
-    why = f"the source became unreachable: {outcome.unreachable}" if outcome.unreachable else \
-        f"{len(outcome.failures)} items failed (on_error: fail; `skip` builds the layer without them)"
+    failed, listed = len(outcome.failures), report.counts.get("listed", 0)
+    if outcome.unreachable:
+        why = f"the source became unreachable: {outcome.unreachable}"
+    elif config.on_error == "fail":
+        why = f"{failed} items failed (on_error: fail; `skip` builds the layer without them)"
+    else:  # skip, but a layer without them would have lost too much: never shrink silently
+        why = (f"{failed} of {listed} items failed, more than on_error: skip may leave out (fetch.max_skipped "
+               f"{config.max_skipped!r}: at most {config.skip_limit(listed)}"
+               f"{'; a layer is never built from nothing' if failed == listed else ''})")
     where = f" (full list in {config.report})" if config.report else ""
     keeping = f"kept the previous raw layer ({kept.n_items} items) in {out_dir}" if kept else "no previous raw layer to keep"
     report.offline = bool(outcome.unreachable)
@@ -372,4 +399,5 @@ def fetch_config(params: Mapping[str, Any], report: Path | None = None) -> Fetch
         shrink_warning=float(fetch.get("shrink_warning", 0.2)),
         max_pixels=int(fetch["max_pixels"]), workers=int(fetch.get("workers", 8)),
         on_error=str(fetch.get("on_error", "fail")), transport=transport, report=report,
+        max_skipped=fetch.get("max_skipped", FetchConfig.max_skipped),
     )

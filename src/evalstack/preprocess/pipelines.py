@@ -162,6 +162,9 @@ def preprocess_layer(
 ) -> LayerBuild:
     """One preprocessed shard per raw shard, item order preserved; shards the store holds are reused."""
     raw = Layer.open(raw_dir, kind=RAW_KIND)
+    if len(raw) == 0:  # a layer of nothing would score as a model that saw no cards: refuse it, loudly
+        raise PipelineError(f"{raw_dir} holds no items: there is nothing to preprocess; fetch it again "
+                            "(data/fetch_report.json says what failed)")
     label = f"pipeline {name or pipeline.kind}"
     key = pipeline.cache_key()  # once: the closure travels to worker processes with its hex
     spec = DerivedLayerSpec(PREPROCESSED_KIND, key, label, {"": label}, "items_preprocessed", compression)

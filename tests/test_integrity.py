@@ -106,3 +106,34 @@ def test_the_repair_the_message_names_restores_damage_that_kept_size_and_mtime(p
     assert f"fix: `dvc checkout --relink --force {project.raw}`" in capsys.readouterr().out
     run(project.root, "dvc", "checkout", "--relink", "--force", fix)
     assert verify_layer(project.raw) == []
+
+
+# -- trust round 2, item 7: index counts are checked against the shards on every read path ----------
+def _edit_index(layer_dir: Path, change) -> None:
+    import json
+
+    path = layer_dir / "index.json"
+    data = json.loads(path.read_text())
+    change(data)
+    os.chmod(path, 0o644)
+    path.write_text(json.dumps(data, indent=1))
+
+
+def test_a_wrong_shard_count_in_the_index_is_named_by_verify_and_refused_by_a_rebuild(project: Project):
+    preprocess_layer(project.raw, project.pre, tiny_pipeline(), "none", store=None, name="tiny")
+    _edit_index(project.raw, lambda data: data["shards"][1].update(n_items=2))  # shard 00001.h5 holds 4
+    _edit_index(project.raw, lambda data: data.update(n_items=data["n_items"] - 2))  # the total agrees
+    problems = [str(p) for p in verify_layer(project.raw)]
+    assert problems[0] == f"{project.raw / '00001.h5'}: attribute n_items is 4, the index says 2"
+    assert all(p.endswith("has 4 rows, the index says 2") for p in problems[1:])  # each column, no stray IndexError
+    # A forced rebuild of the downstream layer reads the raw shards again: refused, not built from 2 of 4 rows
+    with pytest.raises(LayerCorruptError, match=r"index.json says 00001.h5 holds 2 items, the shard itself holds 4"):
+        preprocess_layer(project.raw, project.pre, tiny_pipeline(), "none", store=None, name="tiny")
+
+
+def test_a_wrong_total_count_in_the_index_is_named(project: Project):
+    _edit_index(project.raw, lambda data: data.update(n_items=999))
+    problems = [str(p) for p in verify_layer(project.raw)]
+    assert len(problems) == 1 and "says the layer holds 999 items, its shards list 10" in problems[0]
+    with pytest.raises(LayerCorruptError, match="says the layer holds 999 items"):
+        Layer.open(project.raw)

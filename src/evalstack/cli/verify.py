@@ -68,9 +68,11 @@ def verify_shard(layer: Layer, shard: ShardInfo) -> list[Problem]:
         problems.append(Problem(path, "sha256 differs from the index (corrupt or modified)"))
     try:
         with h5py.File(path, "r") as handle:
-            problems.extend(_check_attrs(layer, shard, path, read_attrs(handle)))
+            attrs = read_attrs(handle)
+            problems.extend(_check_attrs(layer, shard, path, attrs))
             problems.extend(_check_schema(layer, shard, path, handle))
-            problems.extend(_check_items(path, handle, shard.n_items))
+            # the shard's own count: an index that says more would send the item check past the last row
+            problems.extend(_check_items(path, handle, int(attrs.get("n_items", shard.n_items))))
     except Exception as error:  # noqa: BLE001 - whatever a damaged file raises is a finding, not a crash
         problems.append(Problem(path, f"unreadable as HDF5 ({type(error).__name__}: {error})"))
         return problems

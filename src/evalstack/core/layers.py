@@ -119,6 +119,12 @@ class LayerIndex:
         names = [shard.name for shard in shards]
         if len(set(names)) != len(names):
             raise UnsafeLayerError(f"{where}: lists a shard name twice; refusing this layer (crafted or damaged)")
+        listed = sum(shard.n_items for shard in shards)
+        if "n_items" in data and data["n_items"] != listed:
+            raise LayerCorruptError(
+                f"{where}: says the layer holds {data['n_items']!r} items, its shards list {listed}; refusing this "
+                "layer (damaged or edited): restore it with `dvc checkout` or rebuild it with `dvc repro -f` of the "
+                "stage that writes it")
         return cls(
             kind=data["kind"],
             key=Key(kind=data["key"]["kind"], parts=data["key"]["parts"]),
@@ -639,7 +645,20 @@ class Layer:
                 f"{path} does not match the sha256 recorded in {self.directory / INDEX_NAME} (corrupt or "
                 f"modified); `evalstack verify {self.directory}` names the damaged items. {repair_hint(self.directory)}"
             )
+        check_item_count(path, shard, self.directory / INDEX_NAME)
         return path
+
+
+def check_item_count(path: Path, shard: ShardInfo, index_path: Path) -> None:
+    """The index's row count for a shard is what the shard (its bytes already checked) says it holds: the
+    index records the shard's sha256, not its own, so an edited count would otherwise pass every check
+    and make readers skip rows or index past the end."""
+    with h5py.File(path, "r") as handle:
+        recorded = handle.attrs.get("n_items")
+    if recorded is None or int(recorded) != shard.n_items:
+        raise LayerCorruptError(
+            f"{index_path} says {shard.name} holds {shard.n_items} items, the shard itself holds {recorded}; the "
+            f"index is damaged or edited. {repair_hint(index_path.parent)}")
 
 
 def remove_other_layers(parent: Path, keep: set[str]) -> None:

@@ -23,7 +23,8 @@ install: $(VENV)/.installed ## create .venv with the pinned dependencies (about 
 # torchvision needs the torch it was built against: the detection extra swaps the 2.13.0 CPU wheel for the
 # torch 2.14.1 + torchvision 0.29.1 pair (a CUDA build that runs on the CPU; +3.9 GB, about 45 s more).
 $(VENV)/.installed-detection: $(VENV)/.installed requirements-detection.lock
-	$(PY) -m pip install --quiet -r requirements-detection.lock
+	$(PY) -m pip install --quiet --no-deps -r requirements-detection.lock
+	$(PY) -m pip uninstall --quiet --yes triton 2>/dev/null || true
 	touch $@
 
 install-detection: $(VENV)/.installed-detection ## add torchvision (bring-your-own detectors) to .venv

@@ -123,16 +123,56 @@ def test_the_onnx_export_stage_needs_the_export_entry_to_pin_or_trust(pt2_file: 
     assert not marker.exists() and not (tmp_path / "out.onnx").exists()
 
 
-@pytest.mark.parametrize("name, unsafe", [("m.pt2", True), ("m.pt", True), ("m.pth", True), ("m.onnx", False),
-                                           ("m.tflite", False), ("m.keras", False), ("pls.csv", False)])
-def test_which_formats_need_a_pin(tmp_path: Path, name: str, unsafe: bool):
-    from evalstack.models.trust import pickle_format, require_trusted
+EXTENSIONS = (".pt2", ".pt", ".pth", ".pkl", ".onnx", ".tflite", ".keras", ".csv", ".bin")  # + an unknown one
 
-    path = tmp_path / name
-    path.write_bytes(b"x")
-    assert (pickle_format(path) is not None) == unsafe
-    if not unsafe:
-        require_trusted("m", path, None, False)  # data formats load without either
+
+def test_what_a_file_is_comes_from_its_bytes_not_its_name(pt2_file: Path, tmp_path: Path):
+    from evalstack.models.trust import pickle_format
+
+    torchscript = tmp_path / "script.pt"
+    torch.jit.save(torch.jit.trace(_Linear().eval(), torch.zeros(1, 4, 4, 3)), str(torchscript))
+    state = tmp_path / "state.pth"
+    torch.save(_Linear().state_dict(), state)
+    kinds = {pt2_file: "torch.export archive", torchscript: "TorchScript archive", state: "PyTorch pickle archive"}
+    for source, kind in kinds.items():
+        for suffix in EXTENSIONS:
+            renamed = tmp_path / f"renamed{suffix}"
+            renamed.write_bytes(source.read_bytes())
+            assert kind in pickle_format(renamed), (source, suffix)
+    raw = tmp_path / "raw.csv"
+    raw.write_bytes(pickle.dumps({"a": 1}))
+    assert "Python pickle" in pickle_format(raw)
+    for data in (b"name,intercept\n", b"\x08\x07\x12\x04onnx", b"\x1c\x00\x00\x00TFL3", b"\x89HDF\r\n"):
+        (tmp_path / "m.pt2").write_bytes(data)  # a data file named like a torch archive holds no pickle
+        assert pickle_format(tmp_path / "m.pt2") is None
+
+
+@pytest.mark.parametrize("suffix", EXTENSIONS)
+def test_a_crafted_pickle_under_any_name_runs_through_no_load_path(pt2_file: Path, tmp_path: Path, suffix: str):
+    """Issue 24, items 2 and 11: every path that loads a model decides by content, never by the file name."""
+    from evalstack.demo.training.onnx_export import export_onnx
+    from evalstack.detection.adapter import load_detector
+
+    marker = tmp_path / "ran"
+    archive = crafted_pt2(pt2_file, tmp_path / f"evil{suffix}", marker)
+    raw = tmp_path / f"raw_evil{suffix}"
+    raw.write_bytes(pickle.dumps(_Payload(marker)))
+    for evil in (archive, raw):
+        with pytest.raises(ModelError, match=r"models\.m: not loading .*can run arbitrary code"):
+            load_adapter(_spec(evil, options={"input_shape": [4, 4, 3]}))  # infer and the Python API
+        for adapter in ("onnx", "tflite", "keras", "pls"):
+            with pytest.raises(ModelError, match=rf"models\.m: .* by its bytes, not a {adapter} model file"):
+                load_adapter(_spec_adapter(evil, adapter))
+        with pytest.raises(ModelError, match=r"export\.m: not loading"):
+            export_onnx(evil, tmp_path / "out.onnx", name="m")
+        with pytest.raises(ModelError, match=r"models\.m: not loading"):
+            load_detector(ModelSpec(name="m", file=evil, adapter="torch_detection", pipeline="p", labels=LABELS,
+                                    task="detect"))
+    assert not marker.exists() and not (tmp_path / "out.onnx").exists()
+
+
+def _spec_adapter(file: Path, adapter: str) -> ModelSpec:
+    return ModelSpec(name="m", file=file, adapter=adapter, pipeline="p", labels=LABELS)
 
 
 def test_trust_in_params_must_be_a_boolean():

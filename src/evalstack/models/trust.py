@@ -6,35 +6,66 @@ TorchScript archive carries code that runs on load. A model file from a shared r
 (`dvc pull`) or from `dvc import-url https://…` is someone else's file, so such a file is
 loaded only when its model entry either pins its bytes (`sha256:`, checked before
 loading) or says `trust: true` (you built it, e.g. the train stage's output). TFLite,
-ONNX, Keras (`safe_mode`) and PLS CSV files are data and need neither.
+ONNX, Keras (`safe_mode`) and PLS CSV files are data and need neither. What a file is
+comes from its bytes, never its name: a pickle called `model.onnx` or `evil.bin` is a
+pickle (`pickle_format`), and the data adapters refuse one before their loader sees it.
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 from evalstack.config import ModelError
 from evalstack.core.keys import sha256_file
 
-# suffix → what the format is, for files whose loader unpickles or runs code
-PICKLE_BACKED = {
-    ".pt2": "torch.export archive (.pt2; torch.export.load unpickles parts of it)",
-    ".pt": "TorchScript archive (code and pickles that run on load)",
-    ".pth": "PyTorch pickle (.pth)",
-    ".pkl": "Python pickle",
-}
+# What a file is, told by its bytes: a name says nothing (a pickle renamed `evil.bin` or `model.onnx`
+# is still a pickle). Zip members that mark each torch archive (torch 2.x layouts):
+_TORCH_ZIP_KINDS = (
+    ("archive_format", "torch.export archive (.pt2; torch.export.load unpickles parts of it)"),
+    ("/code/", "TorchScript archive (code and pickles that run on load)"),
+    ("data.pkl", "PyTorch pickle archive (torch.save; unpickled on load)"),
+)
+_PICKLE_PROTOCOLS = range(2, 6)  # b"\x80" + protocol byte starts every pickle of protocol 2 and later
+UNPICKLING_LOADER = "file handed to torch's loader (torch.load / torch.jit.load / torch.export.load unpickle)"
 
 
 def pickle_format(file: Path) -> str | None:
-    """What makes `file` unsafe to load from an unknown source (None: its format is plain data)."""
-    return PICKLE_BACKED.get(Path(file).suffix.lower())
+    """What makes `file` unsafe to load from an unknown source, judged by its bytes whatever its name
+    (None: it holds no pickle: ONNX, TFLite, Keras, HDF5, CSV and other data formats)."""
+    try:
+        with open(file, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return None
+    if len(head) >= 2 and head[0] == 0x80 and head[1] in _PICKLE_PROTOCOLS:
+        return "Python pickle (raw; unpickled on load)"
+    if head == b"PK\x03\x04" and zipfile.is_zipfile(file):
+        with zipfile.ZipFile(file) as archive:
+            names = archive.namelist()
+        for marker, description in _TORCH_ZIP_KINDS:
+            if any(marker in name for name in names):
+                return description
+        if any(name.endswith(".pkl") for name in names):
+            return "zip archive holding pickles"
+    return None
+
+
+def refuse_pickle_for_data_adapter(name: str, file: Path, adapter: str) -> None:
+    """A data adapter (onnx, tflite, keras, pls) never unpickles, but a pickle handed to it is a mix-up or a
+    trap: say what the file is, by its bytes, instead of a parser error from deep in a framework."""
+    fmt = pickle_format(file)
+    if fmt is not None:
+        raise ModelError(f"models.{name}: {file} is a {fmt} by its bytes, not a {adapter} model file; if it is a "
+                         "torch model, declare it with a torch adapter (and `sha256:` or `trust: true`)")
 
 
 def require_trusted(name: str, file: Path, sha256: str | None, trust: bool, where: str = "models") -> None:
-    """Refuse to load a pickle-backed `file` unless its entry `where.name` pins its sha256 (and the
-    bytes match) or says `trust: true`."""
-    fmt = pickle_format(file)
-    if fmt is None or trust:
+    """Called by every loader that unpickles (torch's): refuse `file` unless its entry `where.name` pins its
+    sha256 (and the bytes match) or says `trust: true`. Whatever the bytes look like, such a loader would
+    unpickle them, so a file that is no recognised archive needs the same pin or trust."""
+    if trust:
         return
+    fmt = pickle_format(file) or UNPICKLING_LOADER
     actual = sha256_file(file)
     if sha256:
         if sha256.lower() != actual:

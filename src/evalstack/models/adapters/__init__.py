@@ -14,6 +14,7 @@ from typing import Callable, NoReturn
 
 from evalstack.config import ModelError, ModelSpec
 from evalstack.models.adapters.base import ModelAdapter
+from evalstack.models.trust import refuse_pickle_for_data_adapter
 
 # adapter name → (module, class)
 ADAPTERS: dict[str, tuple[str, str]] = {
@@ -30,9 +31,15 @@ def adapter_class(name: str) -> Callable[[ModelSpec], ModelAdapter]:
     return getattr(import_module(module), cls)
 
 
+# adapters whose loader unpickles: they call models.trust.require_trusted on every file they load
+UNPICKLING = frozenset({"torch"})
+
+
 def load_adapter(spec: ModelSpec) -> ModelAdapter:
     if spec.adapter not in ADAPTERS:
         raise ModelError(f"model {spec.name}: adapter {spec.adapter!r} unknown; registered: {sorted(ADAPTERS)}")
+    if spec.adapter not in UNPICKLING and spec.file.is_file():
+        refuse_pickle_for_data_adapter(spec.name, spec.file, spec.adapter)
     return adapter_class(spec.adapter)(spec)
 
 

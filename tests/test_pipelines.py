@@ -10,7 +10,11 @@ from tests.conftest import png_bytes
 
 
 def upstream_nn_input(path: Path) -> np.ndarray:
-    """PAD nn_predict's preprocessing, written out with the upstream Pillow calls."""
+    """PAD nn_predict's preprocessing, written out with the upstream Pillow calls, extended to RGBA and grey.
+
+    nn_predict itself reshapes to (454, 454, 3) and so reads RGB cards only; tests/test_pad_analytics.py
+    compares pad_nn with nn_predict's own input tensor on RGB cards.
+    """
     img = Image.open(path)
     img = img.crop((71, 359, 707, 849))
     img = img.resize((454, 454), Image.BICUBIC)

@@ -1,4 +1,7 @@
-"""PAD's PLS features against a pixel-by-pixel reference written from upstream's published algorithm."""
+"""PAD's PLS features against a pixel-by-pixel reference written from upstream's algorithm.
+
+tests/test_pad_analytics.py compares them with pad-analytics 0.2.2 itself; these run without it.
+"""
 import math
 from pathlib import Path
 
@@ -22,20 +25,15 @@ from evalstack.sources.images import decode_image
 
 
 def reference_box(box_rgb: np.ndarray) -> tuple[int, int, int]:
-    """Upstream's loop, pixel by pixel: weighted S/V, dark skip, record kept as unweighted S."""
+    """Upstream's loop, pixel by pixel: weighted S/V, every pixel that is not dark is averaged."""
     s, v = saturation_value(box_rgb)
     rows, cols = s.shape
     cx, cy = rows / 2, cols / 2
-    best, chosen = 0, []
+    chosen = []
     for i in range(rows):
         for j in range(cols):
             weight = math.cos(math.pi / 2 * max(abs(cx - i) / cx, abs(cy - j) / cy))
-            ws, wv = weight * s[i, j], weight * v[i, j]
-            if ws <= 35 and wv <= 70:
-                continue
-            if ws > best:
-                best, chosen = s[i, j], [(i, j)]
-            elif ws == best:
+            if not (weight * s[i, j] <= 35 and weight * v[i, j] <= 70):
                 chosen.append((i, j))
     if not chosen:
         return 0, 0, 0
@@ -77,8 +75,8 @@ def test_features_equal_pixel_by_pixel_reference_on_cards(seed):
 def test_features_equal_reference_on_noise_dark_and_grey_boxes():
     rng = np.random.default_rng(5)
     card = rng.integers(0, 256, size=(1220, 730, 3), dtype=np.uint8)
-    card[359:500, 82:400] //= 8  # dark: every pixel skipped → 0
-    card[500:632, 400:694] = 200  # grey: S = 0 everywhere, the ties at record 0 are averaged
+    card[359:500, 82:400] = 30  # dark grey: every pixel skipped → 0
+    card[500:632, 400:694] = 200  # light grey: S = 0 but V high, every pixel kept → 200
     ours = region_features(card)
     np.testing.assert_array_equal(ours, reference_features(card))
     assert (ours == 0).any() and (ours == 200).any()

@@ -1,20 +1,25 @@
 """PAD's PLS feature extraction, and the `pad_regions` pipeline: 12 lanes × 10 regions × RGB = 360 numbers per card.
 
-Written from the published facts of upstream's region routine (pad-analytics
-`regionRoutine.fullRoutine` with `findMaxIntensitiesFiltered`, RGB, 10 regions):
+Equal to pad-analytics 0.2.2's `regionRoutine.fullRoutine(img, intensityFind.findMaxIntensitiesFiltered,
+{}, True, 10)` on the card as `cv.imread` reads it (tests/test_pad_analytics.py checks it against the
+package itself); written from its behaviour, not copied:
 
 - lanes A–L: x from 17 + 53·l + 12 to 17 + 53·(l + 1) − 12 for l = 1..12
   (29 px inside each 53 px lane, 12 px border on either side);
 - regions: the reaction zone y 359–632 cut into equal bands,
   y from 359 + ⌊273·r/R⌋ to 359 + ⌊273·(r + 1)/R⌋;
-- in each box, the "most saturated" pixels are kept: saturation and value are
-  weighted by cos(π/2 · max(|dx|/cx, |dy|/cy)) around the box centre, pixels
-  that are dark after weighting (S ≤ 35 and V ≤ 70) are skipped, and a row-major
-  scan keeps the running record of weighted saturation; the record is stored as
-  the *unweighted* saturation of the pixel that set it, which upstream does and
-  which changes which pixels win, so it is reproduced;
+- in each box, HSV saturation and value (OpenCV's 8-bit BGR2HSV) are weighted by
+  cos(π/2 · max(|dx|/cx, |dy|/cy)) around the box centre, and every pixel that is
+  not dark after weighting (dark: S ≤ 35 and V ≤ 70) is kept. The function's name
+  and comments still speak of "most intense" pixels: its running-maximum branch
+  is commented out in 0.2.2 (since ColorSelector commit fca56c8, Oct 2021), so it
+  averages all non-dark pixels, and so do we;
 - the feature is the mean R, G, B of the kept pixels, each rounded half up to
   an integer (0 when no pixel is kept); order: lane, region, then R, G, B.
+
+Older copies (ColorSelector before fca56c8, the Android app's Java port) keep the
+running maximum live and return unrounded means. No published PLS model is known
+to have been trained on those features, so that variant is not offered.
 """
 from __future__ import annotations
 
@@ -78,7 +83,7 @@ def saturation_value(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 @lru_cache(maxsize=None)
 def _centre_weights(rows: int, cols: int) -> np.ndarray:
     centre_row, centre_col = rows / 2, cols / 2
-    # math.cos per element, as upstream does, so ties are decided on the same doubles.
+    # math.cos per element, as upstream does, so the dark thresholds are tested on the same doubles.
     return np.asarray(
         [[math.cos(math.pi / 2 * max(abs(centre_row - i) / centre_row, abs(centre_col - j) / centre_col))
           for j in range(cols)] for i in range(rows)],
@@ -87,29 +92,18 @@ def _centre_weights(rows: int, cols: int) -> np.ndarray:
 
 
 def selected_pixels(saturation: np.ndarray, value: np.ndarray) -> np.ndarray:
-    """Flat indices (row-major) of the pixels upstream averages in one box."""
+    """Mask of the pixels upstream averages in one box: not dark once centre-weighted."""
     weights = _centre_weights(*saturation.shape)
-    weighted_s = (weights * saturation).ravel()
-    weighted_v = (weights * value).ravel()
-    raw_s = saturation.ravel()
-    usable = ~((weighted_s <= DARK_SATURATION) & (weighted_v <= DARK_VALUE))
-    record, last, start = 0.0, -1, 0
-    # Jump from record to record instead of visiting every pixel: same result, vectorised.
-    while True:
-        beats = np.flatnonzero(usable[start:] & (weighted_s[start:] > record))
-        if beats.size == 0:
-            break
-        last = start + int(beats[0])
-        record, start = float(raw_s[last]), last + 1
-    tail = last + 1
-    ties = tail + np.flatnonzero(usable[tail:] & (weighted_s[tail:] == record))
-    return np.concatenate([[last], ties]) if last >= 0 else ties
+    return ~((weights * saturation <= DARK_SATURATION) & (weights * value <= DARK_VALUE))
 
 
 def _mean_rgb(box: np.ndarray, chosen: np.ndarray) -> np.ndarray:
-    if chosen.size == 0:
+    count = int(chosen.sum())
+    if count == 0:
         return np.zeros(3)
-    mean = box.reshape(-1, 3)[chosen].astype(np.float64).mean(axis=0)
+    # Sums of 8-bit values are exact in float64 whatever the order, so this equals upstream's
+    # pixel-by-pixel float accumulation; int(x + 0.5) is floor(x + 0.5) for x >= 0.
+    mean = box[chosen].astype(np.float64).sum(axis=0) / count
     return np.floor(mean + 0.5)
 
 

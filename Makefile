@@ -16,6 +16,8 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps -e .
+	# the reference the PAD feature tests compare with; --no-deps: its declared deps pull full tensorflow and IPython
+	$(PY) -m pip install --quiet --no-deps pad-analytics==0.2.2
 	touch $@
 
 install: $(VENV)/.installed ## create .venv with the pinned dependencies (about 2 minutes)

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from evalstack.config import ModelSpec
 from evalstack.demo.training.detector import ShapesDetector, export_detector
 from evalstack.detection.adapter import DetectionAdapter, PostProcess
+from evalstack.detection.boxes import Candidates
 from evalstack.detection.candidates import infer_candidates_layer
 from evalstack.detection.postprocess import postprocess_layer
 from evalstack.preprocess.letterbox import LetterboxPipeline, letterbox_layer
@@ -45,3 +47,18 @@ def infer_and_postprocess(root: Path, adapter: DetectionAdapter, out: str = "det
                                         store=store)
     detections = postprocess_layer(root / f"{out}.cand", root / out, post or adapter.postprocess, store)
     return candidates, detections
+
+
+def assert_same_candidates(a: Candidates, b: Candidates, atol: float = 1e-4) -> None:
+    """The same candidates within `atol` (two runtimes' floats): equal counts and sorted scores, and each of `a`
+    has its own partner in `b` with the same label and box. Candidates whose scores differ by less than the
+    runtimes' rounding may come in either order, so the order is not compared beyond the scores."""
+    assert len(a) == len(b), f"{len(a)} candidates against {len(b)}"
+    np.testing.assert_allclose(a.scores, b.scores, atol=atol)
+    close = ((a.labels[:, None] == b.labels[None, :]) & (np.abs(a.scores[:, None] - b.scores[None, :]) <= atol)
+             & (np.abs(a.boxes[:, None, :] - b.boxes[None, :, :]) <= atol).all(axis=2))
+    taken = np.zeros(len(b), dtype=bool)
+    for row in range(len(a)):
+        free = np.flatnonzero(close[row] & ~taken)
+        assert len(free), f"candidate {row} ({a.labels[row]}, {a.boxes[row]}, {a.scores[row]}) has no partner"
+        taken[free[0]] = True

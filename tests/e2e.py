@@ -89,6 +89,17 @@ def make_project(root: Path, overrides: dict[str, Any] | None = None) -> Path:
     return root
 
 
+def make_detection_project(root: Path, overrides: dict[str, Any]) -> Path:
+    """`make_project` with the detection profile copied in (no data, no model files) and its params.yaml
+    deep-updated with `overrides`; returns the project root (the profile is root/detection)."""
+    root = make_project(root)
+    shutil.copytree(REPO / "detection", root / "detection", symlinks=True,  # detection/src → ../src
+                    ignore=shutil.ignore_patterns("data", "*.pt2", "tmp", "cache", "config.local"))
+    params = deep_update(yaml.safe_load((root / "detection/params.yaml").read_text()), overrides)
+    (root / "detection/params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
 def write_params(root: Path, params: dict) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 

@@ -9,7 +9,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from evalstack.detection.postprocess import postprocess_layer
 from evalstack.detection.robustness import score_grid
 from evalstack.preprocess.letterbox import build_letterbox
 from evalstack.reporting.report import write_report
-from tests.e2e import REPO, deep_update, make_project, run, set_param, stages_run
+from tests.e2e import make_detection_project, run, set_param, stages_run
 
 pytestmark = pytest.mark.slow
 
@@ -55,11 +54,7 @@ def staged(*names: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    root = make_project(tmp_path_factory.mktemp("e2e_det") / "project")
-    shutil.copytree(REPO / "detection", root / "detection", symlinks=True,  # detection/src → ../src
-                    ignore=shutil.ignore_patterns("data", "*.pt2", "tmp", "cache", "config.local"))
-    params = deep_update(yaml.safe_load((root / "detection/params.yaml").read_text()), TINY)
-    (root / "detection/params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    root = make_detection_project(tmp_path_factory.mktemp("e2e_det") / "project", TINY)
     result = run(root / "detection", "dvc", "repro", PROFILE)
     assert stages_run(result.stdout) == STAGES
     assert f"clean forward passes {N_VAL} (by infer, once), perturbed forward passes this run {N_VAL * 4}" in result.stdout

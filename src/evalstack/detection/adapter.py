@@ -19,11 +19,15 @@ from evalstack.detection.decoding import (  # noqa: F401 - the names this module
     decode_centernet,
     postprocess,
 )
+from evalstack.detection.yolo_adapter import YoloAdapter
 from evalstack.models.adapters.torch_export import TorchAdapter
 
 
 class DetectionAdapter(TorchAdapter):
     """A PyTorch detector whose output follows the centernet contract above."""
+
+    postprocess_style = "cap_then_nms"  # decoding.postprocess: threshold, cap, then class-wise NMS
+    nms_frozen: str | None = None  # its NMS is ours: any nms_iou applies from the cache
 
     def __init__(self, spec: ModelSpec):
         if spec.task != "detect":
@@ -54,10 +58,10 @@ class DetectionAdapter(TorchAdapter):
         return [postprocess(found, self.postprocess) for found in self.candidates_batch(batch)]
 
 
-DETECTION_ADAPTERS: dict[str, type[DetectionAdapter]] = {"torch_detection": DetectionAdapter}
+DETECTION_ADAPTERS: dict[str, type] = {"torch_detection": DetectionAdapter, "yolo": YoloAdapter}
 
 
-def load_detector(spec: ModelSpec) -> DetectionAdapter:
+def load_detector(spec: ModelSpec) -> DetectionAdapter | YoloAdapter:
     """The detection profile's adapter registry (the classification frameworks are in models.adapters)."""
     if spec.adapter not in DETECTION_ADAPTERS:
         raise ModelError(f"model {spec.name}: detection adapter {spec.adapter!r} unknown; "

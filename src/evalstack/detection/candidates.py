@@ -196,6 +196,8 @@ def infer_rows(adapter: DetectionAdapter, batches: Sequence[np.ndarray] | Any, r
 def candidates_stats(adapter: DetectionAdapter, selected: SplitRows) -> dict[str, Any]:
     return {"layout": LAYOUT_VERSION, "model_name": adapter.spec.name, "model_hash": adapter.weights_sha256,
             "candidates": asdict(adapter.bound), "splits": list(selected.splits),
+            # what post-processing needs to know of the model: its style, and whether its NMS is frozen (why)
+            "postprocess_style": adapter.postprocess_style, "nms_frozen": adapter.nms_frozen,
             "num_images": sum(selected.counts.values()),
             "forward_passes_by_split": dict(selected.counts)}
 

@@ -27,7 +27,7 @@ from evalstack.core.layers import ShardInfo
 from evalstack.core.ragged import counts_of, offsets_for
 from evalstack.detection.boxes import Detections, nms_sorted_batch, xyxy_to_xywh
 from evalstack.detection.candidates import CandidateTable, open_candidates, read_candidate_shard
-from evalstack.detection.decoding import CandidateBound, PostProcess
+from evalstack.detection.decoding import CandidateBound, PostProcess, check_nms_open
 from evalstack.detection.layer import LAYOUT_VERSION, DetectionTable, detection_shard
 from evalstack.preprocess.letterbox import Placement
 
@@ -111,6 +111,7 @@ def postprocess_layer(candidates_dir: Path, out_dir: Path, post: PostProcess, st
     source = open_candidates(candidates_dir)
     stats = source.index.stats
     CandidateBound(**stats["candidates"]).check_covers(post, str(stats.get("model_name")))
+    check_nms_open(stats.get("nms_frozen"), post, str(stats.get("model_name")))
     key = detections_key(source.key, post)
     labels = {"candidates": "model and pipeline", "postprocess": "post-processing", "code": "code"}
     stats = detections_stats(stats, [shard.upstream for shard in source.shards])

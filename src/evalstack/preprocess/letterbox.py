@@ -5,6 +5,22 @@ grey canvas. The placement (scale per axis, padding) is a pure function of the
 original size, recorded per item, so boxes predicted in model-input pixels map
 back to the original image exactly, and ground truth maps forward for training.
 The output is uint8 (exact) and read back as float32 0–255 like every pipeline.
+
+The geometry is Ultralytics' `LetterBox` with its defaults for a fixed-size (exported) model
+(`auto=False`, `scaleup=True`, `center=True`): scale r = min(S/h, S/w) (images smaller than S
+are scaled up), unpadded size `int(round(w·r))` × `int(round(h·r))` (Python's round, half to
+even, as there), padding split top = `round(dh/2 - 0.1)`, bottom = `round(dh/2 + 0.1)` — the
+floor of half the padding on the top/left, the odd pixel at the bottom/right, as below — grey
+114. `resample: opencv_linear` resizes with OpenCV's INTER_LINEAR, Ultralytics' interpolation,
+so the input is Ultralytics' pixel for pixel; Pillow's `bilinear` antialiases a downscale and
+gives other pixels (same geometry). `stride: 32` checks that the side is a multiple of the
+model's stride, as Ultralytics' `check_imgsz` requires. Its `auto=True` (rectangular inference:
+each image padded only to the next stride multiple) gives every image its own input shape; a
+preprocessed layer holds one shape, and exported models take one, so it is not offered.
+
+Boxes map back with the per-axis scale the resize applied (new_w / w, new_h / h) and the left/top
+padding: exact for the drawn pixels. Ultralytics' `scale_boxes` divides by the single gain r and
+takes the padding from the unrounded size, which differs from this by under a pixel.
 """
 from __future__ import annotations
 
@@ -32,6 +48,19 @@ from evalstack.preprocess.pipelines import (
 from evalstack.sources.images import DEFAULT_MAX_PIXELS
 
 PLACEMENT_COLUMNS = ("width", "height", "scale_x", "scale_y", "pad_x", "pad_y")
+OPENCV_LINEAR = "opencv_linear"  # cv2.resize(..., INTER_LINEAR): what Ultralytics' LetterBox resizes with
+
+
+def opencv_linear(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 resized to `size` (width, height) by OpenCV's INTER_LINEAR; unchanged at the same size
+    (Ultralytics skips the resize then)."""
+    try:
+        import cv2
+    except ImportError:
+        raise PipelineError("resample: opencv_linear needs OpenCV: pip install opencv-python-headless") from None
+    if (pixels.shape[1], pixels.shape[0]) == tuple(size):
+        return pixels
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_LINEAR)
 
 
 @dataclass(frozen=True)
@@ -65,13 +94,19 @@ class LetterboxPipeline(PreprocessingPipeline):
     resize: int = 128
     fill: int = 114  # grey padding, the usual letterbox colour
     resample: str = "bilinear"
+    stride: int | None = None  # a check only (the side must be a multiple of it): not in the key
     kind: ClassVar[str] = "letterbox"
 
     def __post_init__(self) -> None:
         if not 16 <= self.resize <= 2048:
             raise PipelineError(f"letterbox resize {self.resize} out of range 16–2048")
-        if self.resample not in RESAMPLING:
-            raise PipelineError(f"resample {self.resample!r} unknown; choose from {sorted(RESAMPLING)}")
+        if self.resample not in RESAMPLING and self.resample != OPENCV_LINEAR:
+            raise PipelineError(f"resample {self.resample!r} unknown; choose from "
+                                f"{sorted([*RESAMPLING, OPENCV_LINEAR])}")
+        if self.stride is not None and (self.stride < 1 or self.resize % self.stride):
+            multiple = max(1, round(self.resize / max(1, self.stride))) * max(1, self.stride)
+            raise PipelineError(f"letterbox resize {self.resize} is not a multiple of stride {self.stride} "
+                                f"(a YOLO model's input side is); use resize {multiple}")
         if not 0 <= self.fill <= 255:
             raise PipelineError(f"fill {self.fill} is not a grey level 0–255")
 
@@ -92,9 +127,11 @@ class LetterboxPipeline(PreprocessingPipeline):
 
     def process_image(self, image: Image.Image) -> np.ndarray:
         place = self.placement(*image.size)
-        resized = rgb(image).resize(
-            (round(place.width * place.scale_x), round(place.height * place.scale_y)), RESAMPLING[self.resample]
-        )
+        size = (round(place.width * place.scale_x), round(place.height * place.scale_y))
+        if self.resample == OPENCV_LINEAR:
+            resized = Image.fromarray(opencv_linear(np.asarray(rgb(image)), size))
+        else:
+            resized = rgb(image).resize(size, RESAMPLING[self.resample])
         canvas = Image.new("RGB", (self.resize, self.resize), (self.fill,) * 3)
         canvas.paste(resized, (int(place.pad_x), int(place.pad_y)))
         return np.asarray(canvas, dtype=np.uint8)

@@ -42,6 +42,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    if args.cache:
+        return verify_dvc_cache(_root(args))
     layers = _layers(args)
     if not layers:
         print("no layers found (give layer directories, or run in a project after `dvc repro`/`dvc pull`)")
@@ -56,6 +58,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"  fix: {repair_hint(Path(directory))}")
         failed |= bool(problems)
     return 1 if failed else 0
+
+
+def verify_dvc_cache(root: Path) -> int:
+    """Re-hash every DVC cache object the project's dvc.lock files record; name the damaged ones and the repair."""
+    from evalstack.cli.cache_check import check_cache, repair_lines
+    from evalstack.cli.doctor import profiles
+
+    damaged, checked = [], 0
+    for profile in profiles(root):
+        count, found = check_cache(profile)
+        checked += count
+        damaged += found
+    for item in damaged:
+        print(f"CORRUPT {item.describe(root)}")
+    if not damaged:
+        print(f"DVC cache: ok ({checked} objects re-hashed)")
+        return 0
+    print(f"DVC cache: {len(damaged)} of {checked} objects damaged; do not `dvc push` them. Repair:")
+    print("\n".join(f"  {line}" for line in repair_lines(damaged, root)))
+    return 1
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -82,6 +104,9 @@ def cmd_plots_template(args: argparse.Namespace) -> int:
 def cmd_push_run_cache(args: argparse.Namespace) -> int:
     from evalstack.cli.sharing import push_run_cache
 
+    if verify_dvc_cache(args.repo.resolve()) != 0:  # never upload a damaged object for others to pull
+        print("evalstack: push-run-cache: nothing pushed; repair the objects above first", file=sys.stderr)
+        return 1
     try:
         pushed = push_run_cache(args.repo, args.remote, args.jobs)
     except Exception as error:  # DVC's own errors (remote unreachable, bad config) are many types
@@ -185,7 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("show", cmd_show, "what a layer holds and how it was keyed").add_argument("layer", type=Path)
     every = "layer directories (default: every layer in dvc.lock and under data/)"
-    command("verify", cmd_verify, "check shards against recorded checksums and schema, per item", every)
+    verify = command("verify", cmd_verify, "check shards against recorded checksums and schema, per item", every)
+    verify.add_argument("--cache", action="store_true",
+                        help="re-hash the DVC cache objects dvc.lock records instead (run it before `dvc push`)")
     command("why", cmd_why, "what the last build of each layer recomputed, and which key part changed", every)
     provenance = command("provenance", cmd_provenance, "source URL + md5 → pipeline key → model signature → code")
     provenance.add_argument("layer", type=Path)

@@ -3,6 +3,7 @@ import argparse
 from pathlib import Path
 
 from evalstack.config import load_params
+from evalstack.core.failures import run_stage
 from evalstack.evaluation.comparison import CompareConfig, compare_runs, declared_run
 from evalstack.evaluation.items import truth_frame
 from evalstack.reporting.comparison_report import ReportOutputs, write_report
@@ -31,4 +32,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

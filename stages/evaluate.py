@@ -3,6 +3,7 @@ import argparse
 from pathlib import Path
 
 from evalstack.config import load_params, model_spec
+from evalstack.core.failures import run_stage
 from evalstack.core.layers import Layer
 from evalstack.evaluation.classification import EvaluationOutputs, evaluate_classifier, write_outputs
 from evalstack.evaluation.concentration import evaluate_concentration, write_concentration_outputs
@@ -40,4 +41,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

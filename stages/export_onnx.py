@@ -3,6 +3,7 @@ import argparse
 from pathlib import Path
 
 from evalstack.config import entry, load_params
+from evalstack.core.failures import run_stage
 from evalstack.core.names import project_output
 from evalstack.demo.training.onnx_export import export_onnx
 
@@ -21,4 +22,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from evalstack.cache.shardstore import open_store
 from evalstack.config import load_params
+from evalstack.core.failures import run_stage
 from evalstack.fetch.raw_layer import fetch_config, fetch_raw_layer
 from evalstack.sources.registry import SourceError
 
@@ -28,4 +29,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_stage(main))

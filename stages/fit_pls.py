@@ -3,6 +3,7 @@ import argparse
 from pathlib import Path
 
 from evalstack.config import load_params
+from evalstack.core.failures import run_stage
 from evalstack.core.names import project_output
 from evalstack.demo.training.pls import PLSFitConfig, fit_pls
 
@@ -22,4 +23,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

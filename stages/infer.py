@@ -5,6 +5,7 @@ from pathlib import Path
 from evalstack.cache.executors import open_executor
 from evalstack.cache.shardstore import open_store
 from evalstack.config import load_params, model_spec
+from evalstack.core.failures import run_stage
 from evalstack.models.adapters import end_process, load_adapter
 from evalstack.models.inference import infer_layer
 from evalstack.models.latency import ensure_timed, latency_record, write_latency
@@ -31,5 +32,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)
     end_process()  # torch/TensorFlow teardown would add seconds to every run

@@ -5,6 +5,7 @@ from pathlib import Path
 from evalstack.cache.executors import open_executor
 from evalstack.cache.shardstore import open_store
 from evalstack.config import load_params, preprocess_compression
+from evalstack.core.failures import run_stage
 from evalstack.preprocess.pipelines import pipeline_spec, preprocess_layer
 
 
@@ -26,4 +27,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

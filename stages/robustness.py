@@ -6,6 +6,7 @@ from pathlib import Path
 from evalstack.cache.shardstore import open_store
 from evalstack.config import load_params, model_spec
 from evalstack.core.atomic import atomic_write_bytes
+from evalstack.core.failures import run_stage
 from evalstack.core.layers import Layer
 from evalstack.evaluation.robustness import GridConfig, build_grid, grid_results, why_no_grid
 from evalstack.evaluation.robustness_metrics import model_summary
@@ -56,5 +57,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)
     end_process()  # torch/TensorFlow teardown would add seconds to every run

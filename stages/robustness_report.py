@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from evalstack.config import load_params
+from evalstack.core.failures import run_stage
 from evalstack.evaluation.robustness_metrics import combine
 from evalstack.reporting.robustness_report import write_outputs
 
@@ -26,4 +27,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -3,6 +3,7 @@ import argparse
 from pathlib import Path
 
 from evalstack.config import load_params, train_entry
+from evalstack.core.failures import run_stage
 from evalstack.core.names import project_output
 from evalstack.demo.training.networks import TrainConfig, train_demo_model
 from evalstack.models.adapters import end_process
@@ -21,5 +22,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)
     end_process()  # TensorFlow/torch teardown would add seconds to every run

@@ -14,7 +14,7 @@ from torch import nn
 from evalstack.config import ModelError, ModelSpec
 from evalstack.demo.cards import encode_png
 from evalstack.demo.training.torch_program import save_program
-from evalstack.demo.yolo_layout import TinyYolo, export_yolo_layout
+from evalstack.demo.yolo_layout import export_yolo_layout
 from evalstack.detection.adapter import load_detector
 from evalstack.detection.candidates import infer_candidates_layer
 from evalstack.detection.decoding import PostProcess

@@ -4,7 +4,6 @@ nms_iou change runs 0 forward passes, counted from the layers' build records."""
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from evalstack.cache.shardstore import open_store
 from evalstack.config import load_params, model_spec
+from evalstack.core.failures import run_stage
 from evalstack.detection.adapter import load_detector
 from evalstack.detection.candidates import candidates_code, candidates_key
 from evalstack.detection.evaluation import DetectionOutputs, evaluate_detector, write_detection_outputs
@@ -38,4 +39,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

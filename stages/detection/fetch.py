@@ -3,6 +3,7 @@ import argparse
 from pathlib import Path
 
 from evalstack.config import load_params
+from evalstack.core.failures import run_stage
 from evalstack.sources.coco import CocoFetchConfig, CocoSplit, fetch_coco_layer
 
 
@@ -23,4 +24,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from evalstack.cache.shardstore import open_store
 from evalstack.config import load_params, model_spec
+from evalstack.core.failures import run_stage
 from evalstack.detection.adapter import load_detector
 from evalstack.detection.grid import GridConfig, build_grid
 from evalstack.preprocess.letterbox import build_letterbox
@@ -35,4 +36,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

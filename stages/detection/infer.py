@@ -6,6 +6,7 @@ from pathlib import Path
 
 from evalstack.cache.shardstore import open_store
 from evalstack.config import load_params, model_spec
+from evalstack.core.failures import run_stage
 from evalstack.detection.adapter import load_detector
 from evalstack.detection.candidates import evaluated_splits, infer_candidates_layer
 
@@ -27,4 +28,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from evalstack.cache.shardstore import open_store
 from evalstack.config import load_params, preprocess_compression
+from evalstack.core.failures import run_stage
 from evalstack.preprocess.letterbox import build_letterbox, letterbox_layer
 
 
@@ -24,4 +25,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from evalstack.cache.shardstore import open_store
 from evalstack.config import load_params, model_spec
+from evalstack.core.failures import run_stage
 from evalstack.detection.decoding import PostProcess
 from evalstack.detection.grid import GridConfig
 from evalstack.detection.grid_report import write_grid_outputs
@@ -35,4 +36,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

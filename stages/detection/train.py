@@ -3,6 +3,7 @@ import argparse
 from pathlib import Path
 
 from evalstack.config import load_params, train_entry
+from evalstack.core.failures import run_stage
 from evalstack.core.names import project_output
 from evalstack.demo.training.detector import DetectorTrainConfig, load_training_set, train_detector
 
@@ -23,4 +24,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -10,8 +11,9 @@ from evalstack.cache.shardstore import ShardStore, ShardStoreError, StoreConfig,
 from evalstack.cli.provenance import provenance_report, why_report
 from evalstack.cli.verify import verify_layer
 from evalstack.config import load_params
-from evalstack.core.layers import Layer, StoreError, repair_hint
-from evalstack.reporting.offline_plots import OfflinePlotsError, install_offline_template
+from evalstack.core.failures import DEBUG_ENV, is_expected
+from evalstack.core.layers import Layer, repair_hint
+from evalstack.reporting.offline_plots import install_offline_template
 
 
 def _root(args: argparse.Namespace) -> Path:
@@ -199,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evalstack", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the project's params.yaml (store settings)")
     parser.add_argument("--store", type=Path, default=None, help="shard store directory (default: store.dir)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an expected failure too")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, run, help: str, layers: str | None = None) -> argparse.ArgumentParser:
@@ -249,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (StoreError, ShardStoreError, OfflinePlotsError) as error:
+    except Exception as error:  # evalstack's own errors name the cause and the fix: one line, no traceback
+        if not is_expected(error) or args.debug or os.environ.get(DEBUG_ENV):
+            raise
         print(f"evalstack: {error}", file=sys.stderr)
         return 2
 

@@ -43,12 +43,13 @@ system-deps: ## install the Debian packages the e2e tests use (apt-get, only if 
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES)
 
 repro: install ## install, then run the classification pipeline (detection's in a detection-only project), write the report, print the summary
-	@if [ -f dvc.yaml ]; then dvc repro; else echo "no classification profile here: detection/"; cd detection && dvc repro; fi
+	@if [ -f dvc.yaml ]; then dvc repro; else echo "no classification profile here: detection/"; cd detection && dvc repro; fi \
+		|| { echo; echo "dvc repro failed; evalstack doctor:"; evalstack doctor; exit 1; }
 	@evalstack report >/dev/null
 	@echo; evalstack summary
 
 repro-detection: install-detection ## install, then run the detection profile (its own DVC project in detection/)
-	cd detection && dvc repro
+	cd detection && dvc repro || { echo; echo "dvc repro failed; evalstack doctor:"; evalstack doctor; exit 1; }
 	@evalstack report >/dev/null
 	@echo; evalstack summary
 

@@ -81,3 +81,49 @@ def test_aliases_that_stay_small_are_fine_and_walked_once(tmp_path: Path):
     with pytest.raises(ConfigError, match=r"x\.size: "):  # the hidden-key check still sees every key once
         load_params(tmp_path / "params.yaml")
     assert expanded_nodes(text) < 30
+
+
+# -- trust round 2, item 8: a params schema names the key, the value and what is expected ------------
+def test_wrong_types_and_ranges_name_the_key_the_value_and_what_is_expected(tmp_path: Path):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["preprocess"]["pipelines"]["thumb64"]["resize"] = "64"
+    params["fetch"]["workers"] = "eight"
+    params["fetch"]["worker"] = 3
+    params["compare"]["level"] = 1.5
+    params["models"]["pls"]["trust"] = "yes"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError) as raised:
+        load_params(tmp_path / "params.yaml")
+    lines = str(raised.value).splitlines()
+    assert lines[0] == f"{tmp_path / 'params.yaml'} does not fit the params schema (5 keys):"
+    assert "  preprocess.pipelines.thumb64.resize: '64' (str), expected a valid integer" in lines
+    assert "  fetch.workers: 'eight' (str), expected a valid integer" in lines
+    assert "  fetch.worker: unknown key (a typo? the key is not one this section reads)" in lines
+    assert "  compare.level: 1.5 (float), expected less than 1" in lines
+    assert "  models.pls.trust: 'yes' (str), expected a valid boolean" in lines
+
+
+def test_the_detection_profile_has_its_own_schema(tmp_path: Path):
+    params = yaml.safe_load((REPO / "detection/params.yaml").read_text())
+    params["grid"]["severities"] = [1, 6]
+    params["models"]["shapes_centernet"]["nms_iou"] = 0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError) as raised:
+        load_params(tmp_path / "params.yaml")
+    assert "  grid.severities.1: 6 (int), expected less than or equal to 5" in str(raised.value).splitlines()
+    assert "  models.shapes_centernet.nms_iou: 0 (int), expected greater than 0" in str(raised.value).splitlines()
+
+
+def test_a_checked_text_is_not_checked_again(tmp_path: Path, monkeypatch):
+    import evalstack.params_schema as schema
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    load_params(tmp_path / "params.yaml")
+    calls = []
+    monkeypatch.setattr(schema, "schema_errors", lambda params: calls.append(1) or [])
+    load_params(tmp_path / "params.yaml")
+    assert calls == []  # remembered by the text's hash
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text() + "\n# edited\n")
+    load_params(tmp_path / "params.yaml")
+    assert calls == [1]

@@ -7,6 +7,8 @@ Builders that need a subsystem live with it (`cache.shardstore.open_store`,
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -69,7 +71,34 @@ def load_params(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
             f"{' or '.join(HIDDEN_FROM_DVC)} (DVC issue #10296), so changing one would restore a stale result; "
             "rename the key (for a pipeline's output side use `resize`)"
         )
+    check_schema(params, text, str(path))
     return params
+
+
+def check_schema(params: Mapping[str, Any], text: str, where: str) -> None:
+    """Every wrong key at once, before the stage does anything. Checking costs ~0.15 s (pydantic), paid by
+    every stage start; a text that passed once with this schema is remembered by its hash, so only the
+    first stage after an edit pays it."""
+    from evalstack import params_schema  # pydantic: imported only when a text is new
+
+    schema_source = Path(params_schema.__file__).read_bytes()
+    stamp = _checked_dir() / hashlib.sha256(schema_source + b"\0" + text.encode()).hexdigest()
+    if stamp.exists():
+        return
+    errors = params_schema.schema_errors(params)
+    if errors:
+        raise ConfigError(f"{where} does not fit the params schema ({len(errors)} key{'s' if len(errors) > 1 else ''}):"
+                          "\n  " + "\n  ".join(errors))
+    try:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.touch()
+    except OSError:
+        pass  # a read-only home: check again next time
+
+
+def _checked_dir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "evalstack" / "params-checked"
 
 
 def expanded_nodes(text: str) -> int:

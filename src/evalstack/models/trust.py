@@ -33,7 +33,15 @@ def require_trusted(name: str, file: Path, sha256: str | None, trust: bool, wher
     """Refuse to load a pickle-backed `file` unless its entry `where.name` pins its sha256 (and the
     bytes match) or says `trust: true`."""
     fmt = pickle_format(file)
-    if fmt is None or trust:
+    if fmt is not None:
+        require_trusted_format(name, file, fmt, sha256, trust, where)
+
+
+def require_trusted_format(name: str, file: Path, fmt: str, sha256: str | None, trust: bool,
+                           where: str = "models") -> None:
+    """`require_trusted` for a file whose format an adapter found from its content (`fmt` says what it is),
+    whatever its name: a pickle renamed `.bin` is still a pickle."""
+    if trust:
         return
     actual = sha256_file(file)
     if sha256:

@@ -16,9 +16,27 @@ from torchvision.models import detection as tv_detection
 
 
 def build_random(builder: str, num_classes: int, seed: int = 0) -> torch.nn.Module:
-    """A torchvision detector with seeded random weights (weights=None, weights_backbone=None), in eval mode."""
+    """A torchvision detector with seeded random weights (weights=None, weights_backbone=None), in eval mode.
+    Its batch-norm statistics are measured on a few random images: with the initial ones (mean 0, variance 1)
+    the backbone's activations fade to ~1e-8 and every box of a class gets the same score, a detector in name
+    only (a comparison of score orders between two runs would compare ties)."""
     torch.manual_seed(seed)
-    return getattr(tv_detection, builder)(weights=None, weights_backbone=None, num_classes=num_classes).eval()
+    model = getattr(tv_detection, builder)(weights=None, weights_backbone=None, num_classes=num_classes)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    if norms:
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a plain average over the calibration batches
+        model.backbone.train()
+        with torch.no_grad():
+            for _ in range(2):
+                model.backbone(torch.rand(4, 3, 160, 160))
+    fpn = getattr(model.backbone, "fpn", None)
+    if fpn is not None:  # measured: the FPN's lateral convs then give features of std ~900, boxes off the image
+        with torch.no_grad():
+            for parameter in fpn.inner_blocks.parameters():
+                parameter.mul_(1e-3)
+    return model.eval()
 
 
 def save_demo_detector(path: Path, builder: str = "fasterrcnn_mobilenet_v3_large_320_fpn", num_classes: int = 4,

@@ -78,6 +78,7 @@ def postprocess_table(table: CandidateTable, post: PostProcess, style: StyleReco
     limits = np.stack([place["width"], place["height"], place["width"], place["height"]], axis=1)
     boxes = xyxy_to_xywh(np.clip((model_boxes - pad) / scale, 0.0, limits))  # = Placement.to_original
     valid = (boxes[:, 2] > 0) & (boxes[:, 3] > 0)  # a box wholly in the letterbox padding has no pixels left
+    valid &= table.labels[rows] >= 0  # a background-slot box (torchvision label 0) took its part in NMS and the cap
     return DetectionTable(
         item_keys=table.item_keys, ids=table.ids, splits=table.splits,
         offsets=offsets_for(np.bincount(image[valid], minlength=n_images)),

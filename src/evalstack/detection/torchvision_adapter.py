@@ -12,7 +12,8 @@ a `.pt2`, by trying: a torchvision detector takes a list of CHW float tensors in
 detections (scripted: `(losses, detections)`); PerceptionMetrics' contract takes one batched `[B, 3, H, W]`
 tensor (normalised with `pm_config`'s mean/std when given) and returns a list of dicts. Either returns per
 image `boxes` xyxy in input pixels (the letterboxed array; the placement maps them to the original image),
-`labels` (class c ↦ labels[c - 1]: torchvision's class 0 is background) and `scores`.
+`labels` (class c ↦ labels[c - 1]: torchvision's class 0 is background; a RetinaNet/FCOS box of class 0
+stays a candidate, label -1, through NMS and the cap as in the model, and is dropped after) and `scores`.
 
 Post-processing is opened where the detector's attributes are reachable (a builder's module, a scripted
 torchvision model): two-stage models' `roi_heads` and RetinaNet/FCOS/SSD themselves get `score_thresh =
@@ -34,6 +35,7 @@ never served as a GPU result. `pm_config: path` reads a PerceptionMetrics model 
 """
 from __future__ import annotations
 
+import io
 import json
 import time
 import zipfile
@@ -177,7 +179,8 @@ class TorchvisionAdapter:
             if self.format == "torchscript":
                 return torch.jit.load(str(self.spec.file), map_location=self.device).eval()
             if self.format == "export":
-                return torch.export.load(str(self.spec.file)).module().to(self.device)
+                # from the bytes: torch.export.load takes a path only when its name ends in .pt2
+                return torch.export.load(io.BytesIO(self.spec.file.read_bytes())).module().to(self.device)
         except Exception as error:  # torch raises many types for a bad archive
             raise ModelError(f"model {name}: cannot load {self.spec.file} as a {FORMATS[self.format]}: "
                              f"{error}") from None
@@ -343,7 +346,13 @@ class TorchvisionAdapter:
             raise ModelError(f"model {self.spec.name}: {self.spec.file} accepts neither contract ("
                              + "; ".join(failures) + "). Export it taking a list of CHW tensors (torchvision) or "
                              "one [B, 3, H, W] tensor returning a list of dicts (PerceptionMetrics)")
-        return self._call_as(self.calling, images)
+        try:
+            return self._call_as(self.calling, images)
+        except ModelError:
+            raise
+        except Exception as error:  # noqa: BLE001 - torch raises many types for an input a module refuses
+            raise ModelError(f"model {self.spec.name}: its forward pass ({self.calling} contract) failed on a batch "
+                             f"of {tuple(images.shape)}: {str(error).splitlines()[0][:300]}") from None
 
     def _call_as(self, calling: str, images: torch.Tensor) -> list[Mapping[str, torch.Tensor]]:
         if calling == TORCHVISION:
@@ -383,10 +392,12 @@ class TorchvisionAdapter:
         scores = item["scores"].detach().to("cpu", torch.float32).numpy().astype(np.float64)
         classes = item["labels"].detach().to("cpu").numpy().astype(np.int64)
         n_labels = len(self.spec.labels)
-        if len(classes) and (classes.min() < 1 or classes.max() > n_labels):
+        if len(classes) and (classes.min() < 0 or classes.max() > n_labels):
             raise ModelError(f"model {self.spec.name}: predicts classes {sorted(set(classes.tolist()))[:10]}, but "
                              f"{n_labels} labels are declared (class c is labels[c - 1]; 0 is background); "
                              f"fix the labels list or num_classes ({n_labels + 1})")
+        # RetinaNet and FCOS score class 0 like any other (trained weights leave it near 0): it stays a candidate
+        # (label -1) through NMS and the cap, as in the model, and postprocess drops it afterwards.
         if np.any(np.diff(scores) > 0):  # torchvision sorts; a wrapper may not: the cap needs score order
             order = np.argsort(-scores, kind="stable")
             boxes, scores, classes = boxes[order], scores[order], classes[order]

@@ -190,7 +190,7 @@ def test_a_cut_image_refuses_a_lower_threshold(tmp_path):
     file = save_demo_detector(tmp_path / "m.pth", FRCNN, 3)
     adapter = load_detector(tv_spec(file, 2, builder=FRCNN, num_classes=3, candidates={"min_score": 0.01, "top_k": 5}))
     infer_candidates_layer(root / "pre", root / "cand", adapter, ["val"], batch_size=2)
-    with pytest.raises(ModelError, match=r"image \d had more than candidates.top_k 5 .*Raise models.tv.candidates.top_k"):
+    with pytest.raises(ModelError, match=r"image \d filled candidates.top_k \(5 candidates kept\).*Raise models.tv.candidates.top_k"):
         postprocess_layer(root / "cand", root / "det", PostProcess(0.011, 0.5, 100))
     with pytest.raises(ModelError, match="below candidates.min_score"):
         postprocess_layer(root / "cand", root / "det", PostProcess(0.005, 0.5, 100))

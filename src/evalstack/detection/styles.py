@@ -103,7 +103,7 @@ def check_cut(candidates: Candidates, bound: CandidateBound, post: PostProcess, 
     a threshold below that score would need them. Refuse, naming what to raise."""
     if len(candidates) >= bound.top_k and post.confidence_threshold < float(candidates.scores[-1]):
         raise ModelError(
-            f"model {model}: image {image} had more than candidates.top_k {bound.top_k} candidates, the lowest "
+            f"model {model}: image {image} filled candidates.top_k ({bound.top_k} candidates kept), the lowest "
             f"kept scoring {float(candidates.scores[-1]):.6g}; confidence_threshold {post.confidence_threshold} "
             f"is below it and would need candidates infer did not keep. Raise models.{model}.candidates.top_k "
             f"(infer reruns once) or set confidence_threshold to at least {float(candidates.scores[-1]):.6g}")

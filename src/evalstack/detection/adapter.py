@@ -4,6 +4,7 @@ candidates and post-processed (detection/decoding.py holds the contract, decodin
 from __future__ import annotations
 
 from dataclasses import asdict
+from importlib import import_module
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from evalstack.detection.decoding import (  # noqa: F401 - the names this module
     decode_centernet,
     postprocess,
 )
-from evalstack.detection.yolo_adapter import YoloAdapter
+from evalstack.detection.styles import CAP_THEN_NMS, StyleRecord
 from evalstack.models.adapters.torch_export import TorchAdapter
 
 
@@ -41,6 +42,10 @@ class DetectionAdapter(TorchAdapter):
         """What the candidates depend on besides the weights; post-processing params are not in it."""
         return {**super().contract(), "output_format": OUTPUT_FORMAT, "candidates": asdict(self.bound)}
 
+    def postprocess_style(self, input_hw: tuple[int, int]) -> StyleRecord:
+        """The centernet contract caps, then suppresses (detection/styles.py)."""
+        return StyleRecord(CAP_THEN_NMS)
+
     def candidates_batch(self, batch: np.ndarray) -> list[Candidates]:
         """Candidates per item, xyxy in model-input pixels, for model-ready arrays (N, H, W, 3)."""
         raw = self.predict_batch(batch)
@@ -58,12 +63,20 @@ class DetectionAdapter(TorchAdapter):
         return [postprocess(found, self.postprocess) for found in self.candidates_batch(batch)]
 
 
-DETECTION_ADAPTERS: dict[str, type] = {"torch_detection": DetectionAdapter, "yolo": YoloAdapter}
+DETECTION_ADAPTERS: dict[str, type[DetectionAdapter] | tuple[str, str]] = {
+    "torch_detection": DetectionAdapter,
+    # (module, class): imported when asked for, so the centernet path never imports torchvision or onnxruntime
+    "torchvision": ("evalstack.detection.torchvision_adapter", "TorchvisionAdapter"),
+    "yolo": ("evalstack.detection.yolo_adapter", "YoloAdapter"),
+}
 
 
-def load_detector(spec: ModelSpec) -> DetectionAdapter | YoloAdapter:
+def load_detector(spec: ModelSpec) -> DetectionAdapter:
     """The detection profile's adapter registry (the classification frameworks are in models.adapters)."""
     if spec.adapter not in DETECTION_ADAPTERS:
         raise ModelError(f"model {spec.name}: detection adapter {spec.adapter!r} unknown; "
                          f"registered: {sorted(DETECTION_ADAPTERS)}")
-    return DETECTION_ADAPTERS[spec.adapter](spec)
+    found = DETECTION_ADAPTERS[spec.adapter]
+    if isinstance(found, tuple):
+        found = getattr(import_module(found[0]), found[1])
+    return found(spec)

@@ -193,11 +193,19 @@ def infer_rows(adapter: DetectionAdapter, batches: Sequence[np.ndarray] | Any, r
     return candidate_shard(table, {**attrs, "model_signature": adapter.signature().hex, "forward_passes": len(found)})
 
 
+def input_size(source: Layer) -> tuple[int, int]:
+    """(H, W) of the model-ready arrays of a letterboxed layer (every item has the pipeline's size)."""
+    for shard in source.shards:
+        with source.open_shard(shard) as handle:
+            return tuple(int(n) for n in handle["x"].shape[1:3])  # type: ignore[return-value]
+    raise GridInputError(f"{source.directory} holds no shards")
+
+
 def candidates_stats(adapter: DetectionAdapter, selected: SplitRows) -> dict[str, Any]:
+    """The layer's metadata, with its post-processing style (detection/styles.py): postprocess follows it."""
+    style = adapter.postprocess_style(input_size(selected.source))
     return {"layout": LAYOUT_VERSION, "model_name": adapter.spec.name, "model_hash": adapter.weights_sha256,
-            "candidates": asdict(adapter.bound), "splits": list(selected.splits),
-            # what post-processing needs to know of the model: its style, and whether its NMS is frozen (why)
-            "postprocess_style": adapter.postprocess_style, "nms_frozen": adapter.nms_frozen,
+            "candidates": asdict(adapter.bound), "postprocess": style.to_stats(), "splits": list(selected.splits),
             "num_images": sum(selected.counts.values()),
             "forward_passes_by_split": dict(selected.counts)}
 

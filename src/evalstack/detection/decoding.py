@@ -100,16 +100,6 @@ class CandidateBound:
                 f"raise models.{model}.candidates.top_k (infer reruns once) or lower max_detections")
 
 
-def check_nms_open(frozen: str | None, post: PostProcess, model: str) -> None:
-    """A model whose NMS is frozen (`frozen` says why) gets no NMS of ours: `nms_iou` 1.0, where nothing is
-    suppressed, is the one value that means that; any other is refused, never silently ignored."""
-    if frozen and post.nms_iou != 1.0:
-        raise ModelError(
-            f"model {model}: nms_iou {post.nms_iou} cannot be applied: {frozen}, so its cached candidates are "
-            f"already after its NMS and another IoU would need another model. Set models.{model}.nms_iou: 1.0 "
-            "(no NMS after the model's own); confidence_threshold and max_detections still apply exactly")
-
-
 def centernet_candidates(output: np.ndarray, n_classes: int, input_hw: tuple[int, int],
                          bound: CandidateBound) -> Candidates:
     """One image's raw head output (K + 4, Gh, Gw) → its candidates, xyxy in model-input pixels."""

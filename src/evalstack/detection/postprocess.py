@@ -25,10 +25,20 @@ from evalstack.core.keys import Key
 from evalstack.core.kinds import DETECTIONS_KIND
 from evalstack.core.layers import ShardInfo
 from evalstack.core.ragged import counts_of, offsets_for
-from evalstack.detection.boxes import Detections, nms_sorted_batch, xyxy_to_xywh
+from evalstack.detection.boxes import Candidates, Detections, nms_sorted_batch, xyxy_to_xywh
 from evalstack.detection.candidates import CandidateTable, open_candidates, read_candidate_shard
-from evalstack.detection.decoding import CandidateBound, PostProcess, check_nms_open
+from evalstack.detection.decoding import CandidateBound, PostProcess
 from evalstack.detection.layer import LAYOUT_VERSION, DetectionTable, detection_shard
+from evalstack.detection.styles import (
+    CAP_THEN_NMS,
+    NMS_THEN_CAP,
+    StyleRecord,
+    check_cut,
+    check_style_covers,
+    frozen_rows,
+    map_boxes,
+    nms_then_cap_rows,
+)
 from evalstack.preprocess.letterbox import Placement
 
 
@@ -45,29 +55,69 @@ def to_original(found: Detections, place: Placement) -> Detections:
     return Detections(boxes[keep].astype(np.float32), found.labels[keep], found.scores[keep])
 
 
-def postprocess_table(table: CandidateTable, post: PostProcess) -> DetectionTable:
-    """`postprocess` + `to_original` for every image of a shard; threshold, cap and the mapping run on the
-    whole shard at once (the same float64 operations per box), NMS per image where two or more boxes remain."""
+def postprocess_table(table: CandidateTable, post: PostProcess, style: StyleRecord = StyleRecord(),
+                      model: str = "?", bound: CandidateBound | None = None) -> DetectionTable:
+    """`postprocess` + `to_original` for every image of a shard, in the layer's post-processing style.
+    cap_then_nms: threshold, cap and the mapping run on the whole shard at once (the same float64 operations
+    per box), NMS per image where two or more boxes remain. nms_then_cap and frozen: per image (module styles)."""
     n_images = len(table)
     counts = counts_of(table.offsets, len(table.scores))
-    above = np.concatenate([[0], np.cumsum(table.scores >= post.confidence_threshold)])
-    ends = np.append(table.offsets[1:], len(table.scores)) if n_images else table.offsets
-    # candidates are sorted by score per image: the ones above the threshold are a prefix
-    take = np.minimum(above[ends] - above[table.offsets], post.max_detections)
-    rows = _nms_rows(table, take, post.nms_iou)
+    if style.style == CAP_THEN_NMS:
+        above = np.concatenate([[0], np.cumsum(table.scores >= post.confidence_threshold)])
+        ends = np.append(table.offsets[1:], len(table.scores)) if n_images else table.offsets
+        # candidates are sorted by score per image: the ones above the threshold are a prefix
+        take = np.minimum(above[ends] - above[table.offsets], post.max_detections)
+        rows = _nms_rows(table, take, post.nms_iou)
+        model_boxes = table.boxes[rows]
+    else:
+        rows, model_boxes = _model_rows(table, post, style, model, bound or CandidateBound())
     image = np.repeat(np.arange(n_images), counts)[rows]
     place = {name: values[image] for name, values in table.placement.items()}
     scale = np.stack([place["scale_x"], place["scale_y"], place["scale_x"], place["scale_y"]], axis=1)
     pad = np.stack([place["pad_x"], place["pad_y"], place["pad_x"], place["pad_y"]], axis=1)
     limits = np.stack([place["width"], place["height"], place["width"], place["height"]], axis=1)
-    boxes = xyxy_to_xywh(np.clip((table.boxes[rows] - pad) / scale, 0.0, limits))  # = Placement.to_original
+    boxes = xyxy_to_xywh(np.clip((model_boxes - pad) / scale, 0.0, limits))  # = Placement.to_original
     valid = (boxes[:, 2] > 0) & (boxes[:, 3] > 0)  # a box wholly in the letterbox padding has no pixels left
+    valid &= table.labels[rows] >= 0  # a background-slot box (torchvision label 0) took its part in NMS and the cap
     return DetectionTable(
         item_keys=table.item_keys, ids=table.ids, splits=table.splits,
         offsets=offsets_for(np.bincount(image[valid], minlength=n_images)),
         bboxes=boxes[valid].astype(np.float32), labels=table.labels[rows][valid].astype(np.int64),
         scores=table.scores[rows][valid].astype(np.float32),
     )
+
+
+def _model_rows(table: CandidateTable, post: PostProcess, style: StyleRecord, model: str,
+                bound: CandidateBound) -> tuple[np.ndarray, np.ndarray]:
+    """(flat rows kept, their boxes in model-input pixels) of an nms_then_cap or frozen layer, image by image."""
+    rows, boxes = [np.zeros(0, np.int64)], [np.zeros((0, 4))]
+    for image, start in enumerate(table.offsets.tolist()):
+        found = table.candidates(image)
+        if style.style == NMS_THEN_CAP:
+            check_cut(found, bound, post, model, table.ids[image])
+            kept = nms_then_cap_rows(found, post, style)
+        else:
+            kept = frozen_rows(found, post)
+        rows.append(start + kept)
+        boxes.append(map_boxes(found.boxes[kept], style))
+    return np.concatenate(rows), np.concatenate(boxes)
+
+
+def model_space_detections(found: Candidates, post: PostProcess, style: StyleRecord, model: str = "?",
+                           bound: CandidateBound | None = None) -> Detections:
+    """One image's detections, xyxy in model-input pixels, from its stored candidates in any style: what the
+    model configured with `post` returns (the adapters' detect_batch and the tests compare with it)."""
+    if style.style == CAP_THEN_NMS:
+        from evalstack.detection.decoding import postprocess
+
+        return postprocess(found, post)
+    if style.style == NMS_THEN_CAP:
+        check_cut(found, bound or CandidateBound(), post, model, "?")
+        kept = nms_then_cap_rows(found, post, style)
+    else:
+        kept = frozen_rows(found, post)
+    return Detections(map_boxes(found.boxes[kept], style).astype(np.float32), found.labels[kept].astype(np.int64),
+                      found.scores[kept].astype(np.float32))
 
 
 def _nms_rows(table: CandidateTable, take: np.ndarray, iou_threshold: float) -> np.ndarray:
@@ -110,8 +160,8 @@ def postprocess_layer(candidates_dir: Path, out_dir: Path, post: PostProcess, st
     """One detections shard per candidates shard; 0 forward passes, shards the store holds are reused."""
     source = open_candidates(candidates_dir)
     stats = source.index.stats
-    CandidateBound(**stats["candidates"]).check_covers(post, str(stats.get("model_name")))
-    check_nms_open(stats.get("nms_frozen"), post, str(stats.get("model_name")))
+    style, bound, model = StyleRecord.from_stats(stats), CandidateBound(**stats["candidates"]), str(stats.get("model_name"))
+    check_style_covers(style, bound, post, model)  # the style the candidates were made for, never another
     key = detections_key(source.key, post)
     labels = {"candidates": "model and pipeline", "postprocess": "post-processing", "code": "code"}
     stats = detections_stats(stats, [shard.upstream for shard in source.shards])
@@ -120,7 +170,7 @@ def postprocess_layer(candidates_dir: Path, out_dir: Path, post: PostProcess, st
     def compute(shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
         with h5py.File(path, "r") as handle:
             table = read_candidate_shard(handle, path, source.directory)
-        columns, flat, attrs = detection_shard(postprocess_table(table, post))
+        columns, flat, attrs = detection_shard(postprocess_table(table, post, style, model, bound))
         progress.update(shard.n_items)
         return ShardContent(columns, {**attrs, "forward_passes": 0}, flat=flat)
 

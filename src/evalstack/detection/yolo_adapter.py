@@ -41,13 +41,13 @@ import numpy as np
 from evalstack.config import ModelError, ModelSpec
 from evalstack.core.keys import Key
 from evalstack.detection.boxes import Candidates
-from evalstack.detection.decoding import CandidateBound, PostProcess, check_nms_open
+from evalstack.detection.decoding import CandidateBound, PostProcess
+from evalstack.detection.styles import FROZEN, NMS_THEN_CAP, StyleRecord, check_style_covers
 from evalstack.models.adapters.base import ModelAdapter
 
 OUTPUT_FORMAT = "yolo/1"
 INPUT_CONTRACT = "RGB NCHW float32 0-1 (pixels / 255)"
 LAYOUTS = ("raw", "end2end")
-POSTPROCESS_STYLE = "nms_then_cap"
 END2END_FROZEN = "its output is end-to-end [B, N, 6] detections, so the model's NMS (if any) is part of the model"
 
 
@@ -127,8 +127,6 @@ def _runner(spec: ModelSpec) -> ModelAdapter:
 class YoloAdapter:
     """A YOLO-layout detector (torch or ONNX file) giving candidates like DetectionAdapter does."""
 
-    postprocess_style = POSTPROCESS_STYLE
-
     def __init__(self, spec: ModelSpec):
         if spec.task != "detect":
             raise ModelError(f"model {spec.name}: adapter yolo needs `task: detect`, not {spec.task!r}")
@@ -141,8 +139,16 @@ class YoloAdapter:
         self.bound = CandidateBound.from_options(options)
         self.bound.check_covers(self.postprocess, spec.name)
         self.output = yolo_layout(self._probe_shape(), len(spec.labels), declared, spec.name)
-        self.nms_frozen = END2END_FROZEN if self.output == "end2end" else None
-        check_nms_open(self.nms_frozen, self.postprocess, spec.name)
+        check_style_covers(self.postprocess_style(None), self.bound, self.postprocess, spec.name)
+
+    def postprocess_style(self, input_hw: tuple[int, int] | None) -> StyleRecord:
+        """Raw head output: our class-wise NMS (torchvision's batched_nms), then the cap. End-to-end output: its
+        NMS is inside the model, run with nothing suppressed beyond it (IoU 1.0) and our candidate bound, so a
+        stricter threshold or cap is exact and another IoU is refused (detection/styles.py)."""
+        if self.output == "end2end":
+            return StyleRecord(FROZEN, frozen=PostProcess(self.bound.min_score, 1.0, self.bound.top_k),
+                               reason=END2END_FROZEN)
+        return StyleRecord(NMS_THEN_CAP)
 
     def _probe_shape(self) -> tuple[int, ...]:
         """The output shape for one blank image: a shape, not a result, so it is not counted as a forward pass."""
@@ -163,7 +169,7 @@ class YoloAdapter:
     def contract(self) -> dict[str, Any]:
         """What the candidates depend on besides the weights; post-processing params are not in it."""
         return {**self.runner.contract(), "output_format": OUTPUT_FORMAT, "input": INPUT_CONTRACT,
-                "output": self.output, "postprocess_style": self.postprocess_style,
+                "output": self.output, "postprocess_style": FROZEN if self.output == "end2end" else NMS_THEN_CAP,
                 "candidates": asdict(self.bound)}
 
     def signature(self) -> Key:

@@ -1,0 +1,413 @@
+"""The `torchvision` detection adapter: torchvision-format detectors, with their post-processing opened.
+
+A model file is one of (told apart by its content, not its name):
+- TorchScript (`torch.jit.script(model).save(...)`; a zip holding `constants.pkl` and `code/`);
+- a `torch.export` archive (`.pt2`; a zip holding `archive_format`): post-processing frozen inside;
+- a state_dict (`torch.save(model.state_dict())`) plus `builder:` (a torchvision builder, see BUILDERS) and
+  `num_classes:` (background included, as torchvision counts).
+All three unpickle or run code when loaded: the model entry must pin `sha256:` or say `trust: true`.
+
+Two calling contracts are accepted and told apart by the module's declared input (TorchScript schema) or, for
+a `.pt2`, by trying: a torchvision detector takes a list of CHW float tensors in 0–1 and returns its
+detections (scripted: `(losses, detections)`); PerceptionMetrics' contract takes one batched `[B, 3, H, W]`
+tensor (normalised with `pm_config`'s mean/std when given) and returns a list of dicts. Either returns per
+image `boxes` xyxy in input pixels (the letterboxed array; the placement maps them to the original image),
+`labels` (class c ↦ labels[c - 1]: torchvision's class 0 is background; a RetinaNet/FCOS box of class 0
+stays a candidate, label -1, through NMS and the cap as in the model, and is dropped after) and `scores`.
+
+Post-processing is opened where the detector's attributes are reachable (a builder's module, a scripted
+torchvision model): two-stage models' `roi_heads` and RetinaNet/FCOS/SSD themselves get `score_thresh =
+candidates.min_score`, `nms_thresh = 1.0` (IoU > 1 never holds: NMS keeps every box) and
+`detections_per_img = candidates.top_k`, so the candidates cached are the model's own pre-NMS boxes, and
+post-processing from the cache (styles.nms_then_cap) equals the model configured at any threshold >=
+min_score. `topk_candidates` (RetinaNet/FCOS per level, SSD per class, applied to boxes above the score
+threshold) is left at the model's value: the top K of the boxes above min_score, restricted to those above
+a threshold t, are exactly the top K of the boxes above t, so the cache holds what the model keeps at any
+t; raising K would add boxes the model at t never considers. The transform maps boxes to the input size
+after NMS; where it resizes (e.g. an 800-px Faster R-CNN on 320-px letterboxes), a builder's module
+reports its boxes before that mapping and post-processing applies torchvision's `resize_boxes` to the kept
+ones. A scripted model that resizes, a PerceptionMetrics wrapper (it may post-process after the detector)
+and a `.pt2` keep their post-processing: it is recorded as frozen with the values it ran with (read from the
+model, or `frozen_nms:` in params), and a change they cannot answer exactly is refused.
+
+`device: auto | cpu | cuda[:N]`; the device kind (cpu/cuda) is part of the contract, so a CPU cache is
+never served as a GPU result. `pm_config: path` reads a PerceptionMetrics model config (see PM_KEYS).
+"""
+from __future__ import annotations
+
+import io
+import json
+import time
+import zipfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torchvision  # registers torchvision's ops (nms, roi_align): scripted detectors need them to load
+from torchvision.models import detection as tv_detection
+
+from evalstack.config import ModelError, ModelSpec
+from evalstack.core.keys import Key, sha256_file
+from evalstack.detection.boxes import Candidates, Detections
+from evalstack.detection.decoding import CandidateBound, PostProcess
+from evalstack.detection.postprocess import model_space_detections
+from evalstack.detection.styles import FROZEN, NMS_THEN_CAP, StyleRecord, check_style_covers
+from evalstack.models.trust import require_trusted_format
+
+BUILDERS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
+            "fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2",
+            "fcos_resnet50_fpn", "ssdlite320_mobilenet_v3_large", "ssd300_vgg16", "maskrcnn_resnet50_fpn",
+            "maskrcnn_resnet50_fpn_v2")
+FORMATS = {"torchscript": "TorchScript archive (code that runs on load)",
+           "export": "torch.export archive (.pt2; torch.export.load unpickles parts of it)",
+           "state_dict": "PyTorch pickle (a state_dict for `builder:`)"}
+TORCHVISION, PERCEPTIONMETRICS = "torchvision", "perceptionmetrics"
+# PerceptionMetrics model config key → this adapter's option (None: read and checked, not an option here)
+PM_KEYS = {"confidence_threshold": "confidence_threshold", "nms_threshold": "nms_iou", "model_format": None,
+           "resize": None, "normalization": None, "batch_size": None, "iou_threshold": None}
+
+
+def file_format(file: Path) -> str:
+    """torchscript | export | state_dict, from the archive's member names (a legacy pickle is a state_dict)."""
+    if not zipfile.is_zipfile(file):
+        return "state_dict"
+    names = zipfile.ZipFile(file).namelist()
+    if any(name.endswith("/archive_format") for name in names):
+        return "export"
+    if any(name.endswith("/constants.pkl") for name in names) or any("/code/" in name for name in names):
+        return "torchscript"
+    return "state_dict"
+
+
+def resolve_device(option: Any, model: str) -> torch.device:
+    """auto → cuda when present; cuda on a machine without one is an error before any work."""
+    text = str(option or "auto").strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text != "cpu" and not (text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit())):
+        raise ModelError(f"model {model}: device {option!r} unknown; use auto, cpu, cuda or cuda:N")
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelError(f"model {model}: device {option!r} asked for, but torch sees no CUDA device on this "
+                             "machine (a CPU build of torch, or no GPU); use `device: cpu` or `auto`")
+        index = int(text[5:]) if ":" in text else 0
+        if index >= torch.cuda.device_count():
+            raise ModelError(f"model {model}: device {option!r}: this machine has {torch.cuda.device_count()} "
+                             "CUDA device(s)")
+    return torch.device(text)
+
+
+def read_pm_config(path: Path, options: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """The options with a PerceptionMetrics model config merged in. A value given both in params.yaml and in
+    the config must agree (a conflict is an error naming both: neither silently wins); one given only in the
+    config is taken. DVC tracks params.yaml's values, so the ones post-processing uses belong there."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ModelError(f"model {model}: pm_config {path}: cannot read it as JSON ({error})") from None
+    unknown = sorted(set(config) - set(PM_KEYS) - {"num_workers", "evaluation_step", "crop"})
+    if unknown:
+        raise ModelError(f"model {model}: pm_config {path}: unknown keys {unknown}; known: {sorted(PM_KEYS)}")
+    if config.get("model_format", TORCHVISION) != TORCHVISION:
+        raise ModelError(f"model {model}: pm_config {path} says model_format {config['model_format']!r}; "
+                         "this is the torchvision adapter (a YOLO-format model needs `adapter: yolo`)")
+    if "crop" in config:
+        raise ModelError(f"model {model}: pm_config {path}: `crop` is not supported (the letterbox keeps the "
+                         "whole image)")
+    merged = dict(options)
+    for pm_key, option in PM_KEYS.items():
+        if option is None or pm_key not in config:
+            continue
+        if option in options and float(options[option]) != float(config[pm_key]):
+            raise ModelError(f"model {model}: params.yaml says {option}: {options[option]} but pm_config {path} "
+                             f"says {pm_key}: {config[pm_key]}; make them agree (params.yaml is what DVC tracks)")
+        merged[option] = config[pm_key]
+    merged["pm"] = {key: config[key] for key in ("resize", "normalization") if key in config}
+    return merged
+
+
+def _detector(module: Any) -> Any:
+    """The torchvision detector inside `module` (itself, or a wrapper's `model`), or None."""
+    for candidate in (module, getattr(module, "model", None)):
+        if candidate is not None and (hasattr(candidate, "roi_heads") or hasattr(candidate, "score_thresh")):
+            return candidate
+    return None
+
+
+def _heads(detector: Any) -> Any:
+    """Where a detector keeps score_thresh / nms_thresh / detections_per_img."""
+    return detector.roi_heads if hasattr(detector, "roi_heads") else detector
+
+
+class TorchvisionAdapter:
+    """A torchvision-format detector: candidates (its own pre-NMS boxes, or its frozen output) per image."""
+
+    framework = "torchvision"
+
+    def __init__(self, spec: ModelSpec):
+        if spec.task != "detect":
+            raise ModelError(f"model {spec.name}: adapter torchvision needs `task: detect`, not {spec.task!r}")
+        if not spec.file.exists():
+            raise ModelError(f"model {spec.name}: file {spec.file} does not exist (`dvc pull` it, or add it "
+                             "with `dvc add`/`dvc import-url`)")
+        options = dict(spec.options)
+        if "pm_config" in options:
+            options = read_pm_config(Path(options["pm_config"]), options, spec.name)
+        self.spec, self.options = spec, options
+        self.device = resolve_device(options.get("device"), spec.name)  # before any loading
+        self.postprocess = PostProcess.from_options(options)
+        self.bound = CandidateBound.from_options(options)
+        self.format = file_format(spec.file)
+        require_trusted_format(spec.name, spec.file, FORMATS[self.format], spec.sha256, spec.trust)
+        self.weights_sha256 = sha256_file(spec.file)
+        if spec.sha256 and spec.sha256.lower() != self.weights_sha256:
+            raise ModelError(f"model {spec.name}: {spec.file} has sha256 {self.weights_sha256}, params.yaml "
+                             f"expects {spec.sha256}")
+        self.module = self._load()
+        self.calling = self._calling_contract()
+        self.forward_passes, self.forward_seconds = 0, 0.0
+        self._styles: dict[tuple[int, int], StyleRecord] = {}
+        self._internal_sizes: list[tuple[int, int]] | None = None
+        self._opened = self._open_postprocessing()
+
+    # loading -------------------------------------------------------------------------------------------------
+    def _load(self) -> Any:
+        name = self.spec.name
+        try:
+            if self.format == "torchscript":
+                return torch.jit.load(str(self.spec.file), map_location=self.device).eval()
+            if self.format == "export":
+                # from the bytes: torch.export.load takes a path only when its name ends in .pt2
+                return torch.export.load(io.BytesIO(self.spec.file.read_bytes())).module().to(self.device)
+        except Exception as error:  # torch raises many types for a bad archive
+            raise ModelError(f"model {name}: cannot load {self.spec.file} as a {FORMATS[self.format]}: "
+                             f"{error}") from None
+        return self._build()
+
+    def _build(self) -> torch.nn.Module:
+        name, builder = self.spec.name, self.options.get("builder")
+        if builder not in BUILDERS:
+            raise ModelError(f"model {name}: {self.spec.file} holds weights (a state_dict), so `builder:` must name "
+                             f"the torchvision architecture; got {builder!r}, known: {', '.join(BUILDERS)}")
+        if "num_classes" not in self.options:
+            raise ModelError(f"model {name}: builder {builder} needs `num_classes:` (background included: "
+                             f"{len(self.spec.labels) + 1} for {len(self.spec.labels)} labels)")
+        model = getattr(tv_detection, builder)(weights=None, weights_backbone=None,
+                                               num_classes=int(self.options["num_classes"]))
+        try:
+            state = torch.load(str(self.spec.file), map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except Exception as error:
+            raise ModelError(f"model {name}: {self.spec.file} is not a state_dict of {builder} with num_classes "
+                             f"{self.options['num_classes']}: {str(error)[:400]}") from None
+        if builder.startswith("maskrcnn"):  # boxes only: no mask head runs (roi_heads.has_mask() is False)
+            model.roi_heads.mask_roi_pool = model.roi_heads.mask_head = model.roi_heads.mask_predictor = None
+        return model.eval().to(self.device)
+
+    def _calling_contract(self) -> str:
+        """torchvision (list of CHW tensors) or perceptionmetrics (one [B, 3, H, W] tensor), from the schema."""
+        if self.format == "state_dict":
+            return TORCHVISION
+        if self.format == "torchscript":
+            schema = str(self.module.forward.schema)
+            argument = schema.split("(", 1)[1].split(",")[1] if "," in schema else ""
+            if "Tensor[]" in argument:
+                return TORCHVISION
+            if "Tensor" in argument:
+                return PERCEPTIONMETRICS
+            raise ModelError(f"model {self.spec.name}: its forward is `{schema}`; the torchvision adapter takes a "
+                             "list of CHW tensors (a torchvision detector) or one [B, 3, H, W] tensor "
+                             "(PerceptionMetrics' contract)")
+        return ""  # a .pt2: found by trying, on the first batch (_call)
+
+    def _open_postprocessing(self) -> bool:
+        """Set the detector's thresholds so its output is its candidates; False where they cannot be reached."""
+        detector = _detector(self.module) if self.calling == TORCHVISION else None
+        if detector is None:
+            return False
+        heads = _heads(detector)
+        try:
+            heads.score_thresh = float(self.bound.min_score)
+            heads.nms_thresh = 1.0
+            heads.detections_per_img = int(self.bound.top_k)
+        except (AttributeError, RuntimeError, TypeError):
+            return False
+        return True
+
+    # the post-processing style -------------------------------------------------------------------------------
+    def postprocess_style(self, input_hw: tuple[int, int]) -> StyleRecord:
+        """nms_then_cap where the post-processing is open and its coordinates reachable; else frozen."""
+        input_hw = (int(input_hw[0]), int(input_hw[1]))
+        if input_hw not in self._styles:
+            self._styles[input_hw] = self._style_for(input_hw)
+        return self._styles[input_hw]
+
+    def _style_for(self, input_hw: tuple[int, int]) -> StyleRecord:
+        kind = self.device.type
+        if self._opened:
+            detector = _detector(self.module)
+            with torch.inference_mode():
+                internal = tuple(int(n) for n in detector.transform([torch.zeros(3, *input_hw, device=self.device)])[0]
+                                 .image_sizes[0])
+            if internal == input_hw:
+                return StyleRecord(NMS_THEN_CAP, kind)
+            if isinstance(detector, torch.nn.Module) and not isinstance(detector, torch.jit.ScriptModule):
+                self._report_internal_boxes(detector)
+                return StyleRecord(NMS_THEN_CAP, kind, box_map=(internal, input_hw))
+            reason = (f"its transform resizes {input_hw[0]}x{input_hw[1]} inputs to {internal[0]}x{internal[1]} and "
+                      "runs NMS there, out of reach in a scripted module; letterbox to a size its transform keeps, "
+                      "or give a state_dict + builder")
+            self._restore_frozen_values(detector)
+        elif self.format == "export":
+            reason = "a torch.export archive: its thresholds and NMS are constants in the graph"
+        elif self.calling == PERCEPTIONMETRICS:
+            reason = "PerceptionMetrics' contract: the wrapper may post-process after the detector"
+        else:
+            reason = "its thresholds are not reachable attributes of the module"
+        return StyleRecord(FROZEN, kind, frozen=self._frozen_values(reason), reason=reason)
+
+    def _report_internal_boxes(self, detector: torch.nn.Module) -> None:
+        """Make the transform return boxes where NMS ran (before its resize_boxes), noting each image's size."""
+        def keep_internal(result, image_shapes, original_image_sizes):
+            self._internal_sizes = [tuple(int(n) for n in size) for size in image_shapes]
+            return result
+
+        detector.transform.postprocess = keep_internal
+
+    def _restore_frozen_values(self, detector: Any) -> None:  # noqa: ARG002
+        """A scripted model whose NMS stays closed runs with its own values, as saved (undo _open_postprocessing)."""
+        self.module = self._load()
+        self._opened = False
+
+    def _frozen_values(self, reason: str) -> PostProcess:
+        """What a frozen model ran with: `frozen_nms:` in params, else read from the detector's attributes."""
+        declared = self.options.get("frozen_nms")
+        if declared is not None:
+            if not isinstance(declared, Mapping) or set(declared) != {"confidence_threshold", "nms_iou",
+                                                                       "max_detections"}:
+                raise ModelError(f"model {self.spec.name}: frozen_nms must give confidence_threshold, nms_iou and "
+                                 f"max_detections (what the file was saved with), got {declared!r}")
+            return PostProcess.from_options(declared)
+        detector = _detector(self.module)
+        try:
+            heads = _heads(detector)
+            return PostProcess(float(heads.score_thresh), float(heads.nms_thresh), int(heads.detections_per_img))
+        except (AttributeError, RuntimeError, TypeError):
+            raise ModelError(
+                f"model {self.spec.name}: its post-processing is frozen ({reason}) and the values it runs with "
+                f"cannot be read from {self.spec.file}; declare them as models.{self.spec.name}.frozen_nms: "
+                "{confidence_threshold: …, nms_iou: …, max_detections: …} so a change can be checked against "
+                "them") from None
+
+    # the key -------------------------------------------------------------------------------------------------
+    def contract(self) -> dict[str, Any]:
+        """Everything besides the file's bytes that changes the candidates; post-processing params are not in it
+        (a frozen model's recorded values are: they describe the file)."""
+        return {
+            "framework": self.framework, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "format": self.format, "builder": self.options.get("builder"),
+            "num_classes": self.options.get("num_classes"), "device_kind": self.device.type,
+            "labels": list(self.spec.labels), "task": self.spec.task, "candidates": asdict(self.bound),
+            # the style (open or frozen) follows from the file, the builder and the input size, all in the key
+            "frozen_nms": self.options.get("frozen_nms"),
+            "pm": self.options.get("pm") or None,
+        }
+
+    def signature(self) -> Key:
+        return Key("model", {"weights_sha256": self.weights_sha256, **self.contract()})
+
+    # running -------------------------------------------------------------------------------------------------
+    def _inputs(self, batch: np.ndarray) -> torch.Tensor:
+        batch = np.asarray(batch)
+        if batch.ndim != 4 or batch.shape[3] != 3 or batch.dtype.kind not in "uif":
+            raise ModelError(f"model {self.spec.name}: input {batch.shape} {batch.dtype}; the torchvision adapter "
+                             "takes letterboxed arrays (N, H, W, 3), uint8 or float 0-255")
+        resize = (self.options.get("pm") or {}).get("resize")
+        if resize and (int(resize.get("height", 640)), int(resize.get("width", 640))) != tuple(batch.shape[1:3]):
+            raise ModelError(f"model {self.spec.name}: pm_config resize {resize} but the pipeline "
+                             f"{self.spec.pipeline} gives {batch.shape[2]}x{batch.shape[1]} letterboxes; set the "
+                             "pipeline's resize to match")
+        tensor = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).permute(0, 3, 1, 2)
+        return tensor.to(torch.float32) / 255.0  # ToDtype(float32, scale=True): 0-255 → 0-1
+
+    def _call(self, images: torch.Tensor) -> list[Mapping[str, torch.Tensor]]:
+        if not self.calling:  # a .pt2: which contract it was exported with shows when it is called
+            failures = []
+            for calling in (PERCEPTIONMETRICS, TORCHVISION):
+                try:
+                    outputs = self._call_as(calling, images)
+                except Exception as error:  # noqa: BLE001 - the module decides what a wrong input raises
+                    failures.append(f"{calling}: {str(error).splitlines()[0][:200]}")
+                    continue
+                self.calling = calling
+                return outputs
+            raise ModelError(f"model {self.spec.name}: {self.spec.file} accepts neither contract ("
+                             + "; ".join(failures) + "). Export it taking a list of CHW tensors (torchvision) or "
+                             "one [B, 3, H, W] tensor returning a list of dicts (PerceptionMetrics)")
+        try:
+            return self._call_as(self.calling, images)
+        except ModelError:
+            raise
+        except Exception as error:  # noqa: BLE001 - torch raises many types for an input a module refuses
+            raise ModelError(f"model {self.spec.name}: its forward pass ({self.calling} contract) failed on a batch "
+                             f"of {tuple(images.shape)}: {str(error).splitlines()[0][:300]}") from None
+
+    def _call_as(self, calling: str, images: torch.Tensor) -> list[Mapping[str, torch.Tensor]]:
+        if calling == TORCHVISION:
+            outputs = self.module(list(images))
+        else:
+            norm = (self.options.get("pm") or {}).get("normalization")
+            if norm:
+                mean = torch.tensor(norm["mean"], dtype=torch.float32, device=images.device)[:, None, None]
+                std = torch.tensor(norm["std"], dtype=torch.float32, device=images.device)[:, None, None]
+                images = (images - mean) / std
+            outputs = self.module(images)
+        if isinstance(outputs, tuple) and len(outputs) == 2 and isinstance(outputs[1], list):
+            outputs = outputs[1]  # a scripted torchvision detector returns (losses, detections)
+        if not isinstance(outputs, (list, tuple)) or len(outputs) != len(images) or not all(
+                isinstance(item, Mapping) and {"boxes", "labels", "scores"} <= set(item) for item in outputs):
+            raise ModelError(f"model {self.spec.name}: called as {calling}, it returned {type(outputs).__name__}; "
+                             "expected one dict of boxes, labels and scores per image")
+        return outputs
+
+    def candidates_batch(self, batch: np.ndarray) -> list[Candidates]:
+        """Candidates per item: xyxy boxes where the model's NMS runs (model-input pixels unless its style has a
+        box_map), scores as the model gives them, labels indexing spec.labels."""
+        style = self.postprocess_style(tuple(np.shape(batch)[1:3]))
+        images = self._inputs(batch)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            outputs = self._call(images)
+        self.forward_seconds += time.perf_counter() - started
+        self.forward_passes += len(images)
+        if style.box_map is not None and {tuple(style.box_map[0])} != set(self._internal_sizes or []):
+            raise ModelError(f"model {self.spec.name}: its transform gave sizes {self._internal_sizes}, expected "
+                             f"{style.box_map[0]} for every image")
+        return [self._candidates(item) for item in outputs]
+
+    def _candidates(self, item: Mapping[str, torch.Tensor]) -> Candidates:
+        boxes = item["boxes"].detach().to("cpu", torch.float32).numpy().astype(np.float64)
+        scores = item["scores"].detach().to("cpu", torch.float32).numpy().astype(np.float64)
+        classes = item["labels"].detach().to("cpu").numpy().astype(np.int64)
+        n_labels = len(self.spec.labels)
+        if len(classes) and (classes.min() < 0 or classes.max() > n_labels):
+            raise ModelError(f"model {self.spec.name}: predicts classes {sorted(set(classes.tolist()))[:10]}, but "
+                             f"{n_labels} labels are declared (class c is labels[c - 1]; 0 is background); "
+                             f"fix the labels list or num_classes ({n_labels + 1})")
+        # RetinaNet and FCOS score class 0 like any other (trained weights leave it near 0): it stays a candidate
+        # (label -1) through NMS and the cap, as in the model, and postprocess drops it afterwards.
+        if np.any(np.diff(scores) > 0):  # torchvision sorts; a wrapper may not: the cap needs score order
+            order = np.argsort(-scores, kind="stable")
+            boxes, scores, classes = boxes[order], scores[order], classes[order]
+        if not (np.all(np.isfinite(boxes)) and np.all(np.isfinite(scores))):
+            raise ModelError(f"model {self.spec.name}: output contains NaN or inf")
+        return Candidates(boxes.reshape(-1, 4), classes - 1, scores)
+
+    def detect_batch(self, batch: np.ndarray) -> list[Detections]:
+        """Detections per item (model-input pixels): candidates, then this model's post-processing."""
+        style = self.postprocess_style(tuple(np.shape(batch)[1:3]))
+        check_style_covers(style, self.bound, self.postprocess, self.spec.name)
+        return [model_space_detections(found, self.postprocess, style, self.spec.name, self.bound)
+                for found in self.candidates_batch(batch)]

@@ -20,6 +20,7 @@ from evalstack.detection.candidates import infer_candidates_layer
 from evalstack.detection.decoding import PostProcess
 from evalstack.detection.layer import open_detections, read_table
 from evalstack.detection.postprocess import postprocess_layer
+from evalstack.detection.styles import nms_then_cap_rows
 from evalstack.detection.yolo_adapter import yolo_layout
 from evalstack.preprocess.letterbox import LetterboxPipeline, letterbox_layer
 from evalstack.preprocess.pipelines import PipelineError
@@ -108,20 +109,17 @@ def _ultralytics_nms(out: torch.Tensor, conf: float, iou: float, max_det: int, m
 def test_nms_of_the_cached_candidates_equals_batched_nms_on_the_raw_output(models, conf, iou, max_det):
     """Candidates floored at 0.2 and bounded at top_k 60, then threshold → class-wise NMS → cap: what
     Ultralytics' NMS gives straight from the raw tensor with max_nms = 60 (the stored bound plays its part).
-    The post-processing here is batched_nms itself on the candidates: the `nms_then_cap` style of
-    detection/postprocess.py (branch h-tv) is the one to put here once merged."""
+    The post-processing is the adapter's own style (nms_then_cap_rows, what postprocess_layer runs)."""
     adapter = load_detector(yolo_spec(models["raw"], candidates=BOUND))
+    style = adapter.postprocess_style(None)
     batch = _images()
     for found, out in zip(adapter.candidates_batch(batch), _run_program(models["raw"], batch)):
-        above = found.scores > conf
-        boxes = torch.from_numpy(found.boxes[above]).float()
-        kept = torchvision.ops.batched_nms(boxes, torch.from_numpy(found.scores[above]).float(),
-                                           torch.from_numpy(found.labels[above]), iou)[:max_det].numpy()
+        kept = nms_then_cap_rows(found, PostProcess(conf, iou, max_det), style)
         ref_boxes, ref_scores, ref_labels = _ultralytics_nms(out, conf, iou, max_det, BOUND["top_k"])
         assert 0 < len(kept) and len(kept) == len(ref_boxes)
-        np.testing.assert_array_equal(found.boxes[above][kept], ref_boxes.astype(np.float64))
-        np.testing.assert_array_equal(found.scores[above][kept], ref_scores.astype(np.float64))
-        assert found.labels[above][kept].tolist() == ref_labels.tolist()
+        np.testing.assert_array_equal(found.boxes[kept], ref_boxes.astype(np.float64))
+        np.testing.assert_array_equal(found.scores[kept], ref_scores.astype(np.float64))
+        assert found.labels[kept].tolist() == ref_labels.tolist()
 
 
 class Rows(nn.Module):
@@ -148,13 +146,13 @@ E2E_ROWS = [[2, 2, 20, 20, 0.9, 0], [3, 3, 21, 21, 0.8, 0], [10, 10, 30, 30, 0.7
 def test_an_end_to_end_output_is_read_without_nms_and_its_nms_is_frozen(tmp_path: Path):
     file = _export(Rows(E2E_ROWS), tmp_path / "e2e.pt2", 32)
     adapter = load_detector(yolo_spec(file, LABELS[:2], nms_iou=1.0, candidates={"min_score": 0.01, "top_k": 100}))
-    assert adapter.output == "end2end" and adapter.nms_frozen
+    assert adapter.output == "end2end" and adapter.postprocess_style(None).style == "frozen"
     found = adapter.candidates_batch(np.zeros((2, 32, 32, 3), np.float32))[0]
     # The two class-0 boxes overlap at IoU 0.81: both are kept (the model's rows, not ours to suppress);
     # the padding row (score 0) is under the floor.
     np.testing.assert_array_equal(found.boxes, np.asarray(E2E_ROWS, np.float64)[:3, :4])
     assert found.labels.tolist() == [0, 0, 1] and found.scores.tolist() == pytest.approx([0.9, 0.8, 0.7])
-    with pytest.raises(ModelError, match=r"nms_iou 0.5 cannot be applied: its output is end-to-end.*nms_iou: 1.0"):
+    with pytest.raises(ModelError, match=r"its post-processing is frozen \(its output is end-to-end.*nms_iou 0.5"):
         load_detector(yolo_spec(file, LABELS[:2], nms_iou=0.5))
     with pytest.raises(ModelError, match="class values"):
         load_detector(yolo_spec(_export(Rows([[0, 0, 9, 9, 0.9, 2.5]]), tmp_path / "bad.pt2", 32), LABELS[:2],
@@ -172,7 +170,7 @@ def test_post_processing_an_end_to_end_layer_filters_and_caps_its_rows_and_refus
         table = read_table(open_detections(root / "det"))
         per_image = np.split(table.scores, table.offsets[1:])
         assert [s.tolist() for s in per_image[:2]] == [pytest.approx(expected)] * 2  # images 1 and 2 keep all rows
-    with pytest.raises(ModelError, match="nms_iou 0.5 cannot be applied"):
+    with pytest.raises(ModelError, match=r"its post-processing is frozen \(its output is end-to-end"):
         postprocess_layer(root / "cand", root / "det2", PostProcess(0.05, 0.5, 100))
 
 

@@ -67,7 +67,7 @@ def test_both_files_run_from_params_and_give_the_same_candidates(project: Path):
     for model in MODELS:
         layer = Layer.open(det / f"data/candidates/{model}")
         stats = layer.index.stats
-        assert stats["postprocess_style"] == "nms_then_cap" and stats["nms_frozen"] is None
+        assert stats["postprocess"]["style"] == "nms_then_cap" and stats["postprocess"]["frozen"] is None
         assert layer.key.parts["model"]["output"] == "raw"
         tables[model] = [read_candidates_shard_checked(layer, shard) for shard in layer.shards]
         metrics = json.loads((det / f"metrics/{model}.json").read_text())

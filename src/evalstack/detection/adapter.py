@@ -27,9 +27,6 @@ from evalstack.models.adapters.torch_export import TorchAdapter
 class DetectionAdapter(TorchAdapter):
     """A PyTorch detector whose output follows the centernet contract above."""
 
-    postprocess_style = "cap_then_nms"  # decoding.postprocess: threshold, cap, then class-wise NMS
-    nms_frozen: str | None = None  # its NMS is ours: any nms_iou applies from the cache
-
     def __init__(self, spec: ModelSpec):
         if spec.task != "detect":
             raise ModelError(f"model {spec.name}: adapter torch_detection needs `task: detect`, not {spec.task!r}")

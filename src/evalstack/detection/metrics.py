@@ -8,6 +8,14 @@ from `evalImgs` at IoU 0.5 (area "all", 100 detections): pycocotools' own
 matching, greedy in score order, crowd matches ignored. Counting only the
 detections scoring at least `count_threshold` is exact on that matching,
 because a lower-scored detection can never take a match from a higher one.
+
+`ap` picks the recall points AP is interpolated at (params `evaluate.ap`):
+`coco` is pycocotools' own 101; `coco11` is 11 (0, 0.1, …, 1), which is what
+PerceptionMetrics computes (VOC 11-point interpolation, mAP@[.5:.95] the mean of
+the 11-point APs). pycocotools' precision at recall r is already the maximum
+precision at any recall >= r, VOC's interpolation, so on a set without crowd
+annotations the two agree; PerceptionMetrics has no crowd handling, pycocotools
+ignores detections matched to a crowd region, so with crowds they differ.
 """
 from __future__ import annotations
 
@@ -20,6 +28,8 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+AP_METHODS = {"coco": 101, "coco11": 11}  # evaluate.ap → the number of recall points AP is interpolated at
 
 STAT_NAMES = (
     "mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large",
@@ -45,11 +55,13 @@ class DetectionReport:
     pr_curve: list[tuple[float, float]]  # (recall, precision) at IoU 0.5, mean over classes with ground truth
     per_image: list[ImageCounts]
     count_threshold: float
+    ap: str = "coco"
 
     def summary(self) -> dict[str, Any]:
         totals = {name: sum(getattr(c, name) for c in self.per_image) for name in ("tp", "fp", "fn")}
         return {
             **self.stats,
+            "ap": self.ap, "recall_points": AP_METHODS[self.ap],
             "per_class_AP": self.per_class_ap,
             "per_class_AP50": self.per_class_ap50,
             **totals,
@@ -80,8 +92,21 @@ def _load_results(gt: COCO, results: list[dict[str, Any]], owned: bool = False) 
                                "annotations": []})
 
 
-def run_cocoeval(gt: COCO, results: list[dict[str, Any]]) -> COCOeval:
-    evaluator = COCOeval(gt, _load_results(gt, results), iouType="bbox")
+def check_ap(ap: str) -> str:
+    if ap not in AP_METHODS:
+        raise ValueError(f"evaluate.ap {ap!r}: choose {' or '.join(AP_METHODS)}")
+    return ap
+
+
+def _evaluator(gt: COCO, results: list[dict[str, Any]], ap: str, owned: bool = False) -> COCOeval:
+    evaluator = COCOeval(gt, _load_results(gt, results, owned), iouType="bbox")
+    # pycocotools builds its 101 points the same way: linspace(0, 1, round((1 - 0) / .01) + 1)
+    evaluator.params.recThrs = np.linspace(0.0, 1.00, AP_METHODS[check_ap(ap)], endpoint=True)
+    return evaluator
+
+
+def run_cocoeval(gt: COCO, results: list[dict[str, Any]], ap: str = "coco") -> COCOeval:
+    evaluator = _evaluator(gt, results, ap)
     with contextlib.redirect_stdout(io.StringIO()):
         evaluator.evaluate()
         evaluator.accumulate()
@@ -89,13 +114,13 @@ def run_cocoeval(gt: COCO, results: list[dict[str, Any]]) -> COCOeval:
     return evaluator
 
 
-def map_and_map50(gt: COCO, results: list[dict[str, Any]], owned: bool = False) -> tuple[float, float]:
+def map_and_map50(gt: COCO, results: list[dict[str, Any]], owned: bool = False, ap: str = "coco") -> tuple[float, float]:
     """pycocotools' `stats[0]` and `stats[1]` (mAP@[.5:.95], mAP@.5; area all, 100 detections), computed
     with only that area range and detection cap evaluated: each (area, cap) is evaluated independently,
     so these two figures are the same numbers a full `summarize()` prints, for a quarter of the work.
     A corruption grid needs these two per cell, a few dozen times; `owned` results (built for this call)
     are annotated in place instead of copied."""
-    evaluator = COCOeval(gt, _load_results(gt, results, owned), iouType="bbox")
+    evaluator = _evaluator(gt, results, ap, owned)
     params = evaluator.params
     params.areaRng, params.areaRngLbl, params.maxDets = [params.areaRng[0]], ["all"], [params.maxDets[-1]]
     with contextlib.redirect_stdout(io.StringIO()):
@@ -139,11 +164,11 @@ def per_image_counts(evaluator: COCOeval, count_threshold: float) -> list[ImageC
 
 
 def evaluate_detections(
-    gt_document: dict[str, Any], results: list[dict[str, Any]], count_threshold: float = 0.5
+    gt_document: dict[str, Any], results: list[dict[str, Any]], count_threshold: float = 0.5, ap: str = "coco"
 ) -> DetectionReport:
     """COCO bbox evaluation of `results` (COCO results format) against one ground-truth document."""
     gt = coco_from_document(gt_document)
-    evaluator = run_cocoeval(gt, results)
+    evaluator = run_cocoeval(gt, results, ap)
     precision = evaluator.eval["precision"]  # [IoU, recall, class, area, maxDets]
     names = {c["id"]: c["name"] for c in gt_document["categories"]}
     per_class, per_class50 = {}, {}
@@ -160,6 +185,7 @@ def evaluate_detections(
         pr_curve=[(float(r), float(p)) for r, p in zip(evaluator.params.recThrs, curve_precision)],
         per_image=per_image_counts(evaluator, count_threshold),
         count_threshold=count_threshold,
+        ap=ap,
     )
 
 
@@ -174,16 +200,17 @@ def results_from_arrays(image_ids: np.ndarray, category_ids: np.ndarray, boxes: 
                                                    scores.tolist())]
 
 
-_WORKER_DOCUMENT: dict[str, Any] | None = None
+_WORKER: tuple[dict[str, Any], str] | None = None  # (ground-truth document, ap)
 
 
-def _start_worker(document: dict[str, Any]) -> None:
-    global _WORKER_DOCUMENT
-    _WORKER_DOCUMENT = document
+def _start_worker(document: dict[str, Any], ap: str) -> None:
+    global _WORKER
+    _WORKER = (document, ap)
 
 
 def _score_in_worker(arrays: ResultArrays) -> tuple[float, float]:
-    return map_and_map50(coco_from_document(_WORKER_DOCUMENT), results_from_arrays(*arrays), owned=True)
+    document, ap = _WORKER
+    return map_and_map50(coco_from_document(document), results_from_arrays(*arrays), owned=True, ap=ap)
 
 
 class CellScorer:
@@ -194,8 +221,8 @@ class CellScorer:
     receives the document once; results travel as flat numpy arrays. workers=1 scores in-process.
     """
 
-    def __init__(self, document: dict[str, Any], workers: int = 1):
-        self.document, self.workers = document, max(1, int(workers))
+    def __init__(self, document: dict[str, Any], workers: int = 1, ap: str = "coco"):
+        self.document, self.workers, self.ap = document, max(1, int(workers)), check_ap(ap)
         self._pool = None
 
     def __enter__(self) -> "CellScorer":
@@ -204,7 +231,7 @@ class CellScorer:
             from concurrent.futures import ProcessPoolExecutor
 
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_start_worker, initargs=(self.document,))
+                                             initializer=_start_worker, initargs=(self.document, self.ap))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -218,5 +245,6 @@ class CellScorer:
         if self._pool is not None:
             return self._pool.submit(_score_in_worker, arrays)
         done: Future = Future()
-        done.set_result(map_and_map50(coco_from_document(self.document), results_from_arrays(*arrays), owned=True))
+        done.set_result(map_and_map50(coco_from_document(self.document), results_from_arrays(*arrays), owned=True,
+                                      ap=self.ap))
         return done

@@ -9,13 +9,21 @@ matching, greedy in score order, crowd matches ignored. Counting only the
 detections scoring at least `count_threshold` is exact on that matching,
 because a lower-scored detection can never take a match from a higher one.
 
-`ap` picks the recall points AP is interpolated at (params `evaluate.ap`):
-`coco` is pycocotools' own 101; `coco11` is 11 (0, 0.1, …, 1), which is what
-PerceptionMetrics computes (VOC 11-point interpolation, mAP@[.5:.95] the mean of
-the 11-point APs). pycocotools' precision at recall r is already the maximum
-precision at any recall >= r, VOC's interpolation, so on a set without crowd
-annotations the two agree; PerceptionMetrics has no crowd handling, pycocotools
-ignores detections matched to a crowd region, so with crowds they differ.
+`ap` picks how AP is interpolated (params `evaluate.ap`). `coco` is pycocotools'
+own: 101 recall points, IoU 0.50:0.05:0.95. `coco11` is PerceptionMetrics' AP
+(`perceptionmetrics.utils.detection_metrics`): VOC 11-point interpolation, mAP@[.5:.95]
+the mean of the 11-point APs, no crowd handling. pycocotools' precision at recall r
+is already VOC's interpolation (the maximum precision at any recall >= r), so coco11
+is pycocotools with PerceptionMetrics' thresholds, placed where it puts them:
+PerceptionMetrics computes recall in float32 and compares it with
+`np.linspace(0, 1, 11)`, so a recall of exactly 3/10 (0.30000001 in float32) reaches
+the 0.30000000000000004 point, which pycocotools' float64 3/10 does not; and its IoU
+thresholds are `np.arange(0.5, 1.0, 0.05)` (0.6000000000000001, …), which an IoU of
+exactly 0.6 does not reach. Plain 11 points differed from PerceptionMetrics by up to
+0.04 mAP@.5 on 8 of 24 random crowd-free sets (tests/test_detection_ap.py); with these thresholds the figures equal
+its own to float32 precision (it accumulates in float32). With crowd annotations they
+differ: pycocotools ignores detections matched to a crowd region, PerceptionMetrics
+counts the crowd box as an object.
 """
 from __future__ import annotations
 
@@ -29,7 +37,21 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-AP_METHODS = {"coco": 101, "coco11": 11}  # evaluate.ap → the number of recall points AP is interpolated at
+AP_METHODS = ("coco", "coco11")  # evaluate.ap
+
+
+def _float32_reach(points: np.ndarray) -> np.ndarray:
+    """Where float64 x must be for float32(x) >= each point: the midpoint below the smallest float32 >= it.
+    (A quotient k/n exactly on a midpoint rounds half to even in float32; small counts never land there.)"""
+    ceiling = points.astype(np.float32)
+    ceiling = np.where(ceiling.astype(np.float64) < points, np.nextafter(ceiling, np.float32(np.inf)), ceiling)
+    below = np.nextafter(ceiling, np.float32(-np.inf))
+    return (ceiling.astype(np.float64) + below.astype(np.float64)) / 2
+
+
+# PerceptionMetrics' thresholds (see the module docstring); AP at recall 0 is reached by every recall, as in it.
+COCO11_RECALL = np.maximum(_float32_reach(np.linspace(0, 1, 11)), 0.0)
+COCO11_IOU = np.arange(0.5, 1.0, 0.05)
 
 STAT_NAMES = (
     "mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large",
@@ -52,7 +74,7 @@ class DetectionReport:
     stats: dict[str, float]  # STAT_NAMES → pycocotools' value (-1 where undefined, as pycocotools says)
     per_class_ap: dict[str, float | None]  # None: the class has no ground truth in this split
     per_class_ap50: dict[str, float | None]
-    pr_curve: list[tuple[float, float]]  # (recall, precision) at IoU 0.5, mean over classes with ground truth
+    pr_curve: list[tuple[float, float]]  # (recall point, precision) at IoU 0.5, mean over classes with ground truth
     per_image: list[ImageCounts]
     count_threshold: float
     ap: str = "coco"
@@ -61,7 +83,7 @@ class DetectionReport:
         totals = {name: sum(getattr(c, name) for c in self.per_image) for name in ("tp", "fp", "fn")}
         return {
             **self.stats,
-            "ap": self.ap, "recall_points": AP_METHODS[self.ap],
+            "ap": self.ap,
             "per_class_AP": self.per_class_ap,
             "per_class_AP50": self.per_class_ap50,
             **totals,
@@ -100,8 +122,8 @@ def check_ap(ap: str) -> str:
 
 def _evaluator(gt: COCO, results: list[dict[str, Any]], ap: str, owned: bool = False) -> COCOeval:
     evaluator = COCOeval(gt, _load_results(gt, results, owned), iouType="bbox")
-    # pycocotools builds its 101 points the same way: linspace(0, 1, round((1 - 0) / .01) + 1)
-    evaluator.params.recThrs = np.linspace(0.0, 1.00, AP_METHODS[check_ap(ap)], endpoint=True)
+    if check_ap(ap) == "coco11":
+        evaluator.params.recThrs, evaluator.params.iouThrs = COCO11_RECALL.copy(), COCO11_IOU.copy()
     return evaluator
 
 
@@ -178,8 +200,11 @@ def evaluate_detections(
     at50 = precision[0, :, :, 0, -1]  # [recall, class]
     with_gt = [k for k in range(at50.shape[1]) if np.all(at50[:, k] > -1)]
     curve_precision = at50[:, with_gt].mean(axis=1) if with_gt else np.zeros(len(evaluator.params.recThrs))
+    stats = {name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats)}
+    if ap == "coco11":  # summarize() looks up IoU .75 exactly; PerceptionMetrics' sixth threshold is 0.7500000000000002
+        stats["mAP75"] = _summarised(precision[5, :, :, 0, -1])
     return DetectionReport(
-        stats={name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats)},
+        stats=stats,
         per_class_ap=per_class,
         per_class_ap50=per_class50,
         pr_curve=[(float(r), float(p)) for r, p in zip(evaluator.params.recThrs, curve_precision)],

@@ -156,8 +156,18 @@ def preprocess_compression(params: Mapping[str, Any]) -> str:
     return str((params.get("preprocess") or {}).get("compression", "none"))
 
 
+PREDICTIONS = "predictions"  # the params section (and adapter name) of detections computed elsewhere
+
+
 def model_spec(params: Mapping[str, Any], name: str, root: Path = Path(".")) -> ModelSpec:
+    if name in (params.get(PREDICTIONS) or {}) and name not in (params.get("models") or {}):
+        raise ConfigError(f"{name} is declared under {PREDICTIONS}: (a COCO results JSON): it has no model, so there "
+                          "is nothing to infer and no corruption grid — grid cells need a model to run on the "
+                          f"corrupted images. Declare the detector itself under models: to get them")
     fields = dict(entry(params, "models", name))
+    if fields.get("adapter") == PREDICTIONS:
+        raise ConfigError(f"models.{name}: adapter predictions belongs under {PREDICTIONS}: (it has no forward pass, "
+                          f"so no infer, postprocess or grid stage): move the entry to {PREDICTIONS}.{name}")
     for required in ("file", "adapter", "pipeline", "labels"):
         if required not in fields:
             raise ConfigError(f"models.{name} lacks {required!r}")

@@ -211,7 +211,10 @@ def read_coco(config: CocoFetchConfig, read_bytes: ReadBytes | None = None) -> C
 def _read_image(image: CocoImage, config: CocoFetchConfig, read_bytes: ReadBytes) -> bytes:
     what = f"{image.split} image {image.image_id} ({image.file_name})"
     check_scheme(image.url, config.allowed_schemes)
-    data = read_bytes(image.url)
+    try:
+        data = read_bytes(image.url)
+    except SourceError as error:  # the reader names the path; the image id is what the user looks up
+        raise SourceError(f"{what}: {error}") from None
     width, height = check_image(data, config.max_pixels, what)
     if (width, height) != (image.width, image.height):
         raise SourceError(f"{what}: the file is {width}×{height}, the JSON says {image.width}×{image.height}")

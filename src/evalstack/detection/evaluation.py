@@ -113,7 +113,7 @@ def evaluate_detector(
     empty = int(np.count_nonzero(table.counts[rows] == 0)) if rows else 0
     by_split = {str(k): int(v) for k, v in layer.index.stats.get("forward_passes_by_split", {}).items()}
     return DetectionEvaluation(report, results, names, by_split, empty, labels.summary(scoring.categories),
-                               labels.metrics(scoring.categories))
+                               labels.metrics())
 
 
 def write_detection_outputs(evaluation: DetectionEvaluation, split: str, outputs: DetectionOutputs) -> None:

@@ -58,9 +58,11 @@ class LabelMap:
         return {"mode": mode, "scored": list(self.scored(mode)), "model_lacks": list(self.lacking),
                 "model_classes_not_in_dataset": list(self.unmatched)}
 
-    def metrics(self, mode: str) -> dict[str, Any]:
-        """What metrics/<model>.json shows (`dvc metrics show` drops lists, so names are joined)."""
-        return {"categories_scored": len(self.scored(mode)), "categories_model_lacks": ", ".join(self.lacking)}
+    def metrics(self) -> dict[str, Any]:
+        """What metrics/<model>.json shows: the categories the model lacks, joined (`dvc metrics show` drops
+        lists) and cut short so the row fits a terminal; the full lists are in the details JSON."""
+        shown = ", ".join(self.lacking[:2]) + (f", … ({len(self.lacking)})" if len(self.lacking) > 2 else "")
+        return {"model_lacks": shown}
 
 
 def label_map(spec: ModelSpec, categories: Sequence[Mapping[str, Any]]) -> LabelMap:

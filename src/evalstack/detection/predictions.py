@@ -119,4 +119,4 @@ def evaluate_predictions(raw_dir: Path, spec: PredictionsSpec, split: str,
     with_detections = {r["image_id"] for r in results}
     empty = int(np.count_nonzero([image_id not in with_detections for image_id in names]))
     return DetectionEvaluation(report, results, names, {}, empty, labels.summary(scoring.categories),
-                               labels.metrics(scoring.categories))
+                               labels.metrics())

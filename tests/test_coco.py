@@ -106,3 +106,10 @@ def test_label_names_map_to_category_ids(tmp_path: Path):
     with pytest.raises(SourceError, match="no images in split 'test'"):
         coco_document(dataset, "test")
     assert np.array_equal(dataset.images[0].truth.ann_id, [1, 2])
+
+
+def test_a_missing_image_file_is_named_by_image_id_and_path(tmp_path: Path):
+    split = write_coco(tmp_path / "src")
+    (Path(split.images) / "two.png").unlink()
+    with pytest.raises(SourceError, match=r"val image 2 \(two.png\): .*file not found: .*images/val/two.png"):
+        fetch_coco_layer(CocoFetchConfig({"val": split}), tmp_path / "raw")

@@ -51,7 +51,11 @@ def test_stage_metrics_equal_pycocotools_on_the_source_json(tmp_path: Path):
     metrics = json.loads((tmp_path / "out/m.json").read_text())
     details = json.loads((tmp_path / "out/details.json").read_text())
     direct = pycocotools_directly(tmp_path, json.loads((tmp_path / "out/dt.json").read_text()))
-    assert sorted(metrics) == ["AR100", "forward_passes", "mAP", "mAP50"]  # `dvc metrics show` stays one short row
+    # `dvc metrics show` stays one short row: the headline figures, how AP was computed, which categories count
+    assert sorted(metrics) == ["AR100", "ap", "forward_passes", "mAP", "mAP50", "model_lacks"]
+    assert (metrics["ap"], metrics["model_lacks"]) == ("coco", "")
+    assert details["categories"] == {"mode": "dataset", "scored": ["circle", "square"], "model_lacks": [],
+                                     "model_classes_not_in_dataset": []}
     assert metrics["mAP"] == direct[0] and metrics["mAP50"] == direct[1] and metrics["AR100"] == direct[8]
     assert [details[name] for name in ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large", "AR1",
                                        "AR10", "AR100", "AR_small", "AR_medium", "AR_large")] == direct
@@ -88,7 +92,7 @@ def test_detections_from_another_model_or_threshold_are_refused(tmp_path: Path):
 
 def test_unknown_labels_and_missing_images_are_refused(tmp_path: Path):
     raw, det = _layers(tmp_path, [_found([], [], [])] * 3)
-    with pytest.raises(Exception, match=r"labels \['star'\]"):
+    with pytest.raises(Exception, match=r"labels 0 → 'star': not categories of the dataset \(1: circle"):
         evaluate_detector(raw, det, ModelSpec("m", Path("x"), "a", "p", ("star",)), KEY, "val")
     with pytest.raises(Exception, match="no images in split 'test'"):
         evaluate_detector(raw, det, SPEC, KEY, "test")

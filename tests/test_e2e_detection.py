@@ -21,6 +21,7 @@ from pycocotools.cocoeval import COCOeval
 from evalstack.config import load_params, model_spec
 from evalstack.detection.adapter import load_detector
 from evalstack.detection.candidates import infer_candidates_layer
+from evalstack.detection.evaluation import Scoring
 from evalstack.detection.grid import GridConfig, build_grid
 from evalstack.detection.layer import open_detections, read_table
 from evalstack.detection.perceptionmetrics import CacheReader, compute_model_hash, is_cache_valid
@@ -215,7 +216,7 @@ def test_a_postprocessing_change_runs_no_model_and_equals_a_fresh_run(project: P
     build_grid(det / "data/raw", det / "data/preprocessed/letterbox128", tmp_path / "cand", tmp_path / "grid", adapter,
                pipeline, config)
     fresh = score_grid(det / "data/raw", tmp_path / "det", tmp_path / "grid", tmp_path / "gridpp", spec,
-                       adapter.postprocess, config, float(params["evaluate"]["count_threshold"]))
+                       adapter.postprocess, config, Scoring.from_params(params["evaluate"]))
     same = lambda a, b: {p.name: p.read_bytes() for p in a.rglob("*.h5")} == {p.name: p.read_bytes() for p in b.rglob("*.h5")}  # noqa: E731
     assert same(tmp_path / "det", det / f"data/predictions/{MODEL}")
     assert same(tmp_path / "gridpp", det / f"data/grid_predictions/{MODEL}")

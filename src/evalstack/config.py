@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from evalstack.core.coco_labels import LABEL_PRESETS
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
@@ -37,12 +39,15 @@ class ModelSpec:
     file: Path
     adapter: str
     pipeline: str
-    labels: tuple[str, ...]
+    # Per model output index: a class name; for detection also a dataset category id (int) or None (an index
+    # that is no dataset category: an explicit map left it out). detection/labels.py matches them to the data.
+    labels: tuple[str | int | None, ...]
     task: str = "classify"
     layout: str = "NHWC"  # how the model wants its input; data is stored NHWC
     sha256: str | None = None  # expected weights hash, checked when given
     options: dict[str, Any] = field(default_factory=dict)
     trust: bool = False  # load a pickle-backed file (torch .pt2/.pt) without a sha256 pin (models/trust.py)
+    label_preset: str | None = None  # coco80 / coco91: names the dataset lacks are dropped, not refused
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "file", Path(self.file))  # a str from a notebook works too
@@ -175,6 +180,40 @@ def resolve_labels(params: Mapping[str, Any], labels: str | list[str]) -> tuple[
     return tuple(str(label) for label in labels)
 
 
+def resolve_detection_labels(params: Mapping[str, Any], labels: Any, where: str,
+                             num_classes: Any = None) -> tuple[tuple[str | int | None, ...], str | None]:
+    """(label per model output index, preset name or None) of a detector's `labels:`.
+
+    A name under `labels:` or an inline list (class names, matched to dataset categories by name), a preset
+    (`coco80`, `coco91`: core/coco_labels.py), or an explicit map {model index: dataset category id or name};
+    indices a map leaves out (up to `num_classes` when given) are no dataset category."""
+    if isinstance(labels, str) and labels not in (params.get("labels") or {}) and labels in LABEL_PRESETS:
+        return LABEL_PRESETS[labels], labels
+    if not isinstance(labels, Mapping):
+        if isinstance(labels, str) or isinstance(labels, list):
+            return resolve_labels(params, labels), None
+        raise ConfigError(f"{where}: {labels!r} is not a label set name, a preset ({', '.join(LABEL_PRESETS)}), "
+                          "a list of class names or a map {model index: category id or name}")
+    mapped: dict[int, str | int] = {}
+    for index, target in labels.items():
+        if isinstance(index, str) and index.isdigit():
+            index = int(index)
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise ConfigError(f"{where}: key {index!r} is not a model class index (0, 1, …)")
+        if isinstance(target, bool) or not isinstance(target, (int, str)):
+            raise ConfigError(f"{where}.{index}: {target!r} is not a dataset category id or name")
+        mapped[index] = target
+    if not mapped:
+        raise ConfigError(f"{where}: the label map is empty")
+    size = max(mapped) + 1
+    if num_classes is not None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < size:
+            raise ConfigError(f"{where}: num_classes {num_classes!r} must be an integer > every mapped index "
+                              f"(largest {size - 1})")
+        size = num_classes
+    return tuple(mapped.get(index) for index in range(size)), None
+
+
 def drug_key(name: str) -> str:
     """Names match case-insensitively and with '-' for ' ' (upstream standardises both ways)."""
     return " ".join(name.strip().lower().replace("-", " ").split())
@@ -193,19 +232,36 @@ def preprocess_compression(params: Mapping[str, Any]) -> str:
     return str((params.get("preprocess") or {}).get("compression", "none"))
 
 
+PREDICTIONS = "predictions"  # the params section (and adapter name) of detections computed elsewhere
+
+
 def model_spec(params: Mapping[str, Any], name: str, root: Path = Path(".")) -> ModelSpec:
+    if name in (params.get(PREDICTIONS) or {}) and name not in (params.get("models") or {}):
+        raise ConfigError(f"{name} is declared under {PREDICTIONS}: (a COCO results JSON): it has no model, so there "
+                          "is nothing to infer and no corruption grid — grid cells need a model to run on the "
+                          f"corrupted images. Declare the detector itself under models: to get them")
     fields = dict(entry(params, "models", name))
+    if fields.get("adapter") == PREDICTIONS:
+        raise ConfigError(f"models.{name}: adapter predictions belongs under {PREDICTIONS}: (it has no forward pass, "
+                          f"so no infer, postprocess or grid stage): move the entry to {PREDICTIONS}.{name}")
     for required in ("file", "adapter", "pipeline", "labels"):
         if required not in fields:
             raise ConfigError(f"models.{name} lacks {required!r}")
     known = {"file", "adapter", "pipeline", "labels", "task", "layout", "sha256", "trust"}
+    task = fields.get("task", "classify")
+    if task == "detect":
+        labels, preset = resolve_detection_labels(params, fields["labels"], f"models.{name}.labels",
+                                                  fields.get("num_classes"))
+    else:
+        labels, preset = resolve_labels(params, fields["labels"]), None
     return ModelSpec(
         name=name,
         file=root / fields["file"],
         adapter=fields["adapter"],
         pipeline=fields["pipeline"],
-        labels=resolve_labels(params, fields["labels"]),
-        task=fields.get("task", "classify"),
+        labels=labels,
+        label_preset=preset,
+        task=task,
         layout=fields.get("layout", "NHWC"),
         sha256=fields.get("sha256"),
         options={k: v for k, v in fields.items() if k not in known},

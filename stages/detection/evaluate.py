@@ -7,7 +7,7 @@ from evalstack.config import load_params, model_spec
 from evalstack.core.failures import run_stage
 from evalstack.detection.adapter import load_detector
 from evalstack.detection.candidates import candidates_code, candidates_key
-from evalstack.detection.evaluation import DetectionOutputs, evaluate_detector, write_detection_outputs
+from evalstack.detection.evaluation import DetectionOutputs, Scoring, evaluate_detector, write_detection_outputs
 from evalstack.detection.postprocess import detections_key
 from evalstack.preprocess.letterbox import build_letterbox
 
@@ -28,14 +28,15 @@ def main() -> None:
     pipeline_key = build_letterbox(params["preprocess"]["pipelines"][spec.pipeline]).cache_key()
     candidates = candidates_key(adapter.signature(), pipeline_key, candidates_code(type(adapter)))
     expected = detections_key(candidates, adapter.postprocess)
-    split, threshold = params["evaluate"]["split"], float(params["evaluate"]["count_threshold"])
+    split, scoring = params["evaluate"]["split"], Scoring.from_params(params["evaluate"])
     store = open_store(params, args.params.parent)
-    evaluation = evaluate_detector(args.raw, args.detections, spec, expected, split, threshold,
+    evaluation = evaluate_detector(args.raw, args.detections, spec, expected, split, scoring,
                                    store.stamps.sha256 if store else None)
     outputs = DetectionOutputs(args.metrics, args.per_class, args.pr_curve, args.per_image, args.results, args.details)
     write_detection_outputs(evaluation, split, outputs)
     stats = evaluation.report.stats
-    print(f"{args.model} on {split}: mAP {stats['mAP']:.4f}, mAP@.5 {stats['mAP50']:.4f}, AR@100 {stats['AR100']:.4f}")
+    print(f"{args.model} on {split}: mAP {stats['mAP']:.4f}, mAP@.5 {stats['mAP50']:.4f}, AR@100 {stats['AR100']:.4f} "
+          f"(AP: {scoring.ap}; {len(evaluation.categories['scored'])} categories scored)")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from evalstack.config import load_params, model_spec
 from evalstack.core.failures import run_stage
 from evalstack.detection.adapter import load_detector
 from evalstack.detection.grid import GridConfig, build_grid
+from evalstack.detection.labels import checked_label_map
+from evalstack.sources.coco import read_categories
 from evalstack.preprocess.letterbox import build_letterbox
 
 
@@ -22,7 +24,9 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     params = load_params(args.params)
-    adapter = load_detector(model_spec(params, args.model))
+    spec = model_spec(params, args.model)
+    checked_label_map(spec, read_categories(args.raw), params["evaluate"].get("categories", "dataset"))
+    adapter = load_detector(spec)
     pipeline = build_letterbox(params["preprocess"]["pipelines"][adapter.spec.pipeline])
     config = GridConfig.from_params(params["grid"])
     store = open_store(params, args.params.parent)

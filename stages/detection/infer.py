@@ -1,6 +1,7 @@
 """Detection stage infer: letterboxed layer + one detector → candidates layer (raw, before threshold and NMS).
 
-Only the splits that are evaluated (evaluate.split, grid.split) go through the model."""
+Only the splits that are evaluated (evaluate.split, grid.split) go through the model; the model's labels are
+checked against the dataset's categories first (detection/labels.py)."""
 import argparse
 from pathlib import Path
 
@@ -9,17 +10,22 @@ from evalstack.config import load_params, model_spec
 from evalstack.core.failures import run_stage
 from evalstack.detection.adapter import load_detector
 from evalstack.detection.candidates import evaluated_splits, infer_candidates_layer
+from evalstack.detection.labels import checked_label_map
+from evalstack.sources.coco import read_categories
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True, help="name under models:")
+    parser.add_argument("--raw", type=Path, required=True, help="the raw layer (its categories)")
     parser.add_argument("--preprocessed", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     params = load_params(args.params)
-    adapter = load_detector(model_spec(params, args.model))
+    spec = model_spec(params, args.model)
+    checked_label_map(spec, read_categories(args.raw), params["evaluate"].get("categories", "dataset"))
+    adapter = load_detector(spec)
     batch_size = int(params.get("infer", {}).get("batch_size", 32))
     store = open_store(params, args.params.parent)  # not a dvc.yaml param: where results are kept does not change them
     build = infer_candidates_layer(args.preprocessed, args.out, adapter, evaluated_splits(params), batch_size, store)

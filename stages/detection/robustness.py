@@ -6,6 +6,7 @@ from evalstack.cache.shardstore import open_store
 from evalstack.config import load_params, model_spec
 from evalstack.core.failures import run_stage
 from evalstack.detection.decoding import PostProcess
+from evalstack.detection.evaluation import Scoring
 from evalstack.detection.grid import GridConfig
 from evalstack.detection.grid_report import write_grid_outputs
 from evalstack.detection.robustness import score_grid
@@ -26,7 +27,7 @@ def main() -> None:
     spec = model_spec(params, args.model)
     store = open_store(params, args.params.parent)
     scores = score_grid(args.raw, args.detections, args.cells, args.out, spec, PostProcess.from_options(spec.options),
-                        GridConfig.from_params(params["grid"]), float(params["evaluate"]["count_threshold"]), store,
+                        GridConfig.from_params(params["grid"]), Scoring.from_params(params["evaluate"]), store,
                         workers=int((params.get("local") or {}).get("workers", 1)))  # in no key: scores do not change
     summary = scores.summary()
     write_grid_outputs(summary, args.metrics, args.plots, args.details)

@@ -18,12 +18,31 @@ import numpy as np
 from evalstack.config import ModelError, ModelSpec
 from evalstack.core.atomic import atomic_write_bytes
 from evalstack.core.keys import Key, sha256_file
+from evalstack.detection.labels import NOT_SCORED, check_mode, checked_label_map, scored_document
 from evalstack.detection.layer import DetectionTable, open_detections, read_table
-from evalstack.detection.metrics import DetectionReport, evaluate_detections
+from evalstack.detection.metrics import DetectionReport, check_ap, evaluate_detections
 from evalstack.evaluation.classification import _csv
 from evalstack.sources.coco import CocoDataset, coco_document, read_ground_truth
 
 HEADLINE = ("mAP", "mAP50", "AR100")  # what metrics/<model>.json shows; the rest is in the details JSON
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How detections are scored (params `evaluate`); none of it needs a forward pass or a post-processing."""
+
+    count_threshold: float = 0.5  # per-image TP/FP/FN count detections scoring at least this
+    ap: str = "coco"  # coco: pycocotools' 101 recall points; coco11: 11, as PerceptionMetrics (metrics.py)
+    categories: str = "dataset"  # dataset: every category (ones the model lacks score 0); model: only its own
+
+    def __post_init__(self) -> None:
+        check_ap(self.ap)
+        check_mode(self.categories)
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any]) -> "Scoring":
+        return cls(float(section.get("count_threshold", 0.5)), str(section.get("ap", "coco")),
+                   str(section.get("categories", "dataset")))
 
 
 @dataclass(frozen=True)
@@ -43,16 +62,21 @@ class DetectionEvaluation:
     file_names: dict[int, str]
     forward_passes_by_split: dict[str, int]  # behind the detections layer (run by infer, recorded in its index)
     images_without_detections: int  # of the split: no detection at all, at any score
+    categories: dict[str, Any]  # which categories were scored, which the model lacks (LabelMap.summary)
+    category_metrics: dict[str, Any]  # the same for metrics/<model>.json (LabelMap.metrics)
 
 
 def coco_results(table: DetectionTable, rows: list[int], categories: np.ndarray) -> list[dict[str, Any]]:
-    """Detections of the given rows in COCO results format (image by image, detections in stored order)."""
+    """Detections of the given rows in COCO results format (image by image, detections in stored order);
+    a class that is no dataset category (`categories[label]` NOT_SCORED) is left out."""
     results = []
     for row in rows:
         found = table.detections(row)
         image_id = int(table.ids[row])
         for box, label, score in zip(found.boxes.tolist(), found.labels.tolist(), found.scores.tolist()):
-            results.append({"image_id": image_id, "category_id": int(categories[label]), "bbox": box, "score": score})
+            category = int(categories[label])
+            if category != NOT_SCORED:
+                results.append({"image_id": image_id, "category_id": category, "bbox": box, "score": score})
     return results
 
 
@@ -73,20 +97,23 @@ def evaluate_detector(
     spec: ModelSpec,
     expected_key: Key | None,
     split: str,
-    count_threshold: float = 0.5,
+    scoring: Scoring = Scoring(),
     sha256: Callable[[Path], str] | None = None,
 ) -> DetectionEvaluation:
     """One split's COCO evaluation; the detections layer is checked (key, shard sha256, per-image checksums)."""
     dataset = read_ground_truth(raw_dir)
+    labels = checked_label_map(spec, dataset.categories, scoring.categories)
     layer = open_detections(detections_dir, expected_key, f"dvc repro postprocess@{spec.name}")
     table = read_table(layer, sha256 or sha256_file)  # remembered hashes when the stage has a store
     rows = split_rows(table, dataset, split, spec.name)
-    results = coco_results(table, rows, dataset.category_ids(spec.labels, spec.name))
-    report = evaluate_detections(coco_document(dataset, split), results, count_threshold)
+    results = coco_results(table, rows, labels.category_ids)
+    document = scored_document(coco_document(dataset, split), labels, scoring.categories)
+    report = evaluate_detections(document, results, scoring.count_threshold, scoring.ap)
     names = {image.image_id: image.file_name for image in dataset.images if image.split == split}
     empty = int(np.count_nonzero(table.counts[rows] == 0)) if rows else 0
     by_split = {str(k): int(v) for k, v in layer.index.stats.get("forward_passes_by_split", {}).items()}
-    return DetectionEvaluation(report, results, names, by_split, empty)
+    return DetectionEvaluation(report, results, names, by_split, empty, labels.summary(scoring.categories),
+                               labels.metrics())
 
 
 def write_detection_outputs(evaluation: DetectionEvaluation, split: str, outputs: DetectionOutputs) -> None:
@@ -96,12 +123,14 @@ def write_detection_outputs(evaluation: DetectionEvaluation, split: str, outputs
         path.parent.mkdir(parents=True, exist_ok=True)
     # Full float precision: the figures must equal pycocotools' exactly, not to six places.
     passes = evaluation.forward_passes_by_split.get(split, 0)
-    metrics = {**{name: report.stats[name] for name in HEADLINE}, "forward_passes": passes}
+    metrics = {**{name: report.stats[name] for name in HEADLINE}, "forward_passes": passes, "ap": report.ap,
+               **evaluation.category_metrics}
     atomic_write_bytes(outputs.metrics, (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
     details = {
         **report.summary(), "split": split, "forward_passes": passes,
         "forward_passes_by_split": evaluation.forward_passes_by_split,
         "n_images_without_detections": evaluation.images_without_detections,  # no detection at any score
+        "categories": evaluation.categories,
     }
     atomic_write_bytes(outputs.details, (json.dumps(details, indent=2, sort_keys=True) + "\n").encode())
     per_class = [(name, _cell(ap), _cell(report.per_class_ap50[name])) for name, ap in report.per_class_ap.items()]

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import h5py
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from evalstack.cache.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
@@ -45,8 +44,9 @@ from evalstack.detection.candidates import (
 )
 from evalstack.preprocess import perturbations as perturb
 from evalstack.preprocess.letterbox import LetterboxPipeline
+from evalstack.preprocess.modes import decode_rgb
 from evalstack.preprocess.perturbations import Cell
-from evalstack.sources.images import DEFAULT_MAX_PIXELS, decode_image
+from evalstack.sources.images import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:  # the stage loads the adapter (a framework); this module only calls it
     from evalstack.detection.adapter import DetectionAdapter
@@ -179,10 +179,11 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _perturbed_input(blob: bytes, item_key: str, cell: Cell, seed: int, pipeline: LetterboxPipeline,
+def _perturbed_input(blob: bytes, item_key: str, cell: Cell | None, seed: int, pipeline: LetterboxPipeline,
                      max_pixels: int, what: str) -> np.ndarray:
-    """Decode the original, corrupt it (COCO-C: before any resizing), letterbox it like the clean image."""
-    original = np.asarray(decode_image(blob, max_pixels, what).convert("RGB"), dtype=np.uint8)
-    corrupted = perturb.perturb(original, cell.kind, cell.severity, item_key, seed)
-    return pipeline.process_image(Image.fromarray(corrupted))
+    """Decode the original, corrupt it (COCO-C: before any resizing), letterbox it like the clean image.
+    The decode is the clean path's (`decode_rgb`), so `cell=None` (no corruption) gives the clean input."""
+    original = decode_rgb(blob, max_pixels, what)
+    corrupted = original if cell is None else perturb.perturb(original, cell.kind, cell.severity, item_key, seed)
+    return pipeline.letterbox(corrupted)
 

@@ -27,8 +27,9 @@ from evalstack.core.layers import CacheStaleError
 from evalstack.detection.boxes import Detections, matched_count
 from evalstack.detection.candidates import open_candidates
 from evalstack.detection.decoding import PostProcess
-from evalstack.detection.evaluation import split_rows
+from evalstack.detection.evaluation import Scoring, split_rows
 from evalstack.detection.grid import GridConfig
+from evalstack.detection.labels import NOT_SCORED, checked_label_map, scored_document
 from evalstack.detection.layer import DetectionTable, open_detections, read_table
 from evalstack.detection.metrics import CellScorer, ResultArrays
 from evalstack.detection.postprocess import detections_key, postprocess_layer
@@ -56,6 +57,8 @@ class GridScores:
     P50_clean: float
     cells: list[CellScore]
     clean_forward_passes: int
+    ap: str = "coco"  # evaluate.ap: the recall points AP is interpolated at (metrics.py)
+    categories: dict[str, Any] | None = None  # which categories were scored (LabelMap.summary)
     # What this run post-processed (0: every shard came from the store). Printed, never written to an
     # output: outputs are a function of the inputs, identical however much was reused.
     images_postprocessed: int = 0
@@ -77,7 +80,8 @@ class GridScores:
         mpc, mpc50 = self._mean([c.mAP for c in self.cells]), self._mean([c.mAP50 for c in self.cells])
         consistent = [c.consistency for c in self.cells if c.consistency is not None]
         return {
-            "model": self.model, "split": self.split, "n_images": self.n_images,
+            "model": self.model, "split": self.split, "n_images": self.n_images, "ap": self.ap,
+            "categories": self.categories or {},
             "P_clean": self.P_clean, "mPC": mpc, "rPC": mpc / self.P_clean if self.P_clean > 0 else None,
             "P50_clean": self.P50_clean, "mPC50": mpc50,
             "rPC50": mpc50 / self.P50_clean if self.P50_clean > 0 else None,
@@ -106,30 +110,34 @@ def consistency(clean: DetectionTable, clean_rows: list[int], cell: DetectionTab
 
 
 def result_arrays(table: DetectionTable, rows: list[int], categories: np.ndarray) -> ResultArrays:
-    """The detections of `rows` as flat arrays in COCO results order (what `coco_results` lists)."""
+    """The detections of `rows` as flat arrays in COCO results order (what `coco_results` lists, classes that
+    are no dataset category left out)."""
     counts = table.counts[rows]
     starts = table.offsets[rows]
     index = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
-    return (np.repeat(table.ids[rows].astype(np.int64), counts), categories[table.labels[index]].astype(np.int64),
-            table.bboxes[index], table.scores[index])
+    image_ids, category_ids = np.repeat(table.ids[rows].astype(np.int64), counts), categories[table.labels[index]]
+    keep = category_ids != NOT_SCORED
+    return (image_ids[keep], category_ids[keep].astype(np.int64), table.bboxes[index][keep], table.scores[index][keep])
 
 
 def score_grid(
     raw_dir: Path, clean_dir: Path, cells_dir: Path, out_dir: Path, spec: ModelSpec, post: PostProcess,
-    config: GridConfig, count_threshold: float = 0.5, store: ShardStore | None = None,
+    config: GridConfig, scoring: Scoring = Scoring(), store: ShardStore | None = None,
     expected_clean: Key | None = None, workers: int = 1,
 ) -> GridScores:
     """Post-process every cell (into `out_dir/<cell>`), score it, and compare it with the clean detections.
     pycocotools runs in `workers` processes (it does not change a figure), overlapping the post-processing."""
     sha256: Callable[[Path], str] = store.stamps.sha256 if store is not None else sha256_file
     dataset = read_ground_truth(raw_dir)
-    categories = dataset.category_ids(spec.labels, spec.name)
+    labels = checked_label_map(spec, dataset.categories, scoring.categories)
+    categories, count_threshold = labels.category_ids, scoring.count_threshold
     clean_layer = open_detections(clean_dir, expected_clean, f"dvc repro postprocess@{spec.name}")
     clean = read_table(clean_layer, sha256)
     clean_rows = split_rows(clean, dataset, config.split, spec.name)
     by_split = clean_layer.index.stats.get("forward_passes_by_split", {})
     pending, postprocessed = [], 0
-    with CellScorer(coco_document(dataset, config.split), workers) as scorer:
+    document = scored_document(coco_document(dataset, config.split), labels, scoring.categories)
+    with CellScorer(document, workers, scoring.ap) as scorer:
         clean_score = scorer.submit(result_arrays(clean, clean_rows, categories))
         for cell in config.cells():
             source = open_candidates(cells_dir / cell.name)
@@ -148,4 +156,4 @@ def score_grid(
                  for cell, score, agree, passes in pending]
         p_clean, p50_clean = clean_score.result()
     return GridScores(spec.name, config.split, len(clean_rows), p_clean, p50_clean, cells,
-                      int(by_split.get(config.split, 0)), postprocessed)
+                      int(by_split.get(config.split, 0)), scoring.ap, labels.summary(scoring.categories), postprocessed)

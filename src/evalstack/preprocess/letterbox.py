@@ -37,14 +37,9 @@ from evalstack.cache.incremental import DerivedLayerSpec, LayerBuild, ShardConte
 from evalstack.cache.shardstore import ShardStore
 from evalstack.core.kinds import PREPROCESSED_KIND, RAW_KIND
 from evalstack.core.layers import ITEM_KEY, Layer, ShardInfo, read_column
-from evalstack.preprocess.modes import rgb
-from evalstack.preprocess.pipelines import (
-    RESAMPLING,
-    PipelineError,
-    PreprocessingPipeline,
-    decoded_images,
-    process_item,
-)
+from evalstack.core.raw import read_blobs
+from evalstack.preprocess.modes import decode_rgb, rgb
+from evalstack.preprocess.pipelines import RESAMPLING, PipelineError, PreprocessingPipeline
 from evalstack.sources.images import DEFAULT_MAX_PIXELS
 
 PLACEMENT_COLUMNS = ("width", "height", "scale_x", "scale_y", "pad_x", "pad_y")
@@ -126,12 +121,17 @@ class LetterboxPipeline(PreprocessingPipeline):
         return Placement(width, height, new_w / width, new_h / height, (self.resize - new_w) // 2, (self.resize - new_h) // 2)
 
     def process_image(self, image: Image.Image) -> np.ndarray:
-        place = self.placement(*image.size)
+        return self.letterbox(np.asarray(rgb(image), dtype=np.uint8))
+
+    def letterbox(self, pixels: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB (what `modes.decode_rgb` gives, corrupted or not) → the model input."""
+        height, width = pixels.shape[:2]
+        place = self.placement(width, height)
         size = (round(place.width * place.scale_x), round(place.height * place.scale_y))
         if self.resample == OPENCV_LINEAR:
-            resized = Image.fromarray(opencv_linear(np.asarray(rgb(image)), size))
+            resized = Image.fromarray(opencv_linear(pixels, size))
         else:
-            resized = rgb(image).resize(size, RESAMPLING[self.resample])
+            resized = Image.fromarray(pixels, mode="RGB").resize(size, RESAMPLING[self.resample])
         canvas = Image.new("RGB", (self.resize, self.resize), (self.fill,) * 3)
         canvas.paste(resized, (int(place.pad_x), int(place.pad_y)))
         return np.asarray(canvas, dtype=np.uint8)
@@ -173,10 +173,12 @@ def letterbox_layer(
             ids, splits = read_column(handle, "id"), read_column(handle, "split")
             tensors = np.empty((shard.n_items, *pipeline.output_shape()), dtype=np.uint8)
             placed = []
-            describe = lambda r: f"{splits[r]} image {ids[r]} in {path}"  # noqa: E731
-            for row, image in decoded_images(handle, shard.n_items, max_pixels, describe, progress):
-                tensors[row] = process_item(pipeline, image, describe(row))
-                placed.append(pipeline.placement(*image.size))
+            for row, data in enumerate(read_blobs(handle, slice(0, shard.n_items))):
+                # the grid decodes its originals with the same function (detection/grid.py)
+                pixels = decode_rgb(data, max_pixels, f"{splits[row]} image {ids[row]} in {path}")
+                tensors[row] = pipeline.letterbox(pixels)
+                placed.append(pipeline.placement(pixels.shape[1], pixels.shape[0]))
+                progress.update()
             columns = {ITEM_KEY: read_column(handle, ITEM_KEY), "id": ids, "split": splits, "x": tensors}
         for column in PLACEMENT_COLUMNS:
             columns[column] = np.asarray([getattr(p, column) for p in placed], dtype=np.float64)

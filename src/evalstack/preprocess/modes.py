@@ -19,12 +19,17 @@ Pillow clip it (a 16-bit card clipped to 8 bits is flat white):
 | anything else (LAB, HSV, …) | refused |
 
 `eight_bit` gives an image in RGB, RGBA, L or LA; `three_channels` turns its array into
-(H, W, 3). Errors name the mode; the caller adds the item.
+(H, W, 3). Errors name the mode; the caller adds the item. `decode_rgb` is the one decode path
+of the detection profile: the clean letterbox and every corruption-grid cell start from its array,
+so a cell at no corruption is the clean input, whatever the file's mode.
 """
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+
+from evalstack.sources.images import decode_image
+from evalstack.sources.registry import SourceError
 
 EIGHT_BIT = ("RGB", "RGBA", "L", "LA")
 _TO_RGB = ("CMYK", "YCbCr", "RGBX")
@@ -68,3 +73,14 @@ def three_channels(array: np.ndarray) -> np.ndarray:
 def rgb(image: Image.Image) -> Image.Image:
     """An 8-bit RGB image (alpha dropped, grey copied), for pipelines that do not resize first."""
     return eight_bit(image).convert("RGB")
+
+
+def decode_rgb(data: bytes, max_pixels: int, what: str) -> np.ndarray:
+    """Encoded bytes → (H, W, 3) uint8 RGB under the pixel cap, modes as the table says; errors name `what`."""
+    image = decode_image(data, max_pixels, what)
+    try:
+        return np.asarray(rgb(image), dtype=np.uint8)
+    except ImageModeError as error:
+        raise SourceError(f"{what}: {error}") from None
+    finally:
+        image.close()

@@ -30,6 +30,7 @@ from evalstack.sources.images import DEFAULT_MAX_PIXELS, check_image
 from evalstack.sources.registry import DEFAULT_MAX_BYTES, SourceError, check_scheme, read_local, safe_name, to_url
 
 ReadBytes = Callable[[str], bytes]
+DETECTION_SOURCES = ("coco", "yolo")  # raw layers of this shape: a YOLO dataset is stored as COCO (sources/yolo.py)
 GT_FLAT = ("gt_bbox", "gt_category", "gt_area", "gt_iscrowd", "gt_ann_id")
 
 
@@ -210,7 +211,10 @@ def read_coco(config: CocoFetchConfig, read_bytes: ReadBytes | None = None) -> C
 def _read_image(image: CocoImage, config: CocoFetchConfig, read_bytes: ReadBytes) -> bytes:
     what = f"{image.split} image {image.image_id} ({image.file_name})"
     check_scheme(image.url, config.allowed_schemes)
-    data = read_bytes(image.url)
+    try:
+        data = read_bytes(image.url)
+    except SourceError as error:  # the reader names the path; the image id is what the user looks up
+        raise SourceError(f"{what}: {error}") from None
     width, height = check_image(data, config.max_pixels, what)
     if (width, height) != (image.width, image.height):
         raise SourceError(f"{what}: the file is {width}×{height}, the JSON says {image.width}×{image.height}")
@@ -266,11 +270,25 @@ def fetch_coco_layer(config: CocoFetchConfig, out_dir: Path, read_bytes: ReadByt
     return writer.finish()
 
 
+def _detection_raw_layer(raw_dir: Path) -> Layer:
+    layer = Layer.open(raw_dir, kind=RAW_KIND)
+    if layer.key.parts.get("source") not in DETECTION_SOURCES:
+        raise SourceError(f"{raw_dir} is not a COCO raw layer (its source is {layer.key.parts.get('source', 'a registry')})")
+    return layer
+
+
+def read_categories(raw_dir: Path) -> list[dict[str, Any]]:
+    """The dataset's categories from a COCO raw layer's first shard (what a label map is checked against)."""
+    layer = _detection_raw_layer(raw_dir)
+    if not layer.shards:
+        return []
+    with layer.open_shard(layer.shards[0]) as handle:
+        return read_attrs(handle)["categories"]
+
+
 def read_ground_truth(raw_dir: Path) -> CocoDataset:
     """Categories and per-image ground truth back from a COCO raw layer (no image bytes)."""
-    layer = Layer.open(raw_dir, kind=RAW_KIND)
-    if layer.key.parts.get("source") != "coco":
-        raise SourceError(f"{raw_dir} is not a COCO raw layer (its source is {layer.key.parts.get('source', 'a registry')})")
+    layer = _detection_raw_layer(raw_dir)
     dataset: CocoDataset | None = None
     for shard in layer.shards:
         with layer.open_shard(shard) as handle:

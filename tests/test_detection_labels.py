@@ -119,6 +119,7 @@ def _infer_stage(tmp_path: Path, raw: Path, monkeypatch) -> None:
     monkeypatch.setattr(sys, "argv", ["infer.py", "--model", "m", "--raw", str(raw), "--preprocessed",
                                       str(tmp_path / "pre"), "--out", str(tmp_path / "cand"), "--params",
                                       str(tmp_path / "params.yaml")])
+    monkeypatch.setenv("EVALSTACK_DEBUG", "1")  # the stage wrapper re-raises instead of printing one line
     runpy.run_path(str(REPO / "stages/detection/infer.py"), run_name="__main__")
 
 

@@ -4,6 +4,7 @@ import argparse
 from pathlib import Path
 
 from evalstack.config import load_params
+from evalstack.core.failures import run_stage
 from evalstack.detection.evaluation import DetectionOutputs, Scoring, write_detection_outputs
 from evalstack.detection.predictions import evaluate_predictions, predictions_spec
 
@@ -28,4 +29,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

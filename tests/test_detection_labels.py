@@ -55,13 +55,13 @@ def test_params_name_a_preset_a_list_or_a_map():
     declared = {**_params("coco80"), "labels": {"coco80": ["circle"]}}
     assert model_spec(declared, "m").labels == ("circle",)  # a declared list of that name is what it says
     assert model_spec(_params({0: "square", 2: 7}), "m").labels == ("square", None, 7)
-    assert model_spec(_params({"1": 1}, num_classes=4), "m").labels == (None, 1, None, None)
+    assert model_spec(_params({"1": 1}, options={"num_classes": 4}), "m").labels == (None, 1, None, None)
     for bad, message in (({-1: 1}, "not a model class index"), ({0: 1.5}, "not a dataset category id or name"),
                          ({}, "empty"), ("coco81", "not declared under labels")):
         with pytest.raises(ConfigError, match=message):
             model_spec(_params(bad), "m")
     with pytest.raises(ConfigError, match="num_classes 2"):
-        model_spec(_params({3: 1}, num_classes=2), "m")
+        model_spec(_params({3: 1}, options={"num_classes": 2}), "m")
 
 
 def test_a_map_gives_ids_by_name_or_id_and_refuses_what_the_dataset_lacks():
@@ -130,3 +130,13 @@ def test_infer_checks_the_labels_against_the_dataset_before_loading_the_model(tm
     with pytest.warns(CategoryWarning, match=r"cannot predict dataset categories \['square'\]"):
         with pytest.raises(Exception, match="m.pt2"):  # …and only then does it get to the model file
             _infer_stage(tmp_path / "b", _stage_project(tmp_path / "b", ["circle"]), monkeypatch)
+
+
+def test_a_detection_adapter_option_beside_options_is_refused_naming_where_it_goes():
+    """detection/dvc.yaml tracks models.<name>.options for infer and grid: a key beside it would change
+    candidates without DVC rerunning them (a stale result)."""
+    with pytest.raises(ConfigError, match=r"models.m: builder, num_classes must go under models.m.options: "
+                                          r"\(e.g. `options: \{builder: 'x'\}`\).*a stale result would be reused"):
+        model_spec(_params("shapes", builder="x", num_classes=4), "m")
+    spec = model_spec(_params("shapes", options={"builder": "x", "layout": "NCHW"}), "m")
+    assert spec.options == {"builder": "x"} and spec.layout == "NCHW"

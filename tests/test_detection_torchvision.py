@@ -142,7 +142,12 @@ def test_perceptionmetrics_contract_scripted_and_pm_config(tmp_path):
                                   "resize": {"width": 64, "height": 64}, "normalization": norm, "batch_size": 4,
                                   "iou_threshold": 0.5}))
     frozen = {"confidence_threshold": 0.0, "nms_iou": 0.5, "max_detections": 100}
-    adapter = load_detector(tv_spec(file, pm_config=str(config), frozen_nms=frozen))
+    # every value of the config that changes a result is written in params too (DVC tracks params, not the JSON)
+    with pytest.raises(ModelError, match=r"pm_config .* says confidence_threshold: 0.2; write it in params.yaml "
+                                         r"too \(models.tv.confidence_threshold: 0.2\)"):
+        load_detector(tv_spec(file, pm_config=str(config), frozen_nms=frozen))
+    stated = {"confidence_threshold": 0.2, "nms_iou": 0.5, "normalization": norm}
+    adapter = load_detector(tv_spec(file, pm_config=str(config), frozen_nms=frozen, **stated))
     assert adapter.calling == "perceptionmetrics" and adapter.postprocess == PostProcess(0.2, 0.5, 100)
     style = adapter.postprocess_style((64, 64))
     assert style.style == FROZEN and "PerceptionMetrics" in style.reason
@@ -157,7 +162,7 @@ def test_perceptionmetrics_contract_scripted_and_pm_config(tmp_path):
     with pytest.raises(ModelError, match="pipeline lb gives 32x32 letterboxes"):
         adapter.candidates_batch(images(1, 32))
     with pytest.raises(ModelError, match="params.yaml says nms_iou: 0.6 but pm_config .* says nms_threshold: 0.5"):
-        load_detector(tv_spec(file, pm_config=str(config), nms_iou=0.6, frozen_nms=frozen))
+        load_detector(tv_spec(file, pm_config=str(config), frozen_nms=frozen, **(stated | {"nms_iou": 0.6})))
     config.write_text(json.dumps({"model_format": "yolo"}))
     with pytest.raises(ModelError, match="model_format 'yolo'.*adapter: yolo"):
         load_detector(tv_spec(file, pm_config=str(config)))

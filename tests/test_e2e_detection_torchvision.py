@@ -17,8 +17,9 @@ MODEL = "frcnn320"
 N_VAL = 6
 ENTRY = {  # the params snippet a user writes (README "Bring your detector")
     "file": "models/frcnn320.pth", "adapter": "torchvision",
-    "builder": "fasterrcnn_mobilenet_v3_large_320_fpn", "num_classes": 4,  # 3 shapes + background
-    "device": "cpu", "pipeline": "letterbox128", "labels": "shapes", "task": "detect",
+    "options": {"builder": "fasterrcnn_mobilenet_v3_large_320_fpn", "num_classes": 4,  # 3 shapes + background
+                "device": "cpu"},
+    "pipeline": "letterbox128", "labels": "shapes", "task": "detect",
     "trust": True,  # saved here by save_demo_detector (a state_dict is a pickle)
     "candidates": {"min_score": 0.01, "top_k": 500},  # > 150 proposals x 3 classes: none is cut
     "confidence_threshold": 0.05, "nms_iou": 0.5, "max_detections": 100,
@@ -38,7 +39,7 @@ def project(tmp_path_factory) -> Path:
     params = deep_update(yaml.safe_load((root / "detection/params.yaml").read_text()), TINY)
     params["models"] = {MODEL: ENTRY}  # the torchvision detector only (the demo one still trains: train: is its own)
     (root / "detection/params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    save_demo_detector(root / "detection" / ENTRY["file"], ENTRY["builder"], ENTRY["num_classes"])
+    save_demo_detector(root / "detection" / ENTRY["file"], ENTRY["options"]["builder"], ENTRY["options"]["num_classes"])
     result = run(root / "detection", "dvc", "repro", "dvc.yaml")
     assert {f"{stage}@{MODEL}" for stage in ("infer", "postprocess", "evaluate", "grid", "robustness")} <= \
         stages_run(result.stdout)

@@ -23,7 +23,7 @@ PIPELINE = {"kind": "letterbox", "resize": 64, "fill": 114, "resample": "opencv_
 def _entry(file: str) -> dict:
     entry = {"file": file, "adapter": "yolo", "pipeline": "yolo64", "labels": "shapes", "task": "detect",
              "candidates": {"min_score": 0.001, "top_k": 100},
-             "confidence_threshold": 0.25, "nms_iou": 0.7, "max_detections": 100}
+             "confidence_threshold": 0.25, "nms_iou": 0.7, "max_detections": 100, "options": {}}
     return entry | ({"trust": True} if file.endswith(".pt2") else {})  # a .pt2 can run code; we built it
 
 

@@ -247,11 +247,16 @@ def model_spec(params: Mapping[str, Any], name: str, root: Path = Path(".")) -> 
     for required in ("file", "adapter", "pipeline", "labels"):
         if required not in fields:
             raise ConfigError(f"models.{name} lacks {required!r}")
-    known = {"file", "adapter", "pipeline", "labels", "task", "layout", "sha256", "trust"}
+    known = {"file", "adapter", "pipeline", "labels", "task", "layout", "sha256", "trust", "options"}
     task = fields.get("task", "classify")
+    nested = fields.get("options") or {}
+    if not isinstance(nested, Mapping):
+        raise ConfigError(f"models.{name}.options must be a mapping of adapter options, not {nested!r}")
+    options = {k: v for k, v in fields.items() if k not in known} | dict(nested)
     if task == "detect":
+        check_detection_fields(name, fields)
         labels, preset = resolve_detection_labels(params, fields["labels"], f"models.{name}.labels",
-                                                  fields.get("num_classes"))
+                                                  options.get("num_classes"))
     else:
         labels, preset = resolve_labels(params, fields["labels"]), None
     return ModelSpec(
@@ -262,11 +267,28 @@ def model_spec(params: Mapping[str, Any], name: str, root: Path = Path(".")) -> 
         labels=labels,
         label_preset=preset,
         task=task,
-        layout=fields.get("layout", "NHWC"),
+        layout=options.pop("layout", fields.get("layout", "NHWC")),
         sha256=fields.get("sha256"),
-        options={k: v for k, v in fields.items() if k not in known},
+        options=options,
         trust=_flag(fields.get("trust", False), f"models.{name}.trust"),
     )
+
+
+# A detection model's keys that DVC tracks one by one (detection/dvc.yaml): infer and grid track the ones
+# that change candidates (options included), postprocess the three post-processing ones.
+DETECTION_FIELDS = frozenset({"file", "adapter", "pipeline", "labels", "task", "sha256", "trust", "candidates",
+                              "confidence_threshold", "nms_iou", "max_detections", "options"})
+
+
+def check_detection_fields(name: str, fields: Mapping[str, Any]) -> None:
+    """A detection model's adapter options live under `options:`, the mapping infer and grid track: a key beside
+    it would change results without DVC rerunning either stage (a stale result, exit 0)."""
+    stray = sorted(set(fields) - DETECTION_FIELDS)
+    if stray:
+        raise ConfigError(
+            f"models.{name}: {', '.join(stray)} must go under models.{name}.options: (e.g. `options: {{{stray[0]}: "
+            f"{fields[stray[0]]!r}}}`): detection/dvc.yaml tracks that mapping for infer and grid, so a change "
+            "there reruns them; a key beside it would not, and a stale result would be reused")
 
 
 def _flag(value: Any, where: str) -> bool:

@@ -100,9 +100,10 @@ def resolve_device(option: Any, model: str) -> torch.device:
 
 
 def read_pm_config(path: Path, options: Mapping[str, Any], model: str) -> dict[str, Any]:
-    """The options with a PerceptionMetrics model config merged in. A value given both in params.yaml and in
-    the config must agree (a conflict is an error naming both: neither silently wins); one given only in the
-    config is taken. DVC tracks params.yaml's values, so the ones post-processing uses belong there."""
+    """The options, checked against a PerceptionMetrics model config. Every value of the config that changes a
+    result must also be written in params.yaml, equal: DVC tracks params.yaml, not the JSON, so a value read
+    only from the JSON would change results without any stage rerunning (a stale result). The config is a
+    cross-check that the params say what PerceptionMetrics ran with."""
     try:
         config = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
@@ -116,16 +117,33 @@ def read_pm_config(path: Path, options: Mapping[str, Any], model: str) -> dict[s
     if "crop" in config:
         raise ModelError(f"model {model}: pm_config {path}: `crop` is not supported (the letterbox keeps the "
                          "whole image)")
-    merged = dict(options)
-    for pm_key, option in PM_KEYS.items():
+    stated = dict(PM_KEYS, normalization="normalization")
+    for pm_key, option in stated.items():
         if option is None or pm_key not in config:
             continue
-        if option in options and float(options[option]) != float(config[pm_key]):
+        where = f"models.{model}.{option}" if option != "normalization" else f"models.{model}.options.{option}"
+        if option not in options:
+            raise ModelError(f"model {model}: pm_config {path} says {pm_key}: {config[pm_key]}; write it in "
+                             f"params.yaml too ({where}: {json.dumps(config[pm_key])}): DVC tracks params.yaml, not "
+                             "the JSON, so a value only there would change results without rerunning anything")
+        if not _same(options[option], config[pm_key]):
             raise ModelError(f"model {model}: params.yaml says {option}: {options[option]} but pm_config {path} "
                              f"says {pm_key}: {config[pm_key]}; make them agree (params.yaml is what DVC tracks)")
-        merged[option] = config[pm_key]
-    merged["pm"] = {key: config[key] for key in ("resize", "normalization") if key in config}
+    merged = dict(options)
+    merged["pm"] = {"resize": config.get("resize"), "normalization": options.get("normalization")}
+    merged["pm"] = {key: value for key, value in merged["pm"].items() if value is not None}
     return merged
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return a == b
 
 
 def _detector(module: Any) -> Any:

@@ -15,6 +15,8 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.lock
+	# frost's photographs (Apache-2.0), without the package's dependencies: its opencv-python would clash with headless
+	$(PY) -m pip install --quiet --no-deps imagecorruptions==1.1.2
 	$(PY) -m pip install --quiet --no-deps -e .
 	# the reference the PAD feature tests compare with; --no-deps: its declared deps pull full tensorflow and IPython
 	$(PY) -m pip install --quiet --no-deps pad-analytics==0.2.2

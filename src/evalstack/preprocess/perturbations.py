@@ -1,32 +1,38 @@
-"""Image perturbations at severities 1–5 (pure functions of (image, severity, rng)).
+"""Image perturbations at severities 1–5 (pure functions of (image, severity, draws)).
 
-The ImageNet-C ones follow Hendrycks & Dietterich's reference code
-(github.com/hendrycks/robustness, `make_imagenet_c.py`): same parameter tables,
-same formulas, with their global `np.random` replaced by a seeded Generator and
-OpenCV/Wand/scikit-image calls replaced by scipy/Pillow equivalents. Sizes that
-ImageNet-C ties to 224 px (pixelate, fog's map) scale with the image; glass blur,
-zoom blur, snow, elastic transform and spatter take the any-size forms of
-Michaelis et al.'s COCO-C code (`imagecorruptions`), which is what detection
-benchmarks use. All 15 ImageNet-C types and its 4 extra ones are here; `frost`
-blends a procedural ice texture, because ImageNet-C's six frost photographs are
-not shipped (its figures are therefore not comparable with published frost numbers).
-The PAD ones (white balance, lighting gradient, card rotation/shift) model what
-differs between phone photos of a card. Input and output: uint8 (H, W, 3).
+The 19 corruption types reproduce the reference implementation detection robustness papers use: Michaelis et al.'s
+`imagecorruptions` 1.1.2 (COCO-C; the any-size form of Hendrycks & Dietterich's ImageNet-C code). Same parameter
+tables, same operations in the same float types, the same OpenCV calls (opencv-python-headless), the same frost
+photographs (read from imagecorruptions installed without its dependencies), and the same random draws: the
+reference draws from numpy's legacy global stream, so each function takes a legacy `np.random.RandomState` and
+draws from it in the reference's order. Given `np.random.RandomState(seed)`, a function returns the reference's
+image after `np.random.seed(seed)`, bit for bit (tests/test_corruption_fidelity.py checks all 19 types × 5
+severities against goldens the reference itself wrote, tools/corruption_goldens.py). In a grid, each (item, type,
+severity, seed) gets its own stream (`item_rng`), so images differ pixel for pixel from one imagecorruptions run
+(which shares one global stream) but are equal in distribution.
 
-Cached perturbed predictions are keyed by the code fingerprint of this module (see
-core/fingerprint.py): editing a perturbation changes the key, with nothing to bump.
+The PAD ones (white balance, lighting gradient, card rotation/shift) model what differs between phone photos of a
+card. Input and output: uint8 (H, W, 3).
+
+Cached perturbed predictions are keyed by the code fingerprint of this module (see core/fingerprint.py): editing a
+perturbation changes the key, with nothing to bump.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
+import math
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Callable
 
+import cv2
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 from scipy import ndimage
-from scipy.ndimage import convolve1d, gaussian_filter
+from scipy.ndimage import gaussian_filter
 
 SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -59,7 +65,19 @@ SPATTER = (  # (mean, std, sigma, threshold, intensity, mud): water drops at 1�
 )
 SATURATE = ((0.3, 0.0), (0.1, 0.0), (2.0, 0.0), (5.0, 0.1), (20.0, 0.2))  # HSV saturation · a + b
 
-Perturbation = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
+Draws = np.random.RandomState
+Perturbation = Callable[[np.ndarray, int, Draws], np.ndarray]
+
+# The reference's frost photographs (imagecorruptions 1.1.2, Apache-2.0), read from that package installed without
+# its dependencies; the digests make sure a different copy cannot silently change the results.
+FROST_PHOTOS = (
+    ("frost1.png", "ff9f907860bd7a835d459e32f9d588062b7f61ee267343cc7222b56753a14755"),
+    ("frost2.png", "fe211a89b336999c207a852ce05818d4545d0b57c5beadd824b4cc9d9a9b6137"),
+    ("frost3.png", "2d0d50b4a9bb213f38b024ef7768731bb83cc08d2f26b5766bbc167cdfa0e504"),
+    ("frost4.jpg", "3f8b91ca1a9fa7167b09e773da53f5ae60d0a1fd88f02a783f6e328a72887f6e"),
+    ("frost5.jpg", "5fc6a19df4a429ba68abdcc8f8a4278d4c9f81c9ccafd2c92ab0c8cf8992ebd2"),
+)  # the reference draws randint(5): its sixth photograph is never used
+FROST_PACKAGE = "imagecorruptions==1.1.2"
 
 
 class PerturbationError(ValueError):
@@ -71,107 +89,226 @@ def _unit(image: np.ndarray) -> np.ndarray:
 
 
 def _to_uint8(unit: np.ndarray) -> np.ndarray:
-    # ImageNet-C saves with np.uint8(np.clip(x, 0, 1) * 255), i.e. truncation
+    # the reference returns np.clip(x, 0, 1) * 255 and imagecorruptions.corrupt applies np.uint8: truncation
     return np.uint8(np.clip(unit, 0.0, 1.0) * 255)
 
 
-def gaussian_noise(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def _gaussian(x: np.ndarray, sigma, mode: str = "nearest", truncate: float = 4.0) -> np.ndarray:
+    """scikit-image 0.19's `gaussian` on float input: scipy's gaussian_filter in the input's float type, sigma 0
+    across a trailing colour axis."""
+    if x.ndim == 3 and np.ndim(sigma) == 0:
+        sigma = (sigma, sigma, 0)
+    return gaussian_filter(x, sigma, mode=mode, truncate=truncate)
+
+
+def gaussian_noise(image: np.ndarray, severity: int, rng: Draws) -> np.ndarray:
     x = _unit(image)
     return _to_uint8(x + rng.normal(size=x.shape, scale=GAUSSIAN_NOISE[severity - 1]))
 
 
-def shot_noise(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def shot_noise(image: np.ndarray, severity: int, rng: Draws) -> np.ndarray:
     c = SHOT_NOISE[severity - 1]
-    return _to_uint8(rng.poisson(_unit(image) * c) / c)
+    return _to_uint8(rng.poisson(_unit(image) * c) / float(c))
 
 
-def gaussian_blur(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
-    sigma = GAUSSIAN_BLUR[severity - 1]
-    return _to_uint8(gaussian_filter(_unit(image), sigma=(sigma, sigma, 0), mode="nearest", truncate=4.0))
+def impulse_noise(image: np.ndarray, severity: int, rng: Draws) -> np.ndarray:
+    """scikit-image 0.19's `random_noise(mode="s&p")`: each value flipped with probability c, to 1 or 0 alike.
+
+    skimage draws from `np.random.default_rng(seed)` with no seed, i.e. from OS entropy, so the reference's impulse
+    noise is not reproducible at all; here that Generator is seeded from the item's stream (tools/corruption_goldens.py
+    seeds the reference's the same way)."""
+    x = _unit(image)
+    generator = np.random.default_rng(rng.randint(2**31))
+    flipped = generator.random(x.shape) <= IMPULSE_NOISE[severity - 1]
+    salted = generator.random(x.shape) <= 0.5
+    x[flipped & salted] = 1.0
+    x[flipped & ~salted] = 0.0
+    return _to_uint8(x)
+
+
+def speckle_noise(image: np.ndarray, severity: int, rng: Draws) -> np.ndarray:
+    x = _unit(image)
+    return _to_uint8(x + x * rng.normal(size=x.shape, scale=SPECKLE_NOISE[severity - 1]))
+
+
+def gaussian_blur(image: np.ndarray, severity: int, rng: Draws) -> np.ndarray:
+    return _to_uint8(_gaussian(_unit(image), GAUSSIAN_BLUR[severity - 1]))
+
+
+def _glass_sources(height: int, width: int, delta: int, offsets: np.ndarray) -> np.ndarray:
+    """Flat index of the pixel each position holds after one pass of the reference's shuffle loop.
+
+    The reference visits (h, w) from bottom-right to top-left and runs `x[h, w], x[h', w'] = x[h', w'], x[h, w]`.
+    Its right-hand side holds numpy views, not copies: the first assignment copies the neighbour into (h, w), and
+    the second writes (h, w) — by now the neighbour's own value — back into the neighbour. So no pixel is swapped:
+    (h, w) takes the value its neighbour holds at that moment, which is the neighbour's new value if the loop
+    visited it earlier, else its value before the pass. Following those "visited earlier" links to their end gives
+    every position's source at once; pointer doubling follows all chains together, in log(chain length) steps."""
+    rows = np.repeat(np.arange(height - delta, delta, -1), width - 2 * delta)
+    cols = np.tile(np.arange(width - delta, delta, -1), height - 2 * delta)
+    here = rows * width + cols
+    target = np.arange(height * width)
+    target[here] = (rows + offsets[:, 1]) * width + cols + offsets[:, 0]  # offsets are (dx, dy), in visiting order
+    order = np.full(height * width, len(here))  # never visited: read as it was before the pass
+    order[here] = np.arange(len(here))
+    jump = np.arange(height * width)
+    earlier = order[target[here]] < order[here]
+    jump[here[earlier]] = target[here[earlier]]
+    while True:
+        jumped = jump[jump]
+        if np.array_equal(jumped, jump):
+            return target[jump]
+        jump = jumped
+
+
+def glass_blur(image: np.ndarray, severity: int, rng: Draws) -> np.ndarray:
+    """Blur, move every pixel's value from a random neighbour (see _glass_sources), blur again."""
+    sigma, delta, iterations = GLASS_BLUR[severity - 1]
+    x = np.uint8(_gaussian(_unit(image), sigma) * 255)
+    height, width = x.shape[:2]
+    visited = max(height - 2 * delta, 0) * max(width - 2 * delta, 0)
+    for _ in range(iterations):
+        # One randint(-delta, delta, size=(visited, 2)) draws what the reference's per-pixel size=(2,) calls draw.
+        offsets = rng.randint(-delta, delta, size=(visited, 2))
+        x = x.reshape(-1, x.shape[2])[_glass_sources(height, width, delta, offsets)].reshape(x.shape)
+    return _to_uint8(_gaussian(x / 255.0, sigma))
 
 
 def disk_kernel(radius: float, alias_blur: float) -> np.ndarray:
-    """ImageNet-C's `disk`: an aliased disk, normalised, then cv2.GaussianBlur'd with a 3×3
-    (5×5 above radius 8) window and reflect-101 borders."""
-    half = max(8, int(np.ceil(radius)))
-    y, x = np.mgrid[-half : half + 1, -half : half + 1]
-    disk = ((x**2 + y**2) <= radius**2).astype(np.float64)
-    disk /= disk.sum()
-    ksize = 3 if radius <= 8 else 5
-    taps = np.exp(-((np.arange(ksize) - ksize // 2) ** 2) / (2 * alias_blur**2))
-    taps /= taps.sum()
-    blurred = convolve1d(disk, taps, axis=0, mode="mirror")
-    return convolve1d(blurred, taps, axis=1, mode="mirror")
+    """The reference's `disk`: an aliased disk (17×17 up to radius 8), normalised, cv2.GaussianBlur'd."""
+    if radius <= 8:
+        span, ksize = np.arange(-8, 8 + 1), (3, 3)
+    else:
+        span, ksize = np.arange(-radius, radius + 1), (5, 5)
+    xs, ys = np.meshgrid(span, span)
+    aliased = np.array((xs**2 + ys**2) <= radius**2, dtype=np.float32)
+    aliased /= np.sum(aliased)
+    return cv2.GaussianBlur(aliased, ksize=ksize, sigmaX=alias_blur)
 
 
-def _convolve(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    from scipy.signal import fftconvolve  # imported here: scipy.signal costs seconds, most importers never blur
-
-    pad = max(kernel.shape) // 2
-    padded = np.pad(x, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")  # cv2's BORDER_REFLECT_101
-    out = np.stack([fftconvolve(padded[..., c], kernel, mode="same") for c in range(x.shape[2])], axis=-1)
-    return out[pad:-pad, pad:-pad]
-
-
-def defocus_blur(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def defocus_blur(image: np.ndarray, severity: int, rng: Draws) -> np.ndarray:
     radius, alias = DEFOCUS_BLUR[severity - 1]
-    return _to_uint8(_convolve(_unit(image), disk_kernel(radius, alias)))
+    x = _unit(image)
+    kernel = disk_kernel(radius, alias)
+    channels = [cv2.filter2D(np.ascontiguousarray(x[:, :, d]), -1, kernel) for d in range(x.shape[2])]
+    return _to_uint8(np.stack(channels, axis=-1))
 
 
-def motion_kernel(radius: int, sigma: float, angle_degrees: float) -> np.ndarray:
-    """Wand's motion blur: one-sided Gaussian weights along a line at `angle_degrees`."""
-    size = 2 * radius + 1
-    kernel = np.zeros((size, size))
-    theta = np.deg2rad(angle_degrees)
-    for step in range(radius + 1):
-        row = radius + int(round(step * np.sin(theta)))
-        col = radius + int(round(step * np.cos(theta)))
-        kernel[row, col] += np.exp(-(step**2) / (2 * sigma**2))
-    return kernel / kernel.sum()
+def motion_kernel(radius: int, sigma: float) -> np.ndarray:
+    """The reference's one-sided Gaussian weights along the blur line (its getMotionBlurKernel)."""
+    steps = np.arange(2 * radius + 1)
+    weights = np.exp(-(steps**2) / (2 * (sigma**2))) / (np.sqrt(2 * np.pi) * sigma)
+    return weights / np.sum(weights)
 
 
-def motion_blur(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def motion_shifts(radius: int, angle_degrees: float, shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(dy, dx) of each kernel step, as the reference rounds them, up to the first step leaving the image."""
+    width = 2 * radius + 1
+    point = (width * np.sin(np.deg2rad(angle_degrees)), width * np.cos(np.deg2rad(angle_degrees)))
+    hypot = math.hypot(point[0], point[1])
+    shifts = []
+    for i in range(width):
+        dy, dx = -math.ceil(((i * point[0]) / hypot) - 0.5), -math.ceil(((i * point[1]) / hypot) - 0.5)
+        if abs(dy) >= shape[0] or abs(dx) >= shape[1]:
+            break  # the reference stops there: later steps add nothing
+        shifts.append((dy, dx))
+    return shifts
+
+
+def _motion_blur(x: np.ndarray, radius: int, sigma: float, angle_degrees: float) -> np.ndarray:
+    """The reference's `_motion_blur`: the kernel-weighted sum of copies of x shifted with repeated edges, summed in
+    float64 in the same order. Slices of one edge-padded copy replace its np.roll-and-patch shifts (same pixels)."""
+    kernel = motion_kernel(radius, sigma)
+    shifts = motion_shifts(radius, angle_degrees, x.shape)
+    pad = max(max(abs(dy), abs(dx)) for dy, dx in shifts)
+    padded = np.pad(x, [(pad, pad), (pad, pad)] + [(0, 0)] * (x.ndim - 2), mode="edge")
+    height, width = x.shape[:2]
+    blurred = np.zeros(x.shape, dtype=np.float64)
+    for weight, (dy, dx) in zip(kernel, shifts):
+        blurred += weight * padded[pad - dy : pad - dy + height, pad - dx : pad - dx + width]
+    return blurred
+
+
+def motion_blur(image: np.ndarray, severity: int, rng: Draws) -> np.ndarray:
     radius, sigma = MOTION_BLUR[severity - 1]
-    kernel = motion_kernel(radius, sigma, rng.uniform(-45, 45))
-    return _to_uint8(_convolve(_unit(image), kernel))
+    blurred = _motion_blur(np.asarray(image, dtype=np.uint8), radius, sigma, rng.uniform(-45, 45))
+    return np.uint8(np.clip(blurred, 0, 255))
 
 
-def brightness(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
-    """HSV value + c, clipped: H and S are kept, so RGB scales by V'/V (grey when V = 0)."""
+def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
+    """scikit-image 0.19's rgb2hsv, value for value: the same operations per pixel, and where several channels are
+    the maximum, blue's hue formula wins over green's over red's (skimage assigns them in that order). Computed on
+    whole planes and selected, instead of skimage's masked assignments: faster, same bits."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    value = rgb.max(-1)
+    delta = np.ptp(rgb, -1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        saturation = delta / value
+        hue = np.where(b == value, 4.0 + (r - g) / delta, np.where(g == value, 2.0 + (b - r) / delta, (g - b) / delta))
+        hue = (hue / 6.0) % 1.0
+    flat = delta == 0.0
+    saturation[flat] = 0.0
+    hue[flat] = 0.0
+    out = np.stack([hue, saturation, value], axis=-1)
+    out[np.isnan(out)] = 0
+    return out
+
+
+def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    """scikit-image 0.19's hsv2rgb, value for value (its np.choose over six stacked (v, t, p)… triples, one channel
+    at a time)."""
+    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    hi = np.floor(h * 6)
+    f = h * 6 - hi
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    sector = hi.astype(np.uint8) % 6
+    channels = ((v, q, p, p, t, v), (t, v, v, q, p, p), (p, p, t, v, v, q))  # sectors 0–5 → (R, G, B)
+    return np.stack([np.choose(sector, choices) for choices in channels], axis=-1)
+
+
+def brightness(image: np.ndarray, severity: int, rng: Draws) -> np.ndarray:
+    hsv = rgb_to_hsv(_unit(image))
+    hsv[:, :, 2] = np.clip(hsv[:, :, 2] + BRIGHTNESS[severity - 1], 0, 1)
+    return _to_uint8(hsv_to_rgb(hsv))
+
+
+def saturate(image: np.ndarray, severity: int, rng: Draws) -> np.ndarray:
+    scale, shift = SATURATE[severity - 1]
+    hsv = rgb_to_hsv(_unit(image))
+    hsv[:, :, 1] = np.clip(hsv[:, :, 1] * scale + shift, 0, 1)
+    return _to_uint8(hsv_to_rgb(hsv))
+
+
+def contrast(image: np.ndarray, severity: int, rng: Draws) -> np.ndarray:
     x = _unit(image)
-    value = x.max(axis=2, keepdims=True)
-    new_value = np.clip(value + BRIGHTNESS[severity - 1], 0.0, 1.0)
-    scaled = np.where(value > 0, x * new_value / np.where(value > 0, value, 1.0), new_value)
-    return _to_uint8(scaled)
-
-
-def contrast(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
-    x = _unit(image)
-    means = x.mean(axis=(0, 1), keepdims=True)
+    means = np.mean(x, axis=(0, 1), keepdims=True)
     return _to_uint8((x - means) * CONTRAST[severity - 1] + means)
 
 
-def jpeg(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def jpeg(image: np.ndarray, severity: int, rng: Draws) -> np.ndarray:
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buffer, "JPEG", quality=JPEG_QUALITY[severity - 1])
     return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"), dtype=np.uint8)
 
 
-def pixelate(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def pixelate(image: np.ndarray, severity: int, rng: Draws) -> np.ndarray:
+    """Box-filtered down by c, then nearest-neighbour back up, as the reference does."""
     height, width = image.shape[:2]
     c = PIXELATE[severity - 1]
     small = Image.fromarray(np.asarray(image, dtype=np.uint8)).resize(
         (max(1, int(width * c)), max(1, int(height * c))), Image.Resampling.BOX
     )
-    return np.asarray(small.resize((width, height), Image.Resampling.BOX), dtype=np.uint8)
+    return np.asarray(small.resize((width, height), Image.Resampling.NEAREST), dtype=np.uint8)
 
 
-def plasma_fractal(mapsize: int, wibbledecay: float, rng: np.random.Generator) -> np.ndarray:
-    """ImageNet-C's diamond-square height map in [0, 1], `mapsize` a power of two."""
+def plasma_fractal(mapsize: int, wibbledecay: float, rng: Draws) -> np.ndarray:
+    """The reference's diamond-square height map in [0, 1] (its own variant of FLHerne's mapgen, whose diamond step
+    averages two grids: not ImageNet-C's), drawing its uniforms in the same order."""
     if mapsize & (mapsize - 1):
         raise PerturbationError(f"plasma map size {mapsize} is not a power of two")
-    maparray = np.zeros((mapsize, mapsize), dtype=np.float64)
-    stepsize, wibble = mapsize, 100.0
+    maparray = np.empty((mapsize, mapsize), dtype=np.float64)
+    maparray[0, 0] = 0
+    stepsize, wibble = mapsize, 100
 
     def wibbledmean(array: np.ndarray) -> np.ndarray:
         return array / 4 + wibble * rng.uniform(-wibble, wibble, array.shape)
@@ -179,177 +316,123 @@ def plasma_fractal(mapsize: int, wibbledecay: float, rng: np.random.Generator) -
     while stepsize >= 2:
         half = stepsize // 2
         corners = maparray[0:mapsize:stepsize, 0:mapsize:stepsize]
-        square = corners + np.roll(corners, -1, axis=0)
-        square = square + np.roll(square, -1, axis=1)
+        square = corners + np.roll(corners, shift=-1, axis=0)
+        square += np.roll(square, shift=-1, axis=1)
         maparray[half:mapsize:stepsize, half:mapsize:stepsize] = wibbledmean(square)
-        drg = maparray[0:mapsize:stepsize, 0:mapsize:stepsize]
-        dgg = maparray[half:mapsize:stepsize, half:mapsize:stepsize]
-        ldrsum = drg + np.roll(drg, 1, axis=0)
-        lulsum = dgg + np.roll(dgg, -1, axis=1)
-        ltsum = ldrsum + lulsum + np.roll(lulsum, 1, axis=0)
-        maparray[0:mapsize:stepsize, half:mapsize:stepsize] = wibbledmean(ltsum)
-        tdrsum = drg + np.roll(drg, 1, axis=1)
-        tulsum = dgg + np.roll(dgg, -1, axis=0)
-        ttsum = tdrsum + tulsum + np.roll(tulsum, 1, axis=1)
-        maparray[half:mapsize:stepsize, 0:mapsize:stepsize] = wibbledmean(ttsum)
+        centres = maparray[half:mapsize:stepsize, half:mapsize:stepsize]
+        corners = maparray[0:mapsize:stepsize, 0:mapsize:stepsize]
+        left = (centres + np.roll(centres, 1, axis=0)) + (corners + np.roll(corners, -1, axis=1))
+        maparray[0:mapsize:stepsize, half:mapsize:stepsize] = wibbledmean(left)
+        top = (centres + np.roll(centres, 1, axis=1)) + (corners + np.roll(corners, -1, axis=0))
+        maparray[half:mapsize:stepsize, 0:mapsize:stepsize] = wibbledmean(top)
         stepsize //= 2
         wibble /= wibbledecay
     maparray -= maparray.min()
     return maparray / maparray.max()
 
 
-def fog(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def fog(image: np.ndarray, severity: int, rng: Draws) -> np.ndarray:
     strength, decay = FOG[severity - 1]
     x = _unit(image)
     height, width = x.shape[:2]
-    mapsize = 1 << int(np.ceil(np.log2(max(height, width, 2))))
+    mapsize = 1 << (max(x.shape) - 1).bit_length()  # the reference's next_power_of_2 of the largest side
     max_val = x.max()
-    x = x + strength * plasma_fractal(mapsize, decay, rng)[:height, :width][..., None]
+    x += strength * plasma_fractal(mapsize, decay, rng)[:height, :width][..., np.newaxis]
     return _to_uint8(x * max_val / (max_val + strength))
 
 
-def white_balance(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
-    """Red and blue gains moved apart by ±c (a warmer or cooler light), green kept."""
-    shift = WHITE_BALANCE[severity - 1] * rng.choice([-1.0, 1.0])
-    gains = np.array([1.0 + shift, 1.0, 1.0 - shift])
-    return _to_uint8(_unit(image) * gains)
-
-
-def lighting_gradient(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
-    """Brightness × (1 + a·t), t from −1 to 1 across the image in a random direction."""
-    height, width = image.shape[:2]
-    theta = rng.uniform(0, 2 * np.pi)
-    y, x = np.mgrid[0:height, 0:width]
-    along = (x - (width - 1) / 2) * np.cos(theta) + (y - (height - 1) / 2) * np.sin(theta)
-    t = along / max(np.abs(along).max(), 1e-9)
-    return _to_uint8(_unit(image) * (1.0 + LIGHTING_GRADIENT[severity - 1] * t)[..., None])
-
-
-def rotate_shift(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
-    """A small card rotation (up to ±degrees) and shift (up to ±fraction of the size); edges repeat the mean colour."""
-    max_degrees, max_shift = ROTATE_SHIFT[severity - 1]
-    height, width = image.shape[:2]
-    angle = rng.uniform(-max_degrees, max_degrees)
-    dx, dy = rng.uniform(-max_shift, max_shift, 2) * (width, height)
-    fill = tuple(int(v) for v in np.asarray(image).reshape(-1, 3).mean(axis=0))
-    moved = Image.fromarray(np.asarray(image, dtype=np.uint8)).rotate(
-        angle, Image.Resampling.BILINEAR, translate=(round(dx), round(dy)), fillcolor=fill
-    )
-    return np.asarray(moved, dtype=np.uint8)
-
-
-def impulse_noise(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
-    """scikit-image's `random_noise(mode="s&p")`: each value flipped with probability c, to 1 or 0 alike."""
-    x = _unit(image)
-    flipped = rng.random(x.shape) < IMPULSE_NOISE[severity - 1]
-    salted = rng.random(x.shape) < 0.5
-    return _to_uint8(np.where(flipped, salted.astype(np.float64), x))
-
-
-def speckle_noise(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
-    x = _unit(image)
-    return _to_uint8(x + x * rng.normal(size=x.shape, scale=SPECKLE_NOISE[severity - 1]))
-
-
-def _blur(unit: np.ndarray, sigma: float) -> np.ndarray:
-    """scikit-image's `gaussian(..., channel_axis=-1)`: per channel, nearest-edge, truncated at 4 sigma."""
-    return gaussian_filter(unit, sigma=(sigma, sigma, 0), mode="nearest", truncate=4.0)
-
-
-def glass_blur(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
-    """Blur, swap every pixel with a random neighbour (sequentially, bottom-right to top-left), blur again."""
-    sigma, delta, iterations = GLASS_BLUR[severity - 1]
-    blurred = np.uint8(_blur(_unit(image), sigma) * 255)
-    height, width = blurred.shape[:2]
-    rows, cols = np.meshgrid(np.arange(height - delta, delta, -1), np.arange(width - delta, delta, -1), indexing="ij")
-    rows, cols = rows.reshape(-1), cols.reshape(-1)
-    source = list(range(height * width))  # which original pixel sits at each position
-    for _ in range(iterations):
-        offsets = rng.integers(-delta, delta, size=(len(rows), 2))  # (dx, dy) per visited pixel, in visiting order
-        here = (rows * width + cols).tolist()
-        there = ((rows + offsets[:, 1]) * width + cols + offsets[:, 0]).tolist()
-        for a, b in zip(here, there):  # each swap sees the previous ones: inherently sequential
-            source[a], source[b] = source[b], source[a]
-    shuffled = blurred.reshape(-1, blurred.shape[2])[source].reshape(blurred.shape)
-    return _to_uint8(_blur(shuffled / 255.0, sigma))
-
-
 def clipped_zoom(x: np.ndarray, factor: float) -> np.ndarray:
-    """Zoom into the centre by `factor` (linear interpolation), cropped back to x's size from the top left."""
-    height, width = x.shape[:2]
-    crop_h, crop_w = int(np.ceil(height / factor)), int(np.ceil(width / factor))
-    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    """The reference's clipped_zoom: the centre crop of size/factor zoomed back (linear interpolation); its size
+    rounds to at least x's, and callers crop it from the top left."""
+    crop_h, crop_w = int(np.ceil(x.shape[0] / float(factor))), int(np.ceil(x.shape[1] / float(factor)))
+    top, left = (x.shape[0] - crop_h) // 2, (x.shape[1] - crop_w) // 2
     crop = x[top : top + crop_h, left : left + crop_w]
-    # Channel by channel: the same values as one (factor, factor, 1) zoom, several times faster.
-    zoomed = np.stack([ndimage.zoom(crop[..., c], factor, order=1) for c in range(x.shape[2])], axis=-1)
-    out = np.zeros_like(x)
-    h, w = min(height, zoomed.shape[0]), min(width, zoomed.shape[1])
-    out[:h, :w] = zoomed[:h, :w]
-    return out
+    # Channel by channel: the same values as the reference's one (factor, factor, 1) zoom, several times faster.
+    return np.stack([ndimage.zoom(crop[..., c], factor, order=1) for c in range(x.shape[2])], axis=-1)
 
 
-def zoom_blur(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def zoom_blur(image: np.ndarray, severity: int, rng: Draws) -> np.ndarray:
     stop, step = ZOOM_BLUR[severity - 1]
     x = _unit(image).astype(np.float32)
+    height, width = x.shape[:2]
     factors = np.arange(1, stop, step)
     out = np.zeros_like(x)
     for factor in factors:
-        out += clipped_zoom(x, float(factor))
+        out += clipped_zoom(x, factor)[:height, :width]
     return _to_uint8((x + out) / (len(factors) + 1))
 
 
-def _grey(unit: np.ndarray) -> np.ndarray:
-    """OpenCV's RGB2GRAY weights."""
-    return unit @ np.asarray([0.299, 0.587, 0.114], dtype=unit.dtype)
-
-
-def snow(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def snow(image: np.ndarray, severity: int, rng: Draws) -> np.ndarray:
     """Zoomed, thresholded noise streaked by a motion blur, added twice (once upside down) over a whitened image."""
     mean, std, zoom, threshold, radius, sigma, weight = SNOW[severity - 1]
-    x = _unit(image).astype(np.float32)
+    x = np.asarray(image, dtype=np.float32) / 255.0
+    height, width = x.shape[:2]
     flakes = rng.normal(size=x.shape[:2], loc=mean, scale=std)
-    flakes = clipped_zoom(flakes[..., None], zoom)
+    flakes = clipped_zoom(flakes[..., np.newaxis], zoom)
     flakes[flakes < threshold] = 0
-    flakes = np.clip(flakes, 0, 1)
-    flakes = _convolve(flakes, motion_kernel(radius, sigma, rng.uniform(-135, -45)))
-    flakes = np.round(np.clip(flakes, 0, 1) * 255) / 255.0
-    x = weight * x + (1 - weight) * np.maximum(x, _grey(x)[..., None] * 1.5 + 0.5)
+    flakes = np.clip(flakes[..., 0], 0, 1)
+    # Blurred at the zoomed size (a few pixels larger than the image) and cropped after, as the reference does.
+    flakes = _motion_blur(flakes, radius, sigma, rng.uniform(-135, -45))
+    flakes = (np.round(flakes * 255).astype(np.uint8) / 255.0)[:height, :width, np.newaxis]
+    grey = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY).reshape(height, width, 1)
+    x = weight * x + (1 - weight) * np.maximum(x, grey * 1.5 + 0.5)
     return _to_uint8(x + flakes + np.rot90(flakes, k=2))
 
 
-def frost_texture(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """A procedural ice layer, 0–255 (H, W, 3): a cloudy fractal base with short bright needle crystals, bluish white."""
-    mapsize = 1 << int(np.ceil(np.log2(max(height, width, 2))))
-    cloud = plasma_fractal(mapsize, 1.8, rng)[:height, :width]
-    needles = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(needles)
-    count = max(8, height * width // 60)
-    starts = rng.uniform(0, 1, size=(count, 2)) * (width, height)
-    angles = rng.uniform(0, np.pi, size=count)
-    lengths = rng.uniform(2, 0.08 * max(height, width) + 3, size=count)
-    brightness = rng.uniform(90, 255, size=count)
-    for (x0, y0), angle, length, level in zip(starts, angles, lengths, brightness):
-        draw.line((x0, y0, x0 + length * np.cos(angle), y0 + length * np.sin(angle)), fill=int(level), width=1)
-    crystals = gaussian_filter(np.asarray(needles, dtype=np.float64) / 255.0, 0.6)
-    ice = np.clip(0.25 + 0.45 * cloud + 1.2 * crystals, 0.0, 1.0)[..., None]
-    return ice * np.asarray([0.86, 0.93, 1.0]) * 255.0
+def frost_photo_dir() -> Path:
+    """Where the installed imagecorruptions package keeps its frost photographs, found without importing it (its
+    import needs scikit-image and opencv-python, which the project does not install)."""
+    spec = importlib.util.find_spec("imagecorruptions")
+    if spec is None or not spec.submodule_search_locations:
+        raise PerturbationError(f"frost needs the reference's frost photographs: pip install --no-deps {FROST_PACKAGE}")
+    return Path(list(spec.submodule_search_locations)[0]) / "frost"
 
 
-def frost(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+@lru_cache(maxsize=len(FROST_PHOTOS))
+def frost_photo(index: int) -> np.ndarray:
+    """Frost photograph `index` as cv2.imread gives it (BGR, uint8), checked against its digest."""
+    name, digest = FROST_PHOTOS[index]
+    path = frost_photo_dir() / name
+    if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        raise PerturbationError(f"frost photograph {path} is missing or not imagecorruptions 1.1.2's: "
+                                f"pip install --no-deps --force-reinstall {FROST_PACKAGE}")
+    return cv2.imread(str(path))
+
+
+@lru_cache(maxsize=32)
+def _frost_rescaled(index: int, size: tuple[int, int]) -> np.ndarray:
+    # Cached: a grid corrupts many same-sized images, and resizing a photograph costs more than the blend.
+    return cv2.resize(frost_photo(index), dsize=size, interpolation=cv2.INTER_CUBIC)
+
+
+def frost(image: np.ndarray, severity: int, rng: Draws) -> np.ndarray:
+    """A random crop of one of the reference's frost photographs, scaled to cover the image ×1.1, blended in."""
     image_weight, frost_weight = FROST[severity - 1]
-    x = np.asarray(image, dtype=np.float64)
-    ice = frost_texture(x.shape[0], x.shape[1], rng)
-    return np.uint8(np.clip(image_weight * x + frost_weight * ice, 0, 255))
+    index = rng.randint(5)
+    photo_h, photo_w = frost_photo(index).shape[:2]
+    height, width = image.shape[:2]
+    scale = 1.0
+    if photo_h < height and photo_w >= width:
+        scale = height / photo_h
+    elif photo_h >= height and photo_w < width:
+        scale = width / photo_w
+    elif photo_h < height and photo_w < width:
+        scale = np.maximum(height / photo_h, width / photo_w)
+    scale *= 1.1
+    rescaled = _frost_rescaled(index, (int(np.ceil(photo_w * scale)), int(np.ceil(photo_h * scale))))
+    top, left = rng.randint(0, rescaled.shape[0] - height), rng.randint(0, rescaled.shape[1] - width)
+    ice = rescaled[top : top + height, left : left + width][..., [2, 1, 0]]
+    return np.uint8(np.clip(image_weight * np.asarray(image, dtype=np.float64) + frost_weight * ice, 0, 255))
 
 
-def elastic_transform(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def elastic_transform(image: np.ndarray, severity: int, rng: Draws) -> np.ndarray:
     """Smooth random displacement fields (sigma 1 % of the size), bilinear resampling with reflected edges."""
-    x = _unit(image).astype(np.float32)
+    x = np.asarray(image, dtype=np.float32) / 255.0
     height, width = x.shape[:2]
-    sigma = np.asarray([height, width]) * 0.01
+    sigma = np.array([height, width]) * 0.01
     alpha, max_shift = ELASTIC[severity - 1], height * 0.005
     dx, dy = (
-        (gaussian_filter(rng.uniform(-max_shift, max_shift, size=(height, width)), sigma, mode="reflect", truncate=3)
+        (_gaussian(rng.uniform(-max_shift, max_shift, size=(height, width)), sigma, mode="reflect", truncate=3)
          * alpha).astype(np.float32)
         for _ in range(2)
     )
@@ -360,87 +443,60 @@ def elastic_transform(image: np.ndarray, severity: int, rng: np.random.Generator
     return _to_uint8(out)
 
 
-def _canny(grey: np.ndarray, low: float, high: float) -> np.ndarray:
-    """OpenCV's Canny (3×3 Sobel, L1 gradient, 4-direction non-maximum suppression, 8-connected hysteresis)."""
-    g = grey.astype(np.float64)
-    gx, gy = ndimage.sobel(g, axis=1, mode="mirror"), ndimage.sobel(g, axis=0, mode="mirror")
-    magnitude = np.abs(gx) + np.abs(gy)
-    direction = (np.round(np.arctan2(gy, gx) / (np.pi / 4)) % 4).astype(int)  # 0: →, 1: ↘, 2: ↓, 3: ↙
-    padded = np.pad(magnitude, 1)
-    height, width = g.shape
-    steps = {0: (0, 1), 1: (1, 1), 2: (1, 0), 3: (1, -1)}
-    peak = np.zeros_like(magnitude, dtype=bool)
-    for code, (dy, dx) in steps.items():
-        ahead = padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
-        behind = padded[1 - dy : 1 - dy + height, 1 - dx : 1 - dx + width]
-        peak |= (direction == code) & (magnitude > behind) & (magnitude >= ahead)
-    weak = peak & (magnitude > low)
-    labels, _ = ndimage.label(weak, structure=np.ones((3, 3)))
-    strong = np.unique(labels[peak & (magnitude > high)])
-    return np.isin(labels, strong[strong > 0])
-
-
-def _equalize(values: np.ndarray) -> np.ndarray:
-    """OpenCV's equalizeHist on uint8."""
-    hist = np.bincount(values.reshape(-1), minlength=256)
-    first = int(np.flatnonzero(hist)[0])
-    if hist[first] == values.size:
-        return np.full_like(values, first)
-    scale = 255.0 / (values.size - hist[first])
-    lut = np.clip(np.round(np.cumsum(hist) * scale - hist[first] * scale), 0, 255).astype(np.uint8)
-    lut[first] = 0
-    return lut[values]
-
-
-def spatter(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
-    """Water drops (severities 1–3: thresholded blurred noise, edge-shaded, pale turquoise) or mud (4–5)."""
+def spatter(image: np.ndarray, severity: int, rng: Draws) -> np.ndarray:
+    """Water drops (severities 1–3: thresholded blurred noise, edge-shaded with OpenCV, pale turquoise) or mud (4–5),
+    with the reference's OpenCV calls and float types."""
     mean, std, sigma, threshold, intensity, mud = SPATTER[severity - 1]
-    x = _unit(image).astype(np.float32)
-    liquid = gaussian_filter(rng.normal(size=x.shape[:2], loc=mean, scale=std), sigma, mode="nearest", truncate=4.0)
+    x = np.asarray(image, dtype=np.float32) / 255.0
+    liquid = _gaussian(rng.normal(size=x.shape[:2], loc=mean, scale=std), sigma)
     liquid[liquid < threshold] = 0
     if not mud:
         layer = (liquid * 255).astype(np.uint8)
-        distance = np.minimum(ndimage.distance_transform_edt(~_canny(layer, 50, 150)), 20)
-        distance = _equalize(ndimage.uniform_filter(distance, 3, mode="mirror").astype(np.uint8))
-        shading = np.asarray([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], dtype=np.float64)
-        distance = np.clip(np.round(ndimage.correlate(distance.astype(np.float64), shading, mode="mirror")), 0, 255)
-        distance = ndimage.uniform_filter(distance, 3, mode="mirror")
+        distance = cv2.distanceTransform(255 - cv2.Canny(layer, 50, 150), cv2.DIST_L2, 5)
+        _, distance = cv2.threshold(distance, 20, 20, cv2.THRESH_TRUNC)
+        distance = cv2.equalizeHist(cv2.blur(distance, (3, 3)).astype(np.uint8))
+        shading = np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]])
+        distance = cv2.blur(cv2.filter2D(distance, cv2.CV_8U, shading), (3, 3)).astype(np.float32)
         drops = layer * distance
-        drops = drops / max(float(drops.max()), 1e-12) * intensity
-        water = np.asarray([175, 238, 238], dtype=np.float32) / 255.0
-        return _to_uint8(x + drops[..., None] * water)
-    mask = gaussian_filter((liquid > threshold).astype(np.float32), intensity, mode="nearest", truncate=4.0)
+        peak = float(np.max(drops))
+        # The reference divides by the peak unguarded (NaN, then garbage, when no drop has an edge).
+        drops = drops / peak * np.float32(intensity) if peak > 0 else drops
+        water = np.array([175, 238, 238], dtype=np.float32) / np.float32(255.0)
+        return _to_uint8(x + drops[..., np.newaxis] * water)
+    mask = _gaussian(np.where(liquid > threshold, 1, 0).astype(np.float32), intensity)
     mask[mask < 0.8] = 0
-    brown = np.asarray([63, 42, 20], dtype=np.float32) / 255.0
-    return _to_uint8(x * (1 - mask[..., None]) + mask[..., None] * brown)
+    brown = np.array([63, 42, 20], dtype=np.float64) / 255.0 * mask[..., np.newaxis]
+    return _to_uint8(x * (1 - mask[..., np.newaxis]) + brown)
 
 
-def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
-    """(…, 3) RGB in 0–1 → HSV in 0–1 (scikit-image's and colorsys' formulas)."""
-    maximum, minimum = rgb.max(axis=-1), rgb.min(axis=-1)
-    delta = maximum - minimum
-    safe = np.where(delta > 0, delta, 1.0)
-    r, g, b = (rgb[..., i] for i in range(3))
-    hue = np.where(maximum == r, (g - b) / safe, np.where(maximum == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
-    hue = np.where(delta > 0, (hue / 6.0) % 1.0, 0.0)
-    saturation = np.where(maximum > 0, delta / np.where(maximum > 0, maximum, 1.0), 0.0)
-    return np.stack([hue, saturation, maximum], axis=-1)
+def white_balance(image: np.ndarray, severity: int, rng: Draws) -> np.ndarray:
+    """Red and blue gains moved apart by ±c (a warmer or cooler light), green kept."""
+    shift = WHITE_BALANCE[severity - 1] * rng.choice([-1.0, 1.0])
+    gains = np.array([1.0 + shift, 1.0, 1.0 - shift])
+    return _to_uint8(_unit(image) * gains)
 
 
-def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
-    h, s, v = (hsv[..., i] for i in range(3))
-    sector = np.floor(h * 6.0).astype(int) % 6
-    f = h * 6.0 - np.floor(h * 6.0)
-    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-    choices = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
-    return np.stack([np.choose(sector, [c[i] for c in choices]) for i in range(3)], axis=-1)
+def lighting_gradient(image: np.ndarray, severity: int, rng: Draws) -> np.ndarray:
+    """Brightness × (1 + a·t), t from −1 to 1 across the image in a random direction."""
+    height, width = image.shape[:2]
+    theta = rng.uniform(0, 2 * np.pi)
+    y, x = np.mgrid[0:height, 0:width]
+    along = (x - (width - 1) / 2) * np.cos(theta) + (y - (height - 1) / 2) * np.sin(theta)
+    t = along / max(np.abs(along).max(), 1e-9)
+    return _to_uint8(_unit(image) * (1.0 + LIGHTING_GRADIENT[severity - 1] * t)[..., None])
 
 
-def saturate(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
-    scale, shift = SATURATE[severity - 1]
-    hsv = rgb_to_hsv(_unit(image))
-    hsv[..., 1] = np.clip(hsv[..., 1] * scale + shift, 0, 1)
-    return _to_uint8(hsv_to_rgb(hsv))
+def rotate_shift(image: np.ndarray, severity: int, rng: Draws) -> np.ndarray:
+    """A small card rotation (up to ±degrees) and shift (up to ±fraction of the size); edges repeat the mean colour."""
+    max_degrees, max_shift = ROTATE_SHIFT[severity - 1]
+    height, width = image.shape[:2]
+    angle = rng.uniform(-max_degrees, max_degrees)
+    dx, dy = rng.uniform(-max_shift, max_shift, 2) * (width, height)
+    fill = tuple(int(v) for v in np.asarray(image).reshape(-1, 3).mean(axis=0))
+    moved = Image.fromarray(np.asarray(image, dtype=np.uint8)).rotate(
+        angle, Image.Resampling.BILINEAR, translate=(round(dx), round(dy)), fillcolor=fill
+    )
+    return np.asarray(moved, dtype=np.uint8)
 
 
 PERTURBATIONS: dict[str, Perturbation] = {
@@ -492,10 +548,11 @@ def check(kind: str, severity: int) -> None:
         raise PerturbationError(f"severity {severity!r} out of range 1–5 (perturbation {kind})")
 
 
-def item_rng(item_key: str, kind: str, severity: int, seed: int) -> np.random.Generator:
+def item_rng(item_key: str, kind: str, severity: int, seed: int) -> Draws:
     """The same (item, type, severity, seed) always draws the same numbers, whatever else runs."""
     digest = hashlib.sha256(f"{item_key}\0{kind}\0{severity}\0{seed}".encode()).digest()
-    return np.random.Generator(np.random.PCG64(int.from_bytes(digest[:16], "little")))
+    # The legacy stream the reference draws from (Mersenne Twister), seeded from 128 bits of the digest.
+    return np.random.RandomState(np.random.MT19937(int.from_bytes(digest[:16], "little")))
 
 
 def perturb(image: np.ndarray, kind: str, severity: int, item_key: str, seed: int) -> np.ndarray:

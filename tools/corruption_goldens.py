@@ -27,11 +27,10 @@ import platform
 from importlib.metadata import version
 from pathlib import Path
 
+import imagecorruptions
 import numpy as np
 import skimage.util
 from PIL import Image, ImageDraw, ImageFilter
-
-import imagecorruptions
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "goldens" / "corruptions"
 SMALL_SHAPES = ((36, 48), (53, 67), (80, 80))  # (height, width): an odd size exercises the int(size * c) roundings

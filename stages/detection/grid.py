@@ -10,8 +10,8 @@ from evalstack.core.failures import run_stage
 from evalstack.detection.adapter import load_detector
 from evalstack.detection.grid import GridConfig, build_grid
 from evalstack.detection.labels import checked_label_map
-from evalstack.sources.coco import read_categories
 from evalstack.preprocess.letterbox import build_letterbox
+from evalstack.sources.coco import read_categories
 
 
 def main() -> None:

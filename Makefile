@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: differential help install install-detection system-deps repro repro-detection report plots test test-fast bench bench-scale bench-detection clean
+.PHONY: differential help install install-detection system-deps repro repro-detection report plots test test-fast bench bench-scale bench-detection bench-detection-tv clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ bench-scale: install ## P12: 200,000 small images on Dask, the curve to 200k, dv
 
 bench-detection: install-detection ## the detection corruption grid at 5,000 images × 5 × 5 vs a naive loop (~45 min) → bench/RESULTS.md
 	PYTHONPATH=$(CURDIR)/src $(PY) bench/detection_grid.py
+
+bench-detection-tv: install-detection ## a real torchvision detector in the grid, 500 images × 5 × 3, vs the sensible naive script → bench/RESULTS.md
+	PYTHONPATH=$(CURDIR)/src $(PY) bench/detection_torchvision.py
 
 clean: ## remove pipeline outputs (the DVC cache stays)
 	rm -rf data metrics plots reports dvc_plots comparison robustness/metrics.json models/*.tflite models/*.pt2 models/*.keras models/*.onnx models/pls.csv

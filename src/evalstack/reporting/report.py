@@ -230,6 +230,7 @@ def robustness_section(doc: Document, results: ProfileResults) -> None:
     doc.h2("Robustness under perturbations")
     doc.p(f"Accuracy per severity (0 = clean) for every model, one chart per perturbation type. "
           f"CE and mCE are relative to the reference model **{reference}** (thick line; CE = 100 for it).")
+    doc.p(CORRUPTION_FIDELITY)
     if metrics.get("note"):
         doc.p(metrics["note"])
     models = metrics["models"]
@@ -300,6 +301,12 @@ def _detection_grids(root: Path, names: list[str]) -> dict[str, dict]:
     return {name: grid for name, grid in grids.items() if isinstance(grid, dict) and grid.get("cells")}
 
 
+CORRUPTION_FIDELITY = ("The corruptions equal imagecorruptions 1.1.2 given the same random draws (README \"Equal to "
+                       "the reference\"); each item has its own random stream, so the random types' images differ "
+                       "pixel for pixel from one imagecorruptions run but come from the same distribution: these "
+                       "figures are comparable with published COCO-C / ImageNet-C results in expectation.")
+
+
 def detection_grid_section(doc: Document, grids: dict[str, dict]) -> None:
     """COCO-C: mAP against severity per corruption type with every model overlaid, then the tables."""
     first = next(iter(grids.values()))
@@ -308,6 +315,7 @@ def detection_grid_section(doc: Document, grids: dict[str, dict]) -> None:
           "unchanged. P_clean = clean mAP@[.5:.95], mPC = mean mAP over every type and severity, rPC = mPC / "
           "P_clean; consistency = share of clean detections (score ≥ evaluate.count_threshold) still found under "
           "corruption (same label, IoU ≥ 0.5).")
+    doc.p(CORRUPTION_FIDELITY)
     kinds = list(dict.fromkeys(kind for grid in grids.values() for kind in grid["types"]))
     doc.figures([Figure(f"detection_grid_{_slug(kind)}", f"mAP vs severity: {kind} (all detectors)",
                         figs.detection_grid_overlay(grids, kind)) for kind in kinds])

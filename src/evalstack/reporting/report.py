@@ -301,7 +301,7 @@ def _detection_grids(root: Path, names: list[str]) -> dict[str, dict]:
     return {name: grid for name, grid in grids.items() if isinstance(grid, dict) and grid.get("cells")}
 
 
-CORRUPTION_FIDELITY = ("The corruptions equal imagecorruptions 1.1.2 given the same random draws (README \"Equal to "
+CORRUPTION_FIDELITY = ("The ImageNet-C types equal imagecorruptions 1.1.2 given the same random draws (README \"Equal to "
                        "the reference\"); each item has its own random stream, so the random types' images differ "
                        "pixel for pixel from one imagecorruptions run but come from the same distribution: these "
                        "figures are comparable with published COCO-C / ImageNet-C results in expectation.")

@@ -113,3 +113,32 @@ def test_a_missing_image_file_is_named_by_image_id_and_path(tmp_path: Path):
     (Path(split.images) / "two.png").unlink()
     with pytest.raises(SourceError, match=r"val image 2 \(two.png\): .*file not found: .*images/val/two.png"):
         fetch_coco_layer(CocoFetchConfig({"val": split}), tmp_path / "raw")
+
+
+# -- trust round 2, item 12: ground truth is checked against its image -------------------------------
+UNMATCHABLE = [
+    ({"id": 7, "image_id": 2, "category_id": 1, "bbox": [5000.0, 5000.0, 50.0, 50.0], "area": 2500.0, "iscrowd": 0},
+     r"annotation 7 \(image 2, two.png\): bbox \[5000.0, 5000.0, 50.0, 50.0\] lies outside its 40×40 image"),
+    ({"id": 8, "image_id": 1, "category_id": 2, "bbox": [12.0, 12.0, 0.0, 9.0], "area": 0.0, "iscrowd": 0},
+     r"annotation 8 \(image 1, one.png\): bbox \[12.0, 12.0, 0.0, 9.0\] has zero area"),
+]
+
+
+@pytest.mark.parametrize("bad, message", UNMATCHABLE, ids=["outside", "zero area"])
+def test_a_box_no_detection_can_match_is_an_error_naming_image_and_annotation(tmp_path: Path, bad, message):
+    split = write_coco(tmp_path / "src", document(annotations=[*ANNOTATIONS, bad]))
+    with pytest.raises(SourceError, match=message + r".*fetch.on_error: skip drops such boxes"):
+        fetch_coco_layer(_config(split), tmp_path / "raw")
+    assert not (tmp_path / "raw" / INDEX_NAME).exists()
+
+
+def test_under_skip_unmatchable_boxes_are_dropped_and_listed(tmp_path: Path, capsys):
+    split = write_coco(tmp_path / "src", document(annotations=[*ANNOTATIONS, *(bad for bad, _ in UNMATCHABLE)]))
+    index = fetch_coco_layer(_config(split, on_error="skip"), tmp_path / "raw")
+    assert index.stats["annotations"] == 3  # the three real boxes only
+    assert [d["annotation_id"] for d in index.stats["dropped_annotations"]] == [7, 8]
+    assert "WARNING dropped 2 ground-truth boxes no detection can match (on_error: skip)" in capsys.readouterr().err
+    # a box overhanging its image by a rounding error is kept
+    edge = {"id": 9, "image_id": 2, "category_id": 1, "bbox": [0.0, 0.0, 40.6, 40.0], "area": 1624.0, "iscrowd": 0}
+    split = write_coco(tmp_path / "src2", document(annotations=[*ANNOTATIONS, edge]))
+    assert fetch_coco_layer(_config(split), tmp_path / "raw2").stats["annotations"] == 4

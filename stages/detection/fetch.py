@@ -18,6 +18,7 @@ def main() -> None:
         shard_size=int(fetch["shard_size"]),
         max_pixels=int(fetch["max_pixels"]),
         max_bytes=int(fetch.get("max_bytes", CocoFetchConfig.max_bytes)),
+        on_error=str(fetch.get("on_error", "fail")),
     )
     index = fetch_coco_layer(config, args.out)
     print(f"raw layer: {index.n_items} images, {index.stats['annotations']} boxes in {len(index.shards)} shards")

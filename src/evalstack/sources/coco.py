@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -48,10 +49,17 @@ class CocoFetchConfig:
     allowed_schemes: tuple[str, ...] = ("file",)
     max_bytes: int = DEFAULT_MAX_BYTES  # per image file, checked while reading
     max_annotation_bytes: int = 1 << 30  # the instances JSON (COCO's train2017 file is ~450 MB)
+    on_error: str = "fail"  # fail | skip: a box that cannot be matched is an error, or dropped and listed
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ("fail", "skip"):
+            raise SourceError(f"fetch.on_error {self.on_error!r} unknown; choose fail or skip")
 
     def layer_key(self) -> Key:
         splits = {name: {"annotations": s.annotations, "images": s.images} for name, s in self.splits.items()}
-        return Key("raw", {"source": "coco", "splits": splits, "shard_size": self.shard_size})
+        # on_error decides which boxes the layer holds: part of the key
+        return Key("raw", {"source": "coco", "splits": splits, "shard_size": self.shard_size,
+                           "on_error": self.on_error})
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,7 @@ class CocoImage:
 class CocoDataset:
     categories: list[dict[str, Any]]
     images: list[CocoImage] = field(default_factory=list)
+    dropped: list[dict[str, Any]] = field(default_factory=list)  # ground-truth boxes left out (on_error: skip)
 
     def category_ids(self, labels: tuple[str, ...], model: str) -> np.ndarray:
         """A model's label index → category id, matched by name (models and datasets number classes apart)."""
@@ -113,6 +122,24 @@ def _safe_relative(file_name: Any, what: str) -> str:
     return file_name
 
 
+# How far a box may reach past its image (pixels): COCO's own files hold boxes that overhang by a rounding
+# error; one that lies wholly or largely outside can never be matched and would lower recall silently.
+BOX_TOLERANCE = 1.0
+
+
+class UnmatchableBox(SourceError):
+    """A ground-truth box no detection can match: outside its image, or of zero area."""
+
+
+def check_box_in_image(box: list[float], width: int, height: int, what: str) -> None:
+    x, y, w, h = box
+    if w <= 0 or h <= 0:
+        raise UnmatchableBox(f"{what}: bbox {box} has zero area; no detection can match it")
+    if x < -BOX_TOLERANCE or y < -BOX_TOLERANCE or x + w > width + BOX_TOLERANCE or y + h > height + BOX_TOLERANCE:
+        raise UnmatchableBox(f"{what}: bbox {box} lies outside its {width}×{height} image (by more than "
+                             f"{BOX_TOLERANCE:g} px); no detection can match it")
+
+
 def _annotation_row(ann: Mapping[str, Any], images: Mapping[int, Any], category_ids: set[int], where: str):
     what = f"{where} annotation {ann.get('id')!r}"
     ann_id = _int(ann.get("id"), f"{what} id")
@@ -128,14 +155,17 @@ def _annotation_row(ann: Mapping[str, Any], images: Mapping[int, Any], category_
     box = [_number(v, f"{what} bbox") for v in bbox]
     if box[2] < 0 or box[3] < 0:
         raise SourceError(f"{what}: bbox {bbox} has a negative size")
+    check_box_in_image(box, images[image_id]["width"], images[image_id]["height"],
+                       f"{what} (image {image_id}, {images[image_id]['file_name']})")
     # pycocotools needs `area`; when a file omits it, the box area stands in.
     area = _number(ann["area"], f"{what} area") if "area" in ann else box[2] * box[3]
     iscrowd = _int(ann.get("iscrowd", 0), f"{what} iscrowd")
     return image_id, box, category, area, iscrowd, ann_id
 
 
-def parse_instances(document: Any, split: str, images_url: str, where: str) -> CocoDataset:
-    """Validate one instances JSON; images sorted by id, annotations grouped per image in file order."""
+def parse_instances(document: Any, split: str, images_url: str, where: str, on_error: str = "fail") -> CocoDataset:
+    """Validate one instances JSON; images sorted by id, annotations grouped per image in file order.
+    A box no detection can match is an error, or (on_error: skip) dropped and listed in `dataset.dropped`."""
     if not isinstance(document, dict) or not all(k in document for k in ("images", "annotations", "categories")):
         raise SourceError(f"{where}: not a COCO instances file (needs images, annotations, categories)")
     categories = [{"id": _int(c.get("id"), f"{where} category id"), "name": str(c.get("name")),
@@ -154,14 +184,22 @@ def parse_instances(document: Any, split: str, images_url: str, where: str) -> C
         images[image_id] = {"file_name": _safe_relative(entry.get("file_name"), what), "width": width, "height": height}
     rows: dict[int, list] = {image_id: [] for image_id in images}
     seen_ids: set[int] = set()
+    dropped: list[dict[str, Any]] = []
     for ann in document["annotations"]:
-        row = _annotation_row(ann, images, {c["id"] for c in categories}, where)
+        try:
+            row = _annotation_row(ann, images, {c["id"] for c in categories}, where)
+        except UnmatchableBox as error:
+            if on_error != "skip":
+                raise SourceError(f"{error} (fetch.on_error: skip drops such boxes and lists them)") from None
+            dropped.append({"split": split, "image_id": ann.get("image_id"), "annotation_id": ann.get("id"),
+                            "cause": str(error)})
+            continue
         if row[-1] in seen_ids:
             raise SourceError(f"{where}: annotation id {row[-1]} appears twice")
         seen_ids.add(row[-1])
         rows[row[0]].append(row[1:])
     base = images_url.rstrip("/") + "/"
-    dataset = CocoDataset(categories=categories)
+    dataset = CocoDataset(categories=categories, dropped=dropped)
     for image_id in sorted(images):
         info = images[image_id]
         dataset.images.append(CocoImage(
@@ -196,13 +234,14 @@ def read_coco(config: CocoFetchConfig, read_bytes: ReadBytes | None = None) -> C
             document = json.loads(read_bytes(url))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise SourceError(f"{url}: not valid JSON ({error})") from None
-        dataset = parse_instances(document, split, to_url(source.images), url)
+        dataset = parse_instances(document, split, to_url(source.images), url, config.on_error)
         if merged is None:
             merged = dataset
         elif dataset.categories != merged.categories:
             raise SourceError(f"{url}: categories differ from the other splits'")
         else:
             merged.images.extend(dataset.images)
+            merged.dropped.extend(dataset.dropped)
     if merged is None:
         raise SourceError("no COCO splits configured")
     return merged
@@ -266,7 +305,13 @@ def fetch_coco_layer(config: CocoFetchConfig, out_dir: Path, read_bytes: ReadByt
             # The item key is the sha256 of the image bytes, so it doubles as the per-item checksum `verify` uses.
             writer.add_shard(shard_name(number), columns, attrs={"categories": dataset.categories}, flat=flat,
                              checksum_of=("blob",), checksum_column=ITEM_KEY)
-    writer.stats = {"items": len(images), "annotations": int(sum(len(i.truth) for i in images))}
+    writer.stats = {"items": len(images), "annotations": int(sum(len(i.truth) for i in images)),
+                    "dropped_annotations": dataset.dropped}
+    if dataset.dropped:
+        listed = "\n".join(f"  {d['cause']}" for d in dataset.dropped[:5])
+        more = f"\n  … and {len(dataset.dropped) - 5} more" if len(dataset.dropped) > 5 else ""
+        print(f"WARNING dropped {len(dataset.dropped)} ground-truth boxes no detection can match (on_error: skip); "
+              f"all listed in {out_dir}/index.json (stats.dropped_annotations):\n{listed}{more}", file=sys.stderr)
     return writer.finish()
 
 

@@ -243,9 +243,14 @@ def write_section(path: Path, f: dict, log: list[str]) -> None:
     lines += [f"| {what} | {value} | {goal} | {verdict(ok)} |" for what, value, goal, ok in rows]
     lines += ["", f"The naive loop's per-cell mAP equals the grid's to {f['max_dmap']:.2g} (largest |Δ|; the framework "
               "rounds differently in other batch compositions).", "", "```", *log, "```", SECTION_END]
+    put_section(path, SECTION_START, SECTION_END, lines)
+
+
+def put_section(path: Path, start: str, end: str, lines: list[str]) -> None:
+    """Replace the section between the markers in bench/RESULTS.md (`lines` include them), or append it."""
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if SECTION_START in text:
-        text = text[: text.index(SECTION_START)] + "\n".join(lines) + text[text.index(SECTION_END) + len(SECTION_END):]
+    if start in text:
+        text = text[: text.index(start)] + "\n".join(lines) + text[text.index(end) + len(end):]
     else:
         text = text.rstrip() + "\n\n" + "\n".join(lines) + "\n"
     path.write_text(text)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
 import yaml  # noqa: E402
-from detection_grid import git_commit, prepare, repro, say  # noqa: E402
+from detection_grid import git_commit, prepare, put_section, repro, say  # noqa: E402
 
 from tests.e2e import run, set_param  # noqa: E402
 
@@ -144,12 +144,7 @@ def write_section(path: Path, f: dict, log: list[str]) -> None:
     lines += [f"| {what} | {value} | {goal} |" for what, value, goal in rows]
     lines += ["", f"The naive script's per-cell mAP equals the grid's to {f['max_dmap']:.2g} (largest |Δ|).", "",
               "```", *log, "```", SECTION_END]
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if SECTION_START in text:
-        text = text[: text.index(SECTION_START)] + "\n".join(lines) + text[text.index(SECTION_END) + len(SECTION_END):]
-    else:
-        text = text.rstrip() + "\n\n" + "\n".join(lines) + "\n"
-    path.write_text(text)
+    put_section(path, SECTION_START, SECTION_END, lines)
 
 
 if __name__ == "__main__":

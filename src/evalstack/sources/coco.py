@@ -31,7 +31,8 @@ from evalstack.sources.images import DEFAULT_MAX_PIXELS, check_image
 from evalstack.sources.registry import DEFAULT_MAX_BYTES, SourceError, check_scheme, read_local, safe_name, to_url
 
 ReadBytes = Callable[[str], bytes]
-DETECTION_SOURCES = ("coco", "yolo")  # raw layers of this shape: a YOLO dataset is stored as COCO (sources/yolo_dataset.py)
+# raw layers of this shape: a YOLO dataset is stored as COCO (sources/yolo_dataset.py)
+DETECTION_SOURCES = ("coco", "yolo")
 GT_FLAT = ("gt_bbox", "gt_category", "gt_area", "gt_iscrowd", "gt_ann_id")
 
 
@@ -231,14 +232,14 @@ def _ground_truth(rows: list) -> GroundTruth:
                        np.asarray(crowd, np.int64), np.asarray(ids, np.int64))
 
 
-def _capped_reader(max_bytes: int) -> ReadBytes:
+def capped_reader(max_bytes: int) -> ReadBytes:
     return lambda url: read_local(url, max_bytes)
 
 
 def read_coco(config: CocoFetchConfig, read_bytes: ReadBytes | None = None) -> CocoDataset:
     """Every split of the source; categories must agree across splits. Local files are read under
     `max_annotation_bytes` unless `read_bytes` (which caps its own reads) is given."""
-    read_bytes = read_bytes or _capped_reader(config.max_annotation_bytes)
+    read_bytes = read_bytes or capped_reader(config.max_annotation_bytes)
     merged: CocoDataset | None = None
     for split in sorted(config.splits):
         source = config.splits[split]
@@ -261,7 +262,8 @@ def read_coco(config: CocoFetchConfig, read_bytes: ReadBytes | None = None) -> C
     return merged
 
 
-def read_checked_image(url: str, what: str, options: ImageFetchOptions, read_bytes: ReadBytes) -> tuple[bytes, int, int]:
+def read_checked_image(url: str, what: str, options: ImageFetchOptions,
+                       read_bytes: ReadBytes) -> tuple[bytes, int, int]:
     """An image's bytes and (width, height), decoded once in full under the pixel cap; errors name `what`
     (split, image id, file name) and the path."""
     check_scheme(url, options.allowed_schemes)
@@ -337,7 +339,7 @@ def fetch_coco_layer(config: CocoFetchConfig, out_dir: Path, read_bytes: ReadByt
     """The raw layer: images in (split, id) order, `shard_size` per shard. Local images are read
     under `max_bytes` each unless `read_bytes` (which caps its own reads) is given."""
     dataset = read_coco(config, read_bytes)
-    read_bytes = read_bytes or _capped_reader(config.max_bytes)
+    read_bytes = read_bytes or capped_reader(config.max_bytes)
     skipped: list[dict[str, Any]] = []
     items = _coco_items(dataset, config, read_bytes, skipped)
     return write_detection_layer(items, DetectionLayerSpec(config.layer_key(), dataset.categories, config.shard_size,

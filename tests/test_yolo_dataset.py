@@ -6,11 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
+from evalstack.config import load_params
 from evalstack.core.layers import INDEX_NAME, Layer
 from evalstack.demo.cards import encode_png
 from evalstack.detection.metrics import coco_from_document, run_cocoeval
+from evalstack.params_schema import schema_errors
 from evalstack.sources.coco import CocoFetchConfig, CocoSplit, coco_document, fetch_coco_layer, read_ground_truth
+from evalstack.sources.detection_source import detection_fetch_config, fetch_detection_layer
 from evalstack.sources.registry import SourceError
 from evalstack.sources.yolo_dataset import YoloFetchConfig, fetch_yolo_layer, label_path
 
@@ -191,3 +195,19 @@ def test_the_layer_key_covers_what_changes_the_layer(tmp_path: Path):
                _config(Path("a/data.yaml"), on_error="skip", max_bytes=100)]
     assert len({c.layer_key().hex for c in configs}) == len(configs)
     assert CocoFetchConfig({"v": CocoSplit("x", "y")}).layer_key().hex != base.layer_key().hex
+
+
+def test_the_detection_fetch_params_choose_the_format(tmp_path: Path):
+    data = write_yolo(tmp_path / "ds")
+    fetch = {"format": "yolo", "data": str(data), "splits": ["val"], "shard_size": 256, "max_pixels": 1 << 20}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"fetch": fetch}))
+    index = fetch_detection_layer(load_params(tmp_path / "params.yaml")["fetch"], tmp_path / "raw")
+    assert index.n_items == 4
+    assert coco_document(read_ground_truth(tmp_path / "raw"), "val")["annotations"] == EXPECTED
+    coco = {"splits": {"val": {"annotations": "a.json", "images": "img"}}, "shard_size": 2, "max_pixels": 100}
+    assert isinstance(detection_fetch_config(coco), CocoFetchConfig)  # no format: COCO, as before
+    assert schema_errors({"fetch": coco}) == []
+    for wrong in ({**fetch, "data": None}, {**fetch, "splits": {"val": coco["splits"]["val"]}},
+                  {**coco, "data": str(data)}, {**coco, "splits": ["val"]}):
+        errors = schema_errors({"fetch": {k: v for k, v in wrong.items() if v is not None}})
+        assert len(errors) == 1 and errors[0].startswith("fetch: a mapping, expected format: "), errors

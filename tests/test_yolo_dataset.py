@@ -181,6 +181,9 @@ def test_data_yaml_mistakes_are_named(tmp_path: Path):
     data.write_text("val: images/val\nnames: {0: a, 2: b}\n")
     with pytest.raises(SourceError, match=r"names keys \[0, 2\] are not the class indices 0..1"):
         fetch_yolo_layer(_config(data), tmp_path / "r")
+    data.write_text("val: images/val\nnames: {'1': b, '0': a, '2': c}\n")  # string keys, as Ultralytics allows
+    assert fetch_yolo_layer(_config(data), tmp_path / "ok").n_items == 4
+    assert [c["name"] for c in read_ground_truth(tmp_path / "ok").categories] == ["a", "b", "c"]
     data.write_text("path: elsewhere\nval: images/val\nnames: {0: a}\n")
     with pytest.raises(SourceError, match=r"folder .*ds/elsewhere/images/val not found"):
         fetch_yolo_layer(_config(data), tmp_path / "r")

@@ -88,6 +88,8 @@ def _categories(names: Any, nc: Any, where: str) -> list[dict[str, Any]]:
         names = dict(enumerate(names))
     if not isinstance(names, dict) or not names:
         raise SourceError(f"{where}: names {names!r} is not a list or an {{index: name}} map")
+    # Ultralytics reads the keys with int(): `"0": a` and `0: a` are the same class
+    names = {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in names.items()}
     if sorted(names) != list(range(len(names))):
         raise SourceError(f"{where}: names keys {sorted(names, key=str)} are not the class indices 0..{len(names) - 1}")
     if nc is not None and nc != len(names):
@@ -126,6 +128,8 @@ def read_data_yaml(data: str, splits: tuple[str, ...]) -> YoloDataset:
         raise SourceError(f"{path}: not valid YAML ({error})") from None
     if not isinstance(document, dict) or "names" not in document:
         raise SourceError(f"{path}: not a YOLO data.yaml (needs names and the split folders)")
+    if document.get("path") is not None and not isinstance(document["path"], str):
+        raise SourceError(f"{path}: path {document['path']!r} is not a folder path")
     root = path.parent / document["path"] if document.get("path") else path.parent
     if not splits:
         raise SourceError(f"{path}: fetch.splits names no split")

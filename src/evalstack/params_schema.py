@@ -14,7 +14,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 Count = Annotated[StrictInt, Field(ge=1)]
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
@@ -76,11 +87,24 @@ class CocoSplit(Open):
 
 
 class DetectionFetch(Open):
-    splits: dict[StrictStr, CocoSplit]
+    format: Literal["coco", "yolo"] = "coco"
+    # coco: {split: {annotations, images}}; yolo: the data.yaml splits to fetch ([val])
+    splits: dict[StrictStr, CocoSplit] | Annotated[list[StrictStr], Field(min_length=1)]
+    data: StrictStr | None = None  # yolo: the dataset's data.yaml
     shard_size: Count = 256
     max_pixels: Count = 16_777_216
     max_bytes: Count = 67_108_864
     on_error: Literal["fail", "skip"] = "fail"
+
+    @model_validator(mode="after")
+    def _fits_format(self) -> "DetectionFetch":
+        if self.format == "coco" and (not isinstance(self.splits, dict) or self.data is not None):
+            raise PydanticCustomError("format", "format: coco with splits: {split: {annotations, images}} and no "
+                                      "data (or format: yolo with data: path/to/data.yaml and splits: [val])")
+        if self.format == "yolo" and (not isinstance(self.splits, list) or self.data is None):
+            raise PydanticCustomError("format", "format: yolo with data: path/to/data.yaml and splits: a list of its "
+                                      "splits ([val])")
+        return self
 
 
 class Pipeline(Open):
@@ -199,9 +223,9 @@ class DetectionParams(Params):
 
 
 def profile_schema(params: Mapping[str, Any]) -> type[Params]:
-    """The detection profile's params hold a corruption `grid` or COCO `fetch.splits`; the root's do not."""
+    """The detection profile's params hold a corruption `grid` or `fetch.splits`/`format`; the root's do not."""
     fetch = params.get("fetch")
-    detection = "grid" in params or (isinstance(fetch, Mapping) and "splits" in fetch)
+    detection = "grid" in params or (isinstance(fetch, Mapping) and ("splits" in fetch or "format" in fetch))
     return DetectionParams if detection else ClassificationParams
 
 

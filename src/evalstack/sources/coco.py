@@ -17,8 +17,8 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
-from urllib.parse import quote, urljoin
+from typing import Any, Callable, Iterable, Iterator, Mapping
+from urllib.parse import quote, unquote, urljoin, urlparse
 
 import numpy as np
 from tqdm import tqdm
@@ -31,7 +31,8 @@ from evalstack.sources.images import DEFAULT_MAX_PIXELS, check_image
 from evalstack.sources.registry import DEFAULT_MAX_BYTES, SourceError, check_scheme, read_local, safe_name, to_url
 
 ReadBytes = Callable[[str], bytes]
-DETECTION_SOURCES = ("coco", "yolo")  # raw layers of this shape: a YOLO dataset is stored as COCO (sources/yolo.py)
+# raw layers of this shape: a YOLO dataset is stored as COCO (sources/yolo_dataset.py)
+DETECTION_SOURCES = ("coco", "yolo")
 GT_FLAT = ("gt_bbox", "gt_category", "gt_area", "gt_iscrowd", "gt_ann_id")
 
 
@@ -41,25 +42,39 @@ class CocoSplit:
     images: str  # folder or URL prefix that `file_name` is relative to
 
 
-@dataclass(frozen=True)
-class CocoFetchConfig:
-    splits: Mapping[str, CocoSplit]
+@dataclass(frozen=True, kw_only=True)
+class ImageFetchOptions:
+    """What every detection source applies to the images it fetches (COCO here, YOLO in yolo_dataset.py)."""
+
     shard_size: int = 256
     max_pixels: int = DEFAULT_MAX_PIXELS
     allowed_schemes: tuple[str, ...] = ("file",)
     max_bytes: int = DEFAULT_MAX_BYTES  # per image file, checked while reading
-    max_annotation_bytes: int = 1 << 30  # the instances JSON (COCO's train2017 file is ~450 MB)
-    on_error: str = "fail"  # fail | skip: a box that cannot be matched is an error, or dropped and listed
+    # fail | skip: an unreadable image or a box no detection can match is an error, or left out and listed
+    on_error: str = "fail"
 
     def __post_init__(self) -> None:
         if self.on_error not in ("fail", "skip"):
             raise SourceError(f"fetch.on_error {self.on_error!r} unknown; choose fail or skip")
 
+    def guard_key(self) -> dict[str, Any]:
+        """The layer-key parts every detection source shares. Under skip the image guards decide which
+        images the layer holds, so they are part of the key; under fail they only refuse."""
+        parts: dict[str, Any] = {"shard_size": self.shard_size, "on_error": self.on_error}
+        if self.on_error == "skip":
+            parts.update(max_pixels=self.max_pixels, max_bytes=self.max_bytes)
+        return parts
+
+
+@dataclass(frozen=True)
+class CocoFetchConfig(ImageFetchOptions):
+    splits: Mapping[str, CocoSplit]
+    max_annotation_bytes: int = field(default=1 << 30, kw_only=True)  # the instances JSON (train2017's is ~450 MB)
+
     def layer_key(self) -> Key:
         splits = {name: {"annotations": s.annotations, "images": s.images} for name, s in self.splits.items()}
-        # on_error decides which boxes the layer holds: part of the key
-        return Key("raw", {"source": "coco", "splits": splits, "shard_size": self.shard_size,
-                           "on_error": self.on_error})
+        # on_error decides which boxes and images the layer holds: part of the key
+        return Key("raw", {"source": "coco", "splits": splits, **self.guard_key()})
 
 
 @dataclass(frozen=True)
@@ -217,14 +232,14 @@ def _ground_truth(rows: list) -> GroundTruth:
                        np.asarray(crowd, np.int64), np.asarray(ids, np.int64))
 
 
-def _capped_reader(max_bytes: int) -> ReadBytes:
+def capped_reader(max_bytes: int) -> ReadBytes:
     return lambda url: read_local(url, max_bytes)
 
 
 def read_coco(config: CocoFetchConfig, read_bytes: ReadBytes | None = None) -> CocoDataset:
     """Every split of the source; categories must agree across splits. Local files are read under
     `max_annotation_bytes` unless `read_bytes` (which caps its own reads) is given."""
-    read_bytes = read_bytes or _capped_reader(config.max_annotation_bytes)
+    read_bytes = read_bytes or capped_reader(config.max_annotation_bytes)
     merged: CocoDataset | None = None
     for split in sorted(config.splits):
         source = config.splits[split]
@@ -247,14 +262,30 @@ def read_coco(config: CocoFetchConfig, read_bytes: ReadBytes | None = None) -> C
     return merged
 
 
-def _read_image(image: CocoImage, config: CocoFetchConfig, read_bytes: ReadBytes) -> bytes:
-    what = f"{image.split} image {image.image_id} ({image.file_name})"
-    check_scheme(image.url, config.allowed_schemes)
+def read_checked_image(url: str, what: str, options: ImageFetchOptions,
+                       read_bytes: ReadBytes) -> tuple[bytes, int, int]:
+    """An image's bytes and (width, height), decoded once in full under the pixel cap; errors name `what`
+    (split, image id, file name) and the path."""
+    check_scheme(url, options.allowed_schemes)
     try:
-        data = read_bytes(image.url)
+        data = read_bytes(url)
     except SourceError as error:  # the reader names the path; the image id is what the user looks up
         raise SourceError(f"{what}: {error}") from None
-    width, height = check_image(data, config.max_pixels, what)
+    try:
+        width, height = check_image(data, options.max_pixels, what)
+    except SourceError as error:
+        raise SourceError(f"{error} (file {url_path(url)})") from None
+    return data, width, height
+
+
+def url_path(url: str) -> str:
+    parsed = urlparse(url)
+    return unquote(parsed.path) if parsed.scheme == "file" else url
+
+
+def _read_image(image: CocoImage, config: CocoFetchConfig, read_bytes: ReadBytes) -> bytes:
+    what = f"{image.split} image {image.image_id} ({image.file_name})"
+    data, width, height = read_checked_image(image.url, what, config, read_bytes)
     if (width, height) != (image.width, image.height):
         raise SourceError(f"{what}: the file is {width}×{height}, the JSON says {image.width}×{image.height}")
     return data
@@ -287,31 +318,85 @@ def raw_shard(images: list[CocoImage], blobs: list[bytes]) -> tuple[dict[str, np
     return columns, flat
 
 
+def skip_or_raise(error: SourceError, on_error: str, record: dict[str, Any], skipped: list[dict[str, Any]]) -> None:
+    """One image that cannot be read: an error (fail), or recorded in `skipped` (skip)."""
+    if on_error != "skip":
+        raise SourceError(f"{error} (fetch.on_error: skip skips such images and lists them)") from None
+    skipped.append({**record, "cause": str(error)})
+
+
+def _coco_items(dataset: CocoDataset, config: CocoFetchConfig, read_bytes: ReadBytes,
+                skipped: list[dict[str, Any]]) -> Iterator[tuple[CocoImage, bytes]]:
+    for image in dataset.images:
+        try:
+            yield image, _read_image(image, config, read_bytes)
+        except SourceError as error:
+            skip_or_raise(error, config.on_error, {"split": image.split, "image_id": image.image_id,
+                                                   "file_name": image.file_name, "path": url_path(image.url)}, skipped)
+
+
 def fetch_coco_layer(config: CocoFetchConfig, out_dir: Path, read_bytes: ReadBytes | None = None) -> LayerIndex:
     """The raw layer: images in (split, id) order, `shard_size` per shard. Local images are read
     under `max_bytes` each unless `read_bytes` (which caps its own reads) is given."""
     dataset = read_coco(config, read_bytes)
-    read_bytes = read_bytes or _capped_reader(config.max_bytes)
-    writer = LayerWriter(out_dir, RAW_KIND, config.layer_key())
-    images = dataset.images
-    with tqdm(total=len(images), desc="fetch coco", unit="image") as progress:
-        for number, start in enumerate(range(0, len(images), config.shard_size)):
-            chunk = images[start : start + config.shard_size]
-            blobs = []
-            for image in chunk:
-                blobs.append(_read_image(image, config, read_bytes))
-                progress.update()
-            columns, flat = raw_shard(chunk, blobs)
-            # The item key is the sha256 of the image bytes, so it doubles as the per-item checksum `verify` uses.
-            writer.add_shard(shard_name(number), columns, attrs={"categories": dataset.categories}, flat=flat,
-                             checksum_of=("blob",), checksum_column=ITEM_KEY)
-    writer.stats = {"items": len(images), "annotations": int(sum(len(i.truth) for i in images)),
-                    "dropped_annotations": dataset.dropped}
-    if dataset.dropped:
-        listed = "\n".join(f"  {d['cause']}" for d in dataset.dropped[:5])
-        more = f"\n  … and {len(dataset.dropped) - 5} more" if len(dataset.dropped) > 5 else ""
-        print(f"WARNING dropped {len(dataset.dropped)} ground-truth boxes no detection can match (on_error: skip); "
-              f"all listed in {out_dir}/index.json (stats.dropped_annotations):\n{listed}{more}", file=sys.stderr)
+    read_bytes = read_bytes or capped_reader(config.max_bytes)
+    skipped: list[dict[str, Any]] = []
+    items = _coco_items(dataset, config, read_bytes, skipped)
+    return write_detection_layer(items, DetectionLayerSpec(config.layer_key(), dataset.categories, config.shard_size,
+                                                           len(dataset.images), "fetch coco"),
+                                 out_dir, dataset.dropped, skipped)
+
+
+@dataclass(frozen=True)
+class DetectionLayerSpec:
+    key: Key
+    categories: list[dict[str, Any]]
+    shard_size: int
+    total: int  # images the source lists (for progress)
+    desc: str
+
+
+def _warn(listed: list[dict[str, Any]], what: str, stat: str, out_dir: Path) -> None:
+    lines = "\n".join(f"  {entry['cause']}" for entry in listed[:5])
+    more = f"\n  … and {len(listed) - 5} more" if len(listed) > 5 else ""
+    print(f"WARNING {what} (on_error: skip); all listed in {out_dir}/index.json (stats.{stat}):\n{lines}{more}",
+          file=sys.stderr)
+
+
+def write_detection_layer(items: Iterable[tuple[CocoImage, bytes]], spec: DetectionLayerSpec, out_dir: Path,
+                          dropped: list[dict[str, Any]], skipped: list[dict[str, Any]]) -> LayerIndex:
+    """Write (image, bytes) pairs `shard_size` per shard; `dropped` and `skipped` (filled while `items` is
+    consumed, under on_error: skip) go into the stats and a warning. A layer of no images is an error."""
+    writer = LayerWriter(out_dir, RAW_KIND, spec.key)
+    kept, annotations, number = 0, 0, 0
+
+    def flush(chunk: list[tuple[CocoImage, bytes]]) -> None:
+        columns, flat = raw_shard([image for image, _ in chunk], [blob for _, blob in chunk])
+        # The item key is the sha256 of the image bytes, so it doubles as the per-item checksum `verify` uses.
+        writer.add_shard(shard_name(number), columns, attrs={"categories": spec.categories}, flat=flat,
+                         checksum_of=("blob",), checksum_column=ITEM_KEY)
+
+    chunk: list[tuple[CocoImage, bytes]] = []
+    with tqdm(total=spec.total, desc=spec.desc, unit="image") as progress:
+        for image, blob in items:
+            chunk.append((image, blob))
+            kept, annotations = kept + 1, annotations + len(image.truth)
+            progress.update()
+            if len(chunk) == spec.shard_size:
+                flush(chunk)
+                chunk, number = [], number + 1
+        if chunk:
+            flush(chunk)
+    if skipped and not kept:
+        raise SourceError(f"every image failed ({len(skipped)}; the first: {skipped[0]['cause']}); "
+                          f"nothing to evaluate, so no raw layer is written")
+    writer.stats = {"items": kept, "annotations": annotations, "dropped_annotations": dropped,
+                    "skipped_images": skipped}
+    if dropped:
+        _warn(dropped, f"dropped {len(dropped)} ground-truth boxes no detection can match", "dropped_annotations",
+              out_dir)
+    if skipped:
+        _warn(skipped, f"skipped {len(skipped)} images that could not be read", "skipped_images", out_dir)
     return writer.finish()
 
 

@@ -98,3 +98,17 @@ def test_demo_training_is_byte_deterministic(tmp_path):
     train_torch_export(x, y, 3, config, tmp_path / "a.pt2")
     train_torch_export(x, y, 3, config, tmp_path / "b.pt2")
     assert (tmp_path / "a.pt2").read_bytes() == (tmp_path / "b.pt2").read_bytes()
+
+
+def test_a_runtime_failure_names_the_model_and_the_file(tflite_file, monkeypatch):
+    """Trust round 2, item 13: a TFLite custom op fails at the first batch with a raw RuntimeError naming
+    neither the model nor the file; evalstack's error names both (the runtime's message is kept)."""
+    model = load_adapter(_spec(tflite_file, "tflite"))
+
+    def unresolved(batch):
+        raise RuntimeError("Encountered unresolved custom op: MyCustomOp.\nSee instructions: …")
+
+    monkeypatch.setattr(model, "_forward", unresolved)
+    with pytest.raises(ModelError, match=rf"model m: {tflite_file} failed to run on a batch of 2 \(RuntimeError: "
+                                         r"Encountered unresolved custom op: MyCustomOp.\); .*custom op"):
+        model.predict_batch(np.zeros((2, 96, 96, 3), np.float32))

@@ -312,3 +312,21 @@ def test_max_skipped_is_a_count_or_a_share_of_the_listing(tmp_path: Path, limit,
 def test_a_bad_max_skipped_is_named(tmp_path: Path, bad):
     with pytest.raises(SourceError, match=r"fetch.max_skipped"):
         local_config(make_registry(tmp_path / "src", n=1), tmp_path, max_skipped=bad)
+
+
+def test_the_report_lists_the_ids_skip_left_out(tmp_path: Path):
+    import json
+
+    from evalstack.reporting.provenance import source_lines
+    from evalstack.reporting.results import ProfileResults
+
+    registry = make_registry(tmp_path / "src", n=10)
+    for path in sorted((tmp_path / "src" / "images").iterdir())[:1]:
+        path.unlink()
+    report = tmp_path / "data" / "fetch_report.json"
+    config = local_config(registry, tmp_path, on_error="skip", report=report)
+    fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+    assert json.loads(report.read_text())["failed"][0]["id"] == 100
+    lines = source_lines(ProfileResults("classification", tmp_path, {"fetch": {}}, [], "test"))
+    assert any(line.startswith("Skipped (on_error: skip, all listed in data/fetch_report.json): id 100 (")
+               for line in lines), lines

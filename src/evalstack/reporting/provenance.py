@@ -27,6 +27,11 @@ def source_lines(results: ProfileResults) -> list[str]:
         text = ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in counts.items())
         offline = " — fetched OFFLINE: the previous raw layer was kept" if report.get("offline") else ""
         lines.append(f"Fetch counts: {text}{offline}.")
+        failed = report.get("failed") or []
+        if failed and report.get("on_error") == "skip":
+            shown = "; ".join(f"id {f.get('id')} ({f.get('cause')})" for f in failed[:10] if isinstance(f, dict))
+            more = f"; … and {len(failed) - 10} more" if len(failed) > 10 else ""
+            lines.append(f"Skipped (on_error: skip, all listed in data/fetch_report.json): {shown}{more}.")
     raw = read_json(results.root / "data/raw/index.json")
     if isinstance(raw, dict):
         lines.append(f"Raw layer: {raw.get('n_items', '?')} items in {len(raw.get('shards') or [])} shards.")

@@ -90,7 +90,15 @@ class ModelAdapter(ABC):
                 f"{expected}; check that its pipeline ({self.spec.pipeline}) produces that size"
             )
         started = time.perf_counter()
-        logits = np.asarray(self._forward(batch), dtype=np.float32)
+        try:
+            logits = np.asarray(self._forward(batch), dtype=np.float32)
+        except ModelError:
+            raise
+        except Exception as error:  # a framework's own error (a TFLite custom op, an ONNX kernel) names no model
+            raise ModelError(f"model {self.spec.name}: {self.spec.file} failed to run on a batch of {len(batch)} "
+                             f"({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''})"
+                             "; the file may need operators this runtime lacks (a custom op), or another input "
+                             "shape or type") from error
         self.forward_seconds += time.perf_counter() - started
         self.forward_passes += len(batch)
         self._check_outputs(logits, len(batch))

@@ -4,13 +4,17 @@ A model file is one of (told apart by its content, not its name):
 - TorchScript (`torch.jit.script(model).save(...)`; a zip holding `constants.pkl` and `code/`);
 - a `torch.export` archive (`.pt2`; a zip holding `archive_format`): post-processing frozen inside;
 - a state_dict (`torch.save(model.state_dict())`) plus `builder:` (a torchvision builder, see BUILDERS) and
-  `num_classes:` (background included, as torchvision counts).
-All three unpickle or run code when loaded: the model entry must pin `sha256:` or say `trust: true`.
+  `num_classes:` (background included, as torchvision counts);
+- an ONNX export of a torchvision detector (`torch.onnx.export(model, ([image],), dynamo=False)`: one [3, H, W]
+  image in, boxes, labels, scores out), run by onnxruntime one image per run: post-processing frozen inside.
+The torch formats unpickle or run code when loaded: the model entry must pin `sha256:` or say `trust: true`.
+ONNX is data (a protobuf) and needs neither; a pinned `sha256:` is checked all the same.
 
 Two calling contracts are accepted and told apart by the module's declared input (TorchScript schema) or, for
-a `.pt2`, by trying: a torchvision detector takes a list of CHW float tensors in 0–1 and returns its
-detections (scripted: `(losses, detections)`); PerceptionMetrics' contract takes one batched `[B, 3, H, W]`
-tensor (normalised with `pm_config`'s mean/std when given) and returns a list of dicts. Either returns per
+a `.pt2`, by trying (an ONNX export takes one CHW image per run): a torchvision detector takes a list of CHW
+float tensors in 0–1 (its transform normalises and resizes inside) and returns its detections (scripted:
+`(losses, detections)`); PerceptionMetrics' contract takes one batched `[B, 3, H, W]` tensor (normalised with
+`pm_config`'s mean/std when given) and returns a list of dicts. Either returns per
 image `boxes` xyxy in input pixels (the letterboxed array; the placement maps them to the original image),
 `labels` (class c ↦ labels[c - 1]: torchvision's class 0 is background; a RetinaNet/FCOS box of class 0
 stays a candidate, label -1, through NMS and the cap as in the model, and is dropped after) and `scores`.
@@ -27,11 +31,13 @@ t; raising K would add boxes the model at t never considers. The transform maps 
 after NMS; where it resizes (e.g. an 800-px Faster R-CNN on 320-px letterboxes), a builder's module
 reports its boxes before that mapping and post-processing applies torchvision's `resize_boxes` to the kept
 ones. A scripted model that resizes, a PerceptionMetrics wrapper (it may post-process after the detector)
-and a `.pt2` keep their post-processing: it is recorded as frozen with the values it ran with (read from the
-model, or `frozen_nms:` in params), and a change they cannot answer exactly is refused.
+a `.pt2` and an ONNX export keep their post-processing: it is recorded as frozen with the values it ran with
+(read from the model, or `frozen_nms:` in params, which an ONNX export must give: its values are constants in
+the graph), and a change they cannot answer exactly is refused.
 
-`device: auto | cpu | cuda[:N]`; the device kind (cpu/cuda) is part of the contract, so a CPU cache is
-never served as a GPU result. `pm_config: path` reads a PerceptionMetrics model config (see PM_KEYS).
+`device: auto | cpu | cuda[:N]` (ONNX: onnxruntime's CPU provider, or its CUDA provider where installed); the
+device kind (cpu/cuda) is part of the contract, so a CPU cache is never served as a GPU result.
+`pm_config: path` reads a PerceptionMetrics model config (see PM_KEYS).
 """
 from __future__ import annotations
 
@@ -54,7 +60,7 @@ from evalstack.detection.boxes import Candidates, Detections
 from evalstack.detection.decoding import CandidateBound, PostProcess
 from evalstack.detection.postprocess import model_space_detections
 from evalstack.detection.styles import FROZEN, NMS_THEN_CAP, StyleRecord, check_style_covers
-from evalstack.models.trust import require_trusted_format
+from evalstack.models.trust import pickle_format, require_trusted_format
 
 BUILDERS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
             "fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2",
@@ -62,17 +68,23 @@ BUILDERS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn
             "maskrcnn_resnet50_fpn_v2")
 FORMATS = {"torchscript": "TorchScript archive (code that runs on load)",
            "export": "torch.export archive (.pt2; torch.export.load unpickles parts of it)",
-           "state_dict": "PyTorch pickle (a state_dict for `builder:`)"}
-TORCHVISION, PERCEPTIONMETRICS = "torchvision", "perceptionmetrics"
+           "state_dict": "PyTorch pickle (a state_dict for `builder:`)",
+           "onnx": "ONNX model (a protobuf: data, no code runs on load)"}
+TORCHVISION, PERCEPTIONMETRICS, ONNX = "torchvision", "perceptionmetrics", "onnx"
+ONNX_FROZEN = "an ONNX export: its thresholds and NMS are constants in the graph"
 # PerceptionMetrics model config key → this adapter's option (None: read and checked, not an option here)
 PM_KEYS = {"confidence_threshold": "confidence_threshold", "nms_threshold": "nms_iou", "model_format": None,
            "resize": None, "normalization": None, "batch_size": None, "iou_threshold": None}
 
 
 def file_format(file: Path) -> str:
-    """torchscript | export | state_dict, from the archive's member names (a legacy pickle is a state_dict)."""
+    """torchscript | export | state_dict | onnx, from the bytes: an archive's member names; outside a zip, an ONNX
+    ModelProto starts with its field 1 (ir_version, tag byte 0x08), a pickle with 0x80 (a legacy pickle is a
+    state_dict, refused unless trusted)."""
     if not zipfile.is_zipfile(file):
-        return "state_dict"
+        with open(file, "rb") as handle:
+            onnx = handle.read(1) == b"\x08"
+        return ONNX if onnx and pickle_format(file) is None else "state_dict"
     names = zipfile.ZipFile(file).namelist()
     if any(name.endswith("/archive_format") for name in names):
         return "export"
@@ -81,19 +93,27 @@ def file_format(file: Path) -> str:
     return "state_dict"
 
 
-def resolve_device(option: Any, model: str) -> torch.device:
-    """auto → cuda when present; cuda on a machine without one is an error before any work."""
+def resolve_device(option: Any, model: str, onnx: bool = False) -> torch.device:
+    """auto → cuda when present; cuda on a machine without one is an error before any work. For an ONNX file
+    "present" means onnxruntime offers its CUDAExecutionProvider (the onnxruntime-gpu build)."""
+    if onnx:
+        import onnxruntime
+
+        cuda, runtime = "CUDAExecutionProvider" in onnxruntime.get_available_providers(), "onnxruntime"
+        hint = "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
+    else:
+        cuda, runtime = torch.cuda.is_available(), "torch"
+        hint = "torch sees no CUDA device on this machine (a CPU build of torch, or no GPU)"
     text = str(option or "auto").strip().lower()
     if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if cuda else "cpu")
     if text != "cpu" and not (text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit())):
         raise ModelError(f"model {model}: device {option!r} unknown; use auto, cpu, cuda or cuda:N")
     if text.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ModelError(f"model {model}: device {option!r} asked for, but torch sees no CUDA device on this "
-                             "machine (a CPU build of torch, or no GPU); use `device: cpu` or `auto`")
+        if not cuda:
+            raise ModelError(f"model {model}: device {option!r} asked for, but {hint}; use `device: cpu` or `auto`")
         index = int(text[5:]) if ":" in text else 0
-        if index >= torch.cuda.device_count():
+        if runtime == "torch" and index >= torch.cuda.device_count():
             raise ModelError(f"model {model}: device {option!r}: this machine has {torch.cuda.device_count()} "
                              "CUDA device(s)")
     return torch.device(text)
@@ -146,6 +166,15 @@ def _same(a: Any, b: Any) -> bool:
         return a == b
 
 
+def _runtime_version(fmt: str) -> dict[str, str]:
+    """onnxruntime's version for an ONNX file (another runtime computes other float results), else nothing."""
+    if fmt != ONNX:
+        return {}
+    import onnxruntime
+
+    return {"onnxruntime": onnxruntime.__version__}
+
+
 def _detector(module: Any) -> Any:
     """The torchvision detector inside `module` (itself, or a wrapper's `model`), or None."""
     for candidate in (module, getattr(module, "model", None)):
@@ -174,11 +203,14 @@ class TorchvisionAdapter:
         if "pm_config" in options:
             options = read_pm_config(Path(options["pm_config"]), options, spec.name)
         self.spec, self.options = spec, options
-        self.device = resolve_device(options.get("device"), spec.name)  # before any loading
+        self.format = file_format(spec.file)
+        self.device = resolve_device(options.get("device"), spec.name, self.format == ONNX)  # before any loading
         self.postprocess = PostProcess.from_options(options)
         self.bound = CandidateBound.from_options(options)
-        self.format = file_format(spec.file)
-        require_trusted_format(spec.name, spec.file, FORMATS[self.format], spec.sha256, spec.trust)
+        if self.format == ONNX:
+            self._frozen_values(ONNX_FROZEN)  # required, and checked before any work
+        else:
+            require_trusted_format(spec.name, spec.file, FORMATS[self.format], spec.sha256, spec.trust)
         self.weights_sha256 = sha256_file(spec.file)
         if spec.sha256 and spec.sha256.lower() != self.weights_sha256:
             raise ModelError(f"model {spec.name}: {spec.file} has sha256 {self.weights_sha256}, params.yaml "
@@ -199,6 +231,10 @@ class TorchvisionAdapter:
             if self.format == "export":
                 # from the bytes: torch.export.load takes a path only when its name ends in .pt2
                 return torch.export.load(io.BytesIO(self.spec.file.read_bytes())).module().to(self.device)
+            if self.format == ONNX:
+                return self._onnx_session()
+        except ModelError:
+            raise
         except Exception as error:  # torch raises many types for a bad archive
             raise ModelError(f"model {name}: cannot load {self.spec.file} as a {FORMATS[self.format]}: "
                              f"{error}") from None
@@ -224,8 +260,27 @@ class TorchvisionAdapter:
             model.roi_heads.mask_roi_pool = model.roi_heads.mask_head = model.roi_heads.mask_predictor = None
         return model.eval().to(self.device)
 
+    def _onnx_session(self) -> Any:
+        """An onnxruntime session on the device's provider; the export must take one [3, H, W] float image."""
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # warnings about unused initialisers are noise here
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if self.device.type == "cuda":
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.device.index or 0}))
+        session = onnxruntime.InferenceSession(str(self.spec.file), sess_options=options, providers=providers)
+        inputs = session.get_inputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 3 or inputs[0].type != "tensor(float)":
+            raise ModelError(f"model {self.spec.name}: {self.spec.file} takes "
+                             f"{[(i.name, i.shape, i.type) for i in inputs]}; an ONNX torchvision export takes one "
+                             "float image [3, H, W] (export with `torch.onnx.export(model, ([image],), ...)`)")
+        return session
+
     def _calling_contract(self) -> str:
         """torchvision (list of CHW tensors) or perceptionmetrics (one [B, 3, H, W] tensor), from the schema."""
+        if self.format == ONNX:
+            return ONNX
         if self.format == "state_dict":
             return TORCHVISION
         if self.format == "torchscript":
@@ -280,6 +335,8 @@ class TorchvisionAdapter:
             self._restore_frozen_values(detector)
         elif self.format == "export":
             reason = "a torch.export archive: its thresholds and NMS are constants in the graph"
+        elif self.format == ONNX:
+            reason = ONNX_FROZEN
         elif self.calling == PERCEPTIONMETRICS:
             reason = "PerceptionMetrics' contract: the wrapper may post-process after the detector"
         else:
@@ -308,6 +365,12 @@ class TorchvisionAdapter:
                 raise ModelError(f"model {self.spec.name}: frozen_nms must give confidence_threshold, nms_iou and "
                                  f"max_detections (what the file was saved with), got {declared!r}")
             return PostProcess.from_options(declared)
+        if self.format == ONNX:
+            raise ModelError(
+                f"model {self.spec.name}: {self.spec.file} is {reason}, which cannot be read back; declare the values "
+                f"it was exported with as models.{self.spec.name}.options.frozen_nms: {{confidence_threshold: …, "
+                "nms_iou: …, max_detections: …}} (a torchvision model's roi_heads.score_thresh, nms_thresh and "
+                "detections_per_img, or box_score_thresh, box_nms_thresh, box_detections_per_img given to its builder)")
         detector = _detector(self.module)
         try:
             heads = _heads(detector)
@@ -331,6 +394,7 @@ class TorchvisionAdapter:
             # the style (open or frozen) follows from the file, the builder and the input size, all in the key
             "frozen_nms": self.options.get("frozen_nms"),
             "pm": self.options.get("pm") or None,
+            **_runtime_version(self.format),
         }
 
     def signature(self) -> Key:
@@ -347,7 +411,8 @@ class TorchvisionAdapter:
             raise ModelError(f"model {self.spec.name}: pm_config resize {resize} but the pipeline "
                              f"{self.spec.pipeline} gives {batch.shape[2]}x{batch.shape[1]} letterboxes; set the "
                              "pipeline's resize to match")
-        tensor = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).permute(0, 3, 1, 2)
+        device = self.device if self.format != ONNX else torch.device("cpu")  # onnxruntime takes numpy arrays
+        tensor = torch.from_numpy(np.ascontiguousarray(batch)).to(device).permute(0, 3, 1, 2)
         return tensor.to(torch.float32) / 255.0  # ToDtype(float32, scale=True): 0-255 → 0-1
 
     def _call(self, images: torch.Tensor) -> list[Mapping[str, torch.Tensor]]:
@@ -373,6 +438,8 @@ class TorchvisionAdapter:
                              f"of {tuple(images.shape)}: {str(error).splitlines()[0][:300]}") from None
 
     def _call_as(self, calling: str, images: torch.Tensor) -> list[Mapping[str, torch.Tensor]]:
+        if calling == ONNX:
+            return [self._run_onnx(image) for image in images]
         if calling == TORCHVISION:
             outputs = self.module(list(images))
         else:
@@ -389,6 +456,26 @@ class TorchvisionAdapter:
             raise ModelError(f"model {self.spec.name}: called as {calling}, it returned {type(outputs).__name__}; "
                              "expected one dict of boxes, labels and scores per image")
         return outputs
+
+    def _run_onnx(self, image: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        """One image through the ONNX export; its outputs told apart by type and rank, not name: boxes (N, 4)
+        float, labels (N,) integer, scores (N,) float (torch.onnx.export names them output_0… unless told)."""
+        expected = self.module.get_inputs()[0]
+        fixed = [dim for dim in expected.shape[1:] if isinstance(dim, int)]
+        if len(fixed) == 2 and tuple(fixed) != tuple(image.shape[1:]):
+            raise ModelError(f"model {self.spec.name}: {self.spec.file} was exported for {fixed[1]}x{fixed[0]} "
+                             f"inputs but the pipeline {self.spec.pipeline} gives {image.shape[2]}x{image.shape[1]} "
+                             "letterboxes; set the pipeline's resize to match, or export with dynamic H and W")
+        outputs = self.module.run(None, {expected.name: image.cpu().numpy()})
+        found: dict[str, torch.Tensor] = {}
+        for array in outputs:
+            kind = "boxes" if array.ndim == 2 else "labels" if array.dtype.kind in "iu" else "scores"
+            found[kind] = torch.from_numpy(np.asarray(array))
+        if len(outputs) != 3 or set(found) != {"boxes", "labels", "scores"} or found["boxes"].shape[-1] != 4:
+            raise ModelError(f"model {self.spec.name}: {self.spec.file} returns "
+                             f"{[(a.shape, str(a.dtype)) for a in outputs]}; expected a torchvision detector's "
+                             "boxes (N, 4), labels (N,) and scores (N,)")
+        return found
 
     def candidates_batch(self, batch: np.ndarray) -> list[Candidates]:
         """Candidates per item: xyxy boxes where the model's NMS runs (model-input pixels unless its style has a

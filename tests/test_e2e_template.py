@@ -152,12 +152,16 @@ def test_generated_projects_make_test_passes(generated: dict[str, Path]):
 
 def test_update_brings_a_template_change_and_keeps_the_users_edits(generated: dict[str, Path]):
     template, project = generated["template"], generated["project"]
-    # A later template commit: a new comparison option in params.yaml (its stage reads it) and a
-    # comment in the compare stage script.
+    # A later template commit: a new comparison option in params.yaml (its stage reads it, and the params
+    # schema knows it) and a comment in the compare stage script.
     params = (template / "params.yaml").read_text()
     assert "compare:                    # every model on the same test items" in params
     params = params.replace("  level: 0.95\n", "  level: 0.95\n  report_top: 3              # (template v2)\n")
     (template / "params.yaml").write_text(params)
+    schema = template / "src/evalstack/params_schema.py"
+    field = "    level: Annotated[Number, Field(gt=0, lt=1)] = 0.95\n"
+    assert field in schema.read_text()
+    schema.write_text(schema.read_text().replace(field, field + "    report_top: Count = 10\n", 1))
     script = template / "stages/compare.py"
     script.write_text(script.read_text().replace('"""Stage compare:', '"""Stage compare (v2):', 1))
     run(template, "git", "commit", "-qam", "template v2")

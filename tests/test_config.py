@@ -127,3 +127,13 @@ def test_a_checked_text_is_not_checked_again(tmp_path: Path, monkeypatch):
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text() + "\n# edited\n")
     load_params(tmp_path / "params.yaml")
     assert calls == [1]
+
+
+def test_the_params_schema_is_in_no_stage_closure_so_a_new_allowed_key_invalidates_no_cache():
+    """The schema only accepts or refuses params; it computes nothing, so editing it must not change a layer's
+    code fingerprint (every layer would be recomputed) nor rerun every stage."""
+    from evalstack.core.fingerprint import import_closure
+
+    for script in ("stages/preprocess.py", "stages/infer.py", "stages/detection/infer.py"):
+        closure = import_closure([REPO / script], follow_strings=True)
+        assert "evalstack.config" in closure and "evalstack.params_schema" not in closure

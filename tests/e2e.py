@@ -68,8 +68,8 @@ def deep_update(target: dict, changes: dict) -> dict:
     return target
 
 
-def make_project(root: Path, overrides: dict[str, Any] | None = None) -> Path:
-    """Copy the template into `root`, shrink its params, and make it a git + DVC repo."""
+def make_project(root: Path, overrides: dict[str, Any] | None = None, tiny: bool = True) -> Path:
+    """Copy the template into `root`, shrink its params (unless `tiny` is False), and make it a git + DVC repo."""
     root.mkdir(parents=True, exist_ok=True)
     for name in TEMPLATE_FILES:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +78,8 @@ def make_project(root: Path, overrides: dict[str, Any] | None = None) -> Path:
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (root / "models/.gitkeep").touch()
     params = yaml.safe_load((root / "params.yaml").read_text())
-    deep_update(params, TINY_PARAMS)
+    if tiny:
+        deep_update(params, TINY_PARAMS)
     deep_update(params, overrides or {})
     write_params(root, params)
     run(root, "git", "init", "-q", "-b", "main")

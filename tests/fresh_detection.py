@@ -23,6 +23,7 @@ from evalstack.preprocess.letterbox import build_letterbox
 
 def main() -> None:
     det, name, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+    out.mkdir(parents=True, exist_ok=True)
     params = load_params(det / "params.yaml")
     spec = model_spec(params, name, root=det)
     adapter = load_detector(spec)

@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -198,12 +199,14 @@ def test_a_postprocessing_change_runs_no_model_and_equals_a_fresh_run(project: P
     assert stages_run(result.stdout) == staged("postprocess", "evaluate", "robustness")  # no infer, no grid
     assert "forward passes this run" not in result.stdout and f"{N_VAL * 4} images post-processed, 0 forward" in result.stdout
     # From scratch at the new values, in a fresh process (as a stage runs), without any store: the same bytes.
-    fresh = run(det, sys.executable, str(Path(__file__).parent / "fresh_detection.py"), str(det), MODEL, str(tmp_path))
-    assert fresh.returncode == 0
+    # The script is copied out of this checkout: a script runs the evalstack of the checkout it sits in
+    # (evalstack/__init__.py), and this one must run the project's own copy, as its stages do.
+    script = Path(shutil.copy(Path(__file__).parent / "fresh_detection.py", tmp_path / "fresh_detection.py"))
+    run(det, sys.executable, str(script), str(det), MODEL, str(tmp_path / "fresh"))
     same = lambda a, b: {p.name: p.read_bytes() for p in a.rglob("*.h5")} == {p.name: p.read_bytes() for p in b.rglob("*.h5")}  # noqa: E731
-    assert same(tmp_path / "det", det / f"data/predictions/{MODEL}")
-    assert same(tmp_path / "gridpp", det / f"data/grid_predictions/{MODEL}")
-    assert json.loads((tmp_path / "summary.json").read_text()) == \
+    assert same(tmp_path / "fresh/det", det / f"data/predictions/{MODEL}")
+    assert same(tmp_path / "fresh/gridpp", det / f"data/grid_predictions/{MODEL}")
+    assert json.loads((tmp_path / "fresh/summary.json").read_text()) == \
         json.loads((det / f"reports/robustness/{MODEL}.json").read_text())
     table = read_table(open_detections(det / f"data/predictions/{MODEL}"))
     assert (table.scores >= 0.2).all()

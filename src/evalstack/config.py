@@ -68,8 +68,7 @@ MAX_EXPANDED_NODES = 1_000_000
 
 def load_params(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
     text = Path(path).read_text()
-    check_alias_expansion(text, str(path))
-    params = yaml.safe_load(text) or {}
+    params = parse_params_text(text, str(path)) or {}
     hidden = hidden_param_keys(params)
     if hidden:
         raise ConfigError(
@@ -110,10 +109,28 @@ def _checked_dir() -> Path:
     return Path(cache) / "evalstack" / "params-checked"
 
 
+def parse_params_text(text: str, where: str, limit: int = MAX_EXPANDED_NODES) -> Any:
+    """`yaml.safe_load`, parsed once: the node graph is composed, its alias expansion counted, and only a file
+    within the limit is built into Python objects."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        _refuse_alias_bomb(_expanded_size(root), where, limit)
+        return loader.construct_document(root) if root is not None else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{where}: not valid YAML: {error}") from None
+    finally:
+        loader.dispose()
+
+
 def expanded_nodes(text: str) -> int:
-    """How many nodes the YAML document has once every alias is expanded, counted in time linear in the
-    document (each node's expanded size is computed once, however many aliases point at it)."""
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    """How many nodes the YAML document has once every alias is expanded."""
+    return _expanded_size(yaml.compose(text, Loader=yaml.SafeLoader))
+
+
+def _expanded_size(root: yaml.Node | None) -> int:
+    """The expanded node count, in time linear in the document (each node's expanded size is computed once,
+    however many aliases point at it)."""
     sizes: dict[int, int] = {}
 
     def size(node: yaml.Node) -> int:
@@ -137,6 +154,10 @@ def check_alias_expansion(text: str, where: str, limit: int = MAX_EXPANDED_NODES
         count = expanded_nodes(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{where}: not valid YAML: {error}") from None
+    _refuse_alias_bomb(count, where, limit)
+
+
+def _refuse_alias_bomb(count: int, where: str, limit: int) -> None:
     if count > limit:
         raise ConfigError(
             f"{where}: its YAML aliases expand to {count:,} nodes (more than {limit:,}): an alias bomb "

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from importlib import import_module
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
 from typing import Any, Mapping
 

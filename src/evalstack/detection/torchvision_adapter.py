@@ -60,7 +60,7 @@ from evalstack.detection.boxes import Candidates, Detections
 from evalstack.detection.decoding import CandidateBound, PostProcess
 from evalstack.detection.postprocess import model_space_detections
 from evalstack.detection.styles import FROZEN, NMS_THEN_CAP, StyleRecord, check_style_covers
-from evalstack.models.trust import pickle_format, require_trusted_format
+from evalstack.models.trust import pickle_format, require_trusted
 
 BUILDERS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
             "fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2",
@@ -210,7 +210,7 @@ class TorchvisionAdapter:
         if self.format == ONNX:
             self._frozen_values(ONNX_FROZEN)  # required, and checked before any work
         else:
-            require_trusted_format(spec.name, spec.file, FORMATS[self.format], spec.sha256, spec.trust)
+            require_trusted(spec.name, spec.file, spec.sha256, spec.trust)
         self.weights_sha256 = sha256_file(spec.file)
         if spec.sha256 and spec.sha256.lower() != self.weights_sha256:
             raise ModelError(f"model {spec.name}: {spec.file} has sha256 {self.weights_sha256}, params.yaml "

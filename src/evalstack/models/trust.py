@@ -59,12 +59,6 @@ def refuse_pickle_for_data_adapter(name: str, file: Path, adapter: str) -> None:
                          "torch model, declare it with a torch adapter (and `sha256:` or `trust: true`)")
 
 
-def require_trusted_format(name: str, file: Path, fmt: str, sha256: str | None, trust: bool,
-                           where: str = "models") -> None:
-    """`require_trusted` for a file an adapter has read the format of (every loader that unpickles needs it)."""
-    require_trusted(name, file, sha256, trust, where)
-
-
 def require_trusted(name: str, file: Path, sha256: str | None, trust: bool, where: str = "models") -> None:
     """Called by every loader that unpickles (torch's): refuse `file` unless its entry `where.name` pins its
     sha256 (and the bytes match) or says `trust: true`. Whatever the bytes look like, such a loader would

@@ -44,6 +44,8 @@ def test_ce_and_relative_ce_match_the_hand_computed_values():
 def test_undefined_ratios_are_none_not_a_crash():
     assert corruption_error([0.1], [0.0]) is None
     assert relative_corruption_error([0.3], 0.1, [0.2], 0.2) is None
+    # a reference that gets better under the type (blur that smooths noise away): no sign-flipped ratio
+    assert relative_corruption_error([0.3, 0.4], 0.1, [0.15, 0.2], 0.2) is None
 
 
 def test_reference_must_be_a_model_with_the_same_cells():

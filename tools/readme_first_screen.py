@@ -9,6 +9,7 @@ the README are what the code gives, never typed by hand. `--check` exits 1 when 
 from __future__ import annotations
 
 import argparse
+import difflib
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,8 @@ def main() -> int:
     if args.check:
         if updated != readme:
             print("README.md's first screen differs from `evalstack summary` of", args.project)
+            print("".join(difflib.unified_diff(readme.splitlines(True), updated.splitlines(True), "README.md",
+                                               "evalstack summary")))
             return 1
         return 0
     (REPO / "README.md").write_text(updated)

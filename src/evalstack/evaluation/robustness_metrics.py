@@ -4,7 +4,10 @@ With E_{s,c}^f the error of model f under perturbation type c at severity s and
 E_clean^f its clean error, against the reference model `ref` named in params:
   CE_c^f = Σ_s E_{s,c}^f / Σ_s E_{s,c}^ref
   relative CE_c^f = Σ_s (E_{s,c}^f − E_clean^f) / Σ_s (E_{s,c}^ref − E_clean^ref)
-mCE and relative mCE are their means over types. A zero denominator gives None.
+mCE and relative mCE are their means over types. A zero denominator gives None, and so does a relative CE
+whose reference error does not rise under the type (denominator ≤ 0): divided by a fall, or by a rise of
+one card in 78, the ratio flips sign or runs to thousands of percent and says nothing about robustness.
+Hendrycks & Dietterich's formula assumes the reference degrades; it is kept as is where it does.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ def relative_corruption_error(
     errors: Sequence[float], clean_error: float, reference_errors: Sequence[float], reference_clean_error: float
 ) -> float | None:
     denominator = sum(e - reference_clean_error for e in reference_errors)
-    return sum(e - clean_error for e in errors) / denominator if denominator else None
+    return sum(e - clean_error for e in errors) / denominator if denominator > 0 else None
 
 
 def _mean(values: Sequence[float | None]) -> float | None:

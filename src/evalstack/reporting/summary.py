@@ -91,6 +91,9 @@ def summary_text(root: Path) -> str:
     has_ref = any(m.reference for p in profiles for m in p.models)
     if has_ref:
         lines.append("mCE: corruption error relative to the reference model (ref), ImageNet-C style; lower is better.")
+    if any(m.figures.get("mce") is not None and m.figures.get("relative_mce") is None
+           for p in profiles for m in p.of_task("classify")):
+        lines.append("rel. mCE –: undefined, the reference's error does not rise under every corruption type")
     report = root / REPORT
     where = f"Full report: {REPORT}" + (" (Markdown: reports/index.md)" if report.exists() else
                                         " (not written yet: `evalstack report`)")

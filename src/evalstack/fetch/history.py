@@ -146,6 +146,10 @@ class RawHistory:
             path = self._spill_path(path.name)
             atomic_write_bytes(path, data)
 
+    def registry_parses(self) -> Path | None:
+        """Where local registries' last parses are kept (sources/registry_prefix.py); None without a store."""
+        return self.directory / "registries" if self.store is not None else None
+
     def work_directory(self) -> Path:
         """Where fetch keeps its scratch listing database (fetch/listing.py; removed when fetch ends)."""
         return self.directory / "work"

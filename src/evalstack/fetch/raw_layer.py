@@ -42,6 +42,7 @@ from evalstack.fetch.plan import OldShard, RawPlan, plan_layer
 from evalstack.sources.catalog import SourceConfig, iter_items, registry_origins
 from evalstack.sources.images import DEFAULT_MAX_PIXELS
 from evalstack.sources.registry import RegistryRow, SourceError
+from evalstack.sources.registry_prefix import ParseCounts
 from evalstack.sources.transport import SourceUnreachable, Transport, TransportConfig
 
 ON_ERROR = ("fail", "skip")
@@ -139,9 +140,11 @@ def fetch_raw_layer(config: FetchConfig, out_dir: Path, store: ShardStore | None
 def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history: RawHistory,
            previous: PreviousLayer | None, build_record: dict[str, Any] | None, seeded: int) -> FetchResult:
     report = FetchReport(config.source.describe(), config.on_error)
+    parsing = ParseCounts()
     with Transport(config.transport) as transport, Listing(history.work_directory()) as listing:
         try:
-            listing.add_rows(iter_items(config.source, transport), registry_origins(config.source))
+            listing.add_rows(iter_items(config.source, transport, history.registry_parses(), parsing),
+                             registry_origins(config.source))
         except SourceUnreachable as error:
             return _keep_previous(previous, out_dir, report, str(error), history, config)
         if not len(listing):
@@ -150,7 +153,8 @@ def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history
         plan = plan_layer(previous, config.layer_key(), listing)
         outcome = download_items(listing.needing_bytes(), listing.count_needing_bytes(), transport, history, config.max_pixels, config.workers,
                                  listing.add_arrivals)
-        transfer = {"http_gets": transport.gets, "http_retries": transport.retries, "bytes_read": transport.bytes}
+        transfer = {"http_gets": transport.gets, "http_retries": transport.retries, "bytes_read": transport.bytes,
+                    "registry_rows_parsed": parsing.parsed, "registry_rows_reused": parsing.reused}
         report.failed = outcome.failures
         report.counts = {"listed": len(listing), "failed": len(outcome.failures),
                          "without_md5": listing.count_without_md5()}  # none stated: nothing checked

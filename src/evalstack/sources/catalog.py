@@ -21,6 +21,7 @@ from evalstack.sources.registry import (
     md5_capped,
     to_url,
 )
+from evalstack.sources.registry_prefix import ParseCounts, rows_appended
 from evalstack.sources.transport import Transport
 
 SOURCE_KINDS = ("registry", "pad_api", "folder")
@@ -88,12 +89,15 @@ def registry_origins(config: SourceConfig) -> dict[str, str] | None:
     return {split: to_url(location) for split, location in config.registries.items()} if config.kind == "registry" else None
 
 
-def iter_items(config: SourceConfig, transport: Transport) -> Iterator[RegistryRow]:
+def iter_items(config: SourceConfig, transport: Transport, parses: Path | None = None,
+               counts: ParseCounts | None = None) -> Iterator[RegistryRow]:
     """Every item the source lists, validated, in the source's order and not yet checked for unique
     ids: read as it comes (a registry file line by line, the API page by page), so a caller that
-    keeps rows elsewhere (fetch's listing, fetch/listing.py) never holds them all in memory."""
+    keeps rows elsewhere (fetch's listing, fetch/listing.py) never holds them all in memory.
+    `parses`: where local registries' last parses are kept, to parse only what was appended since
+    (sources/registry_prefix.py); `counts` is told what was parsed and what read back."""
     if config.kind == "registry":
-        yield from _registry_rows(config, transport)
+        yield from _registry_rows(config, transport, parses, counts if counts is not None else ParseCounts())
     elif config.kind == "pad_api":
         yield from iter_cards(PadApiSource(config.url, config.project, config.image_root, config.page_size,
                                            config.test_fraction), transport)
@@ -101,14 +105,24 @@ def iter_items(config: SourceConfig, transport: Transport) -> Iterator[RegistryR
         yield from _folder_rows(config, transport)
 
 
-def _registry_rows(config: SourceConfig, transport: Transport) -> Iterator[RegistryRow]:
+def _registry_rows(config: SourceConfig, transport: Transport, parses: Path | None,
+                   counts: ParseCounts) -> Iterator[RegistryRow]:
     for split in sorted(config.registries):
         url = to_url(config.registries[split])
         remote = urlparse(url).scheme in REMOTE_SCHEMES
         roots = () if remote else local_roots(url, config.roots)
+
+        def check(row: RegistryRow, url: str = url, remote: bool = remote, roots: tuple[Path, ...] = roots) -> None:
+            check_row_location(row, url, remote, roots, transport.config.schemes)
+
         with transport.open_text(url, f"registry {split} ({url})") as lines:
+            if parses is not None and urlparse(url).scheme == "file":
+                context = [*map(str, roots), *transport.config.schemes]
+                yield from rows_appended(lines.buffer, url, split, context, parses, counts, check)
+                continue
             for row in iter_registry(lines, split, url):
-                check_row_location(row, url, remote, roots, transport.config.schemes)
+                check(row)
+                counts.parsed += 1
                 yield row
 
 

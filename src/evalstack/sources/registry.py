@@ -158,25 +158,33 @@ def parse_registry(text: str, split: str, registry_url: str) -> list[RegistryRow
     return list(iter_registry(io.StringIO(text), split, registry_url))
 
 
-def iter_registry(lines: Iterable[str], split: str, registry_url: str) -> Iterator[RegistryRow]:
-    """`parse_registry` over lines read as they come (an open file): memory does not grow with the registry."""
-    reader = _csv_reader(lines, REGISTRY_COLUMNS, f"{registry_url}: registry")
-    for line_number, record in _records(reader, f"{registry_url}: registry"):
+def iter_registry(lines: Iterable[str], split: str, registry_url: str, header: list[str] | None = None,
+                  first_line: int = 2) -> Iterator[RegistryRow]:
+    """`parse_registry` over lines read as they come (an open file): memory does not grow with the registry.
+    `header` and `first_line`: `lines` is a registry's tail, after the header and `first_line - 2` rows."""
+    reader = _csv_reader(lines, REGISTRY_COLUMNS, f"{registry_url}: registry", header)
+    for line_number, record in _records(reader, f"{registry_url}: registry", first_line):
         yield _parse_row(record, split, registry_url, line_number)
 
 
-def _records(reader: csv.DictReader, what: str) -> Iterator[tuple[int, dict]]:
+def registry_header(line: str) -> list[str]:
+    """The column names of a registry's first line, as `csv.DictReader` reads them."""
+    return next(csv.reader([line]), [])
+
+
+def _records(reader: csv.DictReader, what: str, first_line: int = 2) -> Iterator[tuple[int, dict]]:
     """(line number, record) of a CSV read as it streams; a file that is not CSV is a SourceError naming the line."""
-    line_number = 1
+    line_number = first_line - 1
     try:
-        for line_number, record in enumerate(reader, start=2):
+        for line_number, record in enumerate(reader, start=first_line):
             yield line_number, record
     except csv.Error as error:
         raise SourceError(f"{what}: not a readable CSV after line {line_number} ({error})") from None
 
 
-def _csv_reader(lines: Iterable[str] | str, required: tuple[str, ...], what: str) -> csv.DictReader:
-    reader = csv.DictReader(io.StringIO(lines) if isinstance(lines, str) else lines)
+def _csv_reader(lines: Iterable[str] | str, required: tuple[str, ...], what: str,
+                header: list[str] | None = None) -> csv.DictReader:
+    reader = csv.DictReader(io.StringIO(lines) if isinstance(lines, str) else lines, fieldnames=header)
     try:
         fields = reader.fieldnames or []
     except csv.Error as error:

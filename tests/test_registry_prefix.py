@@ -1,0 +1,172 @@
+"""Append-aware registry parsing (issue 25, item 2): a registry that only grew parses only its new rows,
+and what comes out is what parsing the whole file gives, whatever happened in between."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from pathlib import Path
+
+import pytest
+
+from evalstack.core.layers import Layer
+from evalstack.fetch.raw_layer import FetchConfig, fetch_raw_layer
+from evalstack.sources.catalog import SourceConfig, iter_items
+from evalstack.sources.registry import REGISTRY_COLUMNS, SourceError
+from evalstack.sources.registry_prefix import ParseCounts
+from evalstack.sources.transport import Transport, TransportConfig
+from tests.conftest import png_bytes, store_in
+
+
+def row(i: int, name: str = "lactose") -> list:
+    image = f"{100 + i}__{900 + i // 2}__{name}__50.png"
+    return [100 + i, 900 + i // 2, name, 50, "Galaxy S9", f"images/{image}", hashlib.md5(str(i).encode()).hexdigest(),
+            image]
+
+
+def write(path: Path, rows: list[list], header: bool = True, end: str = "\r\n") -> Path:
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator=end)
+    if header:
+        writer.writerow(REGISTRY_COLUMNS)
+    writer.writerows(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(buffer.getvalue(), newline="")
+    return path
+
+
+def append(path: Path, rows: list[list]) -> None:
+    with open(path, "a", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+
+
+def listing(registry: Path, parses: Path | None) -> tuple[list, ParseCounts]:
+    counts = ParseCounts()
+    with Transport(TransportConfig()) as transport:
+        rows = list(iter_items(SourceConfig(registries={"dev": str(registry)}), transport, parses, counts))
+    return rows, counts
+
+
+def test_a_grown_registry_parses_only_its_tail_and_lists_what_a_whole_parse_lists(tmp_path: Path):
+    registry = write(tmp_path / "reg/metadata_dev.csv", [row(i) for i in range(50)])
+    parses = tmp_path / "parses"
+    first, counts = listing(registry, parses)
+    assert (counts.parsed, counts.reused) == (50, 0)
+    append(registry, [row(i) for i in range(50, 53)])
+    grown, counts = listing(registry, parses)
+    assert (counts.parsed, counts.reused) == (3, 50)
+    assert grown == listing(registry, None)[0]  # the whole file, parsed from nothing
+    again, counts = listing(registry, parses)  # unchanged: nothing parsed
+    assert (counts.parsed, counts.reused) == (0, 53) and again == grown
+
+
+def test_an_edited_row_inside_the_parsed_prefix_parses_everything(tmp_path: Path):
+    registry = write(tmp_path / "reg/metadata_dev.csv", [row(i) for i in range(20)])
+    parses = tmp_path / "parses"
+    listing(registry, parses)
+    rows = [row(i) for i in range(21)]
+    rows[7][2] = "lactose2"  # one row in the middle relabelled, one appended: not an append
+    write(registry, rows)
+    edited, counts = listing(registry, parses)
+    assert (counts.parsed, counts.reused) == (21, 0)
+    assert edited == listing(registry, None)[0] and edited[7].sample_name == "lactose2"
+
+
+def test_a_damaged_kept_parse_is_never_read(tmp_path: Path):
+    registry = write(tmp_path / "reg/metadata_dev.csv", [row(i) for i in range(30)])
+    parses = tmp_path / "parses"
+    listing(registry, parses)
+    (kept,) = parses.glob("*.sqlite")
+    data = bytearray(kept.read_bytes())
+    position = data.index(b"lactose")  # a row's value, changed in place: same size, a valid SQLite file
+    data[position:position + 7] = b"sucrose"
+    kept.write_bytes(bytes(data))
+    append(registry, [row(30)])
+    rows, counts = listing(registry, parses)
+    assert (counts.parsed, counts.reused) == (31, 0)
+    assert {r.sample_name for r in rows} == {"lactose"}
+
+
+def test_a_file_that_ends_mid_row_is_not_kept_so_a_completed_row_is_parsed_whole(tmp_path: Path):
+    registry = tmp_path / "reg/metadata_dev.csv"
+    data = write(registry, [row(i) for i in range(5)]).read_bytes()
+    registry.write_bytes(data[:-2])  # the last row lacks its line end: its last field may still grow
+    listing(registry, tmp_path / "parses")
+    registry.write_bytes(data[:-2] + b"x\r\n")  # image_name grew by one character
+    rows, counts = listing(registry, tmp_path / "parses")
+    assert counts.reused == 0 and rows[-1].image_name.endswith(".pngx")
+
+
+def test_an_unclosed_quote_at_the_end_is_not_kept(tmp_path: Path):
+    """Python's csv accepts a quote left open at the end of the file (the field runs to the end); rows
+    appended later belong to that field when the whole file is parsed, so such a prefix is never kept."""
+    registry = write(tmp_path / "reg/metadata_dev.csv", [row(i) for i in range(3)])
+    last = row(3)
+    with open(registry, "a", newline="") as handle:
+        handle.write(",".join(map(str, last[:-1])) + f',"{last[-1]}\n')
+    listing(registry, tmp_path / "parses")
+    append(registry, [row(4)])  # the whole file now reads one field running over two lines: refused
+    with pytest.raises(SourceError, match="line 5 .* unsafe image_name"):
+        listing(registry, None)
+    with pytest.raises(SourceError, match="line 5 .* unsafe image_name"):
+        listing(registry, tmp_path / "parses")
+
+
+def test_an_appended_bad_row_is_named_by_its_line_in_the_whole_file(tmp_path: Path):
+    registry = write(tmp_path / "reg/metadata_dev.csv", [row(i) for i in range(10)])
+    listing(registry, tmp_path / "parses")
+    bad = row(10)
+    bad[6] = "not-an-md5"
+    append(registry, [bad])
+    with pytest.raises(SourceError, match="line 12 "):
+        listing(registry, tmp_path / "parses")
+    with pytest.raises(SourceError, match="line 12 "):
+        listing(registry, None)
+
+
+def test_a_byte_order_mark_and_other_line_ends_list_the_same_rows(tmp_path: Path):
+    plain = write(tmp_path / "a/metadata_dev.csv", [row(i) for i in range(4)], end="\n")
+    marked = tmp_path / "b/metadata_dev.csv"
+    marked.parent.mkdir()
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes().replace(b"\n", b"\r\n"))
+    parses = tmp_path / "parses"
+    first, _ = listing(marked, parses)
+    append(marked, [row(4)])
+    second, counts = listing(marked, parses)
+    assert (counts.parsed, counts.reused) == (1, 4)
+    assert [r.id for r in second] == [100, 101, 102, 103, 104]
+    assert [r.sample_name for r in second] == [r.sample_name for r in listing(plain, None)[0]] + ["lactose"]
+
+
+def test_the_kept_parse_belongs_to_the_registry_folder(tmp_path: Path):
+    """Rows resolve relative URLs against the registry's folder: the same bytes elsewhere are other rows."""
+    parses = tmp_path / "parses"
+    one = write(tmp_path / "one/metadata_dev.csv", [row(i) for i in range(5)])
+    listing(one, parses)
+    other = write(tmp_path / "other/metadata_dev.csv", [row(i) for i in range(6)])
+    rows, counts = listing(other, parses)
+    assert counts.reused == 0 and rows[0].resolved_url.startswith((tmp_path / "other").as_uri())
+
+
+def test_a_raw_layer_built_as_the_registry_grows_equals_one_built_at_once(tmp_path: Path):
+    source = tmp_path / "src"
+    (source / "images").mkdir(parents=True)
+    rows = []
+    for i in range(12):
+        data = png_bytes(40, 30, seed=i)
+        name = f"{100 + i}__{900 + i // 2}__lactose__50.png"
+        (source / "images" / name).write_bytes(data)
+        rows.append([100 + i, 900 + i // 2, "lactose", 50, "Galaxy S9", f"images/{name}", hashlib.md5(data).hexdigest(),
+                     name])
+    registry = write(source / "metadata_dev.csv", rows[:5])
+    config = FetchConfig(SourceConfig(registries={"dev": str(registry)}), shard_bytes=2 * 3698)
+    store = store_in(tmp_path / "store")
+    for n in (5, 9, 12):
+        write(registry, rows[:n])  # rewritten whole, as an export would: the same prefix bytes
+        result = fetch_raw_layer(config, tmp_path / "grown", store)
+    assert result.report.activity["registry_rows_parsed"] == 3
+    assert result.report.activity["registry_rows_reused"] == 9
+    fresh = fetch_raw_layer(config, tmp_path / "fresh", store_in(tmp_path / "store2")).index
+    grown = Layer.open(tmp_path / "grown", kind="raw")
+    assert [s.sha256 for s in grown.shards] == [s.sha256 for s in fresh.shards]
+    assert (tmp_path / "grown/index.json").read_bytes() == (tmp_path / "fresh/index.json").read_bytes()

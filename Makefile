@@ -63,11 +63,14 @@ plots: install ## render `dvc plots show` offline (vega inlined) into dvc_plots/
 	evalstack plots-template
 	dvc plots show
 
+# Two workers, one test file each at a time (module fixtures build a project once per file): the suite
+# waits on subprocesses, fsync and servers as much as on the CPU, and halves its time on 2 cores.
+TEST_WORKERS ?= auto
 test: install-detection system-deps ## install, then run the whole test suite (slow end-to-end tests included)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install-detection ## unit tests only
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 differential: install-detection ## warm rebuild == build from nothing after every kind of edit, larger scale → bench/out/differential.json
 	EVALSTACK_DIFFERENTIAL=large $(PY) -m pytest -q -s -p no:cacheprovider tests/test_e2e_differential.py

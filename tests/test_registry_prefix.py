@@ -170,3 +170,32 @@ def test_a_raw_layer_built_as_the_registry_grows_equals_one_built_at_once(tmp_pa
     grown = Layer.open(tmp_path / "grown", kind="raw")
     assert [s.sha256 for s in grown.shards] == [s.sha256 for s in fresh.shards]
     assert (tmp_path / "grown/index.json").read_bytes() == (tmp_path / "fresh/index.json").read_bytes()
+
+
+def test_a_row_read_back_is_refused_once_its_file_became_a_link_out_of_the_roots(tmp_path: Path):
+    """Where a row may point is checked on every listing, kept parse or not: the filesystem may change."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(b"x")
+    registry = write(tmp_path / "reg/metadata_dev.csv", [row(i) for i in range(3)])
+    images = tmp_path / "reg/images"
+    images.mkdir()
+    parses = tmp_path / "parses"
+    listing(registry, parses)
+    (images / row(1)[-1]).symlink_to(outside / "secret.png")  # one card's file now leads out
+    with pytest.raises(SourceError, match=r"item id 101 .* is outside the registry's folder"):
+        listing(registry, parses)
+    (images / row(1)[-1]).unlink()
+    (tmp_path / "reg/images").rename(tmp_path / "reg/real")
+    (tmp_path / "reg/images").symlink_to(outside)  # now the whole folder leads out
+    with pytest.raises(SourceError, match=r"item id 100 .* is outside the registry's folder"):
+        listing(registry, parses)
+
+
+def test_dot_dot_in_a_local_file_url_is_resolved_before_the_roots_are_checked(tmp_path: Path):
+    inside = row(0)
+    inside[5] = (tmp_path / "reg/images/..").as_uri() + "/../outside.png"  # a file URL that climbs out
+    registry = write(tmp_path / "reg/metadata_dev.csv", [inside])
+    (tmp_path / "reg/images").mkdir()
+    with pytest.raises(SourceError, match="is outside the registry's folder"):
+        listing(registry, tmp_path / "parses")

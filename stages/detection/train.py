@@ -5,7 +5,10 @@ from pathlib import Path
 from evalstack.config import load_params, train_entry
 from evalstack.core.failures import run_stage
 from evalstack.core.names import project_output
-from evalstack.demo.training.detector import DetectorTrainConfig, load_training_set, train_detector
+from evalstack.demo.training import portable_kernels
+
+portable_kernels()  # before the detector module loads torch: the same weights on any x86-64 CPU
+from evalstack.demo.training.detector import DetectorTrainConfig, load_training_set, train_detector  # noqa: E402
 
 
 def main() -> None:

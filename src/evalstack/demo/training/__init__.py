@@ -1,13 +1,13 @@
 """Demo models: Keras/TFLite and PyTorch networks, the PLS fit, ONNX export, the demo detector.
 
-Importing this package pins the CPU kernels the frameworks dispatch to (see `portable_kernels`), before
-any submodule imports torch or TensorFlow, so a demo model trained here has the same bytes on any x86-64
-machine with AVX2 — CI's included.
+Training pins the CPU kernels the frameworks dispatch to (`portable_kernels`, called by the train stages
+before torch or TensorFlow loads), so a demo model has the same bytes on any x86-64 machine with AVX2.
 """
 from __future__ import annotations
 
 import os
 import platform
+import sys
 
 # Each library picks its kernels from the CPU it runs on, and the float sums differ between, e.g., AVX-512
 # and AVX2. Measured here (Zen 5, AVX-512): each one of these, alone, changed the bytes of a trained demo
@@ -22,9 +22,10 @@ _X86_AVX2_KERNELS = {
 
 
 def portable_kernels() -> None:
-    """Cap the frameworks' kernel dispatch at AVX2; must run before torch/TensorFlow load (no-op off x86)."""
-    if platform.machine().lower() in ("x86_64", "amd64"):
+    """Cap the frameworks' kernel dispatch at AVX2 for this process and its children. Only before torch or
+    TensorFlow loads: each reads its setting once, so a cap set later would leave a process half capped
+    (a test process that already ran a model keeps its kernels). A no-op off x86."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return
+    if not any(name in sys.modules for name in ("torch", "tensorflow", "keras")):
         os.environ.update(_X86_AVX2_KERNELS)
-
-
-portable_kernels()

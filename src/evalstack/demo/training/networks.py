@@ -19,6 +19,7 @@ import numpy as np
 from evalstack.core.atomic import atomic_write_bytes
 from evalstack.core.kinds import PREPROCESSED_KIND
 from evalstack.core.layers import Layer
+from evalstack.demo.training import portable_kernels
 from evalstack.demo.training.torch_program import save_program
 from evalstack.evaluation.classification import label_indices
 from evalstack.evaluation.items import read_items
@@ -181,6 +182,7 @@ def train_demo_model(
 ) -> None:
     if config.framework not in TRAINERS:
         raise ValueError(f"train.{name}: framework {config.framework!r} unknown; choose from {sorted(TRAINERS)}")
+    portable_kernels()  # before the trainer imports its framework
     x, y = load_training_set(preprocessed_dir, raw_dir, labels, config.split, config.max_items, name, config.target)
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"training {name} ({config.framework}) on {len(x)} {config.split} items, {len(labels)} classes")

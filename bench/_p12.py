@@ -104,7 +104,9 @@ def p12_project(root: Path, registry: Path, model: Path, shard_bytes: int) -> Pa
     """The template with a registry source of small images, one pipeline and one (trained) model, on Dask."""
     registries = {split: str(registry / f"metadata_{split}.csv") for split in ("dev", "test")}
     overrides = {
-        "fetch": {"shard_bytes": shard_bytes, "source": {"kind": "registry", "registries": registries}},
+        # registry/images links to the shared images folder: a local registry reads only the roots it lists
+        "fetch": {"shard_bytes": shard_bytes, "source": {"kind": "registry", "registries": registries,
+                                                         "roots": [str((registry / "images").resolve())]}},
         "preprocess": {"compression": "none", "pipelines": {PIPELINE: dict(_items.PIPELINE)}},
         "labels": {MODEL: list(_items.CLASSES)},
         "models": {MODEL: {"file": f"models/{MODEL}.pt2", "adapter": "torch", "pipeline": PIPELINE, "labels": MODEL,

@@ -11,6 +11,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The longest test files first (measured, `--durations`), so that `make test`'s workers, which take one
+# file at a time in collection order (pytest-xdist --dist loadfile), do not end with one worker still on
+# a 9-minute file while the other waits: the longest job first is the classic greedy schedule.
+LONGEST_FIRST = (
+    "test_e2e_differential.py", "test_readme_figures.py", "test_e2e_repro.py", "test_e2e_share.py",
+    "test_e2e_template.py", "test_e2e_detection_torchvision.py", "test_e2e_detection.py",
+    "test_e2e_detection_yolo.py", "test_e2e_models.py", "test_e2e_robustness.py", "test_e2e_incremental.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
 
 def png_bytes(width: int = 730, height: int = 1220, mode: str = "RGB", seed: int = 0) -> bytes:
     rng = np.random.default_rng(seed)

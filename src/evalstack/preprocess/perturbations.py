@@ -238,10 +238,12 @@ def motion_blur(image: np.ndarray, severity: int, rng: Draws) -> np.ndarray:
 def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
     """scikit-image 0.19's rgb2hsv, value for value: the same operations per pixel, and where several channels are
     the maximum, blue's hue formula wins over green's over red's (skimage assigns them in that order). Computed on
-    whole planes and selected, instead of skimage's masked assignments: faster, same bits."""
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    value = rgb.max(-1)
-    delta = np.ptp(rgb, -1)
+    whole planes and selected, instead of skimage's masked assignments: faster, same bits. The planes are made
+    contiguous first and max/min taken pairwise: a reduction over the last axis of 3 is ~6x slower, and max and
+    max - min are exact, so the bits are skimage's `max(-1)` and `ptp(-1)`."""
+    r, g, b = (np.ascontiguousarray(rgb[..., k]) for k in range(3))
+    value = np.maximum(np.maximum(r, g), b)
+    delta = value - np.minimum(np.minimum(r, g), b)
     with np.errstate(invalid="ignore", divide="ignore"):
         saturation = delta / value
         hue = np.where(b == value, 4.0 + (r - g) / delta, np.where(g == value, 2.0 + (b - r) / delta, (g - b) / delta))
@@ -257,7 +259,7 @@ def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
 def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
     """scikit-image 0.19's hsv2rgb, value for value (its np.choose over six stacked (v, t, p)… triples, one channel
     at a time)."""
-    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    h, s, v = (np.ascontiguousarray(hsv[..., k]) for k in range(3))
     hi = np.floor(h * 6)
     f = h * 6 - hi
     p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)

@@ -199,3 +199,27 @@ def test_dot_dot_in_a_local_file_url_is_resolved_before_the_roots_are_checked(tm
     (tmp_path / "reg/images").mkdir()
     with pytest.raises(SourceError, match="is outside the registry's folder"):
         listing(registry, tmp_path / "parses")
+
+
+def test_a_parse_left_by_a_killed_fetch_is_removed_by_the_next(tmp_path: Path):
+    import os
+    import time
+
+    from evalstack.core.atomic import STALE_AFTER_S
+
+    store = store_in(tmp_path / "store")
+    leftover = store.directory / "fetch/registries/abc.1234.tmp"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half a parse")
+    old = time.time() - STALE_AFTER_S - 10
+    os.utime(leftover, (old, old))
+    source = tmp_path / "src"
+    (source / "images").mkdir(parents=True)
+    data = png_bytes(40, 30, seed=0)
+    (source / "images/100__900__lactose__50.png").write_bytes(data)
+    registry = write(source / "metadata_dev.csv", [[100, 900, "lactose", 50, "Galaxy S9",
+                                                     "images/100__900__lactose__50.png", hashlib.md5(data).hexdigest(),
+                                                     "100__900__lactose__50.png"]])
+    fetch_raw_layer(FetchConfig(SourceConfig(registries={"dev": str(registry)})), tmp_path / "raw", store)
+    assert not leftover.exists()
+    assert list(leftover.parent.glob("*.sqlite"))  # this fetch's parse is kept

@@ -168,6 +168,8 @@ class RawHistory:
                 tmp.unlink(missing_ok=True)
         for listing in stale_temp_files(self.work_directory(), "listing-*.sqlite"):  # a killed fetch's
             listing.unlink(missing_ok=True)
+        for parse in stale_temp_files(self.directory / "registries", "*.tmp"):  # a registry parse not kept
+            parse.unlink(missing_ok=True)
 
 
 def _copy_checked(source: Path, sha256: str, dest: Path) -> bool:

@@ -64,13 +64,16 @@ plots: install ## render `dvc plots show` offline (vega inlined) into dvc_plots/
 	dvc plots show
 
 # Two workers, one test file each at a time (module fixtures build a project once per file): the suite
-# waits on subprocesses, fsync and servers as much as on the CPU, and halves its time on 2 cores.
+# waits on subprocesses, fsync and servers as much as on the CPU. Files go out in collection order
+# (tests/conftest.py puts the longest first); xdist's own order, most tests first, left the 10-minute
+# one-test differential file for last, alone.
 TEST_WORKERS ?= auto
+XDIST = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: install-detection system-deps ## install, then run the whole test suite (slow end-to-end tests included)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q $(XDIST)
 
 test-fast: install-detection ## unit tests only
-	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -m "not slow" $(XDIST)
 
 differential: install-detection ## warm rebuild == build from nothing after every kind of edit, larger scale → bench/out/differential.json
 	EVALSTACK_DIFFERENTIAL=large $(PY) -m pytest -q -s -p no:cacheprovider tests/test_e2e_differential.py

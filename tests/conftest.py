@@ -12,11 +12,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 
 # The longest test files first (measured, `--durations`), so that `make test`'s workers, which take one
-# file at a time in collection order (pytest-xdist --dist loadfile), do not end with one worker still on
-# a 9-minute file while the other waits: the longest job first is the classic greedy schedule.
+# file at a time in collection order (pytest-xdist --dist loadfile --no-loadscope-reorder), do not end with
+# one worker still on the 10-minute differential file while the other waits: the longest job first is the
+# classic greedy schedule. xdist hands each worker two files at the start, so the third is a tiny one: it
+# is what waits behind the differential test.
 LONGEST_FIRST = (
-    "test_e2e_differential.py", "test_readme_figures.py", "test_e2e_repro.py", "test_e2e_share.py",
-    "test_e2e_template.py", "test_e2e_detection_torchvision.py", "test_e2e_detection.py",
+    "test_e2e_differential.py", "test_readme_figures.py", "test_catalogue.py", "test_e2e_repro.py",
+    "test_e2e_share.py", "test_e2e_template.py", "test_e2e_detection_torchvision.py", "test_e2e_detection.py",
     "test_e2e_detection_yolo.py", "test_e2e_models.py", "test_e2e_robustness.py", "test_e2e_incremental.py",
 )
 

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -75,6 +76,9 @@ def moto_s3(bucket: str = "evalstack") -> Iterator[S3Endpoint]:
     try:
         host, port = server.get_host_and_port()
         endpoint = S3Endpoint(url=f"http://{host}:{port}", bucket=bucket)
+        # moto keeps its buckets in module state, so a second server in the same process would serve the first
+        # one's objects (seen when pytest-xdist put two S3 tests in one worker): start every server empty.
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint.url}/moto-api/reset", method="POST")).close()
         client = boto3.client(
             "s3", endpoint_url=endpoint.url, region_name="us-east-1",
             aws_access_key_id=endpoint.key_id, aws_secret_access_key=endpoint.secret,

@@ -15,7 +15,8 @@ from evalstack.sources.catalog import SourceConfig, iter_items
 from evalstack.sources.registry import REGISTRY_COLUMNS, SourceError
 from evalstack.sources.registry_prefix import ParseCounts
 from evalstack.sources.transport import Transport, TransportConfig
-from tests.conftest import png_bytes, store_in
+from tests.conftest import store_in
+from tests.test_fetch import make_registry
 
 
 def row(i: int, name: str = "lactose") -> list:
@@ -149,16 +150,9 @@ def test_the_kept_parse_belongs_to_the_registry_folder(tmp_path: Path):
 
 
 def test_a_raw_layer_built_as_the_registry_grows_equals_one_built_at_once(tmp_path: Path):
-    source = tmp_path / "src"
-    (source / "images").mkdir(parents=True)
-    rows = []
-    for i in range(12):
-        data = png_bytes(40, 30, seed=i)
-        name = f"{100 + i}__{900 + i // 2}__lactose__50.png"
-        (source / "images" / name).write_bytes(data)
-        rows.append([100 + i, 900 + i // 2, "lactose", 50, "Galaxy S9", f"images/{name}", hashlib.md5(data).hexdigest(),
-                     name])
-    registry = write(source / "metadata_dev.csv", rows[:5])
+    registry = make_registry(tmp_path / "src", n=12)
+    with open(registry, newline="") as handle:
+        rows = sorted((list(record.values()) for record in csv.DictReader(handle)), key=lambda r: int(r[0]))
     config = FetchConfig(SourceConfig(registries={"dev": str(registry)}), shard_bytes=2 * 3698)
     store = store_in(tmp_path / "store")
     for n in (5, 9, 12):
@@ -213,13 +207,7 @@ def test_a_parse_left_by_a_killed_fetch_is_removed_by_the_next(tmp_path: Path):
     leftover.write_bytes(b"half a parse")
     old = time.time() - STALE_AFTER_S - 10
     os.utime(leftover, (old, old))
-    source = tmp_path / "src"
-    (source / "images").mkdir(parents=True)
-    data = png_bytes(40, 30, seed=0)
-    (source / "images/100__900__lactose__50.png").write_bytes(data)
-    registry = write(source / "metadata_dev.csv", [[100, 900, "lactose", 50, "Galaxy S9",
-                                                     "images/100__900__lactose__50.png", hashlib.md5(data).hexdigest(),
-                                                     "100__900__lactose__50.png"]])
+    registry = make_registry(tmp_path / "src", n=1)
     fetch_raw_layer(FetchConfig(SourceConfig(registries={"dev": str(registry)})), tmp_path / "raw", store)
     assert not leftover.exists()
     assert list(leftover.parent.glob("*.sqlite"))  # this fetch's parse is kept

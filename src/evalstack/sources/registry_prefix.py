@@ -12,12 +12,13 @@ incrementally and at once and compares them).
 Every row read back still goes through the caller's location check (`check_row_location`: where a row may
 point depends on the filesystem now, not when it was parsed). The kept parse is found by a key of what
 else decides the rows (the registry's folder, which resolves relative URLs; the split; the allowed schemes
-and roots; this code), and is read only after its file's sha256 matches the one recorded beside it.
+and roots; the code that parses and checks, by the same import-closure digest as cache keys), and is read only after its file's sha256 matches the one recorded beside it.
 
 Kept in the fetch history (`<store>/fetch/registries/`): `<key>.sqlite` (the rows) and `<key>.json`.
 """
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import hashlib
 import io
@@ -32,13 +33,14 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 from urllib.parse import urljoin
 
 from evalstack.core.atomic import atomic_write_bytes
+from evalstack.core.fingerprint import code_part
 from evalstack.core.keys import sha256_file
 from evalstack.sources.registry import RegistryRow, iter_registry, registry_header
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(RegistryRow))
 _CHUNK = 1 << 20
 _BATCH = 5000
-_CODE = ("registry.py", "catalog.py", "registry_prefix.py")  # what parses and checks a row
+_CODE = ("evalstack.sources.catalog", "evalstack.sources.registry_prefix")  # parse and check a row (+ imports)
 
 
 @dataclass
@@ -69,10 +71,8 @@ class LastParse:
 def parse_key(url: str, split: str, context: Sequence[str]) -> str:
     """What decides a registry's rows besides its bytes. The folder, not the file: a relative image URL
     resolves against it, and the same rows under another file name in that folder are the same rows."""
-    code = hashlib.sha256()
-    for name in _CODE:
-        code.update((Path(__file__).parent / name).read_bytes())
-    return hashlib.sha256(json.dumps([code.hexdigest(), urljoin(url, "."), split, list(context)]).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([code_part(*_CODE), urljoin(url, "."), split, list(context)],
+                                     sort_keys=True).encode()).hexdigest()
 
 
 def rows_appended(raw: BinaryIO, url: str, split: str, context: Sequence[str], directory: Path,
@@ -153,8 +153,6 @@ class _Reader:
 def _lines(reader: _Reader, encoding: str) -> Iterator[str]:
     """The file's lines from where `reader` is, split as `open(..., newline="")` splits them (the CSV
     module's way)."""
-    import codecs
-
     decoder = codecs.getincrementaldecoder(encoding)()
     pending = ""
     while chunk := reader.read():

@@ -1,7 +1,9 @@
 """Demo models: Keras/TFLite and PyTorch networks, the PLS fit, ONNX export, the demo detector.
 
 Training pins the CPU kernels the frameworks dispatch to (`portable_kernels`, called by the train stages
-before torch or TensorFlow loads), so a demo model has the same bytes on any x86-64 machine with AVX2.
+before torch or TensorFlow loads), so that a demo model has the same bytes on other x86-64 machines with
+AVX2: checked here by capping an AVX-512 machine, not proven elsewhere (oneDNN and Eigen also choose
+blockings by cache size).
 """
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ import sys
 # Each library picks its kernels from the CPU it runs on, and the float sums differ between, e.g., AVX-512
 # and AVX2. Measured here (Zen 5, AVX-512): each one of these, alone, changed the bytes of a trained demo
 # model, and together they changed the README's figures (tflite_cnn accuracy 0.744 → 0.769), so figures
-# built on one CPU were not a fresh build's on another. Capping every dispatcher at AVX2 makes training a
-# function of its inputs on any x86-64 CPU made since 2013.
+# built on one CPU were not a fresh build's on another. Capping every dispatcher at AVX2 removes that
+# difference between CPUs made since 2013 that support AVX2.
 _X86_AVX2_KERNELS = {
     "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN, in both TensorFlow and torch (convolutions)
     "ATEN_CPU_CAPABILITY": "avx2",  # torch's own vectorised kernels

@@ -131,7 +131,8 @@ def train_model(root: Path, out: Path, n_train: int = 1200, epochs: int = 2) -> 
     x = np.stack([pipeline.process_image(Image.open(root / row["url"])) for row in rows])
     y = np.asarray([CLASSES.index(row["sample_name"]) for row in rows], dtype=np.int64)
     out.parent.mkdir(parents=True, exist_ok=True)
-    TRAINERS["torch_export"](ArrayRows(x, y), len(CLASSES), TrainConfig("torch_export", epochs=epochs, batch_size=32), out)
+    config = TrainConfig("torch_export", epochs=epochs, batch_size=32)
+    TRAINERS["torch_export"](ArrayRows(x, y), len(CLASSES), config, out)
 
 
 def plain_run(registries: dict[str, Path], model_file: Path, split: str = "test", batch_size: int = 256) -> float:

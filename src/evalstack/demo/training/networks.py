@@ -83,6 +83,7 @@ def keras_batches(data: TrainingRows, read: RowReader, config: TrainConfig) -> "
     labels = tf.constant(data.labels)
 
     def load(positions: "tf.Tensor") -> tuple["tf.Tensor", "tf.Tensor"]:
+        # Not stateful: the same positions always read the same rows, and nothing else changes.
         images = tf.numpy_function(read, [positions], tf.uint8, stateful=False)
         return tf.ensure_shape(images, shape), tf.gather(labels, positions)
 

@@ -4,7 +4,9 @@ All networks honour PAD's IO contract: input (N, H, W, 3) float32 in 0–255,
 no normalisation outside the model, logits over the label list. A
 concentration network is, like PAD's, a classifier over quantity levels
 (`target: quantity`, labels "0", "20", …). Training is seeded and
-deterministic, so `dvc repro -f` rebuilds byte-identical model files.
+deterministic, so `dvc repro -f` rebuilds byte-identical model files. The
+rows are read from the preprocessed layer a batch at a time (`rows.py`), in the
+order the in-memory dataset used to give, so memory does not grow with the data.
 Real users replace these files with their own (see README).
 """
 from __future__ import annotations

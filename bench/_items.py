@@ -121,6 +121,7 @@ def train_model(root: Path, out: Path, n_train: int = 1200, epochs: int = 2) -> 
     """A small CNN (the demo's torch.export trainer) on the first n_train dev items. Trained briefly on
     purpose: ~70 % test accuracy, so the comparison with the plain script checks errors too."""
     from evalstack.demo.training.networks import TRAINERS, TrainConfig
+    from evalstack.demo.training.rows import ArrayRows
     from evalstack.preprocess.pipelines import build_pipeline
 
     pipeline = build_pipeline(PIPELINE)
@@ -130,7 +131,8 @@ def train_model(root: Path, out: Path, n_train: int = 1200, epochs: int = 2) -> 
     x = np.stack([pipeline.process_image(Image.open(root / row["url"])) for row in rows])
     y = np.asarray([CLASSES.index(row["sample_name"]) for row in rows], dtype=np.int64)
     out.parent.mkdir(parents=True, exist_ok=True)
-    TRAINERS["torch_export"](x, y, len(CLASSES), TrainConfig("torch_export", epochs=epochs, batch_size=32), out)
+    config = TrainConfig("torch_export", epochs=epochs, batch_size=32)
+    TRAINERS["torch_export"](ArrayRows(x, y), len(CLASSES), config, out)
 
 
 def plain_run(registries: dict[str, Path], model_file: Path, split: str = "test", batch_size: int = 256) -> float:

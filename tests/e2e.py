@@ -158,6 +158,7 @@ _USER_MODELS = """
 import numpy as np, yaml
 from pathlib import Path
 from evalstack.demo.training.networks import TRAINERS, TrainConfig
+from evalstack.demo.training.rows import ArrayRows
 
 params = yaml.safe_load(open("params.yaml"))
 for name, entry in params["train"].items():
@@ -166,7 +167,7 @@ for name, entry in params["train"].items():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(4, size, size, 3), dtype=np.uint8)
     config = TrainConfig(entry["framework"], epochs=1, batch_size=4)
-    TRAINERS[entry["framework"]](x, rng.integers(0, n_classes, 4), n_classes, config, Path(entry["file"]))
+    TRAINERS[entry["framework"]](ArrayRows(x, rng.integers(0, n_classes, 4)), n_classes, config, Path(entry["file"]))
 """
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from evalstack.config import ModelError, ModelSpec
 from evalstack.demo.training.networks import TrainConfig, train_keras_tflite, train_torch_export
+from evalstack.demo.training.rows import ArrayRows
 from evalstack.models.adapters import load_adapter
 
 LABELS = ("a", "b", "c")
@@ -16,7 +17,7 @@ def tflite_file(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(8, 96, 96, 3), dtype=np.uint8)
     out = tmp_path_factory.mktemp("tflite") / "m.tflite"
-    train_keras_tflite(x, rng.integers(0, 3, 8), 3, TrainConfig("keras_tflite", epochs=1, batch_size=4), out)
+    train_keras_tflite(ArrayRows(x, rng.integers(0, 3, 8)), 3, TrainConfig("keras_tflite", epochs=1, batch_size=4), out)
     return out
 
 
@@ -25,7 +26,7 @@ def torch_file(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
     out = tmp_path_factory.mktemp("torch") / "m.pt2"
-    train_torch_export(x, rng.integers(0, 3, 8), 3, TrainConfig("torch_export", epochs=1, batch_size=4), out)
+    train_torch_export(ArrayRows(x, rng.integers(0, 3, 8)), 3, TrainConfig("torch_export", epochs=1, batch_size=4), out)
     return out
 
 
@@ -95,8 +96,8 @@ def test_demo_training_is_byte_deterministic(tmp_path):
     x = rng.integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
     y = rng.integers(0, 3, 8)
     config = TrainConfig("torch_export", epochs=1, batch_size=4)
-    train_torch_export(x, y, 3, config, tmp_path / "a.pt2")
-    train_torch_export(x, y, 3, config, tmp_path / "b.pt2")
+    train_torch_export(ArrayRows(x, y), 3, config, tmp_path / "a.pt2")
+    train_torch_export(ArrayRows(x, y), 3, config, tmp_path / "b.pt2")
     assert (tmp_path / "a.pt2").read_bytes() == (tmp_path / "b.pt2").read_bytes()
 
 

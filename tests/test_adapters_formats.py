@@ -8,6 +8,7 @@ import pytest
 from evalstack.config import ModelError, ModelSpec
 from evalstack.demo.training.networks import TrainConfig, train_keras, train_torch_export
 from evalstack.demo.training.onnx_export import export_onnx
+from evalstack.demo.training.rows import ArrayRows
 from evalstack.models.adapters import load_adapter
 from evalstack.models.adapters.pls import PLSCoefficients, coefficients_csv, read_coefficients
 
@@ -29,7 +30,7 @@ def _batch(n: int = 5, size: int = 32) -> np.ndarray:
 @pytest.fixture(scope="module")
 def pt2_file(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("torch") / "m.pt2"
-    train_torch_export(IMAGES, TARGETS, 3, TrainConfig("torch_export", epochs=1, batch_size=4), out)
+    train_torch_export(ArrayRows(IMAGES, TARGETS), 3, TrainConfig("torch_export", epochs=1, batch_size=4), out)
     return out
 
 
@@ -43,7 +44,7 @@ def onnx_file(pt2_file, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def keras_file(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("keras") / "m.keras"
-    train_keras(IMAGES, TARGETS, 3, TrainConfig("keras", epochs=1, batch_size=4), out)
+    train_keras(ArrayRows(IMAGES, TARGETS), 3, TrainConfig("keras", epochs=1, batch_size=4), out)
     return out
 
 
@@ -69,7 +70,7 @@ def test_keras_adapter_runs_real_inference(keras_file):
 
 def test_keras_archive_is_byte_deterministic(keras_file, tmp_path):
     again = tmp_path / "again.keras"
-    train_keras(IMAGES, TARGETS, 3, TrainConfig("keras", epochs=1, batch_size=4), again)
+    train_keras(ArrayRows(IMAGES, TARGETS), 3, TrainConfig("keras", epochs=1, batch_size=4), again)
     assert again.read_bytes() == keras_file.read_bytes()
 
 
@@ -164,10 +165,12 @@ import sys, numpy as np
 from pathlib import Path
 from evalstack.demo.training.networks import TRAINERS, TrainConfig
 from evalstack.demo.training.onnx_export import export_onnx
+from evalstack.demo.training.rows import ArrayRows
 rng = np.random.default_rng(0)
 x = rng.integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
 out = Path(sys.argv[1])
-TRAINERS["torch_export"](x, rng.integers(0, 3, 6), 3, TrainConfig("torch_export", epochs=1, batch_size=3), out / "m.pt2")
+TRAINERS["torch_export"](ArrayRows(x, rng.integers(0, 3, 6)), 3, TrainConfig("torch_export", epochs=1, batch_size=3),
+                         out / "m.pt2")
 export_onnx(out / "m.pt2", out / "m.onnx", trust=True)  # built just above
 """
 

@@ -42,9 +42,10 @@ _OWN_MODEL = """
 import sys, numpy as np
 from pathlib import Path
 from evalstack.demo.training.networks import TRAINERS, TrainConfig
+from evalstack.demo.training.rows import ArrayRows
 rng = np.random.default_rng(int(sys.argv[1]))
 x = rng.integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
-TRAINERS["torch_export"](x, rng.integers(0, 23, 4), 23, TrainConfig("torch_export", epochs=1, batch_size=4,
+TRAINERS["torch_export"](ArrayRows(x, rng.integers(0, 23, 4)), 23, TrainConfig("torch_export", epochs=1, batch_size=4,
                          seed=int(sys.argv[1])), Path("models/mine.pt2"))
 """
 

@@ -4,7 +4,9 @@ All networks honour PAD's IO contract: input (N, H, W, 3) float32 in 0–255,
 no normalisation outside the model, logits over the label list. A
 concentration network is, like PAD's, a classifier over quantity levels
 (`target: quantity`, labels "0", "20", …). Training is seeded and
-deterministic, so `dvc repro -f` rebuilds byte-identical model files.
+deterministic, so `dvc repro -f` rebuilds byte-identical model files. The
+rows are read from the preprocessed layer a batch at a time (`rows.py`), in the
+order the in-memory dataset used to give, so memory does not grow with the data.
 Real users replace these files with their own (see README).
 """
 from __future__ import annotations
@@ -14,19 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from evalstack.core.atomic import atomic_write_bytes
-from evalstack.core.kinds import PREPROCESSED_KIND
-from evalstack.core.layers import Layer
 from evalstack.demo.training import portable_kernels
+from evalstack.demo.training.rows import RowReader, TrainingRows, training_rows
 from evalstack.demo.training.torch_program import save_program
-from evalstack.evaluation.classification import label_indices
-from evalstack.evaluation.items import read_items
 from evalstack.models.adapters.keras_model import canonical_keras_archive
 
 if TYPE_CHECKING:
     import keras
+    import tensorflow as tf
 
 
 @dataclass(frozen=True)
@@ -38,39 +36,11 @@ class TrainConfig:
     learning_rate: float = 0.002
     seed: int = 0
     split: str = "dev"
-    max_items: int = 4000  # bounds memory when the dataset is generated at full scale
+    max_items: int = 4000  # bounds training time at full scale (memory holds a batch, whatever the count)
 
 
-def load_training_set(
-    preprocessed_dir: Path,
-    raw_dir: Path,
-    labels: tuple[str, ...],
-    split: str,
-    max_items: int,
-    model: str,
-    target: str = "sample_name",
-) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 tensors and label indices of one split (first `max_items` in layer order)."""
-    items = read_items(raw_dir)
-    layer = Layer.open(preprocessed_dir, kind=PREPROCESSED_KIND)
-    items.check_aligned(layer)  # rows are the raw layer's items: truth joins by position, never by content
-    chosen = np.flatnonzero(items.split == split)[:max_items]
-    truth = items.truth(target)
-    tensors, names, start = [], [], 0
-    for shard in layer.shards:
-        rows = chosen[(chosen >= start) & (chosen < start + shard.n_items)]
-        if len(rows):
-            with layer.open_shard(shard) as handle:
-                tensors.append(handle["x"][rows - start])
-            names.extend(truth[rows])
-        start += shard.n_items
-    if not names:
-        raise ValueError(f"no {split!r} items to train {model} on")
-    return np.concatenate(tensors), label_indices(names, labels, model)
-
-
-def fit_keras_cnn(x: np.ndarray, y: np.ndarray, n_classes: int, config: TrainConfig) -> "keras.Model":
-    """A tiny seeded CNN (deterministic ops) trained on uint8 tensors."""
+def keras_cnn(item_shape: tuple[int, ...], n_classes: int, config: TrainConfig) -> "keras.Model":
+    """A tiny CNN, compiled, with every seed set and deterministic ops: built before its data, as it always was."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf
@@ -78,11 +48,11 @@ def fit_keras_cnn(x: np.ndarray, y: np.ndarray, n_classes: int, config: TrainCon
     keras.backend.clear_session()  # layer names come from a per-process counter; they end up in the file
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
-    height = x.shape[1]
+    height = item_shape[0]
     pool = max(1, height // 56)  # 454 → 56: the barcode is coarse, the network stays tiny
     model = keras.Sequential(
         [
-            keras.Input(shape=x.shape[1:], dtype="float32"),
+            keras.Input(shape=item_shape, dtype="float32"),
             keras.layers.Rescaling(1.0 / 255),
             keras.layers.AveragePooling2D(pool_size=pool),
             keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu"),
@@ -98,41 +68,77 @@ def fit_keras_cnn(x: np.ndarray, y: np.ndarray, n_classes: int, config: TrainCon
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    dataset = (
-        tf.data.Dataset.from_tensor_slices((x, y))
-        .shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True)
-        .batch(config.batch_size)
-        .map(lambda images, labels: (tf.cast(images, tf.float32), labels))
-    )
-    model.fit(dataset, epochs=config.epochs, verbose=2)
     return model
 
 
-def train_keras_tflite(x: np.ndarray, y: np.ndarray, n_classes: int, config: TrainConfig, out: Path) -> None:
+def keras_batches(data: TrainingRows, read: RowReader, config: TrainConfig) -> "tf.data.Dataset":
+    """Shuffled float32 batches, read from `read` a batch at a time.
+
+    The rows are shuffled as the in-memory dataset (`from_tensor_slices(x).shuffle(len(x), …)`) shuffled them:
+    with a buffer of every row, the order depends only on the row count, the seeds and the epoch, never on the
+    values, so shuffling positions gives the same order, batches and model bytes, with one batch in memory.
+    Keras iterates this one object every epoch, which is what makes each epoch's order the same as before.
+    """
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(fit_keras_cnn(x, y, n_classes, config))
-    atomic_write_bytes(out, converter.convert())
+    shape = (None, *data.item_shape)
+    labels = tf.constant(data.labels)
+
+    def load(positions: "tf.Tensor") -> tuple["tf.Tensor", "tf.Tensor"]:
+        # Not stateful: the same positions always read the same rows, and nothing else changes.
+        images = tf.numpy_function(read, [positions], tf.uint8, stateful=False)
+        return tf.ensure_shape(images, shape), tf.gather(labels, positions)
+
+    return (
+        tf.data.Dataset.range(len(data))
+        .shuffle(len(data), seed=config.seed, reshuffle_each_iteration=True)
+        .batch(config.batch_size)
+        .map(load)
+        .map(lambda images, labels: (tf.cast(images, tf.float32), labels))
+    )
 
 
-def train_keras(x: np.ndarray, y: np.ndarray, n_classes: int, config: TrainConfig, out: Path) -> None:
+def fit_keras_cnn(data: TrainingRows, n_classes: int, config: TrainConfig) -> "keras.Model":
+    """The tiny CNN trained on `data`'s uint8 tensors, streamed a batch at a time."""
+    model = keras_cnn(data.item_shape, n_classes, config)
+    with data.open() as read:
+        model.fit(keras_batches(data, read, config), epochs=config.epochs, verbose=2)
+    return model
+
+
+def train_keras_tflite(data: TrainingRows, n_classes: int, config: TrainConfig, out: Path) -> None:
+    write_tflite(fit_keras_cnn(data, n_classes, config), out)
+
+
+def write_tflite(model: "keras.Model", out: Path) -> None:
+    import tensorflow as tf
+
+    atomic_write_bytes(out, tf.lite.TFLiteConverter.from_keras_model(model).convert())
+
+
+def train_keras(data: TrainingRows, n_classes: int, config: TrainConfig, out: Path) -> None:
+    write_keras(fit_keras_cnn(data, n_classes, config), out)
+
+
+def write_keras(model: "keras.Model", out: Path) -> None:
     """A `.keras` archive, rewritten canonically so the same weights give the same bytes."""
     import tempfile
 
-    model = fit_keras_cnn(x, y, n_classes, config)
     with tempfile.TemporaryDirectory() as scratch:
         saved = Path(scratch) / "model.keras"
         model.save(saved)
         atomic_write_bytes(out, canonical_keras_archive(saved.read_bytes()))
 
 
-def train_torch_export(x: np.ndarray, y: np.ndarray, n_classes: int, config: TrainConfig, out: Path) -> None:
+def train_torch_export(data: TrainingRows, n_classes: int, config: TrainConfig, out: Path) -> None:
+    """A small CNN, exported with torch.export. The class is defined here on purpose: its qualified name
+    (`train_torch_export.<locals>.SmallCNN`) is recorded in the `.pt2`, so moving it changes the bytes."""
     import torch
     from torch import nn
 
     torch.manual_seed(config.seed)
     torch.use_deterministic_algorithms(True)
-    height = x.shape[1]
+    height = data.item_shape[0]
 
     class SmallCNN(nn.Module):
         def __init__(self) -> None:
@@ -151,24 +157,26 @@ def train_torch_export(x: np.ndarray, y: np.ndarray, n_classes: int, config: Tra
     model = SmallCNN()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     loss_fn = nn.CrossEntropyLoss()
-    inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
+    targets = torch.from_numpy(data.labels)
     generator = torch.Generator().manual_seed(config.seed)
-    for epoch in range(config.epochs):
-        model.train()
-        order = torch.randperm(len(inputs), generator=generator)
-        total, correct = 0.0, 0
-        for start in range(0, len(order), config.batch_size):
-            index = order[start : start + config.batch_size]
-            logits = model(inputs[index].float())
-            loss = loss_fn(logits, targets[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(index)
-            correct += int((logits.argmax(1) == targets[index]).sum())
-        print(f"epoch {epoch + 1}/{config.epochs} loss {total / len(order):.4f} accuracy {correct / len(order):.4f}")
+    with data.open() as read:
+        for epoch in range(config.epochs):
+            model.train()
+            order = torch.randperm(len(data), generator=generator)
+            total, correct = 0.0, 0
+            for start in range(0, len(order), config.batch_size):
+                index = order[start : start + config.batch_size]
+                logits = model(torch.from_numpy(read(index.numpy())).float())
+                loss = loss_fn(logits, targets[index])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(index)
+                correct += int((logits.argmax(1) == targets[index]).sum())
+            print(f"epoch {epoch + 1}/{config.epochs} loss {total / len(order):.4f} "
+                  f"accuracy {correct / len(order):.4f}")
     model.eval()
-    example = (torch.zeros((2, *x.shape[1:]), dtype=torch.float32),)
+    example = (torch.zeros((2, *data.item_shape), dtype=torch.float32),)
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.export.export(model, example, dynamic_shapes=({0: batch},))
     save_program(program, out)
@@ -183,7 +191,7 @@ def train_demo_model(
     if config.framework not in TRAINERS:
         raise ValueError(f"train.{name}: framework {config.framework!r} unknown; choose from {sorted(TRAINERS)}")
     portable_kernels()  # before the trainer imports its framework
-    x, y = load_training_set(preprocessed_dir, raw_dir, labels, config.split, config.max_items, name, config.target)
+    data = training_rows(preprocessed_dir, raw_dir, labels, config.split, config.max_items, name, config.target)
     out.parent.mkdir(parents=True, exist_ok=True)
-    print(f"training {name} ({config.framework}) on {len(x)} {config.split} items, {len(labels)} classes")
-    TRAINERS[config.framework](x, y, len(labels), config, out)
+    print(f"training {name} ({config.framework}) on {len(data)} {config.split} items, {len(labels)} classes")
+    TRAINERS[config.framework](data, len(labels), config, out)

@@ -99,6 +99,7 @@ class RawHistory:
         with self.store.caching():  # a full store only costs the next fetch its history
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, index.to_json().encode())
+        self.store.finish_stage({shard.sha256 for shard in index.shards})
 
     def place(self, shard: ShardInfo, source: Path | None, dest: Path) -> bool:
         """Put an old shard's bytes at `dest` (atomically, checked against its sha256); False if they cannot be had."""

@@ -327,3 +327,32 @@ def test_a_checkout_with_fewer_items_than_another_is_not_told_it_lost_any(pad_da
         assert server.image_gets() - gets == 0
     assert small.index.n_items == 5 and small.report.activity["removed"] == 0
     assert "WARNING" not in capsys.readouterr().out
+
+
+def test_a_checkout_on_another_machine_fetches_only_what_the_object_store_lacks(pad_dataset: Path, tmp_path: Path,
+                                                                               monkeypatch):
+    """Issue 26 point 3 through `store.url`: two machines share nothing but the bucket (each its own store.dir).
+    The second, with 10 % more cards, downloads only the new cards; raw shards come from the bucket."""
+    from evalstack.cache.objectstore import ObjectStore, ObjectStoreConfig
+    from evalstack.cache.shardstore import ShardStore, StoreConfig
+    from tests.servers import moto_s3
+
+    with moto_s3() as s3, PadServer(pad_dataset) as server:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.key_id)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret)
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+        def machine(name: str) -> ShardStore:
+            remote = ObjectStore(ObjectStoreConfig(f"s3://{s3.bucket}/team", endpointurl=s3.url, retries=1))
+            return ShardStore(StoreConfig(tmp_path / name / "store", 1 << 40), remote)
+
+        fetch_raw_layer(http_config(server, tmp_path), tmp_path / "one/project/data/raw", machine("one"))
+        write_dataset(pad_dataset, n_cards=N_CARDS + 2, seed=0, start=N_CARDS, workers=1)  # +10 %
+        gets = server.image_gets()
+        second_store = machine("two")
+        second = fetch_raw_layer(http_config(server, tmp_path), tmp_path / "two/project/data/raw", second_store)
+        assert server.image_gets() - gets == 2
+        assert second_store.remote.counters.requests_get > 0  # the old shards came from the bucket
+        fresh = fetch_raw_layer(http_config(server, tmp_path), tmp_path / "fresh", store_in(tmp_path / "s2")).index
+    assert shard_bytes(tmp_path / "two/project/data/raw") == shard_bytes(tmp_path / "fresh")
+    assert second.index.to_json() == fresh.to_json()

@@ -119,6 +119,8 @@ def build_derived_layer(
             log.add(info, job.upstream, computed=True)
     writer.stats = {**spec.stats, spec.work: sum(shard.n_items for shard in writer.shards)}
     index = writer.finish()
+    if store is not None:  # with a remote: upload what is pending, trim the local cache (never these shards)
+        store.finish_stage({s.sha256 for s in index.shards} | {s.sha256 for s in upstream.shards})
     return LayerBuild(index, log.finish(out_dir, store))
 
 

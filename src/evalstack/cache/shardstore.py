@@ -14,6 +14,15 @@ recorded sha256 (a damaged entry is dropped and recomputed, never propagated), a
 the default `copy` mode gives the workspace its own file, so neither DVC nor a user
 editing an output can change the store. `hardlink` saves the space but shares the
 inode with the workspace; it is opt-in.
+
+With `store.url` (an object store, `cache/objectstore.py`) the directory is a read-through
+cache in front of it: a local miss asks the remote (record, then the blob, sha256-checked,
+into the directory, then placed), every put is uploaded too (blob, then a create-only
+record), and at the end of a stage (`finish_stage`) the directory is trimmed to
+`store.max_bytes`, least recently used first, keeping what the stage's layers hold. A remote
+that stops answering costs one warning naming it: the stage goes on locally with the same
+results, and what it computed meanwhile is listed under `pending/` and uploaded by the
+next stage that reaches the remote (`store.required: true` makes it an error instead).
 """
 from __future__ import annotations
 
@@ -31,6 +40,14 @@ from typing import Any, Iterable, Iterator, Mapping
 import h5py
 from tqdm import tqdm
 
+from evalstack.cache.objectstore import (
+    DamagedBlob,
+    DamagedRecord,
+    ObjectStore,
+    ObjectStoreError,
+    ObjectStoreUnavailable,
+    objectstore_config,
+)
 from evalstack.core.atomic import TEMP_GLOB, atomic_copy, atomic_link, atomic_write_bytes, is_no_space, stale_temp_files
 from evalstack.core.hashstamps import HashStamps
 from evalstack.core.keys import Key, sha256_bytes, sha256_file
@@ -95,12 +112,16 @@ def derivation_key(upstream_sha256: str, layer_key: Key, compression: str, selec
 
 
 class ShardStore:
-    def __init__(self, config: StoreConfig):
+    def __init__(self, config: StoreConfig, remote: ObjectStore | None = None):
         self.config = config
         self.directory = Path(config.directory)
+        self.remote = remote
         self.stamps = HashStamps(self.directory / "stamps")
         self.full = False  # set when a write ran out of space: nothing more is put this run
         self._full_lock = threading.Lock()  # fetch's download threads may all hit the full disk at once
+        self._remote_lock = threading.Lock()
+        self._remote_warned = False  # the remote's failure is said once per run
+        self._repair: set[str] = set()  # sha256s whose remote blob was found damaged: the next put re-uploads
 
     def no_space(self, error: OSError) -> None:
         """The store's disk is full: stop caching for the rest of this run, and say so once."""
@@ -122,6 +143,110 @@ class ShardStore:
                 raise
             self.no_space(error)
 
+    # -- the remote (store.url) -------------------------------------------------------------
+    def remote_failed(self, error: ObjectStoreError) -> None:
+        """The remote stopped answering: an error when it is required, else one warning and local-only."""
+        assert self.remote is not None
+        if self.remote.config.required:
+            raise ShardStoreError(f"{error}; store.required is set, so this stage stops (the shard store's "
+                                  "remote must answer). Check the network and store.url/endpointurl") from error
+        with self._remote_lock:
+            first, self._remote_warned = not self._remote_warned, True
+        if first:
+            tqdm.write(f"WARNING {error}. This run goes on with the local store {self.directory} only: results "
+                       "are the same; shards computed meanwhile are listed under pending/ and uploaded by a later "
+                       "run that reaches the store.", file=sys.stderr)
+
+    def _remote_warning(self, message: str) -> None:
+        tqdm.write(f"WARNING {message}", file=sys.stderr)
+
+    def _pull(self, address: str) -> StoreEntry | None:
+        """A local miss: the remote's record and checked bytes into the directory; None on a miss."""
+        if self.remote is None or self.full or self.remote.down is not None and not self.remote.config.required:
+            return None
+        target = self.shard_path(address)
+        try:
+            with self.caching():
+                entry = self.remote.fetch_shard(address, target)
+                if entry is None:
+                    return None
+                os.chmod(target, _READ_ONLY)
+                self.stamps.remember(target, entry.sha256)
+                atomic_write_bytes(self.record_path(address), _record_bytes(entry))
+                return self._get_local(address)
+        except DamagedBlob as error:  # never a wrong shard: a miss, recomputed, then the blob repaired
+            self._repair.add(error.entry.sha256)
+            self._remote_warning(f"{error}; computing it again (the upload repairs it)")
+        except DamagedRecord as error:
+            self._remote_warning(f"{error}; computing it again (the upload replaces it)")
+        except ObjectStoreUnavailable as error:
+            self.remote_failed(error)
+        return None
+
+    def _upload(self, entry: StoreEntry, source: Path) -> None:
+        """Publish a put shard on the remote; when it cannot be reached, list it as pending."""
+        if self.remote is None:
+            return
+        local = self.shard_path(entry.address)
+        path = local if self._get_local(entry.address) == entry else source
+        try:
+            if self.remote.down is not None:
+                raise ObjectStoreUnavailable(f"object store {self.remote.url} is unreachable ({self.remote.down})")
+            held = self.remote.put_shard(entry, path, repair=entry.sha256 in self._repair)
+        except ObjectStoreUnavailable as error:
+            self._mark_pending(entry.address)
+            self.remote_failed(error)
+            return
+        self._repair.discard(entry.sha256)
+        if held.sha256 != entry.sha256:
+            self._remote_warning(
+                f"{self.remote.url}: shard {entry.address[:12]}… was stored by another writer with different bytes "
+                f"(sha256 {held.sha256[:12]}…, here {entry.sha256[:12]}…): its compute is not deterministic. "
+                "The store keeps the first; this run's output keeps its own bytes.")
+
+    def pending_path(self, address: str) -> Path:
+        self.shard_path(address)  # checks the address
+        return self.directory / "pending" / address
+
+    def _mark_pending(self, address: str) -> None:
+        with self.caching():
+            path = self.pending_path(address)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+
+    def pending(self) -> list[str]:
+        """Addresses put while the remote was unreachable, not uploaded yet."""
+        folder = self.directory / "pending"
+        return sorted(p.name for p in folder.iterdir() if is_address(p.name)) if folder.is_dir() else []
+
+    def sync(self) -> int:
+        """Upload the pending shards (still in the directory); how many went up."""
+        if self.remote is None or self.remote.down is not None:
+            return 0
+        uploaded = 0
+        for address in self.pending():
+            entry = self._get_local(address)
+            if entry is not None:
+                try:
+                    held = self.remote.put_shard(entry, self.shard_path(address))
+                except ObjectStoreUnavailable as error:
+                    self.remote_failed(error)
+                    return uploaded
+                uploaded += held.sha256 == entry.sha256
+            self.pending_path(address).unlink(missing_ok=True)  # gone locally: nothing left to upload
+        return uploaded
+
+    def finish_stage(self, protected_sha256s: set[str]) -> GcReport | None:
+        """At the end of a stage with a remote: upload what is pending, then trim the directory (a
+        read-through cache) to store.max_bytes, never what the stage's layers hold or what is pending."""
+        if self.remote is None:
+            return None
+        self.sync()
+        if not self.directory.is_dir() or self.usage() <= self.config.max_bytes:
+            return None
+        pending = {entry.sha256 for address in self.pending() if (entry := self._get_local(address)) is not None}
+        return self.gc(protected_sha256s | pending, clear_stamps=False)
+
     # -- layout ---------------------------------------------------------------------------
     def shard_path(self, address: str) -> Path:
         try:
@@ -138,7 +263,11 @@ class ShardStore:
 
     # -- entries --------------------------------------------------------------------------
     def get(self, address: str) -> StoreEntry | None:
-        """The entry, when both its record and a file of the recorded size are present."""
+        """The entry, when both its record and a file of the recorded size are present (with a
+        remote: after a local miss, downloaded from it, checked)."""
+        return self._get_local(address) or self._pull(address)
+
+    def _get_local(self, address: str) -> StoreEntry | None:
         record, shard = self.record_path(address), self.shard_path(address)
         try:
             entry = StoreEntry(**json.loads(record.read_text()))
@@ -153,7 +282,7 @@ class ShardStore:
         for record in sorted((self.directory / "shards").glob("*/*.json")):
             if not is_address(record.stem):  # a stray file in the store is no entry
                 continue
-            entry = self.get(record.stem)
+            entry = self._get_local(record.stem)
             if entry is not None:
                 yield entry
 
@@ -184,13 +313,13 @@ class ShardStore:
     def put(self, entry: StoreEntry, source: Path, immutable_source: bool = False) -> None:
         """Record the shard at `source`. An immutable source (DVC's cache) may be hardlinked;
         a workspace file is copied unless the store is in hardlink mode. Nothing when the store is full."""
-        if self.full:
-            return
-        with self.caching():
-            self._put(entry, source, immutable_source)
+        if not self.full:
+            with self.caching():
+                self._put(entry, source, immutable_source)
+        self._upload(entry, source)  # a full local disk does not stop the upload
 
     def _put(self, entry: StoreEntry, source: Path, immutable_source: bool) -> None:
-        existing = self.get(entry.address)
+        existing = self._get_local(entry.address)
         if existing is not None and existing.sha256 == entry.sha256:
             with contextlib.suppress(OSError):
                 os.utime(self.record_path(entry.address))
@@ -202,7 +331,7 @@ class ShardStore:
             os.chmod(target, _READ_ONLY)  # a link shares the source's inode, which the caller vouches for
         elif atomic_copy(source, target, mode=_READ_ONLY) == entry.sha256:
             self.stamps.remember(target, entry.sha256)
-        atomic_write_bytes(self.record_path(entry.address), (json.dumps(asdict(entry), sort_keys=True) + "\n").encode())
+        atomic_write_bytes(self.record_path(entry.address), _record_bytes(entry))
 
     def remove(self, entry: StoreEntry) -> None:
         self.record_path(entry.address).unlink(missing_ok=True)  # record first: a lone shard is a miss
@@ -227,7 +356,7 @@ class ShardStore:
             except UnsafeName as error:
                 raise ShardStoreError(f"{path}: {error}; refusing to seed the store {self.directory} from it "
                                       "(a crafted or damaged shard: `dvc checkout` or rebuild the layer)") from None
-            if self.get(address) is not None or self.stamps.sha256(path) != shard.sha256:
+            if self._get_local(address) is not None or self.stamps.sha256(path) != shard.sha256:
                 continue
             layer_key = attrs.get("layer_key") if isinstance(attrs.get("layer_key"), dict) else {}
             entry = StoreEntry(address, shard.sha256, path.stat().st_size, shard.n_items, kind, layer_key, shard.upstream)
@@ -252,11 +381,13 @@ class ShardStore:
     def usage(self) -> int:
         return sum(entry.size for entry in self.entries())
 
-    def gc(self, protected_sha256s: set[str], max_bytes: int | None = None, dry_run: bool = False) -> GcReport:
-        """Trim to the size limit, least recently used first; never an entry whose bytes are protected."""
+    def gc(self, protected_sha256s: set[str], max_bytes: int | None = None, dry_run: bool = False,
+           clear_stamps: bool = True) -> GcReport:
+        """Trim to the size limit, least recently used first; never an entry whose bytes are protected.
+        (Only the local directory: a remote store is shared and is not trimmed from here.)"""
         limit = self.config.max_bytes if max_bytes is None else max_bytes
         self._remove_debris(dry_run)
-        if not dry_run:
+        if not dry_run and clear_stamps:
             self.stamps.clear()  # stamps of removed files would only pile up; the rest are re-made on use
         entries = list(self.entries())
         total = sum(entry.size for entry in entries)
@@ -295,7 +426,12 @@ class ShardStore:
         ]
 
 
-DEFAULT_STORE = {"dir": ".evalstack/store", "max_bytes": 20_000_000_000, "link": "copy"}
+def _record_bytes(entry: StoreEntry) -> bytes:
+    return (json.dumps(asdict(entry), sort_keys=True) + "\n").encode()
+
+
+DEFAULT_STORE = {"dir": ".evalstack/store", "max_bytes": 20_000_000_000, "link": "copy", "url": "", "endpointurl": "",
+                 "remote": ""}
 
 
 def store_config(params: Mapping[str, Any], root: Path = Path(".")) -> StoreConfig | None:
@@ -308,5 +444,12 @@ def store_config(params: Mapping[str, Any], root: Path = Path(".")) -> StoreConf
 
 
 def open_store(params: Mapping[str, Any], root: Path = Path(".")) -> ShardStore | None:
+    """The shard store of `store:`, with its remote when `store.url` is set (see objectstore.py)."""
     config = store_config(params, root)
-    return ShardStore(config) if config else None
+    try:
+        remote_config = objectstore_config(params, root)
+    except ObjectStoreError as error:
+        raise ShardStoreError(str(error)) from None
+    if remote_config is not None and config is None:
+        raise ShardStoreError("store.url needs a store.dir: the local directory is the remote's read-through cache")
+    return ShardStore(config, ObjectStore(remote_config) if remote_config else None) if config else None

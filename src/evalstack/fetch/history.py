@@ -22,13 +22,17 @@ import contextlib
 import hashlib
 import shutil
 import stat
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
+
+from tqdm import tqdm
 
 from evalstack.cache.incremental import previous_versions
+from evalstack.cache.objectstore import ObjectStoreError, ObjectStoreUnavailable
 from evalstack.cache.shardstore import ShardStore, StoreEntry
 from evalstack.core.atomic import atomic_copy, atomic_write_bytes, is_no_space, stale_temp_files
 from evalstack.core.keys import md5_bytes, sha256_bytes, sha256_file
@@ -36,6 +40,7 @@ from evalstack.core.layers import LayerIndex, ShardInfo
 from evalstack.sources.registry import RegistryRow
 
 OTHER_CHECKOUT = "another checkout's fetch (shared store)"
+REMOTE_LAYERS = "fetch/layers/"  # on a store.url: each checkout's last raw layer index, named as locally
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,7 @@ class RawHistory:
                 shards = [(shard, self._stash(shard, path)) for shard, path in shards]
             paths = {shard.sha256: path for shard, path in shards if path}
             # shards DVC's cache lacks (a clone that did not pull) may be in the store, addressed by content
-            return PreviousLayer(index, {**self._stored_shards(index), **paths}, source)
+            return PreviousLayer(index, {**self._stored_shards(index, skip=set(paths)), **paths}, source)
         if self.store is None:
             return None
         own = self._recorded(self._record_path(out_dir), kind)
@@ -90,36 +95,70 @@ class RawHistory:
 
     def _recorded(self, path: Path, kind: str) -> LayerIndex | None:
         try:
-            index = LayerIndex.from_json(path.read_text(), str(path))
-        except (OSError, ValueError, KeyError, TypeError):
+            return self._parsed(path.read_bytes(), str(path), kind)
+        except OSError:
+            return None
+
+    @staticmethod
+    def _parsed(data: bytes, where: str, kind: str) -> LayerIndex | None:
+        try:
+            index = LayerIndex.from_json(data.decode(), where)
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError):
             return None
         return index if index.kind == kind else None
 
-    def _stored_shards(self, index: LayerIndex) -> dict[str, Path]:
+    def _stored_shards(self, index: LayerIndex, skip: set[str] = frozenset()) -> dict[str, Path]:
+        """Where the store holds the layer's shards (fetched from its remote when only there); `skip`: known elsewhere."""
         if self.store is None:
             return {}
-        return {s.sha256: self.store.shard_path(s.sha256) for s in index.shards if self.store.get(s.sha256)}
+        return {s.sha256: self.store.shard_path(s.sha256) for s in index.shards
+                if s.sha256 not in skip and self.store.get(s.sha256)}
 
     def _other_checkout(self, kind: str) -> PreviousLayer | None:
-        """The raw layer another checkout sharing this store fetched last (another clone, another path).
+        """The raw layer another checkout sharing this store fetched last (another clone, another path,
+        another machine through `store.url`).
 
         Without it a second clone downloads every item again although the store holds their bytes. Any
         earlier layer is safe to plan from: the plan only saves work (an item is taken from an old shard
         when its id and md5 match, its bytes are checked against the recorded sha256, and the layer is
-        cut from the listing alone). The one whose shards the store holds most is chosen, the newest on a tie.
+        cut from the listing alone). The one whose shards are most in the local directory is chosen, then
+        the one with most items, then the newest; only its shards are then fetched from a remote.
         """
-        best: tuple[int, int, str] | None = None
-        chosen: tuple[LayerIndex, dict[str, Path]] | None = None
+        best: tuple[int, int, int] | None = None
+        chosen: LayerIndex | None = None
+        for index, mtime in self._recorded_layers(kind):
+            local = sum(self.store.shard_path(s.sha256).exists() for s in index.shards) if self.store else 0
+            rank = (local, index.n_items, mtime)
+            if best is None or rank > best:
+                best, chosen = rank, index
+        if chosen is None:
+            return None
+        stored = self._stored_shards(chosen)
+        return PreviousLayer(chosen, stored, OTHER_CHECKOUT) if stored else None
+
+    def _recorded_layers(self, kind: str) -> Iterator[tuple[LayerIndex, int]]:
+        """Every raw layer index a checkout recorded: in the local directory, and on the store's remote."""
         for path in (self.directory / "layers").glob("*.json"):
             index = self._recorded(path, kind)
-            if index is None:
-                continue
-            stored = self._stored_shards(index)
             with contextlib.suppress(OSError):
-                rank = (len(stored), path.stat().st_mtime_ns, path.name)
-                if stored and (best is None or rank > best):
-                    best, chosen = rank, (index, stored)
-        return PreviousLayer(chosen[0], chosen[1], OTHER_CHECKOUT) if chosen else None
+                if index is not None:
+                    yield index, path.stat().st_mtime_ns
+        remote = self.store.remote if self.store is not None else None
+        if remote is None or remote.down is not None:
+            return
+        local_names = {path.name for path in (self.directory / "layers").glob("*.json")}
+        try:
+            for name in remote.list_meta(REMOTE_LAYERS):
+                if name.rsplit("/", 1)[-1] in local_names:
+                    continue  # the same checkout path recorded here too (this machine's is at least as new)
+                data = remote.get_meta(name)
+                index = self._parsed(data, f"{remote.url}/meta/{name}", kind) if data else None
+                if index is not None:
+                    yield index, 0
+        except ObjectStoreUnavailable as error:
+            self.store.remote_failed(error)
+        except ObjectStoreError as error:  # a damaged name or document: only a download saved is lost
+            tqdm.write(f"WARNING {error}; fetch plans without other checkouts' layers", file=sys.stderr)
 
     def _stash(self, shard: ShardInfo, path: Path) -> Path | None:
         if self.store is not None and self.store.get(shard.sha256) is not None:
@@ -144,6 +183,18 @@ class RawHistory:
         with self.store.caching():  # a full store only costs the next fetch its history
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, index.to_json().encode())
+        self._publish(path.name, index)
+        self.store.finish_stage({shard.sha256 for shard in index.shards})
+
+    def _publish(self, name: str, index: LayerIndex) -> None:
+        """The index on the store's remote too, so a checkout on another machine can plan from it."""
+        remote = self.store.remote if self.store is not None else None
+        if remote is None or remote.down is not None:
+            return
+        try:
+            remote.put_meta(f"{REMOTE_LAYERS}{name}", index.to_json().encode())
+        except ObjectStoreUnavailable as error:
+            self.store.remote_failed(error)
 
     def place(self, shard: ShardInfo, source: Path | None, dest: Path) -> bool:
         """Put an old shard's bytes at `dest` (atomically, checked against its sha256); False if they cannot be had."""

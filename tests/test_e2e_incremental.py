@@ -153,3 +153,37 @@ def test_scratch_rebuild_is_byte_identical_and_dvc_sees_no_layer_change(grown: d
     # Nothing about the layers is out of date; infer's latency metric is a fresh measurement,
     # so the stages that read it (report, compare) may show it as changed.
     assert "data/" not in run(clone, "dvc", "status").stdout
+
+
+def test_a_clone_at_another_path_sharing_the_store_fetches_and_computes_only_new_cards(origin: Path, tmp_path: Path):
+    """Issue 26 point 3 with a local store: no `dvc pull`, 10 % more cards, the store shared by absolute path.
+    Fetch reads only the new cards from the source; every derived layer computes only the shards they touch."""
+    import re
+
+    from evalstack.cache.shardstore import ShardStore, StoreConfig
+
+    clone = tmp_path / "elsewhere" / "project"
+    run(origin.parent, "git", "clone", "-q", str(origin), str(clone))
+    store = origin / ".evalstack/store"
+    set_param(clone, "store.dir", str(store))
+    models = yaml.safe_load((clone / "params.yaml").read_text())["models"]
+    run(clone, "dvc", "pull", "-q", *(entry["file"] for entry in models.values()))  # the model file, no layer
+    grown = N_CARDS + N_CARDS // 10
+    set_param(clone, "synth.n_cards", grown)
+    out = run(clone, "dvc", "repro").stdout
+    activity = re.search(r"raw layer: (\d+) items in \d+ shards \((.*)\)", out)
+    assert activity is not None, out
+    counts = {name: int(value) for name, value in (part.rsplit(" ", 1) for part in activity.group(2).split(", "))}
+    assert int(activity.group(1)) == grown
+    # a local source's new card is read when it is checked ("downloaded") and again when its shard is written
+    assert counts["downloaded"] == counts["read_from_source"] == grown - N_CARDS, counts
+    records = ShardStore(StoreConfig(store, 0))
+    raw = json.loads((clone / "data/raw/index.json").read_text())["shards"]
+    before = {s["sha256"] for s in json.loads((origin / "data/raw/index.json").read_text())["shards"]}
+    changed = {s["name"] for s in raw if s["sha256"] not in before}
+    assert 1 <= len(changed) <= 2
+    for layer in DERIVED:
+        record = records.load_build(clone / layer)
+        assert record is not None, layer
+        assert {s["name"] for s in record["shards"] if s["computed"]} == changed, layer
+        assert record["counts"]["items_computed"] == sum(s["n_items"] for s in raw if s["name"] in changed), layer

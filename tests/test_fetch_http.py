@@ -292,3 +292,38 @@ def test_a_source_that_goes_away_mid_fetch_stops_it_and_keeps_the_previous_layer
         with pytest.raises(FetchFailed, match=r"the source became unreachable: .*cannot reach 127.0.0.1:9"):
             fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
     assert shard_bytes(tmp_path / "raw") == before and len(Layer.open(tmp_path / "raw")) == N_CARDS
+
+
+def test_a_second_checkout_sharing_the_store_downloads_only_items_the_store_lacks(pad_dataset: Path, tmp_path: Path):
+    """Issue 26 point 3: another clone (another path) with 10 % more cards fetches only the new cards; its
+    layer equals a fetch of the same cards from nothing. The first checkout's layer is never put in its place."""
+    store = tmp_path / "shared-store"
+    with PadServer(pad_dataset) as server:
+        fetch_raw_layer(http_config(server, tmp_path), tmp_path / "clone-a/raw", store_in(store))
+        write_dataset(pad_dataset, n_cards=N_CARDS + 2, seed=0, start=N_CARDS, workers=1)  # +10 %
+        gets = server.image_gets()
+        second = fetch_raw_layer(http_config(server, tmp_path), tmp_path / "clone-b/raw", store_in(store))
+        assert server.image_gets() - gets == 2
+        assert second.report.activity["downloaded"] == 2 and second.report.activity["removed"] == 0
+        fresh = fetch_raw_layer(http_config(server, tmp_path), tmp_path / "fresh", store_in(tmp_path / "s2")).index
+    assert second.index.n_items == N_CARDS + 2
+    assert shard_bytes(tmp_path / "clone-b/raw") == shard_bytes(tmp_path / "fresh")
+    assert second.index.to_json() == fresh.to_json()
+    # Offline, a third checkout has no layer of its own: another checkout's is not handed to it as "kept".
+    offline = http_config(server, tmp_path, source=SourceConfig(registries={"dev": "http://127.0.0.1:9/r.csv"}))
+    with pytest.raises(FetchFailed, match="nothing to keep"):
+        fetch_raw_layer(offline, tmp_path / "clone-c/raw", store_in(store))
+    assert not (tmp_path / "clone-c/raw/index.json").exists()
+
+
+def test_a_checkout_with_fewer_items_than_another_is_not_told_it_lost_any(pad_dataset: Path, tmp_path: Path, capsys):
+    store = tmp_path / "shared-store"
+    with PadServer(pad_dataset) as server:
+        fetch_raw_layer(http_config(server, tmp_path), tmp_path / "clone-a/raw", store_in(store))
+        keep = {row["id"] for row in registry_rows(pad_dataset)[:5]}
+        edit_registry(pad_dataset, lambda row: row if row["id"] in keep else None)
+        gets = server.image_gets()
+        small = fetch_raw_layer(http_config(server, tmp_path), tmp_path / "clone-b/raw", store_in(store))
+        assert server.image_gets() - gets == 0
+    assert small.index.n_items == 5 and small.report.activity["removed"] == 0
+    assert "WARNING" not in capsys.readouterr().out

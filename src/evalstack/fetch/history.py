@@ -7,7 +7,10 @@ when fetch starts. It is found, in this order:
 1. in the output directory itself (fetch called outside DVC);
 2. as `dvc.lock` records it, its files in DVC's cache (a fresh clone that pulled);
 3. as fetch last wrote it here: the index is kept under `<store>/fetch/layers/` and
-   the raw shards in the shard store, addressed by their own sha256.
+   the raw shards in the shard store, addressed by their own sha256;
+4. as another checkout sharing the store (another clone, another path) last wrote its own:
+   only to save downloads. It is never put back in this workspace, and what it holds that
+   this listing lacks was not removed here.
 
 Images that arrived but are not yet in a recorded shard wait in `<store>/fetch/downloads/`,
 so a fetch that failed or was killed never downloads them again. Without a store
@@ -15,6 +18,7 @@ so a fetch that failed or was killed never downloads them again. Without a store
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import stat
@@ -31,6 +35,8 @@ from evalstack.core.keys import md5_bytes, sha256_bytes, sha256_file
 from evalstack.core.layers import LayerIndex, ShardInfo
 from evalstack.sources.registry import RegistryRow
 
+OTHER_CHECKOUT = "another checkout's fetch (shared store)"
+
 
 @dataclass(frozen=True)
 class PreviousLayer:
@@ -38,7 +44,13 @@ class PreviousLayer:
 
     index: LayerIndex
     shard_paths: dict[str, Path]  # sha256 → a file that should hold those bytes (checked when copied)
-    source: str  # "layer" | "dvc.lock" | "fetch history"
+    source: str  # "layer" | "dvc.lock" | "fetch history" | OTHER_CHECKOUT
+
+    @property
+    def own(self) -> bool:
+        """This output's own last layer. Another checkout's only saves downloads: it is never put back in
+        this workspace (offline, or after a failure), and items it has that this listing lacks were not removed here."""
+        return self.source != OTHER_CHECKOUT
 
 
 class RawHistory:
@@ -66,15 +78,48 @@ class RawHistory:
         for index, shards, _, source in previous_versions(Path(out_dir), kind):
             if source == "layer":  # the new layer is written over it: keep its bytes readable elsewhere
                 shards = [(shard, self._stash(shard, path)) for shard, path in shards]
-            return PreviousLayer(index, {shard.sha256: path for shard, path in shards if path}, source)
+            paths = {shard.sha256: path for shard, path in shards if path}
+            # shards DVC's cache lacks (a clone that did not pull) may be in the store, addressed by content
+            return PreviousLayer(index, {**self._stored_shards(index), **paths}, source)
         if self.store is None:
             return None
+        own = self._recorded(self._record_path(out_dir), kind)
+        if own is not None:
+            return PreviousLayer(own, self._stored_shards(own), "fetch history")
+        return self._other_checkout(kind)
+
+    def _recorded(self, path: Path, kind: str) -> LayerIndex | None:
         try:
-            index = LayerIndex.from_json(self._record_path(out_dir).read_text(), str(self._record_path(out_dir)))
-        except (OSError, ValueError, KeyError):
+            index = LayerIndex.from_json(path.read_text(), str(path))
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        paths = {s.sha256: self.store.shard_path(s.sha256) for s in index.shards if self.store.get(s.sha256)}
-        return PreviousLayer(index, paths, "fetch history") if index.kind == kind else None
+        return index if index.kind == kind else None
+
+    def _stored_shards(self, index: LayerIndex) -> dict[str, Path]:
+        if self.store is None:
+            return {}
+        return {s.sha256: self.store.shard_path(s.sha256) for s in index.shards if self.store.get(s.sha256)}
+
+    def _other_checkout(self, kind: str) -> PreviousLayer | None:
+        """The raw layer another checkout sharing this store fetched last (another clone, another path).
+
+        Without it a second clone downloads every item again although the store holds their bytes. Any
+        earlier layer is safe to plan from: the plan only saves work (an item is taken from an old shard
+        when its id and md5 match, its bytes are checked against the recorded sha256, and the layer is
+        cut from the listing alone). The one whose shards the store holds most is chosen, the newest on a tie.
+        """
+        best: tuple[int, int, str] | None = None
+        chosen: tuple[LayerIndex, dict[str, Path]] | None = None
+        for path in (self.directory / "layers").glob("*.json"):
+            index = self._recorded(path, kind)
+            if index is None:
+                continue
+            stored = self._stored_shards(index)
+            with contextlib.suppress(OSError):
+                rank = (len(stored), path.stat().st_mtime_ns, path.name)
+                if stored and (best is None or rank > best):
+                    best, chosen = rank, (index, stored)
+        return PreviousLayer(chosen[0], chosen[1], OTHER_CHECKOUT) if chosen else None
 
     def _stash(self, shard: ShardInfo, path: Path) -> Path | None:
         if self.store is not None and self.store.get(shard.sha256) is not None:

@@ -133,7 +133,7 @@ def fetch_raw_layer(config: FetchConfig, out_dir: Path, store: ShardStore | None
         try:
             return _fetch(config, out_dir, store, history, previous, build_record, seeded)
         except SourceError:
-            _restore_if_gone(previous, out_dir, history)  # a failure never leaves the workspace without its layer
+            _restore_if_gone(_own(previous), out_dir, history)  # a failure never leaves the workspace without its layer
             raise
 
 
@@ -146,7 +146,7 @@ def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history
             listing.add_rows(iter_items(config.source, transport, history.registry_parses(), parsing),
                              registry_origins(config.source))
         except SourceUnreachable as error:
-            return _keep_previous(previous, out_dir, report, str(error), history, config)
+            return _keep_previous(_own(previous), out_dir, report, str(error), history, config)
         if not len(listing):
             raise FetchFailed(f"the source lists no items ({_describe(config)}): an empty registry or listing never "
                               f"replaces a raw layer; {out_dir} was left as it was")
@@ -161,9 +161,9 @@ def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history
         too_many = len(outcome.failures) > config.skip_limit(len(listing))
         if outcome.unreachable or (outcome.failures and (config.on_error == "fail" or too_many)):
             report.activity = {"downloaded": outcome.downloaded} | transfer
-            return _stop(previous, out_dir, report, outcome, config, history)
-        removed = _keep_removed(listing, plan, history)
-        _warn_if_shrunk(previous, len(listing) - len(outcome.failures), removed, config, report)
+            return _stop(_own(previous), out_dir, report, outcome, config, history)
+        removed = _keep_removed(listing, plan, history) if _own(previous) else 0
+        _warn_if_shrunk(_own(previous), len(listing) - len(outcome.failures), removed, config, report)
         log = BuildLog(RAW_KIND, config.layer_key(), "fetch", {"": "fetch"}, "items_fetched", build_record)
         log.seeded = seeded
         index, activity = _write_layer(out_dir, config, plan, listing, history, transport, log)
@@ -177,6 +177,11 @@ def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history
         warn_skipped(outcome.failures, config.report)
     report.write(config.report)
     return FetchResult(index, report)
+
+
+def _own(previous: PreviousLayer | None) -> PreviousLayer | None:
+    """The previous layer when it is this output's own (see PreviousLayer.own), else None."""
+    return previous if previous is not None and previous.own else None
 
 
 def _describe(config: FetchConfig) -> str:

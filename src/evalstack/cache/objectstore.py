@@ -64,7 +64,7 @@ import json
 import os
 import re
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 from urllib.parse import urlsplit
@@ -172,7 +172,8 @@ class RequestCounts:
             self.bytes_in += n_bytes
 
     def as_dict(self) -> dict[str, int]:
-        return {name: value for name, value in asdict(self).items() if not name.startswith("_")}
+        # not dataclasses.asdict: it deep-copies every field, and a lock cannot be copied
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
 
 
 def check_name(name: str) -> str:

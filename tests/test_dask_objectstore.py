@@ -15,6 +15,7 @@ from pathlib import Path
 
 import boto3
 import cloudpickle
+import h5py
 import numpy as np
 import pytest
 
@@ -28,7 +29,7 @@ from evalstack.core.layers import Layer
 from evalstack.models.adapters import load_adapter
 from evalstack.models.adapters.base import ModelAdapter
 from evalstack.models.inference import infer_layer
-from evalstack.preprocess.pipelines import preprocess_layer
+from evalstack.preprocess.pipelines import build_pipeline, preprocess_layer
 from tests.e2e import REPO
 from tests.layers import LABELS, Project, tiny_pipeline
 from tests.servers import S3Endpoint, dask_processes, free_port, moto_s3
@@ -193,3 +194,40 @@ def test_the_worker_side_checks_what_it_downloads(tmp_path: Path, s3: S3Endpoint
     assert cached_blob(store, blob, tmp_path / "blobs").read_bytes() == b"weights1"
     with pytest.raises(StoreJobError, match="missing from the store"):
         cached_blob(store, FileBlob("0" * 64, "x.npy"), tmp_path / "blobs")
+
+
+def test_dvc_repro_on_a_cluster_sharing_only_the_bucket(tmp_path: Path, s3: S3Endpoint, cluster):
+    """The template end to end: `dvc repro` with `executor: dask` at the CLI cluster's address and `store.url`
+    on the bucket; the preprocessed layer is the local executor's, and its shards were tasks on the cluster."""
+    from distributed import Client
+
+    from evalstack.core.layers import read_attrs
+    from tests.e2e import make_project, run
+
+    def shard_tasks_done(dask_scheduler) -> int:  # nested: it travels by value (the scheduler cannot import tests)
+        prefix = dask_scheduler.task_prefixes.get("shard")  # every shard task's key starts with "shard-"
+        return 0 if prefix is None else sum(prefix.state_counts.get(s, 0) for s in ("memory", "released", "forgotten"))
+
+    with Client(cluster.address) as client:
+        tasks_before = client.run_on_scheduler(shard_tasks_done)
+    root = make_project(tmp_path / "project", {
+        "executor": "dask", "dask": {"address": cluster.address},
+        "store": {"url": f"s3://{s3.bucket}/e2e", "endpointurl": s3.url},
+    })
+    run(root, "dvc", "repro", "preprocess@thumb64")  # the stage's credentials: this process's environment
+    with Client(cluster.address) as client:
+        tasks = client.run_on_scheduler(shard_tasks_done) - tasks_before
+    layer = root / "data/preprocessed/thumb64"
+    shards = sorted(layer.glob("*.h5"))
+    assert len(shards) >= 3 and tasks == len(shards)  # every shard a task on the cluster
+
+    local = tmp_path / "local"
+    pipeline = build_pipeline({"kind": "crop_resize", "crop": [71, 359, 707, 849], "resize": 64, "resample": "bilinear"})
+    preprocess_layer(root / "data/raw", local, pipeline, "none", name="thumb64")
+    assert md5s(layer) == md5s(local)
+    client = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1")
+    for shard in shards:
+        with h5py.File(shard) as handle:
+            address = read_attrs(handle)["shard_key"]
+        client.head_object(Bucket=s3.bucket, Key=f"e2e/shards/{address[:2]}/{address}.json")  # raises when absent
+

@@ -20,6 +20,7 @@ from evalstack.cache.objectstore import (
     objectstore_config,
 )
 from evalstack.cache.shardstore import ShardStore, ShardStoreError, StoreConfig, StoreEntry, open_store
+from evalstack.cli.doctor import check_store
 from tests.layers import Project, digests
 from tests.servers import S3Endpoint, moto_s3
 
@@ -329,3 +330,19 @@ def test_writers_of_one_key_at_once_leave_one_consistent_record(s3: S3Endpoint, 
     assert capsys.readouterr().err.count("not deterministic") == 4
     assert remote().fetch_shard(address, tmp_path / "out.h5") == held  # its blob is complete and matches
     assert all(store.pending() == [] for store, _, _ in writers)
+
+
+def test_doctor_reports_the_remote_reachable_or_not_without_secrets(s3: S3Endpoint, tmp_path: Path):
+    config = ObjectStoreConfig(f"s3://{s3.bucket}/team", endpointurl=s3.url, retries=0, connect_timeout=1,
+                               read_timeout=1, credentials={"access_key_id": s3.key_id, "secret_access_key": s3.secret})
+    store = ShardStore(StoreConfig(tmp_path / "store", 10**9), ObjectStore(config))
+    findings = check_store(store)
+    assert (findings[0].level, findings[0].message) == ("ok", f"shard store remote s3://{s3.bucket}/team "
+                                                               f"(endpoint {s3.url}): reachable")
+    s3.outage.stop()
+    store = ShardStore(StoreConfig(tmp_path / "store", 10**9), ObjectStore(config))
+    store._mark_pending("a" * 64)
+    findings = check_store(store)
+    assert findings[0].level == "WARN" and "unreachable" in findings[0].message
+    assert "1 shards computed while" in findings[1].message
+    assert not any(s3.secret in f.message + f.fix for f in findings)

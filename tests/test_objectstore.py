@@ -346,3 +346,25 @@ def test_doctor_reports_the_remote_reachable_or_not_without_secrets(s3: S3Endpoi
     assert findings[0].level == "WARN" and "unreachable" in findings[0].message
     assert "1 shards computed while" in findings[1].message
     assert not any(s3.secret in f.message + f.fix for f in findings)
+
+
+def test_a_damaged_local_copy_is_replaced_from_the_remote(s3: S3Endpoint, tmp_path: Path):
+    entry, path = shard_file(tmp_path, "a")
+    store = ShardStore(StoreConfig(tmp_path / "local", 10**9), s3_store(s3))
+    store.put(entry, path)
+    local = store.shard_path(entry.address)
+    local.chmod(0o644)
+    local.write_bytes(b"x" * entry.size)  # same size: only the hash tells
+    assert store.materialise(entry.address, tmp_path / "out.h5") == entry
+    assert (tmp_path / "out.h5").read_bytes() == path.read_bytes()
+
+
+def test_an_object_store_travels_to_a_worker_as_its_config(s3: S3Endpoint, tmp_path: Path):
+    import pickle
+
+    entry, path = shard_file(tmp_path, "a")
+    remote = s3_store(s3)
+    remote.put_shard(entry, path)
+    worker = pickle.loads(pickle.dumps(remote))
+    assert worker.config == remote.config and worker.counters.requests_put == 0
+    assert worker.fetch_shard(entry.address, tmp_path / "w.h5") == entry

@@ -14,7 +14,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -57,12 +57,32 @@ def wait_for_port(port: int, process: subprocess.Popen, log: Path, seconds: floa
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {seconds:.0f} s")
 
 
+class MotoOutage:
+    """Takes the moto server down (its port refuses connections) and brings it back on the same port
+    with the same objects (moto keeps them in module state): a store that goes away mid-run."""
+
+    def __init__(self, server) -> None:
+        self.server = server
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.server._server.server_close()  # stop() leaves the socket listening: connections would hang, not fail
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        _, port = self.server.get_host_and_port()
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        self.server.start()
+
+
 @dataclass(frozen=True)
 class S3Endpoint:
     url: str  # http://127.0.0.1:PORT
     bucket: str
     key_id: str = S3_KEY_ID
     secret: str = S3_SECRET
+    outage: MotoOutage | None = field(default=None, repr=False, compare=False)
 
 
 @contextmanager
@@ -73,9 +93,10 @@ def moto_s3(bucket: str = "evalstack") -> Iterator[S3Endpoint]:
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    outage = MotoOutage(server)
     try:
         host, port = server.get_host_and_port()
-        endpoint = S3Endpoint(url=f"http://{host}:{port}", bucket=bucket)
+        endpoint = S3Endpoint(url=f"http://{host}:{port}", bucket=bucket, outage=outage)
         # moto keeps its buckets in module state, so a second server in the same process would serve the first
         # one's objects (seen when pytest-xdist put two S3 tests in one worker): start every server empty.
         urllib.request.urlopen(urllib.request.Request(f"{endpoint.url}/moto-api/reset", method="POST")).close()
@@ -86,7 +107,8 @@ def moto_s3(bucket: str = "evalstack") -> Iterator[S3Endpoint]:
         client.create_bucket(Bucket=bucket)
         yield endpoint
     finally:
-        server.stop()
+        if outage.server._server_ready_event.is_set():  # not left stopped by the test
+            outage.server.stop()
 
 
 @dataclass(frozen=True)

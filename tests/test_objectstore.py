@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,8 @@ from evalstack.cache.objectstore import (
     ObjectStoreUnavailable,
     objectstore_config,
 )
-from evalstack.cache.shardstore import ShardStore, StoreConfig, StoreEntry, open_store
+from evalstack.cache.shardstore import ShardStore, ShardStoreError, StoreConfig, StoreEntry, open_store
+from evalstack.cli.doctor import check_store
 from tests.layers import Project, digests
 from tests.servers import S3Endpoint, moto_s3
 
@@ -208,3 +211,160 @@ def test_the_store_unreachable_is_an_error_for_a_required_remote(s3: S3Endpoint,
                                            connect_timeout=0.5, read_timeout=0.5, required=True))
     with pytest.raises(ObjectStoreUnavailable, match="127.0.0.1:9|unreachable"):
         remote.get_record(entry.address)
+
+
+# -- failures ----------------------------------------------------------------------------------
+def test_the_store_unreachable_mid_run_warns_once_goes_on_locally_and_a_later_run_uploads(
+        s3: S3Endpoint, tmp_path: Path, capsys):
+    reference = Project(tmp_path / "local")
+    reference.build(10, ShardStore(StoreConfig(tmp_path / "local/store", 10**9)))
+    project = Project(tmp_path / "a")
+    store = ShardStore(StoreConfig(tmp_path / "a/store", 10**9), s3_store(s3))
+    project.grow(10)
+    project.fetch(store)
+    put, puts = store.put, []
+
+    def put_then_stop(entry, source, immutable_source=False):  # the server goes away between two shards
+        put(entry, source, immutable_source)
+        puts.append(entry.address)
+        if len(puts) == 1:
+            s3.outage.stop()
+
+    store.put = put_then_stop
+    capsys.readouterr()
+    pre, pred = project.preprocess(store), project.infer(store)
+    err = capsys.readouterr().err
+    assert err.count(f"object store s3://{s3.bucket}/team is unreachable") == 1, err
+    assert (pre.counts["items_computed"], pred.counts["items_computed"]) == (10, 10)
+    assert digests(project.pre, project.pred) == digests(reference.pre, reference.pred)  # results identical
+    assert len(store.pending()) == len(puts) - 1 == 7  # every shard after the first, none lost
+
+    s3.outage.start()  # the store is back: the next stage uploads what is pending
+    later = ShardStore(StoreConfig(tmp_path / "a/store", 10**9), s3_store(s3))
+    assert project.preprocess(later).counts["items_computed"] == 0
+    assert later.pending() == []
+    fresh = ShardStore(StoreConfig(tmp_path / "b/store", 10**9), s3_store(s3))
+    other = Project(tmp_path / "b")
+    pre, pred = other.build(10, fresh)
+    assert (pre.counts["items_computed"], pred.counts["items_computed"]) == (0, 0)
+
+
+def test_a_required_store_that_goes_away_stops_the_stage_naming_it(s3: S3Endpoint, tmp_path: Path):
+    entry, path = shard_file(tmp_path, "a")
+    store = ShardStore(StoreConfig(tmp_path / "local", 10**9), s3_store(s3, required=True))
+    s3.outage.stop()
+    with pytest.raises(ShardStoreError, match=f"s3://{s3.bucket}/team is unreachable.*store.required"):
+        store.put(entry, path)
+    with pytest.raises(ShardStoreError, match="unreachable"):
+        store.materialise("f" * 64, tmp_path / "x.h5")
+
+
+@pytest.mark.parametrize("partial", ["blob without record", "record without blob", "truncated blob"])
+def test_a_partial_upload_is_a_miss_recomputed_and_repaired(s3: S3Endpoint, tmp_path: Path, partial: str):
+    entry, path = shard_file(tmp_path, "a")
+    remote = s3_store(s3)
+    record = f"{remote.root}/shards/{entry.address[:2]}/{entry.address}.json"
+    blob = f"{remote.root}/blobs/{entry.sha256[:2]}/{entry.sha256}"
+    if partial == "blob without record":  # a writer that died between its two PUTs
+        remote.put_blob(path)
+    else:
+        remote.put_shard(entry, path)
+        if partial == "record without blob":
+            remote.fs.rm(blob)
+        else:
+            remote.fs.pipe_file(blob, path.read_bytes()[: entry.size // 2])
+    store = ShardStore(StoreConfig(tmp_path / "local", 10**9), s3_store(s3))
+    assert store.materialise(entry.address, tmp_path / "out.h5") is None
+    assert not (tmp_path / "out.h5").exists() and store._get_local(entry.address) is None
+    store.put(entry, path)  # what the stage does after computing the miss
+    assert remote.fs.exists(record) and remote.fs.size(blob) == entry.size
+    assert s3_store(s3).fetch_shard(entry.address, tmp_path / "again.h5") == entry
+
+
+@pytest.mark.parametrize("damage", ["other bytes, same size", "a record naming another address", "not json"])
+def test_a_shard_whose_bytes_do_not_match_its_record_is_never_used(s3: S3Endpoint, tmp_path: Path, damage: str,
+                                                                    capsys):
+    entry, path = shard_file(tmp_path, "a")
+    remote = s3_store(s3)
+    remote.put_shard(entry, path)
+    record = f"{remote.root}/shards/{entry.address[:2]}/{entry.address}.json"
+    if damage == "other bytes, same size":
+        remote.fs.pipe_file(f"{remote.root}/blobs/{entry.sha256[:2]}/{entry.sha256}", b"x" * entry.size)
+    elif damage == "a record naming another address":  # crafted: another key's bytes under this key
+        remote.fs.pipe_file(record, json.dumps({**json.loads(remote.fs.cat_file(record)), "address": "e" * 64}).encode())
+    else:
+        remote.fs.pipe_file(record, b"{not json")
+    store = ShardStore(StoreConfig(tmp_path / "local", 10**9), s3_store(s3))
+    assert store.materialise(entry.address, tmp_path / "out.h5") is None
+    assert not (tmp_path / "out.h5").exists()
+    assert "WARNING" in capsys.readouterr().err
+    store.put(entry, path)
+    assert s3_store(s3).fetch_shard(entry.address, tmp_path / "fixed.h5") == entry
+
+
+@pytest.mark.parametrize("backend", ["s3", "file"])
+def test_writers_of_one_key_at_once_leave_one_consistent_record(s3: S3Endpoint, tmp_path: Path, backend: str,
+                                                                capsys):
+    def remote() -> ObjectStore:
+        return s3_store(s3) if backend == "s3" else ObjectStore(ObjectStoreConfig((tmp_path / "bucket").as_uri()))
+
+    address = "c" * 64
+    writers = []
+    for i in range(8):  # half of them compute other bytes (a nondeterministic stage)
+        data = (b"even" if i % 2 == 0 else b"odd") * 500
+        (tmp_path / f"w{i}.h5").write_bytes(data)
+        entry = StoreEntry(address, hashlib.sha256(data).hexdigest(), len(data), 1, "preprocessed")
+        writers.append((ShardStore(StoreConfig(tmp_path / f"local{i}", 10**9), remote()), entry, tmp_path / f"w{i}.h5"))
+    barrier = threading.Barrier(len(writers))
+
+    def write(store: ShardStore, entry: StoreEntry, path: Path) -> None:
+        barrier.wait()
+        store.put(entry, path)
+
+    with ThreadPoolExecutor(len(writers)) as pool:
+        for future in [pool.submit(write, *writer) for writer in writers]:
+            future.result()  # no exception reaches the user
+    held = remote().get_record(address)
+    assert held in [entry for _, entry, _ in writers]
+    # exactly the writers whose bytes differ from the record's were told: none overwrote it silently
+    assert capsys.readouterr().err.count("not deterministic") == 4
+    assert remote().fetch_shard(address, tmp_path / "out.h5") == held  # its blob is complete and matches
+    assert all(store.pending() == [] for store, _, _ in writers)
+
+
+def test_doctor_reports_the_remote_reachable_or_not_without_secrets(s3: S3Endpoint, tmp_path: Path):
+    config = ObjectStoreConfig(f"s3://{s3.bucket}/team", endpointurl=s3.url, retries=0, connect_timeout=1,
+                               read_timeout=1, credentials={"access_key_id": s3.key_id, "secret_access_key": s3.secret})
+    store = ShardStore(StoreConfig(tmp_path / "store", 10**9), ObjectStore(config))
+    findings = check_store(store)
+    assert (findings[0].level, findings[0].message) == ("ok", f"shard store remote s3://{s3.bucket}/team "
+                                                               f"(endpoint {s3.url}): reachable")
+    s3.outage.stop()
+    store = ShardStore(StoreConfig(tmp_path / "store", 10**9), ObjectStore(config))
+    store._mark_pending("a" * 64)
+    findings = check_store(store)
+    assert findings[0].level == "WARN" and "unreachable" in findings[0].message
+    assert "1 shards computed while" in findings[1].message
+    assert not any(s3.secret in f.message + f.fix for f in findings)
+
+
+def test_a_damaged_local_copy_is_replaced_from_the_remote(s3: S3Endpoint, tmp_path: Path):
+    entry, path = shard_file(tmp_path, "a")
+    store = ShardStore(StoreConfig(tmp_path / "local", 10**9), s3_store(s3))
+    store.put(entry, path)
+    local = store.shard_path(entry.address)
+    local.chmod(0o644)
+    local.write_bytes(b"x" * entry.size)  # same size: only the hash tells
+    assert store.materialise(entry.address, tmp_path / "out.h5") == entry
+    assert (tmp_path / "out.h5").read_bytes() == path.read_bytes()
+
+
+def test_an_object_store_travels_to_a_worker_as_its_config(s3: S3Endpoint, tmp_path: Path):
+    import pickle
+
+    entry, path = shard_file(tmp_path, "a")
+    remote = s3_store(s3)
+    remote.put_shard(entry, path)
+    worker = pickle.loads(pickle.dumps(remote))
+    assert worker.config == remote.config and worker.counters.requests_put == 0
+    assert worker.fetch_shard(entry.address, tmp_path / "w.h5") == entry

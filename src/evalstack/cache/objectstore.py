@@ -56,6 +56,11 @@ Public API (stable; used by the shard store, fetch and the Dask executor):
       .has_blob(sha256, size=None) -> bool
       .put_meta(name, data), .get_meta(name) -> bytes | None, .list_meta(prefix="") -> list[str]
       .ping() -> None                                    # raises ObjectStoreUnavailable
+    Pickling an ObjectStore ships its config: a worker gets a fresh client (own counters).
+
+ShardStore (cache/shardstore.py) adds, for a local directory in front of a remote:
+    ShardStore(config, remote=None); .remote; .get/.materialise fall through to the remote;
+    .put uploads; .pending() -> list[str]; .sync() -> int; .finish_stage(protected_sha256s)
 """
 from __future__ import annotations
 
@@ -213,6 +218,10 @@ class ObjectStore:
 
     def __repr__(self) -> str:
         return f"ObjectStore({self.url!r})"
+
+    def __reduce__(self):
+        # shipped to a worker (Dask) as its config: the worker opens its own client, counters and "down" state
+        return (ObjectStore, (self.config,))
 
     # -- paths ----------------------------------------------------------------------------
     def _path(self, relative: str) -> str:

@@ -23,7 +23,7 @@ def main() -> None:
     adapter = load_adapter(model_spec(params, args.model))
     batch_size = int(params.get("infer", {}).get("batch_size", 32))
     store = open_store(params, args.params.parent)  # not a dvc.yaml param: where results are kept does not change them
-    with open_executor(params, in_process=True) as executor:  # not a dvc.yaml param either: the executor does not change the bytes
+    with open_executor(params, in_process=True, store=store) as executor:  # not a dvc.yaml param either: the executor does not change the bytes
         build = infer_layer(args.preprocessed, args.out, adapter, batch_size, store, executor)
     print(f"{build.summary()}; {build.counts['forward_passes']} forward passes")
     if args.latency:

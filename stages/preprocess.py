@@ -21,7 +21,7 @@ def main() -> None:
     compression = preprocess_compression(params)
     max_pixels = int(params["fetch"]["max_pixels"])
     store = open_store(params, args.params.parent)  # not a dvc.yaml param: where results are kept does not change them
-    with open_executor(params) as executor:  # not a dvc.yaml param either: the executor does not change the bytes
+    with open_executor(params, store=store) as executor:  # not a dvc.yaml param either: the executor does not change the bytes
         build = preprocess_layer(args.raw, args.out, pipeline, compression, max_pixels, store, args.pipeline, executor)
     print(build.summary())
 

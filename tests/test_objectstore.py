@@ -20,6 +20,7 @@ from evalstack.cache.objectstore import (
     objectstore_config,
 )
 from evalstack.cache.shardstore import ShardStore, ShardStoreError, StoreConfig, StoreEntry, open_store
+from evalstack.cli.doctor import check_store
 from tests.layers import Project, digests
 from tests.servers import S3Endpoint, moto_s3
 
@@ -329,3 +330,41 @@ def test_writers_of_one_key_at_once_leave_one_consistent_record(s3: S3Endpoint, 
     assert capsys.readouterr().err.count("not deterministic") == 4
     assert remote().fetch_shard(address, tmp_path / "out.h5") == held  # its blob is complete and matches
     assert all(store.pending() == [] for store, _, _ in writers)
+
+
+def test_doctor_reports_the_remote_reachable_or_not_without_secrets(s3: S3Endpoint, tmp_path: Path):
+    config = ObjectStoreConfig(f"s3://{s3.bucket}/team", endpointurl=s3.url, retries=0, connect_timeout=1,
+                               read_timeout=1, credentials={"access_key_id": s3.key_id, "secret_access_key": s3.secret})
+    store = ShardStore(StoreConfig(tmp_path / "store", 10**9), ObjectStore(config))
+    findings = check_store(store)
+    assert (findings[0].level, findings[0].message) == ("ok", f"shard store remote s3://{s3.bucket}/team "
+                                                               f"(endpoint {s3.url}): reachable")
+    s3.outage.stop()
+    store = ShardStore(StoreConfig(tmp_path / "store", 10**9), ObjectStore(config))
+    store._mark_pending("a" * 64)
+    findings = check_store(store)
+    assert findings[0].level == "WARN" and "unreachable" in findings[0].message
+    assert "1 shards computed while" in findings[1].message
+    assert not any(s3.secret in f.message + f.fix for f in findings)
+
+
+def test_a_damaged_local_copy_is_replaced_from_the_remote(s3: S3Endpoint, tmp_path: Path):
+    entry, path = shard_file(tmp_path, "a")
+    store = ShardStore(StoreConfig(tmp_path / "local", 10**9), s3_store(s3))
+    store.put(entry, path)
+    local = store.shard_path(entry.address)
+    local.chmod(0o644)
+    local.write_bytes(b"x" * entry.size)  # same size: only the hash tells
+    assert store.materialise(entry.address, tmp_path / "out.h5") == entry
+    assert (tmp_path / "out.h5").read_bytes() == path.read_bytes()
+
+
+def test_an_object_store_travels_to_a_worker_as_its_config(s3: S3Endpoint, tmp_path: Path):
+    import pickle
+
+    entry, path = shard_file(tmp_path, "a")
+    remote = s3_store(s3)
+    remote.put_shard(entry, path)
+    worker = pickle.loads(pickle.dumps(remote))
+    assert worker.config == remote.config and worker.counters.requests_put == 0
+    assert worker.fetch_shard(entry.address, tmp_path / "w.h5") == entry

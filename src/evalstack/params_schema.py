@@ -154,7 +154,12 @@ class Store(Fixed):
     dir: StrictStr = ".evalstack/store"
     max_bytes: NonNegativeInt = 20_000_000_000
     link: Literal["copy", "hardlink"] = "copy"
-    url: StrictStr | None = None
+    url: StrictStr | None = None  # an object store behind dir (cache/objectstore.py); empty = local only
+    endpointurl: StrictStr = ""
+    region: StrictStr = ""
+    profile: StrictStr = ""
+    remote: StrictStr = ""  # a DVC remote lending its endpointurl/region/profile/credentials
+    required: StrictBool = False
 
 
 class Local(Fixed):

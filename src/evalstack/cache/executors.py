@@ -3,9 +3,11 @@
 
 Each shard is one task, a pure function of (upstream shard path, stage spec) that
 writes its output shard and returns its ShardInfo. Both executors run the same
-`derive_shard`, so their layers are byte-identical. Workers must see the same
-paths as the stage (one machine, or a shared filesystem). Which executor ran a
-build is left out of every key: it does not change results.
+`derive_shard`, so their layers are byte-identical. Workers see the same paths as
+the stage (one machine, or a shared filesystem), except with `executor: dask` and an
+object-store `store.url`: then tasks carry keys and the store's url, and workers share
+nothing but the store (`cache/storejobs.py`). Which executor ran a build is left out of
+every key: it does not change results.
 """
 from __future__ import annotations
 
@@ -20,7 +22,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol
 from urllib.parse import urlsplit
 
-from evalstack.cache.shardstore import SHARD_KEY_ATTR
+from evalstack.cache.objectstore import ObjectStoreUnavailable, RequestCounts
+from evalstack.cache.shardstore import SHARD_KEY_ATTR, ShardStore
+from evalstack.cache.storejobs import (
+    StoreJob,
+    derive_via_store,
+    key_json,
+    output_entry,
+    place_output,
+    store_unreachable,
+    upload_files,
+    worker_config,
+)
 from evalstack.core.keys import Key
 from evalstack.core.layers import ShardInfo, write_layer_shard
 
@@ -137,12 +150,21 @@ class DaskExecutor:
     at `dask.address` is always used. The bytes are the same wherever a shard is computed.
     """
 
-    def __init__(self, client: Any = None, connect: Callable[[], Any] | None = None):
+    def __init__(self, client: Any = None, connect: Callable[[], Any] | None = None, store: ShardStore | None = None):
         if client is None and connect is None:
             raise ExecutorError("DaskExecutor needs a client or a way to start one")
         self.client = client
         self._connect = connect
         self.in_process = 0  # shards computed in the stage's own process (the cluster was not worth starting)
+        # With a store that has a remote, workers share only that: tasks carry keys, not paths
+        # (cache/storejobs.py), and every shard this executor yields is in the store already.
+        self.store = store if store is not None and store.remote is not None else None
+        self.worker_requests = RequestCounts()  # what the workers asked of the store (the client's: store.remote.counters)
+
+    @property
+    def puts_outputs(self) -> bool:
+        """Whether the shards it yields are in the store already (the caller does not put them again)."""
+        return self.store is not None
 
     @property
     def started(self) -> bool:
@@ -154,21 +176,63 @@ class DaskExecutor:
             per_item = 0.0
             for job in jobs[:2]:
                 started = time.monotonic()
-                yield derive_shard(compute, job, fmt, progress)
+                yield self._here(compute, job, fmt, progress)
                 self.in_process += 1
                 per_item = (time.monotonic() - started) / max(job.upstream.n_items, 1)
             jobs = jobs[2:]
             if per_item * sum(job.upstream.n_items for job in jobs) < LOCAL_CLUSTER_WORTH_SECONDS:
                 self.in_process += len(jobs)
-                yield from LocalExecutor().run(compute, jobs, fmt, progress)
+                for job in jobs:
+                    yield self._here(compute, job, fmt, progress)
                 return
             self.client = self._connect()
+        if self.store is not None:
+            yield from self._run_via_store(compute, jobs, fmt, progress)
+            return
         # pure=False: two jobs that look alike must still both run (they write different files).
         futures = [
             self.client.submit(derive_shard, compute, job, fmt, pure=False, key=f"shard-{job.address[:16]}-{job.out_path.name}")
             for job in jobs
         ]
         yield from _in_job_order(jobs, futures, progress)
+
+    def _here(self, compute: Callable, job: ShardJob, fmt: OutputFormat, progress: Progress) -> ShardInfo:
+        """One shard in the stage's own process; put in the store when this executor promises that."""
+        info = derive_shard(compute, job, fmt, progress)
+        if self.store is not None:
+            self.store.stamps.remember(job.out_path, info.sha256)
+            self.store.put(output_entry(fmt.kind, key_json(fmt.key), job.address, job.upstream, info,
+                                        job.out_path.stat().st_size), job.out_path)
+        return info
+
+    def _run_via_store(self, compute: Callable, jobs: list[ShardJob], fmt: OutputFormat,
+                       progress: Progress) -> Iterator[ShardInfo]:
+        """Workers read inputs from the store and write outputs there; the layer is assembled here."""
+        assert self.store is not None and self.store.remote is not None
+        remote = self.store.remote
+        config = worker_config(remote.config)
+        futures = []
+        try:
+            try:
+                travelling, blobs = upload_files(remote, compute) if jobs else (compute, {})
+                for job in jobs:  # each input is in the store before its task starts (a HEAD when it is already)
+                    remote.put_blob(job.upstream_path, job.upstream.sha256)
+                    task = StoreJob(job.upstream, job.out_path.name, job.address)
+                    futures.append(self.client.submit(derive_via_store, travelling, task, fmt, config, blobs, pure=False,
+                                                      key=f"shard-{job.address[:16]}-{job.out_path.name}"))
+            except ObjectStoreUnavailable as error:
+                raise store_unreachable(error) from error
+            for job in jobs:
+                result = futures[0].result()
+                futures.pop(0)  # done: only what is left is cancelled (the caller may not resume after the last one)
+                for name, value in result.requests.items():
+                    setattr(self.worker_requests, name, getattr(self.worker_requests, name) + value)
+                info = place_output(self.store, job.address, job.out_path, result)
+                progress.update(job.upstream.n_items)
+                yield info
+        finally:
+            for future in futures:
+                future.cancel()
 
 
 Executor = LocalExecutor | ProcessExecutor | DaskExecutor
@@ -185,11 +249,13 @@ def executor_settings(params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def open_executor(params: Mapping[str, Any], in_process: bool = False) -> Iterator[Executor]:
+def open_executor(params: Mapping[str, Any], in_process: bool = False,
+                  store: ShardStore | None = None) -> Iterator[Executor]:
     """The executor params.yaml asks for. `local` runs shards in `local.workers` processes, or in
     this one when `in_process` (infer: a model loads once per process and the frameworks use every
     core already). `dask.address` empty starts a LocalCluster for the stage when its work is worth it (see
-    DaskExecutor); `tcp://host:8786` (or `tls://…`) connects to an existing scheduler."""
+    DaskExecutor); `tcp://host:8786` (or `tls://…`) connects to an existing scheduler. `store`, the stage's
+    shard store: when it has an object store (`store.url`), Dask workers share only that (storejobs.py)."""
     name, settings = executor_settings(params)
     if name == "local":
         yield LocalExecutor() if in_process else ProcessExecutor(int(settings["workers"]))
@@ -202,7 +268,7 @@ def open_executor(params: Mapping[str, Any], in_process: bool = False) -> Iterat
         if warning:
             print(f"WARNING {warning}", file=sys.stderr)
         with Client(str(dask["address"])) as client:
-            yield DaskExecutor(client)
+            yield DaskExecutor(client, store=store)
         return
     with contextlib.ExitStack() as stack:
         def start_cluster() -> Any:
@@ -214,7 +280,7 @@ def open_executor(params: Mapping[str, Any], in_process: bool = False) -> Iterat
             client.register_plugin(ExitWhenClosed())
             return client
 
-        yield DaskExecutor(connect=start_cluster)
+        yield DaskExecutor(connect=start_cluster, store=store)
 
 
 def plain_tcp_warning(address: str) -> str | None:

@@ -102,7 +102,12 @@ def build_derived_layer(
                 progress.update(shard.n_items)
             jobs.append(job)
         misses = [job for job in jobs if job.upstream.name not in hits]
-        computed = (executor or LocalExecutor()).run(compute, misses, fmt, progress)
+        executor = executor or LocalExecutor()
+        # an executor whose workers share only the object store puts what it yields there itself
+        put_by_executor = bool(getattr(executor, "puts_outputs", False))
+        if put_by_executor and getattr(executor, "store", None) is not store:
+            raise ValueError("the executor publishes shards to another store than the one this layer is built with")
+        computed = executor.run(compute, misses, fmt, progress)
         for job in jobs:
             reused = _register_reused(store, job, writer) if job.upstream.name in hits else None
             if reused is not None:
@@ -111,7 +116,7 @@ def build_derived_layer(
             # a miss, in order; or a stored entry that did not describe itself as this shard
             info = next(computed) if job.upstream.name not in hits else derive_shard(compute, job, fmt, progress)
             writer.add_existing(info.name, info.sha256, upstream=job.upstream.sha256)
-            if store is not None:
+            if store is not None and not (put_by_executor and job.upstream.name not in hits):
                 store.stamps.remember(job.out_path, info.sha256)
                 entry = StoreEntry(job.address, info.sha256, job.out_path.stat().st_size, info.n_items, spec.kind,
                                    _key_json(spec.key), job.upstream.sha256)

@@ -56,6 +56,11 @@ Public API (stable; used by the shard store, fetch and the Dask executor):
       .has_blob(sha256, size=None) -> bool
       .put_meta(name, data), .get_meta(name) -> bytes | None, .list_meta(prefix="") -> list[str]
       .ping() -> None                                    # raises ObjectStoreUnavailable
+    Pickling an ObjectStore ships its config: a worker gets a fresh client (own counters).
+
+ShardStore (cache/shardstore.py) adds, for a local directory in front of a remote:
+    ShardStore(config, remote=None); .remote; .get/.materialise fall through to the remote;
+    .put uploads; .pending() -> list[str]; .sync() -> int; .finish_stage(protected_sha256s)
 """
 from __future__ import annotations
 
@@ -64,7 +69,7 @@ import json
 import os
 import re
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 from urllib.parse import urlsplit
@@ -172,7 +177,8 @@ class RequestCounts:
             self.bytes_in += n_bytes
 
     def as_dict(self) -> dict[str, int]:
-        return {name: value for name, value in asdict(self).items() if not name.startswith("_")}
+        # not dataclasses.asdict: it deep-copies every field, and a lock cannot be copied
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
 
 
 def check_name(name: str) -> str:
@@ -212,6 +218,10 @@ class ObjectStore:
 
     def __repr__(self) -> str:
         return f"ObjectStore({self.url!r})"
+
+    def __reduce__(self):
+        # shipped to a worker (Dask) as its config: the worker opens its own client, counters and "down" state
+        return (ObjectStore, (self.config,))
 
     # -- paths ----------------------------------------------------------------------------
     def _path(self, relative: str) -> str:

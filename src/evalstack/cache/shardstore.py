@@ -304,7 +304,8 @@ class ShardStore:
             digest = atomic_copy(source, dest, entry.sha256)
         if digest != entry.sha256:
             self.remove(entry)
-            return None
+            # the local copy was damaged: the remote's is checked on download, so one more try cannot loop
+            return self.materialise(address, dest) if self._pull(address) is not None else None
         self.stamps.remember(dest, digest)  # the next stage checks this file before reading it
         with contextlib.suppress(OSError):  # a concurrent gc may have removed it meanwhile
             os.utime(self.record_path(address))  # least recently used is measured on records

@@ -34,6 +34,7 @@ from evalstack.cache.dvcfiles import (
     locked_outs,
     read_lock,
 )
+from evalstack.cache.objectstore import ObjectStoreError
 from evalstack.cache.shardstore import ShardStore, open_store
 from evalstack.config import ConfigError, check_alias_expansion, load_params
 from evalstack.core.atomic import atomic_write_bytes, format_bytes, free_bytes, is_no_space, stale_temp_files
@@ -154,9 +155,9 @@ def check_store(store: ShardStore | None, deep: bool = False) -> list[Finding]:
     if store is None:
         return [Finding("ok", "shard store: off (store.dir is empty); every stage computes everything")]
     where = store.directory
+    findings = check_remote_store(store)
     if not where.exists():
-        return [Finding("ok", f"shard store {where}: not created yet (the first stage run creates it)")]
-    findings = []
+        return findings + [Finding("ok", f"shard store {where}: not created yet (the first stage run creates it)")]
     try:
         probe = where / ".doctor-probe"
         atomic_write_bytes(probe, b"ok", durable=False)
@@ -184,6 +185,26 @@ def check_store(store: ShardStore | None, deep: bool = False) -> list[Finding]:
                                 if damaged else f"shard store {where}: every entry matches its sha256",
                                 "`evalstack gc` after `evalstack store verify` lists them" if damaged else ""))
     return findings
+
+
+def check_remote_store(store: ShardStore) -> list[Finding]:
+    """store.url: does the object store answer (one LIST), and is anything waiting to be uploaded.
+    Names the url and endpoint only: credentials are never printed."""
+    if store.remote is None:
+        return []
+    remote = store.remote
+    endpoint = f" (endpoint {remote.config.endpointurl})" if remote.config.endpointurl else ""
+    pending = store.pending() if store.directory.exists() else []
+    waiting = [Finding("WARN", f"shard store: {len(pending)} shards computed while {remote.url} was unreachable "
+                               "wait in pending/ to be uploaded", "the next stage run uploads them")] if pending else []
+    try:
+        remote.ping()
+    except ObjectStoreError as error:
+        level = "FAIL" if remote.config.required else "WARN"
+        return [Finding(level, f"shard store remote {remote.url}{endpoint}: unreachable ({error.__cause__ or error})",
+                        "check the network, store.url/endpointurl, and the credentials (environment, ~/.aws, or "
+                        "the DVC remote named in store.remote); stages go on locally unless store.required")] + waiting
+    return [Finding("ok", f"shard store remote {remote.url}{endpoint}: reachable")] + waiting
 
 
 # -- each profile's state ---------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 from tqdm import tqdm
@@ -78,6 +78,13 @@ class PredictInWorker:
     def __call__(self, shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
         adapter = self.local if self.local is not None else loaded_in_worker(self.adapter_class, self.spec)
         return predict_shard(adapter, self.batch_size, shard, path, progress)
+
+    def files(self) -> dict[str, Path]:
+        """The weights: with workers that share only the object store they travel as a blob (storejobs.py)."""
+        return {"weights": self.spec.file}
+
+    def with_files(self, files: Mapping[str, Path]) -> PredictInWorker:
+        return replace(self, spec=replace(self.spec, file=files["weights"]))
 
     def __getstate__(self) -> dict:
         return {"adapter_class": self.adapter_class, "spec": self.spec, "batch_size": self.batch_size, "local": None}

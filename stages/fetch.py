@@ -6,6 +6,7 @@ from pathlib import Path
 from evalstack.cache.shardstore import open_store
 from evalstack.config import load_params
 from evalstack.core.failures import run_stage
+from evalstack.fetch.distributed import fetch_cluster
 from evalstack.fetch.raw_layer import fetch_config, fetch_raw_layer
 from evalstack.sources.registry import SourceError
 
@@ -19,7 +20,9 @@ def main() -> int:
     params = load_params(args.params)
     config = fetch_config(params, report=args.report)
     try:
-        result = fetch_raw_layer(config, args.out, open_store(params, args.params.parent))
+        store = open_store(params, args.params.parent)
+        with fetch_cluster(params, store) as cluster:  # None unless executor: dask, dask.address and store.url
+            result = fetch_raw_layer(config, args.out, store, cluster)
     except SourceError as error:  # a bad source or item: the message names it; the previous layer is kept
         print(f"fetch: {error}", file=sys.stderr)
         return 1

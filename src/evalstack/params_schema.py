@@ -76,6 +76,7 @@ class Fetch(Fixed):
     max_bytes: Count = 67_108_864
     schemes: list[StrictStr] = ["file", "http", "https"]
     workers: Count = 8
+    rows_per_task: Count = 64  # the Dask path (fetch/distributed.py): rows per worker task
     on_error: Literal["fail", "skip"] = "fail"
     max_skipped: NonNegativeInt | Annotated[StrictStr, Field(pattern=r"^\s*\d+(\.\d+)?\s*%\s*$")] = "10%"
     http: Http = Http()

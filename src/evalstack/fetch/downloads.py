@@ -51,6 +51,7 @@ class DownloadOutcome:
     downloaded: int = 0  # items read from the source in this run (not found in the download area)
     failures: list[Failure] = field(default_factory=list)
     unreachable: str = ""  # set when the source went away mid-fetch: the rest was not attempted
+    activity: dict[str, int] = field(default_factory=dict)  # what else the report's activity shows (Dask fetch)
 
 
 Arrival = tuple[int, str, int, str]  # (id, item key, length, AREA | SOURCE)
@@ -61,11 +62,11 @@ def is_local(row: RegistryRow) -> bool:
 
 
 def download_items(
-    rows: Iterable[RegistryRow], total: int, transport: Transport, history: RawHistory, max_pixels: int,
+    rows: Iterable[RegistryRow], total: int | None, transport: Transport, history: RawHistory, max_pixels: int,
     workers: int, record: Callable[[list[Arrival]], None],
 ) -> DownloadOutcome:
     """Get the bytes of `rows` (`total` of them): from the download area when an earlier run left them
-    there, else from the source. `record` receives the arrivals in batches."""
+    there, else from the source. `record` receives the arrivals in batches. (`total` None: not counted.)"""
     outcome = DownloadOutcome()
     stop = threading.Event()  # once the host is unreachable, queued items are not tried one by one
 
@@ -97,7 +98,7 @@ def download_items(
 
     arrivals: list[Arrival] = []
     workers = max(1, workers)
-    with tqdm(total=total, desc="fetch", unit="card", disable=not total) as progress, \
+    with tqdm(total=total, desc="fetch", unit="card", disable=total == 0) as progress, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
         for future in _bounded(pool, fetch_chunk, _chunks(rows, _CHUNK_ROWS), in_flight=2 * workers):
             results = future.result()

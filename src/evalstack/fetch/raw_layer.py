@@ -35,6 +35,7 @@ from evalstack.core.layers import (
     shard_name,
 )
 from evalstack.core.raw import FetchedItem, ShardCutter, raw_columns, read_blobs
+from evalstack.fetch.distributed import ClusterFetch, download_on_cluster
 from evalstack.fetch.downloads import AREA, SOURCE, DownloadOutcome, Failure, download_items, warn_skipped
 from evalstack.fetch.history import PreviousLayer, RawHistory
 from evalstack.fetch.listing import ListedItem, Listing
@@ -123,22 +124,25 @@ class FetchResult:
     report: FetchReport
 
 
-def fetch_raw_layer(config: FetchConfig, out_dir: Path, store: ShardStore | None = None) -> FetchResult:
-    """Build the raw layer in `out_dir`; `store` (the shard store) keeps what the next fetch reuses."""
+def fetch_raw_layer(config: FetchConfig, out_dir: Path, store: ShardStore | None = None,
+                    cluster: ClusterFetch | None = None) -> FetchResult:
+    """Build the raw layer in `out_dir`; `store` (the shard store) keeps what the next fetch reuses.
+    With `cluster` (fetch/distributed.py) the downloads run on Dask workers; the layer is the same."""
     out_dir = Path(out_dir)
     build_record, seeded = start_build(store, out_dir, RAW_KIND)  # also seeds the store from dvc.lock's layer
     with RawHistory(store) as history:
         history.clear_stale_temp_files()
         previous = history.previous(out_dir, RAW_KIND)
         try:
-            return _fetch(config, out_dir, store, history, previous, build_record, seeded)
+            return _fetch(config, out_dir, store, history, previous, build_record, seeded, cluster)
         except SourceError:
             _restore_if_gone(_own(previous), out_dir, history)  # a failure never leaves the workspace without its layer
             raise
 
 
 def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history: RawHistory,
-           previous: PreviousLayer | None, build_record: dict[str, Any] | None, seeded: int) -> FetchResult:
+           previous: PreviousLayer | None, build_record: dict[str, Any] | None, seeded: int,
+           cluster: ClusterFetch | None = None) -> FetchResult:
     report = FetchReport(config.source.describe(), config.on_error)
     parsing = ParseCounts()
     with Transport(config.transport) as transport, Listing(history.work_directory()) as listing:
@@ -151,10 +155,14 @@ def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history
             raise FetchFailed(f"the source lists no items ({_describe(config)}): an empty registry or listing never "
                               f"replaces a raw layer; {out_dir} was left as it was")
         plan = plan_layer(previous, config.layer_key(), listing)
-        outcome = download_items(listing.needing_bytes(), listing.count_needing_bytes(), transport, history, config.max_pixels, config.workers,
-                                 listing.add_arrivals)
+        if cluster is not None:
+            outcome = download_on_cluster(listing, transport, history, cluster, config.max_pixels, config.workers,
+                                          config.shard_bytes)
+        else:
+            outcome = download_items(listing.needing_bytes(), listing.count_needing_bytes(), transport, history,
+                                     config.max_pixels, config.workers, listing.add_arrivals)
         transfer = {"http_gets": transport.gets, "http_retries": transport.retries, "bytes_read": transport.bytes,
-                    "registry_rows_parsed": parsing.parsed, "registry_rows_reused": parsing.reused}
+                    "registry_rows_parsed": parsing.parsed, "registry_rows_reused": parsing.reused} | outcome.activity
         report.failed = outcome.failures
         report.counts = {"listed": len(listing), "failed": len(outcome.failures),
                          "without_md5": listing.count_without_md5()}  # none stated: nothing checked

@@ -242,8 +242,14 @@ class ObjectStore:
             raise ObjectStoreUnavailable(f"object store {self.url} is unreachable ({self.down})")
         try:
             return request()
-        except (FileNotFoundError, FileExistsError):
-            raise  # answers, not failures: no such object; a create-only write lost its race
+        except FileExistsError:
+            raise  # an answer: a create-only write lost its race
+        except FileNotFoundError as error:
+            if not what.startswith("PUT"):
+                raise  # an answer: no such object
+            # a write into a name that cannot exist: the bucket is missing (NoSuchBucket)
+            self.down = f"{what}: {error} (does the bucket exist?)"
+            raise ObjectStoreUnavailable(f"object store {self.url} is unreachable ({self.down})") from error
         except Exception as error:  # noqa: BLE001 — connection refused, timeouts, 403: all end here
             self.down = f"{what}: {type(error).__name__}: {error}"
             raise ObjectStoreUnavailable(f"object store {self.url} is unreachable ({self.down})") from error
@@ -321,12 +327,20 @@ class ObjectStore:
         return sorted(str(p)[len(self.root) + 1:] for p in found)
 
     def ping(self) -> None:
-        """One request that needs the store to answer (a LIST of the prefix); raises ObjectStoreUnavailable."""
+        """One request that needs the store to answer (a LIST of the prefix, or of the bucket when the
+        prefix is empty); raises ObjectStoreUnavailable, also for a bucket that does not exist."""
         self.counters.add("list")
         try:
             self._call("LIST", lambda: self.fs.ls(self.root, detail=False))
         except FileNotFoundError:
-            pass  # an empty prefix of a bucket that answers
+            if self.local:
+                return  # a folder made by the first write
+            bucket = self.root.split("/", 1)[0]
+            try:
+                self._call("LIST", lambda: self.fs.ls(bucket, detail=False))
+            except FileNotFoundError as error:
+                self.down = f"LIST: bucket {bucket!r} does not exist"
+                raise ObjectStoreUnavailable(f"object store {self.url} is unreachable ({self.down})") from error
 
     # -- blobs ----------------------------------------------------------------------------
     def has_blob(self, sha256: str, size: int | None = None) -> bool:

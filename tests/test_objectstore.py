@@ -380,3 +380,8 @@ def test_a_bucket_that_does_not_exist_is_unreachable_not_an_empty_store(s3: S3En
     store.put(entry, path)  # the PUT cannot land: warned, kept locally, pending
     assert "does the bucket exist?" in capsys.readouterr().err
     assert store.pending() == [entry.address] and store.get(entry.address) == entry
+
+
+def test_a_backend_without_a_known_atomic_create_is_refused():
+    with pytest.raises(ObjectStoreError, match="scheme 'gs' is not supported"):
+        ObjectStoreConfig("gs://bucket/prefix")

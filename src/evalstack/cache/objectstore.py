@@ -81,6 +81,9 @@ if TYPE_CHECKING:  # the record format is the local store's; shardstore imports 
     from evalstack.cache.shardstore import StoreEntry
 
 _CHUNK = 1 << 20
+# where a create-only write is atomic: S3's If-None-Match, a POSIX link, one process's dict. GCS/Azure
+# have conditional writes too (ifGenerationMatch=0, If-None-Match) but are untested here: add them with tests.
+SCHEMES = ("s3", "s3a", "file", "memory")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 T = TypeVar("T")
 
@@ -116,6 +119,10 @@ class ObjectStoreConfig:
                 "remove them from params.yaml (which git and dvc.lock share) and set them in the environment "
                 "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), ~/.aws, or a DVC remote named in store.remote "
                 "(`dvc remote modify --local NAME secret_access_key …`)")
+        if parts.scheme not in SCHEMES:
+            raise ObjectStoreError(
+                f"store.url scheme {parts.scheme!r} is not supported ({', '.join(SCHEMES)}): a record must be "
+                "written create-only in one request, and only these backends are known to do it atomically")
         if parts.query or parts.fragment:
             raise ObjectStoreError(f"store.url {self.url!r}: options go in store.endpointurl/store.remote, not the url")
         if self.retries < 0 or self.connect_timeout <= 0 or self.read_timeout <= 0:

@@ -48,15 +48,17 @@ Public API (stable; used by the shard store, fetch and the Dask executor):
     objectstore_config(params, root) -> ObjectStoreConfig | None   # from params' `store:`
     ObjectStore(config, fs=None)
       .url, .counters (RequestCounts), .down (str | None)
-      .get_record(address) -> StoreEntry | None
-      .put_shard(entry, path) -> StoreEntry        # the record that holds (the first writer's)
-      .fetch_shard(address, dest) -> StoreEntry | None   # record + checked blob, placed at dest
+      .get_record(address) -> StoreEntry | None          # DamagedRecord when it cannot be read
+      .put_shard(entry, path, repair=False) -> StoreEntry  # the record that holds (the first writer's)
+      .fetch_shard(address, dest) -> StoreEntry | None   # record + checked blob at dest; DamagedBlob on a mismatch
       .put_blob(path, sha256=None, repair=False) -> str  # sha256
       .get_blob(sha256, dest) -> bool                    # checked; False on a miss or mismatch
       .has_blob(sha256, size=None) -> bool
       .put_meta(name, data), .get_meta(name) -> bytes | None, .list_meta(prefix="") -> list[str]
       .ping() -> None                                    # raises ObjectStoreUnavailable
     Pickling an ObjectStore ships its config: a worker gets a fresh client (own counters).
+    Errors: ObjectStoreError (settings, unsafe names) > ObjectStoreUnavailable (after retries),
+    DamagedRecord, DamagedBlob (.entry). Names are relative ('a/b'); '..', '.', '' and hidden parts are refused.
 
 ShardStore (cache/shardstore.py) adds, for a local directory in front of a remote:
     ShardStore(config, remote=None); .remote; .get/.materialise fall through to the remote;

@@ -20,6 +20,7 @@ LONGEST_FIRST = (
     "test_e2e_differential.py", "test_readme_figures.py", "test_catalogue.py", "test_e2e_repro.py",
     "test_e2e_share.py", "test_e2e_template.py", "test_e2e_detection_torchvision.py", "test_e2e_detection.py",
     "test_e2e_detection_yolo.py", "test_e2e_models.py", "test_e2e_robustness.py", "test_e2e_incremental.py",
+    "test_e2e_objectstore.py",
 )
 
 

@@ -368,3 +368,20 @@ def test_an_object_store_travels_to_a_worker_as_its_config(s3: S3Endpoint, tmp_p
     worker = pickle.loads(pickle.dumps(remote))
     assert worker.config == remote.config and worker.counters.requests_put == 0
     assert worker.fetch_shard(entry.address, tmp_path / "w.h5") == entry
+
+
+def test_a_bucket_that_does_not_exist_is_unreachable_not_an_empty_store(s3: S3Endpoint, tmp_path: Path, capsys):
+    entry, path = shard_file(tmp_path, "a")
+    config = ObjectStoreConfig("s3://no-such-bucket/team", endpointurl=s3.url, retries=0)
+    with pytest.raises(ObjectStoreUnavailable, match="no-such-bucket.*does not exist"):
+        ObjectStore(config).ping()
+    store = ShardStore(StoreConfig(tmp_path / "local", 10**9), ObjectStore(config))
+    assert store.materialise(entry.address, tmp_path / "out.h5") is None  # a GET that finds nothing: a miss
+    store.put(entry, path)  # the PUT cannot land: warned, kept locally, pending
+    assert "does the bucket exist?" in capsys.readouterr().err
+    assert store.pending() == [entry.address] and store.get(entry.address) == entry
+
+
+def test_a_backend_without_a_known_atomic_create_is_refused():
+    with pytest.raises(ObjectStoreError, match="scheme 'gs' is not supported"):
+        ObjectStoreConfig("gs://bucket/prefix")

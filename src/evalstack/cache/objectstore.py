@@ -48,15 +48,17 @@ Public API (stable; used by the shard store, fetch and the Dask executor):
     objectstore_config(params, root) -> ObjectStoreConfig | None   # from params' `store:`
     ObjectStore(config, fs=None)
       .url, .counters (RequestCounts), .down (str | None)
-      .get_record(address) -> StoreEntry | None
-      .put_shard(entry, path) -> StoreEntry        # the record that holds (the first writer's)
-      .fetch_shard(address, dest) -> StoreEntry | None   # record + checked blob, placed at dest
+      .get_record(address) -> StoreEntry | None          # DamagedRecord when it cannot be read
+      .put_shard(entry, path, repair=False) -> StoreEntry  # the record that holds (the first writer's)
+      .fetch_shard(address, dest) -> StoreEntry | None   # record + checked blob at dest; DamagedBlob on a mismatch
       .put_blob(path, sha256=None, repair=False) -> str  # sha256
       .get_blob(sha256, dest) -> bool                    # checked; False on a miss or mismatch
       .has_blob(sha256, size=None) -> bool
       .put_meta(name, data), .get_meta(name) -> bytes | None, .list_meta(prefix="") -> list[str]
       .ping() -> None                                    # raises ObjectStoreUnavailable
     Pickling an ObjectStore ships its config: a worker gets a fresh client (own counters).
+    Errors: ObjectStoreError (settings, unsafe names) > ObjectStoreUnavailable (after retries),
+    DamagedRecord, DamagedBlob (.entry). Names are relative ('a/b'); '..', '.', '' and hidden parts are refused.
 
 ShardStore (cache/shardstore.py) adds, for a local directory in front of a remote:
     ShardStore(config, remote=None); .remote; .get/.materialise fall through to the remote;
@@ -81,6 +83,9 @@ if TYPE_CHECKING:  # the record format is the local store's; shardstore imports 
     from evalstack.cache.shardstore import StoreEntry
 
 _CHUNK = 1 << 20
+# where a create-only write is atomic: S3's If-None-Match, a POSIX link, one process's dict. GCS/Azure
+# have conditional writes too (ifGenerationMatch=0, If-None-Match) but are untested here: add them with tests.
+SCHEMES = ("s3", "s3a", "file", "memory")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 T = TypeVar("T")
 
@@ -116,6 +121,10 @@ class ObjectStoreConfig:
                 "remove them from params.yaml (which git and dvc.lock share) and set them in the environment "
                 "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), ~/.aws, or a DVC remote named in store.remote "
                 "(`dvc remote modify --local NAME secret_access_key …`)")
+        if parts.scheme not in SCHEMES:
+            raise ObjectStoreError(
+                f"store.url scheme {parts.scheme!r} is not supported ({', '.join(SCHEMES)}): a record must be "
+                "written create-only in one request, and only these backends are known to do it atomically")
         if parts.query or parts.fragment:
             raise ObjectStoreError(f"store.url {self.url!r}: options go in store.endpointurl/store.remote, not the url")
         if self.retries < 0 or self.connect_timeout <= 0 or self.read_timeout <= 0:
@@ -243,8 +252,14 @@ class ObjectStore:
             raise ObjectStoreUnavailable(f"object store {self.url} is unreachable ({self.down})")
         try:
             return request()
-        except (FileNotFoundError, FileExistsError):
-            raise  # answers, not failures: no such object; a create-only write lost its race
+        except FileExistsError:
+            raise  # an answer: a create-only write lost its race
+        except FileNotFoundError as error:
+            if not what.startswith("PUT"):
+                raise  # an answer: no such object
+            # a write into a name that cannot exist: the bucket is missing (NoSuchBucket)
+            self.down = f"{what}: {error} (does the bucket exist?)"
+            raise ObjectStoreUnavailable(f"object store {self.url} is unreachable ({self.down})") from error
         except Exception as error:  # noqa: BLE001 — connection refused, timeouts, 403: all end here
             self.down = f"{what}: {type(error).__name__}: {error}"
             raise ObjectStoreUnavailable(f"object store {self.url} is unreachable ({self.down})") from error
@@ -322,12 +337,20 @@ class ObjectStore:
         return sorted(str(p)[len(self.root) + 1:] for p in found)
 
     def ping(self) -> None:
-        """One request that needs the store to answer (a LIST of the prefix); raises ObjectStoreUnavailable."""
+        """One request that needs the store to answer (a LIST of the prefix, or of the bucket when the
+        prefix is empty); raises ObjectStoreUnavailable, also for a bucket that does not exist."""
         self.counters.add("list")
         try:
             self._call("LIST", lambda: self.fs.ls(self.root, detail=False))
         except FileNotFoundError:
-            pass  # an empty prefix of a bucket that answers
+            if self.local:
+                return  # a folder made by the first write
+            bucket = self.root.split("/", 1)[0]
+            try:
+                self._call("LIST", lambda: self.fs.ls(bucket, detail=False))
+            except FileNotFoundError as error:
+                self.down = f"LIST: bucket {bucket!r} does not exist"
+                raise ObjectStoreUnavailable(f"object store {self.url} is unreachable ({self.down})") from error
 
     # -- blobs ----------------------------------------------------------------------------
     def has_blob(self, sha256: str, size: int | None = None) -> bool:

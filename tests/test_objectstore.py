@@ -368,6 +368,11 @@ def test_an_object_store_travels_to_a_worker_as_its_config(s3: S3Endpoint, tmp_p
     worker = pickle.loads(pickle.dumps(remote))
     assert worker.config == remote.config and worker.counters.requests_put == 0
     assert worker.fetch_shard(entry.address, tmp_path / "w.h5") == entry
+    # credentials a DVC remote lent this process never travel in the pickle (it crosses the network to workers)
+    lent = ObjectStore(ObjectStoreConfig(remote.config.url, endpointurl=s3.url,
+                                         credentials={"access_key_id": s3.key_id, "secret_access_key": s3.secret}))
+    payload = pickle.dumps(lent)
+    assert s3.secret.encode() not in payload and pickle.loads(payload).config.credentials == {}
 
 
 def test_a_bucket_that_does_not_exist_is_unreachable_not_an_empty_store(s3: S3Endpoint, tmp_path: Path, capsys):

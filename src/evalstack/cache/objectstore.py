@@ -71,7 +71,7 @@ import json
 import os
 import re
 import threading
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 from urllib.parse import urlsplit
@@ -229,8 +229,10 @@ class ObjectStore:
         return f"ObjectStore({self.url!r})"
 
     def __reduce__(self):
-        # shipped to a worker (Dask) as its config: the worker opens its own client, counters and "down" state
-        return (ObjectStore, (self.config,))
+        # Shipped to a worker (Dask) as its config: the worker opens its own client, counters and "down" state.
+        # Never with credentials: pickles travel over the network, and a worker's credentials are its own
+        # environment's (the client's may come from a DVC remote's local config, which stays here).
+        return (ObjectStore, (replace(self.config, credentials={}),))
 
     # -- paths ----------------------------------------------------------------------------
     def _path(self, relative: str) -> str:

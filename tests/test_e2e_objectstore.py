@@ -4,17 +4,20 @@ Clone A runs `dvc repro` with its shard store backed by the bucket. Clone B, on 
 path with an empty `store.dir` and no `dvc pull`, reaches the same bucket through a DVC
 remote's config (`store.remote`) and reuses every derived shard by key: its build
 records count 0 items computed for preprocess and infer, and its outputs equal A's.
+Clone C, on a branch with 10 % more cards, reads only the new cards from the source and
+preprocesses only the shards they land in.
 """
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from evalstack.cache.objectstore import ObjectStore, ObjectStoreConfig
-from tests.e2e import build_record, clone, commit_and_push, make_project, output_digests, run, stages_run
+from tests.e2e import build_record, clone, commit_and_push, make_project, output_digests, run, set_param, stages_run
 from tests.servers import moto_s3
 
 pytestmark = pytest.mark.slow  # two `dvc repro`s: ~75 s on 2 cores
@@ -73,4 +76,30 @@ def test_a_second_clone_reuses_every_derived_shard_from_the_bucket_without_dvc_p
                                                credentials={"access_key_id": s3.key_id, "secret_access_key": s3.secret}))
         records = stored.fs.find(f"{stored.root}/shards")
         assert records and all(json.loads(stored.fs.cat_file(p))["sha256"] for p in records[:3])
+
+        # clone C: a third path, an empty store.dir, a branch with 10 % more cards, still no `dvc pull`. Fetch
+        # plans from the raw layer A published in the bucket: only the new cards are read from the source, and
+        # preprocess computes only the shards they land in. (Infer is left out: the demo models are retrained on
+        # the grown dev split, so every prediction changes; a user's own model would reuse them by key.)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.key_id)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret)
+        (tmp_path / "third").mkdir()
+        c = clone(origin, tmp_path / "third/c")
+        run(c, "git", "checkout", "-q", "-b", "more-cards")
+        n_cards = yaml.safe_load((c / "params.yaml").read_text())["synth"]["n_cards"]
+        grown = n_cards + n_cards // 10
+        set_param(c, "synth.n_cards", grown)
+        assert not (c / ".dvc/cache").exists() and not (c / ".evalstack").exists()  # nothing pulled, no store
+        out = run(c, "dvc", "repro", "preprocess@thumb64").stdout
+        fetched = re.search(r"raw layer: (\d+) items in \d+ shards \((.*)\)", out)
+        assert fetched is not None, out
+        activity = dict(part.rsplit(" ", 1) for part in fetched.group(2).split(", "))
+        assert (int(fetched.group(1)), int(activity["downloaded"])) == (grown, grown - n_cards), activity
+        before = {s["sha256"] for s in json.loads((a / "data/raw/index.json").read_text())["shards"]}
+        raw = json.loads((c / "data/raw/index.json").read_text())["shards"]
+        new = {s["name"]: s["n_items"] for s in raw if s["sha256"] not in before}
+        assert 1 <= len(new) <= 2, new
+        record = build_record(c, "data/preprocessed/thumb64")
+        assert {s["name"] for s in record["shards"] if s["computed"]} == set(new)
+        assert record["counts"]["items_computed"] == sum(new.values()) < grown
 

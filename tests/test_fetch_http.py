@@ -356,3 +356,20 @@ def test_a_checkout_on_another_machine_fetches_only_what_the_object_store_lacks(
         fresh = fetch_raw_layer(http_config(server, tmp_path), tmp_path / "fresh", store_in(tmp_path / "s2")).index
     assert shard_bytes(tmp_path / "two/project/data/raw") == shard_bytes(tmp_path / "fresh")
     assert second.index.to_json() == fresh.to_json()
+
+
+def test_another_checkouts_bytes_are_reused_only_for_items_whose_md5_the_source_states(pad_dataset: Path,
+                                                                                      tmp_path: Path):
+    """The PAD API states no md5: a card identified by its URL alone may have changed at that URL since another
+    checkout fetched it, so a second checkout downloads it again (its own earlier layer is trusted as before)."""
+    store = tmp_path / "shared-store"
+    with PadServer(pad_dataset) as server:
+        config = http_config(server, tmp_path, source=SourceConfig(kind="pad_api", url=server.url + "api/v2"))
+        fetch_raw_layer(config, tmp_path / "clone-a/raw", store_in(store))
+        gets = server.image_gets()
+        again = fetch_raw_layer(config, tmp_path / "clone-a/raw", store_in(store))
+        assert server.image_gets() - gets == 0 and again.report.counts["without_md5"] == N_CARDS
+        second = fetch_raw_layer(config, tmp_path / "clone-b/raw", store_in(store))
+        assert server.image_gets() - gets == N_CARDS
+    assert second.report.activity["downloaded"] == N_CARDS
+    assert shard_bytes(tmp_path / "clone-b/raw") == shard_bytes(tmp_path / "clone-a/raw")

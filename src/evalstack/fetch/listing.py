@@ -120,8 +120,9 @@ class Listing:
             earlier[row.id] = row
         raise SourceError("duplicate id in the registry")  # not reached: the insert failed on one
 
-    def add_previous_shard(self, number: int, shard: ShardInfo, path: Path) -> list[tuple]:
-        """Record the rows of the previous layer's shard `number`; returns their metadata tuples."""
+    def add_previous_shard(self, number: int, shard: ShardInfo, path: Path, md5_only: bool = False) -> list[tuple]:
+        """Record the rows of the previous layer's shard `number`; returns their metadata tuples.
+        `md5_only`: leave out rows the source identified by URL alone (no md5 stated)."""
         with ShardColumns(path, shard) as reader:
             columns = {name: reader.read(name) for name in META_FIELDS}
             keys = [str(key) for key in reader.read(ITEM_KEY)]
@@ -134,6 +135,8 @@ class Listing:
         records = []
         for row, (meta, key, length) in enumerate(zip(metas, keys, lengths)):
             listed = RegistryRow(*meta)
+            if md5_only and not listed.hashlib_md5:
+                continue
             records.append((listed.id, identity_text(listed), number, row, key, length, meta_text(meta)))
         with self.db:
             self.db.executemany("INSERT OR IGNORE INTO previous VALUES (?, ?, ?, ?, ?, ?, ?)", records)

@@ -51,6 +51,8 @@ def plan_layer(previous: PreviousLayer | None, key: Key, listing: Listing) -> Ra
         path = previous.shard_paths.get(shard.sha256)
         if path is None:  # bytes lost (store cleared): its items are fetched again
             continue
-        listing.add_previous_shard(number, shard, path)
+        # Another checkout's items are reused only when the source states their md5: one identified by its
+        # URL alone may have changed at that URL since that checkout fetched it, so it is downloaded again.
+        listing.add_previous_shard(number, shard, path, md5_only=not previous.own)
         plan.old_shards[number] = OldShard(shard, path)
     return plan

@@ -330,3 +330,22 @@ def test_the_report_lists_the_ids_skip_left_out(tmp_path: Path):
     lines = source_lines(ProfileResults("classification", tmp_path, {"fetch": {}}, [], "test"))
     assert any(line.startswith("Skipped (on_error: skip, all listed in data/fetch_report.json): id 100 (")
                for line in lines), lines
+
+
+def test_a_row_neither_fetched_nor_reported_failed_stops_fetch_instead_of_leaving_the_layer(tmp_path: Path,
+                                                                                          monkeypatch):
+    """The safety net under every download path (threads here, Dask workers): an item that lost its arrival
+    without a failure is an error, never a layer quietly one item short with an exit 0."""
+    import evalstack.fetch.raw_layer as raw_layer
+
+    registry = make_registry(tmp_path, n=5)
+    real = raw_layer.download_items
+
+    def dropping(rows, total, transport, history, max_pixels, workers, record):
+        return real(rows, total, transport, history, max_pixels, workers,
+                    lambda arrivals: record([a for a in arrivals if a[0] != 102]))
+
+    monkeypatch.setattr(raw_layer, "download_items", dropping)
+    with pytest.raises(FetchFailed, match=r"id 102.*neither fetched nor reported as failed"):
+        fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
+    assert not (tmp_path / "raw/index.json").exists()

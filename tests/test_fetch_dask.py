@@ -164,3 +164,15 @@ def test_without_a_cluster_or_an_object_store_fetch_stays_in_this_process(tmp_pa
 
 def replace_remote(store: ShardStore, remote: ObjectStore) -> ShardStore:
     return ShardStore(replace(store.config), remote)
+
+
+def test_a_worker_answer_missing_a_row_is_an_error_not_a_shorter_layer():
+    from evalstack.fetch.distributed import FetchOnClusterFailed, RunResult, _check_covered
+    from evalstack.sources.registry import RegistryRow
+
+    rows = [RegistryRow(i, i, "x", 0, "", f"http://h/{i}.png", "0" * 32, f"{i}.png", "dev", f"http://h/{i}.png")
+            for i in (1, 2, 3)]
+    answered = RunResult()
+    _check_covered(rows, [(1, "k", 1, "area"), (2, "k", 1, "area"), (3, "k", 1, "area")], answered)
+    with pytest.raises(FetchOnClusterFailed, match=r"missing: \[2\]"):
+        _check_covered(rows, [(1, "k", 1, "area"), (3, "k", 1, "area")], answered)

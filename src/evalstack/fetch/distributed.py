@@ -179,15 +179,19 @@ def download_on_cluster(listing: Any, transport: Transport, history: RawHistory,
                         max_pixels: int, threads: int, pack_bytes: int) -> DownloadOutcome:
     """`download_items` for `listing.needing_bytes()`, the remote rows' downloads done on the cluster.
     Rows already in the download area or read from this machine's disk are handled here first."""
+    handled: set[int] = set()  # decided once: a download area shared with another checkout may gain files meanwhile
+
     def here(row: RegistryRow) -> bool:
-        return is_local(row) or history.has_download(row)
+        if is_local(row) or history.has_download(row):
+            handled.add(row.id)
+            return True
+        return False
 
     local = download_items((row for row in listing.needing_bytes() if here(row)), None, transport, history,
                            max_pixels, threads, listing.add_arrivals)
     if local.unreachable:
         return local
-    # `here` is asked again: rows handled above now have a download (or are local), so they are left out.
-    remote = _download_remote((row for row in listing.needing_bytes() if not here(row)), cluster, history,
+    remote = _download_remote((row for row in listing.needing_bytes() if row.id not in handled), cluster, history,
                               WorkerSettings(transport.config, cluster.worker_store(), max_pixels, threads, pack_bytes),
                               listing.add_arrivals)
     failures = sorted(local.failures + remote.failures, key=lambda failure: failure.id)
@@ -242,6 +246,7 @@ def _download_remote(rows: Iterable[RegistryRow], cluster: ClusterFetch, history
                     "from their own environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws), not from "
                     "this machine's DVC remote") from None
             arrivals = _unpack(result, run, cluster.store, history, Path(scratch))
+            _check_covered(run, arrivals, result)
             record(arrivals)
             outcome.downloaded += len(arrivals)
             _add_failures(outcome, result, run)
@@ -265,6 +270,16 @@ def _add_failures(outcome: DownloadOutcome, result: RunResult, run: list[Registr
         outcome.failures.append(Failure.of(by_id[failure.id], failure.cause))
         if failure.unreachable:
             outcome.unreachable = outcome.unreachable or failure.cause
+
+
+def _check_covered(run: list[RegistryRow], arrivals: list[Arrival], result: RunResult) -> None:
+    """Every row of a run came back, as bytes or as a failure: a row a worker dropped would otherwise leave
+    the layer without a word."""
+    answered = [arrival[0] for arrival in arrivals] + [failure.id for failure in result.failures]
+    if sorted(answered) != sorted(row.id for row in run):
+        missing = sorted({row.id for row in run} - set(answered))
+        raise FetchOnClusterFailed(f"a Dask worker's answer for rows {run[0].id}–{run[-1].id} does not account for "
+                                   f"every row (missing: {missing[:10]}, or one twice); fetch again")
 
 
 def _take(runs: Iterator[list[RegistryRow]], n: int) -> list[list[RegistryRow]]:

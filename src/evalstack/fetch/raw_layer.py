@@ -174,7 +174,8 @@ def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history
         _warn_if_shrunk(_own(previous), len(listing) - len(outcome.failures), removed, config, report)
         log = BuildLog(RAW_KIND, config.layer_key(), "fetch", {"": "fetch"}, "items_fetched", build_record)
         log.seeded = seeded
-        index, activity = _write_layer(out_dir, config, plan, listing, history, transport, log)
+        failed = {failure.id for failure in outcome.failures}
+        index, activity = _write_layer(out_dir, config, plan, listing, history, transport, log, failed)
         report.activity = activity | {"downloaded": outcome.downloaded, "removed": removed} | transfer
         history.record(out_dir, index)
         log.finish(out_dir, store)
@@ -254,7 +255,7 @@ class OldBytes:
 
 
 def _write_layer(out_dir: Path, config: FetchConfig, plan: RawPlan, listing: Listing, history: RawHistory,
-                 transport: Transport, log: BuildLog) -> tuple[LayerIndex, dict[str, int]]:
+                 transport: Transport, log: BuildLog, failed: set[int]) -> tuple[LayerIndex, dict[str, int]]:
     """Shards at content-defined boundaries (core.raw.ShardCutter) over the items in id order, streamed
     from the listing: one shard's rows in memory at a time. The same listing gives the same files."""
     writer = LayerWriter(out_dir, RAW_KIND, config.layer_key())
@@ -265,6 +266,9 @@ def _write_layer(out_dir: Path, config: FetchConfig, plan: RawPlan, listing: Lis
     with OldBytes(plan) as old:
         for item in listing.items():
             if not item.origin:  # failed under on_error: skip
+                if item.row.id not in failed:  # never silently: a row is in the layer or in the report
+                    raise FetchFailed(f"{item.row.what}: neither fetched nor reported as failed (an internal "
+                                      f"error); the new raw layer was not finished. Fetch again, and report this")
                 continue
             chunk.append(item)
             if cutter.add(_cut_identity(item.row), item.length):

@@ -233,7 +233,11 @@ class ShardStore:
                     self.remote_failed(error)
                     return uploaded
                 uploaded += held.sha256 == entry.sha256
-            self.pending_path(address).unlink(missing_ok=True)  # gone locally: nothing left to upload
+            else:  # removed from this directory by hand: said, not dropped quietly
+                tqdm.write(f"WARNING shard {address[:12]}… was waiting to be uploaded to {self.remote.url} but is no "
+                           f"longer in {self.directory}; it is not uploaded (a later run that computes it will)",
+                           file=sys.stderr)
+            self.pending_path(address).unlink(missing_ok=True)
         return uploaded
 
     def finish_stage(self, protected_sha256s: set[str]) -> GcReport | None:
@@ -387,6 +391,9 @@ class ShardStore:
         """Trim to the size limit, least recently used first; never an entry whose bytes are protected.
         (Only the local directory: a remote store is shared and is not trimmed from here.)"""
         limit = self.config.max_bytes if max_bytes is None else max_bytes
+        # shards waiting to be uploaded exist nowhere else: whoever trims (`evalstack gc` too) keeps them
+        protected_sha256s = protected_sha256s | {
+            entry.sha256 for address in self.pending() if (entry := self._get_local(address)) is not None}
         self._remove_debris(dry_run)
         if not dry_run and clear_stamps:
             self.stamps.clear()  # stamps of removed files would only pile up; the rest are re-made on use

@@ -38,8 +38,10 @@ def infer_layer(
     labels = {"model": f"model {adapter.spec.name}", "pipeline": f"pipeline {adapter.spec.pipeline}", "code": "code"}
     spec = DerivedLayerSpec(PREDICTIONS_KIND, key, f"model {adapter.spec.name}", labels, "forward_passes")
     if isinstance(executor, DaskExecutor):  # workers load the model themselves: interpreters do not pickle
-        # the weights by absolute path: a worker of an existing cluster runs in its own directory
-        model = replace(adapter.spec, file=adapter.spec.file.absolute())
+        # The weights by absolute path (a worker of an existing cluster runs in its own directory), pinned to
+        # the bytes the key names: a file replaced while the stage runs makes the worker's adapter refuse it,
+        # never predict with other weights under this key (the shared store would spread them).
+        model = replace(adapter.spec, file=adapter.spec.file.absolute(), sha256=adapter.weights_sha256)
         compute: Callable = PredictInWorker(type(adapter), model, batch_size, adapter)
     else:
         compute = partial(predict_shard, adapter, batch_size)

@@ -106,6 +106,9 @@ def test_a_url_carrying_credentials_is_refused_without_echoing_the_secret():
     with pytest.raises(ObjectStoreError, match="carries credentials") as caught:
         ObjectStoreConfig("s3://AKIAXXX:s3cr3t@bucket/prefix")
     assert "s3cr3t" not in str(caught.value) and "AKIAXXX" not in str(caught.value)
+    with pytest.raises(ObjectStoreError, match="endpointurl .* carries credentials") as caught:
+        ObjectStoreConfig("s3://bucket/prefix", endpointurl="http://minio:s3cr3t@127.0.0.1:9000")
+    assert "s3cr3t" not in str(caught.value)
 
 
 def test_credentials_are_never_in_repr():

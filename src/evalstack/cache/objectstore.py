@@ -125,6 +125,11 @@ class ObjectStoreConfig:
             raise ObjectStoreError(
                 f"store.url scheme {parts.scheme!r} is not supported ({', '.join(SCHEMES)}): a record must be "
                 "written create-only in one request, and only these backends are known to do it atomically")
+        endpoint = urlsplit(self.endpointurl) if self.endpointurl else None
+        if endpoint is not None and (endpoint.username or endpoint.password or "@" in endpoint.netloc):
+            raise ObjectStoreError(
+                f"store.endpointurl {endpoint.scheme}://…@{endpoint.hostname or ''} carries credentials; remove them "
+                "and set them in the environment, ~/.aws, or a DVC remote named in store.remote")
         if parts.query or parts.fragment:
             raise ObjectStoreError(f"store.url {self.url!r}: options go in store.endpointurl/store.remote, not the url")
         if self.retries < 0 or self.connect_timeout <= 0 or self.read_timeout <= 0:

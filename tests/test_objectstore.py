@@ -396,3 +396,24 @@ def test_a_bucket_that_does_not_exist_is_unreachable_not_an_empty_store(s3: S3En
 def test_a_backend_without_a_known_atomic_create_is_refused():
     with pytest.raises(ObjectStoreError, match="scheme 'gs' is not supported"):
         ObjectStoreConfig("gs://bucket/prefix")
+
+
+def test_a_refused_create_and_a_forbidden_read_are_answers_not_an_outage(tmp_path: Path):
+    """A 409/412 on a create-only PUT is a lost race (the record is read back); a 403 on a GET (no ListBucket
+    permission) is a miss. Neither marks the store down for the rest of the run."""
+    store = ObjectStore(ObjectStoreConfig(f"memory://evalstack-{tmp_path.name}"))
+
+    def refused() -> None:
+        raise OSError("An error occurred (ConditionalRequestConflict) when calling the PutObject operation (409)")
+
+    def forbidden() -> None:
+        raise PermissionError("Forbidden")
+
+    with pytest.raises(FileExistsError):
+        store._call("PUT shards/ab/x.json", refused)
+    with pytest.raises(FileNotFoundError):
+        store._call("GET shards/ab/x.json", forbidden)
+    assert store.down is None
+    with pytest.raises(ObjectStoreUnavailable):
+        store._call("PUT blobs/ab/x", forbidden)
+    assert store.down is not None

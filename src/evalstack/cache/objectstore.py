@@ -267,7 +267,16 @@ class ObjectStore:
             # a write into a name that cannot exist: the bucket is missing (NoSuchBucket)
             self.down = f"{what}: {error} (does the bucket exist?)"
             raise ObjectStoreUnavailable(f"object store {self.url} is unreachable ({self.down})") from error
-        except Exception as error:  # noqa: BLE001 — connection refused, timeouts, 403: all end here
+        except PermissionError as error:
+            if what.startswith(("GET", "HEAD")):
+                # S3 answers 403, not 404, for a missing key when the credentials may not list the bucket:
+                # a miss (a PUT without permission still marks the store down)
+                raise FileNotFoundError(f"{what}: {error}") from error
+            self.down = f"{what}: {type(error).__name__}: {error}"
+            raise ObjectStoreUnavailable(f"object store {self.url} is unreachable ({self.down})") from error
+        except Exception as error:  # noqa: BLE001 — connection refused, timeouts: all end here
+            if what.startswith("PUT") and _lost_create_race(error):
+                raise FileExistsError(f"{what}: {error}") from error  # 412/409: another writer's create won
             self.down = f"{what}: {type(error).__name__}: {error}"
             raise ObjectStoreUnavailable(f"object store {self.url} is unreachable ({self.down})") from error
 
@@ -449,6 +458,14 @@ def _parse_record(data: bytes, address: str, url: str) -> StoreEntry:
     if entry.address != address:
         raise DamagedRecord(f"{url}: the record of {address[:12]}… names another address {entry.address[:12]}…")
     return entry
+
+
+def _lost_create_race(error: BaseException) -> bool:
+    """A create-only write refused because the name was taken meanwhile: 412 PreconditionFailed (s3fs maps
+    it to FileExistsError only when the response names If-None-Match) or AWS's 409 ConditionalRequestConflict
+    for two conditional writes at once."""
+    text = f"{error} {error.__cause__ or ''}"
+    return any(code in text for code in ("PreconditionFailed", "ConditionalRequestConflict", "(412)", "(409)"))
 
 
 def _sha256_file(path: Path) -> str:

@@ -104,7 +104,9 @@ def derive_via_store(compute: Callable, job: StoreJob, fmt: Any, config: ObjectS
         out.parent.mkdir()
         info = derive_shard(compute, ShardJob(job.upstream, upstream, out, job.address), fmt)
         entry = output_entry(fmt.kind, key_json(fmt.key), job.address, job.upstream, info, out.stat().st_size)
-        held = store.put_shard(entry, out)
+        # repair=True: the worker has just computed these bytes, so it uploads them even when a blob of that size
+        # is there (a damaged one would otherwise stay, and every later run fail to read it back)
+        held = store.put_shard(entry, out, repair=True)
     return StoreResult(info, held.sha256, store.counters.as_dict())
 
 

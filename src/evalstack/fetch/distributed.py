@@ -144,7 +144,9 @@ class _Packer:
             return
         path = self.scratch / "pack"
         path.write_bytes(b"".join(self.parts))
-        sha256 = self.store.put_blob(path)  # content-addressed: a retried task puts the same name
+        # content-addressed: a retried task puts the same name; repair=True so a damaged blob of that name is
+        # replaced, not kept (a pack is new bytes almost always: the upload costs nothing extra)
+        sha256 = self.store.put_blob(path, repair=True)
         self.packs.append(Pack(sha256, tuple(self.items)))
         self.parts, self.items, self.size = [], [], 0
 

@@ -101,3 +101,34 @@ def test_a_pipeline_key_covers_its_own_code_not_another_kinds():
     regions = build_pipeline({"kind": "pad_regions"}).cache_key().parts["code"]
     assert "evalstack.preprocess.regions" in regions and "evalstack.preprocess.regions" not in crop
     assert "evalstack.preprocess.pipelines" in crop and "evalstack.cache.incremental" in crop  # the stage's own code
+
+
+def test_a_library_upgrade_changes_the_keys_of_what_it_computes(monkeypatch):
+    """Pillow, numpy, OpenCV and a model's framework compute the bits a pipeline, a model or a corruption cell
+    yields: another version on another machine (a shared `store.url`) must not reuse this machine's results."""
+    from importlib import metadata
+
+    from evalstack.core.fingerprint import runtime_part
+    from evalstack.core.keys import Key
+    from evalstack.evaluation.robustness import cell_key
+    from evalstack.preprocess.perturbations import Cell
+    from evalstack.preprocess.pipelines import build_pipeline
+
+    pipeline = build_pipeline({"kind": "crop_resize", "crop": [0, 0, 64, 64], "resize": 32, "resample": "bilinear"})
+    model = Key("model", {"weights_sha256": "ab" * 32})
+
+    def keys() -> tuple[str, str]:
+        return pipeline.cache_key().hex, cell_key(model, pipeline.cache_key(), Cell("fog", 1), 0, {}).hex
+
+    before = keys()
+    real = metadata.version
+    runtime_part.cache_clear()
+    monkeypatch.setattr(metadata, "version", lambda name: "99.0" if name == "pillow" else real(name))
+    try:
+        after = keys()
+        assert pipeline.cache_key().parts["runtime"]["pillow"] == "99.0"
+    finally:
+        monkeypatch.undo()
+        runtime_part.cache_clear()
+    assert after[0] != before[0] and after[1] != before[1]
+    assert keys() == before

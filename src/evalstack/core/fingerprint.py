@@ -171,6 +171,23 @@ def _cached_closure(roots: tuple[str, ...]) -> tuple[tuple[str, Path], ...]:
     return tuple(sorted((name, source.path) for name, source in modules.items()))
 
 
+@lru_cache(maxsize=None)
+def runtime_part(*distributions: str) -> dict[str, str]:
+    """The `runtime` part of a cache key: {distribution: installed version} of the libraries that compute a
+    result besides evalstack's own code (Pillow's resampling, the model's framework). Another version may give
+    other bits, and with a shared store (`store.url`) another machine's result would be reused as this one's.
+    Read from the installed metadata: nothing is imported. A library that is not installed is "absent"."""
+    from importlib import metadata
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "absent"
+
+    return {name: version(name) for name in distributions}
+
+
 def code_part(*roots: str) -> dict[str, str]:
     """The `code` part of a cache key: {module: digest} over the import closure of `roots`.
 

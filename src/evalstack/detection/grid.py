@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from evalstack.cache.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
 from evalstack.cache.shardstore import ShardStore
-from evalstack.core.fingerprint import code_part, defining_module
+from evalstack.core.fingerprint import code_part, defining_module, runtime_part
 from evalstack.core.keys import Key, sha256_file
 from evalstack.core.kinds import CANDIDATES_KIND, PREPROCESSED_KIND, RAW_KIND
 from evalstack.core.layers import ITEM_KEY, CacheStaleError, Layer, ShardInfo, read_column, remove_other_layers
@@ -45,7 +45,7 @@ from evalstack.detection.candidates import (
 from evalstack.preprocess import perturbations as perturb
 from evalstack.preprocess.letterbox import LetterboxPipeline
 from evalstack.preprocess.modes import decode_rgb
-from evalstack.preprocess.perturbations import Cell
+from evalstack.preprocess.perturbations import PERTURBATION_RUNTIME, Cell
 from evalstack.sources.images import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:  # the stage loads the adapter (a framework); this module only calls it
@@ -89,7 +89,7 @@ def perturbation_parts(cell: Cell, seed: int) -> dict[str, Any]:
 def cell_key(clean: Key, cell: Cell, seed: int, code: dict[str, str]) -> Key:
     """The clean candidates' key (model, candidate bound, pipeline, infer code) + the perturbation + `grid_code`."""
     return Key("detection_grid_cell", {"clean": dict(clean.parts), "perturbation": perturbation_parts(cell, seed),
-                                       "code": code})
+                                       "code": code, "runtime": runtime_part(*PERTURBATION_RUNTIME)})
 
 
 def grid_code(adapter_class: type) -> dict[str, str]:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from evalstack.cache.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
 from evalstack.cache.shardstore import ShardStore
-from evalstack.core.fingerprint import code_part, defining_module
+from evalstack.core.fingerprint import code_part, defining_module, runtime_part
 from evalstack.core.keys import Key, sha256_bytes
 from evalstack.core.kinds import PREDICTIONS_KIND, PREPROCESSED_KIND
 from evalstack.core.layers import ITEM_KEY, Layer, ShardInfo, read_column, remove_other_layers
@@ -27,7 +27,7 @@ from evalstack.evaluation.classification import label_indices
 from evalstack.evaluation.items import Items, read_items
 from evalstack.models.predictions import PREDICTION_VALUES, open_predictions, prediction_columns
 from evalstack.preprocess import perturbations as perturb
-from evalstack.preprocess.perturbations import Cell
+from evalstack.preprocess.perturbations import PERTURBATION_RUNTIME, Cell
 
 if TYPE_CHECKING:  # the grid runs whatever adapter the stage loaded; it imports none itself
     from evalstack.models.adapters.base import ModelAdapter
@@ -70,7 +70,7 @@ def cell_key(model_signature: Key, pipeline_key: Key, cell: Cell, seed: int, cod
     perturbation = {"type": cell.kind, "severity": cell.severity, "seed": seed}
     return Key("robust_predictions", {
         "model": dict(model_signature.parts), "pipeline": dict(pipeline_key.parts), "perturbation": perturbation,
-        "code": code,
+        "code": code, "runtime": runtime_part(*PERTURBATION_RUNTIME),
     })
 
 

@@ -34,6 +34,9 @@ from PIL import Image
 from scipy import ndimage
 from scipy.ndimage import gaussian_filter
 
+# The libraries the corruptions compute with: a cell's key carries their versions (core.fingerprint.runtime_part).
+PERTURBATION_RUNTIME = ("numpy", "scipy", "opencv-python-headless", "pillow")
+
 SEVERITIES = (1, 2, 3, 4, 5)
 
 GAUSSIAN_NOISE = (0.08, 0.12, 0.18, 0.26, 0.38)

@@ -21,13 +21,16 @@ from evalstack.cache.executors import Executor
 from evalstack.cache.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
 from evalstack.cache.shardstore import ShardStore
 from evalstack.config import entry
-from evalstack.core.fingerprint import code_part, defining_module
+from evalstack.core.fingerprint import code_part, defining_module, runtime_part
 from evalstack.core.keys import Key
 from evalstack.core.kinds import PREPROCESSED_KIND, RAW_KIND
 from evalstack.core.layers import ITEM_KEY, Layer, ShardColumns, ShardInfo
 from evalstack.core.raw import read_blobs
 from evalstack.preprocess.modes import eight_bit, three_channels
 from evalstack.sources.images import DEFAULT_MAX_PIXELS, decode_image
+
+# The libraries that compute a pipeline's pixels (decode, crop, resize; regions and letterbox use OpenCV too).
+PIPELINE_RUNTIME = ("pillow", "numpy", "opencv-python-headless")
 
 PAD_NN_CROP = (71, 359, 707, 849)
 RESAMPLING = {
@@ -67,10 +70,12 @@ class PreprocessingPipeline(ABC):
         return (1, 1)
 
     def cache_key(self) -> Key:
-        """(kind, params, code): the code is the import closure of the module that defines this
-        pipeline and of the preprocess stage, so an edit to either changes the key (no version to bump)."""
+        """(kind, params, code, runtime): the code is the import closure of the module that defines this
+        pipeline and of the preprocess stage, so an edit to either changes the key (no version to bump); the
+        runtime is the versions of the imaging libraries that compute the pixels."""
         code = code_part(defining_module(type(self)), __name__)
-        return Key("pipeline", {"kind": self.kind, "params": self.parameters(), "code": code})
+        return Key("pipeline", {"kind": self.kind, "params": self.parameters(), "code": code,
+                                "runtime": runtime_part(*PIPELINE_RUNTIME)})
 
 
 @dataclass(frozen=True)

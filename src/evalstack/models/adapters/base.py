@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from evalstack.config import TASKS, ModelError, ModelSpec
+from evalstack.core.fingerprint import runtime_part
 from evalstack.core.keys import Key, sha256_file
 
 
@@ -62,9 +63,13 @@ class ModelAdapter(ABC):
         """What each output column means; the labels unless an adapter says otherwise."""
         return self.spec.labels
 
+    # The distributions whose versions shape this adapter's outputs (runtime_part): its framework, numpy.
+    runtime_distributions: tuple[str, ...] = ("numpy",)
+
     def contract(self) -> dict[str, Any]:
         return {
             "framework": self.framework,
+            "runtime": runtime_part(*self.runtime_distributions),
             "input_shape": list(self.input_shape()),
             "input_dtype": "float32",
             "layout": self.spec.layout,

@@ -24,6 +24,7 @@ _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 class KerasAdapter(ModelAdapter):
     framework = "keras"
+    runtime_distributions = ("keras", "tensorflow-cpu", "numpy")
 
     def __init__(self, spec: ModelSpec):
         super().__init__(spec)

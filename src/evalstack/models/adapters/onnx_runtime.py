@@ -13,6 +13,7 @@ from evalstack.models.adapters.base import ModelAdapter
 
 class OnnxAdapter(ModelAdapter):
     framework = "onnx"
+    runtime_distributions = ("onnxruntime", "numpy")
 
     def __init__(self, spec: ModelSpec):
         super().__init__(spec)

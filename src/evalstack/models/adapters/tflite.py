@@ -14,6 +14,7 @@ from evalstack.models.adapters.base import ModelAdapter
 
 class TFLiteAdapter(ModelAdapter):
     framework = "tflite"
+    runtime_distributions = ("ai-edge-litert", "numpy")
 
     def __init__(self, spec: ModelSpec, num_threads: int = 2):
         super().__init__(spec)

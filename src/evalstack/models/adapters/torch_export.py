@@ -38,6 +38,7 @@ def _exported_input_shape(program: "torch.export.ExportedProgram") -> tuple[int,
 
 class TorchAdapter(ModelAdapter):
     framework = "torch"
+    runtime_distributions = ("torch", "numpy")
 
     def __init__(self, spec: ModelSpec):
         super().__init__(spec)

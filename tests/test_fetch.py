@@ -349,3 +349,20 @@ def test_a_row_neither_fetched_nor_reported_failed_stops_fetch_instead_of_leavin
     with pytest.raises(FetchFailed, match=r"id 102.*neither fetched nor reported as failed"):
         fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
     assert not (tmp_path / "raw/index.json").exists()
+
+
+def test_downloads_without_a_stated_md5_wait_for_their_own_output_only(tmp_path: Path):
+    """A download area shared by checkouts (one store.dir) hands over a waiting download only when the source
+    stated its md5: bytes known by URL alone may be older than what that URL serves to another checkout."""
+    from evalstack.fetch.history import RawHistory
+    from evalstack.sources.registry import RegistryRow
+
+    store = store_in(tmp_path / "store")
+    with_md5 = RegistryRow(1, 1, "x", 0, "", "http://h/1.png", "0" * 32, "1.png", "dev")
+    by_url = RegistryRow(2, 2, "x", 0, "", "http://h/2.png", "", "2.png", "dev")
+    mine, theirs = RawHistory(store, tmp_path / "a/raw"), RawHistory(store, tmp_path / "b/raw")
+    assert mine.download_path(with_md5) == theirs.download_path(with_md5)
+    assert mine.download_path(by_url) != theirs.download_path(by_url)
+    mine.save_download(by_url, b"old bytes")
+    assert mine.has_download(by_url) and not theirs.has_download(by_url)
+    assert RawHistory(store, tmp_path / "a/raw").load_download(by_url) == b"old bytes"  # its own resume still works

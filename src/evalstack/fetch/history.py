@@ -59,8 +59,11 @@ class PreviousLayer:
 
 
 class RawHistory:
-    def __init__(self, store: ShardStore | None):
+    def __init__(self, store: ShardStore | None, out_dir: Path | None = None):
         self.store = store
+        # Downloads of rows the source states no md5 for are this output's own: with a store shared between
+        # checkouts, another checkout's copy of a URL may be older than what the URL serves now.
+        self._owner = sha256_bytes(str(Path(out_dir).resolve()).encode())[:16] if out_dir is not None else ""
         self._scratch = None if store else tempfile.TemporaryDirectory(prefix="evalstack-fetch-")
         self.directory = store.directory / "fetch" if store else Path(self._scratch.name)
         self._spill: tempfile.TemporaryDirectory | None = None  # downloads, once the store's disk is full
@@ -206,7 +209,8 @@ class RawHistory:
 
     # -- downloads awaiting a shard -------------------------------------------------------
     def download_path(self, row: RegistryRow) -> Path:
-        digest = hashlib.sha256(repr(row.identity).encode()).hexdigest()[:40]
+        identity = repr(row.identity) if row.hashlib_md5 else f"{row.identity!r}@{self._owner}"
+        digest = hashlib.sha256(identity.encode()).hexdigest()[:40]
         spilled = self._spill_path(f"{digest}.img")
         return spilled if spilled is not None and spilled.exists() else self.directory / "downloads" / f"{digest}.img"
 

@@ -130,7 +130,7 @@ def fetch_raw_layer(config: FetchConfig, out_dir: Path, store: ShardStore | None
     With `cluster` (fetch/distributed.py) the downloads run on Dask workers; the layer is the same."""
     out_dir = Path(out_dir)
     build_record, seeded = start_build(store, out_dir, RAW_KIND)  # also seeds the store from dvc.lock's layer
-    with RawHistory(store) as history:
+    with RawHistory(store, out_dir) as history:
         history.clear_stale_temp_files()
         previous = history.previous(out_dir, RAW_KIND)
         try:

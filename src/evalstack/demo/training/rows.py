@@ -10,6 +10,7 @@ reader only answers "these positions".
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator, Protocol
@@ -76,10 +77,13 @@ class LayerRows:
         with contextlib.ExitStack() as stack:
             readers: dict[int, ShardColumns] = {}
 
+            opening = threading.Lock()  # tf.data may call `read` from several threads at once
+
             def shard_reader(number: int) -> ShardColumns:
-                if number not in readers:
-                    readers[number] = stack.enter_context(self.layer.columns(shards[number]))
-                return readers[number]
+                with opening:
+                    if number not in readers:
+                        readers[number] = stack.enter_context(self.layer.columns(shards[number]))
+                    return readers[number]
 
             def read(positions: np.ndarray) -> np.ndarray:
                 wanted = self.rows[np.asarray(positions, dtype=np.int64)]
@@ -121,6 +125,10 @@ def training_rows(
         if item_shape is None:
             with ShardColumns(path, shard) as reader:
                 item_shape = tuple(reader.handle[TENSOR].shape[1:])
+                dtype = reader.handle[TENSOR].dtype
+            if dtype != np.uint8:  # the reader hands out uint8 tensors: another dtype would be cast without a word
+                raise ValueError(f"{preprocessed_dir}: the demo networks train on uint8 tensors (0–255), this layer "
+                                 f"holds {dtype}; train {model} on an image pipeline (pad_nn, thumb64)")
     names = list(items.truth(target)[chosen])
     return LayerRows(layer, chosen, label_indices(names, labels, model), item_shape)
 

@@ -203,8 +203,11 @@ class RawHistory:
         """Put an old shard's bytes at `dest` (atomically, checked against its sha256); False if they cannot be had."""
         if source is not None and source.resolve() == dest.resolve():
             return sha256_file(dest) == shard.sha256  # still in place (fetch run outside DVC)
-        if self.store is not None and self.store.materialise(shard.sha256, dest) is not None:
-            return True
+        entry = self.store.materialise(shard.sha256, dest) if self.store is not None else None
+        if entry is not None:
+            if entry.sha256 == shard.sha256:  # a raw shard's address is its own sha256
+                return True
+            dest.unlink(missing_ok=True)  # a record naming other bytes: not this shard
         return source is not None and source.is_file() and _copy_checked(source, shard.sha256, dest)
 
     # -- downloads awaiting a shard -------------------------------------------------------

@@ -235,3 +235,23 @@ def test_dvc_repro_on_a_cluster_sharing_only_the_bucket(tmp_path: Path, s3: S3En
     for address in addresses.values():
         client.head_object(Bucket=s3.bucket, Key=f"e2e/shards/{address[:2]}/{address}.json")  # raises when absent
 
+
+
+def test_a_damaged_input_blob_in_the_bucket_is_uploaded_again_and_the_shard_computed(
+        tmp_path: Path, s3: S3Endpoint, cluster):
+    """An input blob of the right size with other bytes (a damaged upload, a bad disk): the worker refuses it,
+    the client uploads its checked file over it and the task runs again; the layer is the local executor's."""
+    local, remote = fetched_twice(tmp_path, "local", "remote")
+    preprocess_layer(local.raw, local.pre, tiny_pipeline(), "lz4", name="tiny")
+    store = remote_store(tmp_path / "cache", s3, "damaged")
+    first = Layer.open(remote.raw).shards[0]
+    blob = store.remote.blob_name(first.sha256)
+    client = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1")
+    client.put_object(Bucket=s3.bucket, Key=f"damaged/{blob}", Body=b"\0" * (remote.raw / first.name).stat().st_size)
+    with open_executor({"executor": "dask", "dask": {"address": cluster.address}}, store=store) as executor:
+        built = preprocess_layer(remote.raw, remote.pre, tiny_pipeline(), "lz4", store=store, name="tiny",
+                                 executor=executor)
+    assert built.counts["shards_computed"] == len(Layer.open(remote.raw).shards)
+    assert md5s(remote.pre) == md5s(local.pre)
+    repaired = client.get_object(Bucket=s3.bucket, Key=f"damaged/{blob}")["Body"].read()
+    assert repaired == (remote.raw / first.name).read_bytes()

@@ -26,6 +26,7 @@ from evalstack.cache.objectstore import ObjectStoreUnavailable, RequestCounts
 from evalstack.cache.shardstore import SHARD_KEY_ATTR, ShardStore
 from evalstack.cache.storejobs import (
     StoreJob,
+    UpstreamUnreadable,
     derive_via_store,
     key_json,
     output_entry,
@@ -223,7 +224,16 @@ class DaskExecutor:
             except ObjectStoreUnavailable as error:
                 raise store_unreachable(error) from error
             for job in jobs:
-                result = futures[0].result()
+                try:
+                    result = futures[0].result()
+                except UpstreamUnreadable:
+                    # a blob of the input's size was there but damaged (or was removed meanwhile): the client holds
+                    # the checked file, so it uploads it over the blob and the task runs once more
+                    remote.put_blob(job.upstream_path, job.upstream.sha256, repair=True)
+                    futures[0] = self.client.submit(
+                        derive_via_store, travelling, StoreJob(job.upstream, job.out_path.name, job.address), fmt,
+                        config, blobs, pure=False, key=f"shard-{job.address[:16]}-{job.out_path.name}-again")
+                    result = futures[0].result()
                 futures.pop(0)  # done: only what is left is cancelled (the caller may not resume after the last one)
                 for name, value in result.requests.items():
                     setattr(self.worker_requests, name, getattr(self.worker_requests, name) + value)

@@ -38,6 +38,11 @@ class StoreJobError(RuntimeError):
     """A shard could not be computed through the object store (a missing input, an unreachable store)."""
 
 
+class UpstreamUnreadable(StoreJobError):
+    """The worker could not read its input from the store (gone, or bytes that do not match): the client,
+    which holds the checked file, uploads it again and retries once."""
+
+
 @dataclass(frozen=True)
 class FileBlob:
     """A file a compute reads besides its upstream shard (a model's weights), by content."""
@@ -97,7 +102,7 @@ def derive_via_store(compute: Callable, job: StoreJob, fmt: Any, config: ObjectS
     with tempfile.TemporaryDirectory(prefix="evalstack-shard-", dir=root) as scratch:
         upstream = Path(scratch) / "in" / job.upstream.name
         if not store.get_blob(job.upstream.sha256, upstream):
-            raise StoreJobError(f"{config.url}: upstream shard {job.upstream.name} (blob {job.upstream.sha256[:12]}…) "
+            raise UpstreamUnreadable(f"{config.url}: upstream shard {job.upstream.name} (blob {job.upstream.sha256[:12]}…) "
                                 "is missing from the store or its bytes do not match; the client uploads every "
                                 "upstream shard before submitting: was the prefix cleared meanwhile?")
         out = Path(scratch) / "out" / job.name
@@ -166,5 +171,5 @@ def store_unreachable(error: ObjectStoreUnavailable) -> StoreJobError:
                          "without it (check store.url/endpointurl and the network)")
 
 
-__all__ = ["FileBlob", "NeedsFiles", "StoreJob", "StoreJobError", "StoreResult", "cached_blob", "derive_via_store",
+__all__ = ["FileBlob", "NeedsFiles", "StoreJob", "StoreJobError", "StoreResult", "UpstreamUnreadable", "cached_blob", "derive_via_store",
            "output_entry", "place_output", "store_unreachable", "upload_files", "worker_config"]

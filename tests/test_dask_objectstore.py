@@ -255,3 +255,25 @@ def test_a_damaged_input_blob_in_the_bucket_is_uploaded_again_and_the_shard_comp
     assert md5s(remote.pre) == md5s(local.pre)
     repaired = client.get_object(Bucket=s3.bucket, Key=f"damaged/{blob}")["Body"].read()
     assert repaired == (remote.raw / first.name).read_bytes()
+
+
+def test_workers_load_only_the_weights_the_key_names(tmp_path: Path, monkeypatch):
+    """The compute infer sends to workers pins the weights' sha256 its key was made from: a model file replaced
+    while the stage runs is refused where it is loaded, never run under the old key (and into a shared store)."""
+    import evalstack.models.inference as inference
+    from evalstack.config import ModelError
+
+    project = Project(tmp_path / "p")
+    project.grow(3)
+    project.fetch(None)
+    preprocess_layer(project.raw, project.pre, tiny_pipeline(), "lz4", name="tiny")
+    adapter = onnx_model(project.root / "models")
+    sent = {}
+    monkeypatch.setattr(inference, "build_derived_layer", lambda *args, **kwargs: sent.setdefault("compute", args[3]))
+    infer_layer(project.pre, project.pred, adapter, executor=DaskExecutor(connect=lambda: None))
+    spec = sent["compute"].spec
+    assert spec.sha256 == adapter.weights_sha256
+    load_adapter(spec)  # the same bytes: loads
+    spec.file.write_bytes(spec.file.read_bytes() + b"\0")  # replaced meanwhile
+    with pytest.raises(ModelError, match="params.yaml expects"):
+        load_adapter(spec)

@@ -171,23 +171,18 @@ def section(suite: str, scale_name: str, figures: list[fig.Figure], tables: list
 
 
 def write_results(path: Path, suite: str, lines: list[str]) -> None:
-    """Replace this suite's part of RESULTS.md, keeping the other suite's."""
+    """Replace this suite's part of RESULTS.md and keep every other part as it is (the other suite's, and the
+    sections other bench scripts wrote by hand or by their own targets)."""
+    block = "\n".join(lines)
     text = path.read_text() if path.exists() else ""
-    parts = {name: m.group(0) for name in SUITES
-             if (m := re.search(rf"<!-- suite:{name} -->.*?<!-- /suite:{name} -->", text, flags=re.S))}
-    parts[suite] = "\n".join(lines)
-    body = "\n\n".join(parts[name] for name in SUITES if name in parts)
-    kept = _kept_section(text)
-    body += f"\n\n{kept}" if kept else ""
-    path.write_text("# Benchmark results\n\n`make bench` and `make bench-scale` each rewrite their own part of this page "
-                    "(bench/run.py). Ratios are measured side by side in one run; the machine is shared, so "
-                    "absolute times are noisy (the load average is given).\n\n" + body + "\n")
-
-
-def _kept_section(text: str) -> str:
-    """The section `make bench-detection` wrote (its own target, too long for this run): kept as it is."""
-    start, end = "<!-- detection-grid:start -->", "<!-- detection-grid:end -->"
-    return text[text.index(start) : text.index(end) + len(end)] if start in text and end in text else ""
+    pattern = re.compile(rf"<!-- suite:{suite} -->.*?<!-- /suite:{suite} -->", flags=re.S)
+    if pattern.search(text):
+        path.write_text(pattern.sub(lambda _: block, text, count=1))
+        return
+    header = ("# Benchmark results\n\n`make bench` and `make bench-scale` each rewrite their own part of this page "
+              "(bench/run.py). Ratios are measured side by side in one run; the machine is shared, so "
+              "absolute times are noisy (the load average is given).\n\n")
+    path.write_text((text.rstrip() + "\n\n" + block + "\n") if text else header + block + "\n")
 
 
 def main_suite(scratch: Path, scale: Scale, scale_name: str) -> tuple[list[fig.Figure], list[str], dict[str, str]]:

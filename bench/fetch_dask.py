@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -27,35 +26,16 @@ REPO = BENCH.parent
 sys.path[:0] = [str(REPO / "src"), str(REPO), str(BENCH)]
 
 import _items  # noqa: E402
+from fetch import server_process  # noqa: E402  (bench/fetch.py: the loopback PAD server in its own process)
 
 from evalstack.cache.objectstore import ObjectStore, ObjectStoreConfig  # noqa: E402
 from evalstack.cache.shardstore import ShardStore, StoreConfig  # noqa: E402
 from evalstack.fetch.distributed import ClusterFetch  # noqa: E402
 from evalstack.fetch.raw_layer import FetchConfig, fetch_raw_layer  # noqa: E402
 from evalstack.sources.catalog import SourceConfig  # noqa: E402
-from tests.loopback import PadServer  # noqa: E402
 from tests.servers import dask_processes, free_port, wait_for_port  # noqa: E402
 
 KEY_ID, SECRET, BUCKET = "bench", "bench-secret", "evalstack"
-
-
-def _serve(root: Path, delay: float, urls) -> None:
-    with PadServer(root, delay=delay) as server:
-        urls.put(server.url)
-        while True:
-            time.sleep(3600)
-
-
-@contextlib.contextmanager
-def pad_server(root: Path, delay: float):
-    urls = multiprocessing.Queue()
-    process = multiprocessing.Process(target=_serve, args=(root, delay, urls), daemon=True)
-    process.start()
-    try:
-        yield urls.get(timeout=60)
-    finally:
-        process.terminate()
-        process.join()
 
 
 @contextlib.contextmanager
@@ -99,7 +79,7 @@ def main() -> None:
     environment |= {"PYTHONPATH": str(REPO / "src"), "AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET,
                     "AWS_DEFAULT_REGION": "us-east-1"}
     with tempfile.TemporaryDirectory(prefix="bench-fetch-dask-") as scratch, \
-            pad_server(root, args.delay) as server_url, moto_process(Path(scratch)) as s3_url:
+            server_process(root, args.delay) as server_url, moto_process(Path(scratch)) as s3_url:
         work = Path(scratch)
         source = SourceConfig(registries={split: server_url + path.name for split, path in registries.items()})
         config = FetchConfig(source, shard_bytes=args.shard_bytes, workers=args.threads)

@@ -24,7 +24,7 @@ from evalstack.fetch.raw_layer import FetchFailed, FetchResult, fetch_raw_layer
 from tests.conftest import store_in
 from tests.loopback import Faults, PadServer
 from tests.servers import S3Endpoint, dask_processes, moto_s3
-from tests.test_fetch_http import N_CARDS, edit_registry, http_config, registry_rows
+from tests.test_fetch_http import N_CARDS, http_config, registry_rows, send_to_a_dead_host
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -128,9 +128,7 @@ def test_a_source_that_goes_away_mid_fetch_stops_it_and_keeps_the_previous_layer
         config = http_config(server, tmp_path, on_error="skip", max_skipped="90%")
         on_dask(config, tmp_path / "raw", store, dask_client)
         before = layer_files(tmp_path / "raw")
-        moved = {row["id"] for row in rows[-3:]}  # their host is down: connection refused
-        edit_registry(pad_dataset, lambda row: {**row, "url": "http://127.0.0.1:9/x.png", "hashlib_md5": "0" * 32}
-                      if row["id"] in moved else row)
+        moved = send_to_a_dead_host(pad_dataset, rows[-3:])
         for path in (tmp_path / "raw").iterdir():
             path.unlink()
         with pytest.raises(FetchFailed, match=r"the source became unreachable: .*cannot reach 127.0.0.1:9"):

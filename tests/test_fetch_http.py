@@ -52,6 +52,14 @@ def edit_registry(root: Path, edit) -> None:
             writer.writerows(row for row in map(edit, rows) if row is not None)
 
 
+def send_to_a_dead_host(root: Path, rows: list[dict]) -> set[str]:
+    """Point `rows` at a host that refuses connections (port 9 on loopback); returns their ids."""
+    moved = {row["id"] for row in rows}
+    edit_registry(root, lambda row: {**row, "url": "http://127.0.0.1:9/x.png", "hashlib_md5": "0" * 32}
+                  if row["id"] in moved else row)
+    return moved
+
+
 def shard_bytes(layer_dir: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(layer_dir.glob("*.h5"))}
 
@@ -284,9 +292,7 @@ def test_a_source_that_goes_away_mid_fetch_stops_it_and_keeps_the_previous_layer
         config = http_config(server, tmp_path, on_error="skip", max_skipped="90%")
         fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
         before = shard_bytes(tmp_path / "raw")
-        moved = {row["id"] for row in rows[-3:]}  # their host is down: connection refused
-        edit_registry(pad_dataset, lambda row: {**row, "url": "http://127.0.0.1:9/x.png", "hashlib_md5": "0" * 32}
-                      if row["id"] in moved else row)
+        send_to_a_dead_host(pad_dataset, rows[-3:])  # their host is down: connection refused
         for path in (tmp_path / "raw").iterdir():
             path.unlink()
         with pytest.raises(FetchFailed, match=r"the source became unreachable: .*cannot reach 127.0.0.1:9"):

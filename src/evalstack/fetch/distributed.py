@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from evalstack.cache.objectstore import ObjectStore, ObjectStoreConfig, ObjectStoreError
 from evalstack.core.keys import sha256_bytes
-from evalstack.fetch.downloads import AREA, Arrival, DownloadOutcome, Failure, download_items, is_local
+from evalstack.fetch.downloads import AREA, Arrival, DownloadOutcome, Failure, chunks, download_items, is_local
 from evalstack.fetch.history import RawHistory
 from evalstack.sources.images import check_image
 from evalstack.sources.registry import RegistryRow, SourceError
@@ -200,22 +200,11 @@ def download_on_cluster(listing: Any, transport: Transport, history: RawHistory,
     return DownloadOutcome(local.downloaded + remote.downloaded, failures, remote.unreachable, remote.activity)
 
 
-def _runs(rows: Iterable[RegistryRow], size: int) -> Iterator[list[RegistryRow]]:
-    run: list[RegistryRow] = []
-    for row in rows:
-        run.append(row)
-        if len(run) == size:
-            yield run
-            run = []
-    if run:
-        yield run
-
-
 def _download_remote(rows: Iterable[RegistryRow], cluster: ClusterFetch, history: RawHistory,
                      settings: WorkerSettings, record: Callable[[list[Arrival]], None]) -> DownloadOutcome:
     outcome = DownloadOutcome()
     activity = {"worker_http_gets": 0, "worker_http_retries": 0, "worker_bytes_read": 0, "packs": 0, "pack_bytes": 0}
-    runs = _runs(rows, cluster.rows_per_task)
+    runs = chunks(rows, cluster.rows_per_task)
     first = next(runs, None)
     if first is None:
         return outcome

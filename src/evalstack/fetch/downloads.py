@@ -100,7 +100,7 @@ def download_items(
     workers = max(1, workers)
     with tqdm(total=total, desc="fetch", unit="card", disable=total == 0) as progress, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
-        for future in _bounded(pool, fetch_chunk, _chunks(rows, _CHUNK_ROWS), in_flight=2 * workers):
+        for future in _bounded(pool, fetch_chunk, chunks(rows, _CHUNK_ROWS), in_flight=2 * workers):
             results = future.result()
             for row, result in results:
                 if isinstance(result, SourceError):
@@ -122,7 +122,8 @@ def download_items(
     return outcome
 
 
-def _chunks(rows: Iterable[RegistryRow], size: int) -> Iterator[list[RegistryRow]]:
+def chunks(rows: Iterable[RegistryRow], size: int) -> Iterator[list[RegistryRow]]:
+    """Consecutive runs of `size` rows (the last may be shorter), streamed."""
     chunk: list[RegistryRow] = []
     for row in rows:
         chunk.append(row)

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from evalstack.cache.dvcfiles import locked_layer_for, shard_files
 from evalstack.cache.executors import Executor, LocalExecutor, OutputFormat, ShardJob, derive_shard
-from evalstack.cache.shardstore import ShardStore, StoreEntry, derivation_key
+from evalstack.cache.shardstore import ShardStore, derivation_key
+from evalstack.cache.storejobs import key_json, output_entry
 from evalstack.core.keys import Key, explain_change, sha256_file
 from evalstack.core.layers import INDEX_NAME, Layer, LayerIndex, LayerWriter, ShardInfo, StoreError
 
@@ -118,8 +119,8 @@ def build_derived_layer(
             writer.add_existing(info.name, info.sha256, upstream=job.upstream.sha256)
             if store is not None and not (put_by_executor and job.upstream.name not in hits):
                 store.stamps.remember(job.out_path, info.sha256)
-                entry = StoreEntry(job.address, info.sha256, job.out_path.stat().st_size, info.n_items, spec.kind,
-                                   _key_json(spec.key), job.upstream.sha256)
+                entry = output_entry(spec.kind, key_json(spec.key), job.address, job.upstream, info,
+                                     job.out_path.stat().st_size)
                 store.put(entry, job.out_path)
             log.add(info, job.upstream, computed=True)
     writer.stats = {**spec.stats, spec.work: sum(shard.n_items for shard in writer.shards)}
@@ -176,7 +177,7 @@ def _record_from_index(index: LayerIndex, source: str) -> dict[str, Any]:
     """A build record reconstructed from a layer index (derived shards have their upstream's item count)."""
     return {
         "source": source,
-        "key": _key_json(index.key) | {"hex": index.key.hex},
+        "key": key_json(index.key) | {"hex": index.key.hex},
         "shards": [
             {"name": s.name, "sha256": s.sha256, "n_items": s.n_items, "upstream": s.upstream, "upstream_items": s.n_items}
             for s in index.shards
@@ -238,7 +239,7 @@ class BuildLog:
             "layer": str(Path(out_dir).resolve()),
             "label": self.label,
             "kind": self.kind,
-            "key": _key_json(self.key) | {"hex": self.key.hex},
+            "key": key_json(self.key) | {"hex": self.key.hex},
             "index_sha256": sha256_file(Path(out_dir) / INDEX_NAME),
             # what changes are explained against: the last build here ("store"), the layer that was
             # in place ("layer"), the version dvc.lock records ("dvc.lock"), or nothing (None)
@@ -303,6 +304,3 @@ def _installed_version() -> str:
 def _items(n: int) -> str:
     return f"{n} item" if n == 1 else f"{n} items"
 
-
-def _key_json(key: Key) -> dict[str, Any]:
-    return {"kind": key.kind, "parts": key.parts}

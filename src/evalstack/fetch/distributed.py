@@ -29,13 +29,14 @@ import sys
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from tqdm import tqdm
 
 from evalstack.cache.objectstore import ObjectStore, ObjectStoreConfig, ObjectStoreError
+from evalstack.cache.storejobs import worker_config
 from evalstack.core.keys import sha256_bytes
 from evalstack.fetch.downloads import AREA, Arrival, DownloadOutcome, Failure, chunks, download_items, is_local
 from evalstack.fetch.history import RawHistory
@@ -174,7 +175,7 @@ class ClusterFetch:
 
     def worker_store(self) -> ObjectStoreConfig:
         # Credentials stay here: tasks travel pickled, and a worker's credentials are its own environment's.
-        return replace(self.store.config, credentials={}, required=True)
+        return worker_config(self.store.config)
 
 
 def download_on_cluster(listing: Any, transport: Transport, history: RawHistory, cluster: ClusterFetch,

@@ -8,6 +8,14 @@ from PIL import Image
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# `make test` runs two test processes on two cores, each driving stage subprocesses; torch's OpenMP pool
+# and OpenBLAS then spin on a core the other process needs. Measured: two tiny `dvc repro` side by side
+# took 56.0 s each with the default pools, 51.7 s with one thread each. Every build in a run has the same
+# setting, so builds compared with each other are unaffected; test_readme_figures builds with the default
+# pools, as `make repro` does, because the README's figures come from there.
+SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+for _name, _value in SINGLE_THREAD.items():
+    os.environ.setdefault(_name, _value)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,9 +26,11 @@ REPO = Path(__file__).resolve().parents[1]
 # is what waits behind the differential test.
 LONGEST_FIRST = (
     "test_e2e_differential.py", "test_readme_figures.py", "test_catalogue.py", "test_e2e_repro.py",
-    "test_e2e_share.py", "test_e2e_template.py", "test_e2e_detection_torchvision.py", "test_e2e_detection.py",
-    "test_e2e_detection_yolo.py", "test_e2e_models.py", "test_e2e_robustness.py", "test_e2e_incremental.py",
-    "test_e2e_objectstore.py",
+    "test_e2e_template.py", "test_e2e_detection_torchvision.py", "test_e2e_detection.py",
+    "test_e2e_detection_yolo.py", "test_e2e_models.py", "test_e2e_robustness.py",
+    # after test_e2e_repro by a few files: both start from one shared build, which test_e2e_repro's
+    # worker makes while the other one runs other files instead of waiting on the lock
+    "test_e2e_share.py", "test_e2e_incremental.py", "test_e2e_objectstore.py",
 )
 
 
@@ -61,6 +71,18 @@ def pad_dataset(pad_dataset_master: Path, tmp_path: Path) -> Path:
     import shutil
 
     return Path(shutil.copytree(pad_dataset_master, tmp_path / "source"))
+
+
+@pytest.fixture(scope="session")
+def tiny_first_build(tmp_path_factory):
+    """The tiny default project after its first `dvc repro`, built once per test run (shared by xdist
+    workers through their common temp parent); copy it with `tests.e2e.copy_build` before changing it."""
+    from tests.e2e import first_build
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    return first_build(shared / "tiny_first_build")
 
 
 def store_in(directory: Path):

@@ -1,11 +1,14 @@
 """Helpers for end-to-end tests: a temp copy of the template driven by the real dvc CLI."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +30,14 @@ TINY_PARAMS: dict[str, Any] = {
 }
 
 
-def env(cwd: Path | None = None) -> dict[str, str]:
+THREAD_CAPS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")  # tests/conftest.py sets them
+
+
+def env(cwd: Path | None = None, default_threads: bool = False) -> dict[str, str]:
     environment = dict(os.environ)
+    if default_threads:  # the libraries' own thread pools, as a user's shell has them
+        for name in THREAD_CAPS:
+            environment.pop(name, None)
     project = _project_of(cwd) if cwd is not None else None
     if project is not None:  # stages run the project's own library (the code DVC tracks), not the installed one
         environment["PYTHONPATH"] = str(project / "src")
@@ -49,8 +58,9 @@ def _project_of(cwd: Path) -> Path | None:
     return None
 
 
-def run(cwd: Path, *args: str, check: bool = True, env_columns: int | None = None) -> subprocess.CompletedProcess:
-    environment = env(cwd)
+def run(cwd: Path, *args: str, check: bool = True, env_columns: int | None = None,
+        default_threads: bool = False) -> subprocess.CompletedProcess:
+    environment = env(cwd, default_threads)
     if env_columns:
         environment["COLUMNS"] = str(env_columns)  # the terminal width rich lays DVC's tables out for
     result = subprocess.run(args, cwd=cwd, env=environment, capture_output=True, text=True)
@@ -88,6 +98,40 @@ def make_project(root: Path, overrides: dict[str, Any] | None = None, tiny: bool
     run(root, "git", "add", "-A")
     run(root, "git", "commit", "-qm", "template")
     return root
+
+
+@dataclass(frozen=True)
+class FirstBuild:
+    """The tiny default project right after its first `dvc repro`, committed. Tests copy it (`copy_build`)."""
+    root: Path
+    stages_run: set[str]  # what that first `dvc repro` ran
+    git_status: set[str]  # `git status --porcelain` right after it, before the commit
+
+
+def first_build(shared: Path) -> FirstBuild:
+    """Build the tiny default project once in `shared` for every test process that asks (a file lock
+    serialises pytest-xdist's workers; the second one finds the build done). Two test files used to build
+    this same project each, ~50 s of the suite's CPU apiece."""
+    shared.mkdir(parents=True, exist_ok=True)
+    done = shared / "first_build.json"
+    with open(shared / "first_build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            root = make_project(shared / "project")
+            ran = stages_run(run(root, "dvc", "repro").stdout)
+            status = run(root, "git", "status", "--porcelain").stdout.splitlines()
+            run(root, "git", "add", "-A")
+            run(root, "git", "commit", "-qm", "first repro")
+            done.write_text(json.dumps({"stages_run": sorted(ran), "git_status": status}))
+    recorded = json.loads(done.read_text())
+    return FirstBuild(shared / "project", set(recorded["stages_run"]), set(recorded["git_status"]))
+
+
+def copy_build(build: FirstBuild, destination: Path) -> Path:
+    """A private copy of the built project (workspace, git, DVC cache, run-cache and shard store) at
+    another path, as if it had been built there: nothing in a project names its own absolute path."""
+    shutil.copytree(build.root, destination, symlinks=True)
+    return destination
 
 
 def make_detection_project(root: Path, overrides: dict[str, Any]) -> Path:

@@ -127,7 +127,11 @@ class Differential:
     def commit(self, message: str) -> None:
         run(self.origin, "git", "add", "-A")
         run(self.origin, "git", "commit", "-qm", message, "--allow-empty")
-        run(self.origin, "dvc", "push", "-q")
+        # The scratch clones pull the user's model file; every commit's outputs go to the remote once,
+        # before the colleague's pull (`dvc push --all-commits`), not after each step.
+        changed = run(self.origin, "git", "diff", "--name-only", "HEAD~1", "HEAD", check=False).stdout.split()
+        if "models/mine.pt2.dvc" in changed:
+            run(self.origin, "dvc", "push", "-q", "models/mine.pt2.dvc")
 
     # -- a step --------------------------------------------------------------------------------
     def step(self, name: str, edits: list[str], apply: Callable[[], None] | None = None,
@@ -338,7 +342,7 @@ def _edit_sequence(d: Differential, origin: Path) -> None:
     d.step("dvc exp run -S", ["dvc exp run -S preprocess.pipelines.thumb32.resample=lanczos"],
            command=("dvc", "exp", "run", "-S", "preprocess.pipelines.thumb32.resample=lanczos"))
 
-    run(origin, "dvc", "push", "-q", "--run-cache")
+    run(origin, "dvc", "push", "-q", "--all-commits", "--run-cache")
     colleague = d.root / "colleague"
     run(d.root, "git", "clone", "-q", str(origin), str(colleague))
     # The run records, and the outputs of every commit they point to (run records alone restore nothing).

@@ -1,12 +1,11 @@
 """The template end to end: the real dvc CLI on a temp copy with tiny data."""
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.e2e import make_project, mtimes, output_digests, run, set_param, stages_run
+from tests.e2e import FirstBuild, copy_build, mtimes, output_digests, run, set_param, stages_run
 
 pytestmark = pytest.mark.slow
 
@@ -26,25 +25,16 @@ MEASURED = {f"data/latency/{m}.json" for m in MODELS}
 TO_COMMIT = {"?? dvc.lock", "?? metrics/", "?? robustness/models/"}
 
 
-@dataclass(frozen=True)
-class FirstRun:
-    root: Path
-    git_status: set[str]  # `git status --porcelain` right after the first `dvc repro`
+@pytest.fixture(scope="module")
+def first_run(tiny_first_build: FirstBuild, tmp_path_factory) -> FirstBuild:
+    """The session's first `dvc repro` of the tiny default (test_e2e_share starts from it too), copied."""
+    assert tiny_first_build.stages_run == ALL_STAGES
+    root = copy_build(tiny_first_build, tmp_path_factory.mktemp("e2e") / "project")
+    return FirstBuild(root, tiny_first_build.stages_run, tiny_first_build.git_status)
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory) -> FirstRun:
-    root = make_project(tmp_path_factory.mktemp("e2e") / "project")
-    result = run(root, "dvc", "repro")
-    assert stages_run(result.stdout) == ALL_STAGES
-    status = set(run(root, "git", "status", "--porcelain").stdout.splitlines())
-    run(root, "git", "add", "-A")
-    run(root, "git", "commit", "-qm", "first repro")
-    return FirstRun(root, status)
-
-
-@pytest.fixture(scope="module")
-def project(first_run: FirstRun) -> Path:
+def project(first_run: FirstBuild) -> Path:
     return first_run.root
 
 
@@ -62,7 +52,7 @@ def test_repro_produces_metrics_for_every_model(project: Path):
     assert "tflite_cnn.json" in shown and "accuracy" in shown
 
 
-def test_first_run_leaves_only_what_a_user_commits_and_a_clean_status(first_run: FirstRun):
+def test_first_run_leaves_only_what_a_user_commits_and_a_clean_status(first_run: FirstBuild):
     assert first_run.git_status == TO_COMMIT
     assert run(first_run.root, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
 

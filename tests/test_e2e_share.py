@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.e2e import clone, commit_and_push, make_project, output_digests, run, set_param, stages_run
+from tests.e2e import FirstBuild, clone, commit_and_push, copy_build, output_digests, run, set_param, stages_run
 from tests.servers import moto_s3, openssh_server, require_program
 
 pytestmark = pytest.mark.slow
@@ -42,15 +42,16 @@ class Remote:
 
 
 @pytest.fixture(scope="module")
-def team(tmp_path_factory) -> Team:
+def team(tiny_first_build: FirstBuild, tmp_path_factory) -> Team:
     base = tmp_path_factory.mktemp("share")
     origin = base / "origin.git"
     run(base, "git", "init", "-q", "--bare", "-b", "main", str(origin))
-    a = make_project(base / "a")
+    # The session's first `dvc repro` of the tiny default (test_e2e_repro checks it), copied; remotes after.
+    assert {"synth", *EVALUATE_STAGES} <= tiny_first_build.stages_run
+    a = copy_build(tiny_first_build, base / "a")
     run(a, "git", "remote", "add", "origin", str(origin))
     run(a, "dvc", "remote", "add", "-d", "storage", str(base / "storage"))  # the README's default
-    assert {"synth", *EVALUATE_STAGES} <= stages_run(run(a, "dvc", "repro").stdout)
-    commit_and_push(a, "first repro")
+    commit_and_push(a, "the team's remotes")
     return Team(base, origin, a)
 
 

@@ -5,7 +5,9 @@ real run; this test builds the default project from nothing (400 cards, every st
 2 cores) and fails when the README's block differs. The light install (`make repro`, torch 2.13.0 CPU)
 and the detection install this test runs in (torch 2.14.1) gave the same figures (2026-12-04, before the kernel cap below; not measured again since).
 A failure names the CPU and the demo models' digests: training caps its kernels at AVX2
-(`evalstack.demo.training`) because uncapped, CI's CPU trained other weights than this machine.
+(`evalstack.demo.training`) because uncapped, CI's CPU trained other weights than this machine, and it
+trains on one thread because torch's default pool (a thread per core) made the weights depend on the
+machine's core count (torch_cnn 0.846 with two threads, 0.808 with one).
 """
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from evalstack.core.kinds import PREPROCESSED_KIND
 from evalstack.core.layers import Layer, read_column
+from evalstack.demo.training import one_thread_torch
 from evalstack.demo.training.torch_program import save_program
 from evalstack.preprocess.letterbox import PLACEMENT_COLUMNS, placements
 from evalstack.sources.coco import read_ground_truth
@@ -146,6 +147,7 @@ def _flip(images: torch.Tensor, targets: torch.Tensor, n_classes: int) -> tuple[
 
 
 def train_detector(data: TrainingSet, n_classes: int, config: DetectorTrainConfig, out: Path) -> None:
+    one_thread_torch()
     torch.manual_seed(config.seed)
     torch.use_deterministic_algorithms(True)
     size = data.images.shape[1]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evalstack.core.atomic import atomic_write_bytes
-from evalstack.demo.training import portable_kernels
+from evalstack.demo.training import one_thread_tensorflow, one_thread_torch, portable_kernels
 from evalstack.demo.training.rows import RowReader, TrainingRows, training_rows
 from evalstack.demo.training.torch_program import save_program
 from evalstack.models.adapters.keras_model import canonical_keras_archive
@@ -100,6 +100,7 @@ def keras_batches(data: TrainingRows, read: RowReader, config: TrainConfig) -> "
 
 def fit_keras_cnn(data: TrainingRows, n_classes: int, config: TrainConfig) -> "keras.Model":
     """The tiny CNN trained on `data`'s uint8 tensors, streamed a batch at a time."""
+    one_thread_tensorflow()
     model = keras_cnn(data.item_shape, n_classes, config)
     with data.open() as read:
         model.fit(keras_batches(data, read, config), epochs=config.epochs, verbose=2)
@@ -136,6 +137,7 @@ def train_torch_export(data: TrainingRows, n_classes: int, config: TrainConfig, 
     import torch
     from torch import nn
 
+    one_thread_torch()
     torch.manual_seed(config.seed)
     torch.use_deterministic_algorithms(True)
     height = data.item_shape[0]

@@ -2,20 +2,21 @@ import io
 import os
 from pathlib import Path
 
-import numpy as np
-import pytest
-from PIL import Image
+from tests.e2e import THREAD_CAPS
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # `make test` runs two test processes on two cores, each driving stage subprocesses; torch's OpenMP pool
 # and OpenBLAS then spin on a core the other process needs. Measured: two tiny `dvc repro` side by side
 # took 56.0 s each with the default pools, 51.7 s with one thread each. Every build in a run has the same
-# setting, so builds compared with each other are unaffected; test_readme_figures builds with the default
-# pools, as `make repro` does, because the README's figures come from there.
-SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-for _name, _value in SINGLE_THREAD.items():
-    os.environ.setdefault(_name, _value)
+# setting, so builds compared with each other are unaffected. The README's figures come from `make repro`
+# with the default pools, so test_readme_figures, built under this cap, also shows they do not depend on it.
+for _name in THREAD_CAPS:  # before numpy loads OpenBLAS in this process
+    os.environ.setdefault(_name, "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

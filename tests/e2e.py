@@ -30,14 +30,11 @@ TINY_PARAMS: dict[str, Any] = {
 }
 
 
-THREAD_CAPS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")  # tests/conftest.py sets them
+THREAD_CAPS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")  # tests/conftest.py caps them at one
 
 
-def env(cwd: Path | None = None, default_threads: bool = False) -> dict[str, str]:
+def env(cwd: Path | None = None) -> dict[str, str]:
     environment = dict(os.environ)
-    if default_threads:  # the libraries' own thread pools, as a user's shell has them
-        for name in THREAD_CAPS:
-            environment.pop(name, None)
     project = _project_of(cwd) if cwd is not None else None
     if project is not None:  # stages run the project's own library (the code DVC tracks), not the installed one
         environment["PYTHONPATH"] = str(project / "src")
@@ -58,9 +55,8 @@ def _project_of(cwd: Path) -> Path | None:
     return None
 
 
-def run(cwd: Path, *args: str, check: bool = True, env_columns: int | None = None,
-        default_threads: bool = False) -> subprocess.CompletedProcess:
-    environment = env(cwd, default_threads)
+def run(cwd: Path, *args: str, check: bool = True, env_columns: int | None = None) -> subprocess.CompletedProcess:
+    environment = env(cwd)
     if env_columns:
         environment["COLUMNS"] = str(env_columns)  # the terminal width rich lays DVC's tables out for
     result = subprocess.run(args, cwd=cwd, env=environment, capture_output=True, text=True)

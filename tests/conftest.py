@@ -2,7 +2,7 @@ import io
 import os
 from pathlib import Path
 
-from tests.e2e import THREAD_CAPS
+from tests.e2e import THREAD_CAPS, first_build
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -78,8 +78,6 @@ def pad_dataset(pad_dataset_master: Path, tmp_path: Path) -> Path:
 def tiny_first_build(tmp_path_factory):
     """The tiny default project after its first `dvc repro`, built once per test run (shared by xdist
     workers through their common temp parent); copy it with `tests.e2e.copy_build` before changing it."""
-    from tests.e2e import first_build
-
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         shared = shared.parent

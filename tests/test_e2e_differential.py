@@ -129,7 +129,7 @@ class Differential:
         run(self.origin, "git", "commit", "-qm", message, "--allow-empty")
         # The scratch clones pull the user's model file; every commit's outputs go to the remote once,
         # before the colleague's pull (`dvc push --all-commits`), not after each step.
-        changed = run(self.origin, "git", "diff", "--name-only", "HEAD~1", "HEAD", check=False).stdout.split()
+        changed = run(self.origin, "git", "diff", "--name-only", "HEAD~1", "HEAD").stdout.split()
         if "models/mine.pt2.dvc" in changed:
             run(self.origin, "dvc", "push", "-q", "models/mine.pt2.dvc")
 

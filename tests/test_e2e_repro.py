@@ -1,4 +1,5 @@
 """The template end to end: the real dvc CLI on a temp copy with tiny data."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -29,8 +30,8 @@ TO_COMMIT = {"?? dvc.lock", "?? metrics/", "?? robustness/models/"}
 def first_run(tiny_first_build: FirstBuild, tmp_path_factory) -> FirstBuild:
     """The session's first `dvc repro` of the tiny default (test_e2e_share starts from it too), copied."""
     assert tiny_first_build.stages_run == ALL_STAGES
-    root = copy_build(tiny_first_build, tmp_path_factory.mktemp("e2e") / "project")
-    return FirstBuild(root, tiny_first_build.stages_run, tiny_first_build.git_status)
+    return dataclasses.replace(tiny_first_build,
+                               root=copy_build(tiny_first_build, tmp_path_factory.mktemp("e2e") / "project"))
 
 
 @pytest.fixture(scope="module")

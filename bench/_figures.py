@@ -60,6 +60,9 @@ def best_of(repeats: int, action: Callable[[], object]) -> float:
     return min(times)
 
 
+DEMO_STAGE_KINDS = ("synth", "train")  # the demo's own cards and networks (fit_pls and export_onnx are seconds)
+
+
 # -- P10, P1, P2 (bench/_full.py), P12 (bench/_p12.py), P3, P4 -------------------------------
 def full_figures(result, scale: str) -> list[Figure]:
     """P10, P1 and P2 from one bench/_full.py run."""
@@ -70,8 +73,12 @@ def full_figures(result, scale: str) -> list[Figure]:
     for stage, seconds in cold.seconds.items():
         kinds[stage.split("@")[0]] = kinds.get(stage.split("@")[0], 0.0) + seconds
     by_kind = ", ".join(f"{kind} {seconds:.0f} s" for kind, seconds in sorted(kinds.items(), key=lambda item: -item[1]))
-    minutes = cold.total / 60
+    # The issue's P10 leaves out what only the demo needs (making cards, training the demo networks): a user
+    # brings data and models. Those are reported apart, in the detail.
+    demo = {stage: seconds for stage, seconds in cold.seconds.items() if stage.split("@")[0] in DEMO_STAGE_KINDS}
+    minutes = (cold.total - sum(demo.values())) / 60
     eval_only = result.naive / result.eval_only
+    restated = result.naive / max(result.eval_only - result.eval_noop, 1e-3)
     rerun, p2_cold = result.rerun.total, result.p2_cold
     new_items = result.grown - result.cards
     tail = {stage: counts["items_computed"] - new_items for stage, counts in result.recomputed.items()}
@@ -80,14 +87,22 @@ def full_figures(result, scale: str) -> list[Figure]:
     extra = max(tail.values())
     accuracy = ", ".join(f"{model} {value:.4f}" for model, value in result.accuracies.items())
     return [
-        Figure("P10", f"the whole template cold at {result.cards} cards (every stage of dvc.yaml), minutes", minutes,
-               "≤ 15 min", minutes <= 15, f"{cold.total:.0f} s; by stage kind: {by_kind}; longest stages: {top}", scale),
+        Figure("P10", f"the whole template cold at {result.cards} cards, demo synthesis and training excluded, "
+               "minutes", minutes, "≤ 15 min", minutes <= 15,
+               f"{cold.total - sum(demo.values()):.0f} s without the demo's {sum(demo.values()):.0f} s "
+               f"({', '.join(f'{stage} {seconds:.0f} s' for stage, seconds in demo.items())}); every stage "
+               f"{cold.total:.0f} s; by stage kind: {by_kind}; longest stages: {top}", scale),
         Figure("P1", f"eval-only param change, {result.cards} cards: naive script / `dvc repro`", eval_only, "≥ 150×",
                eval_only >= 150, f"naive {result.naive:.1f} s, evalstack {result.eval_only:.2f} s; trained models, dev "
                f"accuracy equal in both: {accuracy}", scale),
+        Figure("P1 − no-op", "the same, naive script / (`dvc repro` − a no-op `dvc repro` of the same targets) "
+               "(the proposed restatement)", restated, "≥ 150×", restated >= 150,
+               f"no-op `dvc repro` {result.eval_noop:.2f} s (median of 3), so evalstack's own share of the rerun is "
+               f"{result.eval_only - result.eval_noop:.2f} s", scale),
         Figure("P2", f"+5% items, {result.cards} → {result.grown} cards: rerun time / cold time", rerun / p2_cold,
                "≤ 0.06", rerun / p2_cold <= 0.06, f"cold {p2_cold:.1f} s (the same stages in the P10 run), rerun "
-               f"{rerun:.1f} s; recomputed: {tail_text}", scale),
+               f"{rerun:.1f} s, a no-op rerun {result.rerun_noop:.2f} s (rerun − no-op: "
+               f"{(rerun - result.rerun_noop) / p2_cold:.3f} of cold); recomputed: {tail_text}", scale),
         Figure("P2", f"+5% items, {result.cards} → {result.grown} cards: pushed bytes rerun / cold",
                result.rerun_bytes / result.cold_bytes, "≤ 0.06", result.rerun_bytes / result.cold_bytes <= 0.06,
                f"DVC cache gained {result.rerun_bytes / 1e6:.0f} MB vs {result.cold_bytes / 1e6:.0f} MB of those stages' "

@@ -13,6 +13,7 @@ the claims).
 
     BENCH_SCALE=small PYTHONPATH=src python bench/run.py [--suite main|scale]
     BENCH_CARDS=2000 make bench          # P10, P1 and P2 at another dataset size
+    PYTHONPATH=src python bench/run.py --scripts fetch.py ragged.py   # the figures, and only these scripts
 
 Generated sources are kept in bench/out between runs (bench/out/items: P12's images and model);
 delete them to measure from nothing.
@@ -63,6 +64,8 @@ KNOWN_CAUSES = {
           "process per evaluate stage (~0.6 s each), reading the raw layer's truth columns; at 8,001 cards the naive "
           "script's work is ~340 s, so ≥ 150× needs the rerun under ~2.3 s. At small sizes the naive run is short and "
           "no ratio near 150 is possible",
+    "P1 − no-op": "what remains is one Python process per evaluate stage (interpreter, imports, reading the raw "
+                  "layer's truth columns) and DVC hashing each stage's outputs and rewriting dvc.lock after it",
     "P2": "fixed per-run costs (each stage's process start-up and framework import, DVC's checks, the listing and the "
           "previous raw layer's rows read again) do not shrink with the 5% of new work, and the last, partial shard of "
           "each layer is rewritten on an append (content-defined shard ends); at small sizes they dominate",
@@ -150,6 +153,7 @@ def section(suite: str, scale_name: str, figures: list[fig.Figure], tables: list
     title = {"main": "`make bench`", "scale": "`make bench-scale` (P12)"}[suite]
     lines = [f"<!-- suite:{suite} -->", f"## {title}", "", *machine(),
              f"- scale: BENCH_SCALE={scale_name}; whole run {seconds / 60:.1f} min",
+             f"- command: `python bench/{' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}`",
              f"- load average (1, 5, 15 min; 2 cores shared with other jobs): {loads[0]} before, {loads[1]} after", "",
              "| figure | what | value | goal | verdict | detail |", "|---|---|---|---|---|---|"]
     for f in figures:
@@ -185,7 +189,8 @@ def write_results(path: Path, suite: str, lines: list[str]) -> None:
     path.write_text((text.rstrip() + "\n\n" + block + "\n") if text else header + block + "\n")
 
 
-def main_suite(scratch: Path, scale: Scale, scale_name: str) -> tuple[list[fig.Figure], list[str], dict[str, str]]:
+def main_suite(scratch: Path, scale: Scale, scale_name: str,
+               chosen: list[Path]) -> tuple[list[fig.Figure], list[str], dict[str, str]]:
     import _full
 
     figures: list[fig.Figure] = []
@@ -213,7 +218,7 @@ def main_suite(scratch: Path, scale: Scale, scale_name: str) -> tuple[list[fig.F
 
     safely(figures, full)
     shutil.rmtree(scratch / f"full{scale.cards}", ignore_errors=True)
-    for script in scripts():
+    for script in chosen:
         print(f"    running bench/{script.name}", flush=True)
         output, took = run_script(script, [], scale_name)
         outputs[f"{script.name} ({took:.0f} s)"] = output
@@ -242,6 +247,9 @@ def scale_suite(scratch: Path, scale: Scale, scale_name: str) -> tuple[list[fig.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=SUITES, default="main")
+    parser.add_argument("--scripts", nargs="*", metavar="NAME",
+                        help="main suite: which bench scripts to run after the figures (default: all; none: "
+                             "`--scripts` alone). Each script's own section of RESULTS.md keeps its last run.")
     args = parser.parse_args()
     scale_name = os.environ.get("BENCH_SCALE", "full")
     if scale_name not in SCALES:
@@ -254,7 +262,14 @@ def main() -> None:
     shutil.rmtree(scratch, ignore_errors=True)
     started, load_before = time.monotonic(), load()
     print(f"suite {args.suite}, BENCH_SCALE={scale_name}; projects under {scratch}; load {load_before}", flush=True)
-    figures, tables, outputs = (main_suite if args.suite == "main" else scale_suite)(scratch, scale, scale_name)
+    chosen = scripts() if args.scripts is None else [BENCH / name for name in args.scripts]
+    missing = [path.name for path in chosen if not path.is_file()]
+    if missing:
+        raise SystemExit(f"--scripts: no such bench script {missing}; choose among {[p.name for p in scripts()]}")
+    if args.suite == "main":
+        figures, tables, outputs = main_suite(scratch, scale, scale_name, chosen)
+    else:
+        figures, tables, outputs = scale_suite(scratch, scale, scale_name)
     seconds = time.monotonic() - started
     lines = section(args.suite, scale_name, figures, tables, outputs, seconds, (load_before, load()))
     write_results(BENCH / "RESULTS.md", args.suite, lines)

@@ -232,7 +232,7 @@ def p5_tensor_read(project: Path, scratch: Path, scale: str) -> Figure:
     than a fresh copy of the same bytes), and that is not the format's doing.
     """
     from evalstack.core.hashstamps import HashStamps
-    from evalstack.core.layers import INDEX_NAME, Layer, ShardColumns, read_column, write_shard
+    from evalstack.core.layers import INDEX_NAME, Layer, ShardColumns, read_column, remembered_checks, write_shard
 
     source = Layer.open(project / "data/preprocessed/pad_nn")
     copy = scratch / "layer"
@@ -249,7 +249,7 @@ def p5_tensor_read(project: Path, scratch: Path, scale: str) -> Figure:
 
     def read_layer() -> None:
         for shard in layer.shards:
-            with ShardColumns(layer.check_shard(shard, stamps.sha256), shard) as reader:
+            with ShardColumns(layer.check_shard(shard, **remembered_checks(stamps)), shard) as reader:
                 reader.read("x")
 
     def read_through_h5py() -> None:  # what the readers did before the index located the tensors

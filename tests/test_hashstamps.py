@@ -49,3 +49,41 @@ def test_remembered_and_cleared_stamps(tmp_path: Path, reads: list[Path]):
     assert stamps.sha256(shard) == "a" * 64 and reads == []
     stamps.clear()
     assert stamps.sha256(shard) == hashlib.sha256(b"written by this process").hexdigest() and len(reads) == 1
+
+
+def test_a_fact_is_remembered_beside_the_sha256_until_the_file_changes(tmp_path: Path, reads: list[Path]):
+    stamps, shard = HashStamps(tmp_path / "stamps"), tmp_path / "00000.h5"
+    shard.write_bytes(b"four items")
+    counted: list[Path] = []
+
+    def count(path: Path) -> int:
+        counted.append(path)
+        return len(path.read_bytes().split())
+
+    assert stamps.sha256(shard) == hashlib.sha256(b"four items").hexdigest()
+    assert [stamps.fact(shard, "n_items", count) for _ in range(3)] == [2, 2, 2] and counted == [shard]
+    assert stamps.sha256(shard) and len(reads) == 1  # remembering the count kept the sha256
+    shard.write_bytes(b"now three words")  # a rewrite: every fact is read again
+    assert stamps.fact(shard, "n_items", count) == 3 and len(counted) == 2
+    assert stamps.sha256(shard) == hashlib.sha256(b"now three words").hexdigest() and len(reads) == 2
+
+
+def test_checking_a_shard_twice_opens_its_header_once(tmp_path: Path, monkeypatch):
+    from evalstack.core import layers
+    from evalstack.core.layers import Layer, remembered_checks
+    from tests.layers import Project
+
+    project = Project(tmp_path / "project")
+    project.grow(6)
+    project.fetch(None)
+    layer = Layer.open(project.raw)
+    opened: list[Path] = []
+    real = layers.read_item_count
+    monkeypatch.setattr(layers, "read_item_count", lambda path: (opened.append(path), real(path))[1])
+    checks = remembered_checks(HashStamps(tmp_path / "stamps"))
+    for _ in range(2):
+        for shard in layer.shards:
+            layer.check_shard(shard, **checks)
+    assert opened == [layer.path(shard) for shard in layer.shards]  # the second pass remembered every count
+    layer.check_shard(layer.shards[0])  # without stamps: read every time
+    assert len(opened) == len(layer.shards) + 1

@@ -8,9 +8,9 @@ import pytest
 
 from evalstack.cli import main
 from evalstack.cli.verify import verify_layer
-from evalstack.core.layers import Layer, LayerCorruptError
+from evalstack.core.layers import Layer, LayerCorruptError, read_item_count
 from evalstack.preprocess.pipelines import preprocess_layer
-from tests.layers import Project, tiny_pipeline
+from tests.layers import Project, store_at, tiny_pipeline
 
 
 def _flip(path: Path, offset: int) -> None:
@@ -129,6 +129,18 @@ def test_a_wrong_shard_count_in_the_index_is_named_by_verify_and_refused_by_a_re
     # A forced rebuild of the downstream layer reads the raw shards again: refused, not built from 2 of 4 rows
     with pytest.raises(LayerCorruptError, match=r"index.json says 00001.h5 holds 2 items, the shard itself holds 4"):
         preprocess_layer(project.raw, project.pre, tiny_pipeline(), "none", store=None, name="tiny")
+
+
+def test_a_count_remembered_by_the_stores_stamps_still_refuses_an_edited_index(project: Project, tmp_path: Path):
+    # The rerun path remembers each shard's header count beside its sha256 (no HDF5 open per shard); the
+    # remembered count is the file's, so an index edited afterwards is compared with it and refused.
+    store = store_at(tmp_path / "store")
+    preprocess_layer(project.raw, project.pre, tiny_pipeline(), "none", store=store, name="tiny")
+    assert read_item_count(project.raw / "00001.h5") == 4
+    _edit_index(project.raw, lambda data: data["shards"][1].update(n_items=2))
+    _edit_index(project.raw, lambda data: data.update(n_items=data["n_items"] - 2))
+    with pytest.raises(LayerCorruptError, match=r"index.json says 00001.h5 holds 2 items, the shard itself holds 4"):
+        preprocess_layer(project.raw, project.pre, tiny_pipeline(), "none", store=store, name="tiny")
 
 
 def test_a_wrong_total_count_in_the_index_is_named(project: Project):

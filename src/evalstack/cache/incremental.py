@@ -24,7 +24,7 @@ from evalstack.cache.executors import Executor, LocalExecutor, OutputFormat, Sha
 from evalstack.cache.shardstore import ShardStore, derivation_key
 from evalstack.cache.storejobs import key_json, output_entry
 from evalstack.core.keys import Key, explain_change, sha256_file
-from evalstack.core.layers import INDEX_NAME, Layer, LayerIndex, LayerWriter, ShardInfo, StoreError
+from evalstack.core.layers import INDEX_NAME, Layer, LayerIndex, LayerWriter, ShardInfo, StoreError, remembered_checks
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def build_derived_layer(
         jobs, hits = [], {}
         for shard in upstream.shards:
             # a damaged input is refused, even when its result is stored
-            path = upstream.check_shard(shard, store.stamps.sha256 if store is not None else sha256_file)
+            path = upstream.check_shard(shard, **remembered_checks(store.stamps if store is not None else None))
             subset = selection(shard) if selection is not None else None
             address = derivation_key(shard.sha256, spec.key, spec.compression, subset).hex
             # absolute: a worker of an existing cluster runs in its own directory (same filesystem, same paths)

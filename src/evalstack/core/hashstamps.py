@@ -7,6 +7,10 @@ mtime_ns) are what they were when it was hashed is taken to hold the same bytes 
 bet `dvc status` makes. Anything that rewrites a file changes its mtime, so a damaged or
 edited shard is still hashed and refused. `evalstack verify` never uses stamps: it is
 the check for damage that leaves the metadata alone (bit rot).
+
+Other facts read from a file's bytes are remembered the same way, beside its sha256: the item count
+a shard's header records, which readers compare with the layer index (an HDF5 open per shard
+otherwise, as long as reading a 19 MB tensor from the page cache).
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from evalstack.core.atomic import atomic_write_bytes
 from evalstack.core.keys import sha256_file
@@ -26,17 +31,22 @@ class HashStamps:
 
     def sha256(self, path: Path) -> str:
         """The file's sha256: remembered when its stat is unchanged, else computed and remembered."""
+        return self.fact(path, "sha256", sha256_file)
+
+    def fact(self, path: Path, name: str, compute: Callable[[Path], Any]) -> Any:
+        """`compute(path)`, a fact about the file's bytes (its sha256, the item count its header records),
+        remembered beside the others while the file's stat is unchanged: the same bet as its sha256."""
         status = os.stat(path)
-        remembered = self._read(status)
-        if remembered is not None:
-            return remembered
-        digest = sha256_file(path)
-        self._write(status, digest)
-        return digest
+        known = self._read(status)
+        if name in known:
+            return known[name]
+        value = compute(path)
+        self._write(status, {**known, name: value})
+        return value
 
     def remember(self, path: Path, sha256: str) -> None:
         """Record the sha256 of a file just written or copied by this process (so known to be right)."""
-        self._write(os.stat(path), sha256)
+        self._write(os.stat(path), {"sha256": sha256})
 
     def clear(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -44,18 +54,19 @@ class HashStamps:
     def _stamp_path(self, status: os.stat_result) -> Path:
         return self.directory / f"{status.st_dev:x}-{status.st_ino:x}.json"
 
-    def _read(self, status: os.stat_result) -> str | None:
+    def _read(self, status: os.stat_result) -> dict[str, Any]:
+        """The facts remembered for the file at this stat; none if it changed since (or never seen)."""
         try:
             stamp = json.loads(self._stamp_path(status).read_text())
         except (OSError, ValueError):
-            return None
+            return {}
         if stamp.get("size") == status.st_size and stamp.get("mtime_ns") == status.st_mtime_ns:
-            return stamp.get("sha256")
-        return None
+            return stamp.get("facts", {})
+        return {}
 
-    def _write(self, status: os.stat_result, sha256: str) -> None:
+    def _write(self, status: os.stat_result, facts: dict[str, Any]) -> None:
         path = self._stamp_path(status)
-        stamp = json.dumps({"size": status.st_size, "mtime_ns": status.st_mtime_ns, "sha256": sha256}).encode()
+        stamp = json.dumps({"size": status.st_size, "mtime_ns": status.st_mtime_ns, "facts": facts}).encode()
         try:  # a lost stamp only costs a re-hash, so no fsync
             self.directory.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, stamp, durable=False)

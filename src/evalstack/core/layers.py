@@ -24,6 +24,7 @@ import hdf5plugin
 import numpy as np
 
 from evalstack.core.atomic import atomic_write_bytes
+from evalstack.core.hashstamps import HashStamps
 from evalstack.core.keys import Key, canonical_json, explain_change, sha256_file
 from evalstack.core.names import UnsafeName, check_sha256, check_shard_name
 
@@ -630,12 +631,14 @@ class Layer:
                     rows = slice(start, min(start + batch_size, shard.n_items))
                     yield {name: reader.read(name, rows) for name in names}
 
-    def check_shard(self, shard: ShardInfo, sha256: Callable[[Path], str] = sha256_file) -> Path:
+    def check_shard(self, shard: ShardInfo, sha256: Callable[[Path], str] = sha256_file,
+                    item_count: Callable[[Path], int | None] | None = None) -> Path:
         """The shard's path once its bytes match the index; LayerCorruptError otherwise.
 
         Stages call this on every upstream shard before use, so a damaged input is
         refused instead of silently turned into wrong results. `sha256` may remember
-        hashes of unchanged files (the store's `HashStamps`).
+        hashes of unchanged files (the store's `HashStamps`), and `item_count` the count
+        each file's header records (`remembered_checks` gives both).
         """
         path = self.path(shard)
         if not path.exists():
@@ -645,17 +648,30 @@ class Layer:
                 f"{path} does not match the sha256 recorded in {self.directory / INDEX_NAME} (corrupt or "
                 f"modified); `evalstack verify {self.directory}` names the damaged items. {repair_hint(self.directory)}"
             )
-        check_item_count(path, shard, self.directory / INDEX_NAME)
+        check_item_count(path, shard, self.directory / INDEX_NAME, (item_count or read_item_count)(path))
         return path
 
 
-def check_item_count(path: Path, shard: ShardInfo, index_path: Path) -> None:
+def remembered_checks(stamps: HashStamps | None) -> dict[str, Callable[[Path], Any]]:
+    """`check_shard`'s keyword arguments that take a file's sha256 and item count from `stamps` while its
+    stat is unchanged (nothing remembered without stamps)."""
+    if stamps is None:
+        return {}
+    return {"sha256": stamps.sha256, "item_count": lambda path: stamps.fact(path, "n_items", read_item_count)}
+
+
+def read_item_count(path: Path) -> int | None:
+    """The item count a shard file's header records (None when it records none)."""
+    with h5py.File(path, "r") as handle:
+        recorded = handle.attrs.get("n_items")
+    return None if recorded is None else int(recorded)
+
+
+def check_item_count(path: Path, shard: ShardInfo, index_path: Path, recorded: int | None) -> None:
     """The index's row count for a shard is what the shard (its bytes already checked) says it holds: the
     index records the shard's sha256, not its own, so an edited count would otherwise pass every check
     and make readers skip rows or index past the end."""
-    with h5py.File(path, "r") as handle:
-        recorded = handle.attrs.get("n_items")
-    if recorded is None or int(recorded) != shard.n_items:
+    if recorded is None or recorded != shard.n_items:
         raise LayerCorruptError(
             f"{index_path} says {shard.name} holds {shard.n_items} items, the shard itself holds {recorded}; the "
             f"index is damaged or edited. {repair_hint(index_path.parent)}")

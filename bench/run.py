@@ -72,14 +72,16 @@ KNOWN_CAUSES = {
     "P2 push": "the rerun pushes the new shards, the rewritten last shard of each layer, every layer index and the fetch "
                "report; at small sizes a shard is a large share of the data",
     "P4": "`dvc repro` builds the stage graph and checks the run-cache on top of what `dvc status` does",
-    "P5": "each shard is still checked (a remembered sha256: a stat and a small read) before its tensors are read",
+    "P5": "each shard is still checked before its tensors are read: a remembered sha256 (a stat and a small read) and, "
+          "until c9d0415, an HDF5 open per shard to compare the item count its header records with the index's",
     "P6": "the adapter checks shapes and dtype per batch and copies the output; with tiny models the "
           "framework call is so short that this shows",
     "P7": "fetch keeps one shard's items in memory; the largest shard grows with the number of shards drawn",
     "P8": "training the three demo networks and the robustness grid dominate a cold run on 2 cores",
     "P9": "task and file overhead per shard; on a loaded machine the two workers also compete with other jobs",
-    "P10": "see the stage table: training the demo networks and the perturbation grid grow with the dataset, "
-           "and decoding 8,001 card photos (fetch's check, each preprocessing pipeline) is seconds per hundred",
+    "P10": "robustness@tflite_cnn is half of it: 15 cells of the test split's ~2,400 cards perturbed at 454×454 (about "
+           "9 ms an image for the default three types; one core until robustness perturbed in `local.workers` threads). "
+           "Then preprocess (three pipelines each decode the 8,001 card photos) and fetch (downloads checked by decoding)",
     "P12": "fetch re-reads the whole listing on every run: it parses every registry row, plans it against the previous "
            "raw layer and lists it again (~0.1 ms per row, so ~20 s at 200,000 whatever the growth), and each of the "
            "four stages has a fixed start-up (process, framework import, model load; ~10 s together with DVC's "

@@ -3,6 +3,7 @@ import argparse
 import json
 from pathlib import Path
 
+from evalstack.cache.executors import local_threads
 from evalstack.cache.shardstore import open_store
 from evalstack.config import load_params, model_spec
 from evalstack.core.atomic import atomic_write_bytes
@@ -41,7 +42,9 @@ def main() -> None:
     config = GridConfig.from_params(params.get("robustness") or {})
     store = open_store(params, args.params.parent)
     batch_size = int(params.get("infer", {}).get("batch_size", 32))
-    build = build_grid(args.raw, args.preprocessed, args.predictions, args.out, adapter, config, store, batch_size)
+    threads = local_threads(params)  # not a dvc.yaml param: the bytes do not depend on it
+    build = build_grid(args.raw, args.preprocessed, args.predictions, args.out, adapter, config, store, batch_size,
+                       threads)
     clean_accuracy, results = grid_results(build, args.raw, spec.labels)
     upstream = {
         "clean_predictions_read": len(build.split_rows),

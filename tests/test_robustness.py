@@ -31,11 +31,11 @@ def project(tmp_path: Path) -> Project:
     return project
 
 
-def grid(project: Project, types, severities, seed=0, out="grid", store=True, weights=b"weights1"):
+def grid(project: Project, types, severities, seed=0, out="grid", store=True, weights=b"weights1", threads=1):
     config = GridConfig.from_params({"types": types, "severities": severities, "seed": seed, "split": "dev"})
     model = adapter(project.root, weights)
     build = build_grid(project.raw, project.pre, project.pred, project.root / out, model, config,
-                       store_at(project.root / "store") if store else None, batch_size=3)
+                       store_at(project.root / "store") if store else None, batch_size=3, threads=threads)
     return build, model
 
 
@@ -72,6 +72,18 @@ def test_same_seed_gives_byte_identical_predictions_and_another_seed_does_not(pr
     assert digests(*(project.root / "first").iterdir()) == digests(*(project.root / "again").iterdir())
     other, _ = grid(project, ["gaussian_noise"], [3], seed=1, out="other", store=False)
     assert digests(project.root / "other/gaussian_noise-3") != digests(project.root / "first/gaussian_noise-3")
+
+
+def test_perturbing_in_threads_gives_the_same_bytes_and_counts(project: Project):
+    # threads are not in the cell key (not a dvc.yaml param either): that is only right if they change no byte
+    types = ["gaussian_noise", "motion_blur", "jpeg", "rotate_shift"]  # random draws, OpenCV, Pillow, scipy
+    one, _ = grid(project, types, [2, 5], out="one", store=False)
+    three, model = grid(project, types, [2, 5], out="three", store=False, threads=3)
+    assert computed(three) == computed(one) == {f"{t}-{s}": N_ITEMS for t in types for s in (2, 5)}
+    assert model.forward_passes == three.forward_passes == 8 * N_ITEMS
+    assert digests(*(project.root / "three").iterdir()) == digests(*(project.root / "one").iterdir())
+    with pytest.raises(RobustnessError, match="at least one perturbation thread, not 0"):
+        grid(project, ["contrast"], [1], out="none", threads=0)
 
 
 def test_clean_predictions_of_another_model_are_refused(project: Project):

@@ -258,6 +258,15 @@ def executor_settings(params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     return name, {"address": "", "workers": 2, **(params.get("dask") or {})}
 
 
+def local_threads(params: Mapping[str, Any]) -> int:
+    """How many threads a stage that always computes in its own process (the robustness grid, which shares
+    its loaded model between them) may use: `local.workers`, whichever executor preprocess and infer use."""
+    workers = int({"workers": 1, **(params.get("local") or {})}["workers"])
+    if workers < 1:
+        raise ExecutorError(f"local.workers must be at least 1, not {workers}")
+    return workers
+
+
 @contextlib.contextmanager
 def open_executor(params: Mapping[str, Any], in_process: bool = False,
                   store: ShardStore | None = None) -> Iterator[Executor]:

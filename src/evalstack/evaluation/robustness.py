@@ -9,6 +9,8 @@ stage's layer (its model signature checked), never recomputed.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -115,8 +117,14 @@ def build_grid(
     config: GridConfig,
     store: ShardStore | None = None,
     batch_size: int = 32,
+    threads: int = 1,
 ) -> GridBuild:
-    """Every cell of the grid for one model, as predictions layers under `out_dir/<type>-<severity>`."""
+    """Every cell of the grid for one model, as predictions layers under `out_dir/<type>-<severity>`.
+
+    `threads` perturb a batch's images side by side. Each image's perturbation is a function of the image,
+    its item key, the cell and the seed alone, so the bytes do not depend on how many there are."""
+    if threads < 1:
+        raise RobustnessError(f"the grid needs at least one perturbation thread, not {threads}")
     source = Layer.open(preprocessed_dir, kind=PREPROCESSED_KIND)
     signature = adapter.signature()
     clean = open_predictions(clean_dir, signature, source.key, adapter.spec.name)
@@ -132,22 +140,29 @@ def build_grid(
     passes_before = adapter.forward_passes
     builds = {}
     code = grid_code(type(adapter))
-    for cell in config.cells():
-        key = cell_key(signature, source.key, cell, config.seed, code)
-        label = f"model {adapter.spec.name} under {cell.kind} severity {cell.severity}"
-        labels = {"model": f"model {adapter.spec.name}", "pipeline": f"pipeline {adapter.spec.pipeline}",
-                  "perturbation": "perturbation", "code": "code"}
-        spec = DerivedLayerSpec(PREDICTIONS_KIND, key, label, labels, "forward_passes")
-        builds[cell.name] = build_derived_layer(
-            source, out_dir / cell.name, spec, _cell_compute(adapter, cell, config.seed, selection, batch_size, n_classes),
-            store, selection=selection.digest,
-        )
+    # The perturbations (numpy, scipy.ndimage, OpenCV) release the GIL: threads share the stage's loaded model
+    # and its process, where worker processes would each load the model again.
+    with ThreadPoolExecutor(threads, thread_name_prefix="perturb") if threads > 1 else nullcontext() as pool:
+        for cell in config.cells():
+            key = cell_key(signature, source.key, cell, config.seed, code)
+            label = f"model {adapter.spec.name} under {cell.kind} severity {cell.severity}"
+            labels = {"model": f"model {adapter.spec.name}", "pipeline": f"pipeline {adapter.spec.pipeline}",
+                      "perturbation": "perturbation", "code": "code"}
+            spec = DerivedLayerSpec(PREDICTIONS_KIND, key, label, labels, "forward_passes")
+            compute = _cell_compute(adapter, cell, config.seed, selection, batch_size, n_classes, pool)
+            builds[cell.name] = build_derived_layer(source, out_dir / cell.name, spec, compute, store,
+                                                    selection=selection.digest)
     remove_other_layers(out_dir, set(builds))
     return GridBuild(adapter.spec.name, builds, clean, np.flatnonzero(chosen), adapter.forward_passes - passes_before)
 
 
 def _cell_compute(adapter: ModelAdapter, cell: Cell, seed: int, selection: SplitSelection, batch_size: int,
-                  n_classes: int):
+                  n_classes: int, pool: ThreadPoolExecutor | None = None):
+    def perturbed(image: np.ndarray, item: str) -> np.ndarray:
+        return perturb.perturb(image, cell.kind, cell.severity, str(item), seed)
+
+    mapped = pool.map if pool is not None else map  # both keep the batch's order
+
     def compute(shard: ShardInfo, path: Path, progress: tqdm) -> ShardContent:
         rows = selection.rows(shard)
         with h5py.File(path, "r") as handle:
@@ -156,8 +171,7 @@ def _cell_compute(adapter: ModelAdapter, cell: Cell, seed: int, selection: Split
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start : start + batch_size]
                 images = read_column(handle, "x", slice(chunk[0], chunk[-1] + 1))[chunk - chunk[0]]  # one contiguous read
-                batch = np.stack([perturb.perturb(image, cell.kind, cell.severity, str(item), seed)
-                                  for image, item in zip(images, keys[start : start + batch_size])])
+                batch = np.stack(list(mapped(perturbed, images, keys[start : start + batch_size])))
                 parts.append(adapter.predict_batch(batch))
             progress.update(shard.n_items)
         logits = np.concatenate(parts) if parts else np.zeros((0, n_classes), np.float32)

@@ -14,6 +14,7 @@ the claims).
     BENCH_SCALE=small PYTHONPATH=src python bench/run.py [--suite main|scale]
     BENCH_CARDS=2000 make bench          # P10, P1 and P2 at another dataset size
     PYTHONPATH=src python bench/run.py --scripts fetch.py ragged.py   # the figures, and only these scripts
+    PYTHONPATH=src python bench/run.py --only P8 P4 P5   # just these figures, printed (RESULTS.md untouched)
 
 Generated sources are kept in bench/out between runs (bench/out/items: P12's images and model);
 delete them to measure from nothing.
@@ -192,24 +193,33 @@ def write_results(path: Path, suite: str, lines: list[str]) -> None:
     path.write_text((text.rstrip() + "\n\n" + block + "\n") if text else header + block + "\n")
 
 
-def main_suite(scratch: Path, scale: Scale, scale_name: str,
-               chosen: list[Path]) -> tuple[list[fig.Figure], list[str], dict[str, str]]:
+MAIN_FIGURES = ("P8", "P3", "P4", "P5", "P6", "P9", "P7", "P10")  # P10 also measures P1 and P2 on its project
+
+
+def main_suite(scratch: Path, scale: Scale, scale_name: str, chosen: list[Path],
+               only: tuple[str, ...] = MAIN_FIGURES) -> tuple[list[fig.Figure], list[str], dict[str, str]]:
     import _full
 
     figures: list[fig.Figure] = []
     outputs: dict[str, str] = {}
     tables: list[str] = []
-    made = safely(figures, fig.p8_cold_default, scratch / "default", scale.p8_tiny, scale_name)
+    on_default = {"P3": lambda project: fig.p3_perturbation_passes(project, scale_name),
+                  "P4": lambda project: fig.p4_noop(project, scale_name),
+                  "P5": lambda project: fig.p5_tensor_read(project, scratch / "p5", scale_name),
+                  "P6": lambda project: fig.p6_adapter_overhead(project, scale_name),
+                  "P9": lambda project: fig.p9_dask(project / "data/raw", scratch, scale_name)}
+    made = None
+    if {"P8", *on_default} & set(only):  # P3–P6 and P9 measure P8's project
+        made = safely(figures, fig.p8_cold_default, scratch / "default", scale.p8_tiny, scale_name)
     if made is not None:
         project = made[0]
-        safely(figures, fig.p3_perturbation_passes, project, scale_name)
-        safely(figures, fig.p4_noop, project, scale_name)
-        safely(figures, fig.p5_tensor_read, project, scratch / "p5", scale_name)
-        safely(figures, fig.p6_adapter_overhead, project, scale_name)
-        safely(figures, fig.p9_dask, project / "data/raw", scratch, scale_name)
+        for name, measure in on_default.items():
+            if name in only:
+                safely(figures, measure, project)
         shutil.rmtree(scratch / "p5", ignore_errors=True)
         shutil.rmtree(scratch / "default", ignore_errors=True)
-    safely(figures, fig.p7_memory, scratch, *scale.p7_items, scale_name)
+    if "P7" in only:
+        safely(figures, fig.p7_memory, scratch, *scale.p7_items, scale_name)
 
     def full(*_):
         started = time.monotonic()
@@ -219,8 +229,9 @@ def main_suite(scratch: Path, scale: Scale, scale_name: str,
                        "| stage | seconds | share | peak RSS |", "|---|---|---|---|", *_full.stage_table(result.cold)])
         return None, fig.full_figures(result, scale_name)
 
-    safely(figures, full)
-    shutil.rmtree(scratch / f"full{scale.cards}", ignore_errors=True)
+    if "P10" in only:
+        safely(figures, full)
+        shutil.rmtree(scratch / f"full{scale.cards}", ignore_errors=True)
     for script in chosen:
         print(f"    running bench/{script.name}", flush=True)
         output, took = run_script(script, [], scale_name)
@@ -250,6 +261,9 @@ def scale_suite(scratch: Path, scale: Scale, scale_name: str) -> tuple[list[fig.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=SUITES, default="main")
+    parser.add_argument("--only", nargs="+", choices=MAIN_FIGURES, metavar="ID",
+                        help=f"main suite: measure only these figures ({', '.join(MAIN_FIGURES)}; P10 brings P1 and "
+                             "P2), print them and leave RESULTS.md alone; no bench script unless --scripts names it")
     parser.add_argument("--scripts", nargs="*", metavar="NAME",
                         help="main suite: which bench scripts to run after the figures (default: all; none: "
                              "`--scripts` alone). Each script's own section of RESULTS.md keeps its last run.")
@@ -265,19 +279,24 @@ def main() -> None:
     shutil.rmtree(scratch, ignore_errors=True)
     started, load_before = time.monotonic(), load()
     print(f"suite {args.suite}, BENCH_SCALE={scale_name}; projects under {scratch}; load {load_before}", flush=True)
-    chosen = scripts() if args.scripts is None else [BENCH / name for name in args.scripts]
+    if args.only and args.suite != "main":
+        raise SystemExit("--only picks figures of the main suite")
+    chosen = ([] if args.only else scripts()) if args.scripts is None else [BENCH / name for name in args.scripts]
     missing = [path.name for path in chosen if not path.is_file()]
     if missing:
         raise SystemExit(f"--scripts: no such bench script {missing}; choose among {[p.name for p in scripts()]}")
     if args.suite == "main":
-        figures, tables, outputs = main_suite(scratch, scale, scale_name, chosen)
+        figures, tables, outputs = main_suite(scratch, scale, scale_name, chosen, tuple(args.only or MAIN_FIGURES))
     else:
         figures, tables, outputs = scale_suite(scratch, scale, scale_name)
     seconds = time.monotonic() - started
-    lines = section(args.suite, scale_name, figures, tables, outputs, seconds, (load_before, load()))
-    write_results(BENCH / "RESULTS.md", args.suite, lines)
     shutil.rmtree(scratch, ignore_errors=True)
-    print(f"\nwhole run {seconds / 60:.1f} min; wrote {BENCH / 'RESULTS.md'}")
+    if args.only:  # a part of the suite: RESULTS.md keeps the last whole run
+        print(f"\nwhole run {seconds / 60:.1f} min; RESULTS.md left alone (--only)")
+    else:
+        lines = section(args.suite, scale_name, figures, tables, outputs, seconds, (load_before, load()))
+        write_results(BENCH / "RESULTS.md", args.suite, lines)
+        print(f"\nwhole run {seconds / 60:.1f} min; wrote {BENCH / 'RESULTS.md'}")
     for f in figures:
         print(format_line(f))
 

@@ -17,6 +17,7 @@ from evalstack.cache.executors import (
     executor_settings,
     open_executor,
 )
+from evalstack.core.layers import Layer
 from evalstack.models.inference import infer_layer
 from evalstack.preprocess.pipelines import preprocess_layer
 from tests.layers import Project, numpy_model, store_at, tiny_pipeline
@@ -91,3 +92,39 @@ def test_executor_setting_is_checked():
     assert executor_settings({"executor": "dask", "dask": {"address": "tcp://h:8786"}})[1]["address"] == "tcp://h:8786"
     with pytest.raises(ExecutorError, match="executor 'spark' unknown"):
         executor_settings({"executor": "spark"})
+
+
+def _fills_the_disk(shard, path, progress):
+    from evalstack.core.atomic import DiskFullError
+
+    raise DiskFullError(Path(path).with_name("00000.h5"), 1_200_000)
+
+
+def test_a_disk_full_in_a_worker_process_reaches_the_stage_as_itself(tmp_path: Path):
+    # Found at 8,001 cards: a worker's DiskFullError could not be unpickled in the stage (TypeError), so the stage
+    # died with "BrokenProcessPool: A process in the process pool was terminated abruptly" instead of saying why.
+    from evalstack.cache.incremental import DerivedLayerSpec, build_derived_layer
+    from evalstack.core.atomic import DiskFullError
+    from evalstack.core.keys import Key
+
+    project = Project(tmp_path / "project")
+    project.grow(22)
+    project.fetch(None)
+    spec = DerivedLayerSpec("preprocessed", Key({"test": "disk full"}), "test", {}, "items_preprocessed")
+    with pytest.raises(DiskFullError, match=r"no space left on the disk holding .*: writing 00000.h5 needs 1.2 MB"):
+        build_derived_layer(Layer.open(project.raw), project.pre, spec, _fills_the_disk, None, ProcessExecutor(2))
+
+
+def test_errors_with_their_own_arguments_survive_pickling(tmp_path: Path):
+    import pickle
+
+    from evalstack.cache.objectstore import DamagedBlob
+    from evalstack.cache.shardstore import StoreEntry
+    from evalstack.core.atomic import DiskFullError
+
+    full = pickle.loads(pickle.dumps(DiskFullError(tmp_path / "layer/00000.h5", 2_000_000)))
+    assert isinstance(full, DiskFullError) and full.needed == 2_000_000 and "needs 2.0 MB" in str(full)
+    entry = StoreEntry(**{name: None for name in StoreEntry.__dataclass_fields__})
+    damaged = pickle.loads(pickle.dumps(DamagedBlob(entry, "s3://bucket/blob: bytes differ")))
+    assert isinstance(damaged, DamagedBlob) and str(damaged) == "s3://bucket/blob: bytes differ"
+    assert damaged.entry == entry

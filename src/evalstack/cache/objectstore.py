@@ -446,6 +446,9 @@ class DamagedBlob(ObjectStoreError):
         super().__init__(message)
         self.entry = entry
 
+    def __reduce__(self) -> tuple:  # a Dask worker's error travels pickled (see DiskFullError)
+        return type(self), (self.entry, str(self))
+
 
 def _parse_record(data: bytes, address: str, url: str) -> StoreEntry:
     from evalstack.cache.shardstore import StoreEntry  # here: shardstore imports this module

@@ -45,6 +45,11 @@ class DiskFullError(OSError):
                    "`evalstack doctor` shows the free space of every folder the project writes")
         super().__init__(errno.ENOSPC, message)
 
+    def __reduce__(self) -> tuple:
+        # Rebuilt from its own arguments: raised in a worker process, it reaches the stage as itself. The default
+        # (the class called with OSError's args) raises TypeError there, and the pool reports only that it broke.
+        return type(self), (self.path, self.needed)
+
 
 def published_folder(folder: Path) -> Path:
     """The folder a user knows: a layer being built lives in `.<name>.staging-<random>` beside `<name>`."""

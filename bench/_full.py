@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -151,13 +152,13 @@ def measure(scratch: Path, cards: int, tiny: bool, growth: float = 0.05) -> Full
 
 def noop_seconds(project: Path) -> float:
     """Median of 3 `dvc repro` of the timed targets with nothing to do: what DVC itself costs a rerun."""
-    times = []
-    for _ in range(3):
+    def once() -> float:
         started = time.monotonic()
         ran = run(project, "dvc", "repro", *TARGETS).stdout
-        times.append(time.monotonic() - started)
         assert "Running stage" not in ran, f"a no-op `dvc repro` ran a stage:\n{ran}"
-    return sorted(times)[1]
+        return time.monotonic() - started
+
+    return statistics.median(once() for _ in range(3))
 
 
 def stage_table(run_: StageRun) -> list[str]:

@@ -254,17 +254,19 @@ def executor_settings(params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     if name not in EXECUTORS:
         raise ExecutorError(f"executor {name!r} unknown; choose one of {', '.join(EXECUTORS)}")
     if name == "local":
-        return name, {"workers": 1, **(params.get("local") or {})}
+        return name, _local_settings(params)
     return name, {"address": "", "workers": 2, **(params.get("dask") or {})}
+
+
+def _local_settings(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {"workers": 1, **(params.get("local") or {})}
 
 
 def local_threads(params: Mapping[str, Any]) -> int:
     """How many threads a stage that always computes in its own process (the robustness grid, which shares
-    its loaded model between them) may use: `local.workers`, whichever executor preprocess and infer use."""
-    workers = int({"workers": 1, **(params.get("local") or {})}["workers"])
-    if workers < 1:
-        raise ExecutorError(f"local.workers must be at least 1, not {workers}")
-    return workers
+    its loaded model between them) may use: `local.workers`, whichever executor preprocess and infer use
+    (the params schema holds it at 1 or more)."""
+    return int(_local_settings(params)["workers"])
 
 
 @contextlib.contextmanager

@@ -89,11 +89,12 @@ def build_derived_layer(
     log.seeded = seeded
     writer = LayerWriter(out_dir, spec.kind, spec.key, spec.compression)
     fmt = OutputFormat(spec.kind, spec.key, spec.compression)
+    checks = remembered_checks(store.stamps if store is not None else None)
     with tqdm(total=len(upstream), desc=spec.label, unit="item") as progress:
         jobs, hits = [], {}
         for shard in upstream.shards:
             # a damaged input is refused, even when its result is stored
-            path = upstream.check_shard(shard, **remembered_checks(store.stamps if store is not None else None))
+            path = upstream.check_shard(shard, **checks)
             subset = selection(shard) if selection is not None else None
             address = derivation_key(shard.sha256, spec.key, spec.compression, subset).hex
             # absolute: a worker of an existing cluster runs in its own directory (same filesystem, same paths)

@@ -4,7 +4,7 @@ The same project and measure as `make bench`'s P10 (bench/_full.py: every stage 
 hardlink`, DVC `cache.type hardlink`), without P1 and P2 after it: about 25 minutes at 8,001 cards instead of
 40. The figure leaves out what only the demo needs (synth, the train stages), reported apart.
 
-    PYTHONPATH=src python bench/p10.py [--cards 8001]
+    PYTHONPATH=src python bench/p10.py [--cards 8001] [--keep]
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cards", type=int, default=8001)
     parser.add_argument("--scratch", type=Path, default=BENCH / "out/p10")
+    parser.add_argument("--keep", action="store_true", help="keep the built project (for bench/p1_breakdown.py --project)")
     args = parser.parse_args()
     shutil.rmtree(args.scratch, ignore_errors=True)
     project = full_project(args.scratch / f"full{args.cards}", args.cards, tiny=False)
@@ -37,7 +38,10 @@ def main() -> None:
           f"({', '.join(f'{stage} {seconds:.0f} s' for stage, seconds in demo.items())}); goal ≤ 15 min: "
           f"{'met' if without <= 15 * 60 else 'MISSED'}; every stage {cold.total:.0f} s")
     print("\n".join(["| stage | seconds | share | peak RSS |", "|---|---|---|---|", *stage_table(cold)]))
-    shutil.rmtree(args.scratch, ignore_errors=True)
+    if args.keep:
+        print(f"kept the project at {project}")
+    else:
+        shutil.rmtree(args.scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

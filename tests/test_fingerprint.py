@@ -132,3 +132,42 @@ def test_a_library_upgrade_changes_the_keys_of_what_it_computes(monkeypatch):
         runtime_part.cache_clear()
     assert after[0] != before[0] and after[1] != before[1]
     assert keys() == before
+
+
+def test_locating_a_module_imports_nothing():
+    """The closure asks where each dotted candidate lives; `importlib.util.find_spec` would import its parents
+    (dask, through evalstack.cache.dask_plugins), a cost every stage process paid to compute one key."""
+    probe = ("import sys; from evalstack.core.fingerprint import locate; "
+             "from evalstack.preprocess.pipelines import build_pipeline; "
+             "assert locate('evalstack.cache.dask_plugins.WorkerPlugin') is None; "
+             "found = locate('evalstack.cache.dask_plugins'); "
+             "build_pipeline({'kind': 'pad_regions'}).cache_key(); "
+             "print(found.path.name, sorted(m for m in ('distributed', 'dask', 'evalstack.cache.dask_plugins') "
+             "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"},
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["dask_plugins.py", "[]"]
+
+
+def test_locate_finds_what_the_import_system_finds():
+    """Every module of the package, and names that are attributes or missing, resolve as find_spec resolves them."""
+    import importlib.util
+    import pkgutil
+
+    import evalstack
+    from evalstack.core.fingerprint import locate
+
+    def imported(name: str) -> Path | None:
+        try:
+            spec = importlib.util.find_spec(name)
+        except ImportError:  # a parent is a module, not a package, or does not exist
+            return None
+        return Path(spec.origin) if spec is not None and (spec.origin or "").endswith(".py") else None
+
+    names = [info.name for info in pkgutil.walk_packages(evalstack.__path__, "evalstack.")]
+    names += ["evalstack", "evalstack.core.layers.Layer", "evalstack.no_such_module", "evalstack.core.no.such",
+              "numpy", "numpy.linalg", "yaml", "no_such_top_level"]
+    assert len(names) > 100
+    for name in names:
+        found = locate(name)
+        assert (found.path if found else None) == imported(name), name

@@ -21,6 +21,7 @@ import re
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Iterable
 
@@ -40,14 +41,47 @@ class ModuleSource:
 
 @lru_cache(maxsize=None)
 def locate(name: str) -> ModuleSource | None:
-    """The source file of module `name`, found without importing it (None: not a module of ours)."""
+    """The source file of module `name`, found without importing anything (None: no such module, or not a
+    .py file).
+
+    `importlib.util.find_spec("a.b.c")` imports `a.b` to find `c`, and the closure asks about every dotted
+    candidate (`evalstack.cache.dask_plugins.WorkerPlugin` imports dask_plugins, hence dask: 0.17 s in
+    every stage process that computes a key). So only the top-level name goes to the import system, which
+    imports nothing for it; below it, the package's directories are searched as Python's path finder does:
+    a package directory, then an extension module (not ours to fingerprint), then `<part>.py`, then a
+    namespace directory.
+    """
+    top, *rest = name.split(".")
     try:
-        spec = importlib.util.find_spec(name)
+        spec = importlib.util.find_spec(top)
     except (ImportError, ValueError):
         return None
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+    if spec is None:
         return None
-    return ModuleSource(name, Path(spec.origin))
+    origin, directories = spec.origin, list(spec.submodule_search_locations or ())
+    for part in rest:
+        origin, directories = _find_in(directories, part)
+        if origin is None and not directories:
+            return None
+    if not origin or not origin.endswith(".py"):
+        return None
+    return ModuleSource(name, Path(origin))
+
+
+def _find_in(directories: list[str], part: str) -> tuple[str | None, list[str]]:
+    """(origin, search directories) of submodule `part` within a package's `directories`."""
+    namespace = []
+    for directory in map(Path, directories):
+        package = directory / part
+        if (package / "__init__.py").is_file():
+            return str(package / "__init__.py"), [str(package)]
+        if any((directory / f"{part}{suffix}").is_file() for suffix in EXTENSION_SUFFIXES):
+            return "", []
+        if (directory / f"{part}.py").is_file():
+            return str(directory / f"{part}.py"), []
+        if package.is_dir():
+            namespace.append(str(package))
+    return None, namespace
 
 
 def imported_names(path: Path, module: str, follow_strings: bool = False) -> set[str]:

@@ -128,7 +128,7 @@ def without_demo_models(answers: dict) -> None:
     def pipeline(text: str) -> str:
         for stage in ("train", "fit_pls", "export_onnx"):  # they build the demo models
             text = drop_block(text, stage, 2, parent="stages")
-        for stage in ("compare", "robustness_report"):  # without a model they have no inputs
+        for stage in ("evaluate", "compare", "robustness_report"):  # without a model they have no inputs
             text = comment_block(text, stage, 2, "uncomment once `models:` in params.yaml lists a model "
                                  "(README \"Add a model\")", parent="stages")
         return text

@@ -37,7 +37,7 @@ from tests.e2e import build_record, make_project, run, tree_size  # noqa: E402
 
 MODEL = "shapes"
 PIPELINE = "small"
-STAGES = ("fetch", f"preprocess@{PIPELINE}", f"infer@{MODEL}", f"evaluate@{MODEL}")
+STAGES = ("fetch", f"preprocess@{PIPELINE}", f"infer@{MODEL}", "evaluate")
 LAYERS = {"fetch": "data/raw", f"preprocess@{PIPELINE}": f"data/preprocessed/{PIPELINE}",
           f"infer@{MODEL}": f"data/predictions/{MODEL}"}
 

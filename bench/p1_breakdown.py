@@ -3,8 +3,8 @@
     python bench/p1_breakdown.py [--project DIR] [--cards N]
 
 Builds the default template (or reuses a built one at --project), then changes `evaluate.split`
-and times `dvc repro evaluate@tflite_cnn evaluate@torch_cnn` (what bench/_full.py's P1 times at
-8,001 cards). Then, with the same inputs in place, it times each evaluate stage's command run
+and times `dvc repro evaluate` (what bench/_full.py's P1 times at 8,001 cards: one stage evaluating
+every model). Then, with the same inputs in place, it times the evaluate stage's command run
 directly (`python stages/evaluate.py …`, as DVC runs it), and the same command's `--help` (the
 process start-up and imports alone). DVC's part is the rerun minus the stage processes. Each
 figure is the median of --repeat runs; between runs the split is toggled so DVC reruns the stages
@@ -28,8 +28,7 @@ sys.path[:0] = [str(REPO)]
 
 from tests.e2e import env, make_project, run, set_param  # noqa: E402
 
-MODELS = ("tflite_cnn", "torch_cnn")
-TARGETS = tuple(f"evaluate@{model}" for model in MODELS)
+TARGETS = ("evaluate",)
 
 
 def timed(project: Path, *command: str) -> float:

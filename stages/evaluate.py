@@ -1,43 +1,31 @@
-"""Stage evaluate: predictions of one model on one split → DVC metrics and plots."""
+"""Stage evaluate: every declared model's predictions on one split → DVC metrics and plots, in one process."""
 import argparse
 from pathlib import Path
 
-from evalstack.config import load_params, model_spec
+from evalstack.cache.shardstore import open_store
+from evalstack.config import load_params
 from evalstack.core.failures import run_stage
-from evalstack.core.layers import Layer
-from evalstack.evaluation.classification import EvaluationOutputs, evaluate_classifier, write_outputs
-from evalstack.evaluation.concentration import evaluate_concentration, write_concentration_outputs
-from evalstack.models.predictions import expected_model_signature
-from evalstack.preprocess.pipelines import pipeline_spec
+from evalstack.evaluation.all_models import EvaluateLayout, evaluate_models
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", required=True, help="name under models:")
     parser.add_argument("--raw", type=Path, required=True)
-    parser.add_argument("--predictions", type=Path, required=True)
-    parser.add_argument("--metrics", type=Path, required=True)
-    parser.add_argument("--pairs", type=Path, required=True, help="CSV of (actual, predicted) per item")
-    parser.add_argument("--per-class", type=Path, required=True)
-    parser.add_argument("--details", type=Path, help="JSON of every summary figure (--metrics then holds the headline)")
+    parser.add_argument("--predictions", type=Path, required=True, help="folder of predictions layers, one per model")
+    parser.add_argument("--metrics", type=Path, required=True, help="folder: <model>.json, the headline for `dvc metrics`")
+    parser.add_argument("--details", type=Path, required=True, help="folder: <model>.json, every summary figure")
+    parser.add_argument("--plots", type=Path, required=True, help="folder: <task>/pairs/<model>.csv and <task>/per_class/<model>.csv")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     params = load_params(args.params)
-    spec = model_spec(params, args.model)
-    # Checked against the weights file and params now, so predictions from another model file are refused;
-    # no framework is imported (TensorFlow alone takes seconds per stage).
-    signature = expected_model_signature(Layer.open(args.predictions), spec)
-    pipeline_key = pipeline_spec(params, spec.pipeline).cache_key()
+    layout = EvaluateLayout(args.raw, args.predictions, args.metrics, args.details, args.plots)
+    results = evaluate_models(params, layout, open_store(params, args.params.parent))
     split = params["evaluate"]["split"]
-    outputs = EvaluationOutputs(args.metrics, args.pairs, args.per_class, args.details, args.model, spec.task)
-    if spec.task == "concentration":
-        report, pairs, passes = evaluate_concentration(args.raw, args.predictions, spec, signature, pipeline_key, split)
-        write_concentration_outputs(report, pairs, passes, outputs)
-        print(f"{args.model} on {split}: {report.summary()}")
-        return
-    report, pairs, passes = evaluate_classifier(args.raw, args.predictions, spec, signature, pipeline_key, split)
-    write_outputs(report, pairs, passes, outputs)
-    print(f"{args.model} on {split}: accuracy {report.accuracy:.4f}, macro F1 {report.macro_f1:.4f}")
+    for result in results:
+        figures = ", ".join(f"{name} {value}" for name, value in result.headline.items())
+        print(f"{result.name} on {split}: {figures}{' (from the store)' if result.reused else ''}")
+    print(f"evaluated {sum(not r.reused for r in results)} of {len(results)} models; "
+          f"{sum(r.reused for r in results)} written from the store")
 
 
 if __name__ == "__main__":

@@ -123,8 +123,9 @@ def test_adding_a_model_reruns_only_its_stages_and_the_comparison(project, api_r
     result = run(project, "dvc", "repro")
     # its own stages, the comparison, and the reports that tabulate every model (they rerun only on new content)
     assert stages_run(result.stdout) - {"report", "robustness_report"} == {
-        "infer@extra", "evaluate@extra", "robustness@extra", "compare",
+        "infer@extra", "evaluate", "robustness@extra", "compare",
     }
+    assert "evaluated 1 of 5 models; 4 written from the store" in result.stdout  # only the new one is computed
     assert (project / "data/preprocessed/thumb64/index.json").read_bytes() == before
     assert json.loads((project / "data/predictions/extra/index.json").read_text())["stats"]["forward_passes"] == N_ITEMS
     assert "extra" in set(pd.read_csv(project / "comparison/summary.csv")["model"])

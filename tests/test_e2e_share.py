@@ -23,7 +23,7 @@ from tests.servers import moto_s3, openssh_server, require_program
 
 pytestmark = pytest.mark.slow
 
-EVALUATE_STAGES = {"evaluate@tflite_cnn", "evaluate@torch_cnn"}
+EVALUATE_STAGES = {"evaluate"}
 UP_TO_DATE = "Data and pipelines are up to date."
 
 
@@ -114,7 +114,7 @@ def test_an_experiment_reaches_a_clone_with_its_run_cache_and_recomputes_nothing
     a = team.a
     ran = run(a, "dvc", "exp", "run", "-S", "evaluate.split=dev", "-n", "on-dev")
     assert EVALUATE_STAGES <= stages_run(ran.stdout)
-    assert all(stage.startswith("evaluate@") or stage == "compare" for stage in stages_run(ran.stdout))
+    assert stages_run(ran.stdout) == {"evaluate", "compare"}
     on_dev = metrics_of(a)
     run(a, "dvc", "exp", "push", "--run-cache", "origin", "on-dev")
     # The run records' own outputs (metrics JSON lives in git, not in any pushed commit of main).

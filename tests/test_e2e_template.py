@@ -227,9 +227,9 @@ def test_without_the_demo_models_the_project_runs_then_takes_its_first_model(gen
                                                 "task": "concentration"}}})
     pipeline = project / "dvc.yaml"
     pipeline.write_text(_uncomment_model_stages(pipeline.read_text()))
-    assert {"compare", "robustness_report"} <= set(yaml.safe_load(pipeline.read_text())["stages"])
+    assert {"evaluate", "compare", "robustness_report"} <= set(yaml.safe_load(pipeline.read_text())["stages"])
     ran = stages_run(run(project, "dvc", "repro").stdout)
-    assert ran == {"infer@my_pls", "evaluate@my_pls", "robustness@my_pls", "compare", "robustness_report"}
+    assert ran == {"infer@my_pls", "evaluate", "robustness@my_pls", "compare", "robustness_report"}
     summary = run(project, sys.executable, "-m", "evalstack.cli", "summary").stdout
     assert "my_pls" in summary and "Concentration" in summary
     assert run(project, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."

@@ -1,0 +1,169 @@
+"""The evaluate stage: every declared model in one process, each model's outputs cached by key.
+
+One process for all models rather than one DVC stage per model: an eval-only change (`evaluate.split`)
+used to rerun one stage per model, and each paid an interpreter, its imports, the pipeline key's code
+closure and DVC's rewrite of dvc.lock (issue 25, P1). A model's four outputs are a function of what its
+key holds, so a model whose key is in the shard store is written from there instead of recomputed:
+adding a sixth model evaluates one.
+
+Every read is checked first, whether the outputs are then computed or reused: the raw layer's and each
+predictions layer's shards against their index (sha256 and item count, remembered by the store's stamps
+while a file's stat is unchanged), and each predictions layer against the model file and params now
+(`open_predictions`), so a reuse refuses exactly what a computation would refuse.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from evalstack.cache.shardstore import ShardStore, StoreEntry
+from evalstack.config import ModelSpec, model_spec
+from evalstack.core.atomic import atomic_write_bytes
+from evalstack.core.fingerprint import code_part, runtime_part
+from evalstack.core.keys import Key, sha256_bytes, sha256_file
+from evalstack.core.kinds import RAW_KIND
+from evalstack.core.layers import INDEX_NAME, Layer, remembered_checks
+from evalstack.evaluation.classification import HEADLINE_KEYS, EvaluationOutputs, evaluate_classifier, write_outputs
+from evalstack.evaluation.concentration import evaluate_concentration, write_concentration_outputs
+from evalstack.models.predictions import expected_model_signature, open_predictions
+from evalstack.preprocess.pipelines import pipeline_spec
+
+EVALUATION_KIND = "evaluation"  # a store entry holding one model's evaluate outputs (see _bundle)
+TASKS = tuple(HEADLINE_KEYS)  # plots/<task>/ exists for each, empty when no model has that task
+PLOT_PARTS = ("pairs", "per_class")
+ROLES = ("metrics", "details", *PLOT_PARTS)
+
+
+@dataclass(frozen=True)
+class EvaluateLayout:
+    """Where the stage reads and writes; every output is a folder with one file per model."""
+
+    raw: Path
+    predictions: Path  # <model>/: each model's predictions layer
+    metrics: Path  # <model>.json: the headline, for `dvc metrics` (see headline_metrics)
+    details: Path  # <model>.json: every summary figure
+    plots: Path  # <task>/pairs/<model>.csv and <task>/per_class/<model>.csv
+
+    def outputs(self, name: str, task: str) -> EvaluationOutputs:
+        return EvaluationOutputs(self.metrics / f"{name}.json", self.plots / task / "pairs" / f"{name}.csv",
+                                 self.plots / task / "per_class" / f"{name}.csv", self.details / f"{name}.json",
+                                 name, task)
+
+
+@dataclass(frozen=True)
+class ModelEvaluation:
+    name: str
+    task: str
+    headline: dict[str, Any]  # what metrics/<model>.json holds for it
+    reused: bool  # written from the store, not computed
+
+
+def evaluate_models(params: Mapping[str, Any], layout: EvaluateLayout, store: ShardStore | None) -> list[ModelEvaluation]:
+    """Evaluate every model under `models:` on `evaluate.split`; outputs of models no longer declared are removed."""
+    split = str(params["evaluate"]["split"])
+    checks = remembered_checks(store.stamps if store is not None else None)
+    raw = Layer.open(layout.raw, kind=RAW_KIND)
+    _check_shards(raw, checks)
+    raw_index = sha256_file(raw.directory / INDEX_NAME)
+    for folder in (layout.metrics, layout.details, *(layout.plots / task / part for task in TASKS
+                                                    for part in PLOT_PARTS)):
+        folder.mkdir(parents=True, exist_ok=True)
+    results = [_evaluate_model(params, model_spec(params, name), split, layout, raw_index, store, checks)
+               for name in params["models"]]
+    _remove_undeclared(layout, {result.name: result.task for result in results})
+    if store is not None:
+        store.finish_stage(set())  # with a remote: upload what is pending (nothing of ours needs protecting)
+    return results
+
+
+def _evaluate_model(params: Mapping[str, Any], spec: ModelSpec, split: str, layout: EvaluateLayout, raw_index: str,
+                    store: ShardStore | None, checks: Mapping[str, Callable]) -> ModelEvaluation:
+    predictions_dir = layout.predictions / spec.name
+    signature = expected_model_signature(Layer.open(predictions_dir), spec)
+    pipeline_key = pipeline_spec(params, spec.pipeline).cache_key()
+    layer = open_predictions(predictions_dir, signature, pipeline_key, spec.name)  # refuses another model's
+    _check_shards(layer, checks)
+    key = evaluation_key(spec, split, raw_index, sha256_file(layer.directory / INDEX_NAME))
+    outputs = layout.outputs(spec.name, spec.task)
+    reused = store is not None and _restore(store, key, outputs)
+    if not reused:
+        if spec.task == "concentration":
+            write_concentration_outputs(*evaluate_concentration(layout.raw, predictions_dir, spec, signature,
+                                                                pipeline_key, split), outputs)
+        else:
+            write_outputs(*evaluate_classifier(layout.raw, predictions_dir, spec, signature, pipeline_key, split),
+                          outputs)
+        if store is not None:
+            _keep(store, key, outputs)
+    headline = json.loads(outputs.metrics.read_text())[spec.name]
+    return ModelEvaluation(spec.name, spec.task, headline, reused)
+
+
+def evaluation_key(spec: ModelSpec, split: str, raw_index_sha256: str, predictions_index_sha256: str) -> Key:
+    """What one model's evaluate outputs are a function of.
+
+    The two indexes name every shard's sha256 and the layers' own keys (model signature, pipeline, code), so
+    any change of truth, split assignment or prediction is a new key; the model's name is in its headline, its
+    labels and task decide how predictions are read; the code is this module's import closure (the metrics,
+    the readers, the output formats)."""
+    return Key(EVALUATION_KIND, {
+        "model": spec.name, "task": spec.task, "labels": list(spec.labels), "split": split,
+        "raw_index": raw_index_sha256, "predictions_index": predictions_index_sha256,
+        "code": code_part(__name__), "runtime": runtime_part("numpy"),
+    })
+
+
+def _check_shards(layer: Layer, checks: Mapping[str, Callable]) -> None:
+    for shard in layer.shards:
+        layer.check_shard(shard, **checks)
+
+
+def _bundle(outputs: EvaluationOutputs) -> bytes:
+    return json.dumps({role: _path(outputs, role).read_text() for role in ROLES}, sort_keys=True).encode()
+
+
+def _path(outputs: EvaluationOutputs, role: str) -> Path:
+    path = getattr(outputs, role)
+    assert path is not None, role  # the layout names all four
+    return path
+
+
+def _keep(store: ShardStore, key: Key, outputs: EvaluationOutputs) -> None:
+    data = _bundle(outputs)
+    temporary = outputs.details.parent / f".{outputs.model}.evaluation"
+    atomic_write_bytes(temporary, data, durable=False)
+    try:
+        store.put(StoreEntry(key.hex, sha256_bytes(data), len(data), 1, EVALUATION_KIND, json.loads(key.to_json())),
+                  temporary)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _restore(store: ShardStore, key: Key, outputs: EvaluationOutputs) -> bool:
+    """Write the outputs from the store's entry for `key`; False on a miss (the store checks the entry's sha256,
+    and drops a damaged one, before it is placed)."""
+    temporary = outputs.details.parent / f".{outputs.model}.evaluation"
+    try:
+        if store.materialise(key.hex, temporary) is None:
+            return False
+        files = json.loads(temporary.read_text())
+    finally:
+        temporary.unlink(missing_ok=True)
+    for role in ROLES:
+        atomic_write_bytes(_path(outputs, role), files[role].encode())
+    return True
+
+
+def _remove_undeclared(layout: EvaluateLayout, tasks: Mapping[str, str]) -> None:
+    """Outputs of a model dropped from params.yaml, or of its former task, are removed (DVC empties the folders
+    before it runs the stage; a run by hand does not)."""
+    owners = {layout.metrics: set(tasks), layout.details: set(tasks)}
+    for task in TASKS:
+        for part in PLOT_PARTS:
+            owners[layout.plots / task / part] = {name for name, its_task in tasks.items() if its_task == task}
+    for folder, names in owners.items():
+        for path in folder.iterdir():
+            if path.is_file() and path.suffix in (".json", ".csv") and path.stem not in names:
+                path.unlink()

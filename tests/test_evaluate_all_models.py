@@ -141,8 +141,10 @@ def test_a_stored_result_does_not_hide_a_damaged_input_and_a_damaged_entry_is_re
     entry = next(e for e in store.entries() if e.kind == EVALUATION_KIND and e.layer_key["parts"]["model"] == "m")
     stored = store.shard_path(entry.address)
     os.chmod(stored, 0o644)
-    data = stored.read_bytes()
-    stored.write_bytes(data.replace(b"accuracy", b"accuracx"))  # same size, other bytes
+    data = bytearray(stored.read_bytes())
+    middle = len(data) // 2
+    data[middle] = ord("A") if data[middle] != ord("A") else ord("B")
+    stored.write_bytes(bytes(data))  # same size, other bytes
     rerun = evaluate_models(_params(project), _layout(project), store)
     assert [(r.name, r.reused) for r in rerun] == [("m", False), ("n", True)]
     assert _outputs(project) == expected
@@ -170,3 +172,28 @@ def test_without_a_store_every_model_is_computed(built):
     project, _ = built
     for _ in range(2):
         assert not any(r.reused for r in evaluate_models(_params(project), _layout(project), None))
+
+
+def test_the_store_gives_back_the_exact_bytes_whatever_they_hold(tmp_path: Path):
+    """A reuse writes what was computed, byte for byte: no locale decoding, no newline translation (a label with
+    "\\r\\n" or "ácido" in a CSV), and nothing is left behind in an output folder."""
+    from evalstack.evaluation.all_models import _keep, _restore, evaluation_key
+
+    store = store_at(tmp_path / "store")
+    layout = EvaluateLayout(tmp_path / "raw", tmp_path / "pred", tmp_path / "metrics", tmp_path / "details",
+                            tmp_path / "plots")
+    outputs = layout.outputs("m", "classify")
+    contents = {outputs.metrics: b'{"m": {"accuracy": 0.5}}\n', outputs.details: b'{"n_items": 2}\n',
+                outputs.pairs: 'actual,predicted\n"a\r\nb",ácido\n'.encode(), outputs.per_class: b"\xe1\xff\r\n"}
+    for path, data in contents.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    spec = ModelSpec(name="m", file=Path("m.npy"), adapter="numpy", pipeline="tiny", labels=LABELS)
+    key = evaluation_key(spec, "dev", "a" * 64, "b" * 64)
+    _keep(store, key, outputs)
+    for path in contents:
+        path.write_bytes(b"stale")
+    assert _restore(store, key, outputs)
+    assert {path: path.read_bytes() for path in contents} == contents
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file() and "store" not in p.parts) == sorted(
+        p.name for p in contents)

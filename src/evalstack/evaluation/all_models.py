@@ -13,6 +13,7 @@ while a file's stat is unchanged), and each predictions layer against the model 
 """
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any, Callable, Mapping
 
 from evalstack.cache.shardstore import ShardStore, StoreEntry
 from evalstack.config import ModelSpec, model_spec
-from evalstack.core.atomic import atomic_write_bytes
+from evalstack.core.atomic import TEMP_SUFFIX, atomic_write_bytes
 from evalstack.core.fingerprint import code_part, runtime_part
 from evalstack.core.keys import Key, sha256_bytes, sha256_file
 from evalstack.core.kinds import RAW_KIND
@@ -121,7 +122,10 @@ def _check_shards(layer: Layer, checks: Mapping[str, Callable]) -> None:
 
 
 def _bundle(outputs: EvaluationOutputs) -> bytes:
-    return json.dumps({role: _path(outputs, role).read_text() for role in ROLES}, sort_keys=True).encode()
+    """The four files' exact bytes (base64: no text decoding, so no locale or newline translation between
+    what was computed and what a reuse writes)."""
+    return json.dumps({role: base64.b64encode(_path(outputs, role).read_bytes()).decode("ascii") for role in ROLES},
+                      sort_keys=True).encode()
 
 
 def _path(outputs: EvaluationOutputs, role: str) -> Path:
@@ -130,9 +134,17 @@ def _path(outputs: EvaluationOutputs, role: str) -> Path:
     return path
 
 
+def _scratch(store: ShardStore, key: Key) -> Path:
+    """Where an entry passes through on its way in or out: beside the store's shards, as a temp file its gc
+    clears if a crash leaves it, never inside an output folder that DVC would cache."""
+    path = store.shard_path(key.hex).with_name(f".{key.hex}.evaluation{TEMP_SUFFIX}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _keep(store: ShardStore, key: Key, outputs: EvaluationOutputs) -> None:
     data = _bundle(outputs)
-    temporary = outputs.details.parent / f".{outputs.model}.evaluation"
+    temporary = _scratch(store, key)
     atomic_write_bytes(temporary, data, durable=False)
     try:
         store.put(StoreEntry(key.hex, sha256_bytes(data), len(data), 1, EVALUATION_KIND, json.loads(key.to_json())),
@@ -144,15 +156,15 @@ def _keep(store: ShardStore, key: Key, outputs: EvaluationOutputs) -> None:
 def _restore(store: ShardStore, key: Key, outputs: EvaluationOutputs) -> bool:
     """Write the outputs from the store's entry for `key`; False on a miss (the store checks the entry's sha256,
     and drops a damaged one, before it is placed)."""
-    temporary = outputs.details.parent / f".{outputs.model}.evaluation"
+    temporary = _scratch(store, key)
     try:
         if store.materialise(key.hex, temporary) is None:
             return False
-        files = json.loads(temporary.read_text())
+        files = json.loads(temporary.read_bytes())
     finally:
         temporary.unlink(missing_ok=True)
     for role in ROLES:
-        atomic_write_bytes(_path(outputs, role), files[role].encode())
+        atomic_write_bytes(_path(outputs, role), base64.b64decode(files[role]))
     return True
 
 

@@ -47,6 +47,9 @@ class EvaluateLayout:
     details: Path  # <model>.json: every summary figure
     plots: Path  # <task>/pairs/<model>.csv and <task>/per_class/<model>.csv
 
+    def plot_folders(self, task: str) -> list[Path]:
+        return [self.plots / task / part for part in PLOT_PARTS]
+
     def outputs(self, name: str, task: str) -> EvaluationOutputs:
         return EvaluationOutputs(self.metrics / f"{name}.json", self.plots / task / "pairs" / f"{name}.csv",
                                  self.plots / task / "per_class" / f"{name}.csv", self.details / f"{name}.json",
@@ -68,8 +71,7 @@ def evaluate_models(params: Mapping[str, Any], layout: EvaluateLayout, store: Sh
     raw = Layer.open(layout.raw, kind=RAW_KIND)
     _check_shards(raw, checks)
     raw_index = sha256_file(raw.directory / INDEX_NAME)
-    for folder in (layout.metrics, layout.details, *(layout.plots / task / part for task in TASKS
-                                                    for part in PLOT_PARTS)):
+    for folder in (layout.metrics, layout.details, *(f for task in TASKS for f in layout.plot_folders(task))):
         folder.mkdir(parents=True, exist_ok=True)
     results = [_evaluate_model(params, model_spec(params, name), split, layout, raw_index, store, checks)
                for name in params["models"]]
@@ -173,8 +175,8 @@ def _remove_undeclared(layout: EvaluateLayout, tasks: Mapping[str, str]) -> None
     before it runs the stage; a run by hand does not)."""
     owners = {layout.metrics: set(tasks), layout.details: set(tasks)}
     for task in TASKS:
-        for part in PLOT_PARTS:
-            owners[layout.plots / task / part] = {name for name, its_task in tasks.items() if its_task == task}
+        for folder in layout.plot_folders(task):
+            owners[folder] = {name for name, its_task in tasks.items() if its_task == task}
     for folder, names in owners.items():
         for path in folder.iterdir():
             if path.is_file() and path.suffix in (".json", ".csv") and path.stem not in names:

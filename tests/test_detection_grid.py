@@ -294,6 +294,36 @@ def test_every_cell_scores_exactly_what_pycocotools_says(tmp_path):
         assert summary["rPC"] == summary["mPC"] / summary["P_clean"]
 
 
+def test_consistency_is_the_sum_over_every_image_pair():
+    # consistency skips pairs with nothing above the threshold on one side: the figure must be what matching
+    # every pair gives, on tables with empty images, images with nothing above it, and rows out of order
+    rng = np.random.default_rng(3)
+
+    clean_found, cell_found = [], []
+    for image in range(60):
+        n = int(rng.integers(0, 6))
+        xy = rng.uniform(0, 40, (n, 2))
+        boxes = np.concatenate([xy, rng.uniform(4, 20, (n, 2))], 1).astype(np.float32)
+        labels, scores = rng.integers(0, 2, n), rng.uniform(0, 1, n).astype(np.float32)
+        clean_found.append(Detections(boxes, labels, scores))
+        kept = rng.uniform(0, 1, n) < 0.7  # the corruption loses some boxes, moves and rescores the rest
+        cell_found.append(Detections(boxes[kept] + np.float32(1.5), labels[kept],
+                                     rng.uniform(0, 1, int(kept.sum())).astype(np.float32)))
+    make = lambda found: DetectionTable.from_detections(["a" * 64] * 60, list(range(60)), ["val"] * 60, found)  # noqa: E731
+    clean, cell = make(clean_found), make(cell_found)
+    clean_rows = cell_rows = list(rng.permutation(60))
+    for threshold in (0.0, 0.5, 0.9):
+        def above(t: DetectionTable, row: int) -> Detections:
+            found = t.detections(row)
+            keep = found.scores >= threshold
+            return Detections(found.boxes[keep], found.labels[keep], found.scores[keep])
+
+        pairs = [(above(clean, a), above(cell, b)) for a, b in zip(clean_rows, cell_rows)]
+        total, matched = sum(len(r) for r, _ in pairs), sum(matched_count(r, o, 0.5) for r, o in pairs)
+        assert matched > 0 or threshold == 0.9
+        assert consistency(clean, clean_rows, cell, cell_rows, threshold) == (matched / total if total else None)
+
+
 def test_consistency_counts_clean_detections_found_again():
     boxes = np.asarray([[0, 0, 10, 10], [20, 20, 10, 10], [40, 40, 10, 10]], np.float32)  # xywh
     clean = Detections(boxes, np.asarray([0, 1, 0]), np.asarray([0.9, 0.8, 0.7], np.float32))

@@ -87,3 +87,14 @@ def test_classes_without_ground_truth_have_no_ap():
     report = evaluate_detections(doc, PERFECT)
     assert report.per_class_ap["star"] is None and report.stats["mAP"] == 1.0
     assert len(report.pr_curve) == 101 and report.pr_curve[-1] == pytest.approx((1.0, 1.0))
+
+
+def test_the_callers_results_are_left_as_they_were():
+    # loadRes adds keys (area, id, iscrowd, segmentation) to the dicts it gets: evaluation copies each dict, so
+    # the results a stage writes out afterwards are the ones it made, and evaluating them twice gives one answer.
+    import copy
+
+    results = copy.deepcopy(HIGH_FP)
+    first = evaluate_detections(document(), results)
+    assert results == HIGH_FP and all(set(r) == {"image_id", "category_id", "bbox", "score"} for r in results)
+    assert evaluate_detections(document(), results).stats == first.stats

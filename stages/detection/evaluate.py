@@ -5,10 +5,8 @@ from pathlib import Path
 from evalstack.cache.shardstore import open_store
 from evalstack.config import load_params, model_spec
 from evalstack.core.failures import run_stage
-from evalstack.detection.adapter import load_detector
-from evalstack.detection.candidates import candidates_code, candidates_key
 from evalstack.detection.evaluation import DetectionOutputs, Scoring, evaluate_detector, write_detection_outputs
-from evalstack.detection.postprocess import detections_key
+from evalstack.detection.signatures import expected_detections_key
 from evalstack.preprocess.letterbox import build_letterbox
 
 
@@ -23,13 +21,12 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     spec = model_spec(params, args.model)
-    # The adapter recomputes the model signature, so detections of another model or post-processing are refused.
-    adapter = load_detector(spec)
-    pipeline_key = build_letterbox(params["preprocess"]["pipelines"][spec.pipeline]).cache_key()
-    candidates = candidates_key(adapter.signature(), pipeline_key, candidates_code(type(adapter)))
-    expected = detections_key(candidates, adapter.postprocess)
-    split, scoring = params["evaluate"]["split"], Scoring.from_params(params["evaluate"])
     store = open_store(params, args.params.parent)
+    # The model's signature is recomputed (or taken from a memo under a key naming everything it depends on:
+    # detection/signatures.py), so detections of another model or post-processing are refused.
+    pipeline_key = build_letterbox(params["preprocess"]["pipelines"][spec.pipeline]).cache_key()
+    expected = expected_detections_key(spec, pipeline_key, store)
+    split, scoring = params["evaluate"]["split"], Scoring.from_params(params["evaluate"])
     evaluation = evaluate_detector(args.raw, args.detections, spec, expected, split, scoring,
                                    store.stamps.sha256 if store else None)
     outputs = DetectionOutputs(args.metrics, args.per_class, args.pr_curve, args.per_image, args.results, args.details)

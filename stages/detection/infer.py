@@ -11,6 +11,7 @@ from evalstack.core.failures import run_stage
 from evalstack.detection.adapter import load_detector
 from evalstack.detection.candidates import evaluated_splits, infer_candidates_layer
 from evalstack.detection.labels import checked_label_map
+from evalstack.detection.signatures import remember_signature
 from evalstack.sources.coco import read_categories
 
 
@@ -28,6 +29,7 @@ def main() -> None:
     adapter = load_detector(spec)
     batch_size = int(params.get("infer", {}).get("batch_size", 32))
     store = open_store(params, args.params.parent)  # not a dvc.yaml param: where results are kept does not change them
+    remember_signature(store, spec, adapter.signature())  # evaluate then checks keys without loading the model
     build = infer_candidates_layer(args.preprocessed, args.out, adapter, evaluated_splits(params), batch_size, store)
     per_split = ", ".join(f"{split} {n}" for split, n in build.index.stats["forward_passes_by_split"].items())
     print(f"{build.summary()}; {build.counts['forward_passes']} forward passes (layer: {per_split})")

@@ -9,9 +9,11 @@ a from-scratch build are byte-identical and DVC sees no change between them.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -282,12 +284,19 @@ def describe_key_change(old: Mapping[str, Any], new: Mapping[str, Any], labels: 
 
 def code_version() -> dict[str, Any]:
     """evalstack's version and, when run inside a git checkout, its commit and whether it has edits."""
+    return dict(_code_version(os.getcwd()))
+
+
+@lru_cache(maxsize=8)
+def _code_version(cwd: str) -> dict[str, Any]:
+    # Once per process and folder: two git commands per layer cost ~20 ms each, and the robustness stage
+    # builds a layer per grid cell. The build record is what a user reads back; it is in no key.
     version: dict[str, Any] = {"evalstack": _installed_version()}
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=cwd)
         if commit.returncode == 0:
             status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, timeout=10)
+                                    capture_output=True, text=True, timeout=10, cwd=cwd)
             version["git_commit"] = commit.stdout.strip()
             version["git_dirty"] = bool(status.stdout.strip())
     except (OSError, subprocess.SubprocessError):

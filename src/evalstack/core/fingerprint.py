@@ -193,7 +193,14 @@ def _normalised_source_digest(path: Path, mtime_ns: int, size: int) -> str:
 def source_digest(path: Path) -> str:
     """sha256 of a module's syntax tree without docstrings (comments and layout never reach the tree)."""
     status = path.stat()
-    return _normalised_source_digest(path.resolve(), status.st_mtime_ns, status.st_size)
+    return _normalised_source_digest(_resolved(path), status.st_mtime_ns, status.st_size)
+
+
+@lru_cache(maxsize=None)
+def _resolved(path: Path) -> Path:
+    # resolve() stats every component of the path: per module, per key, it was most of a key's cost (a grid
+    # computes two keys per cell). The stat above still sees every edit of the file itself.
+    return path.resolve()
 
 
 @lru_cache(maxsize=64)

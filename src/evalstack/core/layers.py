@@ -149,6 +149,9 @@ def compression_options(name: str) -> dict[str, Any]:
     raise StoreError(f"unknown compression {name!r}; choose one of {', '.join(COMPRESSIONS)}")
 
 
+SMALL_IMAGE = 1 << 20  # bytes: below this a shard is hashed before it is written, not beside
+
+
 def _is_text(array: np.ndarray) -> bool:
     return array.dtype.kind in ("U", "O")
 
@@ -174,7 +177,11 @@ def write_shard(
         raise StoreError(f"{path.name}: columns differ in length: {lengths}")
     image = _shard_image(columns, attrs, compression_options(compression), flat or {})
     # Hash the bytes in hand while they go to disk: hashlib and fsync both release the GIL,
-    # and nothing has to be read back.
+    # and nothing has to be read back. A small shard is hashed first: starting a thread costs more.
+    if len(image) < SMALL_IMAGE:
+        digest = hashlib.sha256(image).hexdigest()
+        atomic_write_bytes(path, image)
+        return digest
     with ThreadPoolExecutor(max_workers=1) as pool:
         digest = pool.submit(lambda: hashlib.sha256(image).hexdigest())
         atomic_write_bytes(path, image)

@@ -102,7 +102,12 @@ def candidates_key(model_signature: Key, pipeline_key: Key, code: dict[str, str]
 
 def candidates_code(adapter_class: type) -> dict[str, str]:
     """The code that turns tensors into candidates: this stage and the adapter's module (a user's own too)."""
-    return code_part(defining_module(adapter_class), __name__)
+    return module_candidates_code(defining_module(adapter_class))
+
+
+def module_candidates_code(adapter_module: str) -> dict[str, str]:
+    """`candidates_code` of the adapter class defined in `adapter_module`, without importing it."""
+    return code_part(adapter_module, __name__)
 
 
 def candidate_shard(table: CandidateTable, attrs: Mapping[str, Any]) -> ShardContent:

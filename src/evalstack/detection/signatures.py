@@ -1,0 +1,116 @@
+"""A detector's signature, remembered in the shard store, for stages that read detections but run no model.
+
+The evaluate stage refuses detections of another model or post-processing, so it recomputes the key
+the detections must carry, and that starts from the model's signature: the weights' sha256 plus the
+contract the adapter reads from the loaded file (its input shape, among others). Loading the model
+means importing its framework (torch: ~1.3 s) and reading the file, and an NMS or threshold change
+re-runs evaluate without any forward pass: the load was most of that stage's time.
+
+So the stages that load a model anyway (infer, grid) remember its signature in the store, under a
+memo key that names everything the signature is computed from:
+
+- the whole model entry from params.yaml (file, adapter, options, labels, pin, trust, ...), except the
+  post-processing options (threshold, NMS IoU, cap), which are no part of a signature;
+- the file's sha256 (the store's remembered hashes: re-read whenever the file's stat changes);
+- the code of the adapter (its module's import closure, as in every layer key);
+- the installed versions of the frameworks an adapter can use.
+
+A memo is used only when all of these are equal, so it gives the signature a load would give; a
+missing, damaged or foreign memo file means a load, as before. Only adapters whose contract is a
+function of those inputs are remembered: torchvision's and YOLO's read the machine too (`device:
+auto` asks whether a GPU is present), so they always load. Memos live in the local store directory
+only, never in a shared `store.url`: they are cheaper to recompute than to trust from elsewhere.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from evalstack.cache.shardstore import ShardStore
+from evalstack.config import ModelSpec
+from evalstack.core.atomic import atomic_write_bytes
+from evalstack.core.fingerprint import code_part, runtime_part
+from evalstack.core.keys import Key
+from evalstack.detection.candidates import candidates_code, candidates_key, module_candidates_code
+from evalstack.detection.decoding import CandidateBound, PostProcess
+from evalstack.detection.postprocess import detections_key
+
+# adapter name → the module defining it, for the adapters whose signature depends only on the memo key's parts
+PURE_ADAPTERS = {"torch_detection": "evalstack.detection.adapter"}
+# every framework a detection adapter may load, by distribution name (read from metadata: nothing imported)
+FRAMEWORKS = ("torch", "torchvision", "numpy", "onnxruntime", "ultralytics")
+MEMO_KIND = "detector_signature"
+POSTPROCESS_OPTIONS = tuple(field.name for field in fields(PostProcess))  # confidence_threshold, nms_iou, max_detections
+
+
+def memo_key(spec: ModelSpec, weights_sha256: str) -> Key:
+    # The post-processing options are left out: they are no part of a signature (the adapter's contract leaves
+    # them out, so that an NMS change runs no model), and a change of them is exactly when the memo should serve.
+    # What the adapter checks of them on load is checked on the memo's path too (expected_detections_key).
+    options = {name: value for name, value in spec.options.items() if name not in POSTPROCESS_OPTIONS}
+    entry = {**asdict(spec), "file": str(spec.file), "options": options}
+    return Key(MEMO_KIND, {"spec": entry, "weights_sha256": weights_sha256,
+                           "code": code_part(PURE_ADAPTERS[spec.adapter]), "runtime": runtime_part(*FRAMEWORKS)})
+
+
+def memo_path(store: ShardStore, key: Key) -> Path:
+    return store.directory / "memo" / f"{key.hex}.json"
+
+
+def _key_of(store: ShardStore | None, spec: ModelSpec) -> Key | None:
+    if store is None or spec.adapter not in PURE_ADAPTERS:
+        return None
+    try:
+        return memo_key(spec, store.stamps.sha256(spec.file))
+    except OSError:  # no file: loading says so in the adapter's words
+        return None
+
+
+def remember_signature(store: ShardStore | None, spec: ModelSpec, signature: Key) -> None:
+    """Keep the signature a loaded adapter computed (best effort: a store that cannot write is no error)."""
+    key = _key_of(store, spec)
+    if key is None:
+        return
+    record = {"memo": json.loads(key.to_json()), "signature": json.loads(signature.to_json())}
+    path = memo_path(store, key)
+    with store.caching():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, (json.dumps(record, sort_keys=True) + "\n").encode())
+
+
+def remembered_signature(store: ShardStore | None, spec: ModelSpec) -> Key | None:
+    """The signature a load of this model would compute, when a memo under the same key holds it; else None."""
+    key = _key_of(store, spec)
+    if key is None:
+        return None
+    try:
+        record: dict[str, Any] = json.loads(memo_path(store, key).read_text())
+        # the record names its own key: a file copied under another name is not this model's memo
+        if record["memo"] != json.loads(key.to_json()):
+            return None
+        signature = Key(record["signature"]["kind"], record["signature"]["parts"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if signature.kind != "model" or signature.parts.get("weights_sha256") != key.parts["weights_sha256"]:
+        return None
+    return signature
+
+
+def expected_detections_key(spec: ModelSpec, pipeline_key: Key, store: ShardStore | None) -> Key:
+    """The key the model's current detections layer must carry: its candidates (signature, pipeline, code) and
+    its post-processing. From a memo when one holds the signature (nothing imported, no file loaded), else
+    from the loaded adapter, whose signature is then remembered."""
+    signature = remembered_signature(store, spec)
+    if signature is not None:
+        post = PostProcess.from_options(spec.options)
+        CandidateBound.from_options(spec.options).check_covers(post, spec.name)  # what the adapter checks on load
+        code = module_candidates_code(PURE_ADAPTERS[spec.adapter])
+    else:
+        from evalstack.detection.adapter import load_detector  # imports the framework: only when loading
+
+        adapter = load_detector(spec)
+        signature, post, code = adapter.signature(), adapter.postprocess, candidates_code(type(adapter))
+        remember_signature(store, spec, signature)
+    return detections_key(candidates_key(signature, pipeline_key, code), post)

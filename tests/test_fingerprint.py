@@ -171,3 +171,62 @@ def test_locate_finds_what_the_import_system_finds():
     for name in names:
         found = locate(name)
         assert (found.path if found else None) == imported(name), name
+
+
+SOURCE = '''"""A module."""
+import evalstack.core.keys
+from . import sibling
+NAME = "evalstack.core.layers"
+VALUE = 1
+'''
+
+
+def _fresh_parse(monkeypatch, path: Path):
+    """parsed_source as a new process sees it: nothing remembered in memory."""
+    from evalstack.core import fingerprint
+
+    fingerprint._parsed.cache_clear()
+    return fingerprint.parsed_source(path)
+
+
+def test_a_parse_is_remembered_beside_the_source_and_used_by_the_next_process(tmp_path, monkeypatch):
+    from evalstack.core import fingerprint
+
+    module = tmp_path / "pkg" / "mod.py"
+    module.parent.mkdir()
+    module.write_text(SOURCE)
+    first = _fresh_parse(monkeypatch, module)
+    assert fingerprint.sidecar_path(module).is_file()
+    assert first.strings == ("evalstack.core.layers",) and ("import", "evalstack.core.keys") in first.imports
+
+    def no_parse(*args, **kwargs):
+        raise AssertionError("parsed again although the sidecar holds this file's parse")
+
+    monkeypatch.setattr(fingerprint.ast, "parse", no_parse)
+    assert _fresh_parse(monkeypatch, module) == first  # read back, not parsed
+    monkeypatch.undo()
+
+    module.write_text(SOURCE.replace("VALUE = 1", "VALUE = 22"))  # an edit: another size and mtime, a new parse
+    edited = _fresh_parse(monkeypatch, module)
+    assert edited.digest != first.digest and edited.imports == first.imports
+    module.write_text(SOURCE.replace('"""A module."""', '"""Another docstring."""'))
+    assert _fresh_parse(monkeypatch, module).digest == first.digest  # docstrings never count
+
+
+def test_a_sidecar_from_another_python_other_rules_or_damaged_is_not_used(tmp_path, monkeypatch):
+    from evalstack.core import fingerprint
+
+    module = tmp_path / "mod.py"
+    module.write_text(SOURCE)
+    truth = _fresh_parse(monkeypatch, module)
+    sidecar = fingerprint.sidecar_path(module)
+    record = json.loads(sidecar.read_text())
+    for field, value in (("python", "2.7.18"), ("rules", "0" * 64)):
+        sidecar.write_text(json.dumps({**record, "digest": "f" * 64, "stamp": {**record["stamp"], field: value}}))
+        assert _fresh_parse(monkeypatch, module) == truth
+    sidecar.write_text("{not json")
+    assert _fresh_parse(monkeypatch, module) == truth
+    # where nothing can be written (a read-only installation), every process parses: same answer, no error
+    shutil.rmtree(sidecar.parent)
+    sidecar.parent.write_text("not a directory")
+    assert _fresh_parse(monkeypatch, module) == truth

@@ -84,7 +84,7 @@ bench: install ## benchmarks vs the naive pipeline → bench/RESULTS.md (P1–P1
 bench-scale: install ## P12: 200,000 small images on Dask, the curve to 200k, dvc add and a plain script → bench/RESULTS.md (≤ 45 min)
 	PYTHONPATH=$(CURDIR)/src $(PY) bench/run.py --suite scale
 
-bench-detection: install-detection ## the detection corruption grid at 5,000 images × 5 × 5 vs a naive loop (~45 min) → bench/RESULTS.md
+bench-detection: install-detection ## the detection corruption grid at 5,000 images × 5 × 5 vs a naive loop (~21 min) → bench/RESULTS.md
 	PYTHONPATH=$(CURDIR)/src $(PY) bench/detection_grid.py
 
 bench-detection-tv: install-detection ## a real torchvision detector in the grid, 500 images × 5 × 3, vs the sensible naive script → bench/RESULTS.md

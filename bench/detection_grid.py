@@ -16,7 +16,7 @@ real dvc CLI:
      cost as a share of the grid's inference time (bench/_stage_timer: clocks around the cache's
      functions inside the stage processes, plus DVC's own time around each stage).
 
-    make bench-detection                                   # full size, ~45 min on 2 cores; writes bench/RESULTS.md
+    make bench-detection                                   # full size, ~21 min on 2 cores; writes bench/RESULTS.md
     PYTHONPATH=src python bench/detection_grid.py --images 200 --train 60 --no-results   # a quick check
 """
 from __future__ import annotations

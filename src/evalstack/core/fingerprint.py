@@ -18,7 +18,6 @@ import ast
 import hashlib
 import importlib.util
 import json
-import os
 import re
 import sys
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from functools import lru_cache
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Iterable
+
+from evalstack.core.atomic import atomic_write_bytes
 
 PACKAGE = "evalstack"
 _MODULE_NAME = re.compile(rf"^{PACKAGE}(\.[A-Za-z_][A-Za-z0-9_]*)+$")
@@ -250,11 +251,9 @@ def _parsed(path: Path, mtime_ns: int, size: int) -> ParsedSource:
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         pass
     parsed = _parse(path)
-    try:
+    try:  # whole or absent (a fresh temp name per writer): two processes or threads may write it at once
         sidecar.parent.mkdir(exist_ok=True)
-        temporary = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps({"stamp": stamp, **parsed.to_json()}))
-        os.replace(temporary, sidecar)  # whole or absent: two processes may write it at once
+        atomic_write_bytes(sidecar, json.dumps({"stamp": stamp, **parsed.to_json()}).encode(), durable=False)
     except OSError:  # a read-only installation: it parses every time
         pass
     return parsed

@@ -6,8 +6,8 @@ contract the adapter reads from the loaded file (its input shape, among others).
 means importing its framework (torch: ~1.3 s) and reading the file, and an NMS or threshold change
 re-runs evaluate without any forward pass: the load was most of that stage's time.
 
-So the stages that load a model anyway (infer, grid) remember its signature in the store, under a
-memo key that names everything the signature is computed from:
+So infer, which loads the model anyway, remembers its signature in the store (as does evaluate when it
+had to load), under a memo key that names everything the signature is computed from:
 
 - the whole model entry from params.yaml (file, adapter, options, labels, pin, trust, ...), except the
   post-processing options (threshold, NMS IoU, cap), which are no part of a signature;

@@ -9,6 +9,7 @@ from evalstack.core.failures import run_stage
 from evalstack.models.adapters import end_process, load_adapter
 from evalstack.models.inference import infer_layer
 from evalstack.models.latency import ensure_timed, latency_record, write_latency
+from evalstack.models.signatures import remember_signature
 
 
 def main() -> None:
@@ -23,6 +24,7 @@ def main() -> None:
     adapter = load_adapter(model_spec(params, args.model))
     batch_size = int(params.get("infer", {}).get("batch_size", 32))
     store = open_store(params, args.params.parent)  # not a dvc.yaml param: where results are kept does not change them
+    remember_signature(store, adapter)  # robustness then keys its cells without loading the model
     with open_executor(params, in_process=True, store=store) as executor:  # not a dvc.yaml param either: the executor does not change the bytes
         build = infer_layer(args.preprocessed, args.out, adapter, batch_size, store, executor)
     print(f"{build.summary()}; {build.counts['forward_passes']} forward passes")

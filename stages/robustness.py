@@ -11,7 +11,8 @@ from evalstack.core.failures import run_stage
 from evalstack.core.layers import Layer
 from evalstack.evaluation.robustness import GridConfig, build_grid, grid_results, why_no_grid
 from evalstack.evaluation.robustness_metrics import model_summary
-from evalstack.models.adapters import end_process, load_adapter
+from evalstack.models.adapters import end_process
+from evalstack.models.signatures import open_adapter
 from evalstack.preprocess.pipelines import pipeline_spec
 
 
@@ -38,9 +39,9 @@ def main() -> None:
         write_summary(args.summary, {"model": args.model, "skipped": skipped})
         print(f"{args.model}: no perturbation grid ({skipped})")
         return
-    adapter = load_adapter(spec)
     config = GridConfig.from_params(params.get("robustness") or {})
     store = open_store(params, args.params.parent)
+    adapter = open_adapter(spec, store)  # loaded at its first forward pass when the store remembers its signature
     batch_size = int(params.get("infer", {}).get("batch_size", 32))
     threads = local_threads(params)  # not a dvc.yaml param: the bytes do not depend on it
     build = build_grid(args.raw, args.preprocessed, args.predictions, args.out, adapter, config, store, batch_size,

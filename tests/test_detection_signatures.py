@@ -1,6 +1,5 @@
 """The evaluate stage's remembered model signature (detection/signatures.py): it must give exactly the key a
 load gives, and be ignored the moment anything the signature depends on changes."""
-import json
 import os
 import shutil
 import subprocess
@@ -16,10 +15,12 @@ from evalstack.detection import signatures
 from evalstack.detection.adapter import load_detector
 from evalstack.detection.candidates import candidates_code, candidates_key
 from evalstack.detection.postprocess import detections_key
-from evalstack.detection.signatures import expected_detections_key, memo_path, remember_signature, remembered_signature
+from evalstack.detection.signatures import expected_detections_key, remember_signature, remembered_signature
+from evalstack.models.signatures import memo_path
 from tests.conftest import store_in
 from tests.detection_helpers import LABELS, export_tiny_detector
 from tests.detection_helpers import spec as _spec
+from tests.memos import damaged_memos
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = Key("pipeline", {"size": 32})
@@ -87,12 +88,8 @@ def test_a_damaged_or_foreign_memo_is_not_used(model_file, tmp_path):
     other_path = memo_path(store, signatures.memo_key(other, store.stamps.sha256(model_file)))
     other_path.write_bytes(path.read_bytes())  # spec's memo under other's name: names its own key, refused
     assert remembered_signature(store, other) is None
-    record = json.loads(path.read_text())
-    record["signature"]["parts"]["weights_sha256"] = "0" * 64
-    path.write_text(json.dumps(record))
-    assert remembered_signature(store, spec) is None
-    path.write_text("{not json")
-    assert remembered_signature(store, spec) is None
+    for damage in damaged_memos(path):
+        assert remembered_signature(store, spec) is None, damage
     assert expected_detections_key(spec, PIPELINE, store) == loaded_key(spec)  # loads again, rewrites the memo
     assert remembered_signature(store, spec) is not None
 

@@ -23,19 +23,16 @@ only, never in a shared `store.url`: they are cheaper to recompute than to trust
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import fields
 
 from evalstack.cache.shardstore import ShardStore
 from evalstack.config import ModelSpec
-from evalstack.core.atomic import atomic_write_bytes
 from evalstack.core.fingerprint import code_part, runtime_part
 from evalstack.core.keys import Key
 from evalstack.detection.candidates import candidates_code, candidates_key, module_candidates_code
 from evalstack.detection.decoding import CandidateBound, PostProcess
 from evalstack.detection.postprocess import detections_key
+from evalstack.models.signatures import read_memo, spec_entry, write_memo
 
 # adapter name → the module defining it, for the adapters whose signature depends only on the memo key's parts
 PURE_ADAPTERS = {"torch_detection": "evalstack.detection.adapter"}
@@ -49,14 +46,8 @@ def memo_key(spec: ModelSpec, weights_sha256: str) -> Key:
     # The post-processing options are left out: they are no part of a signature (the adapter's contract leaves
     # them out, so that an NMS change runs no model), and a change of them is exactly when the memo should serve.
     # What the adapter checks of them on load is checked on the memo's path too (expected_detections_key).
-    options = {name: value for name, value in spec.options.items() if name not in POSTPROCESS_OPTIONS}
-    entry = {**asdict(spec), "file": str(spec.file), "options": options}
-    return Key(MEMO_KIND, {"spec": entry, "weights_sha256": weights_sha256,
+    return Key(MEMO_KIND, {"spec": spec_entry(spec, POSTPROCESS_OPTIONS), "weights_sha256": weights_sha256,
                            "code": code_part(PURE_ADAPTERS[spec.adapter]), "runtime": runtime_part(*FRAMEWORKS)})
-
-
-def memo_path(store: ShardStore, key: Key) -> Path:
-    return store.directory / "memo" / f"{key.hex}.json"
 
 
 def _key_of(store: ShardStore | None, spec: ModelSpec) -> Key | None:
@@ -71,31 +62,14 @@ def _key_of(store: ShardStore | None, spec: ModelSpec) -> Key | None:
 def remember_signature(store: ShardStore | None, spec: ModelSpec, signature: Key) -> None:
     """Keep the signature a loaded adapter computed (best effort: a store that cannot write is no error)."""
     key = _key_of(store, spec)
-    if key is None:
-        return
-    record = {"memo": json.loads(key.to_json()), "signature": json.loads(signature.to_json())}
-    path = memo_path(store, key)
-    with store.caching():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, (json.dumps(record, sort_keys=True) + "\n").encode())
+    if key is not None and store is not None:
+        write_memo(store, key, signature)
 
 
 def remembered_signature(store: ShardStore | None, spec: ModelSpec) -> Key | None:
     """The signature a load of this model would compute, when a memo under the same key holds it; else None."""
     key = _key_of(store, spec)
-    if key is None:
-        return None
-    try:
-        record: dict[str, Any] = json.loads(memo_path(store, key).read_text())
-        # the record names its own key: a file copied under another name is not this model's memo
-        if record["memo"] != json.loads(key.to_json()):
-            return None
-        signature = Key(record["signature"]["kind"], record["signature"]["parts"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if signature.kind != "model" or signature.parts.get("weights_sha256") != key.parts["weights_sha256"]:
-        return None
-    return signature
+    return None if key is None or store is None else read_memo(store, key)
 
 
 def expected_detections_key(spec: ModelSpec, pipeline_key: Key, store: ShardStore | None) -> Key:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from evalstack.cache.incremental import DerivedLayerSpec, LayerBuild, ShardContent, build_derived_layer
 from evalstack.cache.shardstore import ShardStore
-from evalstack.core.fingerprint import code_part, defining_module, runtime_part
+from evalstack.core.fingerprint import code_part, runtime_part
 from evalstack.core.keys import Key, sha256_bytes
 from evalstack.core.kinds import PREDICTIONS_KIND, PREPROCESSED_KIND
 from evalstack.core.layers import ITEM_KEY, Layer, ShardInfo, read_column, remove_other_layers
@@ -33,6 +33,7 @@ from evalstack.preprocess.perturbations import PERTURBATION_RUNTIME, Cell
 
 if TYPE_CHECKING:  # the grid runs whatever adapter the stage loaded; it imports none itself
     from evalstack.models.adapters.base import ModelAdapter
+    from evalstack.models.signatures import DeferredAdapter
 
 
 class RobustnessError(ValueError):
@@ -68,7 +69,7 @@ class GridConfig:
 
 
 def cell_key(model_signature: Key, pipeline_key: Key, cell: Cell, seed: int, code: dict[str, str]) -> Key:
-    """`code`: `grid_code(adapter class)`, the grid's own closure (perturbations included) and the adapter's."""
+    """`code`: `grid_code(adapter module)`, the grid's own closure (perturbations included) and the adapter's."""
     perturbation = {"type": cell.kind, "severity": cell.severity, "seed": seed}
     return Key("robust_predictions", {
         "model": dict(model_signature.parts), "pipeline": dict(pipeline_key.parts), "perturbation": perturbation,
@@ -76,8 +77,8 @@ def cell_key(model_signature: Key, pipeline_key: Key, cell: Cell, seed: int, cod
     })
 
 
-def grid_code(adapter_class: type) -> dict[str, str]:
-    return code_part(defining_module(adapter_class), __name__)
+def grid_code(adapter_module: str) -> dict[str, str]:
+    return code_part(adapter_module, __name__)
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def build_grid(
     preprocessed_dir: Path,
     clean_dir: Path,
     out_dir: Path,
-    adapter: ModelAdapter,
+    adapter: ModelAdapter | DeferredAdapter,
     config: GridConfig,
     store: ShardStore | None = None,
     batch_size: int = 32,
@@ -139,7 +140,7 @@ def build_grid(
     n_classes = len(adapter.spec.labels)
     passes_before = adapter.forward_passes
     builds = {}
-    code = grid_code(type(adapter))
+    code = grid_code(adapter.code_module)
     # The perturbations (numpy, scipy.ndimage, OpenCV) release the GIL: threads share the stage's loaded model
     # and its process, where worker processes would each load the model again.
     with ThreadPoolExecutor(threads, thread_name_prefix="perturb") if threads > 1 else nullcontext() as pool:
@@ -156,7 +157,7 @@ def build_grid(
     return GridBuild(adapter.spec.name, builds, clean, np.flatnonzero(chosen), adapter.forward_passes - passes_before)
 
 
-def _cell_compute(adapter: ModelAdapter, cell: Cell, seed: int, selection: SplitSelection, batch_size: int,
+def _cell_compute(adapter: ModelAdapter | DeferredAdapter, cell: Cell, seed: int, selection: SplitSelection, batch_size: int,
                   n_classes: int, pool: ThreadPoolExecutor | None = None):
     def perturbed(image: np.ndarray, item: str) -> np.ndarray:
         return perturb.perturb(image, cell.kind, cell.severity, str(item), seed)

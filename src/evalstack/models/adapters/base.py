@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from evalstack.config import TASKS, ModelError, ModelSpec
-from evalstack.core.fingerprint import runtime_part
+from evalstack.core.fingerprint import defining_module, runtime_part
 from evalstack.core.keys import Key, sha256_file
 
 
@@ -79,6 +79,11 @@ class ModelAdapter(ABC):
 
     def signature(self) -> Key:
         return Key("model", {"weights_sha256": self.weights_sha256, **self.contract()})
+
+    @property
+    def code_module(self) -> str:
+        """The module whose import closure is this adapter's code in cache keys."""
+        return defining_module(type(self))
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """Outputs (N, K) for model-ready arrays (N, H, W, C) in 0–255 or feature vectors (N, F)."""

@@ -1,0 +1,186 @@
+"""Remembered model signatures (models/signatures.py): the robustness stage keys its cells without loading the
+model when the store remembers its signature. The memo must give exactly what a load gives, be ignored the
+moment anything the signature depends on changes, and a model that loads with another signature is refused."""
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evalstack.config import ModelError, ModelSpec
+from evalstack.core.keys import sha256_file
+from evalstack.demo.training.networks import TrainConfig, train_torch_export
+from evalstack.demo.training.rows import ArrayRows
+from evalstack.evaluation.robustness import GridConfig, build_grid
+from evalstack.models import signatures
+from evalstack.models.adapters import ADAPTERS, adapter_class, load_adapter
+from evalstack.models.inference import infer_layer
+from evalstack.models.signatures import (
+    PURE_ADAPTERS,
+    DeferredAdapter,
+    memo_key,
+    memo_path,
+    open_adapter,
+    remember_signature,
+    remembered_signature,
+)
+from tests.layers import Project, digests, store_at
+from tests.memos import damaged_memos
+
+REPO = Path(__file__).resolve().parents[1]
+LABELS = ("a", "b", "c")
+SIZE = 32  # the demo CNN's smallest input
+N_ITEMS = 7
+
+
+def torch_model(path: Path, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(4, SIZE, SIZE, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    train_torch_export(ArrayRows(x, rng.integers(0, 3, 4)), 3,
+                       TrainConfig("torch_export", epochs=1, batch_size=4, seed=seed), path)
+    return path
+
+
+def spec_of(file: Path, **changes) -> ModelSpec:
+    return replace(ModelSpec(name="m", file=file, adapter="torch", pipeline="tiny", labels=LABELS, trust=True), **changes)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    return torch_model(tmp_path_factory.mktemp("models") / "m.pt2")
+
+
+def test_a_remembered_signature_is_what_a_load_gives(model_file, tmp_path):
+    store = store_at(tmp_path / "store")
+    first = open_adapter(spec_of(model_file), store)  # no memo yet: loaded, and remembered
+    assert not isinstance(first, DeferredAdapter)
+    second = open_adapter(spec_of(model_file), store)
+    assert isinstance(second, DeferredAdapter) and not second.loaded
+    assert second.signature() == load_adapter(spec_of(model_file)).signature() == first.signature()
+    assert second.code_module == first.code_module and second.framework == first.framework
+    assert second.weights_sha256 == sha256_file(model_file)
+    assert second.forward_passes == 0
+    batch = np.random.default_rng(1).integers(0, 256, (3, SIZE, SIZE, 3)).astype(np.float32)
+    assert np.array_equal(second.predict_batch(batch), first.predict_batch(batch))
+    assert second.loaded and second.forward_passes == 3
+
+
+def test_the_remembered_adapters_are_the_built_in_ones_defined_where_named():
+    assert set(PURE_ADAPTERS) == {"tflite", "torch", "keras", "onnx", "pls"}
+    for name in ("torch", "pls"):  # the others import TensorFlow or onnxruntime only to say the same
+        assert adapter_class(name).__module__ == PURE_ADAPTERS[name] == ADAPTERS[name][0]
+
+
+def test_anything_the_signature_depends_on_makes_the_memo_unused(model_file, tmp_path, monkeypatch):
+    store = store_at(tmp_path / "store")
+    file = tmp_path / "models/m.pt2"
+    file.parent.mkdir()
+    file.write_bytes(model_file.read_bytes())
+    spec = spec_of(file)
+    remember_signature(store, load_adapter(spec))
+    assert remembered_signature(store, spec) == load_adapter(spec).signature()
+    assert remembered_signature(store, replace(spec, labels=("a", "c", "b"))) is None
+    assert remembered_signature(store, replace(spec, options={"input_shape": [SIZE, SIZE, 3]})) is None
+    assert remembered_signature(store, replace(spec, layout="NCHW")) is None
+    assert remembered_signature(store, replace(spec, sha256=sha256_file(file))) is None
+    real_runtime = signatures.runtime_part
+    monkeypatch.setattr(signatures, "runtime_part", lambda *names: {**real_runtime(*names), "torch": "0.0-other"})
+    assert remembered_signature(store, spec) is None
+    monkeypatch.undo()
+    real_code = signatures.code_part
+    monkeypatch.setattr(signatures, "code_part", lambda *roots: {**real_code(*roots), PURE_ADAPTERS["torch"]: "0"})
+    assert remembered_signature(store, spec) is None
+    monkeypatch.undo()
+    assert remembered_signature(store, spec) is not None
+    torch_model(file, seed=1)  # other weights at the same path
+    assert remembered_signature(store, spec) is None
+    assert isinstance(open_adapter(spec, store), type(load_adapter(spec)))  # a load, whose signature is kept
+    assert remembered_signature(store, spec) == load_adapter(spec).signature()
+
+
+def test_a_damaged_or_foreign_memo_is_not_used_and_no_store_means_a_load(model_file, tmp_path):
+    store = store_at(tmp_path / "store")
+    spec, other = spec_of(model_file), spec_of(model_file, labels=("x", "y", "z"))
+    remember_signature(store, load_adapter(spec))
+    path = memo_path(store, memo_key(spec, sha256_file(model_file)))
+    other_path = memo_path(store, memo_key(other, sha256_file(model_file)))
+    other_path.write_bytes(path.read_bytes())  # spec's memo under other's name: it names its own key, refused
+    assert remembered_signature(store, other) is None
+    for damage in damaged_memos(path):
+        assert remembered_signature(store, spec) is None, damage
+    assert not isinstance(open_adapter(spec, None), DeferredAdapter)
+    user_adapter = replace(spec, adapter="mine")  # an adapter a user registers may read anything: never remembered
+    assert remembered_signature(store, user_adapter) is None
+
+
+def test_a_model_that_loads_with_another_signature_is_refused_and_its_memo_removed(model_file, tmp_path):
+    store = store_at(tmp_path / "store")
+    spec = spec_of(model_file)
+    remember_signature(store, load_adapter(spec))
+    path = memo_path(store, memo_key(spec, sha256_file(model_file)))
+    record = json.loads(path.read_text())
+    record["signature"]["parts"]["input_shape"] = [SIZE + 1, SIZE, 3]  # a memo that lies about the contract
+    path.write_text(json.dumps(record))
+    deferred = open_adapter(spec, store)
+    assert isinstance(deferred, DeferredAdapter)
+    with pytest.raises(ModelError, match="signature is not the one remembered"):
+        deferred.predict_batch(np.zeros((1, SIZE, SIZE, 3), np.float32))
+    assert not path.exists()
+
+
+GRID_SCRIPT = """
+import json, sys
+from pathlib import Path
+from evalstack.cache.shardstore import ShardStore, StoreConfig
+from evalstack.config import ModelSpec
+from evalstack.evaluation.robustness import GridConfig, build_grid
+from evalstack.models.signatures import open_adapter
+root, file, types = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3].split(",")
+store = ShardStore(StoreConfig(root / "store", 10**9, "copy"))
+spec = ModelSpec(name="m", file=file, adapter="torch", pipeline="tiny", labels=("a", "b", "c"), trust=True)
+adapter = open_adapter(spec, store)
+config = GridConfig.from_params({"types": types, "severities": [1], "seed": 0, "split": "dev"})
+build = build_grid(root / "data/raw", root / "data/preprocessed/tiny", root / "data/predictions/m", root / "grid",
+                   adapter, config, store, batch_size=3)
+print(json.dumps({"torch": "torch" in sys.modules, "passes": build.forward_passes,
+                  "computed": {name: cell.counts["shards_computed"] for name, cell in build.cells.items()}}))
+"""
+
+
+def run_grid(project: Project, model: Path, types: list[str]) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    out = subprocess.run([sys.executable, "-c", GRID_SCRIPT, str(project.root), str(model), ",".join(types)],
+                         capture_output=True, text=True, env=env, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_robustness_rerun_with_every_cell_stored_imports_no_framework_and_gives_the_same_bytes(model_file, tmp_path):
+    project = Project(tmp_path / "p")
+    store = store_at(project.root / "store")
+    project.grow(N_ITEMS)
+    project.fetch(store)
+    project.preprocess(store, size=SIZE)
+    adapter = load_adapter(spec_of(model_file))
+    infer_layer(project.pre, project.pred, adapter, batch_size=3, store=store)
+    remember_signature(store, adapter)  # what the infer stage does
+
+    first = run_grid(project, model_file, ["gaussian_noise"])  # computes its cell: loads the model at the first batch
+    assert first["torch"] and first["passes"] == N_ITEMS
+    rerun = run_grid(project, model_file, ["gaussian_noise"])  # every cell stored: no framework, no load
+    assert rerun == {"torch": False, "passes": 0, "computed": {"gaussian_noise-1": 0}}
+    grown = run_grid(project, model_file, ["gaussian_noise", "contrast"])  # a new cell: loaded, computed
+    assert grown["torch"] and grown["passes"] == N_ITEMS and grown["computed"]["gaussian_noise-1"] == 0
+
+    # The same grid from nothing with a model loaded the usual way, without any store: the same bytes.
+    config = GridConfig.from_params({"types": ["gaussian_noise", "contrast"], "severities": [1], "seed": 0,
+                                     "split": "dev"})
+    build_grid(project.raw, project.pre, project.pred, project.root / "scratch", load_adapter(spec_of(model_file)),
+               config, None, batch_size=3)
+    for cell in ("gaussian_noise-1", "contrast-1"):
+        assert digests(project.root / "grid" / cell) == digests(project.root / "scratch" / cell)

@@ -57,7 +57,8 @@ def main() -> None:
     runs = [cell.counts for cell in build.cells.values()]
     print(f"{args.model}: {len(runs)} cells, {sum(1 for c in runs if c['shards_computed'])} computed; "
           f"{sum(c['forward_passes'] for c in runs)} perturbed forward passes this run "
-          f"(adapter counted {build.forward_passes}), 0 clean, 0 preprocessed")
+          f"(adapter counted {build.forward_passes}), 0 clean, 0 preprocessed; "
+          f"{'model loaded' if adapter.loaded else 'model not loaded (every cell stored, its signature remembered)'}")
 
 
 if __name__ == "__main__":

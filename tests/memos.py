@@ -12,5 +12,12 @@ def damaged_memos(path: Path) -> Iterator[str]:
     record["signature"]["parts"]["weights_sha256"] = "0" * 64
     path.write_text(json.dumps(record))
     yield "a signature naming other weights"
+    record["signature"]["parts"]["weights_sha256"] = record["memo"]["parts"]["weights_sha256"]
+    record["signature"]["kind"] = "other"
+    path.write_text(json.dumps(record))
+    yield "a record of another kind"
+    del record["signature"]
+    path.write_text(json.dumps(record))
+    yield "a record without its signature"
     path.write_text("{not json")
     yield "unparsable JSON"

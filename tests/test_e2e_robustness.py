@@ -104,3 +104,18 @@ def test_adding_a_severity_then_a_type_computes_only_the_new_cells(project: Path
         assert summary(project, model)["counts"]["perturbed_forward_passes"] == n * 9  # the grid's total
     grown = grid_digests(project)
     assert {name: grown[name] for name in first} == first  # the first cells, unchanged
+
+
+def test_a_rerun_whose_cells_are_all_stored_loads_no_model(project: Path):
+    """The cells' keys come from the signature infer remembered (models/signatures.py): DVC reruns the grid
+    after its params change, every cell is in the store, and no model file is loaded."""
+    set_param(project, "robustness.types", TYPES[::-1])  # the same cells, listed in another order
+    try:
+        out = run(project, "dvc", "repro").stdout
+        assert {"robustness@tflite_cnn", "robustness@torch_cnn"} <= stages_run(out)
+        assert adapter_counts(out) == dict.fromkeys(MODELS, 0)
+        not_loaded = [line.split(":")[0] for line in out.splitlines() if "model not loaded" in line]
+        assert sorted(not_loaded) == sorted(MODELS)
+    finally:
+        set_param(project, "robustness.types", TYPES)
+        run(project, "dvc", "repro")

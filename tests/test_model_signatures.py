@@ -12,14 +12,17 @@ import numpy as np
 import pytest
 
 from evalstack.config import ModelError, ModelSpec
+from evalstack.core.fingerprint import runtime_part
 from evalstack.core.keys import sha256_file
 from evalstack.demo.training.networks import TrainConfig, train_torch_export
 from evalstack.demo.training.rows import ArrayRows
 from evalstack.evaluation.robustness import GridConfig, build_grid
 from evalstack.models import signatures
 from evalstack.models.adapters import ADAPTERS, adapter_class, load_adapter
+from evalstack.models.adapters.torch_export import TorchAdapter
 from evalstack.models.inference import infer_layer
 from evalstack.models.signatures import (
+    FRAMEWORKS,
     PURE_ADAPTERS,
     DeferredAdapter,
     memo_key,
@@ -28,6 +31,7 @@ from evalstack.models.signatures import (
     remember_signature,
     remembered_signature,
 )
+from tests.conftest import store_in
 from tests.layers import Project, digests, store_at
 from tests.memos import damaged_memos
 
@@ -70,10 +74,21 @@ def test_a_remembered_signature_is_what_a_load_gives(model_file, tmp_path):
     assert second.loaded and second.forward_passes == 3
 
 
-def test_the_remembered_adapters_are_the_built_in_ones_defined_where_named():
+def test_the_remembered_adapters_are_the_built_in_ones_and_their_frameworks_are_all_in_the_key():
     assert set(PURE_ADAPTERS) == {"tflite", "torch", "keras", "onnx", "pls"}
-    for name in ("torch", "pls"):  # the others import TensorFlow or onnxruntime only to say the same
-        assert adapter_class(name).__module__ == PURE_ADAPTERS[name] == ADAPTERS[name][0]
+    for name, (module, cls) in PURE_ADAPTERS.items():
+        assert tuple(ADAPTERS[name]) == (module, cls)
+        loaded = adapter_class(name)  # imports the framework's adapter module (TensorFlow for keras)
+        assert (loaded.__module__, loaded.__name__) == (module, cls)
+        # a framework whose version is not in the memo key would let an upgrade reuse the old signature
+        assert set(loaded.runtime_distributions) <= set(FRAMEWORKS), name
+
+
+def test_the_memo_key_names_the_adapters_code_and_the_installed_frameworks(model_file):
+    key = memo_key(spec_of(model_file), sha256_file(model_file))
+    assert {PURE_ADAPTERS["torch"][0], "evalstack.models.adapters.base", "evalstack.models.trust"} <= set(key.parts["code"])
+    assert key.parts["runtime"] == runtime_part(*FRAMEWORKS) and key.parts["runtime"]["torch"] != "absent"
+    assert key.parts["spec"]["trust"] is True and key.parts["weights_sha256"] == sha256_file(model_file)
 
 
 def test_anything_the_signature_depends_on_makes_the_memo_unused(model_file, tmp_path, monkeypatch):
@@ -88,6 +103,7 @@ def test_anything_the_signature_depends_on_makes_the_memo_unused(model_file, tmp
     assert remembered_signature(store, replace(spec, options={"input_shape": [SIZE, SIZE, 3]})) is None
     assert remembered_signature(store, replace(spec, layout="NCHW")) is None
     assert remembered_signature(store, replace(spec, sha256=sha256_file(file))) is None
+    assert remembered_signature(store, replace(spec, trust=False)) is None
     real_runtime = signatures.runtime_part
     monkeypatch.setattr(signatures, "runtime_part", lambda *names: {**real_runtime(*names), "torch": "0.0-other"})
     assert remembered_signature(store, spec) is None
@@ -97,7 +113,9 @@ def test_anything_the_signature_depends_on_makes_the_memo_unused(model_file, tmp
     assert remembered_signature(store, spec) is None
     monkeypatch.undo()
     assert remembered_signature(store, spec) is not None
-    torch_model(file, seed=1)  # other weights at the same path
+    stat = file.stat()
+    torch_model(file, seed=1)  # other weights at the same path, the old mtime put back (cp -p, rsync -t do)
+    os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert remembered_signature(store, spec) is None
     assert isinstance(open_adapter(spec, store), type(load_adapter(spec)))  # a load, whose signature is kept
     assert remembered_signature(store, spec) == load_adapter(spec).signature()
@@ -116,6 +134,23 @@ def test_a_damaged_or_foreign_memo_is_not_used_and_no_store_means_a_load(model_f
     assert not isinstance(open_adapter(spec, None), DeferredAdapter)
     user_adapter = replace(spec, adapter="mine")  # an adapter a user registers may read anything: never remembered
     assert remembered_signature(store, user_adapter) is None
+
+
+def test_a_built_in_name_registered_to_another_class_is_never_remembered(model_file, tmp_path, monkeypatch):
+    store = store_in(tmp_path / "store")
+    spec = spec_of(model_file)
+    remember_signature(store, load_adapter(spec))
+    assert remembered_signature(store, spec) is not None
+    monkeypatch.setitem(ADAPTERS, "torch", ("tests.test_model_signatures", "OtherTorch"))
+    assert remembered_signature(store, spec) is None
+    monkeypatch.undo()
+    other = store_in(tmp_path / "other")
+    remember_signature(other, OtherTorch(spec))  # a subclass loaded under the built-in name: not remembered
+    assert not (other.directory / "memo").exists()
+
+
+class OtherTorch(TorchAdapter):
+    """A user's adapter under the built-in name `torch`: its contract could read anything."""
 
 
 def test_a_model_that_loads_with_another_signature_is_refused_and_its_memo_removed(model_file, tmp_path):

@@ -11,7 +11,7 @@ had to load), under a memo key that names everything the signature is computed f
 
 - the whole model entry from params.yaml (file, adapter, options, labels, pin, trust, ...), except the
   post-processing options (threshold, NMS IoU, cap), which are no part of a signature;
-- the file's sha256 (the store's remembered hashes: re-read whenever the file's stat changes);
+- the file's sha256, hashed on every run (a rewrite that keeps the size and mtime is seen);
 - the code of the adapter (its module's import closure, as in every layer key);
 - the installed versions of the frameworks an adapter can use.
 
@@ -28,7 +28,7 @@ from dataclasses import fields
 from evalstack.cache.shardstore import ShardStore
 from evalstack.config import ModelSpec
 from evalstack.core.fingerprint import code_part, runtime_part
-from evalstack.core.keys import Key
+from evalstack.core.keys import Key, sha256_file
 from evalstack.detection.candidates import candidates_code, candidates_key, module_candidates_code
 from evalstack.detection.decoding import CandidateBound, PostProcess
 from evalstack.detection.postprocess import detections_key
@@ -54,7 +54,7 @@ def _key_of(store: ShardStore | None, spec: ModelSpec) -> Key | None:
     if store is None or spec.adapter not in PURE_ADAPTERS:
         return None
     try:
-        return memo_key(spec, store.stamps.sha256(spec.file))
+        return memo_key(spec, sha256_file(spec.file))  # hashed each run: see models/signatures.py
     except OSError:  # no file: loading says so in the adapter's words
         return None
 

@@ -10,7 +10,8 @@ So a stage that loads a model anyway (infer) remembers its signature in the stor
 names everything the signature is computed from:
 
 - the whole model entry from params.yaml (file, adapter, labels, options, pin, trust, task, layout, ...);
-- the file's sha256 (the store's remembered hashes: re-read whenever the file's stat changes);
+- the file's sha256, hashed on every run (milliseconds for these files, and a rewrite that keeps the
+  size and mtime is still seen: the stat-based stamps the layers use would not see it);
 - the code of the adapter (its module's import closure, as in every layer key);
 - the installed versions of the frameworks an adapter can use.
 
@@ -35,22 +36,24 @@ from evalstack.cache.shardstore import ShardStore
 from evalstack.config import ModelError, ModelSpec
 from evalstack.core.atomic import atomic_write_bytes
 from evalstack.core.fingerprint import code_part, runtime_part
-from evalstack.core.keys import Key
+from evalstack.core.keys import Key, sha256_file
 from evalstack.models.adapters import ADAPTERS, load_adapter
 from evalstack.models.adapters.base import ModelAdapter
 
 MEMO_FOLDER = "memo"
 MEMO_KIND = "model_signature"
-# The built-in adapters, by name → the module that defines each (nothing imported to know it). Named here, not
-# taken from ADAPTERS: an adapter a user adds there may read anything (the machine, a GPU) into its contract.
+# The built-in adapters, by name → (module, class), as ADAPTERS registers them (nothing imported to know it).
+# Named here, not taken from ADAPTERS: an adapter a user adds or puts under a built-in name may read anything
+# (the machine, a GPU) into its contract, so it is never remembered.
 PURE_ADAPTERS = {
-    "tflite": "evalstack.models.adapters.tflite",
-    "torch": "evalstack.models.adapters.torch_export",
-    "keras": "evalstack.models.adapters.keras_model",
-    "onnx": "evalstack.models.adapters.onnx_runtime",
-    "pls": "evalstack.models.adapters.pls",
+    "tflite": ("evalstack.models.adapters.tflite", "TFLiteAdapter"),
+    "torch": ("evalstack.models.adapters.torch_export", "TorchAdapter"),
+    "keras": ("evalstack.models.adapters.keras_model", "KerasAdapter"),
+    "onnx": ("evalstack.models.adapters.onnx_runtime", "OnnxAdapter"),
+    "pls": ("evalstack.models.adapters.pls", "PLSAdapter"),
 }
-# every framework a built-in adapter may load, by distribution name (read from metadata: nothing imported)
+# every distribution a built-in adapter's runtime_distributions names (read from metadata: nothing imported);
+# tests/test_model_signatures.py checks that it covers them all
 FRAMEWORKS = ("ai-edge-litert", "keras", "numpy", "onnxruntime", "tensorflow-cpu", "torch")
 
 
@@ -66,7 +69,7 @@ def memo_path(store: ShardStore, key: Key) -> Path:
 
 
 def write_memo(store: ShardStore, key: Key, signature: Key) -> None:
-    """Keep a signature under its memo key (best effort: a store that cannot write is no error)."""
+    """Keep a signature under its memo key (a full disk turns it off, as for any write into the store)."""
     record = {"memo": json.loads(key.to_json()), "signature": json.loads(signature.to_json())}
     path = memo_path(store, key)
     with store.caching():
@@ -92,21 +95,22 @@ def read_memo(store: ShardStore, key: Key) -> Key | None:
 # -- classification and concentration models -----------------------------------------------------------------
 def memo_key(spec: ModelSpec, weights_sha256: str) -> Key:
     return Key(MEMO_KIND, {"spec": spec_entry(spec), "weights_sha256": weights_sha256,
-                           "code": code_part(PURE_ADAPTERS[spec.adapter]), "runtime": runtime_part(*FRAMEWORKS)})
+                           "code": code_part(PURE_ADAPTERS[spec.adapter][0]), "runtime": runtime_part(*FRAMEWORKS)})
 
 
 def _key_of(store: ShardStore | None, spec: ModelSpec) -> Key | None:
-    if store is None or spec.adapter not in PURE_ADAPTERS or PURE_ADAPTERS[spec.adapter] != ADAPTERS[spec.adapter][0]:
+    if store is None or spec.adapter not in PURE_ADAPTERS or tuple(ADAPTERS.get(spec.adapter, ())) != PURE_ADAPTERS[spec.adapter]:
         return None
     try:
-        return memo_key(spec, store.stamps.sha256(spec.file))
+        return memo_key(spec, sha256_file(spec.file))
     except OSError:  # no file: loading says so in the adapter's words
         return None
 
 
 def remember_signature(store: ShardStore | None, adapter: ModelAdapter) -> None:
     """Keep the signature a loaded adapter computed, for later runs that may not need the model."""
-    key = _key_of(store, adapter.spec)
+    loaded_as = (type(adapter).__module__, type(adapter).__name__)
+    key = _key_of(store, adapter.spec) if loaded_as == PURE_ADAPTERS.get(adapter.spec.adapter) else None
     if key is not None and store is not None:
         write_memo(store, key, adapter.signature())
 
@@ -126,7 +130,7 @@ class DeferredAdapter:
 
     def __init__(self, spec: ModelSpec, signature: Key, store: ShardStore):
         self.spec, self._signature, self._store = spec, signature, store
-        self.code_module = PURE_ADAPTERS[spec.adapter]
+        self.code_module = PURE_ADAPTERS[spec.adapter][0]
         self.framework = str(signature.parts.get("framework", spec.adapter))
         self.weights_sha256 = str(signature.parts["weights_sha256"])
         self._loaded: ModelAdapter | None = None
@@ -151,8 +155,9 @@ class DeferredAdapter:
         with self._lock:
             if self._loaded is None:
                 adapter = load_adapter(self.spec)
-                if adapter.signature() != self._signature:
-                    memo_path(self._store, memo_key(self.spec, self.weights_sha256)).unlink(missing_ok=True)
+                if adapter.signature().hex != self._signature.hex:  # the cells' keys hash the signature
+                    with self._store.caching():
+                        memo_path(self._store, memo_key(self.spec, self.weights_sha256)).unlink(missing_ok=True)
                     raise ModelError(
                         f"model {self.spec.name}: the loaded model's signature is not the one remembered in "
                         f"{self._store.directory / MEMO_FOLDER}; that memo is removed, run the stage again")

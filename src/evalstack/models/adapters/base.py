@@ -22,6 +22,7 @@ from evalstack.core.keys import Key, sha256_file
 
 class ModelAdapter(ABC):
     framework: ClassVar[str]
+    loaded: ClassVar[bool] = True  # its file is loaded (a models.signatures.DeferredAdapter may not be yet)
 
     def __init__(self, spec: ModelSpec):
         if not spec.file.exists():

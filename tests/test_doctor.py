@@ -6,6 +6,7 @@ with only DVC's generic missing-files message).
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import socket
@@ -147,6 +148,33 @@ def test_store_profiles_and_space(tmp_path: Path, capsys, monkeypatch):
     fill_disk(monkeypatch, store.directory)
     code, out = doctor(root, capsys)
     assert code == 1 and f"FAIL  shard store {store.directory}: cannot write (its disk is full)" in out
+
+
+def test_a_layer_computed_with_another_library_version_is_named_with_its_stage(tmp_path: Path, capsys):
+    """DVC tracks no library versions: after an upgrade `dvc repro` reruns nothing, so doctor compares the versions
+    each layer's key records with the installed ones."""
+    root = project_at(tmp_path / "project")
+    set_remote(root, str(tmp_path))
+    project = Project(root)
+    project.build(6, store_at(root / ".evalstack/store"))
+    outs = {"fetch": "data/raw", "preprocess@tiny": "data/preprocessed/tiny", "infer@m": "data/predictions/m"}
+    lock = {"schema": "2.0", "stages": {stage: {"cmd": "x", "outs": [{"path": path, "md5": "0" * 32 + ".dir"}]}
+                                        for stage, path in outs.items()}}
+    (root / "dvc.lock").write_text(yaml.safe_dump(lock))
+    code, out = doctor(root, capsys)
+    assert code == 0 and re.search(r"ok    dvc.yaml: [1-9]\d* layers here, each computed with the installed library versions", out), out
+
+    index = root / "data/predictions/m/index.json"
+    record = json.loads(index.read_text())
+    installed = record["key"]["parts"]["model"]["runtime"]["numpy"]
+    record["key"]["parts"]["model"]["runtime"]["numpy"] = "1.0.0"  # as if numpy had been upgraded since infer ran
+    index.write_text(json.dumps(record))
+    code, out = doctor(root, capsys)
+    assert code == 0, out  # a warning: the outputs are there and consistent with each other
+    assert (f"WARN  dvc.yaml: infer@m's outputs were computed with other library versions than installed (numpy 1.0.0 → "
+            f"{installed}); DVC tracks no library versions, so `dvc repro` will not rerun it") in out
+    assert "fix: `dvc repro -f infer@m`, then `dvc repro`" in out
+    assert "preprocess@tiny's outputs" not in out and "fetch's outputs" not in out
 
 
 # -- the real thing: DVC fails, doctor says why, the fix works --------------------------------------

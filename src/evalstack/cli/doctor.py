@@ -11,12 +11,16 @@ Checks, per the project's profiles (the root dvc.yaml and each `<folder>/dvc.yam
 - the shard store is there, writable, within its size limit, and its records are readable;
 - each profile's state: what dvc.lock records, and which outputs are in the workspace, in
   DVC's cache, or nowhere here;
+- each layer's libraries: the versions its key records (numpy, Pillow, OpenCV, the model's framework)
+  against the installed ones. DVC tracks no library versions, so after an upgrade `dvc repro` reruns
+  nothing, while a build from nothing may give other bits;
 - free space on every disk the project writes to.
 
 Each line is `ok`, `WARN` or `FAIL`; FAIL lines carry the fix. Exit status 1 when any FAIL.
 """
 from __future__ import annotations
 
+import json
 import socket
 import tempfile
 from dataclasses import dataclass
@@ -38,6 +42,7 @@ from evalstack.cache.objectstore import ObjectStoreError
 from evalstack.cache.shardstore import ShardStore, open_store
 from evalstack.config import ConfigError, check_alias_expansion, load_params
 from evalstack.core.atomic import atomic_write_bytes, format_bytes, free_bytes, is_no_space, stale_temp_files
+from evalstack.core.fingerprint import runtime_part
 
 MIN_FREE_BYTES = 1 << 30  # below this a stage that writes a layer may run out of space
 CONNECT_TIMEOUT_S = 3.0
@@ -247,6 +252,69 @@ def _in_cache(cache: Path, md5: str) -> bool:
         return False
 
 
+# -- the libraries each layer was computed with ---------------------------------------------------------
+INDEX_NAME = "index.json"  # core.layers.INDEX_NAME, without importing the layers module (h5py) for doctor
+
+
+def check_runtime(root: Path, profile: Path) -> list[Finding]:
+    """Layers whose key records another version of a library than the one installed, by stage."""
+    try:
+        outs = locked_outs(profile)
+    except LockFileError:
+        return []  # named by the dvc.lock check
+    changed: dict[str, dict[str, str]] = {}  # stage → {library: "recorded → installed"}
+    layers = 0
+    for out in outs:
+        directory = profile / out.path
+        if not directory.is_dir():
+            continue
+        for index in [directory / INDEX_NAME, *sorted(directory.glob(f"*/{INDEX_NAME}"))]:  # a grid: one layer per cell
+            recorded_versions = _recorded_runtime(index)
+            layers += bool(recorded_versions)
+            for library, recorded in sorted(recorded_versions):
+                installed = runtime_part(library)[library]
+                if installed != recorded:
+                    changed.setdefault(out.stage, {})[library] = f"{recorded} → {installed}"
+    label = _name(root, profile / "dvc.yaml")
+    if not layers:
+        return [Finding("ok", f"{label}: no layers here yet")]
+    if not changed:
+        return [Finding("ok", f"{label}: {layers} layers here, each computed with the installed library versions")]
+    findings = []
+    for stage, libraries in sorted(changed.items()):
+        versions = ", ".join(f"{library} {change}" for library, change in sorted(libraries.items()))
+        findings.append(Finding(
+            "WARN", f"{label}: {stage}'s outputs were computed with other library versions than installed ({versions});"
+            " DVC tracks no library versions, so `dvc repro` will not rerun it, and a build from nothing may differ",
+            f"`dvc repro -f {stage}`, then `dvc repro` (the shard store recomputes only the layers whose versions "
+            "changed), or install the recorded versions (requirements.lock)"))
+    return findings
+
+
+def _recorded_runtime(index: Path) -> set[tuple[str, str]]:
+    """(library, version) of every `runtime` part in a layer's key: its own, the model's, the pipeline's (each
+    part records the versions of the step it keys, so one library may appear with two versions)."""
+    try:
+        key = json.loads(index.read_text())["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()  # no layer here, or a damaged index: the stages that read it say so
+    found: set[tuple[str, str]] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for name, value in node.items():
+                if name == "runtime" and isinstance(value, dict):
+                    found.update((str(k), str(v)) for k, v in value.items())
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(key)
+    return found
+
+
 # -- free space -------------------------------------------------------------------------------
 def check_space(root: Path, store: ShardStore | None, min_free: int = MIN_FREE_BYTES) -> list[Finding]:
     places = {"project outputs (data/, models/, …)": root, "DVC's cache": cache_dir(root),
@@ -286,6 +354,7 @@ def doctor(params_path: Path, deep: bool = False, min_free: int = MIN_FREE_BYTES
     except Exception as error:  # a bad store: section is itself a finding
         groups.append(("shard store", [Finding("FAIL", f"store settings in {params_path}: {error}")]))
     groups.append(("profiles", [finding for profile in folders for finding in check_profile(root, profile)]))
+    groups.append(("libraries", [finding for profile in folders for finding in check_runtime(root, profile)]))
     groups.append(("free space", check_space(root, store, min_free)))
     return groups
 

@@ -264,6 +264,7 @@ def check_runtime(root: Path, profile: Path) -> list[Finding]:
         return []  # named by the dvc.lock check
     changed: dict[str, dict[str, str]] = {}  # stage → {library: "recorded → installed"}
     layers = 0
+    installed_versions: dict[str, str] = {}  # one metadata lookup per library, not one per layer
     for out in outs:
         directory = profile / out.path
         if not directory.is_dir():
@@ -272,7 +273,9 @@ def check_runtime(root: Path, profile: Path) -> list[Finding]:
             recorded_versions = _recorded_runtime(index)
             layers += bool(recorded_versions)
             for library, recorded in sorted(recorded_versions):
-                installed = runtime_part(library)[library]
+                if library not in installed_versions:
+                    installed_versions[library] = runtime_part(library)[library]
+                installed = installed_versions[library]
                 if installed != recorded:
                     changed.setdefault(out.stage, {})[library] = f"{recorded} → {installed}"
     label = _name(root, profile / "dvc.yaml")

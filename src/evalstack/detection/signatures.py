@@ -60,7 +60,7 @@ def _key_of(store: ShardStore | None, spec: ModelSpec) -> Key | None:
 
 
 def remember_signature(store: ShardStore | None, spec: ModelSpec, signature: Key) -> None:
-    """Keep the signature a loaded adapter computed (best effort: a store that cannot write is no error)."""
+    """Keep the signature a loaded adapter computed (a full disk turns it off, as for any write into the store)."""
     key = _key_of(store, spec)
     if key is not None and store is not None:
         write_memo(store, key, signature)

@@ -28,6 +28,7 @@ from evalstack.models.signatures import (
     memo_key,
     memo_path,
     open_adapter,
+    read_memo,
     remember_signature,
     remembered_signature,
 )
@@ -167,6 +168,18 @@ def test_a_model_that_loads_with_another_signature_is_refused_and_its_memo_remov
         deferred.predict_batch(np.zeros((1, SIZE, SIZE, 3), np.float32))
     assert not path.exists()
 
+
+def test_a_file_replaced_after_the_load_is_not_given_the_loaded_files_signature(model_file, tmp_path):
+    # infer loads, runs for minutes, then remembers: after a `dvc checkout` or a copy in between, the new bytes
+    # get no signature (a robustness rerun must load them), and the memo kept is the loaded bytes' own.
+    file = Path(tmp_path / "m.pt2")
+    file.write_bytes(model_file.read_bytes())
+    spec = spec_of(file)
+    loaded = load_adapter(spec)
+    torch_model(file, seed=1)  # replaced while the loaded model is still in use
+    remember_signature(store := store_at(tmp_path / "store"), loaded)
+    assert remembered_signature(store, spec) is None  # the new bytes: nothing remembered, so a load
+    assert read_memo(store, memo_key(spec, loaded.weights_sha256)) == loaded.signature()  # the bytes it loaded
 
 GRID_SCRIPT = """
 import json, sys

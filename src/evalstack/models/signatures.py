@@ -98,11 +98,11 @@ def memo_key(spec: ModelSpec, weights_sha256: str) -> Key:
                            "code": code_part(PURE_ADAPTERS[spec.adapter][0]), "runtime": runtime_part(*FRAMEWORKS)})
 
 
-def _key_of(store: ShardStore | None, spec: ModelSpec) -> Key | None:
+def _key_of(store: ShardStore | None, spec: ModelSpec, weights_sha256: str | None = None) -> Key | None:
     if store is None or spec.adapter not in PURE_ADAPTERS or tuple(ADAPTERS.get(spec.adapter, ())) != PURE_ADAPTERS[spec.adapter]:
         return None
     try:
-        return memo_key(spec, sha256_file(spec.file))
+        return memo_key(spec, weights_sha256 or sha256_file(spec.file))
     except OSError:  # no file: loading says so in the adapter's words
         return None
 
@@ -110,7 +110,11 @@ def _key_of(store: ShardStore | None, spec: ModelSpec) -> Key | None:
 def remember_signature(store: ShardStore | None, adapter: ModelAdapter) -> None:
     """Keep the signature a loaded adapter computed, for later runs that may not need the model."""
     loaded_as = (type(adapter).__module__, type(adapter).__name__)
-    key = _key_of(store, adapter.spec) if loaded_as == PURE_ADAPTERS.get(adapter.spec.adapter) else None
+    # The sha256 of the bytes the adapter loaded, not the file hashed again: a large file is read once per run,
+    # and a file replaced since the load still leaves the loaded bytes' memo (read_memo refuses a record whose
+    # signature names other bytes than its key, so hashing again kept nothing then).
+    key = (_key_of(store, adapter.spec, adapter.weights_sha256)
+           if loaded_as == PURE_ADAPTERS.get(adapter.spec.adapter) else None)
     if key is not None and store is not None:
         write_memo(store, key, adapter.signature())
 

@@ -112,7 +112,8 @@ class ProcessExecutor:
         context = multiprocessing.get_context("spawn")
         work = cloudpickle.dumps((compute, fmt))  # once; each job itself is plain data
         with ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=context) as pool:
-            yield from _in_job_order(jobs, [pool.submit(_derive_pickled, work, job) for job in jobs], progress)
+            submitted = {index: pool.submit(_derive_pickled, work, jobs[index]) for index in largest_first(jobs)}
+            yield from _in_job_order(jobs, [submitted[index] for index in range(len(jobs))], progress)
 
 
 def _derive_pickled(work: bytes, job: ShardJob) -> ShardInfo:
@@ -120,6 +121,16 @@ def _derive_pickled(work: bytes, job: ShardJob) -> ShardInfo:
 
     compute, fmt = cloudpickle.loads(work)
     return derive_shard(compute, job, fmt)
+
+
+def largest_first(jobs: list[ShardJob]) -> list[int]:
+    """Job indices, the most items first (ties in job order): the order shards are handed to workers.
+
+    Raw shards are ragged (content-defined ends: 9 to 89 cards in the 400-card default), so in job order the
+    largest shard could start last on one worker while the others wait; most items first is the classic
+    longest-processing-time schedule. Measured (P9, 400 cards, two Dask workers): in job order the 2.4 s
+    shard started at 4.4 s and one worker idled its last 1.7 s. Results still come back in job order."""
+    return sorted(range(len(jobs)), key=lambda index: (-jobs[index].upstream.n_items, index))
 
 
 def _in_job_order(jobs: list[ShardJob], futures: list[Any], progress: Progress) -> Iterator[ShardInfo]:
@@ -139,6 +150,14 @@ def _in_job_order(jobs: list[ShardJob], futures: list[Any], progress: Progress) 
 # imports, the framework and the model loaded in each (measured on the 2-core bench machine: 2–8 s, more
 # under load). Work that takes less in the stage's own process is done there.
 LOCAL_CLUSTER_WORTH_SECONDS = 5.0
+
+
+def _priorities(jobs: list[ShardJob]) -> list[int]:
+    """Dask's priority for each job (a higher one runs first): the largest_first order."""
+    priorities = [0] * len(jobs)
+    for rank, index in enumerate(largest_first(jobs)):
+        priorities[index] = len(jobs) - rank
+    return priorities
 
 
 class DaskExecutor:
@@ -190,12 +209,16 @@ class DaskExecutor:
         if self.store is not None:
             yield from self._run_via_store(compute, jobs, fmt, progress)
             return
-        # pure=False: two jobs that look alike must still both run (they write different files).
-        futures = [
-            self.client.submit(derive_shard, compute, job, fmt, pure=False, key=f"shard-{job.address[:16]}-{job.out_path.name}")
-            for job in jobs
-        ]
-        yield from _in_job_order(jobs, futures, progress)
+        # pure=False: two jobs that look alike must still both run (they write different files). Submitted in
+        # largest_first order, since a worker starts the first task that arrives, and with that order as Dask's
+        # priority (a higher one runs first) for the tasks that wait.
+        submitted = {
+            index: self.client.submit(derive_shard, compute, jobs[index], fmt, pure=False,
+                                      key=f"shard-{jobs[index].address[:16]}-{jobs[index].out_path.name}",
+                                      priority=len(jobs) - rank)
+            for rank, index in enumerate(largest_first(jobs))
+        }
+        yield from _in_job_order(jobs, [submitted[index] for index in range(len(jobs))], progress)
 
     def _here(self, compute: Callable, job: ShardJob, fmt: OutputFormat, progress: Progress) -> ShardInfo:
         """One shard in the stage's own process; put in the store when this executor promises that."""
@@ -216,11 +239,12 @@ class DaskExecutor:
         try:
             try:
                 travelling, blobs = upload_files(remote, compute) if jobs else (compute, {})
-                for job in jobs:  # each input is in the store before its task starts (a HEAD when it is already)
+                for job, priority in zip(jobs, _priorities(jobs)):  # each input is in the store before its task starts (a HEAD when it is already)
                     remote.put_blob(job.upstream_path, job.upstream.sha256)
                     task = StoreJob(job.upstream, job.out_path.name, job.address)
                     futures.append(self.client.submit(derive_via_store, travelling, task, fmt, config, blobs, pure=False,
-                                                      key=f"shard-{job.address[:16]}-{job.out_path.name}"))
+                                                      key=f"shard-{job.address[:16]}-{job.out_path.name}",
+                                                      priority=priority))
             except ObjectStoreUnavailable as error:
                 raise store_unreachable(error) from error
             for job in jobs:

@@ -82,7 +82,9 @@ KNOWN_CAUSES = {
           "framework call is so short that this shows",
     "P7": "fetch keeps one shard's items in memory; the largest shard grows with the number of shards drawn",
     "P8": "training the three demo networks and the robustness grid dominate a cold run on 2 cores",
-    "P9": "task and file overhead per shard; on a loaded machine the two workers also compete with other jobs",
+    "P9": "measured with bench/p9_tasks.py: the two workers' tasks take ~10 % longer side by side than one alone "
+          "(11.3–11.9 s of task time against 10.4–11.1 s), and the cluster's first task starts ~0.4 s in; until cdf2d19 "
+          "the ragged shards also went out in job order, so the largest started last and one worker idled 1.3–1.8 s",
     "P10": "robustness@tflite_cnn is half of it: 15 cells of the test split's ~2,400 cards perturbed at 454×454 (about "
            "9 ms an image for the default three types; one core until robustness perturbed in `local.workers` threads). "
            "Then preprocess (three pipelines each decode the 8,001 card photos) and fetch (downloads checked by decoding)",

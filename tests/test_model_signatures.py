@@ -181,6 +181,27 @@ def test_a_file_replaced_after_the_load_is_not_given_the_loaded_files_signature(
     assert remembered_signature(store, spec) is None  # the new bytes: nothing remembered, so a load
     assert read_memo(store, memo_key(spec, loaded.weights_sha256)) == loaded.signature()  # the bytes it loaded
 
+def test_a_file_replaced_between_the_hash_and_the_frameworks_read_is_refused(model_file, tmp_path, monkeypatch):
+    # The adapter hashes the file, then the framework reads it from the path: bytes replaced in between would
+    # be loaded under the first bytes' sha256, and every result keyed by a signature they do not have.
+    from evalstack.models.adapters import base
+
+    file = Path(tmp_path / "m.pt2")
+    file.write_bytes(model_file.read_bytes())
+    hash_first = base.sha256_file
+
+    def hash_then_replace(path):
+        digest = hash_first(path)
+        torch_model(Path(path), seed=1)  # a `dvc checkout` right after the hash, before the framework reads
+        return digest
+
+    monkeypatch.setattr(base, "sha256_file", hash_then_replace)
+    with pytest.raises(ModelError, match="changed while it was being loaded"):
+        load_adapter(spec_of(file))
+    monkeypatch.undo()
+    assert load_adapter(spec_of(file)).weights_sha256 == sha256_file(file)  # left alone, it loads
+
+
 GRID_SCRIPT = """
 import json, sys
 from pathlib import Path

@@ -153,10 +153,12 @@ LOCAL_CLUSTER_WORTH_SECONDS = 5.0
 
 
 def _priorities(jobs: list[ShardJob]) -> list[int]:
-    """Dask's priority for each job (a higher one runs first): the largest_first order."""
+    """Dask's priority for each job (a higher one runs first): the largest_first order, 0 down to -(n - 1), so
+    that on a shared cluster (`dask.address`) no job of ours runs ahead of another client's (priority 0) and a
+    resubmitted task (priority 0) runs before the ones still waiting."""
     priorities = [0] * len(jobs)
     for rank, index in enumerate(largest_first(jobs)):
-        priorities[index] = len(jobs) - rank
+        priorities[index] = -rank
     return priorities
 
 
@@ -215,7 +217,7 @@ class DaskExecutor:
         submitted = {
             index: self.client.submit(derive_shard, compute, jobs[index], fmt, pure=False,
                                       key=f"shard-{jobs[index].address[:16]}-{jobs[index].out_path.name}",
-                                      priority=len(jobs) - rank)
+                                      priority=-rank)
             for rank, index in enumerate(largest_first(jobs))
         }
         yield from _in_job_order(jobs, [submitted[index] for index in range(len(jobs))], progress)

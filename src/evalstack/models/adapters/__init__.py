@@ -13,6 +13,7 @@ from importlib import import_module
 from typing import Callable, NoReturn
 
 from evalstack.config import ModelError, ModelSpec
+from evalstack.core.keys import sha256_file
 from evalstack.models.adapters.base import ModelAdapter
 from evalstack.models.trust import refuse_pickle_for_data_adapter
 
@@ -40,7 +41,19 @@ def load_adapter(spec: ModelSpec) -> ModelAdapter:
         raise ModelError(f"model {spec.name}: adapter {spec.adapter!r} unknown; registered: {sorted(ADAPTERS)}")
     if spec.adapter not in UNPICKLING and spec.file.is_file():
         refuse_pickle_for_data_adapter(spec.name, spec.file, spec.adapter)
-    return adapter_class(spec.adapter)(spec)
+    adapter = adapter_class(spec.adapter)(spec)
+    _refuse_a_file_replaced_while_loading(spec, adapter)
+    return adapter
+
+
+def _refuse_a_file_replaced_while_loading(spec: ModelSpec, adapter: ModelAdapter) -> None:
+    """The signature names the sha256 the adapter took before its framework read the file. A file replaced in
+    between (a `dvc checkout` or a copy during the load) would key one model's results by another's bytes, so
+    the file is hashed again once loaded: the same sha256 on both sides of the load means those bytes loaded."""
+    hashed = getattr(adapter, "weights_sha256", None)
+    if isinstance(hashed, str) and spec.file.is_file() and sha256_file(spec.file) != hashed:
+        raise ModelError(f"model {spec.name}: {spec.file} changed while it was being loaded; run the stage again "
+                         "once nothing is writing it")
 
 
 def end_process(code: int = 0) -> NoReturn:

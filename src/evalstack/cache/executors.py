@@ -112,8 +112,8 @@ class ProcessExecutor:
         context = multiprocessing.get_context("spawn")
         work = cloudpickle.dumps((compute, fmt))  # once; each job itself is plain data
         with ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=context) as pool:
-            submitted = {index: pool.submit(_derive_pickled, work, jobs[index]) for index in largest_first(jobs)}
-            yield from _in_job_order(jobs, [submitted[index] for index in range(len(jobs))], progress)
+            futures = _submitted_largest_first(jobs, lambda job, _priority: pool.submit(_derive_pickled, work, job))
+            yield from _in_job_order(jobs, futures, progress)
 
 
 def _derive_pickled(work: bytes, job: ShardJob) -> ShardInfo:
@@ -150,6 +150,14 @@ def _in_job_order(jobs: list[ShardJob], futures: list[Any], progress: Progress) 
 # imports, the framework and the model loaded in each (measured on the 2-core bench machine: 2–8 s, more
 # under load). Work that takes less in the stage's own process is done there.
 LOCAL_CLUSTER_WORTH_SECONDS = 5.0
+
+
+def _submitted_largest_first(jobs: list[ShardJob], submit: Callable[[ShardJob, int], Any]) -> list[Any]:
+    """`submit(job, dask_priority)` for each job in largest_first order (a worker starts the first task that
+    arrives, so the order of submission is what counts); the futures in job order."""
+    priorities = _priorities(jobs)
+    futures = {index: submit(jobs[index], priorities[index]) for index in largest_first(jobs)}
+    return [futures[index] for index in range(len(jobs))]
 
 
 def _priorities(jobs: list[ShardJob]) -> list[int]:
@@ -211,16 +219,11 @@ class DaskExecutor:
         if self.store is not None:
             yield from self._run_via_store(compute, jobs, fmt, progress)
             return
-        # pure=False: two jobs that look alike must still both run (they write different files). Submitted in
-        # largest_first order, since a worker starts the first task that arrives, and with that order as Dask's
-        # priority (a higher one runs first) for the tasks that wait.
-        submitted = {
-            index: self.client.submit(derive_shard, compute, jobs[index], fmt, pure=False,
-                                      key=f"shard-{jobs[index].address[:16]}-{jobs[index].out_path.name}",
-                                      priority=-rank)
-            for rank, index in enumerate(largest_first(jobs))
-        }
-        yield from _in_job_order(jobs, [submitted[index] for index in range(len(jobs))], progress)
+        # pure=False: two jobs that look alike must still both run (they write different files).
+        futures = _submitted_largest_first(jobs, lambda job, priority: self.client.submit(
+            derive_shard, compute, job, fmt, pure=False, key=f"shard-{job.address[:16]}-{job.out_path.name}",
+            priority=priority))
+        yield from _in_job_order(jobs, futures, progress)
 
     def _here(self, compute: Callable, job: ShardJob, fmt: OutputFormat, progress: Progress) -> ShardInfo:
         """One shard in the stage's own process; put in the store when this executor promises that."""

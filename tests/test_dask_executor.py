@@ -155,3 +155,121 @@ def test_workers_get_the_largest_shards_first_and_the_layer_is_the_one_in_job_or
     assert [int(line) for line in log.read_text().split()] == sorted(sizes, reverse=True)
     assert build.counts["shards_computed"] == len(sizes)
     assert md5s(clustered.pre) == md5s(alone.pre)  # the layer lists its shards in job order, byte for byte
+
+
+def _first_blocks_last_fails(first: str, last: str, folder: Path):
+    """A compute whose first shard in job order holds its worker until `folder/release` appears (at most 30 s),
+    having written its process id to `folder/held`, and whose last shard fails once the first is held."""
+    def compute(shard, path, progress):
+        import os
+        import time
+
+        import numpy as np
+
+        from evalstack.cache.incremental import ShardContent
+
+        deadline = time.monotonic() + 30
+        if shard.name == first:
+            (folder / "held").write_text(str(os.getpid()))
+            while not (folder / "release").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            (folder / "finished").write_text("")
+        if shard.name == last:
+            while not (folder / "held").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            raise ValueError(f"shard {last} cannot be computed")
+        return ShardContent({"value": np.zeros(shard.n_items, np.float32)})
+
+    return compute
+
+
+def _fail_fast_project(tmp_path: Path):
+    from evalstack.cache.incremental import DerivedLayerSpec
+    from evalstack.core.keys import Key
+
+    project = Project(tmp_path / "project")
+    project.grow(22)
+    project.fetch(None)
+    shards = Layer.open(project.raw).shards
+    spec = DerivedLayerSpec("preprocessed", Key({"test": "fail fast"}), "test", {}, "items_preprocessed")
+    return project, spec, _first_blocks_last_fails(shards[0].name, shards[-1].name, tmp_path), shards[-1].name
+
+
+def _gone(pid: int) -> bool:
+    import os
+    import time
+
+    for _ in range(100):  # ended and reaped: at most 5 s
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_failed_shard_stops_the_layer_while_the_shards_before_it_still_run(tmp_path: Path):
+    # Results come back in job order; the stage used to wait for every shard before a failed one (the largest
+    # run first, the whole layer on a large one) before it said why the layer failed.
+    from evalstack.cache.incremental import build_derived_layer
+
+    project, spec, compute, last = _fail_fast_project(tmp_path)
+    with pytest.raises(ValueError, match=f"shard {last} cannot be computed"):
+        build_derived_layer(Layer.open(project.raw), project.pre, spec, compute, None, ProcessExecutor(2))
+    assert not (tmp_path / "finished").exists() and not project.pre.exists()  # heard of while the first was held
+    assert _gone(int((tmp_path / "held").read_text()))  # the worker holding it was ended, not left to run on
+
+
+def test_a_failed_shard_on_dask_stops_the_layer_while_the_shards_before_it_still_run(tmp_path: Path):
+    from distributed import Client, LocalCluster
+
+    from evalstack.cache.incremental import build_derived_layer
+
+    project, spec, compute, last = _fail_fast_project(tmp_path)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        try:
+            with pytest.raises(ValueError, match=f"shard {last} cannot be computed"):
+                build_derived_layer(Layer.open(project.raw), project.pre, spec, compute, None, DaskExecutor(client))
+            assert not (tmp_path / "finished").exists()  # heard of while the first shard was still held
+        finally:
+            (tmp_path / "release").write_text("")  # a thread cannot be ended: let it finish before the cluster
+
+
+def test_a_completed_build_leaves_its_worker_processes_to_end_by_themselves(tmp_path: Path, monkeypatch):
+    # Ending the workers is for a failed layer only: after a good one they shut down as usual (exit code 0).
+    from concurrent.futures import ProcessPoolExecutor
+
+    pools: list[ProcessPoolExecutor] = []
+    original = ProcessPoolExecutor.__init__
+
+    def recording(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        pools.append(self)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "__init__", recording)
+    one, two = fetched_twice(tmp_path, "one", "two")
+    preprocess_layer(one.raw, one.pre, tiny_pipeline(), "lz4", name="tiny", executor=LocalExecutor())
+    stopped: list[object] = []
+    monkeypatch.setattr(executors, "_stop_workers", stopped.append)
+    preprocess_layer(two.raw, two.pre, tiny_pipeline(), "lz4", name="tiny", executor=ProcessExecutor(2))
+    assert md5s(two.pre) == md5s(one.pre) and len(pools) == 1 and stopped == []
+
+
+def test_completions_raise_a_later_failure_at_once_but_leave_a_recoverable_one_to_its_caller():
+    import threading
+    from concurrent.futures import Future
+
+    from evalstack.cache.executors import Completions
+
+    first, later = Future(), Future()
+    completions = Completions([first, later])
+    later.set_exception(ValueError("later shard broken"))
+    with pytest.raises(ValueError, match="later shard broken"):
+        completions.wait_for(first)  # `first` never finishes: the failure is raised while waiting for it
+    first, later = Future(), Future()
+    completions = Completions([first, later])
+    later.set_exception(KeyError("recoverable"))
+    threading.Timer(0.2, first.set_result, ["done"]).start()
+    completions.wait_for(first, recoverable=(KeyError,))  # waits for `first` itself
+    assert first.result() == "done"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import multiprocessing
+import queue
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -111,9 +112,41 @@ class ProcessExecutor:
 
         context = multiprocessing.get_context("spawn")
         work = cloudpickle.dumps((compute, fmt))  # once; each job itself is plain data
-        with ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=context) as pool:
+        pool = ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=context)
+        futures: list[Any] = []
+        try:
             futures = _submitted_largest_first(jobs, lambda job, _priority: pool.submit(_derive_pickled, work, job))
             yield from _in_job_order(jobs, futures, progress)
+        except GeneratorExit:  # the caller took what it wanted (build_derived_layer takes one result per job)
+            if futures and all(future.done() for future in futures):
+                pool.shutdown(wait=True)
+            else:
+                _stop_workers(pool)
+            raise
+        except BaseException:  # a failed shard: the other shards are not wanted
+            _stop_workers(pool)
+            raise
+        pool.shutdown(wait=True)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """End a pool whose layer failed without waiting for the shards still running (`shutdown` waits for them,
+    and so does the interpreter's exit): the stage reports its error now, not after the largest shards ran.
+    Python 3.11 has no public way to end running workers (3.14 adds `terminate_workers`), hence `_processes`;
+    what they were writing sits in the failed layer's staging folder, which the next build removes."""
+    terminate = getattr(pool, "terminate_workers", None)
+    if callable(terminate):
+        terminate()
+        return
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=5)
+        if process.is_alive():  # it ignored SIGTERM
+            process.kill()
+            process.join(timeout=5)
 
 
 def _derive_pickled(work: bytes, job: ShardJob) -> ShardInfo:
@@ -134,16 +167,47 @@ def largest_first(jobs: list[ShardJob]) -> list[int]:
 
 
 def _in_job_order(jobs: list[ShardJob], futures: list[Any], progress: Progress) -> Iterator[ShardInfo]:
-    """Each future's ShardInfo in job order, the bar advancing per shard; what has not run yet is
-    cancelled if the caller stops early (a failed shard). Futures of concurrent.futures or Dask."""
+    """Each future's ShardInfo in job order, the bar advancing per shard; a shard that fails stops the layer at
+    once, whatever its place (`Completions`), and what has not run yet is cancelled. Futures of
+    concurrent.futures or Dask."""
+    completions = Completions(futures)
     try:
         for job, future in zip(jobs, futures):
+            completions.wait_for(future)
             info = future.result()
             progress.update(job.upstream.n_items)
             yield info
     finally:
         for future in futures:
             future.cancel()
+
+
+class Completions:
+    """Futures (concurrent.futures or Dask) as they finish, so that a stage waiting for the next shard in job
+    order hears at once of a failure further on: the largest shards run first and results come back in job
+    order, so a failed small shard would otherwise be reported only once every shard before it in job order
+    had run (minutes on a large layer, and its error is the one the user needs)."""
+
+    def __init__(self, futures: list[Any]):
+        self._finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for future in futures:
+            self.watch(future)
+
+    def watch(self, future: Any) -> None:
+        future.add_done_callback(self._finished.put)  # called in another thread, or at once if done already
+
+    def wait_for(self, future: Any, recoverable: tuple[type[BaseException], ...] = ()) -> None:
+        """Until `future` is done; the error of any other future that fails meanwhile is raised (except a
+        `recoverable` one, which its caller handles when it reaches that future)."""
+        while not future.done():
+            try:
+                finished = self._finished.get(timeout=1.0)  # and look again: a callback is never relied on alone
+            except queue.Empty:
+                continue
+            if finished is not future and finished.done() and not finished.cancelled():  # Dask: not a lost one
+                error = finished.exception()
+                if error is not None and not isinstance(error, recoverable):
+                    finished.result()  # raises it, with the worker's traceback where Dask keeps one
 
 
 # What starting a stage's own LocalCluster costs before it computes anything: two worker processes, their
@@ -252,8 +316,10 @@ class DaskExecutor:
                                                       priority=priority))
             except ObjectStoreUnavailable as error:
                 raise store_unreachable(error) from error
+            completions = Completions(futures)
             for job in jobs:
                 try:
+                    completions.wait_for(futures[0], recoverable=(UpstreamUnreadable,))
                     result = futures[0].result()
                 except UpstreamUnreadable:
                     # a blob of the input's size was there but damaged (or was removed meanwhile): the client holds
@@ -262,6 +328,8 @@ class DaskExecutor:
                     futures[0] = self.client.submit(
                         derive_via_store, travelling, StoreJob(job.upstream, job.out_path.name, job.address), fmt,
                         config, blobs, pure=False, key=f"shard-{job.address[:16]}-{job.out_path.name}-again")
+                    completions.watch(futures[0])
+                    completions.wait_for(futures[0], recoverable=(UpstreamUnreadable,))
                     result = futures[0].result()
                 futures.pop(0)  # done: only what is left is cancelled (the caller may not resume after the last one)
                 for name, value in result.requests.items():

@@ -8,6 +8,7 @@ from evalstack.config import ModelError, ModelSpec
 from evalstack.demo.training.networks import TrainConfig, train_keras_tflite, train_torch_export
 from evalstack.demo.training.rows import ArrayRows
 from evalstack.models.adapters import load_adapter
+from tests.weights_check import assert_runs_the_bytes_it_hashed
 
 LABELS = ("a", "b", "c")
 
@@ -45,6 +46,15 @@ def test_adapter_runs_real_inference(request, adapter, size):
     # Batched and one-by-one inference agree: batch size is rightly left out of cache keys.
     single = np.concatenate([model.predict_batch(batch[i : i + 1]) for i in range(5)])
     np.testing.assert_allclose(single, logits, rtol=1e-5, atol=1e-5)
+
+
+def test_tflite_runs_the_bytes_the_signature_hashed(tflite_file, tmp_path, monkeypatch):
+    # LiteRT memory-maps a file it is given by path: bytes rewritten in place would change a loaded model's
+    # outputs under its first signature. It is given the hashed bytes instead.
+    batch = np.random.default_rng(1).integers(0, 256, size=(2, 96, 96, 3)).astype(np.float32)
+    assert_runs_the_bytes_it_hashed(_spec(tflite_file, "tflite"), load_adapter,
+                                    lambda model: [model.predict_batch(batch)], bytes(tflite_file.stat().st_size),
+                                    monkeypatch, tmp_path)
 
 
 def test_signature_covers_weights_and_contract(tflite_file, tmp_path):

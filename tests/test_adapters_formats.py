@@ -11,6 +11,7 @@ from evalstack.demo.training.onnx_export import export_onnx
 from evalstack.demo.training.rows import ArrayRows
 from evalstack.models.adapters import load_adapter
 from evalstack.models.adapters.pls import PLSCoefficients, coefficients_csv, read_coefficients
+from tests.weights_check import assert_runs_the_bytes_it_hashed
 
 LABELS = ("a", "b", "c")
 RNG = np.random.default_rng(0)
@@ -135,6 +136,47 @@ def test_pls_adapter_is_intercept_plus_dot_product(tmp_path):
     np.testing.assert_allclose(out, expected, rtol=1e-6)
     assert model.contract()["drugs"] == ["amoxicillin", "ferrous sulfate"]
     assert read_coefficients(path, "m").weights.tolist() == coefficients.weights.tolist()  # exact round trip
+
+
+JUNK = bytes(range(256)) * 16  # what a framework reading the path again would find
+
+
+@pytest.mark.parametrize("fmt, adapter", [("pt2", "torch"), ("torchscript", "torch"), ("onnx", "onnx"),
+                                          ("keras", "keras")])
+def test_each_framework_runs_the_bytes_the_signature_hashed(request, fmt, adapter, tmp_path, monkeypatch):
+    batch = _batch(3)
+    spec = _spec(request.getfixturevalue(f"{fmt}_file"), adapter, options={"input_shape": [32, 32, 3]})
+    assert_runs_the_bytes_it_hashed(spec, load_adapter,
+                                    lambda model: [model.predict_batch(batch)], JUNK, monkeypatch, tmp_path)
+
+
+def test_an_onnx_model_with_external_data_is_refused(tmp_path, monkeypatch):
+    # Its weights would sit outside the sha256 every result is keyed by: a changed `m.data` would reuse results.
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def flatten_matmul() -> onnx.ModelProto:
+        weights = numpy_helper.from_array(np.ones((32 * 32 * 3, 3), np.float32), "W")
+        nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "W"], ["y"])]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 32, 32, 3])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])], [weights])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+
+    onnx.save(flatten_matmul(), tmp_path / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=0)
+    monkeypatch.chdir(tmp_path)  # where onnxruntime would find `m.data` for a model given as bytes
+    with pytest.raises(ModelError, match=r"keeps tensors \['W'\] in external data files"):
+        load_adapter(_spec(tmp_path / "m.onnx", "onnx"))
+    onnx.save(flatten_matmul(), tmp_path / "whole.onnx")
+    assert load_adapter(_spec(tmp_path / "whole.onnx", "onnx")).predict_batch(_batch(2)).shape == (2, 3)
+
+
+def test_pls_runs_the_coefficients_the_signature_hashed(tmp_path, monkeypatch):
+    path, coefficients = _pls_file(tmp_path)
+    other = PLSCoefficients(coefficients.drugs, coefficients.intercepts + 1.0, coefficients.weights)
+    spec = _spec(path, "pls", task="concentration", labels=("amoxicillin", "ferrous-sulfate", "blank"))
+    features = np.random.default_rng(4).integers(0, 256, size=(4, 6)).astype(np.float32)
+    assert_runs_the_bytes_it_hashed(spec, load_adapter, lambda model: [model.predict_batch(features)],
+                                    coefficients_csv(other), monkeypatch, tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from evalstack.detection.postprocess import model_space_detections, postprocess_
 from evalstack.detection.styles import FROZEN, NMS_THEN_CAP
 from evalstack.detection.torchvision_adapter import file_format
 from tests.detection_helpers import coco_project
+from tests.weights_check import assert_runs_the_bytes_it_hashed
 
 FRCNN, SSD = "fasterrcnn_mobilenet_v3_large_320_fpn", "ssdlite320_mobilenet_v3_large"
 QUANTILES = [(0.5, 0.5, 100), (0.9, 0.3, 10), (0.0, 0.7, 2000)]  # (threshold's score quantile, nms_iou, max_det)
@@ -118,6 +119,17 @@ def test_trust_follows_the_content_not_the_name(tmp_path):
         load_detector(tv_spec(file))
     with pytest.raises(ModelError, match="not a state_dict of ssdlite320_mobilenet_v3_large"):
         load_detector(tv_spec(file, builder=SSD, num_classes=4))
+
+
+def test_a_state_dict_replaced_after_its_hash_is_not_what_runs(tmp_path, monkeypatch):
+    # torch.load reads the bytes the signature hashed, not the path again (models/weights.py)
+    file = save_demo_detector(tmp_path / "m.pth", FRCNN, 4)
+    other = save_demo_detector(tmp_path / "other.pth", FRCNN, 4, seed=2).read_bytes()
+    batch = images(1, 128)
+    assert_runs_the_bytes_it_hashed(tv_spec(file, builder=FRCNN, num_classes=4), load_detector,
+                                    lambda model: [column for found in model.candidates_batch(batch)
+                                                   for column in (found.boxes, found.labels, found.scores)],
+                                    other, monkeypatch, tmp_path)
 
 
 class PMDetector(torch.nn.Module):

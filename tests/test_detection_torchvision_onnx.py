@@ -17,6 +17,7 @@ from evalstack.detection.decoding import PostProcess
 from evalstack.detection.styles import FROZEN
 from evalstack.detection.torchvision_adapter import file_format
 from tests.test_detection_torchvision import FRCNN, images, tv_spec
+from tests.weights_check import assert_runs_the_bytes_it_hashed
 
 pytestmark = pytest.mark.slow  # ~20 s: two exports of a Faster R-CNN
 
@@ -88,6 +89,14 @@ def test_a_stricter_threshold_is_exact_and_an_nms_change_is_refused(exported):
         adapter = load_detector(tv_spec(exported["loose"], frozen_nms=exported["frozen_nms"], **changed))
         with pytest.raises(ModelError, match=rf"frozen \(an ONNX export: its thresholds and NMS are constants.*{said}"):
             adapter.detect_batch(batch[:1])
+
+
+def test_onnxruntime_runs_the_bytes_the_signature_hashed(exported, tmp_path, monkeypatch):
+    batch = images(1, SIZE)
+    assert_runs_the_bytes_it_hashed(tv_spec(exported["loose"], frozen_nms=exported["frozen_nms"]), load_detector,
+                                    lambda model: [column for found in model.candidates_batch(batch)
+                                                   for column in (found.boxes, found.labels, found.scores)],
+                                    exported["strict"].read_bytes(), monkeypatch, tmp_path)
 
 
 def test_clear_errors_before_any_work(exported, tmp_path):

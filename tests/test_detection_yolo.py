@@ -27,6 +27,7 @@ from evalstack.preprocess.pipelines import PipelineError
 from evalstack.sources.coco import CocoFetchConfig, fetch_coco_layer
 from tests.coco_fixture import write_coco
 from tests.detection_helpers import assert_same_candidates, coco_project
+from tests.weights_check import assert_runs_the_bytes_it_hashed
 
 LABELS = ("circle", "square", "triangle")
 SIZE = 64  # strides 8, 16, 32: 8×8 + 4×4 + 2×2 = 84 anchors
@@ -69,6 +70,15 @@ def test_a_torch_file_and_its_onnx_export_give_the_same_candidates(models, layou
         assert_same_candidates(a, b, atol=1e-4)
         assert (np.diff(a.scores) <= 0).all() and (a.scores >= BOUND["min_score"]).all()
     assert max(len(found) for found in ours) <= BOUND["top_k"]
+
+
+@pytest.mark.parametrize("file", ["raw", "raw_onnx"])
+def test_the_detector_runs_the_bytes_its_signature_hashed(models, file, tmp_path, monkeypatch):
+    batch = _images(2)
+    assert_runs_the_bytes_it_hashed(yolo_spec(models[file], candidates=BOUND), load_detector,
+                                    lambda model: [column for found in model.candidates_batch(batch)
+                                                   for column in (found.boxes, found.labels, found.scores)],
+                                    bytes(range(256)) * 16, monkeypatch, tmp_path)
 
 
 def test_raw_candidates_are_the_anchors_best_class_decoded_as_ultralytics_does(models):

@@ -50,18 +50,20 @@ def memo_key(spec: ModelSpec, weights_sha256: str) -> Key:
                            "code": code_part(PURE_ADAPTERS[spec.adapter]), "runtime": runtime_part(*FRAMEWORKS)})
 
 
-def _key_of(store: ShardStore | None, spec: ModelSpec) -> Key | None:
+def _key_of(store: ShardStore | None, spec: ModelSpec, weights_sha256: str | None = None) -> Key | None:
     if store is None or spec.adapter not in PURE_ADAPTERS:
         return None
     try:
-        return memo_key(spec, sha256_file(spec.file))  # hashed each run: see models/signatures.py
+        return memo_key(spec, weights_sha256 or sha256_file(spec.file))  # hashed each run: see models/signatures.py
     except OSError:  # no file: loading says so in the adapter's words
         return None
 
 
 def remember_signature(store: ShardStore | None, spec: ModelSpec, signature: Key) -> None:
-    """Keep the signature a loaded adapter computed (a full disk turns it off, as for any write into the store)."""
-    key = _key_of(store, spec)
+    """Keep the signature a loaded adapter computed (a full disk turns it off, as for any write into the store),
+    under the sha256 of the bytes it loaded: a file replaced since the load is not given their signature."""
+    sha256 = signature.parts.get("weights_sha256")
+    key = _key_of(store, spec, sha256 if isinstance(sha256, str) else None)
     if key is not None and store is not None:
         write_memo(store, key, signature)
 

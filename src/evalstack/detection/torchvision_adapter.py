@@ -55,12 +55,14 @@ import torchvision  # registers torchvision's ops (nms, roi_align): scripted det
 from torchvision.models import detection as tv_detection
 
 from evalstack.config import ModelError, ModelSpec
-from evalstack.core.keys import Key, sha256_file
+from evalstack.core.keys import Key
 from evalstack.detection.boxes import Candidates, Detections
 from evalstack.detection.decoding import CandidateBound, PostProcess
 from evalstack.detection.postprocess import model_space_detections
 from evalstack.detection.styles import FROZEN, NMS_THEN_CAP, StyleRecord, check_style_covers
+from evalstack.models.adapters.onnx_runtime import onnx_session
 from evalstack.models.trust import pickle_format, require_trusted
+from evalstack.models.weights import WeightFile, check_pin, read_weights
 
 BUILDERS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
             "fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2",
@@ -77,15 +79,14 @@ PM_KEYS = {"confidence_threshold": "confidence_threshold", "nms_threshold": "nms
            "resize": None, "normalization": None, "batch_size": None, "iou_threshold": None}
 
 
-def file_format(file: Path) -> str:
+def file_format(source: Path | bytes) -> str:
     """torchscript | export | state_dict | onnx, from the bytes: an archive's member names; outside a zip, an ONNX
     ModelProto starts with its field 1 (ir_version, tag byte 0x08), a pickle with 0x80 (a legacy pickle is a
     state_dict, refused unless trusted)."""
-    if not zipfile.is_zipfile(file):
-        with open(file, "rb") as handle:
-            onnx = handle.read(1) == b"\x08"
-        return ONNX if onnx and pickle_format(file) is None else "state_dict"
-    names = zipfile.ZipFile(file).namelist()
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        return ONNX if data[:1] == b"\x08" and pickle_format(data) is None else "state_dict"
+    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     if any(name.endswith("/archive_format") for name in names):
         return "export"
     if any(name.endswith("/constants.pkl") for name in names) or any("/code/" in name for name in names):
@@ -203,44 +204,46 @@ class TorchvisionAdapter:
         if "pm_config" in options:
             options = read_pm_config(Path(options["pm_config"]), options, spec.name)
         self.spec, self.options = spec, options
-        self.format = file_format(spec.file)
+        weights = read_weights(spec.file)  # the framework loads these bytes, never the path (models/weights.py)
+        self.format = file_format(weights.data)
         self.device = resolve_device(options.get("device"), spec.name, self.format == ONNX)  # before any loading
         self.postprocess = PostProcess.from_options(options)
         self.bound = CandidateBound.from_options(options)
         if self.format == ONNX:
             self._frozen_values(ONNX_FROZEN)  # required, and checked before any work
         else:
-            require_trusted(spec.name, spec.file, spec.sha256, spec.trust)
-        self.weights_sha256 = sha256_file(spec.file)
-        if spec.sha256 and spec.sha256.lower() != self.weights_sha256:
-            raise ModelError(f"model {spec.name}: {spec.file} has sha256 {self.weights_sha256}, params.yaml "
-                             f"expects {spec.sha256}")
-        self.module = self._load()
+            require_trusted(spec.name, weights, spec.sha256, spec.trust)
+        check_pin(spec.name, weights, spec.sha256)
+        self.weights_sha256 = weights.sha256
+        self.module = self._load(weights)
+        # a scripted model may be loaded again as saved (_restore_frozen_values): from these bytes, not the path
+        self._scripted_weights = weights if self.format == "torchscript" else None
         self.calling = self._calling_contract()
         self.forward_passes, self.forward_seconds = 0, 0.0
         self._styles: dict[tuple[int, int], StyleRecord] = {}
         self._internal_sizes: list[tuple[int, int]] | None = None
         self._opened = self._open_postprocessing()
+        if not self._opened:
+            self._scripted_weights = None  # nothing to restore: the bytes need not be kept
 
     # loading -------------------------------------------------------------------------------------------------
-    def _load(self) -> Any:
+    def _load(self, weights: WeightFile) -> Any:
         name = self.spec.name
         try:
             if self.format == "torchscript":
-                return torch.jit.load(str(self.spec.file), map_location=self.device).eval()
+                return torch.jit.load(io.BytesIO(weights.data), map_location=self.device).eval()
             if self.format == "export":
-                # from the bytes: torch.export.load takes a path only when its name ends in .pt2
-                return torch.export.load(io.BytesIO(self.spec.file.read_bytes())).module().to(self.device)
+                return torch.export.load(io.BytesIO(weights.data)).module().to(self.device)
             if self.format == ONNX:
-                return self._onnx_session()
+                return self._onnx_session(weights)
         except ModelError:
             raise
         except Exception as error:  # torch raises many types for a bad archive
             raise ModelError(f"model {name}: cannot load {self.spec.file} as a {FORMATS[self.format]}: "
                              f"{error}") from None
-        return self._build()
+        return self._build(weights)
 
-    def _build(self) -> torch.nn.Module:
+    def _build(self, weights: WeightFile) -> torch.nn.Module:
         name, builder = self.spec.name, self.options.get("builder")
         if builder not in BUILDERS:
             raise ModelError(f"model {name}: {self.spec.file} holds weights (a state_dict), so `builder:` must name "
@@ -251,7 +254,7 @@ class TorchvisionAdapter:
         model = getattr(tv_detection, builder)(weights=None, weights_backbone=None,
                                                num_classes=int(self.options["num_classes"]))
         try:
-            state = torch.load(str(self.spec.file), map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(weights.data), map_location="cpu", weights_only=True)
             model.load_state_dict(state)
         except Exception as error:
             raise ModelError(f"model {name}: {self.spec.file} is not a state_dict of {builder} with num_classes "
@@ -260,7 +263,7 @@ class TorchvisionAdapter:
             model.roi_heads.mask_roi_pool = model.roi_heads.mask_head = model.roi_heads.mask_predictor = None
         return model.eval().to(self.device)
 
-    def _onnx_session(self) -> Any:
+    def _onnx_session(self, weights: WeightFile) -> Any:
         """An onnxruntime session on the device's provider; the export must take one [3, H, W] float image."""
         import onnxruntime
 
@@ -269,7 +272,7 @@ class TorchvisionAdapter:
         providers: list[Any] = ["CPUExecutionProvider"]
         if self.device.type == "cuda":
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.device.index or 0}))
-        session = onnxruntime.InferenceSession(str(self.spec.file), sess_options=options, providers=providers)
+        session = onnx_session(self.spec.name, weights, options, providers)
         inputs = session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 3 or inputs[0].type != "tensor(float)":
             raise ModelError(f"model {self.spec.name}: {self.spec.file} takes "
@@ -353,8 +356,10 @@ class TorchvisionAdapter:
 
     def _restore_frozen_values(self, detector: Any) -> None:  # noqa: ARG002
         """A scripted model whose NMS stays closed runs with its own values, as saved (undo _open_postprocessing)."""
-        self.module = self._load()
-        self._opened = False
+        if self._scripted_weights is None:
+            raise RuntimeError(f"model {self.spec.name}: only a scripted model's post-processing is restored")
+        self.module = self._load(self._scripted_weights)
+        self._opened, self._scripted_weights = False, None
 
     def _frozen_values(self, reason: str) -> PostProcess:
         """What a frozen model ran with: `frozen_nms:` in params, else read from the detector's attributes."""

@@ -110,7 +110,7 @@ def _key_of(store: ShardStore | None, spec: ModelSpec, weights_sha256: str | Non
 def remember_signature(store: ShardStore | None, adapter: ModelAdapter) -> None:
     """Keep the signature a loaded adapter computed, for later runs that may not need the model."""
     loaded_as = (type(adapter).__module__, type(adapter).__name__)
-    # The sha256 of the bytes the adapter loaded (load_adapter checks the file on both sides of the load), not
+    # The sha256 of the bytes the adapter loaded (its framework loaded those very bytes: models/weights.py), not
     # the file hashed once more: a file replaced since the load still leaves the loaded bytes' memo (read_memo
     # refuses a record whose signature names other bytes than its key, so hashing again kept nothing then).
     key = (_key_of(store, adapter.spec, adapter.weights_sha256)

@@ -12,11 +12,12 @@ pickle (`pickle_format`), and the data adapters refuse one before their loader s
 """
 from __future__ import annotations
 
+import io
 import zipfile
 from pathlib import Path
 
 from evalstack.config import ModelError
-from evalstack.core.keys import sha256_file
+from evalstack.models.weights import WeightFile
 
 # What a file is, told by its bytes: a name says nothing (a pickle renamed `evil.bin` or `model.onnx`
 # is still a pickle). Zip members that mark each torch archive (torch 2.x layouts):
@@ -29,18 +30,21 @@ _PICKLE_PROTOCOLS = range(2, 6)  # b"\x80" + protocol byte starts every pickle o
 UNPICKLING_LOADER = "file handed to torch's loader (torch.load / torch.jit.load / torch.export.load unpickle)"
 
 
-def pickle_format(file: Path) -> str | None:
-    """What makes `file` unsafe to load from an unknown source, judged by its bytes whatever its name
+def pickle_format(source: Path | bytes) -> str | None:
+    """What makes a file unsafe to load from an unknown source, judged by its bytes whatever its name
     (None: it holds no pickle: ONNX, TFLite, Keras, HDF5, CSV and other data formats)."""
-    try:
-        with open(file, "rb") as handle:
-            head = handle.read(4)
-    except OSError:
-        return None
+    if isinstance(source, bytes):
+        data = source
+    else:
+        try:
+            data = Path(source).read_bytes()
+        except OSError:
+            return None
+    head = data[:4]
     if len(head) >= 2 and head[0] == 0x80 and head[1] in _PICKLE_PROTOCOLS:
         return "Python pickle (raw; unpickled on load)"
-    if head == b"PK\x03\x04" and zipfile.is_zipfile(file):
-        with zipfile.ZipFile(file) as archive:
+    if head == b"PK\x03\x04" and zipfile.is_zipfile(io.BytesIO(data)):
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
             names = archive.namelist()
         for marker, description in _TORCH_ZIP_KINDS:
             if any(marker in name for name in names):
@@ -50,23 +54,24 @@ def pickle_format(file: Path) -> str | None:
     return None
 
 
-def refuse_pickle_for_data_adapter(name: str, file: Path, adapter: str) -> None:
+def refuse_pickle_for_data_adapter(name: str, weights: WeightFile, adapter: str) -> None:
     """A data adapter (onnx, tflite, keras, pls) never unpickles, but a pickle handed to it is a mix-up or a
     trap: say what the file is, by its bytes, instead of a parser error from deep in a framework."""
-    fmt = pickle_format(file)
+    fmt = pickle_format(weights.data)
     if fmt is not None:
-        raise ModelError(f"models.{name}: {file} is a {fmt} by its bytes, not a {adapter} model file; if it is a "
-                         "torch model, declare it with a torch adapter (and `sha256:` or `trust: true`)")
+        raise ModelError(f"models.{name}: {weights.path} is a {fmt} by its bytes, not a {adapter} model file; "
+                         "if it is a torch model, declare it with a torch adapter (and `sha256:` or `trust: true`)")
 
 
-def require_trusted(name: str, file: Path, sha256: str | None, trust: bool, where: str = "models") -> None:
-    """Called by every loader that unpickles (torch's): refuse `file` unless its entry `where.name` pins its
-    sha256 (and the bytes match) or says `trust: true`. Whatever the bytes look like, such a loader would
-    unpickle them, so a file that is no recognised archive needs the same pin or trust."""
+def require_trusted(name: str, weights: WeightFile, sha256: str | None, trust: bool, where: str = "models") -> None:
+    """Called by every loader that unpickles (torch's) with the bytes it is about to load: refuse them unless
+    the entry `where.name` pins their sha256 (and it matches) or says `trust: true`. Whatever the bytes look
+    like, such a loader would unpickle them, so a file that is no recognised archive needs the same pin or
+    trust."""
     if trust:
         return
-    fmt = pickle_format(file) or UNPICKLING_LOADER
-    actual = sha256_file(file)
+    file, actual = weights.path, weights.sha256
+    fmt = pickle_format(weights.data) or UNPICKLING_LOADER
     if sha256:
         if sha256.lower() != actual:
             raise ModelError(f"{where}.{name}: {file} has sha256 {actual}, params.yaml pins {sha256}; "

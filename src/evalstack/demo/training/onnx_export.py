@@ -6,10 +6,12 @@ model's signature is stable under `dvc repro -f`.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from evalstack.core.atomic import atomic_write_bytes
 from evalstack.models.trust import require_trusted
+from evalstack.models.weights import read_weights
 
 
 def export_onnx(source: Path, out: Path, opset: int = 18, name: str = "", sha256: str | None = None,
@@ -18,8 +20,9 @@ def export_onnx(source: Path, out: Path, opset: int = 18, name: str = "", sha256
     sha256 or trusts it (models/trust.py), as a model entry does."""
     import torch
 
-    require_trusted(name or Path(source).stem, Path(source), sha256, trust, where="export")
-    program = torch.export.load(str(source))
+    weights = read_weights(Path(source))  # torch loads the bytes the trust check saw (models/weights.py)
+    require_trusted(name or Path(source).stem, weights, sha256, trust, where="export")
+    program = torch.export.load(io.BytesIO(weights.data))
     onnx_program = torch.onnx.export(program, dynamo=True, opset_version=opset, verbose=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, onnx_program.model_proto.SerializeToString())

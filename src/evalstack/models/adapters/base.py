@@ -17,12 +17,15 @@ import numpy as np
 
 from evalstack.config import TASKS, ModelError, ModelSpec
 from evalstack.core.fingerprint import defining_module, runtime_part
-from evalstack.core.keys import Key, sha256_file
+from evalstack.core.keys import Key
+from evalstack.models.trust import refuse_pickle_for_data_adapter
+from evalstack.models.weights import WeightFile, check_pin, read_weights
 
 
 class ModelAdapter(ABC):
     framework: ClassVar[str]
     loaded: ClassVar[bool] = True  # its file is loaded (a models.signatures.DeferredAdapter may not be yet)
+    unpickles: ClassVar[bool] = False  # its framework's loader unpickles: it calls models.trust.require_trusted
 
     def __init__(self, spec: ModelSpec):
         if not spec.file.exists():
@@ -33,14 +36,22 @@ class ModelAdapter(ABC):
         if spec.task not in TASKS:
             raise ModelError(f"model {spec.name}: task {spec.task!r} unknown; choose one of {', '.join(TASKS)}")
         self.spec = spec
-        self.weights_sha256 = sha256_file(spec.file)
-        if spec.sha256 and spec.sha256.lower() != self.weights_sha256:
-            raise ModelError(
-                f"model {spec.name}: {spec.file} has sha256 {self.weights_sha256}, "
-                f"params.yaml expects {spec.sha256}"
-            )
+        weights = read_weights(spec.file)
+        if not self.unpickles:
+            refuse_pickle_for_data_adapter(spec.name, weights, spec.adapter)
+        check_pin(spec.name, weights, spec.sha256)
+        self.weights_sha256 = weights.sha256
+        self._weights: WeightFile | None = weights
         self.forward_passes = 0  # items pushed through the network, for reuse accounting
         self.forward_seconds = 0.0  # wall time inside the framework, for latency (never part of a key)
+
+    def take_weights(self) -> WeightFile:
+        """The bytes hashed into the signature, for the framework to load (models/weights.py says why it must
+        not open the path again). Handed out once, so the adapter does not hold a second copy of the weights."""
+        weights, self._weights = self._weights, None
+        if weights is None:
+            raise RuntimeError(f"model {self.spec.name}: its weights were already handed to the framework")
+        return weights
 
     @abstractmethod
     def input_shape(self) -> tuple[int, ...]:

@@ -18,6 +18,7 @@ import numpy as np
 
 from evalstack.config import ModelError, ModelSpec
 from evalstack.models.adapters.base import ModelAdapter
+from evalstack.models.weights import private_copy
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -32,9 +33,17 @@ class KerasAdapter(ModelAdapter):
         import keras
 
         try:
-            self.model = keras.saving.load_model(spec.file, compile=False, safe_mode=True)
-        except Exception as error:  # keras raises ValueError, OSError, zip errors, …
-            raise ModelError(f"model {spec.name}: {spec.file} is not a loadable .keras model: {error}") from None
+            # load_model takes only a path, and picks its loader by the name's suffix
+            with private_copy(self.take_weights(), spec.file.suffix or ".keras") as copy:
+                try:
+                    self.model = keras.saving.load_model(copy, compile=False, safe_mode=True)
+                except Exception as error:  # keras raises ValueError, OSError, zip errors, …
+                    message = str(error).replace(str(copy), str(spec.file))
+                    raise ModelError(f"model {spec.name}: {spec.file} is not a loadable .keras model: "
+                                     f"{message}") from None
+        except OSError as error:  # the private copy could not be written
+            raise ModelError(f"model {spec.name}: cannot copy {spec.file} to a private folder to load it: "
+                             f"{error}") from None
         inputs = self.model.inputs
         if len(inputs) != 1:
             raise ModelError(f"model {spec.name}: has {len(inputs)} inputs, evalstack feeds one")

@@ -30,9 +30,14 @@ class PLSCoefficients:
 
 
 def read_coefficients(path: Path, model: str) -> PLSCoefficients:
+    return parse_coefficients(Path(path).read_bytes(), path, model)
+
+
+def parse_coefficients(data: bytes, path: Path, model: str) -> PLSCoefficients:
+    """The rows of a coefficient file's bytes (`path` only names it in messages)."""
     drugs, intercepts, weights = [], [], []
     seen: set[str] = set()
-    with open(path, newline="", encoding="utf-8-sig") as handle:
+    with io.StringIO(data.decode("utf-8-sig"), newline="") as handle:
         for number, row in enumerate(csv.reader(handle), start=1):
             if not row or not "".join(row).strip():
                 continue
@@ -74,7 +79,7 @@ class PLSAdapter(ModelAdapter):
         super().__init__(spec)
         if spec.task != "concentration":
             raise ModelError(f"model {spec.name}: a PLS model predicts concentration; set task: concentration")
-        self.coefficients = read_coefficients(spec.file, spec.name)
+        self.coefficients = parse_coefficients(self.take_weights().data, spec.file, spec.name)
         known = {drug_key(label) for label in spec.labels}
         unknown = [drug for drug in self.coefficients.drugs if drug_key(drug) not in known]
         if unknown:

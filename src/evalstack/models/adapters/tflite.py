@@ -19,7 +19,7 @@ class TFLiteAdapter(ModelAdapter):
     def __init__(self, spec: ModelSpec, num_threads: int = 2):
         super().__init__(spec)
         try:
-            self.interpreter = Interpreter(model_path=str(spec.file), num_threads=num_threads)
+            self.interpreter = Interpreter(model_content=self.take_weights().data, num_threads=num_threads)
         except (ValueError, RuntimeError) as error:
             raise ModelError(f"model {spec.name}: {spec.file} is not a loadable TFLite model: {error}") from None
         detail = self.interpreter.get_input_details()[0]

@@ -5,23 +5,26 @@ save, which is harmless here because the signature hashes the file a user gives.
 """
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import torch
 
 from evalstack.config import ModelError, ModelSpec
 from evalstack.models.adapters.base import ModelAdapter
 from evalstack.models.trust import require_trusted
+from evalstack.models.weights import WeightFile
 
 
-def load_torch_module(spec: ModelSpec) -> tuple[torch.nn.Module, tuple[int, ...] | None]:
-    """The callable module and, for torch.export files, the per-item input shape it declares.
-    Both formats can run code on load, so the model entry must pin the file or trust it."""
-    require_trusted(spec.name, spec.file, spec.sha256, spec.trust)
+def load_torch_module(spec: ModelSpec, weights: WeightFile) -> tuple[torch.nn.Module, tuple[int, ...] | None]:
+    """The callable module and, for torch.export files, the per-item input shape it declares, from the bytes
+    the signature hashed. Both formats can run code on load, so the model entry must pin the file or trust it."""
+    require_trusted(spec.name, weights, spec.sha256, spec.trust)
     try:
         if spec.file.suffix == ".pt2":
-            program = torch.export.load(str(spec.file))
+            program = torch.export.load(io.BytesIO(weights.data))
             return program.module(), _exported_input_shape(program)
-        return torch.jit.load(str(spec.file), map_location="cpu").eval(), None
+        return torch.jit.load(io.BytesIO(weights.data), map_location="cpu").eval(), None
     except Exception as error:  # torch raises many types for a bad archive
         raise ModelError(f"model {spec.name}: cannot load {spec.file} with torch: {error}") from None
 
@@ -39,10 +42,11 @@ def _exported_input_shape(program: "torch.export.ExportedProgram") -> tuple[int,
 class TorchAdapter(ModelAdapter):
     framework = "torch"
     runtime_distributions = ("torch", "numpy")
+    unpickles = True
 
     def __init__(self, spec: ModelSpec):
         super().__init__(spec)
-        self.module, declared = load_torch_module(spec)
+        self.module, declared = load_torch_module(spec, self.take_weights())
         self._shape = self._fixed_input_shape(declared, "TorchScript models need")
 
     def input_shape(self) -> tuple[int, ...]:

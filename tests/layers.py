@@ -27,7 +27,7 @@ class NumpyAdapter(ModelAdapter):
 
     def __init__(self, spec: ModelSpec):
         super().__init__(spec)
-        seed = int.from_bytes(spec.file.read_bytes()[:8].ljust(8, b"\0"), "little")
+        seed = int.from_bytes(self.take_weights().data[:8].ljust(8, b"\0"), "little")
         self.size = int(spec.options.get("size", 8))
         rng = np.random.default_rng(seed)
         self.weights = rng.normal(size=(self.size * self.size * 3, len(spec.labels))).astype(np.float32)

@@ -273,3 +273,23 @@ def test_completions_raise_a_later_failure_at_once_but_leave_a_recoverable_one_t
     threading.Timer(0.2, first.set_result, ["done"]).start()
     completions.wait_for(first, recoverable=(KeyError,))  # waits for `first` itself
     assert first.result() == "done"
+
+
+def test_the_process_pool_is_handed_the_largest_shards_first(tmp_path: Path, monkeypatch):
+    # Which spawned worker starts first is a race, so the order is read where the stage hands the jobs out.
+    from concurrent.futures import ProcessPoolExecutor
+
+    handed: list[int] = []
+    submit = ProcessPoolExecutor.submit
+
+    def recording(self, fn, *args, **kwargs):
+        handed.append(args[-1].upstream.n_items)  # _derive_pickled(work, job)
+        return submit(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", recording)
+    alone, pooled = fetched_twice(tmp_path, "alone", "pooled")
+    preprocess_layer(alone.raw, alone.pre, tiny_pipeline(), "lz4", name="tiny", executor=LocalExecutor())
+    preprocess_layer(pooled.raw, pooled.pre, tiny_pipeline(), "lz4", name="tiny", executor=ProcessExecutor(2))
+    sizes = [shard.n_items for shard in Layer.open(pooled.raw).shards]
+    assert sizes != sorted(sizes, reverse=True) and handed == sorted(sizes, reverse=True)
+    assert md5s(pooled.pre) == md5s(alone.pre)

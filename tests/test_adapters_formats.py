@@ -170,6 +170,31 @@ def test_an_onnx_model_with_external_data_is_refused(tmp_path, monkeypatch):
     assert load_adapter(_spec(tmp_path / "whole.onnx", "onnx")).predict_batch(_batch(2)).shape == (2, 3)
 
 
+def test_external_data_is_found_wherever_a_tensor_sits():
+    from onnx import TensorProto, helper
+    from onnx.external_data_helper import set_external_data
+
+    from evalstack.models.adapters.onnx_runtime import _external_tensors
+
+    def external(name: str) -> TensorProto:
+        tensor = helper.make_tensor(name, TensorProto.FLOAT, [1], b"\0\0\0\0", raw=True)
+        set_external_data(tensor, location="w.data", offset=0, length=4)
+        tensor.ClearField("raw_data")
+        tensor.data_location = TensorProto.EXTERNAL
+        return tensor
+
+    sparse = helper.make_sparse_tensor(external("sparse"), helper.make_tensor("i", TensorProto.INT64, [1], [0]), [4])
+    inner = helper.make_graph([helper.make_node("Constant", [], ["c"], value=external("in_subgraph"))], "then", [],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph([helper.make_node("If", ["b"], ["y"], then_branch=inner, else_branch=inner)], "g",
+                              [helper.make_tensor_value_info("b", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], [external("initializer")],
+                              sparse_initializer=[sparse])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    assert _external_tensors(model.SerializeToString()) == ["in_subgraph", "in_subgraph", "initializer", "sparse"]
+    assert _external_tensors(b"not a model") == []
+
+
 def test_pls_runs_the_coefficients_the_signature_hashed(tmp_path, monkeypatch):
     path, coefficients = _pls_file(tmp_path)
     other = PLSCoefficients(coefficients.drugs, coefficients.intercepts + 1.0, coefficients.weights)

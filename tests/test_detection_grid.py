@@ -14,7 +14,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from evalstack.core.layers import Layer, StoreError, read_column
+from evalstack.core.layers import CacheStaleError, Layer, StoreError, read_column
 from evalstack.core.raw import read_blobs
 from evalstack.demo.shapes.dataset import ShapesConfig, write_shapes_dataset
 from evalstack.detection.adapter import PostProcess, load_detector
@@ -137,6 +137,11 @@ def test_postprocessing_change_reruns_no_forward_pass_and_equals_a_fresh_run(sha
     assert (infer_adapter.forward_passes, grid_adapter.forward_passes) == before  # no model ran
     assert changed.images_postprocessed == N_VAL * 4
     assert _digests(tmp_path / "gridpp") != _digests(tmp_path / "gridpp_b")  # the change mattered
+    # The clean detections at another post-processing than the cells': refused, not set against them in rPC.
+    with pytest.raises(CacheStaleError, match=r"det_b was post-processed with other settings or code than the "
+                                              r"grid's cells .*run `dvc repro postprocess@"):
+        score_grid(shapes / "raw", tmp_path / "det_b", tmp_path / "grid", tmp_path / "gridpp_x", infer_adapter.spec,
+                   PostProcess(), config, store=store)
     # A fresh run at the new value: new store, a model loaded with the new params, every layer from scratch.
     fresh = tmp_path / "fresh"
     fresh_store = store_in(fresh / "store")

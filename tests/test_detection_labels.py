@@ -140,3 +140,14 @@ def test_a_detection_adapter_option_beside_options_is_refused_naming_where_it_go
         model_spec(_params("shapes", builder="x", num_classes=4), "m")
     spec = model_spec(_params("shapes", options={"builder": "x", "layout": "NCHW"}), "m")
     assert spec.options == {"builder": "x"} and spec.layout == "NCHW"
+
+
+def test_a_post_processing_key_under_options_is_refused_naming_where_it_goes():
+    """detection/dvc.yaml tracks the post-processing keys beside options: for postprocess and robustness (found by
+    an audit: `options: {confidence_threshold: 0.3}` reran infer and grid, which give the same candidates, and
+    left postprocess and robustness at the old threshold, exit 0)."""
+    with pytest.raises(ConfigError, match=r"models.m.options: confidence_threshold, max_detections must go beside "
+                                          r"options:, as models.m.confidence_threshold: 0.3.*stale detections"):
+        model_spec(_params("shapes", options={"confidence_threshold": 0.3, "max_detections": 10}), "m")
+    spec = model_spec(_params("shapes", confidence_threshold=0.3, options={"builder": "x"}), "m")
+    assert spec.options == {"confidence_threshold": 0.3, "builder": "x"}

@@ -305,15 +305,29 @@ DETECTION_FIELDS = frozenset({"file", "adapter", "pipeline", "labels", "task", "
                               "confidence_threshold", "nms_iou", "max_detections", "options"})
 
 
+# The post-processing keys: postprocess and robustness track them one by one, beside `options:`.
+POSTPROCESS_FIELDS = ("confidence_threshold", "nms_iou", "max_detections")
+
+
 def check_detection_fields(name: str, fields: Mapping[str, Any]) -> None:
     """A detection model's adapter options live under `options:`, the mapping infer and grid track: a key beside
-    it would change results without DVC rerunning either stage (a stale result, exit 0)."""
+    it would change results without DVC rerunning either stage (a stale result, exit 0). The post-processing
+    keys are the other way round: postprocess and robustness track them beside `options:` (they do not track
+    the mapping), so one under it would change their results without either rerunning."""
     stray = sorted(set(fields) - DETECTION_FIELDS)
     if stray:
         raise ConfigError(
             f"models.{name}: {', '.join(stray)} must go under models.{name}.options: (e.g. `options: {{{stray[0]}: "
             f"{fields[stray[0]]!r}}}`): detection/dvc.yaml tracks that mapping for infer and grid, so a change "
             "there reruns them; a key beside it would not, and a stale result would be reused")
+    nested = fields.get("options") or {}
+    misplaced = [key for key in POSTPROCESS_FIELDS if key in nested]
+    if misplaced:
+        raise ConfigError(
+            f"models.{name}.options: {', '.join(misplaced)} must go beside options:, as models.{name}."
+            f"{misplaced[0]}: {nested[misplaced[0]]!r}: detection/dvc.yaml tracks the post-processing keys there "
+            "for postprocess and robustness, so a change under options: would not rerun them, and stale "
+            "detections would be reused")
 
 
 def _flag(value: Any, where: str) -> bool:

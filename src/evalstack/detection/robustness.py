@@ -129,6 +129,16 @@ def result_arrays(table: DetectionTable, rows: list[int], categories: np.ndarray
     return (image_ids[keep], category_ids[keep].astype(np.int64), table.bboxes[index][keep], table.scores[index][keep])
 
 
+def _check_clean_postprocessing(clean: Key, post: PostProcess, clean_dir: Path, model: str) -> None:
+    """The clean detections must be post-processed as the cells are (`post`, this code): rPC set against
+    P_clean at another threshold would be a ratio of two settings. The stage knows the candidates only through
+    the layer, so what is checked is the post-processing its key names."""
+    candidates = Key("candidates", dict(clean.parts.get("candidates") or {}))
+    if clean != detections_key(candidates, post):
+        raise CacheStaleError(f"{clean_dir} was post-processed with other settings or code than the grid's cells "
+                              f"({post}); run `dvc repro postprocess@{model}`")
+
+
 def score_grid(
     raw_dir: Path, clean_dir: Path, cells_dir: Path, out_dir: Path, spec: ModelSpec, post: PostProcess,
     config: GridConfig, scoring: Scoring = Scoring(), store: ShardStore | None = None,
@@ -141,6 +151,7 @@ def score_grid(
     labels = checked_label_map(spec, dataset.categories, scoring.categories)
     categories, count_threshold = labels.category_ids, scoring.count_threshold
     clean_layer = open_detections(clean_dir, expected_clean, f"dvc repro postprocess@{spec.name}")
+    _check_clean_postprocessing(clean_layer.key, post, clean_dir, spec.name)
     clean = read_table(clean_layer, sha256)
     clean_rows = split_rows(clean, dataset, config.split, spec.name)
     by_split = clean_layer.index.stats.get("forward_passes_by_split", {})

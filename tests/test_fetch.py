@@ -181,9 +181,12 @@ def test_folder_labels_cannot_escape_the_folder(tmp_path: Path):
         fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
 
 
-def test_legacy_registries_param_still_means_a_registry_source():
-    source = SourceConfig.from_params({"registries": {"dev": "a.csv"}, "shard_bytes": 4})
-    assert (source.kind, dict(source.registries)) == ("registry", {"dev": "a.csv"})
+def test_the_older_registries_param_is_refused_naming_where_it_goes():
+    # The fetch stage tracks fetch.source, not fetch.registries: with `source:` left empty, an edit of the older
+    # spelling (dev and test swapped) reran nothing and the old raw layer was scored (found by an audit).
+    with pytest.raises(SourceError, match=r"fetch.registries is the older spelling of a registry source; move it to "
+                                          r"fetch.source: \{kind: registry, registries: \{'dev': 'a.csv'\}\}"):
+        SourceConfig.from_params({"source": None, "registries": {"dev": "a.csv"}, "shard_bytes": 4})
     with pytest.raises(SourceError, match="kind 'gopher' unknown"):
         SourceConfig.from_params({"source": {"kind": "gopher"}})
 
@@ -227,8 +230,9 @@ def test_params_yaml_fetch_block_becomes_a_fetch_config():
     config = fetch_config(params, report=Path("data/fetch_report.json"))
     assert config.source.kind == "registry" and set(config.source.registries) == {"dev", "test"}
     assert (config.transport.retries, config.on_error, config.report) == (2, "fail", Path("data/fetch_report.json"))
-    legacy = fetch_config({"fetch": {"registries": {"dev": "a.csv"}, "shard_bytes": 4, "max_pixels": 100}})
-    assert legacy.source.kind == "registry" and legacy.transport.schemes == ("file", "http", "https")
+    other = fetch_config({"fetch": {"source": {"kind": "registry", "registries": {"dev": "a.csv"}}, "shard_bytes": 4,
+                                    "max_pixels": 100}})
+    assert other.source.kind == "registry" and other.transport.schemes == ("file", "http", "https")
 
 
 def test_a_duplicate_id_across_registries_is_refused_naming_it(tmp_path: Path):

@@ -69,7 +69,7 @@ class Http(Fixed):
 
 class Fetch(Fixed):
     source: dict[str, Any] | None = None  # checked by sources.catalog.SourceConfig, naming its keys
-    registries: dict[StrictStr, StrictStr] | None = None  # the older spelling of a registry source
+    registries: dict[StrictStr, StrictStr] | None = None  # the older spelling: SourceConfig refuses it, naming where it goes
     shard_bytes: Count = 48_000_000
     shrink_warning: Share = 0.2
     max_pixels: Count = 16_777_216

@@ -56,10 +56,15 @@ class SourceConfig:
 
     @classmethod
     def from_params(cls, fetch: Mapping[str, Any]) -> "SourceConfig":
-        """`fetch.source: {kind: …}`; the older `fetch.registries: {split: csv}` still means a registry."""
+        """`fetch.source: {kind: …}`. The older `fetch.registries: {split: csv}` is refused, naming where it goes:
+        the fetch stage tracks `fetch.source` in dvc.yaml, not `fetch.registries`, so an edit there (a split
+        pointed at another CSV) would not refetch, and the old raw layer would be scored (found by an audit)."""
+        if fetch.get("registries") is not None:
+            raise SourceError(f"fetch.registries is the older spelling of a registry source; move it to "
+                              f"fetch.source: {{kind: registry, registries: {dict(fetch['registries'])!r}}}: dvc.yaml "
+                              "tracks fetch.source for the fetch stage, so an edit of fetch.registries would not "
+                              "refetch, and a stale raw layer would be scored")
         source = dict(fetch.get("source") or {})
-        if not source and "registries" in fetch:
-            source = {"kind": "registry", "registries": fetch["registries"]}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(source) - known)
         if unknown:

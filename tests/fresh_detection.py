@@ -28,11 +28,13 @@ def main() -> None:
     spec = model_spec(params, name, root=det)
     adapter = load_detector(spec)
     preprocessed = det / "data/preprocessed" / spec.pipeline
-    infer_candidates_layer(preprocessed, out / "cand", adapter, ["val"])
+    batch_size = int((params.get("infer") or {}).get("batch_size", 32))  # the stages' own
+    infer_candidates_layer(preprocessed, out / "cand", adapter, ["val"], batch_size)
     postprocess_layer(out / "cand", out / "det", adapter.postprocess)
     config = GridConfig.from_params(params["grid"])
     pipeline = build_letterbox(params["preprocess"]["pipelines"][spec.pipeline])
-    build_grid(det / "data/raw", preprocessed, out / "cand", out / "grid", adapter, pipeline, config)
+    build_grid(det / "data/raw", preprocessed, out / "cand", out / "grid", adapter, pipeline, config,
+               batch_size=batch_size)
     fresh = score_grid(det / "data/raw", out / "det", out / "grid", out / "gridpp", spec, adapter.postprocess, config,
                        Scoring.from_params(params["evaluate"]))
     (out / "summary.json").write_text(json.dumps(fresh.summary()))

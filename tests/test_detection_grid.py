@@ -70,7 +70,7 @@ def _digests(directory: Path) -> dict[str, str]:
 
 def _infer(root: Path, out: Path, model_file: Path, store=None, **options):
     adapter = _detector(model_file, **options)
-    build = infer_candidates_layer(root / "pre", out, adapter, ["val"], batch_size=4, store=store)
+    build = infer_candidates_layer(root / "pre", out, adapter, ["val"], store=store)  # build_grid's batch size
     return adapter, build
 
 
@@ -272,7 +272,8 @@ def test_every_cell_scores_exactly_what_pycocotools_says(tmp_path):
     adapter = load_detector(spec(model, nms_iou=1.0))
     infer_candidates_layer(tmp_path / "pre", tmp_path / "cand", adapter, ["val"], batch_size=2)
     config = _grid(("gaussian_noise", "defocus_blur"), (1, 5))
-    build_grid(tmp_path / "raw", tmp_path / "pre", tmp_path / "cand", tmp_path / "grid", adapter, PIPELINE, config)
+    build_grid(tmp_path / "raw", tmp_path / "pre", tmp_path / "cand", tmp_path / "grid", adapter, PIPELINE, config,
+               batch_size=2)
     scores = score_grid(tmp_path / "raw", _postprocessed(tmp_path, adapter.postprocess), tmp_path / "grid",
                         tmp_path / "gridpp", adapter.spec, adapter.postprocess, config)
     dataset = read_ground_truth(tmp_path / "raw")

@@ -43,3 +43,28 @@ def test_open_predictions_refuses_other_pipeline(tmp_path: Path):
     resized = Key("pipeline", {"kind": "crop_resize", "params": {"resize": 48}})
     with pytest.raises(CacheStaleError, match="pipeline.params.resize: 64 → 48"):
         open_predictions(tmp_path / "p", model, resized, "m")
+
+
+def test_a_batch_size_change_recomputes_the_predictions_and_going_back_reuses_them(tmp_path: Path):
+    # torch's CPU kernels may round a logit's last bits differently at another batch size (~1e-7 at 1 and 7
+    # against 32, found by an audit), so predictions computed at one size are not reused at another.
+    from evalstack.core.layers import Layer
+    from evalstack.models.inference import infer_layer
+    from evalstack.models.predictions import batch_size_of
+    from evalstack.preprocess.pipelines import preprocess_layer
+    from tests.layers import Project, numpy_model, store_at, tiny_pipeline
+
+    project = Project(tmp_path / "project")
+    project.grow(22)
+    project.fetch(None)
+    preprocess_layer(project.raw, project.pre, tiny_pipeline(), "lz4", name="tiny")
+    store, model = store_at(tmp_path / "store"), numpy_model(tmp_path / "models")
+    first = infer_layer(project.pre, project.pred, model, batch_size=3, store=store)
+    other = infer_layer(project.pre, tmp_path / "other", model, batch_size=2, store=store)
+    back = infer_layer(project.pre, tmp_path / "back", model, batch_size=3, store=store)
+    shards = first.counts["shards"]
+    assert shards > 1 and first.counts["shards_computed"] == other.counts["shards_computed"] == shards
+    assert back.counts["shards_computed"] == 0 and back.counts["shards_reused"] == shards
+    assert [batch_size_of(Layer.open(d).key) for d in (project.pred, tmp_path / "other", tmp_path / "back")] == [3, 2, 3]
+    pipeline = Layer.open(project.pre).key
+    assert len(open_predictions(tmp_path / "other", model.signature(), pipeline, "m")) == 22  # a reader takes any size

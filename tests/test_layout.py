@@ -63,6 +63,23 @@ def test_every_module_a_stage_imports_is_a_dvc_dependency(dvc_yaml: Path):
         f"  {stage}: {', '.join(modules)}" for stage, modules in missing.items())
 
 
+@pytest.mark.parametrize("dvc_yaml", PROFILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_stage_that_runs_a_model_in_batches_tracks_the_batch_size(dvc_yaml: Path):
+    # infer.batch_size is in the predictions and candidates keys (models/predictions.py): a stage that runs the
+    # model in batches of it and does not track it would keep a layer computed at the old size.
+    scripts_reading_it = {script.relative_to(REPO).as_posix() for script in (REPO / "stages").rglob("*.py")
+                          if '"batch_size"' in script.read_text() and '"infer"' in script.read_text()}
+    stages = _stage_definitions(dvc_yaml)
+    running = {name for name, stage in stages.items()
+               if any(_resolved(os.path.join(str(dvc_yaml.parent.relative_to(REPO)).replace(".", ""), dep))
+                      in scripts_reading_it for dep in stage["deps"])}
+    assert running, "no stage reads infer.batch_size"
+    untracked = sorted(name for name in running if "infer.batch_size" not in (stages[name].get("params") or [])
+                       and "infer" not in (stages[name].get("params") or []))
+    exempt = {"evaluate"}  # detection evaluate reads it only to name the key its input layers carry (they rerun)
+    assert set(untracked) <= exempt, f"{dvc_yaml.name}: add infer.batch_size to the params of {untracked}"
+
+
 @pytest.mark.skipif(not PROFILES, reason="no dvc.yaml")
 def test_removing_a_folder_from_a_stages_deps_is_caught(tmp_path: Path):
     dvc_yaml = PROFILES[0]  # the root profile, or detection/ in a project made with that profile only

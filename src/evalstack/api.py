@@ -121,7 +121,7 @@ class Dataset:
         pipeline_key = pipeline_spec(self.params, spec.pipeline).cache_key()
         out = self.root / ADHOC_DIR / safe_name(spec.name)
         latency_file = out.with_name(out.name + ".latency.json")
-        expected = predictions_key(adapter.signature(), pipeline_key, inference_code(type(adapter)))
+        expected = predictions_key(adapter.signature(), pipeline_key, inference_code(type(adapter)), batch_size)
         if not _is_layer_with_key(out, expected.hex):
             preprocessed = self.root / "data/preprocessed" / spec.pipeline
             # Through the same shard store as the stages, so a later `dvc repro` of this model reuses it.

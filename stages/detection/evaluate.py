@@ -25,7 +25,7 @@ def main() -> None:
     # The model's signature is recomputed (or taken from a memo under a key naming everything it depends on:
     # detection/signatures.py), so detections of another model or post-processing are refused.
     pipeline_key = build_letterbox(params["preprocess"]["pipelines"][spec.pipeline]).cache_key()
-    expected = expected_detections_key(spec, pipeline_key, store)
+    expected = expected_detections_key(spec, pipeline_key, store, int((params.get("infer") or {}).get("batch_size", 32)))
     split, scoring = params["evaluate"]["split"], Scoring.from_params(params["evaluate"])
     evaluation = evaluate_detector(args.raw, args.detections, spec, expected, split, scoring,
                                    store.stamps.sha256 if store else None)

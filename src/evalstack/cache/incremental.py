@@ -273,9 +273,13 @@ def describe_key_change(old: Mapping[str, Any], new: Mapping[str, Any], labels: 
         if part == "code":  # the stage's own code: "code: src/evalstack/models/inference.py changed"
             lines += explain_change({"code": old.get("code", {})}, {"code": new.get("code", {})})
             continue
-        before = old if not part else old.get(part, {})
-        after = new if not part else new.get(part, {})
-        for change in explain_change(before, after):
+        before = old if not part else old.get(part)
+        after = new if not part else new.get(part)
+        if not isinstance(before, (Mapping, type(None))) or not isinstance(after, (Mapping, type(None))):
+            if before != after:  # a single value, e.g. the batch size: `infer.batch_size: 32 → 16`
+                lines.append(f"{label}: {'none' if before is None else before} → {'none' if after is None else after}")
+            continue
+        for change in explain_change(before or {}, after or {}):
             if change.startswith("weights_sha256: "):
                 change = f"weights changed ({change.removeprefix('weights_sha256: ')})"
             lines.append(f"{label}: {change}")

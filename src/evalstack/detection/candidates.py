@@ -94,10 +94,13 @@ class CandidateTable:
         )
 
 
-def candidates_key(model_signature: Key, pipeline_key: Key, code: dict[str, str]) -> Key:
-    """Weights + contract (candidate bound included, post-processing excluded) + pipeline + `candidates_code`."""
-    return Key("detection_candidates", {"model": dict(model_signature.parts), "pipeline": dict(pipeline_key.parts),
-                                        "code": code})
+def candidates_key(model_signature: Key, pipeline_key: Key, code: dict[str, str], batch_size: int | None = None) -> Key:
+    """Weights + contract (candidate bound included, post-processing excluded) + pipeline + `candidates_code` + the
+    batch size (a framework's CPU kernels may round differently at another one: models/predictions.py)."""
+    parts: dict = {"model": dict(model_signature.parts), "pipeline": dict(pipeline_key.parts), "code": code}
+    if batch_size is not None:
+        parts["batch_size"] = int(batch_size)
+    return Key("detection_candidates", parts)
 
 
 def candidates_code(adapter_class: type) -> dict[str, str]:
@@ -223,8 +226,9 @@ def infer_candidates_layer(
     Batches start at each shard's first row, so a shard does not depend on what else ran."""
     source = Layer.open(preprocessed_dir, kind=PREPROCESSED_KIND)
     selected = SplitRows(source, splits)
-    key = candidates_key(adapter.signature(), source.key, candidates_code(type(adapter)))
-    labels = {"model": f"model {adapter.spec.name}", "pipeline": f"pipeline {adapter.spec.pipeline}", "code": "code"}
+    key = candidates_key(adapter.signature(), source.key, candidates_code(type(adapter)), batch_size)
+    labels = {"model": f"model {adapter.spec.name}", "pipeline": f"pipeline {adapter.spec.pipeline}", "code": "code",
+              "batch_size": "infer.batch_size"}
     spec = DerivedLayerSpec(CANDIDATES_KIND, key, f"model {adapter.spec.name}", labels, "forward_passes",
                             stats=candidates_stats(adapter, selected))
 

@@ -117,7 +117,7 @@ def build_grid(
     if pipeline.cache_key().hex != source.key.hex:
         raise CacheStaleError(f"{preprocessed_dir} was letterboxed with other settings than pipeline "
                               f"{adapter.spec.pipeline} now has; rebuild it with `dvc repro`")
-    clean_key = candidates_key(adapter.signature(), source.key, candidates_code(type(adapter)))
+    clean_key = candidates_key(adapter.signature(), source.key, candidates_code(type(adapter)), batch_size)
     clean = open_candidates(clean_dir, clean_key, f"dvc repro infer@{name}")
     by_split = clean.index.stats.get("forward_passes_by_split", {})
     if config.split not in by_split:

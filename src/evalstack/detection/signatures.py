@@ -74,7 +74,8 @@ def remembered_signature(store: ShardStore | None, spec: ModelSpec) -> Key | Non
     return None if key is None or store is None else read_memo(store, key)
 
 
-def expected_detections_key(spec: ModelSpec, pipeline_key: Key, store: ShardStore | None) -> Key:
+def expected_detections_key(spec: ModelSpec, pipeline_key: Key, store: ShardStore | None,
+                            batch_size: int | None = None) -> Key:
     """The key the model's current detections layer must carry: its candidates (signature, pipeline, code) and
     its post-processing. From a memo when one holds the signature (nothing imported, no file loaded), else
     from the loaded adapter, whose signature is then remembered."""
@@ -89,4 +90,4 @@ def expected_detections_key(spec: ModelSpec, pipeline_key: Key, store: ShardStor
         adapter = load_detector(spec)
         signature, post, code = adapter.signature(), adapter.postprocess, candidates_code(type(adapter))
         remember_signature(store, spec, signature)
-    return detections_key(candidates_key(signature, pipeline_key, code), post)
+    return detections_key(candidates_key(signature, pipeline_key, code, batch_size), post)

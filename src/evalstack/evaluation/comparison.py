@@ -21,7 +21,7 @@ from evalstack.core.layers import Layer
 from evalstack.evaluation.concentration import predicted_quantities
 from evalstack.evaluation.items import check_frame_aligned, in_split
 from evalstack.evaluation.significance import DEFAULT_RESAMPLES, accuracy_intervals, mcnemar
-from evalstack.models.predictions import expected_code, expected_model_signature, predictions_key
+from evalstack.models.predictions import batch_size_of, expected_code, expected_model_signature, predictions_key
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,8 @@ class Comparison:
 def open_fresh(run: ModelRun, spec: ModelSpec, pipeline_key: Key) -> Layer:
     """The layer, or CacheStaleError if its weights, labels, task or pipeline differ from params now."""
     layer = Layer.open(run.layer, kind=PREDICTIONS_KIND)
-    expected = predictions_key(expected_model_signature(layer, spec), pipeline_key, expected_code(layer.key))
+    expected = predictions_key(expected_model_signature(layer, spec), pipeline_key, expected_code(layer.key),
+                               batch_size_of(layer.key))
     layer.expect_key(expected, f"dvc repro infer@{run.name}")
     return layer
 

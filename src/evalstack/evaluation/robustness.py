@@ -68,13 +68,18 @@ class GridConfig:
         return [Cell(kind, severity) for kind in self.types for severity in self.severities]
 
 
-def cell_key(model_signature: Key, pipeline_key: Key, cell: Cell, seed: int, code: dict[str, str]) -> Key:
-    """`code`: `grid_code(adapter module)`, the grid's own closure (perturbations included) and the adapter's."""
+def cell_key(model_signature: Key, pipeline_key: Key, cell: Cell, seed: int, code: dict[str, str],
+             batch_size: int | None = None) -> Key:
+    """`code`: `grid_code(adapter module)`, the grid's own closure (perturbations included) and the adapter's;
+    the batch size as in models.predictions.predictions_key."""
     perturbation = {"type": cell.kind, "severity": cell.severity, "seed": seed}
-    return Key("robust_predictions", {
+    parts: dict[str, Any] = {
         "model": dict(model_signature.parts), "pipeline": dict(pipeline_key.parts), "perturbation": perturbation,
         "code": code, "runtime": runtime_part(*PERTURBATION_RUNTIME),
-    })
+    }
+    if batch_size is not None:
+        parts["batch_size"] = int(batch_size)
+    return Key("robust_predictions", parts)
 
 
 def grid_code(adapter_module: str) -> dict[str, str]:
@@ -145,10 +150,10 @@ def build_grid(
     # and its process, where worker processes would each load the model again.
     with ThreadPoolExecutor(threads, thread_name_prefix="perturb") if threads > 1 else nullcontext() as pool:
         for cell in config.cells():
-            key = cell_key(signature, source.key, cell, config.seed, code)
+            key = cell_key(signature, source.key, cell, config.seed, code, batch_size)
             label = f"model {adapter.spec.name} under {cell.kind} severity {cell.severity}"
             labels = {"model": f"model {adapter.spec.name}", "pipeline": f"pipeline {adapter.spec.pipeline}",
-                      "perturbation": "perturbation", "code": "code"}
+                      "perturbation": "perturbation", "code": "code", "batch_size": "infer.batch_size"}
             spec = DerivedLayerSpec(PREDICTIONS_KIND, key, label, labels, "forward_passes")
             compute = _cell_compute(adapter, cell, config.seed, selection, batch_size, n_classes, pool)
             builds[cell.name] = build_derived_layer(source, out_dir / cell.name, spec, compute, store,

@@ -34,8 +34,9 @@ def infer_layer(
     on which other shards were computed in the same run (nor on which worker ran them).
     """
     source = Layer.open(preprocessed_dir, kind=PREPROCESSED_KIND)
-    key = predictions_key(adapter.signature(), source.key, inference_code(type(adapter)))
-    labels = {"model": f"model {adapter.spec.name}", "pipeline": f"pipeline {adapter.spec.pipeline}", "code": "code"}
+    key = predictions_key(adapter.signature(), source.key, inference_code(type(adapter)), batch_size)
+    labels = {"model": f"model {adapter.spec.name}", "pipeline": f"pipeline {adapter.spec.pipeline}", "code": "code",
+              "batch_size": "infer.batch_size"}
     spec = DerivedLayerSpec(PREDICTIONS_KIND, key, f"model {adapter.spec.name}", labels, "forward_passes")
     if isinstance(executor, DaskExecutor):  # workers load the model themselves: interpreters do not pickle
         # The weights by absolute path (a worker of an existing cluster runs in its own directory), pinned to

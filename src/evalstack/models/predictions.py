@@ -22,12 +22,17 @@ from evalstack.core.layers import ITEM_KEY, Layer
 PREDICTION_VALUES = ("label", "probability", "energy", "logits")  # hashed per item for `verify`
 
 
-def predictions_key(model_signature: Key, pipeline_key: Key, code: Mapping[str, str] | None = None) -> Key:
-    """(model signature, pipeline key, code of the stage that predicts); `code` is
-    `models.inference.inference_code(...)` for layers the infer stage writes."""
+def predictions_key(model_signature: Key, pipeline_key: Key, code: Mapping[str, str] | None = None,
+                    batch_size: int | None = None) -> Key:
+    """(model signature, pipeline key, code of the stage that predicts, batch size); `code` is
+    `models.inference.inference_code(...)` for layers the infer stage writes. The batch size is in the key
+    because a framework's CPU kernels may round a logit's last bits differently at another batch size (torch:
+    ~1e-7 at 1 and 7 against 32), so a layer computed at one size is not what a run at another would give."""
     parts: dict[str, Any] = {"model": dict(model_signature.parts), "pipeline": dict(pipeline_key.parts)}
     if code is not None:
         parts["code"] = dict(code)
+    if batch_size is not None:
+        parts["batch_size"] = int(batch_size)
     return Key("predictions", parts)
 
 
@@ -49,8 +54,16 @@ def prediction_columns(item_keys: np.ndarray, logits: np.ndarray) -> dict[str, n
 def open_predictions(directory: Path, model_signature: Key, pipeline_key: Key, model_name: str) -> Layer:
     """The predictions layer, or CacheStaleError saying what changed and how to rebuild."""
     layer = Layer.open(directory, kind=PREDICTIONS_KIND)
-    layer.expect_key(predictions_key(model_signature, pipeline_key, expected_code(layer.key)), f"dvc repro infer@{model_name}")
+    layer.expect_key(predictions_key(model_signature, pipeline_key, expected_code(layer.key), batch_size_of(layer.key)),
+                     f"dvc repro infer@{model_name}")
     return layer
+
+
+def batch_size_of(key: Key) -> int | None:
+    """The batch size a predictions layer was computed at. A reader takes it from the layer: any batch size
+    gives that model's predictions, and infer, which tracks `infer.batch_size`, reruns when it changes."""
+    size = key.parts.get("batch_size")
+    return int(size) if isinstance(size, int) else None
 
 
 def expected_code(key: Key) -> dict[str, str] | None:

@@ -45,6 +45,16 @@ def test_extra_model_fields_become_adapter_options(tmp_path: Path):
     assert spec.options == {"input_shape": [8, 8, 3]} and spec.file == tmp_path / "m.pt"
 
 
+def test_a_model_field_written_under_options_is_refused_not_ignored():
+    # `sha256:` under options: was ignored, so the pin a user wrote was never checked (found by an audit)
+    entry = {"file": "m.pt", "adapter": "torch", "pipeline": "p", "labels": ["a"], "options": {"sha256": "0" * 64}}
+    with pytest.raises(ConfigError, match=r"models.m.options: sha256 must go beside options:, as models.m.sha256: "
+                                          r"'0{64}'; under options: it would be ignored"):
+        model_spec({"models": {"m": entry}}, "m")
+    entry["options"] = {"layout": "NCHW", "input_shape": [3, 8, 8]}  # adapter options, and the layout, belong there
+    assert model_spec({"models": {"m": entry}}, "m").layout == "NCHW"
+
+
 @pytest.mark.parametrize("params_file", ["params.yaml", "detection/params.yaml"])
 def test_no_template_param_is_hidden_from_dvcs_run_cache(params_file: str):
     # DVC issue #10296: the run-cache drops keys named size/nfiles, so a change to one restores stale results.

@@ -277,6 +277,11 @@ def model_spec(params: Mapping[str, Any], name: str, root: Path = Path(".")) -> 
     nested = fields.get("options") or {}
     if not isinstance(nested, Mapping):
         raise ConfigError(f"models.{name}.options must be a mapping of adapter options, not {nested!r}")
+    misplaced = sorted(set(nested) & (known - {"layout"}))
+    if misplaced:  # they are read only beside options: (a pin written under it would never be checked)
+        raise ConfigError(f"models.{name}.options: {', '.join(misplaced)} must go beside options:, as "
+                          f"models.{name}.{misplaced[0]}: {nested[misplaced[0]]!r}; under options: it would be "
+                          "ignored")
     options = {k: v for k, v in fields.items() if k not in known} | dict(nested)
     if task == "detect":
         check_detection_fields(name, fields)

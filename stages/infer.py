@@ -4,7 +4,7 @@ from pathlib import Path
 
 from evalstack.cache.executors import open_executor
 from evalstack.cache.shardstore import open_store
-from evalstack.config import load_params, model_spec
+from evalstack.config import infer_batch_size, load_params, model_spec
 from evalstack.core.failures import run_stage
 from evalstack.models.adapters import end_process, load_adapter
 from evalstack.models.inference import infer_layer
@@ -22,7 +22,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     adapter = load_adapter(model_spec(params, args.model))
-    batch_size = int(params.get("infer", {}).get("batch_size", 32))
+    batch_size = infer_batch_size(params)
     store = open_store(params, args.params.parent)  # not a dvc.yaml param: where results are kept does not change them
     remember_signature(store, adapter)  # robustness then keys its cells without loading the model
     with open_executor(params, in_process=True, store=store) as executor:  # not a dvc.yaml param either: the executor does not change the bytes

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from evalstack.cache.executors import local_threads
 from evalstack.cache.shardstore import open_store
-from evalstack.config import load_params, model_spec
+from evalstack.config import infer_batch_size, load_params, model_spec
 from evalstack.core.atomic import atomic_write_bytes
 from evalstack.core.failures import run_stage
 from evalstack.core.layers import Layer
@@ -42,7 +42,7 @@ def main() -> None:
     config = GridConfig.from_params(params.get("robustness") or {})
     store = open_store(params, args.params.parent)
     adapter = open_adapter(spec, store)  # loaded at its first forward pass when the store remembers its signature
-    batch_size = int(params.get("infer", {}).get("batch_size", 32))
+    batch_size = infer_batch_size(params)
     threads = local_threads(params)  # not a dvc.yaml param: the bytes do not depend on it
     build = build_grid(args.raw, args.preprocessed, args.predictions, args.out, adapter, config, store, batch_size,
                        threads)

@@ -68,7 +68,7 @@ def test_every_stage_that_runs_a_model_in_batches_tracks_the_batch_size(dvc_yaml
     # infer.batch_size is in the predictions and candidates keys (models/predictions.py): a stage that runs the
     # model in batches of it and does not track it would keep a layer computed at the old size.
     scripts_reading_it = {script.relative_to(REPO).as_posix() for script in (REPO / "stages").rglob("*.py")
-                          if '"batch_size"' in script.read_text() and '"infer"' in script.read_text()}
+                          if "infer_batch_size(" in script.read_text()}
     stages = _stage_definitions(dvc_yaml)
     running = {name for name, stage in stages.items()
                if any(_resolved(os.path.join(str(dvc_yaml.parent.relative_to(REPO)).replace(".", ""), dep))

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from evalstack.cache.shardstore import open_store
-from evalstack.config import load_params, resolve_labels
+from evalstack.config import infer_batch_size, load_params, resolve_labels
 from evalstack.core.kinds import PREDICTIONS_KIND
 from evalstack.core.layers import Layer, StoreError
 from evalstack.evaluation.comparison import CompareConfig, Comparison, ModelRun, compare_runs, declared_run
@@ -113,7 +113,7 @@ class Dataset:
             self._reproduce(f"infer@{model}")
             return declared_run(self.params, model, self.root / "data/predictions", self.root / "data/latency",
                                 self.root)
-        return self._run_adhoc(model, batch_size or int((self.params.get("infer") or {}).get("batch_size", 32)))
+        return self._run_adhoc(model, batch_size or infer_batch_size(self.params))
 
     def _run_adhoc(self, adapter: ModelAdapter, batch_size: int) -> ModelRun:
         spec = adapter.spec

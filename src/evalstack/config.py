@@ -253,6 +253,12 @@ def train_entry(params: Mapping[str, Any], name: str) -> tuple[tuple[str, ...], 
     return labels, settings
 
 
+def infer_batch_size(params: Mapping[str, Any]) -> int:
+    """`infer.batch_size`, read one way by every stage that runs a model in batches: it is part of the
+    predictions, candidates and grid-cell keys (models/predictions.py), so their readings must agree."""
+    return int((params.get("infer") or {}).get("batch_size", 32))
+
+
 def preprocess_compression(params: Mapping[str, Any]) -> str:
     return str((params.get("preprocess") or {}).get("compression", "none"))
 

@@ -3,7 +3,7 @@ import argparse
 from pathlib import Path
 
 from evalstack.cache.shardstore import open_store
-from evalstack.config import load_params, model_spec
+from evalstack.config import infer_batch_size, load_params, model_spec
 from evalstack.core.failures import run_stage
 from evalstack.detection.evaluation import DetectionOutputs, Scoring, evaluate_detector, write_detection_outputs
 from evalstack.detection.signatures import expected_detections_key
@@ -25,7 +25,7 @@ def main() -> None:
     # The model's signature is recomputed (or taken from a memo under a key naming everything it depends on:
     # detection/signatures.py), so detections of another model or post-processing are refused.
     pipeline_key = build_letterbox(params["preprocess"]["pipelines"][spec.pipeline]).cache_key()
-    expected = expected_detections_key(spec, pipeline_key, store, int((params.get("infer") or {}).get("batch_size", 32)))
+    expected = expected_detections_key(spec, pipeline_key, store, infer_batch_size(params))
     split, scoring = params["evaluate"]["split"], Scoring.from_params(params["evaluate"])
     evaluation = evaluate_detector(args.raw, args.detections, spec, expected, split, scoring,
                                    store.stamps.sha256 if store else None)

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from evalstack.cache.shardstore import open_store
-from evalstack.config import load_params, model_spec
+from evalstack.config import infer_batch_size, load_params, model_spec
 from evalstack.core.failures import run_stage
 from evalstack.detection.adapter import load_detector
 from evalstack.detection.grid import GridConfig, build_grid
@@ -31,7 +31,7 @@ def main() -> None:
     config = GridConfig.from_params(params["grid"])
     store = open_store(params, args.params.parent)
     build = build_grid(args.raw, args.preprocessed, args.candidates, args.out, adapter, pipeline, config, store,
-                       int(params.get("infer", {}).get("batch_size", 32)), int(params["fetch"]["max_pixels"]))
+                       infer_batch_size(params), int(params["fetch"]["max_pixels"]))
     for name, cell in build.cells.items():
         print(f"  {name}: {cell.summary()}")
     computed = sum(1 for cell in build.cells.values() if cell.counts["shards_computed"])

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from evalstack.cache.shardstore import open_store
-from evalstack.config import load_params, model_spec
+from evalstack.config import infer_batch_size, load_params, model_spec
 from evalstack.core.failures import run_stage
 from evalstack.detection.adapter import load_detector
 from evalstack.detection.candidates import evaluated_splits, infer_candidates_layer
@@ -27,7 +27,7 @@ def main() -> None:
     spec = model_spec(params, args.model)
     checked_label_map(spec, read_categories(args.raw), params["evaluate"].get("categories", "dataset"))
     adapter = load_detector(spec)
-    batch_size = int(params.get("infer", {}).get("batch_size", 32))
+    batch_size = infer_batch_size(params)
     store = open_store(params, args.params.parent)  # not a dvc.yaml param: where results are kept does not change them
     remember_signature(store, spec, adapter.signature())  # evaluate then checks keys without loading the model
     build = infer_candidates_layer(args.preprocessed, args.out, adapter, evaluated_splits(params), batch_size, store)

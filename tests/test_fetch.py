@@ -370,3 +370,111 @@ def test_downloads_without_a_stated_md5_wait_for_their_own_output_only(tmp_path:
     mine.save_download(by_url, b"old bytes")
     assert mine.has_download(by_url) and not theirs.has_download(by_url)
     assert RawHistory(store, tmp_path / "a/raw").load_download(by_url) == b"old bytes"  # its own resume still works
+
+
+def _registry_with_one_large_card(root: Path, n: int = 8, large_id: int = 103) -> Path:
+    """`make_registry`'s cards, with card `large_id` 80×60 (4,800 pixels, ~14 KB) where the others are 40×30."""
+    registry = make_registry(root, n=n)
+    name = f"{large_id}__{900 + (large_id - 100) // 2}__lactose__50.png"
+    data = png_bytes(80, 60, seed=large_id)
+    (root / "images" / name).write_bytes(data)
+    lines = [line if not line.startswith(f"{large_id},") else
+             ",".join([*line.split(",")[:6], hashlib.md5(data).hexdigest(), line.split(",")[7]])
+             for line in registry.read_text().splitlines()]
+    registry.write_text("\n".join(lines) + "\n")
+    return registry
+
+
+_LOWERED_CAPS = {"max_pixels": {"max_pixels": 2_000}, "max_bytes": {"transport": {"max_bytes": 8_000}}}
+
+
+def _lowered(config: FetchConfig, cap: str) -> FetchConfig:
+    from evalstack.sources.transport import TransportConfig
+
+    change = dict(_LOWERED_CAPS[cap])
+    if "transport" in change:
+        change["transport"] = TransportConfig(**change["transport"])
+    return replace(config, **change)
+
+
+def _failures(report: Path) -> list[tuple[int, str]]:
+    import json
+
+    return [(entry["id"], entry["cause"]) for entry in json.loads(report.read_text())["failed"]]
+
+
+@pytest.mark.parametrize("cap", sorted(_LOWERED_CAPS))
+@pytest.mark.parametrize("on_error", ["skip", "fail"])
+def test_a_lowered_cap_applies_to_kept_items_as_in_a_fetch_from_nothing(tmp_path: Path, cap: str, on_error: str):
+    """Lowering `fetch.max_pixels` or `fetch.max_bytes` reruns fetch (both are its params). An item fetched
+    under the old cap and kept from the last layer must then fail, or be skipped, exactly as a fetch from
+    nothing under the new cap does (the same layer, the same report), not stay in the layer with exit 0."""
+    registry = _registry_with_one_large_card(tmp_path / "src")
+    config = local_config(registry, tmp_path, shard_bytes=3 * 3698, on_error=on_error, max_skipped=1)
+    warm = tmp_path / "warm"
+    first = fetch_raw_layer(replace(config, report=warm / "report.json"), warm / "raw", store_in(warm / "store"))
+    assert 103 in set(Layer.open(warm / "raw").column("id")) and first.report.failed == []
+    lowered = _lowered(config, cap)
+    outcomes = {}
+    for name in ("warm", "scratch"):
+        where = tmp_path / name
+        try:
+            result = fetch_raw_layer(replace(lowered, report=where / "report.json"), where / "raw",
+                                     store_in(where / "store"))
+            outcomes[name] = ("built", result.index.to_json())
+        except FetchFailed as error:
+            outcomes[name] = ("stopped", [line for line in str(error).splitlines() if line.startswith("  id ")])
+        outcomes[name] += (_failures(where / "report.json"),)
+    assert outcomes["warm"] == outcomes["scratch"]
+    kind, _, failed = outcomes["warm"]
+    assert [id_ for id_, _ in failed] == [103] and kind == ("built" if on_error == "skip" else "stopped")
+    assert ("exceeds the cap of 2000" if cap == "max_pixels" else "8000") in failed[0][1]
+    if on_error == "fail":  # the last layer stays in place, as after any failed fetch
+        assert Layer.open(warm / "raw").index.to_json() == first.index.to_json()
+
+
+def test_a_lowered_cap_applies_to_an_item_waiting_in_the_download_area(tmp_path: Path):
+    """Bytes kept in the fetch history (a removed item, listed again) were checked under the caps of the run
+    that got them: listed again under a lower cap, the item fails as a fresh download would."""
+    registry = _registry_with_one_large_card(tmp_path / "src")
+    config = local_config(registry, tmp_path, shard_bytes=3 * 3698, on_error="skip", max_skipped=1)
+    store = tmp_path / "store"
+    fetch_raw_layer(config, tmp_path / "raw", store_in(store))
+    lines = registry.read_text().splitlines()
+    registry.write_text("\n".join(line for line in lines if not line.startswith("103,")) + "\n")
+    assert fetch_raw_layer(config, tmp_path / "raw", store_in(store)).report.activity["removed"] == 1
+    registry.write_text("\n".join(lines) + "\n")
+    again = fetch_raw_layer(_lowered(config, "max_pixels"), tmp_path / "raw", store_in(store))
+    assert [(f.id, "exceeds the cap of 2000" in f.cause) for f in again.report.failed] == [(103, True)]
+    scratch = fetch_raw_layer(_lowered(config, "max_pixels"), tmp_path / "scratch", store_in(tmp_path / "s2"))
+    assert again.index.to_json() == scratch.index.to_json()
+
+
+def test_unchanged_caps_read_no_kept_image_and_a_layer_without_the_record_is_read_once(tmp_path: Path,
+                                                                                       monkeypatch):
+    """The raw index records each shard's largest image, so a re-fetch under the same caps opens no kept
+    image. A layer written before that record existed has its images' headers read once, then has it."""
+    import json
+
+    import evalstack.fetch.plan as plan
+
+    registry = _registry_with_one_large_card(tmp_path / "src")
+    config = local_config(registry, tmp_path, shard_bytes=3 * 3698)
+    first = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store")).index
+    layer = Layer.open(tmp_path / "raw")
+    ids = {}
+    for shard in layer.shards:
+        with layer.columns(shard) as reader:
+            ids[shard.sha256] = set(reader.read("id").tolist())
+    assert first.stats["largest_image_pixels"] == {sha: 4_800 if 103 in held else 1_200 for sha, held in ids.items()}
+    opened = []
+    monkeypatch.setattr(plan, "image_pixels", lambda data: opened.append(len(data)) or 1_200)
+    fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+    assert opened == []
+    index = tmp_path / "raw/index.json"
+    older = json.loads(index.read_text())
+    del older["stats"]["largest_image_pixels"]
+    index.write_text(json.dumps(older))
+    monkeypatch.undo()
+    again = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+    assert again.index.to_json() == first.to_json() and again.report.activity["checked_again"] == 0

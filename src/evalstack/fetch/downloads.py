@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from evalstack.core.keys import sha256_bytes
 from evalstack.fetch.history import RawHistory
-from evalstack.sources.images import check_image
+from evalstack.sources.images import check_image, image_pixels
 from evalstack.sources.registry import RegistryRow, SourceError
 from evalstack.sources.transport import SourceUnreachable, Transport
 
@@ -57,6 +57,12 @@ class DownloadOutcome:
 Arrival = tuple[int, str, int, str]  # (id, item key, length, AREA | SOURCE)
 
 
+def within_caps(data: bytes, max_pixels: int, max_bytes: int) -> bool:
+    """Whether bytes checked in an earlier run are within today's `fetch.max_pixels` and `fetch.max_bytes`."""
+    pixels = image_pixels(data)
+    return len(data) <= max_bytes and pixels is not None and pixels <= max_pixels
+
+
 def is_local(row: RegistryRow) -> bool:
     return urlparse(row.resolved_url).scheme == "file"
 
@@ -73,7 +79,9 @@ def download_items(
     def fetch_one(row: RegistryRow) -> tuple[Arrival, bool]:
         if history.has_download(row):  # arrived in a run that stopped short: checked again, not downloaded
             data = history.load_download(row)
-            if data is not None:
+            # Checked under the caps of its own run: one above today's is downloaded and checked again
+            # below, so it fails with the message a fetch from nothing gives.
+            if data is not None and within_caps(data, max_pixels, transport.config.max_bytes):
                 return (row.id, sha256_bytes(data), len(data), AREA), False
         if stop.is_set():
             raise SourceError("not attempted: the source became unreachable")

@@ -143,6 +143,18 @@ class Listing:
         self.n_previous += len(records)
         return metas
 
+    def forget_previous(self, ids: list[int]) -> int:
+        """Treat these previous items as never fetched (they are downloaded and checked again); returns
+        how many were recorded."""
+        with self.db:
+            forgotten = self.db.executemany("DELETE FROM previous WHERE id = ?", [(i,) for i in ids]).rowcount
+        return max(forgotten, 0)
+
+    def forget_previous_longer_than(self, max_bytes: int) -> int:
+        """`forget_previous` for every previous item of more than `max_bytes` bytes."""
+        with self.db:
+            return self.db.execute("DELETE FROM previous WHERE length > ?", (max_bytes,)).rowcount
+
     def add_arrivals(self, arrivals: list[tuple[int, str, int, str]]) -> None:
         """(id, item key, length, origin) of items whose bytes are now at hand."""
         with self.db:

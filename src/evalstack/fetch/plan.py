@@ -8,6 +8,14 @@ therefore decides nothing from history; history only saves work:
 - a new shard whose rows are exactly a previous shard's rows (same items, same metadata, in
   order), under the same layer key, is that shard: its file is reused as it is, never rewritten.
 
+Reuse never skips a check a fetch from nothing would make. The caps (`fetch.max_pixels`,
+`fetch.max_bytes`) may have been lowered since an item was downloaded: a previous item above
+today's caps is forgotten here, so it is downloaded and checked again, and fails (or is skipped)
+exactly as in a fresh fetch, with the same message. Byte lengths are in every raw shard; pixel
+counts are not, so the layer index records each shard's largest image (`LARGEST_IMAGE`, a function
+of the shard's bytes) and only a shard whose largest image is above the cap, or not recorded (a
+layer written before this record existed), has its images' headers read.
+
 The previous layer's rows go into fetch's listing database (fetch/listing.py) shard by
 shard, so planning holds one shard's rows in memory, not the layer's.
 """
@@ -17,9 +25,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evalstack.core.keys import Key
-from evalstack.core.layers import ShardInfo
+from evalstack.core.layers import ShardColumns, ShardInfo
+from evalstack.core.raw import read_blobs
 from evalstack.fetch.history import PreviousLayer
 from evalstack.fetch.listing import Listing
+from evalstack.sources.images import image_pixels
+
+# The raw index's stats entry: shard sha256 → pixels of its largest image (width × height).
+LARGEST_IMAGE = "largest_image_pixels"
+
+
+@dataclass(frozen=True)
+class ItemCaps:
+    """What a fetch from nothing refuses: `fetch.max_pixels` and `fetch.max_bytes`."""
+
+    max_pixels: int
+    max_bytes: int
 
 
 @dataclass(frozen=True)
@@ -32,6 +53,8 @@ class OldShard:
 class RawPlan:
     old_shards: dict[int, OldShard] = field(default_factory=dict)  # previous shard number → its file
     same_layout: bool = False  # same layer key: a shard with a previous shard's rows is that file
+    largest: dict[str, int] = field(default_factory=dict)  # previous shard sha256 → its largest image's pixels
+    rechecked: int = 0  # previous items above today's caps: downloaded and checked again
 
     def reusable(self, number: int, rows: list[tuple[int, int]], metadata_equal: bool) -> OldShard | None:
         """The previous shard a new shard with these (previous shard, row) items is, if any."""
@@ -41,18 +64,36 @@ class RawPlan:
         return old if all(where == (number, row) for row, where in enumerate(rows)) else None
 
 
-def plan_layer(previous: PreviousLayer | None, key: Key, listing: Listing) -> RawPlan:
-    """Record where the previous layer's items are (in `listing`) and which of its shard files exist."""
+def plan_layer(previous: PreviousLayer | None, key: Key, listing: Listing, caps: ItemCaps) -> RawPlan:
+    """Record where the previous layer's items are (in `listing`) and which of its shard files exist;
+    previous items above `caps` are left out, so they are fetched and checked again."""
     plan = RawPlan()
     if previous is None:
         return plan
     plan.same_layout = previous.index.key.hex == key.hex  # another format or target size: rebuild, reusing bytes
+    recorded = previous.index.stats.get(LARGEST_IMAGE) or {}
     for number, shard in enumerate(previous.index.shards):
         path = previous.shard_paths.get(shard.sha256)
         if path is None:  # bytes lost (store cleared): its items are fetched again
             continue
         # Another checkout's items are reused only when the source states their md5: one identified by its
         # URL alone may have changed at that URL since that checkout fetched it, so it is downloaded again.
-        listing.add_previous_shard(number, shard, path, md5_only=not previous.own)
+        metas = listing.add_previous_shard(number, shard, path, md5_only=not previous.own)
         plan.old_shards[number] = OldShard(shard, path)
+        largest = recorded.get(shard.sha256)
+        if not isinstance(largest, int) or largest > caps.max_pixels:
+            largest, above = _read_largest(shard, path, caps.max_pixels)
+            plan.rechecked += listing.forget_previous([metas[row][0] for row in above])
+        plan.largest[shard.sha256] = largest
+    plan.rechecked += listing.forget_previous_longer_than(caps.max_bytes)
     return plan
+
+
+def _read_largest(shard: ShardInfo, path: Path, max_pixels: int) -> tuple[int, list[int]]:
+    """The pixels of the shard's largest image, and the rows above `max_pixels` (or not readable as an
+    image: those are checked again the way a download is)."""
+    with ShardColumns(path, shard) as reader:
+        blobs = read_blobs(reader, slice(0, shard.n_items))
+    pixels = [image_pixels(data) for data in blobs]
+    above = [row for row, count in enumerate(pixels) if count is None or count > max_pixels]
+    return max((count for count in pixels if count is not None), default=0), above

@@ -39,9 +39,9 @@ from evalstack.fetch.distributed import ClusterFetch, download_on_cluster
 from evalstack.fetch.downloads import AREA, SOURCE, DownloadOutcome, Failure, download_items, warn_skipped
 from evalstack.fetch.history import PreviousLayer, RawHistory
 from evalstack.fetch.listing import ListedItem, Listing
-from evalstack.fetch.plan import OldShard, RawPlan, plan_layer
+from evalstack.fetch.plan import LARGEST_IMAGE, ItemCaps, OldShard, RawPlan, plan_layer
 from evalstack.sources.catalog import SourceConfig, iter_items, registry_origins
-from evalstack.sources.images import DEFAULT_MAX_PIXELS
+from evalstack.sources.images import DEFAULT_MAX_PIXELS, image_pixels
 from evalstack.sources.registry import RegistryRow, SourceError
 from evalstack.sources.registry_prefix import ParseCounts
 from evalstack.sources.transport import SourceUnreachable, Transport, TransportConfig
@@ -90,6 +90,9 @@ class FetchConfig:
             raise SourceError(f"fetch.max_skipped {value!r}: give a count of items (7) or a share of the listing "
                               "('10%')")
         return min(value, listed - 1)
+
+    def caps(self) -> ItemCaps:
+        return ItemCaps(self.max_pixels, self.transport.max_bytes)
 
     def layer_key(self) -> Key:
         # Only what shapes the shard files: the target size and the format's code (core/raw.py and
@@ -154,7 +157,7 @@ def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history
         if not len(listing):
             raise FetchFailed(f"the source lists no items ({_describe(config)}): an empty registry or listing never "
                               f"replaces a raw layer; {out_dir} was left as it was")
-        plan = plan_layer(previous, config.layer_key(), listing)
+        plan = plan_layer(previous, config.layer_key(), listing, config.caps())
         if cluster is not None:
             outcome = download_on_cluster(listing, transport, history, cluster, config.max_pixels, config.workers,
                                           config.shard_bytes)
@@ -162,7 +165,8 @@ def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history
             outcome = download_items(listing.needing_bytes(), listing.count_needing_bytes(), transport, history,
                                      config.max_pixels, config.workers, listing.add_arrivals)
         transfer = {"http_gets": transport.gets, "http_retries": transport.retries, "bytes_read": transport.bytes,
-                    "registry_rows_parsed": parsing.parsed, "registry_rows_reused": parsing.reused} | outcome.activity
+                    "registry_rows_parsed": parsing.parsed, "registry_rows_reused": parsing.reused,
+                    "checked_again": plan.rechecked} | outcome.activity
         report.failed = outcome.failures
         report.counts = {"listed": len(listing), "failed": len(outcome.failures),
                          "without_md5": listing.count_without_md5()}  # none stated: nothing checked
@@ -263,6 +267,7 @@ def _write_layer(out_dir: Path, config: FetchConfig, plan: RawPlan, listing: Lis
                 "read_from_source": 0}
     cutter = ShardCutter(config.shard_bytes)
     chunk: list[ListedItem] = []
+    largest: dict[str, int | None] = {}  # shard sha256 → its largest image's pixels (see fetch/plan.py)
     with OldBytes(plan) as old:
         for item in listing.items():
             if not item.origin:  # failed under on_error: skip
@@ -272,26 +277,35 @@ def _write_layer(out_dir: Path, config: FetchConfig, plan: RawPlan, listing: Lis
                 continue
             chunk.append(item)
             if cutter.add(_cut_identity(item.row), item.length):
-                _write_shard(writer, shard_name(len(writer.shards)), chunk, plan, old, history, transport, activity, log)
+                info, largest[info.sha256] = _write_shard(writer, shard_name(len(writer.shards)), chunk, plan, old,
+                                                          history, transport, activity, log)
                 chunk = []
         if chunk:
-            _write_shard(writer, shard_name(len(writer.shards)), chunk, plan, old, history, transport, activity, log)
-    writer.stats = {"items": sum(shard.n_items for shard in writer.shards)}
+            info, largest[info.sha256] = _write_shard(writer, shard_name(len(writer.shards)), chunk, plan, old, history,
+                                                      transport, activity, log)
+    writer.stats = {"items": sum(shard.n_items for shard in writer.shards),
+                    LARGEST_IMAGE: {shard.sha256: largest[shard.sha256] for shard in writer.shards}}
     return writer.finish(), activity
 
 
 def _write_shard(writer: LayerWriter, name: str, chunk: list[ListedItem], plan: RawPlan, old: OldBytes,
-                 history: RawHistory, transport: Transport, activity: dict[str, int], log: BuildLog) -> None:
-    """One shard: a previous shard file when its rows are exactly these, else written from the items' bytes."""
+                 history: RawHistory, transport: Transport, activity: dict[str, int],
+                 log: BuildLog) -> tuple[ShardInfo, int | None]:
+    """One shard: a previous shard file when its rows are exactly these, else written from the items' bytes.
+    Returns it and the pixels of its largest image."""
     located = [item.old for item in chunk]
     same = all(where is not None for where in located) and all(item.old_meta_equal for item in chunk)
     previous = plan.reusable(located[0][0], located, same) if same else None
     if previous is not None and _place(writer, name, previous, history) is not None:
         log.add(writer.shards[-1], None, computed=False)
         activity["kept_in_place"] += len(chunk)
-        return
-    # The list is the call's only reference, so the items' bytes are freed once joined (memory: one shard ×3).
-    columns = raw_columns([FetchedItem(item.row, _bytes_of(item, old, history, transport, activity)) for item in chunk])
+        return writer.shards[-1], plan.largest[previous.info.sha256]
+    items = [FetchedItem(item.row, _bytes_of(item, old, history, transport, activity)) for item in chunk]
+    # Every item here passed today's caps (downloaded and checked in this run, or checked by plan_layer).
+    pixels = [image_pixels(item.data) for item in items]
+    largest = None if None in pixels else max(pixels)  # None (never seen): the next fetch reads them again
+    columns = raw_columns(items)
+    del items  # the only other reference to the items' bytes: freed once joined (memory: one shard ×3)
     for item, key in zip(chunk, columns[ITEM_KEY]):
         if key.decode() != item.item_key:  # the bytes changed since they were checked (or recorded)
             raise FetchFailed(f"{item.row.what}: its bytes changed while fetching ({_where(item, history)}); fetch again")
@@ -300,6 +314,7 @@ def _write_shard(writer: LayerWriter, name: str, chunk: list[ListedItem], plan: 
     info = writer.add_shard(name, columns, flat=flat, checksum_of=("blob",), checksum_column=ITEM_KEY)
     log.add(info, None, computed=True)
     activity["new_shard_items"] += len(chunk)
+    return info, largest
 
 
 def _cut_identity(row: RegistryRow) -> str:

@@ -39,6 +39,17 @@ def open_checked(data: bytes, max_pixels: int, what: str, formats: tuple[str, ..
     return image
 
 
+def image_pixels(data: bytes) -> int | None:
+    """Width × height from the image's header (no pixel decoded: ~10–20 µs), or None when the bytes do
+    not open as an accepted format or Pillow's own bomb guard refuses them."""
+    try:
+        with Image.open(io.BytesIO(data), formats=list(IMAGE_FORMATS)) as image:
+            width, height = image.size
+    except Exception:  # Pillow raises many types for bad data; the caller treats None as "check again"
+        return None
+    return width * height
+
+
 def check_image(data: bytes, max_pixels: int, what: str) -> tuple[int, int]:
     """Validate encoded image bytes without trusting them; returns (width, height).
 

@@ -34,6 +34,21 @@ def build(project: Project, executor, store=None):
     return pre, pred
 
 
+def recorded_pools(monkeypatch) -> list:
+    """Every ProcessPoolExecutor created from now on (the test's monkeypatch undoes the recording)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    pools: list[ProcessPoolExecutor] = []
+    original = ProcessPoolExecutor.__init__
+
+    def recording(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        pools.append(self)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "__init__", recording)
+    return pools
+
+
 def fetched_twice(tmp_path: Path, first: str, second: str) -> tuple[Project, Project]:
     """Two copies of one project with the same raw layer: 22 items in 9 shards (content-defined ends)."""
     one = Project(tmp_path / first)
@@ -112,7 +127,8 @@ def test_a_disk_full_in_a_worker_process_reaches_the_stage_as_itself(tmp_path: P
     project.fetch(None)
     spec = DerivedLayerSpec("preprocessed", Key({"test": "disk full"}), "test", {}, "items_preprocessed")
     with pytest.raises(DiskFullError, match=r"no space left on the disk holding .*: writing 00000.h5 needs 1.2 MB"):
-        build_derived_layer(Layer.open(project.raw), project.pre, spec, _fills_the_disk, None, ProcessExecutor(2))
+        build_derived_layer(Layer.open(project.raw), project.pre, spec, _fills_the_disk, None,
+                            ProcessExecutor(2, worth_seconds=0))
 
 
 def test_errors_with_their_own_arguments_survive_pickling(tmp_path: Path):
@@ -215,7 +231,7 @@ def test_a_failed_shard_stops_the_layer_while_the_shards_before_it_still_run(tmp
 
     project, spec, compute, last = _fail_fast_project(tmp_path)
     with pytest.raises(ValueError, match=f"shard {last} cannot be computed"):
-        build_derived_layer(Layer.open(project.raw), project.pre, spec, compute, None, ProcessExecutor(2))
+        build_derived_layer(Layer.open(project.raw), project.pre, spec, compute, None, ProcessExecutor(2, worth_seconds=0))
     assert not (tmp_path / "finished").exists() and not project.pre.exists()  # heard of while the first was held
     assert _gone(int((tmp_path / "held").read_text()))  # the worker holding it was ended, not left to run on
 
@@ -238,21 +254,13 @@ def test_a_failed_shard_on_dask_stops_the_layer_while_the_shards_before_it_still
 
 def test_a_completed_build_leaves_its_worker_processes_to_end_by_themselves(tmp_path: Path, monkeypatch):
     # Ending the workers is for a failed layer only: after a good one they shut down as usual (exit code 0).
-    from concurrent.futures import ProcessPoolExecutor
-
-    pools: list[ProcessPoolExecutor] = []
-    original = ProcessPoolExecutor.__init__
-
-    def recording(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        pools.append(self)
-
-    monkeypatch.setattr(ProcessPoolExecutor, "__init__", recording)
+    pools = recorded_pools(monkeypatch)
     one, two = fetched_twice(tmp_path, "one", "two")
     preprocess_layer(one.raw, one.pre, tiny_pipeline(), "lz4", name="tiny", executor=LocalExecutor())
     stopped: list[object] = []
     monkeypatch.setattr(executors, "_stop_workers", stopped.append)
-    preprocess_layer(two.raw, two.pre, tiny_pipeline(), "lz4", name="tiny", executor=ProcessExecutor(2))
+    preprocess_layer(two.raw, two.pre, tiny_pipeline(), "lz4", name="tiny",
+                     executor=ProcessExecutor(2, worth_seconds=0))
     assert md5s(two.pre) == md5s(one.pre) and len(pools) == 1 and stopped == []
 
 
@@ -289,7 +297,24 @@ def test_the_process_pool_is_handed_the_largest_shards_first(tmp_path: Path, mon
     monkeypatch.setattr(ProcessPoolExecutor, "submit", recording)
     alone, pooled = fetched_twice(tmp_path, "alone", "pooled")
     preprocess_layer(alone.raw, alone.pre, tiny_pipeline(), "lz4", name="tiny", executor=LocalExecutor())
-    preprocess_layer(pooled.raw, pooled.pre, tiny_pipeline(), "lz4", name="tiny", executor=ProcessExecutor(2))
+    preprocess_layer(pooled.raw, pooled.pre, tiny_pipeline(), "lz4", name="tiny",
+                     executor=ProcessExecutor(2, worth_seconds=0))
     sizes = [shard.n_items for shard in Layer.open(pooled.raw).shards]
     assert sizes != sorted(sizes, reverse=True) and handed == sorted(sizes, reverse=True)
     assert md5s(pooled.pre) == md5s(alone.pre)
+
+
+def test_the_process_pool_starts_only_when_the_first_shards_pace_says_it_pays(tmp_path: Path, monkeypatch):
+    # Spawning two workers costs ~1 s of CPU; a rerun that computes a few small shards is done in the stage's
+    # own process, with the same bytes. At a pace that makes the rest worth it, the pool takes the rest.
+    pools = recorded_pools(monkeypatch)
+    alone, small = fetched_twice(tmp_path, "alone", "small")
+    shards = len(Layer.open(alone.raw).shards)
+    preprocess_layer(alone.raw, alone.pre, tiny_pipeline(), "lz4", name="tiny", executor=LocalExecutor())
+    here = ProcessExecutor(2)  # tiny shards: milliseconds, far below POOL_WORTH_SECONDS
+    preprocess_layer(small.raw, small.pre, tiny_pipeline(), "lz4", name="tiny", executor=here)
+    assert pools == [] and here.in_process == shards and md5s(small.pre) == md5s(alone.pre)
+    shutil.rmtree(small.pre)
+    paced = ProcessExecutor(2, worth_seconds=1e-9)  # any pace is worth a pool: the first shard gave the pace
+    preprocess_layer(small.raw, small.pre, tiny_pipeline(), "lz4", name="tiny", executor=paced)
+    assert len(pools) == 1 and paced.in_process == 1 and md5s(small.pre) == md5s(alone.pre)

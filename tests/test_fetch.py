@@ -478,3 +478,62 @@ def test_unchanged_caps_read_no_kept_image_and_a_layer_without_the_record_is_rea
     monkeypatch.undo()
     again = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
     assert again.index.to_json() == first.to_json() and again.report.activity["checked_again"] == 0
+
+
+def test_other_image_checks_check_every_kept_image_again_as_a_fresh_fetch_would(tmp_path: Path, monkeypatch):
+    """The raw index records what checked its images (the checks' code, Pillow's version). Under other checks
+    a re-fetch checks every kept image again in full, so an image today's checks refuse fails as it would in
+    a fetch from nothing, not stay in the layer because an older check let it in."""
+    import evalstack.fetch.downloads as downloads
+    import evalstack.fetch.plan as plan
+    import evalstack.fetch.raw_layer as raw_layer
+    from evalstack.sources.images import check_image
+
+    # the checks and their error, not the registry parser (an edit there would check every image again)
+    assert set(plan.item_checks()["code"]) == {"evalstack", "evalstack.sources", "evalstack.sources.images",
+                                               "evalstack.sources.errors"}
+    registry = _registry_with_one_large_card(tmp_path / "src")
+    config = local_config(registry, tmp_path, shard_bytes=3 * 3698, on_error="skip", max_skipped=1)
+    first = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store")).index
+    assert first.stats["images_checked_by"] == plan.item_checks()
+
+    def stricter(data: bytes, max_pixels: int, what: str):  # a new rule: nothing wider than 50 pixels
+        width, height = check_image(data, max_pixels, what)
+        if width > 50:
+            raise SourceError(f"{what}: {width} pixels wide, more than 50")
+        return width, height
+
+    for module in (plan, downloads):
+        monkeypatch.setattr(module, "check_image", stricter)
+    same_record = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+    assert same_record.report.failed == []  # the checks recorded are today's: nothing is opened again
+    monkeypatch.setattr(raw_layer, "item_checks", lambda: {"code": {"evalstack.sources.images": "edited"}})
+    again = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+    scratch = fetch_raw_layer(config, tmp_path / "scratch", store_in(tmp_path / "s2"))
+    assert [(f.id, f.cause) for f in again.report.failed] == [(f.id, f.cause) for f in scratch.report.failed]
+    assert [f.id for f in again.report.failed] == [103] and again.index.to_json() == scratch.index.to_json()
+
+
+def test_the_raw_shard_format_comes_from_the_module_the_raw_key_covers(tmp_path: Path, monkeypatch):
+    """A previous raw shard is reused whenever the raw key and its rows are unchanged, and the key's code part
+    is `evalstack.core.raw` alone (a wider one would rewrite every raw shard, and so recompute every layer,
+    after any edit to fetch). So every choice that shapes a shard file must come from there: here a changed
+    format in `core.raw.raw_shard` reaches the file, and nothing else is passed to it."""
+    import h5py
+
+    import evalstack.core.raw as raw
+    import evalstack.fetch.raw_layer as raw_layer
+
+    registry = make_registry(tmp_path / "src")
+    assert "evalstack.core.raw" in local_config(registry, tmp_path).layer_key().parts["code"]
+    assert raw_layer.raw_shard is raw.raw_shard and raw_layer.RAW_COMPRESSION is raw.RAW_COMPRESSION
+
+    def marked(items):
+        columns, options = raw.raw_shard(items)
+        return columns, {**options, "attrs": {"format": "marked"}}
+
+    monkeypatch.setattr(raw_layer, "raw_shard", marked)
+    index = fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store")).index
+    for shard in index.shards:
+        with h5py.File(tmp_path / "raw" / shard.name, "r") as handle:
+            assert handle.attrs["format"] == "marked"

@@ -53,6 +53,20 @@ def raw_columns(items: list[FetchedItem]) -> dict[str, np.ndarray]:
     return columns
 
 
+# Image bytes are compressed already (PNG, JPEG): compressing them again costs time and saves nothing.
+RAW_COMPRESSION = "none"
+
+
+def raw_shard(items: list[FetchedItem]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The columns of a raw shard holding `items`, and `LayerWriter.add_shard`'s options for them. The whole
+    shard format is in this module because the raw layer's key covers this module's code only: a previous
+    shard file is reused whenever the key and its rows are unchanged (fetch/plan.py)."""
+    columns = raw_columns(items)
+    flat = {"blob": columns.pop("blob")}
+    # The item key is the sha256 of the image bytes, so it doubles as the per-item checksum.
+    return columns, {"flat": flat, "checksum_of": ("blob",), "checksum_column": ITEM_KEY}
+
+
 def read_blobs(handle, rows: slice) -> list[bytes]:
     """Encoded image bytes of the given rows of an open raw shard (an h5py.File or a ShardColumns)."""
     read = handle.read if isinstance(handle, ShardColumns) else lambda name, part: handle[name][part]

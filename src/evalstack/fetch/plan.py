@@ -8,13 +8,15 @@ therefore decides nothing from history; history only saves work:
 - a new shard whose rows are exactly a previous shard's rows (same items, same metadata, in
   order), under the same layer key, is that shard: its file is reused as it is, never rewritten.
 
-Reuse never skips a check a fetch from nothing would make. The caps (`fetch.max_pixels`,
-`fetch.max_bytes`) may have been lowered since an item was downloaded: a previous item above
-today's caps is forgotten here, so it is downloaded and checked again, and fails (or is skipped)
-exactly as in a fresh fetch, with the same message. Byte lengths are in every raw shard; pixel
-counts are not, so the layer index records each shard's largest image (`LARGEST_IMAGE`, a function
-of the shard's bytes) and only a shard whose largest image is above the cap, or not recorded (a
-layer written before this record existed), has its images' headers read.
+Reuse never skips a check a fetch from nothing would make. A previous item that today's checks
+refuse is forgotten here, so it is downloaded and checked again, and fails (or is skipped) exactly
+as in a fresh fetch, with the same message:
+- the caps (`fetch.max_pixels`, `fetch.max_bytes`) may have been lowered since it was downloaded.
+  Byte lengths are in every raw shard; pixel counts are not, so the layer index records each
+  shard's largest image (`LARGEST_IMAGE`, a function of the shard's bytes) and only a shard whose
+  largest image is above the cap, or not recorded, has its images' headers read;
+- the checks themselves may have changed (`sources/images.py`, Pillow): the index records what
+  checked its items (`CHECKED_BY`), and under other checks every kept item is checked again in full.
 
 The previous layer's rows go into fetch's listing database (fetch/listing.py) shard by
 shard, so planning holds one shard's rows in memory, not the layer's.
@@ -24,15 +26,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from evalstack.core.fingerprint import code_part, runtime_part
 from evalstack.core.keys import Key
 from evalstack.core.layers import ShardColumns, ShardInfo
 from evalstack.core.raw import read_blobs
 from evalstack.fetch.history import PreviousLayer
 from evalstack.fetch.listing import Listing
-from evalstack.sources.images import image_pixels
+from evalstack.sources.errors import SourceError
+from evalstack.sources.images import check_image, image_pixels
 
-# The raw index's stats entry: shard sha256 → pixels of its largest image (width × height).
+# The raw index's stats entries: shard sha256 → pixels of its largest image (width × height), and what
+# checked the layer's images (item_checks()).
 LARGEST_IMAGE = "largest_image_pixels"
+CHECKED_BY = "images_checked_by"
+
+
+def item_checks() -> dict[str, dict[str, str]]:
+    """What decides whether an image is accepted: the checks' code and the Pillow that decodes it."""
+    return {"code": code_part("evalstack.sources.images"), "runtime": runtime_part("pillow")}
 
 
 @dataclass(frozen=True)
@@ -54,7 +65,8 @@ class RawPlan:
     old_shards: dict[int, OldShard] = field(default_factory=dict)  # previous shard number → its file
     same_layout: bool = False  # same layer key: a shard with a previous shard's rows is that file
     largest: dict[str, int] = field(default_factory=dict)  # previous shard sha256 → its largest image's pixels
-    rechecked: int = 0  # previous items above today's caps: downloaded and checked again
+    rechecked: int = 0  # previous items today's checks refuse: downloaded and checked again
+    checks: dict[str, dict[str, str]] = field(default_factory=dict)  # what checks this layer's items (CHECKED_BY)
 
     def reusable(self, number: int, rows: list[tuple[int, int]], metadata_equal: bool) -> OldShard | None:
         """The previous shard a new shard with these (previous shard, row) items is, if any."""
@@ -64,14 +76,17 @@ class RawPlan:
         return old if all(where == (number, row) for row, where in enumerate(rows)) else None
 
 
-def plan_layer(previous: PreviousLayer | None, key: Key, listing: Listing, caps: ItemCaps) -> RawPlan:
+def plan_layer(previous: PreviousLayer | None, key: Key, listing: Listing, caps: ItemCaps,
+               checks: dict[str, dict[str, str]]) -> RawPlan:
     """Record where the previous layer's items are (in `listing`) and which of its shard files exist;
-    previous items above `caps` are left out, so they are fetched and checked again."""
-    plan = RawPlan()
+    previous items above `caps`, or refused by today's `checks`, are left out, so they are fetched and
+    checked again."""
+    plan = RawPlan(checks=checks)
     if previous is None:
         return plan
     plan.same_layout = previous.index.key.hex == key.hex  # another format or target size: rebuild, reusing bytes
     recorded = previous.index.stats.get(LARGEST_IMAGE) or {}
+    in_full = previous.index.stats.get(CHECKED_BY) != checks  # other checks (or none recorded): check again
     for number, shard in enumerate(previous.index.shards):
         path = previous.shard_paths.get(shard.sha256)
         if path is None:  # bytes lost (store cleared): its items are fetched again
@@ -81,19 +96,29 @@ def plan_layer(previous: PreviousLayer | None, key: Key, listing: Listing, caps:
         metas = listing.add_previous_shard(number, shard, path, md5_only=not previous.own)
         plan.old_shards[number] = OldShard(shard, path)
         largest = recorded.get(shard.sha256)
-        if not isinstance(largest, int) or largest > caps.max_pixels:
-            largest, above = _read_largest(shard, path, caps.max_pixels)
-            plan.rechecked += listing.forget_previous([metas[row][0] for row in above])
+        if in_full or not isinstance(largest, int) or largest > caps.max_pixels:
+            largest, refused = _check_again(shard, path, caps.max_pixels, in_full)
+            plan.rechecked += listing.forget_previous([metas[row][0] for row in refused])
         plan.largest[shard.sha256] = largest
     plan.rechecked += listing.forget_previous_longer_than(caps.max_bytes)
     return plan
 
 
-def _read_largest(shard: ShardInfo, path: Path, max_pixels: int) -> tuple[int, list[int]]:
-    """The pixels of the shard's largest image, and the rows above `max_pixels` (or not readable as an
-    image: those are checked again the way a download is)."""
+def _check_again(shard: ShardInfo, path: Path, max_pixels: int, in_full: bool) -> tuple[int, list[int]]:
+    """The pixels of the shard's largest image, and the rows today's checks refuse: above `max_pixels`, not
+    readable as an image, or (`in_full`) refused by `check_image` as a download is. Those are checked again
+    the way a download is."""
     with ShardColumns(path, shard) as reader:
         blobs = read_blobs(reader, slice(0, shard.n_items))
     pixels = [image_pixels(data) for data in blobs]
-    above = [row for row, count in enumerate(pixels) if count is None or count > max_pixels]
-    return max((count for count in pixels if count is not None), default=0), above
+    refused = [row for row, count in enumerate(pixels) if count is None or count > max_pixels
+               or (in_full and not _accepted(blobs[row], max_pixels))]
+    return max((count for count in pixels if count is not None), default=0), refused
+
+
+def _accepted(data: bytes, max_pixels: int) -> bool:
+    try:
+        check_image(data, max_pixels, "a kept image")
+    except SourceError:
+        return False
+    return True

@@ -34,12 +34,12 @@ from evalstack.core.layers import (
     StoreError,
     shard_name,
 )
-from evalstack.core.raw import FetchedItem, ShardCutter, raw_columns, read_blobs
+from evalstack.core.raw import RAW_COMPRESSION, FetchedItem, ShardCutter, raw_shard, read_blobs
 from evalstack.fetch.distributed import ClusterFetch, download_on_cluster
 from evalstack.fetch.downloads import AREA, SOURCE, DownloadOutcome, Failure, download_items, warn_skipped
 from evalstack.fetch.history import PreviousLayer, RawHistory
 from evalstack.fetch.listing import ListedItem, Listing
-from evalstack.fetch.plan import LARGEST_IMAGE, ItemCaps, OldShard, RawPlan, plan_layer
+from evalstack.fetch.plan import CHECKED_BY, LARGEST_IMAGE, ItemCaps, OldShard, RawPlan, item_checks, plan_layer
 from evalstack.sources.catalog import SourceConfig, iter_items, registry_origins
 from evalstack.sources.images import DEFAULT_MAX_PIXELS, image_pixels
 from evalstack.sources.registry import RegistryRow, SourceError
@@ -157,7 +157,7 @@ def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history
         if not len(listing):
             raise FetchFailed(f"the source lists no items ({_describe(config)}): an empty registry or listing never "
                               f"replaces a raw layer; {out_dir} was left as it was")
-        plan = plan_layer(previous, config.layer_key(), listing, config.caps())
+        plan = plan_layer(previous, config.layer_key(), listing, config.caps(), item_checks())
         if cluster is not None:
             outcome = download_on_cluster(listing, transport, history, cluster, config.max_pixels, config.workers,
                                           config.shard_bytes)
@@ -262,7 +262,7 @@ def _write_layer(out_dir: Path, config: FetchConfig, plan: RawPlan, listing: Lis
                  transport: Transport, log: BuildLog, failed: set[int]) -> tuple[LayerIndex, dict[str, int]]:
     """Shards at content-defined boundaries (core.raw.ShardCutter) over the items in id order, streamed
     from the listing: one shard's rows in memory at a time. The same listing gives the same files."""
-    writer = LayerWriter(out_dir, RAW_KIND, config.layer_key())
+    writer = LayerWriter(out_dir, RAW_KIND, config.layer_key(), RAW_COMPRESSION)
     activity = {"kept_in_place": 0, "new_shard_items": 0, "bytes_from_old_shards": 0, "from_download_area": 0,
                 "read_from_source": 0}
     cutter = ShardCutter(config.shard_bytes)
@@ -284,7 +284,8 @@ def _write_layer(out_dir: Path, config: FetchConfig, plan: RawPlan, listing: Lis
             info, largest[info.sha256] = _write_shard(writer, shard_name(len(writer.shards)), chunk, plan, old, history,
                                                       transport, activity, log)
     writer.stats = {"items": sum(shard.n_items for shard in writer.shards),
-                    LARGEST_IMAGE: {shard.sha256: largest[shard.sha256] for shard in writer.shards}}
+                    LARGEST_IMAGE: {shard.sha256: largest[shard.sha256] for shard in writer.shards},
+                    CHECKED_BY: plan.checks}
     return writer.finish(), activity
 
 
@@ -304,14 +305,12 @@ def _write_shard(writer: LayerWriter, name: str, chunk: list[ListedItem], plan: 
     # Every item here passed today's caps (downloaded and checked in this run, or checked by plan_layer).
     pixels = [image_pixels(item.data) for item in items]
     largest = None if None in pixels else max(pixels)  # None (never seen): the next fetch reads them again
-    columns = raw_columns(items)
+    columns, options = raw_shard(items)
     del items  # the only other reference to the items' bytes: freed once joined (memory: one shard ×3)
     for item, key in zip(chunk, columns[ITEM_KEY]):
         if key.decode() != item.item_key:  # the bytes changed since they were checked (or recorded)
             raise FetchFailed(f"{item.row.what}: its bytes changed while fetching ({_where(item, history)}); fetch again")
-    flat = {"blob": columns.pop("blob")}
-    # The item key is the sha256 of the image bytes, so it doubles as the per-item checksum.
-    info = writer.add_shard(name, columns, flat=flat, checksum_of=("blob",), checksum_column=ITEM_KEY)
+    info = writer.add_shard(name, columns, **options)
     log.add(info, None, computed=True)
     activity["new_shard_items"] += len(chunk)
     return info, largest
@@ -398,7 +397,7 @@ def _stop(previous: PreviousLayer | None, out_dir: Path, report: FetchReport, ou
 
 def _restore(previous: PreviousLayer, out_dir: Path, history: RawHistory) -> LayerIndex:
     """Rebuild the previous layer in `out_dir` from wherever its shards are (byte-identical index)."""
-    writer = LayerWriter(out_dir, RAW_KIND, previous.index.key)
+    writer = LayerWriter(out_dir, RAW_KIND, previous.index.key, RAW_COMPRESSION)
     for shard in previous.index.shards:
         if _place(writer, shard.name, OldShard(shard, previous.shard_paths.get(shard.sha256)), history) is None:
             raise FetchFailed(f"shard {shard.name} of the last raw layer cannot be found with its recorded bytes "

@@ -10,7 +10,7 @@ import re
 
 from PIL import Image
 
-from evalstack.sources.registry import SourceError
+from evalstack.sources.errors import SourceError
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
 # The formats a source's images may be in. Pillow otherwise tries every plugin it has, and some

@@ -19,14 +19,11 @@ from typing import Iterable, Iterator, Mapping
 from urllib.parse import unquote, urljoin, urlparse
 
 from evalstack.core.kinds import META_FIELDS
+from evalstack.sources.errors import SourceError  # re-exported: sources and stages import it from here
 
 REGISTRY_COLUMNS = ("id", "sample_id", "sample_name", "quantity", "camera_type_1", "url", "hashlib_md5", "image_name")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,199}$")
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
-
-
-class SourceError(RuntimeError):
-    """A source or one of its items cannot be used; the message names the item."""
 
 
 @dataclass(frozen=True, slots=True)  # slots: one per registry row, so memory per row matters

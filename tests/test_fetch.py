@@ -450,34 +450,53 @@ def test_a_lowered_cap_applies_to_an_item_waiting_in_the_download_area(tmp_path:
     assert again.index.to_json() == scratch.index.to_json()
 
 
-def test_unchanged_caps_read_no_kept_image_and_a_layer_without_the_record_is_read_once(tmp_path: Path,
-                                                                                       monkeypatch):
-    """The raw index records each shard's largest image, so a re-fetch under the same caps opens no kept
-    image. A layer written before that record existed has its images' headers read once, then has it."""
-    import json
-
+def test_unchanged_caps_open_no_kept_image_and_a_layer_without_pixel_counts_is_still_capped(tmp_path: Path,
+                                                                                           monkeypatch):
+    """Raw shards record each image's pixel count (a column their sha256 covers), so a re-fetch checks kept
+    items against the caps without opening them. A layer written before that column existed has its
+    images' headers read, so a lowered cap applies to it too."""
+    import evalstack.core.raw as raw
     import evalstack.fetch.plan as plan
+    import evalstack.fetch.raw_layer as raw_layer
 
     registry = _registry_with_one_large_card(tmp_path / "src")
-    config = local_config(registry, tmp_path, shard_bytes=3 * 3698)
-    first = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store")).index
-    layer = Layer.open(tmp_path / "raw")
-    ids = {}
-    for shard in layer.shards:
-        with layer.columns(shard) as reader:
-            ids[shard.sha256] = set(reader.read("id").tolist())
-    assert first.stats["largest_image_pixels"] == {sha: 4_800 if 103 in held else 1_200 for sha, held in ids.items()}
-    opened = []
-    monkeypatch.setattr(plan, "image_pixels", lambda data: opened.append(len(data)) or 1_200)
+    config = local_config(registry, tmp_path, shard_bytes=3 * 3698, on_error="skip", max_skipped=1)
     fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+    layer = Layer.open(tmp_path / "raw")
+    assert dict(zip(layer.column("id"), layer.column("pixels"))) == {i: 4_800 if i == 103 else 1_200
+                                                                   for i in range(100, 108)}
+    opened = []
+    monkeypatch.setattr(plan, "image_pixels", lambda data: opened.append(len(data)))
+    assert fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store")).report.failed == []
     assert opened == []
-    index = tmp_path / "raw/index.json"
-    older = json.loads(index.read_text())
-    del older["stats"]["largest_image_pixels"]
-    index.write_text(json.dumps(older))
     monkeypatch.undo()
-    again = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
-    assert again.index.to_json() == first.to_json() and again.report.activity["checked_again"] == 0
+
+    def without_pixels(items):  # the shard format before pixel counts were recorded
+        columns, options = raw.raw_shard(items)
+        del columns["pixels"]
+        return columns, options
+
+    monkeypatch.setattr(raw_layer, "raw_shard", without_pixels)
+    fetch_raw_layer(config, tmp_path / "older", store_in(tmp_path / "older-store"))
+    monkeypatch.undo()
+    again = fetch_raw_layer(_lowered(config, "max_pixels"), tmp_path / "older", store_in(tmp_path / "older-store"))
+    scratch = fetch_raw_layer(_lowered(config, "max_pixels"), tmp_path / "scratch", store_in(tmp_path / "s2"))
+    assert [f.id for f in again.report.failed] == [103] and again.index.to_json() == scratch.index.to_json()
+
+
+def test_an_item_removed_while_the_cap_is_lowered_still_counts_as_removed(tmp_path: Path):
+    # Found in review: forgetting a previous item above the new cap also forgot that the listing had dropped it,
+    # so its bytes were not kept in the fetch history and the removal went unreported.
+    registry = _registry_with_one_large_card(tmp_path / "src")
+    config = local_config(registry, tmp_path, shard_bytes=3 * 3698)
+    fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+    lines = registry.read_text().splitlines()
+    registry.write_text("\n".join(line for line in lines if not line.startswith("103,")) + "\n")
+    result = fetch_raw_layer(_lowered(config, "max_pixels"), tmp_path / "raw", store_in(tmp_path / "store"))
+    assert result.report.activity["removed"] == 1 and result.report.activity["checked_again"] == 0
+    large = (tmp_path / "src/images/103__901__lactose__50.png").read_bytes()
+    kept = [p for p in (tmp_path / "store/fetch/downloads").iterdir() if p.read_bytes() == large]
+    assert kept, "the removed item's bytes were not kept in the fetch history"
 
 
 def test_other_image_checks_check_every_kept_image_again_as_a_fresh_fetch_would(tmp_path: Path, monkeypatch):

@@ -3,7 +3,9 @@ and where one raw shard ends and the next begins.
 
 A group or dataset per image would be far slower to write and read (see core/layers.py), so
 each raw shard holds `blob` (every image's bytes, concatenated), `offset`/`length`
-per item, `item_key` (sha256 of the bytes) and the source's metadata.
+per item, `item_key` (sha256 of the bytes), `pixels` (width × height, from the image's header:
+a re-fetch checks kept items against `fetch.max_pixels` without opening them) and the source's
+metadata.
 
 Shard boundaries are content-defined (as in rsync or FastCDC, over items instead of
 bytes): a shard may end after an item when a hash of the item's identity falls below
@@ -32,6 +34,7 @@ META_COLUMNS = META_FIELDS
 class FetchedItem:
     row: Any  # a sources.registry.RegistryRow (the core imports no source)
     data: bytes
+    pixels: int  # width × height, read from the image's header by the fetch that checked it
 
 
 def raw_columns(items: list[FetchedItem]) -> dict[str, np.ndarray]:
@@ -43,6 +46,7 @@ def raw_columns(items: list[FetchedItem]) -> dict[str, np.ndarray]:
         "blob": np.frombuffer(b"".join(item.data for item in items), dtype=np.uint8),  # flat, see core/layers.py
         "offset": offsets,
         "length": lengths,
+        "pixels": np.asarray([item.pixels for item in items], dtype=np.int64),
     }
     for name in META_COLUMNS:
         values = [getattr(item.row, name) for item in items]

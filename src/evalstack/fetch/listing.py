@@ -8,7 +8,8 @@ it back in id order one row at a time. Three tables:
 - `listed`: every row the source lists; the id is the primary key, so a duplicate id is
   refused as the row arrives, and reading back in key order is reading in id order;
 - `previous`: where each item of the previous raw layer is (shard, row), its identity,
-  item key, byte length and metadata: what lets fetch reuse bytes and whole shard files;
+  item key, byte length, pixel count and metadata: what lets fetch reuse bytes and whole shard
+  files, and check kept items against today's caps without opening them;
 - `arrived`: items whose bytes were fetched in this run (or found in the download area),
   with their item key and length, and where the bytes are now (`area` or `source`).
 
@@ -34,7 +35,7 @@ _BATCH = 5000
 _SCHEMA = f"""
 CREATE TABLE listed (id INTEGER PRIMARY KEY, {", ".join(f"{name}" for name in ROW_FIELDS[1:])});
 CREATE TABLE previous (id INTEGER PRIMARY KEY, ident TEXT, shard INTEGER, row INTEGER, item_key TEXT,
-                       length INTEGER, meta TEXT);
+                       length INTEGER, meta TEXT, pixels INTEGER);
 CREATE TABLE arrived (id INTEGER PRIMARY KEY, item_key TEXT, length INTEGER, origin TEXT);
 """
 # The identity of a listed row as `RegistryRow.identity` spells it: md5, or the URL when none is stated.
@@ -48,6 +49,13 @@ def identity_text(row: RegistryRow) -> str:
 def meta_text(meta: tuple) -> str:
     """A row's metadata as compared between the listing and the previous layer (equal text = equal rows)."""
     return json.dumps(list(meta), ensure_ascii=False)
+
+
+def pixel_counts(reader: ShardColumns) -> list[int] | None:
+    """A raw shard's `pixels` column, or None for a shard written before raw shards recorded it."""
+    if "pixels" not in reader.arrays and "pixels" not in reader.handle:
+        return None
+    return [int(n) for n in reader.read("pixels")]
 
 
 @dataclass(frozen=True)
@@ -120,40 +128,50 @@ class Listing:
             earlier[row.id] = row
         raise SourceError("duplicate id in the registry")  # not reached: the insert failed on one
 
-    def add_previous_shard(self, number: int, shard: ShardInfo, path: Path, md5_only: bool = False) -> list[tuple]:
-        """Record the rows of the previous layer's shard `number`; returns their metadata tuples.
+    def add_previous_shard(self, number: int, shard: ShardInfo, path: Path,
+                           md5_only: bool = False) -> tuple[list[tuple], bool]:
+        """Record the rows of the previous layer's shard `number`; returns their metadata tuples, and whether
+        the shard records its images' pixel counts (a shard written before it did records none).
         `md5_only`: leave out rows the source identified by URL alone (no md5 stated)."""
         with ShardColumns(path, shard) as reader:
             columns = {name: reader.read(name) for name in META_FIELDS}
             keys = [str(key) for key in reader.read(ITEM_KEY)]
             lengths = [int(n) for n in reader.read("length")]
+            counted = pixel_counts(reader)
+            pixels = counted if counted is not None else [None] * len(keys)
         metas = [
             tuple(int(columns[name][r]) if name in ("id", "sample_id", "quantity") else str(columns[name][r])
                   for name in META_FIELDS)
             for r in range(len(keys))
         ]
         records = []
-        for row, (meta, key, length) in enumerate(zip(metas, keys, lengths)):
+        for row, (meta, key, length, count) in enumerate(zip(metas, keys, lengths, pixels)):
             listed = RegistryRow(*meta)
             if md5_only and not listed.hashlib_md5:
                 continue
-            records.append((listed.id, identity_text(listed), number, row, key, length, meta_text(meta)))
+            records.append((listed.id, identity_text(listed), number, row, key, length, meta_text(meta), count))
         with self.db:
-            self.db.executemany("INSERT OR IGNORE INTO previous VALUES (?, ?, ?, ?, ?, ?, ?)", records)
+            self.db.executemany("INSERT OR IGNORE INTO previous VALUES (?, ?, ?, ?, ?, ?, ?, ?)", records)
         self.n_previous += len(records)
-        return metas
+        return metas, counted is not None
+
+    # Only rows the listing still has: a removed one stays removed (its bytes go to the fetch history, and
+    # when it is listed again the history's copy is checked as a download is).
+    _STILL_LISTED = f"EXISTS (SELECT 1 FROM listed WHERE listed.id = previous.id AND {_IDENT} = previous.ident)"
 
     def forget_previous(self, ids: list[int]) -> int:
-        """Treat these previous items as never fetched (they are downloaded and checked again); returns
-        how many were recorded."""
+        """Treat these previous items, where still listed, as never fetched (they are downloaded and checked
+        again); returns how many there were."""
         with self.db:
-            forgotten = self.db.executemany("DELETE FROM previous WHERE id = ?", [(i,) for i in ids]).rowcount
+            forgotten = self.db.executemany(f"DELETE FROM previous WHERE id = ? AND {self._STILL_LISTED}",
+                                            [(i,) for i in ids]).rowcount
         return max(forgotten, 0)
 
-    def forget_previous_longer_than(self, max_bytes: int) -> int:
-        """`forget_previous` for every previous item of more than `max_bytes` bytes."""
+    def forget_previous_above(self, max_pixels: int, max_bytes: int) -> int:
+        """`forget_previous` for every previous item above `max_pixels` pixels or `max_bytes` bytes."""
         with self.db:
-            return self.db.execute("DELETE FROM previous WHERE length > ?", (max_bytes,)).rowcount
+            return self.db.execute(f"DELETE FROM previous WHERE (pixels > ? OR length > ?) AND {self._STILL_LISTED}",
+                                   (max_pixels, max_bytes)).rowcount
 
     def add_arrivals(self, arrivals: list[tuple[int, str, int, str]]) -> None:
         """(id, item key, length, origin) of items whose bytes are now at hand."""

@@ -12,9 +12,9 @@ Reuse never skips a check a fetch from nothing would make. A previous item that 
 refuse is forgotten here, so it is downloaded and checked again, and fails (or is skipped) exactly
 as in a fresh fetch, with the same message:
 - the caps (`fetch.max_pixels`, `fetch.max_bytes`) may have been lowered since it was downloaded.
-  Byte lengths are in every raw shard; pixel counts are not, so the layer index records each
-  shard's largest image (`LARGEST_IMAGE`, a function of the shard's bytes) and only a shard whose
-  largest image is above the cap, or not recorded, has its images' headers read;
+  Every raw shard records its items' byte lengths and pixel counts (columns its sha256 covers),
+  so this opens no image; a shard written before pixel counts were recorded has its images'
+  headers read once;
 - the checks themselves may have changed (`sources/images.py`, Pillow): the index records what
   checked its items (`CHECKED_BY`), and under other checks every kept item is checked again in full.
 
@@ -31,13 +31,11 @@ from evalstack.core.keys import Key
 from evalstack.core.layers import ShardColumns, ShardInfo
 from evalstack.core.raw import read_blobs
 from evalstack.fetch.history import PreviousLayer
-from evalstack.fetch.listing import Listing
+from evalstack.fetch.listing import Listing, pixel_counts
 from evalstack.sources.errors import SourceError
 from evalstack.sources.images import check_image, image_pixels
 
-# The raw index's stats entries: shard sha256 → pixels of its largest image (width × height), and what
-# checked the layer's images (item_checks()).
-LARGEST_IMAGE = "largest_image_pixels"
+# The raw index's stats entry: what checked the layer's images (item_checks()).
 CHECKED_BY = "images_checked_by"
 
 
@@ -64,14 +62,15 @@ class OldShard:
 class RawPlan:
     old_shards: dict[int, OldShard] = field(default_factory=dict)  # previous shard number → its file
     same_layout: bool = False  # same layer key: a shard with a previous shard's rows is that file
-    largest: dict[str, int] = field(default_factory=dict)  # previous shard sha256 → its largest image's pixels
     rechecked: int = 0  # previous items today's checks refuse: downloaded and checked again
+    uncounted: set[int] = field(default_factory=set)  # previous shards without pixel counts: always rewritten
     checks: dict[str, dict[str, str]] = field(default_factory=dict)  # what checks this layer's items (CHECKED_BY)
 
     def reusable(self, number: int, rows: list[tuple[int, int]], metadata_equal: bool) -> OldShard | None:
         """The previous shard a new shard with these (previous shard, row) items is, if any."""
         old = self.old_shards.get(number)
-        if not self.same_layout or old is None or not metadata_equal or len(rows) != old.info.n_items:
+        if (not self.same_layout or old is None or number in self.uncounted or not metadata_equal
+                or len(rows) != old.info.n_items):
             return None
         return old if all(where == (number, row) for row, where in enumerate(rows)) else None
 
@@ -85,7 +84,6 @@ def plan_layer(previous: PreviousLayer | None, key: Key, listing: Listing, caps:
     if previous is None:
         return plan
     plan.same_layout = previous.index.key.hex == key.hex  # another format or target size: rebuild, reusing bytes
-    recorded = previous.index.stats.get(LARGEST_IMAGE) or {}
     in_full = previous.index.stats.get(CHECKED_BY) != checks  # other checks (or none recorded): check again
     for number, shard in enumerate(previous.index.shards):
         path = previous.shard_paths.get(shard.sha256)
@@ -93,27 +91,46 @@ def plan_layer(previous: PreviousLayer | None, key: Key, listing: Listing, caps:
             continue
         # Another checkout's items are reused only when the source states their md5: one identified by its
         # URL alone may have changed at that URL since that checkout fetched it, so it is downloaded again.
-        metas = listing.add_previous_shard(number, shard, path, md5_only=not previous.own)
+        metas, counted = listing.add_previous_shard(number, shard, path, md5_only=not previous.own)
         plan.old_shards[number] = OldShard(shard, path)
-        largest = recorded.get(shard.sha256)
-        if in_full or not isinstance(largest, int) or largest > caps.max_pixels:
-            largest, refused = _check_again(shard, path, caps.max_pixels, in_full)
+        if not counted:  # written before raw shards recorded pixel counts (another key, so rewritten anyway)
+            plan.uncounted.add(number)
+        if in_full or not counted:
+            refused = _check_again(shard, path, caps.max_pixels, in_full)
             plan.rechecked += listing.forget_previous([metas[row][0] for row in refused])
-        plan.largest[shard.sha256] = largest
-    plan.rechecked += listing.forget_previous_longer_than(caps.max_bytes)
+    plan.rechecked += listing.forget_previous_above(caps.max_pixels, caps.max_bytes)
     return plan
 
 
-def _check_again(shard: ShardInfo, path: Path, max_pixels: int, in_full: bool) -> tuple[int, list[int]]:
-    """The pixels of the shard's largest image, and the rows today's checks refuse: above `max_pixels`, not
+def items_above(previous: PreviousLayer, caps: ItemCaps) -> list[int]:
+    """Ids of the previous layer's items above `caps`, from its columns (a shard written before pixel counts
+    were recorded has its images' headers read)."""
+    above = []
+    for shard in previous.index.shards:
+        path = previous.shard_paths.get(shard.sha256)
+        if path is None:
+            continue  # restoring the layer fails on it, naming the shard
+        with ShardColumns(path, shard) as reader:
+            ids, lengths, pixels = reader.read("id"), reader.read("length"), pixel_counts(reader)
+            if pixels is None:
+                blobs = read_blobs(reader, slice(0, shard.n_items))
+                pixels = [image_pixels(data) or caps.max_pixels + 1 for data in blobs]  # unreadable: refused
+        above += [int(i) for i, n, p in zip(ids, lengths, pixels) if n > caps.max_bytes or p > caps.max_pixels]
+    return above
+
+
+def _check_again(shard: ShardInfo, path: Path, max_pixels: int, in_full: bool) -> list[int]:
+    """The rows of a previous shard that today's checks refuse: above `max_pixels` by their headers, not
     readable as an image, or (`in_full`) refused by `check_image` as a download is. Those are checked again
     the way a download is."""
     with ShardColumns(path, shard) as reader:
         blobs = read_blobs(reader, slice(0, shard.n_items))
-    pixels = [image_pixels(data) for data in blobs]
-    refused = [row for row, count in enumerate(pixels) if count is None or count > max_pixels
-               or (in_full and not _accepted(blobs[row], max_pixels))]
-    return max((count for count in pixels if count is not None), default=0), refused
+    refused = []
+    for row, data in enumerate(blobs):
+        pixels = image_pixels(data)
+        if pixels is None or pixels > max_pixels or (in_full and not _accepted(data, max_pixels)):
+            refused.append(row)
+    return refused
 
 
 def _accepted(data: bytes, max_pixels: int) -> bool:

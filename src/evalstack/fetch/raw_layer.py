@@ -39,7 +39,7 @@ from evalstack.fetch.distributed import ClusterFetch, download_on_cluster
 from evalstack.fetch.downloads import AREA, SOURCE, DownloadOutcome, Failure, download_items, warn_skipped
 from evalstack.fetch.history import PreviousLayer, RawHistory
 from evalstack.fetch.listing import ListedItem, Listing
-from evalstack.fetch.plan import CHECKED_BY, LARGEST_IMAGE, ItemCaps, OldShard, RawPlan, item_checks, plan_layer
+from evalstack.fetch.plan import CHECKED_BY, ItemCaps, OldShard, RawPlan, item_checks, items_above, plan_layer
 from evalstack.sources.catalog import SourceConfig, iter_items, registry_origins
 from evalstack.sources.images import DEFAULT_MAX_PIXELS, image_pixels
 from evalstack.sources.registry import RegistryRow, SourceError
@@ -267,7 +267,6 @@ def _write_layer(out_dir: Path, config: FetchConfig, plan: RawPlan, listing: Lis
                 "read_from_source": 0}
     cutter = ShardCutter(config.shard_bytes)
     chunk: list[ListedItem] = []
-    largest: dict[str, int | None] = {}  # shard sha256 → its largest image's pixels (see fetch/plan.py)
     with OldBytes(plan) as old:
         for item in listing.items():
             if not item.origin:  # failed under on_error: skip
@@ -277,34 +276,25 @@ def _write_layer(out_dir: Path, config: FetchConfig, plan: RawPlan, listing: Lis
                 continue
             chunk.append(item)
             if cutter.add(_cut_identity(item.row), item.length):
-                info, largest[info.sha256] = _write_shard(writer, shard_name(len(writer.shards)), chunk, plan, old,
-                                                          history, transport, activity, log)
+                _write_shard(writer, shard_name(len(writer.shards)), chunk, plan, old, history, transport, activity, log)
                 chunk = []
         if chunk:
-            info, largest[info.sha256] = _write_shard(writer, shard_name(len(writer.shards)), chunk, plan, old, history,
-                                                      transport, activity, log)
-    writer.stats = {"items": sum(shard.n_items for shard in writer.shards),
-                    LARGEST_IMAGE: {shard.sha256: largest[shard.sha256] for shard in writer.shards},
-                    CHECKED_BY: plan.checks}
+            _write_shard(writer, shard_name(len(writer.shards)), chunk, plan, old, history, transport, activity, log)
+    writer.stats = {"items": sum(shard.n_items for shard in writer.shards), CHECKED_BY: plan.checks}
     return writer.finish(), activity
 
 
 def _write_shard(writer: LayerWriter, name: str, chunk: list[ListedItem], plan: RawPlan, old: OldBytes,
-                 history: RawHistory, transport: Transport, activity: dict[str, int],
-                 log: BuildLog) -> tuple[ShardInfo, int | None]:
-    """One shard: a previous shard file when its rows are exactly these, else written from the items' bytes.
-    Returns it and the pixels of its largest image."""
+                 history: RawHistory, transport: Transport, activity: dict[str, int], log: BuildLog) -> None:
+    """One shard: a previous shard file when its rows are exactly these, else written from the items' bytes."""
     located = [item.old for item in chunk]
     same = all(where is not None for where in located) and all(item.old_meta_equal for item in chunk)
     previous = plan.reusable(located[0][0], located, same) if same else None
     if previous is not None and _place(writer, name, previous, history) is not None:
         log.add(writer.shards[-1], None, computed=False)
         activity["kept_in_place"] += len(chunk)
-        return writer.shards[-1], plan.largest[previous.info.sha256]
-    items = [FetchedItem(item.row, _bytes_of(item, old, history, transport, activity)) for item in chunk]
-    # Every item here passed today's caps (downloaded and checked in this run, or checked by plan_layer).
-    pixels = [image_pixels(item.data) for item in items]
-    largest = None if None in pixels else max(pixels)  # None (never seen): the next fetch reads them again
+        return
+    items = [_fetched(item, _bytes_of(item, old, history, transport, activity)) for item in chunk]
     columns, options = raw_shard(items)
     del items  # the only other reference to the items' bytes: freed once joined (memory: one shard ×3)
     for item, key in zip(chunk, columns[ITEM_KEY]):
@@ -313,7 +303,15 @@ def _write_shard(writer: LayerWriter, name: str, chunk: list[ListedItem], plan: 
     info = writer.add_shard(name, columns, **options)
     log.add(info, None, computed=True)
     activity["new_shard_items"] += len(chunk)
-    return info, largest
+
+
+def _fetched(item: ListedItem, data: bytes) -> FetchedItem:
+    # Every item here passed today's checks (downloaded in this run, or checked again by plan_layer), so its
+    # header reads; ~10–20 µs, against the ms its check took.
+    pixels = image_pixels(data)
+    if pixels is None:
+        raise FetchFailed(f"{item.row.what}: its bytes no longer open as an image; fetch again, and report this")
+    return FetchedItem(item.row, data, pixels)
 
 
 def _cut_identity(row: RegistryRow) -> str:
@@ -361,6 +359,12 @@ def _keep_previous(previous: PreviousLayer | None, out_dir: Path, report: FetchR
     if previous is None:
         report.message = f"{reason}. No earlier raw layer is recorded for {out_dir}, so there is nothing to keep."
         raise FetchFailed(report.message)
+    above = items_above(previous, config.caps())
+    if above:  # a fetch from nothing would refuse them, and DVC would record today's caps as applied
+        shown = ", ".join(map(str, above[:5])) + (f" and {len(above) - 5} more" if len(above) > 5 else "")
+        raise FetchFailed(f"OFFLINE: {reason}. The last raw layer holds {len(above)} items above fetch.max_pixels "
+                          f"or fetch.max_bytes (lowered since they were fetched; ids {shown}), so it is not kept "
+                          "as it is: fetch again when the source is reachable, or put the caps back")
     index = _restore(previous, out_dir, history)
     report.message = (f"OFFLINE: {reason}. Kept the raw layer from the last fetch ({index.n_items} items); "
                       f"nothing was deleted. Fetch again when the source is reachable.")

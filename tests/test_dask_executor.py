@@ -49,6 +49,22 @@ def recorded_pools(monkeypatch) -> list:
     return pools
 
 
+def handed_sizes(monkeypatch) -> list[int]:
+    """The item counts of the shards handed to a process pool from now on, in the order they were handed.
+    (Which spawned worker starts first is a race, so the order is read where the stage hands the jobs out.)"""
+    from concurrent.futures import ProcessPoolExecutor
+
+    handed: list[int] = []
+    submit = ProcessPoolExecutor.submit
+
+    def recording(self, fn, *args, **kwargs):
+        handed.append(args[-1].upstream.n_items)  # _derive_pickled(work, job)
+        return submit(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", recording)
+    return handed
+
+
 def fetched_twice(tmp_path: Path, first: str, second: str) -> tuple[Project, Project]:
     """Two copies of one project with the same raw layer: 22 items in 9 shards (content-defined ends)."""
     one = Project(tmp_path / first)
@@ -284,17 +300,7 @@ def test_completions_raise_a_later_failure_at_once_but_leave_a_recoverable_one_t
 
 
 def test_the_process_pool_is_handed_the_largest_shards_first(tmp_path: Path, monkeypatch):
-    # Which spawned worker starts first is a race, so the order is read where the stage hands the jobs out.
-    from concurrent.futures import ProcessPoolExecutor
-
-    handed: list[int] = []
-    submit = ProcessPoolExecutor.submit
-
-    def recording(self, fn, *args, **kwargs):
-        handed.append(args[-1].upstream.n_items)  # _derive_pickled(work, job)
-        return submit(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(ProcessPoolExecutor, "submit", recording)
+    handed = handed_sizes(monkeypatch)
     alone, pooled = fetched_twice(tmp_path, "alone", "pooled")
     preprocess_layer(alone.raw, alone.pre, tiny_pipeline(), "lz4", name="tiny", executor=LocalExecutor())
     preprocess_layer(pooled.raw, pooled.pre, tiny_pipeline(), "lz4", name="tiny",
@@ -315,6 +321,9 @@ def test_the_process_pool_starts_only_when_the_first_shards_pace_says_it_pays(tm
     preprocess_layer(small.raw, small.pre, tiny_pipeline(), "lz4", name="tiny", executor=here)
     assert pools == [] and here.in_process == shards and md5s(small.pre) == md5s(alone.pre)
     shutil.rmtree(small.pre)
-    paced = ProcessExecutor(2, worth_seconds=1e-9)  # any pace is worth a pool: the first shard gave the pace
+    handed = handed_sizes(monkeypatch)
+    paced = ProcessExecutor(2, worth_seconds=1e-9)  # any pace is worth a pool: the smallest shard gave the pace
     preprocess_layer(small.raw, small.pre, tiny_pipeline(), "lz4", name="tiny", executor=paced)
     assert len(pools) == 1 and paced.in_process == 1 and md5s(small.pre) == md5s(alone.pre)
+    sizes = sorted((shard.n_items for shard in Layer.open(small.raw).shards), reverse=True)
+    assert handed == sizes[:-1]  # the smallest ran here, the others went to the pool largest first

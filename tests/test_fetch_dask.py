@@ -120,6 +120,41 @@ def test_failing_items_are_reported_as_the_plain_fetch_reports_them(
     assert set(Layer.open(tmp_path / "dask").column("id")) == {int(r["id"]) for r in rows} - doomed
 
 
+def test_images_a_worker_checked_with_other_checks_are_checked_again_here(
+        pad_dataset: Path, tmp_path: Path, s3: S3Endpoint, dask_client, monkeypatch):
+    # The index records this machine's image checks (sources/images.py, Pillow) as what checked its items. A
+    # worker with another evalstack or Pillow checked them its own way, so they are checked again here: an
+    # image this machine's checks refuse fails as in a plain fetch, not lands in the layer as checked.
+    import evalstack.fetch.distributed as distributed
+    import evalstack.fetch.downloads as downloads
+    from evalstack.sources.images import check_image
+    from evalstack.sources.registry import SourceError
+
+    refused = int(registry_rows(pad_dataset)[5]["id"])
+
+    def newer(data: bytes, max_pixels: int, what: str):  # this machine's checks: one more rule
+        size = check_image(data, max_pixels, what)
+        if what.startswith(f"item id {refused} "):
+            raise SourceError(f"{what}: refused by this machine's checks")
+        return size
+
+    for module in (distributed, downloads):
+        monkeypatch.setattr(module, "check_image", newer)  # the workers keep their own, unpatched
+    store = s3_shard_store(s3, tmp_path / "store", tmp_path.name)
+    with PadServer(pad_dataset) as server:
+        same = on_dask(http_config(server, tmp_path, on_error="skip", max_skipped=1), tmp_path / "same", store,
+                       dask_client)
+        assert same.report.failed == []  # the workers' checks are this machine's: taken as they are
+        monkeypatch.setattr(distributed, "item_checks", lambda: {"code": {"evalstack.sources.images": "newer"}})
+        fresh = s3_shard_store(s3, tmp_path / "fresh-store", tmp_path.name + "-fresh")  # the workers download all
+        results = {path: run(http_config(server, tmp_path, on_error="skip", max_skipped=1), tmp_path / path)
+                   for path, run in (("dask", lambda c, o: on_dask(c, o, fresh, dask_client)),
+                                     ("plain", lambda c, o: fetch_raw_layer(c, o, store_in(tmp_path / "plain-s"))))}
+    failed = {path: [(f.id, f.cause) for f in result.report.failed] for path, result in results.items()}
+    assert failed["dask"] == failed["plain"] == [(refused, failed["plain"][0][1])]
+    assert "refused by this machine's checks" in failed["plain"][0][1]
+
+
 def test_a_source_that_goes_away_mid_fetch_stops_it_and_keeps_the_previous_layer(
         pad_dataset: Path, tmp_path: Path, s3: S3Endpoint, dask_client):
     rows = registry_rows(pad_dataset)

@@ -262,16 +262,29 @@ def test_offline_keeps_the_raw_layer_it_has(pad_dataset: Path, tmp_path: Path):
     assert shard_bytes(tmp_path / "raw") | {"index.json": (tmp_path / "raw/index.json").read_bytes()} == before
 
 
-def test_offline_does_not_keep_a_layer_whose_items_a_lowered_cap_refuses(pad_dataset: Path, tmp_path: Path):
-    # Kept with exit 0, the layer would pass for one fetched under the new cap: DVC records the params as applied,
-    # so the next online `dvc repro` would not fetch again. A fetch from nothing would refuse these items.
+def test_offline_does_not_keep_a_layer_that_lowered_caps_or_other_checks_refuse(pad_dataset: Path, tmp_path: Path,
+                                                                                  monkeypatch):
+    # Kept with exit 0, the layer would pass for one fetched under the new cap or checks: DVC records the params
+    # and code as applied, so the next online `dvc repro` would not fetch again. A fetch from nothing refuses them.
+    import evalstack.fetch.plan as plan
+    import evalstack.fetch.raw_layer as raw_layer
+
     with PadServer(pad_dataset) as server:
         config = http_config(server, tmp_path)
         fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
     before = shard_bytes(tmp_path / "raw")
-    with pytest.raises(FetchFailed, match=r"OFFLINE: .*cannot reach.*holds \d+ items above fetch.max_pixels"):
+    with pytest.raises(FetchFailed, match=r"OFFLINE: .*cannot reach.*holds \d+ items that fetch.max_pixels"):
         fetch_raw_layer(replace(config, max_pixels=1000), tmp_path / "raw", store_in(tmp_path / "store"))
     assert shard_bytes(tmp_path / "raw") == before  # the workspace keeps its layer, as after any failed fetch
+
+    def no_pngs(data: bytes, max_pixels: int, what: str):  # new checks: PNG no longer accepted
+        raise SourceError(f"{what}: PNG is no longer accepted")
+
+    monkeypatch.setattr(plan, "check_image", no_pngs)
+    monkeypatch.setattr(raw_layer, "item_checks", lambda: {"code": {"evalstack.sources.images": "edited"}})
+    with pytest.raises(FetchFailed, match=r"OFFLINE: .*holds \d+ items that .*the image checks"):
+        fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+    assert shard_bytes(tmp_path / "raw") == before
 
 
 def test_re_fetch_after_the_server_adds_5_percent_downloads_only_those(pad_dataset: Path, tmp_path: Path):

@@ -17,7 +17,7 @@ import multiprocessing
 import queue
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol
@@ -104,9 +104,11 @@ class ProcessExecutor:
     Workers are spawned, not forked: a stage's threads (progress bars, frameworks) and open
     files stay behind. `compute` travels with cloudpickle, as on Dask, because it is usually a
     closure over the stage's pipeline or model spec. The pool is started only when it pays, as
-    DaskExecutor starts its LocalCluster: the first shard is computed in this process, and the rest
-    too when, at its pace, they would take less than `worth_seconds` (POOL_WORTH_SECONDS; 0 always
-    starts the pool). The bytes are the same wherever a shard is computed.
+    DaskExecutor starts its LocalCluster: the smallest shard is computed in this process first, and
+    the rest there too when, at its pace, they would take less than `worth_seconds`
+    (POOL_WORTH_SECONDS; 0 always starts the pool). The smallest, so that the pool's start (and the
+    report of a shard that fails in it) waits as little as it can. The bytes are the same wherever a
+    shard is computed.
     """
 
     def __init__(self, workers: int, worth_seconds: float = POOL_WORTH_SECONDS):
@@ -121,24 +123,37 @@ class ProcessExecutor:
             self.in_process += len(jobs)
             yield from LocalExecutor().run(compute, jobs, fmt, progress)
             return
+        probed: dict[int, Future] = {}  # job index → its result, computed here (the pace)
         if self.worth_seconds > 0:
+            probe = min(range(len(jobs)), key=lambda index: jobs[index].upstream.n_items)
             started = time.monotonic()
-            yield derive_shard(compute, jobs[0], fmt, progress)
+            probed[probe] = Future()
+            probed[probe].set_result(derive_shard(compute, jobs[probe], fmt))  # counted when its turn comes
+            pace = (time.monotonic() - started) / max(jobs[probe].upstream.n_items, 1)
+            rest = sum(job.upstream.n_items for index, job in enumerate(jobs) if index != probe)
             self.in_process += 1
-            per_item = (time.monotonic() - started) / max(jobs[0].upstream.n_items, 1)
-            jobs = jobs[1:]
-            if len(jobs) <= 1 or per_item * sum(job.upstream.n_items for job in jobs) < self.worth_seconds:
-                self.in_process += len(jobs)
-                yield from LocalExecutor().run(compute, jobs, fmt, progress)
+            if len(jobs) <= 2 or pace * rest < self.worth_seconds:
+                self.in_process += len(jobs) - 1
+                for index, job in enumerate(jobs):
+                    if index in probed:
+                        progress.update(job.upstream.n_items)
+                        yield probed[index].result()
+                    else:
+                        yield derive_shard(compute, job, fmt, progress)
                 return
         import cloudpickle  # a dependency of dask, already installed
 
         context = multiprocessing.get_context("spawn")
         work = cloudpickle.dumps((compute, fmt))  # once; each job itself is plain data
-        pool = ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=context)
+        pooled = [index for index in range(len(jobs)) if index not in probed]
+        pool = ProcessPoolExecutor(min(self.workers, len(pooled)), mp_context=context)
         futures: list[Any] = []
         try:
-            futures = _submitted_largest_first(jobs, lambda job, _priority: pool.submit(_derive_pickled, work, job))
+            submitted = _submitted_largest_first([jobs[index] for index in pooled],
+                                                 lambda job, _priority: pool.submit(_derive_pickled, work, job))
+            futures = [probed.get(index) for index in range(len(jobs))]
+            for index, future in zip(pooled, submitted):
+                futures[index] = future
             yield from _in_job_order(jobs, futures, progress)
         except GeneratorExit:  # the caller took what it wanted (build_derived_layer takes one result per job)
             if futures and all(future.done() for future in futures):

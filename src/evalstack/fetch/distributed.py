@@ -40,6 +40,7 @@ from evalstack.cache.storejobs import worker_config
 from evalstack.core.keys import sha256_bytes
 from evalstack.fetch.downloads import AREA, Arrival, DownloadOutcome, Failure, chunks, download_items, is_local
 from evalstack.fetch.history import RawHistory
+from evalstack.fetch.plan import item_checks
 from evalstack.sources.images import check_image
 from evalstack.sources.registry import RegistryRow, SourceError
 from evalstack.sources.transport import SourceUnreachable, Transport, TransportConfig
@@ -89,6 +90,7 @@ class RunResult:
     gets: int = 0
     retries: int = 0
     bytes_read: int = 0
+    checks: dict[str, dict[str, str]] = field(default_factory=dict)  # what checked the images on the worker
 
 
 def fetch_run(rows: list[RegistryRow], settings: WorkerSettings) -> RunResult:
@@ -108,7 +110,7 @@ def fetch_run(rows: list[RegistryRow], settings: WorkerSettings) -> RunResult:
         except SourceError as error:
             return error
 
-    result = RunResult()
+    result = RunResult(checks=item_checks())  # the worker's own evalstack and Pillow
     store = ObjectStore(settings.store)
     with Transport(settings.transport) as transport, tempfile.TemporaryDirectory(prefix="evalstack-pack-") as scratch, \
             ThreadPoolExecutor(max_workers=max(1, settings.threads)) as pool:
@@ -237,7 +239,10 @@ def _download_remote(rows: Iterable[RegistryRow], cluster: ClusterFetch, history
                     f"a Dask worker cannot use the object store ({error}); workers read their credentials "
                     "from their own environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws), not from "
                     "this machine's DVC remote") from None
-            arrivals = _unpack(result, run, cluster.store, history, Path(scratch))
+            # A worker whose image checks differ from this machine's (another evalstack or Pillow there) did not
+            # check what the layer will record as checked: its images are checked again here.
+            again = settings.max_pixels if result.checks != item_checks() else None
+            arrivals = _unpack(result, run, cluster.store, history, Path(scratch), again)
             _check_covered(run, arrivals, result)
             record(arrivals)
             outcome.downloaded += len(arrivals)
@@ -290,9 +295,10 @@ class FetchOnClusterFailed(SourceError):
 
 
 def _unpack(result: RunResult, run: list[RegistryRow], store: ObjectStore, history: RawHistory,
-            scratch: Path) -> list[Arrival]:
+            scratch: Path, check_again: int | None = None) -> list[Arrival]:
     """Each pack read back (sha256-checked), each item checked against its key and written to the
-    download area, as the plain path leaves a download: what follows is the plain path's code."""
+    download area, as the plain path leaves a download: what follows is the plain path's code. With
+    `check_again` (max_pixels), each image is checked here too, and one refused becomes the run's failure."""
     rows = {row.id: row for row in run}
     arrivals: list[Arrival] = []
     for pack in result.packs:
@@ -307,6 +313,12 @@ def _unpack(result: RunResult, run: list[RegistryRow], store: ObjectStore, histo
             if len(image) != item.length or sha256_bytes(image) != item.item_key:
                 raise FetchOnClusterFailed(f"{rows[item.id].what}: its bytes in pack {pack.sha256[:12]}… differ "
                                            "from what the worker reported; fetch again")
+            if check_again is not None:
+                try:
+                    check_image(image, check_again, rows[item.id].what)
+                except SourceError as error:
+                    result.failures.append(RowFailure(item.id, str(error), False))
+                    continue
             history.save_download(rows[item.id], image)
             arrivals.append((item.id, item.item_key, item.length, AREA))
     return arrivals

@@ -102,21 +102,22 @@ def plan_layer(previous: PreviousLayer | None, key: Key, listing: Listing, caps:
     return plan
 
 
-def items_above(previous: PreviousLayer, caps: ItemCaps) -> list[int]:
-    """Ids of the previous layer's items above `caps`, from its columns (a shard written before pixel counts
-    were recorded has its images' headers read)."""
-    above = []
+def items_refused(previous: PreviousLayer, caps: ItemCaps, checks: dict[str, dict[str, str]]) -> list[int]:
+    """Ids of the previous layer's items that `caps` or today's `checks` refuse: from its columns, unless the
+    layer was checked by other checks (every image checked again) or written before pixel counts were
+    recorded (its images' headers read)."""
+    in_full = previous.index.stats.get(CHECKED_BY) != checks
+    refused = []
     for shard in previous.index.shards:
         path = previous.shard_paths.get(shard.sha256)
         if path is None:
             continue  # restoring the layer fails on it, naming the shard
         with ShardColumns(path, shard) as reader:
             ids, lengths, pixels = reader.read("id"), reader.read("length"), pixel_counts(reader)
-            if pixels is None:
-                blobs = read_blobs(reader, slice(0, shard.n_items))
-                pixels = [image_pixels(data) or caps.max_pixels + 1 for data in blobs]  # unreadable: refused
-        above += [int(i) for i, n, p in zip(ids, lengths, pixels) if n > caps.max_bytes or p > caps.max_pixels]
-    return above
+        rows = set(_check_again(shard, path, caps.max_pixels, in_full)) if in_full or pixels is None else set()
+        refused += [int(ids[row]) for row in range(len(ids)) if row in rows or lengths[row] > caps.max_bytes
+                    or (pixels is not None and pixels[row] > caps.max_pixels)]
+    return refused
 
 
 def _check_again(shard: ShardInfo, path: Path, max_pixels: int, in_full: bool) -> list[int]:

@@ -39,7 +39,7 @@ from evalstack.fetch.distributed import ClusterFetch, download_on_cluster
 from evalstack.fetch.downloads import AREA, SOURCE, DownloadOutcome, Failure, download_items, warn_skipped
 from evalstack.fetch.history import PreviousLayer, RawHistory
 from evalstack.fetch.listing import ListedItem, Listing
-from evalstack.fetch.plan import CHECKED_BY, ItemCaps, OldShard, RawPlan, item_checks, items_above, plan_layer
+from evalstack.fetch.plan import CHECKED_BY, ItemCaps, OldShard, RawPlan, item_checks, items_refused, plan_layer
 from evalstack.sources.catalog import SourceConfig, iter_items, registry_origins
 from evalstack.sources.images import DEFAULT_MAX_PIXELS, image_pixels
 from evalstack.sources.registry import RegistryRow, SourceError
@@ -359,12 +359,12 @@ def _keep_previous(previous: PreviousLayer | None, out_dir: Path, report: FetchR
     if previous is None:
         report.message = f"{reason}. No earlier raw layer is recorded for {out_dir}, so there is nothing to keep."
         raise FetchFailed(report.message)
-    above = items_above(previous, config.caps())
-    if above:  # a fetch from nothing would refuse them, and DVC would record today's caps as applied
-        shown = ", ".join(map(str, above[:5])) + (f" and {len(above) - 5} more" if len(above) > 5 else "")
-        raise FetchFailed(f"OFFLINE: {reason}. The last raw layer holds {len(above)} items above fetch.max_pixels "
-                          f"or fetch.max_bytes (lowered since they were fetched; ids {shown}), so it is not kept "
-                          "as it is: fetch again when the source is reachable, or put the caps back")
+    refused = items_refused(previous, config.caps(), item_checks())
+    if refused:  # a fetch from nothing would refuse them, and DVC would record today's params and code as applied
+        shown = ", ".join(map(str, refused[:5])) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
+        raise FetchFailed(f"OFFLINE: {reason}. The last raw layer holds {len(refused)} items that fetch.max_pixels, "
+                          f"fetch.max_bytes or the image checks (sources/images.py, Pillow) now refuse (ids {shown}), "
+                          "so it is not kept as it is: fetch again when the source is reachable")
     index = _restore(previous, out_dir, history)
     report.message = (f"OFFLINE: {reason}. Kept the raw layer from the last fetch ({index.n_items} items); "
                       f"nothing was deleted. Fetch again when the source is reachable.")

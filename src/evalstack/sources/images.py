@@ -1,7 +1,8 @@
 """Image checks for bytes from a source: a pixel cap before decoding (decompression bombs), full decodes.
 
-Fetch checks every new item once; preprocess decodes with the same guard, so no
-stage ever hands Pillow more than `max_pixels`.
+Fetch checks every new item once (and a kept one again when the caps or these checks changed:
+fetch/plan.py); preprocess decodes with the same guard, so no stage ever hands Pillow more than
+`max_pixels`.
 """
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ def check_image(data: bytes, max_pixels: int, what: str) -> tuple[int, int]:
     `verify()` checks chunk CRCs but misses a PNG cut short after its last complete
     chunk, so the image is also decoded in full (Pillow's default
     `ImageFile.LOAD_TRUNCATED_IMAGES = False` makes that raise). Fetch runs this once
-    per new item; items kept from an earlier fetch are not decoded again.
+    per new item; an item kept from an earlier fetch is decoded again only under other checks
+    (fetch/plan.py), or when it waited in the download area.
     """
     with open_checked(data, max_pixels, what) as image:
         size = image.size

@@ -145,11 +145,13 @@ class PMDetector(torch.nn.Module):
         return out
 
 
-def test_perceptionmetrics_contract_scripted_and_pm_config(tmp_path):
+def test_perceptionmetrics_contract_scripted_and_pm_config(tmp_path, monkeypatch):
     file = tmp_path / "pm.torchscript"
     torch.jit.script(PMDetector()).save(str(file))
     norm = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
-    config = tmp_path / "pm.json"
+    monkeypatch.chdir(tmp_path)  # the detection project: pm_config paths are relative to it
+    (tmp_path / "pm_configs").mkdir()
+    config = Path("pm_configs/pm.json")
     config.write_text(json.dumps({"model_format": "torchvision", "confidence_threshold": 0.2, "nms_threshold": 0.5,
                                   "resize": {"width": 64, "height": 64}, "normalization": norm, "batch_size": 4,
                                   "iou_threshold": 0.5}))
@@ -178,6 +180,10 @@ def test_perceptionmetrics_contract_scripted_and_pm_config(tmp_path):
     config.write_text(json.dumps({"model_format": "yolo"}))
     with pytest.raises(ModelError, match="model_format 'yolo'.*adapter: yolo"):
         load_detector(tv_spec(file, pm_config=str(config)))
+    # a config DVC does not track (an edit of it would rerun nothing) is refused, naming where it goes
+    for elsewhere in (tmp_path / "pm.json", Path("pm.json"), Path("pm_configs/../pm.json")):
+        with pytest.raises(ModelError, match=r"pm_config .* must be a file in pm_configs/ \(as pm_configs/pm.json\)"):
+            load_detector(tv_spec(file, pm_config=str(elsewhere), frozen_nms=frozen, **stated))
 
 
 def test_a_frozen_pt2_refuses_an_nms_change_and_allows_a_stricter_threshold(tmp_path):

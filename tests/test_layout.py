@@ -80,6 +80,24 @@ def test_every_stage_that_runs_a_model_in_batches_tracks_the_batch_size(dvc_yaml
     assert set(untracked) <= exempt, f"{dvc_yaml.name}: add infer.batch_size to the params of {untracked}"
 
 
+def test_every_detection_stage_that_loads_a_detector_tracks_the_pm_configs_folder():
+    # A torchvision detector's `pm_config` JSON is read from detection/pm_configs/ (torchvision_adapter.py): a
+    # stage that loads detectors and does not track the folder would keep results checked against an old config.
+    dvc_yaml = REPO / "detection/dvc.yaml"
+    if not dvc_yaml.exists():
+        pytest.skip("no detection profile in this project")
+    loading = {name for name, stage in _stage_definitions(dvc_yaml).items()
+               if any(dep.startswith("../stages/") and dep.endswith(".py")
+                      and any(module in import_closure([REPO / "detection" / dep], follow_strings=True)
+                              for module in ("evalstack.detection.adapter", "evalstack.detection.signatures"))
+                      for dep in stage["deps"])}
+    assert loading >= {"infer", "grid", "evaluate"}
+    untracked = sorted(name for name in loading if "pm_configs" not in [str(dep).split()[0]
+                                                                        for dep in _stage_definitions(dvc_yaml)[name]["deps"]])
+    assert untracked == [], f"detection/dvc.yaml: add pm_configs to the deps of {untracked}"
+    assert (REPO / "detection/pm_configs").is_dir()  # a dependency DVC must find in every project
+
+
 @pytest.mark.skipif(not PROFILES, reason="no dvc.yaml")
 def test_removing_a_folder_from_a_stages_deps_is_caught(tmp_path: Path):
     dvc_yaml = PROFILES[0]  # the root profile, or detection/ in a project made with that profile only

@@ -120,11 +120,23 @@ def resolve_device(option: Any, model: str, onnx: bool = False) -> torch.device:
     return torch.device(text)
 
 
+PM_CONFIG_FOLDER = "pm_configs"  # beside the detection dvc.yaml; its infer, grid and evaluate stages track it
+
+
 def read_pm_config(path: Path, options: Mapping[str, Any], model: str) -> dict[str, Any]:
     """The options, checked against a PerceptionMetrics model config. Every value of the config that changes a
     result must also be written in params.yaml, equal: DVC tracks params.yaml, not the JSON, so a value read
     only from the JSON would change results without any stage rerunning (a stale result). The config is a
-    cross-check that the params say what PerceptionMetrics ran with."""
+    cross-check that the params say what PerceptionMetrics ran with.
+
+    The file must be in PM_CONFIG_FOLDER, which the stages that read it list as a dependency: an edited
+    config there reruns them, and they check it again. Anywhere else an edit would rerun nothing, and the
+    cached pipeline would exit 0 where a run from nothing refuses the config."""
+    parts = Path(path).parts
+    if Path(path).is_absolute() or len(parts) < 2 or parts[0] != PM_CONFIG_FOLDER or ".." in parts:
+        raise ModelError(f"model {model}: pm_config {path} must be a file in {PM_CONFIG_FOLDER}/ (as "
+                         f"{PM_CONFIG_FOLDER}/{Path(path).name}), the folder infer, grid and evaluate track: DVC "
+                         "reruns them when a config there changes; an edit of one elsewhere would rerun nothing")
     try:
         config = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:

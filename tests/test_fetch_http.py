@@ -287,6 +287,24 @@ def test_offline_does_not_keep_a_layer_that_lowered_caps_or_other_checks_refuse(
     assert shard_bytes(tmp_path / "raw") == before
 
 
+def test_a_download_another_checkout_took_meanwhile_is_downloaded_again(pad_dataset: Path, tmp_path: Path,
+                                                                          monkeypatch):
+    # Found with two checkouts fetching one source into one store.dir: the download area is shared (by rows whose
+    # md5 the source states), and the one that finished first dropped the downloads it put in its layer while the
+    # other still needed them. The fetch stopped ("its download vanished"); it now gets the image again.
+    from evalstack.fetch.history import RawHistory
+
+    load = RawHistory.load_download
+    monkeypatch.setattr(RawHistory, "load_download",  # gone between its arrival and the shard that takes it
+                        lambda self, row, check_md5=True: load(self, row) if check_md5 else None)
+    with PadServer(pad_dataset) as server:
+        result = fetch_raw_layer(http_config(server, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
+        assert result.report.activity["downloaded_again"] == N_CARDS and server.image_gets() == 2 * N_CARDS
+        monkeypatch.undo()
+        plain = fetch_raw_layer(http_config(server, tmp_path), tmp_path / "plain", store_in(tmp_path / "plain-s"))
+    assert result.index.to_json() == plain.index.to_json()
+
+
 def test_re_fetch_after_the_server_adds_5_percent_downloads_only_those(pad_dataset: Path, tmp_path: Path):
     with PadServer(pad_dataset) as server:
         config = http_config(server, tmp_path)

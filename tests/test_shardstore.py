@@ -78,3 +78,33 @@ def test_store_config_from_params(tmp_path: Path):
     assert store_config({}, tmp_path).directory == tmp_path / ".evalstack/store"
     with pytest.raises(ShardStoreError, match="store.link 'symlink' unknown"):
         store_config({"store": {"link": "symlink"}})
+
+
+def test_another_process_trimming_the_same_store_is_no_error(tmp_path: Path, monkeypatch):
+    # Found with two clones sharing one store.dir (README "Share shards by key"): each stage end trims the store, so
+    # an entry one process listed can be gone when it sorts or copies it. A gone entry is a miss, never a crash.
+    store = store_at(tmp_path / "store", max_bytes=1500)
+    first, second, third = (_put(store, tmp_path, name) for name in ("first", "second", "third"))
+    listed = type(store).entries
+
+    def trimmed_meanwhile(self):
+        for entry in listed(self):
+            if entry.address == first.address:  # the other process removes it right after this one read it
+                self.remove(entry)
+            yield entry
+
+    monkeypatch.setattr(type(store), "entries", trimmed_meanwhile)
+    report = store.gc(set())
+    assert first not in report.removed and report.kept_bytes <= 1500
+    monkeypatch.undo()
+    kept = next(iter(store.entries()))
+    found = type(store).get
+
+    def removed_after_the_lookup(self, address):
+        entry = found(self, address)
+        self.shard_path(address).unlink()  # the other process's trim, between lookup and copy
+        return entry
+
+    monkeypatch.setattr(type(store), "get", removed_after_the_lookup)
+    assert store.materialise(kept.address, tmp_path / "out.bin") is None and not (tmp_path / "out.bin").exists()
+    assert {second.address, third.address} >= {kept.address}

@@ -300,12 +300,17 @@ class ShardStore:
             return None
         source = self.shard_path(address)
         digest: str | None
-        if self.config.link == "hardlink":
-            digest = self.stamps.sha256(source)  # the link will share this inode: hashed once while unchanged
-            if digest == entry.sha256 and not atomic_link(source, dest):
+        try:
+            if self.config.link == "hardlink":
+                digest = self.stamps.sha256(source)  # the link will share this inode: hashed once while unchanged
+                if digest == entry.sha256 and not atomic_link(source, dest):
+                    digest = atomic_copy(source, dest, entry.sha256)
+            else:
                 digest = atomic_copy(source, dest, entry.sha256)
-        else:
-            digest = atomic_copy(source, dest, entry.sha256)
+        except FileNotFoundError:
+            if source.exists():
+                raise
+            return None  # removed by another process's trim (a store.dir shared between clones): a miss
         if digest != entry.sha256:
             self.remove(entry)
             # the local copy was damaged: the remote's is checked on download, so one more try cannot loop
@@ -397,13 +402,16 @@ class ShardStore:
         self._remove_debris(dry_run)
         if not dry_run and clear_stamps:
             self.stamps.clear()  # stamps of removed files would only pile up; the rest are re-made on use
-        entries = list(self.entries())
+        # Another process sharing store.dir may be trimming too: an entry it removed meanwhile is left out.
+        entries, used = [], {}
+        for entry in self.entries():
+            if (when := self._last_used(entry)) is not None:
+                entries.append(entry)
+                used[entry.address] = when
         total = sum(entry.size for entry in entries)
         protected = [entry for entry in entries if entry.sha256 in protected_sha256s]
-        candidates = sorted(
-            (entry for entry in entries if entry.sha256 not in protected_sha256s),
-            key=lambda entry: (self.record_path(entry.address).stat().st_mtime_ns, entry.address),
-        )
+        candidates = sorted((entry for entry in entries if entry.sha256 not in protected_sha256s),
+                            key=lambda entry: (used[entry.address], entry.address))
         removed = []
         for entry in candidates:
             if total <= limit:
@@ -414,14 +422,27 @@ class ShardStore:
             total -= entry.size
         return GcReport(removed, total, sum(entry.size for entry in protected), limit)
 
+    def _last_used(self, entry: StoreEntry) -> int | None:
+        """When the entry was last used (its record's mtime), or None once another process removed it."""
+        try:
+            return self.record_path(entry.address).stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
     def _remove_debris(self, dry_run: bool) -> None:
         """Temp files of writers that died (SIGKILL, power loss) and shards without a record."""
         for tmp in stale_temp_files(self.directory / "shards", f"*/{TEMP_GLOB}"):
             if not dry_run:
                 tmp.unlink(missing_ok=True)
         for shard in (self.directory / "shards").glob("*/*.h5"):
-            # A writer puts the shard, then its record: give a live one time to finish.
-            orphan = not shard.with_suffix(".json").exists() and time.time() - shard.stat().st_mtime > 600
+            # A writer puts the shard, then its record: give a live one time to finish. ctime too: a hardlink
+            # from DVC's cache keeps the file's old mtime, but linking it updates its ctime.
+            try:
+                status = shard.stat()
+            except FileNotFoundError:  # removed by another process meanwhile
+                continue
+            age = time.time() - max(status.st_mtime, status.st_ctime)
+            orphan = not shard.with_suffix(".json").exists() and age > 600
             if orphan and not dry_run:
                 shard.unlink(missing_ok=True)
 

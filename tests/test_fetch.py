@@ -506,6 +506,7 @@ def test_other_image_checks_check_every_kept_image_again_as_a_fresh_fetch_would(
     import evalstack.fetch.downloads as downloads
     import evalstack.fetch.plan as plan
     import evalstack.fetch.raw_layer as raw_layer
+    import evalstack.sources.images as images
     from evalstack.sources.images import check_image
 
     # the checks and their error, not the registry parser (an edit there would check every image again)
@@ -522,7 +523,7 @@ def test_other_image_checks_check_every_kept_image_again_as_a_fresh_fetch_would(
             raise SourceError(f"{what}: {width} pixels wide, more than 50")
         return width, height
 
-    for module in (plan, downloads):
+    for module in (images, downloads):  # the checks kept images go through, and a download's
         monkeypatch.setattr(module, "check_image", stricter)
     same_record = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
     assert same_record.report.failed == []  # the checks recorded are today's: nothing is opened again

@@ -266,8 +266,8 @@ def test_offline_does_not_keep_a_layer_that_lowered_caps_or_other_checks_refuse(
                                                                                   monkeypatch):
     # Kept with exit 0, the layer would pass for one fetched under the new cap or checks: DVC records the params
     # and code as applied, so the next online `dvc repro` would not fetch again. A fetch from nothing refuses them.
-    import evalstack.fetch.plan as plan
     import evalstack.fetch.raw_layer as raw_layer
+    import evalstack.sources.images as images
 
     with PadServer(pad_dataset) as server:
         config = http_config(server, tmp_path)
@@ -280,7 +280,7 @@ def test_offline_does_not_keep_a_layer_that_lowered_caps_or_other_checks_refuse(
     def no_pngs(data: bytes, max_pixels: int, what: str):  # new checks: PNG no longer accepted
         raise SourceError(f"{what}: PNG is no longer accepted")
 
-    monkeypatch.setattr(plan, "check_image", no_pngs)
+    monkeypatch.setattr(images, "check_image", no_pngs)
     monkeypatch.setattr(raw_layer, "item_checks", lambda: {"code": {"evalstack.sources.images": "edited"}})
     with pytest.raises(FetchFailed, match=r"OFFLINE: .*holds \d+ items that .*the image checks"):
         fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))

@@ -123,21 +123,20 @@ class ProcessExecutor:
             self.in_process += len(jobs)
             yield from LocalExecutor().run(compute, jobs, fmt, progress)
             return
-        probed: dict[int, Future] = {}  # job index → its result, computed here (the pace)
+        probe, probed = None, Future()  # the job computed here first, and its result (the pace)
         if self.worth_seconds > 0:
             probe = min(range(len(jobs)), key=lambda index: jobs[index].upstream.n_items)
             started = time.monotonic()
-            probed[probe] = Future()
-            probed[probe].set_result(derive_shard(compute, jobs[probe], fmt))  # counted when its turn comes
+            probed.set_result(derive_shard(compute, jobs[probe], fmt))  # counted when its turn comes
             pace = (time.monotonic() - started) / max(jobs[probe].upstream.n_items, 1)
             rest = sum(job.upstream.n_items for index, job in enumerate(jobs) if index != probe)
             self.in_process += 1
             if len(jobs) <= 2 or pace * rest < self.worth_seconds:
                 self.in_process += len(jobs) - 1
                 for index, job in enumerate(jobs):
-                    if index in probed:
+                    if index == probe:
                         progress.update(job.upstream.n_items)
-                        yield probed[index].result()
+                        yield probed.result()
                     else:
                         yield derive_shard(compute, job, fmt, progress)
                 return
@@ -145,15 +144,13 @@ class ProcessExecutor:
 
         context = multiprocessing.get_context("spawn")
         work = cloudpickle.dumps((compute, fmt))  # once; each job itself is plain data
-        pooled = [index for index in range(len(jobs)) if index not in probed]
+        pooled = [job for index, job in enumerate(jobs) if index != probe]
         pool = ProcessPoolExecutor(min(self.workers, len(pooled)), mp_context=context)
         futures: list[Any] = []
         try:
-            submitted = _submitted_largest_first([jobs[index] for index in pooled],
-                                                 lambda job, _priority: pool.submit(_derive_pickled, work, job))
-            futures = [probed.get(index) for index in range(len(jobs))]
-            for index, future in zip(pooled, submitted):
-                futures[index] = future
+            futures = _submitted_largest_first(pooled, lambda job, _priority: pool.submit(_derive_pickled, work, job))
+            if probe is not None:
+                futures.insert(probe, probed)
             yield from _in_job_order(jobs, futures, progress)
         except GeneratorExit:  # the caller took what it wanted (build_derived_layer takes one result per job)
             if futures and all(future.done() for future in futures):

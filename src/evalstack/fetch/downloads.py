@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from evalstack.core.keys import sha256_bytes
 from evalstack.fetch.history import RawHistory
-from evalstack.sources.images import check_image
+from evalstack.sources.images import accepted, check_image
 from evalstack.sources.registry import RegistryRow, SourceError
 from evalstack.sources.transport import SourceUnreachable, Transport
 
@@ -57,17 +57,6 @@ class DownloadOutcome:
 Arrival = tuple[int, str, int, str]  # (id, item key, length, AREA | SOURCE)
 
 
-def _passes(data: bytes, max_pixels: int, max_bytes: int, row: RegistryRow) -> bool:
-    """Whether bytes checked in an earlier run pass today's checks and `fetch.max_pixels` / `fetch.max_bytes`."""
-    if len(data) > max_bytes:
-        return False
-    try:
-        check_image(data, max_pixels, row.what)
-    except SourceError:
-        return False
-    return True
-
-
 def is_local(row: RegistryRow) -> bool:
     return urlparse(row.resolved_url).scheme == "file"
 
@@ -87,7 +76,7 @@ def download_items(
             # Checked under its own run's caps and checks: checked again under today's (a few items: ones
             # removed and listed again, or left by a fetch that stopped). One they refuse is downloaded and
             # checked below, so it fails with the message a fetch from nothing gives.
-            if data is not None and _passes(data, max_pixels, transport.config.max_bytes, row):
+            if data is not None and len(data) <= transport.config.max_bytes and accepted(data, max_pixels):
                 return (row.id, sha256_bytes(data), len(data), AREA), False
         if stop.is_set():
             raise SourceError("not attempted: the source became unreachable")

@@ -32,8 +32,7 @@ from evalstack.core.layers import ShardColumns, ShardInfo
 from evalstack.core.raw import read_blobs
 from evalstack.fetch.history import PreviousLayer
 from evalstack.fetch.listing import Listing, pixel_counts
-from evalstack.sources.errors import SourceError
-from evalstack.sources.images import check_image, image_pixels
+from evalstack.sources.images import accepted, image_pixels
 
 # The raw index's stats entry: what checked the layer's images (item_checks()).
 CHECKED_BY = "images_checked_by"
@@ -84,7 +83,7 @@ def plan_layer(previous: PreviousLayer | None, key: Key, listing: Listing, caps:
     if previous is None:
         return plan
     plan.same_layout = previous.index.key.hex == key.hex  # another format or target size: rebuild, reusing bytes
-    in_full = previous.index.stats.get(CHECKED_BY) != checks  # other checks (or none recorded): check again
+    in_full = _checked_otherwise(previous, checks)
     for number, shard in enumerate(previous.index.shards):
         path = previous.shard_paths.get(shard.sha256)
         if path is None:  # bytes lost (store cleared): its items are fetched again
@@ -106,7 +105,7 @@ def items_refused(previous: PreviousLayer, caps: ItemCaps, checks: dict[str, dic
     """Ids of the previous layer's items that `caps` or today's `checks` refuse: from its columns, unless the
     layer was checked by other checks (every image checked again) or written before pixel counts were
     recorded (its images' headers read)."""
-    in_full = previous.index.stats.get(CHECKED_BY) != checks
+    in_full = _checked_otherwise(previous, checks)
     refused = []
     for shard in previous.index.shards:
         path = previous.shard_paths.get(shard.sha256)
@@ -120,6 +119,11 @@ def items_refused(previous: PreviousLayer, caps: ItemCaps, checks: dict[str, dic
     return refused
 
 
+def _checked_otherwise(previous: PreviousLayer, checks: dict[str, dict[str, str]]) -> bool:
+    """Whether the previous layer's images were checked by other checks than `checks` (or none recorded)."""
+    return previous.index.stats.get(CHECKED_BY) != checks
+
+
 def _check_again(shard: ShardInfo, path: Path, max_pixels: int, in_full: bool) -> list[int]:
     """The rows of a previous shard that today's checks refuse: above `max_pixels` by their headers, not
     readable as an image, or (`in_full`) refused by `check_image` as a download is. Those are checked again
@@ -129,14 +133,7 @@ def _check_again(shard: ShardInfo, path: Path, max_pixels: int, in_full: bool) -
     refused = []
     for row, data in enumerate(blobs):
         pixels = image_pixels(data)
-        if pixels is None or pixels > max_pixels or (in_full and not _accepted(data, max_pixels)):
+        if pixels is None or pixels > max_pixels or (in_full and not accepted(data, max_pixels)):
             refused.append(row)
     return refused
 
-
-def _accepted(data: bytes, max_pixels: int) -> bool:
-    try:
-        check_image(data, max_pixels, "a kept image")
-    except SourceError:
-        return False
-    return True

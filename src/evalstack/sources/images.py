@@ -70,6 +70,15 @@ def check_image(data: bytes, max_pixels: int, what: str) -> tuple[int, int]:
     return size
 
 
+def accepted(data: bytes, max_pixels: int) -> bool:
+    """Whether `check_image` accepts the bytes (fetch checks kept items again this way: fetch/plan.py)."""
+    try:
+        check_image(data, max_pixels, "an image")
+    except SourceError:
+        return False
+    return True
+
+
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, what: str = "image") -> Image.Image:
     return _load(open_checked(data, max_pixels, what), what)
 

@@ -557,3 +557,70 @@ def test_the_raw_shard_format_comes_from_the_module_the_raw_key_covers(tmp_path:
     for shard in index.shards:
         with h5py.File(tmp_path / "raw" / shard.name, "r") as handle:
             assert handle.attrs["format"] == "marked"
+
+
+_KILLED_FETCH = """
+import os, signal, sys
+from pathlib import Path
+from evalstack.fetch.history import RawHistory
+from evalstack.fetch.listing import Listing
+from tests.conftest import store_in
+history = RawHistory(store_in(Path(sys.argv[1])), Path(sys.argv[2]))
+previous = history.previous(Path(sys.argv[2]), "raw")
+listing = Listing(history.work_directory())
+print(len(previous.shard_paths), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # as a kill -9 mid-fetch: nothing is cleaned up
+"""
+
+
+def _age(paths, seconds: float = 7200) -> None:
+    import os
+    import time
+
+    for path in paths:
+        os.utime(path, (time.time() - seconds,) * 2)
+
+
+def test_a_fetch_sharing_the_store_never_removes_another_fetchs_stash_or_listing(tmp_path: Path):
+    """Two checkouts share one store.dir. One fetch's end, or its sweep of a killed fetch's leftovers,
+    must leave another fetch's stash (its previous layer's bytes, kept while the new layer is written
+    over them) and its listing database alone, however long that fetch has been running."""
+    import subprocess
+    import sys
+
+    from evalstack.fetch.history import RawHistory
+    from evalstack.fetch.listing import Listing
+
+    registry = make_registry(tmp_path / "src")
+    fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "a", store=None)  # shards not in the store
+    store = store_in(tmp_path / "store")
+    running = RawHistory(store, tmp_path / "a")
+    stashed = running.previous(tmp_path / "a", "raw").shard_paths
+    listing = Listing(running.work_directory())
+    assert stashed and all(path.exists() for path in stashed.values())
+    _age([listing.path, *stashed.values(), *{path.parent for path in stashed.values()}])  # a long fetch
+
+    with RawHistory(store_in(tmp_path / "store"), tmp_path / "b") as other:  # the other checkout's fetch
+        other.clear_stale_temp_files()
+    assert all(path.exists() for path in stashed.values()), "another fetch's end removed this fetch's stash"
+    assert listing.path.exists(), "another fetch's sweep removed this fetch's listing database"
+    assert listing.add_rows([]) == 0
+
+    listing.close()
+    running.close()
+    assert not listing.path.exists() and not any(path.exists() for path in stashed.values())
+
+    # A fetch killed with -9 leaves both behind; once old, the next fetch's sweep takes them.
+    killed = subprocess.run([sys.executable, "-c", _KILLED_FETCH, str(tmp_path / "store"), str(tmp_path / "a")],
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert killed.returncode == -9 and int(killed.stdout) > 0, killed.stderr
+    work, stash = running.work_directory(), running.directory / "stash"
+    leftovers = [*work.iterdir(), *stash.iterdir(), *stash.glob("*/*")]
+    assert any(path.name.endswith(".sqlite") for path in leftovers) and any(path.suffix == ".h5" for path in leftovers)
+    with RawHistory(store_in(tmp_path / "store"), tmp_path / "b") as other:
+        other.clear_stale_temp_files()
+    assert [*work.iterdir(), *stash.iterdir()] != [], "a killed fetch's leftovers went before they were old"
+    _age(leftovers)
+    with RawHistory(store_in(tmp_path / "store"), tmp_path / "b") as other:
+        other.clear_stale_temp_files()
+    assert [*work.iterdir(), *stash.iterdir()] == []

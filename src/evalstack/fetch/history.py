@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import secrets
 import shutil
 import stat
 import sys
@@ -37,6 +38,7 @@ from evalstack.cache.shardstore import ShardStore, StoreEntry
 from evalstack.core.atomic import atomic_copy, atomic_write_bytes, is_no_space, stale_temp_files
 from evalstack.core.keys import md5_bytes, sha256_bytes, sha256_file
 from evalstack.core.layers import LayerIndex, ShardInfo
+from evalstack.fetch.livemarks import LiveMark, sweep_unmarked
 from evalstack.sources.registry import RegistryRow
 
 OTHER_CHECKOUT = "another checkout's fetch (shared store)"
@@ -68,9 +70,15 @@ class RawHistory:
         self.directory = store.directory / "fetch" if store else Path(self._scratch.name)
         self._spill: tempfile.TemporaryDirectory | None = None  # downloads, once the store's disk is full
         self._spill_lock = threading.Lock()
+        # This fetch's own stash, made when first needed: another checkout sharing the store has its own
+        self._stash_dir = self.directory / "stash" / secrets.token_hex(8)
+        self._stash_mark: LiveMark | None = None
 
     def close(self) -> None:
-        shutil.rmtree(self.directory / "stash", ignore_errors=True)
+        if self._stash_mark is not None:
+            shutil.rmtree(self._stash_dir, ignore_errors=True)
+            self._stash_mark.release()
+            self._stash_mark = None
         for scratch in (self._scratch, self._spill):
             if scratch is not None:
                 scratch.cleanup()
@@ -166,7 +174,9 @@ class RawHistory:
     def _stash(self, shard: ShardInfo, path: Path) -> Path | None:
         if self.store is not None and self.store.get(shard.sha256) is not None:
             return self.store.shard_path(shard.sha256)
-        target = self.directory / "stash" / f"{shard.sha256}.h5"
+        if self._stash_mark is None:
+            self._stash_mark = LiveMark(self._stash_dir)
+        target = self._stash_dir / f"{shard.sha256}.h5"
         target.parent.mkdir(parents=True, exist_ok=True)
         return target if target.exists() or _copy_checked(path, shard.sha256, target) else None
 
@@ -266,11 +276,11 @@ class RawHistory:
 
     def clear_stale_temp_files(self) -> None:
         """Temp files of a fetch that was killed (SIGKILL leaves them; the rename never happened)."""
-        for folder in ("downloads", "stash"):
-            for tmp in stale_temp_files(self.directory / folder):
-                tmp.unlink(missing_ok=True)
-        for listing in stale_temp_files(self.work_directory(), "listing-*.sqlite"):  # a killed fetch's
-            listing.unlink(missing_ok=True)
+        for tmp in stale_temp_files(self.directory / "downloads"):
+            tmp.unlink(missing_ok=True)
+        # a killed fetch's stash and listing database; a live one's are marked (another checkout's, a long fetch)
+        sweep_unmarked(self.directory / "stash", "*")
+        sweep_unmarked(self.work_directory(), "listing-*.sqlite")
         for parse in stale_temp_files(self.directory / "registries", "*.tmp"):  # a registry parse not kept
             parse.unlink(missing_ok=True)
 

@@ -28,6 +28,7 @@ from typing import Iterable, Iterator, Mapping
 from evalstack.core.atomic import DiskFullError
 from evalstack.core.kinds import META_FIELDS
 from evalstack.core.layers import ITEM_KEY, ShardColumns, ShardInfo
+from evalstack.fetch.livemarks import LiveMark
 from evalstack.sources.registry import RegistryRow, SourceError, check_unique_ids
 
 ROW_FIELDS = (*META_FIELDS, "resolved_url")  # RegistryRow's fields, in order
@@ -76,14 +77,21 @@ class Listing:
     def __init__(self, directory: Path):
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / f"listing-{secrets.token_hex(6)}.sqlite"
-        self.db = sqlite3.connect(self.path)
-        self.db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA temp_store=FILE;" + _SCHEMA)
+        self._mark = LiveMark(self.path)  # before the database: another checkout's sweep leaves it alone
+        try:
+            self.db = sqlite3.connect(self.path)
+            self.db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA temp_store=FILE;" + _SCHEMA)
+        except BaseException:
+            self.path.unlink(missing_ok=True)
+            self._mark.release()
+            raise
         self.n_listed = 0
         self.n_previous = 0
 
     def close(self) -> None:
         self.db.close()
         self.path.unlink(missing_ok=True)
+        self._mark.release()
 
     def __enter__(self) -> "Listing":
         return self

@@ -592,7 +592,8 @@ def test_a_fetch_sharing_the_store_never_removes_another_fetchs_stash_or_listing
     from evalstack.fetch.listing import Listing
 
     registry = make_registry(tmp_path / "src")
-    fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "a", store=None)  # shards not in the store
+    for checkout in ("a", "b"):  # layers whose shards are not in the store: fetch stashes them
+        fetch_raw_layer(local_config(registry, tmp_path), tmp_path / checkout, store=None)
     store = store_in(tmp_path / "store")
     running = RawHistory(store, tmp_path / "a")
     stashed = running.previous(tmp_path / "a", "raw").shard_paths
@@ -602,8 +603,12 @@ def test_a_fetch_sharing_the_store_never_removes_another_fetchs_stash_or_listing
 
     with RawHistory(store_in(tmp_path / "store"), tmp_path / "b") as other:  # the other checkout's fetch
         other.clear_stale_temp_files()
+        assert all(path.exists() for path in stashed.values()), "another fetch's sweep removed this fetch's stash"
+        assert listing.path.exists(), "another fetch's sweep removed this fetch's listing database"
+        its_own = other.previous(tmp_path / "b", "raw").shard_paths
+        assert its_own and not set(its_own.values()) & set(stashed.values())
+    assert not any(path.exists() for path in its_own.values())
     assert all(path.exists() for path in stashed.values()), "another fetch's end removed this fetch's stash"
-    assert listing.path.exists(), "another fetch's sweep removed this fetch's listing database"
     assert listing.add_rows([]) == 0
 
     listing.close()
@@ -624,3 +629,23 @@ def test_a_fetch_sharing_the_store_never_removes_another_fetchs_stash_or_listing
     with RawHistory(store_in(tmp_path / "store"), tmp_path / "b") as other:
         other.clear_stale_temp_files()
     assert [*work.iterdir(), *stash.iterdir()] == []
+
+
+def test_a_planted_mark_never_blocks_or_breaks_a_sweep(tmp_path: Path):
+    """A FIFO planted where a mark goes (store.dir is shared) holds no lock: the sweep does not hang
+    opening it, and takes it and what it claims to mark; a held mark keeps its file."""
+    import os
+
+    from evalstack.fetch.livemarks import LiveMark, is_live, sweep_unmarked
+
+    (tmp_path / "listing-fifo.sqlite").write_bytes(b"")
+    os.mkfifo(tmp_path / "listing-fifo.sqlite.live")
+    (tmp_path / "listing-dead.sqlite").write_bytes(b"")
+    held = LiveMark(tmp_path / "listing-held.sqlite")
+    (tmp_path / "listing-held.sqlite").write_bytes(b"")
+    _age(tmp_path.iterdir())
+    assert [is_live(tmp_path / f"listing-{n}.sqlite") for n in ("fifo", "dead", "held")] == [False, False, True]
+    assert sweep_unmarked(tmp_path, "listing-*.sqlite") == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["listing-held.sqlite", "listing-held.sqlite.live"]
+    held.release()
+    assert not is_live(tmp_path / "listing-held.sqlite")

@@ -276,8 +276,9 @@ class RawHistory:
 
     def clear_stale_temp_files(self) -> None:
         """Temp files of a fetch that was killed (SIGKILL leaves them; the rename never happened)."""
-        for tmp in stale_temp_files(self.directory / "downloads"):
-            tmp.unlink(missing_ok=True)
+        for folder in ("downloads", "work"):  # work/: a mark whose creation failed halfway
+            for tmp in stale_temp_files(self.directory / folder):
+                tmp.unlink(missing_ok=True)
         # a killed fetch's stash and listing database; a live one's are marked (another checkout's, a long fetch)
         sweep_unmarked(self.directory / "stash", "*")
         sweep_unmarked(self.work_directory(), "listing-*.sqlite")

@@ -159,6 +159,7 @@ def test_a_queued_sweep_of_three_values_shows_up_with_metrics(team: Team):
     assert set(by_split) == {"dev", "test", "all"}
     # the documented comparison table: one column per model's headline, no "…" at 160 columns
     table = run(a, "dvc", "exp", "show", "--only-changed", "--no-pager", env_columns=160).stdout
+    print(table)  # whole, in the report of a failure: which columns changed says why it did not fit
     assert all(name in table for name in names) and "tflite_cnn.accuracy" in table and "…" not in table
     assert max(len(line) for line in table.splitlines()) <= 160
     assert all("tflite_cnn" in by_split[split]["metrics"]["metrics/tflite_cnn.json"] for split in by_split)

@@ -230,3 +230,40 @@ def test_a_sidecar_from_another_python_other_rules_or_damaged_is_not_used(tmp_pa
     shutil.rmtree(sidecar.parent)
     sidecar.parent.write_text("not a directory")
     assert _fresh_parse(monkeypatch, module) == truth
+
+
+def test_a_module_edited_after_this_process_loaded_it_is_refused_until_reloaded(tmp_path: Path, monkeypatch):
+    """A notebook imports the user's adapter module, runs it, then the file is edited and run again without
+    a reload: a key naming the edited code would keep the old code's results under it, for every later run
+    (a `dvc repro` too). Refused, until the module is reloaded; an edit of comments only is no edit."""
+    import importlib
+    import os
+
+    import pytest
+
+    from evalstack.core.fingerprint import StaleCodeError, code_part
+
+    package = tmp_path / "users_models"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    module = package / "scaled.py"
+    module.write_text("FACTOR = 1.0\n\n\ndef scale(x):\n    return x * FACTOR\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "users_models", raising=False)
+    monkeypatch.delitem(sys.modules, "users_models.scaled", raising=False)
+    scaled = importlib.import_module("users_models.scaled")
+    first = code_part("users_models.scaled")
+
+    def edit(text: str, bump: int) -> None:
+        module.write_text(text)
+        stat = module.stat()
+        os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns + bump * 1_000_000_000))
+
+    edit("FACTOR = 1.0  # why: the reference's scale\n\n\ndef scale(x):\n    return x * FACTOR\n", 1)
+    assert code_part("users_models.scaled") == first  # comments are no part of a key, nor of what runs
+    edit("FACTOR = 2.0\n\n\ndef scale(x):\n    return x * FACTOR\n", 2)
+    with pytest.raises(StaleCodeError, match=r"scaled\.py changed after this process loaded users_models\.scaled"):
+        code_part("users_models.scaled")
+    assert scaled.scale(1.0) == 1.0  # what would have computed the result the new key names
+    importlib.reload(scaled)
+    assert scaled.scale(1.0) == 2.0 and code_part("users_models.scaled") != first

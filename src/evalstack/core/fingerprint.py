@@ -301,11 +301,46 @@ def runtime_part(*distributions: str) -> dict[str, str]:
     return {name: version(name) for name in distributions}
 
 
+class StaleCodeError(RuntimeError):
+    """A module's file changed after this process loaded it: the code that runs is not the code a key names."""
+
+
+# module → (its __spec__, its digest) when a key first covered it in this process. Python keeps no copy of the
+# source it ran, so this is the only witness of it; a reload gives the module a new __spec__.
+_LOADED_AS: dict[str, tuple[object, str]] = {}
+
+
+def _check_loaded(name: str, path: Path, digest: str) -> None:
+    """Refuse a key that names other code than what this process runs.
+
+    A notebook imports the user's adapter module, runs it, then the user edits the file and runs again
+    without reloading: the key would name the edited code while the old code computes the result, and the
+    store would keep that result under the new code's key for every later run (a `dvc repro` too). Also a
+    file edited while a stage runs. Caught when the edit comes after a key first covered the module here;
+    an edit between the import and the first key is not seen."""
+    module = sys.modules.get(name)
+    if module is None:
+        return
+    spec = getattr(module, "__spec__", None)
+    seen = _LOADED_AS.get(name)
+    if seen is None or seen[0] is not spec:  # first covered, or reloaded since: it runs what the file says now
+        _LOADED_AS[name] = (spec, digest)
+    elif seen[1] != digest:
+        raise StaleCodeError(
+            f"{_shown(name, path)} changed after this process loaded {name}: the code running here is not the "
+            f"code a cache key would name. Reload it (importlib.reload, or restart the notebook's kernel) and run again")
+
+
 def code_part(*roots: str) -> dict[str, str]:
     """The `code` part of a cache key: {module: digest} over the import closure of `roots`.
 
-    The closure is found once per process; digests are re-read whenever a file's stat changes."""
-    return {name: source_digest(path) for name, path in _cached_closure(tuple(roots))}
+    The closure is found once per process; digests are re-read whenever a file's stat changes, and a module
+    this process has loaded must still be what its file says (`StaleCodeError`)."""
+    closure = _cached_closure(tuple(roots))
+    part = {name: source_digest(path) for name, path in closure}
+    for name, path in closure:
+        _check_loaded(name, path, part[name])
+    return part
 
 
 def current_digests(recorded: dict[str, str]) -> dict[str, str]:
@@ -324,6 +359,11 @@ def module_path(name: str) -> str:
         parts = source.path.parts
         return "/".join(parts[len(parts) - 1 - parts[::-1].index("src"):])
     return name
+
+
+def _shown(name: str, path: Path) -> str:
+    shown = module_path(name)
+    return shown if shown != name else str(path)
 
 
 def defining_module(cls: type) -> str:

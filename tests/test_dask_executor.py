@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -327,3 +328,57 @@ def test_the_process_pool_starts_only_when_the_first_shards_pace_says_it_pays(tm
     assert len(pools) == 1 and paced.in_process == 1 and md5s(small.pre) == md5s(alone.pre)
     sizes = sorted((shard.n_items for shard in Layer.open(small.raw).shards), reverse=True)
     assert handed == sizes[:-1]  # the smallest ran here, the others went to the pool largest first
+
+
+_USERS_PIPELINE = """from evalstack.preprocess.pipelines import CropResizePipeline
+
+REVISION = {revision}
+
+
+class MyCrop(CropResizePipeline):
+    kind = "my_crop"
+"""
+
+
+@pytest.mark.slow
+def test_a_dask_worker_that_stayed_up_through_an_edit_refuses_to_compute_for_the_edited_code(tmp_path: Path,
+                                                                                            monkeypatch):
+    """A running cluster (`dask.address`) keeps the modules its workers imported. After an edit, the stage keys
+    the shards with the edited code while such a worker would compute them with the old code, and the store would
+    keep those bytes under the new key (reproduced by a helper with `dvc repro` and `dask worker`). Refused on the
+    worker; once the workers restart, the layer is the one the stage's own process computes."""
+    import importlib
+    import os
+
+    from distributed import Client, LocalCluster
+
+    from evalstack.core.fingerprint import StaleCodeError
+
+    users = tmp_path / "users"
+    users.mkdir()
+    module = users / "my_crop.py"
+    module.write_text(_USERS_PIPELINE.format(revision=1))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(users), os.environ.get("PYTHONPATH")])))
+    monkeypatch.syspath_prepend(str(users))
+    monkeypatch.delitem(sys.modules, "my_crop", raising=False)
+    my_crop = importlib.import_module("my_crop")
+    alone, clustered = fetched_twice(tmp_path, "alone", "clustered")
+
+    def mine():
+        return my_crop.MyCrop(crop=(0, 0, 40, 30), resize=8, resample="bilinear")
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        preprocess_layer(clustered.raw, clustered.pre, mine(), "lz4", name="mine", executor=DaskExecutor(client))
+        module.write_text(_USERS_PIPELINE.format(revision=2))
+        stat = module.stat()
+        os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+        importlib.reload(my_crop)  # the stage: a fresh process, which reads the edited file
+        with pytest.raises(StaleCodeError, match=r"my_crop\.py changed after this process loaded my_crop"):
+            preprocess_layer(clustered.raw, clustered.pre, mine(), "lz4", name="mine", executor=DaskExecutor(client))
+        client.restart()
+        build = preprocess_layer(clustered.raw, clustered.pre, mine(), "lz4", name="mine",
+                                 executor=DaskExecutor(client))
+    assert build.counts["shards_computed"] == len(Layer.open(clustered.raw).shards)
+    preprocess_layer(alone.raw, alone.pre, mine(), "lz4", name="mine", executor=LocalExecutor())
+    assert md5s(clustered.pre) == md5s(alone.pre)

@@ -36,6 +36,7 @@ from evalstack.cache.storejobs import (
     upload_files,
     worker_config,
 )
+from evalstack.core.fingerprint import check_code_runs
 from evalstack.core.keys import Key
 from evalstack.core.layers import ShardInfo, write_layer_shard
 
@@ -73,13 +74,24 @@ class OutputFormat:
 
 
 def derive_shard(compute: Callable, job: ShardJob, fmt: OutputFormat, progress: Progress | None = None) -> ShardInfo:
-    """Compute one shard with `compute(shard, path, progress) -> ShardContent` and write it."""
+    """Compute one shard with `compute(shard, path, progress) -> ShardContent` and write it. Wherever this runs (a
+    worker that stayed up since another run too), the code the key names must be the code that runs here."""
+    code = key_code(fmt.key.parts)
+    check_code_runs(code)
     content = compute(job.upstream, job.upstream_path, progress or _NoProgress())
+    check_code_runs(code)  # notes what the computation imported
     return write_layer_shard(
         job.out_path, fmt.kind, fmt.key, fmt.compression, content.columns,
         attrs={**content.attrs, SHARD_KEY_ATTR: job.address},
         upstream=job.upstream.sha256, checksum_of=content.checksum_of, flat=content.flat or None,
     )
+
+
+def key_code(parts: Mapping[str, Any]) -> dict[str, str]:
+    """The `code` part of a layer's key: {module: digest} of what computes its shards (an upstream key's code,
+    nested in its parts, ran upstream, not here)."""
+    code = parts.get("code")
+    return dict(code) if isinstance(code, dict) and all(isinstance(v, str) for v in code.values()) else {}
 
 
 class LocalExecutor:

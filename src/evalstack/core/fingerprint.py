@@ -18,6 +18,7 @@ import ast
 import hashlib
 import importlib.util
 import json
+import platform
 import re
 import sys
 from dataclasses import dataclass
@@ -329,6 +330,34 @@ def _check_loaded(name: str, path: Path, digest: str) -> None:
         raise StaleCodeError(
             f"{_shown(name, path)} changed after this process loaded {name}: the code running here is not the "
             f"code a cache key would name. Reload it (importlib.reload, or restart the notebook's kernel) and run again")
+
+
+# a key's code (sorted module → digest pairs) → where each module is here, once its files were checked
+_CHECKED_HERE: dict[tuple[tuple[str, str], ...], tuple[tuple[str, Path], ...]] = {}
+
+
+def check_code_runs(code: dict[str, str]) -> None:
+    """Where a shard is computed for a key made in another process (a Dask worker, a pool's worker): the
+    modules the key names must be that code here, in their files and as this process loaded them. A worker
+    that stays up keeps what it imported first, and after an edit would compute the old code's bytes under
+    the new code's key. Call it before and after the computation: after, it also notes the modules the
+    computation imported, so that a later edit of them is seen."""
+    expected = tuple(sorted(code.items()))
+    located = _CHECKED_HERE.get(expected)
+    if located is None:
+        found = []
+        for name, digest in expected:
+            source = locate(name)
+            if source is None or source_digest(source.path) != digest:
+                where = source.path if source is not None else "nowhere on sys.path"
+                raise StaleCodeError(
+                    f"{name} is other code in this process ({where}, on {platform.node()}) than in the stage that "
+                    f"keyed the shard: a worker must run the project's code (start Dask workers with the project's "
+                    f"src/ on their PYTHONPATH, and restart them after an edit)")
+            found.append((name, source.path))
+        located = _CHECKED_HERE[expected] = tuple(found)
+    for (name, path), (_, digest) in zip(located, expected):
+        _check_loaded(name, path, digest)
 
 
 def code_part(*roots: str) -> dict[str, str]:

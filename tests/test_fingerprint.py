@@ -241,29 +241,36 @@ def test_a_module_edited_after_this_process_loaded_it_is_refused_until_reloaded(
 
     import pytest
 
-    from evalstack.core.fingerprint import StaleCodeError, code_part
+    from evalstack.core.fingerprint import StaleCodeError, check_code_runs, code_part, defining_module
 
     package = tmp_path / "users_models"
     package.mkdir()
     (package / "__init__.py").write_text("")
     module = package / "scaled.py"
-    module.write_text("FACTOR = 1.0\n\n\ndef scale(x):\n    return x * FACTOR\n")
+    module.write_text("FACTOR = 1.0\n\n\ndef scale(x):\n    return x * FACTOR\n\n\nclass Scaler:\n    pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "users_models", raising=False)
     monkeypatch.delitem(sys.modules, "users_models.scaled", raising=False)
     scaled = importlib.import_module("users_models.scaled")
     first = code_part("users_models.scaled")
+    made_before = scaled.Scaler()
 
     def edit(text: str, bump: int) -> None:
         module.write_text(text)
         stat = module.stat()
         os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns + bump * 1_000_000_000))
 
-    edit("FACTOR = 1.0  # why: the reference's scale\n\n\ndef scale(x):\n    return x * FACTOR\n", 1)
+    tail = "\n\n\ndef scale(x):\n    return x * FACTOR\n\n\nclass Scaler:\n    pass\n"
+    edit("FACTOR = 1.0  # why: the reference's scale" + tail, 1)
     assert code_part("users_models.scaled") == first  # comments are no part of a key, nor of what runs
-    edit("FACTOR = 2.0\n\n\ndef scale(x):\n    return x * FACTOR\n", 2)
+    edit("FACTOR = 2.0" + tail, 2)
+    check_code_runs(first)  # a key made before the edit, computed by the code loaded then: nothing stale runs
     with pytest.raises(StaleCodeError, match=r"scaled\.py changed after this process loaded users_models\.scaled"):
         code_part("users_models.scaled")
     assert scaled.scale(1.0) == 1.0  # what would have computed the result the new key names
     importlib.reload(scaled)
     assert scaled.scale(1.0) == 2.0 and code_part("users_models.scaled") != first
+    # an object made before the reload still runs the old class, while a key would name the new module
+    with pytest.raises(StaleCodeError, match="was reloaded after this object was made"):
+        defining_module(type(made_before))
+    assert defining_module(type(scaled.Scaler())) == "users_models.scaled"

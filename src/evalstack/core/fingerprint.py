@@ -329,7 +329,15 @@ def _check_loaded(name: str, path: Path, digest: str) -> None:
     elif seen[1] != digest:
         raise StaleCodeError(
             f"{_shown(name, path)} changed after this process loaded {name}: the code running here is not the "
-            f"code a cache key would name. Reload it (importlib.reload, or restart the notebook's kernel) and run again")
+            f"code a cache key would name. Reload it and make its objects again (in a notebook: restart the "
+            f"kernel), or restart the workers that loaded it, and run again")
+
+
+def _loaded_as(name: str) -> str | None:
+    """The digest this process recorded for the module as loaded, while that module object is the one loaded."""
+    seen = _LOADED_AS.get(name)
+    module = sys.modules.get(name)
+    return seen[1] if seen is not None and module is not None and seen[0] is getattr(module, "__spec__", None) else None
 
 
 # a key's code (sorted module → digest pairs) → where each module is here, once its files were checked
@@ -347,16 +355,23 @@ def check_code_runs(code: dict[str, str]) -> None:
     if located is None:
         found = []
         for name, digest in expected:
+            if _loaded_as(name) == digest:  # loaded here as the key says: a file saved since changes nothing that runs
+                found.append((name, Path(getattr(sys.modules[name], "__file__", name))))
+                continue
             source = locate(name)
             if source is None or source_digest(source.path) != digest:
                 where = source.path if source is not None else "nowhere on sys.path"
                 raise StaleCodeError(
-                    f"{name} is other code in this process ({where}, on {platform.node()}) than in the stage that "
-                    f"keyed the shard: a worker must run the project's code (start Dask workers with the project's "
+                    f"{name} is other code in this process ({where}, on {platform.node()}) than in the process that "
+                    f"made the key: a worker must run the project's code (start Dask workers with the project's "
                     f"src/ on their PYTHONPATH, and restart them after an edit)")
             found.append((name, source.path))
         located = _CHECKED_HERE[expected] = tuple(found)
     for (name, path), (_, digest) in zip(located, expected):
+        # A module first recorded now is recorded as its file is now (not as the key says), so that a module the
+        # computation imports from a file edited since the key was made is refused, not recorded as the key's.
+        if name in sys.modules and _LOADED_AS.get(name) is None:
+            _check_loaded(name, path, source_digest(path) if path.suffix == ".py" else digest)
         _check_loaded(name, path, digest)
 
 
@@ -396,9 +411,16 @@ def _shown(name: str, path: Path) -> str:
 
 
 def defining_module(cls: type) -> str:
-    """The module that defines `cls`; a class written in a script cannot be fingerprinted."""
+    """The module that defines `cls`; a class written in a script cannot be fingerprinted, and an object made
+    before its module was reloaded runs the old class while a key would name the reloaded module's code."""
     if cls.__module__ == "__main__":
         main = sys.modules.get("__main__")
         raise ValueError(f"{cls.__name__} is defined in a script ({getattr(main, '__file__', '?')}); "
                          "move it into a module so its code can be part of cache keys")
+    defined: object = sys.modules.get(cls.__module__)
+    for part in cls.__qualname__.split("."):
+        defined = getattr(defined, part, None)
+    if isinstance(defined, type) and defined is not cls and defined.__qualname__ == cls.__qualname__:
+        raise StaleCodeError(f"{cls.__module__}.{cls.__qualname__} was reloaded after this object was made: it "
+                             f"runs the old class's code. Make the object again from the reloaded module")
     return cls.__module__

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from evalstack.cache.objectstore import ObjectStore, ObjectStoreConfig, ObjectStoreError
 from evalstack.cache.storejobs import worker_config
+from evalstack.core.fingerprint import StaleCodeError
 from evalstack.core.keys import sha256_bytes
 from evalstack.fetch.downloads import AREA, Arrival, DownloadOutcome, Failure, chunks, download_items, is_local
 from evalstack.fetch.history import RawHistory
@@ -110,7 +111,11 @@ def fetch_run(rows: list[RegistryRow], settings: WorkerSettings) -> RunResult:
         except SourceError as error:
             return error
 
-    result = RunResult(checks=item_checks())  # the worker's own evalstack and Pillow
+    try:
+        checks = item_checks()  # the worker's own evalstack and Pillow
+    except StaleCodeError as error:  # it loaded other checks than its files hold: the client checks the images again
+        checks = {"stale": {"error": str(error)}}
+    result = RunResult(checks=checks)
     store = ObjectStore(settings.store)
     with Transport(settings.transport) as transport, tempfile.TemporaryDirectory(prefix="evalstack-pack-") as scratch, \
             ThreadPoolExecutor(max_workers=max(1, settings.threads)) as pool:

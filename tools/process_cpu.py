@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import subprocess
 import sys
 import sysconfig
@@ -23,9 +24,7 @@ HOOK_NAME = "zz_evalstack_process_cpu.pth"
 FRAMEWORKS = ("torch", "tensorflow", "onnxruntime", "ai_edge_litert", "dask", "dvc")
 
 # One line, as a .pth file requires: logs only when EVALSTACK_PROCESS_CPU names the log.
-_HOOK = (
-    "import os; exec({code!r}, {{}}) if os.environ.get('EVALSTACK_PROCESS_CPU') else None\n"
-)
+_HOOK = "import os; exec({code!r}, {{}}) if os.environ.get('EVALSTACK_PROCESS_CPU') else None\n"
 _CODE = """
 import atexit, json, os, resource, sys
 def _evalstack_cpu_dump(_state={'done': False}):
@@ -80,7 +79,7 @@ def run_with_hook(command: list[str], log: Path) -> int:
     hook.write_text(_HOOK.format(code=_CODE))
     log.unlink(missing_ok=True)
     try:
-        return subprocess.run(command, env={**__import__("os").environ, "EVALSTACK_PROCESS_CPU": str(log)}).returncode
+        return subprocess.run(command, env={**os.environ, "EVALSTACK_PROCESS_CPU": str(log)}).returncode
     finally:
         hook.unlink(missing_ok=True)
 

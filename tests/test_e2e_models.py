@@ -129,3 +129,39 @@ def test_adding_a_model_reruns_only_its_stages_and_the_comparison(project, api_r
     assert (project / "data/preprocessed/thumb64/index.json").read_bytes() == before
     assert json.loads((project / "data/predictions/extra/index.json").read_text())["stats"]["forward_passes"] == N_ITEMS
     assert "extra" in set(pd.read_csv(project / "comparison/summary.csv")["model"])
+
+
+USERS_SESSION = """
+import json
+from evalstack.api import Dataset
+from evalstack.config import ModelSpec
+from my_lab.adapter import Arranged
+
+dataset = Dataset(".")
+mine = Arranged(ModelSpec(name="arranged", file="models/torch_cnn.pt2", adapter="torch", pipeline="thumb64",
+                          labels=dataset.labels("fhi2020"), trust=True))
+first, again = dataset.apply_model(mine), dataset.apply_model(mine)
+print(json.dumps({"passes": [first.attrs["forward_passes"], again.attrs["forward_passes"]],
+                  "predictions": first["prediction"].tolist()}))
+"""
+
+
+def test_an_edit_of_a_helper_a_users_adapter_imports_is_computed_not_served_from_the_cache(project, api_run):
+    """A notebook's own adapter, outside evalstack, takes its output order from a helper module beside it.
+    Edit the helper, open a new session: the predictions are the edited helper's, not the stored ones."""
+    lab = project / "my_lab"
+    lab.mkdir()
+    (lab / "__init__.py").write_text("")
+    (lab / "adapter.py").write_text(
+        "from evalstack.models.adapters.torch_export import TorchAdapter\nfrom my_lab.order import arrange\n\n\n"
+        "class Arranged(TorchAdapter):\n    def _forward(self, batch):\n        return arrange(super()._forward(batch))\n")
+    helper = lab / "order.py"
+    helper.write_text("def arrange(outputs):\n    return outputs\n")
+    session = lambda: json.loads(run(project, "python", "-c", USERS_SESSION).stdout.splitlines()[-1])  # noqa: E731
+    first = session()
+    assert first["passes"] == [N_ITEMS, 0]  # computed once, then served by key
+    helper.write_text("def arrange(outputs):\n    return outputs[:, ::-1].copy()  # the labels in reverse\n")
+    edited = session()
+    assert edited["passes"] == [N_ITEMS, 0]
+    changed = sum(a != b for a, b in zip(first["predictions"], edited["predictions"]))
+    assert changed > N_ITEMS // 2, "the edited helper's predictions, not the first session's from the cache"

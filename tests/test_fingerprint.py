@@ -274,3 +274,34 @@ def test_a_module_edited_after_this_process_loaded_it_is_refused_until_reloaded(
     with pytest.raises(StaleCodeError, match="was reloaded after this object was made"):
         defining_module(type(made_before))
     assert defining_module(type(scaled.Scaler())) == "users_models.scaled"
+
+
+def test_a_users_module_key_covers_the_helpers_it_imports_and_not_installed_libraries(tmp_path: Path, monkeypatch):
+    """A user's adapter or pipeline outside evalstack imports a helper of theirs: an edit there changes what
+    the adapter computes, so it must change the key (else the stored result of the old helper is reused). The
+    closure is found again after an edit, so a helper imported from then on counts in a long-lived process."""
+    from evalstack.core.fingerprint import code_part
+
+    package = tmp_path / "lab_helpers_user"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helpers.py").write_text("FACTOR = 1.0\n")
+    (package / "nearby.py").write_text("OFFSET = 0\n")
+    (tmp_path / "lab_toplevel_helper.py").write_text("SCALE = 1\n")
+    adapter = package / "adapter.py"
+    adapter.write_text("import json\nimport numpy as np\nimport lab_toplevel_helper\nfrom . import nearby\n"
+                       "from lab_helpers_user.helpers import FACTOR\nfrom evalstack.core.atomic import atomic_write_bytes\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = code_part("lab_helpers_user.adapter")
+    assert {"lab_helpers_user", "lab_helpers_user.adapter", "lab_helpers_user.helpers", "lab_helpers_user.nearby",
+            "lab_toplevel_helper", "evalstack.core.atomic"} <= set(first)
+    assert not {"json", "numpy"} & set(first)  # installed: the standard library and site-packages
+
+    (package / "helpers.py").write_text("FACTOR = 2.0\n")
+    edited = code_part("lab_helpers_user.adapter")
+    assert [name for name in first if first[name] != edited[name]] == ["lab_helpers_user.helpers"]
+
+    # a helper written after the closure was found, imported by an edit of the adapter
+    (package / "later.py").write_text("ROUNDS = 3\n")
+    adapter.write_text(adapter.read_text() + "from lab_helpers_user import later\n")
+    assert "lab_helpers_user.later" in code_part("lab_helpers_user.adapter")

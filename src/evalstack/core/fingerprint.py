@@ -20,7 +20,9 @@ import importlib.util
 import json
 import platform
 import re
+import site
 import sys
+import sysconfig
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.machinery import EXTENSION_SUFFIXES
@@ -182,10 +184,15 @@ def _absolute(level: int, imported: str, module: str, is_package: bool) -> str |
 
 def import_closure(roots: Iterable[str | Path], follow_strings: bool = False,
                    package: str = PACKAGE) -> dict[str, ModuleSource]:
-    """Every module of `package` that importing `roots` (module names, or script paths) executes.
+    """Every module of `package` that importing `roots` (module names, or script paths) executes, and every
+    module of the user's own that a root outside `package` imports, directly or not.
 
     Parent packages count: importing `evalstack.cache.shardstore` runs
-    `evalstack/__init__.py` and `evalstack/cache/__init__.py` first.
+    `evalstack/__init__.py` and `evalstack/cache/__init__.py` first. A user's module (an adapter or a pipeline
+    written outside evalstack) is followed into the modules it imports that are not installed: a helper module
+    beside it is code that computes the result as much as the module itself, and an edit there must change
+    the key. What is installed (the standard library, site-packages) is covered by the key's `runtime` part
+    where it matters, and is not followed; evalstack's own modules never import a user's.
     """
     found: dict[str, ModuleSource] = {}
     pending: list[tuple[Path, str]] = []
@@ -199,14 +206,39 @@ def import_closure(roots: Iterable[str | Path], follow_strings: bool = False,
             _add(source, found, pending, package)
     while pending:
         path, name = pending.pop()
+        users = not _in_package(name, package)
         for candidate in sorted(imported_names(path, name, follow_strings)):
-            if candidate != package and not candidate.startswith(package + "."):
+            ours = _in_package(candidate, package)
+            if not ours and not users:
                 continue
             for prefix in _prefixes(candidate):
                 source = locate(prefix)
-                if source is not None and source.name not in found:
+                if source is None or source.name in found:
+                    continue
+                if ours or not is_installed(source.path):
                     _add(source, found, pending, package)
     return found
+
+
+def _in_package(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+@lru_cache(maxsize=None)
+def _installed_directories() -> tuple[Path, ...]:
+    paths = sysconfig.get_paths()
+    directories = {paths[name] for name in ("stdlib", "platstdlib", "purelib", "platlib") if name in paths}
+    directories.update(site.getsitepackages())
+    if site.ENABLE_USER_SITE and site.getusersitepackages():
+        directories.add(site.getusersitepackages())
+    return tuple(sorted({Path(directory).resolve() for directory in directories}))
+
+
+def is_installed(path: Path) -> bool:
+    """Whether a module's file belongs to the Python installation (the standard library, site-packages) rather
+    than to the user's own code (the project, a folder on PYTHONPATH, an editable install's source)."""
+    resolved = _resolved(path)
+    return any(resolved.is_relative_to(directory) for directory in _installed_directories())
 
 
 def _prefixes(name: str) -> list[str]:
@@ -277,12 +309,14 @@ def _resolved(path: Path) -> Path:
 
 
 @lru_cache(maxsize=64)
-def _cached_closure(roots: tuple[str, ...]) -> tuple[tuple[str, Path], ...]:
+def _cached_closure(roots: tuple[str, ...]) -> tuple[tuple[tuple[str, Path], ...], dict[str, str]]:
+    """The closure of `roots`, and the digests of its files when it was found (what the closure was read from)."""
     modules = import_closure(roots)
     for root in roots:
         if root not in modules and (source := locate(root)) is not None:
             modules[root] = source
-    return tuple(sorted((name, source.path) for name, source in modules.items()))
+    closure = tuple(sorted((name, source.path) for name, source in modules.items()))
+    return closure, {name: source_digest(path) for name, path in closure}
 
 
 @lru_cache(maxsize=None)
@@ -378,10 +412,18 @@ def check_code_runs(code: dict[str, str]) -> None:
 def code_part(*roots: str) -> dict[str, str]:
     """The `code` part of a cache key: {module: digest} over the import closure of `roots`.
 
-    The closure is found once per process; digests are re-read whenever a file's stat changes, and a module
-    this process has loaded must still be what its file says (`StaleCodeError`)."""
-    closure = _cached_closure(tuple(roots))
+    The closure is found once per process, and again after an edit of one of its files; digests are re-read
+    whenever a file's stat changes, and a module this process has loaded must still be what its file says
+    (`StaleCodeError`)."""
+    closure, found_in = _cached_closure(tuple(roots))
     part = {name: source_digest(path) for name, path in closure}
+    if part != found_in:
+        # An edit since the closure was found may import another module (a notebook's long-lived process, a
+        # worker): find it again, and locate modules again (a helper file may have been created since).
+        _cached_closure.cache_clear()
+        locate.cache_clear()
+        closure, found_in = _cached_closure(tuple(roots))
+        part = dict(found_in)
     for name, path in closure:
         _check_loaded(name, path, part[name])
     return part

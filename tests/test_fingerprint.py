@@ -305,3 +305,46 @@ def test_a_users_module_key_covers_the_helpers_it_imports_and_not_installed_libr
     (package / "later.py").write_text("ROUNDS = 3\n")
     adapter.write_text(adapter.read_text() + "from lab_helpers_user import later\n")
     assert "lab_helpers_user.later" in code_part("lab_helpers_user.adapter")
+
+
+def test_an_edit_between_the_import_and_the_first_key_is_refused(tmp_path: Path, monkeypatch):
+    """A notebook imports the user's module at the top, the user edits the file, then runs: the process runs
+    what it imported, so a key naming the edited file is refused. Both when evalstack was imported first (the
+    load is witnessed) and when the user's module was imported before anything of evalstack (its bytecode
+    says the file changed since)."""
+    import importlib
+    import os
+
+    import pytest
+
+    from evalstack.core.fingerprint import StaleCodeError, code_part
+
+    def edit(path: Path, text: str) -> None:
+        stat = path.stat()
+        path.write_text(text)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+
+    module = tmp_path / "witnessed_helper.py"
+    module.write_text("FACTOR = 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "witnessed_helper", raising=False)
+    importlib.import_module("witnessed_helper")
+    edit(module, "FACTOR = 1.0  # a comment is no edit of what runs\n")
+    code_part("witnessed_helper")
+    monkeypatch.delitem(sys.modules, "witnessed_helper")
+    importlib.import_module("witnessed_helper")
+    edit(module, "FACTOR = 2.0\n")
+    with pytest.raises(StaleCodeError, match="changed after this process loaded witnessed_helper"):
+        code_part("witnessed_helper")
+
+    early = tmp_path / "imported_before_evalstack.py"
+    early.write_text("FACTOR = 1.0\n")
+    probe = ("import imported_before_evalstack, os, pathlib, sys\n"
+             "path = pathlib.Path(sys.argv[1]); stat = path.stat(); path.write_text('FACTOR = 2.0\\n')\n"
+             "os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))\n"
+             "from evalstack.core.fingerprint import StaleCodeError, code_part\n"
+             "try:\n    code_part('imported_before_evalstack')\nexcept StaleCodeError as error:\n    print(error)\n")
+    environment = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO / 'src'}", "PATH": "/usr/bin:/bin"}  # bytecode on
+    printed = subprocess.run([sys.executable, "-c", probe, str(early)], env=environment, capture_output=True,
+                             text=True, check=True).stdout
+    assert "changed after this process loaded imported_before_evalstack" in printed

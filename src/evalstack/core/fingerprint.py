@@ -25,7 +25,15 @@ import sys
 import sysconfig
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib.machinery import EXTENSION_SUFFIXES
+from importlib.machinery import (
+    BYTECODE_SUFFIXES,
+    EXTENSION_SUFFIXES,
+    SOURCE_SUFFIXES,
+    ExtensionFileLoader,
+    FileFinder,
+    SourceFileLoader,
+    SourcelessFileLoader,
+)
 from pathlib import Path
 from typing import Iterable
 
@@ -237,7 +245,13 @@ def _installed_directories() -> tuple[Path, ...]:
 def is_installed(path: Path) -> bool:
     """Whether a module's file belongs to the Python installation (the standard library, site-packages) rather
     than to the user's own code (the project, a folder on PYTHONPATH, an editable install's source)."""
-    resolved = _resolved(path)
+    return _folder_is_installed(str(Path(path).parent))
+
+
+@lru_cache(maxsize=None)
+def _folder_is_installed(folder: str) -> bool:
+    # by folder: a process asks about every module it has loaded, a few hundred files in a few dozen folders
+    resolved = Path(folder).resolve()
     return any(resolved.is_relative_to(directory) for directory in _installed_directories())
 
 
@@ -340,8 +354,10 @@ class StaleCodeError(RuntimeError):
     """A module's file changed after this process loaded it: the code that runs is not the code a key names."""
 
 
-# module → (its __spec__, its digest) when a key first covered it in this process. Python keeps no copy of the
-# source it ran, so this is the only witness of it; a reload gives the module a new __spec__.
+# module → (its __spec__, the digest of the source it runs): noted when the module is loaded (below), or, for a
+# module loaded some other way, when a key first covers it. Python keeps no copy of the source it ran, so this
+# is the only witness of it; a reload gives the module a new __spec__. A digest of "" is a module whose file
+# changed after it was loaded, before this module could note it.
 _LOADED_AS: dict[str, tuple[object, str]] = {}
 
 
@@ -351,14 +367,14 @@ def _check_loaded(name: str, path: Path, digest: str) -> None:
     A notebook imports the user's adapter module, runs it, then the user edits the file and runs again
     without reloading: the key would name the edited code while the old code computes the result, and the
     store would keep that result under the new code's key for every later run (a `dvc repro` too). Also a
-    file edited while a stage runs. Caught when the edit comes after a key first covered the module here;
-    an edit between the import and the first key is not seen."""
+    file edited while a stage runs, or between a notebook's import and its first run. What each module runs is
+    noted when it is loaded (`_WitnessedSourceLoader`)."""
     module = sys.modules.get(name)
     if module is None:
         return
     spec = getattr(module, "__spec__", None)
     seen = _LOADED_AS.get(name)
-    if seen is None or seen[0] is not spec:  # first covered, or reloaded since: it runs what the file says now
+    if seen is None or seen[0] is not spec:  # loaded some other way, or reloaded since: it runs what the file says
         _LOADED_AS[name] = (spec, digest)
     elif seen[1] != digest:
         raise StaleCodeError(
@@ -466,3 +482,74 @@ def defining_module(cls: type) -> str:
         raise StaleCodeError(f"{cls.__module__}.{cls.__qualname__} was reloaded after this object was made: it "
                              f"runs the old class's code. Make the object again from the reloaded module")
     return cls.__module__
+
+
+class _WitnessedSourceLoader(SourceFileLoader):
+    """Python's own source loader, which also notes the digest of the source it is about to run: the witness
+    `_check_loaded` compares a file with. Without it, a module imported, then edited before the first key
+    covers it (a notebook's `import` at the top, an edit, then the run) would be noted as the edited file."""
+
+    def exec_module(self, module) -> None:
+        try:
+            digest: str | None = parsed_source(Path(self.path)).digest
+        except (OSError, SyntaxError, ValueError):  # the loader itself says what is wrong with the file
+            digest = None
+        super().exec_module(module)
+        if digest is not None:
+            _LOADED_AS[module.__spec__.name] = (module.__spec__, digest)
+
+
+def _witness_path_hook(entry: str) -> FileFinder:
+    """The import system's finder for a folder of the user's own code (evalstack's included), loading its
+    sources through `_WitnessedSourceLoader`; installed folders are left to Python's own hook."""
+    folder = Path(entry or ".")
+    if not folder.is_dir() or _folder_is_installed(str(folder)):
+        raise ImportError(f"{entry!r}: left to Python's own finder")
+    return FileFinder(entry, (_WitnessedSourceLoader, SOURCE_SUFFIXES), (ExtensionFileLoader, EXTENSION_SUFFIXES),
+                      (SourcelessFileLoader, BYTECODE_SUFFIXES))
+
+
+def _pyc_says_unchanged(module, path: Path) -> bool:
+    """Whether the bytecode Python wrote when it last compiled `path` still matches its (mtime, size): if not,
+    the file changed after it was compiled, that is after this process loaded it. Tells nothing (True) while
+    Python writes no bytecode (a stale .pyc is then the rule), or for a missing or hash-based .pyc."""
+    if sys.dont_write_bytecode:
+        return True
+    cached = getattr(module, "__cached__", None)
+    try:
+        header = Path(cached).read_bytes()[:16] if cached else b""
+        status = path.stat()
+    except OSError:
+        return True
+    if len(header) < 16 or int.from_bytes(header[4:8], "little") != 0:
+        return True
+    return (int.from_bytes(header[8:12], "little"), int.from_bytes(header[12:16], "little")) == (
+        int(status.st_mtime) & 0xFFFFFFFF, status.st_size & 0xFFFFFFFF)
+
+
+def _witness_loads() -> None:
+    """From now on, every module of the user's own code this process loads is noted as loaded. Those loaded
+    before (the few evalstack modules this one's import needs, a module of yours imported before evalstack)
+    are noted as their files are now, unless their bytecode says the file changed since it was compiled."""
+    if any(getattr(hook, "__qualname__", "") == _witness_path_hook.__qualname__ for hook in sys.path_hooks):
+        return  # this module was reloaded: the hook is in place
+    for name, module in list(sys.modules.items()):
+        spec = getattr(module, "__spec__", None)
+        origin = getattr(spec, "origin", None)
+        if name in _LOADED_AS or spec is None or not origin or not origin.endswith(".py") \
+                or is_installed(Path(origin)):
+            continue
+        # one being loaded now (yours, whose first line imports evalstack) was read a moment ago
+        unchanged = getattr(spec, "_initializing", False) or _pyc_says_unchanged(module, Path(origin))
+        try:
+            digest = parsed_source(Path(origin)).digest if unchanged else ""
+        except (OSError, SyntaxError, ValueError):
+            continue
+        _LOADED_AS[name] = (spec, digest)
+    sys.path_hooks.insert(0, _witness_path_hook)
+    for entry, finder in list(sys.path_importer_cache.items()):  # made again, through the hook, when next asked
+        if isinstance(finder, FileFinder) and not _folder_is_installed(entry or "."):
+            sys.path_importer_cache.pop(entry, None)
+
+
+_witness_loads()

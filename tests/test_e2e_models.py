@@ -165,3 +165,25 @@ def test_an_edit_of_a_helper_a_users_adapter_imports_is_computed_not_served_from
     assert edited["passes"] == [N_ITEMS, 0]
     changed = sum(a != b for a, b in zip(first["predictions"], edited["predictions"]))
     assert changed > N_ITEMS // 2, "the edited helper's predictions, not the first session's from the cache"
+
+
+def test_compare_models_refuses_two_models_under_one_name_or_one_folder(project, api_run):
+    """The comparison pairs models by name, and an ad-hoc model keeps its predictions in a folder named after it:
+    two under one name would both be reported with one model's predictions."""
+    from dataclasses import replace
+
+    from evalstack.api import Dataset
+    from evalstack.models.adapters import load_adapter
+
+    dataset, mine = api_run["dataset"], api_run["mine"]  # an ad-hoc model named "my_model"
+    assert isinstance(dataset, Dataset)
+    file = project / mine.spec.file
+    spaced = load_adapter(replace(mine.spec, name="my model", file=file))  # the folder my_model too
+    declared_name = load_adapter(replace(mine.spec, name="torch_cnn", file=file))
+    with pytest.raises(ValueError, match="'torch_cnn' given twice"):
+        dataset.compare_models(["torch_cnn", declared_name])
+    with pytest.raises(ValueError, match="'my_model' given twice"):
+        dataset.compare_models([mine, mine])
+    with pytest.raises(ValueError, match="would both keep their predictions in data/adhoc/my_model"):
+        dataset.compare_models([mine, spaced])
+    assert dataset.stages_run == []  # refused before anything ran

@@ -243,3 +243,18 @@ def test_a_robustness_rerun_with_every_cell_stored_imports_no_framework_and_give
                config, None, batch_size=3)
     for cell in ("gaussian_noise-1", "contrast-1"):
         assert digests(project.root / "grid" / cell) == digests(project.root / "scratch" / cell)
+
+
+def test_an_adapters_options_are_in_its_signature_except_those_that_change_no_output(model_file):
+    """An adapter reads its options (one of yours may read any: a scale, a sign, a feature set): outputs computed
+    under one value must not be served for another, in a notebook or after `dvc repro` (DVC reruns infer on an
+    options change, and the store answers by the signature). The comparison's parity_of changes no output."""
+    from evalstack.detection.adapter import DetectionAdapter
+
+    plain = load_adapter(spec_of(model_file)).signature()
+    assert load_adapter(spec_of(model_file, options={"negate": True})).signature() != plain
+    assert load_adapter(spec_of(model_file, options={"negate": True})).signature() != \
+        load_adapter(spec_of(model_file, options={"negate": False})).signature()
+    assert load_adapter(spec_of(model_file, options={"parity_of": "other"})).signature() == plain
+    # a detector's post-processing runs on stored candidates under its own key: not in the signature
+    assert {"confidence_threshold", "nms_iou", "max_detections"} <= set(DetectionAdapter.options_outside_signature)

@@ -97,6 +97,7 @@ class Dataset:
 
     def compare_models(self, models: Sequence[str | ModelAdapter], split: str | None = None) -> Comparison:
         """Every model on the same items of `split` (default: evaluate.split), paired by id."""
+        _check_distinct(models)
         self.stages_run = []
         runs = [self._run(model, None) for model in models]
         settings = self.params.get("compare") or {}
@@ -130,6 +131,25 @@ class Dataset:
             write_latency(latency_file, latency_record(adapter, batch_size))
         return ModelRun(spec.name, spec.task, spec.adapter, spec.pipeline, out, read_latency(latency_file),
                         spec.options.get("parity_of"))
+
+
+def _check_distinct(models: Sequence[str | ModelAdapter]) -> None:
+    """The comparison pairs models by name, and an ad-hoc model's predictions live in a folder named after it: two
+    models under one name, or two ad-hoc names that make one folder, would both be read as one of them."""
+    names = [model if isinstance(model, str) else model.spec.name for model in models]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(f"compare_models: {', '.join(map(repr, twice))} given twice: models are compared by name, "
+                         "so give each its own (ModelSpec(name=...))")
+    folders: dict[str, str] = {}
+    for model in models:
+        if isinstance(model, str):
+            continue
+        folder = safe_name(model.spec.name)
+        if folder in folders:
+            raise ValueError(f"compare_models: {folders[folder]!r} and {model.spec.name!r} would both keep their "
+                             f"predictions in {ADHOC_DIR}/{folder}: give one of them another name")
+        folders[folder] = model.spec.name
 
 
 def safe_name(name: str) -> str:

@@ -78,6 +78,11 @@ class ModelAdapter(ABC):
     # The distributions whose versions shape this adapter's outputs (runtime_part): its framework, numpy.
     runtime_distributions: tuple[str, ...] = ("numpy",)
 
+    # Options that change no output of the model (the comparison reads parity_of). Every other option is in the
+    # signature: an adapter reads its own options (yours may read any), and outputs computed under one value must
+    # not be served for another.
+    options_outside_signature: tuple[str, ...] = ("parity_of",)
+
     def contract(self) -> dict[str, Any]:
         return {
             "framework": self.framework,
@@ -87,6 +92,8 @@ class ModelAdapter(ABC):
             "layout": self.spec.layout,
             "labels": list(self.spec.labels),
             "task": self.spec.task,
+            "options": {name: value for name, value in sorted(self.spec.options.items())
+                        if name not in self.options_outside_signature},
         }
 
     def signature(self) -> Key:

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from evalstack.core.fingerprint import import_closure, source_digest
 from tests.conftest import REPO
@@ -306,6 +309,23 @@ def test_a_users_module_key_covers_the_helpers_it_imports_and_not_installed_libr
     adapter.write_text(adapter.read_text() + "from lab_helpers_user import later\n")
     assert "lab_helpers_user.later" in code_part("lab_helpers_user.adapter")
 
+    # one imported by name; one whose coding declaration decides what its bytes say
+    (package / "by_name.py").write_text("ROUNDS = 1\n")
+    cookie = package / "declared.py"
+    cookie.write_bytes("# -*- coding: latin-1 -*-\nDRUG = 'ferrous sulfaté'\n".encode("utf-8"))
+    adapter.write_text(adapter.read_text() + "import importlib\nfrom lab_helpers_user import declared\n"
+                       "BY_NAME = importlib.import_module('lab_helpers_user.by_name')\n")
+    with_both = code_part("lab_helpers_user.adapter")
+    assert {"lab_helpers_user.by_name", "lab_helpers_user.declared"} <= set(with_both)
+    cookie.write_bytes(cookie.read_bytes().replace(b"latin-1", b"utf-8  "))  # same size, another string
+    assert code_part("lab_helpers_user.adapter")["lab_helpers_user.declared"] != with_both["lab_helpers_user.declared"]
+
+    # a helper renamed, and the adapter edited to match: the closure is found again, not a FileNotFoundError
+    (package / "declared.py").rename(package / "renamed.py")
+    adapter.write_text(adapter.read_text().replace("import declared", "import renamed"))
+    renamed = code_part("lab_helpers_user.adapter")
+    assert "lab_helpers_user.renamed" in renamed and "lab_helpers_user.declared" not in renamed
+
 
 def test_an_edit_between_the_import_and_the_first_key_is_refused(tmp_path: Path, monkeypatch):
     """A notebook imports the user's module at the top, the user edits the file, then runs: the process runs
@@ -337,14 +357,105 @@ def test_an_edit_between_the_import_and_the_first_key_is_refused(tmp_path: Path,
     with pytest.raises(StaleCodeError, match="changed after this process loaded witnessed_helper"):
         code_part("witnessed_helper")
 
-    early = tmp_path / "imported_before_evalstack.py"
-    early.write_text("FACTOR = 1.0\n")
-    probe = ("import imported_before_evalstack, os, pathlib, sys\n"
-             "path = pathlib.Path(sys.argv[1]); stat = path.stat(); path.write_text('FACTOR = 2.0\\n')\n"
-             "os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))\n"
-             "from evalstack.core.fingerprint import StaleCodeError, code_part\n"
-             "try:\n    code_part('imported_before_evalstack')\nexcept StaleCodeError as error:\n    print(error)\n")
-    environment = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO / 'src'}", "PATH": "/usr/bin:/bin"}  # bytecode on
-    printed = subprocess.run([sys.executable, "-c", probe, str(early)], env=environment, capture_output=True,
-                             text=True, check=True).stdout
-    assert "changed after this process loaded imported_before_evalstack" in printed
+    # A module imported before anything of evalstack, and one another loader ran (an editable install's finder,
+    # another library's import hook): both edited after evalstack's import, before a key covers them. A fresh
+    # process, so that the witness starts at a known point.
+    (tmp_path / "imported_before_evalstack.py").write_text("FACTOR = 1.0\n")
+    (tmp_path / "loaded_by_file.py").write_text("FACTOR = 1.0\n")
+    probe = """
+import importlib.util, os, pathlib, sys
+import imported_before_evalstack
+from evalstack.core.fingerprint import StaleCodeError, code_part
+spec = importlib.util.spec_from_file_location("loaded_by_file", sys.argv[1] + "/loaded_by_file.py")
+module = sys.modules["loaded_by_file"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+for name in ("imported_before_evalstack", "loaded_by_file"):  # edited before any key covers them
+    path = pathlib.Path(sys.argv[1]) / (name + ".py")
+    stat = path.stat()
+    path.write_text("FACTOR = 2.0\\n")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+    try:
+        code_part(name)
+        print(name, "not refused")
+    except StaleCodeError:
+        print(name, "refused")
+"""
+    environment = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO / 'src'}", "PATH": "/usr/bin:/bin"}
+    printed = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], env=environment, capture_output=True,
+                             text=True, check=True).stdout.split("\n")
+    assert printed[:2] == ["imported_before_evalstack refused", "loaded_by_file refused"]
+
+
+def test_a_module_that_took_names_from_a_reloaded_helper_is_refused_until_reloaded_too(tmp_path: Path, monkeypatch):
+    """`from helpers import FACTOR` binds the old value: reloading only the edited helper (what a notebook's
+    autoreload does for the file that changed) leaves the adapter computing with it, under a key that names
+    the new helper."""
+    import importlib
+
+    import pytest
+
+    from evalstack.core.fingerprint import StaleCodeError, code_part
+
+    (tmp_path / "took_helper.py").write_text("FACTOR = 1.0\n")
+    (tmp_path / "took_adapter.py").write_text("from took_helper import FACTOR\n\n\ndef scale(x):\n    return x * FACTOR\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("took_helper", "took_adapter"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    adapter = importlib.import_module("took_adapter")
+    first = code_part("took_adapter")
+    helper = tmp_path / "took_helper.py"
+    helper.write_text("FACTOR = 2.0  # edited\n")
+    importlib.reload(sys.modules["took_helper"])
+    assert adapter.scale(1.0) == 1.0  # the old value still computes
+    with pytest.raises(StaleCodeError, match="took_helper was loaded again after took_adapter imported it"):
+        code_part("took_adapter")
+    importlib.reload(adapter)
+    assert adapter.scale(1.0) == 2.0 and code_part("took_adapter") != first
+
+
+def test_a_package_a_users_module_imports_reinstalled_without_a_new_version_changes_its_key(tmp_path: Path,
+                                                                                            monkeypatch):
+    """The lab's own package, installed without -e, edited and installed again under the same version: its code is
+    not followed (installed), but its RECORD (every installed file's sha256) is in the key of a user's module that
+    imports it. A process that loaded the old install refuses the new one's key."""
+    import base64
+    import hashlib
+
+    import pytest
+
+    from evalstack.core.fingerprint import StaleCodeError, code_part
+
+    site_dir = tmp_path / "site"
+    (site_dir / "labinst").mkdir(parents=True)
+    info = site_dir / "labinst-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: labinst\nVersion: 1.0\n")
+
+    def install(text: str) -> None:
+        module = site_dir / "labinst/__init__.py"
+        module.write_text(text)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(module.read_bytes()).digest()).rstrip(b"=").decode()
+        (info / "RECORD").write_text(f"labinst/__init__.py,sha256={digest},{module.stat().st_size}\n"
+                                     "labinst-1.0.dist-info/RECORD,,\n")
+
+    install("SCALE = 1\n")
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "uses_labinst.py").write_text("import json\n\nimport labinst\nimport numpy\n")
+    monkeypatch.syspath_prepend(str(site_dir))
+    monkeypatch.syspath_prepend(str(users))
+    monkeypatch.delitem(sys.modules, "labinst", raising=False)
+    import labinst  # noqa: F401 - loaded in this process, as the user's module would
+
+    first = code_part("uses_labinst")
+    assert "labinst" not in first and not any("json" in name for name in first)  # installed: not followed
+    assert first["installed:labinst"].startswith("1.0 ") and first["installed:numpy"].split()[0] == np.__version__
+
+    install("SCALE = 2\n")  # edited, installed again, the same version
+    probe = "import json, sys; from evalstack.core.fingerprint import code_part; print(json.dumps(code_part('uses_labinst')))"
+    environment = {"PYTHONPATH": os.pathsep.join([str(users), str(site_dir), str(REPO / "src")]), "PATH": "/usr/bin:/bin"}
+    fresh = json.loads(subprocess.run([sys.executable, "-c", probe], env=environment, capture_output=True, text=True,
+                                      check=True).stdout)
+    assert fresh["installed:labinst"] != first["installed:labinst"] and fresh["uses_labinst"] == first["uses_labinst"]
+    with pytest.raises(StaleCodeError, match="labinst was installed again after this process loaded it"):
+        code_part("uses_labinst")

@@ -17,7 +17,9 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
+import itertools
 import json
+import os
 import platform
 import re
 import site
@@ -25,15 +27,7 @@ import sys
 import sysconfig
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib.machinery import (
-    BYTECODE_SUFFIXES,
-    EXTENSION_SUFFIXES,
-    SOURCE_SUFFIXES,
-    ExtensionFileLoader,
-    FileFinder,
-    SourceFileLoader,
-    SourcelessFileLoader,
-)
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Iterable
 
@@ -41,6 +35,7 @@ from evalstack.core.atomic import atomic_write_bytes
 
 PACKAGE = "evalstack"
 _MODULE_NAME = re.compile(rf"^{PACKAGE}(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+_DOTTED_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 @dataclass(frozen=True)
@@ -77,7 +72,7 @@ def locate(name: str) -> ModuleSource | None:
         origin, directories = _find_in(directories, part)
         if origin is None and not directories:
             return None
-    if not origin or not origin.endswith(".py"):
+    if not origin or not origin.endswith(".py") or not os.path.isfile(origin):  # a zip member is not ours to read
         return None
     return ModuleSource(name, Path(origin))
 
@@ -126,29 +121,35 @@ class ParsedSource:
     # ("import", name) | ("from", level, module or "", (name, ...)), from code that runs (TYPE_CHECKING aside)
     imports: tuple[tuple, ...]
     strings: tuple[str, ...]  # string constants in code that runs that look like evalstack module names
+    names: tuple[str, ...] = ()  # every string constant in code that runs that looks like a dotted module name
 
     def to_json(self) -> dict:
         imports = [list(entry[:3]) + ([list(entry[3])] if len(entry) > 3 else []) for entry in self.imports]
-        return {"digest": self.digest, "imports": imports, "strings": list(self.strings)}
+        return {"digest": self.digest, "imports": imports, "strings": list(self.strings), "names": list(self.names)}
 
     @classmethod
     def from_json(cls, record: dict) -> "ParsedSource":
         imports = tuple(("import", str(e[1])) if e[0] == "import" else ("from", int(e[1]), str(e[2]), tuple(e[3]))
                         for e in record["imports"])
-        return cls(str(record["digest"]), imports, tuple(record["strings"]))
+        return cls(str(record["digest"]), imports, tuple(record["strings"]), tuple(record["names"]))
 
 
 def _parse(path: Path) -> ParsedSource:
-    tree = ast.parse(path.read_text(), filename=str(path))
+    # from the bytes, as the import system reads them: a coding declaration other than UTF-8 is honoured
+    tree = ast.parse(path.read_bytes(), filename=str(path))
     imports: list[tuple] = []
     strings: set[str] = set()
+    names: set[str] = set()
     for node in _executed_nodes(tree):
         if isinstance(node, ast.Import):
             imports.extend(("import", alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             imports.append(("from", node.level, node.module or "", tuple(alias.name for alias in node.names)))
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _MODULE_NAME.match(node.value):
-            strings.add(node.value)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and len(node.value) <= 200 \
+                and _DOTTED_NAME.match(node.value):
+            names.add(node.value)
+            if _MODULE_NAME.match(node.value):
+                strings.add(node.value)
     for node in ast.walk(tree):  # docstrings go only now: a docstring naming a module is still such a string
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
@@ -156,7 +157,7 @@ def _parse(path: Path) -> ParsedSource:
                     and isinstance(body[0].value.value, str):
                 node.body = body[1:] or [ast.Pass()]
     digest = hashlib.sha256(ast.dump(tree, annotate_fields=False, include_attributes=False).encode()).hexdigest()
-    return ParsedSource(digest, tuple(imports), tuple(sorted(strings)))
+    return ParsedSource(digest, tuple(imports), tuple(sorted(strings)), tuple(sorted(names)))
 
 
 def _executed_nodes(tree: ast.AST) -> Iterable[ast.AST]:
@@ -215,7 +216,10 @@ def import_closure(roots: Iterable[str | Path], follow_strings: bool = False,
     while pending:
         path, name = pending.pop()
         users = not _in_package(name, package)
-        for candidate in sorted(imported_names(path, name, follow_strings)):
+        candidates = imported_names(path, name, follow_strings)
+        if users and name != "__main__":  # yours may import yours by name (importlib.import_module("lab.helpers"))
+            candidates |= set(parsed_source(path).names)
+        for candidate in sorted(candidates):
             ours = _in_package(candidate, package)
             if not ours and not users:
                 continue
@@ -233,26 +237,41 @@ def _in_package(name: str, package: str) -> bool:
 
 
 @lru_cache(maxsize=None)
-def _installed_directories() -> tuple[Path, ...]:
+def _installed_directories() -> tuple[str, ...]:
     paths = sysconfig.get_paths()
     directories = {paths[name] for name in ("stdlib", "platstdlib", "purelib", "platlib") if name in paths}
     directories.update(site.getsitepackages())
     if site.ENABLE_USER_SITE and site.getusersitepackages():
         directories.add(site.getusersitepackages())
-    return tuple(sorted({Path(directory).resolve() for directory in directories}))
+    # as written and as resolved: a package symlinked into site-packages (uv's symlink mode, Nix) is installed
+    return tuple(sorted({os.path.abspath(d) for d in directories} | {os.path.realpath(d) for d in directories}))
 
 
 def is_installed(path: Path) -> bool:
-    """Whether a module's file belongs to the Python installation (the standard library, site-packages) rather
-    than to the user's own code (the project, a folder on PYTHONPATH, an editable install's source)."""
-    return _folder_is_installed(str(Path(path).parent))
+    """Whether a module's file belongs to the Python installation rather than to the user's own code (the project,
+    a folder on PYTHONPATH, an editable install's source): under the standard library or site-packages, as
+    written or resolved, or under a folder on sys.path that holds installed distributions (`pip --target`)."""
+    return _folder_is_installed(os.path.dirname(os.path.abspath(path)))
 
 
 @lru_cache(maxsize=None)
 def _folder_is_installed(folder: str) -> bool:
-    # by folder: a process asks about every module it has loaded, a few hundred files in a few dozen folders
-    resolved = Path(folder).resolve()
-    return any(resolved.is_relative_to(directory) for directory in _installed_directories())
+    # by folder: a process asks about every module it executes, a few hundred files in a few dozen folders
+    for candidate in {folder, os.path.realpath(folder)}:
+        if any(candidate == d or candidate.startswith(d + os.sep) for d in _installed_directories()):
+            return True
+    roots = [os.path.abspath(entry) for entry in sys.path if isinstance(entry, str)]
+    root = max((r for r in roots if folder == r or folder.startswith(r.rstrip(os.sep) + os.sep)), key=len,
+               default=None)
+    return root is not None and _holds_distributions(root)
+
+
+@lru_cache(maxsize=None)
+def _holds_distributions(folder: str) -> bool:
+    try:
+        return any(name.endswith(".dist-info") for name in os.listdir(folder))
+    except OSError:
+        return False
 
 
 def _prefixes(name: str) -> list[str]:
@@ -323,14 +342,84 @@ def _resolved(path: Path) -> Path:
 
 
 @lru_cache(maxsize=64)
-def _cached_closure(roots: tuple[str, ...]) -> tuple[tuple[tuple[str, Path], ...], dict[str, str]]:
-    """The closure of `roots`, and the digests of its files when it was found (what the closure was read from)."""
+def _cached_closure(roots: tuple[str, ...]) -> tuple[tuple[tuple[str, Path], ...], dict[str, str],
+                                                    tuple[tuple[str, tuple[str, ...]], ...]]:
+    """The closure of `roots`, the digests of its files when it was found (what the closure was read from), and
+    the installed distributions the user's modules in it import."""
     modules = import_closure(roots)
     for root in roots:
         if root not in modules and (source := locate(root)) is not None:
             modules[root] = source
     closure = tuple(sorted((name, source.path) for name, source in modules.items()))
-    return closure, {name: source_digest(path) for name, path in closure}
+    return closure, {name: source_digest(path) for name, path in closure}, installed_imports(modules)
+
+
+# A code part's entry for an installed distribution a user's module imports: "installed:<name>" → its identity.
+INSTALLED = "installed:"
+
+
+def installed_imports(modules: dict[str, ModuleSource]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The installed distributions (not the standard library) that the user's modules among `modules` import.
+
+    Their code is not followed (it is not the user's to edit, and numpy alone is hundreds of files), but a
+    reinstall of one changes what the user's module computes: the lab's own package installed without `-e`,
+    reinstalled after an edit, keeps its version number. So the key names each by its version and the
+    sha256 of its RECORD, which lists the sha256 of every file it installed. evalstack's own modules import
+    frameworks whose versions are the key's `runtime` part where they matter."""
+    found: dict[str, set[str]] = {}  # distribution → the top-level modules of it imported
+    for name, source in modules.items():
+        if _in_package(name, PACKAGE):
+            continue
+        for candidate in imported_names(source.path, name):
+            top = candidate.split(".")[0]
+            if top in modules or _in_package(top, PACKAGE):
+                continue
+            located = locate(top)
+            if located is None or not is_installed(located.path) or _in_standard_library(located.path):
+                continue
+            distribution = _distribution_of(top)
+            if distribution is not None:
+                found.setdefault(distribution, set()).add(top)
+    return tuple(sorted((distribution, tuple(sorted(tops))) for distribution, tops in found.items()))
+
+
+def _in_standard_library(path: Path) -> bool:
+    paths = sysconfig.get_paths()
+    file = os.path.abspath(path)
+    inside = lambda names: any(  # noqa: E731
+        file.startswith(os.path.abspath(paths[n]) + os.sep) for n in names if n in paths)
+    return inside(("stdlib", "platstdlib")) and not inside(("purelib", "platlib"))
+
+
+@lru_cache(maxsize=None)
+def _distribution_of(top: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.distribution(top).metadata["Name"]  # most distributions are named as they import
+    except metadata.PackageNotFoundError:
+        pass
+    providers = _top_level_distributions().get(top) or []
+    return providers[0] if providers else None
+
+
+@lru_cache(maxsize=1)
+def _top_level_distributions() -> dict[str, list[str]]:
+    from importlib import metadata
+
+    return metadata.packages_distributions()  # ~0.5 s: only for a module imported under another name (yaml)
+
+
+def installed_identity(distribution: str) -> str:
+    """`<version> <sha256 of its RECORD>` of an installed distribution; "" when it is not installed."""
+    from importlib import metadata
+
+    try:
+        found = metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return ""
+    record = found.read_text("RECORD") or ""
+    return f"{found.version} {hashlib.sha256(record.encode()).hexdigest()}"
 
 
 @lru_cache(maxsize=None)
@@ -354,11 +443,31 @@ class StaleCodeError(RuntimeError):
     """A module's file changed after this process loaded it: the code that runs is not the code a key names."""
 
 
-# module → (its __spec__, the digest of the source it runs): noted when the module is loaded (below), or, for a
-# module loaded some other way, when a key first covers it. Python keeps no copy of the source it ran, so this
-# is the only witness of it; a reload gives the module a new __spec__. A digest of "" is a module whose file
-# changed after it was loaded, before this module could note it.
-_LOADED_AS: dict[str, tuple[object, str]] = {}
+# What this process runs, the only witness of it (Python keeps no copy of the source it ran):
+# - file → (load number, digest of its source when it was executed, times executed), noted by an audit hook at
+#   every execution of a module's code (an import, a reload, whatever loader ran it);
+# - module → (its __spec__, digest) for a module loaded before the hook was in place, noted as its file was then
+#   (or when a key first covers it, for one loaded some way the hook cannot see).
+# Kept across a reload of this module: a reload runs it again in the same namespace.
+_EXECUTED: dict[str, tuple[int, str, int]] = globals().get("_EXECUTED", {})
+_LOADED_AS: dict[str, tuple[object, str]] = globals().get("_LOADED_AS", {})
+_LOAD_NUMBERS = globals().get("_LOAD_NUMBERS", itertools.count(1))
+_RELOADS: list[str] = globals().get("_RELOADS", [])  # files executed more than once
+
+
+def _ran(name: str) -> tuple[int, str, int] | None:
+    """(load number, digest, times executed) of what module `name`, as loaded here, runs; None if not known."""
+    module = sys.modules.get(name)
+    if module is None:
+        return None
+    spec = getattr(module, "__spec__", None)
+    origin = getattr(spec, "origin", None) or getattr(module, "__file__", None)
+    if isinstance(origin, str):
+        executed = _EXECUTED.get(os.path.abspath(origin))
+        if executed is not None:
+            return executed
+    seen = _LOADED_AS.get(name)
+    return (0, seen[1], 1) if seen is not None and seen[0] is spec else None
 
 
 def _check_loaded(name: str, path: Path, digest: str) -> None:
@@ -367,27 +476,40 @@ def _check_loaded(name: str, path: Path, digest: str) -> None:
     A notebook imports the user's adapter module, runs it, then the user edits the file and runs again
     without reloading: the key would name the edited code while the old code computes the result, and the
     store would keep that result under the new code's key for every later run (a `dvc repro` too). Also a
-    file edited while a stage runs, or between a notebook's import and its first run. What each module runs is
-    noted when it is loaded (`_WitnessedSourceLoader`)."""
-    module = sys.modules.get(name)
-    if module is None:
+    file edited while a stage runs, or between a notebook's import and its first run."""
+    ran = _ran(name)
+    if ran is None:
+        if name in sys.modules:  # loaded some way no witness saw: noted as its file is now
+            _LOADED_AS[name] = (getattr(sys.modules[name], "__spec__", None), digest)
         return
-    spec = getattr(module, "__spec__", None)
-    seen = _LOADED_AS.get(name)
-    if seen is None or seen[0] is not spec:  # loaded some other way, or reloaded since: it runs what the file says
-        _LOADED_AS[name] = (spec, digest)
-    elif seen[1] != digest:
+    if ran[1] != digest:
         raise StaleCodeError(
             f"{_shown(name, path)} changed after this process loaded {name}: the code running here is not the "
             f"code a cache key would name. Reload it and make its objects again (in a notebook: restart the "
             f"kernel), or restart the workers that loaded it, and run again")
 
 
+def _check_bindings(closure: tuple[tuple[str, Path], ...]) -> None:
+    """Refuse a module that took names from a module reloaded after it: `from helpers import FACTOR`, or a class
+    derived from one of the reloaded module's, still holds the old objects while the key names the new file."""
+    names = {name for name, _ in closure}
+    for name, path in closure:
+        ran = _ran(name)
+        if ran is None or path.suffix != ".py":
+            continue
+        for imported in sorted(imported_names(path, name) & names - {name}):
+            other = _ran(imported)
+            if other is not None and other[2] > 1 and other[0] > ran[0]:
+                raise StaleCodeError(
+                    f"{imported} was loaded again after {name} imported it, and {name} still holds what it took from "
+                    f"the old one (a `from … import`, a base class): reload {name} too and make its objects again "
+                    f"(in a notebook: restart the kernel)")
+
+
 def _loaded_as(name: str) -> str | None:
-    """The digest this process recorded for the module as loaded, while that module object is the one loaded."""
-    seen = _LOADED_AS.get(name)
-    module = sys.modules.get(name)
-    return seen[1] if seen is not None and module is not None and seen[0] is getattr(module, "__spec__", None) else None
+    """The digest of what this process runs for module `name`, if known."""
+    ran = _ran(name)
+    return ran[1] if ran is not None else None
 
 
 # a key's code (sorted module → digest pairs) → where each module is here, once its files were checked
@@ -400,7 +522,10 @@ def check_code_runs(code: dict[str, str]) -> None:
     that stays up keeps what it imported first, and after an edit would compute the old code's bytes under
     the new code's key. Call it before and after the computation: after, it also notes the modules the
     computation imported, so that a later edit of them is seen."""
-    expected = tuple(sorted(code.items()))
+    installed = {name: identity for name, identity in code.items() if name.startswith(INSTALLED)}
+    expected = tuple(sorted((name, digest) for name, digest in code.items() if name not in installed))
+    for name, identity in installed.items():
+        _check_installed(name[len(INSTALLED):], identity, worker=True)
     located = _CHECKED_HERE.get(expected)
     if located is None:
         found = []
@@ -420,7 +545,7 @@ def check_code_runs(code: dict[str, str]) -> None:
     for (name, path), (_, digest) in zip(located, expected):
         # A module first recorded now is recorded as its file is now (not as the key says), so that a module the
         # computation imports from a file edited since the key was made is refused, not recorded as the key's.
-        if name in sys.modules and _LOADED_AS.get(name) is None:
+        if name in sys.modules and _ran(name) is None:
             _check_loaded(name, path, source_digest(path) if path.suffix == ".py" else digest)
         _check_loaded(name, path, digest)
 
@@ -431,24 +556,53 @@ def code_part(*roots: str) -> dict[str, str]:
     The closure is found once per process, and again after an edit of one of its files; digests are re-read
     whenever a file's stat changes, and a module this process has loaded must still be what its file says
     (`StaleCodeError`)."""
-    closure, found_in = _cached_closure(tuple(roots))
-    part = {name: source_digest(path) for name, path in closure}
+    closure, found_in, installed = _cached_closure(tuple(roots))
+    try:
+        part = {name: source_digest(path) for name, path in closure}
+    except OSError:  # a file of it deleted or renamed: the closure is another now
+        part = {}
     if part != found_in:
         # An edit since the closure was found may import another module (a notebook's long-lived process, a
         # worker): find it again, and locate modules again (a helper file may have been created since).
         _cached_closure.cache_clear()
         locate.cache_clear()
-        closure, found_in = _cached_closure(tuple(roots))
+        closure, found_in, installed = _cached_closure(tuple(roots))
         part = dict(found_in)
     for name, path in closure:
         _check_loaded(name, path, part[name])
+    if _RELOADS:
+        _check_bindings(closure)
+    for distribution, tops in installed:
+        part[INSTALLED + distribution] = identity = installed_identity(distribution)
+        if any(top in sys.modules for top in tops):  # loaded here: what runs is what was installed then
+            _check_installed(distribution, identity)
     return part
+
+
+# distribution → its identity when a key first named it in this process
+_INSTALLED_AS: dict[str, str] = globals().get("_INSTALLED_AS", {})
+
+
+def _check_installed(distribution: str, identity: str, worker: bool = False) -> None:
+    """A distribution reinstalled while this process runs its old modules (a notebook's kernel, a worker) would
+    compute the old code's results under the new install's key; a worker with another install, other ones."""
+    if worker and installed_identity(distribution) != identity:
+        raise StaleCodeError(f"{distribution} is another install in this process (on {platform.node()}) than in "
+                             f"the process that made the key: install the same version on the workers")
+    seen = _INSTALLED_AS.setdefault(distribution, identity)
+    if seen != identity:
+        raise StaleCodeError(f"{distribution} was installed again after this process loaded it: the code running "
+                             f"here is not the code a cache key would name. Restart (in a notebook: the kernel), "
+                             f"or restart the workers, and run again")
 
 
 def current_digests(recorded: dict[str, str]) -> dict[str, str]:
     """What the modules a key recorded digest to now ("" for a module that no longer exists)."""
     now = {}
     for name in recorded:
+        if name.startswith(INSTALLED):
+            now[name] = installed_identity(name[len(INSTALLED):])
+            continue
         source = locate(name)
         now[name] = source_digest(source.path) if source is not None else ""
     return now
@@ -484,72 +638,47 @@ def defining_module(cls: type) -> str:
     return cls.__module__
 
 
-class _WitnessedSourceLoader(SourceFileLoader):
-    """Python's own source loader, which also notes the digest of the source it is about to run: the witness
-    `_check_loaded` compares a file with. Without it, a module imported, then edited before the first key
-    covers it (a notebook's `import` at the top, an edit, then the run) would be noted as the edited file."""
 
-    def exec_module(self, module) -> None:
-        try:
-            digest: str | None = parsed_source(Path(self.path)).digest
-        except (OSError, SyntaxError, ValueError):  # the loader itself says what is wrong with the file
-            digest = None
-        super().exec_module(module)
-        if digest is not None:
-            _LOADED_AS[module.__spec__.name] = (module.__spec__, digest)
-
-
-def _witness_path_hook(entry: str) -> FileFinder:
-    """The import system's finder for a folder of the user's own code (evalstack's included), loading its
-    sources through `_WitnessedSourceLoader`; installed folders are left to Python's own hook."""
-    folder = Path(entry or ".")
-    if not folder.is_dir() or _folder_is_installed(str(folder)):
-        raise ImportError(f"{entry!r}: left to Python's own finder")
-    return FileFinder(entry, (_WitnessedSourceLoader, SOURCE_SUFFIXES), (ExtensionFileLoader, EXTENSION_SUFFIXES),
-                      (SourcelessFileLoader, BYTECODE_SUFFIXES))
-
-
-def _pyc_says_unchanged(module, path: Path) -> bool:
-    """Whether the bytecode Python wrote when it last compiled `path` still matches its (mtime, size): if not,
-    the file changed after it was compiled, that is after this process loaded it. Tells nothing (True) while
-    Python writes no bytecode (a stale .pyc is then the rule), or for a missing or hash-based .pyc."""
-    if sys.dont_write_bytecode:
-        return True
-    cached = getattr(module, "__cached__", None)
+def _witness(event: str, args: tuple) -> None:
+    """An audit hook: at every execution of a module's code from a file of the user's own (evalstack's
+    included), note the digest of that file, whatever loaded it (Python's loaders, an editable install's
+    finder, another library's import hook). An audit hook must never fail what it watches."""
+    if event != "exec":
+        return
     try:
-        header = Path(cached).read_bytes()[:16] if cached else b""
-        status = path.stat()
-    except OSError:
-        return True
-    if len(header) < 16 or int.from_bytes(header[4:8], "little") != 0:
-        return True
-    return (int.from_bytes(header[8:12], "little"), int.from_bytes(header[12:16], "little")) == (
-        int(status.st_mtime) & 0xFFFFFFFF, status.st_size & 0xFFFFFFFF)
+        code = args[0]
+        filename = code.co_filename
+        if code.co_name != "<module>" or not filename.endswith(".py"):
+            return
+        filename = os.path.abspath(filename)
+        if _folder_is_installed(os.path.dirname(filename)):
+            return
+        digest = parsed_source(Path(filename)).digest
+        times = _EXECUTED[filename][2] + 1 if filename in _EXECUTED else 1
+        _EXECUTED[filename] = (next(_LOAD_NUMBERS), digest, times)
+        if times == 2:
+            _RELOADS.append(filename)
+    except Exception:  # noqa: BLE001 - a file that cannot be read or parsed is the loader's to report
+        return
 
 
 def _witness_loads() -> None:
-    """From now on, every module of the user's own code this process loads is noted as loaded. Those loaded
-    before (the few evalstack modules this one's import needs, a module of yours imported before evalstack)
-    are noted as their files are now, unless their bytecode says the file changed since it was compiled."""
-    if any(getattr(hook, "__qualname__", "") == _witness_path_hook.__qualname__ for hook in sys.path_hooks):
-        return  # this module was reloaded: the hook is in place
+    """From now on, every module of the user's own code this process executes is noted as executed. Those loaded
+    before (the few modules this one's import needs, a module of yours imported before evalstack) are noted as
+    their files are now: an edit of one between its import and now is not seen."""
+    if globals().get("_WITNESSING"):
+        return  # this module was reloaded: the hook (which cannot be removed) is in place
     for name, module in list(sys.modules.items()):
         spec = getattr(module, "__spec__", None)
         origin = getattr(spec, "origin", None)
-        if name in _LOADED_AS or spec is None or not origin or not origin.endswith(".py") \
-                or is_installed(Path(origin)):
+        if name in _LOADED_AS or not isinstance(origin, str) or not origin.endswith(".py") or is_installed(Path(origin)):
             continue
-        # one being loaded now (yours, whose first line imports evalstack) was read a moment ago
-        unchanged = getattr(spec, "_initializing", False) or _pyc_says_unchanged(module, Path(origin))
         try:
-            digest = parsed_source(Path(origin)).digest if unchanged else ""
+            _LOADED_AS[name] = (spec, parsed_source(Path(origin)).digest)
         except (OSError, SyntaxError, ValueError):
             continue
-        _LOADED_AS[name] = (spec, digest)
-    sys.path_hooks.insert(0, _witness_path_hook)
-    for entry, finder in list(sys.path_importer_cache.items()):  # made again, through the hook, when next asked
-        if isinstance(finder, FileFinder) and not _folder_is_installed(entry or "."):
-            sys.path_importer_cache.pop(entry, None)
+    sys.addaudithook(_witness)
+    globals()["_WITNESSING"] = True
 
 
 _witness_loads()

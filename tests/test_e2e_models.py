@@ -187,3 +187,27 @@ def test_compare_models_refuses_two_models_under_one_name_or_one_folder(project,
     with pytest.raises(ValueError, match="would both keep their predictions in data/adhoc/my_model"):
         dataset.compare_models([mine, spaced])
     assert dataset.stages_run == []  # refused before anything ran
+
+
+def test_new_cards_after_an_ad_hoc_run_compute_only_the_changed_shards(project, api_run):
+    """Cards added between two `apply_model` calls of an ad-hoc model: the second call gives predictions for every
+    card now (was: `CacheStaleError … rebuild it with dvc repro`, which DVC cannot do for data/adhoc). Last in this
+    module on purpose: the project has more cards afterwards."""
+    from evalstack.api import Dataset
+    from evalstack.core.layers import Layer
+
+    dataset, mine = api_run["dataset"], api_run["mine"]
+    assert isinstance(dataset, Dataset)
+    shards_before = {s.sha256 for s in Layer.open(project / "data/adhoc/my_model").shards}
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["synth"]["n_cards"] = N_ITEMS + 6
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(project)
+        mp.setenv("PATH", env()["PATH"])
+        grown = dataset.apply_model(mine)
+    assert len(grown) == N_ITEMS + 6 and grown["prediction"].notna().all()
+    assert 0 < grown.attrs["forward_passes"] < N_ITEMS  # the shards that changed, not every card again
+    after = Layer.open(project / "data/adhoc/my_model")
+    assert [s.upstream for s in after.shards] == [s.sha256 for s in Layer.open(project / "data/preprocessed/thumb64").shards]
+    assert shards_before & {s.sha256 for s in after.shards}  # the unchanged shards are the same files

@@ -123,8 +123,8 @@ class Dataset:
         out = self.root / ADHOC_DIR / safe_name(spec.name)
         latency_file = out.with_name(out.name + ".latency.json")
         expected = predictions_key(adapter.signature(), pipeline_key, inference_code(type(adapter)), batch_size)
-        if not _is_layer_with_key(out, expected.hex):
-            preprocessed = self.root / "data/preprocessed" / spec.pipeline
+        preprocessed = self.root / "data/preprocessed" / spec.pipeline
+        if not _is_current(out, expected.hex, preprocessed):
             # Through the same shard store as the stages, so a later `dvc repro` of this model reuses it.
             infer_layer(preprocessed, out, adapter, batch_size, open_store(self.params, self.root))
             ensure_timed(adapter, preprocessed, batch_size)
@@ -159,11 +159,16 @@ def safe_name(name: str) -> str:
     return cleaned
 
 
-def _is_layer_with_key(directory: Path, key_hex: str) -> bool:
+def _is_current(directory: Path, key_hex: str, preprocessed: Path) -> bool:
+    """Whether an ad-hoc predictions layer is the one to give: its key (model, pipeline, code, batch size), and
+    built from the preprocessed layer as it is now (the key does not name the cards: after new cards, the shards
+    that changed are computed, the others come from the store)."""
     try:
-        return Layer.open(directory, kind=PREDICTIONS_KIND).key.hex == key_hex
+        layer = Layer.open(directory, kind=PREDICTIONS_KIND)
+        upstream = Layer.open(preprocessed)
     except StoreError:
         return False
+    return layer.key.hex == key_hex and [s.upstream for s in layer.shards] == [s.sha256 for s in upstream.shards]
 
 
 def predictions_frame(layer: Layer, truth: pd.DataFrame) -> pd.DataFrame:

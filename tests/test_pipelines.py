@@ -61,3 +61,24 @@ def test_small_pipeline_output_shape():
     pipeline = CropResizePipeline(resize=64, resample="bilinear")
     out = pipeline.process_image(decode_image(png_bytes()))
     assert out.shape == pipeline.output_shape() == (64, 64, 3)
+
+
+def test_a_pipeline_field_left_out_of_its_parameters_is_refused_not_left_out_of_the_key(tmp_path: Path, monkeypatch):
+    """Your own pipeline with a setting that parameters() forgets: its output changes, its key would not, and a
+    layer computed under one value would be reused for another. Refused by name; a field marked as changing
+    nothing is accepted."""
+    import importlib
+    import sys
+
+    (tmp_path / "gamma_pipelines.py").write_text(
+        "from dataclasses import dataclass, field\n"
+        "from evalstack.preprocess.pipelines import CropResizePipeline\n\n\n"
+        "@dataclass(frozen=True)\nclass Gamma(CropResizePipeline):\n    gamma: float = 1.0\n\n\n"
+        "@dataclass(frozen=True)\nclass Quiet(CropResizePipeline):\n"
+        "    verbose: bool = field(default=False, metadata={'outside_key': True})\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "gamma_pipelines", raising=False)
+    module = importlib.import_module("gamma_pipelines")
+    with pytest.raises(PipelineError, match=r"Gamma.parameters\(\) leaves out gamma"):
+        module.Gamma(gamma=2.2).cache_key()
+    assert module.Quiet(verbose=True).cache_key().parts["params"] == CropResizePipeline().parameters()

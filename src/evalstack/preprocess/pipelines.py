@@ -7,7 +7,7 @@ is (kind, canonical params, code fingerprint); settings that do not change resul
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from importlib import import_module
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping
@@ -74,8 +74,23 @@ class PreprocessingPipeline(ABC):
         pipeline and of the preprocess stage, so an edit to either changes the key (no version to bump); the
         runtime is the versions of the imaging libraries that compute the pixels."""
         code = code_part(defining_module(type(self)), __name__)
-        return Key("pipeline", {"kind": self.kind, "params": self.parameters(), "code": code,
+        params = self.parameters()
+        _check_fields_in(self, params)
+        return Key("pipeline", {"kind": self.kind, "params": params, "code": code,
                                 "runtime": runtime_part(*PIPELINE_RUNTIME)})
+
+
+def _check_fields_in(pipeline: PreprocessingPipeline, params: Mapping[str, Any]) -> None:
+    """A dataclass pipeline's field left out of `parameters()` (yours: `gamma: float = 1.0`, not returned) would
+    change the output without changing the key, and its layer would be reused for another value. A field that
+    truly changes nothing says so with `field(metadata={"outside_key": True})`."""
+    if not is_dataclass(pipeline):
+        return
+    missing = [f.name for f in fields(pipeline) if f.name not in params and not f.metadata.get("outside_key")]
+    if missing:
+        raise PipelineError(f"{type(pipeline).__name__}.parameters() leaves out {', '.join(missing)}: every setting "
+                            "that changes the output must be in it (it is the pipeline's part of the cache key); "
+                            "mark one that changes nothing with field(metadata={'outside_key': True})")
 
 
 @dataclass(frozen=True)

@@ -269,3 +269,13 @@ def test_boxes_on_non_square_letterboxed_images_map_back_to_the_drawn_pixels(tmp
     table = read_table(open_detections(tmp_path / "det"))
     assert table.ids.tolist() == [1, 2]
     np.testing.assert_array_equal(table.bboxes, np.asarray(list(DRAWN.values()), np.float32))
+
+
+@pytest.mark.parametrize("file", ["raw", "raw_onnx"])
+def test_a_post_processing_change_leaves_the_detectors_signature_as_it_is(models, file):
+    """Post-processing runs on the stored candidates under its own key: a threshold, NMS or cap change must not
+    change the signature infer's candidates are stored under (DVC does not rerun infer for them)."""
+    signature = load_detector(yolo_spec(models[file])).signature()
+    for change in ({"confidence_threshold": 0.5}, {"nms_iou": 0.3}, {"max_detections": 10}, {"parity_of": "x"}):
+        assert load_detector(yolo_spec(models[file], **change)).signature() == signature, change
+    assert load_detector(yolo_spec(models[file], candidates=BOUND)).signature() != signature  # the bound is in it

@@ -394,21 +394,35 @@ def test_a_module_that_took_names_from_a_reloaded_helper_is_refused_until_reload
 
     import pytest
 
-    from evalstack.core.fingerprint import StaleCodeError, code_part
+    from evalstack.core.fingerprint import StaleCodeError, code_part, defining_module
 
-    (tmp_path / "took_helper.py").write_text("FACTOR = 1.0\n")
-    (tmp_path / "took_adapter.py").write_text("from took_helper import FACTOR\n\n\ndef scale(x):\n    return x * FACTOR\n")
+    helper = tmp_path / "took_helper.py"
+    helper.write_text("FACTOR = 1.0\n\n\nclass Base:\n    def scale(self, x):\n        return x * FACTOR\n")
+    (tmp_path / "took_adapter.py").write_text(
+        "from took_helper import FACTOR\n\n\ndef scale(x):\n    return x * FACTOR\n")
+    (tmp_path / "took_module.py").write_text(  # binds the module object: a reload updates it in place
+        "import took_helper\n\n\nclass Derived(took_helper.Base):\n    pass\n\n\n"
+        "def scale(x):\n    return x * took_helper.FACTOR\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    for name in ("took_helper", "took_adapter"):
+    for name in ("took_helper", "took_adapter", "took_module"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     adapter = importlib.import_module("took_adapter")
+    bound = importlib.import_module("took_module")
     first = code_part("took_adapter")
-    helper = tmp_path / "took_helper.py"
-    helper.write_text("FACTOR = 2.0  # edited\n")
+
+    helper.write_text(helper.read_text() + "# reviewed\n")  # a reload that changes nothing that runs
     importlib.reload(sys.modules["took_helper"])
-    assert adapter.scale(1.0) == 1.0  # the old value still computes
-    with pytest.raises(StaleCodeError, match="took_helper was loaded again after took_adapter imported it"):
+    assert code_part("took_adapter") == first
+    defining_module(bound.Derived)
+
+    helper.write_text(helper.read_text().replace("FACTOR = 1.0", "FACTOR = 2.0"))
+    importlib.reload(sys.modules["took_helper"])
+    assert adapter.scale(1.0) == 1.0 and bound.scale(1.0) == 2.0  # the taken value is old, the module's is new
+    with pytest.raises(StaleCodeError, match="took_helper was loaded again with other code after took_adapter took"):
         code_part("took_adapter")
+    code_part("took_module")  # it reads took_helper.FACTOR at each call: the new one
+    with pytest.raises(StaleCodeError, match="took_helper was reloaded after took_module.Derived was defined"):
+        defining_module(bound.Derived)  # but its class still derives from the old Base
     importlib.reload(adapter)
     assert adapter.scale(1.0) == 2.0 and code_part("took_adapter") != first
 
@@ -451,6 +465,11 @@ def test_a_package_a_users_module_imports_reinstalled_without_a_new_version_chan
     assert "labinst" not in first and not any("json" in name for name in first)  # installed: not followed
     assert first["installed:labinst"].startswith("1.0 ") and first["installed:numpy"].split()[0] == np.__version__
 
+    (info / "INSTALLER").write_text("uv\n")  # who installed it, and where its scripts are, is not its code
+    with open(info / "RECORD", "a") as record:
+        record.write("labinst-1.0.dist-info/INSTALLER,sha256=abc,3\n../../../bin/labinst,sha256=def,40\n")
+    assert code_part("uses_labinst")["installed:labinst"] == first["installed:labinst"]
+
     install("SCALE = 2\n")  # edited, installed again, the same version
     probe = "import json, sys; from evalstack.core.fingerprint import code_part; print(json.dumps(code_part('uses_labinst')))"
     environment = {"PYTHONPATH": os.pathsep.join([str(users), str(site_dir), str(REPO / "src")]), "PATH": "/usr/bin:/bin"}
@@ -459,3 +478,25 @@ def test_a_package_a_users_module_imports_reinstalled_without_a_new_version_chan
     assert fresh["installed:labinst"] != first["installed:labinst"] and fresh["uses_labinst"] == first["uses_labinst"]
     with pytest.raises(StaleCodeError, match="labinst was installed again after this process loaded it"):
         code_part("uses_labinst")
+
+
+def test_a_package_linked_into_site_packages_from_the_project_is_followed(tmp_path: Path, monkeypatch):
+    """`flit install --symlink` (or ln -s) puts the project's package into site-packages as a link: it is the
+    user's code where it resolves, so its helper's edit changes the key; a package that lies beside its
+    distribution's metadata (installed) is not followed."""
+    from evalstack.core.fingerprint import code_part
+
+    project = tmp_path / "project/devlab"
+    project.mkdir(parents=True)
+    (project / "__init__.py").write_text("")
+    (project / "helpers.py").write_text("FACTOR = 1.0\n")
+    (project / "adapter.py").write_text("from devlab.helpers import FACTOR\n")
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    (site_dir / "other-1.0.dist-info").mkdir()  # a folder of installed distributions
+    (site_dir / "devlab").symlink_to(project, target_is_directory=True)
+    monkeypatch.syspath_prepend(str(site_dir))
+    first = code_part("devlab.adapter")
+    assert "devlab.helpers" in first
+    (project / "helpers.py").write_text("FACTOR = 2.0\n")
+    assert code_part("devlab.adapter")["devlab.helpers"] != first["devlab.helpers"]

@@ -258,3 +258,23 @@ def test_an_adapters_options_are_in_its_signature_except_those_that_change_no_ou
     assert load_adapter(spec_of(model_file, options={"parity_of": "other"})).signature() == plain
     # a detector's post-processing runs on stored candidates under its own key: not in the signature
     assert {"confidence_threshold", "nms_iou", "max_detections"} <= set(DetectionAdapter.options_outside_signature)
+
+
+def test_a_layer_computed_under_other_options_is_not_current_for_evaluate(model_file):
+    """evaluate and compare check a predictions layer against the model entry without loading the model: the
+    options now, not the layer's, must be in the signature they expect."""
+    import types
+
+    from evalstack.core.keys import Key
+    from evalstack.models.predictions import expected_model_signature
+
+    built = load_adapter(spec_of(model_file, options={"temperature": 1.0})).signature()
+    layer = types.SimpleNamespace(key=Key("predictions", {"model": dict(built.parts)}))
+    assert expected_model_signature(layer, spec_of(model_file, options={"temperature": 1.0})) == built
+    assert expected_model_signature(layer, spec_of(model_file, options={"temperature": 2.0})) != built
+    assert expected_model_signature(layer, spec_of(model_file, options={"temperature": 1.0, "parity_of": "m"})) == built
+
+
+def test_an_option_that_is_not_a_json_value_is_refused_by_name(model_file):
+    with pytest.raises(ModelError, match="option 'transform' is ufunc, not a JSON value"):
+        load_adapter(spec_of(model_file, options={"transform": np.negative})).signature()

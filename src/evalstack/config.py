@@ -8,6 +8,7 @@ Builders that need a subsystem live with it (`cache.shardstore.open_store`,
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from importlib import import_module
@@ -318,7 +319,22 @@ DETECTION_FIELDS = frozenset({"file", "adapter", "pipeline", "labels", "task", "
 
 # The post-processing keys: postprocess and robustness track them one by one, beside `options:`.
 POSTPROCESS_FIELDS = ("confidence_threshold", "nms_iou", "max_detections")
+# A detector's options outside its signature: post-processing runs on the stored candidates under its own key,
+# and the candidate bound is a part of the signature of its own.
+DETECTION_OUTSIDE_SIGNATURE = ("parity_of", *POSTPROCESS_FIELDS, "candidates")
 
+
+def signature_options(spec: ModelSpec, outside: tuple[str, ...]) -> dict[str, Any]:
+    """The entry's options as a model signature names them: all but `outside`, JSON values only (a key is JSON;
+    an object such as a function has no stable form to compare, so it is refused by name)."""
+    options = {name: value for name, value in sorted(spec.options.items()) if name not in outside}
+    for name, value in options.items():
+        try:
+            json.dumps(value, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ModelError(f"model {spec.name}: option {name!r} is {type(value).__name__}, not a JSON value (a "
+                             "number, string, list or mapping): options are part of the model's signature") from None
+    return options
 
 def check_detection_fields(name: str, fields: Mapping[str, Any]) -> None:
     """A detection model's adapter options live under `options:`, the mapping infer and grid track: a key beside

@@ -121,7 +121,7 @@ class ParsedSource:
     # ("import", name) | ("from", level, module or "", (name, ...)), from code that runs (TYPE_CHECKING aside)
     imports: tuple[tuple, ...]
     strings: tuple[str, ...]  # string constants in code that runs that look like evalstack module names
-    names: tuple[str, ...] = ()  # every string constant in code that runs that looks like a dotted module name
+    names: tuple[str, ...] = ()  # modules imported by name: import_module("lab.helpers"), __import__("lab")
 
     def to_json(self) -> dict:
         imports = [list(entry[:3]) + ([list(entry[3])] if len(entry) > 3 else []) for entry in self.imports]
@@ -145,11 +145,12 @@ def _parse(path: Path) -> ParsedSource:
             imports.extend(("import", alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             imports.append(("from", node.level, node.module or "", tuple(alias.name for alias in node.names)))
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and len(node.value) <= 200 \
-                and _DOTTED_NAME.match(node.value):
-            names.add(node.value)
-            if _MODULE_NAME.match(node.value):
-                strings.add(node.value)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _MODULE_NAME.match(node.value):
+            strings.add(node.value)
+        elif isinstance(node, ast.Call) and _imports_by_name(node.func) and node.args \
+                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str) \
+                and _DOTTED_NAME.match(node.args[0].value) and node.args[0].value != "__main__":
+            names.add(node.args[0].value)
     for node in ast.walk(tree):  # docstrings go only now: a docstring naming a module is still such a string
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
@@ -158,6 +159,13 @@ def _parse(path: Path) -> ParsedSource:
                 node.body = body[1:] or [ast.Pass()]
     digest = hashlib.sha256(ast.dump(tree, annotate_fields=False, include_attributes=False).encode()).hexdigest()
     return ParsedSource(digest, tuple(imports), tuple(sorted(strings)), tuple(sorted(names)))
+
+
+def _imports_by_name(function: ast.expr) -> bool:
+    """`import_module(…)`, `importlib.import_module(…)` or `__import__(…)`."""
+    if isinstance(function, ast.Name):
+        return function.id in ("import_module", "__import__")
+    return isinstance(function, ast.Attribute) and function.attr == "import_module"
 
 
 def _executed_nodes(tree: ast.AST) -> Iterable[ast.AST]:
@@ -217,19 +225,27 @@ def import_closure(roots: Iterable[str | Path], follow_strings: bool = False,
         path, name = pending.pop()
         users = not _in_package(name, package)
         candidates = imported_names(path, name, follow_strings)
-        if users and name != "__main__":  # yours may import yours by name (importlib.import_module("lab.helpers"))
-            candidates |= set(parsed_source(path).names)
-        for candidate in sorted(candidates):
+        by_name = set(parsed_source(path).names) - candidates if users else set()
+        for candidate in sorted(candidates | by_name):
             ours = _in_package(candidate, package)
             if not ours and not users:
                 continue
             for prefix in _prefixes(candidate):
                 source = locate(prefix)
-                if source is None or source.name in found:
+                if source is None or source.name in found or not (ours or not is_installed(source.path)):
                     continue
-                if ours or not is_installed(source.path):
-                    _add(source, found, pending, package)
+                if candidate in by_name and not _parses(source.path):
+                    continue  # a name that only looks like a module of yours (a file half written) is not one
+                _add(source, found, pending, package)
     return found
+
+
+def _parses(path: Path) -> bool:
+    try:
+        parsed_source(path)
+    except (OSError, SyntaxError, ValueError):
+        return False
+    return True
 
 
 def _in_package(name: str, package: str) -> bool:
@@ -256,14 +272,15 @@ def is_installed(path: Path) -> bool:
 
 @lru_cache(maxsize=None)
 def _folder_is_installed(folder: str) -> bool:
-    # by folder: a process asks about every module it executes, a few hundred files in a few dozen folders
-    for candidate in {folder, os.path.realpath(folder)}:
-        if any(candidate == d or candidate.startswith(d + os.sep) for d in _installed_directories()):
-            return True
-    roots = [os.path.abspath(entry) for entry in sys.path if isinstance(entry, str)]
-    root = max((r for r in roots if folder == r or folder.startswith(r.rstrip(os.sep) + os.sep)), key=len,
-               default=None)
-    return root is not None and _holds_distributions(root)
+    """By where the files really are: a folder symlinked into site-packages from the user's project (`flit install
+    --symlink`) is the user's code; one symlinked from an installer's store (uv's cache, /nix/store) lies beside
+    its distribution's metadata, as does a `pip --target` folder on PYTHONPATH. Asked per folder: a process asks
+    about every module it executes, a few hundred files in a few dozen folders."""
+    resolved = os.path.realpath(folder)
+    if any(resolved == d or resolved.startswith(d + os.sep) for d in _installed_directories()):
+        return True
+    parent = os.path.dirname(resolved)
+    return _holds_distributions(resolved) or (parent != resolved and _folder_is_installed(parent))
 
 
 @lru_cache(maxsize=None)
@@ -411,15 +428,39 @@ def _top_level_distributions() -> dict[str, list[str]]:
 
 
 def installed_identity(distribution: str) -> str:
-    """`<version> <sha256 of its RECORD>` of an installed distribution; "" when it is not installed."""
+    """`<version> <sha256 of the files it installed>` of an installed distribution ("" when it is not installed):
+    the sha256 of its RECORD's entries for its own files. Left out: its metadata (who installed it: pip or uv),
+    and files outside its folders (scripts whose first line names the venv), so identical code installed in
+    another venv is the same."""
     from importlib import metadata
 
     try:
         found = metadata.distribution(distribution)
     except metadata.PackageNotFoundError:
         return ""
-    record = found.read_text("RECORD") or ""
-    return f"{found.version} {hashlib.sha256(record.encode()).hexdigest()}"
+    folder = getattr(found, "_path", None)  # the .dist-info folder (a PathDistribution's)
+    try:
+        status = os.stat(os.path.join(folder, "RECORD")) if isinstance(folder, (str, os.PathLike)) else None
+    except OSError:
+        status = None
+    stamp = (str(folder), status.st_mtime_ns, status.st_size) if status is not None else None
+    if stamp is not None and stamp in _IDENTITIES:
+        return _IDENTITIES[stamp]
+    lines = sorted(line for line in (found.read_text("RECORD") or "").splitlines()
+                   if _own_hashed_file(line))
+    identity = f"{found.version} {hashlib.sha256(chr(10).join(lines).encode()).hexdigest()}"
+    if stamp is not None:
+        _IDENTITIES[stamp] = identity
+    return identity
+
+
+_IDENTITIES: dict[tuple[str, int, int], str] = {}  # (RECORD's folder, mtime_ns, size) → identity
+
+
+def _own_hashed_file(line: str) -> bool:
+    path, _, rest = line.partition(",")
+    digest = rest.partition(",")[0]
+    return bool(digest) and not path.startswith("../") and ".dist-info/" not in path
 
 
 @lru_cache(maxsize=None)
@@ -443,31 +484,29 @@ class StaleCodeError(RuntimeError):
     """A module's file changed after this process loaded it: the code that runs is not the code a key names."""
 
 
-# What this process runs, the only witness of it (Python keeps no copy of the source it ran):
-# - file → (load number, digest of its source when it was executed, times executed), noted by an audit hook at
-#   every execution of a module's code (an import, a reload, whatever loader ran it);
-# - module → (its __spec__, digest) for a module loaded before the hook was in place, noted as its file was then
-#   (or when a key first covers it, for one loaded some way the hook cannot see).
-# Kept across a reload of this module: a reload runs it again in the same namespace.
-_EXECUTED: dict[str, tuple[int, str, int]] = globals().get("_EXECUTED", {})
-_LOADED_AS: dict[str, tuple[object, str]] = globals().get("_LOADED_AS", {})
+# What this process runs, the only witness of it (Python keeps no copy of the source it ran): file → its
+# executions, oldest first, as (load number, digest of its source then). Noted by an audit hook at every
+# execution of a module's code (an import, a reload, whatever loader ran it); a module loaded before the hook was
+# in place is noted as its file was then, with load number 0. Kept across a reload of this module (a reload runs
+# it again in the same namespace).
+_EXECUTED: dict[str, list[tuple[int, str]]] = globals().get("_EXECUTED", {})
 _LOAD_NUMBERS = globals().get("_LOAD_NUMBERS", itertools.count(1))
 _RELOADS: list[str] = globals().get("_RELOADS", [])  # files executed more than once
 
 
-def _ran(name: str) -> tuple[int, str, int] | None:
-    """(load number, digest, times executed) of what module `name`, as loaded here, runs; None if not known."""
+def _file_of(name: str) -> str | None:
     module = sys.modules.get(name)
     if module is None:
         return None
-    spec = getattr(module, "__spec__", None)
-    origin = getattr(spec, "origin", None) or getattr(module, "__file__", None)
-    if isinstance(origin, str):
-        executed = _EXECUTED.get(os.path.abspath(origin))
-        if executed is not None:
-            return executed
-    seen = _LOADED_AS.get(name)
-    return (0, seen[1], 1) if seen is not None and seen[0] is spec else None
+    origin = getattr(getattr(module, "__spec__", None), "origin", None) or getattr(module, "__file__", None)
+    return os.path.abspath(origin) if isinstance(origin, str) else None
+
+
+def _ran(name: str) -> tuple[int, str] | None:
+    """(load number, digest) of what module `name`, as loaded here, runs; None if not known."""
+    file = _file_of(name)
+    history = _EXECUTED.get(file) if file is not None else None
+    return history[-1] if history else None
 
 
 def _check_loaded(name: str, path: Path, digest: str) -> None:
@@ -479,8 +518,9 @@ def _check_loaded(name: str, path: Path, digest: str) -> None:
     file edited while a stage runs, or between a notebook's import and its first run."""
     ran = _ran(name)
     if ran is None:
-        if name in sys.modules:  # loaded some way no witness saw: noted as its file is now
-            _LOADED_AS[name] = (getattr(sys.modules[name], "__spec__", None), digest)
+        file = _file_of(name)
+        if file is not None:  # loaded some way no witness saw: noted as its file is now
+            _EXECUTED[file] = [(0, digest)]
         return
     if ran[1] != digest:
         raise StaleCodeError(
@@ -489,21 +529,47 @@ def _check_loaded(name: str, path: Path, digest: str) -> None:
             f"kernel), or restart the workers that loaded it, and run again")
 
 
+def _value_imports(path: Path, name: str, modules: set[str]) -> set[str]:
+    """The modules among `modules` that `name` took values from (`from helpers import FACTOR`): a reload of one
+    leaves `name` holding the old values. `import helpers` and `from lab import helpers` bind the module object,
+    which a reload updates in place."""
+    is_package = path.name == "__init__.py"
+    found = set()
+    for entry in parsed_source(path).imports:
+        if entry[0] != "from":
+            continue
+        base = _absolute(entry[1], entry[2], name, is_package)
+        if base in modules and any(f"{base}.{alias}" not in modules for alias in entry[3]):
+            found.add(base)
+    return found - {name}
+
+
+def _changed_since(imported: str, name: str) -> bool:
+    """Whether module `imported` runs other code now than when module `name` was executed and took from it (its
+    execution before `name`'s, or the first, when it ran while `name` was executing). True when not known."""
+    ran = _ran(name)
+    history = _EXECUTED.get(_file_of(imported) or "") or []
+    if ran is None or not history:
+        return True
+    taken = next((digest for number, digest in reversed(history) if number < ran[0]), history[0][1])
+    return taken != history[-1][1]
+
+
 def _check_bindings(closure: tuple[tuple[str, Path], ...]) -> None:
-    """Refuse a module that took names from a module reloaded after it: `from helpers import FACTOR`, or a class
-    derived from one of the reloaded module's, still holds the old objects while the key names the new file."""
+    """Refuse a module that took values from a module executed again after it with other code: it still holds
+    the old values while the key names the new file. A reload that changed nothing that runs (a comment, the
+    same file under two names) is no change."""
     names = {name for name, _ in closure}
     for name, path in closure:
         ran = _ran(name)
         if ran is None or path.suffix != ".py":
             continue
-        for imported in sorted(imported_names(path, name) & names - {name}):
-            other = _ran(imported)
-            if other is not None and other[2] > 1 and other[0] > ran[0]:
+        for imported in sorted(_value_imports(path, name, names)):
+            if len(_EXECUTED.get(_file_of(imported) or "") or []) > 1 and _changed_since(imported, name):
                 raise StaleCodeError(
-                    f"{imported} was loaded again after {name} imported it, and {name} still holds what it took from "
-                    f"the old one (a `from … import`, a base class): reload {name} too and make its objects again "
-                    f"(in a notebook: restart the kernel)")
+                    f"{imported} was loaded again with other code after {name} took names from it (`from … "
+                    f"import`): {name} still holds the old ones. Reload {name} too and make its objects again (in a "
+                    f"notebook: restart the kernel)")
 
 
 def _loaded_as(name: str) -> str | None:
@@ -629,13 +695,23 @@ def defining_module(cls: type) -> str:
         main = sys.modules.get("__main__")
         raise ValueError(f"{cls.__name__} is defined in a script ({getattr(main, '__file__', '?')}); "
                          "move it into a module so its code can be part of cache keys")
+    if _reloaded_since(cls):
+        raise StaleCodeError(f"{cls.__module__}.{cls.__qualname__} was reloaded after this object was made: it "
+                             f"runs the old class's code. Make the object again from the reloaded module")
+    for base in cls.__mro__[1:]:
+        if _reloaded_since(base) and _changed_since(base.__module__, cls.__module__):
+            raise StaleCodeError(f"{base.__module__} was reloaded after {cls.__module__}.{cls.__qualname__} was "
+                                 f"defined: the class still derives from the old {base.__qualname__}. Reload "
+                                 f"{cls.__module__} too and make the object again")
+    return cls.__module__
+
+
+def _reloaded_since(cls: type) -> bool:
+    """Whether the module that defined `cls` now holds another class under its name (it was executed again)."""
     defined: object = sys.modules.get(cls.__module__)
     for part in cls.__qualname__.split("."):
         defined = getattr(defined, part, None)
-    if isinstance(defined, type) and defined is not cls and defined.__qualname__ == cls.__qualname__:
-        raise StaleCodeError(f"{cls.__module__}.{cls.__qualname__} was reloaded after this object was made: it "
-                             f"runs the old class's code. Make the object again from the reloaded module")
-    return cls.__module__
+    return isinstance(defined, type) and defined is not cls and defined.__qualname__ == cls.__qualname__
 
 
 
@@ -654,9 +730,9 @@ def _witness(event: str, args: tuple) -> None:
         if _folder_is_installed(os.path.dirname(filename)):
             return
         digest = parsed_source(Path(filename)).digest
-        times = _EXECUTED[filename][2] + 1 if filename in _EXECUTED else 1
-        _EXECUTED[filename] = (next(_LOAD_NUMBERS), digest, times)
-        if times == 2:
+        history = _EXECUTED.setdefault(filename, [])
+        history.append((next(_LOAD_NUMBERS), digest))
+        if len(history) == 2:
             _RELOADS.append(filename)
     except Exception:  # noqa: BLE001 - a file that cannot be read or parsed is the loader's to report
         return
@@ -668,13 +744,13 @@ def _witness_loads() -> None:
     their files are now: an edit of one between its import and now is not seen."""
     if globals().get("_WITNESSING"):
         return  # this module was reloaded: the hook (which cannot be removed) is in place
-    for name, module in list(sys.modules.items()):
-        spec = getattr(module, "__spec__", None)
-        origin = getattr(spec, "origin", None)
-        if name in _LOADED_AS or not isinstance(origin, str) or not origin.endswith(".py") or is_installed(Path(origin)):
+    for module in list(sys.modules.values()):
+        origin = getattr(getattr(module, "__spec__", None), "origin", None)
+        if not isinstance(origin, str) or not origin.endswith(".py") or os.path.abspath(origin) in _EXECUTED \
+                or is_installed(Path(origin)):
             continue
         try:
-            _LOADED_AS[name] = (spec, parsed_source(Path(origin)).digest)
+            _EXECUTED[os.path.abspath(origin)] = [(0, parsed_source(Path(origin)).digest)]
         except (OSError, SyntaxError, ValueError):
             continue
     sys.addaudithook(_witness)

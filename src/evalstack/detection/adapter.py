@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from evalstack.config import POSTPROCESS_FIELDS, ModelError, ModelSpec
+from evalstack.config import DETECTION_OUTSIDE_SIGNATURE, ModelError, ModelSpec
 from evalstack.detection.boxes import Candidates, Detections
 from evalstack.detection.decoding import (  # noqa: F401 - the names this module always offered
     MAX_LOG_SIZE,
@@ -27,8 +27,7 @@ from evalstack.models.adapters.torch_export import TorchAdapter
 class DetectionAdapter(TorchAdapter):
     """A PyTorch detector whose output follows the centernet contract above."""
 
-    # post-processing runs on the stored candidates under its own key; the candidate bound is in the contract
-    options_outside_signature = ("parity_of", *POSTPROCESS_FIELDS, "candidates")
+    options_outside_signature = DETECTION_OUTSIDE_SIGNATURE
 
     def __init__(self, spec: ModelSpec):
         if spec.task != "detect":

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from evalstack.config import ModelError, ModelSpec
+from evalstack.config import DETECTION_OUTSIDE_SIGNATURE, ModelError, ModelSpec
 from evalstack.core.keys import Key
 from evalstack.detection.boxes import Candidates
 from evalstack.detection.decoding import CandidateBound, PostProcess
@@ -134,6 +134,7 @@ class YoloAdapter:
         declared = options.pop("output", None)
         self.spec = replace(spec, layout="NCHW")  # the Ultralytics tensor contract, whatever the entry says
         self.runner = _runner(self.spec)
+        self.runner.options_outside_signature = DETECTION_OUTSIDE_SIGNATURE  # its contract is this detector's
         self.weights_sha256 = self.runner.weights_sha256
         self.postprocess = PostProcess.from_options(options)
         self.bound = CandidateBound.from_options(options)

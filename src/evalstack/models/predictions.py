@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from evalstack.config import ModelSpec
+from evalstack.config import ModelSpec, signature_options
 from evalstack.core.fingerprint import current_digests
 from evalstack.core.keys import Key, sha256_file
 from evalstack.core.kinds import PREDICTIONS_KIND
@@ -83,4 +83,6 @@ def expected_model_signature(layer: Any, spec: ModelSpec) -> Key:
     parts = copy.deepcopy(dict(layer.key.parts.get("model", {})))
     parts.update({"weights_sha256": sha256_file(spec.file), "labels": list(spec.labels), "task": spec.task,
                   "layout": spec.layout})
+    if "options" in parts:  # as the adapter names them: all but those that change no output (the record says which)
+        parts["options"] = signature_options(spec, tuple(parts.get("options_outside", ("parity_of",))))
     return Key("model", parts)

@@ -24,7 +24,7 @@ takes the padding from the unrounded size, which differs from this by under a pi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
@@ -89,7 +89,8 @@ class LetterboxPipeline(PreprocessingPipeline):
     resize: int = 128
     fill: int = 114  # grey padding, the usual letterbox colour
     resample: str = "bilinear"
-    stride: int | None = None  # a check only (the side must be a multiple of it): not in the key
+    # a check only (the side must be a multiple of it): not in the key
+    stride: int | None = field(default=None, metadata={"outside_key": True})
     kind: ClassVar[str] = "letterbox"
 
     def __post_init__(self) -> None:

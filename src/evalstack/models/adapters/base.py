@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from evalstack.config import TASKS, ModelError, ModelSpec
+from evalstack.config import TASKS, ModelError, ModelSpec, signature_options
 from evalstack.core.fingerprint import defining_module, runtime_part
 from evalstack.core.keys import Key
 from evalstack.models.trust import refuse_pickle_for_data_adapter
@@ -92,8 +92,8 @@ class ModelAdapter(ABC):
             "layout": self.spec.layout,
             "labels": list(self.spec.labels),
             "task": self.spec.task,
-            "options": {name: value for name, value in sorted(self.spec.options.items())
-                        if name not in self.options_outside_signature},
+            "options": signature_options(self.spec, self.options_outside_signature),
+            "options_outside": list(self.options_outside_signature),  # so a reader names them without the class
         }
 
     def signature(self) -> Key:

@@ -259,14 +259,15 @@ def _installed_directories() -> tuple[str, ...]:
     directories.update(site.getsitepackages())
     if site.ENABLE_USER_SITE and site.getusersitepackages():
         directories.add(site.getusersitepackages())
-    # as written and as resolved: a package symlinked into site-packages (uv's symlink mode, Nix) is installed
+    # resolved, as the files they hold are compared (and as written: a venv's own path may be a link)
     return tuple(sorted({os.path.abspath(d) for d in directories} | {os.path.realpath(d) for d in directories}))
 
 
 def is_installed(path: Path) -> bool:
     """Whether a module's file belongs to the Python installation rather than to the user's own code (the project,
-    a folder on PYTHONPATH, an editable install's source): under the standard library or site-packages, as
-    written or resolved, or under a folder on sys.path that holds installed distributions (`pip --target`)."""
+    a folder on PYTHONPATH, an editable install's source, a package linked into site-packages from the
+    project): where it resolves, under the standard library or site-packages, or beside installed
+    distributions' metadata (`pip --target`, uv's cache, /nix/store)."""
     return _folder_is_installed(os.path.dirname(os.path.abspath(path)))
 
 
@@ -380,9 +381,9 @@ def installed_imports(modules: dict[str, ModuleSource]) -> tuple[tuple[str, tupl
 
     Their code is not followed (it is not the user's to edit, and numpy alone is hundreds of files), but a
     reinstall of one changes what the user's module computes: the lab's own package installed without `-e`,
-    reinstalled after an edit, keeps its version number. So the key names each by its version and the
-    sha256 of its RECORD, which lists the sha256 of every file it installed. evalstack's own modules import
-    frameworks whose versions are the key's `runtime` part where they matter."""
+    reinstalled after an edit, keeps its version number. So the key names each by `installed_identity`: its
+    version and the sha256 of every file it installed, as its RECORD lists them. evalstack's own modules
+    import frameworks whose versions are the key's `runtime` part where they matter."""
     found: dict[str, set[str]] = {}  # distribution → the top-level modules of it imported
     for name, source in modules.items():
         if _in_package(name, PACKAGE):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import importlib.util
 import itertools
 import json
 import os
@@ -27,70 +26,15 @@ import sys
 import sysconfig
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Iterable
 
 from evalstack.core.atomic import atomic_write_bytes
+from evalstack.core.modules import ModuleSource, locate, module_path
 
 PACKAGE = "evalstack"
 _MODULE_NAME = re.compile(rf"^{PACKAGE}(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 _DOTTED_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-
-
-@dataclass(frozen=True)
-class ModuleSource:
-    name: str
-    path: Path
-
-    @property
-    def is_package(self) -> bool:
-        return self.path.name == "__init__.py"
-
-
-@lru_cache(maxsize=None)
-def locate(name: str) -> ModuleSource | None:
-    """The source file of module `name`, found without importing anything (None: no such module, or not a
-    .py file).
-
-    `importlib.util.find_spec("a.b.c")` imports `a.b` to find `c`, and the closure asks about every dotted
-    candidate (`evalstack.cache.dask_plugins.WorkerPlugin` imports dask_plugins, hence dask: 0.17 s in
-    every stage process that computes a key). So only the top-level name goes to the import system, which
-    imports nothing for it; below it, the package's directories are searched as Python's path finder does:
-    a package directory, then an extension module (not ours to fingerprint), then `<part>.py`, then a
-    namespace directory.
-    """
-    top, *rest = name.split(".")
-    try:
-        spec = importlib.util.find_spec(top)
-    except (ImportError, ValueError):
-        return None
-    if spec is None:
-        return None
-    origin, directories = spec.origin, list(spec.submodule_search_locations or ())
-    for part in rest:
-        origin, directories = _find_in(directories, part)
-        if origin is None and not directories:
-            return None
-    if not origin or not origin.endswith(".py") or not os.path.isfile(origin):  # a zip member is not ours to read
-        return None
-    return ModuleSource(name, Path(origin))
-
-
-def _find_in(directories: list[str], part: str) -> tuple[str | None, list[str]]:
-    """(origin, search directories) of submodule `part` within a package's `directories`."""
-    namespace = []
-    for directory in map(Path, directories):
-        package = directory / part
-        if (package / "__init__.py").is_file():
-            return str(package / "__init__.py"), [str(package)]
-        if any((directory / f"{part}{suffix}").is_file() for suffix in EXTENSION_SUFFIXES):
-            return "", []
-        if (directory / f"{part}.py").is_file():
-            return str(directory / f"{part}.py"), []
-        if package.is_dir():
-            namespace.append(str(package))
-    return None, namespace
 
 
 def imported_names(path: Path, module: str, follow_strings: bool = False) -> set[str]:
@@ -673,15 +617,6 @@ def current_digests(recorded: dict[str, str]) -> dict[str, str]:
         source = locate(name)
         now[name] = source_digest(source.path) if source is not None else ""
     return now
-
-
-def module_path(name: str) -> str:
-    """How a message names a module: its file under src/ (`src/evalstack/preprocess/regions.py`)."""
-    source = locate(name)
-    if source is not None and "src" in source.path.parts:
-        parts = source.path.parts
-        return "/".join(parts[len(parts) - 1 - parts[::-1].index("src"):])
-    return name
 
 
 def _shown(name: str, path: Path) -> str:

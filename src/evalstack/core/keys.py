@@ -103,7 +103,7 @@ _CODE_PART = re.compile(r"^((?:[^.]+\.)*?)code\.(.+)$")
 
 
 def _module_file(module: str) -> str:
-    from evalstack.core.fingerprint import module_path
+    from evalstack.core.modules import module_path
 
     return module_path(module)
 

@@ -200,7 +200,7 @@ def test_a_parse_is_remembered_beside_the_source_and_used_by_the_next_process(tm
     module.write_text(SOURCE)
     first = _fresh_parse(monkeypatch, module)
     assert fingerprint.sidecar_path(module).is_file()
-    assert first.strings == ("evalstack.core.layers",) and ("import", "evalstack.core.keys") in first.imports
+    assert first.strings == ("evalstack.core.layers",) and ("import", "evalstack.core.keys", "evalstack") in first.imports
 
     def no_parse(*args, **kwargs):
         raise AssertionError("parsed again although the sidecar holds this file's parse")
@@ -398,31 +398,43 @@ def test_a_module_that_took_names_from_a_reloaded_helper_is_refused_until_reload
 
     helper = tmp_path / "took_helper.py"
     helper.write_text("FACTOR = 1.0\n\n\nclass Base:\n    def scale(self, x):\n        return x * FACTOR\n")
-    (tmp_path / "took_adapter.py").write_text(
-        "from took_helper import FACTOR\n\n\ndef scale(x):\n    return x * FACTOR\n")
-    (tmp_path / "took_module.py").write_text(  # binds the module object: a reload updates it in place
-        "import took_helper\n\n\nclass Derived(took_helper.Base):\n    pass\n\n\n"
-        "def scale(x):\n    return x * took_helper.FACTOR\n")
+    modules = {
+        "took_adapter": "from took_helper import FACTOR\n\n\ndef scale(x):\n    return x * FACTOR\n",
+        # reads the module at each call: a reload updates it in place
+        "took_module": "import took_helper\n\n\ndef scale(x):\n    return x * took_helper.FACTOR\n",
+        # reads it while it executes: a copy of the value, and a class derived from the old Base
+        "took_copy": "import took_helper\n\nSCALE = took_helper.FACTOR * 10\n",
+        "took_derived": "import took_helper\n\n\nclass Derived(took_helper.Base):\n    pass\n",
+        # takes a value from a module that computed it from took_helper (not itself reloaded with other code)
+        "took_mid": "from took_helper import FACTOR\n\nDOUBLE = 2 * FACTOR\n",
+        "took_far": "from took_mid import DOUBLE\n",
+    }
+    for name, text in modules.items():
+        (tmp_path / f"{name}.py").write_text(text)
     monkeypatch.syspath_prepend(str(tmp_path))
-    for name in ("took_helper", "took_adapter", "took_module"):
+    for name in ("took_helper", *modules):
         monkeypatch.delitem(sys.modules, name, raising=False)
-    adapter = importlib.import_module("took_adapter")
-    bound = importlib.import_module("took_module")
+    loaded = {name: importlib.import_module(name) for name in modules}
+    adapter = loaded["took_adapter"]
     first = code_part("took_adapter")
 
     helper.write_text(helper.read_text() + "# reviewed\n")  # a reload that changes nothing that runs
     importlib.reload(sys.modules["took_helper"])
     assert code_part("took_adapter") == first
-    defining_module(bound.Derived)
+    for name in modules:
+        code_part(name)
+    defining_module(loaded["took_derived"].Derived)
 
     helper.write_text(helper.read_text().replace("FACTOR = 1.0", "FACTOR = 2.0"))
     importlib.reload(sys.modules["took_helper"])
-    assert adapter.scale(1.0) == 1.0 and bound.scale(1.0) == 2.0  # the taken value is old, the module's is new
-    with pytest.raises(StaleCodeError, match="took_helper was loaded again with other code after took_adapter took"):
-        code_part("took_adapter")
-    code_part("took_module")  # it reads took_helper.FACTOR at each call: the new one
-    with pytest.raises(StaleCodeError, match="took_helper was reloaded after took_module.Derived was defined"):
-        defining_module(bound.Derived)  # but its class still derives from the old Base
+    importlib.reload(sys.modules["took_mid"])  # the same code, computing DOUBLE again from the new FACTOR
+    assert adapter.scale(1.0) == 1.0 and loaded["took_module"].scale(1.0) == 2.0
+    code_part("took_module")  # the new FACTOR at each call
+    for name in ("took_adapter", "took_copy", "took_derived", "took_far"):
+        with pytest.raises(StaleCodeError, match=f"after {name} took names from it"):
+            code_part(name)
+    with pytest.raises(StaleCodeError, match="took_helper was reloaded after took_derived.Derived was defined"):
+        defining_module(loaded["took_derived"].Derived)  # its class still derives from the old Base
     importlib.reload(adapter)
     assert adapter.scale(1.0) == 2.0 and code_part("took_adapter") != first
 
@@ -482,9 +494,9 @@ def test_a_package_a_users_module_imports_reinstalled_without_a_new_version_chan
 
 def test_a_package_linked_into_site_packages_from_the_project_is_followed(tmp_path: Path, monkeypatch):
     """`flit install --symlink` (or ln -s) puts the project's package into site-packages as a link: it is the
-    user's code where it resolves, so its helper's edit changes the key; a package that lies beside its
-    distribution's metadata (installed) is not followed."""
-    from evalstack.core.fingerprint import code_part
+    user's code where it resolves, so its helper's edit changes the key; a package its distribution's record
+    lists is installed, and not followed, but a project in a folder that merely holds a distribution is not."""
+    from evalstack.core.fingerprint import code_part, is_installed
 
     project = tmp_path / "project/devlab"
     project.mkdir(parents=True)
@@ -492,11 +504,17 @@ def test_a_package_linked_into_site_packages_from_the_project_is_followed(tmp_pa
     (project / "helpers.py").write_text("FACTOR = 1.0\n")
     (project / "adapter.py").write_text("from devlab.helpers import FACTOR\n")
     site_dir = tmp_path / "site"
-    site_dir.mkdir()
-    (site_dir / "other-1.0.dist-info").mkdir()  # a folder of installed distributions
+    (site_dir / "other-1.0.dist-info").mkdir(parents=True)  # a folder of installed distributions
+    (site_dir / "other-1.0.dist-info/RECORD").write_text("other/__init__.py,sha256=abc,0\n")
+    (site_dir / "other").mkdir()
+    (site_dir / "other/__init__.py").write_text("")
     (site_dir / "devlab").symlink_to(project, target_is_directory=True)
+    # the project itself sits in a folder holding a distribution (a deploy folder filled by `pip install -t .`)
+    (tmp_path / "unrelated-2.0.dist-info").mkdir()
+    (tmp_path / "unrelated-2.0.dist-info/RECORD").write_text("unrelated.py,sha256=abc,0\n")
     monkeypatch.syspath_prepend(str(site_dir))
     first = code_part("devlab.adapter")
     assert "devlab.helpers" in first
+    assert is_installed(site_dir / "other/__init__.py") and not is_installed(project / "helpers.py")
     (project / "helpers.py").write_text("FACTOR = 2.0\n")
     assert code_part("devlab.adapter")["devlab.helpers"] != first["devlab.helpers"]

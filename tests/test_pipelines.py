@@ -71,14 +71,23 @@ def test_a_pipeline_field_left_out_of_its_parameters_is_refused_not_left_out_of_
     import sys
 
     (tmp_path / "gamma_pipelines.py").write_text(
-        "from dataclasses import dataclass, field\n"
+        "from dataclasses import InitVar, dataclass, field\n"
         "from evalstack.preprocess.pipelines import CropResizePipeline\n\n\n"
         "@dataclass(frozen=True)\nclass Gamma(CropResizePipeline):\n    gamma: float = 1.0\n\n\n"
+        "@dataclass(frozen=True)\nclass Boost(CropResizePipeline):  # set from params.yaml, used in __post_init__\n"
+        "    boost: InitVar[float] = 1.0\n\n"
+        "    def __post_init__(self, boost):\n        super().__post_init__()\n\n\n"
         "@dataclass(frozen=True)\nclass Quiet(CropResizePipeline):\n"
-        "    verbose: bool = field(default=False, metadata={'outside_key': True})\n")
+        "    verbose: bool = field(default=False, metadata={'outside_key': True})\n"
+        "    table: tuple = field(default=(), init=False)  # derived, not a setting\n"
+        "    side: int = field(default=0, metadata={'key': 'shape'})\n\n"
+        "    def parameters(self):\n        return {**super().parameters(), 'shape': [self.side, self.side]}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "gamma_pipelines", raising=False)
     module = importlib.import_module("gamma_pipelines")
     with pytest.raises(PipelineError, match=r"Gamma.parameters\(\) leaves out gamma"):
         module.Gamma(gamma=2.2).cache_key()
-    assert module.Quiet(verbose=True).cache_key().parts["params"] == CropResizePipeline().parameters()
+    with pytest.raises(PipelineError, match=r"Boost.parameters\(\) leaves out boost"):
+        module.Boost(boost=2.0).cache_key()
+    assert module.Quiet(verbose=True, side=3).cache_key().parts["params"] == {
+        **CropResizePipeline().parameters(), "shape": [3, 3]}

@@ -8,7 +8,6 @@ Builders that need a subsystem live with it (`cache.shardstore.open_store`,
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from importlib import import_module
@@ -325,16 +324,31 @@ DETECTION_OUTSIDE_SIGNATURE = ("parity_of", *POSTPROCESS_FIELDS, "candidates")
 
 
 def signature_options(spec: ModelSpec, outside: tuple[str, ...]) -> dict[str, Any]:
-    """The entry's options as a model signature names them: all but `outside`, JSON values only (a key is JSON;
-    an object such as a function has no stable form to compare, so it is refused by name)."""
+    """The entry's options as a model signature names them: all but `outside`, values a key can hold (what
+    params.yaml gives, numpy scalars, paths). An object such as a function has no stable form to compare, and a
+    set's order differs between processes: refused by name."""
+    from evalstack.core.keys import canonical_json
+
     options = {name: value for name, value in sorted(spec.options.items()) if name not in outside}
     for name, value in options.items():
         try:
-            json.dumps(value, sort_keys=True, allow_nan=False)
+            if _holds_a_set(value):
+                raise TypeError
+            canonical_json(value)
         except (TypeError, ValueError):
-            raise ModelError(f"model {spec.name}: option {name!r} is {type(value).__name__}, not a JSON value (a "
-                             "number, string, list or mapping): options are part of the model's signature") from None
+            raise ModelError(f"model {spec.name}: option {name!r} is {type(value).__name__}, not a value a cache key "
+                             "can hold (a number, string, list or mapping): options are part of the model's "
+                             "signature") from None
     return options
+
+
+def _holds_a_set(value: Any) -> bool:
+    if isinstance(value, (set, frozenset)):
+        return True
+    if isinstance(value, Mapping):
+        return any(_holds_a_set(item) for item in value.values())
+    return isinstance(value, (list, tuple)) and any(_holds_a_set(item) for item in value)
+
 
 def check_detection_fields(name: str, fields: Mapping[str, Any]) -> None:
     """A detection model's adapter options live under `options:`, the mapping infer and grid track: a key beside

@@ -27,7 +27,7 @@ import sysconfig
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from evalstack.core.atomic import atomic_write_bytes
 from evalstack.core.modules import ModuleSource, locate, module_path
@@ -46,7 +46,7 @@ def imported_names(path: Path, module: str, follow_strings: bool = False) -> set
         if entry[0] == "import":
             names.add(entry[1])
             continue
-        _, level, imported, aliases = entry
+        _, level, imported, aliases = entry[:4]
         base = _absolute(level, imported, module, is_package)
         if base is None:
             continue
@@ -62,20 +62,24 @@ class ParsedSource:
     """What the closure and the fingerprint need of one source file, from one parse of it."""
 
     digest: str  # sha256 of the syntax tree without docstrings
-    # ("import", name) | ("from", level, module or "", (name, ...)), from code that runs (TYPE_CHECKING aside)
+    # ("import", name, bound name) | ("from", level, module or "", (name, ...), (bound name, ...)), from code that
+    # runs (TYPE_CHECKING aside)
     imports: tuple[tuple, ...]
     strings: tuple[str, ...]  # string constants in code that runs that look like evalstack module names
     names: tuple[str, ...] = ()  # modules imported by name: import_module("lab.helpers"), __import__("lab")
+    read_at_import: tuple[str, ...] = ()  # names read while the module executes (not in function bodies)
 
     def to_json(self) -> dict:
-        imports = [list(entry[:3]) + ([list(entry[3])] if len(entry) > 3 else []) for entry in self.imports]
-        return {"digest": self.digest, "imports": imports, "strings": list(self.strings), "names": list(self.names)}
+        imports = [[item if not isinstance(item, tuple) else list(item) for item in entry] for entry in self.imports]
+        return {"digest": self.digest, "imports": imports, "strings": list(self.strings), "names": list(self.names),
+                "read_at_import": list(self.read_at_import)}
 
     @classmethod
     def from_json(cls, record: dict) -> "ParsedSource":
-        imports = tuple(("import", str(e[1])) if e[0] == "import" else ("from", int(e[1]), str(e[2]), tuple(e[3]))
-                        for e in record["imports"])
-        return cls(str(record["digest"]), imports, tuple(record["strings"]), tuple(record["names"]))
+        imports = tuple(("import", str(e[1]), str(e[2])) if e[0] == "import"
+                        else ("from", int(e[1]), str(e[2]), tuple(e[3]), tuple(e[4])) for e in record["imports"])
+        return cls(str(record["digest"]), imports, tuple(record["strings"]), tuple(record["names"]),
+                   tuple(record["read_at_import"]))
 
 
 def _parse(path: Path) -> ParsedSource:
@@ -86,9 +90,10 @@ def _parse(path: Path) -> ParsedSource:
     names: set[str] = set()
     for node in _executed_nodes(tree):
         if isinstance(node, ast.Import):
-            imports.extend(("import", alias.name) for alias in node.names)
+            imports.extend(("import", alias.name, alias.asname or alias.name.split(".")[0]) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            imports.append(("from", node.level, node.module or "", tuple(alias.name for alias in node.names)))
+            imports.append(("from", node.level, node.module or "", tuple(alias.name for alias in node.names),
+                            tuple(alias.asname or alias.name for alias in node.names)))
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _MODULE_NAME.match(node.value):
             strings.add(node.value)
         elif isinstance(node, ast.Call) and _imports_by_name(node.func) and node.args \
@@ -101,8 +106,28 @@ def _parse(path: Path) -> ParsedSource:
             if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
                     and isinstance(body[0].value.value, str):
                 node.body = body[1:] or [ast.Pass()]
+    read_at_import = _read_at_import(tree)
     digest = hashlib.sha256(ast.dump(tree, annotate_fields=False, include_attributes=False).encode()).hexdigest()
-    return ParsedSource(digest, tuple(imports), tuple(sorted(strings)), tuple(sorted(names)))
+    return ParsedSource(digest, tuple(imports), tuple(sorted(strings)), tuple(sorted(names)),
+                        tuple(sorted(read_at_import)))
+
+
+def _read_at_import(tree: ast.AST) -> set[str]:
+    """Names a module reads while it executes: its body and class bodies, decorators and default values, not the
+    bodies of its functions (they read when called). `SCALE = helpers.FACTOR * 10` takes a value from helpers."""
+    read: set[str] = set()
+    stack: list[ast.AST] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            stack.extend(getattr(node, "decorator_list", []))
+            stack.extend(node.args.defaults)
+            stack.extend(default for default in node.args.kw_defaults if default is not None)
+            continue
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            read.add(node.id)
+        stack.extend(ast.iter_child_nodes(node))
+    return read
 
 
 def _imports_by_name(function: ast.expr) -> bool:
@@ -210,22 +235,25 @@ def _installed_directories() -> tuple[str, ...]:
 def is_installed(path: Path) -> bool:
     """Whether a module's file belongs to the Python installation rather than to the user's own code (the project,
     a folder on PYTHONPATH, an editable install's source, a package linked into site-packages from the
-    project): where it resolves, under the standard library or site-packages, or beside installed
-    distributions' metadata (`pip --target`, uv's cache, /nix/store)."""
-    return _folder_is_installed(os.path.dirname(os.path.abspath(path)))
+    project): where it resolves, under the standard library or site-packages, or in a folder whose installed
+    distributions' records list it (`pip --target`, uv's cache, /nix/store)."""
+    return _installed_file(os.path.realpath(path))
 
 
 @lru_cache(maxsize=None)
-def _folder_is_installed(folder: str) -> bool:
-    """By where the files really are: a folder symlinked into site-packages from the user's project (`flit install
-    --symlink`) is the user's code; one symlinked from an installer's store (uv's cache, /nix/store) lies beside
-    its distribution's metadata, as does a `pip --target` folder on PYTHONPATH. Asked per folder: a process asks
-    about every module it executes, a few hundred files in a few dozen folders."""
-    resolved = os.path.realpath(folder)
-    if any(resolved == d or resolved.startswith(d + os.sep) for d in _installed_directories()):
+def _installed_file(resolved: str) -> bool:
+    if any(resolved.startswith(d + os.sep) for d in _installed_directories()):
         return True
-    parent = os.path.dirname(resolved)
-    return _holds_distributions(resolved) or (parent != resolved and _folder_is_installed(parent))
+    folder = os.path.dirname(resolved)
+    while True:
+        # Only a distribution that lists it: a project that merely sits in a folder holding some `*.dist-info`
+        # (a deploy folder filled by `pip install -t .`) is still the user's code.
+        if _holds_distributions(folder) and _listed(folder, os.path.relpath(resolved, folder).split(os.sep)[0]):
+            return True
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return False
+        folder = parent
 
 
 @lru_cache(maxsize=None)
@@ -234,6 +262,19 @@ def _holds_distributions(folder: str) -> bool:
         return any(name.endswith(".dist-info") for name in os.listdir(folder))
     except OSError:
         return False
+
+
+@lru_cache(maxsize=None)
+def _listed(folder: str, top: str) -> bool:
+    """Whether a distribution installed in `folder` lists `top` (a package folder, or a module file) among its files."""
+    for info in sorted(name for name in os.listdir(folder) if name.endswith(".dist-info")):
+        try:
+            with open(os.path.join(folder, info, "RECORD"), encoding="utf-8") as record:
+                if any(line.startswith((f"{top}/", f"{top},")) for line in record):
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def _prefixes(name: str) -> list[str]:
@@ -474,30 +515,73 @@ def _check_loaded(name: str, path: Path, digest: str) -> None:
             f"kernel), or restart the workers that loaded it, and run again")
 
 
-def _value_imports(path: Path, name: str, modules: set[str]) -> set[str]:
-    """The modules among `modules` that `name` took values from (`from helpers import FACTOR`): a reload of one
-    leaves `name` holding the old values. `import helpers` and `from lab import helpers` bind the module object,
-    which a reload updates in place."""
+def _value_imports(path: Path, name: str, modules: set[str] | Mapping[str, object]) -> set[str]:
+    """The modules among `modules` that `name` took values from: `from helpers import FACTOR`, or a module bound
+    by `import helpers` / `from lab import helpers` and read while `name` executed (`SCALE = helpers.FACTOR`). A
+    reload of one leaves `name` holding the old values; a module only read inside functions is the reloaded one
+    (a reload updates the module object in place)."""
+    parsed = parsed_source(path)
+    read = set(parsed.read_at_import)
     is_package = path.name == "__init__.py"
     found = set()
-    for entry in parsed_source(path).imports:
-        if entry[0] != "from":
+    for entry in parsed.imports:
+        if entry[0] == "import":
+            if entry[2] in read:
+                found.update(prefix for prefix in _prefixes(entry[1]) if prefix in modules)
             continue
         base = _absolute(entry[1], entry[2], name, is_package)
-        if base in modules and any(f"{base}.{alias}" not in modules for alias in entry[3]):
-            found.add(base)
+        if base is None:
+            continue
+        for alias, bound in zip(entry[3], entry[4]):
+            submodule = f"{base}.{alias}"
+            if submodule in modules:
+                if bound in read:
+                    found.add(submodule)
+            elif base in modules:
+                found.add(base)
     return found - {name}
 
 
-def _changed_since(imported: str, name: str) -> bool:
-    """Whether module `imported` runs other code now than when module `name` was executed and took from it (its
-    execution before `name`'s, or the first, when it ran while `name` was executing). True when not known."""
+def _changed_since(imported: str, name: str, modules: set[str] | Mapping[str, object]) -> bool:
+    """Whether module `imported` holds other values now than when module `name` was executed and took from it:
+    other code in its execution then (the one before `name`'s, or the first, when it ran while `name` was
+    executing) and now, or, the same, but taking other values in turn (`mid` computed from a reloaded
+    `helpers`). True when not known."""
     ran = _ran(name)
-    history = _EXECUTED.get(_file_of(imported) or "") or []
-    if ran is None or not history:
+    if ran is None or not _EXECUTED.get(_file_of(imported) or ""):
         return True
-    taken = next((digest for number, digest in reversed(history) if number < ran[0]), history[0][1])
-    return taken != history[-1][1]
+    return _state(imported, ran[0], modules, frozenset()) != _state(imported, None, modules, frozenset())
+
+
+def _state(name: str, before: int | None, modules: set[str] | Mapping[str, object], seen: frozenset) -> tuple:
+    """What module `name` held as of load number `before` (None: now): the digest of its execution then, and the
+    same of each module it took values from, as of that execution."""
+    file = _file_of(name)
+    history = _EXECUTED.get(file or "") or []
+    if not history:
+        return (name,)
+    number, digest = history[-1] if before is None else \
+        next((entry for entry in reversed(history) if entry[0] < before), history[0])
+    if name in seen or not file or not os.path.isfile(file):
+        return (name, digest)
+    taken = sorted(_value_imports(Path(file), name, modules))
+    return (name, digest, tuple(_state(other, number, modules, seen | {name}) for other in taken))
+
+
+def _reloaded_any(name: str, modules: set[str] | Mapping[str, object]) -> bool:
+    """Whether module `name`, or a module it took values from (and so on), was executed more than once."""
+    pending, seen = [name], set()
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        file = _file_of(current)
+        if file and len(_EXECUTED.get(file) or []) > 1:
+            return True
+        if file and os.path.isfile(file) and not is_installed(Path(file)):
+            pending.extend(_value_imports(Path(file), current, modules))
+    return False
 
 
 def _check_bindings(closure: tuple[tuple[str, Path], ...]) -> None:
@@ -510,10 +594,11 @@ def _check_bindings(closure: tuple[tuple[str, Path], ...]) -> None:
         if ran is None or path.suffix != ".py":
             continue
         for imported in sorted(_value_imports(path, name, names)):
-            if len(_EXECUTED.get(_file_of(imported) or "") or []) > 1 and _changed_since(imported, name):
+            if _reloaded_any(imported, names) and _changed_since(imported, name, names):
                 raise StaleCodeError(
-                    f"{imported} was loaded again with other code after {name} took names from it (`from … "
-                    f"import`): {name} still holds the old ones. Reload {name} too and make its objects again (in a "
+                    f"{imported} was loaded again after {name} took names from it, and holds other values now (its "
+                    f"code, or a module it took from, changed): {name} still holds the old ones. Reload {name} too "
+                    f"and make its objects again (in a "
                     f"notebook: restart the kernel)")
 
 
@@ -635,7 +720,7 @@ def defining_module(cls: type) -> str:
         raise StaleCodeError(f"{cls.__module__}.{cls.__qualname__} was reloaded after this object was made: it "
                              f"runs the old class's code. Make the object again from the reloaded module")
     for base in cls.__mro__[1:]:
-        if _reloaded_since(base) and _changed_since(base.__module__, cls.__module__):
+        if _reloaded_since(base) and _changed_since(base.__module__, cls.__module__, sys.modules):
             raise StaleCodeError(f"{base.__module__} was reloaded after {cls.__module__}.{cls.__qualname__} was "
                                  f"defined: the class still derives from the old {base.__qualname__}. Reload "
                                  f"{cls.__module__} too and make the object again")
@@ -663,7 +748,7 @@ def _witness(event: str, args: tuple) -> None:
         if code.co_name != "<module>" or not filename.endswith(".py"):
             return
         filename = os.path.abspath(filename)
-        if _folder_is_installed(os.path.dirname(filename)):
+        if is_installed(Path(filename)):
             return
         digest = parsed_source(Path(filename)).digest
         history = _EXECUTED.setdefault(filename, [])

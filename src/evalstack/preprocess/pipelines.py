@@ -6,6 +6,7 @@ is (kind, canonical params, code fingerprint); settings that do not change resul
 """
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields, is_dataclass
 from importlib import import_module
@@ -81,12 +82,16 @@ class PreprocessingPipeline(ABC):
 
 
 def _check_fields_in(pipeline: PreprocessingPipeline, params: Mapping[str, Any]) -> None:
-    """A dataclass pipeline's field left out of `parameters()` (yours: `gamma: float = 1.0`, not returned) would
-    change the output without changing the key, and its layer would be reused for another value. A field that
-    truly changes nothing says so with `field(metadata={"outside_key": True})`."""
-    if not is_dataclass(pipeline):
-        return
-    missing = [f.name for f in fields(pipeline) if f.name not in params and not f.metadata.get("outside_key")]
+    """A setting that params.yaml can give the pipeline (an argument of its constructor: a dataclass field, an
+    InitVar) but that `parameters()` leaves out would change the output without changing the key, and a layer
+    computed under one value would be reused for another. A field that truly changes nothing says so with
+    `field(metadata={"outside_key": True})`; one `parameters()` gives under another name, with
+    `field(metadata={"key": "<name>"})`."""
+    metadata = {f.name: f.metadata for f in fields(pipeline)} if is_dataclass(pipeline) else {}
+    arguments = [name for name, parameter in inspect.signature(type(pipeline)).parameters.items()
+                 if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)]
+    missing = [name for name in arguments if not metadata.get(name, {}).get("outside_key")
+               and metadata.get(name, {}).get("key", name) not in params]
     if missing:
         raise PipelineError(f"{type(pipeline).__name__}.parameters() leaves out {', '.join(missing)}: every setting "
                             "that changes the output must be in it (it is the pipeline's part of the cache key); "

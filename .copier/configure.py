@@ -80,6 +80,10 @@ def drop_line(text: str, line: str) -> str:
     return "".join(kept for kept in text.splitlines(keepends=True) if kept.strip() != line)
 
 
+def replace_line(text: str, line: str, replacement: str) -> str:
+    return "".join(replacement if kept.strip() == line else kept for kept in text.splitlines(keepends=True))
+
+
 def edit(path: Path, change) -> None:
     if path.is_file():
         path.write_text(change(path.read_text()))
@@ -99,9 +103,15 @@ def classification_source(answers: dict) -> None:
     }
     block = "  source:                   # where cards come from (README: \"Fetch from PAD\")\n" + sources[kind]()
     edit(ROOT / "params.yaml", lambda text: replace_block(text, "source", 2, block, parent="fetch"))
-    # no embedded dataset: no synth stage, and fetch no longer depends on its folder
-    edit(ROOT / "dvc.yaml", lambda text: drop_line(drop_block(text, "synth", 2, parent="stages"),
-                                                   "- data/source           # the embedded dataset; drop this dep when fetching from a server"))
+    # No embedded dataset: no synth stage. fetch depends on what it reads from this disk instead (DVC reruns it
+    # when a folder's images or labels, or a local registry, change; the fetch stage refuses an untracked one),
+    # and on nothing for a server (`dvc repro -f fetch` fetches it again).
+    local = {"folder": [answers.get("folder_path", "")],
+             "registry": [answers.get(f"registry_{split}", "") for split in ("dev", "test")]}.get(kind, [])
+    deps = "".join(f"      - {path}  # what fetch reads\n" for path in local if path and "://" not in path)
+    edit(ROOT / "dvc.yaml", lambda text: replace_line(drop_block(text, "synth", 2, parent="stages"),
+                                                      "- data/source           # the embedded dataset; drop this dep when fetching from a server",
+                                                      deps))
 
 
 def detection_source(answers: dict) -> None:

@@ -118,6 +118,9 @@ def test_copy_applies_the_answers(generated: dict[str, Path]):
     assert "# where cards come from" in (project / "params.yaml").read_text()  # comments kept
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     assert "synth" not in stages and "data/source" not in str(stages["fetch"]["deps"])
+    # a local registry is what fetch reads: DVC reruns fetch when it changes (and fetch refuses an untracked one)
+    assert {str(generated["cards"] / "metadata_dev.csv"), str(generated["cards"] / "metadata_test.csv")} <= set(
+        stages["fetch"]["deps"])
     assert f"url = {generated['remote']}\n" in (project / ".dvc/config").read_text()
     assert f"url = {generated['remote']}/detection\n" in (project / "detection/.dvc/config").read_text()
     answers = yaml.safe_load((project / ".copier-answers.yml").read_text())

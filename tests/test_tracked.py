@@ -55,6 +55,8 @@ def test_a_local_source_is_tracked_and_a_server_is_not_asked_for(tmp_path: Path,
     monkeypatch.chdir(root)
     assert local_source_files("pad_api", {}, "", "") == []
     assert local_source_files("registry", {"dev": "https://pad.example/dev.csv"}, "", "") == []
+    assert local_source_files("registry", {"dev": "file:///data/my%20cards/dev.csv"}, "", "") == [
+        ("the dev registry", Path("/data/my cards/dev.csv"))]  # the file fetch reads, not a path with %20 in it
     check_tracked(local_source_files("registry", {"dev": "data/source/metadata_dev.csv"}, "", ""))
     with pytest.raises(UntrackedInputError, match="fetch reads the folder source cards"):
         check_tracked(local_source_files("folder", {}, "cards", ""))

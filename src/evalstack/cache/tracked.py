@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Iterable
+from urllib.parse import unquote, urlparse
 
 import yaml
 
@@ -32,7 +33,8 @@ def stage_deps() -> tuple[str, list[Path]] | None:
     file, _, name = addressing.rpartition(":")
     dvcfile = root / (file or "dvc.yaml")
     try:
-        stages = (yaml.safe_load(dvcfile.read_text()) or {}).get("stages") or {}
+        loaded = yaml.load(dvcfile.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+        stages = loaded.get("stages") or {}
     except (OSError, yaml.YAMLError):
         return None
     entry = stages.get(name) or stages.get(name.split("@")[0])
@@ -47,6 +49,9 @@ def stage_deps() -> tuple[str, list[Path]] | None:
 
 def check_tracked(inputs: Iterable[tuple[str, Path]]) -> None:
     """Refuse, under `dvc repro`, an input (what, path) that none of the running stage's deps covers."""
+    inputs = list(inputs)
+    if not inputs or not os.environ.get("DVC_STAGE"):
+        return  # the template's own stages have none: no dvc.yaml parse (~10 ms) per robustness cell
     found = stage_deps()
     if found is None:
         return
@@ -86,6 +91,12 @@ def local_source_files(kind: str, registries: dict[str, str], folder: str, label
     if kind == "folder":
         return [("the folder source", Path(folder))] + ([("the labels file", Path(labels))] if labels else [])
     if kind == "registry":
-        return [(f"the {split} registry", Path(location[len("file://"):] if location.startswith("file://") else location))
-                for split, location in sorted(registries.items()) if "://" not in location or location.startswith("file://")]
+        found = []
+        for split, location in sorted(registries.items()):
+            url = urlparse(location)
+            if url.scheme == "file":  # read as sources.registry.read_local reads it
+                found.append((f"the {split} registry", Path(unquote(url.path))))
+            elif "://" not in location:
+                found.append((f"the {split} registry", Path(location)))
+        return found
     return []

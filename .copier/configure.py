@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import yaml
 
@@ -84,6 +85,15 @@ def replace_line(text: str, line: str, replacement: str) -> str:
     return "".join(replacement if kept.strip() == line else kept for kept in text.splitlines(keepends=True))
 
 
+def local_path(location: str) -> str:
+    """A source location on this disk as a dvc.yaml dep (a plain path, or a file:// URL's path, as fetch reads
+    it); "" for a server."""
+    url = urlparse(location)
+    if url.scheme == "file":
+        return unquote(url.path)
+    return "" if "://" in location else location
+
+
 def edit(path: Path, change) -> None:
     if path.is_file():
         path.write_text(change(path.read_text()))
@@ -108,7 +118,7 @@ def classification_source(answers: dict) -> None:
     # and on nothing for a server (`dvc repro -f fetch` fetches it again).
     local = {"folder": [answers.get("folder_path", "")],
              "registry": [answers.get(f"registry_{split}", "") for split in ("dev", "test")]}.get(kind, [])
-    deps = "".join(f"      - {path}  # what fetch reads\n" for path in local if path and "://" not in path)
+    deps = "".join(f"      - {path}  # what fetch reads\n" for path in map(local_path, local) if path)
     edit(ROOT / "dvc.yaml", lambda text: replace_line(drop_block(text, "synth", 2, parent="stages"),
                                                       "- data/source           # the embedded dataset; drop this dep when fetching from a server",
                                                       deps))
@@ -120,8 +130,10 @@ def detection_source(answers: dict) -> None:
     block = ("  splits:                   # split → COCO instances JSON + the folder its file_names are relative to\n"
              f"    val:\n      annotations: {answers['coco_annotations']}\n      images: {answers['coco_images']}\n")
     edit(ROOT / "detection/params.yaml", lambda text: replace_block(text, "splits", 2, block, parent="fetch"))
-    edit(ROOT / "detection/dvc.yaml", lambda text: drop_line(drop_block(text, "synth", 2, parent="stages"),
-                                                             "- data/source"))
+    deps = "".join(f"      - {path}  # what fetch reads\n"
+                   for path in map(local_path, (answers["coco_annotations"], answers["coco_images"])) if path)
+    edit(ROOT / "detection/dvc.yaml", lambda text: replace_line(drop_block(text, "synth", 2, parent="stages"),
+                                                                "- data/source", deps))
 
 
 def without_demo_models(answers: dict) -> None:

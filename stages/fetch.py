@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 from evalstack.cache.shardstore import open_store
-from evalstack.cache.tracked import check_tracked, local_source_files
+from evalstack.cache.tracked import check_tracked
 from evalstack.config import load_params
 from evalstack.core.failures import run_stage
 from evalstack.fetch.distributed import fetch_cluster
@@ -20,8 +20,7 @@ def main() -> int:
     args = parser.parse_args()
     params = load_params(args.params)
     config = fetch_config(params, report=args.report)
-    source = config.source
-    check_tracked(local_source_files(source.kind, dict(source.registries), source.folder, source.labels))
+    check_tracked(config.source.local_files())
     try:
         store = open_store(params, args.params.parent)
         with fetch_cluster(params, store) as cluster:  # None unless executor: dask, dask.address and store.url

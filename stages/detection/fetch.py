@@ -2,9 +2,10 @@
 import argparse
 from pathlib import Path
 
+from evalstack.cache.tracked import check_tracked
 from evalstack.config import load_params
 from evalstack.core.failures import run_stage
-from evalstack.sources.detection_source import fetch_detection_layer
+from evalstack.sources.detection_source import detection_source_files, fetch_detection_layer
 
 
 def main() -> None:
@@ -12,7 +13,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="raw layer directory")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
-    index = fetch_detection_layer(load_params(args.params)["fetch"], args.out)
+    fetch = load_params(args.params)["fetch"]
+    check_tracked(detection_source_files(fetch))
+    index = fetch_detection_layer(fetch, args.out)
     print(f"raw layer: {index.n_items} images, {index.stats['annotations']} boxes in {len(index.shards)} shards")
 
 

@@ -1,102 +1,160 @@
 """What the running DVC stage tracks: its deps in dvc.yaml, and a refusal to use an input it does not track.
 
 DVC reruns a stage only when a dep changes. A stage that reads a file no dep covers (your own pipeline or
-adapter module outside `src/evalstack`, the folder or registry a fetch reads) is skipped after an edit of that
-file: "Data and pipelines are up to date", exit 0, the old outputs. The cache keys would see the edit, but no
-key is computed when the stage does not run. So a stage run by DVC refuses, on its first run already, to use
-such an input, and says which dep to add.
+adapter module, a module of evalstack's its deps leave out, the folder or registry a fetch reads, your package
+installed from a folder without `-e`) is skipped after an edit of that file: "Data and pipelines are up to
+date", exit 0, the old outputs. The cache keys would see the edit, but no key is computed when the stage does
+not run. So a stage run by DVC refuses, on its first run already, to use such an input, and says which dep to add.
 """
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 from urllib.parse import unquote, urlparse
 
 import yaml
 
-from evalstack.core.fingerprint import INSTALLED, PACKAGE, is_installed
+from evalstack.core.fingerprint import INSTALLED, is_installed
 from evalstack.core.modules import locate
 
 
 class UntrackedInputError(RuntimeError):
-    """A stage run by DVC reads a file that none of its deps covers."""
+    """A stage run by DVC reads a file that none of its deps covers, or the stage cannot be found."""
 
 
-def stage_deps() -> tuple[str, list[Path]] | None:
-    """(the stage's name, its deps as absolute paths) while DVC runs a stage (DVC sets DVC_STAGE and DVC_ROOT);
-    None otherwise. Deps that name a foreach item (`${item.pipeline}`) are the stage's data: left out."""
+@dataclass(frozen=True)
+class Input:
+    """A file or folder a stage reads. `folder_dep`: the dep to suggest is its folder (a module: the package)."""
+
+    what: str
+    path: Path
+    folder_dep: bool = False
+
+
+@dataclass(frozen=True)
+class RunningStage:
+    name: str  # as DVC names it: fetch, preprocess@gray64
+    wdir: Path  # where it runs, resolved
+    deps: tuple[Path, ...]  # resolved; deps that name a foreach item (`${item.x}`) are the stage's data: left out
+
+
+def running_stage() -> RunningStage | None:
+    """The stage DVC is running in this process (DVC sets DVC_STAGE), found in its dvc.yaml; None outside DVC."""
     addressing = os.environ.get("DVC_STAGE")
     if not addressing:
         return None
-    root = Path(os.environ.get("DVC_ROOT") or ".")
-    file, _, name = addressing.rpartition(":")
-    dvcfile = root / (file or "dvc.yaml")
+    return _find_stage(addressing, os.getcwd())
+
+
+@lru_cache(maxsize=8)
+def _find_stage(addressing: str, cwd: str) -> RunningStage:
+    # DVC_STAGE's file part is relative to where `dvc` was started, which this process cannot know, and
+    # DVC_ROOT is the workspace even under `dvc exp run --temp`/`--queue`, where the stage runs in a copy. The
+    # stage runs in its wdir: the dvc.yaml that names it is in that folder or above it, up to the repository.
+    name = addressing.rpartition(":")[2]
+    here = Path(cwd).resolve()
+    found = []
+    for folder in (here, *here.parents):
+        found += [RunningStage(name, stage.wdir, stage.deps) for stage in _stages_in(folder / "dvc.yaml")
+                  if stage.wdir == here and (stage.name == name or stage.name.endswith("@") and name.startswith(
+                      stage.name))]
+        if (folder / ".dvc").is_dir():
+            break
+    if len(found) != 1:
+        raise UntrackedInputError(
+            f"cannot tell which dvc.yaml stage {name!r} running in {here} comes from "
+            f"({'none' if not found else len(found)} of them name it), so cannot check that its deps cover what "
+            f"it reads; keep the stage's dvc.yaml in its wdir or a folder above it")
+    return found[0]
+
+
+def _stages_in(dvcfile: Path) -> list[RunningStage]:
     try:
         loaded = yaml.load(dvcfile.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
-        stages = loaded.get("stages") or {}
-    except (OSError, yaml.YAMLError):
-        return None
-    entry = stages.get(name) or stages.get(name.split("@")[0])
-    if not isinstance(entry, dict):
-        return None
-    definition = entry.get("do", entry) if ("foreach" in entry or "matrix" in entry) else entry
-    folder = dvcfile.parent / str(definition.get("wdir", "."))
-    deps = [(folder / dep).resolve() for dep in definition.get("deps") or []
-            if isinstance(dep, str) and "${" not in dep]
-    return name, deps
+    except FileNotFoundError:
+        return []
+    except (OSError, yaml.YAMLError) as error:
+        raise UntrackedInputError(f"cannot read {dvcfile} to check the stage's deps: {error}") from None
+    stages = []
+    for name, entry in (loaded.get("stages") or {}).items():
+        if not isinstance(entry, dict):
+            continue
+        looped = "foreach" in entry or "matrix" in entry
+        definition = entry.get("do", entry) if looped else entry
+        wdir = (dvcfile.parent / str(definition.get("wdir", "."))).resolve()
+        deps = tuple((wdir / dep).resolve() for dep in definition.get("deps") or []
+                     if isinstance(dep, str) and "${" not in dep)
+        # foreach and matrix stages run as name@<key>: any name of the family is this definition
+        stages.append(RunningStage(f"{name}@" if looped else name, wdir, deps))
+    return stages
 
 
-def check_tracked(inputs: Iterable[tuple[str, Path]]) -> None:
-    """Refuse, under `dvc repro`, an input (what, path) that none of the running stage's deps covers."""
-    inputs = list(inputs)
+def check_tracked(inputs: Iterable[Input | tuple[str, Path]]) -> None:
+    """Refuse, under `dvc repro`, an input (an Input, or (what, path)) that none of the running stage's deps
+    covers."""
+    inputs = [item if isinstance(item, Input) else Input(*item) for item in inputs]
     if not inputs or not os.environ.get("DVC_STAGE"):
-        return  # the template's own stages have none: no dvc.yaml parse (~10 ms) per robustness cell
-    found = stage_deps()
-    if found is None:
         return
-    name, deps = found
-    root = Path(os.environ.get("DVC_ROOT") or ".").resolve()
-    untracked = [(what, Path(path).resolve()) for what, path in inputs]
-    untracked = [(what, path) for what, path in untracked
-                 if not any(path == dep or path.is_relative_to(dep) for dep in deps)]
+    stage = running_stage()
+    untracked = [item for item in inputs if not _covered(Path(item.path).resolve(), stage.deps)]
     if not untracked:
         return
-    shown = [os.path.relpath(path, root) for _, path in untracked]
-    # one dep that covers them all: the file itself, or the folder they share (a package's __init__ and module)
-    covering = shown[0] if len(shown) == 1 else os.path.commonpath(shown) or "."
-    listed = ", ".join(f"{what} {path}" for (what, _), path in zip(untracked, shown))
+    listed = ", ".join(f"{item.what} {_shown(Path(item.path).resolve(), stage.wdir)}" for item in untracked)
+    suggested = dict.fromkeys(_shown(Path(item.path).resolve().parent if item.folder_dep else
+                                     Path(item.path).resolve(), stage.wdir) for item in untracked)
     raise UntrackedInputError(
-        f"{name} reads {listed}, which none of its deps in dvc.yaml covers: DVC would not rerun it when that "
-        f"changes, and its old outputs would stay. Add `- {covering}` to the stage's deps")
+        f"{stage.name} reads {listed}, which none of its deps in dvc.yaml covers: DVC would not rerun it when that "
+        f"changes, and its old outputs would stay. Add {', '.join(f'`- {dep}`' for dep in suggested)} to the "
+        f"stage's deps")
 
 
-def users_code(code: dict[str, str]) -> list[tuple[str, Path]]:
-    """The files of a key's code part that are the user's own, outside evalstack (whose folders the template's
-    dvc.yaml lists, and tests/test_layout.py checks): ("code", path) for each."""
+def _covered(path: Path, deps: tuple[Path, ...]) -> bool:
+    return any(path == dep or path.is_relative_to(dep) for dep in deps)
+
+
+def _shown(path: Path, wdir: Path) -> str:
+    """A dep as dvc.yaml would name it from the stage's wdir: through a symlink there if one leads to it (the
+    detection project's `src`: DVC applies the project's .dvcignore only through it), absolute outside the
+    repository."""
+    for entry in sorted(wdir.iterdir()) if wdir.is_dir() else []:
+        if entry.is_symlink() and entry.is_dir() and path.is_relative_to(entry.resolve()):
+            return str(entry.relative_to(wdir) / path.relative_to(entry.resolve()))
+    root = next((folder for folder in (wdir, *wdir.parents) if (folder / ".dvc").is_dir()), wdir)
+    return os.path.relpath(path, wdir) if path.is_relative_to(root) else str(path)
+
+
+def code_files(code: dict[str, str]) -> list[Input]:
+    """What a key's code part reads that DVC must track: each module's file that is not installed (yours, and
+    evalstack's: the template's dvc.yaml lists its folders, tests/test_layout.py checks the closures), and a
+    distribution of yours installed from a folder without `-e` (reinstalled after an edit, its key changes,
+    but DVC sees no dep change)."""
     found = []
     for name in sorted(code):
-        if name.startswith(INSTALLED) or name == PACKAGE or name.startswith(PACKAGE + "."):
+        if name.startswith(INSTALLED):
+            folder = _installed_from_folder(name[len(INSTALLED):])
+            if folder is not None:
+                found.append(Input(f"the package {name[len(INSTALLED):]} installed from", folder))
             continue
         source = locate(name)
         if source is not None and not is_installed(source.path):
-            found.append(("code", source.path))
+            found.append(Input("code", source.path, folder_dep=True))
     return found
 
 
-def local_source_files(kind: str, registries: dict[str, str], folder: str, labels: str) -> list[tuple[str, Path]]:
-    """What a fetch reads from this machine's disk and must track: a folder source's folder (images and labels,
-    with no digest to check them by), a local registry's CSV files (the listing; each row carries its image's
-    md5). A server (a registry URL, the PAD API) is no file: `dvc repro -f fetch` fetches it again."""
-    if kind == "folder":
-        return [("the folder source", Path(folder))] + ([("the labels file", Path(labels))] if labels else [])
-    if kind == "registry":
-        found = []
-        for split, location in sorted(registries.items()):
-            url = urlparse(location)
-            if url.scheme == "file":  # read as sources.registry.read_local reads it
-                found.append((f"the {split} registry", Path(unquote(url.path))))
-            elif "://" not in location:
-                found.append((f"the {split} registry", Path(location)))
-        return found
-    return []
+def _installed_from_folder(distribution: str) -> Path | None:
+    """The local folder a distribution was installed from without `-e` (pip's direct_url.json), else None."""
+    from importlib import metadata
+
+    try:
+        text = metadata.distribution(distribution).read_text("direct_url.json")
+        record = json.loads(text) if text else {}
+    except (metadata.PackageNotFoundError, ValueError, OSError):
+        return None
+    url = urlparse(str(record.get("url", "")))
+    if url.scheme != "file" or (record.get("dir_info") or {}).get("editable"):
+        return None
+    return Path(unquote(url.path))

@@ -19,6 +19,7 @@ from evalstack.sources.registry import (
     check_unique_ids,
     iter_labels,
     iter_registry,
+    local_path,
     md5_capped,
     to_url,
 )
@@ -70,6 +71,18 @@ class SourceConfig:
         if unknown:
             raise SourceError(f"fetch.source has unknown keys {unknown}; known: {sorted(known)}")
         return cls(**source)
+
+    def local_files(self) -> list[tuple[str, Path]]:
+        """What a fetch reads from this machine's disk, which the fetch stage's deps must cover: a folder
+        source's folder (images and labels, no digest to check them by) and labels file, a local registry's CSV
+        files (the listing; each row carries its image's md5). A server is no file: `dvc repro -f fetch`."""
+        if self.kind == "folder":
+            found = [("the folder source", local_path(self.folder)), ("the labels file", local_path(self.labels))]
+        elif self.kind == "registry":
+            found = [(f"the {split} registry", local_path(location)) for split, location in sorted(self.registries.items())]
+        else:
+            found = []
+        return [(what, path) for what, path in found if path is not None and str(path) not in ("", ".")]
 
     def describe(self) -> dict[str, Any]:
         """The settings that matter for this kind (for the report and the layer index)."""

@@ -6,7 +6,8 @@ from typing import Any, Mapping
 
 from evalstack.core.layers import LayerIndex
 from evalstack.sources.coco import CocoFetchConfig, CocoSplit, ImageFetchOptions, fetch_coco_layer
-from evalstack.sources.yolo_dataset import YoloFetchConfig, fetch_yolo_layer
+from evalstack.sources.registry import local_path
+from evalstack.sources.yolo_dataset import YoloFetchConfig, fetch_yolo_layer, label_path, read_data_yaml
 
 
 def detection_fetch_config(fetch: Mapping[str, Any]) -> CocoFetchConfig | YoloFetchConfig:
@@ -25,3 +26,20 @@ def fetch_detection_layer(fetch: Mapping[str, Any], out_dir: Path) -> LayerIndex
     if isinstance(config, YoloFetchConfig):
         return fetch_yolo_layer(config, out_dir)
     return fetch_coco_layer(config, out_dir)
+
+
+def detection_source_files(fetch: Mapping[str, Any]) -> list[tuple[str, Path]]:
+    """What a detection fetch reads from this disk, which the fetch stage's deps must cover: each split's COCO
+    JSON and image folder; a YOLO data.yaml, its split folders and their label folders (Ultralytics' layout)."""
+    config = detection_fetch_config(fetch)
+    if isinstance(config, YoloFetchConfig):
+        found = [("the YOLO data.yaml", Path(config.data))]
+        for split in read_data_yaml(config.data, config.splits).splits:
+            found += [(f"the {split.name} images", split.folder),
+                      (f"the {split.name} labels", label_path(split.folder / "image.png").parent)]
+        return found
+    found = []
+    for name, split in sorted(config.splits.items()):
+        found += [(f"the {name} annotations", local_path(split.annotations)),
+                  (f"the {name} images", local_path(split.images))]
+    return [(what, path) for what, path in found if path is not None]

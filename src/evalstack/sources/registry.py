@@ -64,6 +64,15 @@ def to_url(location: str | Path) -> str:
     return Path(text).resolve().as_uri()
 
 
+def local_path(location: str) -> Path | None:
+    """A source location on this disk: a plain path, or a file:// URL read as `read_local` reads it; None for
+    a server."""
+    url = urlparse(location)
+    if url.scheme == "file":
+        return Path(unquote(url.path))
+    return None if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", location) else Path(location)
+
+
 def check_scheme(url: str, allowed: tuple[str, ...]) -> None:
     scheme = urlparse(url).scheme
     if scheme not in allowed:

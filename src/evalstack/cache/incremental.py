@@ -25,7 +25,7 @@ from evalstack.cache.dvcfiles import locked_layer_for, shard_files
 from evalstack.cache.executors import Executor, LocalExecutor, OutputFormat, ShardJob, derive_shard, key_code
 from evalstack.cache.shardstore import ShardStore, derivation_key
 from evalstack.cache.storejobs import key_json, output_entry
-from evalstack.cache.tracked import check_tracked, code_files
+from evalstack.cache.tracked import check_code_tracked
 from evalstack.core.keys import Key, explain_change, sha256_file
 from evalstack.core.layers import INDEX_NAME, Layer, LayerIndex, LayerWriter, ShardInfo, StoreError, remembered_checks
 
@@ -87,7 +87,7 @@ def build_derived_layer(
     A shard built from a subset of its upstream's items (one split) names that subset
     through `selection`, so its address changes when the subset does."""
     out_dir = Path(out_dir)
-    check_tracked(code_files(key_code(spec.key.parts)))  # under dvc repro: the stage's deps cover its code
+    check_code_tracked(key_code(spec.key.parts))  # under dvc repro: the stage's deps cover its code
     previous, seeded = start_build(store, out_dir, spec.kind)
     log = BuildLog(spec.kind, spec.key, spec.label, spec.key_labels, spec.work, previous)
     log.seeded = seeded

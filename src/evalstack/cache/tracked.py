@@ -96,10 +96,20 @@ def _stages_in(dvcfile: Path) -> list[RunningStage]:
 def check_tracked(inputs: Iterable[Input | tuple[str, Path]]) -> None:
     """Refuse, under `dvc repro`, an input (an Input, or (what, path)) that none of the running stage's deps
     covers."""
-    inputs = [item if isinstance(item, Input) else Input(*item) for item in inputs]
-    if not inputs or not os.environ.get("DVC_STAGE"):
-        return
-    stage = running_stage()
+    inputs = tuple(item if isinstance(item, Input) else Input(*item) for item in inputs)
+    if inputs and os.environ.get("DVC_STAGE"):
+        _check(inputs, os.environ["DVC_STAGE"], os.getcwd())
+
+
+def check_code_tracked(code: dict[str, str]) -> None:
+    """check_tracked for the files of a key's code part (`code_files`); nothing to find outside DVC."""
+    if os.environ.get("DVC_STAGE"):
+        check_tracked(_code_files(tuple(sorted(code))))
+
+
+@lru_cache(maxsize=64)  # robustness builds a layer per cell, each with the same code: ~2 ms a check
+def _check(inputs: tuple[Input, ...], addressing: str, cwd: str) -> None:
+    stage = _find_stage(addressing, cwd)
     untracked = [item for item in inputs if not _covered(Path(item.path).resolve(), stage.deps)]
     if not untracked:
         return
@@ -125,6 +135,11 @@ def _shown(path: Path, wdir: Path) -> str:
             return str(entry.relative_to(wdir) / path.relative_to(entry.resolve()))
     root = next((folder for folder in (wdir, *wdir.parents) if (folder / ".dvc").is_dir()), wdir)
     return os.path.relpath(path, wdir) if path.is_relative_to(root) else str(path)
+
+
+@lru_cache(maxsize=64)
+def _code_files(names: tuple[str, ...]) -> tuple[Input, ...]:
+    return tuple(code_files(dict.fromkeys(names, "")))
 
 
 def code_files(code: dict[str, str]) -> list[Input]:

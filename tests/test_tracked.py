@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evalstack.cache.tracked import UntrackedInputError, check_tracked, code_files, running_stage
+from evalstack.cache.tracked import Input, UntrackedInputError, check_tracked, code_files, running_stage
 from evalstack.sources.catalog import SourceConfig
 
 PIPELINE = {"stages": {"preprocess": {"foreach": {"thumb64": {}, "gray64": {}}, "do": {
@@ -146,6 +146,11 @@ def test_dvc_repro_refuses_a_pipeline_of_yours_until_a_dep_covers_it_then_reruns
     (root / "src/lab/graypipe.py").write_text(GRAY.replace("GAIN = 1.0", "GAIN = 0.5"))
     assert "preprocess@gray64" in stages_run(run(root, "dvc", "repro", "preprocess@gray64").stdout)
     assert index.read_text() != before  # computed with the edited pipeline
+    # A temp experiment runs in a copy (.dvc/tmp/exps/…): the copy's src/lab is imported and covered there
+    # (was: the workspace's, refused as untracked although the same dep covered it).
+    run(root, "git", "add", "-A")
+    run(root, "git", "commit", "-qm", "gray64")
+    run(root, "dvc", "exp", "run", "--temp", "preprocess@gray64", "-S", "preprocess.pipelines.gray64.resize=48")
 
 
 def test_copier_puts_a_local_source_in_fetchs_deps_and_a_server_nowhere(tmp_path: Path):
@@ -192,3 +197,43 @@ def test_a_package_of_yours_installed_from_a_folder_without_e_must_be_tracked_by
     found = code_files({"installed:lab_pinned": "1.0 x", "installed:lab_dev": "1.0 y", "installed:numpy": "z"})
     assert [(item.what, item.path) for item in found] == [
         ("the package lab_pinned installed from", Path("/data/lab code"))]
+
+
+def test_a_stage_of_a_dvc_yaml_below_its_wdir_is_checked_against_its_own_deps(tmp_path: Path, monkeypatch):
+    """pipelines/dvc.yaml with `wdir: ..` beside a root dvc.yaml holding a stage of the same name: the running
+    stage's own deps decide (was: the root's, which covered what the running one does not)."""
+    from evalstack.cache import tracked
+
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"plain": {"cmd": "true", "deps": ["lib"]}}}))
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines/dvc.yaml").write_text(yaml.safe_dump(
+        {"stages": {"plain": {"cmd": "true", "wdir": "..", "deps": ["stages"]}}}))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_STAGE", "pipelines/dvc.yaml:plain")
+    tracked._find_stage.cache_clear()
+    with pytest.raises(UntrackedInputError, match="plain reads code lib/mod.py.*Add `- lib`"):
+        check_tracked([Input("code", tmp_path / "lib/mod.py", folder_dep=True)])
+    monkeypatch.setenv("DVC_STAGE", "plain")
+    check_tracked([Input("code", tmp_path / "lib/mod.py", folder_dep=True)])
+    tracked._find_stage.cache_clear()
+
+
+def test_a_module_of_a_package_installed_from_a_folder_without_e_asks_for_that_folder(tmp_path: Path, monkeypatch):
+    """The pipeline module params name is followed by its file even when installed (`pip install ./lab`): the
+    folder it was installed from is what DVC must see change."""
+    import json
+
+    site = tmp_path / "site"
+    (site / "labx").mkdir(parents=True)
+    (site / "labx/__init__.py").write_text("")
+    (site / "labx/pipe.py").write_text("GAIN = 1\n")
+    info = site / "labx-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: labx\nVersion: 1.0\n")
+    (info / "RECORD").write_text("labx/__init__.py,,\nlabx/pipe.py,,\nlabx-1.0.dist-info/METADATA,,\n")
+    (info / "direct_url.json").write_text(json.dumps({"url": f"file://{tmp_path}/lab", "dir_info": {}}))
+    monkeypatch.syspath_prepend(str(site))
+    assert [(item.what, item.path) for item in code_files({"labx.pipe": "d", "labx": "e"})] == [
+        ("the package labx installed from", tmp_path / "lab")]

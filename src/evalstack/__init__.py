@@ -7,7 +7,8 @@ editable install points at the first clone's `src/`): a stage of the second clon
 the first clone's code while DVC records the second clone's `src/` as the stage's deps, so its outputs
 would come from other code with exit 0. So when a stage script (`stages/….py`) or the `evalstack`
 command runs inside a checkout whose `src/evalstack` is not this package, that checkout's package
-replaces this one before anything else is imported from it.
+replaces this one before anything else is imported from it, and the checkout's `src/` goes first on
+the import path, for the packages of yours beside it.
 """
 import importlib.util as _util
 import sys as _sys
@@ -41,4 +42,7 @@ def _use_checkout(package: _Path) -> None:
 
 _checkout = _running_checkout()
 if _checkout is not None and _checkout != _Path(__file__).resolve().parent:
+    # The checkout's other packages too (your pipeline or adapter in src/lab): under `dvc exp run --temp` or
+    # `--queue` the stage runs in a copy whose deps are the copy's files, not the workspace's.
+    _sys.path.insert(0, str(_checkout.parent))
     _use_checkout(_checkout)

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlparse
 
 import yaml
 
-from evalstack.core.fingerprint import INSTALLED, is_installed
+from evalstack.core.fingerprint import INSTALLED, PACKAGE, distribution_of, is_installed
 from evalstack.core.modules import locate
 
 
@@ -52,24 +52,50 @@ def running_stage() -> RunningStage | None:
 
 @lru_cache(maxsize=8)
 def _find_stage(addressing: str, cwd: str) -> RunningStage:
-    # DVC_STAGE's file part is relative to where `dvc` was started, which this process cannot know, and
-    # DVC_ROOT is the workspace even under `dvc exp run --temp`/`--queue`, where the stage runs in a copy. The
-    # stage runs in its wdir: the dvc.yaml that names it is in that folder or above it, up to the repository.
-    name = addressing.rpartition(":")[2]
+    # DVC_STAGE is `<dvc.yaml relative to where dvc was started>:<name>` (just the name for the dvc.yaml
+    # there), and DVC_ROOT is the workspace even under `dvc exp run --temp`/`--queue`, where the stage runs in a
+    # copy. So the dvc.yaml is found from where `dvc` runs (its process's folder), else looked for from the
+    # stage's wdir (where the stage runs) up to the repository: a dvc.yaml with that stage running there.
+    file, _, name = addressing.rpartition(":")
     here = Path(cwd).resolve()
-    found = []
-    for folder in (here, *here.parents):
-        found += [RunningStage(name, stage.wdir, stage.deps) for stage in _stages_in(folder / "dvc.yaml")
-                  if stage.wdir == here and (stage.name == name or stage.name.endswith("@") and name.startswith(
-                      stage.name))]
-        if (folder / ".dvc").is_dir():
-            break
+    started = _dvc_folder()
+    if started is not None:
+        found = _named(started / (file or "dvc.yaml"), name, here)
+        if found:
+            return found[0]
+    root = next((folder for folder in (here, *here.parents) if (folder / ".dvc").is_dir()), None)
+    folders = [here, *here.parents][: [here, *here.parents].index(root) + 1] if root else [here]
+    # where dvc may have started: a folder on the way up (`dvc repro pipelines/dvc.yaml:x` from the root)
+    found = list(dict.fromkeys(stage for folder in folders for stage in _named(folder / (file or "dvc.yaml"), name,
+                                                                                 here)))
+    if not found:  # started elsewhere (`cd stages && dvc repro ../dvc.yaml:x`): the dvc.yamls up the way
+        found = list(dict.fromkeys(stage for folder in folders for stage in _named(folder / "dvc.yaml", name, here)))
     if len(found) != 1:
         raise UntrackedInputError(
             f"cannot tell which dvc.yaml stage {name!r} running in {here} comes from "
             f"({'none' if not found else len(found)} of them name it), so cannot check that its deps cover what "
-            f"it reads; keep the stage's dvc.yaml in its wdir or a folder above it")
+            f"it reads; run `dvc repro` from the repository's root")
     return found[0]
+
+
+def _named(dvcfile: Path, name: str, wdir: Path) -> list[RunningStage]:
+    """The stage `name` of `dvcfile` (foreach and matrix stages by their family) if it runs in `wdir`."""
+    return [RunningStage(name, stage.wdir, stage.deps) for stage in _stages_in(dvcfile.resolve())
+            if stage.wdir == wdir and (stage.name == name or stage.name.endswith("@") and name.startswith(stage.name))]
+
+
+def _dvc_folder() -> Path | None:
+    """The folder the `dvc` process running this stage works in (Linux /proc): the first ancestor process
+    without DVC_STAGE in its environment, which DVC sets for the stage's command only."""
+    pid = os.getppid()
+    for _ in range(6):
+        try:
+            if b"DVC_STAGE=" not in Path(f"/proc/{pid}/environ").read_bytes():
+                return Path(os.readlink(f"/proc/{pid}/cwd")).resolve()
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
 
 
 def _stages_in(dvcfile: Path) -> list[RunningStage]:
@@ -155,9 +181,19 @@ def code_files(code: dict[str, str]) -> list[Input]:
                 found.append(Input(f"the package {name[len(INSTALLED):]} installed from", folder))
             continue
         source = locate(name)
-        if source is not None and not is_installed(source.path):
+        if source is None:
+            continue
+        if not is_installed(source.path):
             found.append(Input("code", source.path, folder_dep=True))
-    return found
+            continue
+        # a module the key follows by its file though installed (the pipeline or adapter module params name),
+        # from a package of yours installed from a folder without -e: that folder is what changes it
+        top = name.split(".")[0]
+        distribution = None if top == PACKAGE else distribution_of(top)
+        folder = _installed_from_folder(distribution) if distribution else None
+        if folder is not None:
+            found.append(Input(f"the package {distribution} installed from", folder))
+    return list(dict.fromkeys(found))
 
 
 def _installed_from_folder(distribution: str) -> Path | None:

@@ -380,7 +380,7 @@ def installed_imports(modules: dict[str, ModuleSource]) -> tuple[tuple[str, tupl
             located = locate(top)
             if located is None or not is_installed(located.path) or _in_standard_library(located.path):
                 continue
-            distribution = _distribution_of(top)
+            distribution = distribution_of(top)
             if distribution is not None:
                 found.setdefault(distribution, set()).add(top)
     return tuple(sorted((distribution, tuple(sorted(tops))) for distribution, tops in found.items()))
@@ -395,7 +395,7 @@ def _in_standard_library(path: Path) -> bool:
 
 
 @lru_cache(maxsize=None)
-def _distribution_of(top: str) -> str | None:
+def distribution_of(top: str) -> str | None:
     from importlib import metadata
 
     try:

@@ -63,8 +63,7 @@ def _find_stage(addressing: str, cwd: str) -> RunningStage:
         found = _named(started / (file or "dvc.yaml"), name, here)
         if found:
             return found[0]
-    root = next((folder for folder in (here, *here.parents) if (folder / ".dvc").is_dir()), None)
-    folders = [here, *here.parents][: [here, *here.parents].index(root) + 1] if root else [here]
+    folders = _up_to_repository(here)
     # where dvc may have started: a folder on the way up (`dvc repro pipelines/dvc.yaml:x` from the root)
     found = list(dict.fromkeys(stage for folder in folders for stage in _named(folder / (file or "dvc.yaml"), name,
                                                                                  here)))
@@ -76,6 +75,12 @@ def _find_stage(addressing: str, cwd: str) -> RunningStage:
             f"({'none' if not found else len(found)} of them name it), so cannot check that its deps cover what "
             f"it reads; run `dvc repro` from the repository's root")
     return found[0]
+
+
+def _up_to_repository(folder: Path) -> list[Path]:
+    """`folder` and the folders above it up to the repository's (the one holding `.dvc`); [folder] outside one."""
+    way = [folder, *folder.parents]
+    return next((way[: n + 1] for n, above in enumerate(way) if (above / ".dvc").is_dir()), [folder])
 
 
 def _named(dvcfile: Path, name: str, wdir: Path) -> list[RunningStage]:
@@ -159,37 +164,33 @@ def _shown(path: Path, wdir: Path) -> str:
     for entry in sorted(wdir.iterdir()) if wdir.is_dir() else []:
         if entry.is_symlink() and entry.is_dir() and path.is_relative_to(entry.resolve()):
             return str(entry.relative_to(wdir) / path.relative_to(entry.resolve()))
-    root = next((folder for folder in (wdir, *wdir.parents) if (folder / ".dvc").is_dir()), wdir)
-    return os.path.relpath(path, wdir) if path.is_relative_to(root) else str(path)
+    return os.path.relpath(path, wdir) if path.is_relative_to(_up_to_repository(wdir)[-1]) else str(path)
 
 
 @lru_cache(maxsize=64)
 def _code_files(names: tuple[str, ...]) -> tuple[Input, ...]:
-    return tuple(code_files(dict.fromkeys(names, "")))
+    return tuple(code_files(names))
 
 
-def code_files(code: dict[str, str]) -> list[Input]:
-    """What a key's code part reads that DVC must track: each module's file that is not installed (yours, and
-    evalstack's: the template's dvc.yaml lists its folders, tests/test_layout.py checks the closures), and a
-    distribution of yours installed from a folder without `-e` (reinstalled after an edit, its key changes,
-    but DVC sees no dep change)."""
+def code_files(code: Iterable[str]) -> list[Input]:
+    """What a key's code part (its module names) reads that DVC must track: each module's file that is not
+    installed (yours, and evalstack's: the template's dvc.yaml lists its folders, tests/test_layout.py checks the
+    closures), and the folder a distribution of yours was installed from without `-e` (reinstalled after an edit,
+    its key changes, but DVC sees no dep change)."""
     found = []
     for name in sorted(code):
         if name.startswith(INSTALLED):
-            folder = _installed_from_folder(name[len(INSTALLED):])
-            if folder is not None:
-                found.append(Input(f"the package {name[len(INSTALLED):]} installed from", folder))
-            continue
-        source = locate(name)
-        if source is None:
-            continue
-        if not is_installed(source.path):
-            found.append(Input("code", source.path, folder_dep=True))
-            continue
-        # a module the key follows by its file though installed (the pipeline or adapter module params name),
-        # from a package of yours installed from a folder without -e: that folder is what changes it
-        top = name.split(".")[0]
-        distribution = None if top == PACKAGE else distribution_of(top)
+            distribution = name[len(INSTALLED):]
+        else:
+            source = locate(name)
+            if source is None:
+                continue
+            if not is_installed(source.path):
+                found.append(Input("code", source.path, folder_dep=True))
+                continue
+            # followed by its file though installed: the pipeline or adapter module params name, in a package
+            top = name.split(".")[0]
+            distribution = None if top == PACKAGE else distribution_of(top)
         folder = _installed_from_folder(distribution) if distribution else None
         if folder is not None:
             found.append(Input(f"the package {distribution} installed from", folder))

@@ -387,11 +387,18 @@ def installed_imports(modules: dict[str, ModuleSource]) -> tuple[tuple[str, tupl
 
 
 def _in_standard_library(path: Path) -> bool:
-    paths = sysconfig.get_paths()
     file = os.path.abspath(path)
-    inside = lambda names: any(  # noqa: E731
-        file.startswith(os.path.abspath(paths[n]) + os.sep) for n in names if n in paths)
-    return inside(("stdlib", "platstdlib")) and not inside(("purelib", "platlib"))
+    standard, site_packages = _library_directories()
+    return any(file.startswith(d + os.sep) for d in standard) and not any(
+        file.startswith(d + os.sep) for d in site_packages)
+
+
+@lru_cache(maxsize=1)
+def _library_directories() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the standard library's directories, site-packages'), as sysconfig names them."""
+    paths = sysconfig.get_paths()
+    return tuple(os.path.abspath(paths[n]) for n in ("stdlib", "platstdlib") if n in paths), tuple(
+        os.path.abspath(paths[n]) for n in ("purelib", "platlib") if n in paths)
 
 
 @lru_cache(maxsize=None)
@@ -733,7 +740,6 @@ def _reloaded_since(cls: type) -> bool:
     for part in cls.__qualname__.split("."):
         defined = getattr(defined, part, None)
     return isinstance(defined, type) and defined is not cls and defined.__qualname__ == cls.__qualname__
-
 
 
 def _witness(event: str, args: tuple) -> None:

@@ -79,7 +79,8 @@ class SourceConfig:
         if self.kind == "folder":
             found = [("the folder source", local_path(self.folder)), ("the labels file", local_path(self.labels))]
         elif self.kind == "registry":
-            found = [(f"the {split} registry", local_path(location)) for split, location in sorted(self.registries.items())]
+            found = [(f"the {split} registry", local_path(location))
+                     for split, location in sorted(self.registries.items())]
         else:
             found = []
         return [(what, path) for what, path in found if path is not None and str(path) not in ("", ".")]

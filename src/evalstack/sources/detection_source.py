@@ -7,7 +7,7 @@ from typing import Any, Mapping
 from evalstack.core.layers import LayerIndex
 from evalstack.sources.coco import CocoFetchConfig, CocoSplit, ImageFetchOptions, fetch_coco_layer
 from evalstack.sources.registry import local_path
-from evalstack.sources.yolo_dataset import YoloFetchConfig, fetch_yolo_layer, label_path, read_data_yaml
+from evalstack.sources.yolo_dataset import YoloFetchConfig, fetch_yolo_layer, label_path, split_folders
 
 
 def detection_fetch_config(fetch: Mapping[str, Any]) -> CocoFetchConfig | YoloFetchConfig:
@@ -34,9 +34,8 @@ def detection_source_files(fetch: Mapping[str, Any]) -> list[tuple[str, Path]]:
     config = detection_fetch_config(fetch)
     if isinstance(config, YoloFetchConfig):
         found = [("the YOLO data.yaml", Path(config.data))]
-        for split in read_data_yaml(config.data, config.splits).splits:
-            found += [(f"the {split.name} images", split.folder),
-                      (f"the {split.name} labels", label_path(split.folder / "image.png").parent)]
+        for name, folder in split_folders(config.data, config.splits).items():
+            found += [(f"the {name} images", folder), (f"the {name} labels", label_path(folder / "image.png").parent)]
         return found
     found = []
     for name, split in sorted(config.splits.items()):

@@ -56,10 +56,13 @@ class RegistryRow:
 
 
 
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def to_url(location: str | Path) -> str:
     """A registry location as a URL: plain paths become absolute file:// URLs."""
     text = str(location)
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
+    if _URL_SCHEME.match(text):
         return text
     return Path(text).resolve().as_uri()
 
@@ -70,7 +73,7 @@ def local_path(location: str) -> Path | None:
     url = urlparse(location)
     if url.scheme == "file":
         return Path(unquote(url.path))
-    return None if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", location) else Path(location)
+    return None if _URL_SCHEME.match(location) else Path(location)
 
 
 def check_scheme(url: str, allowed: tuple[str, ...]) -> None:

@@ -101,6 +101,15 @@ def _categories(names: Any, nc: Any, where: str) -> list[dict[str, Any]]:
 
 
 def _split(document: dict[str, Any], name: str, root: Path, where: str) -> YoloSplit:
+    folder = _split_folder(document, name, root, where)
+    images = sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                    key=lambda p: p.relative_to(folder).as_posix())
+    if not images:
+        raise SourceError(f"{where}: {name}: no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return YoloSplit(name, folder, images)
+
+
+def _split_folder(document: dict[str, Any], name: str, root: Path, where: str) -> Path:
     if name not in document or document[name] is None:
         present = [key for key in ("train", "val", "test") if document.get(key) is not None]
         raise SourceError(f"{where}: no split {name!r} (it has {present}); fix fetch.splits")
@@ -112,15 +121,24 @@ def _split(document: dict[str, Any], name: str, root: Path, where: str) -> YoloS
         raise SourceError(f"{where}: {name}: {folder} is a list of images; point {name} at a folder of images")
     if not folder.is_dir():
         raise SourceError(f"{where}: {name}: folder {folder} not found")
-    images = sorted((p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-                    key=lambda p: p.relative_to(folder).as_posix())
-    if not images:
-        raise SourceError(f"{where}: {name}: no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-    return YoloSplit(name, folder, images)
+    return folder
 
 
 def read_data_yaml(data: str, splits: tuple[str, ...]) -> YoloDataset:
     """Categories and the listed image paths of the requested splits (sorted by name)."""
+    path, document, root = _data_yaml(data, splits)
+    return YoloDataset(_categories(document["names"], document.get("nc"), str(path)),
+                       [_split(document, name, root, str(path)) for name in sorted(set(splits))])
+
+
+def split_folders(data: str, splits: tuple[str, ...]) -> dict[str, Path]:
+    """The image folder of each requested split, without listing its images."""
+    path, document, root = _data_yaml(data, splits)
+    return {name: _split_folder(document, name, root, str(path)) for name in sorted(set(splits))}
+
+
+def _data_yaml(data: str, splits: tuple[str, ...]) -> tuple[Path, dict[str, Any], Path]:
+    """(the data.yaml's path, its document, the folder its split paths are relative to), checked."""
     path = Path(data).resolve()
     try:
         document = yaml.safe_load(read_capped(path, MAX_YAML_BYTES, "fetch.data"))
@@ -133,8 +151,7 @@ def read_data_yaml(data: str, splits: tuple[str, ...]) -> YoloDataset:
     root = path.parent / document["path"] if document.get("path") else path.parent
     if not splits:
         raise SourceError(f"{path}: fetch.splits names no split")
-    return YoloDataset(_categories(document["names"], document.get("nc"), str(path)),
-                       [_split(document, name, root, str(path)) for name in sorted(set(splits))])
+    return path, document, root
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,14 @@ from pathlib import Path
 HOOK_NAME = "zz_evalstack_process_cpu.pth"
 FRAMEWORKS = ("torch", "tensorflow", "onnxruntime", "ai_edge_litert", "dask", "dvc")
 
-# One line, as a .pth file requires: logs only when EVALSTACK_PROCESS_CPU names the log.
-_HOOK = "import os; exec({code!r}, {{}}) if os.environ.get('EVALSTACK_PROCESS_CPU') else None\n"
+# One line, as a .pth file requires: logs only when EVALSTACK_PROCESS_CPU names the log. Once per process:
+# Python 3.11's site can run a venv's .pth files twice (from site.venv(), then again from site.main()); the
+# venv made on 2026-12-06 did, and every process was logged twice until the hook checked for itself.
+_HOOK = ("import os, sys; exec({code!r}, {{}}) if os.environ.get('EVALSTACK_PROCESS_CPU') "
+         "and not hasattr(sys, '_evalstack_process_cpu') else None\n")
 _CODE = """
 import atexit, json, os, resource, sys
+sys._evalstack_process_cpu = True
 def _evalstack_cpu_dump(_state={'done': False}):
     if _state['done']:
         return

@@ -113,6 +113,27 @@ def test_an_unclosed_quote_at_the_end_is_not_kept(tmp_path: Path):
         listing(registry, tmp_path / "parses")
 
 
+def test_a_quote_inside_an_unquoted_field_does_not_hide_an_open_quote_at_the_end(tmp_path: Path):
+    """A '"' inside an unquoted field (`5"phone`) is text to the csv module; counting quote characters took it
+    for an opening quote, so a file that also ended inside an open quoted field looked closed. Its parse was
+    kept, and a row appended later was listed as a row of its own, where the whole file reads it as part of
+    the open field (found by a hunt: three items listed where a fetch from nothing lists two)."""
+    registry = tmp_path / "reg/metadata_dev.csv"
+    first, second = row(0), row(1)
+    first[4] = '5"phone'  # written as it comes, unquoted (csv.writer would quote and double it)
+    text = (write(registry, []).read_text() + ",".join(map(str, first)) + "\r\n"
+            + ",".join(map(str, second[:-1])) + f',"{second[-1]}\r\n')
+    registry.write_text(text, newline="")
+    parses = tmp_path / "parses"
+    rows, _ = listing(registry, parses)
+    assert [r.camera_type_1 for r in rows] == ['5"phone', "Galaxy S9"]
+    append(registry, [row(2)])  # the writer goes on: the whole file now reads one field over two lines
+    with pytest.raises(SourceError, match="line 3 .* unsafe image_name"):
+        listing(registry, None)
+    with pytest.raises(SourceError, match="line 3 .* unsafe image_name"):
+        listing(registry, parses)
+
+
 def test_an_appended_bad_row_is_named_by_its_line_in_the_whole_file(tmp_path: Path):
     registry = write(tmp_path / "reg/metadata_dev.csv", [row(i) for i in range(10)])
     listing(registry, tmp_path / "parses")

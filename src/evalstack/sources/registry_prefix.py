@@ -19,6 +19,7 @@ Kept in the fetch history (`<store>/fetch/registries/`): `<key>.sqlite` (the row
 from __future__ import annotations
 
 import codecs
+import csv
 import dataclasses
 import hashlib
 import io
@@ -94,14 +95,16 @@ def rows_appended(raw: BinaryIO, url: str, split: str, context: Sequence[str], d
         lines = _lines(reader, "utf-8-sig")  # a BOM is dropped, as `open(encoding="utf-8-sig")` drops it
         header, first_line = registry_header(next(lines, "")), 2
     writer = _RowsWriter(directory, key, last)
+    tail = _RowLines(lines)
     try:
-        for row in iter_registry(lines, split, url, header, first_line):
+        for row in iter_registry(tail, split, url, header, first_line):
+            tail.row_ended()
             check(row)
             writer.add(row)
             counts.parsed += 1
             yield row
         grew = last is None or reader.n_bytes > last.n_bytes
-        if grew and reader.ends_clean():
+        if grew and reader.last_byte == b"\n" and tail.ends_between_rows():
             writer.commit(LastParse(reader.n_bytes, reader.hasher.hexdigest(), header, writer.n_rows, Path()))
     finally:
         writer.discard()
@@ -125,7 +128,6 @@ class _Reader:
 
     def __init__(self, raw: BinaryIO):
         self.raw, self.hasher, self.n_bytes = raw, hashlib.sha256(), 0
-        self.quotes = 0  # '"' seen: odd means the bytes end inside a quoted field
         self.last_byte = b""
 
     def read(self, size: int = _CHUNK) -> bytes:
@@ -133,7 +135,6 @@ class _Reader:
         if chunk:
             self.hasher.update(chunk)
             self.n_bytes += len(chunk)
-            self.quotes += chunk.count(b'"')
             self.last_byte = chunk[-1:]
         return chunk
 
@@ -144,10 +145,42 @@ class _Reader:
                 return False
         return self.hasher.hexdigest() == last.sha256
 
-    def ends_clean(self) -> bool:
-        """The bytes read end a row: a newline, outside quotes. Only such a prefix may be kept, since rows
-        appended after it are then parsed as they would be in the whole file."""
-        return self.last_byte == b"\n" and self.quotes % 2 == 0
+
+class _RowLines:
+    """The lines the CSV reader takes, remembering those since the last row began: what tells whether the
+    file ends between rows or inside a quoted field the reader closed only because the file ended.
+
+    Only a prefix that ends between rows may be kept, since rows appended after it are then parsed as they
+    would be in the whole file. Counting quote characters cannot tell: a '"' inside an unquoted field
+    (`5"phone`) is text to the csv module, and would make an open quote at the end look closed."""
+
+    _SENTINEL = "evalstack: end of the kept prefix"
+
+    def __init__(self, lines: Iterator[str]):
+        self.lines = lines
+        self.since_last_row: list[str] = []  # lines taken after the last row ended (blank lines, a header)
+        self.last_row: list[str] = []  # the lines the last row was read from
+
+    def __iter__(self) -> "_RowLines":
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.lines)
+        self.since_last_row.append(line)
+        return line
+
+    def row_ended(self) -> None:
+        """The reader gave a row: the lines it took since the one before are that row (it reads no further)."""
+        self.last_row, self.since_last_row = self.since_last_row, []
+
+    def ends_between_rows(self) -> bool:
+        """Whether one more line after these would be a row of its own, as the csv module parses them. The
+        last row began between rows, so its lines alone decide; the rows before it cannot change that."""
+        try:
+            parsed = list(csv.reader([*self.last_row, *self.since_last_row, self._SENTINEL + "\n"]))
+        except csv.Error:
+            return False
+        return bool(parsed) and parsed[-1] == [self._SENTINEL]
 
 
 def _lines(reader: _Reader, encoding: str) -> Iterator[str]:

@@ -6,6 +6,10 @@ deterministic per (path, attempt): a seeded RNG decides whether the n-th GET of 
 gets a 500, a connection reset, a stalled response, a truncated body (reset mid-body), a
 429 with `Retry-After`, or a short body (fewer bytes than Content-Length, then a clean
 close), so a test run is reproducible and every GET is counted per path.
+
+Files are served as a static web server serves them (nginx's defaults): `Last-Modified` from the file's
+mtime and a strong `ETag` of mtime and size, on GET and HEAD (HEADs counted apart); `validators=False`
+serves them bare, as a server that gives neither.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -49,8 +54,11 @@ class Faults:
 
 
 class PadServer:
-    def __init__(self, root: Path, faults: Faults | None = None, delay: float = 0.0, project: int = 1):
+    def __init__(self, root: Path, faults: Faults | None = None, delay: float = 0.0, project: int = 1,
+                 validators: bool = True):
         self.root = Path(root)
+        self.validators = validators
+        self.heads: Counter[str] = Counter()
         self.faults = faults or Faults()
         self.delay = delay  # per request, to mimic a remote server's latency
         self.project = project
@@ -124,6 +132,7 @@ def _handler(server: PadServer) -> type[BaseHTTPRequestHandler]:
             if key in server.faults.redirects:
                 return self._send(302, b"", {"Location": server.faults.redirects[key]})
             body, status = self._body(parsed)
+            validators = self._validators(parsed) if status == 200 else {}
             fault = server.faults.pick(key, attempt) if status == 200 else None
             if fault:
                 server.faults_served[fault] += 1
@@ -146,7 +155,22 @@ def _handler(server: PadServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.flush()
                 self.close_connection = True
                 return None
-            self._send(status, body)
+            self._send(status, body, validators)
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            parsed = urlparse(self.path)
+            with server._lock:
+                server.heads[parsed.path] += 1
+            body, status = self._body(parsed)
+            self._send_headers(status, len(body), self._validators(parsed) if status == 200 else {})
+
+        def _validators(self, parsed) -> dict[str, str]:
+            path = (server.root / parsed.path.lstrip("/")).resolve()
+            if not server.validators or parsed.path.startswith("/api/") or not path.is_file():
+                return {}
+            stat = path.stat()
+            return {"Last-Modified": formatdate(stat.st_mtime, usegmt=True),
+                    "ETag": f'"{int(stat.st_mtime):x}-{stat.st_size:x}"'}
 
         def _body(self, parsed) -> tuple[bytes, int]:
             if parsed.path in server.faults.bodies:

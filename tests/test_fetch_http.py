@@ -2,6 +2,7 @@
 import csv
 import hashlib
 import json
+import os
 import struct
 import zlib
 from dataclasses import replace
@@ -422,3 +423,61 @@ def test_another_checkouts_bytes_are_reused_only_for_items_whose_md5_the_source_
         assert server.image_gets() - gets == N_CARDS
     assert second.report.activity["downloaded"] == N_CARDS
     assert shard_bytes(tmp_path / "clone-b/raw") == shard_bytes(tmp_path / "clone-a/raw")
+
+
+def _replace_image(dataset: Path, card: dict, other: dict) -> None:
+    """The server's file for `card` replaced by `other`'s bytes, a minute newer (a card reprocessed)."""
+    path = dataset / card["processed_file_location"].lstrip("/")
+    mtime = path.stat().st_mtime
+    path.write_bytes((dataset / other["processed_file_location"].lstrip("/")).read_bytes())
+    os.utime(path, (mtime + 60, mtime + 60))
+
+
+@pytest.mark.parametrize("validators", [True, False], ids=["etag and last-modified", "no validators"])
+def test_an_image_replaced_at_the_same_url_is_fetched_again_as_a_fetch_from_nothing_gets_it(
+        pad_dataset: Path, tmp_path: Path, validators: bool):
+    """The PAD API states no md5, so a card is its id and URL. A server that replaced the image at that URL
+    gave a fetch from nothing the new bytes while a re-fetch kept the old, exit 0 (found by a hunt: the
+    README's `dvc repro -f fetch` and `download_and_cache(force_refresh=True)` did the same). Each kept card
+    is asked with a HEAD now; a server that gives no validators has every card downloaded again."""
+    with PadServer(pad_dataset, validators=validators) as server:
+        config = http_config(server, tmp_path, source=SourceConfig(kind="pad_api", url=server.url + "api/v2"))
+        fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+        gets = server.image_gets()
+        unchanged = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+        assert server.image_gets() - gets == (0 if validators else N_CARDS)
+        assert sum(server.heads.values()) == (N_CARDS if validators else 0)  # nothing recorded to ask with
+        assert unchanged.report.activity["changed_or_unvalidated"] == (0 if validators else N_CARDS)
+        cards = server.cards()
+        _replace_image(pad_dataset, cards[3], cards[4])
+        gets = server.image_gets()
+        warm = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+        assert server.image_gets() - gets == (1 if validators else N_CARDS)
+        fresh = fetch_raw_layer(config, tmp_path / "fresh", store_in(tmp_path / "fresh-store"))
+    assert shard_bytes(tmp_path / "raw") == shard_bytes(tmp_path / "fresh")
+    layer = Layer.open(tmp_path / "raw")
+    keys = dict(zip((int(i) for i in layer.column("id")), (str(k) for k in layer.column("item_key"))))
+    assert keys[cards[3]["id"]] == keys[cards[4]["id"]]  # the new bytes, not the old
+    assert warm.report.counts == fresh.report.counts
+
+
+def test_a_card_listed_again_after_its_image_changed_is_not_taken_from_the_download_area(pad_dataset: Path,
+                                                                                        tmp_path: Path):
+    """A card that leaves the listing keeps its bytes in the fetch history, so listing it again downloads
+    nothing. Its image replaced meanwhile at the same URL, those bytes are stale: asked with a HEAD, they
+    are dropped and the card downloaded (found by the same hunt)."""
+    with PadServer(pad_dataset) as server:
+        config = http_config(server, tmp_path, source=SourceConfig(kind="pad_api", url=server.url + "api/v2"))
+        fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+        cards = server.cards()
+        registry = next(p for p in pad_dataset.glob("metadata_*.csv") if f"\n{cards[1]['id']}," in p.read_text())
+        full = registry.read_text()
+        registry.write_text("".join(line for line in full.splitlines(True) if not line.startswith(f"{cards[1]['id']},")))
+        fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))  # the card left: bytes kept aside
+        _replace_image(pad_dataset, cards[1], cards[2])
+        registry.write_text(full)
+        gets = server.image_gets()
+        warm = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+        assert server.image_gets() - gets == 1 and warm.report.activity["downloaded"] == 1
+        fetch_raw_layer(config, tmp_path / "fresh", store_in(tmp_path / "fresh-store"))
+    assert shard_bytes(tmp_path / "raw") == shard_bytes(tmp_path / "fresh")

@@ -205,7 +205,9 @@ def download_on_cluster(listing: Any, transport: Transport, history: RawHistory,
                               WorkerSettings(transport.config, cluster.worker_store(), max_pixels, threads, pack_bytes),
                               listing.add_arrivals)
     failures = sorted(local.failures + remote.failures, key=lambda failure: failure.id)
-    return DownloadOutcome(local.downloaded + remote.downloaded, failures, remote.unreachable, remote.activity)
+    # Workers' downloads keep no validators: an item the source names by URL alone is downloaded again next time.
+    return DownloadOutcome(local.downloaded + remote.downloaded, failures, remote.unreachable, remote.activity,
+                           local.validators)
 
 
 def _download_remote(rows: Iterable[RegistryRow], cluster: ClusterFetch, history: RawHistory,

@@ -24,7 +24,7 @@ from evalstack.core.keys import sha256_bytes
 from evalstack.fetch.history import RawHistory
 from evalstack.sources.images import accepted, check_image
 from evalstack.sources.registry import RegistryRow, SourceError
-from evalstack.sources.transport import SourceUnreachable, Transport
+from evalstack.sources.transport import SourceUnreachable, Transport, Validators
 
 AREA, SOURCE = "area", "source"  # where an arrived item's bytes are: the download area, or the local source file
 _FLUSH = 2000  # arrivals recorded per database write
@@ -52,6 +52,8 @@ class DownloadOutcome:
     failures: list[Failure] = field(default_factory=list)
     unreachable: str = ""  # set when the source went away mid-fetch: the rest was not attempted
     activity: dict[str, int] = field(default_factory=dict)  # what else the report's activity shows (Dask fetch)
+    # (URL, item key, validators) of downloads the source names by URL alone (fetch/revalidate.py keeps them)
+    validators: list[tuple[str, str, Validators]] = field(default_factory=list)
 
 
 Arrival = tuple[int, str, int, str]  # (id, item key, length, AREA | SOURCE)
@@ -80,12 +82,15 @@ def download_items(
                 return (row.id, sha256_bytes(data), len(data), AREA), False
         if stop.is_set():
             raise SourceError("not attempted: the source became unreachable")
-        data = transport.get(row.resolved_url, row.what, row.hashlib_md5)
+        data, validators = transport.get_validated(row.resolved_url, row.what, row.hashlib_md5)
         check_image(data, max_pixels, row.what)
+        key = sha256_bytes(data)
         if is_local(row):
-            return (row.id, sha256_bytes(data), len(data), SOURCE), True
+            return (row.id, key, len(data), SOURCE), True
         history.save_download(row, data)
-        return (row.id, sha256_bytes(data), len(data), AREA), True
+        if not row.hashlib_md5:  # named by its URL alone: the next fetch asks whether the URL changed
+            outcome.validators.append((row.resolved_url, key, validators))
+        return (row.id, key, len(data), AREA), True
 
     def fetch_chunk(chunk: list[RegistryRow]) -> list[tuple[RegistryRow, tuple[Arrival, bool] | SourceError]]:
         out: list[tuple[RegistryRow, tuple[Arrival, bool] | SourceError]] = []

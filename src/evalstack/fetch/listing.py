@@ -220,6 +220,25 @@ class Listing:
         for record in self._records(query):  # in batches: download threads run while these are read
             yield RegistryRow(*record)
 
+    _BY_URL = "listed.hashlib_md5 = '' AND (listed.resolved_url LIKE 'http://%' OR listed.resolved_url LIKE 'https://%')"
+
+    def kept_by_url(self) -> Iterator[tuple[int, str, str]]:
+        """(id, URL, item key) of previous items still listed that the source names by URL alone, on a server
+        (fetch/revalidate.py asks the server whether each URL still serves those bytes)."""
+        query = f"""
+            SELECT listed.id, listed.resolved_url, previous.item_key FROM listed
+            JOIN previous ON previous.id = listed.id AND previous.ident = {_IDENT}
+            WHERE {self._BY_URL} ORDER BY listed.id"""
+        yield from self._records(query)
+
+    def needing_bytes_by_url(self) -> Iterator[RegistryRow]:
+        """`needing_bytes` of the rows the source names by URL alone, on a server."""
+        query = f"""
+            SELECT listed.* FROM listed LEFT JOIN previous ON previous.id = listed.id AND previous.ident = {_IDENT}
+            WHERE previous.id IS NULL AND {self._BY_URL} ORDER BY listed.id"""
+        for record in self._records(query):
+            yield RegistryRow(*record)
+
     def _records(self, query: str, batch: int = 2000) -> Iterator[tuple]:
         """The query's rows read `batch` at a time. SQLite steps release the GIL one row at a time, so
         reading row by row while download threads run would wait for the GIL on every row."""

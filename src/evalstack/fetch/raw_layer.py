@@ -40,6 +40,7 @@ from evalstack.fetch.downloads import AREA, SOURCE, DownloadOutcome, Failure, do
 from evalstack.fetch.history import PreviousLayer, RawHistory
 from evalstack.fetch.listing import ListedItem, Listing
 from evalstack.fetch.plan import CHECKED_BY, ItemCaps, OldShard, RawPlan, item_checks, items_refused, plan_layer
+from evalstack.fetch.revalidate import record_validators, revalidate
 from evalstack.sources.catalog import SourceConfig, iter_items, registry_origins
 from evalstack.sources.images import DEFAULT_MAX_PIXELS, image_pixels
 from evalstack.sources.registry import RegistryRow, SourceError
@@ -158,13 +159,16 @@ def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history
             raise FetchFailed(f"the source lists no items ({_describe(config)}): an empty registry or listing never "
                               f"replaces a raw layer; {out_dir} was left as it was")
         plan = plan_layer(previous, config.layer_key(), listing, config.caps(), item_checks())
+        revalidated = revalidate(listing, transport, history, config.workers)
         if cluster is not None:
             outcome = download_on_cluster(listing, transport, history, cluster, config.max_pixels, config.workers,
                                           config.shard_bytes)
         else:
             outcome = download_items(listing.needing_bytes(), listing.count_needing_bytes(), transport, history,
                                      config.max_pixels, config.workers, listing.add_arrivals)
+        record_validators(history, outcome.validators)
         transfer = {"http_gets": transport.gets, "http_retries": transport.retries, "bytes_read": transport.bytes,
+                    "http_heads": transport.heads, **revalidated,
                     "registry_rows_parsed": parsing.parsed, "registry_rows_reused": parsing.reused,
                     "checked_again": plan.rechecked} | outcome.activity
         report.failed = outcome.failures

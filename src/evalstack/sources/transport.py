@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import Iterator, Mapping, TextIO
 from urllib.parse import unquote, urljoin, urlparse
 
 import requests
@@ -44,6 +44,33 @@ class SourceUnreachable(SourceError):
 
 class _Transient(Exception):
     """A failure worth another attempt (the body broke after the headers)."""
+
+
+@dataclass(frozen=True)
+class Validators:
+    """What a server said about a URL's current bytes, from its response headers ("" when absent): what an HTTP
+    cache revalidates with (RFC 9110 §8.8). fetch/revalidate.py compares them between fetches."""
+
+    etag: str = ""  # strong only: a weak ETag ("W/…") promises equivalent content, not the same bytes
+    last_modified: str = ""
+    length: str = ""
+
+    @classmethod
+    def of(cls, headers: Mapping[str, str]) -> "Validators":
+        etag = headers.get("etag") or ""
+        return cls("" if etag.startswith("W/") else etag, headers.get("last-modified") or "",
+                   headers.get("content-length") or "")
+
+    @property
+    def usable(self) -> bool:
+        return bool(self.etag or self.last_modified)
+
+    def same_bytes_as(self, recorded: "Validators") -> bool:
+        """Whether these validators say the URL still serves the bytes `recorded` came with."""
+        if self.etag and recorded.etag:
+            return self.etag == recorded.etag
+        return bool(self.last_modified) and (self.last_modified, self.length) == (recorded.last_modified,
+                                                                                    recorded.length)
 
 
 @dataclass(frozen=True)
@@ -101,6 +128,7 @@ class Transport:
         self._lock = threading.Lock()
         self.gets = 0  # requests sent, retries included
         self.retries = 0  # of which repeats (by urllib3, or here after a body broke off)
+        self.heads = 0  # HEAD requests (revalidations), not in `gets`
         self.bytes = 0
 
     def close(self) -> None:
@@ -114,19 +142,37 @@ class Transport:
 
     def get(self, url: str, what: str, expect_md5: str = "") -> bytes:
         """The bytes at `url`; SourceError naming `what` and the cause when they cannot be had."""
+        return self.get_validated(url, what, expect_md5)[0]
+
+    def get_validated(self, url: str, what: str, expect_md5: str = "") -> tuple[bytes, Validators]:
+        """`get`, with the validators of the response that gave the bytes (none for a file)."""
         check_scheme(url, self.config.schemes)
         if urlparse(url).scheme == "file":
-            return self._check_md5(self._read_file(url, what), expect_md5, what, retry=False)
+            return self._check_md5(self._read_file(url, what), expect_md5, what, retry=False), Validators()
         last: _Transient | None = None
         for attempt in range(self.config.retries + 1):
             if attempt:
                 self._count_retry()
                 time.sleep(min(self.config.backoff * 2 ** (attempt - 1), 30.0))
             try:
-                return self._check_md5(self._get_http(url, what), expect_md5, what, retry=True)
+                data, validators = self._get_http(url, what)
+                return self._check_md5(data, expect_md5, what, retry=True), validators
             except _Transient as error:
                 last = error
         raise SourceError(f"{what}: {last} (gave up after {self.config.retries + 1} attempts)")
+
+    def head(self, url: str) -> Validators | None:
+        """The validators the server gives for `url` now (one HEAD, no redirect followed, no retry); None when
+        it does not answer 2xx. A None or unusable answer only costs a download (fetch/revalidate.py)."""
+        with self._lock:
+            self.heads += 1
+        try:
+            response = self.session.head(url, allow_redirects=False,
+                                         timeout=(self.config.connect_timeout, self.config.read_timeout))
+        except requests.RequestException:
+            return None
+        with response:
+            return Validators.of(response.headers) if 200 <= response.status_code < 300 else None
 
     @contextlib.contextmanager
     def open_text(self, url: str, what: str) -> Iterator[TextIO]:
@@ -177,7 +223,7 @@ class Transport:
             raise SourceError(f"{what}: {message}")
         return data
 
-    def _get_http(self, url: str, what: str) -> bytes:
+    def _get_http(self, url: str, what: str) -> tuple[bytes, Validators]:
         current = url
         for _ in range(MAX_REDIRECTS + 1):
             self._count(0, request=True)  # before sending: a request that fails was still sent
@@ -194,7 +240,7 @@ class Transport:
                 if response.is_redirect:
                     current = _redirect_target(url, current, response.headers["location"], what)
                     continue
-                return self._read_body(response, current, what)
+                return self._read_body(response, current, what), Validators.of(response.headers)
         raise SourceError(f"{what}: more than {MAX_REDIRECTS} redirects from {url}")
 
     def _read_body(self, response: requests.Response, url: str, what: str) -> bytes:

@@ -1,0 +1,108 @@
+"""Items a server names by URL alone are asked again on every fetch: has the URL changed since its bytes came?
+
+A source that states no md5 (the PAD API's cards) identifies an item by id and URL, so a re-fetch reuses
+the bytes it has for that pair. A server may replace an image at the same URL (a card reprocessed): a fetch
+from nothing then gets the new bytes while a warm one kept the old, exit 0. So each such item kept from the
+last layer (or from the download area) is checked with one HEAD request against the validators its GET
+answered with, the way an HTTP cache revalidates (RFC 9110 §8.8): a strong ETag when the server gives one,
+else Last-Modified with Content-Length. An item is downloaded again when its validators differ, when none
+are recorded (its bytes came before this check existed, from another machine's layer, or from a Dask
+worker), or when its server answers HEAD without any or with a redirect (HEAD follows none); bytes equal to
+the old ones leave every shard as it was. What HTTP validators cannot tell apart, neither can this: a file
+replaced within the same second by one of the same length, on a server that sends no ETag.
+
+Validators are kept in the fetch history (`<store>/fetch/validators.sqlite`), by URL and the sha256 of the
+bytes they were given with; without a store they live as long as the fetch, so every such item is
+downloaded again.
+"""
+from __future__ import annotations
+
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterable
+
+from evalstack.core.keys import sha256_bytes
+from evalstack.fetch.history import RawHistory
+from evalstack.fetch.listing import Listing
+from evalstack.sources.transport import Transport, Validators
+
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS seen (url TEXT, item_key TEXT, etag TEXT, last_modified TEXT, length TEXT, "
+           "PRIMARY KEY (url, item_key))")
+
+
+class ValidatorBook:
+    """Validators by (URL, sha256 of the bytes they came with), in the fetch history. Used from one thread."""
+
+    def __init__(self, directory: Path):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(directory / "validators.sqlite", timeout=60)  # a store shared by checkouts
+        self.db.execute(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "ValidatorBook":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def recorded(self, url: str, item_key: str) -> Validators | None:
+        found = self.db.execute("SELECT etag, last_modified, length FROM seen WHERE url = ? AND item_key = ?",
+                                (url, item_key)).fetchone()
+        return Validators(*found) if found else None
+
+    def record(self, seen: Iterable[tuple[str, str, Validators]]) -> None:
+        """(URL, item key, validators) of bytes just downloaded; those without validators are not kept."""
+        rows = [(url, key, v.etag, v.last_modified, v.length) for url, key, v in seen if v.usable]
+        if rows:
+            with self.db:
+                self.db.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?, ?)", rows)
+
+
+def changed_at_url(items: Iterable[tuple[int, str, str]], transport: Transport, book: ValidatorBook,
+                   workers: int) -> list[int]:
+    """Of (id, URL, item key of the bytes at hand), the ids whose bytes must be downloaded again: the URL's
+    validators now differ from those recorded with these bytes, or there is nothing to compare."""
+    stale, asked = [], []
+    for item_id, url, item_key in items:
+        recorded = book.recorded(url, item_key)
+        if recorded is None:
+            stale.append(item_id)
+        else:
+            asked.append((item_id, url, recorded))
+
+    def changed(item: tuple[int, str, Validators]) -> bool:
+        now = transport.head(item[1])
+        return now is None or not now.usable or not now.same_bytes_as(item[2])
+
+    if asked:
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="revalidate") as pool:
+            stale += [item[0] for item, verdict in zip(asked, pool.map(changed, asked)) if verdict]
+    return sorted(stale)
+
+
+def revalidate(listing: Listing, transport: Transport, history: RawHistory, workers: int) -> dict[str, int]:
+    """Before anything is downloaded: forget kept items whose URL may serve other bytes now, and drop such
+    items' copies in the download area, so both are downloaded again. Returns counts for the report."""
+    with ValidatorBook(history.directory) as book:
+        kept = list(listing.kept_by_url())
+        changed = changed_at_url(kept, transport, book, workers)
+        listing.forget_previous(changed)
+        waiting = []
+        for row in listing.needing_bytes_by_url():
+            data = history.load_download(row) if history.has_download(row) else None
+            if data is not None:
+                waiting.append((row, sha256_bytes(data)))
+        rows = {row.id: row for row, _ in waiting}
+        stale = changed_at_url([(row.id, row.resolved_url, key) for row, key in waiting], transport, book, workers)
+        history.drop_downloads(rows[item_id] for item_id in stale)
+    return {"revalidated": len(kept) + len(waiting), "changed_or_unvalidated": len(changed) + len(stale)}
+
+
+def record_validators(history: RawHistory, seen: list[tuple[str, str, Validators]]) -> None:
+    """Keep the validators downloads of URL-named items came with, for the next fetch's `revalidate`."""
+    if seen:
+        with ValidatorBook(history.directory) as book:
+            book.record(seen)

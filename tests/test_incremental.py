@@ -40,6 +40,24 @@ def test_a_rebuild_does_not_reread_unchanged_upstream_shards(tmp_path: Path):
         project.preprocess(store)
 
 
+def test_a_damaged_upstream_shard_with_its_stat_kept_is_read_before_anything_is_computed_from_it(tmp_path: Path):
+    """The stat bet lets a reuse skip an unchanged file, but what a stage computes it stores under the upstream
+    sha256 the index records. Computed from a damaged file whose stat was kept, it went into the shard store under
+    the undamaged shard's address, and a clean clone sharing the store reused it, exit 0 (found by a hunt). A
+    shard that is computed now has its upstream read in full first, and what was read replaces the stamp."""
+    project, store = Project(tmp_path), store_at(tmp_path / "store")
+    project.build(10, store)
+    shard = project.pre / "00001.h5"
+    status = shard.stat()
+    _flip_byte(shard)
+    os.utime(shard, ns=(status.st_atime_ns, status.st_mtime_ns))
+    store = store_at(tmp_path / "store")  # the next stage's process (one reads each file at most once)
+    with pytest.raises(LayerCorruptError, match="00001.h5 does not match the sha256"):
+        project.infer(store, weights=b"weights2")  # other weights: every prediction shard is computed
+    with pytest.raises(LayerCorruptError, match="00001.h5 does not match"):  # the stamp now holds what was read
+        project.infer(store)
+
+
 def test_added_items_recompute_only_the_new_and_the_filled_shard(tmp_path: Path):
     project, store = Project(tmp_path / "incremental"), store_at(tmp_path / "store")
     project.build(10, store)  # raw shards of 1, 4, 3, 2 items (content-defined ends)

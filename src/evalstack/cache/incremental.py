@@ -108,6 +108,9 @@ def build_derived_layer(
                 progress.update(shard.n_items)
             jobs.append(job)
         misses = [job for job in jobs if job.upstream.name not in hits]
+        if store is not None:  # (without a store `check_shard` read every byte already)
+            for job in misses:  # what is computed from these bytes is stored under their recorded sha256
+                upstream.check_shard(job.upstream, store.stamps.sha256_read_here, checks.get("item_count"))
         executor = executor or LocalExecutor()
         # an executor whose workers share only the object store puts what it yields there itself
         put_by_executor = bool(getattr(executor, "puts_outputs", False))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,10 +28,25 @@ from evalstack.core.keys import sha256_file
 @dataclass(frozen=True)
 class HashStamps:
     directory: Path
+    # (device, inode, size, mtime_ns) → sha256 of files this process read in full
+    _read_here: dict[tuple[int, int, int, int], str] = field(default_factory=dict, compare=False, repr=False)
 
     def sha256(self, path: Path) -> str:
         """The file's sha256: remembered when its stat is unchanged, else computed and remembered."""
         return self.fact(path, "sha256", sha256_file)
+
+    def sha256_read_here(self, path: Path) -> str:
+        """The file's sha256 from its bytes, read once in this process (then remembered for it, and stamped).
+
+        For a file something is computed from and stored under the sha256 an index records: a damaged file
+        whose stat did not change passes `sha256`, and what is computed from it would go into the shard
+        store under the undamaged file's address, where every checkout sharing the store reuses it."""
+        status = os.stat(path)
+        stat_key = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+        if stat_key not in self._read_here:
+            self._read_here[stat_key] = digest = sha256_file(path)
+            self._write(status, {**self._read(status), "sha256": digest})
+        return self._read_here[stat_key]
 
     def fact(self, path: Path, name: str, compute: Callable[[Path], Any]) -> Any:
         """`compute(path)`, a fact about the file's bytes (its sha256, the item count its header records),

@@ -111,6 +111,13 @@ class Dataset:
 
     def _run(self, model: str | ModelAdapter, batch_size: int | None) -> ModelRun:
         if isinstance(model, str):
+            declared = infer_batch_size(self.params)
+            if batch_size is not None and batch_size != declared:
+                # infer@<model> runs at infer.batch_size, which is in its predictions key (a batch's composition
+                # can change a framework's rounding): another size here was ignored, and that layer returned
+                raise ValueError(f"apply_model({model!r}, batch_size={batch_size}): a declared model is inferred by "
+                                 f"`dvc repro` at infer.batch_size ({declared}) in params.yaml; set it there, or leave "
+                                 "batch_size out")
             self._reproduce(f"infer@{model}")
             return declared_run(self.params, model, self.root / "data/predictions", self.root / "data/latency",
                                 self.root)

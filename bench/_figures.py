@@ -85,6 +85,7 @@ def full_figures(result, scale: str) -> list[Figure]:
     tail_text = ", ".join(f"{stage} {counts['shards_computed']}/{counts['shards']} shards, {counts['items_computed']} "
                           f"items" for stage, counts in result.recomputed.items())
     extra = max(tail.values())
+    work_share = max(counts["items_computed"] for counts in result.recomputed.values()) / result.cards
     accuracy = ", ".join(f"{model} {value:.4f}" for model, value in result.accuracies.items())
     return [
         Figure("P10", f"the whole template cold at {result.cards} cards, demo synthesis and training excluded, "
@@ -103,6 +104,11 @@ def full_figures(result, scale: str) -> list[Figure]:
                "≤ 0.06", rerun / p2_cold <= 0.06, f"cold {p2_cold:.1f} s (the same stages in the P10 run), rerun "
                f"{rerun:.1f} s, a no-op rerun {result.rerun_noop:.2f} s (rerun − no-op: "
                f"{(rerun - result.rerun_noop) / p2_cold:.3f} of cold); recomputed: {tail_text}", scale),
+        Figure("P2 − forced", "+5% items: (rerun − `dvc repro -f` of the same stages with nothing new) / cold time "
+               "(the proposed restatement)", (rerun - result.forced.total) / p2_cold, "≤ 0.06",
+               (rerun - result.forced.total) / p2_cold <= 0.06,
+               f"the forced rerun, every stage's fixed cost: {result.forced.total:.1f} s; items recomputed per layer / "
+               f"items: {work_share:.3f}", scale),
         Figure("P2", f"+5% items, {result.cards} → {result.grown} cards: pushed bytes rerun / cold",
                result.rerun_bytes / result.cold_bytes, "≤ 0.06", result.rerun_bytes / result.cold_bytes <= 0.06,
                f"DVC cache gained {result.rerun_bytes / 1e6:.0f} MB vs {result.cold_bytes / 1e6:.0f} MB of those stages' "

@@ -73,7 +73,11 @@ KNOWN_CAUSES = {
                   "after it; the no-op rerun itself moves with the machine's speed (1.06 s and 1.44 s on the same day)",
     "P2": "fixed per-run costs (each stage's process start-up and framework import, DVC's checks, the listing and the "
           "previous raw layer's rows read again) do not shrink with the 5% of new work, and the last, partial shard of "
-          "each layer is rewritten on an append (content-defined shard ends); at small sizes they dominate",
+          "each layer is rewritten on an append (content-defined shard ends); at small sizes they dominate. The work "
+          "share alone is 0.055 of cold at 8,001 cards, so ≤ 0.06 leaves ~2.4 s for ten stage processes and DVC "
+          "(bench/RESULTS.md, \"P2's floor\")",
+    "P2 − forced": "the new items alone are 0.051 of the cold work at +5 % (400 new and the last, partial shard's "
+                   "items), and evaluate reads every item again; see bench/RESULTS.md, \"P2's floor\"",
     "P2 push": "the rerun pushes the new shards, the rewritten last shard of each layer, every layer index and the fetch "
                "report; at small sizes a shard is a large share of the data",
     "P4": "`dvc repro` builds the stage graph and checks the run-cache on top of what `dvc status` does",

@@ -13,7 +13,7 @@
   of 3) is timed right after: DVC's own floor, reported beside P1 (its proposed restatement: naive /
   (rerun − no-op)).
 * P2: the registry grows by 5 % (synth, the source: not timed), `dvc repro evaluate` (fetch and every
-  preprocess and infer stage the evaluate stage reads), then `dvc repro -f evaluate` of the same stages with
+  preprocess and infer stage the evaluate stage reads), then `dvc repro -f -s` of the same stages with
   nothing new (their fixed cost: the proposed restatement is (rerun − that) / cold):
   rerun time / their cold time in the P10 run, and what DVC's cache gained / the bytes of those
   stages' outputs (what `dvc push` uploads to a remote kept in sync). Content-defined shard ends
@@ -60,7 +60,7 @@ class FullRun:
     accuracies: dict[str, float]  # evalstack's on the dev split (== the naive script's)
     rerun: StageRun  # P2
     rerun_noop: float  # a no-op `dvc repro` of the P2 targets right after the rerun
-    forced: StageRun  # `dvc repro -f` of the P2 targets right after: every stage runs, the store answers every shard
+    forced: StageRun  # `dvc repro -f -s` of the P2 stages right after: each runs, the store answers every shard
     rerun_bytes: int
     cold_bytes: int  # bytes of the P2 stages' outputs after the cold run
     recomputed: dict[str, dict[str, int]]  # layer → counts of the rerun
@@ -148,8 +148,10 @@ def measure(scratch: Path, cards: int, tiny: bool, growth: float = 0.05) -> Full
     recomputed = {stage: build_record(project, layer)["counts"] for stage, layer in LAYERS.items()}
     rerun_noop = noop_seconds(project)
     say(f"P2 rerun `dvc repro` after +{growth:.0%}: {stage_line(rerun)}; a no-op rerun {rerun_noop:.2f} s")
-    forced = monitored(["dvc", "repro", "-f", *TARGETS], project)  # the same stages with nothing to compute
-    say(f"P2's fixed cost, `dvc repro -f` right after (the store answers every shard): {stage_line(forced)}")
+    # the same stages with nothing to compute; -s, each alone: forced targets would also run synth upstream of fetch
+    forced = monitored(["dvc", "repro", "-f", "-s", *P2_STAGES], project)
+    say(f"P2's fixed cost, `dvc repro -f -s` of the same stages right after (the store answers every shard): "
+        f"{stage_line(forced)}")
     say("recomputed: " + "; ".join(f"{s} {c['shards_computed']}/{c['shards']} shards ({c['items_computed']} items)"
                                    for s, c in recomputed.items()))
     return FullRun(cards, grown, cold, eval_only, eval_noop, naive, accuracies, rerun, rerun_noop, forced, rerun_bytes,

@@ -58,6 +58,30 @@ def test_a_damaged_upstream_shard_with_its_stat_kept_is_read_before_anything_is_
         project.infer(store)
 
 
+def test_a_stored_shard_removed_before_it_is_taken_is_computed_from_a_read_upstream(tmp_path: Path, monkeypatch):
+    """A hit whose record another checkout's gc removes between the lookup and its use is computed after all:
+    from its upstream read in full too (found by a review of the fix above)."""
+    import evalstack.cache.incremental as incremental
+
+    project = Project(tmp_path)
+    project.build(10, store_at(tmp_path / "store"))
+    shard = project.pre / "00001.h5"
+    status = shard.stat()
+    _flip_byte(shard)
+    os.utime(shard, ns=(status.st_atime_ns, status.st_mtime_ns))
+    taken = incremental._register_reused
+
+    def removed_meanwhile(store, job, writer):
+        if job.upstream.name == "00001.h5":
+            store.remove(store.get(job.address))
+            return None
+        return taken(store, job, writer)
+
+    monkeypatch.setattr(incremental, "_register_reused", removed_meanwhile)
+    with pytest.raises(LayerCorruptError, match="00001.h5 does not match the sha256"):
+        project.infer(store_at(tmp_path / "store"))
+
+
 def test_added_items_recompute_only_the_new_and_the_filled_shard(tmp_path: Path):
     project, store = Project(tmp_path / "incremental"), store_at(tmp_path / "store")
     project.build(10, store)  # raw shards of 1, 4, 3, 2 items (content-defined ends)

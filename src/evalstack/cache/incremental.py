@@ -108,9 +108,8 @@ def build_derived_layer(
                 progress.update(shard.n_items)
             jobs.append(job)
         misses = [job for job in jobs if job.upstream.name not in hits]
-        if store is not None:  # (without a store `check_shard` read every byte already)
-            for job in misses:  # what is computed from these bytes is stored under their recorded sha256
-                upstream.check_shard(job.upstream, store.stamps.sha256_read_here, checks.get("item_count"))
+        for job in misses:
+            _read_before_computing(upstream, job, store, checks)
         executor = executor or LocalExecutor()
         # an executor whose workers share only the object store puts what it yields there itself
         put_by_executor = bool(getattr(executor, "puts_outputs", False))
@@ -122,8 +121,12 @@ def build_derived_layer(
             if reused is not None:
                 log.add(reused, job.upstream, computed=False)
                 continue
-            # a miss, in order; or a stored entry that did not describe itself as this shard
-            info = next(computed) if job.upstream.name not in hits else derive_shard(compute, job, fmt, progress)
+            # a miss, in order; or a stored entry that did not describe itself as this shard (or was removed meanwhile)
+            if job.upstream.name in hits:
+                _read_before_computing(upstream, job, store, checks)
+                info = derive_shard(compute, job, fmt, progress)
+            else:
+                info = next(computed)
             writer.add_existing(info.name, info.sha256, upstream=job.upstream.sha256)
             if store is not None and not (put_by_executor and job.upstream.name not in hits):
                 store.stamps.remember(job.out_path, info.sha256)
@@ -136,6 +139,16 @@ def build_derived_layer(
     if store is not None:  # with a remote: upload what is pending, trim the local cache (never these shards)
         store.finish_stage({s.sha256 for s in index.shards} | {s.sha256 for s in upstream.shards})
     return LayerBuild(index, log.finish(out_dir, store))
+
+
+def _read_before_computing(upstream: Layer, job: ShardJob, store: ShardStore | None,
+                           checks: Mapping[str, Callable[[Path], Any]]) -> None:
+    """Check the upstream shard a result is about to be computed from by its bytes, not by its remembered stamp:
+    the result is stored under the sha256 the index records, so one computed from a damaged file whose size and
+    mtime were kept would be taken by every checkout sharing the store (without a store, `check_shard` read
+    every byte already)."""
+    if store is not None:
+        upstream.check_shard(job.upstream, store.stamps.sha256_read_here, checks.get("item_count"))
 
 
 def _register_reused(store: ShardStore | None, job: ShardJob, writer: LayerWriter) -> ShardInfo | None:

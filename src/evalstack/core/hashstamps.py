@@ -33,7 +33,8 @@ class HashStamps:
 
     def sha256(self, path: Path) -> str:
         """The file's sha256: remembered when its stat is unchanged, else computed and remembered."""
-        return self.fact(path, "sha256", sha256_file)
+        status = os.stat(path)
+        return self._read_here.get(_stat_key(status)) or self.fact(path, "sha256", self._hash_here)
 
     def sha256_read_here(self, path: Path) -> str:
         """The file's sha256 from its bytes, read once in this process (then remembered for it, and stamped).
@@ -42,11 +43,14 @@ class HashStamps:
         whose stat did not change passes `sha256`, and what is computed from it would go into the shard
         store under the undamaged file's address, where every checkout sharing the store reuses it."""
         status = os.stat(path)
-        stat_key = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
-        if stat_key not in self._read_here:
-            self._read_here[stat_key] = digest = sha256_file(path)
-            self._write(status, {**self._read(status), "sha256": digest})
-        return self._read_here[stat_key]
+        if _stat_key(status) not in self._read_here:
+            self._write(status, {**self._read(status), "sha256": self._hash_here(path)})
+        return self._read_here[_stat_key(status)]
+
+    def _hash_here(self, path: Path) -> str:
+        status = os.stat(path)
+        self._read_here[_stat_key(status)] = digest = sha256_file(path)
+        return digest
 
     def fact(self, path: Path, name: str, compute: Callable[[Path], Any]) -> Any:
         """`compute(path)`, a fact about the file's bytes (its sha256, the item count its header records),
@@ -87,3 +91,7 @@ class HashStamps:
             atomic_write_bytes(path, stamp, durable=False)
         except OSError:
             pass
+
+
+def _stat_key(status: os.stat_result) -> tuple[int, int, int, int]:
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns

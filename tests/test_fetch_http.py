@@ -481,3 +481,41 @@ def test_a_card_listed_again_after_its_image_changed_is_not_taken_from_the_downl
         assert server.image_gets() - gets == 1 and warm.report.activity["downloaded"] == 1
         fetch_raw_layer(config, tmp_path / "fresh", store_in(tmp_path / "fresh-store"))
     assert shard_bytes(tmp_path / "raw") == shard_bytes(tmp_path / "fresh")
+
+
+def test_an_image_host_that_went_down_stops_the_revalidation_at_once_and_keeps_the_layer(pad_dataset: Path,
+                                                                                        tmp_path: Path):
+    """The API answers, the image host does not: the first HEAD that cannot connect ends the revalidation (one
+    attempt each, no retries: a review measured 15 s a card with them), and the fetch stops as a download that
+    cannot connect stops it, keeping the previous layer."""
+    import time
+
+    with PadServer(pad_dataset) as api:
+        with PadServer(pad_dataset) as images:
+            source = SourceConfig(kind="pad_api", url=api.url + "api/v2", image_root=images.url)
+            config = http_config(api, tmp_path, source=source)
+            fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+        before = shard_bytes(tmp_path / "raw")
+        for path in (tmp_path / "raw").iterdir():
+            path.unlink()
+        started = time.monotonic()
+        with pytest.raises(FetchFailed, match=r"the source became unreachable: .*cannot reach 127.0.0.1"):
+            fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+        assert time.monotonic() - started < 10
+    assert shard_bytes(tmp_path / "raw") == before
+
+
+def test_a_damaged_validator_book_is_said_once_and_costs_only_downloads(pad_dataset: Path, tmp_path: Path, capfd):
+    with PadServer(pad_dataset) as server:
+        config = http_config(server, tmp_path, source=SourceConfig(kind="pad_api", url=server.url + "api/v2"))
+        fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+        book = tmp_path / "store/fetch/validators.sqlite"
+        book.write_bytes(b"not a database" * 100)
+        capfd.readouterr()
+        gets = server.image_gets()
+        fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+        assert server.image_gets() - gets == N_CARDS
+        assert capfd.readouterr().err.count(f"WARNING {book}: file is not a database") == 1
+        gets = server.image_gets()
+        fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))  # a new book, recorded again
+        assert server.image_gets() - gets == 0

@@ -15,7 +15,7 @@ import sys
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 from urllib.parse import urlparse
 
 from tqdm import tqdm
@@ -26,6 +26,7 @@ from evalstack.sources.images import accepted, check_image
 from evalstack.sources.registry import RegistryRow, SourceError
 from evalstack.sources.transport import SourceUnreachable, Transport, Validators
 
+T = TypeVar("T")
 AREA, SOURCE = "area", "source"  # where an arrived item's bytes are: the download area, or the local source file
 _FLUSH = 2000  # arrivals recorded per database write
 # Rows per task: one task per row cost ~0.5 ms of scheduling and lock hand-offs per small image,
@@ -130,9 +131,9 @@ def download_items(
     return outcome
 
 
-def chunks(rows: Iterable[RegistryRow], size: int) -> Iterator[list[RegistryRow]]:
+def chunks(rows: Iterable[T], size: int) -> Iterator[list[T]]:
     """Consecutive runs of `size` rows (the last may be shorter), streamed."""
-    chunk: list[RegistryRow] = []
+    chunk: list[T] = []
     for row in rows:
         chunk.append(row)
         if len(chunk) == size:

@@ -125,6 +125,12 @@ class Transport:
         self.session = requests.Session()
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        # HEADs revalidate (fetch/revalidate.py): one attempt each, since a failed one only costs a download
+        # and a host that is down would otherwise cost every card urllib3's retries and backoff
+        self._head_session = requests.Session()
+        head_adapter = HTTPAdapter(max_retries=0, pool_connections=4, pool_maxsize=max(config.pool_size, 4))
+        self._head_session.mount("http://", head_adapter)
+        self._head_session.mount("https://", head_adapter)
         self._lock = threading.Lock()
         self.gets = 0  # requests sent, retries included
         self.retries = 0  # of which repeats (by urllib3, or here after a body broke off)
@@ -133,6 +139,7 @@ class Transport:
 
     def close(self) -> None:
         self.session.close()
+        self._head_session.close()
 
     def __enter__(self) -> "Transport":
         return self
@@ -161,18 +168,32 @@ class Transport:
                 last = error
         raise SourceError(f"{what}: {last} (gave up after {self.config.retries + 1} attempts)")
 
-    def head(self, url: str) -> Validators | None:
-        """The validators the server gives for `url` now (one HEAD, no redirect followed, no retry); None when
-        it does not answer 2xx. A None or unusable answer only costs a download (fetch/revalidate.py)."""
-        with self._lock:
-            self.heads += 1
-        try:
-            response = self.session.head(url, allow_redirects=False,
-                                         timeout=(self.config.connect_timeout, self.config.read_timeout))
-        except requests.RequestException:
-            return None
-        with response:
-            return Validators.of(response.headers) if 200 <= response.status_code < 300 else None
+    def head(self, url: str, what: str) -> Validators | None:
+        """The validators the server gives for `url` now: one HEAD, following redirects as `get` does (same
+        scheme and host), not retried. None when the answer is no 2xx (a 405 from a server that routes no HEAD,
+        a 429): that only costs a download. SourceUnreachable when the host cannot be reached."""
+        current = url
+        for _ in range(MAX_REDIRECTS + 1):
+            with self._lock:
+                self.heads += 1
+            try:
+                response = self._head_session.head(current, allow_redirects=False, timeout=(
+                    self.config.connect_timeout, self.config.read_timeout))
+            except requests.ConnectionError as error:
+                failure = _classify(error, url, what)
+                if isinstance(failure, SourceUnreachable):
+                    raise failure from None
+                return None
+            except requests.RequestException:
+                return None
+            with response:
+                if not response.is_redirect:
+                    return Validators.of(response.headers) if 200 <= response.status_code < 300 else None
+                try:
+                    current = _redirect_target(url, current, response.headers["location"], what)
+                except SourceError:
+                    return None
+        return None
 
     @contextlib.contextmanager
     def open_text(self, url: str, what: str) -> Iterator[TextIO]:

@@ -21,6 +21,7 @@ from evalstack.core.layers import Layer
 from evalstack.demo.cards import write_dataset
 from evalstack.fetch.distributed import ClusterFetch
 from evalstack.fetch.raw_layer import FetchFailed, FetchResult, fetch_raw_layer
+from evalstack.sources.catalog import SourceConfig
 from tests.conftest import store_in
 from tests.loopback import Faults, PadServer
 from tests.servers import S3Endpoint, dask_processes, moto_s3
@@ -209,3 +210,24 @@ def test_a_worker_answer_missing_a_row_is_an_error_not_a_shorter_layer():
     _check_covered(rows, [(1, "k", 1, "area"), (2, "k", 1, "area"), (3, "k", 1, "area")], answered)
     with pytest.raises(FetchOnClusterFailed, match=r"missing: \[2\]"):
         _check_covered(rows, [(1, "k", 1, "area"), (3, "k", 1, "area")], answered)
+
+
+def test_cards_fetched_on_workers_are_revalidated_as_the_plain_fetchs_are(pad_dataset: Path, tmp_path: Path,
+                                                                          s3: S3Endpoint, dask_client):
+    """The workers send back the validators of what they downloaded, so a PAD API card named by its URL alone
+    is asked with a HEAD next time, not downloaded again, and one replaced at its URL is (a review found every
+    card downloaded again on every Dask fetch before)."""
+    from tests.test_fetch_http import _replace_image
+
+    store = s3_shard_store(s3, tmp_path / "store", tmp_path.name)
+    with PadServer(pad_dataset) as server:
+        config = http_config(server, tmp_path, source=SourceConfig(kind="pad_api", url=server.url + "api/v2"))
+        on_dask(config, tmp_path / "dask", store, dask_client)
+        again = on_dask(config, tmp_path / "dask", store, dask_client)
+        assert again.report.activity["changed_or_unvalidated"] == 0 and again.report.activity["downloaded"] == 0
+        cards = server.cards()
+        _replace_image(pad_dataset, cards[5], cards[6])
+        changed = on_dask(config, tmp_path / "dask", store, dask_client)
+        assert changed.report.activity["downloaded"] == 1
+        fetch_raw_layer(config, tmp_path / "fresh", store_in(tmp_path / "fresh-store"))
+    assert layer_files(tmp_path / "dask") == layer_files(tmp_path / "fresh")

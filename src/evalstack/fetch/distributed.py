@@ -44,7 +44,7 @@ from evalstack.fetch.history import RawHistory
 from evalstack.fetch.plan import item_checks
 from evalstack.sources.images import check_image
 from evalstack.sources.registry import RegistryRow, SourceError
-from evalstack.sources.transport import SourceUnreachable, Transport, TransportConfig
+from evalstack.sources.transport import SourceUnreachable, Transport, TransportConfig, Validators
 
 ROWS_PER_TASK = 64  # a task's scheduling costs ~ms: amortised over 64 downloads; small enough to spread work
 _NOT_ATTEMPTED = "not attempted: the source became unreachable"
@@ -92,6 +92,8 @@ class RunResult:
     retries: int = 0
     bytes_read: int = 0
     checks: dict[str, dict[str, str]] = field(default_factory=dict)  # what checked the images on the worker
+    # row id → the validators its response carried, for rows the source names by URL alone (fetch/revalidate.py)
+    validators: dict[int, Validators] = field(default_factory=dict)
 
 
 def fetch_run(rows: list[RegistryRow], settings: WorkerSettings) -> RunResult:
@@ -102,8 +104,10 @@ def fetch_run(rows: list[RegistryRow], settings: WorkerSettings) -> RunResult:
         if stop.is_set():
             return SourceError(_NOT_ATTEMPTED)
         try:
-            data = transport.get(row.resolved_url, row.what, row.hashlib_md5)
+            data, validators = transport.get_validated(row.resolved_url, row.what, row.hashlib_md5)
             check_image(data, settings.max_pixels, row.what)
+            if not row.hashlib_md5:
+                result.validators[row.id] = validators
             return data
         except SourceUnreachable as error:
             stop.set()
@@ -205,9 +209,8 @@ def download_on_cluster(listing: Any, transport: Transport, history: RawHistory,
                               WorkerSettings(transport.config, cluster.worker_store(), max_pixels, threads, pack_bytes),
                               listing.add_arrivals)
     failures = sorted(local.failures + remote.failures, key=lambda failure: failure.id)
-    # Workers' downloads keep no validators: an item the source names by URL alone is downloaded again next time.
     return DownloadOutcome(local.downloaded + remote.downloaded, failures, remote.unreachable, remote.activity,
-                           local.validators)
+                           local.validators + remote.validators)
 
 
 def _download_remote(rows: Iterable[RegistryRow], cluster: ClusterFetch, history: RawHistory,
@@ -252,6 +255,9 @@ def _download_remote(rows: Iterable[RegistryRow], cluster: ClusterFetch, history
             arrivals = _unpack(result, run, cluster.store, history, Path(scratch), again)
             _check_covered(run, arrivals, result)
             record(arrivals)
+            urls = {row.id: row.resolved_url for row in run}
+            outcome.validators += [(urls[item_id], key, result.validators[item_id])
+                                   for item_id, key, *_ in arrivals if item_id in result.validators]
             outcome.downloaded += len(arrivals)
             _add_failures(outcome, result, run)
             for name, value in (("worker_http_gets", result.gets), ("worker_http_retries", result.retries),

@@ -6,8 +6,7 @@ from nothing then gets the new bytes while a warm one kept the old, exit 0. So e
 last layer (or from the download area) is checked with one HEAD request against the validators its GET
 answered with, the way an HTTP cache revalidates (RFC 9110 §8.8): a strong ETag when the server gives one,
 else Last-Modified with Content-Length. An item is downloaded again when its validators differ, when none
-are recorded (its bytes came before this check existed, from another machine's layer, or from a Dask
-worker), or when its server answers HEAD without any or with a redirect (HEAD follows none); bytes equal to
+are recorded (its bytes came before this check existed, or from another machine's layer), or when its server answers HEAD without any or with a redirect (HEAD follows none); bytes equal to
 the old ones leave every shard as it was. What HTTP validators cannot tell apart, neither can this: a file
 replaced within the same second by one of the same length, on a server that sends no ETag.
 

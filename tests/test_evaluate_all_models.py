@@ -158,6 +158,27 @@ def test_a_stored_result_does_not_hide_a_damaged_input_and_a_damaged_entry_is_re
         evaluate_models(_params(project), _layout(project), store)
 
 
+def test_a_damaged_predictions_shard_with_its_stat_kept_is_read_before_a_result_is_stored(built, tmp_path):
+    """A predictions shard damaged with its size and mtime kept passed the stat-based check; evaluated after a
+    split change, its figures went into the store under the undamaged layer's key, and a clean clone sharing the
+    store took them, exit 0 (found by a hunt). A model that is evaluated now reads its predictions in full first."""
+    project, store = built
+    evaluate_models(_params(project), _layout(project), store)
+    layer = Layer.open(project.root / "data/predictions/n")
+    shard = layer.path(layer.shards[0])
+    status = shard.stat()
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    os.chmod(shard, 0o644)
+    shard.write_bytes(bytes(data))
+    os.utime(shard, ns=(status.st_atime_ns, status.st_mtime_ns))
+    with pytest.raises(LayerCorruptError, match="does not match the sha256"):
+        evaluate_models(_params(project, split="all"), _layout(project), store_at(tmp_path / "store"))
+    stored = [e.layer_key["parts"]["model"] for e in store.entries()
+              if e.kind == EVALUATION_KIND and e.layer_key["parts"]["split"] == "all"]
+    assert stored == ["m"]  # its own predictions are whole; n's figures were never computed, so never stored
+
+
 def test_outputs_of_a_model_no_longer_declared_are_removed(built):
     project, store = built
     evaluate_models(_params(project), _layout(project), store)

@@ -92,6 +92,12 @@ def _evaluate_model(params: Mapping[str, Any], spec: ModelSpec, split: str, layo
     outputs = layout.outputs(spec.name, spec.task)
     reused = store is not None and _restore(store, key, outputs)
     if not reused:
+        if store is not None:
+            # The result is stored under the index's digests: read the predictions it is computed from, not only
+            # their stamps, or one damaged with its size and mtime kept would reach every checkout sharing the
+            # store (a hunt's silent wrong answer). The raw layer keeps the stat bet here: evaluate reads only
+            # its labels, and reading its images in full would cost ~9 s an evaluate at 8,001 cards.
+            _check_shards(layer, {**checks, "sha256": store.stamps.sha256_read_here})
         if spec.task == "concentration":
             write_concentration_outputs(*evaluate_concentration(layout.raw, predictions_dir, spec, signature,
                                                                 pipeline_key, split), outputs)

@@ -33,8 +33,7 @@ class HashStamps:
 
     def sha256(self, path: Path) -> str:
         """The file's sha256: remembered when its stat is unchanged, else computed and remembered."""
-        status = os.stat(path)
-        return self._read_here.get(_stat_key(status)) or self.fact(path, "sha256", self._hash_here)
+        return self._sha256(path, trust_stamp=True)
 
     def sha256_read_here(self, path: Path) -> str:
         """The file's sha256 from its bytes, read once in this process (then remembered for it, and stamped).
@@ -42,14 +41,18 @@ class HashStamps:
         For a file something is computed from and stored under the sha256 an index records: a damaged file
         whose stat did not change passes `sha256`, and what is computed from it would go into the shard
         store under the undamaged file's address, where every checkout sharing the store reuses it."""
-        status = os.stat(path)
-        if _stat_key(status) not in self._read_here:
-            self._write(status, {**self._read(status), "sha256": self._hash_here(path)})
-        return self._read_here[_stat_key(status)]
+        return self._sha256(path, trust_stamp=False)
 
-    def _hash_here(self, path: Path) -> str:
-        status = os.stat(path)
-        self._read_here[_stat_key(status)] = digest = sha256_file(path)
+    def _sha256(self, path: Path, trust_stamp: bool) -> str:
+        status = os.stat(path)  # once: the stamp, this process's reads and a new stamp all key on it
+        key = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+        if key in self._read_here:
+            return self._read_here[key]
+        known = self._read(status)
+        if trust_stamp and "sha256" in known:
+            return known["sha256"]
+        self._read_here[key] = digest = sha256_file(path)
+        self._write(status, {**known, "sha256": digest})
         return digest
 
     def fact(self, path: Path, name: str, compute: Callable[[Path], Any]) -> Any:
@@ -91,7 +94,3 @@ class HashStamps:
             atomic_write_bytes(path, stamp, durable=False)
         except OSError:
             pass
-
-
-def _stat_key(status: os.stat_result) -> tuple[int, int, int, int]:
-    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns

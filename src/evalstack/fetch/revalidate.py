@@ -139,7 +139,7 @@ def revalidate(listing: Listing, transport: Transport, history: RawHistory, work
         listing.forget_previous(changed)
         waiting = []
         for row in listing.needing_bytes_by_url():
-            data = history.load_download(row) if history.has_download(row) else None
+            data = history.load_download(row)  # None when the area holds none
             if data is not None:
                 waiting.append((row, sha256_bytes(data)))
         rows = {row.id: row for row, _ in waiting}

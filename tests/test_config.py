@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -138,6 +141,17 @@ def test_a_checked_text_is_not_checked_again(tmp_path: Path, monkeypatch):
     load_params(tmp_path / "params.yaml")
     assert calls == [1]
 
+
+
+def test_a_checked_text_costs_a_stage_no_pydantic_import(tmp_path: Path):
+    """Every stage process loads params: a text checked before must not import the schema (pydantic, ~0.12 s)."""
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    probe = ("import sys; from pathlib import Path; from evalstack.config import load_params; "
+             f"load_params(Path({str(tmp_path / 'params.yaml')!r})); print('pydantic' in sys.modules)")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    first, again = [subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+                    for _ in range(2)]
+    assert (first.stdout.strip(), again.stdout.strip()) == ("True", "False")
 
 def test_the_params_schema_is_in_no_stage_closure_so_a_new_allowed_key_invalidates_no_cache():
     """The schema only accepts or refuses params; it computes nothing, so editing it must not change a layer's

@@ -11,11 +11,13 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from importlib import import_module
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
+from evalstack.core import yamlload
 from evalstack.core.coco_labels import LABEL_PRESETS
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -86,14 +88,14 @@ def check_schema(params: Mapping[str, Any], text: str, where: str) -> None:
     first stage after an edit pays it."""
     # The schema decides only whether params are accepted, never what a stage computes: it is kept out of every
     # stage's code fingerprint and DVC deps (imported by a name the fingerprint's static scan does not follow), so
-    # allowing a new key does not invalidate every cached layer. pydantic is imported only when a text is new.
-    params_schema = import_module(f"{__package__}.params_schema")
-
-    schema_source = Path(params_schema.__file__).read_bytes()
+    # allowing a new key does not invalidate every cached layer. pydantic is imported only when a text is new:
+    # find_spec finds the schema's file without running the module, whose import costs ~0.12 s (pydantic).
+    schema_name = f"{__package__}.params_schema"
+    schema_source = Path(find_spec(schema_name).origin).read_bytes()
     stamp = _checked_dir() / hashlib.sha256(schema_source + b"\0" + text.encode()).hexdigest()
     if stamp.exists():
         return
-    errors = params_schema.schema_errors(params)
+    errors = import_module(schema_name).schema_errors(params)
     if errors:
         raise ConfigError(f"{where} does not fit the params schema ({len(errors)} key{'s' if len(errors) > 1 else ''}):"
                           "\n  " + "\n  ".join(errors))
@@ -112,7 +114,7 @@ def _checked_dir() -> Path:
 def parse_params_text(text: str, where: str, limit: int = MAX_EXPANDED_NODES) -> Any:
     """`yaml.safe_load`, parsed once: the node graph is composed, its alias expansion counted, and only a file
     within the limit is built into Python objects."""
-    loader = yaml.SafeLoader(text)
+    loader = yamlload.SafeLoader(text)
     try:
         root = loader.get_single_node()
         _refuse_alias_bomb(_expanded_size(root), where, limit)
@@ -125,7 +127,7 @@ def parse_params_text(text: str, where: str, limit: int = MAX_EXPANDED_NODES) ->
 
 def expanded_nodes(text: str) -> int:
     """How many nodes the YAML document has once every alias is expanded."""
-    return _expanded_size(yaml.compose(text, Loader=yaml.SafeLoader))
+    return _expanded_size(yaml.compose(text, Loader=yamlload.SafeLoader))
 
 
 def _expanded_size(root: yaml.Node | None) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from evalstack.core import yamlload
 from evalstack.core.layers import INDEX_NAME, LayerIndex, ShardInfo, StoreError
 from evalstack.core.names import UnsafeName, check_dvc_md5
 
@@ -62,7 +63,7 @@ def read_lock(lock: Path) -> dict | None:
         problem = f"is empty ({len(text)} bytes): DVC was stopped while updating it"
     else:
         try:
-            data = yaml.safe_load(text)
+            data = yamlload.safe_load(text)
         except yaml.YAMLError as error:
             problem = f"is not valid YAML ({str(error).splitlines()[0]})"
         else:

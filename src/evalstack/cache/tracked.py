@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlparse
 
 import yaml
 
+from evalstack.core import yamlload
 from evalstack.core.fingerprint import INSTALLED, PACKAGE, distribution_of, is_installed
 from evalstack.core.modules import locate
 
@@ -105,7 +106,7 @@ def _dvc_folder() -> Path | None:
 
 def _stages_in(dvcfile: Path) -> list[RunningStage]:
     try:
-        loaded = yaml.load(dvcfile.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+        loaded = yamlload.safe_load(dvcfile.read_text()) or {}
     except FileNotFoundError:
         return []
     except (OSError, yaml.YAMLError) as error:

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from evalstack.core import yamlload
 from evalstack.models.latency import read_latency
 
 CLASSIFICATION = "classification"
@@ -72,7 +71,7 @@ def number(value: Any) -> float | None:
 
 def _params(path: Path) -> dict[str, Any] | None:
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return yamlload.safe_load(path.read_text()) or {}
     except OSError:
         return None
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
+from evalstack.core import yamlload
 from evalstack.reporting.results import ModelResult, ProfileResults, project_results
 
 WIDTH = 100
@@ -75,7 +74,7 @@ NOT_RUN = "No results yet: run `make repro` (classification) or `make repro-dete
 def _declares_models(root: Path) -> bool:
     """Whether any profile's params.yaml lists a model (a project made without the demo models may not yet)."""
     for params in (root / "params.yaml", root / "detection/params.yaml"):
-        if params.is_file() and (yaml.safe_load(params.read_text()) or {}).get("models"):
+        if params.is_file() and (yamlload.safe_load(params.read_text()) or {}).get("models"):
             return True
     return False
 

@@ -39,6 +39,16 @@ class NumpyAdapter(ModelAdapter):
         return (batch.reshape(len(batch), -1) / 255.0) @ self.weights
 
 
+class SlowNumpyAdapter(NumpyAdapter):
+    """NumpyAdapter that takes `options.delay` seconds a batch: a computation still running when a test acts."""
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        import time
+
+        time.sleep(float(self.spec.options["delay"]))
+        return super()._forward(batch)
+
+
 def numpy_model(directory: Path, weights: bytes = b"weights1", size: int = 8) -> NumpyAdapter:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "m.npy").write_bytes(weights)

@@ -1,6 +1,8 @@
 """Derived layers through the shard store: only new work is done, and the bytes never depend on history."""
 import os
 import shutil
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -52,8 +54,16 @@ def test_a_damaged_upstream_shard_with_its_stat_kept_is_read_before_anything_is_
     _flip_byte(shard)
     os.utime(shard, ns=(status.st_atime_ns, status.st_mtime_ns))
     store = store_at(tmp_path / "store")  # the next stage's process (one reads each file at most once)
+    recorded = Layer.open(project.pre).index.shards[1].sha256
+
+    def computed_from_it() -> list[str]:
+        return sorted(entry.address for entry in store.entries() if entry.upstream == recorded)
+
+    first_weights = computed_from_it()
     with pytest.raises(LayerCorruptError, match="00001.h5 does not match the sha256"):
         project.infer(store, weights=b"weights2")  # other weights: every prediction shard is computed
+    # the read runs beside the computation: what was computed from the damaged bytes was not kept
+    assert len(first_weights) == 1 and computed_from_it() == first_weights
     with pytest.raises(LayerCorruptError, match="00001.h5 does not match"):  # the stamp now holds what was read
         project.infer(store)
 
@@ -81,6 +91,51 @@ def test_a_stored_shard_removed_before_it_is_taken_is_computed_from_a_read_upstr
     with pytest.raises(LayerCorruptError, match="00001.h5 does not match the sha256"):
         project.infer(store_at(tmp_path / "store"))
 
+
+
+def _damage_keeping_stat(path: Path, offset: int) -> None:
+    status = path.stat()
+    _flip_byte(path, offset)
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+
+
+def test_a_damaged_input_that_crashes_its_computation_in_a_pool_is_reported_as_damage(tmp_path: Path, monkeypatch):
+    """The inputs are read beside the computation, so a pool can fail on the damaged bytes (no HDF5 signature)
+    before their read got there: the user is still told which file is damaged and how to restore it, not
+    h5py's "file signature not found" (found by a review)."""
+    import evalstack.core.hashstamps as hashstamps
+    from evalstack.cache.executors import ProcessExecutor
+    from evalstack.models.inference import infer_layer
+    from tests.layers import numpy_model
+
+    project = Project(tmp_path)
+    project.build(10, store_at(tmp_path / "store"))
+    _damage_keeping_stat(project.pre / "00003.h5", 0)  # the last job's input: read last
+    read = hashstamps.sha256_file
+    monkeypatch.setattr(hashstamps, "sha256_file", lambda path: (time.sleep(0.5), read(path))[1])  # large shards
+    with pytest.raises(LayerCorruptError, match="00003.h5 does not match the sha256"):
+        infer_layer(project.pre, project.pred, numpy_model(tmp_path / "models", b"weights2"), batch_size=3,
+                    store=store_at(tmp_path / "store"), executor=ProcessExecutor(2, worth_seconds=0))
+
+
+def test_a_damaged_input_stops_the_pool_computing_beside_its_read(tmp_path: Path):
+    """The read that finds the damage ends the build at once: the pool's workers are stopped, not left computing
+    the remaining shards until the interpreter exits (or for as long as a notebook keeps the error)."""
+    import multiprocessing
+
+    from evalstack.cache.executors import ProcessExecutor
+    from evalstack.models.inference import infer_layer
+    from tests.layers import SlowNumpyAdapter, numpy_model
+
+    project = Project(tmp_path)
+    project.build(10, store_at(tmp_path / "store"))
+    _damage_keeping_stat(project.pre / "00000.h5", -200)  # the smallest shard: the pool's probe, computed first
+    model = numpy_model(tmp_path / "models", b"weights2")
+    slow = SlowNumpyAdapter(replace(model.spec, options={**model.spec.options, "delay": 2}))
+    with pytest.raises(LayerCorruptError, match="00000.h5 does not match the sha256"):
+        infer_layer(project.pre, project.pred, slow, batch_size=3, store=store_at(tmp_path / "store"),
+                    executor=ProcessExecutor(2, worth_seconds=1e-9))
+    assert multiprocessing.active_children() == []
 
 def test_added_items_recompute_only_the_new_and_the_filled_shard(tmp_path: Path):
     project, store = Project(tmp_path / "incremental"), store_at(tmp_path / "store")

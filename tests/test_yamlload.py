@@ -44,3 +44,18 @@ def test_the_fast_loader_is_libyaml_here():
     # the speed is the point: a PyYAML without libyaml falls back silently, so the install is checked
     assert yamlload.SafeLoader is yaml.CSafeLoader
 
+
+
+def test_a_text_nested_deeper_than_libyaml_survives_is_an_error_not_a_crash(tmp_path):
+    """libyaml recurses on the C stack: 30,000 nested flow sequences ended the process with SIGSEGV (found by a
+    review); such a text is read by the pure loader, which raises."""
+    import subprocess
+    import sys
+
+    (tmp_path / "params.yaml").write_text("a: " + "[" * 30_000 + "]" * 30_000 + "\n")
+    probe = ("from pathlib import Path; from evalstack.config import load_params\n"
+             "try:\n    load_params(Path('params.yaml'))\nexcept (RecursionError, Exception) as error:\n"
+             "    print(type(error).__name__)")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() in ("RecursionError", "ConfigError"), (done.returncode,
+                                                                                                done.stderr[-500:])

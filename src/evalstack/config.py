@@ -114,7 +114,7 @@ def _checked_dir() -> Path:
 def parse_params_text(text: str, where: str, limit: int = MAX_EXPANDED_NODES) -> Any:
     """`yaml.safe_load`, parsed once: the node graph is composed, its alias expansion counted, and only a file
     within the limit is built into Python objects."""
-    loader = yamlload.SafeLoader(text)
+    loader = yamlload.loader_for(text)(text)
     try:
         root = loader.get_single_node()
         _refuse_alias_bomb(_expanded_size(root), where, limit)
@@ -127,7 +127,7 @@ def parse_params_text(text: str, where: str, limit: int = MAX_EXPANDED_NODES) ->
 
 def expanded_nodes(text: str) -> int:
     """How many nodes the YAML document has once every alias is expanded."""
-    return _expanded_size(yaml.compose(text, Loader=yamlload.SafeLoader))
+    return _expanded_size(yaml.compose(text, Loader=yamlload.loader_for(text)))
 
 
 def _expanded_size(root: yaml.Node | None) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -108,32 +109,37 @@ def build_derived_layer(
                 progress.update(shard.n_items)
             jobs.append(job)
         misses = [job for job in jobs if job.upstream.name not in hits]
-        for job in misses:
-            _read_before_computing(upstream, job, store, checks)
         executor = executor or LocalExecutor()
         # an executor whose workers share only the object store puts what it yields there itself
         put_by_executor = bool(getattr(executor, "puts_outputs", False))
         if put_by_executor and getattr(executor, "store", None) is not store:
             raise ValueError("the executor publishes shards to another store than the one this layer is built with")
-        computed = executor.run(compute, misses, fmt, progress)
-        for job in jobs:
-            reused = _register_reused(store, job, writer) if job.upstream.name in hits else None
-            if reused is not None:
-                log.add(reused, job.upstream, computed=False)
-                continue
-            # a miss, in order; or a stored entry that did not describe itself as this shard (or was removed meanwhile)
-            if job.upstream.name in hits:
-                _read_before_computing(upstream, job, store, checks)
-                info = derive_shard(compute, job, fmt, progress)
-            else:
-                info = next(computed)
-            writer.add_existing(info.name, info.sha256, upstream=job.upstream.sha256)
-            if store is not None and not (put_by_executor and job.upstream.name not in hits):
-                store.stamps.remember(job.out_path, info.sha256)
-                entry = output_entry(spec.kind, key_json(spec.key), job.address, job.upstream, info,
-                                     job.out_path.stat().st_size)
-                store.put(entry, job.out_path)
-            log.add(info, job.upstream, computed=True)
+        with _UpstreamReads(upstream, store, checks) as reads:
+            if put_by_executor:  # its workers publish what they compute: every input is read before they start
+                for job in misses:
+                    _read_before_computing(upstream, job, store, checks)
+            else:  # read beside the computation; a result is kept only once its input was read (`next_checked`)
+                reads.start(misses)
+            reads.computing(executor.run(compute, misses, fmt, progress))
+            for job in jobs:
+                reused = _register_reused(store, job, writer) if job.upstream.name in hits else None
+                if reused is not None:
+                    log.add(reused, job.upstream, computed=False)
+                    continue
+                # a miss, in order; or a stored entry that did not describe itself as this shard (or was removed
+                # meanwhile)
+                if job.upstream.name in hits:
+                    _read_before_computing(upstream, job, store, checks)
+                    info = derive_shard(compute, job, fmt, progress)
+                else:
+                    info = reads.next_checked(job)
+                writer.add_existing(info.name, info.sha256, upstream=job.upstream.sha256)
+                if store is not None and not (put_by_executor and job.upstream.name not in hits):
+                    store.stamps.remember(job.out_path, info.sha256)
+                    entry = output_entry(spec.kind, key_json(spec.key), job.address, job.upstream, info,
+                                         job.out_path.stat().st_size)
+                    store.put(entry, job.out_path)
+                log.add(info, job.upstream, computed=True)
     writer.stats = {**spec.stats, spec.work: sum(shard.n_items for shard in writer.shards)}
     index = writer.finish()
     if store is not None:  # with a remote: upload what is pending, trim the local cache (never these shards)
@@ -149,6 +155,64 @@ def _read_before_computing(upstream: Layer, job: ShardJob, store: ShardStore | N
     every byte already)."""
     if store is not None:
         upstream.check_shard(job.upstream, store.stamps.sha256_read_here, checks.get("item_count"))
+
+
+class _UpstreamReads:
+    """The upstream shards of the shards to compute, read in full (`_read_before_computing`) in a thread beside
+    the computation, in job order: at 8,001 cards a preprocess stage reads 11 GB of raw shards, ~9 s when it was
+    done before the computation started. The result of a shard is written into the layer and the store only
+    once its input was read and matched the index, so nothing computed from a damaged input is kept; a
+    computation that fails reports the damage of an input rather than what the damaged bytes made it raise."""
+
+    def __init__(self, upstream: Layer, store: ShardStore | None, checks: Mapping[str, Callable[[Path], Any]]):
+        self.upstream, self.store, self.checks = upstream, store, checks
+        self.pending: dict[str, Future] = {}
+        self.results: Iterator[ShardInfo] | None = None
+
+    def __enter__(self) -> "_UpstreamReads":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        # A build that stopped (a damaged input, a failed write) ends the computation now, not at exit: an
+        # executor stops its workers when its results are closed, else they compute on until the interpreter ends.
+        if self.results is not None:
+            self.results.close()
+        for read in self.pending.values():
+            read.cancel()
+
+    def start(self, jobs: list[ShardJob]) -> None:
+        if self.store is None or not jobs:
+            return  # without a store `check_shard` read every byte already
+        # One thread: reading and hashing (~1.2 GB/s, the GIL released) outpaces any shard computation here.
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evalstack-upstream-read")
+        self.pending = {job.upstream.name: pool.submit(_read_before_computing, self.upstream, job, self.store,
+                                                       self.checks) for job in jobs}
+        pool.shutdown(wait=False)
+
+    def computing(self, results: Iterator[ShardInfo]) -> None:
+        self.results = results
+
+    def next_checked(self, job: ShardJob) -> ShardInfo:
+        """The next computed result, once `job`'s input was read and found to be what the index records."""
+        assert self.results is not None
+        try:
+            info = next(self.results)
+        except Exception:
+            self._raise_damaged_input()
+            raise
+        read = self.pending.pop(job.upstream.name, None)
+        if read is not None:
+            read.result()
+        return info
+
+    def _raise_damaged_input(self) -> None:
+        """The first damaged input in job order, if any: a pool reports a failed shard when it fails, which need
+        not be the turn of the job whose input is damaged, so every read is waited for (they outpace the
+        computation: most are done)."""
+        for read in self.pending.values():
+            error = read.exception()
+            if error is not None:
+                raise error
 
 
 def _register_reused(store: ShardStore | None, job: ShardJob, writer: LayerWriter) -> ShardInfo | None:

@@ -30,6 +30,7 @@ from evalstack.models.predictions import predictions_key
 from evalstack.preprocess.pipelines import pipeline_spec
 
 ADHOC_DIR = Path("data/adhoc")
+STAGES_PARAMS = "params.yaml"  # what dvc.yaml's stages read (DVC's default params file)
 
 
 class Dataset:
@@ -38,7 +39,14 @@ class Dataset:
     def __init__(self, project: str | Path = ".", params_file: str = "params.yaml"):
         self.root = Path(project).resolve()
         self.params_file = self.root / params_file
+        if self.params_file.resolve() != (self.root / STAGES_PARAMS).resolve():
+            # The stages `dvc repro` runs for this object read params.yaml: results computed under it would be
+            # returned as another file's (a hunt found them, exit 0).
+            raise ValueError(f"Dataset(params_file={params_file!r}): the stages this API runs read "
+                             f"{self.root / STAGES_PARAMS}, so results would be computed under it, not under "
+                             f"{params_file}. Edit params.yaml (or `dvc exp run -S key=value`) instead")
         self.stages_run: list[str] = []  # what the last call had DVC execute (empty: all cached)
+        self.predicting_passes = 0  # forward passes the last call's ad-hoc predictions took (latency timing apart)
 
     @property
     def params(self) -> dict:
@@ -59,14 +67,15 @@ class Dataset:
     def download_and_cache(self, force_refresh: bool = False) -> pd.DataFrame:
         """Fetch the raw layer once (`dvc repro fetch`); returns one row per card."""
         self.stages_run = []
-        if force_refresh:
+        # What fetch reads first (synth in the template, your stages that write a registry): forcing fetch alone
+        # read them as they were, older data than a plain call returns (found by a hunt).
+        self._reproduce("fetch")
+        if force_refresh and "fetch" not in self.stages_run:
             from dvc.repo import Repo
 
             with Repo(str(self.root)) as repo:
                 stages = repo.reproduce(f"{self.root / 'dvc.yaml'}:fetch", force=True, single_item=True)
                 self.stages_run += [stage.name or stage.addressing for stage in stages]
-        else:
-            self._reproduce("fetch")
         return self.items()
 
     def items(self) -> pd.DataFrame:
@@ -74,6 +83,7 @@ class Dataset:
 
     def preprocessed_batches(self, pipeline: str, batch_size: int = 32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(item keys, model-ready arrays) of a declared pipeline, computed once by `preprocess@<pipeline>`."""
+        _check_batch_size(batch_size)
         self.stages_run = []
         self._reproduce(f"preprocess@{pipeline}")
         layer = Layer.open(self.root / "data/preprocessed" / pipeline)
@@ -83,13 +93,13 @@ class Dataset:
     def apply_model(self, model: str | ModelAdapter, batch_size: int | None = None) -> pd.DataFrame:
         """Predictions joined with the labels, one row per card; `frame.attrs` says what was computed."""
         self.stages_run = []
-        passes_before = 0 if isinstance(model, str) else model.forward_passes
+        self.predicting_passes = 0
         run = self._run(model, batch_size)
         if isinstance(model, str):
             ran = f"infer@{model}" in self.stages_run
             forward_passes = (run.latency or {}).get("forward_passes", 0) if ran else 0
         else:
-            forward_passes = model.forward_passes - passes_before
+            forward_passes = self.predicting_passes
         frame = predictions_frame(Layer.open(run.layer, kind=PREDICTIONS_KIND), self.items())
         frame.attrs.update({"layer": str(run.layer), "stages_run": list(self.stages_run),
                             "forward_passes": forward_passes})
@@ -110,6 +120,8 @@ class Dataset:
         return compare_runs(runs, self.items(), config)
 
     def _run(self, model: str | ModelAdapter, batch_size: int | None) -> ModelRun:
+        if batch_size is not None:
+            _check_batch_size(batch_size)
         if isinstance(model, str):
             declared = infer_batch_size(self.params)
             if batch_size is not None and batch_size != declared:
@@ -121,7 +133,7 @@ class Dataset:
             self._reproduce(f"infer@{model}")
             return declared_run(self.params, model, self.root / "data/predictions", self.root / "data/latency",
                                 self.root)
-        return self._run_adhoc(model, batch_size or infer_batch_size(self.params))
+        return self._run_adhoc(model, infer_batch_size(self.params) if batch_size is None else batch_size)
 
     def _run_adhoc(self, adapter: ModelAdapter, batch_size: int) -> ModelRun:
         spec = adapter.spec
@@ -133,11 +145,20 @@ class Dataset:
         preprocessed = self.root / "data/preprocessed" / spec.pipeline
         if not _is_current(out, expected.hex, preprocessed):
             # Through the same shard store as the stages, so a later `dvc repro` of this model reuses it.
+            passes_before = adapter.forward_passes
             infer_layer(preprocessed, out, adapter, batch_size, open_store(self.params, self.root))
+            # what the predictions took; the latency timing's passes below are not predictions
+            self.predicting_passes += adapter.forward_passes - passes_before
             ensure_timed(adapter, preprocessed, batch_size)
             write_latency(latency_file, latency_record(adapter, batch_size))
         return ModelRun(spec.name, spec.task, spec.adapter, spec.pipeline, out, read_latency(latency_file),
                         spec.options.get("parity_of"))
+
+
+def _check_batch_size(batch_size: object) -> None:
+    # `batch_size or default` took 0 for the default, and a negative size yielded no batch at all (a hunt)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}")
 
 
 def _check_distinct(models: Sequence[str | ModelAdapter]) -> None:

@@ -731,7 +731,65 @@ def defining_module(cls: type) -> str:
             raise StaleCodeError(f"{base.__module__} was reloaded after {cls.__module__}.{cls.__qualname__} was "
                                  f"defined: the class still derives from the old {base.__qualname__}. Reload "
                                  f"{cls.__module__} too and make the object again")
+    check_functions_in_closure(cls, cls.__module__)
     return cls.__module__
+
+
+def check_functions_in_closure(owner: object, module: str) -> None:
+    """Refuse code that runs as `owner`'s (a class: its and its bases' methods; an object: functions set on it)
+    but is not in the code a key names for it, the import closure of `module`: a method replaced in a notebook
+    (`TorchAdapter._forward = tta`) or from another module left the key naming the class's own code, and its
+    results were served for the original's and the original's for it (found by a hunt)."""
+    closure: dict[str, str] | None = None
+    for name, function in _functions_of(owner):
+        origin = getattr(function, "__module__", None)
+        if origin == module:
+            continue
+        if origin not in (None, "__main__"):
+            loaded = sys.modules.get(origin)
+            file = getattr(loaded, "__file__", None)
+            if file is not None and is_installed(Path(file)):
+                continue  # an installed library's: its version is in the key's runtime part
+            closure = closure if closure is not None else code_part(module)
+            if origin in closure:
+                continue
+        where = "a script or notebook" if origin in (None, "__main__") else f"module {origin}"
+        raise ValueError(f"{name} is a function from {where}, set on {_described(owner)} after it was defined: its "
+                         f"code is not in the cache keys of {module}'s code. Define a subclass in a module instead, "
+                         f"so that its code is part of the keys")
+
+
+def _functions_of(owner: object) -> Iterable[tuple[str, object]]:
+    """(qualified name, function) of the code `owner` runs: a class's methods, its bases' (but not a library's),
+    properties' accessors, static and class methods; for an object, the functions and bound methods set on it."""
+    import types
+
+    if isinstance(owner, type):
+        for cls in owner.__mro__:
+            if cls is object or cls.__module__ == "builtins":
+                continue
+            for name, value in vars(cls).items():
+                for function in _unwrapped(value):
+                    yield f"{cls.__qualname__}.{name}", function
+        return
+    for name, value in vars(owner).items() if hasattr(owner, "__dict__") else ():
+        if isinstance(value, (types.FunctionType, types.MethodType)):
+            yield f"{type(owner).__qualname__} object's {name}", getattr(value, "__func__", value)
+
+
+def _unwrapped(value: object) -> list[object]:
+    import types
+
+    if isinstance(value, (staticmethod, classmethod)):
+        value = value.__func__
+    if isinstance(value, property):
+        return [accessor for accessor in (value.fget, value.fset, value.fdel) if isinstance(accessor, types.FunctionType)]
+    return [value] if isinstance(value, types.FunctionType) else []
+
+
+def _described(owner: object) -> str:
+    return f"class {owner.__module__}.{owner.__qualname__}" if isinstance(owner, type) else \
+        f"a {type(owner).__qualname__} object"
 
 
 def _reloaded_since(cls: type) -> bool:

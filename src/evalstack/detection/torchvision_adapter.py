@@ -404,6 +404,7 @@ class TorchvisionAdapter:
         """Everything besides the file's bytes that changes the candidates; post-processing params are not in it
         (a frozen model's recorded values are: they describe the file)."""
         return {
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",  # as ModelAdapter.contract says why
             "framework": self.framework, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "format": self.format, "builder": self.options.get("builder"),
             "num_classes": self.options.get("num_classes"), "device_kind": self.device.type,

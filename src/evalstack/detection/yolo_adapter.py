@@ -169,7 +169,8 @@ class YoloAdapter:
 
     def contract(self) -> dict[str, Any]:
         """What the candidates depend on besides the weights; post-processing params are not in it."""
-        return {**self.runner.contract(), "output_format": OUTPUT_FORMAT, "input": INPUT_CONTRACT,
+        return {**self.runner.contract(), "class": f"{type(self).__module__}.{type(self).__qualname__}",
+                "output_format": OUTPUT_FORMAT, "input": INPUT_CONTRACT,
                 "output": self.output, "postprocess_style": FROZEN if self.output == "end2end" else NMS_THEN_CAP,
                 "candidates": asdict(self.bound)}
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from evalstack.config import TASKS, ModelError, ModelSpec, signature_options
-from evalstack.core.fingerprint import defining_module, runtime_part
+from evalstack.core.fingerprint import check_functions_in_closure, defining_module, runtime_part
 from evalstack.core.keys import Key
 from evalstack.models.trust import refuse_pickle_for_data_adapter
 from evalstack.models.weights import WeightFile, check_pin, read_weights
@@ -85,6 +85,9 @@ class ModelAdapter(ABC):
 
     def contract(self) -> dict[str, Any]:
         return {
+            # Two adapter classes in one module have the same code part in a key (its import closure): the class
+            # tells their outputs apart (a hunt found one class's predictions served for the other's).
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "framework": self.framework,
             "runtime": runtime_part(*self.runtime_distributions),
             "input_shape": list(self.input_shape()),
@@ -97,6 +100,7 @@ class ModelAdapter(ABC):
         }
 
     def signature(self) -> Key:
+        check_functions_in_closure(self, self.code_module)  # a function set on this object in a notebook
         return Key("model", {"weights_sha256": self.weights_sha256, **self.contract()})
 
     @property

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evalstack.config import ModelSpec
+from evalstack.config import ModelError, ModelSpec
 from evalstack.core.keys import Key, sha256_file
 from evalstack.core.kinds import PREDICTIONS_KIND
 from evalstack.core.layers import CacheStaleError, LayerWriter, shard_name
@@ -68,6 +68,17 @@ def test_a_layer_whose_rows_are_not_the_raw_layers_is_refused(tmp_path):
     with pytest.raises(CacheStaleError, match="shuffled was not built from the raw layer.*row 0 holds another item"):
         compare_runs([shuffled], truth())
 
+
+
+def test_a_true_class_outside_a_models_labels_is_refused_as_evaluate_refuses_it(tmp_path):
+    """An ad-hoc model whose labels are spelled otherwise than the data's (`Amoxicillin`) scored 0.0 in
+    compare_models, exit 0, where the evaluate stage refuses the same model (found by a hunt)."""
+    logits = np.zeros((len(KEYS), 2))
+    layer = write_layer(tmp_path / "titled", KEYS, logits, {"labels": ["Amoxicillin", "Lactose"], "task": "classify",
+                                                            "weights_sha256": "0"})
+    titled = ModelRun("titled", "classify", "torch", "p", layer, latency=None)
+    with pytest.raises(ModelError, match=r"model titled: true classes \['amoxicillin', 'lactose'\] are not in its"):
+        compare_runs([titled], truth())
 
 def test_identical_bytes_under_two_ids_keep_their_own_truth(tmp_path):
     facts = truth()

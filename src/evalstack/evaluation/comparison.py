@@ -18,6 +18,7 @@ from evalstack.config import ModelSpec
 from evalstack.core.keys import Key
 from evalstack.core.kinds import PREDICTIONS_KIND
 from evalstack.core.layers import Layer
+from evalstack.evaluation.classification import label_indices
 from evalstack.evaluation.concentration import predicted_quantities
 from evalstack.evaluation.items import check_frame_aligned, in_split
 from evalstack.evaluation.significance import DEFAULT_RESAMPLES, accuracy_intervals, mcnemar
@@ -119,6 +120,9 @@ def compare_runs(runs: list[ModelRun], truth: pd.DataFrame, config: CompareConfi
 
 
 def _correct(model: _Loaded, keys: pd.Index, facts: pd.DataFrame) -> np.ndarray:
+    # as evaluate refuses it: a true class outside the model's labels (`Amoxicillin` for `amoxicillin`) is an
+    # error, not a card counted wrong (an ad-hoc model's accuracy came out 0.0, exit 0: a hunt)
+    label_indices(facts["sample_name"].astype(str).tolist(), tuple(model.parts["labels"]), model.run.name)
     labels = np.asarray(model.parts["labels"], dtype=object)
     return labels[model.frame.loc[keys, "label"].to_numpy()] == facts["sample_name"].to_numpy()
 

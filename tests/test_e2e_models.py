@@ -58,6 +58,7 @@ def api_run(project, tmp_path_factory) -> dict:
 
 def test_readme_api_example_runs(api_run):
     assert len(api_run["cards"]) == N_ITEMS
+    assert api_run["torch_cnn"].attrs["forward_passes"] == N_ITEMS  # infer@torch_cnn ran for it: every card
     # `mine` is torch_cnn's own file, so its signature equals the declared model's and the
     # shard store may serve shards infer@torch_cnn computed: never more passes than items.
     assert len(api_run["my_predictions"]) == N_ITEMS

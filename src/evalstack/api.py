@@ -9,6 +9,7 @@ keyed by model signature + pipeline key, so calling it again is free.
 """
 from __future__ import annotations
 
+import operator
 import re
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -67,15 +68,22 @@ class Dataset:
     def download_and_cache(self, force_refresh: bool = False) -> pd.DataFrame:
         """Fetch the raw layer once (`dvc repro fetch`); returns one row per card."""
         self.stages_run = []
-        # What fetch reads first (synth in the template, your stages that write a registry): forcing fetch alone
-        # read them as they were, older data than a plain call returns (found by a hunt).
-        self._reproduce("fetch")
-        if force_refresh and "fetch" not in self.stages_run:
-            from dvc.repo import Repo
+        if not force_refresh:
+            self._reproduce("fetch")
+            return self.items()
+        from dvc.repo import Repo
 
-            with Repo(str(self.root)) as repo:
-                stages = repo.reproduce(f"{self.root / 'dvc.yaml'}:fetch", force=True, single_item=True)
-                self.stages_run += [stage.name or stage.addressing for stage in stages]
+        target = f"{self.root / 'dvc.yaml'}:fetch"
+        with Repo(str(self.root)) as repo:
+            (fetch,) = repo.stage.collect(target)
+            # What fetch reads first (synth in the template, your stage that writes a registry) is brought up to date
+            # as `dvc repro` would: forcing fetch alone read it as it was, older data than a plain call returned.
+            # Then fetch itself, forced, so never restored from the run-cache: a source that changed with no dep
+            # changing (a server) gave the run-cache's old copy (both found by a hunt and a review).
+            ran = [stage for upstream in repo.index.graph.successors(fetch)
+                   for stage in repo.reproduce(f"{upstream.path}:{upstream.name}")]
+            ran += repo.reproduce(target, force=True, single_item=True)
+        self.stages_run = list(dict.fromkeys(stage.name or stage.addressing for stage in ran))
         return self.items()
 
     def items(self) -> pd.DataFrame:
@@ -96,8 +104,11 @@ class Dataset:
         self.predicting_passes = 0
         run = self._run(model, batch_size)
         if isinstance(model, str):
-            ran = f"infer@{model}" in self.stages_run
-            forward_passes = (run.latency or {}).get("forward_passes", 0) if ran else 0
+            # what infer@<model> computed, as the store's record of that build says (the latency record, read here
+            # before, holds no pass count: every declared model reported 0, a review found)
+            record = open_store(self.params, self.root).load_build(run.layer) if f"infer@{model}" in self.stages_run \
+                else None
+            forward_passes = int((record or {}).get("counts", {}).get("forward_passes", 0))
         else:
             forward_passes = self.predicting_passes
         frame = predictions_frame(Layer.open(run.layer, kind=PREDICTIONS_KIND), self.items())
@@ -133,7 +144,7 @@ class Dataset:
             self._reproduce(f"infer@{model}")
             return declared_run(self.params, model, self.root / "data/predictions", self.root / "data/latency",
                                 self.root)
-        return self._run_adhoc(model, infer_batch_size(self.params) if batch_size is None else batch_size)
+        return self._run_adhoc(model, infer_batch_size(self.params) if batch_size is None else int(batch_size))
 
     def _run_adhoc(self, adapter: ModelAdapter, batch_size: int) -> ModelRun:
         spec = adapter.spec
@@ -156,8 +167,13 @@ class Dataset:
 
 
 def _check_batch_size(batch_size: object) -> None:
-    # `batch_size or default` took 0 for the default, and a negative size yielded no batch at all (a hunt)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    # `batch_size or default` took 0 for the default, and a negative size yielded no batch at all (a hunt); any
+    # integer type is one (numpy's, from a loop over np.arange), a bool or a float is not
+    try:
+        size = operator.index(batch_size)
+    except TypeError:
+        size = None
+    if isinstance(batch_size, bool) or size is None or size < 1:
         raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}")
 
 

@@ -15,6 +15,7 @@ default, an annotation that a dataclass turns into a field — does.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import itertools
 import json
@@ -24,10 +25,11 @@ import re
 import site
 import sys
 import sysconfig
+import types
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 from evalstack.core.atomic import atomic_write_bytes
 from evalstack.core.modules import ModuleSource, locate, module_path
@@ -742,28 +744,43 @@ def check_functions_in_closure(owner: object, module: str) -> None:
     results were served for the original's and the original's for it (found by a hunt)."""
     closure: dict[str, str] | None = None
     for name, function in _functions_of(owner):
-        origin = getattr(function, "__module__", None)
-        if origin == module:
-            continue
-        if origin not in (None, "__main__"):
-            loaded = sys.modules.get(origin)
-            file = getattr(loaded, "__file__", None)
-            if file is not None and is_installed(Path(file)):
-                continue  # an installed library's: its version is in the key's runtime part
-            closure = closure if closure is not None else code_part(module)
-            if origin in closure:
+        for origin in _origins(function):
+            if origin == module:
                 continue
-        where = "a script or notebook" if origin in (None, "__main__") else f"module {origin}"
-        raise ValueError(f"{name} is a function from {where}, set on {_described(owner)} after it was defined: its "
-                         f"code is not in the cache keys of {module}'s code. Define a subclass in a module instead, "
-                         f"so that its code is part of the keys")
+            if origin not in (None, "__main__"):
+                loaded = sys.modules.get(origin)
+                file = getattr(loaded, "__file__", None)
+                if file is not None and is_installed(Path(file)):
+                    continue  # an installed library's: its version is in the key's runtime part
+                closure = closure if closure is not None else code_part(module)
+                if origin in closure:
+                    continue
+            where = "a script or notebook" if origin in (None, "__main__") else f"module {origin}"
+            raise ValueError(f"{name} is a function from {where}, set on {_described(owner)} after it was defined, "
+                             f"or reached from it by a name {module} does not import: its code is not in the cache "
+                             f"keys of {module}'s code. Define a subclass in a module instead, so that its code is "
+                             f"part of the keys")
+
+
+def _origins(function: object) -> Iterator[str | None]:
+    """The modules a function's code comes from: where it says it was defined, and where it was compiled (a
+    `functools.wraps` wrapper copies the wrapped function's `__module__`, not its own), for it and every function
+    it wraps (`__wrapped__`)."""
+    seen: set[int] = set()
+    while function is not None and id(function) not in seen:
+        seen.add(id(function))
+        declared = getattr(function, "__module__", None)
+        yield declared
+        compiled = getattr(function, "__globals__", {}).get("__name__")
+        if compiled is not None and compiled != declared:  # attrs' generated methods have globals without a name
+            yield compiled
+        function = getattr(function, "__wrapped__", None)
 
 
 def _functions_of(owner: object) -> Iterable[tuple[str, object]]:
     """(qualified name, function) of the code `owner` runs: a class's methods, its bases' (but not a library's),
-    properties' accessors, static and class methods; for an object, the functions and bound methods set on it."""
-    import types
-
+    properties' accessors, static and class methods and the other method descriptors of functools; for an
+    object, the functions, bound methods and partials set on it."""
     if isinstance(owner, type):
         for cls in owner.__mro__:
             if cls is object or cls.__module__ == "builtins":
@@ -773,17 +790,21 @@ def _functions_of(owner: object) -> Iterable[tuple[str, object]]:
                     yield f"{cls.__qualname__}.{name}", function
         return
     for name, value in vars(owner).items() if hasattr(owner, "__dict__") else ():
-        if isinstance(value, (types.FunctionType, types.MethodType)):
-            yield f"{type(owner).__qualname__} object's {name}", getattr(value, "__func__", value)
+        if isinstance(value, (types.FunctionType, types.MethodType, functools.partial)):
+            for function in _unwrapped(value):
+                yield f"{type(owner).__qualname__} object's {name}", function
 
 
 def _unwrapped(value: object) -> list[object]:
-    import types
-
-    if isinstance(value, (staticmethod, classmethod)):
-        value = value.__func__
+    """The plain functions behind a class attribute or an object's attribute."""
+    if isinstance(value, (staticmethod, classmethod, types.MethodType)):
+        return _unwrapped(value.__func__)
     if isinstance(value, property):
-        return [accessor for accessor in (value.fget, value.fset, value.fdel) if isinstance(accessor, types.FunctionType)]
+        return [function for accessor in (value.fget, value.fset, value.fdel) for function in _unwrapped(accessor)]
+    if isinstance(value, (functools.partial, functools.partialmethod, functools.cached_property)):
+        return _unwrapped(value.func)
+    if isinstance(value, functools.singledispatchmethod):
+        return [function for registered in value.dispatcher.registry.values() for function in _unwrapped(registered)]
     return [value] if isinstance(value, types.FunctionType) else []
 
 

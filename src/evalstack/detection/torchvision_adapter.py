@@ -55,6 +55,7 @@ import torchvision  # registers torchvision's ops (nms, roi_align): scripted det
 from torchvision.models import detection as tv_detection
 
 from evalstack.config import ModelError, ModelSpec
+from evalstack.core.fingerprint import check_functions_in_closure, defining_module
 from evalstack.core.keys import Key
 from evalstack.detection.boxes import Candidates, Detections
 from evalstack.detection.decoding import CandidateBound, PostProcess
@@ -416,6 +417,7 @@ class TorchvisionAdapter:
         }
 
     def signature(self) -> Key:
+        check_functions_in_closure(self, defining_module(type(self)))  # a function set on this object (a notebook)
         return Key("model", {"weights_sha256": self.weights_sha256, **self.contract()})
 
     # running -------------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from evalstack.config import DETECTION_OUTSIDE_SIGNATURE, ModelError, ModelSpec
+from evalstack.core.fingerprint import check_functions_in_closure, defining_module
 from evalstack.core.keys import Key
 from evalstack.detection.boxes import Candidates
 from evalstack.detection.decoding import CandidateBound, PostProcess
@@ -175,6 +176,7 @@ class YoloAdapter:
                 "candidates": asdict(self.bound)}
 
     def signature(self) -> Key:
+        check_functions_in_closure(self, defining_module(type(self)))  # a function set on this object (a notebook)
         return Key("model", {"weights_sha256": self.weights_sha256, **self.contract()})
 
     def raw_batch(self, batch: np.ndarray) -> np.ndarray:

@@ -748,9 +748,7 @@ def check_functions_in_closure(owner: object, module: str) -> None:
             if origin == module:
                 continue
             if origin not in (None, "__main__"):
-                loaded = sys.modules.get(origin)
-                file = getattr(loaded, "__file__", None)
-                if file is not None and is_installed(Path(file)):
+                if _installed_module(origin):
                     continue  # an installed library's: its version is in the key's runtime part
                 closure = closure if closure is not None else code_part(module)
                 if origin in closure:
@@ -760,6 +758,18 @@ def check_functions_in_closure(owner: object, module: str) -> None:
                              f"or reached from it by a name {module} does not import: its code is not in the cache "
                              f"keys of {module}'s code. Define a subclass in a module instead, so that its code is "
                              f"part of the keys")
+
+
+def _installed_module(name: str) -> bool:
+    """Whether the loaded module `name` is an installed library's (remembered per name and file: a key check
+    asks it for every method of a class, and resolving the file's real path is most of the check's time)."""
+    file = getattr(sys.modules.get(name), "__file__", None)
+    return file is not None and _installed_file_named(name, file)
+
+
+@lru_cache(maxsize=None)
+def _installed_file_named(name: str, file: str) -> bool:
+    return is_installed(Path(file))
 
 
 def _origins(function: object) -> Iterator[str | None]:

@@ -761,14 +761,14 @@ def check_functions_in_closure(owner: object, module: str) -> None:
 
 
 def _installed_module(name: str) -> bool:
-    """Whether the loaded module `name` is an installed library's (remembered per name and file: a key check
-    asks it for every method of a class, and resolving the file's real path is most of the check's time)."""
+    """Whether the loaded module `name` is an installed library's."""
     file = getattr(sys.modules.get(name), "__file__", None)
-    return file is not None and _installed_file_named(name, file)
+    return file is not None and _installed_path(file)
 
 
 @lru_cache(maxsize=None)
-def _installed_file_named(name: str, file: str) -> bool:
+def _installed_path(file: str) -> bool:
+    # per file as given: a key check asks for every method of a class, and is_installed resolves the real path
     return is_installed(Path(file))
 
 

@@ -210,16 +210,24 @@ def dask_processes(workdir: Path, workers: int = 2, environment: dict[str, str] 
         _wait_for_workers(address, workers, processes, workdir)
         yield DaskProcesses(address, workers, tuple(process.pid for process in processes))
     finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in reversed(processes):
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        # Workers first, while their scheduler still answers: a worker stopped together with its scheduler
+        # waits on the closed stream until its nanny kills it after 8 s (measured: 8.2 s a teardown, 0.3 s
+        # in this order), which every module using this fixture paid.
+        _terminate(processes[1:])
+        _terminate(processes[:1])
         for log in logs:
             log.close()
+
+
+def _terminate(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _wait_for_workers(address: str, workers: int, processes: list[subprocess.Popen], workdir: Path) -> None:

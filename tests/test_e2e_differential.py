@@ -341,13 +341,19 @@ def _edit_sequence(d: Differential, origin: Path) -> None:
     why = run(origin, "evalstack", "why", "data/preprocessed/pad_regions").stdout
     assert "code: src/evalstack/preprocess/regions.py changed" in why
 
-    d.step("cards added, removed, modified, duplicated", [
+    # One step, one scratch build, for two edits that reach different layers (two steps until 2026-12-06). The
+    # cards reach every layer, but only the shards they land in; the model file reaches infer@mine's every
+    # shard. A key that left out the model's bytes would still serve the shards no card edit touched, from the
+    # old weights, and the scratch comparison would see them.
+    grown = d.step("cards added, removed, modified, duplicated; a model file replaced", [
         f"{N_POOL - N_START} cards appended", "2 cards removed", "one card relabelled (another drug)",
-        "one card listed again under a new id (same image bytes, another label and split)"],
-        lambda: d.write_registry([i for i in range(N_POOL) if i not in (3, 11)], _relabel_and_duplicate))
-
-    d.step("a model file replaced", ["models/mine.onnx: other weights (dvc add)"],
-           lambda: (run(origin, sys.executable, "-c", _OWN_MODEL, "2"), run(origin, "dvc", "add", "-q", "models/mine.onnx")))
+        "one card listed again under a new id (same image bytes, another label and split)",
+        "models/mine.onnx: other weights (dvc add)"],
+        lambda: (d.write_registry([i for i in range(N_POOL) if i not in (3, 11)], _relabel_and_duplicate),
+                 run(origin, sys.executable, "-c", _OWN_MODEL, "2"), run(origin, "dvc", "add", "-q", "models/mine.onnx")))
+    shards = {layer: len(json.loads((origin / layer / "index.json").read_text())["shards"]) for layer in LAYERS}
+    assert grown.computed["data/preprocessed/thumb32"] < shards["data/preprocessed/thumb32"]  # some untouched
+    assert grown.computed["data/predictions/mine"] == shards["data/predictions/mine"]  # ... yet all recomputed
 
     d.step("dvc exp run -S", ["dvc exp run -S preprocess.pipelines.thumb32.resample=lanczos"],
            command=("dvc", "exp", "run", "-S", "preprocess.pipelines.thumb32.resample=lanczos"))

@@ -103,6 +103,17 @@ def test_adapters_that_read_the_machine_are_never_remembered(model_file, tmp_pat
     assert remembered_signature(None, _spec(model_file)) is None  # no store: always a load
 
 
+def test_an_adapter_registered_under_a_built_in_name_is_never_remembered(model_file, tmp_path, monkeypatch):
+    from evalstack.detection import adapter as registry
+
+    store = store_in(tmp_path / "store")
+    spec = _spec(model_file)
+    expected_detections_key(spec, PIPELINE, store)
+    assert remembered_signature(store, spec) is not None
+    monkeypatch.setitem(registry.DETECTION_ADAPTERS, "torch_detection", ("mine", "MyDetector"))  # may read anything
+    assert remembered_signature(store, spec) is None
+
+
 def test_with_a_memo_the_key_is_checked_without_importing_the_framework(model_file, tmp_path):
     store = store_in(tmp_path / "store")
     expected = expected_detections_key(_spec(model_file), PIPELINE, store)

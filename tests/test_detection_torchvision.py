@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from evalstack.config import ModelError, ModelSpec
-from evalstack.core.keys import sha256_file
+from evalstack.core.keys import Key, sha256_file
 from evalstack.demo.torchvision_detector import build_random, save_demo_detector
 from evalstack.detection.adapter import load_detector
 from evalstack.detection.candidates import candidates_key, infer_candidates_layer
@@ -237,3 +237,27 @@ def test_device(tmp_path, monkeypatch):
     keys = {candidates_key(a.signature(), a.signature(), {}).hex for a in (cpu, load_detector(tv_spec(
         model, builder=FRCNN, num_classes=4, device="cpu")))}
     assert len(keys) == 2 and pipeline  # a CPU cache is never served as a GPU result
+
+
+def test_with_an_explicit_device_evaluate_remembers_the_signature_and_under_auto_or_a_pm_config_it_loads(tmp_path):
+    """evaluate's memo (detection/signatures.py) gives the key a load gives, so an NMS change re-runs evaluate
+    without torch. Under `device: auto` the contract's device kind is this machine's; a pm_config's options come
+    from another file: both load, as before."""
+    from evalstack.detection.signatures import expected_detections_key, remember_signature, remembered_signature
+    from tests.conftest import store_in
+
+    model = save_demo_detector(tmp_path / "m.pth", FRCNN, 4)
+    store, pipeline = store_in(tmp_path / "store"), Key("pipeline", {"size": 320})
+    spec = tv_spec(model, builder=FRCNN, num_classes=4, device="cpu", candidates={"min_score": 0.01, "top_k": 200})
+    assert remembered_signature(store, spec) is None
+    first = expected_detections_key(spec, pipeline, store)  # loads, then remembers
+    assert remembered_signature(store, spec) == load_detector(spec).signature()
+    # post-processing the memo's path accepts as a load does: torchvision caps after its NMS, so above top_k too
+    changed = replace(spec, options={**spec.options, "nms_iou": 0.3, "max_detections": 300})
+    assert remembered_signature(store, changed) is not None
+    assert expected_detections_key(changed, pipeline, store) == expected_detections_key(changed, pipeline, None) != first
+    without = {name: value for name, value in spec.options.items() if name != "device"}
+    for options in (without, {**without, "device": "AUTO"}, {**spec.options, "pm_config": "pm_configs/pm.json"}):
+        other = replace(spec, options=options)
+        remember_signature(store, other, load_detector(replace(other, options=without)).signature())
+        assert remembered_signature(store, other) is None, options

@@ -2,6 +2,7 @@
 letterbox, boxes mapped back to the original image, and the frozen NMS of an end-to-end model."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from evalstack.config import ModelError, ModelSpec
+from evalstack.core.keys import Key
 from evalstack.demo.cards import encode_png
 from evalstack.demo.training.torch_program import save_program
 from evalstack.demo.yolo_layout import export_yolo_layout
@@ -279,3 +281,29 @@ def test_a_post_processing_change_leaves_the_detectors_signature_as_it_is(models
     for change in ({"confidence_threshold": 0.5}, {"nms_iou": 0.3}, {"max_detections": 10}, {"parity_of": "x"}):
         assert load_detector(yolo_spec(models[file], **change)).signature() == signature, change
     assert load_detector(yolo_spec(models[file], candidates=BOUND)).signature() != signature  # the bound is in it
+
+
+@pytest.mark.parametrize("file", ["raw", "raw_onnx", "e2e_onnx"])
+def test_a_remembered_signature_gives_the_key_a_load_gives_and_refuses_what_a_load_refuses(models, file, tmp_path):
+    """evaluate's memo (detection/signatures.py): an NMS or threshold change re-runs evaluate without loading the
+    detector, and gets the key and the refusals a load gives."""
+    from evalstack.detection.signatures import expected_detections_key, remembered_signature
+    from tests.conftest import store_in
+
+    store, pipeline = store_in(tmp_path / "store"), Key("pipeline", {"size": SIZE})
+    spec = yolo_spec(models[file], nms_iou=1.0 if file.startswith("e2e") else 0.5, candidates=BOUND)
+    first = expected_detections_key(spec, pipeline, store)  # loads, then remembers
+    assert remembered_signature(store, spec) == load_detector(spec).signature()
+    changed = replace(spec, options={**spec.options, "confidence_threshold": 0.3, "max_detections": 40})
+    assert remembered_signature(store, changed) is not None
+    assert expected_detections_key(changed, pipeline, store) == expected_detections_key(changed, pipeline, None) != first
+    refusals = [{"max_detections": 61}]  # above candidates.top_k
+    if file.startswith("e2e"):
+        refusals.append({"nms_iou": 0.5})  # its NMS is frozen
+    for change in refusals:
+        refused = replace(spec, options={**spec.options, **change})
+        with pytest.raises(ModelError) as loading:
+            expected_detections_key(refused, pipeline, None)
+        with pytest.raises(ModelError) as remembered:
+            expected_detections_key(refused, pipeline, store)
+        assert str(remembered.value) == str(loading.value), change

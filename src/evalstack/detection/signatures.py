@@ -16,13 +16,19 @@ had to load), under a memo key that names everything the signature is computed f
 - the installed versions of the frameworks an adapter can use.
 
 A memo is used only when all of these are equal, so it gives the signature a load would give; a
-missing, damaged or foreign memo file means a load, as before. Only adapters whose contract is a
-function of those inputs are remembered: torchvision's and YOLO's read the machine too (`device:
-auto` asks whether a GPU is present), so they always load. Memos live in the local store directory
-only, never in a shared `store.url`: they are cheaper to recompute than to trust from elsewhere.
+missing, damaged or foreign memo file means a load, as before. Only the built-in adapters, and only
+where their contract is a function of those inputs, are remembered:
+- torch_detection and yolo always (their runners read nothing of the machine);
+- torchvision only with an explicit `device:` (cpu, cuda, cuda:N): under `device: auto`, the default,
+  the contract's device kind is whether this machine has a GPU, and with `pm_config:` the options come
+  from another file, whose bytes the memo key does not name. Those load, as before.
+An adapter registered under a built-in name in this process is never remembered. Memos live in the
+local store directory only, never in a shared `store.url`: they are cheaper to recompute than to
+trust from elsewhere.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import fields
 
 from evalstack.cache.shardstore import ShardStore
@@ -34,8 +40,10 @@ from evalstack.detection.decoding import CandidateBound, PostProcess
 from evalstack.detection.postprocess import detections_key
 from evalstack.models.signatures import read_memo, spec_entry, write_memo
 
-# adapter name → the module defining it, for the adapters whose signature depends only on the memo key's parts
-PURE_ADAPTERS = {"torch_detection": "evalstack.detection.adapter"}
+# adapter name → (module, class) of the built-in adapters whose signature can depend only on the memo key's parts
+PURE_ADAPTERS = {"torch_detection": ("evalstack.detection.adapter", "DetectionAdapter"),
+                 "yolo": ("evalstack.detection.yolo_adapter", "YoloAdapter"),
+                 "torchvision": ("evalstack.detection.torchvision_adapter", "TorchvisionAdapter")}
 # every framework a detection adapter may load, by distribution name (read from metadata: nothing imported)
 FRAMEWORKS = ("torch", "torchvision", "numpy", "onnxruntime", "ultralytics")
 MEMO_KIND = "detector_signature"
@@ -47,11 +55,29 @@ def memo_key(spec: ModelSpec, weights_sha256: str) -> Key:
     # them out, so that an NMS change runs no model), and a change of them is exactly when the memo should serve.
     # What the adapter checks of them on load is checked on the memo's path too (expected_detections_key).
     return Key(MEMO_KIND, {"spec": spec_entry(spec, POSTPROCESS_OPTIONS), "weights_sha256": weights_sha256,
-                           "code": code_part(PURE_ADAPTERS[spec.adapter]), "runtime": runtime_part(*FRAMEWORKS)})
+                           "code": code_part(PURE_ADAPTERS[spec.adapter][0]), "runtime": runtime_part(*FRAMEWORKS)})
+
+
+def remembered_kind(spec: ModelSpec) -> bool:
+    """Whether this entry's signature depends only on the memo key's parts (the module docstring says which)."""
+    if spec.adapter not in PURE_ADAPTERS:
+        return False
+    # The registry imports torch: a process that has not imported it cannot have registered another class.
+    registry = sys.modules.get("evalstack.detection.adapter")
+    if registry is not None:
+        entry = registry.DETECTION_ADAPTERS.get(spec.adapter)
+        named = (entry.__module__, entry.__qualname__) if isinstance(entry, type) else entry
+        if named != PURE_ADAPTERS[spec.adapter]:
+            return False
+    if spec.adapter == "torchvision":
+        # as torchvision_adapter.resolve_device reads it: missing or auto asks the machine
+        device = str(spec.options.get("device") or "auto").strip().lower()
+        return device != "auto" and "pm_config" not in spec.options
+    return True
 
 
 def _key_of(store: ShardStore | None, spec: ModelSpec, weights_sha256: str | None = None) -> Key | None:
-    if store is None or spec.adapter not in PURE_ADAPTERS:
+    if store is None or not remembered_kind(spec):
         return None
     try:
         return memo_key(spec, weights_sha256 or sha256_file(spec.file))  # hashed each run: see models/signatures.py
@@ -81,9 +107,8 @@ def expected_detections_key(spec: ModelSpec, pipeline_key: Key, store: ShardStor
     from the loaded adapter, whose signature is then remembered."""
     signature = remembered_signature(store, spec)
     if signature is not None:
-        post = PostProcess.from_options(spec.options)
-        CandidateBound.from_options(spec.options).check_covers(post, spec.name)  # what the adapter checks on load
-        code = module_candidates_code(PURE_ADAPTERS[spec.adapter])
+        post = _postprocess_as_a_load_checks_it(spec, signature)
+        code = module_candidates_code(PURE_ADAPTERS[spec.adapter][0])
     else:
         from evalstack.detection.adapter import load_detector  # imports the framework: only when loading
 
@@ -91,3 +116,16 @@ def expected_detections_key(spec: ModelSpec, pipeline_key: Key, store: ShardStor
         signature, post, code = adapter.signature(), adapter.postprocess, candidates_code(type(adapter))
         remember_signature(store, spec, signature)
     return detections_key(candidates_key(signature, pipeline_key, code, batch_size), post)
+
+
+def _postprocess_as_a_load_checks_it(spec: ModelSpec, signature: Key) -> PostProcess:
+    """The post-processing options, refused where loading the adapter would refuse them."""
+    post, bound = PostProcess.from_options(spec.options), CandidateBound.from_options(spec.options)
+    if spec.adapter == "torch_detection":
+        bound.check_covers(post, spec.name)
+    elif spec.adapter == "yolo":
+        from evalstack.detection.yolo_adapter import check_layout_covers  # imports no framework
+
+        check_layout_covers(str(signature.parts["output"]), bound, post, spec.name)
+    # torchvision checks none on load: the postprocess stage checks them against the style the candidates record
+    return post

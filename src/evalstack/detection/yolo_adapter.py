@@ -125,6 +125,20 @@ def _runner(spec: ModelSpec) -> ModelAdapter:
     return TorchAdapter(spec)
 
 
+def layout_style(output: str, bound: CandidateBound) -> StyleRecord:
+    """The post-processing style of an output layout (YoloAdapter.postprocess_style says why)."""
+    if output == "end2end":
+        return StyleRecord(FROZEN, frozen=PostProcess(bound.min_score, 1.0, bound.top_k), reason=END2END_FROZEN)
+    return StyleRecord(NMS_THEN_CAP)
+
+
+def check_layout_covers(output: str, bound: CandidateBound, post: PostProcess, model: str) -> None:
+    """What a load refuses of the post-processing options, for a model of this output layout: also checked
+    without loading, where evaluate takes the signature from a memo (detection/signatures.py)."""
+    bound.check_covers(post, model)
+    check_style_covers(layout_style(output, bound), bound, post, model)
+
+
 class YoloAdapter:
     """A YOLO-layout detector (torch or ONNX file) giving candidates like DetectionAdapter does."""
 
@@ -139,18 +153,15 @@ class YoloAdapter:
         self.weights_sha256 = self.runner.weights_sha256
         self.postprocess = PostProcess.from_options(options)
         self.bound = CandidateBound.from_options(options)
-        self.bound.check_covers(self.postprocess, spec.name)
+        self.bound.check_covers(self.postprocess, spec.name)  # before the probe: no work for a refused entry
         self.output = yolo_layout(self._probe_shape(), len(spec.labels), declared, spec.name)
-        check_style_covers(self.postprocess_style(None), self.bound, self.postprocess, spec.name)
+        check_layout_covers(self.output, self.bound, self.postprocess, spec.name)
 
     def postprocess_style(self, input_hw: tuple[int, int] | None) -> StyleRecord:
         """Raw head output: our class-wise NMS (torchvision's batched_nms), then the cap. End-to-end output: its
         NMS is inside the model, run with nothing suppressed beyond it (IoU 1.0) and our candidate bound, so a
         stricter threshold or cap is exact and another IoU is refused (detection/styles.py)."""
-        if self.output == "end2end":
-            return StyleRecord(FROZEN, frozen=PostProcess(self.bound.min_score, 1.0, self.bound.top_k),
-                               reason=END2END_FROZEN)
-        return StyleRecord(NMS_THEN_CAP)
+        return layout_style(self.output, self.bound)
 
     def _probe_shape(self) -> tuple[int, ...]:
         """The output shape for one blank image: a shape, not a result, so it is not counted as a forward pass."""

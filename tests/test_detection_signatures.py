@@ -71,9 +71,10 @@ def test_the_memo_is_ignored_when_the_weights_the_entry_or_the_frameworks_change
     assert remembered_signature(store, wider) is None
     assert remembered_signature(store, replace(spec, labels=spec.labels[::-1])) is None
 
-    real = signatures.runtime_part
-    monkeypatch.setattr(signatures, "runtime_part", lambda *names: {**real(*names), "torch": "0.0-other"})
-    assert remembered_signature(store, spec) is None
+    real = signatures.installed_identity
+    for other in ("0.0-other " + "0" * 64, real("torch").split()[0] + " " + "0" * 64):  # another version; another build
+        monkeypatch.setattr(signatures, "installed_identity", lambda name: other if name == "torch" else real(name))
+        assert remembered_signature(store, spec) is None
     monkeypatch.undo()
     real_code = signatures.code_part
     monkeypatch.setattr(signatures, "code_part", lambda *roots: {**real_code(*roots), "evalstack.detection.adapter": "0"})

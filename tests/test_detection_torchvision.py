@@ -239,11 +239,18 @@ def test_device(tmp_path, monkeypatch):
     assert len(keys) == 2 and pipeline  # a CPU cache is never served as a GPU result
 
 
-def test_with_an_explicit_device_evaluate_remembers_the_signature_and_under_auto_or_a_pm_config_it_loads(tmp_path):
+def test_with_device_cpu_evaluate_remembers_the_signature_and_otherwise_it_loads(tmp_path, monkeypatch):
     """evaluate's memo (detection/signatures.py) gives the key a load gives, so an NMS change re-runs evaluate
-    without torch. Under `device: auto` the contract's device kind is this machine's; a pm_config's options come
-    from another file: both load, as before."""
-    from evalstack.detection.signatures import expected_detections_key, remember_signature, remembered_signature
+    without torch. Under `device: auto` the contract's device kind is this machine's; `cuda` is refused by a load
+    where no GPU is seen; a pm_config's options come from another file; an ONNX file's contract records the
+    onnxruntime module's version: all load, as before. So does a class replaced in its module."""
+    from evalstack.detection.signatures import (
+        expected_detections_key,
+        memo_key,
+        remember_signature,
+        remembered_signature,
+    )
+    from evalstack.models.signatures import write_memo
     from tests.conftest import store_in
 
     model = save_demo_detector(tmp_path / "m.pth", FRCNN, 4)
@@ -257,7 +264,29 @@ def test_with_an_explicit_device_evaluate_remembers_the_signature_and_under_auto
     assert remembered_signature(store, changed) is not None
     assert expected_detections_key(changed, pipeline, store) == expected_detections_key(changed, pipeline, None) != first
     without = {name: value for name, value in spec.options.items() if name != "device"}
-    for options in (without, {**without, "device": "AUTO"}, {**spec.options, "pm_config": "pm_configs/pm.json"}):
+    for options in (without, {**without, "device": "AUTO"}, {**without, "device": "cuda"},
+                    {**spec.options, "pm_config": "pm_configs/pm.json"}):
         other = replace(spec, options=options)
         remember_signature(store, other, load_detector(replace(other, options=without)).signature())
         assert remembered_signature(store, other) is None, options
+    onnx = save_demo_detector(tmp_path / "m.onnx", FRCNN, 4, onnx_size=128)
+    frozen = {"confidence_threshold": 0.05, "nms_iou": 0.5, "max_detections": 100}
+    exported = tv_spec(onnx, device="cpu", frozen_nms=frozen, candidates={"min_score": 0.05, "top_k": 100})
+    remember_signature(store, exported, load_detector(exported).signature())
+    assert remembered_signature(store, exported) is None
+
+    import evalstack.detection.torchvision_adapter as module
+
+    class Mine(module.TorchvisionAdapter):
+        pass
+
+    monkeypatch.setattr(module, "TorchvisionAdapter", Mine)  # the registry names the module's attribute
+    moved = replace(spec, options={**spec.options, "candidates": {"min_score": 0.02, "top_k": 200}})
+    expected_detections_key(moved, pipeline, store)  # Mine loads: its signature is not kept
+    assert remembered_signature(store, moved) is None
+    mine = load_detector(moved).signature()
+    monkeypatch.undo()
+    write_memo(store, memo_key(moved, sha256_file(model)), mine)  # as if kept: it is not served either
+    assert remembered_signature(store, moved) is None
+    odd = replace(spec, options={**spec.options, "hook": print})  # a notebook's object, which no key can hold
+    assert expected_detections_key(odd, pipeline, store) == expected_detections_key(odd, pipeline, None)

@@ -13,18 +13,21 @@ had to load), under a memo key that names everything the signature is computed f
   post-processing options (threshold, NMS IoU, cap), which are no part of a signature;
 - the file's sha256, hashed on every run (a rewrite that keeps the size and mtime is seen);
 - the code of the adapter (its module's import closure, as in every layer key);
-- the installed versions of the frameworks an adapter can use.
+- the installed frameworks an adapter can use: each one's version and the sha256 of its files (so another build
+  of the same version, whose `__version__` a contract may record, is another key).
 
 A memo is used only when all of these are equal, so it gives the signature a load would give; a
 missing, damaged or foreign memo file means a load, as before. Only the built-in adapters, and only
 where their contract is a function of those inputs, are remembered:
 - torch_detection and yolo always (their runners read nothing of the machine);
-- torchvision only with an explicit `device:` (cpu, cuda, cuda:N): under `device: auto`, the default,
-  the contract's device kind is whether this machine has a GPU, and with `pm_config:` the options come
-  from another file, whose bytes the memo key does not name. Those load, as before.
-An adapter registered under a built-in name in this process is never remembered. Memos live in the
-local store directory only, never in a shared `store.url`: they are cheaper to recompute than to
-trust from elsewhere.
+- torchvision only for `device: cpu` and a file that is not ONNX. Under `device: auto` (the default)
+  the contract's device kind is whether this machine has a GPU; `device: cuda` is refused by a load on a
+  machine that has none, which a memo would not see; an ONNX file's contract records the version of the
+  onnxruntime module, which may come from a distribution (onnxruntime-gpu) the key cannot name; and with
+  `pm_config:` the options come from another file, whose bytes the memo key does not name. Those load.
+A signature of another class than the built-in one (an adapter registered under a built-in name, or a
+class replaced in its module) is never remembered or served. Memos live in the local store directory
+only, never in a shared `store.url`: they are cheaper to recompute than to trust from elsewhere.
 """
 from __future__ import annotations
 
@@ -33,10 +36,11 @@ from dataclasses import fields
 
 from evalstack.cache.shardstore import ShardStore
 from evalstack.config import ModelSpec
-from evalstack.core.fingerprint import code_part, runtime_part
+from evalstack.core.fingerprint import code_part, installed_identity
 from evalstack.core.keys import Key, sha256_file
 from evalstack.detection.candidates import candidates_code, candidates_key, module_candidates_code
 from evalstack.detection.decoding import CandidateBound, PostProcess
+from evalstack.detection.file_formats import ONNX, file_format
 from evalstack.detection.postprocess import detections_key
 from evalstack.models.signatures import read_memo, spec_entry, write_memo
 
@@ -44,7 +48,7 @@ from evalstack.models.signatures import read_memo, spec_entry, write_memo
 PURE_ADAPTERS = {"torch_detection": ("evalstack.detection.adapter", "DetectionAdapter"),
                  "yolo": ("evalstack.detection.yolo_adapter", "YoloAdapter"),
                  "torchvision": ("evalstack.detection.torchvision_adapter", "TorchvisionAdapter")}
-# every framework a detection adapter may load, by distribution name (read from metadata: nothing imported)
+# every framework a detection adapter may load, by distribution name (read from the installed files: nothing imported)
 FRAMEWORKS = ("torch", "torchvision", "numpy", "onnxruntime", "ultralytics")
 MEMO_KIND = "detector_signature"
 POSTPROCESS_OPTIONS = tuple(field.name for field in fields(PostProcess))  # confidence_threshold, nms_iou, max_detections
@@ -55,7 +59,8 @@ def memo_key(spec: ModelSpec, weights_sha256: str) -> Key:
     # them out, so that an NMS change runs no model), and a change of them is exactly when the memo should serve.
     # What the adapter checks of them on load is checked on the memo's path too (expected_detections_key).
     return Key(MEMO_KIND, {"spec": spec_entry(spec, POSTPROCESS_OPTIONS), "weights_sha256": weights_sha256,
-                           "code": code_part(PURE_ADAPTERS[spec.adapter][0]), "runtime": runtime_part(*FRAMEWORKS)})
+                           "code": code_part(PURE_ADAPTERS[spec.adapter][0]),
+                           "runtime": {name: installed_identity(name) or "absent" for name in FRAMEWORKS}})
 
 
 def remembered_kind(spec: ModelSpec) -> bool:
@@ -70,19 +75,27 @@ def remembered_kind(spec: ModelSpec) -> bool:
         if named != PURE_ADAPTERS[spec.adapter]:
             return False
     if spec.adapter == "torchvision":
-        # as torchvision_adapter.resolve_device reads it: missing or auto asks the machine
+        # as torchvision_adapter.resolve_device reads it (missing means auto)
         device = str(spec.options.get("device") or "auto").strip().lower()
-        return device != "auto" and "pm_config" not in spec.options
+        return device == "cpu" and "pm_config" not in spec.options and file_format(spec.file) != ONNX
     return True
 
 
+def _built_in_class(spec: ModelSpec, signature: Key) -> bool:
+    return signature.parts.get("class") == ".".join(PURE_ADAPTERS[spec.adapter])
+
+
 def _key_of(store: ShardStore | None, spec: ModelSpec, weights_sha256: str | None = None) -> Key | None:
-    if store is None or not remembered_kind(spec):
-        return None
     try:
-        return memo_key(spec, weights_sha256 or sha256_file(spec.file))  # hashed each run: see models/signatures.py
+        if store is None or not remembered_kind(spec):
+            return None
+        key = memo_key(spec, weights_sha256 or sha256_file(spec.file))  # hashed each run: see models/signatures.py
+        key.hex  # noqa: B018 (hashed here: an option no key can hold fails now, not in the memo's write)
     except OSError:  # no file: loading says so in the adapter's words
         return None
+    except (TypeError, ValueError):  # an option no key can hold (a notebook's object): a load decides
+        return None
+    return key
 
 
 def remember_signature(store: ShardStore | None, spec: ModelSpec, signature: Key) -> None:
@@ -90,14 +103,15 @@ def remember_signature(store: ShardStore | None, spec: ModelSpec, signature: Key
     under the sha256 of the bytes it loaded: a file replaced since the load is not given their signature."""
     sha256 = signature.parts.get("weights_sha256")
     key = _key_of(store, spec, sha256 if isinstance(sha256, str) else None)
-    if key is not None and store is not None:
+    if key is not None and store is not None and _built_in_class(spec, signature):
         write_memo(store, key, signature)
 
 
 def remembered_signature(store: ShardStore | None, spec: ModelSpec) -> Key | None:
     """The signature a load of this model would compute, when a memo under the same key holds it; else None."""
     key = _key_of(store, spec)
-    return None if key is None or store is None else read_memo(store, key)
+    signature = None if key is None or store is None else read_memo(store, key)
+    return signature if signature is not None and _built_in_class(spec, signature) else None
 
 
 def expected_detections_key(spec: ModelSpec, pipeline_key: Key, store: ShardStore | None,

@@ -244,6 +244,7 @@ def test_with_device_cpu_evaluate_remembers_the_signature_and_otherwise_it_loads
     without torch. Under `device: auto` the contract's device kind is this machine's; `cuda` is refused by a load
     where no GPU is seen; a pm_config's options come from another file; an ONNX file's contract records the
     onnxruntime module's version: all load, as before. So does a class replaced in its module."""
+    from evalstack.detection import signatures
     from evalstack.detection.signatures import (
         expected_detections_key,
         memo_key,
@@ -281,6 +282,7 @@ def test_with_device_cpu_evaluate_remembers_the_signature_and_otherwise_it_loads
         pass
 
     monkeypatch.setattr(module, "TorchvisionAdapter", Mine)  # the registry names the module's attribute
+    assert remembered_signature(store, spec) is None  # a load would give Mine's signature: the memo is not served
     moved = replace(spec, options={**spec.options, "candidates": {"min_score": 0.02, "top_k": 200}})
     expected_detections_key(moved, pipeline, store)  # Mine loads: its signature is not kept
     assert remembered_signature(store, moved) is None
@@ -290,3 +292,7 @@ def test_with_device_cpu_evaluate_remembers_the_signature_and_otherwise_it_loads
     assert remembered_signature(store, moved) is None
     odd = replace(spec, options={**spec.options, "hook": print})  # a notebook's object, which no key can hold
     assert expected_detections_key(odd, pipeline, store) == expected_detections_key(odd, pipeline, None)
+    # torch installed without a RECORD of its files (editable, some distro packages): only its version is known
+    real = signatures.installed_identity
+    monkeypatch.setattr(signatures, "installed_identity", lambda name: "2.14.1 " if name == "torch" else real(name))
+    assert remembered_signature(store, spec) is None

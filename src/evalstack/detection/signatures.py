@@ -20,17 +20,20 @@ A memo is used only when all of these are equal, so it gives the signature a loa
 missing, damaged or foreign memo file means a load, as before. Only the built-in adapters, and only
 where their contract is a function of those inputs, are remembered:
 - torch_detection and yolo always (their runners read nothing of the machine);
-- torchvision only for `device: cpu` and a file that is not ONNX. Under `device: auto` (the default)
-  the contract's device kind is whether this machine has a GPU; `device: cuda` is refused by a load on a
-  machine that has none, which a memo would not see; an ONNX file's contract records the version of the
-  onnxruntime module, which may come from a distribution (onnxruntime-gpu) the key cannot name; and with
-  `pm_config:` the options come from another file, whose bytes the memo key does not name. Those load.
-A signature of another class than the built-in one (an adapter registered under a built-in name, or a
-class replaced in its module) is never remembered or served. Memos live in the local store directory
+- torchvision only for `device: cpu`, a file that is not ONNX, and torch and torchvision installed with a
+  RECORD of their files. Under `device: auto` (the default) the contract's device kind is whether this
+  machine has a GPU; `device: cuda` is refused by a load on a machine that has none, which a memo would
+  not see; an ONNX file's contract records the version of the onnxruntime module, which may come from a
+  distribution (onnxruntime-gpu) the key cannot name; the contract records torch's `__version__`, which
+  only the installed files tell apart between two builds of one version; and with `pm_config:` the
+  options come from another file, whose bytes the memo key does not name. Those load.
+Nothing is remembered or served where another class would load (an adapter registered under a built-in
+name, or a class replaced in its module), and no signature of another class is served. Memos live in the local store directory
 only, never in a shared `store.url`: they are cheaper to recompute than to trust from elsewhere.
 """
 from __future__ import annotations
 
+import hashlib
 import sys
 from dataclasses import fields
 
@@ -40,7 +43,6 @@ from evalstack.core.fingerprint import code_part, installed_identity
 from evalstack.core.keys import Key, sha256_file
 from evalstack.detection.candidates import candidates_code, candidates_key, module_candidates_code
 from evalstack.detection.decoding import CandidateBound, PostProcess
-from evalstack.detection.file_formats import ONNX, file_format
 from evalstack.detection.postprocess import detections_key
 from evalstack.models.signatures import read_memo, spec_entry, write_memo
 
@@ -51,6 +53,7 @@ PURE_ADAPTERS = {"torch_detection": ("evalstack.detection.adapter", "DetectionAd
 # every framework a detection adapter may load, by distribution name (read from the installed files: nothing imported)
 FRAMEWORKS = ("torch", "torchvision", "numpy", "onnxruntime", "ultralytics")
 MEMO_KIND = "detector_signature"
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()  # installed_identity's digest when no RECORD lists a file
 POSTPROCESS_OPTIONS = tuple(field.name for field in fields(PostProcess))  # confidence_threshold, nms_iou, max_detections
 
 
@@ -65,24 +68,40 @@ def memo_key(spec: ModelSpec, weights_sha256: str) -> Key:
 
 def remembered_kind(spec: ModelSpec) -> bool:
     """Whether this entry's signature depends only on the memo key's parts (the module docstring says which)."""
-    if spec.adapter not in PURE_ADAPTERS:
+    if spec.adapter not in PURE_ADAPTERS or not _built_in_loads(spec.adapter):
         return False
-    # The registry imports torch: a process that has not imported it cannot have registered another class.
-    registry = sys.modules.get("evalstack.detection.adapter")
-    if registry is not None:
-        entry = registry.DETECTION_ADAPTERS.get(spec.adapter)
-        named = (entry.__module__, entry.__qualname__) if isinstance(entry, type) else entry
-        if named != PURE_ADAPTERS[spec.adapter]:
-            return False
     if spec.adapter == "torchvision":
         # as torchvision_adapter.resolve_device reads it (missing means auto)
         device = str(spec.options.get("device") or "auto").strip().lower()
-        return device == "cpu" and "pm_config" not in spec.options and file_format(spec.file) != ONNX
+        return device == "cpu" and "pm_config" not in spec.options and _keyed_by_their_files(("torch", "torchvision"))
     return True
 
 
-def _built_in_class(spec: ModelSpec, signature: Key) -> bool:
-    return signature.parts.get("class") == ".".join(PURE_ADAPTERS[spec.adapter])
+def _built_in_loads(adapter: str) -> bool:
+    """Whether load_detector would load the built-in class. Nothing is imported: a process that has not imported
+    the registry or the adapter's module (both import torch) cannot have put another class there."""
+    module_name, class_name = PURE_ADAPTERS[adapter]
+    registry = sys.modules.get("evalstack.detection.adapter")
+    if registry is not None:
+        entry = registry.DETECTION_ADAPTERS.get(adapter)
+        if ((entry.__module__, entry.__qualname__) if isinstance(entry, type) else entry) != PURE_ADAPTERS[adapter]:
+            return False
+    found = getattr(sys.modules.get(module_name), class_name, None)  # as load_detector looks a (module, class) up
+    return found is None or (found.__module__, found.__qualname__) == (module_name, class_name)
+
+
+def _keyed_by_their_files(distributions: tuple[str, ...]) -> bool:
+    """torchvision's contract records torch's and torchvision's `__version__` as imported; the memo key tells two
+    builds of one version apart by their installed files (version.py among them) only where a RECORD lists them:
+    not for an editable or RECORD-less install, where the version alone is known."""
+    return all(installed_identity(name).split(" ")[-1] not in ("", EMPTY_SHA256) for name in distributions)
+
+
+def _rememberable(spec: ModelSpec, signature: Key) -> bool:
+    """A signature of the built-in class; for torchvision, not of an ONNX file (its contract records the
+    onnxruntime module's version, which onnxruntime-gpu installs under another name than the key reads)."""
+    return (signature.parts.get("class") == ".".join(PURE_ADAPTERS[spec.adapter])
+            and not (spec.adapter == "torchvision" and signature.parts.get("format") == "onnx"))
 
 
 def _key_of(store: ShardStore | None, spec: ModelSpec, weights_sha256: str | None = None) -> Key | None:
@@ -103,7 +122,7 @@ def remember_signature(store: ShardStore | None, spec: ModelSpec, signature: Key
     under the sha256 of the bytes it loaded: a file replaced since the load is not given their signature."""
     sha256 = signature.parts.get("weights_sha256")
     key = _key_of(store, spec, sha256 if isinstance(sha256, str) else None)
-    if key is not None and store is not None and _built_in_class(spec, signature):
+    if key is not None and store is not None and _rememberable(spec, signature):
         write_memo(store, key, signature)
 
 
@@ -111,7 +130,7 @@ def remembered_signature(store: ShardStore | None, spec: ModelSpec) -> Key | Non
     """The signature a load of this model would compute, when a memo under the same key holds it; else None."""
     key = _key_of(store, spec)
     signature = None if key is None or store is None else read_memo(store, key)
-    return signature if signature is not None and _built_in_class(spec, signature) else None
+    return signature if signature is not None and _rememberable(spec, signature) else None
 
 
 def expected_detections_key(spec: ModelSpec, pipeline_key: Key, store: ShardStore | None,

@@ -44,6 +44,7 @@ from __future__ import annotations
 import io
 import json
 import time
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping
@@ -58,11 +59,10 @@ from evalstack.core.fingerprint import check_functions_in_closure, defining_modu
 from evalstack.core.keys import Key
 from evalstack.detection.boxes import Candidates, Detections
 from evalstack.detection.decoding import CandidateBound, PostProcess
-from evalstack.detection.file_formats import ONNX, file_format
 from evalstack.detection.postprocess import model_space_detections
 from evalstack.detection.styles import FROZEN, NMS_THEN_CAP, StyleRecord, check_style_covers
 from evalstack.models.adapters.onnx_runtime import onnx_session
-from evalstack.models.trust import require_trusted
+from evalstack.models.trust import pickle_format, require_trusted
 from evalstack.models.weights import WeightFile, check_pin, read_weights
 
 BUILDERS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
@@ -73,11 +73,26 @@ FORMATS = {"torchscript": "TorchScript archive (code that runs on load)",
            "export": "torch.export archive (.pt2; torch.export.load unpickles parts of it)",
            "state_dict": "PyTorch pickle (a state_dict for `builder:`)",
            "onnx": "ONNX model (a protobuf: data, no code runs on load)"}
-TORCHVISION, PERCEPTIONMETRICS = "torchvision", "perceptionmetrics"
+TORCHVISION, PERCEPTIONMETRICS, ONNX = "torchvision", "perceptionmetrics", "onnx"
 ONNX_FROZEN = "an ONNX export: its thresholds and NMS are constants in the graph"
 # PerceptionMetrics model config key → this adapter's option (None: read and checked, not an option here)
 PM_KEYS = {"confidence_threshold": "confidence_threshold", "nms_threshold": "nms_iou", "model_format": None,
            "resize": None, "normalization": None, "batch_size": None, "iou_threshold": None}
+
+
+def file_format(source: Path | bytes) -> str:
+    """torchscript | export | state_dict | onnx, from the bytes: an archive's member names; outside a zip, an ONNX
+    ModelProto starts with its field 1 (ir_version, tag byte 0x08), a pickle with 0x80 (a legacy pickle is a
+    state_dict, refused unless trusted)."""
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        return ONNX if data[:1] == b"\x08" and pickle_format(data) is None else "state_dict"
+    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    if any(name.endswith("/archive_format") for name in names):
+        return "export"
+    if any(name.endswith("/constants.pkl") for name in names) or any("/code/" in name for name in names):
+        return "torchscript"
+    return "state_dict"
 
 
 def resolve_device(option: Any, model: str, onnx: bool = False) -> torch.device:

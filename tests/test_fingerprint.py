@@ -518,3 +518,32 @@ def test_a_package_linked_into_site_packages_from_the_project_is_followed(tmp_pa
     assert is_installed(site_dir / "other/__init__.py") and not is_installed(project / "helpers.py")
     (project / "helpers.py").write_text("FACTOR = 2.0\n")
     assert code_part("devlab.adapter")["devlab.helpers"] != first["devlab.helpers"]
+
+
+def test_a_library_installed_under_another_distribution_name_is_keyed_by_it(tmp_path, monkeypatch):
+    """onnxruntime-gpu provides `onnxruntime`, opencv-python `cv2`: a key naming onnxruntime or
+    opencv-python-headless must change when that other distribution is upgraded, not read "absent" forever."""
+    from evalstack.core.fingerprint import IMPORT_PACKAGES, runtime_part
+
+    site = tmp_path / "site"
+    (site / "fakert").mkdir(parents=True)
+    (site / "fakert/__init__.py").write_text("")
+
+    def install(version: str) -> None:
+        for old in site.glob("*.dist-info"):
+            shutil.rmtree(old)
+        info = site / f"fakert_gpu-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: fakert-gpu\nVersion: {version}\n")
+        (info / "RECORD").write_text(f"fakert/__init__.py,sha256=x,0\n{info.name}/METADATA,,\n")
+
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setitem(IMPORT_PACKAGES, "fakert-cpu", "fakert")
+    seen = []
+    for version in ("1.0", "1.1"):
+        install(version)
+        runtime_part.cache_clear()
+        seen.append(runtime_part("fakert", "fakert-cpu", "fakert-absent"))
+    runtime_part.cache_clear()
+    assert seen == [{"fakert": f"fakert-gpu {v}", "fakert-cpu": f"fakert-gpu {v}", "fakert-absent": "absent"}
+                    for v in ("1.0", "1.1")]

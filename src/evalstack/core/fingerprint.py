@@ -463,16 +463,54 @@ def runtime_part(*distributions: str) -> dict[str, str]:
     """The `runtime` part of a cache key: {distribution: installed version} of the libraries that compute a
     result besides evalstack's own code (Pillow's resampling, the model's framework). Another version may give
     other bits, and with a shared store (`store.url`) another machine's result would be reused as this one's.
-    Read from the installed metadata: nothing is imported. A library that is not installed is "absent"."""
+    Read from the installed metadata: nothing is imported. Where the named distribution is not installed but
+    another one provides its import package (onnxruntime-gpu, opencv-python, pillow-simd, tensorflow for
+    tensorflow-cpu), the value is that one's name and version: what runs is keyed, not "absent" whatever its
+    version. A library that nothing provides is "absent"."""
     from importlib import metadata
 
     def version(name: str) -> str:
         try:
             return metadata.version(name)
         except metadata.PackageNotFoundError:
-            return "absent"
+            return _provided_by(name) or "absent"
 
     return {name: version(name) for name in distributions}
+
+
+# The import package of a distribution whose name does not say it (default: the name with "-" as "_").
+IMPORT_PACKAGES = {"pillow": "PIL", "opencv-python-headless": "cv2", "tensorflow-cpu": "tensorflow",
+                   "scikit-learn": "sklearn"}
+
+
+def _provided_by(distribution: str) -> str:
+    """"<name> <version>" of the installed distribution whose files hold `distribution`'s import package, or "".
+
+    Candidates are the folder's distributions named like it (onnxruntime_gpu for onnxruntime, opencv_python for
+    opencv-python-headless: the same first word); the one whose RECORD lists the package's `__init__.py` is it.
+    The package is found where an import would find it, without importing it."""
+    import importlib.util
+    from importlib import metadata
+
+    package = IMPORT_PACKAGES.get(distribution, distribution.replace("-", "_"))
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return ""
+    if spec is None or spec.origin is None or not spec.submodule_search_locations:
+        return ""
+    folder = Path(spec.origin).parent.parent
+    wanted, stem = f"{package}/__init__.py", distribution.split("-")[0].replace(".", "_").lower()
+    try:
+        candidates = sorted(entry for entry in os.listdir(folder)
+                            if entry.endswith(".dist-info") and entry.lower().startswith(stem))
+    except OSError:
+        return ""
+    for entry in candidates:
+        found = metadata.PathDistribution(folder / entry)
+        if any(line.partition(",")[0] == wanted for line in (found.read_text("RECORD") or "").splitlines()):
+            return f"{found.metadata['Name']} {found.version}"
+    return ""
 
 
 class StaleCodeError(RuntimeError):

@@ -521,29 +521,40 @@ def test_a_package_linked_into_site_packages_from_the_project_is_followed(tmp_pa
 
 
 def test_a_library_installed_under_another_distribution_name_is_keyed_by_it(tmp_path, monkeypatch):
-    """onnxruntime-gpu provides `onnxruntime`, opencv-python `cv2`: a key naming onnxruntime or
-    opencv-python-headless must change when that other distribution is upgraded, not read "absent" forever."""
+    """onnxruntime-gpu writes `onnxruntime/`, opencv-python `cv2/`, beside the distribution a key names or instead
+    of it: an upgrade of the one that runs must change the key, not leave it at the named version or "absent"."""
     from evalstack.core.fingerprint import IMPORT_PACKAGES, runtime_part
 
     site = tmp_path / "site"
     (site / "fakert").mkdir(parents=True)
     (site / "fakert/__init__.py").write_text("")
 
-    def install(version: str) -> None:
-        for old in site.glob("*.dist-info"):
+    def install(name: str, version: str, record: bytes | None = None) -> None:
+        for old in site.glob(f"{name.replace('-', '_')}-*.dist-info"):
             shutil.rmtree(old)
-        info = site / f"fakert_gpu-{version}.dist-info"
+        info = site / f"{name.replace('-', '_')}-{version}.dist-info"
         info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: fakert-gpu\nVersion: {version}\n")
-        (info / "RECORD").write_text(f"fakert/__init__.py,sha256=x,0\n{info.name}/METADATA,,\n")
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        (info / "RECORD").write_bytes(record or f"fakert/__init__.py,sha256=x,0\n{info.name}/METADATA,,\n".encode())
+
+    def part() -> dict[str, str]:
+        runtime_part.cache_clear()
+        return runtime_part("fakert", "fakert-cpu", "fakert-absent")
 
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setitem(IMPORT_PACKAGES, "fakert-cpu", "fakert")
-    seen = []
-    for version in ("1.0", "1.1"):
-        install(version)
+    try:
+        seen = []
+        for version in ("1.0", "1.1"):  # the named distribution absent, another one installed and upgraded
+            install("fakert-gpu", version)
+            seen.append(part())
+        assert seen == [{"fakert": f"fakert-gpu {v}", "fakert-cpu": f"fakert-gpu {v}", "fakert-absent": "absent"}
+                        for v in ("1.0", "1.1")]
+        install("fakert", "2.0")  # both installed: the last one written is what runs, so both are keyed
+        assert part()["fakert"] == "fakert 2.0 + fakert-gpu 1.1"
+        install("fakert-gpu", "1.2")
+        assert part()["fakert"] == "fakert 2.0 + fakert-gpu 1.2"
+        install("fakert-gpu", "1.2", record=b"\xff\xfe not a RECORD")  # malformed: best effort, no error
+        assert part()["fakert"] == "2.0"
+    finally:
         runtime_part.cache_clear()
-        seen.append(runtime_part("fakert", "fakert-cpu", "fakert-absent"))
-    runtime_part.cache_clear()
-    assert seen == [{"fakert": f"fakert-gpu {v}", "fakert-cpu": f"fakert-gpu {v}", "fakert-absent": "absent"}
-                    for v in ("1.0", "1.1")]

@@ -463,17 +463,24 @@ def runtime_part(*distributions: str) -> dict[str, str]:
     """The `runtime` part of a cache key: {distribution: installed version} of the libraries that compute a
     result besides evalstack's own code (Pillow's resampling, the model's framework). Another version may give
     other bits, and with a shared store (`store.url`) another machine's result would be reused as this one's.
-    Read from the installed metadata: nothing is imported. Where the named distribution is not installed but
-    another one provides its import package (onnxruntime-gpu, opencv-python, pillow-simd, tensorflow for
-    tensorflow-cpu), the value is that one's name and version: what runs is keyed, not "absent" whatever its
-    version. A library that nothing provides is "absent"."""
+    Read from the installed metadata: nothing is imported. A library that is not installed is "absent".
+
+    Another distribution may install the same import package (onnxruntime-gpu and onnxruntime both write
+    `onnxruntime/`, opencv-python and opencv-python-headless `cv2/`; the last one installed is what runs). Where
+    one does, beside the named one or instead of it, the value names every such distribution with its version,
+    so an upgrade of any of them is another key. Where none does (the usual case) the value is the version."""
     from importlib import metadata
 
     def version(name: str) -> str:
         try:
-            return metadata.version(name)
+            own = metadata.version(name)
         except metadata.PackageNotFoundError:
-            return _provided_by(name) or "absent"
+            own = None
+        others = _other_providers(name)
+        if not others:
+            return own if own is not None else "absent"
+        named = [f"{_normalised(name)} {own}"] if own is not None else []
+        return " + ".join(sorted(named + others))
 
     return {name: version(name) for name in distributions}
 
@@ -483,34 +490,38 @@ IMPORT_PACKAGES = {"pillow": "PIL", "opencv-python-headless": "cv2", "tensorflow
                    "scikit-learn": "sklearn"}
 
 
-def _provided_by(distribution: str) -> str:
-    """"<name> <version>" of the installed distribution whose files hold `distribution`'s import package, or "".
+def _normalised(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
-    Candidates are the folder's distributions named like it (onnxruntime_gpu for onnxruntime, opencv_python for
-    opencv-python-headless: the same first word); the one whose RECORD lists the package's `__init__.py` is it.
-    The package is found where an import would find it, without importing it."""
+
+def _other_providers(distribution: str) -> list[str]:
+    """"<name> <version>" of each installed distribution other than `distribution` whose files hold its import
+    package: the distributions in the package's folder named like it (onnxruntime_gpu for onnxruntime,
+    opencv_python for opencv-python-headless: the same first word) whose RECORD lists the package's
+    `__init__.py`. The package is found where an import would find it, without importing it. Best effort: where
+    the layout says nothing (an editable or conda install, a namespace package), none."""
     import importlib.util
     from importlib import metadata
 
     package = IMPORT_PACKAGES.get(distribution, distribution.replace("-", "_"))
     try:
         spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return ""
-    if spec is None or spec.origin is None or not spec.submodule_search_locations:
-        return ""
-    folder = Path(spec.origin).parent.parent
-    wanted, stem = f"{package}/__init__.py", distribution.split("-")[0].replace(".", "_").lower()
-    try:
-        candidates = sorted(entry for entry in os.listdir(folder)
-                            if entry.endswith(".dist-info") and entry.lower().startswith(stem))
-    except OSError:
-        return ""
-    for entry in candidates:
-        found = metadata.PathDistribution(folder / entry)
-        if any(line.partition(",")[0] == wanted for line in (found.read_text("RECORD") or "").splitlines()):
-            return f"{found.metadata['Name']} {found.version}"
-    return ""
+        if spec is None or spec.origin is None or not spec.submodule_search_locations:
+            return []
+        folder, own = Path(spec.origin).parent.parent, _normalised(distribution)
+        stem, wanted = own.split("-")[0], f"{package}/__init__.py"
+        found = []
+        for entry in sorted(os.listdir(folder)):
+            if not (entry.endswith(".dist-info") and entry.lower().startswith(stem)):
+                continue
+            candidate = metadata.PathDistribution(folder / entry)
+            name = _normalised(str(candidate.metadata["Name"] or entry.split("-")[0]))
+            if name != own and any(line.partition(",")[0] == wanted
+                                   for line in (candidate.read_text("RECORD") or "").splitlines()):
+                found.append(f"{name} {candidate.version}")
+        return found
+    except Exception:  # noqa: BLE001 (a malformed RECORD or a finder of the user's must not stop every stage)
+        return []
 
 
 class StaleCodeError(RuntimeError):

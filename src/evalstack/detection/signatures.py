@@ -28,8 +28,9 @@ where their contract is a function of those inputs, are remembered:
   only the installed files tell apart between two builds of one version; and with `pm_config:` the
   options come from another file, whose bytes the memo key does not name. Those load.
 Nothing is remembered or served where another class would load (an adapter registered under a built-in
-name, or a class replaced in its module), and no signature of another class is served. Memos live in the local store directory
-only, never in a shared `store.url`: they are cheaper to recompute than to trust from elsewhere.
+name, or a class replaced in its module), and no signature of another class is served. Memos live in the
+local store directory only, never in a shared `store.url`: they are cheaper to recompute than to trust
+from elsewhere.
 """
 from __future__ import annotations
 

@@ -76,6 +76,11 @@ def test_the_memo_is_ignored_when_the_weights_the_entry_or_the_frameworks_change
         monkeypatch.setattr(signatures, "installed_identity", lambda name: other if name == "torch" else real(name))
         assert remembered_signature(store, spec) is None
     monkeypatch.undo()
+    real_runtime = signatures.runtime_part  # what a signature records: onnxruntime-gpu upgraded beside onnxruntime
+    monkeypatch.setattr(signatures, "runtime_part",
+                        lambda *names: {**real_runtime(*names), "onnxruntime": "onnxruntime 1.0 + onnxruntime-gpu 1.1"})
+    assert remembered_signature(store, spec) is None
+    monkeypatch.undo()
     real_code = signatures.code_part
     monkeypatch.setattr(signatures, "code_part", lambda *roots: {**real_code(*roots), "evalstack.detection.adapter": "0"})
     assert remembered_signature(store, spec) is None

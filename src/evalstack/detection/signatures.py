@@ -13,8 +13,9 @@ had to load), under a memo key that names everything the signature is computed f
   post-processing options (threshold, NMS IoU, cap), which are no part of a signature;
 - the file's sha256, hashed on every run (a rewrite that keeps the size and mtime is seen);
 - the code of the adapter (its module's import closure, as in every layer key);
-- the installed frameworks an adapter can use: each one's version and the sha256 of its files (so another build
-  of the same version, whose `__version__` a contract may record, is another key).
+- the installed frameworks an adapter can use: each one's version as a signature's runtime part records it
+  (every distribution that installs its package: fingerprint.runtime_part), and the sha256 of its files (so
+  another build of the same version, whose `__version__` a contract may record, is another key).
 
 A memo is used only when all of these are equal, so it gives the signature a load would give; a
 missing, damaged or foreign memo file means a load, as before. Only the built-in adapters, and only
@@ -40,7 +41,7 @@ from dataclasses import fields
 
 from evalstack.cache.shardstore import ShardStore
 from evalstack.config import ModelSpec
-from evalstack.core.fingerprint import code_part, installed_identity
+from evalstack.core.fingerprint import code_part, installed_identity, runtime_part
 from evalstack.core.keys import Key, sha256_file
 from evalstack.detection.candidates import candidates_code, candidates_key, module_candidates_code
 from evalstack.detection.decoding import CandidateBound, PostProcess
@@ -64,7 +65,8 @@ def memo_key(spec: ModelSpec, weights_sha256: str) -> Key:
     # What the adapter checks of them on load is checked on the memo's path too (expected_detections_key).
     return Key(MEMO_KIND, {"spec": spec_entry(spec, POSTPROCESS_OPTIONS), "weights_sha256": weights_sha256,
                            "code": code_part(PURE_ADAPTERS[spec.adapter][0]),
-                           "runtime": {name: installed_identity(name) or "absent" for name in FRAMEWORKS}})
+                           "runtime": runtime_part(*FRAMEWORKS),  # what a signature's own runtime part reads
+                           "installed": {name: installed_identity(name) or "absent" for name in FRAMEWORKS}})
 
 
 def remembered_kind(spec: ModelSpec) -> bool:

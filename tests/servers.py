@@ -211,7 +211,7 @@ def dask_processes(workdir: Path, workers: int = 2, environment: dict[str, str] 
         yield DaskProcesses(address, workers, tuple(process.pid for process in processes))
     finally:
         # Workers first, while their scheduler still answers: a worker stopped together with its scheduler
-        # waits on the closed stream until its nanny kills it after 8 s (measured: 8.2 s a teardown, 0.3 s
+        # waits on the closed stream until its nanny kills it after 8 s (measured: 8.2 s a teardown, 0.4-0.6 s
         # in this order), which every module using this fixture paid.
         _terminate(processes[1:])
         _terminate(processes[:1])

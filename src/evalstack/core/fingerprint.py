@@ -269,14 +269,20 @@ def _holds_distributions(folder: str) -> bool:
 @lru_cache(maxsize=None)
 def _listed(folder: str, top: str) -> bool:
     """Whether a distribution installed in `folder` lists `top` (a package folder, or a module file) among its files."""
-    for info in sorted(name for name in os.listdir(folder) if name.endswith(".dist-info")):
+    return next(_recording(folder, (f"{top}/", f"{top},")), None) is not None
+
+
+def _recording(folder: str, starts: tuple[str, ...], named: str = "") -> Iterator[str]:
+    """The `.dist-info` folders in `folder` (those whose name starts with `named`, lower-cased) whose RECORD has a
+    line starting with one of `starts`, lazily, in name order."""
+    for info in sorted(name for name in os.listdir(folder) if name.endswith(".dist-info")
+                       and name.lower().startswith(named)):
         try:
             with open(os.path.join(folder, info, "RECORD"), encoding="utf-8") as record:
-                if any(line.startswith((f"{top}/", f"{top},")) for line in record):
-                    return True
+                if any(line.startswith(starts) for line in record):
+                    yield info
         except OSError:
             continue
-    return False
 
 
 def _prefixes(name: str) -> list[str]:
@@ -509,15 +515,11 @@ def _other_providers(distribution: str) -> list[str]:
         if spec is None or spec.origin is None or not spec.submodule_search_locations:
             return []
         folder, own = Path(spec.origin).parent.parent, _normalised(distribution)
-        stem, wanted = own.split("-")[0], f"{package}/__init__.py"
         found = []
-        for entry in sorted(os.listdir(folder)):
-            if not (entry.endswith(".dist-info") and entry.lower().startswith(stem)):
-                continue
+        for entry in _recording(str(folder), (f"{package}/__init__.py,",), own.split("-")[0]):
             candidate = metadata.PathDistribution(folder / entry)
             name = _normalised(str(candidate.metadata["Name"] or entry.split("-")[0]))
-            if name != own and any(line.partition(",")[0] == wanted
-                                   for line in (candidate.read_text("RECORD") or "").splitlines()):
+            if name != own:
                 found.append(f"{name} {candidate.version}")
         return found
     except Exception:  # noqa: BLE001 (a malformed RECORD or a finder of the user's must not stop every stage)

@@ -1,4 +1,7 @@
 """McNemar and the bootstrap CI agree with statsmodels and scipy on fixtures."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from scipy.stats import bootstrap
@@ -25,8 +28,27 @@ def test_mcnemar_agrees_with_statsmodels(cells):
     assert result.method == ("exact" if exact else "chi2")
     table = [[both, b], [c, neither]]
     expected = statsmodels_mcnemar(table, exact=exact, correction=True)
-    assert result.p_value == pytest.approx(expected.pvalue, rel=1e-12, abs=1e-15)
-    assert result.statistic == pytest.approx(expected.statistic, rel=1e-12)
+    assert result.p_value == expected.pvalue  # the same bits: the functions scipy.stats calls (significance.py)
+    assert result.statistic == expected.statistic
+
+
+def test_mcnemars_p_values_are_scipy_stats_own_without_importing_it():
+    from scipy.stats import binom, chi2
+
+    from evalstack.evaluation.significance import binomial_cdf_half, chi_square_sf_1
+
+    # Every (k, n) the exact test sees (n below 25, k up to n) and far beyond, bit for bit.
+    pairs = [(k, n) for n in range(0, 400) for k in range(0, n + 1)]
+    ours = np.array([binomial_cdf_half(k, n) for k, n in pairs])
+    ks, ns = np.array(pairs).T
+    assert np.array_equal(ours, binom.cdf(ks, ns, 0.5))
+    # Every continuity-corrected statistic (|b - c| - 1)² / (b + c) for b + c up to 2,000, and 0.
+    b, c = np.meshgrid(np.arange(0, 1001), np.arange(0, 1001))
+    statistics = np.unique(((np.abs(b - c) - 1.0) ** 2 / np.maximum(b + c, 1))[b + c >= 1])
+    assert np.array_equal([chi_square_sf_1(s) for s in statistics], chi2.sf(statistics, 1))
+    code = "import sys; import evalstack.evaluation.significance; print('scipy.stats' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
 
 
 def test_mcnemar_sees_a_real_difference_and_no_difference():

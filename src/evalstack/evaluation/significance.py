@@ -10,7 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binom, chi2
+
+# The two functions scipy.stats.binom.cdf and chi2.sf evaluate (scipy 1.17: `binom_gen._cdf` is
+# `_binom_cdf(floor(k), n, p)` and `chi2_gen._sf` is `chdtrc(df, x)`), called directly: importing scipy.stats
+# costs ~0.4 s in every compare process (its import formats ~600 docstrings), and compare needs just these two.
+# `_binom_cdf` is scipy's own ufunc, not `scipy.special.bdtr`, whose cephes code differs from it in the last
+# bits for 113 of the 324 (k, n) below n = 25. tests/test_significance.py holds both to scipy.stats on
+# every (k, n) the exact test can see and on every chi-square statistic up to 2,000 discordant pairs.
+from scipy.special import chdtrc
+from scipy.special._ufuncs import _binom_cdf
 
 DEFAULT_RESAMPLES = 2000
 EXACT_BELOW = 25  # discordant pairs below which McNemar uses the exact binomial test (as statsmodels advises)
@@ -62,7 +70,18 @@ def mcnemar(first_correct: np.ndarray, second_correct: np.ndarray, exact_below: 
     discordant = b + c
     if discordant < exact_below:
         smaller = min(b, c)
-        p_value = min(1.0, 2.0 * float(binom.cdf(smaller, discordant, 0.5)))
+        p_value = min(1.0, 2.0 * binomial_cdf_half(smaller, discordant))
         return McNemarResult(b, c, float(smaller), p_value, "exact")
     statistic = (abs(b - c) - 1) ** 2 / discordant
-    return McNemarResult(b, c, float(statistic), float(chi2.sf(statistic, 1)), "chi2")
+    return McNemarResult(b, c, float(statistic), chi_square_sf_1(statistic), "chi2")
+
+
+def binomial_cdf_half(k: int, n: int) -> float:
+    """scipy.stats.binom.cdf(k, n, 0.5) for integers 0 <= k, 0 <= n: 1 from the support's end on, as scipy
+    answers there without calling its ufunc."""
+    return 1.0 if k >= n else float(_binom_cdf(k, n, 0.5))
+
+
+def chi_square_sf_1(statistic: float) -> float:
+    """scipy.stats.chi2.sf(statistic, 1) for statistic >= 0 (at 0 both give 1)."""
+    return float(chdtrc(1, statistic))

@@ -50,6 +50,7 @@ def project(tmp_path_factory) -> Path:
     params = yaml.safe_load((root / "detection/params.yaml").read_text())
     params["models"] = {"yolo_tiny": _entry("models/yolo_tiny.pt2"), "yolo_tiny_onnx": _entry("models/yolo_tiny.onnx")}
     params["train"] = {}  # no demo detector to train: the user's own files only
+    params["preprocess"]["pipelines"] = {"yolo64": PIPELINE}  # and no pipeline only the demo's training read
     (root / "detection/params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     export_yolo_layout(root / "detection/models/yolo_tiny.pt2", n_classes=3, size=64, seed=0)  # + yolo_tiny.onnx
     result = run(root / "detection", "dvc", "repro")

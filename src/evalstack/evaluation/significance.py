@@ -77,8 +77,10 @@ def mcnemar(first_correct: np.ndarray, second_correct: np.ndarray, exact_below: 
 
 
 def binomial_cdf_half(k: int, n: int) -> float:
-    """scipy.stats.binom.cdf(k, n, 0.5) for integers 0 <= k, 0 <= n: 1 from the support's end on, as scipy
-    answers there without calling its ufunc."""
+    """scipy.stats.binom.cdf(k, n, 0.5) for integers k and n >= 0: 0 below the support and 1 from its end on,
+    as scipy answers there without calling its ufunc (which gives NaN below)."""
+    if k < 0:
+        return 0.0
     return 1.0 if k >= n else float(_binom_cdf(k, n, 0.5))
 
 

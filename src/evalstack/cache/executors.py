@@ -180,18 +180,31 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
     """End a pool whose layer failed without waiting for the shards still running (`shutdown` waits for them,
     and so does the interpreter's exit): the stage reports its error now, not after the largest shards ran.
     Python 3.11 has no public way to end running workers (3.14 adds `terminate_workers`), hence `_processes`;
-    what they were writing sits in the failed layer's staging folder, which the next build removes."""
+    what they were writing sits in the failed layer's staging folder, which the next build removes.
+
+    The pool's own thread reaps the workers it sees die, so this one waits for that thread instead of joining
+    the workers beside it: of two threads in `waitpid` on one worker, the loser gets ECHILD and `Process.join`
+    returns with the worker still "alive" until the winner takes the GIL back to record its exit code; meanwhile
+    a SIGKILL went to a pid that may be someone else's by then, and `active_children()` listed the worker (CI,
+    stop 42; `tests/test_dask_executor.py::test_stopped_workers_are_reaped_before_the_stop_returns`)."""
     terminate = getattr(pool, "terminate_workers", None)
     if callable(terminate):
         terminate()
         return
     processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.terminate()
-    for process in processes:
+    if manager is not None:
+        manager.join(timeout=5)
+        if manager.is_alive():  # a worker ignored SIGTERM
+            for process in processes:
+                process.kill()
+            manager.join(timeout=5)
+    for process in processes:  # reaped by the pool's thread already, or (no thread) here
         process.join(timeout=5)
-        if process.is_alive():  # it ignored SIGTERM
+        if process.is_alive():
             process.kill()
             process.join(timeout=5)
 

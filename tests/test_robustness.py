@@ -98,3 +98,27 @@ def test_bad_grid_is_refused_naming_the_cause():
         GridConfig.from_params({"types": ["fog"], "severities": [6]})
     with pytest.raises(RobustnessError, match="must not be empty"):
         GridConfig.from_params({"types": [], "severities": [1]})
+
+
+def test_a_model_without_a_grid_is_skipped_with_its_reason_before_any_grid_code_loads(tmp_path: Path):
+    """Every concentration model has a robustness stage with nothing to do; it says why and ends before it
+    imports the perturbations, scipy.ndimage and the grid (~0.25 s of each such process)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    summary = tmp_path / "robustness" / "pls.json"
+    probe = ("import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path('stages/robustness.py', run_name='stage')"
+             "['main'](); print(sorted(m for m in sys.modules if m.startswith(('evalstack.preprocess.perturbations',"
+             " 'evalstack.evaluation.robustness', 'scipy'))))")
+    done = subprocess.run([sys.executable, "-c", probe, "robustness.py", "--model", "pls", "--raw", "r",
+                           "--preprocessed", "p", "--predictions", "q", "--out", str(tmp_path / "cells"),
+                           "--summary", str(summary)], cwd=repo, capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(repo / "src")})
+    assert done.stdout.splitlines() == ["pls: no perturbation grid (task concentration: the grid measures "
+                                        "classification accuracy)", "[]"]
+    assert json.loads(summary.read_text()) == {"model": "pls",
+                                               "skipped": "task concentration: the grid measures classification accuracy"}
+    assert (tmp_path / "cells").is_dir()

@@ -210,16 +210,3 @@ def grid_results(build: GridBuild, raw_dir: Path, labels: tuple[str, ...]) -> tu
         accuracy = float(np.mean(y_cell == y_true))
         results.append(CellResult(kind, int(severity), accuracy, 1.0 - accuracy, float(np.mean(y_cell != y_clean))))
     return float(np.mean(y_clean == y_true)), results
-
-
-def why_no_grid(task: str, output_shape: tuple[int, ...]) -> str | None:
-    """Why a model gets no perturbation grid, or None when it does.
-
-    Perturbations act on images and the grid's metrics on class labels, so feature
-    pipelines (PLS regions) and concentration models are left out, with a reason.
-    """
-    if task != "classify":
-        return f"task {task}: the grid measures classification accuracy"
-    if len(output_shape) != 3:
-        return f"its pipeline yields features of shape {tuple(output_shape)}, not an image to perturb"
-    return None

@@ -399,6 +399,6 @@ def test_stopped_workers_are_reaped_before_the_stop_returns():
         processes = list(pool._processes.values())
         time.sleep(0.01)  # stopped while starting, as a pool stopped by its probe's damaged input
         executors._stop_workers(pool)
-        assert multiprocessing.active_children() == []
+        assert set(multiprocessing.active_children()) & set(processes) == set()  # the file's clusters aside
         assert [process.exitcode for process in processes] == [-signal.SIGTERM] * 2
         assert all(future.cancelled() or future.exception(timeout=5) is not None for future in running)

@@ -102,7 +102,8 @@ def test_bad_grid_is_refused_naming_the_cause():
 
 def test_a_model_without_a_grid_is_skipped_with_its_reason_before_any_grid_code_loads(tmp_path: Path):
     """Every concentration model has a robustness stage with nothing to do; it says why and ends before it
-    imports the perturbations, scipy.ndimage and the grid (~0.25 s of each such process)."""
+    imports the perturbations, scipy.ndimage, the grid and the model loader (~0.2 s of each such process).
+    Reads the repository's params.yaml, where `pls` is a concentration model."""
     import json
     import os
     import subprocess
@@ -112,7 +113,7 @@ def test_a_model_without_a_grid_is_skipped_with_its_reason_before_any_grid_code_
     summary = tmp_path / "robustness" / "pls.json"
     probe = ("import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path('stages/robustness.py', run_name='stage')"
              "['main'](); print(sorted(m for m in sys.modules if m.startswith(('evalstack.preprocess.perturbations',"
-             " 'evalstack.evaluation.robustness', 'scipy'))))")
+             " 'evalstack.evaluation.robustness', 'evalstack.models.signatures', 'scipy'))))")
     done = subprocess.run([sys.executable, "-c", probe, "robustness.py", "--model", "pls", "--raw", "r",
                            "--preprocessed", "p", "--predictions", "q", "--out", str(tmp_path / "cells"),
                            "--summary", str(summary)], cwd=repo, capture_output=True, text=True, check=True,

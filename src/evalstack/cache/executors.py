@@ -198,7 +198,7 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
         process.terminate()
     if manager is not None:
         manager.join(timeout=5)
-        if manager.is_alive():  # a worker ignored SIGTERM
+        if manager.is_alive():  # a worker ignored SIGTERM (or sits in uninterruptible I/O)
             for process in processes:
                 process.kill()
             manager.join(timeout=5)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,20 +17,12 @@ from evalstack.cli.verify import verify_layer
 from evalstack.core.layers import Layer
 from evalstack.fetch.raw_layer import FetchConfig, fetch_raw_layer
 from evalstack.sources.catalog import SourceConfig
-from evalstack.sources.transport import TransportConfig
 from tests.conftest import store_in
-from tests.loopback import ALL_FAULT_KINDS, Faults, PadServer, client_read_timeout
+from tests.loopback import ALL_FAULT_KINDS, Faults, PadServer
 from tests.test_fetch import make_registry
+from tests.test_fetch_http import http_config
 
 N_CARDS = 20  # the pad_dataset fixture
-
-
-def http_config(server: PadServer, tmp_path: Path, **changes) -> FetchConfig:
-    source = SourceConfig(registries={split: f"{server.url}metadata_{split}.csv" for split in ("dev", "test")})
-    transport = TransportConfig(connect_timeout=2, read_timeout=client_read_timeout(server.faults), retries=5,
-                                backoff=0.01, pool_size=4)
-    config = FetchConfig(source, shard_bytes=8 * 1_370_000, workers=4, transport=transport, report=tmp_path / "report.json")
-    return replace(config, **changes)
 
 
 def image_paths(root: Path) -> dict[int, str]:

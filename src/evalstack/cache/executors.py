@@ -196,17 +196,12 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.terminate()
-    if manager is not None:
+    if manager is not None:  # started by the first submit, with the first worker
         manager.join(timeout=5)
         if manager.is_alive():  # a worker ignored SIGTERM (or sits in uninterruptible I/O)
             for process in processes:
                 process.kill()
             manager.join(timeout=5)
-    for process in processes:  # reaped by the pool's thread already, or (no thread) here
-        process.join(timeout=5)
-        if process.is_alive():
-            process.kill()
-            process.join(timeout=5)
 
 
 def _derive_pickled(work: bytes, job: ShardJob) -> ShardInfo:

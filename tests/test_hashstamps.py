@@ -87,3 +87,22 @@ def test_checking_a_shard_twice_opens_its_header_once(tmp_path: Path, monkeypatc
     assert opened == [layer.path(shard) for shard in layer.shards]  # the second pass remembered every count
     layer.check_shard(layer.shards[0])  # without stamps: read every time
     assert len(opened) == len(layer.shards) + 1
+
+
+def test_a_read_that_confirms_the_stamp_leaves_it_and_one_that_contradicts_it_replaces_it(tmp_path: Path,
+                                                                                         reads: list[Path]):
+    shard = tmp_path / "00000.h5"
+    shard.write_bytes(b"ABCD")
+    HashStamps(tmp_path / "stamps").sha256(shard)
+    (stamp,) = (tmp_path / "stamps").iterdir()
+    written = stamp.stat()
+    # another process reads the shard in full: the same bytes, so the stamp is not written again
+    assert HashStamps(tmp_path / "stamps").sha256_read_here(shard) == hashlib.sha256(b"ABCD").hexdigest()
+    assert len(reads) == 2 and (stamp.stat().st_ino, stamp.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+    # damage that kept the size and mtime: the stamp's bet is wrong, the read says so, and the stamp is mended
+    kept = shard.stat()
+    shard.write_bytes(b"ABCE")
+    os.utime(shard, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    assert HashStamps(tmp_path / "stamps").sha256(shard) == hashlib.sha256(b"ABCD").hexdigest()  # the bet
+    assert HashStamps(tmp_path / "stamps").sha256_read_here(shard) == hashlib.sha256(b"ABCE").hexdigest()
+    assert HashStamps(tmp_path / "stamps").sha256(shard) == hashlib.sha256(b"ABCE").hexdigest()

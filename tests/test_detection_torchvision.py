@@ -48,20 +48,23 @@ def model_run(model: torch.nn.Module, batch: np.ndarray, post: PostProcess) -> l
 
 
 def assert_same(found, reference: dict) -> int:
-    """Same labels and scores in the same order, boxes within 1e-4. Among boxes of exactly equal score (and
-    label) torchvision's order is its unstable sort's (`_batched_nms_vanilla` sorts the kept boxes with
-    `sort(descending=True)`), which depends on the order boxes came in: there the boxes are compared as a set.
+    """Same scores in the same order; labels equal and boxes within 1e-4, row by row. Among rows of exactly
+    equal score torchvision's order is its unstable sort's (`_batched_nms_vanilla` sorts the kept boxes with
+    `sort(descending=True)`), which depends on the order boxes came in: there the rows (label and box) are
+    compared as a set. Equal scores under two labels happen: on 2026-12-07's machine (a Sapphire Rapids
+    Xeon), image 16 kept two boxes at exactly 0.09112353, labels 0 and 8, in the other order than ours.
     Returns how many rows sat in such ties."""
-    assert np.array_equal(found.labels, reference["labels"].numpy() - 1)  # same labels, same order
     assert np.array_equal(found.scores, reference["scores"].numpy())
-    mine, theirs = found.boxes.copy(), reference["boxes"].numpy().copy()
+    mine = np.column_stack([found.labels, found.boxes]).astype(np.float64)
+    theirs = np.column_stack([reference["labels"].numpy() - 1, reference["boxes"].numpy()]).astype(np.float64)
     _, first, counts = np.unique(found.scores, return_index=True, return_counts=True)
     tied = 0
     for start, count in zip(first[counts > 1], counts[counts > 1]):
         rows = slice(start, start + count)
         mine[rows], theirs[rows] = (b[rows][np.lexsort(b[rows].T[::-1])] for b in (mine, theirs))  # rows as a set
         tied += int(count)
-    assert np.abs(mine - theirs).max(initial=0.0) <= 1e-4
+    assert np.array_equal(mine[:, 0], theirs[:, 0])  # the same labels, in the same order outside ties
+    assert np.abs(mine[:, 1:] - theirs[:, 1:]).max(initial=0.0) <= 1e-4
     return tied
 
 

@@ -1,15 +1,21 @@
-"""Demo training gives the same model bytes whatever thread pool the machine would give it.
+"""Demo training gives the same model bytes whatever thread pool the machine would give it, and takes
+its kernels from libraries that fix their code path whatever the CPU.
 
 torch sizes its pool by the machine's cores, and a float sum split over two threads adds in another
 order than over one: before training was pinned to one thread, the README's torch_cnn scored 0.846 on
 this 2-core machine and 0.808 on one thread, so its figures held only on machines with two cores.
+oneDNN sizes its convolution blocks by the CPU's caches, even capped at AVX2: until 2026-12-07 torch_cnn
+trained on oneDNN, and a Sapphire Rapids Xeon trained other bytes than the machine that made the README.
 """
 from __future__ import annotations
 
 import hashlib
+import platform
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.e2e import THREAD_CAPS, env
 
@@ -35,3 +41,17 @@ def _train_with_pool(threads: int, out: Path) -> str:
 
 def test_torch_demo_training_gives_the_same_bytes_on_one_core_and_on_two(tmp_path: Path):
     assert _train_with_pool(1, tmp_path / "one.pt2") == _train_with_pool(2, tmp_path / "two.pt2")
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the kernel caps are x86's")
+def test_torch_demo_training_runs_no_onednn_convolution_and_every_gemm_in_mkls_reproducible_mode(tmp_path: Path):
+    environment = env()
+    environment.update(ONEDNN_VERBOSE="1", MKL_VERBOSE="1")  # each library prints a line per kernel it runs
+    script = "from evalstack.demo.training import portable_kernels\nportable_kernels()\n" + _TRAIN  # as train.py
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "m.pt2")], env=environment, check=True,
+                            capture_output=True, text=True)
+    lines = result.stdout.splitlines()
+    assert [line for line in lines if line.startswith("onednn_verbose") and ",exec,cpu,convolution," in line] == []
+    gemms = [line for line in lines if line.startswith("MKL_VERBOSE SGEMM")]
+    assert len(gemms) > 100  # the convolutions (im2col + GEMM) and the linear layer
+    assert all(" CNR:AVX2,STRICT " in line for line in gemms), gemms[0]

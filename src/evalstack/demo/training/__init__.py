@@ -2,8 +2,10 @@
 
 Training pins the CPU kernels the frameworks dispatch to (`portable_kernels`, called by the train stages
 before torch or TensorFlow loads), so that a demo model has the same bytes on other x86-64 machines with
-AVX2: checked here by capping an AVX-512 machine, not proven elsewhere (oneDNN and Eigen also choose
-blockings by cache size). It also trains on one thread (`one_thread_torch`, `one_thread_tensorflow`), so
+AVX2: checked here by capping an AVX-512 machine. The cap was not enough for torch, whose oneDNN
+convolutions also choose blockings by cache size: torch demo training runs without oneDNN
+(`portable_torch_kernels`). Eigen, under TensorFlow, also reads cache sizes; no difference was seen
+between two CPUs there. It also trains on one thread (`one_thread_torch`, `one_thread_tensorflow`), so
 that the machine's core count does not change a demo model's bytes either.
 """
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 # Each library picks its kernels from the CPU it runs on, and the float sums differ between, e.g., AVX-512
 # and AVX2. Measured here (Zen 5, AVX-512): each one of these, alone, changed the bytes of a trained demo
@@ -20,7 +24,9 @@ import sys
 _X86_AVX2_KERNELS = {
     "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN, in both TensorFlow and torch (convolutions)
     "ATEN_CPU_CAPABILITY": "avx2",  # torch's own vectorised kernels
-    "MKL_CBWR": "AVX2",  # MKL's conditional numerical reproducibility (torch's BLAS)
+    # MKL's conditional numerical reproducibility (torch's BLAS). STRICT: the same bits whatever the arrays'
+    # alignment; without it a tensor view that starts off a 64-byte boundary may take another code path.
+    "MKL_CBWR": "AVX2,STRICT",
 }
 
 
@@ -46,6 +52,23 @@ def one_thread_torch() -> None:
     import torch
 
     torch.set_num_threads(TRAINING_THREADS)
+
+
+@contextmanager
+def portable_torch_kernels() -> Iterator[None]:
+    """Train torch's convolutions without oneDNN (and without NNPACK): with them off, a convolution is im2col
+    and MKL's GEMM, whose CNR mode (MKL_CBWR above) fixes its code path and blocking for the branch named,
+    whatever the CPU's caches. oneDNN fixes neither: capped at AVX2 it still picks its kernels (brgemm) and
+    their blocks by the CPU's caches. Measured on 2026-12-07: the same commit, params and data, capped at
+    AVX2 and on one thread, trained other torch_cnn bytes on this machine's Xeon (Sapphire Rapids, 2 MB of
+    L2 per core) than on the AVX-512 machine that made the README's figures (torch_cnn macro-F1 0.824
+    against 0.822, mCE 196.1 % against 178.3 %), while the Keras models' figures were equal. The cost:
+    13.1 s against 11.2 s to train the default torch_cnn. Flags, not a process-wide switch: a test process
+    that trains and then runs models gets its backends back."""
+    import torch
+
+    with torch.backends.mkldnn.flags(enabled=False), torch.backends.nnpack.flags(enabled=False):
+        yield
 
 
 def one_thread_tensorflow() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evalstack.core.atomic import atomic_write_bytes
-from evalstack.demo.training import one_thread_tensorflow, one_thread_torch, portable_kernels
+from evalstack.demo.training import one_thread_tensorflow, one_thread_torch, portable_kernels, portable_torch_kernels
 from evalstack.demo.training.rows import RowReader, TrainingRows, training_rows
 from evalstack.demo.training.torch_program import save_program
 from evalstack.models.adapters.keras_model import canonical_keras_archive
@@ -161,7 +161,7 @@ def train_torch_export(data: TrainingRows, n_classes: int, config: TrainConfig, 
     loss_fn = nn.CrossEntropyLoss()
     targets = torch.from_numpy(data.labels)
     generator = torch.Generator().manual_seed(config.seed)
-    with data.open() as read:
+    with data.open() as read, portable_torch_kernels():
         for epoch in range(config.epochs):
             model.train()
             order = torch.randperm(len(data), generator=generator)

@@ -51,8 +51,8 @@ def assert_same(found, reference: dict) -> int:
     """Same scores in the same order; labels equal and boxes within 1e-4, row by row. Among rows of exactly
     equal score torchvision's order is its unstable sort's (`_batched_nms_vanilla` sorts the kept boxes with
     `sort(descending=True)`), which depends on the order boxes came in: there the rows (label and box) are
-    compared as a set. Equal scores under two labels happen: on 2026-12-07's machine (a Sapphire Rapids
-    Xeon), image 16 kept two boxes at exactly 0.09112353, labels 0 and 8, in the other order than ours.
+    compared as a set. Equal scores under two labels happen: on 2026-12-07's machine (a Xeon with
+    AMX), image 16 kept two boxes at exactly 0.09112353, labels 0 and 8, in the other order than ours.
     Returns how many rows sat in such ties."""
     assert np.array_equal(found.scores, reference["scores"].numpy())
     mine = np.column_stack([found.labels, found.boxes]).astype(np.float64)

@@ -5,7 +5,7 @@ torch sizes its pool by the machine's cores, and a float sum split over two thre
 order than over one: before training was pinned to one thread, the README's torch_cnn scored 0.846 on
 this 2-core machine and 0.808 on one thread, so its figures held only on machines with two cores.
 oneDNN sizes its convolution blocks by the CPU's caches, even capped at AVX2: until 2026-12-07 torch_cnn
-trained on oneDNN, and a Sapphire Rapids Xeon trained other bytes than the machine that made the README.
+trained on oneDNN, and a Xeon with AMX trained other bytes than the machine that made the README.
 """
 from __future__ import annotations
 

@@ -60,8 +60,8 @@ def portable_torch_kernels() -> Iterator[None]:
     and MKL's GEMM, whose CNR mode (MKL_CBWR above) fixes its code path and blocking for the branch named,
     whatever the CPU's caches. oneDNN fixes neither: capped at AVX2 it still picks its kernels (brgemm) and
     their blocks by the CPU's caches. Measured on 2026-12-07: the same commit, params and data, capped at
-    AVX2 and on one thread, trained other torch_cnn bytes on this machine's Xeon (Sapphire Rapids, 2 MB of
-    L2 per core) than on the AVX-512 machine that made the README's figures (torch_cnn macro-F1 0.824
+    AVX2 and on one thread, trained other torch_cnn bytes on an Intel Xeon with AMX (Sapphire Rapids or later,
+    2 MB of L2 per core) than on the AVX-512 machine that had made the README's figures (torch_cnn macro-F1 0.824
     against 0.822, mCE 196.1 % against 178.3 %), while the Keras models' figures were equal. The cost:
     13.1 s against 11.2 s to train the default torch_cnn. Flags, not a process-wide switch: a test process
     that trains and then runs models gets its backends back."""

@@ -43,15 +43,30 @@ def test_torch_demo_training_gives_the_same_bytes_on_one_core_and_on_two(tmp_pat
     assert _train_with_pool(1, tmp_path / "one.pt2") == _train_with_pool(2, tmp_path / "two.pt2")
 
 
+_TRAIN_DETECTOR = """
+import sys, numpy as np
+from pathlib import Path
+from evalstack.demo.training.detector import DetectorTrainConfig, TrainingSet, train_detector
+rng = np.random.default_rng(0)
+images = rng.integers(0, 256, size=(16, 64, 64, 3), dtype=np.uint8)
+boxes = [np.array([[8.0, 8.0, 20.0, 16.0]]) for _ in images]
+train_detector(TrainingSet(images, boxes, [np.array([i % 3]) for i in range(16)]), 3,
+               DetectorTrainConfig(epochs=1, batch_size=8), Path(sys.argv[1]))
+"""
+
+
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the kernel caps are x86's")
-def test_torch_demo_training_runs_no_onednn_convolution_and_every_gemm_in_mkls_reproducible_mode(tmp_path: Path):
+@pytest.mark.parametrize("trainer", [_TRAIN, _TRAIN_DETECTOR], ids=["torch_cnn", "detector"])
+def test_torch_demo_training_runs_no_onednn_convolution_and_every_gemm_in_mkls_reproducible_mode(tmp_path: Path,
+                                                                                                  trainer: str):
     environment = env()
     environment.update(ONEDNN_VERBOSE="1", MKL_VERBOSE="1")  # each library prints a line per kernel it runs
-    script = "from evalstack.demo.training import portable_kernels\nportable_kernels()\n" + _TRAIN  # as train.py
+    # as stages/train.py and stages/detection/train.py do, before torch loads
+    script = "from evalstack.demo.training import portable_kernels\nportable_kernels()\n" + trainer
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "m.pt2")], env=environment, check=True,
                             capture_output=True, text=True)
     lines = result.stdout.splitlines()
     assert [line for line in lines if line.startswith("onednn_verbose") and ",exec,cpu,convolution," in line] == []
     gemms = [line for line in lines if line.startswith("MKL_VERBOSE SGEMM")]
-    assert len(gemms) > 100  # the convolutions (im2col + GEMM) and the linear layer
+    assert len(gemms) > 100  # the convolutions (im2col + GEMM) and any linear layer
     assert all(" CNR:AVX2,STRICT " in line for line in gemms), gemms[0]

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from evalstack.core.kinds import PREPROCESSED_KIND
 from evalstack.core.layers import Layer, read_column
-from evalstack.demo.training import one_thread_torch
+from evalstack.demo.training import one_thread_torch, portable_torch_kernels
 from evalstack.demo.training.torch_program import save_program
 from evalstack.preprocess.letterbox import PLACEMENT_COLUMNS, placements
 from evalstack.sources.coco import read_ground_truth
@@ -161,22 +161,23 @@ def train_detector(data: TrainingSet, n_classes: int, config: DetectorTrainConfi
     steps = config.epochs * math.ceil(len(images) / config.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.learning_rate, total_steps=max(steps, 1))
     generator = torch.Generator().manual_seed(config.seed)
-    for epoch in range(config.epochs):
-        model.train()
-        order = torch.randperm(len(images), generator=generator)
-        total = 0.0
-        for start in range(0, len(order), config.batch_size):
-            index = order[start : start + config.batch_size]
-            batch, target = images[index].float(), targets[index]
-            if torch.rand((), generator=generator) < 0.5:
-                batch, target = _flip(batch, target, n_classes)
-            loss = centernet_loss(model(batch), target, n_classes)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += float(loss.detach()) * len(index)
-        print(f"epoch {epoch + 1}/{config.epochs} loss {total / len(order):.4f}")
+    with portable_torch_kernels():  # oneDNN would make the weights depend on the CPU, even capped at AVX2
+        for epoch in range(config.epochs):
+            model.train()
+            order = torch.randperm(len(images), generator=generator)
+            total = 0.0
+            for start in range(0, len(order), config.batch_size):
+                index = order[start : start + config.batch_size]
+                batch, target = images[index].float(), targets[index]
+                if torch.rand((), generator=generator) < 0.5:
+                    batch, target = _flip(batch, target, n_classes)
+                loss = centernet_loss(model(batch), target, n_classes)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                total += float(loss.detach()) * len(index)
+            print(f"epoch {epoch + 1}/{config.epochs} loss {total / len(order):.4f}")
     export_detector(model.eval(), size, out)
 
 

@@ -5,8 +5,9 @@ A project with a warm DVC cache, run-cache and shard store goes through a sequen
 toggle A → B → A, `dvc exp run -S`, a run-cache pulled from a remote). After each step the
 warm project runs `dvc repro`; the same commit is then built in a fresh clone with empty caches
 (no DVC cache, no shard store, no run-cache: only the model files a user adds are pulled), and
-every output is compared file by file, declared measurements excepted (latency). Each step also
-records what recomputed, so "only what the edit affects" is checked, not assumed.
+every output is compared file by file, declared measurements excepted (latency). The first build, itself
+one from nothing, is the reference for its own commit. Each step also records what recomputed, so
+"only what the edit affects" is checked, not assumed.
 
 `make differential` runs it at a larger scale (EVALSTACK_DIFFERENTIAL=large) and writes
 bench/out/differential.json.

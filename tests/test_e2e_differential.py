@@ -159,13 +159,14 @@ class Differential:
         step.computed = computed_since(project, finished)
         if where is None:
             self.commit(name)
-        inputs = input_digest(project)
+        inputs, built = input_digest(project), outputs(project)
         if from_nothing:  # this build is itself one from nothing: the reference for its inputs
-            self.scratch[inputs] = outputs(project)
-        step.reference = ("itself (a build from nothing)" if from_nothing else
-                          "an earlier scratch build of the same inputs" if inputs in self.scratch else "a new scratch build")
+            self.scratch[inputs] = built
+            step.reference = "itself (a build from nothing)"
+        else:
+            step.reference = "an earlier scratch build of the same inputs" if inputs in self.scratch else "a new scratch build"
         reference = self.scratch.get(inputs) or self.build_scratch(inputs, project)
-        step.divergences = compare(outputs(project), reference)
+        step.divergences = compare(built, reference)
         self.steps.append(step)
         print(f"[differential] {name}: {len(step.ran)} stages ran, {len(step.restored)} restored, shards computed {step.computed}, compared with "
               f"{step.reference}: {len(step.divergences)} divergences {step.divergences[:5]}", file=sys.stderr, flush=True)

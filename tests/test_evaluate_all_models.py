@@ -174,9 +174,12 @@ def test_a_damaged_predictions_shard_with_its_stat_kept_is_read_before_a_result_
     os.utime(shard, ns=(status.st_atime_ns, status.st_mtime_ns))
     with pytest.raises(LayerCorruptError, match="does not match the sha256"):
         evaluate_models(_params(project, split="all"), _layout(project), store_at(tmp_path / "store"))
-    stored = [e.layer_key["parts"]["model"] for e in store.entries()
-              if e.kind == EVALUATION_KIND and e.layer_key["parts"]["split"] == "all"]
-    assert stored == ["m"]  # its own predictions are whole; n's figures were never computed, so never stored
+    stored = {split: sorted(e.layer_key["parts"]["model"] for e in store.entries()
+                            if e.kind == EVALUATION_KIND and e.layer_key["parts"]["split"] == split)
+              for split in ("dev", "all")}
+    # every model's inputs are read before any model is computed (one pass over the raw layer feeds them all), so
+    # n's damage stops the stage before m's figures too; the first run shows that computed figures are stored
+    assert stored == {"dev": ["m", "n"], "all": []}
 
 
 def test_outputs_of_a_model_no_longer_declared_are_removed(built):
@@ -218,3 +221,53 @@ def test_the_store_gives_back_the_exact_bytes_whatever_they_hold(tmp_path: Path)
     assert {path: path.read_bytes() for path in contents} == contents
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file() and "store" not in p.parts) == sorted(
         p.name for p in contents)
+
+
+def test_models_of_both_tasks_share_one_read_of_the_raw_layer_and_equal_each_evaluated_alone(built, tmp_path,
+                                                                                              monkeypatch):
+    """The evaluate stage feeds every model it computes from one pass over the raw layer (it read the truth
+    once a model: five times in the template); each model's files are still what evaluating it alone gives."""
+    from evalstack.core.keys import Key
+    from evalstack.evaluation.concentration import evaluate_concentration, write_concentration_outputs
+
+    project, store = built
+    levels = ("0", "20", "50", "80", "100")
+    file = project.root / "models/q.npy"
+    file.write_bytes(b"weights3")
+    concentration = ModelSpec(name="q", file=file, adapter="numpy", pipeline="tiny", labels=levels,
+                              task="concentration", options={"size": 8})
+    infer_layer(project.pre, project.root / "data/predictions/q", NumpyAdapter(concentration), batch_size=3,
+                store=store)
+    params = _params(project, split="all")
+    params["models"]["q"] = {"file": str(file), "adapter": "numpy", "pipeline": "tiny", "labels": list(levels),
+                             "task": "concentration", "size": 8}
+    reads: list[Path] = []
+    columns = Layer.columns
+    monkeypatch.setattr(Layer, "columns", lambda layer, shard: (reads.append(layer.directory), columns(layer, shard))[1])
+    results = evaluate_models(params, _layout(project), store)
+    monkeypatch.undo()
+
+    assert [(r.name, r.task, r.reused) for r in results] == [("m", "classify", False), ("n", "classify", False),
+                                                              ("q", "concentration", False)]
+    raw_shards = len(Layer.open(project.raw).shards)
+    assert raw_shards > 1
+    assert reads.count(Path(project.raw)) == raw_shards  # once, not once per model
+    for name in ("m", "n", "q"):
+        assert reads.count(project.root / f"data/predictions/{name}") == raw_shards
+    written = _outputs(project)
+    for name, spec in {"m": None, "n": None, "q": concentration}.items():
+        spec = spec or ModelSpec(name=name, file=project.root / f"models/{name}.npy", adapter="numpy",
+                                 pipeline="tiny", labels=LABELS, options={"size": 8})
+        task = "concentration" if name == "q" else "classify"
+        alone = EvaluationOutputs(tmp_path / f"alone/{name}/metrics.json", tmp_path / f"alone/{name}/pairs.csv",
+                                  tmp_path / f"alone/{name}/per_class.csv", tmp_path / f"alone/{name}/details.json",
+                                  name, task)
+        signature = Key("model", Layer.open(project.root / f"data/predictions/{name}").key.parts["model"])
+        evaluate, write = ((evaluate_concentration, write_concentration_outputs) if name == "q"
+                           else (evaluate_classifier, write_outputs))
+        write(*evaluate(project.raw, project.root / f"data/predictions/{name}", spec, signature,
+                        tiny_pipeline().cache_key(), "all"), alone)
+        assert written[f"metrics/{name}.json"] == alone.metrics.read_bytes()
+        assert written[f"data/evaluation/{name}.json"] == alone.details.read_bytes()
+        assert written[f"plots/{task}/pairs/{name}.csv"] == alone.pairs.read_bytes()
+        assert written[f"plots/{task}/per_class/{name}.csv"] == alone.per_class.read_bytes()

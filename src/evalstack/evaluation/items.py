@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -92,25 +92,45 @@ class ShardPair:
 
 def paired_shards(raw_dir: Path, layer: Layer, raw_columns: tuple[str, ...], columns: tuple[str, ...]) -> Iterator[ShardPair]:
     """Shard by shard, the raw layer's `raw_columns` and `layer`'s `columns`, with the item keys compared
-    row by row first (`Items.check_aligned`'s check), so memory holds one shard, not the dataset.
+    row by row first (`Items.check_aligned`'s check), so memory holds one shard, not the dataset."""
+    for truth, (derived,) in paired_layers(raw_dir, [layer], raw_columns, [columns]):
+        yield ShardPair(truth, derived)
 
-    A derived layer has one shard per raw shard; one that does not (another layer's, or an old format)
-    is checked as a whole, which names the first row that differs.
+
+def paired_layers(raw_dir: Path, layers: Sequence[Layer], raw_columns: tuple[str, ...],
+                  columns: Sequence[tuple[str, ...]]) -> Iterator[tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]]:
+    """`paired_shards` for several derived layers at once: each raw shard is read once, whatever the number of
+    layers (the evaluate stage reads every model's predictions against one pass over the truth).
+
+    Yields the raw shard's `raw_columns` and, per layer, its `columns` of the rows built from that shard. A
+    derived layer has one shard per raw shard; one that does not (another layer's, or an old format) is
+    checked as a whole first, which names the first row that differs.
     """
     raw = Layer.open(raw_dir, kind=RAW_KIND)
-    if [s.n_items for s in raw.shards] != [s.n_items for s in layer.shards]:
-        read_items(raw_dir).check_aligned(layer)  # raises with the row; equal shapes would have come here
+    counts = [s.n_items for s in raw.shards]
+    for layer in layers:
+        if [s.n_items for s in layer.shards] != counts:
+            read_items(raw_dir).check_aligned(layer)  # raises with the row; equal shapes would have come here
     start = 0
-    for raw_shard, shard in zip(raw.shards, layer.shards):
-        with raw.columns(raw_shard) as raw_reader, layer.columns(shard) as reader:
+    for position, raw_shard in enumerate(raw.shards):
+        with raw.columns(raw_shard) as raw_reader:
             expected = np.asarray(raw_reader.read(ITEM_KEY), dtype=str)
-            keys = np.asarray(reader.read(ITEM_KEY), dtype=str)
-            if not np.array_equal(keys, expected):
-                row = start + int(np.flatnonzero(keys != expected)[0])
-                raise CacheStaleError(f"{layer.directory} was not built from {raw_dir} as it is now (row {row} holds "
-                                      "another item); rebuild it with `dvc repro` (it is stale, or another raw layer's)")
-            yield ShardPair({name: raw_reader.read(name) for name in raw_columns},
-                            {name: reader.read(name) for name in columns})
+            truth = {name: raw_reader.read(name) for name in raw_columns}
+        derived = []
+        for layer, names in zip(layers, columns):
+            if position >= len(layer.shards):
+                raise CacheStaleError(f"{layer.directory} was not built from {raw_dir} as it is now (it has "
+                                      f"{len(layer.shards)} shards where the raw layer has {len(counts)}); rebuild it "
+                                      "with `dvc repro` (it is stale, or another raw layer's)")
+            with layer.columns(layer.shards[position]) as reader:
+                keys = np.asarray(reader.read(ITEM_KEY), dtype=str)
+                if not np.array_equal(keys, expected):
+                    row = start + int(np.flatnonzero(keys != expected)[0]) if len(keys) == len(expected) else start
+                    raise CacheStaleError(f"{layer.directory} was not built from {raw_dir} as it is now (row {row} "
+                                          "holds another item); rebuild it with `dvc repro` (it is stale, or another "
+                                          "raw layer's)")
+                derived.append({name: reader.read(name) for name in names})
+        yield truth, derived
         start += raw_shard.n_items
 
 

@@ -13,7 +13,7 @@ from evalstack.config import ModelError, ModelSpec
 from evalstack.core.atomic import atomic_write_bytes
 from evalstack.core.keys import Key
 from evalstack.core.layers import Layer
-from evalstack.evaluation.items import in_split, paired_shards
+from evalstack.evaluation.items import Tally, feed
 from evalstack.evaluation.metrics import ClassificationReport, classification_report
 from evalstack.models.predictions import open_predictions
 
@@ -62,29 +62,23 @@ def evaluate_classifier(
     """Metrics of one model on `split`, read shard by shard (truth from the raw layer, joined by position
     after the item keys are compared), so memory holds one shard plus two integers per evaluated item."""
     tally = ClassifierTally(spec, open_predictions(predictions_dir, model_signature, pipeline_key, spec.name), split)
-    for pair in paired_shards(raw_dir, tally.layer, tally.raw_columns, tally.columns):
-        tally.add(pair.raw, pair.derived)
+    feed(raw_dir, [tally])
     return tally.result()
 
 
-class ClassifierTally:
-    """One classification model's evaluation fed shard by shard, so several models share one pass over the
-    raw layer (`evaluation.all_models`); what `evaluate_classifier` computes for one."""
+class ClassifierTally(Tally):
+    """One classification model's evaluation; memory holds two integers per evaluated item."""
 
     raw_columns = ("sample_name", "split")
     columns = ("label",)
 
     def __init__(self, spec: ModelSpec, layer: Layer, split: str):
-        self.spec, self.layer, self.split = spec, layer, split
+        super().__init__(spec, layer, split)
         self.true_parts: list[np.ndarray] = []
         self.predicted_parts: list[np.ndarray] = []
-        self.splits_seen: set[str] = set()
 
     def add(self, truth: Mapping[str, np.ndarray], derived: Mapping[str, np.ndarray]) -> None:
-        """One raw shard's truth and the model's rows built from it."""
-        splits = np.asarray([str(value) for value in truth["split"]], dtype=object)
-        self.splits_seen.update(splits)
-        chosen = in_split(splits, self.split)
+        chosen = self.chosen(truth)
         names = [str(name) for name in truth["sample_name"][chosen]]
         self.true_parts.append(label_indices(names, self.spec.labels, self.spec.name))
         self.predicted_parts.append(np.asarray(derived["label"])[chosen])
@@ -92,7 +86,7 @@ class ClassifierTally:
     def result(self) -> tuple[ClassificationReport, list[tuple[str, str]], int]:
         y_true = np.concatenate(self.true_parts) if self.true_parts else np.zeros(0, np.int64)
         if not len(y_true):
-            raise ValueError(f"no items in split {self.split!r}; splits present: {sorted(self.splits_seen)}")
+            raise self.no_items()
         y_pred = np.concatenate(self.predicted_parts)
         labels = self.spec.labels
         pairs = [(labels[t], labels[p]) for t, p in zip(y_true.tolist(), y_pred.tolist())]

@@ -18,7 +18,7 @@ from evalstack.config import ModelError, ModelSpec, drug_key
 from evalstack.core.keys import Key
 from evalstack.core.layers import Layer
 from evalstack.evaluation.classification import EvaluationOutputs, write_evaluation_files
-from evalstack.evaluation.items import in_split, paired_shards
+from evalstack.evaluation.items import Tally, feed
 from evalstack.models.predictions import open_predictions
 
 
@@ -82,36 +82,32 @@ def evaluate_concentration(
     raw_dir: Path, predictions_dir: Path, spec: ModelSpec, model_signature: Key, pipeline_key: Key, split: str
 ) -> tuple[ConcentrationReport, list[tuple[float, float]], int]:
     tally = ConcentrationTally(spec, open_predictions(predictions_dir, model_signature, pipeline_key, spec.name), split)
-    for pair in paired_shards(raw_dir, tally.layer, tally.raw_columns, tally.columns):
-        tally.add(pair.raw, pair.derived)
+    feed(raw_dir, [tally])
     return tally.result()
 
 
-class ConcentrationTally:
-    """One concentration model's evaluation fed shard by shard (see `classification.ClassifierTally`); memory
-    holds the chosen items' drug, quantity and outputs, not the raw layer's other items."""
+class ConcentrationTally(Tally):
+    """One concentration model's evaluation; memory holds the chosen items' drug, quantity and outputs, not the
+    raw layer's other items."""
 
     raw_columns = ("sample_name", "quantity", "split")
     columns = ("logits",)
 
     def __init__(self, spec: ModelSpec, layer: Layer, split: str):
-        self.spec, self.layer, self.split = spec, layer, split
+        super().__init__(spec, layer, split)
         self.drugs: list[np.ndarray] = []
         self.actual: list[np.ndarray] = []
         self.logits: list[np.ndarray] = []
-        self.splits_seen: set[str] = set()
 
     def add(self, truth: Mapping[str, np.ndarray], derived: Mapping[str, np.ndarray]) -> None:
-        splits = np.asarray([str(value) for value in truth["split"]], dtype=object)
-        self.splits_seen.update(splits)
-        chosen = np.flatnonzero(in_split(splits, self.split))
+        chosen = np.flatnonzero(self.chosen(truth))
         self.drugs.append(np.asarray([str(value) for value in truth["sample_name"]], dtype=object)[chosen])
         self.actual.append(np.asarray(truth["quantity"], dtype=np.int64)[chosen])
         self.logits.append(np.asarray(derived["logits"])[chosen])
 
     def result(self) -> tuple[ConcentrationReport, list[tuple[float, float]], int]:
         if not sum(len(part) for part in self.actual):
-            raise ValueError(f"no items in split {self.split!r}; splits present: {sorted(self.splits_seen)}")
+            raise self.no_items()
         drugs = np.concatenate(self.drugs)
         predicted = predicted_quantities(np.concatenate(self.logits), self.layer.key.parts["model"], drugs)
         actual = np.concatenate(self.actual).astype(float)

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from evalstack.core.kinds import RAW_KIND
 from evalstack.core.layers import ITEM_KEY, CacheStaleError, Layer
+
+if TYPE_CHECKING:
+    from evalstack.config import ModelSpec
 
 ALL_SPLITS = "all"  # evaluate.split value that takes every item, whatever its split
 TRUTH_COLUMNS = ("sample_name", "quantity", "split")
@@ -82,27 +85,49 @@ def read_items(raw_dir: Path) -> Items:
     )
 
 
-@dataclass(frozen=True)
-class ShardPair:
-    """One raw shard's truth columns beside the derived layer's rows built from it (same items, same order)."""
+class Tally:
+    """A model's evaluation fed shard by shard (`feed`): several models share one pass over the raw layer.
 
-    raw: dict[str, np.ndarray]
-    derived: dict[str, np.ndarray]
+    A subclass names the raw columns and the derived layer's columns it reads, takes each shard in `add`,
+    gives its figures in `result` and writes them in `write` (the evaluate stage's outputs)."""
+
+    raw_columns: tuple[str, ...] = ("split",)
+    columns: tuple[str, ...] = ()
+
+    def __init__(self, spec: ModelSpec, layer: Layer, split: str):
+        self.spec, self.layer, self.split = spec, layer, split
+        self.splits_seen: set[str] = set()
+
+    def add(self, truth: Mapping[str, np.ndarray], derived: Mapping[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def chosen(self, truth: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The rows of one raw shard that the split selects (a boolean mask); remembers the splits seen."""
+        splits = np.asarray([str(value) for value in truth["split"]], dtype=object)
+        self.splits_seen.update(splits)
+        return in_split(splits, self.split)
+
+    def no_items(self) -> ValueError:
+        return ValueError(f"no items in split {self.split!r}; splits present: {sorted(self.splits_seen)}")
 
 
-def paired_shards(raw_dir: Path, layer: Layer, raw_columns: tuple[str, ...], columns: tuple[str, ...]) -> Iterator[ShardPair]:
-    """Shard by shard, the raw layer's `raw_columns` and `layer`'s `columns`, with the item keys compared
-    row by row first (`Items.check_aligned`'s check), so memory holds one shard, not the dataset."""
-    for truth, (derived,) in paired_layers(raw_dir, [layer], raw_columns, [columns]):
-        yield ShardPair(truth, derived)
+def feed(raw_dir: Path, tallies: Sequence[Tally]) -> None:
+    """Every tally from one pass over the raw layer: each raw shard's truth is read once, whatever the number of
+    models, and each derived shard is read beside the raw shard it was built from."""
+    if not tallies:
+        return
+    raw_columns = tuple(dict.fromkeys(name for tally in tallies for name in tally.raw_columns))
+    for truth, derived in paired_layers(raw_dir, [tally.layer for tally in tallies], raw_columns,
+                                        [tally.columns for tally in tallies]):
+        for tally, columns in zip(tallies, derived):
+            tally.add(truth, columns)
 
 
 def paired_layers(raw_dir: Path, layers: Sequence[Layer], raw_columns: tuple[str, ...],
                   columns: Sequence[tuple[str, ...]]) -> Iterator[tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]]:
-    """`paired_shards` for several derived layers at once: each raw shard is read once, whatever the number of
-    layers (the evaluate stage reads every model's predictions against one pass over the truth).
-
-    Yields the raw shard's `raw_columns` and, per layer, its `columns` of the rows built from that shard. A
+    """Shard by shard, the raw layer's `raw_columns` and, per derived layer, its `columns` of the rows built from
+    that raw shard, with the item keys compared row by row first (`Items.check_aligned`'s check), so memory
+    holds one shard, not the dataset. Each raw shard is read once, whatever the number of layers. A
     derived layer has one shard per raw shard; one that does not (another layer's, or an old format) is
     checked as a whole first, which names the first row that differs.
     """

@@ -65,6 +65,17 @@ def test_saturation_is_opencv_hsv():
     assert s.tolist() == [255, 0, 0, 191]  # 255 · 150/200 = 191.25
 
 
+def test_saturation_and_value_equal_opencvs_bgr2hsv_on_every_colour():
+    """pad-analytics thresholds OpenCV's 8-bit HSV: all 2^24 colours, against cv2.cvtColor itself."""
+    import cv2
+
+    levels = np.arange(256, dtype=np.uint8)
+    rgb = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(4096, 4096, 3)
+    hsv = cv2.cvtColor(np.ascontiguousarray(rgb[..., ::-1]), cv2.COLOR_BGR2HSV)
+    saturation, value = saturation_value(rgb)
+    assert np.array_equal(saturation, hsv[..., 1]) and np.array_equal(value, hsv[..., 2])
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_features_equal_pixel_by_pixel_reference_on_cards(seed):
     spec = plan_cards(4, seed)[seed]

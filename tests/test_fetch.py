@@ -389,17 +389,24 @@ def test_a_local_image_that_changes_after_its_check_stops_fetch_naming_it(tmp_pa
     import evalstack.fetch.raw_layer as raw_layer
 
     registry = make_registry(tmp_path / "src", n=6)
+    config = local_config(registry, tmp_path)
+    fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+    first = (tmp_path / "raw/index.json").read_bytes()
+    image = tmp_path / "src/images/104__902__lactose__50.png"
+    old_md5, replaced = hashlib.md5(image.read_bytes()).hexdigest(), png_bytes(40, 30, seed=98)
+    image.write_bytes(replaced)  # the card replaced at the source, its md5 too: fetched again, and checked
+    registry.write_text(registry.read_text().replace(old_md5, hashlib.md5(replaced).hexdigest()))
     real = raw_layer.download_items
 
     def then_changed(*args):
         outcome = real(*args)
-        (tmp_path / "src/images/104__902__lactose__50.png").write_bytes(png_bytes(40, 30, seed=99))
+        image.write_bytes(png_bytes(40, 30, seed=99))  # after its check, before its shard
         return outcome
 
     monkeypatch.setattr(raw_layer, "download_items", then_changed)
     with pytest.raises(FetchFailed, match=r"id 104 .*bytes changed while fetching .*104__902__lactose__50.png"):
-        fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store"))
-    assert not (tmp_path / "raw/index.json").exists()
+        fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+    assert (tmp_path / "raw/index.json").read_bytes() == first  # the last raw layer, as it was
 
 
 def test_downloads_without_a_stated_md5_wait_for_their_own_output_only(tmp_path: Path):

@@ -37,7 +37,7 @@ from evalstack.core.layers import (
     shard_name,
     write_layer_shard,
 )
-from evalstack.core.raw import RAW_COMPRESSION, FetchedItem, ShardCutter, raw_shard, read_blobs
+from evalstack.core.raw import MAX_FACTOR, RAW_COMPRESSION, FetchedItem, ShardCutter, raw_shard, read_blobs
 from evalstack.fetch.distributed import ClusterFetch, download_on_cluster
 from evalstack.fetch.downloads import AREA, SOURCE, DownloadOutcome, Failure, download_items, warn_skipped
 from evalstack.fetch.history import PreviousLayer, RawHistory
@@ -54,8 +54,9 @@ ON_ERROR = ("fail", "skip")
 
 
 # Raw shards built and written at once. Two keep both cores busy here: what holds the GIL (h5py building the
-# shard's image) is a small part of a shard's time next to reading, hashing and the durable write. Memory: this
-# many shards' rows, each about three times (bytes, joined, the file's image).
+# shard's image) is a small part of a shard's time next to reading, hashing and the durable write. Each shard's
+# rows are in memory about three times while it is written (bytes, joined, the file's image): `_write_layer`
+# keeps the shards in the threads under one shard's ceiling together, so the peak is what it was one at a time.
 _SHARDS_AT_ONCE = 2
 
 
@@ -274,47 +275,60 @@ class OldBytes:
 def _write_layer(out_dir: Path, config: FetchConfig, plan: RawPlan, listing: Listing, history: RawHistory,
                  transport: Transport, log: BuildLog, failed: set[int]) -> tuple[LayerIndex, dict[str, int]]:
     """Shards at content-defined boundaries (core.raw.ShardCutter) over the items in id order, streamed
-    from the listing: at most `_SHARDS_AT_ONCE` shards' rows in memory at a time. The same listing gives
-    the same files.
+    from the listing. The same listing gives the same files.
 
-    New shards are built and written in threads, `_SHARDS_AT_ONCE` at a time (hashing, joining the bytes and
-    the durable write release the GIL: the write phase was one core's work after the downloads used two).
-    Each shard's name is its place in the listing, and the writer lists the shards in that order, so the
-    layer does not depend on which thread finished first."""
+    New shards are built and written in threads, up to `_SHARDS_AT_ONCE` at a time while their rows together
+    fit in one shard's ceiling (hashing, joining the bytes and the durable write release the GIL: the write
+    phase was one core's work after the downloads used two). Each shard's name is its place in the listing,
+    and the writer lists the shards in that order, so the layer does not depend on which thread finished first."""
     writer = LayerWriter(out_dir, RAW_KIND, config.layer_key(), RAW_COMPRESSION)
     activity = {"kept_in_place": 0, "new_shard_items": 0, "bytes_from_old_shards": 0, "from_download_area": 0,
                 "read_from_source": 0}
-    pending: deque[tuple[Future[tuple[ShardInfo, Counter[str]]], str, int]] = deque()
+    pending: deque[_InThreads] = deque()
+    budget = MAX_FACTOR * config.shard_bytes  # the most bytes one shard can hold (the cut's ceiling), about
 
-    def register(limit: int) -> None:  # in the listing's order, leaving at most `limit` shards in the threads
-        while len(pending) > limit:
-            future, name, n_items = pending.popleft()
-            written, reads = future.result()
-            log.add(writer.add_existing(name, written.sha256), None, computed=True)
-            activity["new_shard_items"] += n_items
-            for source, count in reads.items():
-                activity[source] = activity.get(source, 0) + count
+    def register_oldest() -> None:  # listed in the listing's order, whichever thread finished first
+        shard = pending.popleft()
+        written, reads = shard.future.result()
+        log.add(writer.add_existing(shard.name, written.sha256), None, computed=True)
+        activity["new_shard_items"] += shard.n_items
+        for source, count in reads.items():
+            activity[source] = activity.get(source, 0) + count
 
     with ThreadPoolExecutor(max_workers=_SHARDS_AT_ONCE, thread_name_prefix="raw-shard") as pool:
         try:
             for number, chunk in enumerate(_shard_rows(listing, config.shard_bytes, failed)):
-                name = shard_name(number)
+                name, size = shard_name(number), sum(item.length for item in chunk)
                 previous = _previous_shard(chunk, plan)
                 if previous is not None:
-                    register(0)  # the writer lists shards in the order added: the ones before this first
+                    while pending:  # the writer lists shards in the order added: the ones before this first
+                        register_oldest()
                     if _place(writer, name, previous, history) is not None:
                         log.add(writer.shards[-1], None, computed=False)
                         activity["kept_in_place"] += len(chunk)
                         continue
-                pending.append((pool.submit(_new_shard, writer.path(name), writer, chunk, plan, history, transport),
-                                name, len(chunk)))
-                register(_SHARDS_AT_ONCE)
-            register(0)
+                # Memory stays what one shard at the cut's ceiling needed when shards were written one by one:
+                # a shard joins the ones in the threads only while their bytes together fit under that ceiling.
+                while pending and (len(pending) >= _SHARDS_AT_ONCE or size + sum(s.size for s in pending) > budget):
+                    register_oldest()
+                future = pool.submit(_new_shard, writer.path(name), writer, chunk, plan, history, transport)
+                pending.append(_InThreads(future, name, len(chunk), size))
+            while pending:
+                register_oldest()
         except BaseException:
             pool.shutdown(cancel_futures=True)  # shards not started are not written (the staging is swept later)
             raise
     writer.stats = {"items": sum(shard.n_items for shard in writer.shards), CHECKED_BY: plan.checks}
     return writer.finish(), activity
+
+
+@dataclass(frozen=True)
+class _InThreads:
+    """A new shard being built and written in a thread of `_write_layer`."""
+    future: Future[tuple[ShardInfo, Counter[str]]]
+    name: str
+    n_items: int
+    size: int  # bytes of its items
 
 
 def _shard_rows(listing: Listing, shard_bytes: int, failed: set[int]) -> Iterator[list[ListedItem]]:

@@ -355,34 +355,6 @@ def test_a_row_neither_fetched_nor_reported_failed_stops_fetch_instead_of_leavin
     assert not (tmp_path / "raw/index.json").exists()
 
 
-def test_shards_written_at_once_are_listed_in_the_listings_order_whichever_is_written_first(tmp_path: Path,
-                                                                                              monkeypatch):
-    """New raw shards are written in threads: the layer is the same files and index as ever when the first
-    shard's write finishes last."""
-    import time
-
-    import evalstack.fetch.raw_layer as raw_layer
-
-    registry = make_registry(tmp_path / "src", n=12)
-    config = local_config(registry, tmp_path, shard_bytes=3 * 3698)
-    expected = fetch_raw_layer(config, tmp_path / "expected", store_in(tmp_path / "s1")).index
-    real, finished = raw_layer.write_layer_shard, []
-
-    def first_shard_last(path, *args, **kwargs):
-        if path.name == expected.shards[0].name:
-            time.sleep(0.5)
-        info = real(path, *args, **kwargs)
-        finished.append(path.name)
-        return info
-
-    monkeypatch.setattr(raw_layer, "write_layer_shard", first_shard_last)
-    index = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "s2")).index
-    assert len(expected.shards) > 2 and finished[0] != expected.shards[0].name  # written out of order
-    assert (tmp_path / "raw/index.json").read_bytes() == (tmp_path / "expected/index.json").read_bytes()
-    assert [s.sha256 for s in index.shards] == [s.sha256 for s in expected.shards]
-    assert list(Layer.open(tmp_path / "raw").column("id")) == list(range(100, 112))
-
-
 def test_a_local_image_that_changes_after_its_check_stops_fetch_naming_it(tmp_path: Path, monkeypatch):
     """A local image is read again for its shard: other bytes than the ones checked stop the fetch (its
     md5 is not checked twice; the sha256 of what is read is compared with the checked bytes' key)."""

@@ -14,11 +14,9 @@ too, a listing of 0 items is refused, and whenever fetch stops short (failed ite
 from __future__ import annotations
 
 import json
-from collections import Counter, deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from evalstack.cache.incremental import BuildLog, start_build
 from evalstack.cache.shardstore import ShardStore
@@ -35,9 +33,8 @@ from evalstack.core.layers import (
     ShardInfo,
     StoreError,
     shard_name,
-    write_layer_shard,
 )
-from evalstack.core.raw import MAX_FACTOR, RAW_COMPRESSION, FetchedItem, ShardCutter, raw_shard, read_blobs
+from evalstack.core.raw import RAW_COMPRESSION, FetchedItem, ShardCutter, raw_shard, read_blobs
 from evalstack.fetch.distributed import ClusterFetch, download_on_cluster
 from evalstack.fetch.downloads import AREA, SOURCE, DownloadOutcome, Failure, download_items, warn_skipped
 from evalstack.fetch.history import PreviousLayer, RawHistory
@@ -51,13 +48,6 @@ from evalstack.sources.registry_prefix import ParseCounts
 from evalstack.sources.transport import SourceUnreachable, Transport, TransportConfig
 
 ON_ERROR = ("fail", "skip")
-
-
-# Raw shards built and written at once. Two keep both cores busy here: what holds the GIL (h5py building the
-# shard's image) is a small part of a shard's time next to reading, hashing and the durable write. Each shard's
-# rows are in memory about three times while it is written (bytes, joined, the file's image): `_write_layer`
-# keeps the shards in the threads under one shard's ceiling together, so the peak is what it was one at a time.
-_SHARDS_AT_ONCE = 2
 
 
 class FetchFailed(SourceError):
@@ -275,100 +265,48 @@ class OldBytes:
 def _write_layer(out_dir: Path, config: FetchConfig, plan: RawPlan, listing: Listing, history: RawHistory,
                  transport: Transport, log: BuildLog, failed: set[int]) -> tuple[LayerIndex, dict[str, int]]:
     """Shards at content-defined boundaries (core.raw.ShardCutter) over the items in id order, streamed
-    from the listing. The same listing gives the same files.
-
-    New shards are built and written in threads, up to `_SHARDS_AT_ONCE` at a time while their rows together
-    fit in one shard's ceiling (hashing, joining the bytes and the durable write release the GIL: the write
-    phase was one core's work after the downloads used two). Each shard's name is its place in the listing,
-    and the writer lists the shards in that order, so the layer does not depend on which thread finished first."""
+    from the listing: one shard's rows in memory at a time. The same listing gives the same files."""
     writer = LayerWriter(out_dir, RAW_KIND, config.layer_key(), RAW_COMPRESSION)
     activity = {"kept_in_place": 0, "new_shard_items": 0, "bytes_from_old_shards": 0, "from_download_area": 0,
                 "read_from_source": 0}
-    pending: deque[_InThreads] = deque()
-    budget = MAX_FACTOR * config.shard_bytes  # the most bytes one shard can hold (the cut's ceiling), about
-
-    def register_oldest() -> None:  # listed in the listing's order, whichever thread finished first
-        shard = pending.popleft()
-        written, reads = shard.future.result()
-        log.add(writer.add_existing(shard.name, written.sha256), None, computed=True)
-        activity["new_shard_items"] += shard.n_items
-        for source, count in reads.items():
-            activity[source] = activity.get(source, 0) + count
-
-    with ThreadPoolExecutor(max_workers=_SHARDS_AT_ONCE, thread_name_prefix="raw-shard") as pool:
-        try:
-            for number, chunk in enumerate(_shard_rows(listing, config.shard_bytes, failed)):
-                name, size = shard_name(number), sum(item.length for item in chunk)
-                previous = _previous_shard(chunk, plan)
-                if previous is not None:
-                    while pending:  # the writer lists shards in the order added: the ones before this first
-                        register_oldest()
-                    if _place(writer, name, previous, history) is not None:
-                        log.add(writer.shards[-1], None, computed=False)
-                        activity["kept_in_place"] += len(chunk)
-                        continue
-                # Memory stays what one shard at the cut's ceiling needed when shards were written one by one:
-                # a shard joins the ones in the threads only while their bytes together fit under that ceiling.
-                while pending and (len(pending) >= _SHARDS_AT_ONCE or size + sum(s.size for s in pending) > budget):
-                    register_oldest()
-                future = pool.submit(_new_shard, writer.path(name), writer, chunk, plan, history, transport)
-                pending.append(_InThreads(future, name, len(chunk), size))
-            while pending:
-                register_oldest()
-        except BaseException:
-            pool.shutdown(cancel_futures=True)  # shards not started are not written (the staging is swept later)
-            raise
+    cutter = ShardCutter(config.shard_bytes)
+    chunk: list[ListedItem] = []
+    with OldBytes(plan) as old:
+        for item in listing.items():
+            if not item.origin:  # failed under on_error: skip
+                if item.row.id not in failed:  # never silently: a row is in the layer or in the report
+                    raise FetchFailed(f"{item.row.what}: neither fetched nor reported as failed (an internal "
+                                      f"error); the new raw layer was not finished. Fetch again, and report this")
+                continue
+            chunk.append(item)
+            if cutter.add(_cut_identity(item.row), item.length):
+                _write_shard(writer, shard_name(len(writer.shards)), chunk, plan, old, history, transport, activity, log)
+                chunk = []
+        if chunk:
+            _write_shard(writer, shard_name(len(writer.shards)), chunk, plan, old, history, transport, activity, log)
     writer.stats = {"items": sum(shard.n_items for shard in writer.shards), CHECKED_BY: plan.checks}
     return writer.finish(), activity
 
 
-@dataclass(frozen=True)
-class _InThreads:
-    """A new shard being built and written in a thread of `_write_layer`."""
-    future: Future[tuple[ShardInfo, Counter[str]]]
-    name: str
-    n_items: int
-    size: int  # bytes of its items
-
-
-def _shard_rows(listing: Listing, shard_bytes: int, failed: set[int]) -> Iterator[list[ListedItem]]:
-    """The listed items that have bytes, in id order, cut into the rows of each shard."""
-    cutter = ShardCutter(shard_bytes)
-    chunk: list[ListedItem] = []
-    for item in listing.items():
-        if not item.origin:  # failed under on_error: skip
-            if item.row.id not in failed:  # never silently: a row is in the layer or in the report
-                raise FetchFailed(f"{item.row.what}: neither fetched nor reported as failed (an internal "
-                                  f"error); the new raw layer was not finished. Fetch again, and report this")
-            continue
-        chunk.append(item)
-        if cutter.add(_cut_identity(item.row), item.length):
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _previous_shard(chunk: list[ListedItem], plan: RawPlan) -> OldShard | None:
-    """A previous shard file whose rows are exactly these, if there is one."""
+def _write_shard(writer: LayerWriter, name: str, chunk: list[ListedItem], plan: RawPlan, old: OldBytes,
+                 history: RawHistory, transport: Transport, activity: dict[str, int], log: BuildLog) -> None:
+    """One shard: a previous shard file when its rows are exactly these, else written from the items' bytes."""
     located = [item.old for item in chunk]
     same = all(where is not None for where in located) and all(item.old_meta_equal for item in chunk)
-    return plan.reusable(located[0][0], located, same) if same else None
-
-
-def _new_shard(path: Path, writer: LayerWriter, chunk: list[ListedItem], plan: RawPlan, history: RawHistory,
-               transport: Transport) -> tuple[ShardInfo, Counter[str]]:
-    """A shard written at `path` from the items' bytes (in a thread of `_write_layer`, which lists it), and
-    where the bytes were read from."""
-    reads: Counter[str] = Counter()
-    with OldBytes(plan) as old:
-        items = [_fetched(item, _bytes_of(item, old, history, transport, reads)) for item in chunk]
+    previous = plan.reusable(located[0][0], located, same) if same else None
+    if previous is not None and _place(writer, name, previous, history) is not None:
+        log.add(writer.shards[-1], None, computed=False)
+        activity["kept_in_place"] += len(chunk)
+        return
+    items = [_fetched(item, _bytes_of(item, old, history, transport, activity)) for item in chunk]
     columns, options = raw_shard(items)
     del items  # the only other reference to the items' bytes: freed once joined (memory: one shard ×3)
     for item, key in zip(chunk, columns[ITEM_KEY]):
         if key.decode() != item.item_key:  # the bytes changed since they were checked (or recorded)
             raise FetchFailed(f"{item.row.what}: its bytes changed while fetching ({_where(item, history)}); fetch again")
-    return write_layer_shard(path, writer.kind, writer.key, writer.compression, columns, **options), reads
+    info = writer.add_shard(name, columns, **options)
+    log.add(info, None, computed=True)
+    activity["new_shard_items"] += len(chunk)
 
 
 def _fetched(item: ListedItem, data: bytes) -> FetchedItem:
@@ -403,14 +341,14 @@ def _place(writer: LayerWriter, name: str, old: OldShard, history: RawHistory) -
 
 
 def _bytes_of(item: ListedItem, old: OldBytes, history: RawHistory, transport: Transport,
-              activity: Counter[str]) -> bytes:
+              activity: dict[str, int]) -> bytes:
     row = item.row
     if item.old is not None:
         activity["bytes_from_old_shards"] += 1
         return old.read(*item.old, row, item.item_key)
     if item.origin == SOURCE:
         # A local file, md5-checked when it arrived in this run; read again. Its md5 is not checked again: the
-        # sha256 of what is read is compared with the item key taken from the checked bytes (_new_shard).
+        # sha256 of what is read is compared with the item key taken from the checked bytes (_write_shard).
         activity["read_from_source"] += 1
         return transport.get(row.resolved_url, row.what)
     data = history.load_download(row, check_md5=False)  # checked in this run; its sha256 is compared

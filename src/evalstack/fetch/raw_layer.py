@@ -347,7 +347,7 @@ def _bytes_of(item: ListedItem, old: OldBytes, history: RawHistory, transport: T
         activity["bytes_from_old_shards"] += 1
         return old.read(*item.old, row, item.item_key)
     if item.origin == SOURCE:
-        # A local file, md5-checked when it arrived in this run; read again. Its md5 is not checked again: the
+        # A local file, md5-checked when it arrived; read again. Its md5 is not checked again: the
         # sha256 of what is read is compared with the item key taken from the checked bytes (_write_shard).
         activity["read_from_source"] += 1
         return transport.get(row.resolved_url, row.what)

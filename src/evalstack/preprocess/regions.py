@@ -76,7 +76,7 @@ def saturation_value(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     The channels are compared pairwise in uint8 and only the spread is widened: a reduction over the last axis
     of size 3 in int64 took ~9 ms of the ~13 ms of a card's features, this ~1 ms, with the same integers
-    (tests/test_pad_regions.py compares every one of the 2^24 colours)."""
+    (tests/test_regions.py compares every one of the 2^24 colours with cv2.cvtColor)."""
     red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     value = np.maximum(np.maximum(red, green), blue)
     spread = value - np.minimum(np.minimum(red, green), blue)  # ≥ 0: no uint8 wrap-around

@@ -102,10 +102,10 @@ class Tally:
         raise NotImplementedError
 
     def chosen(self, truth: Mapping[str, np.ndarray]) -> np.ndarray:
-        """The rows of one raw shard that the split selects (a boolean mask); remembers the splits seen."""
-        splits = np.asarray([str(value) for value in truth["split"]], dtype=object)
-        self.splits_seen.update(splits)
-        return in_split(splits, self.split)
+        """The rows of one raw shard that the split selects (a boolean mask); remembers the splits seen.
+        `truth["split"]` holds str (`feed` converts it once for every tally)."""
+        self.splits_seen.update(truth["split"])
+        return in_split(truth["split"], self.split)
 
     def no_items(self) -> ValueError:
         return ValueError(f"no items in split {self.split!r}; splits present: {sorted(self.splits_seen)}")
@@ -119,6 +119,7 @@ def feed(raw_dir: Path, tallies: Sequence[Tally]) -> None:
     raw_columns = tuple(dict.fromkeys(name for tally in tallies for name in tally.raw_columns))
     for truth, derived in paired_layers(raw_dir, [tally.layer for tally in tallies], raw_columns,
                                         [tally.columns for tally in tallies]):
+        truth["split"] = np.asarray([str(value) for value in truth["split"]], dtype=object)
         for tally, columns in zip(tallies, derived):
             tally.add(truth, columns)
 

@@ -117,6 +117,12 @@ def full_figures(result, scale: str) -> list[Figure]:
     ]
 
 
+def _recomputed_share(point) -> float:
+    """Items the +1 % rerun computed in the raw layer, over the items it holds after it."""
+    computed = point.recomputed.get("fetch", "")  # "5/211 shards (3022 items)"
+    return int(computed.split("(")[1].split()[0]) / point.grown if "(" in computed and point.grown else 0.0
+
+
 def p12_figures(result, scale: str) -> list[Figure]:
     """P12 from one bench/_p12.py run."""
     big = result.big
@@ -148,6 +154,14 @@ def p12_figures(result, scale: str) -> list[Figure]:
                f"cold {big.cold.total:.0f} s, rerun {big.rerun.total:.1f} s ("
                + ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in big.rerun.seconds.items())
                + "); recomputed: " + "; ".join(f"{s} {t}" for s, t in big.recomputed.items()), scale),
+        *([Figure("P12 − forced", f"+1% items at {big.n}: (rerun − `dvc repro -f -s` of the same stages with "
+                  "nothing new) / cold time (P2's proposed restatement, applied here)",
+                  (big.rerun.total - big.forced.total) / big.cold.total, "≤ 0.03",
+                  (big.rerun.total - big.forced.total) / big.cold.total <= 0.03,
+                  f"the forced rerun, every stage's fixed cost: {big.forced.total:.1f} s ("
+                  + ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in big.forced.seconds.items())
+                  + f"); items recomputed per layer / items: {_recomputed_share(big):.3f}", scale)]
+          if big.forced else []),
         *([Figure("P12", f"+1% items at {big.n}, on a scheduler and 2 workers that keep running (`dask.address`): "
                   "rerun time / cold time", result.cluster_reruns[-1].total / big.cold.total, "report (≤ 0.03 is the "
                   "LocalCluster figure's goal)", None, "second rerun on the running cluster (the first warmed it: "

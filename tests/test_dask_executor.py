@@ -402,3 +402,47 @@ def test_stopped_workers_are_reaped_before_the_stop_returns():
         assert set(multiprocessing.active_children()) & set(processes) == set()  # the file's clusters aside
         assert [process.exitcode for process in processes] == [-signal.SIGTERM] * 2
         assert all(future.cancelled() or future.exception(timeout=5) is not None for future in running)
+
+
+def test_shards_under_way_in_threads_give_the_layer_one_at_a_time_gives_and_a_failure_stops_it(tmp_path: Path):
+    # The robustness grid computes `local.workers` shards at once in threads (ThreadExecutor): the first shards
+    # here finish last, and the layer must still list them in job order, byte for byte as one at a time does.
+    import threading
+    import time
+
+    import numpy as np
+
+    from evalstack.cache.incremental import DerivedLayerSpec, ShardContent, build_derived_layer
+    from evalstack.cache.threads import ThreadExecutor
+    from evalstack.core.keys import Key
+
+    project = Project(tmp_path / "project")
+    project.grow(22)
+    project.fetch(None)
+    raw = Layer.open(project.raw)
+    order = {shard.name: n for n, shard in enumerate(raw.shards)}
+    assert len(order) >= 3
+    running, most, lock = [0], [0], threading.Lock()
+
+    def compute(shard, path, progress):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05 * (len(order) - order[shard.name]))  # the first shard takes longest
+        with lock:
+            running[0] -= 1
+        if shard.name == failing[0]:
+            raise ValueError(f"shard {shard.name} cannot be computed")
+        return ShardContent({"value": np.full(shard.n_items, order[shard.name], np.float32)})
+
+    spec = DerivedLayerSpec("preprocessed", Key({"test": "threads"}), "test", {}, "items_preprocessed")
+    failing = [""]
+    build_derived_layer(raw, tmp_path / "one", spec, compute, None, LocalExecutor())
+    assert most[0] == 1
+    threaded = build_derived_layer(raw, tmp_path / "two", spec, compute, None, ThreadExecutor(2))
+    assert most[0] == 2 and threaded.counts["shards_computed"] == len(order)
+    assert md5s(tmp_path / "two") == md5s(tmp_path / "one")
+    failing[0] = raw.shards[1].name
+    with pytest.raises(ValueError, match=f"shard {failing[0]} cannot be computed"):
+        build_derived_layer(raw, tmp_path / "three", spec, compute, None, ThreadExecutor(2))
+    assert not (tmp_path / "three").exists()

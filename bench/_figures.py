@@ -117,12 +117,6 @@ def full_figures(result, scale: str) -> list[Figure]:
     ]
 
 
-def _recomputed_share(point) -> float:
-    """Items the +1 % rerun computed in the raw layer, over the items it holds after it."""
-    computed = point.recomputed.get("fetch", "")  # "5/211 shards (3022 items)"
-    return int(computed.split("(")[1].split()[0]) / point.grown if "(" in computed and point.grown else 0.0
-
-
 def p12_figures(result, scale: str) -> list[Figure]:
     """P12 from one bench/_p12.py run."""
     big = result.big
@@ -160,7 +154,7 @@ def p12_figures(result, scale: str) -> list[Figure]:
                   (big.rerun.total - big.forced.total) / big.cold.total <= 0.03,
                   f"the forced rerun, every stage's fixed cost: {big.forced.total:.1f} s ("
                   + ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in big.forced.seconds.items())
-                  + f"); items recomputed per layer / items: {_recomputed_share(big):.3f}", scale)]
+                  + f"); items recomputed per layer / items: {big.raw_items_computed / max(big.grown, 1):.3f}", scale)]
           if big.forced else []),
         *([Figure("P12", f"+1% items at {big.n}, on a scheduler and 2 workers that keep running (`dask.address`): "
                   "rerun time / cold time", result.cluster_reruns[-1].total / big.cold.total, "report (≤ 0.03 is the "

@@ -52,6 +52,7 @@ class Point:
     layer_bytes: dict[str, int] = field(default_factory=dict)  # layer → bytes of all its files
     rerun: StageRun | None = None  # after +1 % items
     grown: int = 0  # items after the +1 %
+    raw_items_computed: int = 0  # items the +1 % rerun computed in the raw layer
     recomputed: dict[str, str] = field(default_factory=dict)
     # `dvc repro -f -s` of every stage right after the rerun: each runs, the store answers every shard (the
     # rerun's fixed cost, as P2's restatement measures it)
@@ -175,6 +176,7 @@ def grow(point: Point, project: Path, items_root: Path, growth: float, say) -> N
     point.grown = grown
     point.rerun = monitored(["dvc", "repro"], project)
     point.recomputed = recomputed(project)
+    point.raw_items_computed = build_record(project, LAYERS["fetch"])["counts"]["items_computed"]
     say(f"        +{growth:.0%} ({point.n} → {grown}) rerun: {stage_line(point.rerun)}")
     say("        recomputed: " + "; ".join(f"{stage} {text}" for stage, text in point.recomputed.items()))
 

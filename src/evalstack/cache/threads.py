@@ -5,12 +5,18 @@ and this one only in the grid's, which is the only stage that uses it.
 """
 from __future__ import annotations
 
-import collections
-import itertools
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
-from evalstack.cache.executors import ExecutorError, LocalExecutor, OutputFormat, Progress, ShardJob, derive_shard
+from evalstack.cache.executors import (
+    ExecutorError,
+    LocalExecutor,
+    OutputFormat,
+    Progress,
+    ShardJob,
+    _in_job_order,
+    derive_shard,
+)
 from evalstack.core.layers import ShardInfo
 
 
@@ -33,20 +39,9 @@ class ThreadExecutor:
         if self.ahead == 1 or len(jobs) <= 1:
             yield from LocalExecutor().run(compute, jobs, fmt, progress)
             return
-        pending: collections.deque[Future] = collections.deque()
-        queued = iter(jobs)
+        # Every job is queued at once (a finished one holds only its ShardInfo: the shard is on disk), `ahead`
+        # threads take them in job order, and the process pool's `_in_job_order` hands them back: in order, a
+        # failure heard at once wherever it is, what has not started cancelled.
         with ThreadPoolExecutor(self.ahead, thread_name_prefix="shard") as pool:
-            try:
-                # the bar advances here, in job order, as _in_job_order does for the process pool
-                for job in itertools.islice(queued, self.ahead):
-                    pending.append(pool.submit(derive_shard, compute, job, fmt))
-                for job in jobs:
-                    info = pending.popleft().result()
-                    following = next(queued, None)
-                    if following is not None:
-                        pending.append(pool.submit(derive_shard, compute, following, fmt))
-                    progress.update(job.upstream.n_items)
-                    yield info
-            finally:  # a failed shard or a caller that stopped: what has not started is not wanted
-                for future in pending:
-                    future.cancel()
+            futures = [pool.submit(derive_shard, compute, job, fmt) for job in jobs]
+            yield from _in_job_order(jobs, futures, progress)

@@ -31,12 +31,13 @@ from evalstack.fetch.livemarks import LiveMark
 from evalstack.sources.registry import RegistryRow, SourceError, check_unique_ids
 
 ROW_FIELDS = (*META_FIELDS, "resolved_url")  # RegistryRow's fields, in order
-_OLD = tuple(f"old_{name}" for name in META_FIELDS)  # the previous layer's metadata columns (old_id: its id)
+_OLD = tuple(f"old_{name}" for name in META_FIELDS[1:])  # the previous layer's metadata besides its id (the key)
+_PREVIOUS = ("id", "ident", "shard", "row", "item_key", "length", "pixels", *_OLD)
 _BATCH = 5000
 _SCHEMA = f"""
 CREATE TABLE listed (id INTEGER PRIMARY KEY, {", ".join(f"{name}" for name in ROW_FIELDS[1:])});
 CREATE TABLE previous (id INTEGER PRIMARY KEY, ident TEXT, shard INTEGER, row INTEGER, item_key TEXT,
-                       length INTEGER, pixels INTEGER, {", ".join(_OLD[1:])});
+                       length INTEGER, pixels INTEGER, {", ".join(_OLD)});
 CREATE TABLE arrived (id INTEGER PRIMARY KEY, item_key TEXT, length INTEGER, origin TEXT);
 """
 # The identity of a listed row as `RegistryRow.identity` spells it: md5, or the URL when none is stated.
@@ -45,7 +46,7 @@ _IDENT = "CASE WHEN listed.hashlib_md5 != '' THEN listed.hashlib_md5 ELSE 'url:'
 # The columns have no declared type, so SQLite keeps each value's own (int or text) and compares as Python's
 # `==` on the two tuples does: an int never equals a text, text is compared byte for byte. Compared in SQL,
 # not as JSON text made in Python for both sides: that was ~1 s of every fetch at 200,000 rows.
-_META_EQUAL = " AND ".join(f"previous.{old} IS listed.{name}" for old, name in zip(_OLD[1:], META_FIELDS[1:]))
+_META_EQUAL = " AND ".join(f"previous.{old} IS listed.{name}" for old, name in zip(_OLD, META_FIELDS[1:]))
 
 
 def identity_text(row: RegistryRow) -> str:
@@ -159,8 +160,7 @@ class Listing:
                 continue
             records.append((listed.id, identity_text(listed), number, row, key, length, count, *meta[1:]))
         with self.db:
-            self.db.executemany(f"INSERT OR IGNORE INTO previous VALUES ({', '.join('?' * (7 + len(_OLD[1:])))})",
-                                records)
+            self.db.executemany(f"INSERT OR IGNORE INTO previous VALUES ({', '.join('?' * len(_PREVIOUS))})", records)
         self.n_previous += len(records)
         return metas, counted is not None
 
@@ -256,7 +256,7 @@ class Listing:
         """(row as last fetched, shard number, row) of every previous item the listing no longer has
         (same id and md5; an item whose md5 changed counts as removed and new)."""
         query = f"""
-            SELECT previous.shard, previous.row, previous.id, {", ".join(f"previous.{old}" for old in _OLD[1:])}
+            SELECT previous.shard, previous.row, previous.id, {", ".join(f"previous.{old}" for old in _OLD)}
             FROM previous
             WHERE NOT EXISTS (SELECT 1 FROM listed WHERE listed.id = previous.id AND {_IDENT} = previous.ident)
             ORDER BY previous.id"""

@@ -350,7 +350,7 @@ def _edit_sequence(d: Differential, origin: Path) -> None:
         "a comment in every stage's closure, a docstring reworded", "preprocess/regions.py: ZONE_HEIGHT 273 → 253"],
         lambda: (_edit_comments(origin),
                  edit_source(origin, "preprocess/regions.py", "ZONE_HEIGHT = 273", "ZONE_HEIGHT = 253")))
-    assert {"fetch", "infer@pls", "infer@mine"} <= regions.ran  # their deps changed: comments only
+    assert {"fetch", "preprocess@thumb64", "infer@mine"} <= regions.ran  # their deps changed: comments only
     assert {layer for layer, n in regions.computed.items() if n} == {"data/preprocessed/pad_regions",
                                                                      "data/predictions/pls"}
     why = run(origin, "evalstack", "why", "data/preprocessed/pad_regions").stdout

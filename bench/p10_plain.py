@@ -228,7 +228,7 @@ def main() -> None:
         run(project, "dvc", "repro", f"infer@{MODEL}", "preprocess@thumb64", "preprocess@pad_regions")
         print(f"built {project} in {time.monotonic() - started:.0f} s (not timed)", flush=True)
     else:
-        project = args.project
+        project = args.project.resolve()
     plain_dir = project / "bench-plain"
     pairs: dict[str, Pair] = {}
     for repeat in range(args.repeats):

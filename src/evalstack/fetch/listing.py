@@ -32,12 +32,14 @@ from evalstack.sources.registry import RegistryRow, SourceError, check_unique_id
 
 ROW_FIELDS = (*META_FIELDS, "resolved_url")  # RegistryRow's fields, in order
 _OLD = tuple(f"old_{name}" for name in META_FIELDS[1:])  # the previous layer's metadata besides its id (the key)
-_PREVIOUS = ("id", "ident", "shard", "row", "item_key", "length", "pixels", *_OLD)
+# The previous layer's rows: (column, declared type). The metadata columns have none (see _META_EQUAL).
+_PREVIOUS_COLUMNS = (("id", "INTEGER PRIMARY KEY"), ("ident", "TEXT"), ("shard", "INTEGER"), ("row", "INTEGER"),
+                     ("item_key", "TEXT"), ("length", "INTEGER"), ("pixels", "INTEGER"), *((name, "") for name in _OLD))
+_PREVIOUS = tuple(name for name, _ in _PREVIOUS_COLUMNS)
 _BATCH = 5000
 _SCHEMA = f"""
 CREATE TABLE listed (id INTEGER PRIMARY KEY, {", ".join(f"{name}" for name in ROW_FIELDS[1:])});
-CREATE TABLE previous (id INTEGER PRIMARY KEY, ident TEXT, shard INTEGER, row INTEGER, item_key TEXT,
-                       length INTEGER, pixels INTEGER, {", ".join(_OLD)});
+CREATE TABLE previous ({", ".join(f"{name} {kind}".rstrip() for name, kind in _PREVIOUS_COLUMNS)});
 CREATE TABLE arrived (id INTEGER PRIMARY KEY, item_key TEXT, length INTEGER, origin TEXT);
 """
 # The identity of a listed row as `RegistryRow.identity` spells it: md5, or the URL when none is stated.

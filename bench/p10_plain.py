@@ -4,18 +4,22 @@ A project like P10's (bench/_full.py: the template's own params at `--cards` car
 cache) is built up to what the timed stages read (`dvc repro infer@tflite_cnn preprocess@thumb64
 preprocess@pad_regions`; the demo's synthesis and training are not timed). Then, for each of P10's heaviest
 stages — fetch, the three preprocess pipelines, infer@tflite_cnn and robustness@tflite_cnn, about 95 % of P10
-without the demo — in turn:
+without the demo — three runs in turn, each with its input read into the page cache first (as a cold
+`dvc repro` finds its upstream's fresh output):
 * the stage's own command (the one dvc.yaml runs) with an empty shard store and a new output directory: what a
-  cold `dvc repro` runs, and
-* bench/_plain.py's script for the same work, reading what the plain script before it wrote.
-Which of the two goes first alternates from stage to stage and from repeat to repeat. Before a time is compared
-the two results must be equal: every card's sha256 (fetch), every tensor (preprocess), every output's argmax
-(infer), every cell's accuracy (robustness).
+  cold `dvc repro` runs; its last line must say it computed everything;
+* bench/_plain.py's script for the same work, reading what the plain script before it wrote;
+* the same plain script with the stages' integrity checks (`--integrity`: the sha256 of every file it reads and
+  writes), the baseline D2 is stated against.
+Which goes first rotates from stage to stage and from repeat to repeat. Before a time is compared the results
+must be equal: every card's sha256 (fetch), every tensor (preprocess), every output's argmax (infer), every
+cell's accuracy (robustness). Wall time and the CPU time (user + system) of every process each run started are
+printed.
 
-    PYTHONPATH=src python bench/p10_plain.py [--cards 8001] [--repeats 1] [--keep]
+    PYTHONPATH=src python bench/p10_plain.py [--cards 8001] [--repeats 1] [--keep | --project DIR]
 
-Disk: at 8,001 cards the source, the raw layer and the plain script's copy of it are ~11 GB each, and fetch's
-own output adds another ~11 GB while it is compared (deleted right after): ~55 GB at the peak.
+Time: ~60 min at 8,001 cards (the build ~13 min). Disk: the source, the raw layer and the plain script's copy
+of it are ~11 GB each, and fetch's own output adds another ~11 GB while it is compared: ~55 GB at the peak.
 """
 from __future__ import annotations
 
@@ -74,6 +78,15 @@ def timed(action: Callable[[], object]) -> tuple[float, float]:
     return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
+def page_in(path: Path) -> None:
+    """Read every file under `path` once (into the page cache)."""
+    for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+        if file.is_file():
+            with open(file, "rb") as handle:
+                while handle.read(1 << 23):
+                    pass
+
+
 def stage_params(project: Path, name: str) -> Path:
     """params.yaml with an empty shard store of its own: the stage computes every shard, as in a cold build."""
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -126,11 +139,16 @@ def measure(project: Path, plain_dir: Path, repeat: int, pairs: dict[str, Pair])
     shutil.rmtree(scratch, ignore_errors=True)  # a stage reuses what its output directory already holds
     turn = repeat  # which side goes first: rotates from stage to stage and from repeat to repeat
 
-    def side_by_side(stage: str, ours: Callable[[], None], plain: Callable[[bool], Callable[[], None]]) -> None:
+    def side_by_side(stage: str, ours: Callable[[], None], plain: Callable[[bool], Callable[[], None]],
+                     inputs: tuple[Path, Path]) -> None:
+        """`inputs`: what the stage reads and what the plain script reads, put in the page cache before each
+        side runs, as a stage finds its upstream's fresh output in a cold `dvc repro` (2 × 11 GB do not fit
+        at 8,001 cards: otherwise the side that runs second would find its input cached more often)."""
         nonlocal turn
         pair = pairs.setdefault(stage, Pair(stage))
         sides = dict(zip(SIDES, (ours, plain(False), plain(True))))
         for side in SIDES[turn % 3:] + SIDES[:turn % 3]:
+            page_in(inputs[0] if side == "evalstack" else inputs[1])
             wall, cpu = timed(sides[side])
             pair.wall[side].append(wall)
             pair.cpu[side].append(cpu)
@@ -156,7 +174,7 @@ def measure(project: Path, plain_dir: Path, repeat: int, pairs: dict[str, Pair])
     config = stage_params(project, name)
     side_by_side("fetch", command("stages/fetch.py", "--out", str(scratch / "raw"), "--report",
                                   str(scratch / "fetch_report.json"), "--params", config.name),
-                 plain("fetch"))
+                 plain("fetch"), (project / "data/source", project / "data/source"))
     ours_keys, _ = layer_column(scratch / "raw", "id")
     with h5py.File(raw_file, "r") as handle:
         plain_keys = handle["item_key"][:]
@@ -171,22 +189,24 @@ def measure(project: Path, plain_dir: Path, repeat: int, pairs: dict[str, Pair])
         side_by_side(f"preprocess@{pipeline}",
                      command("stages/preprocess.py", "--pipeline", pipeline, "--raw", "data/raw", "--out",
                              str(scratch / pipeline), "--params", config.name),
-                     plain("preprocess", "--pipeline", pipeline))
+                     plain("preprocess", "--pipeline", pipeline), (project / "data/raw", raw_file))
         keys, tensors = layer_column(scratch / pipeline, "x")
         check_equal(f"preprocess@{pipeline}: the tensors", tensors[by_key(keys)],
                     np.load(out, mmap_mode="r")[by_key(plain_keys)])
         clean_up(project, name, scratch / pipeline)
 
     entry = params["models"][MODEL]
+    tensors = plain_dir / f"{entry['pipeline']}.npy"
 
     # infer
     name = f"infer-{repeat}"
     config = stage_params(project, name)
     out = plain_dir / f"{MODEL}.npy"
+    upstream = f"data/preprocessed/{entry['pipeline']}"
     side_by_side(f"infer@{MODEL}",
-                 command("stages/infer.py", "--model", MODEL, "--preprocessed", f"data/preprocessed/{entry['pipeline']}",
+                 command("stages/infer.py", "--model", MODEL, "--preprocessed", upstream,
                          "--out", str(scratch / "predictions"), "--params", config.name),
-                 plain("infer", "--model", MODEL))
+                 plain("infer", "--model", MODEL), (project / upstream, tensors))
     keys, outputs = layer_column(scratch / "predictions", "logits")
     check_equal(f"infer@{MODEL}: the outputs' argmax", np.argmax(outputs[by_key(keys)], axis=1),
                 np.argmax(np.load(out)[by_key(plain_keys)], axis=1))
@@ -198,9 +218,9 @@ def measure(project: Path, plain_dir: Path, repeat: int, pairs: dict[str, Pair])
     summary = scratch / "robustness.json"
     side_by_side(f"robustness@{MODEL}",
                  command("stages/robustness.py", "--model", MODEL, "--raw", "data/raw", "--preprocessed",
-                         f"data/preprocessed/{entry['pipeline']}", "--predictions", f"data/predictions/{MODEL}",
+                         upstream, "--predictions", f"data/predictions/{MODEL}",
                          "--out", str(scratch / "grid"), "--summary", str(summary), "--params", config.name),
-                 plain("robustness", "--model", MODEL))
+                 plain("robustness", "--model", MODEL), (project / upstream, tensors))
     cells = {(cell["type"], cell["severity"]): cell["accuracy"] for cell in json.loads(summary.read_text())["cells"]}
     for output in heard[-2:]:  # the plain script, with and without the checks
         accuracies = {(kind, severity): accuracy for kind, severity, accuracy in json.loads(output)}
@@ -243,7 +263,8 @@ def main() -> None:
         cpu = {side: min(values) for side, values in pair.cpu.items()}
         print(f"| {pair.stage} | {pair.best('evalstack'):.1f} s | {pair.best('plain'):.1f} s | "
               f"{verdict(pair.ratio('plain'))} | {pair.best('plain + integrity'):.1f} s | "
-              f"{verdict(pair.ratio('plain + integrity'))} | " + " / ".join(f"{cpu[side]:.1f}" for side in SIDES) + " s |")
+              f"{verdict(pair.ratio('plain + integrity'))} | "
+              + " / ".join(f"{cpu[side]:.1f}" for side in SIDES) + " s |")
     print(f"| all {len(pairs)} | {totals['evalstack']:.1f} s | {totals['plain']:.1f} s | "
           f"{totals['evalstack'] / totals['plain']:.2f} | {totals['plain + integrity']:.1f} s | "
           f"{totals['evalstack'] / totals['plain + integrity']:.2f} | |")

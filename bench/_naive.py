@@ -15,6 +15,7 @@ import csv
 import hashlib
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,14 +64,23 @@ class BareTorch:
 BARE = {"tflite": BareTFLite, "torch": BareTorch}
 
 
-def registry_rows(project: Path, params: dict) -> list[tuple[str, Path, str, str]]:
-    """(split, image path, md5, sample name) of every registry row."""
+@dataclass(frozen=True)
+class Row:
+    id: int
+    split: str
+    sample_name: str
+    path: Path
+    md5: str
+
+
+def registry_rows(project: Path, params: dict) -> list[Row]:
+    """Every registry row of the project's source (bench/_plain.py reads them too)."""
     rows = []
     for split, registry in params["fetch"]["source"]["registries"].items():
         registry = project / registry
         with open(registry, newline="") as handle:
-            for record in csv.DictReader(handle):
-                rows.append((split, registry.parent / record["url"], record["hashlib_md5"], record["sample_name"]))
+            rows += [Row(int(r["id"]), split, r["sample_name"], registry.parent / r["url"], r["hashlib_md5"])
+                     for r in csv.DictReader(handle)]
     return rows
 
 
@@ -87,12 +97,12 @@ def run(project: Path, names: list[str] | None = None, batch_size: int = 32) -> 
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         images = []
-        for _, path, md5, _ in chunk:
-            data = path.read_bytes()
-            if hashlib.md5(data).hexdigest() != md5:
-                raise SystemExit(f"{path}: md5 mismatch")
+        for row in chunk:
+            data = row.path.read_bytes()
+            if hashlib.md5(data).hexdigest() != row.md5:
+                raise SystemExit(f"{row.path}: md5 mismatch")
             images.append(Image.open(io.BytesIO(data)).convert("RGB"))
-        is_test = np.array([row[0] == params["evaluate"]["split"] for row in chunk])
+        is_test = np.array([row.split == params["evaluate"]["split"] for row in chunk])
         n_test += int(is_test.sum())
         for name, (entry, model) in models.items():
             pipe = pipelines[entry["pipeline"]]
@@ -100,7 +110,7 @@ def run(project: Path, names: list[str] | None = None, batch_size: int = 32) -> 
             batch = np.stack([np.asarray(img.crop(tuple(pipe["crop"])).resize(size, RESAMPLE[pipe["resample"]]),
                                          dtype=np.float32) for img in images])
             predicted = np.argmax(model(batch), axis=1)
-            truth = np.array([labels[name].index(row[3]) for row in chunk])
+            truth = np.array([labels[name].index(row.sample_name) for row in chunk])
             correct[name] += int(((predicted == truth) & is_test).sum())
     return {name: correct[name] / max(n_test, 1) for name in models}
 

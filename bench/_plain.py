@@ -16,14 +16,12 @@ bench/p10_plain.py times each against the stage's own command and checks that bo
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import io
 import json
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -31,7 +29,7 @@ from typing import Any, Iterator, Sequence
 import h5py
 import numpy as np
 import yaml
-from _naive import BareTFLite
+from _naive import BareTFLite, Row, registry_rows
 from PIL import Image
 
 from evalstack.preprocess.perturbations import perturb
@@ -39,25 +37,6 @@ from evalstack.preprocess.pipelines import build_pipeline
 
 RAW_FILE = "raw.h5"
 _CHUNK = 32  # items per task: enough to amortise a task's hand-off, few enough to keep both workers busy
-
-
-@dataclass(frozen=True)
-class Row:
-    id: int
-    split: str
-    sample_name: str
-    path: Path
-    md5: str
-
-
-def registry_rows(project: Path, params: dict[str, Any]) -> list[Row]:
-    rows = []
-    for split, registry in params["fetch"]["source"]["registries"].items():
-        registry = project / registry
-        with open(registry, newline="") as handle:
-            rows += [Row(int(r["id"]), split, r["sample_name"], registry.parent / r["url"], r["hashlib_md5"])
-                     for r in csv.DictReader(handle)]
-    return rows
 
 
 def _durable(path: Path) -> None:
@@ -76,15 +55,15 @@ class Integrity:
     every output file's once it is written (the stages hash a shard's bytes as they go to disk)."""
 
     def __init__(self, enabled: bool, *inputs: Path):
-        self.enabled = enabled
-        self.pool = ThreadPoolExecutor(1)
-        self.inputs = self.pool.submit(lambda: [sha256_of(path) for path in inputs]) if enabled else None
+        self.pool = ThreadPoolExecutor(1) if enabled else None
+        self.inputs = self.pool.submit(lambda: [sha256_of(path) for path in inputs]) if self.pool else None
 
     def done(self, *outputs: Path) -> None:
-        if self.enabled:
-            self.inputs.result()
-            for path in outputs:
-                sha256_of(path)
+        if self.pool is None:
+            return
+        self.inputs.result()
+        for path in outputs:
+            sha256_of(path)
         self.pool.shutdown()
 
 

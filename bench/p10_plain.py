@@ -50,8 +50,6 @@ from tests.e2e import run  # noqa: E402
 
 MODEL = "tflite_cnn"  # the grid's reference model, whose grid is most of P10
 GOAL = 1.2
-
-
 SIDES = ("evalstack", "plain", "plain + integrity")
 
 
@@ -111,9 +109,12 @@ def by_key(keys: np.ndarray) -> np.ndarray:
     return np.argsort(np.asarray(keys).astype("S64"), kind="stable")
 
 
+def layer_keys(directory: Path) -> np.ndarray:
+    return np.asarray(Layer.open(directory).item_keys()).astype("S64")
+
+
 def layer_column(directory: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
-    layer = Layer.open(directory)
-    return np.asarray(layer.item_keys()).astype("S64"), layer.column(name)
+    return layer_keys(directory), Layer.open(directory).column(name)
 
 
 def computed_everything(said: str) -> bool:
@@ -175,7 +176,7 @@ def measure(project: Path, plain_dir: Path, repeat: int, pairs: dict[str, Pair])
     side_by_side("fetch", command("stages/fetch.py", "--out", str(scratch / "raw"), "--report",
                                   str(scratch / "fetch_report.json"), "--params", config.name),
                  plain("fetch"), (project / "data/source", project / "data/source"))
-    ours_keys, _ = layer_column(scratch / "raw", "id")
+    ours_keys = layer_keys(scratch / "raw")
     with h5py.File(raw_file, "r") as handle:
         plain_keys = handle["item_key"][:]
     check_equal("fetch: the cards' sha256", np.sort(ours_keys), np.sort(plain_keys))

@@ -1,5 +1,6 @@
 import csv
 import hashlib
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -370,15 +371,99 @@ def test_a_local_image_that_changes_after_its_check_stops_fetch_naming_it(tmp_pa
     registry.write_text(registry.read_text().replace(old_md5, hashlib.md5(replaced).hexdigest()))
     real = raw_layer.download_items
 
-    def then_changed(*args):
-        outcome = real(*args)
-        image.write_bytes(png_bytes(40, 30, seed=99))  # after its check, before its shard
-        return outcome
+    def then_changed(rows, total, transport, history, max_pixels, workers, record):
+        def changed_on_arrival(arrivals):
+            if any(arrival[0] == 104 for arrival in arrivals):
+                image.write_bytes(png_bytes(40, 30, seed=99))  # after its check, before its shard
+            record(arrivals)
+        return real(rows, total, transport, history, max_pixels, workers, changed_on_arrival)
 
     monkeypatch.setattr(raw_layer, "download_items", then_changed)
     with pytest.raises(FetchFailed, match=r"id 104 .*bytes changed while fetching .*104__902__lactose__50.png"):
         fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
     assert (tmp_path / "raw/index.json").read_bytes() == first  # the last raw layer, as it was
+
+
+def _staged_shards(out_dir: Path) -> int:
+    return len(list(out_dir.parent.glob(f".{out_dir.name}.staging-*/*.h5")))
+
+
+def test_shards_are_written_while_the_downloads_go_on_and_in_any_arrival_order_the_layer_is_the_same(
+        tmp_path: Path, monkeypatch):
+    """Fetch writes each shard as soon as every item before its end has arrived, instead of in a second pass
+    after the last download. The order the downloads finish in never shapes the layer: arrivals held back and
+    recorded at the end in reverse order give byte-identical shards and index."""
+    import evalstack.fetch.raw_layer as raw_layer
+
+    registry = make_registry(tmp_path / "src", n=60)
+    config = local_config(registry, tmp_path, workers=1)
+    real = raw_layer.download_items
+    staged_when_recorded: list[int] = []
+    with _watching_staging(tmp_path / "streamed", staged_when_recorded):
+        streamed = fetch_raw_layer(config, tmp_path / "streamed", store_in(tmp_path / "store-a")).index
+    assert len(streamed.shards) >= 10 and len(staged_when_recorded) == 4  # 60 rows: runs of 16
+    assert staged_when_recorded[0] == 0 and staged_when_recorded[-1] >= len(streamed.shards) // 2
+
+    def held_back(rows, total, transport, history, max_pixels, workers, record):
+        arrivals: list = []
+        outcome = real(rows, total, transport, history, max_pixels, workers, arrivals.extend)
+        assert _staged_shards(tmp_path / "held") == 0  # nothing arrived in order: nothing written yet
+        for arrival in reversed(arrivals):
+            record([arrival])
+        return outcome
+
+    monkeypatch.setattr(raw_layer, "download_items", held_back)
+    held = fetch_raw_layer(config, tmp_path / "held", store_in(tmp_path / "store-b")).index
+    assert held.to_json() == streamed.to_json()
+    for shard in streamed.shards:
+        assert (tmp_path / "held" / shard.name).read_bytes() == (tmp_path / "streamed" / shard.name).read_bytes()
+
+
+def test_a_fetch_that_stops_after_shards_were_written_leaves_none_of_them(tmp_path: Path):
+    """Under on_error: fail, a failure near the end comes after most shards were written: they were staged,
+    never published, and go; the last raw layer stays as it was."""
+    registry = make_registry(tmp_path / "src", n=40)
+    config = local_config(registry, tmp_path, workers=1)
+    first = fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store")).index
+    text = registry.read_text()
+    for i in range(40):  # every card replaced at the source (new bytes, new md5); the last one's md5 wrong
+        image = tmp_path / f"src/images/{100 + i}__{900 + i // 2}__lactose__50.png"
+        old_md5, new = hashlib.md5(image.read_bytes()).hexdigest(), png_bytes(40, 30, seed=1000 + i)
+        image.write_bytes(new)
+        text = text.replace(old_md5, "0" * 32 if i == 39 else hashlib.md5(new).hexdigest())
+    registry.write_text(text)
+    staged: list[int] = []
+    with pytest.raises(FetchFailed, match=r"id 139 .*md5"):
+        with _watching_staging(tmp_path / "raw", staged):
+            fetch_raw_layer(config, tmp_path / "raw", store_in(tmp_path / "store"))
+    assert max(staged) >= 5  # shards of this run were written before the failure was known
+    assert not list(tmp_path.glob(".raw.staging-*"))
+    assert Layer.open(tmp_path / "raw").index.to_json() == first.to_json()
+    staged.clear()
+    with pytest.raises(FetchFailed, match=r"id 139 .*md5"):  # and with no earlier layer to put back
+        with _watching_staging(tmp_path / "fresh", staged):
+            fetch_raw_layer(config, tmp_path / "fresh", store_in(tmp_path / "store"))
+    assert max(staged) >= 5 and not list(tmp_path.glob(".fresh.staging-*")) and not (tmp_path / "fresh").exists()
+
+
+@contextmanager
+def _watching_staging(out_dir: Path, counts: list[int]):
+    """Count the staged shards each time download_items records arrivals."""
+    import evalstack.fetch.raw_layer as raw_layer
+
+    real = raw_layer.download_items
+
+    def watched(rows, total, transport, history, max_pixels, workers, record):
+        def counting(arrivals):
+            counts.append(_staged_shards(out_dir))
+            record(arrivals)
+        return real(rows, total, transport, history, max_pixels, workers, counting)
+
+    raw_layer.download_items = watched
+    try:
+        yield
+    finally:
+        raw_layer.download_items = real
 
 
 def test_downloads_without_a_stated_md5_wait_for_their_own_output_only(tmp_path: Path):
@@ -483,7 +568,7 @@ def test_unchanged_caps_open_no_kept_image_and_a_layer_without_pixel_counts_is_s
     images' headers read, so a lowered cap applies to it too."""
     import evalstack.core.raw as raw
     import evalstack.fetch.plan as plan
-    import evalstack.fetch.raw_layer as raw_layer
+    import evalstack.fetch.shard_stream as shard_stream
 
     registry = _registry_with_one_large_card(tmp_path / "src")
     config = local_config(registry, tmp_path, shard_bytes=3 * 3698, on_error="skip", max_skipped=1)
@@ -502,7 +587,7 @@ def test_unchanged_caps_open_no_kept_image_and_a_layer_without_pixel_counts_is_s
         del columns["pixels"]
         return columns, options
 
-    monkeypatch.setattr(raw_layer, "raw_shard", without_pixels)
+    monkeypatch.setattr(shard_stream, "raw_shard", without_pixels)
     fetch_raw_layer(config, tmp_path / "older", store_in(tmp_path / "older-store"))
     monkeypatch.undo()
     again = fetch_raw_layer(_lowered(config, "max_pixels"), tmp_path / "older", store_in(tmp_path / "older-store"))
@@ -569,16 +654,18 @@ def test_the_raw_shard_format_comes_from_the_module_the_raw_key_covers(tmp_path:
 
     import evalstack.core.raw as raw
     import evalstack.fetch.raw_layer as raw_layer
+    import evalstack.fetch.shard_stream as shard_stream
 
     registry = make_registry(tmp_path / "src")
     assert "evalstack.core.raw" in local_config(registry, tmp_path).layer_key().parts["code"]
-    assert raw_layer.raw_shard is raw.raw_shard and raw_layer.RAW_COMPRESSION is raw.RAW_COMPRESSION
+    assert shard_stream.raw_shard is raw.raw_shard and shard_stream.RAW_COMPRESSION is raw.RAW_COMPRESSION
+    assert raw_layer.RAW_COMPRESSION is raw.RAW_COMPRESSION  # the previous layer restored (_restore)
 
     def marked(items):
         columns, options = raw.raw_shard(items)
         return columns, {**options, "attrs": {"format": "marked"}}
 
-    monkeypatch.setattr(raw_layer, "raw_shard", marked)
+    monkeypatch.setattr(shard_stream, "raw_shard", marked)
     index = fetch_raw_layer(local_config(registry, tmp_path), tmp_path / "raw", store_in(tmp_path / "store")).index
     for shard in index.shards:
         with h5py.File(tmp_path / "raw" / shard.name, "r") as handle:

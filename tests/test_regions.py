@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from evalstack.core.layers import Layer
+from evalstack.core.raw import read_blobs
 from evalstack.demo.cards import plan_cards, render_card, write_dataset
-from evalstack.fetch.raw_layer import FetchConfig, fetch_raw_layer, read_blobs
+from evalstack.fetch.raw_layer import FetchConfig, fetch_raw_layer
 from evalstack.preprocess.pipelines import PipelineError, build_pipeline, preprocess_layer
 from evalstack.preprocess.regions import (
     PadRegionsPipeline,

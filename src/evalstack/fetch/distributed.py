@@ -190,9 +190,11 @@ class ClusterFetch:
 
 
 def download_on_cluster(listing: Any, transport: Transport, history: RawHistory, cluster: ClusterFetch,
-                        max_pixels: int, threads: int, pack_bytes: int) -> DownloadOutcome:
+                        max_pixels: int, threads: int, pack_bytes: int,
+                        record: Callable[[list[Arrival]], None]) -> DownloadOutcome:
     """`download_items` for `listing.needing_bytes()`, the remote rows' downloads done on the cluster.
-    Rows already in the download area or read from this machine's disk are handled here first."""
+    Rows already in the download area or read from this machine's disk are handled here first.
+    `record` hears of the arrivals, as download_items' does."""
     handled: set[int] = set()  # decided once: a download area shared with another checkout may gain files meanwhile
 
     def here(row: RegistryRow) -> bool:
@@ -202,12 +204,12 @@ def download_on_cluster(listing: Any, transport: Transport, history: RawHistory,
         return False
 
     local = download_items((row for row in listing.needing_bytes() if here(row)), None, transport, history,
-                           max_pixels, threads, listing.add_arrivals)
+                           max_pixels, threads, record)
     if local.unreachable:
         return local
     remote = _download_remote((row for row in listing.needing_bytes() if row.id not in handled), cluster, history,
                               WorkerSettings(transport.config, cluster.worker_store(), max_pixels, threads, pack_bytes),
-                              listing.add_arrivals)
+                              record)
     failures = sorted(local.failures + remote.failures, key=lambda failure: failure.id)
     return DownloadOutcome(local.downloaded + remote.downloaded, failures, remote.unreachable, remote.activity,
                            local.validators + remote.validators)

@@ -5,9 +5,11 @@ full once (pixel cap, truncation). Bytes from a remote source are written atomic
 the download area of the fetch history, so a fetch that fails or is killed never
 downloads them again; bytes of a local file stay where they are (reading them again
 costs nothing) and are read again, checked, when their shard is written. What arrived
-— item key (sha256), length and where the bytes are — goes to fetch's listing database,
-so memory does not grow with the number of items. Failures are collected per item,
-never raised from a worker: the caller applies the policy.
+— item key (sha256), length and where the bytes are — goes to the caller as each run of
+rows finishes: fetch/shard_stream.py writes shards from it while the downloads go on,
+and keeps it in fetch's listing database, so memory does not grow with the number of
+items. Failures are collected per item, never raised from a worker: the caller applies
+the policy.
 """
 from __future__ import annotations
 
@@ -28,7 +30,6 @@ from evalstack.sources.transport import SourceUnreachable, Transport, Validators
 
 T = TypeVar("T")
 AREA, SOURCE = "area", "source"  # where an arrived item's bytes are: the download area, or the local source file
-_FLUSH = 2000  # arrivals recorded per database write
 # Rows per task: one task per row cost ~0.5 ms of scheduling and lock hand-offs per small image,
 # more than reading, md5-checking and decoding it (0.24 ms for 64×64). Concurrency stays `workers`.
 _CHUNK_ROWS = 16
@@ -69,7 +70,7 @@ def download_items(
     workers: int, record: Callable[[list[Arrival]], None],
 ) -> DownloadOutcome:
     """Get the bytes of `rows` (`total` of them): from the download area when an earlier run left them
-    there, else from the source. `record` receives the arrivals in batches. (`total` None: not counted.)"""
+    there, else from the source. `record` receives the arrivals of each run of rows as it ends. (`total` None: not counted.)"""
     outcome = DownloadOutcome()
     stop = threading.Event()  # once the host is unreachable, queued items are not tried one by one
 
@@ -105,12 +106,12 @@ def download_items(
                 out.append((row, error))
         return out
 
-    arrivals: list[Arrival] = []
     workers = max(1, workers)
     with tqdm(total=total, desc="fetch", unit="card", disable=total == 0) as progress, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
         for future in _bounded(pool, fetch_chunk, chunks(rows, _CHUNK_ROWS), in_flight=2 * workers):
             results = future.result()
+            arrivals: list[Arrival] = []
             for row, result in results:
                 if isinstance(result, SourceError):
                     if isinstance(result, SourceUnreachable):
@@ -120,13 +121,11 @@ def download_items(
                 arrival, downloaded = result
                 arrivals.append(arrival)
                 outcome.downloaded += downloaded
-            if len(arrivals) >= _FLUSH:
-                record(arrivals)
-                arrivals = []
+            if arrivals:
+                record(arrivals)  # as each run arrives: fetch writes shards while the downloads go on
             progress.update(len(results))
             progress.set_postfix_str(f"{transport.bytes / 1e6:.1f} MB, {transport.gets} GETs "
                                      f"({transport.retries} retries)", refresh=False)
-    record(arrivals)
     outcome.failures.sort(key=lambda failure: failure.id)
     return outcome
 

@@ -214,6 +214,22 @@ class Listing:
             else:
                 yield ListedItem(row, None, False, key, length, origin or "")
 
+    def before_arrivals(self) -> Iterator[ListedItem]:
+        """`items()` without the `arrived` table, for reading while downloads write it: an item no previous
+        shard holds comes with origin "" (the caller joins its arrival; fetch/shard_stream.py)."""
+        query = f"""
+            SELECT listed.*, previous.shard, previous.row, previous.item_key, previous.length, {_META_EQUAL}
+            FROM listed LEFT JOIN previous ON previous.id = listed.id AND previous.ident = {_IDENT}
+            ORDER BY listed.id"""
+        n = len(ROW_FIELDS)
+        for record in self._records(query):
+            row = RegistryRow(*record[:n])
+            shard, old_row, old_key, old_length, meta_equal = record[n:]
+            if shard is not None:
+                yield ListedItem(row, (shard, old_row), bool(meta_equal), old_key, old_length, "old")
+            else:
+                yield ListedItem(row, None, False, None, None, "")
+
     def needing_bytes(self) -> Iterator[RegistryRow]:
         """Listed rows, in id order, whose image no previous shard holds (same id and md5).
         (The `arrived` table is left out of the query: it is written while this is read.)"""

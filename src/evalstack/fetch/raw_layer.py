@@ -16,42 +16,34 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from evalstack.cache.incremental import BuildLog, start_build
 from evalstack.cache.shardstore import ShardStore
 from evalstack.core.atomic import atomic_write_bytes
 from evalstack.core.fingerprint import code_part
-from evalstack.core.keys import Key, sha256_bytes
+from evalstack.core.keys import Key
 from evalstack.core.kinds import RAW_KIND
 from evalstack.core.layers import (
     INDEX_NAME,
-    ITEM_KEY,
     LayerIndex,
     LayerWriter,
-    ShardColumns,
-    ShardInfo,
-    StoreError,
-    shard_name,
 )
-from evalstack.core.raw import RAW_COMPRESSION, FetchedItem, ShardCutter, raw_shard, read_blobs
+from evalstack.core.raw import RAW_COMPRESSION
 from evalstack.fetch.distributed import ClusterFetch, download_on_cluster
-from evalstack.fetch.downloads import AREA, SOURCE, DownloadOutcome, Failure, download_items, warn_skipped
+from evalstack.fetch.downloads import Arrival, DownloadOutcome, Failure, download_items, warn_skipped
 from evalstack.fetch.history import PreviousLayer, RawHistory
-from evalstack.fetch.listing import ListedItem, Listing
-from evalstack.fetch.plan import CHECKED_BY, ItemCaps, OldShard, RawPlan, item_checks, items_refused, plan_layer
+from evalstack.fetch.listing import Listing
+from evalstack.fetch.plan import ItemCaps, OldShard, RawPlan, item_checks, items_refused, plan_layer
 from evalstack.fetch.revalidate import record_validators, revalidate
+from evalstack.fetch.shard_stream import FetchFailed, OldBytes, ShardStream, place_shard
 from evalstack.sources.catalog import SourceConfig, iter_items, registry_origins
-from evalstack.sources.images import DEFAULT_MAX_PIXELS, image_pixels
-from evalstack.sources.registry import RegistryRow, SourceError
+from evalstack.sources.images import DEFAULT_MAX_PIXELS
+from evalstack.sources.registry import SourceError
 from evalstack.sources.registry_prefix import ParseCounts
 from evalstack.sources.transport import SourceUnreachable, Transport, TransportConfig
 
 ON_ERROR = ("fail", "skip")
-
-
-class FetchFailed(SourceError):
-    """Fetch stopped short; the message says why and where the report is."""
 
 
 @dataclass(frozen=True)
@@ -160,12 +152,14 @@ def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history
                               f"replaces a raw layer; {out_dir} was left as it was")
         plan = plan_layer(previous, config.layer_key(), listing, config.caps(), item_checks())
         revalidated = revalidate(listing, transport, history, config.workers)
-        if cluster is not None:
-            outcome = download_on_cluster(listing, transport, history, cluster, config.max_pixels, config.workers,
-                                          config.shard_bytes)
-        else:
-            outcome = download_items(listing.needing_bytes(), listing.count_needing_bytes(), transport, history,
-                                     config.max_pixels, config.workers, listing.add_arrivals)
+        log = BuildLog(RAW_KIND, config.layer_key(), "fetch", {"": "fetch"}, "items_fetched", build_record)
+        log.seeded = seeded
+        stream = ShardStream(out_dir, config.layer_key(), config.shard_bytes, plan, listing, history, transport, log)
+        try:
+            outcome = _download(listing, transport, history, cluster, config, stream.record)
+        except BaseException:
+            stream.abandon()
+            raise
         record_validators(history, outcome.validators)
         transfer = {"http_gets": transport.gets, "http_retries": transport.retries, "bytes_read": transport.bytes,
                     "http_heads": transport.heads, **revalidated,
@@ -176,14 +170,16 @@ def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history
                          "without_md5": listing.count_without_md5()}  # none stated: nothing checked
         too_many = len(outcome.failures) > config.skip_limit(len(listing))
         if outcome.unreachable or (outcome.failures and (config.on_error == "fail" or too_many)):
+            stream.abandon()
             report.activity = {"downloaded": outcome.downloaded} | transfer
             return _stop(_own(previous), out_dir, report, outcome, config, history)
-        removed = _keep_removed(listing, plan, history) if _own(previous) else 0
+        try:
+            removed = _keep_removed(listing, plan, history) if _own(previous) else 0
+            index, activity = stream.finish({failure.id for failure in outcome.failures})
+        except BaseException:
+            stream.abandon()
+            raise
         _warn_if_shrunk(_own(previous), len(listing) - len(outcome.failures), removed, config, report)
-        log = BuildLog(RAW_KIND, config.layer_key(), "fetch", {"": "fetch"}, "items_fetched", build_record)
-        log.seeded = seeded
-        failed = {failure.id for failure in outcome.failures}
-        index, activity = _write_layer(out_dir, config, plan, listing, history, transport, log, failed)
         report.activity = activity | {"downloaded": outcome.downloaded, "removed": removed} | transfer
         history.record(out_dir, index)
         log.finish(out_dir, store)
@@ -194,6 +190,16 @@ def _fetch(config: FetchConfig, out_dir: Path, store: ShardStore | None, history
         warn_skipped(outcome.failures, config.report)
     report.write(config.report)
     return FetchResult(index, report)
+
+
+def _download(listing: Listing, transport: Transport, history: RawHistory, cluster: ClusterFetch | None,
+              config: FetchConfig, record: Callable[[list[Arrival]], None]) -> DownloadOutcome:
+    """The bytes of every item no previous shard holds; `record` hears of each batch that arrives."""
+    if cluster is not None:
+        return download_on_cluster(listing, transport, history, cluster, config.max_pixels, config.workers,
+                                   config.shard_bytes, record)
+    return download_items(listing.needing_bytes(), listing.count_needing_bytes(), transport, history,
+                          config.max_pixels, config.workers, record)
 
 
 def _own(previous: PreviousLayer | None) -> PreviousLayer | None:
@@ -228,138 +234,6 @@ def _warn_if_shrunk(previous: PreviousLayer | None, kept: int, removed: int, con
                           "the layer follows the source, and the removed items' bytes are kept in the fetch "
                           "history, so listing them again downloads nothing. Check the source if this is a mistake.")
         print(f"WARNING {report.message}")
-
-
-class OldBytes:
-    """Image bytes of items in previous shard files, read through one open shard at a time (items come
-    in id order, so consecutive reads hit the same shard) and checked against the recorded item key."""
-
-    def __init__(self, plan: RawPlan):
-        self.plan = plan
-        self.number: int | None = None
-        self.reader: ShardColumns | None = None
-
-    def read(self, number: int, position: int, row: RegistryRow, item_key: str | None = None) -> bytes:
-        if number != self.number:
-            self.close()
-            old = self.plan.old_shards[number]
-            self.number, self.reader = number, ShardColumns(old.path, old.info)
-        data = read_blobs(self.reader, slice(position, position + 1))[0]
-        if item_key is not None and sha256_bytes(data) != item_key:
-            raise FetchFailed(f"{row.what}: its bytes in {self.reader.path} differ from what the last raw layer "
-                              "recorded (a damaged file); delete it, or `dvc checkout --relink --force` the raw layer, and fetch again")
-        return data
-
-    def close(self) -> None:
-        if self.reader is not None:
-            self.reader.close()
-        self.number, self.reader = None, None
-
-    def __enter__(self) -> "OldBytes":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _write_layer(out_dir: Path, config: FetchConfig, plan: RawPlan, listing: Listing, history: RawHistory,
-                 transport: Transport, log: BuildLog, failed: set[int]) -> tuple[LayerIndex, dict[str, int]]:
-    """Shards at content-defined boundaries (core.raw.ShardCutter) over the items in id order, streamed
-    from the listing: one shard's rows in memory at a time. The same listing gives the same files."""
-    writer = LayerWriter(out_dir, RAW_KIND, config.layer_key(), RAW_COMPRESSION)
-    activity = {"kept_in_place": 0, "new_shard_items": 0, "bytes_from_old_shards": 0, "from_download_area": 0,
-                "read_from_source": 0}
-    cutter = ShardCutter(config.shard_bytes)
-    chunk: list[ListedItem] = []
-    with OldBytes(plan) as old:
-        for item in listing.items():
-            if not item.origin:  # failed under on_error: skip
-                if item.row.id not in failed:  # never silently: a row is in the layer or in the report
-                    raise FetchFailed(f"{item.row.what}: neither fetched nor reported as failed (an internal "
-                                      f"error); the new raw layer was not finished. Fetch again, and report this")
-                continue
-            chunk.append(item)
-            if cutter.add(_cut_identity(item.row), item.length):
-                _write_shard(writer, shard_name(len(writer.shards)), chunk, plan, old, history, transport, activity, log)
-                chunk = []
-        if chunk:
-            _write_shard(writer, shard_name(len(writer.shards)), chunk, plan, old, history, transport, activity, log)
-    writer.stats = {"items": sum(shard.n_items for shard in writer.shards), CHECKED_BY: plan.checks}
-    return writer.finish(), activity
-
-
-def _write_shard(writer: LayerWriter, name: str, chunk: list[ListedItem], plan: RawPlan, old: OldBytes,
-                 history: RawHistory, transport: Transport, activity: dict[str, int], log: BuildLog) -> None:
-    """One shard: a previous shard file when its rows are exactly these, else written from the items' bytes."""
-    located = [item.old for item in chunk]
-    same = all(where is not None for where in located) and all(item.old_meta_equal for item in chunk)
-    previous = plan.reusable(located[0][0], located, same) if same else None
-    if previous is not None and _place(writer, name, previous, history) is not None:
-        log.add(writer.shards[-1], None, computed=False)
-        activity["kept_in_place"] += len(chunk)
-        return
-    items = [_fetched(item, _bytes_of(item, old, history, transport, activity)) for item in chunk]
-    columns, options = raw_shard(items)
-    del items  # the only other reference to the items' bytes: freed once joined (memory: one shard ×3)
-    for item, key in zip(chunk, columns[ITEM_KEY]):
-        if key.decode() != item.item_key:  # the bytes changed since they were checked (or recorded)
-            raise FetchFailed(f"{item.row.what}: its bytes changed while fetching ({_where(item, history)}); fetch again")
-    info = writer.add_shard(name, columns, **options)
-    log.add(info, None, computed=True)
-    activity["new_shard_items"] += len(chunk)
-
-
-def _fetched(item: ListedItem, data: bytes) -> FetchedItem:
-    # Every item here passed today's checks (downloaded in this run, or checked again by plan_layer), so its
-    # header reads; ~10–20 µs, against the ms its check took.
-    pixels = image_pixels(data)
-    if pixels is None:
-        raise FetchFailed(f"{item.row.what}: its bytes no longer open as an image; fetch again, and report this")
-    return FetchedItem(item.row, data, pixels)
-
-
-def _cut_identity(row: RegistryRow) -> str:
-    return f"{row.id}:{row.hashlib_md5 or row.url}"
-
-
-def _where(item: ListedItem, history: RawHistory) -> str:
-    if item.origin == AREA:
-        return str(history.download_path(item.row))
-    return item.row.resolved_url if item.origin == SOURCE else "a previous raw shard"
-
-
-def _place(writer: LayerWriter, name: str, old: OldShard, history: RawHistory) -> ShardInfo | None:
-    """List a previous shard under `name`, its bytes unchanged (checked against the recorded sha256)."""
-    dest = writer.path(name)
-    if not history.place(old.info, old.path, dest):
-        return None  # gone or damaged: its rows are written anew from their bytes
-    try:
-        return writer.add_existing(name, old.info.sha256)
-    except (StoreError, KeyError):
-        dest.unlink(missing_ok=True)
-        return None
-
-
-def _bytes_of(item: ListedItem, old: OldBytes, history: RawHistory, transport: Transport,
-              activity: dict[str, int]) -> bytes:
-    row = item.row
-    if item.old is not None:
-        activity["bytes_from_old_shards"] += 1
-        return old.read(*item.old, row, item.item_key)
-    if item.origin == SOURCE:
-        # A local file, md5-checked when it arrived; read again. Its md5 is not checked again: the
-        # sha256 of what is read is compared with the item key taken from the checked bytes (_write_shard).
-        activity["read_from_source"] += 1
-        return transport.get(row.resolved_url, row.what)
-    data = history.load_download(row, check_md5=False)  # checked in this run; its sha256 is compared
-    if data is None:
-        # Another checkout sharing store.dir took it into its layer and dropped it from the download area (the
-        # area is shared by rows whose source states an md5). Downloaded again: its sha256 is compared with
-        # the bytes checked in this run, so other bytes stop the fetch.
-        activity["downloaded_again"] = activity.get("downloaded_again", 0) + 1
-        return transport.get(row.resolved_url, row.what, row.hashlib_md5)
-    activity["from_download_area"] += 1
-    return data
 
 
 def _keep_previous(previous: PreviousLayer | None, out_dir: Path, report: FetchReport, reason: str,
@@ -413,7 +287,7 @@ def _restore(previous: PreviousLayer, out_dir: Path, history: RawHistory) -> Lay
     """Rebuild the previous layer in `out_dir` from wherever its shards are (byte-identical index)."""
     writer = LayerWriter(out_dir, RAW_KIND, previous.index.key, RAW_COMPRESSION)
     for shard in previous.index.shards:
-        if _place(writer, shard.name, OldShard(shard, previous.shard_paths.get(shard.sha256)), history) is None:
+        if place_shard(writer, shard.name, OldShard(shard, previous.shard_paths.get(shard.sha256)), history) is None:
             raise FetchFailed(f"shard {shard.name} of the last raw layer cannot be found with its recorded bytes "
                               f"(sha256 {shard.sha256[:12]}); `dvc checkout` the layer, or delete it to fetch anew")
     writer.stats = dict(previous.index.stats)

@@ -69,4 +69,5 @@ def test_torch_demo_training_runs_no_onednn_convolution_and_every_gemm_in_mkls_r
     assert [line for line in lines if line.startswith("onednn_verbose") and ",exec,cpu,convolution," in line] == []
     gemms = [line for line in lines if line.startswith("MKL_VERBOSE SGEMM")]
     assert len(gemms) > 100  # the convolutions (im2col + GEMM) and any linear layer
-    assert all(" CNR:AVX2,STRICT " in line for line in gemms), gemms[0]
+    # COMPATIBLE: the branch MKL honours on every make of CPU (any other is ignored on AMD's: CNR:AUTO)
+    assert all(" CNR:COMPATIBLE,STRICT " in line for line in gemms), gemms[0]

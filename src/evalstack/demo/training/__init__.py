@@ -24,9 +24,14 @@ from contextlib import contextmanager
 _X86_AVX2_KERNELS = {
     "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN, in both TensorFlow and torch (convolutions)
     "ATEN_CPU_CAPABILITY": "avx2",  # torch's own vectorised kernels
-    # MKL's conditional numerical reproducibility (torch's BLAS). STRICT: the same bits whatever the arrays'
-    # alignment; without it a tensor view that starts off a 64-byte boundary may take another code path.
-    "MKL_CBWR": "AVX2,STRICT",
+    # MKL's conditional numerical reproducibility (torch's BLAS). COMPATIBLE, MKL's SSE2 branch without the
+    # approximation instructions (rcpps/rsqrtps) that differ between makes, is the one branch MKL honours on
+    # every x86-64 CPU: on others than Intel's it ignores any other branch, AVX2 included, silently, and runs
+    # its AUTO branch (MKL's docs; seen on 2026-12-08 on an AMD Zen 5: `CNR:AUTO,STRICT` under AVX2,STRICT,
+    # and a torch_cnn scoring 0.833 where the Intel machine that made the README's figures scored 0.756).
+    # STRICT: the same bits whatever the arrays' alignment; without it a tensor view that starts off a
+    # 64-byte boundary may take another code path.
+    "MKL_CBWR": "COMPATIBLE,STRICT",
 }
 
 

@@ -17,6 +17,7 @@ cell's accuracy (robustness). Wall time and the CPU time (user + system) of ever
 printed.
 
     PYTHONPATH=src python bench/p10_plain.py [--cards 8001] [--repeats 1] [--keep | --project DIR]
+                                             [--until fetch|preprocess|infer|robustness]
 
 Time: ~60 min at 8,001 cards (the build ~13 min). Disk: the source, the raw layer and the plain script's copy
 of it are ~11 GB each, and fetch's own output adds another ~11 GB while it is compared: ~55 GB at the peak.
@@ -133,7 +134,10 @@ def check_equal(what: str, ours: np.ndarray, theirs: np.ndarray) -> None:
         raise AssertionError(f"{what}: evalstack's stage and the plain script disagree")
 
 
-def measure(project: Path, plain_dir: Path, repeat: int, pairs: dict[str, Pair]) -> None:
+UNTIL = ("fetch", "preprocess", "infer", "robustness")  # the stages in order; --until stops after one
+
+
+def measure(project: Path, plain_dir: Path, repeat: int, pairs: dict[str, Pair], until: str = UNTIL[-1]) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     raw_file = plain_dir / _plain.RAW_FILE
     scratch = project / "bench-out"
@@ -181,6 +185,8 @@ def measure(project: Path, plain_dir: Path, repeat: int, pairs: dict[str, Pair])
         plain_keys = handle["item_key"][:]
     check_equal("fetch: the cards' sha256", np.sort(ours_keys), np.sort(plain_keys))
     clean_up(project, name, scratch / "raw", scratch / "fetch_report.json")
+    if until == "fetch":
+        return
 
     # preprocess, each pipeline
     for pipeline in params["preprocess"]["pipelines"]:
@@ -195,6 +201,8 @@ def measure(project: Path, plain_dir: Path, repeat: int, pairs: dict[str, Pair])
         check_equal(f"preprocess@{pipeline}: the tensors", tensors[by_key(keys)],
                     np.load(out, mmap_mode="r")[by_key(plain_keys)])
         clean_up(project, name, scratch / pipeline)
+    if until == "preprocess":
+        return
 
     entry = params["models"][MODEL]
     tensors = plain_dir / f"{entry['pipeline']}.npy"
@@ -212,6 +220,8 @@ def measure(project: Path, plain_dir: Path, repeat: int, pairs: dict[str, Pair])
     check_equal(f"infer@{MODEL}: the outputs' argmax", np.argmax(outputs[by_key(keys)], axis=1),
                 np.argmax(np.load(out)[by_key(plain_keys)], axis=1))
     clean_up(project, name, scratch / "predictions")
+    if until == "infer":
+        return
 
     # robustness
     name = f"robustness-{repeat}"
@@ -241,6 +251,8 @@ def main() -> None:
     parser.add_argument("--scratch", type=Path, default=BENCH / "out/p10_plain")
     parser.add_argument("--project", type=Path, help="a project this script built before (with --keep)")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--until", choices=UNTIL, default=UNTIL[-1],
+                        help="measure the stages up to this one only (each needs the plain outputs before it)")
     args = parser.parse_args()
     if args.project is None:
         shutil.rmtree(args.scratch, ignore_errors=True)
@@ -253,7 +265,7 @@ def main() -> None:
     plain_dir = project / "bench-plain"
     pairs: dict[str, Pair] = {}
     for repeat in range(args.repeats):
-        measure(project, plain_dir, repeat, pairs)
+        measure(project, plain_dir, repeat, pairs, args.until)
     shutil.rmtree(plain_dir, ignore_errors=True)
     totals = {side: sum(pair.best(side) for pair in pairs.values()) for side in SIDES}
     print(f"\nP10, each stage against a plain script doing the same work, {args.cards} cards "

@@ -2,21 +2,27 @@
 
 The layer is cut over the listed items in id order (`core.raw.ShardCutter`), so an item can
 go into its shard once every item before it is settled. Downloads finish in about id order
-(`download_items` keeps a bounded window of runs in flight), so the shard writer follows a
-few hundred items behind them, in the main thread, on the core time the downloads leave.
-Fetch used to write every shard in a second pass after the last download, on one core,
-reading and hashing every byte again: ~20 s of 8,001 cards' 120 s (bench/p10_plain.py).
+(`download_items` keeps a bounded window of runs in flight), so the shards are cut a few
+hundred items behind them and written by one thread of their own, while the main thread
+goes on handing rows to the download threads. Fetch used to write every shard in a second
+pass after the last download, on one core, reading and hashing every byte again.
+Writing them in the main thread between downloads starved the download threads instead:
+the main thread, which hands them their rows, spent ~90 % of a fetch writing (py-spy,
+8,001 cards), waiting its turn for the GIL behind eight download threads.
 
 What an item's shard holds is decided exactly as before: the same listing gives the same
-files whatever order the downloads finished in. Only failures are not known until the
-downloads end. An item whose arrival has not been recorded holds the stream where it is;
-if it failed, `finish` goes on past it (under `on_error: skip`) and writes the rest then,
-as the second pass did. Nothing is published before `finish`: shards go to the layer
-writer's staging directory, which `abandon` removes when fetch stops short.
+files whatever order the downloads finished in (one writer thread, shards in cut order).
+Only failures are not known until the downloads end. An item whose arrival has not been
+recorded holds the stream where it is; if it failed, `finish` goes on past it (under
+`on_error: skip`) and writes the rest then, as the second pass did. Nothing is published
+before `finish`: shards go to the layer writer's staging directory, which `abandon`
+removes when fetch stops short.
 """
 from __future__ import annotations
 
 import shutil
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,6 +40,9 @@ from evalstack.sources.registry import RegistryRow, SourceError
 from evalstack.sources.transport import Transport
 
 _FLUSH = 2000  # arrivals written to the listing database at a time
+# Shards cut and waiting for the writer thread: their rows' metadata only (the writer reads the bytes), so
+# memory holds one shard's bytes whatever the queue. When the writer falls this far behind, the downloads wait.
+_QUEUED = 4
 
 
 class FetchFailed(SourceError):
@@ -87,6 +96,9 @@ class ShardStream:
         self.arrived: dict[int, Arrival] = {}  # recorded, not yet reached (downloads finish out of order)
         self.unsaved: list[Arrival] = []
         self.chunk: list[ListedItem] = []
+        # One thread: shards are written in the order they were cut, which names them.
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch-shards")
+        self.writes: deque[Future] = deque()
         self.activity = {"kept_in_place": 0, "new_shard_items": 0, "bytes_from_old_shards": 0,
                          "from_download_area": 0, "read_from_source": 0}
 
@@ -104,7 +116,9 @@ class ShardStream:
         self._save()
         self._advance(failed)
         if self.chunk:
-            self._write_chunk()
+            self._cut()
+        self._settle(0)
+        self.thread.shutdown()
         self.old.close()
         self.writer.stats = {"items": sum(shard.n_items for shard in self.writer.shards), CHECKED_BY: self.plan.checks}
         return self.writer.finish(), self.activity
@@ -112,6 +126,9 @@ class ShardStream:
     def abandon(self) -> None:
         """Fetch stopped short: the arrivals are recorded, no shard of this run stays."""
         self._save()
+        for write in self.writes:
+            write.cancel()
+        self.thread.shutdown(wait=True)  # the shard being written, finished before its directory goes
         self.old.close()
         shutil.rmtree(self.writer.staging, ignore_errors=True)
 
@@ -140,11 +157,22 @@ class ShardStream:
                 item = replace(item, item_key=item_key, length=length, origin=origin)
             self.chunk.append(item)
             if self.cutter.add(_cut_identity(item.row), item.length):
-                self._write_chunk()
+                self._cut()
 
-    def _write_chunk(self) -> None:
-        """One shard: a previous shard file when its rows are exactly these, else written from the items' bytes."""
+    def _cut(self) -> None:
+        """The rows gathered make a shard: to the writer thread."""
         chunk, self.chunk = self.chunk, []
+        self._settle(_QUEUED - 1)
+        self.writes.append(self.thread.submit(self._write_chunk, chunk))
+
+    def _settle(self, queued: int) -> None:
+        """Wait until at most `queued` writes are pending; a write that failed raises its error here."""
+        while self.writes and (len(self.writes) > queued or self.writes[0].done()):
+            self.writes.popleft().result()
+
+    def _write_chunk(self, chunk: list[ListedItem]) -> None:
+        """One shard: a previous shard file when its rows are exactly these, else written from the items' bytes.
+        In the writer thread: the layer writer, the old shards and the build log are used there only."""
         writer, name = self.writer, shard_name(len(self.writer.shards))
         located = [item.old for item in chunk]
         same = all(where is not None for where in located) and all(item.old_meta_equal for item in chunk)

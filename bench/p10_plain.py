@@ -6,8 +6,10 @@ preprocess@pad_regions`; the demo's synthesis and training are not timed). Then,
 stages — fetch, the three preprocess pipelines, infer@tflite_cnn and robustness@tflite_cnn, about 95 % of P10
 without the demo — three runs in turn, each with its input read into the page cache first (as a cold
 `dvc repro` finds its upstream's fresh output):
-* the stage's own command (the one dvc.yaml runs) with an empty shard store and a new output directory: what a
-  cold `dvc repro` runs; its last line must say it computed everything;
+* the stage's own command (the one dvc.yaml runs) with a shard store holding no result and a new output
+  directory: what a cold `dvc repro` runs; its last line must say it computed everything. The store holds the
+  project's hash stamps, as the store a cold `dvc repro` shares between its stages does (since 2026-12-08; before,
+  each stage hashed all its inputs before it started, which a cold `dvc repro` does not);
 * bench/_plain.py's script for the same work, reading what the plain script before it wrote;
 * the same plain script with the stages' integrity checks (`--integrity`: the sha256 of every file it reads and
   writes), the baseline D2 is stated against.
@@ -87,10 +89,16 @@ def page_in(path: Path) -> None:
 
 
 def stage_params(project: Path, name: str) -> Path:
-    """params.yaml with an empty shard store of its own: the stage computes every shard, as in a cold build."""
+    """params.yaml with a shard store of its own that holds no result: the stage computes every shard, as in a
+    cold build. It holds the hash stamps of the stage's inputs, as a cold `dvc repro` finds them: there the
+    upstream stage put its shards into the store and remembered their sha256, so the stage reads each input in
+    full beside its computation (`_UpstreamReads`) instead of hashing all of them before it starts."""
     params = yaml.safe_load((project / "params.yaml").read_text())
+    stamps = project / params["store"]["dir"] / "stamps"
     params["store"]["dir"] = f".bench-store-{name}"
     shutil.rmtree(project / params["store"]["dir"], ignore_errors=True)
+    if stamps.is_dir():
+        shutil.copytree(stamps, project / params["store"]["dir"] / "stamps")
     path = project / f"params-{name}.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path

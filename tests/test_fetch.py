@@ -473,6 +473,30 @@ def _watching_staging(out_dir: Path, counts: list[int]):
         raw_layer.download_items = real
 
 
+def test_the_raw_shards_fetch_wrote_are_stamped_so_the_first_reader_does_not_hash_them_before_starting(
+        tmp_path: Path, monkeypatch):
+    """Fetch knows the sha256 of every shard it wrote or placed (it hashed the bytes it wrote), and remembers it
+    in the store's hash stamps, as a derived stage does for its outputs: `check_shard` then takes it from the
+    stamp. A shard changed since (another stat) is hashed again: the stamp is no longer trusted."""
+    import evalstack.core.hashstamps as hashstamps
+
+    store = store_in(tmp_path / "store")
+    index = fetch_raw_layer(local_config(make_registry(tmp_path / "src", n=12), tmp_path), tmp_path / "raw", store).index
+    layer = Layer.open(tmp_path / "raw")
+
+    def no_read(path):
+        raise AssertionError(f"{path} was hashed again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(hashstamps, "sha256_file", no_read)
+        for shard in index.shards:
+            layer.check_shard(shard, store.stamps.sha256)
+    damaged = tmp_path / "raw" / index.shards[0].name
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"\0")
+    with pytest.raises(Exception, match="does not match the sha256"):
+        layer.check_shard(index.shards[0], store.stamps.sha256)
+
+
 def test_downloads_without_a_stated_md5_wait_for_their_own_output_only(tmp_path: Path):
     """A download area shared by checkouts (one store.dir) hands over a waiting download only when the source
     stated its md5: bytes known by URL alone may be older than what that URL serves to another checkout."""

@@ -190,6 +190,10 @@ class RawHistory:
         key = {"kind": index.key.kind, "parts": index.key.parts}
         for shard in index.shards:
             path = Path(out_dir) / shard.name
+            # Written from checked bytes or placed checked by this fetch, so its sha256 is known: the first stage
+            # to read the layer does not hash all of it before it starts (it still reads every shard in full
+            # beside its computation, cache/incremental.py's `_UpstreamReads`). ~9 s of 11 GB at 8,001 cards.
+            self.store.stamps.remember(path, shard.sha256)
             self.store.put(StoreEntry(shard.sha256, shard.sha256, path.stat().st_size, shard.n_items, index.kind, key),
                            path)
         path = self._record_path(out_dir)

@@ -124,8 +124,8 @@ class ShardStream:
         return self.writer.finish(), self.activity
 
     def abandon(self) -> None:
-        """Fetch stopped short: the arrivals are recorded, no shard of this run stays."""
-        self._save()
+        """Fetch stopped short: no shard of this run stays. (The downloads stay in the fetch history; the
+        arrivals not yet saved are not needed: the listing goes with this run.)"""
         for write in self.writes:
             write.cancel()
         self.thread.shutdown(wait=True)  # the shard being written, finished before its directory goes

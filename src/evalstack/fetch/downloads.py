@@ -70,7 +70,8 @@ def download_items(
     workers: int, record: Callable[[list[Arrival]], None],
 ) -> DownloadOutcome:
     """Get the bytes of `rows` (`total` of them): from the download area when an earlier run left them
-    there, else from the source. `record` receives the arrivals of each run of rows as it ends. (`total` None: not counted.)"""
+    there, else from the source. `record` receives the arrivals of each run of rows as it ends.
+    (`total` None: not counted.)"""
     outcome = DownloadOutcome()
     stop = threading.Event()  # once the host is unreachable, queued items are not tried one by one
 

@@ -196,27 +196,10 @@ class Listing:
     def count_without_md5(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM listed WHERE hashlib_md5 = ''").fetchone()[0]
 
-    def items(self) -> Iterator[ListedItem]:
-        """Every listed row in id order, joined with its previous location and its arrival."""
-        query = f"""
-            SELECT listed.*, previous.shard, previous.row, previous.item_key, previous.length, {_META_EQUAL},
-                   arrived.item_key, arrived.length, arrived.origin
-            FROM listed
-            LEFT JOIN previous ON previous.id = listed.id AND previous.ident = {_IDENT}
-            LEFT JOIN arrived ON arrived.id = listed.id
-            ORDER BY listed.id"""
-        n = len(ROW_FIELDS)
-        for record in self.db.execute(query):
-            row = RegistryRow(*record[:n])
-            shard, old_row, old_key, old_length, meta_equal, key, length, origin = record[n:]
-            if shard is not None:
-                yield ListedItem(row, (shard, old_row), bool(meta_equal), old_key, old_length, "old")
-            else:
-                yield ListedItem(row, None, False, key, length, origin or "")
-
     def before_arrivals(self) -> Iterator[ListedItem]:
-        """`items()` without the `arrived` table, for reading while downloads write it: an item no previous
-        shard holds comes with origin "" (the caller joins its arrival; fetch/shard_stream.py)."""
+        """Every listed row in id order, joined with its previous location, not with its arrival: it is read
+        while downloads write the `arrived` table. An item no previous shard holds comes with origin "" (the
+        caller joins its arrival: fetch/shard_stream.py)."""
         query = f"""
             SELECT listed.*, previous.shard, previous.row, previous.item_key, previous.length, {_META_EQUAL}
             FROM listed LEFT JOIN previous ON previous.id = listed.id AND previous.ident = {_IDENT}
